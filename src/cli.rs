@@ -1,0 +1,97 @@
+//! The command line: `serve`, `check`, `sign`, `dev-cert`, `echo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hookgate",
+    version,
+    about = "A webhook gateway: verifies signatures, rejects stale and replayed deliveries, \
+             deduplicates, rate-limits and routes signed webhooks to your backends.",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "HOOKGATE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway until SIGTERM or SIGINT.
+    ///
+    /// Without --config, reads config/hookgate.toml if it exists, else the embedded
+    /// default (self-signed TLS on 0.0.0.0:8443, admin on 127.0.0.1:9090, in-memory store,
+    /// a demo secret). Log level: RUST_LOG (default "info").
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "HOOKGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and print a summary; exit 1 if it is invalid.
+    Check {
+        /// Configuration file (TOML); default as for `serve`.
+        #[arg(long, short, env = "HOOKGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Build a correctly signed Standard Webhooks request: print it as curl, or send it.
+    Sign(SignArgs),
+    /// Write a self-signed certificate and key for localhost, 127.0.0.1 and ::1.
+    DevCert {
+        /// Directory for dev-cert.pem and dev-key.pem (created if missing).
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+    },
+    /// A tiny upstream for trying hookgate out: prints one line per request, answers --status.
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        /// HTTP status to answer with.
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(200..=599))]
+        status: u16,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Signing secret: whsec_<base64> (Standard Webhooks), or any other text used as raw bytes.
+    #[arg(long, env = "HOOKGATE_SIGN_SECRET")]
+    pub secret: String,
+    /// Event type, the body's "type" (for example response.completed).
+    #[arg(long = "type")]
+    pub event_type: String,
+    /// JSON for the body's "data" field (default {}).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// webhook-id (default: a fresh msg_... id). Reuse one to test deduplication.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// webhook-timestamp in Unix seconds (default: now). An old one tests staleness.
+    #[arg(long)]
+    pub timestamp: Option<i64>,
+    /// URL used in the printed curl command.
+    #[arg(long, default_value = "https://localhost:8443/webhooks/openai", conflicts_with = "send")]
+    pub url: String,
+    /// Send the request to this URL and print the answer instead of printing curl.
+    #[arg(long, value_name = "URL")]
+    pub send: Option<String>,
+    /// Accept any TLS certificate (a dev listener with a self-signed certificate).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Trust exactly the certificates in this PEM file (for example certs/dev-cert.pem).
+    #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
+    pub cacert: Option<PathBuf>,
+}

@@ -1,0 +1,169 @@
+//! The client's IP: the socket peer, or what a trusted proxy says in `X-Forwarded-For`.
+//!
+//! Only a peer inside `trusted_proxies` may speak for the client. Its chain is read from
+//! the right, skipping further trusted hops, so the first untrusted address is the one a
+//! client cannot forge (anything to its left was written by the client itself).
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::HeaderMap;
+use http::header::HeaderValue;
+use ipnet::IpNet;
+
+pub const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
+#[derive(Debug, Clone, Default)]
+pub struct ClientIpResolver {
+    trusted: Vec<IpNet>,
+}
+
+impl ClientIpResolver {
+    pub fn new(trusted: Vec<IpNet>) -> Self {
+        ClientIpResolver { trusted }
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client IP used for rate limiting and logs.
+    pub fn resolve(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = peer.ip().to_canonical();
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for hop in forwarded_hops(headers).rev() {
+            let Ok(ip) = hop.parse::<IpAddr>() else {
+                // An unparsable hop ends what we can believe; the last good one stands.
+                break;
+            };
+            client = ip.to_canonical();
+            if !self.is_trusted(client) {
+                break;
+            }
+        }
+        client
+    }
+
+    /// The `X-Forwarded-For` value to send upstream: the believed chain plus the peer.
+    pub fn forwarded_for(&self, peer: SocketAddr, headers: &HeaderMap) -> HeaderValue {
+        let peer_ip = peer.ip().to_canonical();
+        let chain: Vec<&str> = if self.is_trusted(peer_ip) {
+            forwarded_hops(headers).collect()
+        } else {
+            Vec::new()
+        };
+        let peer_text = peer_ip.to_string();
+        let value = if chain.is_empty() {
+            peer_text
+        } else {
+            format!("{}, {peer_text}", chain.join(", "))
+        };
+        HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    }
+}
+
+/// Every hop of every `X-Forwarded-For` header, in order, trimmed.
+fn forwarded_hops(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
+    headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|hop| !hop.is_empty())
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+/// The key a client is rate-limited under: its address, or its /64 for IPv6, because
+/// one IPv6 host usually controls a whole /64.
+pub fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append(X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn peer(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().unwrap(), 4000)
+    }
+
+    fn resolver(trusted: &[&str]) -> ClientIpResolver {
+        ClientIpResolver::new(trusted.iter().map(|n| n.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_claims() {
+        let r = resolver(&["10.0.0.0/8"]);
+        let ip = r.resolve(peer("203.0.113.7"), &headers(&["1.2.3.4"]));
+        assert_eq!(ip.to_string(), "203.0.113.7");
+    }
+
+    #[test]
+    fn a_trusted_peer_is_believed_and_the_rightmost_untrusted_hop_wins() {
+        let r = resolver(&["10.0.0.0/8"]);
+        let ip = r.resolve(peer("10.0.0.2"), &headers(&["6.6.6.6, 198.51.100.9, 10.0.0.1"]));
+        assert_eq!(ip.to_string(), "198.51.100.9");
+    }
+
+    #[test]
+    fn several_headers_form_one_chain() {
+        let r = resolver(&["10.0.0.0/8"]);
+        let ip = r.resolve(peer("10.0.0.2"), &headers(&["198.51.100.9", "10.0.0.1"]));
+        assert_eq!(ip.to_string(), "198.51.100.9");
+    }
+
+    #[test]
+    fn a_trusted_peer_without_header_is_the_client() {
+        let r = resolver(&["10.0.0.0/8"]);
+        assert_eq!(r.resolve(peer("10.0.0.2"), &HeaderMap::new()).to_string(), "10.0.0.2");
+    }
+
+    #[test]
+    fn garbage_in_the_chain_stops_the_walk() {
+        let r = resolver(&["10.0.0.0/8"]);
+        let ip = r.resolve(peer("10.0.0.2"), &headers(&["1.1.1.1, garbage, 10.0.0.1"]));
+        assert_eq!(ip.to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_are_plain_ipv4() {
+        let r = resolver(&[]);
+        let ip = r.resolve(peer("::ffff:192.0.2.1"), &HeaderMap::new());
+        assert_eq!(ip.to_string(), "192.0.2.1");
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer_only_to_a_believed_chain() {
+        let r = resolver(&["10.0.0.0/8"]);
+        let h = headers(&["198.51.100.9"]);
+        assert_eq!(r.forwarded_for(peer("10.0.0.2"), &h), "198.51.100.9, 10.0.0.2");
+        assert_eq!(r.forwarded_for(peer("203.0.113.7"), &h), "203.0.113.7");
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        let a = rate_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = rate_key("2001:db8:1:2:bbbb::2".parse().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "2001:db8:1:2::");
+        assert_eq!(rate_key("192.0.2.1".parse().unwrap()).to_string(), "192.0.2.1");
+    }
+}

@@ -1,0 +1,533 @@
+//! Validated settings: what the rest of hookgate sees once a config file has been read.
+//!
+//! `file.rs` mirrors the TOML; `build` turns it into these types (compiled routes,
+//! decoded secrets, loaded certificates) and runs the checks that span several keys.
+//! Every error starts with the file and names the key path, so a user never has to guess
+//! which of three sources is wrong.
+
+mod file;
+pub mod secret;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::event::JsonPointer;
+use crate::route::{Route, Routes};
+use crate::tls;
+use crate::verify::{self, Verifier};
+
+pub use file::{FileConfig, Source as SourceFile};
+
+/// The embedded default configuration: the same text as `config/hookgate.toml`, so the
+/// binary runs anywhere with no file at all (self-signed TLS, in-memory store, demo secret).
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/hookgate.toml");
+
+/// The configuration file path used when `--config` is not given.
+pub const DEFAULT_PATH: &str = "config/hookgate.toml";
+
+/// Time a claim may stay in flight beyond the upstream timeout: covers the forward's
+/// own bookkeeping so a slow but successful request still commits its own claim.
+const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub struct Settings {
+    /// Where these settings came from, for messages: a path or `<embedded default>`.
+    pub origin: String,
+    pub server: ServerSettings,
+    pub admin_listen: SocketAddr,
+    pub limits: Limits,
+    pub dedupe: DedupeSettings,
+    pub rate_limit: RateLimitSettings,
+    pub trusted_proxies: Vec<IpNet>,
+    pub sources: Vec<Source>,
+}
+
+#[derive(Debug)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsSettings>,
+    pub shutdown_timeout: Duration,
+}
+
+pub struct TlsSettings {
+    pub config: Arc<rustls::ServerConfig>,
+    pub handshake_timeout: Duration,
+    /// True when the certificate was generated at start-up (dev only).
+    pub self_signed: bool,
+    /// Where the certificate came from, for `check` and the start-up log.
+    pub description: String,
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("description", &self.description)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub upstream_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DedupeSettings {
+    pub ttl: Duration,
+    pub in_flight_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitSettings {
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
+/// One sender: where it posts, how it signs, where its events go.
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub path: String,
+    pub scheme: &'static str,
+    pub verifier: Arc<dyn Verifier>,
+    pub event_type: JsonPointer,
+    pub routes: Routes,
+}
+
+/// A config that cannot be used. The message starts with the file and names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct ConfigError {
+    pub origin: String,
+    pub message: String,
+}
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: origin.clone(),
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse(&text, &origin)
+}
+
+/// Loads `path` when given; otherwise `config/hookgate.toml` if it exists, else the
+/// embedded default. An explicit path that does not exist is an error, never a fallback.
+pub fn load_or_default(path: Option<&Path>) -> Result<Settings, ConfigError> {
+    match path {
+        Some(path) => load(path),
+        None if Path::new(DEFAULT_PATH).exists() => load(Path::new(DEFAULT_PATH)),
+        None => parse(EMBEDDED_DEFAULT, "<embedded default config>"),
+    }
+}
+
+/// Parses and validates config text; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str) -> Result<Settings, ConfigError> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError {
+        origin: origin.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    build(file, origin).map_err(|message| ConfigError {
+        origin: origin.to_owned(),
+        message,
+    })
+}
+
+fn build(file: FileConfig, origin: &str) -> Result<Settings, String> {
+    let limits = limits(&file.limits)?;
+    let dedupe = DedupeSettings {
+        ttl: positive("dedupe.ttl", file.dedupe.ttl)?,
+        in_flight_ttl: match file.dedupe.in_flight_ttl {
+            Some(ttl) => positive("dedupe.in_flight_ttl", ttl)?,
+            None => limits.upstream_timeout + IN_FLIGHT_MARGIN,
+        },
+    };
+    let rate_limit = rate_limit(&file.rate_limit)?;
+    if file.sources.is_empty() {
+        return Err(
+            "no [[sources]] are configured; every request would be answered 404".to_owned(),
+        );
+    }
+    let sources = sources(&file.sources)?;
+    Ok(Settings {
+        origin: origin.to_owned(),
+        server: ServerSettings {
+            listen: file.server.listen,
+            tls: file.server.tls.as_ref().map(tls_settings).transpose()?,
+            shutdown_timeout: file.server.shutdown_timeout,
+        },
+        admin_listen: file.admin.listen,
+        limits,
+        dedupe,
+        rate_limit,
+        trusted_proxies: file.rate_limit.trusted_proxies,
+        sources,
+    })
+}
+
+fn positive(key: &str, value: Duration) -> Result<Duration, String> {
+    if value.is_zero() {
+        return Err(format!("{key} must be greater than zero"));
+    }
+    Ok(value)
+}
+
+fn limits(file: &file::Limits) -> Result<Limits, String> {
+    let max_body_bytes = usize::try_from(file.max_body_bytes)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            format!(
+                "limits.max_body_bytes = {} must be between 1 and {}",
+                file.max_body_bytes,
+                usize::MAX
+            )
+        })?;
+    Ok(Limits {
+        max_body_bytes,
+        header_read_timeout: positive("limits.header_read_timeout", file.header_read_timeout)?,
+        body_read_timeout: positive("limits.body_read_timeout", file.body_read_timeout)?,
+        upstream_timeout: positive("limits.upstream_timeout", file.upstream_timeout)?,
+    })
+}
+
+fn rate_limit(file: &file::RateLimit) -> Result<RateLimitSettings, String> {
+    let rps = file.requests_per_second;
+    if !(rps.is_finite() && rps > 0.0 && rps <= 1e9) {
+        return Err(format!(
+            "rate_limit.requests_per_second = {rps} must be a number above 0"
+        ));
+    }
+    if file.burst == 0 {
+        return Err("rate_limit.burst must be at least 1".to_owned());
+    }
+    Ok(RateLimitSettings {
+        requests_per_second: rps,
+        burst: file.burst,
+    })
+}
+
+fn tls_settings(file: &file::Tls) -> Result<TlsSettings, String> {
+    let (config, description) = match (file.self_signed, &file.cert, &file.key) {
+        (true, None, None) => (
+            tls::self_signed_config().map_err(|e| format!("server.tls.self_signed: {e}"))?,
+            "self-signed for localhost, generated at start-up".to_owned(),
+        ),
+        (true, _, _) => {
+            return Err(
+                "server.tls: self_signed = true cannot be combined with cert/key; use one or the other"
+                    .to_owned(),
+            );
+        }
+        (false, Some(cert), Some(key)) => (
+            tls::config_from_files(cert, key)?,
+            format!("{} (key {})", cert.display(), key.display()),
+        ),
+        (false, None, _) => {
+            return Err(
+                "server.tls.cert is missing (or set server.tls.self_signed = true for development)"
+                    .to_owned(),
+            );
+        }
+        (false, Some(_), None) => return Err("server.tls.key is missing".to_owned()),
+    };
+    Ok(TlsSettings {
+        config,
+        handshake_timeout: positive("server.tls.handshake_timeout", file.handshake_timeout)?,
+        self_signed: file.self_signed,
+        description,
+    })
+}
+
+fn sources(files: &[file::Source]) -> Result<Vec<Source>, String> {
+    let mut names = HashSet::new();
+    let mut paths: Vec<(&str, usize)> = Vec::new();
+    let mut out = Vec::with_capacity(files.len());
+    for (i, file) in files.iter().enumerate() {
+        let key = format!("sources[{i}]");
+        check_name(&format!("{key}.name"), &file.name)?;
+        if !names.insert(file.name.as_str()) {
+            return Err(format!("{key}.name {:?} is already used", file.name));
+        }
+        if !file.path.starts_with('/') {
+            return Err(format!("{key}.path {:?} must start with '/'", file.path));
+        }
+        if let Some((_, j)) = paths.iter().find(|(p, _)| *p == file.path) {
+            return Err(format!(
+                "{key}.path {:?} is already used by sources[{j}]",
+                file.path
+            ));
+        }
+        paths.push((&file.path, i));
+        let (scheme, verifier) = verify::build(file).map_err(|e| format!("{key}.{e}"))?;
+        let event_type = JsonPointer::parse(&file.event_type)
+            .map_err(|e| format!("{key}.event_type {:?}: {e}", file.event_type))?;
+        out.push(Source {
+            name: file.name.clone(),
+            path: file.path.clone(),
+            scheme,
+            verifier,
+            event_type,
+            routes: routes(&key, file)?,
+        });
+    }
+    Ok(out)
+}
+
+fn routes(source_key: &str, file: &file::Source) -> Result<Routes, String> {
+    if file.routes.is_empty() {
+        return Err(format!(
+            "{source_key} ({:?}) has no [[sources.routes]]; add at least one (events = [\"*\"] catches all)",
+            file.name
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut routes = Vec::with_capacity(file.routes.len());
+    for (j, route) in file.routes.iter().enumerate() {
+        let key = format!("{source_key}.routes[{j}]");
+        let name = match &route.name {
+            Some(name) => {
+                check_name(&format!("{key}.name"), name)?;
+                name.clone()
+            }
+            None => j.to_string(),
+        };
+        if !names.insert(name.clone()) {
+            return Err(format!("{key}.name {name:?} is already used in this source"));
+        }
+        let route = Route::new(&file.name, &name, &route.events, &route.upstream)
+            .map_err(|e| format!("{key}.{e}"))?;
+        routes.push(route);
+    }
+    Ok(Routes::new(routes))
+}
+
+/// Names end up in metric labels and store keys: keep them short and plain.
+fn check_name(key: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} {name:?} must be 1 to 64 characters of letters, digits, '_', '-' or '.'"
+        ))
+    }
+}
+
+impl Settings {
+    /// A one-screen description for `hookgate check` and the start-up log.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(s, "config: {}", self.origin);
+        let tls = match &self.server.tls {
+            Some(tls) => format!("https (TLS: {})", tls.description),
+            None => "plain http (no [server.tls]: put a TLS-terminating proxy in front)".to_owned(),
+        };
+        let _ = writeln!(s, "listen: {} {tls}", self.server.listen);
+        let _ = writeln!(
+            s,
+            "admin:  {} (/metrics /healthz /readyz)",
+            self.admin_listen
+        );
+        let _ = writeln!(
+            s,
+            "limits: body {} bytes, header read {}, body read {}, upstream {}",
+            self.limits.max_body_bytes,
+            humantime::format_duration(self.limits.header_read_timeout),
+            humantime::format_duration(self.limits.body_read_timeout),
+            humantime::format_duration(self.limits.upstream_timeout),
+        );
+        let _ = writeln!(
+            s,
+            "rate limit: {} req/s per client IP, burst {}, {} trusted proxies",
+            self.rate_limit.requests_per_second,
+            self.rate_limit.burst,
+            self.trusted_proxies.len()
+        );
+        let _ = writeln!(
+            s,
+            "store:  in-memory (dedupe ttl {}, in-flight {}; not shared between instances)",
+            humantime::format_duration(self.dedupe.ttl),
+            humantime::format_duration(self.dedupe.in_flight_ttl),
+        );
+        let _ = writeln!(s, "sources:");
+        for source in &self.sources {
+            let _ = writeln!(
+                s,
+                "  {} POST {} scheme={} event_type={} {}",
+                source.name,
+                source.path,
+                source.scheme,
+                source.event_type,
+                source.verifier.describe()
+            );
+            for route in source.routes.iter() {
+                let _ = writeln!(
+                    s,
+                    "    route {:<12} {:<40} -> {}",
+                    route.name(),
+                    route.patterns_display(),
+                    route.upstream()
+                );
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[sources]]
+name = "openai"
+path = "/webhooks/openai"
+scheme = "standard-webhooks"
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+[[sources.routes]]
+events = ["*"]
+upstream = "http://127.0.0.1:9001/hooks"
+"#;
+
+    fn error(text: &str) -> String {
+        parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let settings = parse(MINIMAL, "test.toml").unwrap();
+        assert_eq!(settings.server.listen.to_string(), "0.0.0.0:8443");
+        assert!(settings.server.tls.is_none());
+        assert_eq!(settings.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(settings.limits.max_body_bytes, 1_048_576);
+        assert_eq!(settings.dedupe.ttl, Duration::from_secs(72 * 3600));
+        assert_eq!(settings.dedupe.in_flight_ttl, Duration::from_secs(15));
+        assert_eq!(settings.rate_limit.burst, 100);
+        assert_eq!(settings.sources[0].routes.iter().next().unwrap().name(), "0");
+    }
+
+    #[test]
+    fn the_embedded_default_config_is_valid() {
+        let settings = parse(EMBEDDED_DEFAULT, "embedded").unwrap();
+        assert!(settings.server.tls.as_ref().unwrap().self_signed);
+    }
+
+    #[test]
+    fn errors_start_with_the_file_name() {
+        assert!(error("[server]\nlisten = 5").starts_with("test.toml: "));
+    }
+
+    #[test]
+    fn an_unknown_key_is_reported_with_its_line() {
+        let e = error(&format!("{MINIMAL}\nsurprise = 1"));
+        assert!(e.contains("unknown field `surprise`"), "{e}");
+        assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn an_invalid_duration_is_reported_with_its_line() {
+        let e = error(&format!("[limits]\nupstream_timeout = \"10 parsecs\"\n{MINIMAL}"));
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn an_unset_environment_variable_is_named() {
+        let e = error(&MINIMAL.replace(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "${HOOKGATE_TEST_SURELY_UNSET}",
+        ));
+        assert!(
+            e.contains("environment variable HOOKGATE_TEST_SURELY_UNSET is not set"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_source_without_secrets_is_rejected() {
+        let e = error(&MINIMAL.replace(
+            "secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]",
+            "",
+        ));
+        assert!(e.contains("sources[0].secrets"), "{e}");
+    }
+
+    #[test]
+    fn an_upstream_that_is_not_http_is_rejected() {
+        let e = error(&MINIMAL.replace("http://127.0.0.1:9001/hooks", "ftp://x/y"));
+        assert!(e.contains("sources[0].routes[0].upstream"), "{e}");
+    }
+
+    #[test]
+    fn two_sources_on_one_path_are_rejected() {
+        let second = MINIMAL.replace("name = \"openai\"", "name = \"other\"");
+        let e = error(&format!("{MINIMAL}{second}"));
+        assert!(
+            e.contains("sources[1].path \"/webhooks/openai\" is already used by sources[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_source_without_routes_is_rejected() {
+        let e = error(MINIMAL.split("[[sources.routes]]").next().unwrap());
+        assert!(e.contains("sources[0] (\"openai\") has no [[sources.routes]]"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_scheme_is_rejected_with_the_known_ones() {
+        let e = error(&MINIMAL.replace("standard-webhooks", "carrier-pigeon"));
+        assert!(e.contains("sources[0].scheme \"carrier-pigeon\""), "{e}");
+        assert!(e.contains("standard-webhooks"), "{e}");
+    }
+
+    #[test]
+    fn no_sources_is_an_error() {
+        assert!(error("").contains("no [[sources]]"));
+    }
+
+    #[test]
+    fn tls_needs_a_key_with_its_cert() {
+        let e = error(&format!("[server.tls]\ncert = \"a.pem\"\n{MINIMAL}"));
+        assert!(e.contains("server.tls.key is missing"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_certificate_file_is_named() {
+        let e = error(&format!(
+            "[server.tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n{MINIMAL}"
+        ));
+        assert!(e.contains("server.tls.cert"), "{e}");
+        assert!(e.contains("/nonexistent/c.pem"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_trusted_proxy_cidr_is_reported_with_its_line() {
+        let e = error(&format!(
+            "[rate_limit]\ntrusted_proxies = [\"10.0.0.0/33\"]\n{MINIMAL}"
+        ));
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn zero_rate_is_rejected() {
+        let e = error(&format!("[rate_limit]\nrequests_per_second = 0\n{MINIMAL}"));
+        assert!(e.contains("rate_limit.requests_per_second"), "{e}");
+    }
+}

@@ -1,0 +1,121 @@
+//! `Secret`: a value from the config file that must never be printed.
+//!
+//! `${NAME}` inside the string is read from the environment while the file is being
+//! deserialized, so a missing variable is reported by toml with its line and caret.
+//! Interpolating the raw file text instead would lose the spans and let an environment
+//! value inject TOML.
+
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, Error as _};
+
+/// Key material or a token. `Debug` shows `Secret(..)`; there is no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Box<str>);
+
+impl Secret {
+    /// The expanded value, for the code that derives keys from it and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value.into_boxed_str())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)") // never print key material, not even in debug logs
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env(&raw, |name| std::env::var(name).ok())
+            .map(Secret::from)
+            .map_err(D::Error::custom)
+    }
+}
+
+/// Replaces every `${NAME}` with the variable's value; `$$` is a literal `$`.
+pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{` in {:?}", redact_hint(raw)))?;
+            let name = &body[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("invalid environment variable name {name:?}"));
+            }
+            let value =
+                lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Enough of a malformed value to find it in the file without echoing a secret.
+fn redact_hint(raw: &str) -> String {
+    let visible: String = raw.chars().take(4).collect();
+    format!("{visible}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "SET").then(|| "value".to_owned())
+    }
+
+    #[test]
+    fn variables_are_replaced_anywhere_in_the_string() {
+        assert_eq!(expand_env("a${SET}b", env).unwrap(), "avalueb");
+        assert_eq!(expand_env("${SET}", env).unwrap(), "value");
+        assert_eq!(expand_env("plain", env).unwrap(), "plain");
+    }
+
+    #[test]
+    fn an_unset_variable_is_named_in_the_error() {
+        assert_eq!(
+            expand_env("${MISSING}", env).unwrap_err(),
+            "environment variable MISSING is not set"
+        );
+    }
+
+    #[test]
+    fn double_dollar_is_a_literal_dollar_and_a_lone_dollar_stays() {
+        assert_eq!(expand_env("a$${SET}", env).unwrap(), "a${SET}");
+        assert_eq!(expand_env("cost $5", env).unwrap(), "cost $5");
+    }
+
+    #[test]
+    fn unterminated_and_invalid_names_are_errors() {
+        assert!(expand_env("${SET", env).unwrap_err().contains("unterminated"));
+        assert!(expand_env("${A-B}", env).unwrap_err().contains("invalid"));
+    }
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let secret = Secret::from("whsec_abc".to_owned());
+        assert_eq!(format!("{secret:?}"), "Secret(..)");
+    }
+}

@@ -1,0 +1,94 @@
+//! Two-phase deduplication, so that nothing is lost and nothing is forwarded twice.
+//!
+//! A verified delivery first *claims* its key as in flight (short expiry); a 2xx from the
+//! upstream *commits* it as done for `dedupe.ttl`; any failure *releases* it so the
+//! sender's retry is forwarded. Commit and release only ever touch this request's own
+//! claim (a random token), so a claim that expired under a slow upstream cannot erase a
+//! newer one. The store does the atomic part; this module does the policy.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::DedupeSettings;
+use crate::reject::Reject;
+use crate::store::{ClaimState, Settled, Store};
+
+pub struct Dedupe {
+    store: Arc<dyn Store>,
+    settings: DedupeSettings,
+    /// Random per process, so tokens from different instances never collide in a shared store.
+    instance: u64,
+    counter: AtomicU64,
+}
+
+/// Proof that this request holds a delivery's key; settle it exactly once.
+#[derive(Debug)]
+pub struct Claim {
+    key: String,
+    token: String,
+}
+
+#[derive(Debug)]
+pub enum Claimed {
+    Won(Claim),
+    /// Already forwarded successfully: answer 200, do not forward.
+    AlreadyDone,
+}
+
+impl Dedupe {
+    pub fn new(store: Arc<dyn Store>, settings: DedupeSettings) -> Self {
+        Dedupe {
+            store,
+            settings,
+            instance: RandomState::new().hash_one(std::process::id()),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The key of a delivery: its source and the sender's delivery id.
+    pub fn key(source: &str, id: &str) -> String {
+        format!("{source}:{id}")
+    }
+
+    pub async fn claim(&self, source: &str, id: &str) -> Result<Claimed, Reject> {
+        let key = Self::key(source, id);
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let token = format!("{:016x}{n:x}", self.instance);
+        match self
+            .store
+            .claim(&key, &token, self.settings.in_flight_ttl)
+            .await?
+        {
+            ClaimState::Won => Ok(Claimed::Won(Claim { key, token })),
+            ClaimState::Done => Ok(Claimed::AlreadyDone),
+            ClaimState::InFlight { remaining } => Err(Reject::InFlight {
+                retry_after: remaining,
+            }),
+        }
+    }
+
+    /// Commits on success, releases otherwise. The answer to the sender is already
+    /// decided by the upstream, so a store failure here is logged, not returned: a
+    /// failed commit can at worst let a later retry through again, a failed release
+    /// only delays the retry until the claim expires.
+    pub async fn settle(&self, claim: Claim, success: bool) {
+        let result = if success {
+            self.store
+                .commit(&claim.key, &claim.token, self.settings.ttl)
+                .await
+        } else {
+            self.store.release(&claim.key, &claim.token).await
+        };
+        let phase = if success { "commit" } else { "release" };
+        match result {
+            Ok(Settled::Applied) => {}
+            Ok(Settled::Superseded) => tracing::warn!(
+                key = %claim.key,
+                phase,
+                "dedupe claim expired before the upstream answered; raise dedupe.in_flight_ttl"
+            ),
+            Err(e) => tracing::error!(key = %claim.key, phase, error = %e, "dedupe store failed"),
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The `hookgate` binary: parse the command line, set up logging, hand over to the library.
+
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use hookgate::cli::{Cli, Command, LogFormat, SignArgs};
+use hookgate::sign::{self, SignInput, Trust};
+use http::StatusCode;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config } => {
+            let settings = hookgate::config::load_or_default(config.as_deref())?;
+            tracing::info!(config = %settings.origin, "configuration loaded");
+            hookgate::run(settings).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let settings = hookgate::config::load_or_default(config.as_deref())?;
+            print!("{}", settings.summary());
+            println!("ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sign(args) => sign_command(args).await,
+        Command::DevCert { out } => {
+            let (cert, key) = hookgate::tls::write_dev_cert(&out)
+                .with_context(|| format!("writing the certificate into {}", out.display()))?;
+            println!(
+                "wrote {} and {} (valid for {})",
+                cert.display(),
+                key.display(),
+                hookgate::tls::DEV_NAMES.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Echo { listen, status } => {
+            let status = StatusCode::from_u16(status).context("--status")?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = stop.send(true);
+            });
+            hookgate::echo::run(listen, status, stopped)
+                .await
+                .with_context(|| format!("echo on {listen}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn sign_command(args: SignArgs) -> anyhow::Result<ExitCode> {
+    let request = sign::build(
+        &SignInput {
+            secret: &args.secret,
+            event_type: &args.event_type,
+            data: args.data.as_deref(),
+            id: args.id.as_deref(),
+            timestamp: args.timestamp,
+        },
+        SystemTime::now(),
+    )?;
+    let Some(url) = args.send else {
+        println!("{}", sign::curl_command(&request, &args.url, args.insecure));
+        return Ok(ExitCode::SUCCESS);
+    };
+    let trust = match (&args.cacert, args.insecure) {
+        (Some(path), _) => Trust::Pem(
+            std::fs::read(path).with_context(|| format!("--cacert {}", path.display()))?,
+        ),
+        (None, true) => Trust::Anything,
+        (None, false) => Trust::PublicRoots,
+    };
+    let (status, body) = sign::send(&request, &url, trust).await?;
+    let id = request
+        .headers
+        .iter()
+        .find(|(name, _)| *name == "webhook-id")
+        .map(|(_, value)| value.as_str())
+        .unwrap_or("-");
+    println!("webhook-id: {id}");
+    println!("HTTP {status}");
+    println!("{}", String::from_utf8_lossy(&body));
+    if !status.is_success() {
+        bail!("the gateway answered {status}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,204 @@
+//! The request path, as a list of stages in the order the security design needs.
+//!
+//! Each stage is a small function that returns what the next one needs or a `Reject`.
+//! The order is the design: the rate limit runs before any body byte is read; the body
+//! is read under a size cap before any hashing; the signature is verified before the
+//! body is trusted as JSON; the dedupe key is claimed only after verification (an
+//! unsigned request must never occupy a real delivery id) and settled only once the
+//! upstream has answered.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+
+use crate::client_ip::ClientIpResolver;
+use crate::config::{Limits, Settings, Source};
+use crate::dedupe::{Claimed, Dedupe};
+use crate::event;
+use crate::forward::{self, ForwardContext, Forwarder};
+use crate::metrics::{Metrics, NO_SOURCE};
+use crate::ratelimit::RateLimit;
+use crate::reject::{Accepted, Reject, json_response};
+use crate::store::Store;
+
+pub struct Gateway {
+    sources: HashMap<String, Source>,
+    client_ip: ClientIpResolver,
+    ratelimit: RateLimit,
+    dedupe: Dedupe,
+    forward: Forwarder,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    tls: bool,
+}
+
+/// What the one access-log line says about a request; filled in as stages pass.
+#[derive(Default)]
+struct Trace<'g> {
+    client: Option<IpAddr>,
+    source: Option<&'g str>,
+    route: Option<&'g str>,
+    webhook_id: Option<String>,
+    event_type: Option<String>,
+}
+
+impl Gateway {
+    pub fn new(settings: Settings, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        Gateway {
+            client_ip: ClientIpResolver::new(settings.trusted_proxies),
+            ratelimit: RateLimit::new(store.clone()),
+            dedupe: Dedupe::new(store, settings.dedupe),
+            forward: Forwarder::new(settings.limits.upstream_timeout, metrics.clone()),
+            limits: settings.limits,
+            metrics,
+            tls: settings.server.tls.is_some(),
+            sources: settings
+                .sources
+                .into_iter()
+                .map(|source| (source.path.clone(), source))
+                .collect(),
+        }
+    }
+
+    /// Answers one request. The pipeline runs in its own task, so a sender that hangs
+    /// up mid-forward cannot cancel it between the forward and the dedupe settle: the
+    /// outcome is always recorded, and nothing is forwarded twice because of a hang-up.
+    pub async fn serve<B>(self: &Arc<Self>, req: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let gateway = Arc::clone(self);
+        match tokio::spawn(async move { gateway.respond(req, peer).await }).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::error!(error = %e, "request task failed");
+                json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    r#"{"error":"internal"}"#.to_owned(),
+                )
+            }
+        }
+    }
+
+    async fn respond<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let mut trace = Trace::default();
+        let (outcome, detail, response) = match self.handle(req, peer, &mut trace).await {
+            Ok(accepted) => (accepted.outcome(), None, accepted.into_response()),
+            Err(reject) => (reject.outcome(), Some(reject.to_string()), reject.into_response()),
+        };
+        let elapsed = started.elapsed();
+        let source = trace.source.unwrap_or(NO_SOURCE);
+        self.metrics.request(source, outcome, elapsed);
+        tracing::info!(
+            target: "hookgate::access",
+            source,
+            route = trace.route.unwrap_or("-"),
+            outcome,
+            status = response.status().as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            webhook_id = trace.webhook_id.as_deref().unwrap_or("-"),
+            event_type = trace.event_type.as_deref().unwrap_or("-"),
+            client_ip = %trace.client.map(|ip| ip.to_string()).unwrap_or_default(),
+            detail = detail.as_deref().unwrap_or(""),
+        );
+        response
+    }
+
+    async fn handle<'g, B>(
+        &'g self,
+        req: Request<B>,
+        peer: SocketAddr,
+        trace: &mut Trace<'g>,
+    ) -> Result<Accepted, Reject>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let ip = self.client_ip.resolve(peer, req.headers());
+        trace.client = Some(ip);
+        let source = self.sources.get(req.uri().path());
+        trace.source = source.map(|s| s.name.as_str());
+        self.ratelimit.check(ip).await?; // cheapest first: before any body byte is read
+        let source = source.ok_or(Reject::NotFound)?;
+        require_post(req.method())?;
+        let (parts, body) = req.into_parts();
+        let body = read_body(body, &self.limits).await?;
+        let delivery = source
+            .verifier
+            .verify(&parts.headers, &body, SystemTime::now())?;
+        trace.webhook_id = Some(delivery.id.clone());
+        let event_type = event::type_at(&body, &source.event_type)?;
+        trace.event_type = Some(event_type.clone().into_owned());
+        let Some(route) = source.routes.first_match(&event_type) else {
+            return Ok(Accepted::Unrouted);
+        };
+        trace.route = Some(route.name());
+        // Claim only after verification: an unsigned request must never occupy a real id.
+        let claim = match self.dedupe.claim(&source.name, &delivery.id).await? {
+            Claimed::Won(claim) => claim,
+            Claimed::AlreadyDone => return Ok(Accepted::Duplicate),
+        };
+        let headers = self.upstream_headers(parts.headers, peer, &source.name, &event_type);
+        let outcome = self.forward.send(route, headers, body).await;
+        self.dedupe.settle(claim, outcome.is_ok()).await;
+        outcome.map(Accepted::Forwarded)
+    }
+
+    fn upstream_headers(
+        &self,
+        headers: HeaderMap,
+        peer: SocketAddr,
+        source: &str,
+        event_type: &str,
+    ) -> HeaderMap {
+        let forwarded_for = self.client_ip.forwarded_for(peer, &headers);
+        forward::upstream_headers(
+            headers,
+            &ForwardContext {
+                forwarded_for,
+                tls: self.tls,
+                source,
+                event_type,
+            },
+        )
+    }
+}
+
+fn require_post(method: &Method) -> Result<(), Reject> {
+    if method == Method::POST {
+        Ok(())
+    } else {
+        Err(Reject::MethodNotAllowed)
+    }
+}
+
+/// Reads the whole body under the size cap and the read timeout. A declared
+/// `Content-Length` over the cap is refused before a byte is read.
+async fn read_body<B>(body: B, limits: &Limits) -> Result<Bytes, Reject>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if body.size_hint().lower() > limits.max_body_bytes as u64 {
+        return Err(Reject::TooLarge);
+    }
+    let collect = Limited::new(body, limits.max_body_bytes).collect();
+    match tokio::time::timeout(limits.body_read_timeout, collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Reject::TooLarge),
+        Ok(Err(_)) => Err(Reject::BadBody),
+        Err(_) => Err(Reject::BodyTimeout),
+    }
+}

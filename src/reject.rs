@@ -1,0 +1,334 @@
+//! Every answer the sender can get, and its status, reason and metric label, in one place.
+//!
+//! Stages return facts (`VerifyError`, `ForwardError`, ...); this module alone decides
+//! what the client sees. Bodies are `{"error":"<reason>"}` with a stable, documented
+//! reason, never internal error text. The tables in the README mirror these matches.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use crate::event::PayloadError;
+use crate::forward::{ForwardError, UpstreamReply};
+use crate::store::StoreError;
+use crate::verify::VerifyError;
+
+/// How long a sender should wait after a store failure before retrying.
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// A request that was handled as intended.
+#[derive(Debug)]
+pub enum Accepted {
+    /// The upstream answered 2xx; its status and body go back to the sender.
+    Forwarded(UpstreamReply),
+    /// This delivery was already forwarded successfully: 200, not forwarded again.
+    Duplicate,
+    /// Verified, but no route matches its event type: 202, not forwarded.
+    Unrouted,
+}
+
+/// A request that was not (successfully) forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum Reject {
+    #[error("no source is configured for this path")]
+    NotFound,
+    #[error("only POST is accepted")]
+    MethodNotAllowed,
+    #[error("the body is larger than limits.max_body_bytes")]
+    TooLarge,
+    #[error("the body was not received within limits.body_read_timeout")]
+    BodyTimeout,
+    #[error("the body could not be read")]
+    BadBody,
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error(transparent)]
+    InvalidPayload(#[from] PayloadError),
+    #[error("a copy of this delivery is being forwarded right now")]
+    InFlight { retry_after: Duration },
+    #[error("too many requests from this client")]
+    RateLimited { retry_after: Duration },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Upstream(#[from] ForwardError),
+    /// The upstream answered with an error status that is passed through as-is.
+    #[error("the upstream answered {}", .0.status)]
+    UpstreamStatus(UpstreamReply),
+}
+
+impl Reject {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Reject::NotFound => StatusCode::NOT_FOUND,
+            Reject::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Reject::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Reject::BadBody | Reject::Verify(_) | Reject::InvalidPayload(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Reject::InFlight { .. } => StatusCode::CONFLICT,
+            Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Reject::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            // Includes upstream 3xx and 410: senders read those as "moved" or "disable
+            // this endpoint", which must never be decided by a backend's accident.
+            Reject::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Reject::UpstreamStatus(reply) => reply.status,
+        }
+    }
+
+    /// The machine-readable `error` in the body.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Reject::NotFound => "not_found",
+            Reject::MethodNotAllowed => "method_not_allowed",
+            Reject::TooLarge => "body_too_large",
+            Reject::BodyTimeout => "body_timeout",
+            Reject::BadBody => "bad_request",
+            Reject::Verify(e) => match e {
+                VerifyError::MissingHeader(_) => "missing_header",
+                VerifyError::MalformedId => "malformed_id",
+                VerifyError::MalformedTimestamp => "malformed_timestamp",
+                VerifyError::MalformedSignature => "malformed_signature",
+                VerifyError::InvalidSignature => "invalid_signature",
+                VerifyError::TimestampTooOld { .. } => "timestamp_too_old",
+                VerifyError::TimestampTooNew { .. } => "timestamp_too_new",
+            },
+            Reject::InvalidPayload(_) => "invalid_payload",
+            Reject::InFlight { .. } => "in_flight",
+            Reject::RateLimited { .. } => "rate_limited",
+            Reject::Store(_) => "store_unavailable",
+            Reject::Upstream(e) => e.reason(),
+            Reject::UpstreamStatus(_) => "upstream_status",
+        }
+    }
+
+    /// The `outcome` label of `hookgate_requests_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Reject::NotFound => "not_found",
+            Reject::MethodNotAllowed => "method_not_allowed",
+            Reject::TooLarge => "too_large",
+            Reject::BodyTimeout | Reject::BadBody => "bad_request",
+            Reject::Verify(e) if e.is_stale() => "stale",
+            Reject::Verify(_) => "invalid_signature",
+            Reject::InvalidPayload(_) => "invalid_payload",
+            Reject::InFlight { .. } => "in_flight",
+            Reject::RateLimited { .. } => "rate_limited",
+            Reject::Store(_) => "store_error",
+            Reject::Upstream(e) if e.is_timeout() => "upstream_timeout",
+            Reject::Upstream(_) | Reject::UpstreamStatus(_) => "upstream_error",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Reject::InFlight { retry_after } | Reject::RateLimited { retry_after } => {
+                Some(*retry_after)
+            }
+            Reject::Store(_) => Some(STORE_RETRY_AFTER),
+            _ => None,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        if let Reject::UpstreamStatus(reply) = self {
+            return reply.into_response();
+        }
+        let body = match &self {
+            Reject::Verify(VerifyError::MissingHeader(name)) => {
+                format!(r#"{{"error":"missing_header","header":"{name}"}}"#)
+            }
+            _ => format!(r#"{{"error":"{}"}}"#, self.reason()),
+        };
+        let mut response = json_response(status, body);
+        if let Some(wait) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after_seconds(wait)));
+        }
+        if matches!(self, Reject::MethodNotAllowed) {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+        }
+        response
+    }
+}
+
+impl Accepted {
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Accepted::Forwarded(_) => "forwarded",
+            Accepted::Duplicate => "duplicate",
+            Accepted::Unrouted => "unrouted",
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        match self {
+            Accepted::Forwarded(reply) => reply.into_response(),
+            Accepted::Duplicate => json_response(StatusCode::OK, r#"{"duplicate":true}"#.into()),
+            Accepted::Unrouted => json_response(StatusCode::ACCEPTED, r#"{"routed":false}"#.into()),
+        }
+    }
+}
+
+/// Whole seconds, rounded up, at least 1: `Retry-After: 0` would invite a busy loop.
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+pub fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::ForwardErrorKind;
+    use http::HeaderName;
+
+    fn upstream(kind: ForwardErrorKind) -> Reject {
+        Reject::Upstream(ForwardError {
+            route: "s/0".into(),
+            kind,
+        })
+    }
+
+    fn reply(status: u16) -> UpstreamReply {
+        UpstreamReply {
+            status: StatusCode::from_u16(status).unwrap(),
+            content_type: None,
+            body: Bytes::from_static(b"upstream says no"),
+        }
+    }
+
+    #[test]
+    fn every_reject_has_its_documented_status_reason_and_outcome() {
+        let cases: Vec<(Reject, u16, &str, &str)> = vec![
+            (Reject::NotFound, 404, "not_found", "not_found"),
+            (Reject::MethodNotAllowed, 405, "method_not_allowed", "method_not_allowed"),
+            (Reject::TooLarge, 413, "body_too_large", "too_large"),
+            (Reject::BodyTimeout, 408, "body_timeout", "bad_request"),
+            (Reject::BadBody, 400, "bad_request", "bad_request"),
+            (
+                VerifyError::MissingHeader(HeaderName::from_static("webhook-id")).into(),
+                400,
+                "missing_header",
+                "invalid_signature",
+            ),
+            (VerifyError::MalformedId.into(), 400, "malformed_id", "invalid_signature"),
+            (
+                VerifyError::MalformedTimestamp.into(),
+                400,
+                "malformed_timestamp",
+                "invalid_signature",
+            ),
+            (
+                VerifyError::MalformedSignature.into(),
+                400,
+                "malformed_signature",
+                "invalid_signature",
+            ),
+            (VerifyError::InvalidSignature.into(), 400, "invalid_signature", "invalid_signature"),
+            (
+                VerifyError::TimestampTooOld { age: Duration::from_secs(600) }.into(),
+                400,
+                "timestamp_too_old",
+                "stale",
+            ),
+            (
+                VerifyError::TimestampTooNew { ahead: Duration::from_secs(600) }.into(),
+                400,
+                "timestamp_too_new",
+                "stale",
+            ),
+            (PayloadError::NotJson.into(), 400, "invalid_payload", "invalid_payload"),
+            (PayloadError::NoEventType.into(), 400, "invalid_payload", "invalid_payload"),
+            (
+                Reject::InFlight { retry_after: Duration::from_secs(3) },
+                409,
+                "in_flight",
+                "in_flight",
+            ),
+            (
+                Reject::RateLimited { retry_after: Duration::from_millis(20) },
+                429,
+                "rate_limited",
+                "rate_limited",
+            ),
+            (StoreError::Timeout.into(), 503, "store_unavailable", "store_error"),
+            (upstream(ForwardErrorKind::Timeout), 504, "upstream_timeout", "upstream_timeout"),
+            (
+                upstream(ForwardErrorKind::Unreachable("refused".into())),
+                502,
+                "upstream_unreachable",
+                "upstream_error",
+            ),
+            (
+                upstream(ForwardErrorKind::Redirect(StatusCode::MOVED_PERMANENTLY)),
+                502,
+                "upstream_redirect",
+                "upstream_error",
+            ),
+            (upstream(ForwardErrorKind::Gone), 502, "upstream_gone", "upstream_error"),
+            (
+                upstream(ForwardErrorKind::Protocol("reset".into())),
+                502,
+                "upstream_failed",
+                "upstream_error",
+            ),
+            (Reject::UpstreamStatus(reply(500)), 500, "upstream_status", "upstream_error"),
+            (Reject::UpstreamStatus(reply(422)), 422, "upstream_status", "upstream_error"),
+        ];
+        for (reject, status, reason, outcome) in cases {
+            let label = format!("{reject:?}");
+            assert_eq!(reject.status().as_u16(), status, "{label}");
+            assert_eq!(reject.reason(), reason, "{label}");
+            assert_eq!(reject.outcome(), outcome, "{label}");
+        }
+    }
+
+    #[test]
+    fn bodies_are_json_with_the_reason_only() {
+        let response = Reject::Verify(VerifyError::InvalidSignature).into_response();
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        let body = response.into_body();
+        let text = format!("{body:?}");
+        assert!(text.contains(r#"{\"error\":\"invalid_signature\"}"#), "{text}");
+    }
+
+    #[test]
+    fn waits_are_announced_in_whole_seconds_rounded_up() {
+        let response = Reject::RateLimited { retry_after: Duration::from_millis(20) }.into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        let response = Reject::InFlight { retry_after: Duration::from_millis(2500) }.into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "3");
+        let response = Reject::Store(StoreError::Timeout).into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "5");
+    }
+
+    #[test]
+    fn method_not_allowed_says_what_is() {
+        assert_eq!(Reject::MethodNotAllowed.into_response().headers()[ALLOW], "POST");
+    }
+
+    #[test]
+    fn accepted_outcomes_have_their_statuses() {
+        assert_eq!(Accepted::Duplicate.into_response().status(), 200);
+        assert_eq!(Accepted::Unrouted.into_response().status(), 202);
+        assert_eq!(Accepted::Forwarded(reply(201)).into_response().status(), 201);
+    }
+}

@@ -1,0 +1,202 @@
+//! Routes: which upstream receives an event type. The first matching route wins.
+//!
+//! Patterns are an exact type (`response.completed`), a prefix ending in `*`
+//! (`batch.*` matches `batch.completed`, not `batch`), or `*` alone for everything.
+//! Nothing else is a wildcard, so a typo cannot silently widen a route.
+
+use std::fmt;
+
+use http::Uri;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventPattern {
+    Exact(String),
+    Prefix(String),
+    Any,
+}
+
+impl EventPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("an event pattern cannot be empty".to_owned());
+        }
+        let (stem, wildcard) = match text.strip_suffix('*') {
+            Some(stem) => (stem, true),
+            None => (text, false),
+        };
+        if stem.contains('*') {
+            return Err(format!(
+                "{text:?}: '*' is only allowed at the end of a pattern"
+            ));
+        }
+        Ok(match (stem.is_empty(), wildcard) {
+            (true, _) => EventPattern::Any,
+            (false, true) => EventPattern::Prefix(stem.to_owned()),
+            (false, false) => EventPattern::Exact(stem.to_owned()),
+        })
+    }
+
+    pub fn matches(&self, event_type: &str) -> bool {
+        match self {
+            EventPattern::Exact(exact) => event_type == exact,
+            EventPattern::Prefix(prefix) => {
+                event_type.len() > prefix.len() && event_type.starts_with(prefix.as_str())
+            }
+            EventPattern::Any => true,
+        }
+    }
+}
+
+impl fmt::Display for EventPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventPattern::Exact(exact) => f.write_str(exact),
+            EventPattern::Prefix(prefix) => write!(f, "{prefix}*"),
+            EventPattern::Any => f.write_str("*"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    name: String,
+    /// `<source>/<route name>`: unique across the config, used as the metric label.
+    label: String,
+    patterns: Vec<EventPattern>,
+    upstream: Uri,
+}
+
+impl Route {
+    /// Errors name the key relative to the route (`events[1] ...`, `upstream ...`).
+    pub fn new(source: &str, name: &str, events: &[String], upstream: &str) -> Result<Self, String> {
+        if events.is_empty() {
+            return Err("events is empty; use [\"*\"] to match every event type".to_owned());
+        }
+        let patterns = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| EventPattern::parse(e).map_err(|msg| format!("events[{i}] {msg}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Route {
+            name: name.to_owned(),
+            label: format!("{source}/{name}"),
+            patterns,
+            upstream: parse_upstream(upstream).map_err(|msg| format!("upstream {upstream:?} {msg}"))?,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn upstream(&self) -> &Uri {
+        &self.upstream
+    }
+
+    pub fn matches(&self, event_type: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(event_type))
+    }
+
+    pub fn patterns_display(&self) -> String {
+        let parts: Vec<String> = self.patterns.iter().map(ToString::to_string).collect();
+        format!("[{}]", parts.join(", "))
+    }
+}
+
+fn parse_upstream(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("is not a valid URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err("is not an http:// or https:// URL".to_owned()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("has no host".to_owned());
+    }
+    Ok(uri)
+}
+
+#[derive(Debug, Clone)]
+pub struct Routes(Vec<Route>);
+
+impl Routes {
+    pub fn new(routes: Vec<Route>) -> Self {
+        Routes(routes)
+    }
+
+    /// The first route, in file order, with a pattern matching `event_type`.
+    pub fn first_match(&self, event_type: &str) -> Option<&Route> {
+        self.0.iter().find(|route| route.matches(event_type))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, events: &[&str]) -> Route {
+        let events: Vec<String> = events.iter().map(|e| e.to_string()).collect();
+        Route::new("src", name, &events, "http://127.0.0.1:9/x").unwrap()
+    }
+
+    #[test]
+    fn exact_prefix_and_catch_all_match_as_documented() {
+        assert!(EventPattern::parse("response.completed").unwrap().matches("response.completed"));
+        assert!(!EventPattern::parse("response.completed").unwrap().matches("response.complete"));
+        let batch = EventPattern::parse("batch.*").unwrap();
+        assert!(batch.matches("batch.completed"));
+        assert!(!batch.matches("batch."));
+        assert!(!batch.matches("batch"));
+        assert!(!batch.matches("batchy.completed"));
+        assert!(EventPattern::parse("*").unwrap().matches("anything"));
+    }
+
+    #[test]
+    fn a_star_anywhere_but_the_end_is_rejected() {
+        assert!(EventPattern::parse("resp*.completed").is_err());
+        assert!(EventPattern::parse("**").is_err());
+        assert!(EventPattern::parse("").is_err());
+    }
+
+    #[test]
+    fn the_first_matching_route_wins() {
+        let routes = Routes::new(vec![
+            route("responses", &["response.completed", "response.failed"]),
+            route("batch", &["batch.*"]),
+            route("rest", &["*"]),
+        ]);
+        assert_eq!(routes.first_match("response.failed").unwrap().name(), "responses");
+        assert_eq!(routes.first_match("batch.expired").unwrap().name(), "batch");
+        assert_eq!(routes.first_match("eval.run.succeeded").unwrap().name(), "rest");
+    }
+
+    #[test]
+    fn no_match_without_a_catch_all() {
+        let routes = Routes::new(vec![route("responses", &["response.*"])]);
+        assert!(routes.first_match("batch.completed").is_none());
+    }
+
+    #[test]
+    fn the_label_is_qualified_by_the_source() {
+        assert_eq!(route("responses", &["*"]).label(), "src/responses");
+    }
+
+    #[test]
+    fn upstreams_must_be_http_urls_with_a_host() {
+        let events = vec!["*".to_owned()];
+        assert!(Route::new("s", "r", &events, "https://backend.internal/hooks").is_ok());
+        assert!(Route::new("s", "r", &events, "ftp://x/y").unwrap_err().contains("http"));
+        assert!(Route::new("s", "r", &events, "/relative").is_err());
+        assert!(Route::new("s", "r", &events, "not a url").is_err());
+        assert!(Route::new("s", "r", &[], "http://x/").unwrap_err().contains("events"));
+    }
+}

@@ -1,0 +1,237 @@
+//! Listeners: accept loops, TLS handshakes, HTTP/1.1 and HTTP/2, graceful shutdown.
+//!
+//! One listener serves both protocols: with TLS by ALPN, in plain text by sniffing the
+//! HTTP/2 preface. Shutdown stops accepting first (the listener is dropped, so a load
+//! balancer sees refused connections and moves on), then lets open requests finish up
+//! to `server.shutdown_timeout`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::Admin;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::pipeline::Gateway;
+use crate::store;
+
+/// Pause after a failed `accept` (for example out of file descriptors) before retrying.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// A started gateway: its bound addresses and the handle to stop it.
+pub struct Running {
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// The webhook listener's address (the real port when configured with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Stops accepting, lets open requests finish (bounded), then returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.wait().await;
+    }
+
+    /// Returns once both listeners have stopped.
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// A handle that can request the shutdown from elsewhere (a signal handler).
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Binds both listeners and starts serving; returns once they accept connections.
+pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    let listener = bind(settings.server.listen, "server.listen").await?;
+    let admin_listener = bind(settings.admin_listen, "admin.listen").await?;
+    let addr = listener.local_addr().expect("bound socket has an address");
+    let admin_addr = admin_listener.local_addr().expect("bound socket has an address");
+
+    let store = store::build(&settings);
+    let metrics = Arc::new(Metrics::new(settings.sources.iter().map(|s| s.name.as_str())));
+    let builder = http_builder(settings.limits.header_read_timeout);
+    let tls = settings.server.tls.as_ref().map(|tls| Handshake {
+        acceptor: TlsAcceptor::from(tls.config.clone()),
+        timeout: tls.handshake_timeout,
+    });
+    let grace = settings.server.shutdown_timeout;
+    tracing::info!(store = %store.describe(), "store");
+
+    let (stop, stopped) = watch::channel(false);
+    let admin = Arc::new(Admin::new(metrics.clone(), store.clone()));
+    let gateway = Arc::new(Gateway::new(settings, store, metrics));
+
+    let serve_gateway = accept_loop(
+        listener,
+        tls,
+        builder.clone(),
+        stopped.clone(),
+        grace,
+        move |req, peer| {
+            let gateway = gateway.clone();
+            async move { gateway.serve(req, peer).await }
+        },
+    );
+    let serve_admin = accept_loop(
+        admin_listener,
+        None,
+        builder,
+        stopped,
+        grace,
+        move |req, _peer| {
+            let admin = admin.clone();
+            async move { admin.serve(req).await }
+        },
+    );
+    tracing::info!(%addr, %admin_addr, "listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        stop,
+        tasks: vec![tokio::spawn(serve_gateway), tokio::spawn(serve_admin)],
+    })
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, what, source })
+}
+
+/// HTTP/1.1 and HTTP/2 on one connection builder. The timer is required: hyper panics
+/// on `header_read_timeout` without one.
+pub(crate) fn http_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+pub(crate) struct Handshake {
+    acceptor: TlsAcceptor,
+    timeout: Duration,
+}
+
+pub(crate) async fn accept_loop<H, F>(
+    listener: TcpListener,
+    tls: Option<Handshake>,
+    builder: auto::Builder<TokioExecutor>,
+    mut stopped: watch::Receiver<bool>,
+    grace: Duration,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let tls = tls.map(Arc::new);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = async { let _ = stopped.wait_for(|stop| *stop).await; } => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let handler = handler.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = handler(req, peer);
+                async move { Ok::<_, Infallible>(response.await) }
+            });
+            let result = match tls {
+                Some(tls) => match handshake(&tls, stream).await {
+                    Some(stream) => {
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    None => return,
+                },
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(open, "draining open connections");
+    }
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown timeout reached; closing remaining connections");
+    }
+}
+
+async fn handshake(
+    tls: &Handshake,
+    stream: TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(tls.timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! The in-memory store: claims in a map with expiry queues, GCRA buckets in governor.
+//!
+//! It is exact within one process and shares nothing between instances; run several
+//! instances only with the Redis store. Time is `tokio::time::Instant`, so tests pause
+//! and advance it instead of sleeping.
+//!
+//! Memory stays bounded: each TTL has its own FIFO queue (one TTL per queue means expiry
+//! order is insertion order), swept on every claim and by a background task, and idle
+//! rate-limit buckets are dropped by the same task.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
+
+use super::{BoxFuture, ClaimState, RateDecision, Settled, Store, StoreError};
+use crate::config::RateLimitSettings;
+
+/// How often idle buckets and expired claims are dropped when no traffic sweeps them.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    claims: Mutex<Claims>,
+    limiter: RateLimiter<IpAddr, DashMapStateStore<IpAddr>, TokioClock, NoOpMiddleware<Nanos>>,
+    clock: TokioClock,
+    rate: RateLimitSettings,
+}
+
+/// governor's clock on tokio time, so `tokio::time::pause` governs rate limits too.
+#[derive(Debug, Clone)]
+struct TokioClock {
+    start: Instant,
+}
+
+impl Clock for TokioClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(self.start.elapsed())
+    }
+}
+
+#[derive(Default)]
+struct Claims {
+    map: HashMap<Arc<str>, Entry>,
+    /// Expiry queues, one per TTL in use (in flight and done): each stays sorted.
+    queues: Vec<(Duration, VecDeque<(Instant, Arc<str>)>)>,
+}
+
+struct Entry {
+    state: State,
+    expires: Instant,
+}
+
+#[derive(PartialEq, Eq)]
+enum State {
+    InFlight(Box<str>),
+    Done,
+}
+
+impl Claims {
+    fn live(&self, key: &str, now: Instant) -> Option<&Entry> {
+        self.map.get(key).filter(|e| e.expires > now)
+    }
+
+    fn insert(&mut self, key: &str, state: State, ttl: Duration, now: Instant) {
+        let key: Arc<str> = match self.map.get_key_value(key) {
+            Some((existing, _)) => existing.clone(),
+            None => Arc::from(key),
+        };
+        let expires = now + ttl;
+        let queue = match self.queues.iter_mut().position(|(t, _)| *t == ttl) {
+            Some(i) => &mut self.queues[i].1,
+            None => {
+                self.queues.push((ttl, VecDeque::new()));
+                &mut self.queues.last_mut().expect("just pushed").1
+            }
+        };
+        queue.push_back((expires, key.clone()));
+        self.map.insert(key, Entry { state, expires });
+    }
+
+    /// Drops entries whose time has come; an entry renewed since its queue slot stays.
+    fn sweep(&mut self, now: Instant) {
+        for (_, queue) in &mut self.queues {
+            while let Some((deadline, _)) = queue.front() {
+                if *deadline > now {
+                    break;
+                }
+                let (_, key) = queue.pop_front().expect("front exists");
+                if self.map.get(&key).is_some_and(|e| e.expires <= now) {
+                    self.map.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+impl MemoryStore {
+    /// Starts the background sweeper; call inside a tokio runtime.
+    pub fn new(rate: RateLimitSettings) -> Self {
+        let clock = TokioClock {
+            start: Instant::now(),
+        };
+        let inner = Arc::new(Inner {
+            claims: Mutex::new(Claims::default()),
+            limiter: RateLimiter::dashmap_with_clock(quota(rate), clock.clone()),
+            clock,
+            rate,
+        });
+        tokio::spawn(sweep_forever(Arc::downgrade(&inner)));
+        MemoryStore { inner }
+    }
+
+    /// Number of client keys with rate-limit state, for tests and metrics.
+    pub fn tracked_clients(&self) -> usize {
+        self.inner.limiter.len()
+    }
+
+    /// Number of dedupe keys held (in flight or done), for tests and metrics.
+    pub fn tracked_keys(&self) -> usize {
+        self.inner.lock_claims().map.len()
+    }
+
+    /// Drops expired claims and idle buckets now rather than at the next tick.
+    pub fn sweep(&self) {
+        self.inner.sweep();
+    }
+}
+
+impl Inner {
+    fn lock_claims(&self) -> std::sync::MutexGuard<'_, Claims> {
+        // A panic while holding the lock cannot leave a half-written entry behind
+        // (each operation is one map call), so poisoning is safe to ignore.
+        self.claims.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sweep(&self) {
+        self.lock_claims().sweep(Instant::now());
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+async fn sweep_forever(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.sweep();
+    }
+}
+
+/// `requests_per_second` sustained, `burst` at once: one cell every 1/rps seconds.
+fn quota(rate: RateLimitSettings) -> Quota {
+    let period = Duration::from_secs_f64(1.0 / rate.requests_per_second).max(Duration::from_nanos(1));
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period)
+        .expect("period is at least one nanosecond")
+        .allow_burst(burst)
+}
+
+impl Store for MemoryStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<ClaimState, StoreError>> {
+        let now = Instant::now();
+        let mut claims = self.inner.lock_claims();
+        claims.sweep(now);
+        let state = match claims.live(key, now) {
+            Some(Entry { state: State::Done, .. }) => ClaimState::Done,
+            Some(Entry { expires, .. }) => ClaimState::InFlight {
+                remaining: *expires - now,
+            },
+            None => {
+                claims.insert(key, State::InFlight(token.into()), ttl, now);
+                ClaimState::Won
+            }
+        };
+        Box::pin(std::future::ready(Ok(state)))
+    }
+
+    fn commit<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Settled, StoreError>> {
+        let now = Instant::now();
+        let mut claims = self.inner.lock_claims();
+        let settled = match claims.live(key, now).map(|e| &e.state) {
+            // Ours, or expired with nobody else holding it: the delivery did go through.
+            Some(State::InFlight(t)) if **t == *token => Settled::Applied,
+            None => Settled::Applied,
+            Some(State::InFlight(_)) | Some(State::Done) => Settled::Superseded,
+        };
+        if settled == Settled::Applied {
+            claims.insert(key, State::Done, ttl, now);
+        }
+        Box::pin(std::future::ready(Ok(settled)))
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Settled, StoreError>> {
+        let now = Instant::now();
+        let mut claims = self.inner.lock_claims();
+        let ours = matches!(
+            claims.live(key, now).map(|e| &e.state),
+            Some(State::InFlight(t)) if **t == *token
+        );
+        let settled = if ours {
+            claims.map.remove(key);
+            Settled::Applied
+        } else {
+            Settled::Superseded
+        };
+        Box::pin(std::future::ready(Ok(settled)))
+    }
+
+    fn rate_check(&self, client: IpAddr) -> BoxFuture<'_, Result<RateDecision, StoreError>> {
+        let decision = match self.inner.limiter.check_key(&client) {
+            Ok(()) => RateDecision::Allow,
+            Err(not_until) => RateDecision::Deny {
+                retry_after: not_until.wait_time_from(self.inner.clock.now()),
+            },
+        };
+        Box::pin(std::future::ready(Ok(decision)))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "in-memory (this instance only; {} req/s, burst {})",
+            self.inner.rate.requests_per_second, self.inner.rate.burst
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(rps: f64, burst: u32) -> MemoryStore {
+        MemoryStore::new(RateLimitSettings {
+            requests_per_second: rps,
+            burst,
+        })
+    }
+
+    const FLIGHT: Duration = Duration::from_secs(15);
+    const DONE: Duration = Duration::from_secs(3600);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_blocks_until_settled_then_done_blocks_for_the_ttl() {
+        let s = store(10.0, 10);
+        assert_eq!(s.claim("k", "a", FLIGHT).await.unwrap(), ClaimState::Won);
+        assert!(matches!(
+            s.claim("k", "b", FLIGHT).await.unwrap(),
+            ClaimState::InFlight { .. }
+        ));
+        assert_eq!(s.commit("k", "a", DONE).await.unwrap(), Settled::Applied);
+        assert_eq!(s.claim("k", "b", FLIGHT).await.unwrap(), ClaimState::Done);
+        tokio::time::advance(DONE).await;
+        assert_eq!(s.claim("k", "b", FLIGHT).await.unwrap(), ClaimState::Won);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_frees_the_key_for_the_next_attempt() {
+        let s = store(10.0, 10);
+        s.claim("k", "a", FLIGHT).await.unwrap();
+        assert_eq!(s.release("k", "a").await.unwrap(), Settled::Applied);
+        assert_eq!(s.claim("k", "b", FLIGHT).await.unwrap(), ClaimState::Won);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_claim_cannot_commit_or_release_over_a_newer_one() {
+        let s = store(10.0, 10);
+        s.claim("k", "old", FLIGHT).await.unwrap();
+        tokio::time::advance(FLIGHT).await;
+        assert_eq!(s.claim("k", "new", FLIGHT).await.unwrap(), ClaimState::Won);
+        assert_eq!(s.commit("k", "old", DONE).await.unwrap(), Settled::Superseded);
+        assert_eq!(s.release("k", "old").await.unwrap(), Settled::Superseded);
+        assert!(matches!(
+            s.claim("k", "third", FLIGHT).await.unwrap(),
+            ClaimState::InFlight { .. }
+        ));
+        assert_eq!(s.commit("k", "new", DONE).await.unwrap(), Settled::Applied);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_commit_with_nobody_else_holding_the_key_still_marks_it_done() {
+        let s = store(10.0, 10);
+        s.claim("k", "a", FLIGHT).await.unwrap();
+        tokio::time::advance(FLIGHT * 2).await;
+        assert_eq!(s.commit("k", "a", DONE).await.unwrap(), Settled::Applied);
+        assert_eq!(s.claim("k", "b", FLIGHT).await.unwrap(), ClaimState::Done);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_reports_the_time_left() {
+        let s = store(10.0, 10);
+        s.claim("k", "a", FLIGHT).await.unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            s.claim("k", "b", FLIGHT).await.unwrap(),
+            ClaimState::InFlight {
+                remaining: Duration::from_secs(10)
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_keys_are_dropped_from_memory() {
+        let s = store(10.0, 10);
+        for i in 0..1000 {
+            let key = format!("k{i}");
+            s.claim(&key, "t", FLIGHT).await.unwrap();
+            if i % 2 == 0 {
+                s.commit(&key, "t", DONE).await.unwrap();
+            }
+        }
+        assert_eq!(s.tracked_keys(), 1000);
+        tokio::time::advance(FLIGHT).await;
+        s.sweep();
+        assert_eq!(s.tracked_keys(), 500);
+        tokio::time::advance(DONE).await;
+        s.sweep();
+        assert_eq!(s.tracked_keys(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bucket_allows_the_burst_then_refills_at_the_rate() {
+        let s = store(2.0, 3);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(s.rate_check(ip).await.unwrap(), RateDecision::Allow);
+        }
+        assert_eq!(
+            s.rate_check(ip).await.unwrap(),
+            RateDecision::Deny {
+                retry_after: Duration::from_millis(500)
+            }
+        );
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(s.rate_check(other).await.unwrap(), RateDecision::Allow);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(s.rate_check(ip).await.unwrap(), RateDecision::Allow);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_buckets_of_many_clients_are_evicted() {
+        let s = store(50.0, 100);
+        for i in 0..200_000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            s.rate_check(ip).await.unwrap();
+        }
+        assert_eq!(s.tracked_clients(), 200_000);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        s.sweep();
+        assert_eq!(s.tracked_clients(), 0);
+    }
+}

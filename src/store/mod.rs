@@ -1,0 +1,87 @@
+//! The shared state behind dedupe and rate limiting, behind one object-safe trait.
+//!
+//! A store knows nothing of HTTP or sources: it holds claims on opaque keys and GCRA
+//! state per client key. `memory.rs` is the embedded default; a new store is one file
+//! here and one arm in `build`.
+
+pub mod memory;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Settings;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a dedupe key stands after a claim attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimState {
+    /// This request now holds the key as in flight.
+    Won,
+    /// Another request holds it; it expires in `remaining` unless settled first.
+    InFlight { remaining: Duration },
+    /// A copy of this delivery was already forwarded successfully.
+    Done,
+}
+
+/// Whether a commit or release found this request's own claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Applied,
+    /// The claim had expired and another request owns the key now; nothing was touched.
+    Superseded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    Allow,
+    Deny { retry_after: Duration },
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store timed out")]
+    Timeout,
+}
+
+pub trait Store: Send + Sync {
+    /// Claims `key` for `token` for `ttl`, unless it is done or claimed by someone else.
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<ClaimState, StoreError>>;
+
+    /// Marks `key` done for `ttl` if it still holds `token` or has expired meanwhile;
+    /// never overwrites a newer claim.
+    fn commit<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Settled, StoreError>>;
+
+    /// Deletes `key` only if it still holds `token`.
+    fn release<'a>(&'a self, key: &'a str, token: &'a str)
+    -> BoxFuture<'a, Result<Settled, StoreError>>;
+
+    /// Takes one request from the GCRA bucket of `client`.
+    fn rate_check(&self, client: IpAddr) -> BoxFuture<'_, Result<RateDecision, StoreError>>;
+
+    /// Succeeds while the store can serve requests; drives `/readyz`.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// One line for `hookgate check` and the start-up log.
+    fn describe(&self) -> String;
+}
+
+/// The store the settings ask for.
+pub fn build(settings: &Settings) -> Arc<dyn Store> {
+    Arc::new(memory::MemoryStore::new(settings.rate_limit))
+}
