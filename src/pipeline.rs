@@ -104,14 +104,14 @@ impl Gateway {
         tracing::info!(
             target: "hookgate::access",
             source,
-            route = trace.route.unwrap_or("-"),
+            route = trace.route,
             outcome,
             status = response.status().as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            webhook_id = trace.webhook_id.as_deref().unwrap_or("-"),
-            event_type = trace.event_type.as_deref().unwrap_or("-"),
-            client_ip = %trace.client.map(|ip| ip.to_string()).unwrap_or_default(),
-            detail = detail.as_deref().unwrap_or(""),
+            webhook_id = trace.webhook_id.as_deref(),
+            event_type = trace.event_type.as_deref(),
+            client_ip = trace.client.map(tracing::field::display),
+            detail = detail.as_deref(),
         );
         response
     }
