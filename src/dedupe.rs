@@ -10,13 +10,16 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::DedupeSettings;
+use crate::config::{DedupeSettings, OnError};
+use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::store::{ClaimState, Settled, Store};
 
 pub struct Dedupe {
     store: Arc<dyn Store>,
     settings: DedupeSettings,
+    on_error: OnError,
+    metrics: Arc<Metrics>,
     /// Random per process, so tokens from different instances never collide in a shared store.
     instance: u64,
     counter: AtomicU64,
@@ -27,6 +30,9 @@ pub struct Dedupe {
 pub struct Claim {
     key: String,
     token: String,
+    /// False when the store failed and `on_error = "allow"` let the request through
+    /// unguarded: there is nothing to settle.
+    held: bool,
 }
 
 #[derive(Debug)]
@@ -37,10 +43,17 @@ pub enum Claimed {
 }
 
 impl Dedupe {
-    pub fn new(store: Arc<dyn Store>, settings: DedupeSettings) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: DedupeSettings,
+        on_error: OnError,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Dedupe {
             store,
             settings,
+            on_error,
+            metrics,
             instance: RandomState::new().hash_one(std::process::id()),
             counter: AtomicU64::new(0),
         }
@@ -55,16 +68,29 @@ impl Dedupe {
         let key = Self::key(source, id);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let token = format!("{:016x}{n:x}", self.instance);
-        match self
+        let state = self
             .store
             .claim(&key, &token, self.settings.in_flight_ttl)
-            .await?
-        {
-            ClaimState::Won => Ok(Claimed::Won(Claim { key, token })),
-            ClaimState::Done => Ok(Claimed::AlreadyDone),
-            ClaimState::InFlight { remaining } => Err(Reject::InFlight {
+            .await;
+        match state {
+            Ok(ClaimState::Won) => Ok(Claimed::Won(Claim {
+                key,
+                token,
+                held: true,
+            })),
+            Ok(ClaimState::Done) => Ok(Claimed::AlreadyDone),
+            Ok(ClaimState::InFlight { remaining }) => Err(Reject::InFlight {
                 retry_after: remaining,
             }),
+            Err(_) if self.on_error == OnError::Allow => {
+                self.metrics.store_fail_open("claim");
+                Ok(Claimed::Won(Claim {
+                    key,
+                    token,
+                    held: false,
+                }))
+            }
+            Err(e) => Err(Reject::Store(e)),
         }
     }
 
@@ -73,6 +99,9 @@ impl Dedupe {
     /// failed commit can at worst let a later retry through again, a failed release
     /// only delays the retry until the claim expires.
     pub async fn settle(&self, claim: Claim, success: bool) {
+        if !claim.held {
+            return;
+        }
         let result = if success {
             self.store
                 .commit(&claim.key, &claim.token, self.settings.ttl)

@@ -43,7 +43,17 @@ pub struct Metrics {
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     upstream_responses: IntCounterVec,
+    store_errors: IntCounterVec,
+    store_duration: HistogramVec,
+    store_fail_open: IntCounterVec,
 }
+
+/// The `op` label values of the store metrics.
+pub const STORE_OPS: &[&str] = &["claim", "commit", "release", "rate_check", "ping"];
+
+const STORE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 
 impl Metrics {
     /// Registers every metric and pre-creates the series for the configured names.
@@ -83,6 +93,31 @@ impl Metrics {
             &["route", "class"],
         )
         .expect("valid metric");
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "hookgate_store_errors_total",
+                "Store operations that failed or timed out, by operation.",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        let store_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "hookgate_store_duration_seconds",
+                "Latency of store operations (Redis round trips), by operation.",
+            )
+            .buckets(STORE_BUCKETS.to_vec()),
+            &["op"],
+        )
+        .expect("valid metric");
+        let store_fail_open = IntCounterVec::new(
+            Opts::new(
+                "hookgate_store_fail_open_total",
+                "Requests let through without dedupe or rate limit because the store failed and store.on_error = \"allow\".",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("hookgate_build_info", "Always 1; the version is in the label."),
             &["version"],
@@ -97,6 +132,9 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(upstream_responses.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(store_duration.clone()),
+            Box::new(store_fail_open.clone()),
             Box::new(build_info),
         ] {
             registry.register(collector).expect("metric names are unique");
@@ -106,12 +144,19 @@ impl Metrics {
                 requests.with_label_values(&[source, outcome]);
             }
         }
+        for op in STORE_OPS {
+            store_errors.with_label_values(&[op]);
+            store_fail_open.with_label_values(&[op]);
+        }
         Metrics {
             registry,
             requests,
             request_duration,
             upstream_duration,
             upstream_responses,
+            store_errors,
+            store_duration,
+            store_fail_open,
         }
     }
 
@@ -129,6 +174,21 @@ impl Metrics {
         self.upstream_duration
             .with_label_values(&[route])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One store round trip: its latency, and whether it failed.
+    pub fn store_op(&self, op: &str, elapsed: Duration, ok: bool) {
+        self.store_duration
+            .with_label_values(&[op])
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.store_errors.with_label_values(&[op]).inc();
+        }
+    }
+
+    /// A request let through without the store because of `on_error = "allow"`.
+    pub fn store_fail_open(&self, op: &str) {
+        self.store_fail_open.with_label_values(&[op]).inc();
     }
 
     /// Other modules register their own collectors here (store, rotation, ...).

@@ -52,8 +52,8 @@ impl Gateway {
     pub fn new(settings: Settings, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
         Gateway {
             client_ip: ClientIpResolver::new(settings.trusted_proxies),
-            ratelimit: RateLimit::new(store.clone()),
-            dedupe: Dedupe::new(store, settings.dedupe),
+            ratelimit: RateLimit::new(store.clone(), settings.store.on_error, metrics.clone()),
+            dedupe: Dedupe::new(store, settings.dedupe, settings.store.on_error, metrics.clone()),
             forward: Forwarder::new(settings.limits.upstream_timeout, metrics.clone()),
             limits: settings.limits,
             metrics,

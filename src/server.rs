@@ -41,6 +41,8 @@ pub enum StartError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A started gateway: its bound addresses and the handle to stop it.
@@ -87,8 +89,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let addr = listener.local_addr().expect("bound socket has an address");
     let admin_addr = admin_listener.local_addr().expect("bound socket has an address");
 
-    let store = store::build(&settings);
     let metrics = Arc::new(Metrics::new(settings.sources.iter().map(|s| s.name.as_str())));
+    let store = store::build(&settings, metrics.clone())?;
     let builder = http_builder(settings.limits.header_read_timeout);
     let tls = settings.server.tls.as_ref().map(|tls| Handshake {
         acceptor: TlsAcceptor::from(tls.config.clone()),

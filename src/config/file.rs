@@ -26,6 +26,7 @@ pub struct FileConfig {
     pub dedupe: Dedupe,
     #[serde(default)]
     pub rate_limit: RateLimit,
+    pub store: Option<Store>,
     #[serde(default)]
     pub sources: Vec<Source>,
 }
@@ -141,6 +142,35 @@ impl Default for RateLimit {
     }
 }
 
+/// `[store]`: present means Redis (one server or a cluster); absent means in memory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Store {
+    /// May carry a password, hence a `Secret` (and `${REDIS_URL}` works).
+    pub redis_url: Option<Secret>,
+    #[serde(default)]
+    pub cluster: Vec<Secret>,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    #[serde(default)]
+    pub on_error: OnError,
+    #[serde(default = "default_store_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_store_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// What a request gets when the store fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// 503 with `Retry-After`: the sender retries later; nothing lost, nothing doubled.
+    #[default]
+    Reject,
+    /// Forward without dedupe or rate limit, and count it.
+    Allow,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
@@ -198,6 +228,15 @@ fn default_requests_per_second() -> f64 {
 }
 fn default_burst() -> u32 {
     100
+}
+fn default_key_prefix() -> String {
+    "hookgate:".to_owned()
+}
+fn default_store_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_store_connect_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_tolerance() -> Duration {
     Duration::from_secs(300)

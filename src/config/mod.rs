@@ -22,7 +22,7 @@ use crate::route::{Route, Routes};
 use crate::tls;
 use crate::verify::{self, Verifier};
 
-pub use file::{FileConfig, Source as SourceFile};
+pub use file::{FileConfig, OnError, Source as SourceFile};
 
 /// The embedded default configuration: the same text as `config/hookgate.toml`, so the
 /// binary runs anywhere with no file at all (self-signed TLS, in-memory store, demo secret).
@@ -45,7 +45,54 @@ pub struct Settings {
     pub dedupe: DedupeSettings,
     pub rate_limit: RateLimitSettings,
     pub trusted_proxies: Vec<IpNet>,
+    pub store: StoreSettings,
     pub sources: Vec<Source>,
+}
+
+#[derive(Debug)]
+pub struct StoreSettings {
+    pub backend: StoreBackend,
+    pub on_error: OnError,
+}
+
+#[derive(Debug)]
+pub enum StoreBackend {
+    Memory,
+    Redis(RedisSettings),
+}
+
+#[derive(Debug)]
+pub struct RedisSettings {
+    pub target: RedisTarget,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Where Redis is. `Debug` and `Display` show addresses only, never a password.
+pub enum RedisTarget {
+    Single(redis::ConnectionInfo),
+    Cluster(Vec<redis::ConnectionInfo>),
+}
+
+impl fmt::Display for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedisTarget::Single(info) => {
+                write!(f, "redis {} db {}", info.addr(), info.redis_settings().db())
+            }
+            RedisTarget::Cluster(nodes) => {
+                let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+                write!(f, "redis cluster {}", addrs.join(", "))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 #[derive(Debug)]
@@ -160,6 +207,7 @@ fn build(file: FileConfig, origin: &str) -> Result<Settings, String> {
         );
     }
     let sources = sources(&file.sources)?;
+    let store = store_settings(file.store.as_ref())?;
     Ok(Settings {
         origin: origin.to_owned(),
         server: ServerSettings {
@@ -172,6 +220,7 @@ fn build(file: FileConfig, origin: &str) -> Result<Settings, String> {
         dedupe,
         rate_limit,
         trusted_proxies: file.rate_limit.trusted_proxies,
+        store,
         sources,
     })
 }
@@ -216,6 +265,54 @@ fn rate_limit(file: &file::RateLimit) -> Result<RateLimitSettings, String> {
         requests_per_second: rps,
         burst: file.burst,
     })
+}
+
+fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, String> {
+    let Some(file) = file else {
+        return Ok(StoreSettings {
+            backend: StoreBackend::Memory,
+            on_error: OnError::Reject,
+        });
+    };
+    let target = match (&file.redis_url, file.cluster.as_slice()) {
+        (Some(url), []) => RedisTarget::Single(redis_url("store.redis_url", url.expose())?),
+        (None, []) => {
+            return Err(
+                "[store] needs redis_url (one server) or cluster (a list of node URLs); \
+                 remove [store] for the in-memory store"
+                    .to_owned(),
+            );
+        }
+        (None, nodes) => RedisTarget::Cluster(
+            nodes
+                .iter()
+                .enumerate()
+                .map(|(i, url)| redis_url(&format!("store.cluster[{i}]"), url.expose()))
+                .collect::<Result<_, _>>()?,
+        ),
+        (Some(_), _) => {
+            return Err("store: set redis_url or cluster, not both".to_owned());
+        }
+    };
+    Ok(StoreSettings {
+        backend: StoreBackend::Redis(RedisSettings {
+            target,
+            key_prefix: file.key_prefix.clone(),
+            timeout: positive("store.timeout", file.timeout)?,
+            connect_timeout: positive("store.connect_timeout", file.connect_timeout)?,
+        }),
+        on_error: file.on_error,
+    })
+}
+
+/// Parses a Redis URL without ever echoing it: it may hold a password.
+fn redis_url(key: &str, url: &str) -> Result<redis::ConnectionInfo, String> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info().map_err(|_| {
+        format!("{key} is not a valid Redis URL (redis://, rediss:// or redis+unix://)")
+    })?;
+    redis::Client::open(info.clone()).map_err(|e| format!("{key}: {e}"))?;
+    Ok(info)
 }
 
 fn tls_settings(file: &file::Tls) -> Result<TlsSettings, String> {
@@ -360,9 +457,19 @@ impl Settings {
             self.rate_limit.burst,
             self.trusted_proxies.len()
         );
+        let store = match &self.store.backend {
+            StoreBackend::Memory => "in-memory (this instance only)".to_owned(),
+            StoreBackend::Redis(redis) => format!(
+                "{} (key prefix {:?}, timeout {}, on_error = {:?})",
+                redis.target,
+                redis.key_prefix,
+                humantime::format_duration(redis.timeout),
+                self.store.on_error
+            ),
+        };
         let _ = writeln!(
             s,
-            "store:  in-memory (dedupe ttl {}, in-flight {}; not shared between instances)",
+            "store:  {store}; dedupe ttl {}, in-flight {}",
             humantime::format_duration(self.dedupe.ttl),
             humantime::format_duration(self.dedupe.in_flight_ttl),
         );
@@ -523,6 +630,38 @@ upstream = "http://127.0.0.1:9001/hooks"
             "[rate_limit]\ntrusted_proxies = [\"10.0.0.0/33\"]\n{MINIMAL}"
         ));
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn a_store_section_selects_redis_and_hides_the_password() {
+        let settings = parse(
+            &format!("[store]\nredis_url = \"redis://:hunter2@127.0.0.1:6390/2\"\non_error = \"allow\"\n{MINIMAL}"),
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(settings.store.on_error, OnError::Allow);
+        let StoreBackend::Redis(redis) = &settings.store.backend else {
+            panic!("expected redis");
+        };
+        assert_eq!(redis.key_prefix, "hookgate:");
+        let shown = format!("{settings:?} {}", settings.summary());
+        assert!(shown.contains("127.0.0.1:6390"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn store_errors_name_the_key_without_echoing_the_url() {
+        let e = error(&format!("[store]\nredis_url = \"http://:hunter2@x\"\n{MINIMAL}"));
+        assert!(e.contains("store.redis_url is not a valid Redis URL"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = error(&format!("[store]\nkey_prefix = \"x\"\n{MINIMAL}"));
+        assert!(e.contains("needs redis_url"), "{e}");
+        let e = error(&format!(
+            "[store]\nredis_url = \"redis://a\"\ncluster = [\"redis://b\"]\n{MINIMAL}"
+        ));
+        assert!(e.contains("not both"), "{e}");
+        let e = error(&format!("[store]\nredis_url = \"redis://a\"\non_error = \"maybe\"\n{MINIMAL}"));
+        assert!(e.contains("line 3"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! here and one arm in `build`.
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -12,7 +13,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Settings;
+use crate::config::{Settings, StoreBackend};
+use crate::metrics::Metrics;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -81,7 +83,15 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The store the settings ask for.
-pub fn build(settings: &Settings) -> Arc<dyn Store> {
-    Arc::new(memory::MemoryStore::new(settings.rate_limit))
+/// The store the settings ask for. Does not connect: a store that is down at start-up
+/// makes `/readyz` fail and requests follow `store.on_error`, until it comes up.
+pub fn build(settings: &Settings, metrics: Arc<Metrics>) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &settings.store.backend {
+        StoreBackend::Memory => Arc::new(memory::MemoryStore::new(settings.rate_limit)),
+        StoreBackend::Redis(redis) => Arc::new(self::redis::RedisStore::new(
+            redis,
+            settings.rate_limit,
+            metrics,
+        )?),
+    })
 }

@@ -1,0 +1,378 @@
+//! The Redis store: dedupe claims and GCRA buckets shared by every instance.
+//!
+//! Each operation is one Lua script touching one key, sent as `EVALSHA` (the script is
+//! loaded on first use and re-sent only after a `NOSCRIPT`), so every operation is one
+//! round trip, atomic, and valid on Redis Cluster without hash tags. One multiplexed
+//! connection per instance (`ConnectionManager`, which reconnects by itself); a cluster
+//! connection is opened on first use and again after it fails, so hookgate starts, and
+//! reports not ready, while Redis is down.
+//!
+//! Keys (with the default prefix `hookgate:`):
+//! - `hookgate:dedupe:<source>:<webhook-id>`: `inflight:<token>` for
+//!   `dedupe.in_flight_ttl`, then `done` for `dedupe.ttl`;
+//! - `hookgate:rate:<client ip or /64>`: the GCRA theoretical arrival time in
+//!   microseconds of Redis' clock, expiring when the bucket is full again.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisError, RedisFuture, Script, ScriptInvocation};
+use tokio::sync::Mutex;
+
+use super::{BoxFuture, ClaimState, RateDecision, Settled, Store, StoreError};
+use crate::config::{RateLimitSettings, RedisSettings, RedisTarget};
+use crate::metrics::Metrics;
+
+/// Claims `KEYS[1]` for `ARGV[1]` (`inflight:<token>`) for `ARGV[2]` ms unless it exists.
+/// Returns `{1}` won, `{2}` done, `{3, pttl}` in flight elsewhere.
+const CLAIM: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, 0}
+end
+if redis.call('GET', KEYS[1]) == 'done' then
+  return {2, 0}
+end
+return {3, redis.call('PTTL', KEYS[1])}
+";
+
+/// Marks `KEYS[1]` done for `ARGV[2]` ms if it still holds `ARGV[1]` or has expired;
+/// never overwrites a newer claim. Returns 1 when applied.
+const COMMIT: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] or current == false then
+  redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Deletes `KEYS[1]` only if it still holds `ARGV[1]`. Returns 1 when applied.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+/// GCRA on Redis' own clock (instances' clocks may differ). `ARGV[1]` is the emission
+/// interval and `ARGV[2]` the burst tolerance, both in microseconds. Returns
+/// `{1, 0}` allowed or `{0, retry_after_us}`.
+const RATE: &str = r"
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then
+  tat = now
+end
+if tat - now > tolerance then
+  return {0, tat - now - tolerance}
+end
+local next_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000))
+return {1, 0}
+";
+
+pub struct RedisStore {
+    connection: Connection,
+    prefix: String,
+    /// GCRA emission interval (1 / rate) and burst tolerance, in microseconds.
+    interval_us: u64,
+    tolerance_us: u64,
+    scripts: Scripts,
+    metrics: Arc<Metrics>,
+    description: String,
+}
+
+struct Scripts {
+    claim: Script,
+    commit: Script,
+    release: Script,
+    rate: Script,
+}
+
+enum Connection {
+    Single(ConnectionManager),
+    /// Opened on first use; dropped and reopened when it fails.
+    Cluster {
+        client: ClusterClient,
+        connection: Mutex<Option<ClusterConnection>>,
+    },
+}
+
+impl RedisStore {
+    /// Creates the store without connecting: Redis may come up after hookgate.
+    pub fn new(
+        settings: &RedisSettings,
+        rate: RateLimitSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let connection = match &settings.target {
+            RedisTarget::Single(info) => {
+                let client = redis::Client::open(info.clone()).map_err(unavailable)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(settings.timeout))
+                    .set_connection_timeout(Some(settings.connect_timeout))
+                    .set_max_delay(Duration::from_secs(2));
+                Connection::Single(
+                    ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
+                )
+            }
+            RedisTarget::Cluster(nodes) => Connection::Cluster {
+                client: ClusterClient::builder(nodes.iter().cloned())
+                    .response_timeout(settings.timeout)
+                    .connection_timeout(settings.connect_timeout)
+                    .retries(2)
+                    .build()
+                    .map_err(unavailable)?,
+                connection: Mutex::new(None),
+            },
+        };
+        let interval = Duration::from_secs_f64(1.0 / rate.requests_per_second);
+        let interval_us = (interval.as_micros() as u64).max(1);
+        Ok(RedisStore {
+            connection,
+            prefix: settings.key_prefix.clone(),
+            interval_us,
+            tolerance_us: interval_us * u64::from(rate.burst.saturating_sub(1)),
+            scripts: Scripts {
+                claim: Script::new(CLAIM),
+                commit: Script::new(COMMIT),
+                release: Script::new(RELEASE),
+                rate: Script::new(RATE),
+            },
+            metrics,
+            description: format!(
+                "{} (shared by every instance using it; key prefix {:?})",
+                settings.target, settings.key_prefix
+            ),
+        })
+    }
+
+    fn dedupe_key(&self, key: &str) -> String {
+        format!("{}dedupe:{key}", self.prefix)
+    }
+
+    /// Runs one round trip, timing it and counting a failure under `op`. A cluster
+    /// connection that failed for good is dropped so the next call reconnects.
+    async fn call<T>(
+        &self,
+        op: &str,
+        request: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = match self.connection().await {
+            Ok(mut conn) => {
+                let result = request(&mut conn).await;
+                if let (Err(e), Connection::Cluster { connection, .. }) = (&result, &self.connection) {
+                    if e.is_unrecoverable_error() || e.is_connection_dropped() {
+                        *connection.lock().await = None;
+                    }
+                }
+                result.map_err(store_error)
+            }
+            Err(e) => Err(e),
+        };
+        self.metrics.store_op(op, started.elapsed(), result.is_ok());
+        if let Err(e) = &result {
+            tracing::warn!(op, error = %e, "redis store operation failed");
+        }
+        result
+    }
+
+    async fn connection(&self) -> Result<Conn, StoreError> {
+        match &self.connection {
+            Connection::Single(manager) => Ok(Conn::Single(manager.clone())),
+            Connection::Cluster { client, connection } => {
+                let mut slot = connection.lock().await;
+                if let Some(conn) = slot.as_ref() {
+                    return Ok(Conn::Cluster(conn.clone()));
+                }
+                let conn = client.get_async_connection().await.map_err(store_error)?;
+                *slot = Some(conn.clone());
+                Ok(Conn::Cluster(conn))
+            }
+        }
+    }
+
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        op: &str,
+        invocation: ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.call(op, async |conn| invocation.invoke_async(conn).await)
+            .await
+    }
+}
+
+/// A connection for one request: cheap clones of the shared multiplexed connection.
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn store_error(e: RedisError) -> StoreError {
+    if e.is_timeout() {
+        StoreError::Timeout
+    } else {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+impl Store for RedisStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<ClaimState, StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.scripts.claim.prepare_invoke();
+            invocation
+                .key(self.dedupe_key(key))
+                .arg(format!("inflight:{token}"))
+                .arg(millis(ttl));
+            let reply: Vec<i64> = self.script("claim", invocation).await?;
+            Ok(match reply.as_slice() {
+                [1, ..] => ClaimState::Won,
+                [2, ..] => ClaimState::Done,
+                [3, pttl] => ClaimState::InFlight {
+                    remaining: Duration::from_millis((*pttl).max(0) as u64),
+                },
+                other => {
+                    return Err(StoreError::Unavailable(format!(
+                        "unexpected claim reply {other:?}"
+                    )));
+                }
+            })
+        })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Settled, StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.scripts.commit.prepare_invoke();
+            invocation
+                .key(self.dedupe_key(key))
+                .arg(format!("inflight:{token}"))
+                .arg(millis(ttl));
+            let applied: i64 = self.script("commit", invocation).await?;
+            Ok(settled(applied))
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Settled, StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.scripts.release.prepare_invoke();
+            invocation
+                .key(self.dedupe_key(key))
+                .arg(format!("inflight:{token}"));
+            let applied: i64 = self.script("release", invocation).await?;
+            Ok(settled(applied))
+        })
+    }
+
+    fn rate_check(&self, client: IpAddr) -> BoxFuture<'_, Result<RateDecision, StoreError>> {
+        Box::pin(async move {
+            let mut invocation = self.scripts.rate.prepare_invoke();
+            invocation
+                .key(format!("{}rate:{client}", self.prefix))
+                .arg(self.interval_us)
+                .arg(self.tolerance_us);
+            let reply: Vec<i64> = self.script("rate_check", invocation).await?;
+            Ok(match reply.as_slice() {
+                [0, wait_us] => RateDecision::Deny {
+                    retry_after: Duration::from_micros((*wait_us).max(0) as u64),
+                },
+                _ => RateDecision::Allow,
+            })
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.call("ping", async |conn| {
+                redis::cmd("PING").query_async::<String>(conn).await
+            })
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}
+
+fn settled(applied: i64) -> Settled {
+    if applied == 1 {
+        Settled::Applied
+    } else {
+        Settled::Superseded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_touch_exactly_one_key() {
+        // Redis Cluster routes a script by its keys: every script must name one.
+        for script in [CLAIM, COMMIT, RELEASE, RATE] {
+            assert!(script.contains("KEYS[1]"));
+            assert!(!script.contains("KEYS[2]"));
+        }
+        assert!(CLAIM.contains("'done'") && COMMIT.contains("'done'"));
+    }
+}
