@@ -63,6 +63,58 @@ pub enum Command {
         #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(200..=599))]
         status: u16,
     },
+    /// Measure a gateway: a load generator that signs every request, and a fast sink.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Sign N distinct deliveries up front, send them over C keep-alive connections,
+    /// report throughput, latency percentiles (HDR histogram) and status counts.
+    Load(LoadArgs),
+    /// A minimal fast upstream: answers every POST, counts requests and distinct
+    /// webhook-ids; GET /stats returns them as JSON, POST /reset zeroes them.
+    Sink {
+        #[arg(long, default_value = "127.0.0.1:9101")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(200..=599))]
+        status: u16,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Where to send (the gateway's source path, or a sink directly).
+    #[arg(long)]
+    pub url: http::Uri,
+    /// Signing secret (default: the demo secret of config/hookgate.toml).
+    #[arg(long, default_value = "whsec_aG9va2dhdGUtZGVtby1zZWNyZXQtZG8tbm90LXVzZSE=")]
+    pub secret: String,
+    /// Number of requests (each a distinct delivery unless --repeat).
+    #[arg(long, short = 'n', default_value_t = 20_000)]
+    pub requests: usize,
+    /// Keep-alive connections, one request in flight on each.
+    #[arg(long, short = 'c', default_value_t = 32)]
+    pub connections: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub body_size: usize,
+    /// Event types, used in turn.
+    #[arg(long, value_delimiter = ',', default_value = "response.completed,response.failed,batch.completed")]
+    pub types: Vec<String>,
+    /// Share of requests (0 to <1) that repeat an earlier delivery (expect 200 duplicate).
+    #[arg(long, default_value_t = 0.0)]
+    pub repeat: f64,
+    /// Use HTTP/2 (over TLS by ALPN, or prior knowledge on http://).
+    #[arg(long)]
+    pub http2: bool,
+    /// Accept any TLS certificate.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,8 @@ use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use hookgate::cli::{Cli, Command, LogFormat, SignArgs};
+use hookgate::bench::LoadOptions;
+use hookgate::cli::{BenchCommand, Cli, Command, LogFormat, SignArgs};
 use hookgate::sign::{self, SignInput, Trust};
 use http::StatusCode;
 use tracing_subscriber::EnvFilter;
@@ -67,7 +68,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let status = StatusCode::from_u16(status).context("--status")?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
+                hookgate::shutdown_signal().await;
                 let _ = stop.send(true);
             });
             hookgate::echo::run(listen, status, stopped)
@@ -75,8 +76,44 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("echo on {listen}"))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::Load(args)) => {
+            let report = hookgate::bench::load(LoadOptions {
+                url: args.url,
+                secret: args.secret,
+                requests: args.requests,
+                connections: args.connections,
+                body_size: args.body_size,
+                event_types: args.types,
+                repeat_share: args.repeat,
+                http2: args.http2,
+                insecure: args.insecure,
+            })
+            .await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.to_text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Sink { listen, status }) => {
+            let status = StatusCode::from_u16(status).context("--status")?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                hookgate::shutdown_signal().await;
+                let _ = stop.send(true);
+            });
+            let stats = hookgate::bench::sink(listen, status, stopped, |addr| {
+                println!("sink: listening on http://{addr}")
+            })
+            .await
+            .with_context(|| format!("sink on {listen}"))?;
+            println!("sink: {stats}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
+
 
 async fn sign_command(args: SignArgs) -> anyhow::Result<ExitCode> {
     let request = sign::build(
