@@ -97,11 +97,10 @@ fn prepare(options: &LoadOptions, now: SystemTime) -> Result<Vec<Prepared>, Benc
     let key = key_from_secret(&options.secret).map_err(BenchError::Secret)?;
     let timestamp = unix_seconds(now);
     let mut prepared: Vec<Prepared> = Vec::with_capacity(options.requests);
-    let mut owed = 0.0;
+    let share = options.repeat_share;
     for i in 0..options.requests {
-        owed += options.repeat_share;
-        if owed >= 1.0 && i > 0 {
-            owed -= 1.0;
+        let is_repeat = ((i + 1) as f64 * share).floor() > (i as f64 * share).floor();
+        if is_repeat && i > 0 {
             let earlier = &prepared[i / 2];
             prepared.push(Prepared {
                 headers: earlier.headers.clone(),
