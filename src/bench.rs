@@ -9,6 +9,7 @@
 //! alone and checked for exactly-once forwarding.
 
 use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,6 +97,8 @@ struct Prepared {
 fn prepare(options: &LoadOptions, now: SystemTime) -> Result<Vec<Prepared>, BenchError> {
     let key = key_from_secret(&options.secret).map_err(BenchError::Secret)?;
     let timestamp = unix_seconds(now);
+    // A run tag keeps ids distinct across runs started within the same second.
+    let run = RandomState::new().hash_one(now) as u32;
     let mut prepared: Vec<Prepared> = Vec::with_capacity(options.requests);
     let share = options.repeat_share;
     for i in 0..options.requests {
@@ -110,7 +113,7 @@ fn prepare(options: &LoadOptions, now: SystemTime) -> Result<Vec<Prepared>, Benc
         }
         let event_type = &options.event_types[i % options.event_types.len()];
         let body = padded_body(i, timestamp, event_type, options.body_size);
-        let id = format!("msg_bench_{timestamp}_{i}");
+        let id = format!("msg_bench_{run:08x}_{i}");
         let signature = standard_webhooks::sign(&key, &id, timestamp, body.as_bytes());
         let mut headers = HeaderMap::with_capacity(6);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -211,15 +214,19 @@ pub async fn load(options: LoadOptions) -> Result<Report, BenchError> {
             start_line.wait().await;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(prepared) = requests.get(i) else { break };
+                let Some(prepared) = requests.get(i) else {
+                    break;
+                };
                 let mut request = Request::new(Full::new(prepared.body.clone()));
                 *request.method_mut() = Method::POST;
                 *request.uri_mut() = if connector.http2 {
                     uri.clone()
                 } else {
-                    Uri::from(uri.path_and_query().cloned().unwrap_or_else(|| {
-                        http::uri::PathAndQuery::from_static("/")
-                    }))
+                    Uri::from(
+                        uri.path_and_query()
+                            .cloned()
+                            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+                    )
                 };
                 *request.headers_mut() = prepared.headers.clone();
                 let started = Instant::now();
@@ -314,10 +321,9 @@ impl Connector {
             detail: e.to_string(),
         };
         if self.http2 {
-            let (sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .map_err(error)?;
+            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(error)?;
             tokio::spawn(conn);
             Ok(Sender::H2(sender))
         } else {
@@ -489,7 +495,6 @@ async fn sink_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::Verifier;
 
     fn options(requests: usize, repeat_share: f64) -> LoadOptions {
         LoadOptions {

@@ -89,7 +89,10 @@ pub struct LoadArgs {
     #[arg(long)]
     pub url: http::Uri,
     /// Signing secret (default: the demo secret of config/hookgate.toml).
-    #[arg(long, default_value = "whsec_aG9va2dhdGUtZGVtby1zZWNyZXQtZG8tbm90LXVzZSE=")]
+    #[arg(
+        long,
+        default_value = "whsec_aG9va2dhdGUtZGVtby1zZWNyZXQtZG8tbm90LXVzZSE="
+    )]
     pub secret: String,
     /// Number of requests (each a distinct delivery unless --repeat).
     #[arg(long, short = 'n', default_value_t = 20_000)]
@@ -101,7 +104,11 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1024)]
     pub body_size: usize,
     /// Event types, used in turn.
-    #[arg(long, value_delimiter = ',', default_value = "response.completed,response.failed,batch.completed")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "response.completed,response.failed,batch.completed"
+    )]
     pub types: Vec<String>,
     /// Share of requests (0 to <1) that repeat an earlier delivery (expect 200 duplicate).
     #[arg(long, default_value_t = 0.0)]
@@ -135,7 +142,11 @@ pub struct SignArgs {
     #[arg(long)]
     pub timestamp: Option<i64>,
     /// URL used in the printed curl command.
-    #[arg(long, default_value = "https://localhost:8443/webhooks/openai", conflicts_with = "send")]
+    #[arg(
+        long,
+        default_value = "https://localhost:8443/webhooks/openai",
+        conflicts_with = "send"
+    )]
     pub url: String,
     /// Send the request to this URL and print the answer instead of printing curl.
     #[arg(long, value_name = "URL")]

@@ -119,7 +119,10 @@ mod tests {
     #[test]
     fn a_trusted_peer_is_believed_and_the_rightmost_untrusted_hop_wins() {
         let r = resolver(&["10.0.0.0/8"]);
-        let ip = r.resolve(peer("10.0.0.2"), &headers(&["6.6.6.6, 198.51.100.9, 10.0.0.1"]));
+        let ip = r.resolve(
+            peer("10.0.0.2"),
+            &headers(&["6.6.6.6, 198.51.100.9, 10.0.0.1"]),
+        );
         assert_eq!(ip.to_string(), "198.51.100.9");
     }
 
@@ -133,7 +136,10 @@ mod tests {
     #[test]
     fn a_trusted_peer_without_header_is_the_client() {
         let r = resolver(&["10.0.0.0/8"]);
-        assert_eq!(r.resolve(peer("10.0.0.2"), &HeaderMap::new()).to_string(), "10.0.0.2");
+        assert_eq!(
+            r.resolve(peer("10.0.0.2"), &HeaderMap::new()).to_string(),
+            "10.0.0.2"
+        );
     }
 
     #[test]
@@ -154,7 +160,10 @@ mod tests {
     fn forwarded_for_appends_the_peer_only_to_a_believed_chain() {
         let r = resolver(&["10.0.0.0/8"]);
         let h = headers(&["198.51.100.9"]);
-        assert_eq!(r.forwarded_for(peer("10.0.0.2"), &h), "198.51.100.9, 10.0.0.2");
+        assert_eq!(
+            r.forwarded_for(peer("10.0.0.2"), &h),
+            "198.51.100.9, 10.0.0.2"
+        );
         assert_eq!(r.forwarded_for(peer("203.0.113.7"), &h), "203.0.113.7");
     }
 
@@ -164,6 +173,9 @@ mod tests {
         let b = rate_key("2001:db8:1:2:bbbb::2".parse().unwrap());
         assert_eq!(a, b);
         assert_eq!(a.to_string(), "2001:db8:1:2::");
-        assert_eq!(rate_key("192.0.2.1".parse().unwrap()).to_string(), "192.0.2.1");
+        assert_eq!(
+            rate_key("192.0.2.1".parse().unwrap()).to_string(),
+            "192.0.2.1"
+        );
     }
 }

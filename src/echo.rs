@@ -42,7 +42,11 @@ pub async fn run(
 
 async fn answer(req: Request<Incoming>, status: StatusCode) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let header = |name: &str| {
         parts
             .headers

@@ -224,8 +224,14 @@ mod tests {
     fn a_missing_or_non_string_value_has_no_event_type() {
         assert_eq!(at(r#"{"x":1}"#, "/type"), Err(PayloadError::NoEventType));
         assert_eq!(at(r#"{"type":1}"#, "/type"), Err(PayloadError::NoEventType));
-        assert_eq!(at(r#"{"type":{"a":"b"}}"#, "/type"), Err(PayloadError::NoEventType));
-        assert_eq!(at(r#"{"type":""}"#, "/type"), Err(PayloadError::NoEventType));
+        assert_eq!(
+            at(r#"{"type":{"a":"b"}}"#, "/type"),
+            Err(PayloadError::NoEventType)
+        );
+        assert_eq!(
+            at(r#"{"type":""}"#, "/type"),
+            Err(PayloadError::NoEventType)
+        );
         assert_eq!(at(r#"["a"]"#, "/type"), Err(PayloadError::NoEventType));
         assert_eq!(at(r#"["a"]"#, "/01"), Err(PayloadError::NoEventType));
     }
@@ -233,8 +239,14 @@ mod tests {
     #[test]
     fn invalid_json_is_not_json_even_after_the_value() {
         assert_eq!(at("not json", "/type"), Err(PayloadError::NotJson));
-        assert_eq!(at(r#"{"type":"a"} trailing"#, "/type"), Err(PayloadError::NotJson));
-        assert_eq!(at(r#"{"type":"a","x":[1,}"#, "/type"), Err(PayloadError::NotJson));
+        assert_eq!(
+            at(r#"{"type":"a"} trailing"#, "/type"),
+            Err(PayloadError::NotJson)
+        );
+        assert_eq!(
+            at(r#"{"type":"a","x":[1,}"#, "/type"),
+            Err(PayloadError::NotJson)
+        );
         assert_eq!(at("", "/type"), Err(PayloadError::NotJson));
     }
 

@@ -64,7 +64,9 @@ impl UpstreamReply {
         let mut response = Response::new(Full::new(self.body));
         *response.status_mut() = self.status;
         if let Some(content_type) = self.content_type {
-            response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
         }
         response
     }
@@ -246,12 +248,15 @@ impl Forwarder {
         let (parts, body) = response.into_parts();
         // The status decides success; a 2xx whose body then stalls or overflows was
         // still accepted by the backend, so it is relayed without a body.
-        let body = match tokio::time::timeout_at(deadline, Limited::new(body, MAX_REPLY_BYTES).collect()).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            _ if parts.status.is_success() => Bytes::new(),
-            Ok(Err(e)) => return Err(error(ForwardErrorKind::Protocol(e.to_string()))),
-            Err(_) => return Err(error(ForwardErrorKind::Timeout)),
-        };
+        let body =
+            match tokio::time::timeout_at(deadline, Limited::new(body, MAX_REPLY_BYTES).collect())
+                .await
+            {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                _ if parts.status.is_success() => Bytes::new(),
+                Ok(Err(e)) => return Err(error(ForwardErrorKind::Protocol(e.to_string()))),
+                Err(_) => return Err(error(ForwardErrorKind::Timeout)),
+            };
         Ok(UpstreamReply {
             status: parts.status,
             content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
@@ -298,20 +303,36 @@ mod tests {
     fn hop_by_hop_and_spoofable_headers_are_replaced() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("hooks.example.com"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-hookgate-source", HeaderValue::from_static("forged"));
         h.insert("x-hookgate-verified", HeaderValue::from_static("forged"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert("webhook-id", HeaderValue::from_static("msg_1"));
         h.insert(header::USER_AGENT, HeaderValue::from_static("OpenAI/1.0"));
 
         let out = upstream_headers(h, &ctx());
 
-        for gone in ["connection", "x-secret-hop", "transfer-encoding", "content-length", "host", "x-hookgate-verified"] {
+        for gone in [
+            "connection",
+            "x-secret-hop",
+            "transfer-encoding",
+            "content-length",
+            "host",
+            "x-hookgate-verified",
+        ] {
             assert!(out.get(gone).is_none(), "{gone} should be dropped");
         }
         assert_eq!(out["x-forwarded-for"], "203.0.113.7");

@@ -114,7 +114,6 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-
 async fn sign_command(args: SignArgs) -> anyhow::Result<ExitCode> {
     let request = sign::build(
         &SignInput {
@@ -131,9 +130,9 @@ async fn sign_command(args: SignArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let trust = match (&args.cacert, args.insecure) {
-        (Some(path), _) => Trust::Pem(
-            std::fs::read(path).with_context(|| format!("--cacert {}", path.display()))?,
-        ),
+        (Some(path), _) => {
+            Trust::Pem(std::fs::read(path).with_context(|| format!("--cacert {}", path.display()))?)
+        }
         (None, true) => Trust::Anything,
         (None, false) => Trust::PublicRoots,
     };

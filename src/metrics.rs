@@ -60,10 +60,7 @@ impl Metrics {
     pub fn new<'a>(sources: impl IntoIterator<Item = &'a str>) -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new(
-                "hookgate_requests_total",
-                "Requests by source and outcome.",
-            ),
+            Opts::new("hookgate_requests_total", "Requests by source and outcome."),
             &["source", "outcome"],
         )
         .expect("valid metric");
@@ -119,7 +116,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let build_info = IntGaugeVec::new(
-            Opts::new("hookgate_build_info", "Always 1; the version is in the label."),
+            Opts::new(
+                "hookgate_build_info",
+                "Always 1; the version is in the label.",
+            ),
             &["version"],
         )
         .expect("valid metric");
@@ -137,7 +137,9 @@ impl Metrics {
             Box::new(store_fail_open.clone()),
             Box::new(build_info),
         ] {
-            registry.register(collector).expect("metric names are unique");
+            registry
+                .register(collector)
+                .expect("metric names are unique");
         }
         for source in sources.into_iter().chain([NO_SOURCE]) {
             for outcome in OUTCOMES {
@@ -220,7 +222,9 @@ mod tests {
         m.upstream("openai/0", "2xx", Duration::from_millis(2));
         let text = m.render();
         assert!(text.contains(r#"hookgate_requests_total{outcome="forwarded",source="openai"} 1"#));
-        assert!(text.contains(r#"hookgate_upstream_responses_total{class="2xx",route="openai/0"} 1"#));
+        assert!(
+            text.contains(r#"hookgate_upstream_responses_total{class="2xx",route="openai/0"} 1"#)
+        );
         assert!(text.contains("hookgate_request_duration_seconds_bucket"));
         assert!(text.contains("hookgate_upstream_duration_seconds_count{route=\"openai/0\"} 1"));
     }

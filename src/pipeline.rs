@@ -53,7 +53,12 @@ impl Gateway {
         Gateway {
             client_ip: ClientIpResolver::new(settings.trusted_proxies),
             ratelimit: RateLimit::new(store.clone(), settings.store.on_error, metrics.clone()),
-            dedupe: Dedupe::new(store, settings.dedupe, settings.store.on_error, metrics.clone()),
+            dedupe: Dedupe::new(
+                store,
+                settings.dedupe,
+                settings.store.on_error,
+                metrics.clone(),
+            ),
             forward: Forwarder::new(settings.limits.upstream_timeout, metrics.clone()),
             limits: settings.limits,
             metrics,
@@ -69,7 +74,11 @@ impl Gateway {
     /// Answers one request. The pipeline runs in its own task, so a sender that hangs
     /// up mid-forward cannot cancel it between the forward and the dedupe settle: the
     /// outcome is always recorded, and nothing is forwarded twice because of a hang-up.
-    pub async fn serve<B>(self: &Arc<Self>, req: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    pub async fn serve<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -96,7 +105,11 @@ impl Gateway {
         let mut trace = Trace::default();
         let (outcome, detail, response) = match self.handle(req, peer, &mut trace).await {
             Ok(accepted) => (accepted.outcome(), None, accepted.into_response()),
-            Err(reject) => (reject.outcome(), Some(reject.to_string()), reject.into_response()),
+            Err(reject) => (
+                reject.outcome(),
+                Some(reject.to_string()),
+                reject.into_response(),
+            ),
         };
         let elapsed = started.elapsed();
         let source = trace.source.unwrap_or(NO_SOURCE);

@@ -219,7 +219,12 @@ mod tests {
     fn every_reject_has_its_documented_status_reason_and_outcome() {
         let cases: Vec<(Reject, u16, &str, &str)> = vec![
             (Reject::NotFound, 404, "not_found", "not_found"),
-            (Reject::MethodNotAllowed, 405, "method_not_allowed", "method_not_allowed"),
+            (
+                Reject::MethodNotAllowed,
+                405,
+                "method_not_allowed",
+                "method_not_allowed",
+            ),
             (Reject::TooLarge, 413, "body_too_large", "too_large"),
             (Reject::BodyTimeout, 408, "body_timeout", "bad_request"),
             (Reject::BadBody, 400, "bad_request", "bad_request"),
@@ -229,7 +234,12 @@ mod tests {
                 "missing_header",
                 "invalid_signature",
             ),
-            (VerifyError::MalformedId.into(), 400, "malformed_id", "invalid_signature"),
+            (
+                VerifyError::MalformedId.into(),
+                400,
+                "malformed_id",
+                "invalid_signature",
+            ),
             (
                 VerifyError::MalformedTimestamp.into(),
                 400,
@@ -242,35 +252,70 @@ mod tests {
                 "malformed_signature",
                 "invalid_signature",
             ),
-            (VerifyError::InvalidSignature.into(), 400, "invalid_signature", "invalid_signature"),
             (
-                VerifyError::TimestampTooOld { age: Duration::from_secs(600) }.into(),
+                VerifyError::InvalidSignature.into(),
+                400,
+                "invalid_signature",
+                "invalid_signature",
+            ),
+            (
+                VerifyError::TimestampTooOld {
+                    age: Duration::from_secs(600),
+                }
+                .into(),
                 400,
                 "timestamp_too_old",
                 "stale",
             ),
             (
-                VerifyError::TimestampTooNew { ahead: Duration::from_secs(600) }.into(),
+                VerifyError::TimestampTooNew {
+                    ahead: Duration::from_secs(600),
+                }
+                .into(),
                 400,
                 "timestamp_too_new",
                 "stale",
             ),
-            (PayloadError::NotJson.into(), 400, "invalid_payload", "invalid_payload"),
-            (PayloadError::NoEventType.into(), 400, "invalid_payload", "invalid_payload"),
             (
-                Reject::InFlight { retry_after: Duration::from_secs(3) },
+                PayloadError::NotJson.into(),
+                400,
+                "invalid_payload",
+                "invalid_payload",
+            ),
+            (
+                PayloadError::NoEventType.into(),
+                400,
+                "invalid_payload",
+                "invalid_payload",
+            ),
+            (
+                Reject::InFlight {
+                    retry_after: Duration::from_secs(3),
+                },
                 409,
                 "in_flight",
                 "in_flight",
             ),
             (
-                Reject::RateLimited { retry_after: Duration::from_millis(20) },
+                Reject::RateLimited {
+                    retry_after: Duration::from_millis(20),
+                },
                 429,
                 "rate_limited",
                 "rate_limited",
             ),
-            (StoreError::Timeout.into(), 503, "store_unavailable", "store_error"),
-            (upstream(ForwardErrorKind::Timeout), 504, "upstream_timeout", "upstream_timeout"),
+            (
+                StoreError::Timeout.into(),
+                503,
+                "store_unavailable",
+                "store_error",
+            ),
+            (
+                upstream(ForwardErrorKind::Timeout),
+                504,
+                "upstream_timeout",
+                "upstream_timeout",
+            ),
             (
                 upstream(ForwardErrorKind::Unreachable("refused".into())),
                 502,
@@ -283,15 +328,30 @@ mod tests {
                 "upstream_redirect",
                 "upstream_error",
             ),
-            (upstream(ForwardErrorKind::Gone), 502, "upstream_gone", "upstream_error"),
+            (
+                upstream(ForwardErrorKind::Gone),
+                502,
+                "upstream_gone",
+                "upstream_error",
+            ),
             (
                 upstream(ForwardErrorKind::Protocol("reset".into())),
                 502,
                 "upstream_failed",
                 "upstream_error",
             ),
-            (Reject::UpstreamStatus(reply(500)), 500, "upstream_status", "upstream_error"),
-            (Reject::UpstreamStatus(reply(422)), 422, "upstream_status", "upstream_error"),
+            (
+                Reject::UpstreamStatus(reply(500)),
+                500,
+                "upstream_status",
+                "upstream_error",
+            ),
+            (
+                Reject::UpstreamStatus(reply(422)),
+                422,
+                "upstream_status",
+                "upstream_error",
+            ),
         ];
         for (reject, status, reason, outcome) in cases {
             let label = format!("{reject:?}");
@@ -307,14 +367,23 @@ mod tests {
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
         let body = response.into_body();
         let text = format!("{body:?}");
-        assert!(text.contains(r#"{\"error\":\"invalid_signature\"}"#), "{text}");
+        assert!(
+            text.contains(r#"{\"error\":\"invalid_signature\"}"#),
+            "{text}"
+        );
     }
 
     #[test]
     fn waits_are_announced_in_whole_seconds_rounded_up() {
-        let response = Reject::RateLimited { retry_after: Duration::from_millis(20) }.into_response();
+        let response = Reject::RateLimited {
+            retry_after: Duration::from_millis(20),
+        }
+        .into_response();
         assert_eq!(response.headers()[RETRY_AFTER], "1");
-        let response = Reject::InFlight { retry_after: Duration::from_millis(2500) }.into_response();
+        let response = Reject::InFlight {
+            retry_after: Duration::from_millis(2500),
+        }
+        .into_response();
         assert_eq!(response.headers()[RETRY_AFTER], "3");
         let response = Reject::Store(StoreError::Timeout).into_response();
         assert_eq!(response.headers()[RETRY_AFTER], "5");
@@ -322,13 +391,19 @@ mod tests {
 
     #[test]
     fn method_not_allowed_says_what_is() {
-        assert_eq!(Reject::MethodNotAllowed.into_response().headers()[ALLOW], "POST");
+        assert_eq!(
+            Reject::MethodNotAllowed.into_response().headers()[ALLOW],
+            "POST"
+        );
     }
 
     #[test]
     fn accepted_outcomes_have_their_statuses() {
         assert_eq!(Accepted::Duplicate.into_response().status(), 200);
         assert_eq!(Accepted::Unrouted.into_response().status(), 202);
-        assert_eq!(Accepted::Forwarded(reply(201)).into_response().status(), 201);
+        assert_eq!(
+            Accepted::Forwarded(reply(201)).into_response().status(),
+            201
+        );
     }
 }

@@ -68,7 +68,12 @@ pub struct Route {
 
 impl Route {
     /// Errors name the key relative to the route (`events[1] ...`, `upstream ...`).
-    pub fn new(source: &str, name: &str, events: &[String], upstream: &str) -> Result<Self, String> {
+    pub fn new(
+        source: &str,
+        name: &str,
+        events: &[String],
+        upstream: &str,
+    ) -> Result<Self, String> {
         if events.is_empty() {
             return Err("events is empty; use [\"*\"] to match every event type".to_owned());
         }
@@ -81,7 +86,8 @@ impl Route {
             name: name.to_owned(),
             label: format!("{source}/{name}"),
             patterns,
-            upstream: parse_upstream(upstream).map_err(|msg| format!("upstream {upstream:?} {msg}"))?,
+            upstream: parse_upstream(upstream)
+                .map_err(|msg| format!("upstream {upstream:?} {msg}"))?,
         })
     }
 
@@ -150,8 +156,16 @@ mod tests {
 
     #[test]
     fn exact_prefix_and_catch_all_match_as_documented() {
-        assert!(EventPattern::parse("response.completed").unwrap().matches("response.completed"));
-        assert!(!EventPattern::parse("response.completed").unwrap().matches("response.complete"));
+        assert!(
+            EventPattern::parse("response.completed")
+                .unwrap()
+                .matches("response.completed")
+        );
+        assert!(
+            !EventPattern::parse("response.completed")
+                .unwrap()
+                .matches("response.complete")
+        );
         let batch = EventPattern::parse("batch.*").unwrap();
         assert!(batch.matches("batch.completed"));
         assert!(!batch.matches("batch."));
@@ -174,9 +188,15 @@ mod tests {
             route("batch", &["batch.*"]),
             route("rest", &["*"]),
         ]);
-        assert_eq!(routes.first_match("response.failed").unwrap().name(), "responses");
+        assert_eq!(
+            routes.first_match("response.failed").unwrap().name(),
+            "responses"
+        );
         assert_eq!(routes.first_match("batch.expired").unwrap().name(), "batch");
-        assert_eq!(routes.first_match("eval.run.succeeded").unwrap().name(), "rest");
+        assert_eq!(
+            routes.first_match("eval.run.succeeded").unwrap().name(),
+            "rest"
+        );
     }
 
     #[test]
@@ -194,9 +214,17 @@ mod tests {
     fn upstreams_must_be_http_urls_with_a_host() {
         let events = vec!["*".to_owned()];
         assert!(Route::new("s", "r", &events, "https://backend.internal/hooks").is_ok());
-        assert!(Route::new("s", "r", &events, "ftp://x/y").unwrap_err().contains("http"));
+        assert!(
+            Route::new("s", "r", &events, "ftp://x/y")
+                .unwrap_err()
+                .contains("http")
+        );
         assert!(Route::new("s", "r", &events, "/relative").is_err());
         assert!(Route::new("s", "r", &events, "not a url").is_err());
-        assert!(Route::new("s", "r", &[], "http://x/").unwrap_err().contains("events"));
+        assert!(
+            Route::new("s", "r", &[], "http://x/")
+                .unwrap_err()
+                .contains("events")
+        );
     }
 }

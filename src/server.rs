@@ -87,9 +87,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let listener = bind(settings.server.listen, "server.listen").await?;
     let admin_listener = bind(settings.admin_listen, "admin.listen").await?;
     let addr = listener.local_addr().expect("bound socket has an address");
-    let admin_addr = admin_listener.local_addr().expect("bound socket has an address");
+    let admin_addr = admin_listener
+        .local_addr()
+        .expect("bound socket has an address");
 
-    let metrics = Arc::new(Metrics::new(settings.sources.iter().map(|s| s.name.as_str())));
+    let metrics = Arc::new(Metrics::new(
+        settings.sources.iter().map(|s| s.name.as_str()),
+    ));
     let store = store::build(&settings, metrics.clone())?;
     let builder = http_builder(settings.limits.header_read_timeout);
     let tls = settings.server.tls.as_ref().map(|tls| Handshake {
@@ -216,8 +220,14 @@ pub(crate) async fn accept_loop<H, F>(
     if open > 0 {
         tracing::info!(open, "draining open connections");
     }
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown timeout reached; closing remaining connections");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "shutdown timeout reached; closing remaining connections"
+        );
     }
 }
 

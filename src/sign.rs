@@ -89,7 +89,10 @@ pub fn curl_command(request: &SignedRequest, url: &str, insecure: bool) -> Strin
     }
     out.push_str(&format!(" -X POST {}", shell_quote(url)));
     for (name, value) in &request.headers {
-        out.push_str(&format!(" \\\n  -H {}", shell_quote(&format!("{name}: {value}"))));
+        out.push_str(&format!(
+            " \\\n  -H {}",
+            shell_quote(&format!("{name}: {value}"))
+        ));
     }
     out.push_str(&format!(" \\\n  --data-raw {}", shell_quote(&request.body)));
     out
@@ -125,9 +128,7 @@ pub async fn send(
     url: &str,
     trust: Trust,
 ) -> Result<(StatusCode, Bytes), SendError> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| SendError::Url(url.to_owned(), e))?;
+    let uri: http::Uri = url.parse().map_err(|e| SendError::Url(url.to_owned(), e))?;
     let config = match trust {
         Trust::PublicRoots => tls::upstream_client_config(),
         Trust::Pem(pem) => tls::client_config_trusting(&pem).map_err(SendError::CaCert)?,
@@ -204,10 +205,16 @@ mod tests {
 
     #[test]
     fn bad_data_and_bad_secrets_are_reported() {
-        assert!(matches!(build(&input(Some("{nope")), SystemTime::now()), Err(SignError::Data(_))));
+        assert!(matches!(
+            build(&input(Some("{nope")), SystemTime::now()),
+            Err(SignError::Data(_))
+        ));
         let mut bad = input(None);
         bad.secret = "whsec_***";
-        assert!(matches!(build(&bad, SystemTime::now()), Err(SignError::Secret(_))));
+        assert!(matches!(
+            build(&bad, SystemTime::now()),
+            Err(SignError::Secret(_))
+        ));
     }
 
     #[test]

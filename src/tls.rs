@@ -72,9 +72,8 @@ pub fn generate_dev_cert() -> Result<DevCert, rcgen::Error> {
 /// `self_signed = true`: a fresh certificate for localhost, in memory, every start.
 pub fn self_signed_config() -> Result<Arc<ServerConfig>, String> {
     let dev = generate_dev_cert().map_err(|e| e.to_string())?;
-    let chain = vec![
-        CertificateDer::from_pem_slice(dev.cert_pem.as_bytes()).map_err(|e| e.to_string())?,
-    ];
+    let chain =
+        vec![CertificateDer::from_pem_slice(dev.cert_pem.as_bytes()).map_err(|e| e.to_string())?];
     let key = PrivateKeyDer::from_pem_slice(dev.key_pem.as_bytes()).map_err(|e| e.to_string())?;
     server_config(chain, key).map_err(|e| e.to_string())
 }
@@ -203,7 +202,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = write_dev_cert(dir.path()).unwrap();
         let config = config_from_files(&cert, &key).unwrap();
-        assert_eq!(config.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(
+            config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         assert!(client_config_trusting(&std::fs::read(&cert).unwrap()).is_ok());
     }
 

@@ -58,7 +58,7 @@ pub struct StoreSettings {
 #[derive(Debug)]
 pub enum StoreBackend {
     Memory,
-    Redis(RedisSettings),
+    Redis(Box<RedisSettings>),
 }
 
 #[derive(Debug)]
@@ -71,7 +71,7 @@ pub struct RedisSettings {
 
 /// Where Redis is. `Debug` and `Display` show addresses only, never a password.
 pub enum RedisTarget {
-    Single(redis::ConnectionInfo),
+    Single(Box<redis::ConnectionInfo>),
     Cluster(Vec<redis::ConnectionInfo>),
 }
 
@@ -275,7 +275,9 @@ fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, String> {
         });
     };
     let target = match (&file.redis_url, file.cluster.as_slice()) {
-        (Some(url), []) => RedisTarget::Single(redis_url("store.redis_url", url.expose())?),
+        (Some(url), []) => {
+            RedisTarget::Single(Box::new(redis_url("store.redis_url", url.expose())?))
+        }
         (None, []) => {
             return Err(
                 "[store] needs redis_url (one server) or cluster (a list of node URLs); \
@@ -295,12 +297,12 @@ fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, String> {
         }
     };
     Ok(StoreSettings {
-        backend: StoreBackend::Redis(RedisSettings {
+        backend: StoreBackend::Redis(Box::new(RedisSettings {
             target,
             key_prefix: file.key_prefix.clone(),
             timeout: positive("store.timeout", file.timeout)?,
             connect_timeout: positive("store.connect_timeout", file.connect_timeout)?,
-        }),
+        })),
         on_error: file.on_error,
     })
 }
@@ -401,7 +403,9 @@ fn routes(source_key: &str, file: &file::Source) -> Result<Routes, String> {
             None => j.to_string(),
         };
         if !names.insert(name.clone()) {
-            return Err(format!("{key}.name {name:?} is already used in this source"));
+            return Err(format!(
+                "{key}.name {name:?} is already used in this source"
+            ));
         }
         let route = Route::new(&file.name, &name, &route.events, &route.upstream)
             .map_err(|e| format!("{key}.{e}"))?;
@@ -527,7 +531,10 @@ upstream = "http://127.0.0.1:9001/hooks"
         assert_eq!(settings.dedupe.ttl, Duration::from_secs(72 * 3600));
         assert_eq!(settings.dedupe.in_flight_ttl, Duration::from_secs(15));
         assert_eq!(settings.rate_limit.burst, 100);
-        assert_eq!(settings.sources[0].routes.iter().next().unwrap().name(), "0");
+        assert_eq!(
+            settings.sources[0].routes.iter().next().unwrap().name(),
+            "0"
+        );
     }
 
     #[test]
@@ -550,7 +557,9 @@ upstream = "http://127.0.0.1:9001/hooks"
 
     #[test]
     fn an_invalid_duration_is_reported_with_its_line() {
-        let e = error(&format!("[limits]\nupstream_timeout = \"10 parsecs\"\n{MINIMAL}"));
+        let e = error(&format!(
+            "[limits]\nupstream_timeout = \"10 parsecs\"\n{MINIMAL}"
+        ));
         assert!(e.contains("line 2"), "{e}");
     }
 
@@ -568,10 +577,8 @@ upstream = "http://127.0.0.1:9001/hooks"
 
     #[test]
     fn a_source_without_secrets_is_rejected() {
-        let e = error(&MINIMAL.replace(
-            "secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]",
-            "",
-        ));
+        let e =
+            error(&MINIMAL.replace("secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]", ""));
         assert!(e.contains("sources[0].secrets"), "{e}");
     }
 
@@ -594,7 +601,10 @@ upstream = "http://127.0.0.1:9001/hooks"
     #[test]
     fn a_source_without_routes_is_rejected() {
         let e = error(MINIMAL.split("[[sources.routes]]").next().unwrap());
-        assert!(e.contains("sources[0] (\"openai\") has no [[sources.routes]]"), "{e}");
+        assert!(
+            e.contains("sources[0] (\"openai\") has no [[sources.routes]]"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -651,8 +661,13 @@ upstream = "http://127.0.0.1:9001/hooks"
 
     #[test]
     fn store_errors_name_the_key_without_echoing_the_url() {
-        let e = error(&format!("[store]\nredis_url = \"http://:hunter2@x\"\n{MINIMAL}"));
-        assert!(e.contains("store.redis_url is not a valid Redis URL"), "{e}");
+        let e = error(&format!(
+            "[store]\nredis_url = \"http://:hunter2@x\"\n{MINIMAL}"
+        ));
+        assert!(
+            e.contains("store.redis_url is not a valid Redis URL"),
+            "{e}"
+        );
         assert!(!e.contains("hunter2"), "{e}");
         let e = error(&format!("[store]\nkey_prefix = \"x\"\n{MINIMAL}"));
         assert!(e.contains("needs redis_url"), "{e}");
@@ -660,7 +675,9 @@ upstream = "http://127.0.0.1:9001/hooks"
             "[store]\nredis_url = \"redis://a\"\ncluster = [\"redis://b\"]\n{MINIMAL}"
         ));
         assert!(e.contains("not both"), "{e}");
-        let e = error(&format!("[store]\nredis_url = \"redis://a\"\non_error = \"maybe\"\n{MINIMAL}"));
+        let e = error(&format!(
+            "[store]\nredis_url = \"redis://a\"\non_error = \"maybe\"\n{MINIMAL}"
+        ));
         assert!(e.contains("line 3"), "{e}");
     }
 

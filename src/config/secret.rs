@@ -109,7 +109,11 @@ mod tests {
 
     #[test]
     fn unterminated_and_invalid_names_are_errors() {
-        assert!(expand_env("${SET", env).unwrap_err().contains("unterminated"));
+        assert!(
+            expand_env("${SET", env)
+                .unwrap_err()
+                .contains("unterminated")
+        );
         assert!(expand_env("${A-B}", env).unwrap_err().contains("invalid"));
     }
 

@@ -52,11 +52,14 @@ impl Clock for TokioClock {
     }
 }
 
+/// Keys in the order they expire (all share one TTL).
+type ExpiryQueue = VecDeque<(Instant, Arc<str>)>;
+
 #[derive(Default)]
 struct Claims {
     map: HashMap<Arc<str>, Entry>,
     /// Expiry queues, one per TTL in use (in flight and done): each stays sorted.
-    queues: Vec<(Duration, VecDeque<(Instant, Arc<str>)>)>,
+    queues: Vec<(Duration, ExpiryQueue)>,
 }
 
 struct Entry {
@@ -166,7 +169,8 @@ async fn sweep_forever(inner: Weak<Inner>) {
 
 /// `requests_per_second` sustained, `burst` at once: one cell every 1/rps seconds.
 fn quota(rate: RateLimitSettings) -> Quota {
-    let period = Duration::from_secs_f64(1.0 / rate.requests_per_second).max(Duration::from_nanos(1));
+    let period =
+        Duration::from_secs_f64(1.0 / rate.requests_per_second).max(Duration::from_nanos(1));
     let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
     Quota::with_period(period)
         .expect("period is at least one nanosecond")
@@ -184,7 +188,9 @@ impl Store for MemoryStore {
         let mut claims = self.inner.lock_claims();
         claims.sweep(now);
         let state = match claims.live(key, now) {
-            Some(Entry { state: State::Done, .. }) => ClaimState::Done,
+            Some(Entry {
+                state: State::Done, ..
+            }) => ClaimState::Done,
             Some(Entry { expires, .. }) => ClaimState::InFlight {
                 remaining: *expires - now,
             },
@@ -300,7 +306,10 @@ mod tests {
         s.claim("k", "old", FLIGHT).await.unwrap();
         tokio::time::advance(FLIGHT).await;
         assert_eq!(s.claim("k", "new", FLIGHT).await.unwrap(), ClaimState::Won);
-        assert_eq!(s.commit("k", "old", DONE).await.unwrap(), Settled::Superseded);
+        assert_eq!(
+            s.commit("k", "old", DONE).await.unwrap(),
+            Settled::Superseded
+        );
         assert_eq!(s.release("k", "old").await.unwrap(), Settled::Superseded);
         assert!(matches!(
             s.claim("k", "third", FLIGHT).await.unwrap(),

@@ -70,8 +70,11 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'a, Result<Settled, StoreError>>;
 
     /// Deletes `key` only if it still holds `token`.
-    fn release<'a>(&'a self, key: &'a str, token: &'a str)
-    -> BoxFuture<'a, Result<Settled, StoreError>>;
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Settled, StoreError>>;
 
     /// Takes one request from the GCRA bucket of `client`.
     fn rate_check(&self, client: IpAddr) -> BoxFuture<'_, Result<RateDecision, StoreError>>;

@@ -100,10 +100,12 @@ struct Scripts {
 enum Connection {
     Single(ConnectionManager),
     /// Opened on first use; dropped and reopened when it fails.
-    Cluster {
-        client: ClusterClient,
-        connection: Mutex<Option<ClusterConnection>>,
-    },
+    Cluster(Box<ClusterSlot>),
+}
+
+struct ClusterSlot {
+    client: ClusterClient,
+    connection: Mutex<Option<ClusterConnection>>,
 }
 
 impl RedisStore {
@@ -115,7 +117,7 @@ impl RedisStore {
     ) -> Result<Self, StoreError> {
         let connection = match &settings.target {
             RedisTarget::Single(info) => {
-                let client = redis::Client::open(info.clone()).map_err(unavailable)?;
+                let client = redis::Client::open((**info).clone()).map_err(unavailable)?;
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(settings.timeout))
                     .set_connection_timeout(Some(settings.connect_timeout))
@@ -124,7 +126,7 @@ impl RedisStore {
                     ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
                 )
             }
-            RedisTarget::Cluster(nodes) => Connection::Cluster {
+            RedisTarget::Cluster(nodes) => Connection::Cluster(Box::new(ClusterSlot {
                 client: ClusterClient::builder(nodes.iter().cloned())
                     .response_timeout(settings.timeout)
                     .connection_timeout(settings.connect_timeout)
@@ -132,7 +134,7 @@ impl RedisStore {
                     .build()
                     .map_err(unavailable)?,
                 connection: Mutex::new(None),
-            },
+            })),
         };
         let interval = Duration::from_secs_f64(1.0 / rate.requests_per_second);
         let interval_us = (interval.as_micros() as u64).max(1);
@@ -170,9 +172,9 @@ impl RedisStore {
         let result = match self.connection().await {
             Ok(mut conn) => {
                 let result = request(&mut conn).await;
-                if let (Err(e), Connection::Cluster { connection, .. }) = (&result, &self.connection) {
+                if let (Err(e), Connection::Cluster(slot)) = (&result, &self.connection) {
                     if e.is_unrecoverable_error() || e.is_connection_dropped() {
-                        *connection.lock().await = None;
+                        *slot.connection.lock().await = None;
                     }
                 }
                 result.map_err(store_error)
@@ -189,13 +191,17 @@ impl RedisStore {
     async fn connection(&self) -> Result<Conn, StoreError> {
         match &self.connection {
             Connection::Single(manager) => Ok(Conn::Single(manager.clone())),
-            Connection::Cluster { client, connection } => {
-                let mut slot = connection.lock().await;
-                if let Some(conn) = slot.as_ref() {
+            Connection::Cluster(slot) => {
+                let mut held = slot.connection.lock().await;
+                if let Some(conn) = held.as_ref() {
                     return Ok(Conn::Cluster(conn.clone()));
                 }
-                let conn = client.get_async_connection().await.map_err(store_error)?;
-                *slot = Some(conn.clone());
+                let conn = slot
+                    .client
+                    .get_async_connection()
+                    .await
+                    .map_err(store_error)?;
+                *held = Some(conn.clone());
                 Ok(Conn::Cluster(conn))
             }
         }

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use hmac::{Hmac, KeyInit, Mac};
 use http::{HeaderMap, HeaderName};
 use sha2::Sha256;
 
-use super::{Delivery, VerifyError, Verifier, check_freshness, header};
+use super::{Delivery, Verifier, VerifyError, check_freshness, header};
 use crate::config::SourceFile;
 
 pub const ID: HeaderName = HeaderName::from_static("webhook-id");
@@ -118,7 +118,10 @@ impl Verifier for StandardWebhooks {
             mac.update(b".");
             mac.update(body);
             // `verify_slice` compares in constant time.
-            if candidates.iter().any(|c| mac.clone().verify_slice(c).is_ok()) {
+            if candidates
+                .iter()
+                .any(|c| mac.clone().verify_slice(c).is_ok())
+            {
                 return Ok(Delivery {
                     id: id.to_owned(),
                     secret_index,
@@ -208,7 +211,10 @@ mod tests {
 
     #[test]
     fn the_published_vector_signs_as_published() {
-        assert_eq!(sign(&key_from_secret(SECRET).unwrap(), ID_VALUE, TS, BODY), SIG);
+        assert_eq!(
+            sign(&key_from_secret(SECRET).unwrap(), ID_VALUE, TS, BODY),
+            SIG
+        );
     }
 
     #[test]
@@ -220,7 +226,8 @@ mod tests {
 
     #[test]
     fn any_of_several_signatures_may_match() {
-        let header = format!("v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= v2,abc {SIG} v1a,xyz");
+        let header =
+            format!("v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= v2,abc {SIG} v1a,xyz");
         assert!(check(&header, BODY, TS).is_ok());
     }
 
@@ -289,7 +296,14 @@ mod tests {
     #[test]
     fn malformed_timestamps_and_ids_are_rejected() {
         let v = verifier(&[SECRET]);
-        for ts in ["", "+1614265330", "1614265330.5", "-5", "abc", "99999999999999999999"] {
+        for ts in [
+            "",
+            "+1614265330",
+            "1614265330.5",
+            "-5",
+            "abc",
+            "99999999999999999999",
+        ] {
             let h = headers(ID_VALUE, ts, SIG);
             assert_eq!(
                 v.verify(&h, BODY, at(TS)),
@@ -300,7 +314,11 @@ mod tests {
         let long = "m".repeat(MAX_ID_LEN + 1);
         for id in ["", "has space", long.as_str()] {
             let h = headers(id, &TS.to_string(), SIG);
-            assert_eq!(v.verify(&h, BODY, at(TS)), Err(VerifyError::MalformedId), "{id:?}");
+            assert_eq!(
+                v.verify(&h, BODY, at(TS)),
+                Err(VerifyError::MalformedId),
+                "{id:?}"
+            );
         }
     }
 
@@ -311,7 +329,10 @@ mod tests {
         let h = headers(ID_VALUE, &TS.to_string(), &signature);
         assert!(verifier(&[raw]).verify(&h, BODY, at(TS)).is_ok());
         // The same text behind whsec_ would be base64-decoded: a different key.
-        assert_ne!(key_from_secret(raw).unwrap(), key_from_secret(SECRET).unwrap());
+        assert_ne!(
+            key_from_secret(raw).unwrap(),
+            key_from_secret(SECRET).unwrap()
+        );
     }
 
     #[test]
@@ -327,7 +348,10 @@ mod tests {
             name: "s".into(),
             path: "/s".into(),
             scheme: "standard-webhooks".into(),
-            secrets: vec![Secret::from(SECRET.to_owned()), Secret::from("whsec_%%".to_owned())],
+            secrets: vec![
+                Secret::from(SECRET.to_owned()),
+                Secret::from("whsec_%%".to_owned()),
+            ],
             tolerance: Duration::from_secs(300),
             event_type: "/type".into(),
             routes: vec![],

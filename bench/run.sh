@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# One load, several systems under test, one table. A benchmark, not a test: CI does not
+# run it and nothing asserts on time. Run from the repository root:
+#
+#   bash bench/run.sh                 # defaults below; REPEAT runs per row, medians reported
+#   N=100000 REPEAT=5 bash bench/run.sh
+#
+# Rows: the sink directly; nginx (one worker, plain reverse proxy, no verification: the
+# cost floor of any proxy); hookgate with the in-memory store; hookgate with Redis;
+# hookgate over TLS (HTTP/1.1 and h2); and the same with 64 KiB bodies. The load generator
+# (`hookgate bench load`) is pinned to LOAD_CPU; the system under test, its upstream sink
+# and Redis to SUT_CPU (taskset), so the generator never steals the gateway's core.
+# CPU µs per request is the system-under-test process's on-CPU time (sum over its threads
+# of /proc/PID/task/*/schedstat) divided by the requests it served; peak RSS is its VmHWM.
+# Needs: nginx (Debian's nginx-light), redis-server, python3, taskset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-40000}            # requests per run
+C=${C:-32}               # connections
+BODY=${BODY:-1024}       # body bytes
+BIG_BODY=${BIG_BODY:-65536}
+REPEAT=${REPEAT:-3}      # runs per row; medians are reported
+LOAD_CPU=${LOAD_CPU:-0}
+SUT_CPU=${SUT_CPU:-1}
+BASE_PORT=${BASE_PORT:-18400}
+export RUST_LOG=warn
+
+for tool in nginx redis-server python3 taskset; do
+    command -v "$tool" >/dev/null || { echo "bench/run.sh needs $tool (nginx: apt-get install nginx-light)" >&2; exit 1; }
+done
+
+cargo build --release --locked -q
+HG=$PWD/target/release/hookgate
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+SINK_PORT=$BASE_PORT
+NGINX_PORT=$((BASE_PORT + 1))
+GW_PORT=$((BASE_PORT + 2))
+ADMIN_PORT=$((BASE_PORT + 3))
+REDIS_PORT=$((BASE_PORT + 4))
+
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listening on port $1" >&2
+    exit 1
+}
+
+start() { # start NAME CMD...: runs CMD pinned to SUT_CPU, records its pid in $LAST_PID
+    local name=$1
+    shift
+    taskset -c "$SUT_CPU" "$@" >"$WORK/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+stop() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+cpu_ns() { # total on-CPU nanoseconds of every thread of a process
+    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'
+}
+
+peak_rss_kib() {
+    awk '/VmHWM/ {print $2}' /proc/"$1"/status
+}
+
+start sink "$HG" bench sink --listen "127.0.0.1:$SINK_PORT"
+SINK_PID=$LAST_PID
+wait_port "$SINK_PORT"
+
+start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK"
+wait_port "$REDIS_PORT"
+
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx-body;
+    proxy_temp_path $WORK/nginx-proxy;
+    client_max_body_size 2m;
+    client_body_buffer_size 128k;
+    upstream sink { server 127.0.0.1:$SINK_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        keepalive_requests 1000000;
+        location / {
+            proxy_pass http://sink;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+
+gateway_config() { # gateway_config FILE STORE(memory|redis) TLS(plain|tls)
+    {
+        echo "[server]"
+        echo "listen = \"127.0.0.1:$GW_PORT\""
+        if [ "$3" = tls ]; then
+            echo "[server.tls]"
+            echo "cert = \"$WORK/dev-cert.pem\""
+            echo "key = \"$WORK/dev-key.pem\""
+        fi
+        echo "[admin]"
+        echo "listen = \"127.0.0.1:$ADMIN_PORT\""
+        echo "[limits]"
+        echo "max_body_bytes = 1048576"
+        echo "[rate_limit]"
+        echo "requests_per_second = 1000000"
+        echo "burst = 1000000"
+        if [ "$2" = redis ]; then
+            echo "[store]"
+            echo "redis_url = \"redis://127.0.0.1:$REDIS_PORT/0\""
+        fi
+        cat <<EOF
+[[sources]]
+name = "openai"
+path = "/webhooks/openai"
+scheme = "standard-webhooks"
+secrets = ["whsec_aG9va2dhdGUtZGVtby1zZWNyZXQtZG8tbm90LXVzZSE="]
+[[sources.routes]]
+events = ["*"]
+upstream = "http://127.0.0.1:$SINK_PORT/sink"
+EOF
+    } >"$1"
+}
+"$HG" dev-cert --out "$WORK" >/dev/null
+
+# measure ROW URL SUT_PID BODY [load options...]: REPEAT runs, one JSON line per run.
+measure() {
+    local row=$1 url=$2 pid=$3 body=$4
+    shift 4
+    # Warm up connections, pools and caches; not measured.
+    taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n 2000 -c "$C" --body-size "$body" "$@" >/dev/null
+    for run in $(seq 1 "$REPEAT"); do
+        local before after
+        before=$(cpu_ns "$pid")
+        taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n "$N" -c "$C" --body-size "$body" --json "$@" >"$WORK/run.json"
+        after=$(cpu_ns "$pid")
+        python3 - "$row" "$run" "$before" "$after" "$(peak_rss_kib "$pid")" "$WORK/run.json" >>"$WORK/results.jsonl" <<'PY'
+import json, sys
+row, run, before, after, rss, path = sys.argv[1:]
+r = json.load(open(path))
+ok = sum(c for s, c in r["statuses"].items() if s.startswith("2"))
+print(json.dumps({"row": row, "run": int(run), "rps": r["requests_per_second"],
+    "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"], "max": r["latency_ms"]["max"],
+    "cpu_us": (int(after) - int(before)) / 1000 / max(r["requests"], 1),
+    "rss_mib": int(rss) / 1024, "ok": ok, "requests": r["requests"], "errors": r["errors"]}))
+PY
+    done
+}
+
+run_gateway() { # run_gateway ROW STORE TLS BODY [load options...]
+    local row=$1 store=$2 tls=$3 body=$4
+    shift 4
+    gateway_config "$WORK/gw.toml" "$store" "$tls"
+    start gateway "$HG" serve --config "$WORK/gw.toml"
+    local pid=$LAST_PID
+    wait_port "$GW_PORT"
+    local scheme=http
+    [ "$tls" = tls ] && scheme=https
+    measure "$row" "$scheme://127.0.0.1:$GW_PORT/webhooks/openai" "$pid" "$body" "$@"
+    stop "$pid"
+}
+
+echo "hookgate bench: N=$N C=$C body=${BODY}B repeat=$REPEAT load on CPU $LOAD_CPU, system under test on CPU $SUT_CPU" >&2
+
+measure "direct (sink)" "http://127.0.0.1:$SINK_PORT/sink" "$SINK_PID" "$BODY"
+
+start nginx nginx -c "$WORK/nginx.conf" -p "$WORK"
+NGINX_PID=$LAST_PID
+wait_port "$NGINX_PORT"
+# nginx's worker is the process that does the work; its master only supervises.
+NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1)
+measure "nginx proxy" "http://127.0.0.1:$NGINX_PORT/sink" "$NGINX_WORKER" "$BODY"
+stop "$NGINX_PID"
+
+run_gateway "hookgate memory" memory plain "$BODY"
+run_gateway "hookgate redis" redis plain "$BODY"
+run_gateway "hookgate memory TLS" memory tls "$BODY" --insecure
+run_gateway "hookgate memory TLS h2" memory tls "$BODY" --insecure --http2
+measure "direct (sink) 64KiB" "http://127.0.0.1:$SINK_PORT/sink" "$SINK_PID" "$BIG_BODY"
+run_gateway "hookgate memory 64KiB" memory plain "$BIG_BODY"
+
+python3 - "$WORK/results.jsonl" "$N" "$C" "$BODY" "$REPEAT" "$LOAD_CPU" "$SUT_CPU" <<'PY'
+import json, statistics, sys, collections, platform, datetime, os
+path, n, c, body, repeat, load_cpu, sut_cpu = sys.argv[1:]
+rows = collections.OrderedDict()
+for line in open(path):
+    r = json.loads(line)
+    rows.setdefault(r["row"], []).append(r)
+med = {name: {k: statistics.median(x[k] for x in runs) for k in ("rps", "p50", "p99", "max", "cpu_us", "rss_mib")}
+       | {"ok": sum(x["ok"] for x in runs), "requests": sum(x["requests"] for x in runs), "errors": sum(x["errors"] for x in runs)}
+       for name, runs in rows.items()}
+model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+print(f"{datetime.date.today()} · {model} · {os.cpu_count()} CPUs · load generator pinned to CPU {load_cpu}, "
+      f"system under test (and its sink, Redis) to CPU {sut_cpu} · {n} requests × {repeat} runs per row, "
+      f"{c} connections, HTTP/1.1 unless noted, {body}-byte bodies unless noted; medians")
+print()
+print("| row | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | CPU µs/req | vs nginx | vs direct | 2xx/sent |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+nginx = med.get("nginx proxy", {}).get("rps")
+for name, m in med.items():
+    direct = med.get("direct (sink) 64KiB" if "64KiB" in name else "direct (sink)", {}).get("rps")
+    vs_nginx = f"{m['rps'] / nginx:.2f}×" if nginx and "64KiB" not in name else "–"
+    vs_direct = f"{m['rps'] / direct:.2f}×" if direct else "–"
+    print(f"| {name} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['max']:.2f} | {m['rss_mib']:.1f} | "
+          f"{m['cpu_us']:.1f} | {vs_nginx} | {vs_direct} | {m['ok']}/{m['requests']} |")
+PY

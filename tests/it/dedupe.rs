@@ -1,0 +1,88 @@
+//! Deduplication by webhook-id: forwarded once, answered as a duplicate afterwards,
+//! refused while a copy is in flight, and exactly once under a burst of copies.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn replayed_delivery_is_answered_200_and_not_forwarded() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+
+    assert_eq!(gw.post(PATH, &event).await.status(), 200);
+    let again = gw.post(PATH, &event).await;
+
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json(), serde_json::json!({"duplicate": true}));
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[tokio::test]
+async fn a_copy_arriving_while_the_first_is_in_flight_is_answered_409_with_retry_after() {
+    let upstream = Upstream::with(Answer::held()).await;
+    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+    let first = tokio::spawn({
+        let client = gw.client();
+        let event = event.clone();
+        async move { client.post(PATH, &event).await }
+    });
+    upstream.wait_for(1).await;
+
+    let copy = gw.post(PATH, &event).await;
+
+    assert_eq!(copy.status(), 409, "{copy:?}");
+    assert_eq!(copy.error(), "in_flight");
+    assert!(copy.retry_after() >= 1);
+    upstream.release();
+    assert_eq!(first.await.unwrap().status(), 200);
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[tokio::test]
+async fn the_same_id_from_another_source_is_a_different_delivery() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        config()
+            .route("*", &upstream)
+            .source("billing", "/webhooks/billing")
+            .route("*", &upstream),
+    )
+    .await;
+    let event = signed_event("response.completed");
+
+    assert_eq!(gw.post(PATH, &event).await.status(), 200);
+    let other = gw.post("/webhooks/billing", &event).await;
+
+    assert_eq!(other.status(), 200);
+    assert_eq!(other.json(), serde_json::json!({"ok": true}));
+    assert_eq!(upstream.received().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_copies_of_one_delivery_are_forwarded_exactly_once() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+
+    let copies: Vec<_> = (0..50)
+        .map(|_| {
+            let client = gw.client();
+            let event = event.clone();
+            tokio::spawn(async move { client.post(PATH, &event).await })
+        })
+        .collect();
+    let mut forwarded = 0;
+    for copy in copies {
+        let reply = copy.await.unwrap();
+        match reply.status().as_u16() {
+            200 if reply.json() == serde_json::json!({"ok": true}) => forwarded += 1,
+            200 => assert_eq!(reply.json(), serde_json::json!({"duplicate": true})),
+            409 => assert_eq!(reply.error(), "in_flight"),
+            _ => panic!("unexpected answer {reply:?}"),
+        }
+    }
+
+    assert_eq!(forwarded, 1);
+    assert_eq!(upstream.received().len(), 1);
+}

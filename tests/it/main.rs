@@ -1,0 +1,14 @@
+//! hookgate's integration tests: one binary, the real server on loopback sockets.
+
+mod support;
+
+mod config_cli;
+mod dedupe;
+mod forwarding;
+mod metrics;
+mod ratelimit;
+mod rejects;
+mod shutdown;
+mod tls;
+mod upstream;
+mod verification;

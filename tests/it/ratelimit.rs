@@ -1,0 +1,40 @@
+//! Per-client rate limiting, which runs before anything else looks at a request.
+
+use crate::support::*;
+
+/// One new request per 100 s after a burst of 3: nothing refills during the test, however
+/// slow the machine, so the 4th request is the first one over the limit.
+const RATE: f64 = 0.01;
+const BURST: u32 = 3;
+
+#[tokio::test]
+async fn a_client_over_its_burst_is_answered_429_with_retry_after_and_not_forwarded() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().rate_limit(RATE, BURST).route("*", &upstream)).await;
+
+    for n in 0..BURST {
+        let reply = gw.post(PATH, &signed_event("response.completed")).await;
+        assert_eq!(reply.status(), 200, "request {n}: {reply:?}");
+    }
+    let over = gw.post(PATH, &signed_event("response.completed")).await;
+
+    assert_eq!(over.status(), 429, "{over:?}");
+    assert_eq!(over.error(), "rate_limited");
+    assert!(over.retry_after() >= 1);
+    assert_eq!(upstream.received().len(), BURST as usize);
+}
+
+#[tokio::test]
+async fn the_rate_limit_counts_requests_before_they_are_verified() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().rate_limit(RATE, BURST).route("*", &upstream)).await;
+
+    for _ in 0..BURST {
+        let unsigned = signed_event("response.completed").without_header("webhook-signature");
+        assert_eq!(gw.post(PATH, &unsigned).await.status(), 400);
+    }
+    let valid = gw.post(PATH, &signed_event("response.completed")).await;
+
+    assert_eq!(valid.status(), 429, "{valid:?}");
+    assert!(upstream.received().is_empty());
+}

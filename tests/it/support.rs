@@ -1,0 +1,927 @@
+//! What every integration test stands on: a recording `Upstream`, an in-process
+//! `Gateway` on `127.0.0.1:0` with a test client, config text built from a few calls,
+//! signed deliveries, dev certificates and a Prometheus scrape reader.
+//!
+//! Everything talks over real loopback sockets; nothing is mocked. Waiting is done on
+//! conditions (a watch channel, a poll with a deadline), never on a guessed sleep.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use hookgate::forward::{HttpClient, http_client};
+use hookgate::sign::{SignInput, SignedRequest};
+use hookgate::verify::standard_webhooks::{key_from_secret, sign};
+use http::header::{HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as LegacyClient;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long any single wait in a test may take before it fails. Generous on purpose:
+/// a loaded CI machine must never turn a correct gateway into a red test.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The signing secret of the default source (base64 of 32 bytes).
+pub const SECRET: &str = "whsec_aG9va2dhdGUtaW50ZWdyYXRpb24tdGVzdC1zZWNyZXQh";
+/// A second, unrelated secret: for rotation and wrong-secret cases.
+pub const OTHER_SECRET: &str = "whsec_c29tZWJvZHktZWxzZXMtc2VjcmV0LWZvci10ZXN0cyE=";
+
+/// The default source's name and path.
+pub const SOURCE: &str = "openai";
+pub const PATH: &str = "/webhooks/openai";
+
+// ---------------------------------------------------------------------------------
+// Upstream
+// ---------------------------------------------------------------------------------
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    /// The value of a header as text; panics (with the headers) when it is absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .unwrap_or_else(|| panic!("upstream got no {name} header: {:?}", self.headers))
+            .to_str()
+            .expect("header is text")
+    }
+}
+
+/// How the upstream answers one request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    status: StatusCode,
+    body: Bytes,
+    headers: Vec<(&'static str, &'static str)>,
+    delay: Duration,
+    held: bool,
+}
+
+impl Answer {
+    /// `status` with a small JSON body.
+    pub fn status(status: u16) -> Self {
+        Answer {
+            status: StatusCode::from_u16(status).expect("a valid status"),
+            body: Bytes::from_static(br#"{"ok":true}"#),
+            headers: vec![("content-type", "application/json")],
+            delay: Duration::ZERO,
+            held: false,
+        }
+    }
+
+    pub fn ok() -> Self {
+        Answer::status(200)
+    }
+
+    /// 200, but only once the test calls `Upstream::release` (or never): a slow
+    /// upstream whose slowness does not depend on the machine's speed.
+    pub fn held() -> Self {
+        Answer {
+            held: true,
+            ..Answer::ok()
+        }
+    }
+
+    pub fn body(mut self, body: &'static str) -> Self {
+        self.body = Bytes::from_static(body.as_bytes());
+        self
+    }
+
+    pub fn header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.retain(|(n, _)| *n != name);
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Answers only after `delay` (a slow upstream).
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// The upstream's script: the nth request gets the nth answer; the last one repeats.
+#[derive(Debug, Clone)]
+pub struct Behaviour(Vec<Answer>);
+
+impl Behaviour {
+    pub fn always(answer: Answer) -> Self {
+        Behaviour(vec![answer])
+    }
+
+    pub fn sequence(answers: impl IntoIterator<Item = Answer>) -> Self {
+        let answers: Vec<Answer> = answers.into_iter().collect();
+        assert!(!answers.is_empty(), "a behaviour needs at least one answer");
+        Behaviour(answers)
+    }
+
+    fn answer(&self, n: usize) -> &Answer {
+        &self.0[n.min(self.0.len() - 1)]
+    }
+}
+
+impl From<Answer> for Behaviour {
+    fn from(answer: Answer) -> Self {
+        Behaviour::always(answer)
+    }
+}
+
+struct Recorder {
+    received: Mutex<Vec<Received>>,
+    count: watch::Sender<usize>,
+    released: watch::Sender<bool>,
+    behaviour: Behaviour,
+}
+
+/// A real HTTP server on `127.0.0.1:0` that records every request it receives (on
+/// arrival, before answering) and answers by its `Behaviour`.
+pub struct Upstream {
+    addr: SocketAddr,
+    recorder: Arc<Recorder>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Answers every request `200 {"ok":true}`.
+    pub async fn start() -> Upstream {
+        Upstream::with(Answer::ok()).await
+    }
+
+    pub async fn with(behaviour: impl Into<Behaviour>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the upstream");
+        let addr = listener.local_addr().expect("bound address");
+        let recorder = Arc::new(Recorder {
+            received: Mutex::new(Vec::new()),
+            count: watch::channel(0).0,
+            released: watch::channel(false).0,
+            behaviour: behaviour.into(),
+        });
+        let task = tokio::spawn(serve_upstream(listener, recorder.clone()));
+        Upstream {
+            addr,
+            recorder,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything received so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.recorder.received.lock().expect("not poisoned").clone()
+    }
+
+    /// The one request received; panics if there were none or several.
+    pub fn only(&self) -> Received {
+        let received = self.received();
+        assert_eq!(
+            received.len(),
+            1,
+            "expected exactly one forward: {received:#?}"
+        );
+        received.into_iter().next().expect("one")
+    }
+
+    /// Returns once at least `n` requests have arrived.
+    pub async fn wait_for(&self, n: usize) {
+        let mut count = self.recorder.count.subscribe();
+        tokio::time::timeout(PATIENCE, count.wait_for(|&c| c >= n))
+            .await
+            .unwrap_or_else(|_| panic!("the upstream did not receive {n} request(s)"))
+            .expect("the recorder lives as long as the upstream");
+    }
+
+    /// Lets every held answer (current and future) go out.
+    pub fn release(&self) {
+        self.recorder.released.send_replace(true);
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_upstream(listener: TcpListener, recorder: Arc<Recorder>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let recorder = recorder.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let recorder = recorder.clone();
+                async move { Ok::<_, Infallible>(record_and_answer(req, &recorder).await) }
+            });
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn record_and_answer(req: Request<Incoming>, recorder: &Recorder) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let n = {
+        let mut received = recorder.received.lock().expect("not poisoned");
+        received.push(Received {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            headers: parts.headers,
+            body,
+        });
+        // Under the lock, so the count never goes backwards between two requests.
+        recorder.count.send_replace(received.len());
+        received.len() - 1
+    };
+    let answer = recorder.behaviour.answer(n).clone();
+    if answer.held {
+        let mut released = recorder.released.subscribe();
+        let _ = released.wait_for(|&r| r).await;
+    }
+    if !answer.delay.is_zero() {
+        tokio::time::sleep(answer.delay).await;
+    }
+    let mut response = Response::new(Full::new(answer.body));
+    *response.status_mut() = answer.status;
+    for (name, value) in answer.headers {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// An address on loopback where nothing listens (bound, then closed).
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("bound address")
+}
+
+// ---------------------------------------------------------------------------------
+// Config text
+// ---------------------------------------------------------------------------------
+
+/// Where a route sends its events: an `Upstream` (its `/hooks` path) or a URL.
+pub trait Target {
+    fn target_url(&self) -> String;
+}
+
+impl Target for &Upstream {
+    fn target_url(&self) -> String {
+        self.url("/hooks")
+    }
+}
+
+impl Target for String {
+    fn target_url(&self) -> String {
+        self.clone()
+    }
+}
+
+impl Target for &str {
+    fn target_url(&self) -> String {
+        (*self).to_owned()
+    }
+}
+
+struct SourceBlock {
+    name: String,
+    path: String,
+    secrets: Vec<String>,
+    routes: Vec<RouteBlock>,
+}
+
+struct RouteBlock {
+    name: Option<String>,
+    events: String,
+    upstream: String,
+}
+
+/// Config text for tests: loopback listeners on port 0, a rate limit nobody reaches,
+/// and one source `openai` on `/webhooks/openai` signed with `SECRET`.
+pub struct Config {
+    tls: Option<(PathBuf, PathBuf)>,
+    limits: Vec<(&'static str, String)>,
+    rate_limit: (f64, u32),
+    sources: Vec<SourceBlock>,
+}
+
+pub fn config() -> Config {
+    Config {
+        tls: None,
+        limits: Vec::new(),
+        rate_limit: (100_000.0, 100_000),
+        sources: vec![SourceBlock {
+            name: SOURCE.to_owned(),
+            path: PATH.to_owned(),
+            secrets: vec![SECRET.to_owned()],
+            routes: Vec::new(),
+        }],
+    }
+}
+
+impl Config {
+    fn last_source(&mut self) -> &mut SourceBlock {
+        self.sources.last_mut().expect("there is a source")
+    }
+
+    /// A route (named by its index) for one event pattern on the last source.
+    pub fn route(mut self, events: &str, to: impl Target) -> Self {
+        self.last_source().routes.push(RouteBlock {
+            name: None,
+            events: events.to_owned(),
+            upstream: to.target_url(),
+        });
+        self
+    }
+
+    pub fn named_route(mut self, name: &str, events: &str, to: impl Target) -> Self {
+        self.last_source().routes.push(RouteBlock {
+            name: Some(name.to_owned()),
+            events: events.to_owned(),
+            upstream: to.target_url(),
+        });
+        self
+    }
+
+    /// Replaces the last source's secrets.
+    pub fn secrets(mut self, secrets: &[&str]) -> Self {
+        self.last_source().secrets = secrets.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Adds another source, signed with `SECRET`; routes added next belong to it.
+    pub fn source(mut self, name: &str, path: &str) -> Self {
+        self.sources.push(SourceBlock {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            secrets: vec![SECRET.to_owned()],
+            routes: Vec::new(),
+        });
+        self
+    }
+
+    pub fn tls(mut self, cert: &DevCert) -> Self {
+        self.tls = Some((cert.cert.clone(), cert.key.clone()));
+        self
+    }
+
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.limits.push(("max_body_bytes", bytes.to_string()));
+        self
+    }
+
+    /// A humantime duration such as `"1s"`.
+    pub fn upstream_timeout(mut self, timeout: &str) -> Self {
+        self.limits
+            .push(("upstream_timeout", format!("{timeout:?}")));
+        self
+    }
+
+    pub fn rate_limit(mut self, requests_per_second: f64, burst: u32) -> Self {
+        self.rate_limit = (requests_per_second, burst);
+        self
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "[server]\nlisten = \"127.0.0.1:0\"")?;
+        if let Some((cert, key)) = &self.tls {
+            writeln!(
+                f,
+                "[server.tls]\ncert = {:?}\nkey = {:?}",
+                cert.display().to_string(),
+                key.display().to_string()
+            )?;
+        }
+        writeln!(f, "[admin]\nlisten = \"127.0.0.1:0\"")?;
+        writeln!(f, "[limits]")?;
+        for (key, value) in &self.limits {
+            writeln!(f, "{key} = {value}")?;
+        }
+        let (rps, burst) = self.rate_limit;
+        writeln!(
+            f,
+            "[rate_limit]\nrequests_per_second = {rps:?}\nburst = {burst}"
+        )?;
+        for source in &self.sources {
+            writeln!(
+                f,
+                "\n[[sources]]\nname = {:?}\npath = {:?}\nscheme = \"standard-webhooks\"\nsecrets = {:?}",
+                source.name, source.path, source.secrets
+            )?;
+            for route in &source.routes {
+                writeln!(f, "[[sources.routes]]")?;
+                if let Some(name) = &route.name {
+                    writeln!(f, "name = {name:?}")?;
+                }
+                writeln!(
+                    f,
+                    "events = [{:?}]\nupstream = {:?}",
+                    route.events, route.upstream
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Gateway and its test client
+// ---------------------------------------------------------------------------------
+
+/// What the test client got back, body read in full.
+#[derive(Debug)]
+pub struct Reply {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    async fn read<B>(response: Response<B>) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: fmt::Debug,
+    {
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("read the answer").to_bytes();
+        Reply {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("header is text"))
+    }
+
+    /// `Retry-After` as whole seconds; panics when it is absent or not a number.
+    pub fn retry_after(&self) -> u64 {
+        self.header("retry-after")
+            .unwrap_or_else(|| panic!("no Retry-After in {self:?}"))
+            .parse()
+            .expect("Retry-After is whole seconds")
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).expect("the body is UTF-8")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("the body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The `error` reason of a rejection body.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error reason in {self:?}"))
+            .to_owned()
+    }
+}
+
+/// A pooled client bound to one gateway (http, or https trusting anything).
+#[derive(Clone)]
+pub struct TestClient {
+    http: HttpClient,
+    base: String,
+}
+
+impl TestClient {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs a signed delivery as the sender would.
+    pub async fn post(&self, path: &str, delivery: &SignedRequest) -> Reply {
+        let mut builder = Request::post(self.url(path));
+        for (name, value) in &delivery.headers {
+            builder = builder.header(*name, value);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(delivery.body.clone())))
+            .expect("a valid request");
+        self.send(request).await
+    }
+
+    pub async fn get(&self, url: &str) -> Reply {
+        let request = Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .expect("a valid request");
+        self.send(request).await
+    }
+
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Reply {
+        let response = tokio::time::timeout(PATIENCE, self.http.request(request))
+            .await
+            .expect("the gateway answers in time")
+            .expect("the request reaches the gateway");
+        Reply::read(response).await
+    }
+}
+
+/// hookgate started in this process from config text, with a client for it.
+pub struct Gateway {
+    running: Option<hookgate::Running>,
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    client: TestClient,
+}
+
+impl Gateway {
+    /// Parses `config` as `test.toml` and starts it; panics with the config error.
+    pub async fn start(config: impl fmt::Display) -> Gateway {
+        let text = config.to_string();
+        let settings = hookgate::config::parse(&text, "test.toml")
+            .unwrap_or_else(|e| panic!("invalid test config: {e}\n{text}"));
+        let scheme = if settings.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let running = hookgate::start(settings).await.expect("the gateway starts");
+        let addr = running.addr();
+        let client = TestClient {
+            http: http_client(
+                hookgate::tls::insecure_client_config(),
+                Duration::from_secs(10),
+            ),
+            base: format!("{scheme}://{addr}"),
+        };
+        Gateway {
+            admin_addr: running.admin_addr(),
+            running: Some(running),
+            addr,
+            client,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        self.client.url(path)
+    }
+
+    /// A client to move into a spawned task.
+    pub fn client(&self) -> TestClient {
+        self.client.clone()
+    }
+
+    pub async fn post(&self, path: &str, delivery: &SignedRequest) -> Reply {
+        self.client.post(path, delivery).await
+    }
+
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Reply {
+        self.client.send(request).await
+    }
+
+    /// A GET on the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub async fn admin(&self, path: &str) -> Reply {
+        self.client
+            .get(&format!("http://{}{path}", self.admin_addr))
+            .await
+    }
+
+    pub async fn metrics(&self) -> Scrape {
+        let reply = self.admin("/metrics").await;
+        assert_eq!(reply.status(), 200, "{reply:?}");
+        Scrape(reply.text())
+    }
+
+    /// Requests a graceful shutdown in the background; the handle ends once it is done.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        let running = self.running.take().expect("not shut down yet");
+        tokio::spawn(running.shutdown())
+    }
+
+    /// POSTs a body sent with `Transfer-Encoding: chunked` (no `Content-Length`) over
+    /// a fresh HTTP/1.1 connection.
+    pub async fn post_chunked(
+        &self,
+        path: &str,
+        headers: &[(&'static str, String)],
+        chunks: Vec<Bytes>,
+    ) -> Reply {
+        let stream = TcpStream::connect(self.addr).await.expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("HTTP/1.1 handshake");
+        tokio::spawn(connection);
+        let mut builder = Request::post(path).header("host", self.addr.to_string());
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        let request = builder
+            .body(Chunks(chunks.into()))
+            .expect("a valid request");
+        let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+            .await
+            .expect("the gateway answers in time")
+            .expect("the gateway answers");
+        Reply::read(response).await
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            let _ = running.stopper().send(true);
+        }
+    }
+}
+
+/// A body of unknown length: hyper sends it chunked.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(
+            self.get_mut()
+                .0
+                .pop_front()
+                .map(|chunk| Ok(Frame::data(chunk))),
+        )
+    }
+}
+
+/// Polls `condition` until it holds; panics with `what` after `PATIENCE`.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Signed deliveries
+// ---------------------------------------------------------------------------------
+
+pub fn now_unix() -> i64 {
+    hookgate::verify::unix_seconds(SystemTime::now())
+}
+
+/// A fresh delivery id, unique within the test run.
+pub fn fresh_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "msg_it_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// An event of `event_type` as `hookgate sign` builds it, signed with `SECRET` now.
+pub fn signed_event(event_type: &str) -> SignedRequest {
+    signed_event_with(SECRET, event_type)
+}
+
+pub fn signed_event_with(secret: &str, event_type: &str) -> SignedRequest {
+    hookgate::sign::build(
+        &SignInput {
+            secret,
+            event_type,
+            data: Some(r#"{"id":"resp_1"}"#),
+            id: None,
+            timestamp: None,
+        },
+        SystemTime::now(),
+    )
+    .expect("a valid delivery")
+}
+
+/// `body` exactly as given, signed with `SECRET` under a fresh id, now.
+pub fn signed_body(body: &str) -> SignedRequest {
+    signed_raw(SECRET, &fresh_id(), now_unix(), body)
+}
+
+/// A delivery signed by hand: any secret, id, timestamp and body.
+pub fn signed_raw(secret: &str, id: &str, timestamp: i64, body: &str) -> SignedRequest {
+    let key = key_from_secret(secret).expect("a valid secret");
+    SignedRequest {
+        headers: vec![
+            ("content-type", "application/json".to_owned()),
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", timestamp.to_string()),
+            (
+                "webhook-signature",
+                sign(&key, id, timestamp, body.as_bytes()),
+            ),
+        ],
+        body: body.to_owned(),
+    }
+}
+
+/// Edits of a signed delivery, to break it one way at a time.
+pub trait Edit {
+    fn header(&self, name: &str) -> &str;
+    /// Sets (or adds) a header; the signature is not recomputed.
+    fn with_header(self, name: &'static str, value: &str) -> Self;
+    fn without_header(self, name: &str) -> Self;
+    /// Replaces the body; the signature is not recomputed.
+    fn with_body(self, body: &str) -> Self;
+}
+
+impl Edit for SignedRequest {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("the delivery has no {name} header"))
+    }
+
+    fn with_header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.retain(|(n, _)| *n != name);
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    fn without_header(mut self, name: &str) -> Self {
+        self.headers.retain(|(n, _)| *n != name);
+        self
+    }
+
+    fn with_body(mut self, body: &str) -> Self {
+        self.body = body.to_owned();
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------
+
+/// A certificate for localhost and 127.0.0.1 generated into a temp dir for this test.
+pub struct DevCert {
+    _dir: tempfile::TempDir,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub pem: Vec<u8>,
+}
+
+impl DevCert {
+    pub fn generate() -> DevCert {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (cert, key) = hookgate::tls::write_dev_cert(dir.path()).expect("write a dev cert");
+        let pem = std::fs::read(&cert).expect("read the cert back");
+        DevCert {
+            _dir: dir,
+            cert,
+            key,
+            pem,
+        }
+    }
+}
+
+pub type HttpsClient = LegacyClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// An https client that trusts exactly `pem` and offers exactly one protocol by
+/// ALPN: `Version::HTTP_11` or `Version::HTTP_2`.
+pub fn https_client(pem: &[u8], version: Version) -> HttpsClient {
+    let mut tls = hookgate::tls::client_config_trusting(pem).expect("a valid PEM");
+    if version == Version::HTTP_2 {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http2()
+            .build();
+        LegacyClient::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector)
+    } else {
+        // hyper-rustls' builder leaves ALPN empty for HTTP/1.1 only; offer it explicitly
+        // so the server really negotiates it.
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnector::from((http, tls));
+        LegacyClient::builder(TokioExecutor::new()).build(connector)
+    }
+}
+
+/// Sends a request with any client and reads the whole answer.
+pub async fn exchange<C>(
+    client: &LegacyClient<C, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Reply
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    let response = tokio::time::timeout(PATIENCE, client.request(request))
+        .await
+        .expect("the gateway answers in time")
+        .expect("the request reaches the gateway");
+    Reply::read(response).await
+}
+
+/// The request a sender would make for `delivery`.
+pub fn delivery_request(url: &str, delivery: &SignedRequest) -> Request<Full<Bytes>> {
+    let mut builder = Request::post(url);
+    for (name, value) in &delivery.headers {
+        builder = builder.header(*name, value);
+    }
+    builder
+        .body(Full::new(Bytes::from(delivery.body.clone())))
+        .expect("a valid request")
+}
+
+// ---------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------
+
+/// One scrape of `/metrics` in the Prometheus text format.
+pub struct Scrape(pub String);
+
+impl Scrape {
+    /// The value of an exact series (`name{labels}` as rendered, labels sorted), or
+    /// `None` when the series does not exist.
+    pub fn value(&self, series: &str) -> Option<f64> {
+        self.0.lines().find_map(|line| {
+            let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+            Some(rest.trim().parse().expect("a sample value"))
+        })
+    }
+
+    /// `hookgate_requests_total{outcome, source}`; the series is pre-created at zero.
+    pub fn requests(&self, source: &str, outcome: &str) -> u64 {
+        let series = format!(r#"hookgate_requests_total{{outcome="{outcome}",source="{source}"}}"#);
+        self.value(&series)
+            .unwrap_or_else(|| panic!("no series {series} in:\n{}", self.0)) as u64
+    }
+
+    /// `hookgate_upstream_responses_total{class, route}`; zero when never observed.
+    pub fn upstream_responses(&self, route: &str, class: &str) -> u64 {
+        self.value(&format!(
+            r#"hookgate_upstream_responses_total{{class="{class}",route="{route}"}}"#
+        ))
+        .unwrap_or(0.0) as u64
+    }
+}

@@ -1,0 +1,119 @@
+//! When the upstream fails: what the sender is told, and that the claim is released so
+//! the sender's retry is forwarded again.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn an_upstream_500_is_passed_through_with_its_body_and_the_retry_is_forwarded() {
+    let upstream = Upstream::with(Behaviour::sequence([
+        Answer::status(500)
+            .body("backend exploded")
+            .header("content-type", "text/plain"),
+        Answer::ok(),
+    ]))
+    .await;
+    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+
+    let failed = gw.post(PATH, &event).await;
+    let retry = gw.post(PATH, &event).await;
+
+    assert_eq!(failed.status(), 500);
+    assert_eq!(failed.text(), "backend exploded");
+    assert_eq!(failed.header("content-type"), Some("text/plain"));
+    assert_eq!(retry.status(), 200);
+    assert_eq!(retry.json(), serde_json::json!({"ok": true}));
+    assert_eq!(upstream.received().len(), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_4xx_is_passed_through_and_the_retry_is_forwarded() {
+    let upstream = Upstream::with(Behaviour::sequence([
+        Answer::status(422).body(r#"{"error":"unknown customer"}"#),
+        Answer::ok(),
+    ]))
+    .await;
+    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+
+    let failed = gw.post(PATH, &event).await;
+    let retry = gw.post(PATH, &event).await;
+
+    assert_eq!(failed.status(), 422);
+    assert_eq!(failed.text(), r#"{"error":"unknown customer"}"#);
+    assert_eq!(retry.status(), 200);
+    assert_eq!(upstream.received().len(), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_redirect_is_answered_502_and_never_passed_through() {
+    let upstream = Upstream::with(
+        Answer::status(301)
+            .body("moved")
+            .header("location", "https://elsewhere.example/hooks"),
+    )
+    .await;
+    let gw = Gateway::start(config().route("*", &upstream)).await;
+
+    let reply = gw.post(PATH, &signed_event("response.completed")).await;
+
+    assert_eq!(reply.status(), 502);
+    assert_eq!(reply.error(), "upstream_redirect");
+    assert_eq!(reply.header("location"), None);
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_410_is_answered_502_so_the_sender_does_not_disable_the_endpoint() {
+    let upstream = Upstream::with(Answer::status(410).body("gone")).await;
+    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+
+    let reply = gw.post(PATH, &event).await;
+
+    assert_eq!(reply.status(), 502);
+    assert_eq!(reply.error(), "upstream_gone");
+    // The claim was released: the retry is forwarded (and fails the same way).
+    assert_eq!(gw.post(PATH, &event).await.status(), 502);
+    assert_eq!(upstream.received().len(), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_answered_502_upstream_unreachable() {
+    let nowhere = closed_port().await;
+    let gw = Gateway::start(config().route("*", format!("http://{nowhere}/hooks"))).await;
+
+    let reply = gw.post(PATH, &signed_event("response.completed")).await;
+
+    assert_eq!(reply.status(), 502);
+    assert_eq!(reply.error(), "upstream_unreachable");
+}
+
+#[tokio::test]
+async fn an_upstream_slower_than_the_timeout_is_answered_504_and_the_retry_is_forwarded() {
+    // The first answer never comes; the second is immediate.
+    let upstream = Upstream::with(Behaviour::sequence([Answer::held(), Answer::ok()])).await;
+    let gw = Gateway::start(config().upstream_timeout("1s").route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+
+    let timed_out = gw.post(PATH, &event).await;
+    let retry = gw.post(PATH, &event).await;
+
+    assert_eq!(timed_out.status(), 504);
+    assert_eq!(timed_out.error(), "upstream_timeout");
+    assert_eq!(retry.status(), 200, "{retry:?}");
+    assert_eq!(upstream.received().len(), 2);
+}
+
+#[tokio::test]
+async fn a_slow_upstream_that_answers_within_the_timeout_is_forwarded() {
+    let upstream = Upstream::with(Answer::ok().after(Duration::from_millis(300))).await;
+    let gw = Gateway::start(config().upstream_timeout("30s").route("*", &upstream)).await;
+
+    let reply = gw.post(PATH, &signed_event("response.completed")).await;
+
+    assert_eq!(reply.status(), 200, "{reply:?}");
+    assert_eq!(upstream.received().len(), 1);
+}
