@@ -7,9 +7,11 @@
 #
 # Rows: the sink directly; nginx (one worker, plain reverse proxy, no verification: the
 # cost floor of any proxy); hookgate with the in-memory store; hookgate with Redis;
-# hookgate over TLS (HTTP/1.1 and h2); and the same with 64 KiB bodies. The load generator
-# (`hookgate bench load`) is pinned to LOAD_CPU; the system under test, its upstream sink
-# and Redis to SUT_CPU (taskset), so the generator never steals the gateway's core.
+# hookgate over TLS (HTTP/1.1 and h2); and the same with 64 KiB bodies.
+# Pinning (taskset): the system under test (the direct sink, nginx's worker, or hookgate)
+# runs alone on SUT_CPU; its environment (the load generator `hookgate bench load`, the
+# upstream sink the proxies forward to, and Redis) shares LOAD_CPU. So a row measures the
+# proxy itself, not its neighbours; CPU spent in Redis is reported separately.
 # CPU µs per request is the system-under-test process's on-CPU time (sum over its threads
 # of /proc/PID/task/*/schedstat) divided by the requests it served; peak RSS is its VmHWM.
 # Needs: nginx (Debian's nginx-light), redis-server, python3, taskset.
@@ -46,6 +48,7 @@ NGINX_PORT=$((BASE_PORT + 1))
 GW_PORT=$((BASE_PORT + 2))
 ADMIN_PORT=$((BASE_PORT + 3))
 REDIS_PORT=$((BASE_PORT + 4))
+DIRECT_PORT=$((BASE_PORT + 5))
 
 wait_port() {
     for _ in $(seq 1 100); do
@@ -56,10 +59,10 @@ wait_port() {
     exit 1
 }
 
-start() { # start NAME CMD...: runs CMD pinned to SUT_CPU, records its pid in $LAST_PID
-    local name=$1
-    shift
-    taskset -c "$SUT_CPU" "$@" >"$WORK/$name.log" 2>&1 &
+start() { # start NAME CPU CMD...: runs CMD pinned to CPU, records its pid in $LAST_PID
+    local name=$1 cpu=$2
+    shift 2
+    taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
 }
@@ -77,11 +80,15 @@ peak_rss_kib() {
     awk '/VmHWM/ {print $2}' /proc/"$1"/status
 }
 
-start sink "$HG" bench sink --listen "127.0.0.1:$SINK_PORT"
-SINK_PID=$LAST_PID
+# The sink measured directly, on the system-under-test core.
+start direct-sink "$SUT_CPU" "$HG" bench sink --listen "127.0.0.1:$DIRECT_PORT"
+DIRECT_PID=$LAST_PID
+wait_port "$DIRECT_PORT"
+# The upstream the proxies forward to, and Redis: environment, on the load core.
+start sink "$LOAD_CPU" "$HG" bench sink --listen "127.0.0.1:$SINK_PORT"
 wait_port "$SINK_PORT"
-
-start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK"
+start redis "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK"
+REDIS_PID=$LAST_PID
 wait_port "$REDIS_PORT"
 
 cat >"$WORK/nginx.conf" <<EOF
@@ -150,18 +157,22 @@ measure() {
     # Warm up connections, pools and caches; not measured.
     taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n 2000 -c "$C" --body-size "$body" "$@" >/dev/null
     for run in $(seq 1 "$REPEAT"); do
-        local before after
+        local before after redis_before redis_after
         before=$(cpu_ns "$pid")
+        redis_before=$(cpu_ns "$REDIS_PID")
         taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n "$N" -c "$C" --body-size "$body" --json "$@" >"$WORK/run.json"
         after=$(cpu_ns "$pid")
-        python3 - "$row" "$run" "$before" "$after" "$(peak_rss_kib "$pid")" "$WORK/run.json" >>"$WORK/results.jsonl" <<'PY'
+        redis_after=$(cpu_ns "$REDIS_PID")
+        python3 - "$row" "$run" "$before" "$after" "$redis_before" "$redis_after" "$(peak_rss_kib "$pid")" "$WORK/run.json" >>"$WORK/results.jsonl" <<'PY'
 import json, sys
-row, run, before, after, rss, path = sys.argv[1:]
+row, run, before, after, redis_before, redis_after, rss, path = sys.argv[1:]
 r = json.load(open(path))
 ok = sum(c for s, c in r["statuses"].items() if s.startswith("2"))
+n = max(r["requests"], 1)
 print(json.dumps({"row": row, "run": int(run), "rps": r["requests_per_second"],
     "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"], "max": r["latency_ms"]["max"],
-    "cpu_us": (int(after) - int(before)) / 1000 / max(r["requests"], 1),
+    "cpu_us": (int(after) - int(before)) / 1000 / n,
+    "redis_us": (int(redis_after) - int(redis_before)) / 1000 / n,
     "rss_mib": int(rss) / 1024, "ok": ok, "requests": r["requests"], "errors": r["errors"]}))
 PY
     done
@@ -171,7 +182,7 @@ run_gateway() { # run_gateway ROW STORE TLS BODY [load options...]
     local row=$1 store=$2 tls=$3 body=$4
     shift 4
     gateway_config "$WORK/gw.toml" "$store" "$tls"
-    start gateway "$HG" serve --config "$WORK/gw.toml"
+    start gateway "$SUT_CPU" "$HG" serve --config "$WORK/gw.toml"
     local pid=$LAST_PID
     wait_port "$GW_PORT"
     local scheme=http
@@ -182,9 +193,9 @@ run_gateway() { # run_gateway ROW STORE TLS BODY [load options...]
 
 echo "hookgate bench: N=$N C=$C body=${BODY}B repeat=$REPEAT load on CPU $LOAD_CPU, system under test on CPU $SUT_CPU" >&2
 
-measure "direct (sink)" "http://127.0.0.1:$SINK_PORT/sink" "$SINK_PID" "$BODY"
+measure "direct (sink)" "http://127.0.0.1:$DIRECT_PORT/sink" "$DIRECT_PID" "$BODY"
 
-start nginx nginx -c "$WORK/nginx.conf" -p "$WORK"
+start nginx "$SUT_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK"
 NGINX_PID=$LAST_PID
 wait_port "$NGINX_PORT"
 # nginx's worker is the process that does the work; its master only supervises.
@@ -196,7 +207,7 @@ run_gateway "hookgate memory" memory plain "$BODY"
 run_gateway "hookgate redis" redis plain "$BODY"
 run_gateway "hookgate memory TLS" memory tls "$BODY" --insecure
 run_gateway "hookgate memory TLS h2" memory tls "$BODY" --insecure --http2
-measure "direct (sink) 64KiB" "http://127.0.0.1:$SINK_PORT/sink" "$SINK_PID" "$BIG_BODY"
+measure "direct (sink) 64KiB" "http://127.0.0.1:$DIRECT_PORT/sink" "$DIRECT_PID" "$BIG_BODY"
 run_gateway "hookgate memory 64KiB" memory plain "$BIG_BODY"
 
 python3 - "$WORK/results.jsonl" "$N" "$C" "$BODY" "$REPEAT" "$LOAD_CPU" "$SUT_CPU" <<'PY'
@@ -206,21 +217,21 @@ rows = collections.OrderedDict()
 for line in open(path):
     r = json.loads(line)
     rows.setdefault(r["row"], []).append(r)
-med = {name: {k: statistics.median(x[k] for x in runs) for k in ("rps", "p50", "p99", "max", "cpu_us", "rss_mib")}
+med = {name: {k: statistics.median(x[k] for x in runs) for k in ("rps", "p50", "p99", "max", "cpu_us", "redis_us", "rss_mib")}
        | {"ok": sum(x["ok"] for x in runs), "requests": sum(x["requests"] for x in runs), "errors": sum(x["errors"] for x in runs)}
        for name, runs in rows.items()}
 model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"{datetime.date.today()} · {model} · {os.cpu_count()} CPUs · load generator pinned to CPU {load_cpu}, "
-      f"system under test (and its sink, Redis) to CPU {sut_cpu} · {n} requests × {repeat} runs per row, "
+      f"system under test alone on CPU {sut_cpu} (upstream sink and Redis share CPU {load_cpu}) · {n} requests × {repeat} runs per row, "
       f"{c} connections, HTTP/1.1 unless noted, {body}-byte bodies unless noted; medians")
 print()
-print("| row | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | CPU µs/req | vs nginx | vs direct | 2xx/sent |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| row | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | CPU µs/req | Redis CPU µs/req | vs nginx | vs direct | 2xx/sent |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 nginx = med.get("nginx proxy", {}).get("rps")
 for name, m in med.items():
     direct = med.get("direct (sink) 64KiB" if "64KiB" in name else "direct (sink)", {}).get("rps")
     vs_nginx = f"{m['rps'] / nginx:.2f}×" if nginx and "64KiB" not in name else "–"
     vs_direct = f"{m['rps'] / direct:.2f}×" if direct else "–"
     print(f"| {name} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['max']:.2f} | {m['rss_mib']:.1f} | "
-          f"{m['cpu_us']:.1f} | {vs_nginx} | {vs_direct} | {m['ok']}/{m['requests']} |")
+          f"{m['cpu_us']:.1f} | {m['redis_us']:.1f} | {vs_nginx} | {vs_direct} | {m['ok']}/{m['requests']} |")
 PY

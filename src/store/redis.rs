@@ -1,8 +1,10 @@
 //! The Redis store: dedupe claims and GCRA buckets shared by every instance.
 //!
-//! Each operation is one Lua script touching one key, sent as `EVALSHA` (the script is
-//! loaded on first use and re-sent only after a `NOSCRIPT`), so every operation is one
-//! round trip, atomic, and valid on Redis Cluster without hash tags. One multiplexed
+//! Each operation is one round trip touching one key, so it is valid on Redis Cluster
+//! without hash tags: a claim is `SET NX PX GET` pipelined with `PTTL` (Redis 7.0+; a Lua
+//! script on older servers); commit, release and the GCRA check are small Lua scripts
+//! sent as `EVALSHA` (loaded on first use, re-sent only after a `NOSCRIPT`), atomic
+//! because a compare-and-set needs to be. One multiplexed
 //! connection per instance (`ConnectionManager`, which reconnects by itself); a cluster
 //! connection is opened on first use and again after it fails, so hookgate starts, and
 //! reports not ready, while Redis is down.
@@ -15,6 +17,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -27,7 +30,8 @@ use super::{BoxFuture, ClaimState, RateDecision, Settled, Store, StoreError};
 use crate::config::{RateLimitSettings, RedisSettings, RedisTarget};
 use crate::metrics::Metrics;
 
-/// Claims `KEYS[1]` for `ARGV[1]` (`inflight:<token>`) for `ARGV[2]` ms unless it exists.
+/// The claim for Redis before 7.0 (no `SET NX GET`): claims `KEYS[1]` for `ARGV[1]`
+/// (`inflight:<token>`) for `ARGV[2]` ms unless it exists.
 /// Returns `{1}` won, `{2}` done, `{3, pttl}` in flight elsewhere.
 const CLAIM: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -86,8 +90,14 @@ pub struct RedisStore {
     interval_us: u64,
     tolerance_us: u64,
     scripts: Scripts,
+    /// Set once Redis has refused `SET NX GET` (before 7.0): claims then use `CLAIM`.
+    legacy_claim: AtomicBool,
     metrics: Arc<Metrics>,
     description: String,
+    /// The longest one operation may take, a (re)connection included: `connect_timeout +
+    /// timeout`. The client's own timeouts do not cover waiting for a reconnection,
+    /// which retries with backoff for seconds while Redis is down.
+    deadline: Duration,
 }
 
 struct Scripts {
@@ -149,7 +159,9 @@ impl RedisStore {
                 release: Script::new(RELEASE),
                 rate: Script::new(RATE),
             },
+            legacy_claim: AtomicBool::new(false),
             metrics,
+            deadline: settings.connect_timeout + settings.timeout,
             description: format!(
                 "{} (shared by every instance using it; key prefix {:?})",
                 settings.target, settings.key_prefix
@@ -161,26 +173,28 @@ impl RedisStore {
         format!("{}dedupe:{key}", self.prefix)
     }
 
-    /// Runs one round trip, timing it and counting a failure under `op`. A cluster
-    /// connection that failed for good is dropped so the next call reconnects.
+    /// Runs one round trip within `deadline`, timing it and counting a failure under
+    /// `op`. A cluster connection that failed for good is dropped so the next call
+    /// reconnects.
     async fn call<T>(
         &self,
         op: &str,
         request: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let result = match self.connection().await {
-            Ok(mut conn) => {
-                let result = request(&mut conn).await;
-                if let (Err(e), Connection::Cluster(slot)) = (&result, &self.connection) {
-                    if e.is_unrecoverable_error() || e.is_connection_dropped() {
-                        *slot.connection.lock().await = None;
-                    }
+        let attempt = async {
+            let mut conn = self.connection().await?;
+            let result = request(&mut conn).await;
+            if let (Err(e), Connection::Cluster(slot)) = (&result, &self.connection) {
+                if e.is_unrecoverable_error() || e.is_connection_dropped() {
+                    *slot.connection.lock().await = None;
                 }
-                result.map_err(store_error)
             }
-            Err(e) => Err(e),
+            result.map_err(store_error)
         };
+        let result = tokio::time::timeout(self.deadline, attempt)
+            .await
+            .unwrap_or(Err(StoreError::Timeout));
         self.metrics.store_op(op, started.elapsed(), result.is_ok());
         if let Err(e) = &result {
             tracing::warn!(op, error = %e, "redis store operation failed");
@@ -275,11 +289,43 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<ClaimState, StoreError>> {
         Box::pin(async move {
+            let key = self.dedupe_key(key);
+            let value = format!("inflight:{token}");
+            if !self.legacy_claim.load(Ordering::Relaxed) {
+                // `SET NX GET` and `PTTL`, pipelined: one round trip, no script.
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET")
+                    .arg(&key)
+                    .arg(&value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .arg("GET")
+                    .cmd("PTTL")
+                    .arg(&key);
+                let reply = self
+                    .call("claim", async |conn| {
+                        pipe.query_async::<(Option<String>, i64)>(conn).await
+                    })
+                    .await;
+                match reply {
+                    Ok((None, _)) => return Ok(ClaimState::Won),
+                    Ok((Some(previous), _)) if previous == "done" => return Ok(ClaimState::Done),
+                    Ok((Some(_), pttl)) => {
+                        return Ok(ClaimState::InFlight {
+                            remaining: Duration::from_millis(pttl.max(0) as u64),
+                        });
+                    }
+                    // Redis before 7.0 refuses NX together with GET: use the script.
+                    Err(StoreError::Unavailable(e)) if e.contains("syntax error") => {
+                        tracing::info!("Redis before 7.0: claims use a Lua script");
+                        self.legacy_claim.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             let mut invocation = self.scripts.claim.prepare_invoke();
-            invocation
-                .key(self.dedupe_key(key))
-                .arg(format!("inflight:{token}"))
-                .arg(millis(ttl));
+            invocation.key(&key).arg(&value).arg(millis(ttl));
             let reply: Vec<i64> = self.script("claim", invocation).await?;
             Ok(match reply.as_slice() {
                 [1, ..] => ClaimState::Won,

@@ -1,12 +1,12 @@
 //! Deduplication by webhook-id: forwarded once, answered as a duplicate afterwards,
-//! refused while a copy is in flight, and exactly once under a burst of copies.
+//! refused while a copy is in flight, and exactly once under a burst of copies; each
+//! against the in-memory store and against Redis.
 
 use crate::support::*;
 
-#[tokio::test]
-async fn replayed_delivery_is_answered_200_and_not_forwarded() {
+async fn replayed_delivery_is_answered_200_and_not_forwarded(store: TestStore) {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
     let event = signed_event("response.completed");
 
     assert_eq!(gw.post(PATH, &event).await.status(), 200);
@@ -17,10 +17,11 @@ async fn replayed_delivery_is_answered_200_and_not_forwarded() {
     assert_eq!(upstream.received().len(), 1);
 }
 
-#[tokio::test]
-async fn a_copy_arriving_while_the_first_is_in_flight_is_answered_409_with_retry_after() {
+async fn a_copy_arriving_while_the_first_is_in_flight_is_answered_409_with_retry_after(
+    store: TestStore,
+) {
     let upstream = Upstream::with(Answer::held()).await;
-    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
     let event = signed_event("response.completed");
     let first = tokio::spawn({
         let client = gw.client();
@@ -39,11 +40,11 @@ async fn a_copy_arriving_while_the_first_is_in_flight_is_answered_409_with_retry
     assert_eq!(upstream.received().len(), 1);
 }
 
-#[tokio::test]
-async fn the_same_id_from_another_source_is_a_different_delivery() {
+async fn the_same_id_from_another_source_is_a_different_delivery(store: TestStore) {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(
         config()
+            .store(&store)
             .route("*", &upstream)
             .source("billing", "/webhooks/billing")
             .route("*", &upstream),
@@ -59,10 +60,9 @@ async fn the_same_id_from_another_source_is_a_different_delivery() {
     assert_eq!(upstream.received().len(), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_concurrent_copies_of_one_delivery_are_forwarded_exactly_once() {
+async fn fifty_concurrent_copies_of_one_delivery_are_forwarded_exactly_once(store: TestStore) {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
     let event = signed_event("response.completed");
 
     let copies: Vec<_> = (0..50)
@@ -85,4 +85,14 @@ async fn fifty_concurrent_copies_of_one_delivery_are_forwarded_exactly_once() {
 
     assert_eq!(forwarded, 1);
     assert_eq!(upstream.received().len(), 1);
+}
+
+on_each_store! {
+    replayed_delivery_is_answered_200_and_not_forwarded,
+    a_copy_arriving_while_the_first_is_in_flight_is_answered_409_with_retry_after,
+    the_same_id_from_another_source_is_a_different_delivery,
+    fifty_concurrent_copies_of_one_delivery_are_forwarded_exactly_once(
+        flavor = "multi_thread",
+        worker_threads = 2
+    ),
 }

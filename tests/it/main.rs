@@ -1,5 +1,6 @@
 //! hookgate's integration tests: one binary, the real server on loopback sockets.
 
+mod redis_support;
 mod support;
 
 mod config_cli;
@@ -7,6 +8,8 @@ mod dedupe;
 mod forwarding;
 mod metrics;
 mod ratelimit;
+mod redis_cluster;
+mod redis_store;
 mod rejects;
 mod shutdown;
 mod tls;

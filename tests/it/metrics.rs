@@ -1,5 +1,6 @@
 //! The admin listener: `hookgate_requests_total` moves for every outcome a sender can
 //! cause, upstream answers are counted by route and class, and the health endpoints.
+//! Outcomes that depend on the store run against the in-memory store and Redis.
 
 use crate::support::*;
 
@@ -70,9 +71,9 @@ async fn upstream_answers_are_labelled_with_the_route_name_when_it_has_one() {
     assert_eq!(scrape.upstream_responses("openai/1", "2xx"), 1);
 }
 
-#[tokio::test]
-async fn a_duplicate_counts_as_duplicate() {
-    let (_upstream, gw) = forwarding_gateway().await;
+async fn a_duplicate_counts_as_duplicate(store: TestStore) {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
     let event = signed_event("response.completed");
     assert_eq!(gw.post(PATH, &event).await.status(), 200);
 
@@ -82,10 +83,9 @@ async fn a_duplicate_counts_as_duplicate() {
     .await;
 }
 
-#[tokio::test]
-async fn a_copy_refused_while_in_flight_counts_as_in_flight() {
+async fn a_copy_refused_while_in_flight_counts_as_in_flight(store: TestStore) {
     let upstream = Upstream::with(Answer::held()).await;
-    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
     let event = signed_event("response.completed");
     let first = tokio::spawn({
         let client = gw.client();
@@ -159,10 +159,15 @@ async fn an_event_without_a_route_counts_as_unrouted() {
     .await;
 }
 
-#[tokio::test]
-async fn a_request_over_the_rate_limit_counts_as_rate_limited() {
+async fn a_request_over_the_rate_limit_counts_as_rate_limited(store: TestStore) {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(config().rate_limit(0.01, 1).route("*", &upstream)).await;
+    let gw = Gateway::start(
+        config()
+            .store(&store)
+            .rate_limit(0.01, 1)
+            .route("*", &upstream),
+    )
+    .await;
     assert_eq!(
         gw.post(PATH, &signed_event("response.completed"))
             .await
@@ -255,12 +260,19 @@ async fn healthz_answers_200() {
     assert_eq!(reply.json()["status"], "ok");
 }
 
-#[tokio::test]
-async fn readyz_answers_200_with_the_in_memory_store() {
-    let (_upstream, gw) = forwarding_gateway().await;
+async fn readyz_answers_200_while_the_store_answers(store: TestStore) {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
 
     let reply = gw.admin("/readyz").await;
 
     assert_eq!(reply.status(), 200);
     assert_eq!(reply.json()["status"], "ready");
+}
+
+on_each_store! {
+    a_duplicate_counts_as_duplicate,
+    a_copy_refused_while_in_flight_counts_as_in_flight,
+    a_request_over_the_rate_limit_counts_as_rate_limited,
+    readyz_answers_200_while_the_store_answers,
 }

@@ -1,4 +1,5 @@
-//! Per-client rate limiting, which runs before anything else looks at a request.
+//! Per-client rate limiting, which runs before anything else looks at a request;
+//! against the in-memory store and against Redis.
 
 use crate::support::*;
 
@@ -7,10 +8,17 @@ use crate::support::*;
 const RATE: f64 = 0.01;
 const BURST: u32 = 3;
 
-#[tokio::test]
-async fn a_client_over_its_burst_is_answered_429_with_retry_after_and_not_forwarded() {
+async fn a_client_over_its_burst_is_answered_429_with_retry_after_and_not_forwarded(
+    store: TestStore,
+) {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(config().rate_limit(RATE, BURST).route("*", &upstream)).await;
+    let gw = Gateway::start(
+        config()
+            .store(&store)
+            .rate_limit(RATE, BURST)
+            .route("*", &upstream),
+    )
+    .await;
 
     for n in 0..BURST {
         let reply = gw.post(PATH, &signed_event("response.completed")).await;
@@ -24,10 +32,15 @@ async fn a_client_over_its_burst_is_answered_429_with_retry_after_and_not_forwar
     assert_eq!(upstream.received().len(), BURST as usize);
 }
 
-#[tokio::test]
-async fn the_rate_limit_counts_requests_before_they_are_verified() {
+async fn the_rate_limit_counts_requests_before_they_are_verified(store: TestStore) {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(config().rate_limit(RATE, BURST).route("*", &upstream)).await;
+    let gw = Gateway::start(
+        config()
+            .store(&store)
+            .rate_limit(RATE, BURST)
+            .route("*", &upstream),
+    )
+    .await;
 
     for _ in 0..BURST {
         let unsigned = signed_event("response.completed").without_header("webhook-signature");
@@ -37,4 +50,9 @@ async fn the_rate_limit_counts_requests_before_they_are_verified() {
 
     assert_eq!(valid.status(), 429, "{valid:?}");
     assert!(upstream.received().is_empty());
+}
+
+on_each_store! {
+    a_client_over_its_burst_is_answered_429_with_retry_after_and_not_forwarded,
+    the_rate_limit_counts_requests_before_they_are_verified,
 }

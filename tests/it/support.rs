@@ -1,6 +1,7 @@
 //! What every integration test stands on: a recording `Upstream`, an in-process
-//! `Gateway` on `127.0.0.1:0` with a test client, config text built from a few calls,
-//! signed deliveries, dev certificates and a Prometheus scrape reader.
+//! `Gateway` on `127.0.0.1:0` with a test client, config text built from a few calls
+//! (in-memory store or Redis from `redis_support`), signed deliveries, dev certificates
+//! and a Prometheus scrape reader.
 //!
 //! Everything talks over real loopback sockets; nothing is mocked. Waiting is done on
 //! conditions (a watch channel, a poll with a deadline), never on a guessed sleep.
@@ -32,6 +33,9 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+pub(crate) use crate::redis_support::on_each_store;
+pub use crate::redis_support::{RedisCluster, RedisServer, TestStore};
 
 /// How long any single wait in a test may take before it fails. Generous on purpose:
 /// a loaded CI machine must never turn a correct gateway into a red test.
@@ -338,7 +342,10 @@ struct RouteBlock {
 pub struct Config {
     tls: Option<(PathBuf, PathBuf)>,
     limits: Vec<(&'static str, String)>,
+    dedupe: Vec<(&'static str, String)>,
     rate_limit: (f64, u32),
+    /// `[store]` lines; none means the in-memory store.
+    store: Vec<(&'static str, String)>,
     sources: Vec<SourceBlock>,
 }
 
@@ -346,7 +353,9 @@ pub fn config() -> Config {
     Config {
         tls: None,
         limits: Vec::new(),
+        dedupe: Vec::new(),
         rate_limit: (100_000.0, 100_000),
+        store: Vec::new(),
         sources: vec![SourceBlock {
             name: SOURCE.to_owned(),
             path: PATH.to_owned(),
@@ -418,6 +427,40 @@ impl Config {
         self.rate_limit = (requests_per_second, burst);
         self
     }
+
+    /// `dedupe.ttl`, a humantime duration such as `"1h"`.
+    pub fn dedupe_ttl(mut self, ttl: &str) -> Self {
+        self.dedupe.push(("ttl", format!("{ttl:?}")));
+        self
+    }
+
+    /// The store a shared test body runs against: nothing for memory, `[store]` for Redis.
+    pub fn store(self, store: &TestStore) -> Self {
+        match store {
+            TestStore::Memory => self,
+            TestStore::Redis(redis) => self.redis(redis),
+        }
+    }
+
+    /// `[store] redis_url` pointing at `redis`.
+    pub fn redis(mut self, redis: &RedisServer) -> Self {
+        self.store.push(("redis_url", format!("{:?}", redis.url())));
+        self
+    }
+
+    /// `[store] cluster` listing every node of `cluster`.
+    pub fn redis_cluster(mut self, cluster: &RedisCluster) -> Self {
+        self.store
+            .push(("cluster", format!("{:?}", cluster.urls())));
+        self
+    }
+
+    /// Another `[store]` key with a string value: `key_prefix`, `on_error`, `timeout`,
+    /// `connect_timeout`.
+    pub fn store_option(mut self, key: &'static str, value: &str) -> Self {
+        self.store.push((key, format!("{value:?}")));
+        self
+    }
 }
 
 impl fmt::Display for Config {
@@ -436,11 +479,21 @@ impl fmt::Display for Config {
         for (key, value) in &self.limits {
             writeln!(f, "{key} = {value}")?;
         }
+        writeln!(f, "[dedupe]")?;
+        for (key, value) in &self.dedupe {
+            writeln!(f, "{key} = {value}")?;
+        }
         let (rps, burst) = self.rate_limit;
         writeln!(
             f,
             "[rate_limit]\nrequests_per_second = {rps:?}\nburst = {burst}"
         )?;
+        if !self.store.is_empty() {
+            writeln!(f, "[store]")?;
+            for (key, value) in &self.store {
+                writeln!(f, "{key} = {value}")?;
+            }
+        }
         for source in &self.sources {
             writeln!(
                 f,
@@ -521,6 +574,12 @@ impl Reply {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("the body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// Whether this is the upstream's own `200 {"ok":true}` passed through, that is,
+    /// the delivery was forwarded (not answered as a duplicate by the gateway).
+    pub fn forwarded(&self) -> bool {
+        self.status == StatusCode::OK && self.json() == serde_json::json!({"ok": true})
     }
 
     /// The `error` reason of a rejection body.

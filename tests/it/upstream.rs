@@ -1,12 +1,13 @@
 //! When the upstream fails: what the sender is told, and that the claim is released so
-//! the sender's retry is forwarded again.
+//! the sender's retry is forwarded again (against the in-memory store and Redis).
 
 use std::time::Duration;
 
 use crate::support::*;
 
-#[tokio::test]
-async fn an_upstream_500_is_passed_through_with_its_body_and_the_retry_is_forwarded() {
+async fn an_upstream_500_is_passed_through_with_its_body_and_the_retry_is_forwarded(
+    store: TestStore,
+) {
     let upstream = Upstream::with(Behaviour::sequence([
         Answer::status(500)
             .body("backend exploded")
@@ -14,7 +15,7 @@ async fn an_upstream_500_is_passed_through_with_its_body_and_the_retry_is_forwar
         Answer::ok(),
     ]))
     .await;
-    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
     let event = signed_event("response.completed");
 
     let failed = gw.post(PATH, &event).await;
@@ -28,14 +29,13 @@ async fn an_upstream_500_is_passed_through_with_its_body_and_the_retry_is_forwar
     assert_eq!(upstream.received().len(), 2);
 }
 
-#[tokio::test]
-async fn an_upstream_4xx_is_passed_through_and_the_retry_is_forwarded() {
+async fn an_upstream_4xx_is_passed_through_and_the_retry_is_forwarded(store: TestStore) {
     let upstream = Upstream::with(Behaviour::sequence([
         Answer::status(422).body(r#"{"error":"unknown customer"}"#),
         Answer::ok(),
     ]))
     .await;
-    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
     let event = signed_event("response.completed");
 
     let failed = gw.post(PATH, &event).await;
@@ -65,10 +65,11 @@ async fn an_upstream_redirect_is_answered_502_and_never_passed_through() {
     assert_eq!(upstream.received().len(), 1);
 }
 
-#[tokio::test]
-async fn an_upstream_410_is_answered_502_so_the_sender_does_not_disable_the_endpoint() {
+async fn an_upstream_410_is_answered_502_so_the_sender_does_not_disable_the_endpoint(
+    store: TestStore,
+) {
     let upstream = Upstream::with(Answer::status(410).body("gone")).await;
-    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
     let event = signed_event("response.completed");
 
     let reply = gw.post(PATH, &event).await;
@@ -91,11 +92,18 @@ async fn an_unreachable_upstream_is_answered_502_upstream_unreachable() {
     assert_eq!(reply.error(), "upstream_unreachable");
 }
 
-#[tokio::test]
-async fn an_upstream_slower_than_the_timeout_is_answered_504_and_the_retry_is_forwarded() {
+async fn an_upstream_slower_than_the_timeout_is_answered_504_and_the_retry_is_forwarded(
+    store: TestStore,
+) {
     // The first answer never comes; the second is immediate.
     let upstream = Upstream::with(Behaviour::sequence([Answer::held(), Answer::ok()])).await;
-    let gw = Gateway::start(config().upstream_timeout("1s").route("*", &upstream)).await;
+    let gw = Gateway::start(
+        config()
+            .store(&store)
+            .upstream_timeout("1s")
+            .route("*", &upstream),
+    )
+    .await;
     let event = signed_event("response.completed");
 
     let timed_out = gw.post(PATH, &event).await;
@@ -116,4 +124,11 @@ async fn a_slow_upstream_that_answers_within_the_timeout_is_forwarded() {
 
     assert_eq!(reply.status(), 200, "{reply:?}");
     assert_eq!(upstream.received().len(), 1);
+}
+
+on_each_store! {
+    an_upstream_500_is_passed_through_with_its_body_and_the_retry_is_forwarded,
+    an_upstream_4xx_is_passed_through_and_the_retry_is_forwarded,
+    an_upstream_410_is_answered_502_so_the_sender_does_not_disable_the_endpoint,
+    an_upstream_slower_than_the_timeout_is_answered_504_and_the_retry_is_forwarded,
 }

@@ -1,0 +1,118 @@
+//! The Redis store on a three-node Redis Cluster started by each test: dedupe and the
+//! rate limit work with keys spread over the nodes (each script touches one key, so
+//! the cluster routes it by that key).
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_replayed_delivery_through_a_cluster_store_is_answered_as_a_duplicate() {
+    let Some(cluster) = RedisCluster::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().redis_cluster(&cluster).route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+
+    assert!(gw.post(PATH, &event).await.forwarded());
+    let again = gw.post(PATH, &event).await;
+
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json(), serde_json::json!({"duplicate": true}));
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_copies_through_a_cluster_store_are_forwarded_exactly_once() {
+    let Some(cluster) = RedisCluster::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().redis_cluster(&cluster).route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+
+    let copies: Vec<_> = (0..20)
+        .map(|_| {
+            let client = gw.client();
+            let event = event.clone();
+            tokio::spawn(async move { client.post(PATH, &event).await })
+        })
+        .collect();
+    let mut forwards = 0;
+    for copy in copies {
+        let reply = copy.await.unwrap();
+        match reply.status().as_u16() {
+            200 if reply.forwarded() => forwards += 1,
+            200 => assert_eq!(reply.json(), serde_json::json!({"duplicate": true})),
+            409 => assert_eq!(reply.error(), "in_flight"),
+            _ => panic!("unexpected answer {reply:?}"),
+        }
+    }
+
+    assert_eq!(forwards, 1);
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[tokio::test]
+async fn distinct_deliveries_through_a_cluster_store_are_forwarded_with_keys_on_every_node() {
+    let Some(cluster) = RedisCluster::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().redis_cluster(&cluster).route("*", &upstream)).await;
+    // Fixed ids, so the keys' slots (and the nodes owning them) are the same every run.
+    let ids: Vec<String> = (0..12).map(|n| format!("msg_cluster_{n}")).collect();
+
+    for id in &ids {
+        let event = signed_raw(SECRET, id, now_unix(), r#"{"type":"response.completed"}"#);
+        let reply = gw.post(PATH, &event).await;
+        assert!(reply.forwarded(), "{id}: {reply:?}");
+    }
+
+    assert_eq!(upstream.received().len(), ids.len());
+    let mut found = Vec::new();
+    for node in cluster.nodes() {
+        let keys = node.keys("hookgate:dedupe:*").await;
+        assert!(
+            !keys.is_empty(),
+            "node {} holds no dedupe key; the keys did not spread",
+            node.port()
+        );
+        for key in keys {
+            assert_eq!(node.get(&key).await.as_deref(), Some("done"), "{key}");
+            found.push(key);
+        }
+    }
+    found.sort();
+    let mut expected: Vec<String> = ids
+        .iter()
+        .map(|id| format!("hookgate:dedupe:{SOURCE}:{id}"))
+        .collect();
+    expected.sort();
+    assert_eq!(found, expected);
+}
+
+#[tokio::test]
+async fn a_client_over_its_burst_is_answered_429_through_a_cluster_store() {
+    let Some(cluster) = RedisCluster::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        config()
+            .redis_cluster(&cluster)
+            .rate_limit(0.01, 3)
+            .route("*", &upstream),
+    )
+    .await;
+
+    for n in 0..3 {
+        let reply = gw.post(PATH, &signed_event("response.completed")).await;
+        assert!(reply.forwarded(), "request {n}: {reply:?}");
+    }
+    let over = gw.post(PATH, &signed_event("response.completed")).await;
+
+    assert_eq!(over.status(), 429, "{over:?}");
+    assert_eq!(over.error(), "rate_limited");
+    assert!(over.retry_after() >= 1);
+    assert_eq!(upstream.received().len(), 3);
+}

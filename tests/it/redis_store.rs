@@ -1,0 +1,371 @@
+//! What only the Redis store does: dedupe shared by several gateway instances, stale
+//! claims that cannot settle over newer ones, Redis going away and coming back under a
+//! running gateway, and the key layout other tools rely on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hookgate::config::StoreBackend;
+use hookgate::metrics::Metrics;
+use hookgate::store::redis::RedisStore;
+use hookgate::store::{ClaimState, Settled, Store};
+
+use crate::support::*;
+
+/// The in-flight TTL of a claim meant to go stale during the test.
+const SHORT: Duration = Duration::from_millis(200);
+/// In-flight and done TTLs that never run out during a test.
+const LONG: Duration = Duration::from_secs(600);
+const DONE: Duration = Duration::from_secs(3600);
+
+/// A `RedisStore` on `redis`, built from settings as the gateway builds it.
+fn redis_store(redis: &RedisServer) -> RedisStore {
+    let text = config()
+        .redis(redis)
+        .route("*", "http://127.0.0.1:9/hooks")
+        .to_string();
+    let settings = hookgate::config::parse(&text, "test.toml").expect("a valid config");
+    let StoreBackend::Redis(redis_settings) = &settings.store.backend else {
+        panic!("[store] selects Redis");
+    };
+    RedisStore::new(
+        redis_settings,
+        settings.rate_limit,
+        Arc::new(Metrics::new([SOURCE])),
+    )
+    .expect("a Redis store")
+}
+
+/// Claims `key` for `token`, polling until the claim holding it now has expired.
+async fn claim_once_expired(store: &RedisStore, key: &str, token: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match store.claim(key, token, LONG).await.expect("redis answers") {
+            ClaimState::Won => return,
+            ClaimState::InFlight { .. } => {}
+            ClaimState::Done => panic!("{key} is done, not in flight"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the claim on {key} never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Several instances, one Redis
+// ---------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_copies_spread_over_two_instances_sharing_redis_are_forwarded_exactly_once() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let a = Gateway::start(config().redis(&redis).route("*", &upstream)).await;
+    let b = Gateway::start(config().redis(&redis).route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+
+    let copies: Vec<_> = (0..100)
+        .map(|n| {
+            let client = if n % 2 == 0 { a.client() } else { b.client() };
+            let event = event.clone();
+            tokio::spawn(async move { client.post(PATH, &event).await })
+        })
+        .collect();
+    let mut forwards = 0;
+    for copy in copies {
+        let reply = copy.await.unwrap();
+        match reply.status().as_u16() {
+            200 if reply.forwarded() => forwards += 1,
+            200 => assert_eq!(reply.json(), serde_json::json!({"duplicate": true})),
+            409 => assert_eq!(reply.error(), "in_flight"),
+            _ => panic!("unexpected answer {reply:?}"),
+        }
+    }
+
+    assert_eq!(forwards, 1);
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_after_an_upstream_failure_on_one_instance_is_forwarded_by_the_other() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::with(Behaviour::sequence([Answer::status(500), Answer::ok()])).await;
+    let a = Gateway::start(config().redis(&redis).route("*", &upstream)).await;
+    let b = Gateway::start(config().redis(&redis).route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+
+    let failed = a.post(PATH, &event).await;
+    let retry = b.post(PATH, &event).await;
+    let again = a.post(PATH, &event).await;
+
+    assert_eq!(failed.status(), 500);
+    assert!(retry.forwarded(), "{retry:?}");
+    assert_eq!(again.json(), serde_json::json!({"duplicate": true}));
+    assert_eq!(upstream.received().len(), 2);
+}
+
+// ---------------------------------------------------------------------------------
+// Stale claims, at the store
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_stale_claim_cannot_commit_over_the_newer_claim_that_replaced_it() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let store = redis_store(&redis);
+    assert_eq!(
+        store.claim("k", "old", SHORT).await.unwrap(),
+        ClaimState::Won
+    );
+    claim_once_expired(&store, "k", "new").await;
+
+    let late = store.commit("k", "old", DONE).await.unwrap();
+
+    assert_eq!(late, Settled::Superseded);
+    assert_eq!(
+        redis.get("hookgate:dedupe:k").await.as_deref(),
+        Some("inflight:new")
+    );
+    assert!(matches!(
+        store.claim("k", "third", LONG).await.unwrap(),
+        ClaimState::InFlight { .. }
+    ));
+    assert_eq!(
+        store.commit("k", "new", DONE).await.unwrap(),
+        Settled::Applied
+    );
+}
+
+#[tokio::test]
+async fn a_stale_claim_cannot_release_the_newer_claim_that_replaced_it() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let store = redis_store(&redis);
+    assert_eq!(
+        store.claim("k", "old", SHORT).await.unwrap(),
+        ClaimState::Won
+    );
+    claim_once_expired(&store, "k", "new").await;
+
+    let late = store.release("k", "old").await.unwrap();
+
+    assert_eq!(late, Settled::Superseded);
+    assert_eq!(
+        redis.get("hookgate:dedupe:k").await.as_deref(),
+        Some("inflight:new")
+    );
+    assert!(matches!(
+        store.claim("k", "third", LONG).await.unwrap(),
+        ClaimState::InFlight { .. }
+    ));
+    assert_eq!(store.release("k", "new").await.unwrap(), Settled::Applied);
+    assert_eq!(redis.get("hookgate:dedupe:k").await, None);
+}
+
+#[tokio::test]
+async fn a_late_commit_with_nobody_else_holding_the_key_still_marks_it_done() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let store = redis_store(&redis);
+    assert_eq!(store.claim("k", "a", SHORT).await.unwrap(), ClaimState::Won);
+    let server = &redis;
+    eventually("the claim expires", || async move {
+        server.pttl("hookgate:dedupe:k").await == -2
+    })
+    .await;
+
+    let late = store.commit("k", "a", DONE).await.unwrap();
+
+    assert_eq!(late, Settled::Applied);
+    assert_eq!(
+        redis.get("hookgate:dedupe:k").await.as_deref(),
+        Some("done")
+    );
+    assert_eq!(store.claim("k", "b", LONG).await.unwrap(), ClaimState::Done);
+}
+
+// ---------------------------------------------------------------------------------
+// Redis going away under a running gateway
+// ---------------------------------------------------------------------------------
+
+/// A gateway on `redis` that gives up on it quickly, with `store.on_error = on_error`.
+fn impatient(redis: &RedisServer, on_error: &str, upstream: &Upstream) -> Config {
+    config()
+        .redis(redis)
+        .store_option("on_error", on_error)
+        .store_option("timeout", "300ms")
+        .store_option("connect_timeout", "300ms")
+        .route("*", upstream)
+}
+
+#[tokio::test]
+async fn with_on_error_reject_a_delivery_while_redis_is_down_is_answered_503_and_not_forwarded() {
+    let Some(mut redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(impatient(&redis, "reject", &upstream)).await;
+    assert!(gw.post(PATH, &signed_event("a.b")).await.forwarded());
+
+    redis.stop();
+    let reply = gw.post(PATH, &signed_event("response.completed")).await;
+
+    assert_eq!(reply.status(), 503, "{reply:?}");
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({"error": "store_unavailable"})
+    );
+    assert!(reply.retry_after() >= 1);
+    assert_eq!(upstream.received().len(), 1);
+    let ready = gw.admin("/readyz").await;
+    assert_eq!(ready.status(), 503, "{ready:?}");
+    assert_eq!(ready.json()["status"], "not_ready");
+}
+
+#[tokio::test]
+async fn after_redis_comes_back_on_the_same_port_the_gateway_is_ready_and_forwards_again() {
+    let Some(mut redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(impatient(&redis, "reject", &upstream)).await;
+    let event = signed_event("response.completed");
+    assert_eq!(gw.admin("/readyz").await.status(), 200);
+    redis.stop();
+    assert_eq!(gw.post(PATH, &event).await.status(), 503);
+
+    redis.restart().await;
+
+    let gw = &gw;
+    eventually("/readyz answers 200 again", || async move {
+        gw.admin("/readyz").await.status() == 200
+    })
+    .await;
+    let retry = gw.post(PATH, &event).await;
+    assert!(retry.forwarded(), "{retry:?}");
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[tokio::test]
+async fn with_on_error_allow_a_delivery_while_redis_is_down_is_forwarded_and_counted() {
+    let Some(mut redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(impatient(&redis, "allow", &upstream)).await;
+    assert!(gw.post(PATH, &signed_event("a.b")).await.forwarded());
+
+    redis.stop();
+    let reply = gw.post(PATH, &signed_event("response.completed")).await;
+
+    assert!(reply.forwarded(), "{reply:?}");
+    assert_eq!(upstream.received().len(), 2);
+    let scrape = gw.metrics().await;
+    for op in ["rate_check", "claim"] {
+        let fail_open = format!(r#"hookgate_store_fail_open_total{{op="{op}"}}"#);
+        assert_eq!(scrape.value(&fail_open), Some(1.0), "{fail_open}");
+        let errors = format!(r#"hookgate_store_errors_total{{op="{op}"}}"#);
+        assert_eq!(scrape.value(&errors), Some(1.0), "{errors}");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Key layout
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_forwarded_delivery_leaves_its_key_done_for_the_dedupe_ttl() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    // A slow refill, so the client's rate key outlives the request.
+    let gw = Gateway::start(
+        config()
+            .redis(&redis)
+            .dedupe_ttl("1h")
+            .rate_limit(0.01, 10)
+            .route("*", &upstream),
+    )
+    .await;
+    let event = signed_event("response.completed");
+
+    assert!(gw.post(PATH, &event).await.forwarded());
+
+    let key = format!("hookgate:dedupe:{SOURCE}:{}", event.header("webhook-id"));
+    assert_eq!(redis.get(&key).await.as_deref(), Some("done"));
+    let ttl_ms = 3_600_000;
+    let pttl = redis.pttl(&key).await;
+    assert!(ttl_ms / 2 < pttl && pttl <= ttl_ms, "PTTL {pttl} of {key}");
+    assert_eq!(
+        redis.keys("hookgate:*").await,
+        vec![key, "hookgate:rate:127.0.0.1".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_in_flight_holds_its_key_as_inflight_for_the_in_flight_ttl() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::with(Answer::held()).await;
+    // in_flight_ttl defaults to upstream_timeout + 5s.
+    let gw = Gateway::start(
+        config()
+            .redis(&redis)
+            .upstream_timeout("60s")
+            .route("*", &upstream),
+    )
+    .await;
+    let event = signed_event("response.completed");
+    let first = tokio::spawn({
+        let client = gw.client();
+        let event = event.clone();
+        async move { client.post(PATH, &event).await }
+    });
+    upstream.wait_for(1).await;
+
+    let key = format!("hookgate:dedupe:{SOURCE}:{}", event.header("webhook-id"));
+    let value = redis.get(&key).await.expect("the key exists");
+    let pttl = redis.pttl(&key).await;
+
+    assert!(value.starts_with("inflight:"), "{value}");
+    assert!(30_000 < pttl && pttl <= 65_000, "PTTL {pttl} of {key}");
+    upstream.release();
+    assert!(first.await.unwrap().forwarded());
+    assert_eq!(redis.get(&key).await.as_deref(), Some("done"));
+}
+
+#[tokio::test]
+async fn a_custom_key_prefix_is_used_for_every_key() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        config()
+            .redis(&redis)
+            .store_option("key_prefix", "tenant-a/")
+            .rate_limit(0.01, 10)
+            .route("*", &upstream),
+    )
+    .await;
+    let event = signed_event("response.completed");
+
+    assert!(gw.post(PATH, &event).await.forwarded());
+
+    let key = format!("tenant-a/dedupe:{SOURCE}:{}", event.header("webhook-id"));
+    assert_eq!(redis.get(&key).await.as_deref(), Some("done"));
+    assert_eq!(
+        redis.keys("*").await,
+        vec![key, "tenant-a/rate:127.0.0.1".to_owned()]
+    );
+}

@@ -1,0 +1,441 @@
+//! Real Redis for the integration tests: `RedisServer` (one `redis-server` child on a
+//! free loopback port), `RedisCluster` (three of them joined by `redis-cli`), and
+//! `TestStore` with `on_each_store!`, which runs one test body against the in-memory
+//! store and against Redis.
+//!
+//! Every server is started with `--save '' --appendonly no` in its own temp dir, bound to
+//! 127.0.0.1 on a port picked for it, and killed when dropped, so the machine's own Redis
+//! (6379) is never used. When a binary is missing the test says so and passes, unless
+//! `HOOKGATE_REQUIRE_REDIS=1` (CI), where it fails.
+
+use std::fs::File;
+use std::io::{ErrorKind, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
+
+use crate::support::PATIENCE;
+
+/// Set to `1` (as CI does) to fail, not skip, a test whose Redis binaries are missing.
+const REQUIRE_REDIS: &str = "HOOKGATE_REQUIRE_REDIS";
+
+/// The machine's own Redis, which tests must never touch.
+const SYSTEM_REDIS_PORT: u16 = 6379;
+
+/// Whether `program` can be run. When it cannot, the test either fails (under
+/// `HOOKGATE_REQUIRE_REDIS=1`) or says on stderr that it is skipped, and the caller returns.
+fn installed_or_skip(program: &str) -> bool {
+    let found = match Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => true,
+        Err(e) if e.kind() == ErrorKind::NotFound => false,
+        Err(e) => panic!("cannot run {program}: {e}"),
+    };
+    if found {
+        return true;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    if std::env::var(REQUIRE_REDIS).as_deref() == Ok("1") {
+        panic!(
+            "{program} is not installed (not on PATH) and {REQUIRE_REDIS}=1: \
+             install it (apt-get install -y redis-server) or unset {REQUIRE_REDIS}"
+        );
+    }
+    // Straight to stderr, past the test harness' capture, so a skip is seen in the run.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {program} is not on PATH (set {REQUIRE_REDIS}=1 to fail instead)"
+    );
+    false
+}
+
+/// A cluster node also listens on its port + 10000 (the cluster bus).
+const CLUSTER_BUS_OFFSET: u16 = 10_000;
+
+/// A port on 127.0.0.1 that was free a moment ago (bound, read, released); for a
+/// cluster node, one whose bus port was free too.
+fn free_port(cluster: bool) -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("bound address").port();
+        if port == SYSTEM_REDIS_PORT {
+            continue;
+        }
+        if !cluster {
+            return port;
+        }
+        let bus_is_free = port
+            .checked_add(CLUSTER_BUS_OFFSET)
+            .is_some_and(|bus| std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok());
+        if bus_is_free {
+            return port;
+        }
+    }
+}
+
+/// A connection to a Redis on `port`, with every step bounded.
+async fn connect(port: u16) -> redis::RedisResult<MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// The pid of the Redis answering on `port`, if one answers.
+async fn serving_pid(port: u16) -> Option<u32> {
+    let mut conn = connect(port).await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
+}
+
+/// Why one attempt to start `redis-server` did not give a server of our own.
+enum StartFailure {
+    /// It exited; its log says why.
+    Exited(String),
+    /// The port was taken between picking and binding it: it says so, or another
+    /// server (another test's, which won the race) answers there.
+    Taken,
+}
+
+/// One `redis-server` child on 127.0.0.1, killed when dropped.
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    cluster: bool,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server, or returns `None` after saying why the test is skipped.
+    /// Use as `let Some(redis) = RedisServer::start_or_skip().await else { return };`.
+    pub async fn start_or_skip() -> Option<RedisServer> {
+        if !installed_or_skip("redis-server") {
+            return None;
+        }
+        Some(RedisServer::start().await)
+    }
+
+    /// Starts a server on a free port and returns once it answers; panics if it cannot.
+    pub async fn start() -> RedisServer {
+        RedisServer::start_node(false).await
+    }
+
+    async fn start_node(cluster: bool) -> RedisServer {
+        let dir = tempfile::tempdir().expect("a temp dir for redis-server");
+        let mut server = RedisServer {
+            port: 0,
+            dir,
+            cluster,
+            child: None,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            server.port = free_port(cluster);
+            match server.launch().await {
+                Ok(()) => return server,
+                // Lost the race for the port: pick another.
+                Err(StartFailure::Taken) if Instant::now() < deadline => continue,
+                Err(StartFailure::Exited(log)) => {
+                    panic!("redis-server did not start; its log:\n{log}")
+                }
+                Err(StartFailure::Taken) => panic!("no free port for redis-server"),
+            }
+        }
+    }
+
+    /// Spawns `redis-server` on `self.port` and waits until it answers as itself.
+    async fn launch(&mut self) -> Result<(), StartFailure> {
+        assert_ne!(self.port, SYSTEM_REDIS_PORT, "never the machine's Redis");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open the redis-server log");
+        let log_start = log.metadata().map_or(0, |m| m.len() as usize);
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path());
+        if self.cluster {
+            let nodes = self.dir.path().join(format!("nodes-{}.conf", self.port));
+            command
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .arg("--cluster-config-file")
+                .arg(nodes);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn redis-server");
+        let pid = child.id();
+        self.child = Some(child);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child_mut().try_wait().expect("poll redis-server") {
+                self.child = None;
+                let log = self.log();
+                let log = log.get(log_start..).unwrap_or(&log);
+                if log.contains("already in use") {
+                    return Err(StartFailure::Taken);
+                }
+                return Err(StartFailure::Exited(format!("{status}\n{log}")));
+            }
+            match tokio::time::timeout(Duration::from_secs(5), serving_pid(self.port)).await {
+                Ok(Some(serving)) if serving == pid => return Ok(()),
+                Ok(Some(_)) => {
+                    self.kill();
+                    return Err(StartFailure::Taken);
+                }
+                Ok(None) | Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(StartFailure::Exited(format!(
+                    "no answer on port {} within {PATIENCE:?}\n{}",
+                    self.port,
+                    self.log()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("redis-server is running")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis-server.log")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and waits until it is gone: clients see the connection drop.
+    pub fn stop(&mut self) {
+        assert!(self.child.is_some(), "redis-server is not running");
+        self.kill();
+    }
+
+    /// Starts the server again on the same port (empty: nothing is saved), so clients
+    /// that know the address reconnect by themselves.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self.launch().await {
+                Ok(()) => return,
+                // The old socket may linger a moment; someone else holding the port for
+                // longer than PATIENCE fails the test.
+                Err(StartFailure::Taken) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(StartFailure::Exited(log)) => {
+                    panic!(
+                        "redis-server did not restart on port {}; its log:\n{log}",
+                        self.port
+                    )
+                }
+                Err(StartFailure::Taken) => {
+                    panic!("port {} was taken while redis-server was down", self.port)
+                }
+            }
+        }
+    }
+
+    /// A fresh connection for inspecting what the gateway wrote.
+    pub async fn connection(&self) -> MultiplexedConnection {
+        connect(self.port)
+            .await
+            .unwrap_or_else(|e| panic!("connect to redis-server on {}: {e}", self.port))
+    }
+
+    /// Runs one command and returns its reply.
+    pub async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> T {
+        command
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap_or_else(|e| panic!("{command:?} on port {}: {e}", self.port))
+    }
+
+    pub async fn get(&self, key: &str) -> Option<String> {
+        self.query(redis::cmd("GET").arg(key)).await
+    }
+
+    /// Milliseconds `key` has left: -1 without expiry, -2 when absent.
+    pub async fn pttl(&self, key: &str) -> i64 {
+        self.query(redis::cmd("PTTL").arg(key)).await
+    }
+
+    /// The keys matching `pattern` on this server (on a cluster node: its own keys only).
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.query(redis::cmd("KEYS").arg(pattern)).await;
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three `redis-server --cluster-enabled yes` nodes holding all slots, no replicas.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts and joins a cluster, or returns `None` after saying why the test is skipped.
+    pub async fn start_or_skip() -> Option<RedisCluster> {
+        if !installed_or_skip("redis-server") || !installed_or_skip("redis-cli") {
+            return None;
+        }
+        Some(RedisCluster::start().await)
+    }
+
+    pub async fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(RedisServer::start_node(true).await);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let create = tokio::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(PATIENCE, create)
+            .await
+            .expect("redis-cli --cluster create finishes in time")
+            .expect("run redis-cli");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        for node in &cluster.nodes {
+            let deadline = Instant::now() + PATIENCE;
+            loop {
+                let info: String = node.query(redis::cmd("CLUSTER").arg("INFO")).await;
+                if info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} never reached cluster_state:ok:\n{info}",
+                    node.port()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        cluster
+    }
+
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The nodes' URLs, for `[store] cluster`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
+
+/// The store a shared test body runs against. A Redis server lives as long as this.
+pub enum TestStore {
+    Memory,
+    Redis(RedisServer),
+}
+
+impl TestStore {
+    pub fn memory() -> TestStore {
+        TestStore::Memory
+    }
+
+    /// A fresh `redis-server` for this test, or `None` when the test is skipped.
+    pub async fn redis() -> Option<TestStore> {
+        RedisServer::start_or_skip().await.map(TestStore::Redis)
+    }
+}
+
+/// Runs each named `async fn(TestStore)` in the calling module as two tests,
+/// `memory::<name>` and `redis::<name>`; an optional `(flavor = ...)` after a name is
+/// passed to `#[tokio::test]`.
+macro_rules! on_each_store {
+    ($($name:ident $(($($runtime:tt)*))?),+ $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test $(($($runtime)*))?]
+                async fn $name() {
+                    super::$name($crate::redis_support::TestStore::memory()).await
+                }
+            )+
+        }
+
+        mod redis {
+            $(
+                #[tokio::test $(($($runtime)*))?]
+                async fn $name() {
+                    let Some(store) = $crate::redis_support::TestStore::redis().await else {
+                        return;
+                    };
+                    super::$name(store).await
+                }
+            )+
+        }
+    };
+}
+
+pub(crate) use on_each_store;
