@@ -369,3 +369,23 @@ async fn a_custom_key_prefix_is_used_for_every_key() {
         vec![key, "tenant-a/rate:127.0.0.1".to_owned()]
     );
 }
+
+#[tokio::test]
+async fn the_script_claim_for_redis_before_7_keeps_the_same_contract() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let store = redis_store(&redis);
+    store.use_script_claims();
+
+    assert_eq!(store.claim("k", "a", LONG).await.unwrap(), ClaimState::Won);
+    let ClaimState::InFlight { remaining } = store.claim("k", "b", LONG).await.unwrap() else {
+        panic!("a second claim must find the first in flight");
+    };
+    assert!(remaining <= LONG && !remaining.is_zero(), "{remaining:?}");
+    assert_eq!(
+        store.commit("k", "a", DONE).await.unwrap(),
+        Settled::Applied
+    );
+    assert_eq!(store.claim("k", "c", LONG).await.unwrap(), ClaimState::Done);
+}
