@@ -54,13 +54,37 @@ impl ClientIpResolver {
         } else {
             Vec::new()
         };
-        let peer_text = peer_ip.to_string();
-        let value = if chain.is_empty() {
-            peer_text
-        } else {
-            format!("{}, {peer_text}", chain.join(", "))
-        };
+        let mut value = String::with_capacity(16);
+        for hop in chain {
+            value.push_str(hop);
+            value.push_str(", ");
+        }
+        push_ip(&mut value, peer_ip);
         HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    }
+}
+
+/// Writes an address without the formatting machinery: this runs once per request.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -165,6 +189,21 @@ mod tests {
             "198.51.100.9, 10.0.0.2"
         );
         assert_eq!(r.forwarded_for(peer("203.0.113.7"), &h), "203.0.113.7");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "127.0.0.1",
+            "2001:db8::1",
+        ] {
+            let mut out = String::new();
+            push_ip(&mut out, text.parse().unwrap());
+            assert_eq!(out, text);
+        }
     }
 
     #[test]

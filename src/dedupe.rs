@@ -61,13 +61,30 @@ impl Dedupe {
 
     /// The key of a delivery: its source and the sender's delivery id.
     pub fn key(source: &str, id: &str) -> String {
-        format!("{source}:{id}")
+        let mut key = String::with_capacity(source.len() + 1 + id.len());
+        key.push_str(source);
+        key.push(':');
+        key.push_str(id);
+        key
+    }
+
+    /// A token no other claim, in this process or another, will hold: the instance's
+    /// random id and a counter, in hex.
+    fn token(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut token = String::with_capacity(32);
+        for word in [self.instance, n] {
+            for shift in (0..16).rev() {
+                let digit = ((word >> (shift * 4)) & 0xf) as u32;
+                token.push(char::from_digit(digit, 16).expect("a hex digit"));
+            }
+        }
+        token
     }
 
     pub async fn claim(&self, source: &str, id: &str) -> Result<Claimed, Reject> {
         let key = Self::key(source, id);
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let token = format!("{:016x}{n:x}", self.instance);
+        let token = self.token();
         let state = self
             .store
             .claim(&key, &token, self.settings.in_flight_ttl)
@@ -119,5 +136,35 @@ impl Dedupe {
             ),
             Err(e) => tracing::error!(key = %claim.key, phase, error = %e, "dedupe store failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RateLimitSettings;
+    use crate::store::memory::MemoryStore;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn tokens_are_distinct_fixed_width_hex() {
+        let store = Arc::new(MemoryStore::new(RateLimitSettings {
+            requests_per_second: 1.0,
+            burst: 1,
+        }));
+        let dedupe = Dedupe::new(
+            store,
+            DedupeSettings {
+                ttl: Duration::from_secs(60),
+                in_flight_ttl: Duration::from_secs(5),
+            },
+            OnError::Reject,
+            Arc::new(Metrics::new([])),
+        );
+        let (a, b) = (dedupe.token(), dedupe.token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(Dedupe::key("openai", "msg_1"), "openai:msg_1");
     }
 }

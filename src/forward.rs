@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::metrics::Metrics;
+use crate::metrics::{RouteMetrics, UpstreamClass};
 use crate::reject::Reject;
 use crate::route::Route;
 use crate::tls;
@@ -30,26 +30,29 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_HOOKGATE_SOURCE: HeaderName = HeaderName::from_static("x-hookgate-source");
 pub const X_HOOKGATE_EVENT_TYPE: HeaderName = HeaderName::from_static("x-hookgate-event-type");
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
-/// ones this gateway sets itself.
-const DROPPED: [HeaderName; 16] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::EXPECT,
-    header::HOST,
-    header::CONTENT_LENGTH,
-    header::FORWARDED,
-    crate::client_ip::X_FORWARDED_FOR,
-    X_FORWARDED_PROTO,
-    X_FORWARDED_HOST,
-];
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), and the
+/// ones this gateway sets itself, which a client must not be able to pre-set.
+fn is_dropped(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "expect"
+            | "host"
+            | "content-length"
+            | "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+    ) || name.as_str().starts_with("x-hookgate-")
+}
 
 /// What the upstream said, relayed to the sender when it is a 2xx or a plain error.
 #[derive(Debug)]
@@ -113,29 +116,31 @@ impl ForwardError {
 pub struct ForwardContext<'a> {
     pub forwarded_for: HeaderValue,
     pub tls: bool,
-    pub source: &'a str,
+    /// `X-Hookgate-Source`, built once per source.
+    pub source: &'a HeaderValue,
     pub event_type: &'a str,
 }
 
-/// Turns the sender's headers into the upstream's, in place (no second map).
+/// Turns the sender's headers into the upstream's, in place (no second map). One pass
+/// over the few headers present finds what to drop, rather than one hash lookup per
+/// header that might be there.
 pub fn upstream_headers(mut headers: HeaderMap, ctx: &ForwardContext<'_>) -> HeaderMap {
-    let original_host = headers.get(header::HOST).cloned();
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in DROPPED.iter().chain(&listed) {
-        headers.remove(name);
-    }
-    let spoofed: Vec<HeaderName> = headers
+    let original_host = headers.remove(header::HOST);
+    let listed: Vec<HeaderName> = match headers.get(header::CONNECTION) {
+        Some(value) => value
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect(),
+        None => Vec::new(),
+    };
+    let dropped: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with("x-hookgate-"))
+        .filter(|name| is_dropped(name) || listed.contains(name))
         .cloned()
         .collect();
-    for name in spoofed {
+    for name in dropped {
         headers.remove(name);
     }
     headers.insert(crate::client_ip::X_FORWARDED_FOR, ctx.forwarded_for.clone());
@@ -146,9 +151,7 @@ pub fn upstream_headers(mut headers: HeaderMap, ctx: &ForwardContext<'_>) -> Hea
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST, host);
     }
-    if let Ok(source) = HeaderValue::from_str(ctx.source) {
-        headers.insert(X_HOOKGATE_SOURCE, source);
-    }
+    headers.insert(X_HOOKGATE_SOURCE, ctx.source.clone());
     if let Ok(event_type) = HeaderValue::from_str(ctx.event_type) {
         headers.insert(X_HOOKGATE_EVENT_TYPE, event_type);
     }
@@ -179,15 +182,13 @@ pub fn http_client(tls: rustls::ClientConfig, connect_timeout: Duration) -> Http
 pub struct Forwarder {
     client: HttpClient,
     timeout: Duration,
-    metrics: std::sync::Arc<Metrics>,
 }
 
 impl Forwarder {
-    pub fn new(timeout: Duration, metrics: std::sync::Arc<Metrics>) -> Self {
+    pub fn new(timeout: Duration) -> Self {
         Forwarder {
             client: http_client(tls::upstream_client_config(), timeout),
             timeout,
-            metrics,
         }
     }
 
@@ -196,18 +197,18 @@ impl Forwarder {
     pub async fn send(
         &self,
         route: &Route,
+        metrics: &RouteMetrics,
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<UpstreamReply, Reject> {
         let started = Instant::now();
         let result = self.exchange(route, headers, body).await;
         let class = match &result {
-            Ok(reply) => class_of(reply.status),
-            Err(e) if e.is_timeout() => "timeout",
-            Err(_) => "error",
+            Ok(reply) => UpstreamClass::of(reply.status),
+            Err(e) if e.is_timeout() => UpstreamClass::Timeout,
+            Err(_) => UpstreamClass::Error,
         };
-        self.metrics
-            .upstream(route.label(), class, started.elapsed());
+        metrics.observe(class, started.elapsed());
         let fail = |kind| {
             Err(Reject::Upstream(ForwardError {
                 route: route.label().to_owned(),
@@ -276,25 +277,16 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ForwardErrorKind {
     }
 }
 
-fn class_of(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "1xx",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ctx() -> ForwardContext<'static> {
+        static SOURCE: HeaderValue = HeaderValue::from_static("openai");
         ForwardContext {
             forwarded_for: HeaderValue::from_static("203.0.113.7"),
             tls: true,
-            source: "openai",
+            source: &SOURCE,
             event_type: "response.completed",
         }
     }
@@ -316,6 +308,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-hookgate-source", HeaderValue::from_static("forged"));
         h.insert("x-hookgate-verified", HeaderValue::from_static("forged"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -343,13 +336,5 @@ mod tests {
         assert_eq!(out["content-type"], "application/json");
         assert_eq!(out["webhook-id"], "msg_1");
         assert_eq!(out["user-agent"], "OpenAI/1.0");
-    }
-
-    #[test]
-    fn status_classes() {
-        assert_eq!(class_of(StatusCode::NO_CONTENT), "2xx");
-        assert_eq!(class_of(StatusCode::FOUND), "3xx");
-        assert_eq!(class_of(StatusCode::GONE), "4xx");
-        assert_eq!(class_of(StatusCode::SERVICE_UNAVAILABLE), "5xx");
     }
 }

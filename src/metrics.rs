@@ -7,28 +7,118 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
-/// Every `outcome` label value of `hookgate_requests_total`, pre-created at zero so a
-/// dashboard's `rate()` works from the first event.
-pub const OUTCOMES: &[&str] = &[
-    "forwarded",
-    "duplicate",
-    "in_flight",
-    "invalid_signature",
-    "stale",
-    "invalid_payload",
-    "unrouted",
-    "rate_limited",
-    "too_large",
-    "upstream_error",
-    "upstream_timeout",
-    "not_found",
-    "method_not_allowed",
-    "bad_request",
-    "store_error",
-];
+/// The `outcome` label of `hookgate_requests_total`: what happened to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Forwarded,
+    Duplicate,
+    InFlight,
+    InvalidSignature,
+    Stale,
+    InvalidPayload,
+    Unrouted,
+    RateLimited,
+    TooLarge,
+    UpstreamError,
+    UpstreamTimeout,
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+    StoreError,
+}
+
+impl Outcome {
+    /// Every outcome, pre-created at zero so a dashboard's `rate()` works from the first event.
+    pub const ALL: [Outcome; 15] = [
+        Outcome::Forwarded,
+        Outcome::Duplicate,
+        Outcome::InFlight,
+        Outcome::InvalidSignature,
+        Outcome::Stale,
+        Outcome::InvalidPayload,
+        Outcome::Unrouted,
+        Outcome::RateLimited,
+        Outcome::TooLarge,
+        Outcome::UpstreamError,
+        Outcome::UpstreamTimeout,
+        Outcome::NotFound,
+        Outcome::MethodNotAllowed,
+        Outcome::BadRequest,
+        Outcome::StoreError,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::Duplicate => "duplicate",
+            Outcome::InFlight => "in_flight",
+            Outcome::InvalidSignature => "invalid_signature",
+            Outcome::Stale => "stale",
+            Outcome::InvalidPayload => "invalid_payload",
+            Outcome::Unrouted => "unrouted",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::TooLarge => "too_large",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::NotFound => "not_found",
+            Outcome::MethodNotAllowed => "method_not_allowed",
+            Outcome::BadRequest => "bad_request",
+            Outcome::StoreError => "store_error",
+        }
+    }
+}
+
+/// The `class` label of `hookgate_upstream_responses_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamClass {
+    Informational,
+    Success,
+    Redirect,
+    ClientError,
+    ServerError,
+    /// No answer: the connection failed.
+    Error,
+    /// No answer within `limits.upstream_timeout`.
+    Timeout,
+}
+
+impl UpstreamClass {
+    const ALL: [UpstreamClass; 7] = [
+        UpstreamClass::Informational,
+        UpstreamClass::Success,
+        UpstreamClass::Redirect,
+        UpstreamClass::ClientError,
+        UpstreamClass::ServerError,
+        UpstreamClass::Error,
+        UpstreamClass::Timeout,
+    ];
+
+    pub fn of(status: http::StatusCode) -> Self {
+        match status.as_u16() {
+            200..=299 => UpstreamClass::Success,
+            300..=399 => UpstreamClass::Redirect,
+            400..=499 => UpstreamClass::ClientError,
+            500..=599 => UpstreamClass::ServerError,
+            _ => UpstreamClass::Informational,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamClass::Informational => "1xx",
+            UpstreamClass::Success => "2xx",
+            UpstreamClass::Redirect => "3xx",
+            UpstreamClass::ClientError => "4xx",
+            UpstreamClass::ServerError => "5xx",
+            UpstreamClass::Error => "error",
+            UpstreamClass::Timeout => "timeout",
+        }
+    }
+}
 
 /// The `source` label for requests that match no source.
 pub const NO_SOURCE: &str = "none";
@@ -54,6 +144,34 @@ pub const STORE_OPS: &[&str] = &["claim", "commit", "release", "rate_check", "pi
 const STORE_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
+
+/// Pre-resolved series of one source.
+#[derive(Clone)]
+pub struct SourceMetrics {
+    requests: [IntCounter; Outcome::ALL.len()],
+    duration: Histogram,
+}
+
+impl SourceMetrics {
+    pub fn observe(&self, outcome: Outcome, elapsed: Duration) {
+        self.requests[outcome as usize].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Pre-resolved series of one route.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    responses: [IntCounter; UpstreamClass::ALL.len()],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn observe(&self, class: UpstreamClass, elapsed: Duration) {
+        self.responses[class as usize].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
 
 impl Metrics {
     /// Registers every metric and pre-creates the series for the configured names.
@@ -142,8 +260,8 @@ impl Metrics {
                 .expect("metric names are unique");
         }
         for source in sources.into_iter().chain([NO_SOURCE]) {
-            for outcome in OUTCOMES {
-                requests.with_label_values(&[source, outcome]);
+            for outcome in Outcome::ALL {
+                requests.with_label_values(&[source, outcome.label()]);
             }
         }
         for op in STORE_OPS {
@@ -162,20 +280,24 @@ impl Metrics {
         }
     }
 
-    pub fn request(&self, source: &str, outcome: &str, elapsed: Duration) {
-        self.requests.with_label_values(&[source, outcome]).inc();
-        self.request_duration
-            .with_label_values(&[source])
-            .observe(elapsed.as_secs_f64());
+    /// The series of one source, resolved once: the request path then touches no
+    /// label map (prometheus hashes label values on every `with_label_values`).
+    pub fn source(&self, source: &str) -> SourceMetrics {
+        SourceMetrics {
+            requests: Outcome::ALL.map(|o| self.requests.with_label_values(&[source, o.label()])),
+            duration: self.request_duration.with_label_values(&[source]),
+        }
     }
 
-    pub fn upstream(&self, route: &str, class: &str, elapsed: Duration) {
-        self.upstream_responses
-            .with_label_values(&[route, class])
-            .inc();
-        self.upstream_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+    /// The series of one route (`<source>/<route name>`), resolved once.
+    pub fn route(&self, label: &str) -> RouteMetrics {
+        RouteMetrics {
+            responses: UpstreamClass::ALL.map(|c| {
+                self.upstream_responses
+                    .with_label_values(&[label, c.label()])
+            }),
+            duration: self.upstream_duration.with_label_values(&[label]),
+        }
     }
 
     /// One store round trip: its latency, and whether it failed.
@@ -218,8 +340,10 @@ mod tests {
         let text = m.render();
         assert!(text.contains(r#"hookgate_requests_total{outcome="forwarded",source="openai"} 0"#));
         assert!(text.contains(r#"hookgate_build_info{version=""#));
-        m.request("openai", "forwarded", Duration::from_millis(3));
-        m.upstream("openai/0", "2xx", Duration::from_millis(2));
+        m.source("openai")
+            .observe(Outcome::Forwarded, Duration::from_millis(3));
+        m.route("openai/0")
+            .observe(UpstreamClass::Success, Duration::from_millis(2));
         let text = m.render();
         assert!(text.contains(r#"hookgate_requests_total{outcome="forwarded",source="openai"} 1"#));
         assert!(
@@ -227,5 +351,17 @@ mod tests {
         );
         assert!(text.contains("hookgate_request_duration_seconds_bucket"));
         assert!(text.contains("hookgate_upstream_duration_seconds_count{route=\"openai/0\"} 1"));
+    }
+
+    #[test]
+    fn every_outcome_sits_at_its_own_index() {
+        for (i, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i);
+        }
+        for (i, class) in UpstreamClass::ALL.iter().enumerate() {
+            assert_eq!(*class as usize, i);
+        }
+        assert_eq!(UpstreamClass::of(http::StatusCode::GONE).label(), "4xx");
+        assert_eq!(UpstreamClass::of(http::StatusCode::FOUND).label(), "3xx");
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
 
@@ -22,27 +22,39 @@ use crate::config::{Limits, Settings, Source};
 use crate::dedupe::{Claimed, Dedupe};
 use crate::event;
 use crate::forward::{self, ForwardContext, Forwarder};
-use crate::metrics::{Metrics, NO_SOURCE};
+use crate::metrics::{Metrics, NO_SOURCE, RouteMetrics, SourceMetrics};
 use crate::ratelimit::RateLimit;
 use crate::reject::{Accepted, Reject, json_response};
 use crate::store::Store;
 
 pub struct Gateway {
-    sources: HashMap<String, Source>,
+    /// By path.
+    sources: HashMap<String, Entry>,
+    /// For requests that match no source.
+    unmatched: SourceMetrics,
     client_ip: ClientIpResolver,
     ratelimit: RateLimit,
     dedupe: Dedupe,
     forward: Forwarder,
     limits: Limits,
-    metrics: Arc<Metrics>,
     tls: bool,
+}
+
+/// A source with what the request path needs of it, resolved once.
+struct Entry {
+    source: Source,
+    /// `X-Hookgate-Source` for the upstream.
+    header: HeaderValue,
+    metrics: SourceMetrics,
+    /// Indexed like `source.routes`.
+    routes: Vec<RouteMetrics>,
 }
 
 /// What the one access-log line says about a request; filled in as stages pass.
 #[derive(Default)]
 struct Trace<'g> {
     client: Option<IpAddr>,
-    source: Option<&'g str>,
+    source: Option<&'g Entry>,
     route: Option<&'g str>,
     webhook_id: Option<String>,
     event_type: Option<String>,
@@ -50,7 +62,18 @@ struct Trace<'g> {
 
 impl Gateway {
     pub fn new(settings: Settings, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        let entry = |source: Source| Entry {
+            header: HeaderValue::from_str(&source.name).expect("source names are checked ASCII"),
+            metrics: metrics.source(&source.name),
+            routes: source
+                .routes
+                .iter()
+                .map(|route| metrics.route(route.label()))
+                .collect(),
+            source,
+        };
         Gateway {
+            unmatched: metrics.source(NO_SOURCE),
             client_ip: ClientIpResolver::new(settings.trusted_proxies),
             ratelimit: RateLimit::new(store.clone(), settings.store.on_error, metrics.clone()),
             dedupe: Dedupe::new(
@@ -59,14 +82,13 @@ impl Gateway {
                 settings.store.on_error,
                 metrics.clone(),
             ),
-            forward: Forwarder::new(settings.limits.upstream_timeout, metrics.clone()),
+            forward: Forwarder::new(settings.limits.upstream_timeout),
             limits: settings.limits,
-            metrics,
             tls: settings.server.tls.is_some(),
             sources: settings
                 .sources
                 .into_iter()
-                .map(|source| (source.path.clone(), source))
+                .map(|source| (source.path.clone(), entry(source)))
                 .collect(),
         }
     }
@@ -112,13 +134,16 @@ impl Gateway {
             ),
         };
         let elapsed = started.elapsed();
-        let source = trace.source.unwrap_or(NO_SOURCE);
-        self.metrics.request(source, outcome, elapsed);
+        let (source, metrics) = match trace.source {
+            Some(entry) => (entry.source.name.as_str(), &entry.metrics),
+            None => (NO_SOURCE, &self.unmatched),
+        };
+        metrics.observe(outcome, elapsed);
         tracing::info!(
             target: "hookgate::access",
             source,
             route = trace.route,
-            outcome,
+            outcome = outcome.label(),
             status = response.status().as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             webhook_id = trace.webhook_id.as_deref(),
@@ -141,10 +166,11 @@ impl Gateway {
     {
         let ip = self.client_ip.resolve(peer, req.headers());
         trace.client = Some(ip);
-        let source = self.sources.get(req.uri().path());
-        trace.source = source.map(|s| s.name.as_str());
+        let entry = self.sources.get(req.uri().path());
+        trace.source = entry;
         self.ratelimit.check(ip).await?; // cheapest first: before any body byte is read
-        let source = source.ok_or(Reject::NotFound)?;
+        let entry = entry.ok_or(Reject::NotFound)?;
+        let source = &entry.source;
         require_post(req.method())?;
         let (parts, body) = req.into_parts();
         let body = read_body(body, &self.limits).await?;
@@ -154,7 +180,7 @@ impl Gateway {
         trace.webhook_id = Some(delivery.id.clone());
         let event_type = event::type_at(&body, &source.event_type)?;
         trace.event_type = Some(event_type.clone().into_owned());
-        let Some(route) = source.routes.first_match(&event_type) else {
+        let Some((route_index, route)) = source.routes.first_match(&event_type) else {
             return Ok(Accepted::Unrouted);
         };
         trace.route = Some(route.name());
@@ -163,8 +189,11 @@ impl Gateway {
             Claimed::Won(claim) => claim,
             Claimed::AlreadyDone => return Ok(Accepted::Duplicate),
         };
-        let headers = self.upstream_headers(parts.headers, peer, &source.name, &event_type);
-        let outcome = self.forward.send(route, headers, body).await;
+        let headers = self.upstream_headers(parts.headers, peer, &entry.header, &event_type);
+        let outcome = self
+            .forward
+            .send(route, &entry.routes[route_index], headers, body)
+            .await;
         self.dedupe.settle(claim, outcome.is_ok()).await;
         outcome.map(Accepted::Forwarded)
     }
@@ -173,7 +202,7 @@ impl Gateway {
         &self,
         headers: HeaderMap,
         peer: SocketAddr,
-        source: &str,
+        source: &HeaderValue,
         event_type: &str,
     ) -> HeaderMap {
         let forwarded_for = self.client_ip.forwarded_for(peer, &headers);

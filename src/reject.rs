@@ -13,6 +13,7 @@ use http_body_util::Full;
 
 use crate::event::PayloadError;
 use crate::forward::{ForwardError, UpstreamReply};
+use crate::metrics::Outcome;
 use crate::store::StoreError;
 use crate::verify::VerifyError;
 
@@ -108,20 +109,20 @@ impl Reject {
     }
 
     /// The `outcome` label of `hookgate_requests_total`.
-    pub fn outcome(&self) -> &'static str {
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Reject::NotFound => "not_found",
-            Reject::MethodNotAllowed => "method_not_allowed",
-            Reject::TooLarge => "too_large",
-            Reject::BodyTimeout | Reject::BadBody => "bad_request",
-            Reject::Verify(e) if e.is_stale() => "stale",
-            Reject::Verify(_) => "invalid_signature",
-            Reject::InvalidPayload(_) => "invalid_payload",
-            Reject::InFlight { .. } => "in_flight",
-            Reject::RateLimited { .. } => "rate_limited",
-            Reject::Store(_) => "store_error",
-            Reject::Upstream(e) if e.is_timeout() => "upstream_timeout",
-            Reject::Upstream(_) | Reject::UpstreamStatus(_) => "upstream_error",
+            Reject::NotFound => Outcome::NotFound,
+            Reject::MethodNotAllowed => Outcome::MethodNotAllowed,
+            Reject::TooLarge => Outcome::TooLarge,
+            Reject::BodyTimeout | Reject::BadBody => Outcome::BadRequest,
+            Reject::Verify(e) if e.is_stale() => Outcome::Stale,
+            Reject::Verify(_) => Outcome::InvalidSignature,
+            Reject::InvalidPayload(_) => Outcome::InvalidPayload,
+            Reject::InFlight { .. } => Outcome::InFlight,
+            Reject::RateLimited { .. } => Outcome::RateLimited,
+            Reject::Store(_) => Outcome::StoreError,
+            Reject::Upstream(e) if e.is_timeout() => Outcome::UpstreamTimeout,
+            Reject::Upstream(_) | Reject::UpstreamStatus(_) => Outcome::UpstreamError,
         }
     }
 
@@ -162,11 +163,11 @@ impl Reject {
 }
 
 impl Accepted {
-    pub fn outcome(&self) -> &'static str {
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Accepted::Forwarded(_) => "forwarded",
-            Accepted::Duplicate => "duplicate",
-            Accepted::Unrouted => "unrouted",
+            Accepted::Forwarded(_) => Outcome::Forwarded,
+            Accepted::Duplicate => Outcome::Duplicate,
+            Accepted::Unrouted => Outcome::Unrouted,
         }
     }
 
@@ -357,7 +358,7 @@ mod tests {
             let label = format!("{reject:?}");
             assert_eq!(reject.status().as_u16(), status, "{label}");
             assert_eq!(reject.reason(), reason, "{label}");
-            assert_eq!(reject.outcome(), outcome, "{label}");
+            assert_eq!(reject.outcome().label(), outcome, "{label}");
         }
     }
 

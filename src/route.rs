@@ -135,9 +135,13 @@ impl Routes {
         Routes(routes)
     }
 
-    /// The first route, in file order, with a pattern matching `event_type`.
-    pub fn first_match(&self, event_type: &str) -> Option<&Route> {
-        self.0.iter().find(|route| route.matches(event_type))
+    /// The first route, in file order, with a pattern matching `event_type`, and its
+    /// position (which indexes per-route state such as metrics).
+    pub fn first_match(&self, event_type: &str) -> Option<(usize, &Route)> {
+        self.0
+            .iter()
+            .enumerate()
+            .find(|(_, route)| route.matches(event_type))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
@@ -189,12 +193,15 @@ mod tests {
             route("rest", &["*"]),
         ]);
         assert_eq!(
-            routes.first_match("response.failed").unwrap().name(),
+            routes.first_match("response.failed").unwrap().1.name(),
             "responses"
         );
-        assert_eq!(routes.first_match("batch.expired").unwrap().name(), "batch");
         assert_eq!(
-            routes.first_match("eval.run.succeeded").unwrap().name(),
+            routes.first_match("batch.expired").unwrap().1.name(),
+            "batch"
+        );
+        assert_eq!(
+            routes.first_match("eval.run.succeeded").unwrap().1.name(),
             "rest"
         );
     }

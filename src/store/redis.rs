@@ -176,7 +176,7 @@ impl RedisStore {
     }
 
     fn dedupe_key(&self, key: &str) -> String {
-        format!("{}dedupe:{key}", self.prefix)
+        [self.prefix.as_str(), "dedupe:", key].concat()
     }
 
     /// Runs one round trip within `deadline`, timing it and counting a failure under
@@ -296,7 +296,7 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<ClaimState, StoreError>> {
         Box::pin(async move {
             let key = self.dedupe_key(key);
-            let value = format!("inflight:{token}");
+            let value = ["inflight:", token].concat();
             if !self.legacy_claim.load(Ordering::Relaxed) {
                 // `SET NX GET` and `PTTL`, pipelined: one round trip, no script.
                 let mut pipe = redis::pipe();
@@ -358,7 +358,7 @@ impl Store for RedisStore {
             let mut invocation = self.scripts.commit.prepare_invoke();
             invocation
                 .key(self.dedupe_key(key))
-                .arg(format!("inflight:{token}"))
+                .arg(["inflight:", token].concat())
                 .arg(millis(ttl));
             let applied: i64 = self.script("commit", invocation).await?;
             Ok(settled(applied))
@@ -374,7 +374,7 @@ impl Store for RedisStore {
             let mut invocation = self.scripts.release.prepare_invoke();
             invocation
                 .key(self.dedupe_key(key))
-                .arg(format!("inflight:{token}"));
+                .arg(["inflight:", token].concat());
             let applied: i64 = self.script("release", invocation).await?;
             Ok(settled(applied))
         })
