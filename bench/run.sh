@@ -4,6 +4,7 @@
 #
 #   bash bench/run.sh                 # defaults below; REPEAT runs per row, medians reported
 #   N=100000 REPEAT=5 bash bench/run.sh
+#   ROWS='nginx|hookgate memory$' bash bench/run.sh     # only rows matching this regex
 #
 # Rows: the sink directly; nginx (one worker, plain reverse proxy, no verification: the
 # cost floor of any proxy); hookgate with the in-memory store; hookgate with Redis;
@@ -26,6 +27,7 @@ REPEAT=${REPEAT:-3}      # runs per row; medians are reported
 LOAD_CPU=${LOAD_CPU:-0}
 SUT_CPU=${SUT_CPU:-1}
 BASE_PORT=${BASE_PORT:-18400}
+ROWS=${ROWS:-.}          # regex: which rows to run
 export RUST_LOG=warn
 
 for tool in nginx redis-server python3 taskset; do
@@ -154,6 +156,7 @@ EOF
 measure() {
     local row=$1 url=$2 pid=$3 body=$4
     shift 4
+    [[ $row =~ $ROWS ]] || return 0
     # Warm up connections, pools and caches; not measured.
     taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n 2000 -c "$C" --body-size "$body" "$@" >/dev/null
     for run in $(seq 1 "$REPEAT"); do
@@ -181,6 +184,7 @@ PY
 run_gateway() { # run_gateway ROW STORE TLS BODY [load options...]
     local row=$1 store=$2 tls=$3 body=$4
     shift 4
+    [[ $row =~ $ROWS ]] || return 0
     gateway_config "$WORK/gw.toml" "$store" "$tls"
     start gateway "$SUT_CPU" "$HG" serve --config "$WORK/gw.toml"
     local pid=$LAST_PID

@@ -6,9 +6,11 @@
 //!
 //! Memory stays bounded: each TTL has its own FIFO queue (one TTL per queue means expiry
 //! order is insertion order), swept on every claim and by a background task, and idle
-//! rate-limit buckets are dropped by the same task.
+//! rate-limit buckets are dropped by the same task. Keys are held as 128-bit keyed
+//! fingerprints, not copies, so an entry costs the same whatever the id's length.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, Weak};
@@ -52,38 +54,85 @@ impl Clock for TokioClock {
     }
 }
 
-/// Keys in the order they expire (all share one TTL).
-type ExpiryQueue = VecDeque<(Instant, Arc<str>)>;
+/// A key or token as 128 bits of keyed SipHash: fixed size whatever the sender's id
+/// length, and unguessable per process, so nobody can aim two ids at one slot.
+type Fingerprint = u128;
 
-#[derive(Default)]
+/// Milliseconds since the store started, on tokio's clock.
+type Millis = u64;
+
+/// Keys in the order they expire (all share one TTL).
+type ExpiryQueue = VecDeque<(Millis, Fingerprint)>;
+
+/// Dedupe state, about 90 bytes per key (map slot, queue slot, growth slack) rather
+/// than a copy of each key: a week of deliveries stays small.
 struct Claims {
-    map: HashMap<Arc<str>, Entry>,
+    map: HashMap<Fingerprint, Entry, BuildHasherDefault<PassThrough>>,
     /// Expiry queues, one per TTL in use (in flight and done): each stays sorted.
     queues: Vec<(Duration, ExpiryQueue)>,
+    hashers: (RandomState, RandomState),
+    start: Instant,
 }
 
+#[derive(Clone, Copy)]
 struct Entry {
-    state: State,
-    expires: Instant,
+    expires: Millis,
+    /// The claiming token's fingerprint (low 64 bits), or `DONE`.
+    holder: u64,
 }
 
-#[derive(PartialEq, Eq)]
-enum State {
-    InFlight(Box<str>),
-    Done,
+/// `holder` of a delivery that was forwarded successfully (a token fingerprint is
+/// this value with probability 2^-64, and would only make one claim look done).
+const DONE: u64 = 0;
+
+/// The fingerprints are already uniformly random: hashing them again is wasted work.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
 }
 
 impl Claims {
-    fn live(&self, key: &str, now: Instant) -> Option<&Entry> {
-        self.map.get(key).filter(|e| e.expires > now)
+    fn new(start: Instant) -> Self {
+        Claims {
+            map: HashMap::default(),
+            queues: Vec::new(),
+            hashers: (RandomState::new(), RandomState::new()),
+            start,
+        }
     }
 
-    fn insert(&mut self, key: &str, state: State, ttl: Duration, now: Instant) {
-        let key: Arc<str> = match self.map.get_key_value(key) {
-            Some((existing, _)) => existing.clone(),
-            None => Arc::from(key),
-        };
-        let expires = now + ttl;
+    fn fingerprint(&self, text: &str) -> Fingerprint {
+        let high = self.hashers.0.hash_one(text);
+        let low = self.hashers.1.hash_one(text);
+        (u128::from(high) << 64) | u128::from(low)
+    }
+
+    fn holder(&self, token: &str) -> u64 {
+        (self.fingerprint(token) as u64).max(1)
+    }
+
+    fn millis(&self, at: Instant) -> Millis {
+        at.saturating_duration_since(self.start).as_millis() as Millis
+    }
+
+    fn live(&self, key: Fingerprint, now: Millis) -> Option<Entry> {
+        self.map.get(&key).copied().filter(|e| e.expires > now)
+    }
+
+    fn insert(&mut self, key: Fingerprint, holder: u64, ttl: Duration, now: Millis) {
+        let expires = now + ttl.as_millis() as Millis;
         let queue = match self.queues.iter_mut().position(|(t, _)| *t == ttl) {
             Some(i) => &mut self.queues[i].1,
             None => {
@@ -91,21 +140,27 @@ impl Claims {
                 &mut self.queues.last_mut().expect("just pushed").1
             }
         };
-        queue.push_back((expires, key.clone()));
-        self.map.insert(key, Entry { state, expires });
+        queue.push_back((expires, key));
+        self.map.insert(key, Entry { expires, holder });
     }
 
     /// Drops entries whose time has come; an entry renewed since its queue slot stays.
-    fn sweep(&mut self, now: Instant) {
+    fn sweep(&mut self, now: Millis) {
         for (_, queue) in &mut self.queues {
-            while let Some((deadline, _)) = queue.front() {
-                if *deadline > now {
+            while let Some(&(deadline, key)) = queue.front() {
+                if deadline > now {
                     break;
                 }
-                let (_, key) = queue.pop_front().expect("front exists");
+                queue.pop_front();
                 if self.map.get(&key).is_some_and(|e| e.expires <= now) {
                     self.map.remove(&key);
                 }
+            }
+        }
+        if self.map.capacity() > 64 && self.map.len() < self.map.capacity() / 4 {
+            self.map.shrink_to_fit();
+            for (_, queue) in &mut self.queues {
+                queue.shrink_to_fit();
             }
         }
     }
@@ -118,7 +173,7 @@ impl MemoryStore {
             start: Instant::now(),
         };
         let inner = Arc::new(Inner {
-            claims: Mutex::new(Claims::default()),
+            claims: Mutex::new(Claims::new(clock.start)),
             limiter: RateLimiter::dashmap_with_clock(quota(rate), clock.clone()),
             clock,
             rate,
@@ -151,7 +206,10 @@ impl Inner {
     }
 
     fn sweep(&self) {
-        self.lock_claims().sweep(Instant::now());
+        let mut claims = self.lock_claims();
+        let now = claims.millis(Instant::now());
+        claims.sweep(now);
+        drop(claims);
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }
@@ -184,18 +242,18 @@ impl Store for MemoryStore {
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<ClaimState, StoreError>> {
-        let now = Instant::now();
         let mut claims = self.inner.lock_claims();
+        let now = claims.millis(Instant::now());
         claims.sweep(now);
+        let key = claims.fingerprint(key);
         let state = match claims.live(key, now) {
-            Some(Entry {
-                state: State::Done, ..
-            }) => ClaimState::Done,
+            Some(Entry { holder: DONE, .. }) => ClaimState::Done,
             Some(Entry { expires, .. }) => ClaimState::InFlight {
-                remaining: *expires - now,
+                remaining: Duration::from_millis(expires - now),
             },
             None => {
-                claims.insert(key, State::InFlight(token.into()), ttl, now);
+                let holder = claims.holder(token);
+                claims.insert(key, holder, ttl, now);
                 ClaimState::Won
             }
         };
@@ -208,16 +266,17 @@ impl Store for MemoryStore {
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Settled, StoreError>> {
-        let now = Instant::now();
         let mut claims = self.inner.lock_claims();
-        let settled = match claims.live(key, now).map(|e| &e.state) {
+        let now = claims.millis(Instant::now());
+        let (key, holder) = (claims.fingerprint(key), claims.holder(token));
+        let settled = match claims.live(key, now) {
             // Ours, or expired with nobody else holding it: the delivery did go through.
-            Some(State::InFlight(t)) if **t == *token => Settled::Applied,
+            Some(Entry { holder: h, .. }) if h == holder => Settled::Applied,
             None => Settled::Applied,
-            Some(State::InFlight(_)) | Some(State::Done) => Settled::Superseded,
+            Some(_) => Settled::Superseded,
         };
         if settled == Settled::Applied {
-            claims.insert(key, State::Done, ttl, now);
+            claims.insert(key, DONE, ttl, now);
         }
         Box::pin(std::future::ready(Ok(settled)))
     }
@@ -227,17 +286,15 @@ impl Store for MemoryStore {
         key: &'a str,
         token: &'a str,
     ) -> BoxFuture<'a, Result<Settled, StoreError>> {
-        let now = Instant::now();
         let mut claims = self.inner.lock_claims();
-        let ours = matches!(
-            claims.live(key, now).map(|e| &e.state),
-            Some(State::InFlight(t)) if **t == *token
-        );
-        let settled = if ours {
-            claims.map.remove(key);
-            Settled::Applied
-        } else {
-            Settled::Superseded
+        let now = claims.millis(Instant::now());
+        let (key, holder) = (claims.fingerprint(key), claims.holder(token));
+        let settled = match claims.live(key, now) {
+            Some(Entry { holder: h, .. }) if h == holder => {
+                claims.map.remove(&key);
+                Settled::Applied
+            }
+            _ => Settled::Superseded,
         };
         Box::pin(std::future::ready(Ok(settled)))
     }
