@@ -464,7 +464,7 @@ impl Settings {
         let store = match &self.store.backend {
             StoreBackend::Memory => "in-memory (this instance only)".to_owned(),
             StoreBackend::Redis(redis) => format!(
-                "{} (key prefix {:?}, timeout {}, on_error = {:?})",
+                "{} (key prefix {:?}, timeout {}, on_error = \"{}\")",
                 redis.target,
                 redis.key_prefix,
                 humantime::format_duration(redis.timeout),
