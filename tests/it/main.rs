@@ -5,6 +5,7 @@ mod support;
 
 mod config_cli;
 mod dedupe;
+mod examples;
 mod forwarding;
 mod metrics;
 mod ratelimit;

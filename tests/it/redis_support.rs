@@ -28,6 +28,11 @@ const SYSTEM_REDIS_PORT: u16 = 6379;
 /// Whether `program` can be run. When it cannot, the test either fails (under
 /// `HOOKGATE_REQUIRE_REDIS=1`) or says on stderr that it is skipped, and the caller returns.
 fn installed_or_skip(program: &str) -> bool {
+    installed_or_skip_unless(program, REQUIRE_REDIS, "apt-get install -y redis-server")
+}
+
+/// `installed_or_skip` for any program: fails instead of skipping when `require=1`.
+pub fn installed_or_skip_unless(program: &str, require: &str, install: &str) -> bool {
     let found = match Command::new(program)
         .arg("--version")
         .stdin(Stdio::null())
@@ -46,16 +51,16 @@ fn installed_or_skip(program: &str) -> bool {
         .name()
         .unwrap_or("this test")
         .to_owned();
-    if std::env::var(REQUIRE_REDIS).as_deref() == Ok("1") {
+    if std::env::var(require).as_deref() == Ok("1") {
         panic!(
-            "{program} is not installed (not on PATH) and {REQUIRE_REDIS}=1: \
-             install it (apt-get install -y redis-server) or unset {REQUIRE_REDIS}"
+            "{program} is not installed (not on PATH) and {require}=1: \
+             install it ({install}) or unset {require}"
         );
     }
     // Straight to stderr, past the test harness' capture, so a skip is seen in the run.
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED {test}: {program} is not on PATH (set {REQUIRE_REDIS}=1 to fail instead)"
+        "SKIPPED {test}: {program} is not on PATH (set {require}=1 to fail instead)"
     );
     false
 }

@@ -605,7 +605,12 @@ impl TestClient {
 
     /// POSTs a signed delivery as the sender would.
     pub async fn post(&self, path: &str, delivery: &SignedRequest) -> Reply {
-        let mut builder = Request::post(self.url(path));
+        self.post_url(&self.url(path), delivery).await
+    }
+
+    /// POSTs a signed delivery to any URL, the gateway's or not.
+    pub async fn post_url(&self, url: &str, delivery: &SignedRequest) -> Reply {
+        let mut builder = Request::post(url);
         for (name, value) in &delivery.headers {
             builder = builder.header(*name, value);
         }

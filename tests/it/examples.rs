@@ -1,0 +1,130 @@
+//! The example "legacy" backends under `examples/` (Python and Node, standard library
+//! only), run for real behind a gateway: they receive the sender's exact bytes and
+//! `webhook-*` headers, so their own signature check passes; a forged request sent to
+//! them directly fails it. Skipped when `python3` / `node` are missing, unless
+//! `HOOKGATE_REQUIRE_EXAMPLES=1` (CI).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::redis_support::installed_or_skip_unless;
+use crate::support::*;
+
+const REQUIRE: &str = "HOOKGATE_REQUIRE_EXAMPLES";
+
+/// One example backend child process, killed on drop; its stdout lines arrive on `lines`.
+struct Example {
+    child: Child,
+    port: u16,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Example {
+    fn start(program: &str, script: &str) -> Option<Example> {
+        if !installed_or_skip_unless(program, REQUIRE, "apt-get install -y python3 nodejs") {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/").to_owned() + script;
+        let mut child = Command::new(program)
+            .arg(script)
+            .env("WEBHOOK_SECRET", SECRET)
+            .env("PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the example backend");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let example = Example { child, port, lines };
+        example.expect_line("listening");
+        Some(example)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hooks", self.port)
+    }
+
+    /// The next stdout line containing `text`, or a failure after `PATIENCE`.
+    fn expect_line(&self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left.max(Duration::from_millis(1))) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("the example never printed a line with {text:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn a_backend_behind_the_gateway_verifies_what_it_receives(program: &str, script: &str) {
+    let Some(example) = Example::start(program, script) else {
+        return;
+    };
+    let gw = Gateway::start(config().route("*", example.url().as_str())).await;
+    let event = signed_event("response.completed");
+
+    let reply = gw.post(PATH, &event).await;
+
+    assert_eq!(reply.status(), 200, "{}", reply.text());
+    assert_eq!(reply.json()["verdict"], "ok");
+    let line = example.expect_line("response.completed");
+    assert!(line.contains(": ok "), "{line}");
+    assert!(line.contains("source=openai"), "{line}");
+}
+
+async fn a_forged_request_sent_straight_to_the_backend_is_refused(program: &str, script: &str) {
+    let Some(example) = Example::start(program, script) else {
+        return;
+    };
+    let gw = Gateway::start(config().route("*", example.url().as_str())).await;
+    let mut forged = signed_event("response.completed");
+    forged.body = forged.body.replace("response.completed", "response.failed");
+
+    let reply = gw.client().post_url(&example.url(), &forged).await;
+
+    assert_eq!(reply.status(), 401);
+    assert_eq!(reply.json()["verdict"], "invalid signature");
+}
+
+#[tokio::test]
+async fn the_python_backend_behind_the_gateway_verifies_what_it_receives() {
+    a_backend_behind_the_gateway_verifies_what_it_receives("python3", "python-upstream/app.py")
+        .await;
+}
+
+#[tokio::test]
+async fn the_python_backend_refuses_a_forged_request_sent_straight_to_it() {
+    a_forged_request_sent_straight_to_the_backend_is_refused("python3", "python-upstream/app.py")
+        .await;
+}
+
+#[tokio::test]
+async fn the_node_backend_behind_the_gateway_verifies_what_it_receives() {
+    a_backend_behind_the_gateway_verifies_what_it_receives("node", "node-upstream/server.js").await;
+}
+
+#[tokio::test]
+async fn the_node_backend_refuses_a_forged_request_sent_straight_to_it() {
+    a_forged_request_sent_straight_to_the_backend_is_refused("node", "node-upstream/server.js")
+        .await;
+}
