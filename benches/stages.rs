@@ -1,0 +1,132 @@
+//! Micro-benchmarks of the request path's stages, each on plain values: signature
+//! verification, event-type extraction, route matching and a dedupe claim. Run with
+//! `cargo bench --bench stages`; the load-level figures come from `bench/run.sh`.
+
+use std::hint::black_box;
+use std::time::{Duration, SystemTime};
+
+use hookgate::config::{RateLimitSettings, Settings};
+use hookgate::event::{JsonPointer, type_at};
+use hookgate::sign::{SignInput, build};
+use hookgate::store::Store;
+use hookgate::store::memory::MemoryStore;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+fn main() {
+    divan::main();
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn settings() -> Settings {
+    hookgate::config::parse(
+        &format!(
+            r#"
+[[sources]]
+name = "openai"
+path = "/webhooks/openai"
+scheme = "standard-webhooks"
+secrets = ["{SECRET}"]
+[[sources.routes]]
+events = ["response.completed", "response.failed", "response.incomplete", "response.cancelled"]
+upstream = "http://127.0.0.1:9001/responses"
+[[sources.routes]]
+events = ["batch.*"]
+upstream = "http://127.0.0.1:9002/batch"
+[[sources.routes]]
+events = ["*"]
+upstream = "http://127.0.0.1:9003/other"
+"#
+        ),
+        "bench",
+    )
+    .expect("a valid config")
+}
+
+/// A signed OpenAI-shaped delivery whose body is about `size` bytes.
+fn delivery(size: usize) -> (HeaderMap, Vec<u8>) {
+    let pad = "x".repeat(size.saturating_sub(150));
+    let data = format!(r#"{{"id":"resp_1","pad":"{pad}"}}"#);
+    let signed = build(
+        &SignInput {
+            secret: SECRET,
+            event_type: "response.completed",
+            data: Some(&data),
+            id: Some("msg_2Vq8x7bN3kLmP9rT4wYz"),
+            timestamp: None,
+        },
+        SystemTime::now(),
+    )
+    .expect("signable");
+    let mut headers = HeaderMap::new();
+    for (name, value) in &signed.headers {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_str(value).expect("ascii"),
+        );
+    }
+    (headers, signed.body.into_bytes())
+}
+
+#[divan::bench(args = [1024, 65536])]
+fn verify(bencher: divan::Bencher, size: usize) {
+    let source = settings().sources.remove(0);
+    let (headers, body) = delivery(size);
+    let now = SystemTime::now();
+    bencher
+        .counter(divan::counter::BytesCount::new(body.len()))
+        .bench(|| {
+            source
+                .verifier
+                .verify(black_box(&headers), black_box(&body), now)
+        });
+}
+
+#[divan::bench(args = [1024, 65536])]
+fn event_type(bencher: divan::Bencher, size: usize) {
+    let pointer = JsonPointer::parse("/type").expect("valid");
+    let (_, body) = delivery(size);
+    bencher
+        .counter(divan::counter::BytesCount::new(body.len()))
+        .bench(|| type_at(black_box(&body), &pointer).map(|t| t.len()));
+}
+
+#[divan::bench(args = ["response.failed", "batch.completed", "eval.run.succeeded"])]
+fn route_match(bencher: divan::Bencher, event_type: &str) {
+    let source = settings().sources.remove(0);
+    bencher.bench(|| {
+        source
+            .routes
+            .first_match(black_box(event_type))
+            .map(|(i, _)| i)
+    });
+}
+
+#[divan::bench]
+fn dedupe_claim_and_commit(bencher: divan::Bencher) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let store = runtime.block_on(async {
+        MemoryStore::new(RateLimitSettings {
+            requests_per_second: 1e6,
+            burst: 1_000_000,
+        })
+    });
+    let mut n = 0u64;
+    bencher.bench_local(|| {
+        n += 1;
+        let key = format!("openai:msg_bench_{n}");
+        runtime.block_on(async {
+            store
+                .claim(&key, "token", Duration::from_secs(15))
+                .await
+                .ok();
+            store
+                .commit(&key, "token", Duration::from_secs(3600))
+                .await
+                .ok()
+        })
+    });
+}
