@@ -214,6 +214,26 @@ run_gateway "hookgate memory TLS h2" memory tls "$BODY" --insecure --http2
 measure "direct (sink) 64KiB" "http://127.0.0.1:$DIRECT_PORT/sink" "$DIRECT_PID" "$BIG_BODY"
 run_gateway "hookgate memory 64KiB" memory plain "$BIG_BODY"
 
+# Memory with 10,000 idle connections, and whether a delivery is still served meanwhile.
+IDLE_LINE=""
+if [[ "idle connections" =~ $ROWS ]]; then
+    ulimit -n 65536
+    gateway_config "$WORK/gw.toml" memory plain
+    start gateway "$SUT_CPU" "$HG" serve --config "$WORK/gw.toml"
+    IDLE_PID=$LAST_PID
+    wait_port "$GW_PORT"
+    coproc IDLE { taskset -c "$LOAD_CPU" python3 bench/idle_connections.py 127.0.0.1 "$GW_PORT" -n 10000; }
+    read -r idle_ready <&"${IDLE[0]}"
+    started=$(date +%s%N)
+    status=$("$HG" sign --secret whsec_aG9va2dhdGUtZGVtby1zZWNyZXQtZG8tbm90LXVzZSE= --type response.completed \
+        --send "http://127.0.0.1:$GW_PORT/webhooks/openai" | grep '^HTTP' || true)
+    took_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+    rss=$(awk '/VmRSS/ {print $2}' /proc/"$IDLE_PID"/status)
+    IDLE_LINE="$idle_ready idle connections: gateway RSS $((rss / 1024)) MiB; a delivery sent meanwhile: $status in ${took_ms} ms (including the signing tool's start)"
+    exec {IDLE[1]}>&-
+    stop "$IDLE_PID"
+fi
+
 python3 - "$WORK/results.jsonl" "$N" "$C" "$BODY" "$REPEAT" "$LOAD_CPU" "$SUT_CPU" <<'PY'
 import json, statistics, sys, collections, platform, datetime, os
 path, n, c, body, repeat, load_cpu, sut_cpu = sys.argv[1:]
@@ -239,3 +259,5 @@ for name, m in med.items():
     print(f"| {name} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['max']:.2f} | {m['rss_mib']:.1f} | "
           f"{m['cpu_us']:.1f} | {m['redis_us']:.1f} | {vs_nginx} | {vs_direct} | {m['ok']}/{m['requests']} |")
 PY
+[ -n "$IDLE_LINE" ] && { echo; echo "$IDLE_LINE"; }
+exit 0
