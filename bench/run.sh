@@ -151,6 +151,7 @@ EOF
     } >"$1"
 }
 "$HG" dev-cert --out "$WORK" >/dev/null
+: >"$WORK/results.jsonl"
 
 # measure ROW URL SUT_PID BODY [load options...]: REPEAT runs, one JSON line per run.
 measure() {
@@ -217,21 +218,23 @@ run_gateway "hookgate memory 64KiB" memory plain "$BIG_BODY"
 # Memory with 10,000 idle connections, and whether a delivery is still served meanwhile.
 IDLE_LINE=""
 if [[ "idle connections" =~ $ROWS ]]; then
-    ulimit -n 65536
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    (( $(ulimit -n) > 10100 )) || { echo "need an open-file limit above 10100 for the idle row" >&2; exit 1; }
     gateway_config "$WORK/gw.toml" memory plain
     start gateway "$SUT_CPU" "$HG" serve --config "$WORK/gw.toml"
-    IDLE_PID=$LAST_PID
+    IDLE_GW_PID=$LAST_PID
     wait_port "$GW_PORT"
+    # (coproc IDLE also sets $IDLE_PID, hence the gateway's pid is IDLE_GW_PID)
     coproc IDLE { taskset -c "$LOAD_CPU" python3 bench/idle_connections.py 127.0.0.1 "$GW_PORT" -n 10000; }
     read -r idle_ready <&"${IDLE[0]}"
     started=$(date +%s%N)
     status=$("$HG" sign --secret whsec_aG9va2dhdGUtZGVtby1zZWNyZXQtZG8tbm90LXVzZSE= --type response.completed \
         --send "http://127.0.0.1:$GW_PORT/webhooks/openai" | grep '^HTTP' || true)
     took_ms=$(( ($(date +%s%N) - started) / 1000000 ))
-    rss=$(awk '/VmRSS/ {print $2}' /proc/"$IDLE_PID"/status)
+    rss=$(awk '/VmRSS/ {print $2}' /proc/"$IDLE_GW_PID"/status)
     IDLE_LINE="$idle_ready idle connections: gateway RSS $((rss / 1024)) MiB; a delivery sent meanwhile: $status in ${took_ms} ms (including the signing tool's start)"
     exec {IDLE[1]}>&-
-    stop "$IDLE_PID"
+    stop "$IDLE_GW_PID"
 fi
 
 python3 - "$WORK/results.jsonl" "$N" "$C" "$BODY" "$REPEAT" "$LOAD_CPU" "$SUT_CPU" <<'PY'
@@ -251,6 +254,8 @@ print(f"{datetime.date.today()} · {model} · {os.cpu_count()} CPUs · load gene
 print()
 print("| row | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | CPU µs/req | Redis CPU µs/req | vs nginx | vs direct | 2xx/sent |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+if not med:
+    sys.exit(0)
 nginx = med.get("nginx proxy", {}).get("rps")
 for name, m in med.items():
     direct = med.get("direct (sink) 64KiB" if "64KiB" in name else "direct (sink)", {}).get("rps")
