@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `sign`, `dev-cert`, `echo`.
+//! The command line: `serve`, `check`, `sign`, `verify`, `dev-cert`, `echo`, `bench`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,8 +46,12 @@ pub enum Command {
         #[arg(long, short, env = "HOOKGATE_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Build a correctly signed Standard Webhooks request: print it as curl, or send it.
+    /// Build a correctly signed request in any scheme's format: print it as curl, or send it.
     Sign(SignArgs),
+    /// Explain step by step why a captured request does or does not verify against a
+    /// source: the headers read, the secrets tried, the signed content, the timestamp's
+    /// age and the most likely mistake. Exits 0 when it verifies, 1 when not.
+    Verify(VerifyArgs),
     /// Write a self-signed certificate and key for localhost, 127.0.0.1 and ::1.
     DevCert {
         /// Directory for dev-cert.pem and dev-key.pem (created if missing).
@@ -125,20 +129,66 @@ pub struct LoadArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Configuration file (TOML); default as for `serve`.
+    #[arg(long, short, env = "HOOKGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The source whose verifier runs (default: the one whose path the request line
+    /// names, or the only one).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// A captured raw HTTP request: request line, headers, an empty line, the body.
+    #[arg(long, value_name = "FILE", required_unless_present = "headers", conflicts_with_all = ["headers", "body"])]
+    pub request: Option<PathBuf>,
+    /// The request's headers, one `Name: value` per line.
+    #[arg(long, value_name = "FILE", requires = "body")]
+    pub headers: Option<PathBuf>,
+    /// The request's body, byte for byte.
+    #[arg(long, value_name = "FILE", requires = "headers")]
+    pub body: Option<PathBuf>,
+    /// Judge the timestamp as of this Unix time instead of now (an old capture).
+    #[arg(long, value_name = "UNIX")]
+    pub at: Option<i64>,
+}
+
+#[derive(Debug, Args)]
 pub struct SignArgs {
-    /// Signing secret: whsec_<base64> (Standard Webhooks), or any other text used as raw bytes.
+    /// Signing secret: whsec_<base64> or raw text (standard-webhooks; whsk_<base64> signs
+    /// v1a), the secret text itself (stripe, github, hmac).
     #[arg(long, env = "HOOKGATE_SIGN_SECRET")]
     pub secret: String,
-    /// Event type, the body's "type" (for example response.completed).
+    /// Signature scheme: standard-webhooks, stripe, github or hmac.
+    #[arg(long, default_value = "standard-webhooks")]
+    pub scheme: String,
+    /// stripe, hmac: the header carrying the signature (stripe: Stripe-Signature).
+    #[arg(long, value_name = "NAME")]
+    pub signature_header: Option<String>,
+    /// hmac: how the tag is written: hex or base64 (default hex).
+    #[arg(long, value_name = "ENCODING")]
+    pub encoding: Option<String>,
+    /// hmac: text before the tag, for example sha256=.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// hmac: the header carrying the Unix timestamp.
+    #[arg(long, value_name = "NAME")]
+    pub timestamp_header: Option<String>,
+    /// hmac: the header carrying the delivery id.
+    #[arg(long, value_name = "NAME")]
+    pub id_header: Option<String>,
+    /// hmac: the signed content, a template of {id}, {timestamp} and {body}.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub signed_content: Option<String>,
+    /// Event type: the body's "type" (response.completed, invoice.paid), or X-GitHub-Event (push).
     #[arg(long = "type")]
     pub event_type: String,
-    /// JSON for the body's "data" field (default {}).
+    /// JSON for the body's "data" (Stripe: "data.object"; github: the whole body). Default {}.
     #[arg(long)]
     pub data: Option<String>,
-    /// webhook-id (default: a fresh msg_... id). Reuse one to test deduplication.
+    /// Delivery id: webhook-id, Stripe's event id, X-GitHub-Delivery or the hmac id header
+    /// (default: a fresh one). Reuse one to test deduplication.
     #[arg(long)]
     pub id: Option<String>,
-    /// webhook-timestamp in Unix seconds (default: now). An old one tests staleness.
+    /// Timestamp in Unix seconds (default: now). An old one tests staleness.
     #[arg(long)]
     pub timestamp: Option<i64>,
     /// URL used in the printed curl command.
@@ -151,6 +201,10 @@ pub struct SignArgs {
     /// Send the request to this URL and print the answer instead of printing curl.
     #[arg(long, value_name = "URL")]
     pub send: Option<String>,
+    /// Print the request as raw HTTP/1.1 for --url instead of curl: what
+    /// `hookgate verify --request` reads.
+    #[arg(long, conflicts_with = "send")]
+    pub raw: bool,
     /// Accept any TLS certificate (a dev listener with a self-signed certificate).
     #[arg(long)]
     pub insecure: bool,

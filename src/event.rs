@@ -1,4 +1,5 @@
-//! The event type: one string read from the verified body by a JSON pointer.
+//! The event type and the dedupe key: strings read from a verified request, by JSON
+//! pointer from the body or from a header (`Field`).
 //!
 //! A streaming walk over the raw bytes (serde `DeserializeSeed`) visits only the path to
 //! the pointer and skips every other value without building it, which on a 1 MiB body is
@@ -8,7 +9,11 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use http::{HeaderMap, HeaderName};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// Dedupe keys become store keys; delivery ids in the wild are far shorter than this.
+pub const MAX_DEDUPE_KEY_LEN: usize = 256;
 
 /// An RFC 6901 JSON pointer, split into unescaped reference tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,13 +67,85 @@ fn unescape_token(token: &str) -> Result<String, String> {
     Ok(out)
 }
 
-/// Why no event type could be read; every case is answered `400 invalid_payload`.
+/// Why no event type or dedupe key could be read; `reject` maps each to a 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
     #[error("the body is not valid JSON")]
     NotJson,
     #[error("no non-empty string at the event type pointer")]
     NoEventType,
+    #[error("no non-empty string at the dedupe key pointer")]
+    NoDedupeKey,
+    #[error("the dedupe key is longer than 256 bytes or not printable ASCII")]
+    MalformedDedupeKey,
+    #[error("header {0} is missing")]
+    MissingHeader(HeaderName),
+}
+
+/// Where a source reads its event type or its dedupe key from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    /// A string in the JSON body.
+    Json(JsonPointer),
+    /// A request header (`X-GitHub-Event`, `webhook-id`).
+    Header(HeaderName),
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Field::Json(pointer) => write!(f, "{pointer}"),
+            Field::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
+impl Field {
+    /// The event type: a non-empty string.
+    pub fn event_type<'r>(
+        &self,
+        headers: &'r HeaderMap,
+        body: &'r [u8],
+    ) -> Result<Cow<'r, str>, PayloadError> {
+        match self {
+            Field::Json(pointer) => type_at(body, pointer),
+            Field::Header(name) => match header_text(headers, name)? {
+                "" => Err(PayloadError::NoEventType),
+                text => Ok(Cow::Borrowed(text)),
+            },
+        }
+    }
+
+    /// The dedupe key: 1 to 256 bytes of printable ASCII, because it becomes a store key,
+    /// a log field and, with `resign`, the upstream's `webhook-id`.
+    pub fn dedupe_key<'r>(
+        &self,
+        headers: &'r HeaderMap,
+        body: &'r [u8],
+    ) -> Result<Cow<'r, str>, PayloadError> {
+        let key = match self {
+            Field::Json(pointer) => type_at(body, pointer).map_err(|e| match e {
+                PayloadError::NoEventType => PayloadError::NoDedupeKey,
+                other => other,
+            })?,
+            Field::Header(name) => Cow::Borrowed(header_text(headers, name)?),
+        };
+        if key.is_empty() {
+            return Err(PayloadError::NoDedupeKey);
+        }
+        if key.len() > MAX_DEDUPE_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(PayloadError::MalformedDedupeKey);
+        }
+        Ok(key)
+    }
+}
+
+/// A header's value as text; a value that is not visible ASCII reads as empty.
+fn header_text<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h str, PayloadError> {
+    let value = headers
+        .get(name)
+        .ok_or_else(|| PayloadError::MissingHeader(name.clone()))?;
+    Ok(value.to_str().unwrap_or(""))
 }
 
 /// Reads the string at `pointer` in `body`.
@@ -253,6 +330,63 @@ mod tests {
     #[test]
     fn the_empty_pointer_is_the_whole_document() {
         assert_eq!(at(r#""ping""#, "").unwrap(), "ping");
+    }
+
+    #[test]
+    fn fields_read_headers_and_pointers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-github-event", "push".parse().unwrap());
+        headers.insert("x-github-delivery", "72d3162e-cc78".parse().unwrap());
+        let body = br#"{"id":"evt_1","type":"invoice.paid"}"#;
+        let header = |name: &'static str| Field::Header(HeaderName::from_static(name));
+        let json = |pointer: &str| Field::Json(JsonPointer::parse(pointer).unwrap());
+
+        assert_eq!(
+            header("x-github-event").event_type(&headers, body).unwrap(),
+            "push"
+        );
+        assert_eq!(
+            json("/type").event_type(&headers, body).unwrap(),
+            "invoice.paid"
+        );
+        assert_eq!(json("/id").dedupe_key(&headers, body).unwrap(), "evt_1");
+        assert_eq!(
+            header("x-github-delivery")
+                .dedupe_key(&headers, body)
+                .unwrap(),
+            "72d3162e-cc78"
+        );
+        assert_eq!(
+            header("x-missing").dedupe_key(&headers, body),
+            Err(PayloadError::MissingHeader(HeaderName::from_static(
+                "x-missing"
+            )))
+        );
+        assert_eq!(
+            json("/nope").dedupe_key(&headers, body),
+            Err(PayloadError::NoDedupeKey)
+        );
+    }
+
+    #[test]
+    fn a_dedupe_key_must_be_short_printable_ascii() {
+        let key = |body: &str| {
+            Field::Json(JsonPointer::parse("/id").unwrap())
+                .dedupe_key(&HeaderMap::new(), body.as_bytes())
+                .map(Cow::into_owned)
+        };
+        assert_eq!(
+            key(r#"{"id":"a b"}"#),
+            Err(PayloadError::MalformedDedupeKey)
+        );
+        assert_eq!(
+            key(r#"{"id":"évt"}"#),
+            Err(PayloadError::MalformedDedupeKey)
+        );
+        let long = format!(r#"{{"id":"{}"}}"#, "x".repeat(MAX_DEDUPE_KEY_LEN + 1));
+        assert_eq!(key(&long), Err(PayloadError::MalformedDedupeKey));
+        assert_eq!(key(r#"{"id":""}"#), Err(PayloadError::NoDedupeKey));
+        assert_eq!(key(r#"{"id":7}"#), Err(PayloadError::NoDedupeKey));
     }
 
     #[test]

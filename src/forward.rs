@@ -16,6 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::config::UpstreamTrust;
 use crate::metrics::{RouteMetrics, UpstreamClass};
 use crate::reject::Reject;
 use crate::route::Route;
@@ -185,9 +186,10 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(timeout: Duration) -> Self {
+    /// https upstreams are verified as `trust` says (`[upstream_tls]`).
+    pub fn new(timeout: Duration, trust: &UpstreamTrust) -> Self {
         Forwarder {
-            client: http_client(tls::upstream_client_config(), timeout),
+            client: http_client(tls::upstream_client_config_for(trust), timeout),
             timeout,
         }
     }

@@ -1,19 +1,25 @@
 //! hookgate: a webhook gateway in front of backends that should not each re-implement
 //! signature checks, replay protection, deduplication and rate limiting.
 //!
-//! A request travels `server` (TLS, HTTP/1.1 and HTTP/2) → `pipeline`, whose stages are:
-//! `client_ip` (socket peer, or a trusted proxy's `X-Forwarded-For`) → `ratelimit` (GCRA
-//! per client, before any body byte is read) → source by path → POST only → body under a
-//! size cap → `verify` (the source's signature scheme, constant-time, freshness window) →
-//! `event` (the event type by JSON pointer into the verified bytes) → `route` (first
-//! matching pattern) → `dedupe` claim (two-phase, so a failure never marks a delivery
-//! done) → `forward` (pooled client, raw bytes) → dedupe commit or release → answer.
+//! A connection is admitted by `connections` (in all and per IP, inside the open-files
+//! limit), then `server` bounds its TLS handshake, head and idle time and its HTTP/2
+//! streams. A request travels `server` (TLS, HTTP/1.1 and HTTP/2) → `pipeline`, whose
+//! stages are: `client_ip` (socket peer, or a trusted proxy's `X-Forwarded-For`) → header
+//! limits → `penalty_box` (clients that keep failing verification) → the source's
+//! `allow_ips` → `ratelimit` (GCRA per client, before any body byte is read) → source by path → POST only → body under a
+//! size cap → `verify` (the source's signature scheme from the registry in
+//! `verify::SCHEMES`: constant-time, freshness window, rotating secrets) → `event` (the
+//! dedupe key and the event type, by JSON pointer into the verified bytes or by header)
+//! → `route` (first matching pattern) → `dedupe` claim (two-phase, so a failure never
+//! marks a delivery done) → `forward` (pooled client, raw bytes; re-signed for the
+//! backend if the route says so) → dedupe commit or release → answer.
 //!
 //! `reject` alone maps outcomes to statuses, reasons and metric labels. `store` holds
 //! the state shared by dedupe and rate limiting (in memory by default). `config` turns the
 //! TOML file into validated settings; `metrics` and `admin` expose Prometheus metrics and
-//! health on a separate listener. `sign`, `echo` and `tls` (dev certificates) serve the
-//! command line's helpers. Nothing here logs bodies, secrets or signatures.
+//! health on a separate listener. `sign`, `diagnose` (`hookgate verify`), `provider`
+//! (senders' published event types, for `check`), `echo` and `tls` (dev certificates)
+//! serve the command line's helpers. Nothing here logs bodies, secrets or signatures.
 
 #![forbid(unsafe_code)]
 
@@ -22,12 +28,16 @@ pub mod bench;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod connections;
 pub mod dedupe;
+pub mod diagnose;
 pub mod echo;
 pub mod event;
 pub mod forward;
 pub mod metrics;
+pub mod penalty_box;
 pub mod pipeline;
+pub mod provider;
 pub mod ratelimit;
 pub mod reject;
 pub mod route;
@@ -52,6 +62,9 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
 }
 
 fn warn_about_dev_settings(settings: &Settings) {
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     match &settings.server.tls {
         None => tracing::warn!(
             "no [server.tls]: serving plain HTTP; only do this behind a proxy that terminates TLS"
@@ -61,6 +74,15 @@ fn warn_about_dev_settings(settings: &Settings) {
              FOR DEVELOPMENT ONLY: senders will not trust it; configure cert and key for production"
         ),
         Some(_) => {}
+    }
+    if matches!(
+        settings.upstream_tls,
+        config::UpstreamTrust::InsecureSkipVerify
+    ) {
+        tracing::warn!(
+            "upstream_tls.insecure_skip_verify = true: https upstreams are NOT VERIFIED; anyone \
+             on the path to them can read and change forwarded events. FOR DEVELOPMENT ONLY"
+        );
     }
 }
 

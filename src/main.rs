@@ -1,13 +1,15 @@
 //! The `hookgate` binary: parse the command line, set up logging, hand over to the library.
 
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use hookgate::bench::LoadOptions;
-use hookgate::cli::{BenchCommand, Cli, Command, LogFormat, SignArgs};
+use hookgate::cli::{BenchCommand, Cli, Command, LogFormat, SignArgs, VerifyArgs};
+use hookgate::diagnose;
 use hookgate::sign::{self, SignInput, Trust};
+use hookgate::verify::{self, SchemeOptions};
 use http::StatusCode;
 use tracing_subscriber::EnvFilter;
 
@@ -49,10 +51,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { config } => {
             let settings = hookgate::config::load_or_default(config.as_deref())?;
             print!("{}", settings.summary());
+            for warning in &settings.warnings {
+                eprintln!("warning: {warning}");
+            }
             println!("ok");
             Ok(ExitCode::SUCCESS)
         }
         Command::Sign(args) => sign_command(args).await,
+        Command::Verify(args) => verify_command(args),
         Command::DevCert { out } => {
             let (cert, key) = hookgate::tls::write_dev_cert(&out)
                 .with_context(|| format!("writing the certificate into {}", out.display()))?;
@@ -115,7 +121,36 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn sign_command(args: SignArgs) -> anyhow::Result<ExitCode> {
-    let request = sign::build(
+    let scheme = verify::scheme(&args.scheme).map_err(|e| anyhow!("--scheme: {e}"))?;
+    let header = |flag: &str, name: &Option<String>| {
+        name.as_deref()
+            .map(|n| hookgate::config::parse_header_name(n).map_err(|e| anyhow!("--{flag}: {e}")))
+            .transpose()
+    };
+    let options = SchemeOptions {
+        signature_header: header("signature-header", &args.signature_header)?,
+        encoding: args
+            .encoding
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| anyhow!("--encoding: {e}"))?,
+        prefix: args.prefix.clone(),
+        timestamp_header: header("timestamp-header", &args.timestamp_header)?,
+        id_header: header("id-header", &args.id_header)?,
+        signed_content: args.signed_content.clone(),
+        ..SchemeOptions::default()
+    };
+    if let Some(key) = options.unsupported_key(scheme) {
+        bail!(
+            "--{} does not apply to --scheme {}",
+            key.replace('_', "-"),
+            scheme.name
+        );
+    }
+    let request = sign::build_with(
+        scheme,
+        &options,
         &SignInput {
             secret: &args.secret,
             event_type: &args.event_type,
@@ -126,7 +161,12 @@ async fn sign_command(args: SignArgs) -> anyhow::Result<ExitCode> {
         SystemTime::now(),
     )?;
     let Some(url) = args.send else {
-        println!("{}", sign::curl_command(&request, &args.url, args.insecure));
+        if args.raw {
+            let raw = sign::raw_request(&request, &args.url).map_err(|e| anyhow!("--url: {e}"))?;
+            std::io::Write::write_all(&mut std::io::stdout(), raw.as_bytes())?;
+        } else {
+            println!("{}", sign::curl_command(&request, &args.url, args.insecure));
+        }
         return Ok(ExitCode::SUCCESS);
     };
     let trust = match (&args.cacert, args.insecure) {
@@ -137,17 +177,51 @@ async fn sign_command(args: SignArgs) -> anyhow::Result<ExitCode> {
         (None, false) => Trust::PublicRoots,
     };
     let (status, body) = sign::send(&request, &url, trust).await?;
-    let id = request
-        .headers
-        .iter()
-        .find(|(name, _)| *name == "webhook-id")
-        .map(|(_, value)| value.as_str())
-        .unwrap_or("-");
-    println!("webhook-id: {id}");
+    let label = match scheme.name {
+        "standard-webhooks" => "webhook-id",
+        _ => "delivery id",
+    };
+    println!("{label}: {}", request.id);
     println!("HTTP {status}");
     println!("{}", String::from_utf8_lossy(&body));
     if !status.is_success() {
         bail!("the gateway answered {status}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `hookgate verify`: exit 0 when the capture verifies, 1 when it does not.
+fn verify_command(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let settings = hookgate::config::load_or_default(args.config.as_deref())?;
+    let capture = match (&args.request, &args.headers, &args.body) {
+        (Some(path), _, _) => {
+            let raw =
+                std::fs::read(path).with_context(|| format!("--request {}", path.display()))?;
+            diagnose::parse_request(&raw)
+                .map_err(|e| anyhow!("--request {}: {e}", path.display()))?
+        }
+        (None, Some(headers), Some(body)) => {
+            let text = std::fs::read(headers)
+                .with_context(|| format!("--headers {}", headers.display()))?;
+            let body = std::fs::read(body).with_context(|| format!("--body {}", body.display()))?;
+            diagnose::parse_parts(&text, body)
+                .map_err(|e| anyhow!("--headers {}: {e}", headers.display()))?
+        }
+        _ => bail!("give --request FILE, or --headers FILE and --body FILE"),
+    };
+    let now = match args.at {
+        Some(at) => {
+            SystemTime::UNIX_EPOCH
+                + Duration::from_secs(u64::try_from(at).context("--at must not be negative")?)
+        }
+        None => SystemTime::now(),
+    };
+    let report = diagnose::diagnose(&settings, args.source.as_deref(), &capture, now)
+        .map_err(|e| anyhow!("{e}"))?;
+    print!("{}", report.text);
+    Ok(if report.verified {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The `outcome` label of `hookgate_requests_total`: what happened to a request.
@@ -29,11 +29,14 @@ pub enum Outcome {
     MethodNotAllowed,
     BadRequest,
     StoreError,
+    HeadersTooLarge,
+    IpNotAllowed,
+    PenaltyBox,
 }
 
 impl Outcome {
     /// Every outcome, pre-created at zero so a dashboard's `rate()` works from the first event.
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 18] = [
         Outcome::Forwarded,
         Outcome::Duplicate,
         Outcome::InFlight,
@@ -49,6 +52,9 @@ impl Outcome {
         Outcome::MethodNotAllowed,
         Outcome::BadRequest,
         Outcome::StoreError,
+        Outcome::HeadersTooLarge,
+        Outcome::IpNotAllowed,
+        Outcome::PenaltyBox,
     ];
 
     pub fn label(self) -> &'static str {
@@ -68,6 +74,9 @@ impl Outcome {
             Outcome::MethodNotAllowed => "method_not_allowed",
             Outcome::BadRequest => "bad_request",
             Outcome::StoreError => "store_error",
+            Outcome::HeadersTooLarge => "headers_too_large",
+            Outcome::IpNotAllowed => "ip_not_allowed",
+            Outcome::PenaltyBox => "penalty_box",
         }
     }
 }
@@ -120,6 +129,81 @@ impl UpstreamClass {
     }
 }
 
+/// The `reason` label of `hookgate_connections_refused_total`: why a connection was
+/// closed at accept, before a byte was read (the client sees a reset, no HTTP answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    MaxConnections,
+    PerIpLimit,
+}
+
+impl Refused {
+    const ALL: [Refused; 2] = [Refused::MaxConnections, Refused::PerIpLimit];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::MaxConnections => "max_connections",
+            Refused::PerIpLimit => "per_ip_limit",
+        }
+    }
+}
+
+/// The `reason` label of `hookgate_connections_closed_total`: why hookgate ended a
+/// connection it had accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// No complete request head within `limits.header_read_timeout`.
+    HeaderTimeout,
+    /// No request in progress for `limits.idle_timeout`.
+    IdleTimeout,
+    TlsHandshakeTimeout,
+    TlsHandshakeFailed,
+    /// A request head beyond the parser's hard limit (twice the configured limits).
+    HeadersTooLarge,
+    /// HTTP/2 GOAWAY `ENHANCE_YOUR_CALM`: too many streams reset (rapid reset).
+    Http2ResetFlood,
+}
+
+impl Closed {
+    const ALL: [Closed; 6] = [
+        Closed::HeaderTimeout,
+        Closed::IdleTimeout,
+        Closed::TlsHandshakeTimeout,
+        Closed::TlsHandshakeFailed,
+        Closed::HeadersTooLarge,
+        Closed::Http2ResetFlood,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Closed::HeaderTimeout => "header_timeout",
+            Closed::IdleTimeout => "idle_timeout",
+            Closed::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Closed::TlsHandshakeFailed => "tls_handshake_failed",
+            Closed::HeadersTooLarge => "headers_too_large",
+            Closed::Http2ResetFlood => "http2_reset_flood",
+        }
+    }
+}
+
+/// Pre-resolved connection series of one listener (`server` or `admin`).
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    pub open: IntGauge,
+    refused: [IntCounter; Refused::ALL.len()],
+    closed: [IntCounter; Closed::ALL.len()],
+}
+
+impl ConnectionMetrics {
+    pub fn refused(&self, reason: Refused) {
+        self.refused[reason as usize].inc();
+    }
+
+    pub fn closed(&self, reason: Closed) {
+        self.closed[reason as usize].inc();
+    }
+}
+
 /// The `source` label for requests that match no source.
 pub const NO_SOURCE: &str = "none";
 
@@ -136,7 +220,15 @@ pub struct Metrics {
     store_errors: IntCounterVec,
     store_duration: HistogramVec,
     store_fail_open: IntCounterVec,
+    connections_open: IntGaugeVec,
+    connections_refused: IntCounterVec,
+    connections_closed: IntCounterVec,
+    penalty_box: IntCounter,
+    admin_unauthorized: IntCounter,
 }
+
+/// The `listener` label values.
+pub const LISTENERS: &[&str] = &["server", "admin"];
 
 /// The `op` label values of the store metrics.
 pub const STORE_OPS: &[&str] = &["claim", "commit", "release", "rate_check", "ping"];
@@ -244,6 +336,40 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let connections_open = IntGaugeVec::new(
+            Opts::new(
+                "hookgate_connections_open",
+                "Connections open now, by listener.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "hookgate_connections_refused_total",
+                "Connections closed at accept, before any byte was read, by listener and reason.",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "hookgate_connections_closed_total",
+                "Connections hookgate ended early (timeouts, TLS failures, abuse), by listener and reason.",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
+        let penalty_box = IntCounter::new(
+            "hookgate_penalty_box_total",
+            "Times a client IP was put in the penalty box for failing verification too often.",
+        )
+        .expect("valid metric");
+        let admin_unauthorized = IntCounter::new(
+            "hookgate_admin_unauthorized_total",
+            "Admin requests refused 401 for a missing or wrong bearer token.",
+        )
+        .expect("valid metric");
 
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -254,6 +380,11 @@ impl Metrics {
             Box::new(store_duration.clone()),
             Box::new(store_fail_open.clone()),
             Box::new(build_info),
+            Box::new(connections_open.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(connections_closed.clone()),
+            Box::new(penalty_box.clone()),
+            Box::new(admin_unauthorized.clone()),
         ] {
             registry
                 .register(collector)
@@ -268,6 +399,15 @@ impl Metrics {
             store_errors.with_label_values(&[op]);
             store_fail_open.with_label_values(&[op]);
         }
+        for listener in LISTENERS {
+            connections_open.with_label_values(&[listener]);
+            for reason in Refused::ALL {
+                connections_refused.with_label_values(&[listener, reason.label()]);
+            }
+            for reason in Closed::ALL {
+                connections_closed.with_label_values(&[listener, reason.label()]);
+            }
+        }
         Metrics {
             registry,
             requests,
@@ -277,7 +417,37 @@ impl Metrics {
             store_errors,
             store_duration,
             store_fail_open,
+            connections_open,
+            connections_refused,
+            connections_closed,
+            penalty_box,
+            admin_unauthorized,
         }
+    }
+
+    /// The connection series of one listener (`server` or `admin`), resolved once.
+    pub fn connections(&self, listener: &str) -> ConnectionMetrics {
+        ConnectionMetrics {
+            open: self.connections_open.with_label_values(&[listener]),
+            refused: Refused::ALL.map(|r| {
+                self.connections_refused
+                    .with_label_values(&[listener, r.label()])
+            }),
+            closed: Closed::ALL.map(|c| {
+                self.connections_closed
+                    .with_label_values(&[listener, c.label()])
+            }),
+        }
+    }
+
+    /// A client IP was put in the penalty box.
+    pub fn penalty_boxed(&self) {
+        self.penalty_box.inc();
+    }
+
+    /// An admin request without the right bearer token.
+    pub fn admin_unauthorized(&self) {
+        self.admin_unauthorized.inc();
     }
 
     /// The series of one source, resolved once: the request path then touches no
@@ -330,6 +500,36 @@ impl Metrics {
     }
 }
 
+/// `hookgate_verified_total{source,secret}`: deliveries verified, by the position of the
+/// secret that matched (`0`, `1`, ..., never its value). When a rotated-out secret's
+/// series stops growing, the sender no longer uses it and it can be removed. Registered
+/// by the gateway on the shared registry; every series is pre-created at zero.
+pub struct VerifiedMetrics(IntCounterVec);
+
+impl VerifiedMetrics {
+    pub fn register(registry: &Registry) -> Self {
+        let verified = IntCounterVec::new(
+            Opts::new(
+                "hookgate_verified_total",
+                "Verified deliveries by source and the position of the secret that matched.",
+            ),
+            &["source", "secret"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(verified.clone()))
+            .expect("registered once per registry");
+        VerifiedMetrics(verified)
+    }
+
+    /// One counter per secret of a source, indexed like its `secrets`.
+    pub fn source(&self, source: &str, secrets: usize) -> Vec<IntCounter> {
+        (0..secrets)
+            .map(|i| self.0.with_label_values(&[source, &i.to_string()]))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,6 +560,12 @@ mod tests {
         }
         for (i, class) in UpstreamClass::ALL.iter().enumerate() {
             assert_eq!(*class as usize, i);
+        }
+        for (i, reason) in Refused::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i);
+        }
+        for (i, reason) in Closed::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i);
         }
         assert_eq!(UpstreamClass::of(http::StatusCode::GONE).label(), "4xx");
         assert_eq!(UpstreamClass::of(http::StatusCode::FOUND).label(), "3xx");

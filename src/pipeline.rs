@@ -1,7 +1,11 @@
 //! The request path, as a list of stages in the order the security design needs.
 //!
 //! Each stage is a small function that returns what the next one needs or a `Reject`.
-//! The order is the design: the rate limit runs before any body byte is read; the body
+//! The order is the design: the header limits come first (nothing may look further
+//! into an oversized head); then the in-memory refusals, cheapest first: the penalty box
+//! (clients that keep failing verification) and the source's `allow_ips`, before the
+//! rate limit, whose store may cost a round trip; all of them before any body byte is
+//! read. The body
 //! is read under a size cap before any hashing; the signature is verified before the
 //! body is trusted as JSON; the dedupe key is claimed only after verification (an
 //! unsigned request must never occupy a real delivery id) and settled only once the
@@ -16,13 +20,14 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
+use prometheus::IntCounter;
 
 use crate::client_ip::ClientIpResolver;
 use crate::config::{Limits, Settings, Source};
 use crate::dedupe::{Claimed, Dedupe};
-use crate::event;
 use crate::forward::{self, ForwardContext, Forwarder};
-use crate::metrics::{Metrics, NO_SOURCE, RouteMetrics, SourceMetrics};
+use crate::metrics::{Metrics, NO_SOURCE, RouteMetrics, SourceMetrics, VerifiedMetrics};
+use crate::penalty_box::{PenaltyBox, Recorded};
 use crate::ratelimit::RateLimit;
 use crate::reject::{Accepted, Reject, json_response};
 use crate::store::Store;
@@ -33,6 +38,8 @@ pub struct Gateway {
     /// For requests that match no source.
     unmatched: SourceMetrics,
     client_ip: ClientIpResolver,
+    penalty_box: PenaltyBox,
+    metrics: Arc<Metrics>,
     ratelimit: RateLimit,
     dedupe: Dedupe,
     forward: Forwarder,
@@ -48,6 +55,8 @@ struct Entry {
     metrics: SourceMetrics,
     /// Indexed like `source.routes`.
     routes: Vec<RouteMetrics>,
+    /// `hookgate_verified_total`, indexed like the source's secrets.
+    verified: Vec<IntCounter>,
 }
 
 /// What the one access-log line says about a request; filled in as stages pass.
@@ -62,9 +71,11 @@ struct Trace<'g> {
 
 impl Gateway {
     pub fn new(settings: Settings, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        let verified = VerifiedMetrics::register(metrics.registry());
         let entry = |source: Source| Entry {
             header: HeaderValue::from_str(&source.name).expect("source names are checked ASCII"),
             metrics: metrics.source(&source.name),
+            verified: verified.source(&source.name, source.secrets),
             routes: source
                 .routes
                 .iter()
@@ -75,6 +86,8 @@ impl Gateway {
         Gateway {
             unmatched: metrics.source(NO_SOURCE),
             client_ip: ClientIpResolver::new(settings.trusted_proxies),
+            penalty_box: PenaltyBox::new(settings.penalty_box),
+            metrics: metrics.clone(),
             ratelimit: RateLimit::new(store.clone(), settings.store.on_error, metrics.clone()),
             dedupe: Dedupe::new(
                 store,
@@ -82,7 +95,7 @@ impl Gateway {
                 settings.store.on_error,
                 metrics.clone(),
             ),
-            forward: Forwarder::new(settings.limits.upstream_timeout),
+            forward: Forwarder::new(settings.limits.upstream_timeout, &settings.upstream_tls),
             limits: settings.limits,
             tls: settings.server.tls.is_some(),
             sources: settings
@@ -168,7 +181,14 @@ impl Gateway {
         trace.client = Some(ip);
         let entry = self.sources.get(req.uri().path());
         trace.source = entry;
-        self.ratelimit.check(ip).await?; // cheapest first: before any body byte is read
+        check_header_limits(req.headers(), &self.limits)?;
+        if let Some(wait) = self.penalty_box.remaining(ip, tokio::time::Instant::now()) {
+            return Err(Reject::PenaltyBox { retry_after: wait });
+        }
+        if let Some(entry) = entry {
+            check_allowed(ip, &entry.source)?;
+        }
+        self.ratelimit.check(ip).await?; // a store round trip: after the free refusals
         let entry = entry.ok_or(Reject::NotFound)?;
         let source = &entry.source;
         require_post(req.method())?;
@@ -176,20 +196,41 @@ impl Gateway {
         let body = read_body(body, &self.limits).await?;
         let delivery = source
             .verifier
-            .verify(&parts.headers, &body, SystemTime::now())?;
-        trace.webhook_id = Some(delivery.id.clone());
-        let event_type = event::type_at(&body, &source.event_type)?;
-        trace.event_type = Some(event_type.clone().into_owned());
+            .verify(&parts.headers, &body, SystemTime::now())
+            .inspect_err(|_| self.verification_failed(ip))?;
+        if let Some(verified) = entry.verified.get(delivery.secret_index) {
+            verified.inc();
+        }
+        let dedupe_key = source
+            .dedupe_key
+            .dedupe_key(&parts.headers, &body)?
+            .into_owned();
+        trace.webhook_id = Some(dedupe_key.clone());
+        let event_type = source
+            .event_type
+            .event_type(&parts.headers, &body)?
+            .into_owned();
+        trace.event_type = Some(event_type.clone());
         let Some((route_index, route)) = source.routes.first_match(&event_type) else {
             return Ok(Accepted::Unrouted);
         };
         trace.route = Some(route.name());
         // Claim only after verification: an unsigned request must never occupy a real id.
-        let claim = match self.dedupe.claim(&source.name, &delivery.id).await? {
+        let claim = match self.dedupe.claim(&source.name, &dedupe_key).await? {
             Claimed::Won(claim) => claim,
             Claimed::AlreadyDone => return Ok(Accepted::Duplicate),
         };
-        let headers = self.upstream_headers(parts.headers, peer, &entry.header, &event_type);
+        let mut headers = self.upstream_headers(parts.headers, peer, &entry.header, &event_type);
+        if let Some(signer) = route.resign() {
+            // One scheme for every backend: hookgate's own signature, fresh timestamp.
+            signer.apply(
+                &mut headers,
+                &dedupe_key,
+                source.scheme,
+                &body,
+                SystemTime::now(),
+            );
+        }
         let outcome = self
             .forward
             .send(route, &entry.routes[route_index], headers, body)
@@ -218,6 +259,40 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Counts a failed verification toward the client's penalty box.
+    fn verification_failed(&self, ip: IpAddr) {
+        if self.penalty_box.failed(ip, tokio::time::Instant::now()) == Recorded::Boxed {
+            self.metrics.penalty_boxed();
+            tracing::warn!(client_ip = %ip, "client put in the penalty box: too many failed verifications");
+        }
+    }
+}
+
+/// `limits.max_headers` and `limits.max_header_bytes` (names plus values).
+fn check_header_limits(headers: &HeaderMap, limits: &Limits) -> Result<(), Reject> {
+    if headers.len() > limits.max_headers {
+        return Err(Reject::HeadersTooLarge);
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if bytes > limits.max_header_bytes {
+        return Err(Reject::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// The source's `allow_ips`, when it has any.
+fn check_allowed(ip: IpAddr, source: &Source) -> Result<(), Reject> {
+    if source.allow_ips.is_empty() || source.allow_ips.iter().any(|net| net.contains(&ip)) {
+        Ok(())
+    } else {
+        Err(Reject::IpNotAllowed)
+    }
+}
+
 fn require_post(method: &Method) -> Result<(), Reject> {
     if method == Method::POST {
         Ok(())
@@ -242,5 +317,74 @@ where
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Reject::TooLarge),
         Ok(Err(_)) => Err(Reject::BadBody),
         Err(_) => Err(Reject::BodyTimeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderName;
+
+    fn limits(max_headers: usize, max_header_bytes: usize) -> Limits {
+        let mut limits = crate::config::parse(
+            "[[sources]]\nname = \"s\"\npath = \"/s\"\nscheme = \"standard-webhooks\"\n\
+             secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n\
+             [[sources.routes]]\nevents = [\"*\"]\nupstream = \"http://127.0.0.1:9/\"\n",
+            "test.toml",
+        )
+        .unwrap()
+        .limits;
+        limits.max_headers = max_headers;
+        limits.max_header_bytes = max_header_bytes;
+        limits
+    }
+
+    fn headers(count: usize, value_len: usize) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for i in 0..count {
+            let name = HeaderName::try_from(format!("x-{i}")).unwrap();
+            h.insert(name, HeaderValue::from_str(&"v".repeat(value_len)).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn header_limits_count_fields_and_the_bytes_of_names_and_values() {
+        let limits = limits(3, 30);
+        // Three fields of "x-N" (3 bytes) and 7 bytes of value: exactly 30 bytes.
+        assert!(check_header_limits(&headers(3, 7), &limits).is_ok());
+        assert!(matches!(
+            check_header_limits(&headers(4, 1), &limits),
+            Err(Reject::HeadersTooLarge)
+        ));
+        assert!(matches!(
+            check_header_limits(&headers(3, 8), &limits),
+            Err(Reject::HeadersTooLarge)
+        ));
+    }
+
+    #[test]
+    fn allow_ips_admits_only_listed_clients_and_empty_admits_all() {
+        let settings = crate::config::parse(
+            "[[sources]]\nname = \"s\"\npath = \"/s\"\nscheme = \"standard-webhooks\"\n\
+             secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n\
+             allow_ips = [\"192.0.2.0/24\", \"2001:db8::/32\"]\n\
+             [[sources.routes]]\nevents = [\"*\"]\nupstream = \"http://127.0.0.1:9/\"\n",
+            "test.toml",
+        )
+        .unwrap();
+        let source = &settings.sources[0];
+        for ok in ["192.0.2.7", "2001:db8:5::1"] {
+            assert!(check_allowed(ok.parse().unwrap(), source).is_ok(), "{ok}");
+        }
+        for refused in ["192.0.3.1", "2001:db9::1", "127.0.0.1"] {
+            assert!(
+                matches!(
+                    check_allowed(refused.parse().unwrap(), source),
+                    Err(Reject::IpNotAllowed)
+                ),
+                "{refused}"
+            );
+        }
     }
 }

@@ -34,6 +34,12 @@ pub enum Accepted {
 /// A request that was not (successfully) forwarded.
 #[derive(Debug, thiserror::Error)]
 pub enum Reject {
+    #[error("the request's header fields exceed limits.max_headers or limits.max_header_bytes")]
+    HeadersTooLarge,
+    #[error("this client IP is not in the source's allow_ips")]
+    IpNotAllowed,
+    #[error("this client failed verification too often and is in the penalty box")]
+    PenaltyBox { retry_after: Duration },
     #[error("no source is configured for this path")]
     NotFound,
     #[error("only POST is accepted")]
@@ -64,6 +70,9 @@ pub enum Reject {
 impl Reject {
     pub fn status(&self) -> StatusCode {
         match self {
+            Reject::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reject::IpNotAllowed => StatusCode::FORBIDDEN,
+            Reject::PenaltyBox { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reject::NotFound => StatusCode::NOT_FOUND,
             Reject::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reject::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -85,6 +94,9 @@ impl Reject {
     /// The machine-readable `error` in the body.
     pub fn reason(&self) -> &'static str {
         match self {
+            Reject::HeadersTooLarge => "headers_too_large",
+            Reject::IpNotAllowed => "ip_not_allowed",
+            Reject::PenaltyBox { .. } => "penalty_box",
             Reject::NotFound => "not_found",
             Reject::MethodNotAllowed => "method_not_allowed",
             Reject::TooLarge => "body_too_large",
@@ -99,7 +111,13 @@ impl Reject {
                 VerifyError::TimestampTooOld { .. } => "timestamp_too_old",
                 VerifyError::TimestampTooNew { .. } => "timestamp_too_new",
             },
-            Reject::InvalidPayload(_) => "invalid_payload",
+            Reject::InvalidPayload(e) => match e {
+                PayloadError::MissingHeader(_) => "missing_header",
+                PayloadError::MalformedDedupeKey => "malformed_id",
+                PayloadError::NotJson | PayloadError::NoEventType | PayloadError::NoDedupeKey => {
+                    "invalid_payload"
+                }
+            },
             Reject::InFlight { .. } => "in_flight",
             Reject::RateLimited { .. } => "rate_limited",
             Reject::Store(_) => "store_unavailable",
@@ -111,6 +129,9 @@ impl Reject {
     /// The `outcome` label of `hookgate_requests_total`.
     pub fn outcome(&self) -> Outcome {
         match self {
+            Reject::HeadersTooLarge => Outcome::HeadersTooLarge,
+            Reject::IpNotAllowed => Outcome::IpNotAllowed,
+            Reject::PenaltyBox { .. } => Outcome::PenaltyBox,
             Reject::NotFound => Outcome::NotFound,
             Reject::MethodNotAllowed => Outcome::MethodNotAllowed,
             Reject::TooLarge => Outcome::TooLarge,
@@ -128,9 +149,9 @@ impl Reject {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Reject::InFlight { retry_after } | Reject::RateLimited { retry_after } => {
-                Some(*retry_after)
-            }
+            Reject::InFlight { retry_after }
+            | Reject::RateLimited { retry_after }
+            | Reject::PenaltyBox { retry_after } => Some(*retry_after),
             Reject::Store(_) => Some(STORE_RETRY_AFTER),
             _ => None,
         }
@@ -142,7 +163,8 @@ impl Reject {
             return reply.into_response();
         }
         let body = match &self {
-            Reject::Verify(VerifyError::MissingHeader(name)) => {
+            Reject::Verify(VerifyError::MissingHeader(name))
+            | Reject::InvalidPayload(PayloadError::MissingHeader(name)) => {
                 format!(r#"{{"error":"missing_header","header":"{name}"}}"#)
             }
             _ => format!(r#"{{"error":"{}"}}"#, self.reason()),
@@ -219,6 +241,26 @@ mod tests {
     #[test]
     fn every_reject_has_its_documented_status_reason_and_outcome() {
         let cases: Vec<(Reject, u16, &str, &str)> = vec![
+            (
+                Reject::HeadersTooLarge,
+                431,
+                "headers_too_large",
+                "headers_too_large",
+            ),
+            (
+                Reject::IpNotAllowed,
+                403,
+                "ip_not_allowed",
+                "ip_not_allowed",
+            ),
+            (
+                Reject::PenaltyBox {
+                    retry_after: Duration::from_secs(30),
+                },
+                429,
+                "penalty_box",
+                "penalty_box",
+            ),
             (Reject::NotFound, 404, "not_found", "not_found"),
             (
                 Reject::MethodNotAllowed,
@@ -287,6 +329,24 @@ mod tests {
                 PayloadError::NoEventType.into(),
                 400,
                 "invalid_payload",
+                "invalid_payload",
+            ),
+            (
+                PayloadError::NoDedupeKey.into(),
+                400,
+                "invalid_payload",
+                "invalid_payload",
+            ),
+            (
+                PayloadError::MalformedDedupeKey.into(),
+                400,
+                "malformed_id",
+                "invalid_payload",
+            ),
+            (
+                PayloadError::MissingHeader(HeaderName::from_static("x-github-event")).into(),
+                400,
+                "missing_header",
                 "invalid_payload",
             ),
             (
@@ -388,6 +448,11 @@ mod tests {
         assert_eq!(response.headers()[RETRY_AFTER], "3");
         let response = Reject::Store(StoreError::Timeout).into_response();
         assert_eq!(response.headers()[RETRY_AFTER], "5");
+        let response = Reject::PenaltyBox {
+            retry_after: Duration::from_millis(599_500),
+        }
+        .into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "600");
     }
 
     #[test]

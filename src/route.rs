@@ -8,6 +8,8 @@ use std::fmt;
 
 use http::Uri;
 
+use crate::verify::standard_webhooks::Resigner;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventPattern {
     Exact(String),
@@ -64,6 +66,8 @@ pub struct Route {
     label: String,
     patterns: Vec<EventPattern>,
     upstream: Uri,
+    /// hookgate's own Standard Webhooks signature for this upstream, if configured.
+    resign: Option<Resigner>,
 }
 
 impl Route {
@@ -88,7 +92,18 @@ impl Route {
             patterns,
             upstream: parse_upstream(upstream)
                 .map_err(|msg| format!("upstream {upstream:?} {msg}"))?,
+            resign: None,
         })
+    }
+
+    /// Forwards with hookgate's own signature (`resign = { secret = ... }`).
+    pub fn with_resign(mut self, signer: Resigner) -> Self {
+        self.resign = Some(signer);
+        self
+    }
+
+    pub fn resign(&self) -> Option<&Resigner> {
+        self.resign.as_ref()
     }
 
     pub fn name(&self) -> &str {

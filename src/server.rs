@@ -1,37 +1,61 @@
-//! Listeners: accept loops, TLS handshakes, HTTP/1.1 and HTTP/2, graceful shutdown.
+//! Listeners: accept loops, connection limits, TLS handshakes, HTTP/1.1 and HTTP/2,
+//! graceful shutdown.
 //!
 //! One listener serves both protocols: with TLS by ALPN, in plain text by sniffing the
-//! HTTP/2 preface. Shutdown stops accepting first (the listener is dropped, so a load
-//! balancer sees refused connections and moves on), then lets open requests finish up
-//! to `server.shutdown_timeout`.
+//! HTTP/2 preface. Every connection is admitted first (`connections`: in all and per
+//! IP), then must finish its TLS handshake within `handshake_timeout`, deliver its first
+//! request head within `header_read_timeout`, and never sit without a request in
+//! progress for longer than `idle_timeout`. The HTTP parsers get hard limits on header
+//! count and size at twice the configured ones (the pipeline answers the configured
+//! ones with a JSON 431), and HTTP/2 a cap on concurrent streams. Rapid reset: a
+//! connection whose client cancels more than `http2_max_resets` requests within 10 s is
+//! dropped; streams reset before hyper picked them up count inside h2 against the same
+//! number (GOAWAY `ENHANCE_YOUR_CALM`).
+//! Shutdown stops accepting first (the listener is dropped, so a load balancer sees
+//! refused connections and moves on), then lets open requests finish up to
+//! `server.shutdown_timeout`.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Admin;
-use crate::config::Settings;
-use crate::metrics::Metrics;
+use crate::config::{Limits, Settings};
+use crate::connections::{self, Admission};
+use crate::metrics::{Closed, ConnectionMetrics, Metrics};
 use crate::pipeline::Gateway;
 use crate::store;
 
 /// Pause after a failed `accept` (for example out of file descriptors) before retrying.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Connections the admin listener holds at once: scrapers and probes, not traffic.
+const ADMIN_MAX_CONNECTIONS: u32 = 64;
+
+/// Connections of the command line's helper servers (`echo`, `bench sink`).
+const HELPER_MAX_CONNECTIONS: u32 = 65_536;
+
+/// How long a connection told to close (idle, or a head that never came) may take to
+/// finish what it has before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -95,7 +119,30 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         settings.sources.iter().map(|s| s.name.as_str()),
     ));
     let store = store::build(&settings, metrics.clone())?;
-    let builder = http_builder(settings.limits.header_read_timeout);
+    let limits = settings.limits;
+    let builder = gateway_http_builder(&limits);
+    let server_policy = ConnectionPolicy {
+        admission: Admission::new(
+            max_connections(limits.max_connections),
+            limits.max_connections_per_ip,
+            settings.trusted_proxies.clone(),
+            metrics.connections("server"),
+        ),
+        metrics: metrics.connections("server"),
+        first_request_timeout: Some(limits.header_read_timeout),
+        idle_timeout: Some(limits.idle_timeout),
+        max_resets: Some(limits.http2_max_resets),
+    };
+    let admin_policy = ConnectionPolicy {
+        admission: Admission::new(
+            ADMIN_MAX_CONNECTIONS,
+            0,
+            Vec::new(),
+            metrics.connections("admin"),
+        ),
+        metrics: metrics.connections("admin"),
+        ..server_policy.clone()
+    };
     let tls = settings.server.tls.as_ref().map(|tls| Handshake {
         acceptor: TlsAcceptor::from(tls.config.clone()),
         timeout: tls.handshake_timeout,
@@ -104,13 +151,18 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     tracing::info!(store = %store.describe(), "store");
 
     let (stop, stopped) = watch::channel(false);
-    let admin = Arc::new(Admin::new(metrics.clone(), store.clone()));
+    let admin = Arc::new(Admin::new(
+        metrics.clone(),
+        store.clone(),
+        settings.admin_auth.clone(),
+    ));
     let gateway = Arc::new(Gateway::new(settings, store, metrics));
 
-    let serve_gateway = accept_loop(
+    let serve_gateway = serve_listener(
         listener,
         tls,
         builder.clone(),
+        server_policy,
         stopped.clone(),
         grace,
         move |req, peer| {
@@ -118,10 +170,11 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             async move { gateway.serve(req, peer).await }
         },
     );
-    let serve_admin = accept_loop(
+    let serve_admin = serve_listener(
         admin_listener,
         None,
         builder,
+        admin_policy,
         stopped,
         grace,
         move |req, _peer| {
@@ -136,6 +189,24 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         stop,
         tasks: vec![tokio::spawn(serve_gateway), tokio::spawn(serve_admin)],
     })
+}
+
+/// `limits.max_connections`, lowered (with a warning) when the open-files limit, raised
+/// as far as it goes, would not also leave room for upstream connections and the rest.
+fn max_connections(configured: u32) -> u32 {
+    let open_files = connections::raise_open_files_limit();
+    let fitted = connections::fit_to_open_files(configured, open_files);
+    if fitted < configured {
+        tracing::warn!(
+            configured,
+            effective = fitted,
+            open_files_limit = open_files,
+            "limits.max_connections lowered to fit the open-files limit \
+             (a quarter is kept for upstream connections, the store and the admin listener); \
+             raise the limit (ulimit -n, LimitNOFILE=) to allow more"
+        );
+    }
+    fitted
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
@@ -157,24 +228,85 @@ pub(crate) fn http_builder(header_read_timeout: Duration) -> auto::Builder<Tokio
     builder
 }
 
+/// The webhook and admin listeners' builder: `http_builder` plus the parsers' hard
+/// limits. They sit at twice the configured header limits so that a request just over
+/// them reaches the pipeline and gets its JSON 431; beyond, the parser answers 431
+/// itself (no body) and, on HTTP/1.1, closes the connection.
+fn gateway_http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = http_builder(limits.header_read_timeout);
+    let hard_headers = limits.max_headers * 2;
+    let hard_bytes = limits.max_header_bytes * 2;
+    builder
+        .http1()
+        .max_headers(hard_headers)
+        // The read buffer bounds the head: request line and separators count too.
+        .max_buf_size((hard_bytes + 8 * 1024).max(8 * 1024));
+    builder
+        .http2()
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.http2_max_resets)
+        // HTTP/2 counts 32 bytes of overhead per field (RFC 9113 §6.5.2).
+        .max_header_list_size(u32::try_from(hard_bytes + 32 * hard_headers).unwrap_or(u32::MAX));
+    builder
+}
+
 pub(crate) struct Handshake {
     acceptor: TlsAcceptor,
     timeout: Duration,
 }
 
+/// What a listener enforces on its connections.
+#[derive(Clone)]
+pub(crate) struct ConnectionPolicy {
+    admission: Arc<Admission>,
+    metrics: ConnectionMetrics,
+    /// From accept (or the end of the TLS handshake) to the first complete request head.
+    first_request_timeout: Option<Duration>,
+    /// With no request in progress, after the first.
+    idle_timeout: Option<Duration>,
+    /// Requests a client may cancel within `RESET_WINDOW` (HTTP/2 rapid reset).
+    max_resets: Option<usize>,
+}
+
+/// A listener without limits beyond hyper's header timeout, for the command line's
+/// helper servers (`echo`, `bench sink`).
 pub(crate) async fn accept_loop<H, F>(
     listener: TcpListener,
     tls: Option<Handshake>,
     builder: auto::Builder<TokioExecutor>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
     grace: Duration,
     handler: H,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    let metrics = Metrics::new([]).connections("server");
+    let policy = ConnectionPolicy {
+        admission: Admission::new(HELPER_MAX_CONNECTIONS, 0, Vec::new(), metrics.clone()),
+        metrics,
+        first_request_timeout: None,
+        idle_timeout: None,
+        max_resets: None,
+    };
+    let handler = move |req: Request<RequestBody>, peer| handler(req.map(|body| body.inner), peer);
+    serve_listener(listener, tls, builder, policy, stopped, grace, handler).await;
+}
+
+async fn serve_listener<H, F>(
+    listener: TcpListener,
+    tls: Option<Handshake>,
+    builder: auto::Builder<TokioExecutor>,
+    policy: ConnectionPolicy,
+    mut stopped: watch::Receiver<bool>,
+    grace: Duration,
+    handler: H,
+) where
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let tls = tls.map(Arc::new);
+    let policy = Arc::new(policy);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -187,40 +319,44 @@ pub(crate) async fn accept_loop<H, F>(
             },
             _ = async { let _ = stopped.wait_for(|stop| *stop).await; } => break,
         };
+        let admitted = match policy.admission.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(reason) => {
+                // A reset rather than a FIN: nothing lingers in TIME_WAIT on our side.
+                let _ = stream.set_zero_linger();
+                tracing::debug!(%peer, reason = reason.label(), "connection refused");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
         let builder = builder.clone();
         let handler = handler.clone();
         let tls = tls.clone();
+        let policy = policy.clone();
+        let stopped = stopped.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let response = handler(req, peer);
-                async move { Ok::<_, Infallible>(response.await) }
-            });
-            let result = match tls {
+            let _admitted = admitted; // the slot is held until the connection ends
+            let closed = match tls {
                 Some(tls) => match handshake(&tls, stream).await {
-                    Some(stream) => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
+                    Ok(stream) => {
+                        serve_connection(stream, peer, &builder, &policy, stopped, handler).await
                     }
-                    None => return,
+                    Err(reason) => Some(reason),
                 },
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
+                None => serve_connection(stream, peer, &builder, &policy, stopped, handler).await,
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            if let Some(reason) = closed {
+                policy.metrics.closed(reason);
+                tracing::debug!(%peer, reason = reason.label(), "connection closed");
             }
         });
     }
     drop(listener);
-    let open = graceful.count();
+    let open = policy.metrics.open.get();
     if open > 0 {
         tracing::info!(open, "draining open connections");
     }
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(grace, policy.admission.drained())
         .await
         .is_err()
     {
@@ -231,19 +367,261 @@ pub(crate) async fn accept_loop<H, F>(
     }
 }
 
+/// Serves one connection to its end; returns why hookgate cut it short, if it did.
+async fn serve_connection<I, H, F>(
+    io: I,
+    peer: SocketAddr,
+    builder: &auto::Builder<TokioExecutor>,
+    policy: &ConnectionPolicy,
+    mut stopped: watch::Receiver<bool>,
+    handler: H,
+) -> Option<Closed>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let (activity, watched) = watch::channel(Activity {
+        in_progress: 0,
+        since: Instant::now(),
+        served: false,
+        resets: 0,
+        resets_since: Instant::now(),
+    });
+    let activity = Arc::new(activity);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let mut busy = Busy::start(activity.clone());
+        let req = req.map(|inner| RequestBody {
+            inner,
+            activity: activity.clone(),
+        });
+        let response = handler(req, peer);
+        async move {
+            let response = response.await;
+            busy.answered();
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let state = watched.clone();
+    let expiry = expiry(
+        watched,
+        policy.first_request_timeout,
+        policy.idle_timeout,
+        policy.max_resets,
+    );
+    let cut = tokio::select! {
+        result = conn.as_mut() => {
+            let served = state.borrow().served;
+            return result.err().and_then(|e| closed_by_parser(&*e, served));
+        }
+        _ = stopped.wait_for(|stop| *stop) => None,
+        reason = expiry => Some(reason),
+    };
+    if cut == Some(Closed::Http2ResetFlood) {
+        return cut; // no grace for a flood: dropping the connection closes the socket
+    }
+    conn.as_mut().graceful_shutdown();
+    match cut {
+        // Shutdown: open requests may finish; the listener bounds the wait.
+        None => {
+            let _ = conn.await;
+            None
+        }
+        // Nothing is in progress: whatever is left gets a short grace, then the drop.
+        Some(reason) => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+            Some(reason)
+        }
+    }
+}
+
+/// Window over which HTTP/2 stream resets are counted against `max_resets`.
+const RESET_WINDOW: Duration = Duration::from_secs(10);
+
+/// What a connection is doing, as its requests start and end.
+#[derive(Debug, Clone, Copy)]
+struct Activity {
+    in_progress: usize,
+    /// When the last request ended (or the connection started).
+    since: Instant,
+    served: bool,
+    /// Requests the client cancelled (HTTP/2 RST_STREAM) since `resets_since`.
+    resets: usize,
+    resets_since: Instant,
+}
+
+/// One request in progress on a connection; dropping it ends it, and dropping it before
+/// it was answered means hyper cancelled it because the client reset the stream.
+struct Busy {
+    activity: Arc<watch::Sender<Activity>>,
+    answered: bool,
+}
+
+impl Busy {
+    fn start(activity: Arc<watch::Sender<Activity>>) -> Busy {
+        activity.send_modify(|a| a.in_progress += 1);
+        Busy {
+            activity,
+            answered: false,
+        }
+    }
+
+    fn answered(&mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let answered = self.answered;
+        self.activity.send_modify(|a| {
+            let now = Instant::now();
+            a.in_progress -= 1;
+            a.since = now;
+            a.served = true;
+            if !answered {
+                a.count_reset(now);
+            }
+        });
+    }
+}
+
+impl Activity {
+    fn count_reset(&mut self, now: Instant) {
+        if now.duration_since(self.resets_since) > RESET_WINDOW {
+            self.resets = 0;
+            self.resets_since = now;
+        }
+        self.resets += 1;
+    }
+}
+
+/// A request body that tells its connection when the client reset the stream under it:
+/// a request answered after its body failed that way counts toward the rapid-reset
+/// guard like one hyper cancelled.
+pub struct RequestBody {
+    inner: Incoming,
+    activity: Arc<watch::Sender<Activity>>,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(e))) = &frame
+            && is_stream_reset(e)
+        {
+            this.activity.send_modify(|a| a.count_reset(Instant::now()));
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn is_stream_reset(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<h2::Error>() {
+            return e.is_reset() && e.is_remote();
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Resolves when the connection has had no request in progress for too long (no first
+/// request head within `first`, or nothing after the last one for `idle`), or when its
+/// client has cancelled more than `max_resets` requests within `RESET_WINDOW`.
+async fn expiry(
+    mut activity: watch::Receiver<Activity>,
+    first: Option<Duration>,
+    idle: Option<Duration>,
+    max_resets: Option<usize>,
+) -> Closed {
+    loop {
+        let now = *activity.borrow_and_update();
+        if max_resets.is_some_and(|max| now.resets > max) {
+            return Closed::Http2ResetFlood;
+        }
+        let limit = match (now.in_progress, now.served) {
+            (0, false) => first.map(|t| (t, Closed::HeaderTimeout)),
+            (0, true) => idle.map(|t| (t, Closed::IdleTimeout)),
+            _ => None,
+        };
+        let changed = async {
+            if activity.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        match limit {
+            Some((limit, reason)) => tokio::select! {
+                _ = tokio::time::sleep_until(now.since + limit) => return reason,
+                _ = changed => {}
+            },
+            None => changed.await,
+        }
+    }
+}
+
+/// Why the HTTP layer ended a connection, when it was one of the limits. On HTTP/1.1,
+/// hyper's head timer also runs while a kept-alive connection waits for its next
+/// request: after the first request, that timeout is the connection being idle.
+fn closed_by_parser(
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+    served: bool,
+) -> Option<Closed> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<hyper::Error>() {
+            if e.is_timeout() {
+                return Some(if served {
+                    Closed::IdleTimeout
+                } else {
+                    Closed::HeaderTimeout
+                });
+            }
+            if e.is_parse_too_large() {
+                return Some(Closed::HeadersTooLarge);
+            }
+        }
+        if let Some(e) = e.downcast_ref::<h2::Error>()
+            && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+        {
+            return Some(Closed::Http2ResetFlood);
+        }
+        source = e.source();
+    }
+    None
+}
+
 async fn handshake(
     tls: &Handshake,
     stream: TcpStream,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, Closed> {
     match tokio::time::timeout(tls.timeout, tls.acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => Some(stream),
+        Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
-            None
+            Err(Closed::TlsHandshakeFailed)
         }
         Err(_) => {
             tracing::debug!("TLS handshake timed out");
-            None
+            Err(Closed::TlsHandshakeTimeout)
         }
     }
 }

@@ -1,25 +1,29 @@
-//! `hookgate sign`: a correctly signed Standard Webhooks request, as a curl command or sent.
+//! `hookgate sign`: a correctly signed request in any scheme's format, as a curl command
+//! or sent.
 //!
 //! This is how a user tests a deployment end to end without the real sender, and how
-//! the README's walkthrough works. The body has the shape OpenAI sends:
-//! `{"id","object":"event","created_at","type","data"}`.
+//! the README's walkthrough works. Each scheme signs in its own file (`verify::Scheme::
+//! sign`) with the body shape its senders use; this module resolves the common inputs
+//! (id, timestamp, `--data`) and does the sending.
 
 use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
+use http::{HeaderName, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use crate::forward::http_client;
 use crate::tls;
-use crate::verify::standard_webhooks::{self, key_from_secret};
-use crate::verify::unix_seconds;
+use crate::verify::{self, SchemeOptions, unix_seconds};
 
 #[derive(Debug, Clone)]
 pub struct SignedRequest {
+    /// The delivery id the gateway will deduplicate on (`webhook-id`, Stripe's event id,
+    /// `X-GitHub-Delivery`, the hmac id).
+    pub id: String,
     /// Header names and values, in the order they are sent.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(HeaderName, String)>,
     pub body: String,
 }
 
@@ -31,6 +35,9 @@ pub enum SignError {
     Data(serde_json::Error),
     #[error("--id must be printable ASCII without spaces")]
     Id,
+    /// The scheme cannot sign this message (a timestamp it has no header for, ...).
+    #[error("{0}")]
+    Scheme(String),
 }
 
 pub struct SignInput<'a> {
@@ -41,9 +48,38 @@ pub struct SignInput<'a> {
     pub timestamp: Option<i64>,
 }
 
-/// Builds the body and the three `webhook-*` headers.
+/// What a scheme's signer gets: the inputs, checked and resolved.
+pub struct SignMessage<'a> {
+    pub secret: &'a str,
+    pub event_type: &'a str,
+    /// The payload's data as compact JSON (`{}` when none was given).
+    pub data: &'a str,
+    /// The delivery (or event) id; the scheme makes one up when `None`.
+    pub id: Option<&'a str>,
+    /// As given; the scheme uses `now` when `None` (and refuses one if it signs none).
+    pub timestamp: Option<i64>,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// A Standard Webhooks request with OpenAI's body shape: `{"id","object":"event",
+/// "created_at","type","data"}` and the three `webhook-*` headers.
 pub fn build(input: &SignInput<'_>, now: SystemTime) -> Result<SignedRequest, SignError> {
-    let key = key_from_secret(input.secret).map_err(SignError::Secret)?;
+    build_with(
+        &verify::standard_webhooks::SCHEME,
+        &SchemeOptions::default(),
+        input,
+        now,
+    )
+}
+
+/// A request signed the way `scheme`'s senders sign, with the source options `options`.
+pub fn build_with(
+    scheme: &verify::Scheme,
+    options: &SchemeOptions<'_>,
+    input: &SignInput<'_>,
+    now: SystemTime,
+) -> Result<SignedRequest, SignError> {
     let data = match input.data {
         Some(text) => {
             let value: serde_json::Value = serde_json::from_str(text).map_err(SignError::Data)?;
@@ -51,31 +87,24 @@ pub fn build(input: &SignInput<'_>, now: SystemTime) -> Result<SignedRequest, Si
         }
         None => "{}".to_owned(),
     };
-    let id = match input.id {
-        Some(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_graphic()) => id.to_owned(),
-        Some(_) => return Err(SignError::Id),
-        None => format!("msg_{}", random_hex()),
+    if let Some(id) = input.id
+        && (id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(SignError::Id);
+    }
+    let message = SignMessage {
+        secret: input.secret,
+        event_type: input.event_type,
+        data: &data,
+        id: input.id,
+        timestamp: input.timestamp,
+        now: unix_seconds(now),
     };
-    let timestamp = input.timestamp.unwrap_or_else(|| unix_seconds(now));
-    let body = format!(
-        r#"{{"id":"evt_{}","object":"event","created_at":{timestamp},"type":{},"data":{data}}}"#,
-        random_hex(),
-        serde_json::Value::from(input.event_type),
-    );
-    let signature = standard_webhooks::sign(&key, &id, timestamp, body.as_bytes());
-    Ok(SignedRequest {
-        headers: vec![
-            ("content-type", "application/json".to_owned()),
-            ("webhook-id", id),
-            ("webhook-timestamp", timestamp.to_string()),
-            ("webhook-signature", signature),
-        ],
-        body,
-    })
+    (scheme.sign)(options, &message)
 }
 
 /// 24 hex digits; unique enough for ids in tests and demos, not a secret.
-fn random_hex() -> String {
+pub fn random_hex() -> String {
     let state = RandomState::new();
     let a = state.hash_one(SystemTime::now());
     format!("{:016x}{:08x}", a, state.hash_one(a) as u32)
@@ -96,6 +125,27 @@ pub fn curl_command(request: &SignedRequest, url: &str, insecure: bool) -> Strin
     }
     out.push_str(&format!(" \\\n  --data-raw {}", shell_quote(&request.body)));
     out
+}
+
+/// The request as raw HTTP/1.1, as a capture would hold it (`hookgate verify --request`).
+pub fn raw_request(request: &SignedRequest, url: &str) -> Result<String, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url} is not a valid URL: {e}"))?;
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = format!("POST {target} HTTP/1.1\r\n");
+    if let Some(host) = uri.authority() {
+        out.push_str(&format!("host: {host}\r\n"));
+    }
+    for (name, value) in &request.headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(&format!(
+        "content-length: {}\r\n\r\n{}",
+        request.body.len(),
+        request.body
+    ));
+    Ok(out)
 }
 
 fn shell_quote(text: &str) -> String {
@@ -137,7 +187,7 @@ pub async fn send(
     let client = http_client(config, Duration::from_secs(10));
     let mut builder = Request::builder().method(Method::POST).uri(uri);
     for (name, value) in &request.headers {
-        builder = builder.header(*name, value);
+        builder = builder.header(name, value);
     }
     let req = builder
         .body(Full::new(Bytes::from(request.body.clone())))
@@ -170,7 +220,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::standard_webhooks::{ID, SIGNATURE, TIMESTAMP};
+    use crate::verify::standard_webhooks::{self, ID, SIGNATURE, TIMESTAMP, key_from_secret};
     use http::{HeaderMap, HeaderValue};
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -190,7 +240,7 @@ mod tests {
         let req = build(&input(Some(r#"{"id":"resp_1"}"#)), SystemTime::now()).unwrap();
         let mut headers = HeaderMap::new();
         for (name, value) in &req.headers {
-            headers.insert(*name, HeaderValue::from_str(value).unwrap());
+            headers.insert(name.clone(), HeaderValue::from_str(value).unwrap());
         }
         assert_eq!(headers[&ID], "msg_1");
         assert_eq!(headers[&TIMESTAMP], "1700000000");
@@ -215,6 +265,68 @@ mod tests {
             build(&bad, SystemTime::now()),
             Err(SignError::Secret(_))
         ));
+        let mut spaced = input(None);
+        spaced.id = Some("has space");
+        assert!(matches!(
+            build(&spaced, SystemTime::now()),
+            Err(SignError::Id)
+        ));
+    }
+
+    #[test]
+    fn every_scheme_signs_what_its_verifier_accepts() {
+        use crate::config::SecretEntry;
+        use crate::config::secret::Secret;
+        let secrets = [SecretEntry::from(Secret::from(SECRET.to_owned()))];
+        let options = SchemeOptions {
+            secrets: &secrets,
+            signature_header: Some(HeaderName::from_static("x-signature")),
+            ..SchemeOptions::default()
+        };
+        for scheme in verify::SCHEMES {
+            let options = match scheme.name {
+                "hmac" => &options,
+                _ => &SchemeOptions {
+                    secrets: &secrets,
+                    ..SchemeOptions::default()
+                },
+            };
+            let now = SystemTime::now();
+            let mut unstamped = input(Some(r#"{"id":"x"}"#));
+            unstamped.timestamp = None;
+            let req = build_with(scheme, options, &unstamped, now).unwrap();
+            let mut headers = HeaderMap::new();
+            for (name, value) in &req.headers {
+                headers.insert(name.clone(), HeaderValue::from_str(value).unwrap());
+            }
+            let built = (scheme.build)(options).unwrap();
+            assert!(
+                built
+                    .verifier
+                    .verify(&headers, req.body.as_bytes(), now)
+                    .is_ok(),
+                "{}",
+                scheme.name
+            );
+            if let Some(key) = built.dedupe_key {
+                assert!(
+                    key.dedupe_key(&headers, req.body.as_bytes()).is_ok(),
+                    "{}",
+                    scheme.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_raw_request_is_what_hookgate_verify_reads() {
+        let req = build(&input(Some(r#"{"id":"resp_1"}"#)), SystemTime::now()).unwrap();
+        let raw = raw_request(&req, "http://127.0.0.1:8444/webhooks/openai?x=1").unwrap();
+        assert!(raw.starts_with("POST /webhooks/openai?x=1 HTTP/1.1\r\nhost: 127.0.0.1:8444\r\n"));
+        let capture = crate::diagnose::parse_request(raw.as_bytes()).unwrap();
+        assert_eq!(capture.path.as_deref(), Some("/webhooks/openai"));
+        assert_eq!(capture.headers["webhook-id"], "msg_1");
+        assert_eq!(capture.body, req.body.as_bytes());
     }
 
     #[test]

@@ -1,16 +1,21 @@
-//! TLS configuration: the listener's certificate, upstream trust, and dev certificates.
+//! TLS configuration: the listener's certificate, client certificates (mTLS), upstream
+//! trust, and dev certificates.
 //!
 //! Every config is built with the ring provider explicitly: if two providers were ever
 //! compiled in, rustls could not pick a process default and would panic at run time.
-//! Private keys are only ever read from files or generated in memory, never logged.
+//! Protocol versions are rustls' safe defaults, TLS 1.3 and 1.2: nothing older exists in
+//! rustls. Private keys are only ever read from files or generated in memory, never logged.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+use crate::config::UpstreamTrust;
 
 /// The names a development certificate is valid for.
 pub const DEV_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
@@ -20,20 +25,57 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// A server config for a certificate chain and key, offering h2 and http/1.1 by ALPN.
+/// With `client_ca`, a client must present a certificate issued by one of those CAs or
+/// the handshake fails.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    client_ca: Option<Vec<CertificateDer<'static>>>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        Some(cas) => {
+            let mut roots = RootCertStore::empty();
+            for ca in cas {
+                roots.add(ca)?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
+/// Reads PEM CA certificates (one or more); errors start with the quoted path.
+pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display().to_string();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{shown:?}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{shown:?}: no PEM certificate in the file"));
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in &certs {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("{shown:?}: not a usable CA certificate: {e}"))?;
+    }
+    Ok(certs)
+}
+
 /// Loads PEM files; errors name the config key and the path.
-pub fn config_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+pub fn config_from_files(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<Vec<CertificateDer<'static>>>,
+) -> Result<Arc<ServerConfig>, String> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("server.tls.cert {:?}: {e}", cert.display().to_string()))?;
@@ -45,7 +87,7 @@ pub fn config_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, S
     }
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("server.tls.key {:?}: {e}", key.display().to_string()))?;
-    server_config(chain, private).map_err(|e| {
+    server_config(chain, private, client_ca).map_err(|e| {
         format!(
             "server.tls: certificate {:?} and key {:?} do not form a usable pair: {e}",
             cert.display().to_string(),
@@ -70,12 +112,14 @@ pub fn generate_dev_cert() -> Result<DevCert, rcgen::Error> {
 }
 
 /// `self_signed = true`: a fresh certificate for localhost, in memory, every start.
-pub fn self_signed_config() -> Result<Arc<ServerConfig>, String> {
+pub fn self_signed_config(
+    client_ca: Option<Vec<CertificateDer<'static>>>,
+) -> Result<Arc<ServerConfig>, String> {
     let dev = generate_dev_cert().map_err(|e| e.to_string())?;
     let chain =
         vec![CertificateDer::from_pem_slice(dev.cert_pem.as_bytes()).map_err(|e| e.to_string())?];
     let key = PrivateKeyDer::from_pem_slice(dev.key_pem.as_bytes()).map_err(|e| e.to_string())?;
-    server_config(chain, key).map_err(|e| e.to_string())
+    server_config(chain, key, client_ca).map_err(|e| e.to_string())
 }
 
 /// Writes `dev-cert.pem` and `dev-key.pem` (mode 0600) into `dir`.
@@ -113,6 +157,40 @@ pub fn upstream_client_config() -> ClientConfig {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     client_config(roots)
+}
+
+/// The upstream client's TLS as `[upstream_tls]` says: the system's roots, a CA file,
+/// or (development only) anything.
+pub fn upstream_client_config_for(trust: &UpstreamTrust) -> ClientConfig {
+    match trust {
+        UpstreamTrust::System => client_config(system_roots().clone()),
+        UpstreamTrust::CaFile { certs, .. } => {
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(certs.iter().cloned());
+            client_config(roots)
+        }
+        UpstreamTrust::InsecureSkipVerify => insecure_client_config(),
+    }
+}
+
+/// The operating system's trusted roots, read once per process. A system without any
+/// (a minimal container image) gets the bundled Mozilla roots, with a warning.
+fn system_roots() -> &'static RootCertStore {
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        let mut roots = RootCertStore::empty();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            tracing::warn!(
+                errors = found.errors.len(),
+                "no system root certificates found; https upstreams are verified against \
+                 the bundled Mozilla roots (install ca-certificates, or set upstream_tls.ca_file)"
+            );
+            roots.roots = webpki_roots::TLS_SERVER_ROOTS.to_vec();
+        }
+        roots
+    })
 }
 
 /// A client that trusts exactly the given PEM certificates (a private CA, a dev cert).
@@ -201,7 +279,7 @@ mod tests {
     fn a_dev_certificate_round_trips_through_files() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = write_dev_cert(dir.path()).unwrap();
-        let config = config_from_files(&cert, &key).unwrap();
+        let config = config_from_files(&cert, &key, None).unwrap();
         assert_eq!(
             config.alpn_protocols,
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
@@ -213,7 +291,7 @@ mod tests {
     fn a_key_that_is_not_a_key_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, _) = write_dev_cert(dir.path()).unwrap();
-        let e = config_from_files(&cert, &cert).unwrap_err();
+        let e = config_from_files(&cert, &cert, None).unwrap_err();
         assert!(e.starts_with("server.tls.key"), "{e}");
     }
 }

@@ -4,14 +4,18 @@
 //! (durations, CIDRs, `${VAR}`) happen here, so toml reports them with line and caret.
 //! Checks that span several values live in `config::build`.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, Error as _, IntoDeserializer, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use super::secret::Secret;
+use crate::event::JsonPointer;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,7 +30,11 @@ pub struct FileConfig {
     pub dedupe: Dedupe,
     #[serde(default)]
     pub rate_limit: RateLimit,
+    #[serde(default)]
+    pub penalty_box: PenaltyBox,
     pub store: Option<Store>,
+    #[serde(default)]
+    pub upstream_tls: UpstreamTls,
     #[serde(default)]
     pub sources: Vec<Source>,
 }
@@ -60,6 +68,8 @@ pub struct Tls {
     pub self_signed: bool,
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// PEM CA certificates; when set, every client must present a certificate they issued.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,12 +77,19 @@ pub struct Tls {
 pub struct Admin {
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// Bearer token for every admin path; required when `listen` is not loopback.
+    pub token: Option<Secret>,
+    /// Admin paths served without the token (for example `["/metrics"]`).
+    #[serde(default)]
+    pub public_paths: Vec<String>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Admin {
             listen: default_admin_listen(),
+            token: None,
+            public_paths: Vec::new(),
         }
     }
 }
@@ -88,6 +105,20 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: u32,
+    #[serde(default = "default_max_headers")]
+    pub max_headers: u32,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: u32,
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
+    #[serde(default = "default_http2_max_resets")]
+    pub http2_max_resets: u32,
 }
 
 impl Default for Limits {
@@ -97,8 +128,49 @@ impl Default for Limits {
             header_read_timeout: default_header_read_timeout(),
             body_read_timeout: default_body_read_timeout(),
             upstream_timeout: default_upstream_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            max_headers: default_max_headers(),
+            max_header_bytes: default_max_header_bytes(),
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
+            http2_max_resets: default_http2_max_resets(),
         }
     }
+}
+
+/// `[penalty_box]`: clients that keep failing verification are refused for a while.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PenaltyBox {
+    /// More failures than this within `window` box the client; 0 turns the box off.
+    #[serde(default = "default_penalty_max_failures")]
+    pub max_failures: u32,
+    #[serde(default = "default_penalty_window", with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(default = "default_penalty_cooldown", with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+impl Default for PenaltyBox {
+    fn default() -> Self {
+        PenaltyBox {
+            max_failures: default_penalty_max_failures(),
+            window: default_penalty_window(),
+            cooldown: default_penalty_cooldown(),
+        }
+    }
+}
+
+/// `[upstream_tls]`: whom https upstreams must prove they are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM CA certificates to trust instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Development only: accept any upstream certificate.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,11 +259,31 @@ pub struct Source {
     pub path: String,
     pub scheme: String,
     #[serde(default)]
-    pub secrets: Vec<Secret>,
-    #[serde(default = "default_tolerance", with = "humantime_serde")]
-    pub tolerance: Duration,
-    #[serde(default = "default_event_type")]
-    pub event_type: String,
+    pub secrets: Vec<SecretEntry>,
+    /// Default per scheme (`verify::DEFAULT_TOLERANCE`); an error for schemes without
+    /// a timestamp, so it stays `None` unless written.
+    #[serde(default, with = "humantime_serde")]
+    pub tolerance: Option<Duration>,
+    /// Default per scheme (`/type`, or `X-GitHub-Event` for github).
+    pub event_type: Option<FieldSpec>,
+    /// Default per scheme (`webhook-id`, `/id`, `X-GitHub-Delivery`, `id_header`).
+    pub dedupe_key: Option<FieldSpec>,
+    /// Scheme-specific keys: `verify::build` rejects the ones the scheme does not read.
+    #[serde(default, deserialize_with = "header_name")]
+    pub signature_header: Option<http::HeaderName>,
+    pub encoding: Option<crate::verify::hmac::Encoding>,
+    pub prefix: Option<String>,
+    #[serde(default, deserialize_with = "header_name")]
+    pub timestamp_header: Option<http::HeaderName>,
+    #[serde(default, deserialize_with = "header_name")]
+    pub id_header: Option<http::HeaderName>,
+    pub signed_content: Option<String>,
+    /// Who sends to this source (`"openai"`): `hookgate check` then knows its event types.
+    pub provider: Option<String>,
+    /// Client IPs allowed to post to this source (the sender's published egress
+    /// ranges); empty allows any.
+    #[serde(default)]
+    pub allow_ips: Vec<IpNet>,
     #[serde(default)]
     pub routes: Vec<Route>,
 }
@@ -203,6 +295,14 @@ pub struct Route {
     #[serde(default)]
     pub events: Vec<String>,
     pub upstream: String,
+    /// Forward with hookgate's own Standard Webhooks signature instead of the sender's.
+    pub resign: Option<Resign>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resign {
+    pub secret: Secret,
 }
 
 fn default_listen() -> SocketAddr {
@@ -229,6 +329,36 @@ fn default_body_read_timeout() -> Duration {
 fn default_upstream_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_connections() -> u32 {
+    10_000
+}
+fn default_max_connections_per_ip() -> u32 {
+    256
+}
+fn default_max_headers() -> u32 {
+    100
+}
+fn default_max_header_bytes() -> u32 {
+    16 * 1024
+}
+fn default_http2_max_concurrent_streams() -> u32 {
+    100
+}
+fn default_http2_max_resets() -> u32 {
+    50
+}
+fn default_penalty_max_failures() -> u32 {
+    20
+}
+fn default_penalty_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_penalty_cooldown() -> Duration {
+    Duration::from_secs(600)
+}
 fn default_dedupe_ttl() -> Duration {
     Duration::from_secs(72 * 3600)
 }
@@ -247,9 +377,105 @@ fn default_store_timeout() -> Duration {
 fn default_store_connect_timeout() -> Duration {
     Duration::from_secs(2)
 }
-fn default_tolerance() -> Duration {
-    Duration::from_secs(300)
+
+/// One entry of `secrets`: a string, or `{ secret = "...", not_after = "2026-12-31T00:00:00Z" }`
+/// for a secret being rotated out (ignored after `not_after`).
+#[derive(Debug)]
+pub struct SecretEntry {
+    pub secret: Secret,
+    pub not_after: Option<SystemTime>,
 }
-fn default_event_type() -> String {
-    "/type".to_owned()
+
+impl From<Secret> for SecretEntry {
+    fn from(secret: Secret) -> Self {
+        SecretEntry {
+            secret,
+            not_after: None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            secret: Secret,
+            #[serde(default, with = "humantime_serde")]
+            not_after: Option<SystemTime>,
+        }
+        struct Entry;
+        impl<'de> Visitor<'de> for Entry {
+            type Value = SecretEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a secret string or { secret = \"...\", not_after = \"<RFC 3339 time>\" }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SecretEntry, E> {
+                Secret::deserialize(v.into_deserializer()).map(SecretEntry::from)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SecretEntry, A::Error> {
+                let table = Table::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(SecretEntry {
+                    secret: table.secret,
+                    not_after: table.not_after,
+                })
+            }
+        }
+        d.deserialize_any(Entry)
+    }
+}
+
+/// `event_type` or `dedupe_key`: a string (a JSON pointer for `event_type`, a header name
+/// for `dedupe_key`), `{ json = "/id" }` or `{ header = "X-GitHub-Delivery" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldSpec {
+    Text(String),
+    Json(JsonPointer),
+    Header(http::HeaderName),
+}
+
+impl<'de> Deserialize<'de> for FieldSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            json: Option<String>,
+            header: Option<String>,
+        }
+        struct Spec;
+        impl<'de> Visitor<'de> for Spec {
+            type Value = FieldSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, { json = \"/pointer\" } or { header = \"Header-Name\" }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<FieldSpec, E> {
+                Ok(FieldSpec::Text(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<FieldSpec, A::Error> {
+                let table = Table::deserialize(MapAccessDeserializer::new(map))?;
+                match (table.json, table.header) {
+                    (Some(pointer), None) => JsonPointer::parse(&pointer)
+                        .map(FieldSpec::Json)
+                        .map_err(|e| A::Error::custom(format!("json {pointer:?}: {e}"))),
+                    (None, Some(name)) => parse_header_name(&name)
+                        .map(FieldSpec::Header)
+                        .map_err(A::Error::custom),
+                    _ => Err(A::Error::custom("set exactly one of json or header")),
+                }
+            }
+        }
+        d.deserialize_any(Spec)
+    }
+}
+
+fn header_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<http::HeaderName>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_header_name(&text).map(Some).map_err(D::Error::custom)
+}
+
+pub fn parse_header_name(text: &str) -> Result<http::HeaderName, String> {
+    http::HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| format!("{text:?} is not a valid header name"))
 }

@@ -11,18 +11,22 @@ pub mod secret;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::event::JsonPointer;
+use crate::event::Field;
 use crate::route::{Route, Routes};
 use crate::tls;
 use crate::verify::{self, Verifier};
 
-pub use file::{FileConfig, OnError, Source as SourceFile};
+pub use file::{
+    FieldSpec, FileConfig, OnError, Route as RouteFile, SecretEntry, Source as SourceFile,
+    parse_header_name,
+};
+pub use secret::Secret;
 
 /// The embedded default configuration: the same text as `config/hookgate.toml`, so the
 /// binary runs anywhere with no file at all (self-signed TLS, in-memory store, demo secret).
@@ -41,12 +45,18 @@ pub struct Settings {
     pub origin: String,
     pub server: ServerSettings,
     pub admin_listen: SocketAddr,
+    pub admin_auth: AdminAuth,
     pub limits: Limits,
     pub dedupe: DedupeSettings,
     pub rate_limit: RateLimitSettings,
     pub trusted_proxies: Vec<IpNet>,
+    pub penalty_box: PenaltyBoxSettings,
+    pub upstream_tls: UpstreamTrust,
     pub store: StoreSettings,
     pub sources: Vec<Source>,
+    /// Things that work but are probably wrong (an expiring secret, a typo in an event
+    /// pattern), each starting with the file: `check` prints them, `serve` logs them.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -103,6 +113,8 @@ pub struct ServerSettings {
 }
 
 pub struct TlsSettings {
+    /// Offers h2 and http/1.1; TLS 1.2 and 1.3 only; verifies client certificates
+    /// when `server.tls.client_ca` is set.
     pub config: Arc<rustls::ServerConfig>,
     pub handshake_timeout: Duration,
     /// True when the certificate was generated at start-up (dev only).
@@ -126,6 +138,84 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub upstream_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
+    pub max_connections: u32,
+    /// 0: no per-IP limit.
+    pub max_connections_per_ip: u32,
+    pub max_headers: usize,
+    /// Names plus values of all header fields of one request.
+    pub max_header_bytes: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_max_resets: usize,
+}
+
+/// Who may read the admin listener.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAuth {
+    /// `Authorization: Bearer <token>` required on every path but `public_paths`.
+    pub token: Option<Secret>,
+    pub public_paths: Vec<String>,
+}
+
+/// The admin paths, for validating `admin.public_paths`.
+pub const ADMIN_PATHS: &[&str] = &["/metrics", "/healthz", "/readyz"];
+
+impl AdminAuth {
+    /// Whether a request for `path` carrying `authorization` may be answered.
+    pub fn allows(&self, path: &str, authorization: Option<&[u8]>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        if self.public_paths.iter().any(|p| p == path) {
+            return true;
+        }
+        authorization
+            .and_then(|value| value.strip_prefix(b"Bearer "))
+            .is_some_and(|presented| token.matches(presented))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PenaltyBoxSettings {
+    /// More verification failures than this within `window` box the client; 0 = off.
+    pub max_failures: u32,
+    pub window: Duration,
+    pub cooldown: Duration,
+}
+
+/// How https upstreams are verified.
+#[derive(Debug, Clone)]
+pub enum UpstreamTrust {
+    /// The operating system's root certificates (the bundled Mozilla roots when the
+    /// system has none).
+    System,
+    /// Exactly the certificates in this PEM file.
+    CaFile {
+        path: PathBuf,
+        certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    },
+    /// Development only: any certificate is accepted.
+    InsecureSkipVerify,
+}
+
+impl fmt::Display for UpstreamTrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamTrust::System => f.write_str("system roots"),
+            UpstreamTrust::CaFile { path, certs } => {
+                write!(
+                    f,
+                    "CA file {} ({} certificates)",
+                    path.display(),
+                    certs.len()
+                )
+            }
+            UpstreamTrust::InsecureSkipVerify => f.write_str(
+                "NOT VERIFIED (upstream_tls.insecure_skip_verify = true, development only)",
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -147,8 +237,14 @@ pub struct Source {
     pub path: String,
     pub scheme: &'static str,
     pub verifier: Arc<dyn Verifier>,
-    pub event_type: JsonPointer,
+    pub event_type: Field,
+    /// Where the delivery id used for deduplication comes from.
+    pub dedupe_key: Field,
+    /// How many secrets the verifier knows (`hookgate_verified_total{secret}`).
+    pub secrets: usize,
     pub routes: Routes,
+    /// Client IPs allowed to post here; empty allows any.
+    pub allow_ips: Vec<IpNet>,
 }
 
 /// A config that cannot be used. The message starts with the file and names the key.
@@ -206,7 +302,7 @@ fn build(file: FileConfig, origin: &str) -> Result<Settings, String> {
             "no [[sources]] are configured; every request would be answered 404".to_owned(),
         );
     }
-    let sources = sources(&file.sources)?;
+    let (sources, source_warnings) = sources(&file.sources)?;
     let store = store_settings(file.store.as_ref())?;
     Ok(Settings {
         origin: origin.to_owned(),
@@ -216,12 +312,19 @@ fn build(file: FileConfig, origin: &str) -> Result<Settings, String> {
             shutdown_timeout: file.server.shutdown_timeout,
         },
         admin_listen: file.admin.listen,
+        admin_auth: admin_auth(&file.admin)?,
         limits,
         dedupe,
         rate_limit,
         trusted_proxies: file.rate_limit.trusted_proxies,
+        penalty_box: penalty_box(&file.penalty_box)?,
+        upstream_tls: upstream_trust(&file.upstream_tls)?,
         store,
         sources,
+        warnings: source_warnings
+            .into_iter()
+            .map(|w| format!("{origin}: {w}"))
+            .collect(),
     })
 }
 
@@ -248,7 +351,77 @@ fn limits(file: &file::Limits) -> Result<Limits, String> {
         header_read_timeout: positive("limits.header_read_timeout", file.header_read_timeout)?,
         body_read_timeout: positive("limits.body_read_timeout", file.body_read_timeout)?,
         upstream_timeout: positive("limits.upstream_timeout", file.upstream_timeout)?,
+        idle_timeout: positive("limits.idle_timeout", file.idle_timeout)?,
+        max_connections: at_least("limits.max_connections", file.max_connections, 1)?,
+        max_connections_per_ip: file.max_connections_per_ip,
+        max_headers: at_least("limits.max_headers", file.max_headers, 8)? as usize,
+        max_header_bytes: at_least("limits.max_header_bytes", file.max_header_bytes, 1024)?
+            as usize,
+        http2_max_concurrent_streams: at_least(
+            "limits.http2_max_concurrent_streams",
+            file.http2_max_concurrent_streams,
+            1,
+        )?,
+        http2_max_resets: at_least("limits.http2_max_resets", file.http2_max_resets, 1)? as usize,
     })
+}
+
+fn at_least(key: &str, value: u32, min: u32) -> Result<u32, String> {
+    if value < min {
+        return Err(format!("{key} = {value} must be at least {min}"));
+    }
+    Ok(value)
+}
+
+fn admin_auth(file: &file::Admin) -> Result<AdminAuth, String> {
+    if let Some(token) = &file.token
+        && token.expose().is_empty()
+    {
+        return Err("admin.token is empty".to_owned());
+    }
+    if file.token.is_none() && !file.listen.ip().is_loopback() {
+        return Err(format!(
+            "admin.listen {} is not a loopback address: set admin.token \
+             (for example admin.token = \"${{HOOKGATE_ADMIN_TOKEN}}\") so that its paths need \
+             `Authorization: Bearer <token>`; admin.public_paths = [\"/metrics\"] leaves \
+             /metrics open",
+            file.listen
+        ));
+    }
+    for (i, path) in file.public_paths.iter().enumerate() {
+        if !ADMIN_PATHS.contains(&path.as_str()) {
+            return Err(format!(
+                "admin.public_paths[{i}] {path:?} is not an admin path ({})",
+                ADMIN_PATHS.join(", ")
+            ));
+        }
+    }
+    Ok(AdminAuth {
+        token: file.token.clone(),
+        public_paths: file.public_paths.clone(),
+    })
+}
+
+fn penalty_box(file: &file::PenaltyBox) -> Result<PenaltyBoxSettings, String> {
+    Ok(PenaltyBoxSettings {
+        max_failures: file.max_failures,
+        window: positive("penalty_box.window", file.window)?,
+        cooldown: positive("penalty_box.cooldown", file.cooldown)?,
+    })
+}
+
+fn upstream_trust(file: &file::UpstreamTls) -> Result<UpstreamTrust, String> {
+    match (&file.ca_file, file.insecure_skip_verify) {
+        (Some(_), true) => Err(
+            "upstream_tls: ca_file and insecure_skip_verify = true exclude each other".to_owned(),
+        ),
+        (None, true) => Ok(UpstreamTrust::InsecureSkipVerify),
+        (None, false) => Ok(UpstreamTrust::System),
+        (Some(path), false) => Ok(UpstreamTrust::CaFile {
+            certs: tls::load_ca_file(path).map_err(|e| format!("upstream_tls.ca_file {e}"))?,
+            path: path.clone(),
+        }),
+    }
 }
 
 fn rate_limit(file: &file::RateLimit) -> Result<RateLimitSettings, String> {
@@ -318,9 +491,15 @@ fn redis_url(key: &str, url: &str) -> Result<redis::ConnectionInfo, String> {
 }
 
 fn tls_settings(file: &file::Tls) -> Result<TlsSettings, String> {
+    let client_ca = file
+        .client_ca
+        .as_deref()
+        .map(|path| tls::load_ca_file(path).map_err(|e| format!("server.tls.client_ca {e}")))
+        .transpose()?;
     let (config, description) = match (file.self_signed, &file.cert, &file.key) {
         (true, None, None) => (
-            tls::self_signed_config().map_err(|e| format!("server.tls.self_signed: {e}"))?,
+            tls::self_signed_config(client_ca)
+                .map_err(|e| format!("server.tls.self_signed: {e}"))?,
             "self-signed for localhost, generated at start-up".to_owned(),
         ),
         (true, _, _) => {
@@ -330,7 +509,7 @@ fn tls_settings(file: &file::Tls) -> Result<TlsSettings, String> {
             );
         }
         (false, Some(cert), Some(key)) => (
-            tls::config_from_files(cert, key)?,
+            tls::config_from_files(cert, key, client_ca)?,
             format!("{} (key {})", cert.display(), key.display()),
         ),
         (false, None, _) => {
@@ -341,6 +520,13 @@ fn tls_settings(file: &file::Tls) -> Result<TlsSettings, String> {
         }
         (false, Some(_), None) => return Err("server.tls.key is missing".to_owned()),
     };
+    let description = match &file.client_ca {
+        Some(ca) => format!(
+            "{description}; client certificates required, issued by {}",
+            ca.display()
+        ),
+        None => description,
+    };
     Ok(TlsSettings {
         config,
         handshake_timeout: positive("server.tls.handshake_timeout", file.handshake_timeout)?,
@@ -349,7 +535,10 @@ fn tls_settings(file: &file::Tls) -> Result<TlsSettings, String> {
     })
 }
 
-fn sources(files: &[file::Source]) -> Result<Vec<Source>, String> {
+/// The sources, and warnings about them (key paths, without the file).
+fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String>), String> {
+    let now = std::time::SystemTime::now();
+    let mut warnings = Vec::new();
     let mut names = HashSet::new();
     let mut paths: Vec<(&str, usize)> = Vec::new();
     let mut out = Vec::with_capacity(files.len());
@@ -369,19 +558,26 @@ fn sources(files: &[file::Source]) -> Result<Vec<Source>, String> {
             ));
         }
         paths.push((&file.path, i));
-        let (scheme, verifier) = verify::build(file).map_err(|e| format!("{key}.{e}"))?;
-        let event_type = JsonPointer::parse(&file.event_type)
-            .map_err(|e| format!("{key}.event_type {:?}: {e}", file.event_type))?;
+        let built = verify::build(file, now).map_err(|e| format!("{key}.{e}"))?;
+        warnings.extend(built.warnings.iter().map(|w| format!("{key}.{w}")));
+        if let Some(provider) = &file.provider {
+            let typos = crate::provider::typos(provider, &file.routes)
+                .map_err(|e| format!("{key}.provider {e}"))?;
+            warnings.extend(typos.iter().map(|w| format!("{key}.{w}")));
+        }
         out.push(Source {
             name: file.name.clone(),
             path: file.path.clone(),
-            scheme,
-            verifier,
-            event_type,
+            scheme: built.scheme,
+            verifier: built.verifier,
+            event_type: built.event_type,
+            dedupe_key: built.dedupe_key,
+            secrets: built.secrets,
             routes: routes(&key, file)?,
+            allow_ips: file.allow_ips.clone(),
         });
     }
-    Ok(out)
+    Ok((out, warnings))
 }
 
 fn routes(source_key: &str, file: &file::Source) -> Result<Routes, String> {
@@ -407,9 +603,14 @@ fn routes(source_key: &str, file: &file::Source) -> Result<Routes, String> {
                 "{key}.name {name:?} is already used in this source"
             ));
         }
-        let route = Route::new(&file.name, &name, &route.events, &route.upstream)
+        let mut compiled = Route::new(&file.name, &name, &route.events, &route.upstream)
             .map_err(|e| format!("{key}.{e}"))?;
-        routes.push(route);
+        if let Some(resign) = &route.resign {
+            let signer = crate::verify::standard_webhooks::Resigner::new(resign.secret.expose())
+                .map_err(|e| format!("{key}.resign.secret: {e}"))?;
+            compiled = compiled.with_resign(signer);
+        }
+        routes.push(compiled);
     }
     Ok(Routes::new(routes))
 }
@@ -441,9 +642,17 @@ impl Settings {
             None => "plain http (no [server.tls]: put a TLS-terminating proxy in front)".to_owned(),
         };
         let _ = writeln!(s, "listen: {} {tls}", self.server.listen);
+        let admin_auth = match (
+            &self.admin_auth.token,
+            self.admin_auth.public_paths.as_slice(),
+        ) {
+            (None, _) => "no token (loopback only)".to_owned(),
+            (Some(_), []) => "bearer token required".to_owned(),
+            (Some(_), open) => format!("bearer token required except {}", open.join(" ")),
+        };
         let _ = writeln!(
             s,
-            "admin:  {} (/metrics /healthz /readyz)",
+            "admin:  {} (/metrics /healthz /readyz), {admin_auth}",
             self.admin_listen
         );
         let _ = writeln!(
@@ -454,6 +663,30 @@ impl Settings {
             humantime::format_duration(self.limits.body_read_timeout),
             humantime::format_duration(self.limits.upstream_timeout),
         );
+        let _ = writeln!(
+            s,
+            "connections: {} in all, {} per client IP, idle {}; headers: {} fields, {} bytes; \
+             http2: {} streams, {} resets per 10s",
+            self.limits.max_connections,
+            self.limits.max_connections_per_ip,
+            humantime::format_duration(self.limits.idle_timeout),
+            self.limits.max_headers,
+            self.limits.max_header_bytes,
+            self.limits.http2_max_concurrent_streams,
+            self.limits.http2_max_resets,
+        );
+        let penalty = if self.penalty_box.max_failures == 0 {
+            "off".to_owned()
+        } else {
+            format!(
+                "more than {} failed verifications in {} -> refused for {}",
+                self.penalty_box.max_failures,
+                humantime::format_duration(self.penalty_box.window),
+                humantime::format_duration(self.penalty_box.cooldown),
+            )
+        };
+        let _ = writeln!(s, "penalty box: {penalty}");
+        let _ = writeln!(s, "upstream TLS: {}", self.upstream_tls);
         let _ = writeln!(
             s,
             "rate limit: {} req/s per client IP, burst {}, {} trusted proxies",
@@ -481,20 +714,30 @@ impl Settings {
         for source in &self.sources {
             let _ = writeln!(
                 s,
-                "  {} POST {} scheme={} event_type={} {}",
+                "  {} POST {} scheme={} event_type={} dedupe_key={}\n    verify {}",
                 source.name,
                 source.path,
                 source.scheme,
                 source.event_type,
+                source.dedupe_key,
                 source.verifier.describe()
             );
+            if !source.allow_ips.is_empty() {
+                let nets: Vec<String> = source.allow_ips.iter().map(ToString::to_string).collect();
+                let _ = writeln!(s, "    allow_ips {}", nets.join(", "));
+            }
             for route in source.routes.iter() {
                 let _ = writeln!(
                     s,
-                    "    route {:<12} {:<40} -> {}",
+                    "    route {:<12} {:<40} -> {}{}",
                     route.name(),
                     route.patterns_display(),
-                    route.upstream()
+                    route.upstream(),
+                    if route.resign().is_some() {
+                        " (re-signed: standard-webhooks)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
@@ -685,5 +928,128 @@ upstream = "http://127.0.0.1:9001/hooks"
     fn zero_rate_is_rejected() {
         let e = error(&format!("[rate_limit]\nrequests_per_second = 0\n{MINIMAL}"));
         assert!(e.contains("rate_limit.requests_per_second"), "{e}");
+    }
+
+    #[test]
+    fn the_hardening_defaults_are_the_documented_ones() {
+        let settings = parse(MINIMAL, "test.toml").unwrap();
+        let limits = settings.limits;
+        assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(limits.max_connections, 10_000);
+        assert_eq!(limits.max_connections_per_ip, 256);
+        assert_eq!(limits.max_headers, 100);
+        assert_eq!(limits.max_header_bytes, 16_384);
+        assert_eq!(limits.http2_max_concurrent_streams, 100);
+        assert_eq!(limits.http2_max_resets, 50);
+        assert_eq!(settings.penalty_box.max_failures, 20);
+        assert_eq!(settings.penalty_box.window, Duration::from_secs(60));
+        assert_eq!(settings.penalty_box.cooldown, Duration::from_secs(600));
+        assert!(matches!(settings.upstream_tls, UpstreamTrust::System));
+        assert!(settings.admin_auth.token.is_none());
+        assert!(settings.sources[0].allow_ips.is_empty());
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_needs_a_token() {
+        let e = error(&format!("[admin]\nlisten = \"0.0.0.0:9090\"\n{MINIMAL}"));
+        assert!(
+            e.contains("admin.listen 0.0.0.0:9090 is not a loopback address"),
+            "{e}"
+        );
+        assert!(e.contains("admin.token"), "{e}");
+        let with_token = format!("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"abc\"\n{MINIMAL}");
+        assert!(parse(&with_token, "test.toml").is_ok());
+        let e = error(&format!("[admin]\ntoken = \"\"\n{MINIMAL}"));
+        assert!(e.contains("admin.token is empty"), "{e}");
+        let e = error(&format!("[admin]\npublic_paths = [\"/metric\"]\n{MINIMAL}"));
+        assert!(e.contains("admin.public_paths[0] \"/metric\""), "{e}");
+    }
+
+    #[test]
+    fn the_admin_token_is_required_except_on_public_paths() {
+        let auth = AdminAuth {
+            token: Some(Secret::from("t0ken".to_owned())),
+            public_paths: vec!["/metrics".to_owned()],
+        };
+        assert!(auth.allows("/metrics", None));
+        assert!(!auth.allows("/readyz", None));
+        assert!(!auth.allows("/readyz", Some(b"Bearer t0ke")));
+        assert!(!auth.allows("/readyz", Some(b"Basic t0ken")));
+        assert!(auth.allows("/readyz", Some(b"Bearer t0ken")));
+        assert!(AdminAuth::default().allows("/readyz", None));
+    }
+
+    #[test]
+    fn secrets_and_tokens_never_show_in_debug_or_the_summary() {
+        let text = format!(
+            "[admin]\ntoken = \"admin-token-value\"\n{}",
+            MINIMAL.replace(
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "plain-secret-value"
+            )
+        );
+        let settings = parse(&text, "test.toml").unwrap();
+        let shown = format!("{settings:?}\n{}", settings.summary());
+        assert!(!shown.contains("admin-token-value"), "{shown}");
+        assert!(!shown.contains("plain-secret-value"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+    }
+
+    #[test]
+    fn upstream_tls_takes_a_ca_file_or_skips_verification_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = tls::write_dev_cert(dir.path()).unwrap();
+        let ca = format!(
+            "[upstream_tls]\nca_file = {:?}\n{MINIMAL}",
+            cert.display().to_string()
+        );
+        let settings = parse(&ca, "test.toml").unwrap();
+        assert!(
+            matches!(settings.upstream_tls, UpstreamTrust::CaFile { ref certs, .. } if certs.len() == 1)
+        );
+        let insecure = format!("[upstream_tls]\ninsecure_skip_verify = true\n{MINIMAL}");
+        let settings = parse(&insecure, "test.toml").unwrap();
+        assert!(settings.summary().contains("NOT VERIFIED"));
+        let both = format!(
+            "[upstream_tls]\nca_file = {:?}\ninsecure_skip_verify = true\n{MINIMAL}",
+            cert.display().to_string()
+        );
+        assert!(error(&both).contains("exclude each other"));
+        let missing = format!("[upstream_tls]\nca_file = \"/nonexistent/ca.pem\"\n{MINIMAL}");
+        assert!(error(&missing).contains("upstream_tls.ca_file \"/nonexistent/ca.pem\""));
+    }
+
+    #[test]
+    fn a_client_ca_that_is_not_pem_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = error(&format!(
+            "[server.tls]\nself_signed = true\nclient_ca = {:?}\n{MINIMAL}",
+            junk.display().to_string()
+        ));
+        assert!(e.contains("server.tls.client_ca"), "{e}");
+    }
+
+    #[test]
+    fn hardening_limits_below_their_minimum_are_rejected() {
+        for (key, value) in [
+            ("max_connections", "0"),
+            ("max_headers", "2"),
+            ("max_header_bytes", "10"),
+            ("http2_max_concurrent_streams", "0"),
+            ("http2_max_resets", "0"),
+        ] {
+            let e = error(&format!("[limits]\n{key} = {value}\n{MINIMAL}"));
+            assert!(
+                e.contains(&format!("limits.{key} = {value} must be at least")),
+                "{e}"
+            );
+        }
+        let e = error(&format!("[limits]\nidle_timeout = \"0s\"\n{MINIMAL}"));
+        assert!(
+            e.contains("limits.idle_timeout must be greater than zero"),
+            "{e}"
+        );
     }
 }

@@ -3,20 +3,43 @@
 //! `${NAME}` inside the string is read from the environment while the file is being
 //! deserialized, so a missing variable is reported by toml with its line and caret.
 //! Interpolating the raw file text instead would lose the spans and let an environment
-//! value inject TOML.
+//! value inject TOML. The value is zeroed when the `Secret` is dropped; copies taken
+//! through `expose` are the caller's to keep short-lived.
 
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, Error as _};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
 
-/// Key material or a token. `Debug` shows `Secret(..)`; there is no `Display`.
-#[derive(Clone, PartialEq, Eq)]
+/// Key material or a token. `Debug` shows `***`; there is no `Display`.
+#[derive(Clone)]
 pub struct Secret(Box<str>);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl PartialEq for Secret {
+    /// Compares in time independent of where the values differ (tokens are compared).
+    fn eq(&self, other: &Self) -> bool {
+        self.matches(other.0.as_bytes())
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     /// The expanded value, for the code that derives keys from it and nothing else.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Whether `candidate` equals this secret, compared in constant time (for tokens).
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        self.0.as_bytes().ct_eq(candidate).into()
     }
 }
 
@@ -28,7 +51,7 @@ impl From<String> for Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)") // never print key material, not even in debug logs
+        f.write_str("***") // never print key material, not even in debug logs
     }
 }
 
@@ -120,6 +143,16 @@ mod tests {
     #[test]
     fn debug_never_shows_the_value() {
         let secret = Secret::from("whsec_abc".to_owned());
-        assert_eq!(format!("{secret:?}"), "Secret(..)");
+        assert_eq!(format!("{secret:?}"), "***");
+        assert_eq!(format!("{:?}", vec![secret]), "[***]");
+    }
+
+    #[test]
+    fn tokens_match_only_in_full() {
+        let token = Secret::from("s3cret-token".to_owned());
+        assert!(token.matches(b"s3cret-token"));
+        assert!(!token.matches(b"s3cret-toke"));
+        assert!(!token.matches(b"s3cret-tokeN"));
+        assert!(!token.matches(b""));
     }
 }

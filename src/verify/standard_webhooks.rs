@@ -1,12 +1,16 @@
 //! Standard Webhooks (<https://www.standardwebhooks.com>), the scheme OpenAI uses.
 //!
 //! Headers `webhook-id`, `webhook-timestamp` and `webhook-signature`; the signed content
-//! is `{id}.{timestamp}.{raw body}`; the signature header holds space-separated
-//! `v1,<base64 HMAC-SHA256>` entries, any of which may match (senders rotating keys
-//! send several). Entries of other versions are ignored, not errors.
+//! is `{id}.{timestamp}.{raw body}`; the signature header holds space-separated entries,
+//! any of which may match (senders rotating keys send several): `v1,<base64 HMAC-SHA256>`
+//! for symmetric secrets and `v1a,<base64 Ed25519 signature>` for the spec's asymmetric
+//! variant. Entries of other versions are ignored, not errors.
 //!
-//! Keys: a secret starting with `whsec_` is the base64 of the key; any other secret is
-//! used as its own UTF-8 bytes, as OpenAI's SDKs do.
+//! Keys: `whpk_<base64>` is an Ed25519 public key (checks `v1a` entries); `whsec_<base64>`
+//! is an HMAC key; any other secret is used as its own UTF-8 bytes, as OpenAI's SDKs do.
+//! A `whsk_` private key is refused in the config: verifying never needs it, only
+//! `hookgate sign` does. The dedupe key is `webhook-id`: the spec keeps it the same
+//! across retries of one message, which is exactly what deduplication needs.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,11 +19,23 @@ use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use hmac::{Hmac, KeyInit, Mac};
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use sha2::Sha256;
 
-use super::{Delivery, Verifier, VerifyError, check_freshness, header};
-use crate::config::SourceFile;
+use super::{
+    Built, Delivery, Explanation, Keyring, Scheme, SchemeOptions, Verifier, VerifyError,
+    check_freshness, describe_age, header, parse_timestamp, preview,
+};
+use crate::event::{Field, JsonPointer};
+use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
+
+pub const SCHEME: Scheme = Scheme {
+    name: "standard-webhooks",
+    keys: &["tolerance", "provider"],
+    build,
+    sign: sign_message,
+};
 
 pub const ID: HeaderName = HeaderName::from_static("webhook-id");
 pub const TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
@@ -36,9 +52,31 @@ const MAX_ID_LEN: usize = 256;
 
 type HmacSha256 = Hmac<Sha256>;
 
+enum Key {
+    /// Keyed once; cloned per request so the key schedule runs once.
+    Hmac(HmacSha256),
+    Ed25519(UnparsedPublicKey<[u8; 32]>),
+}
+
+impl Key {
+    fn kind(&self) -> &'static str {
+        match self {
+            Key::Hmac(_) => "HMAC-SHA256, checks v1",
+            Key::Ed25519(_) => "Ed25519 whpk_, checks v1a",
+        }
+    }
+}
+
+/// Another reading of a configured secret, tried only by `explain` to name a mix-up.
+struct Alternate {
+    index: usize,
+    reading: &'static str,
+    mac: HmacSha256,
+}
+
 pub struct StandardWebhooks {
-    /// One keyed HMAC per secret, cloned per request so the key schedule runs once.
-    keys: Vec<HmacSha256>,
+    keys: Keyring<Key>,
+    alternates: Vec<Alternate>,
     tolerance: Duration,
 }
 
@@ -48,23 +86,76 @@ impl std::fmt::Debug for StandardWebhooks {
     }
 }
 
-pub fn build(source: &SourceFile) -> Result<Arc<dyn Verifier>, String> {
-    if source.secrets.is_empty() {
-        return Err("secrets is empty: at least one secret is required".to_owned());
-    }
-    let keys = source
+fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
+    let keys = Keyring::build(options.secrets, parse_key)?;
+    let alternates = options
         .secrets
         .iter()
         .enumerate()
-        .map(|(i, secret)| {
-            let key = key_from_secret(secret.expose()).map_err(|e| format!("secrets[{i}]: {e}"))?;
-            Ok(HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length"))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    Ok(Arc::new(StandardWebhooks {
-        keys,
-        tolerance: source.tolerance,
-    }))
+        .filter_map(|(index, entry)| alternate(index, entry.secret.expose()))
+        .collect();
+    Ok(Built {
+        verifier: Arc::new(StandardWebhooks {
+            keys,
+            alternates,
+            tolerance: options.tolerance(),
+        }),
+        event_type: Field::Json(JsonPointer::parse("/type").expect("a valid pointer")),
+        dedupe_key: Some(Field::Header(ID)),
+    })
+}
+
+fn parse_key(secret: &str) -> Result<Key, String> {
+    if let Some(encoded) = secret.strip_prefix("whpk_") {
+        let key = decode_32(encoded)
+            .ok_or("the part after whpk_ must be the base64 of a 32-byte Ed25519 public key")?;
+        return Ok(Key::Ed25519(UnparsedPublicKey::new(&ED25519, key)));
+    }
+    if secret.starts_with("whsk_") {
+        return Err(
+            "is a whsk_ private key; configure its whpk_ public key instead \
+                    (verifying never needs the private key)"
+                .to_owned(),
+        );
+    }
+    let key = key_from_secret(secret)?;
+    Ok(Key::Hmac(
+        HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length"),
+    ))
+}
+
+/// The classic mix-ups: a `whsec_` secret used as raw text, or a base64 secret whose
+/// `whsec_` prefix was dropped.
+fn alternate(index: usize, secret: &str) -> Option<Alternate> {
+    let (reading, key) = if secret.starts_with("whsec_") {
+        (
+            "as its raw text, not base64-decoded",
+            secret.as_bytes().to_vec(),
+        )
+    } else if secret.starts_with("whpk_") || secret.starts_with("whsk_") {
+        return None;
+    } else {
+        let decoded = LENIENT_BASE64.decode(secret).ok()?;
+        if decoded.len() < 16 {
+            return None;
+        }
+        ("base64-decoded (as if it had the whsec_ prefix)", decoded)
+    };
+    Some(Alternate {
+        index,
+        reading,
+        mac: HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length"),
+    })
+}
+
+fn decode_32(encoded: &str) -> Option<[u8; 32]> {
+    let mut buf = [0u8; 48];
+    if encoded.len() > 64 || LENIENT_BASE64.decode_slice(encoded, &mut buf) != Ok(32) {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&buf[..32]);
+    Some(key)
 }
 
 /// The HMAC key for a secret as written in the config or given to `hookgate sign`.
@@ -81,15 +172,232 @@ pub fn key_from_secret(secret: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
+/// The Ed25519 key pair of a `whsk_<base64 of the 32-byte seed>` private key.
+pub fn signing_key(secret: &str) -> Result<Ed25519KeyPair, String> {
+    let encoded = secret.strip_prefix("whsk_").unwrap_or(secret);
+    let seed =
+        decode_32(encoded).ok_or("the part after whsk_ must be the base64 of a 32-byte seed")?;
+    Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| format!("not an Ed25519 seed: {e}"))
+}
+
+/// The `whpk_` public key that verifies what `signing_key` signs.
+pub fn public_key(pair: &Ed25519KeyPair) -> String {
+    format!("whpk_{}", STANDARD.encode(pair.public_key().as_ref()))
+}
+
+/// `X-Hookgate-Verified: <scheme>` next to a re-signed delivery. Clients cannot set it:
+/// `forward` drops every `x-hookgate-*` header they send.
+pub const VERIFIED: HeaderName = HeaderName::from_static("x-hookgate-verified");
+
+/// hookgate's own Standard Webhooks signature for a route's upstream (`resign`), so
+/// every backend verifies one scheme with one library, whatever the sender used: a
+/// fresh timestamp, the delivery's dedupe key as `webhook-id`, `v1` with a secret or
+/// `v1a` with a `whsk_` private key.
+#[derive(Clone)]
+pub struct Resigner(Signer);
+
+#[derive(Clone)]
+enum Signer {
+    Hmac(HmacSha256),
+    Ed25519(Arc<Ed25519KeyPair>),
+}
+
+impl std::fmt::Debug for Resigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resigner(..)") // never key material
+    }
+}
+
+impl Resigner {
+    pub fn new(secret: &str) -> Result<Self, String> {
+        if secret.starts_with("whsk_") {
+            return Ok(Resigner(Signer::Ed25519(Arc::new(signing_key(secret)?))));
+        }
+        if secret.starts_with("whpk_") {
+            return Err(
+                "a whpk_ public key cannot sign; use a secret or a whsk_ private key".into(),
+            );
+        }
+        let key = key_from_secret(secret)?;
+        Ok(Resigner(Signer::Hmac(
+            HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length"),
+        )))
+    }
+
+    /// Replaces the `webhook-*` headers with hookgate's signature of `body` at `now`
+    /// and says which scheme the sender was verified with.
+    pub fn apply(
+        &self,
+        headers: &mut HeaderMap,
+        id: &str,
+        scheme: &str,
+        body: &[u8],
+        now: SystemTime,
+    ) {
+        let timestamp = super::unix_seconds(now);
+        let timestamp_text = timestamp.to_string();
+        let signature = match &self.0 {
+            Signer::Hmac(key) => {
+                let tag = signed_mac(key, id, &timestamp_text, body).finalize();
+                format!("v1,{}", STANDARD.encode(tag.into_bytes()))
+            }
+            Signer::Ed25519(pair) => {
+                let content = signed_content(id, &timestamp_text, body);
+                format!("v1a,{}", STANDARD.encode(pair.sign(&content).as_ref()))
+            }
+        };
+        // Dedupe keys and scheme names are checked printable ASCII, base64 always is.
+        let (Ok(id), Ok(signature), Ok(scheme)) = (
+            HeaderValue::from_str(id),
+            HeaderValue::try_from(signature),
+            HeaderValue::from_str(scheme),
+        ) else {
+            return;
+        };
+        headers.insert(ID, id);
+        headers.insert(TIMESTAMP, HeaderValue::from(timestamp));
+        headers.insert(SIGNATURE, signature);
+        headers.insert(VERIFIED, scheme);
+    }
+}
+
 /// The `webhook-signature` value for a message: `v1,<base64>`.
 pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
+    let mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
+    let tag = signed_mac(&mac, id, &timestamp.to_string(), body).finalize();
+    format!("v1,{}", STANDARD.encode(tag.into_bytes()))
+}
+
+/// The asymmetric `webhook-signature` value: `v1a,<base64 Ed25519 signature>`.
+pub fn sign_v1a(pair: &Ed25519KeyPair, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let content = signed_content(id, &timestamp.to_string(), body);
+    format!("v1a,{}", STANDARD.encode(pair.sign(&content).as_ref()))
+}
+
+fn signed_mac(key: &HmacSha256, id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
+    let mut mac = key.clone();
     mac.update(id.as_bytes());
     mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
+    mac.update(timestamp.as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    mac
+}
+
+fn signed_content(id: &str, timestamp: &str, body: &[u8]) -> Vec<u8> {
+    let mut content = Vec::with_capacity(id.len() + timestamp.len() + body.len() + 2);
+    content.extend_from_slice(id.as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(timestamp.as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(body);
+    content
+}
+
+/// The first `N` bytes of a decode buffer at least that long.
+fn first<const N: usize>(buf: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&buf[..N]);
+    out
+}
+
+/// The signatures of a `webhook-signature` header that this scheme can check.
+#[derive(Default)]
+struct Candidates {
+    v1: Vec<[u8; 32]>,
+    v1a: Vec<[u8; 64]>,
+    ignored: Vec<String>,
+}
+
+impl Candidates {
+    fn parse(header: &str) -> Self {
+        let mut out = Candidates::default();
+        for entry in header.split(' ').filter(|e| !e.is_empty()) {
+            let mut buf = [0u8; 72];
+            match entry.split_once(',') {
+                // Tags of the wrong length cannot match; only exact ones are kept.
+                Some(("v1", encoded))
+                    if encoded.len() <= 64
+                        && STANDARD.decode_slice(encoded, &mut buf) == Ok(32) =>
+                {
+                    out.v1.push(first::<32>(&buf));
+                }
+                Some(("v1a", encoded))
+                    if encoded.len() <= 88
+                        && STANDARD.decode_slice(encoded, &mut buf) == Ok(64) =>
+                {
+                    out.v1a.push(first::<64>(&buf));
+                }
+                Some((version, _)) => out.ignored.push(version.to_owned()),
+                None => out.ignored.push("(no version)".to_owned()),
+            }
+        }
+        out
+    }
+
+    fn is_empty(&self) -> bool {
+        self.v1.is_empty() && self.v1a.is_empty()
+    }
+}
+
+/// The three headers, read and checked in the order `verify` needs them.
+struct Parsed<'h> {
+    id: &'h str,
+    timestamp_text: &'h str,
+    timestamp: i64,
+    candidates: Candidates,
+}
+
+fn parse(headers: &HeaderMap) -> Result<Parsed<'_>, VerifyError> {
+    let id = header(headers, &ID, VerifyError::MalformedId)?;
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(VerifyError::MalformedId);
+    }
+    let timestamp_text = header(headers, &TIMESTAMP, VerifyError::MalformedTimestamp)?;
+    let timestamp = parse_timestamp(timestamp_text)?;
+    let signatures = header(headers, &SIGNATURE, VerifyError::MalformedSignature)?;
+    let candidates = Candidates::parse(signatures);
+    if candidates.is_empty() {
+        return Err(VerifyError::MalformedSignature);
+    }
+    Ok(Parsed {
+        id,
+        timestamp_text,
+        timestamp,
+        candidates,
+    })
+}
+
+impl StandardWebhooks {
+    /// Whether `key`'s signature is among the candidates. `content` is built once,
+    /// and only if an Ed25519 key needs it (HMAC streams the parts).
+    fn matches(
+        &self,
+        key: &Key,
+        p: &Parsed<'_>,
+        body: &[u8],
+        content: &mut Option<Vec<u8>>,
+    ) -> bool {
+        match key {
+            Key::Hmac(key) if !p.candidates.v1.is_empty() => {
+                let mac = signed_mac(key, p.id, p.timestamp_text, body);
+                // `verify_slice` compares in constant time.
+                p.candidates
+                    .v1
+                    .iter()
+                    .any(|tag| mac.clone().verify_slice(tag).is_ok())
+            }
+            Key::Ed25519(key) if !p.candidates.v1a.is_empty() => {
+                let content =
+                    content.get_or_insert_with(|| signed_content(p.id, p.timestamp_text, body));
+                p.candidates
+                    .v1a
+                    .iter()
+                    .any(|signature| key.verify(content, signature).is_ok())
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Verifier for StandardWebhooks {
@@ -99,98 +407,190 @@ impl Verifier for StandardWebhooks {
         body: &[u8],
         now: SystemTime,
     ) -> Result<Delivery, VerifyError> {
-        let id = header(headers, &ID, VerifyError::MalformedId)?;
-        if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(VerifyError::MalformedId);
-        }
-        let timestamp_text = header(headers, &TIMESTAMP, VerifyError::MalformedTimestamp)?;
-        let timestamp = parse_timestamp(timestamp_text)?;
-        let signatures = header(headers, &SIGNATURE, VerifyError::MalformedSignature)?;
-        let candidates = v1_candidates(signatures)?;
-        // Freshness before the HMAC: a replay of an old capture costs no hashing.
-        check_freshness(timestamp, now, self.tolerance)?;
-
-        for (secret_index, key) in self.keys.iter().enumerate() {
-            let mut mac = key.clone();
-            mac.update(id.as_bytes());
-            mac.update(b".");
-            mac.update(timestamp_text.as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            // `verify_slice` compares in constant time.
-            if candidates
-                .iter()
-                .any(|c| mac.clone().verify_slice(c).is_ok())
-            {
-                return Ok(Delivery {
-                    id: id.to_owned(),
-                    secret_index,
-                });
-            }
-        }
-        Err(VerifyError::InvalidSignature)
+        let parsed = parse(headers)?;
+        // Freshness before any signature: a replay of an old capture costs no hashing.
+        check_freshness(parsed.timestamp, now, self.tolerance)?;
+        let mut content = None;
+        self.keys
+            .active(now)
+            .find(|(_, key)| self.matches(key, &parsed, body, &mut content))
+            .map(|(secret_index, _)| Delivery { secret_index })
+            .ok_or(VerifyError::InvalidSignature)
     }
 
     fn describe(&self) -> String {
+        let public = self
+            .keys
+            .all()
+            .filter(|(_, key, _)| matches!(key, Key::Ed25519(_)))
+            .count();
+        let kinds = match public {
+            0 => String::new(),
+            n => format!(" ({n} Ed25519 public key(s), v1a)"),
+        };
         format!(
-            "{} secret(s), tolerance {}",
-            self.keys.len(),
+            "{}{kinds}, tolerance {}",
+            self.keys.describe(),
             humantime::format_duration(self.tolerance)
         )
     }
-}
 
-/// Decimal seconds only: no sign, no spaces, no fractions (the signed text must be exact).
-fn parse_timestamp(text: &str) -> Result<i64, VerifyError> {
-    if text.is_empty() || text.len() > 18 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(VerifyError::MalformedTimestamp);
-    }
-    text.parse().map_err(|_| VerifyError::MalformedTimestamp)
-}
-
-/// The decoded `v1` signatures; none at all is malformed, not merely wrong.
-fn v1_candidates(header: &str) -> Result<Vec<[u8; 32]>, VerifyError> {
-    let mut candidates = Vec::new();
-    for entry in header.split(' ').filter(|e| !e.is_empty()) {
-        let Some(("v1", encoded)) = entry.split_once(',') else {
-            continue;
-        };
-        // A tag of the wrong length cannot match; only exact 32-byte tags are kept.
-        let mut decoded = [0u8; 48];
-        if encoded.len() <= 64 && STANDARD.decode_slice(encoded, &mut decoded) == Ok(32) {
-            let mut tag = [0u8; 32];
-            tag.copy_from_slice(&decoded[..32]);
-            candidates.push(tag);
+    fn explain(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Explanation {
+        let mut out = Explanation::default();
+        for name in [&ID, &TIMESTAMP, &SIGNATURE] {
+            match headers.get(name).map(|v| v.to_str()) {
+                Some(Ok(value)) => out.step(format!("read {name}: {value}")),
+                Some(Err(_)) => out.step(format!("read {name}: not visible ASCII")),
+                None => out.step(format!("{name}: MISSING")),
+            }
         }
+        let parsed = match parse(headers) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                out.step(format!("stopped: {e}"));
+                if headers.contains_key("stripe-signature") {
+                    out.hint("the request carries Stripe-Signature: this source may need scheme = \"stripe\"");
+                }
+                if headers.contains_key("x-hub-signature-256") {
+                    out.hint("the request carries X-Hub-Signature-256: this source may need scheme = \"github\"");
+                }
+                return out;
+            }
+        };
+        let c = &parsed.candidates;
+        out.step(format!(
+            "signatures: {} v1 (HMAC), {} v1a (Ed25519){}",
+            c.v1.len(),
+            c.v1a.len(),
+            if c.ignored.is_empty() {
+                String::new()
+            } else {
+                format!(", ignored: {}", c.ignored.join(" "))
+            }
+        ));
+        out.step(format!(
+            "timestamp {}",
+            describe_age(parsed.timestamp, now, self.tolerance)
+        ));
+        out.step(format!(
+            "signed content {{id}}.{{timestamp}}.{{body}}: {}",
+            preview(&[
+                parsed.id.as_bytes(),
+                b".",
+                parsed.timestamp_text.as_bytes(),
+                b".",
+                body
+            ])
+        ));
+        let mut content = None;
+        for (i, key, _) in self.keys.all() {
+            let matches = self.matches(key, &parsed, body, &mut content);
+            match (self.keys.skipped(i, now), matches) {
+                (Some(skipped), true) => {
+                    out.step(format!("{skipped}; it WOULD match"));
+                    out.hint(format!(
+                        "only secrets[{i}] matches, and it is past its not_after: the sender still signs with it"
+                    ));
+                }
+                (Some(skipped), false) => out.step(skipped),
+                (None, true) => {
+                    out.step(format!("secrets[{i}] ({}): MATCHES", key.kind()));
+                    out.matched.get_or_insert(i);
+                }
+                (None, false) => out.step(format!("secrets[{i}] ({}): no match", key.kind())),
+            }
+        }
+        if out.matched.is_none() {
+            for alt in &self.alternates {
+                let mac = signed_mac(&alt.mac, parsed.id, parsed.timestamp_text, body);
+                if c.v1.iter().any(|tag| mac.clone().verify_slice(tag).is_ok()) {
+                    out.hint(format!(
+                        "secrets[{}] matches when read {}: the sender and hookgate read the secret differently",
+                        alt.index, alt.reading
+                    ));
+                }
+            }
+            let has = |kind: fn(&Key) -> bool| self.keys.all().any(|(_, k, _)| kind(k));
+            if !c.v1a.is_empty() && c.v1.is_empty() && !has(|k| matches!(k, Key::Ed25519(_))) {
+                out.hint(
+                    "the sender signs with Ed25519 (v1a) only: configure its whpk_ public key",
+                );
+            }
+            if !c.v1.is_empty() && c.v1a.is_empty() && !has(|k| matches!(k, Key::Hmac(_))) {
+                out.hint("the sender signs with HMAC (v1) only: configure its whsec_ secret");
+            }
+        }
+        out
     }
-    if candidates.is_empty() {
-        return Err(VerifyError::MalformedSignature);
-    }
-    Ok(candidates)
+}
+
+/// `hookgate sign --scheme standard-webhooks`: OpenAI's body shape, `v1` with a secret,
+/// `v1a` with a `whsk_` private key.
+fn sign_message(_: &SchemeOptions<'_>, msg: &SignMessage<'_>) -> Result<SignedRequest, SignError> {
+    let id = msg
+        .id
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("msg_{}", random_hex()));
+    let timestamp = msg.timestamp.unwrap_or(msg.now);
+    let body = format!(
+        r#"{{"id":"evt_{}","object":"event","created_at":{timestamp},"type":{},"data":{}}}"#,
+        random_hex(),
+        serde_json::Value::from(msg.event_type),
+        msg.data,
+    );
+    let signature = if msg.secret.starts_with("whsk_") {
+        let pair = signing_key(msg.secret).map_err(SignError::Secret)?;
+        sign_v1a(&pair, &id, timestamp, body.as_bytes())
+    } else if msg.secret.starts_with("whpk_") {
+        return Err(SignError::Secret(
+            "a whpk_ public key cannot sign; pass the whsk_ private key".to_owned(),
+        ));
+    } else {
+        let key = key_from_secret(msg.secret).map_err(SignError::Secret)?;
+        sign(&key, &id, timestamp, body.as_bytes())
+    };
+    Ok(SignedRequest {
+        id: id.clone(),
+        headers: vec![
+            (http::header::CONTENT_TYPE, "application/json".to_owned()),
+            (ID, id),
+            (TIMESTAMP, timestamp.to_string()),
+            (SIGNATURE, signature),
+        ],
+        body,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SecretEntry;
     use crate::config::secret::Secret;
     use http::HeaderValue;
 
-    // The Standard Webhooks specification's published vector (standard-webhooks
-    // repository, libraries' test suites): secret, id, timestamp, body → signature.
+    // The Standard Webhooks specification's published vector (tests/vectors/
+    // standard-webhooks.toml cites it): secret, id, timestamp, body → signature.
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     const ID_VALUE: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
     const TS: i64 = 1614265330;
     const BODY: &[u8] = br#"{"test": 2432232314}"#;
     const SIG: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
 
-    fn verifier(secrets: &[&str]) -> StandardWebhooks {
-        StandardWebhooks {
-            keys: secrets
-                .iter()
-                .map(|s| HmacSha256::new_from_slice(&key_from_secret(s).unwrap()).unwrap())
-                .collect(),
-            tolerance: Duration::from_secs(300),
-        }
+    fn entries(secrets: &[&str]) -> Vec<SecretEntry> {
+        secrets
+            .iter()
+            .map(|s| SecretEntry::from(Secret::from((*s).to_owned())))
+            .collect()
+    }
+
+    fn verifier(secrets: &[&str]) -> Arc<dyn Verifier> {
+        let secrets = entries(secrets);
+        build(&SchemeOptions {
+            secrets: &secrets,
+            ..SchemeOptions::default()
+        })
+        .unwrap()
+        .verifier
     }
 
     fn headers(id: &str, ts: &str, sig: &str) -> HeaderMap {
@@ -219,9 +619,7 @@ mod tests {
 
     #[test]
     fn the_published_vector_verifies() {
-        let delivery = check(SIG, BODY, TS).unwrap();
-        assert_eq!(delivery.id, ID_VALUE);
-        assert_eq!(delivery.secret_index, 0);
+        assert_eq!(check(SIG, BODY, TS), Ok(Delivery { secret_index: 0 }));
     }
 
     #[test]
@@ -284,7 +682,14 @@ mod tests {
 
     #[test]
     fn malformed_signatures_are_told_apart_from_wrong_ones() {
-        for bad in ["", "garbage", "v1,not-base64!", "v2,abc", "v1,YWJj"] {
+        for bad in [
+            "",
+            "garbage",
+            "v1,not-base64!",
+            "v2,abc",
+            "v1,YWJj",
+            "v1a,YWJj",
+        ] {
             assert_eq!(
                 check(bad, BODY, TS),
                 Err(VerifyError::MalformedSignature),
@@ -344,18 +749,88 @@ mod tests {
 
     #[test]
     fn build_names_the_bad_secret() {
-        let source = SourceFile {
-            name: "s".into(),
-            path: "/s".into(),
-            scheme: "standard-webhooks".into(),
-            secrets: vec![
-                Secret::from(SECRET.to_owned()),
-                Secret::from("whsec_%%".to_owned()),
-            ],
-            tolerance: Duration::from_secs(300),
-            event_type: "/type".into(),
-            routes: vec![],
+        let secrets = entries(&[SECRET, "whsec_%%"]);
+        let options = SchemeOptions {
+            secrets: &secrets,
+            ..SchemeOptions::default()
         };
-        assert!(build(&source).unwrap_err().starts_with("secrets[1]:"));
+        assert!(build(&options).err().unwrap().starts_with("secrets[1]:"));
+    }
+
+    // The asymmetric vector published with the Standard Webhooks Go library
+    // (tests/vectors/standard-webhooks.toml cites it).
+    const V1A_SEED: &str = "whsk_VEVTVFNJR05JTkdLRVlET05PVFVTRVRISVNGT1JBTlk=";
+    const V1A_SIG: &str = "v1a,tQ9V2XOqn7jL/DQenEFpqIugdBVtiMmER5mhSkXBNwM0mkATuDe6KYYUuxqtaiHeYGb7KaaBRdM5WqyeFiL8Ag==";
+
+    #[test]
+    fn the_published_v1a_vector_signs_and_verifies_with_its_public_key() {
+        let pair = signing_key(V1A_SEED).unwrap();
+        assert_eq!(sign_v1a(&pair, ID_VALUE, TS, BODY), V1A_SIG);
+
+        let v = verifier(&[SECRET, &public_key(&pair)]);
+        let h = headers(ID_VALUE, &TS.to_string(), V1A_SIG);
+        assert_eq!(v.verify(&h, BODY, at(TS)), Ok(Delivery { secret_index: 1 }));
+        assert_eq!(
+            v.verify(&h, br#"{"test": 2432232315}"#, at(TS)),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn a_private_key_in_the_config_is_refused() {
+        let secrets = entries(&[V1A_SEED]);
+        let e = build(&SchemeOptions {
+            secrets: &secrets,
+            ..SchemeOptions::default()
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("secrets[0]: is a whsk_ private key"), "{e}");
+        let secrets = entries(&["whpk_c2hvcnQ="]);
+        let e = build(&SchemeOptions {
+            secrets: &secrets,
+            ..SchemeOptions::default()
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains("32-byte Ed25519 public key"), "{e}");
+    }
+
+    #[test]
+    fn explain_names_the_matching_secret_even_when_stale() {
+        let v = verifier(&["whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", SECRET]);
+        let out = v.explain(
+            &headers(ID_VALUE, &TS.to_string(), SIG),
+            BODY,
+            at(TS + 3600),
+        );
+        assert_eq!(out.matched, Some(1));
+        let text = out.steps.join("\n");
+        assert!(text.contains("OUTSIDE the tolerance"), "{text}");
+        assert!(
+            text.contains("secrets[1] (HMAC-SHA256, checks v1): MATCHES"),
+            "{text}"
+        );
+        assert!(
+            text.contains("signed content {id}.{timestamp}.{body}: 60 bytes"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn explain_spots_a_secret_read_the_wrong_way() {
+        // The sender used the whsec_ text itself as the key (Stripe's convention).
+        let signature = sign(SECRET.as_bytes(), ID_VALUE, TS, BODY);
+        let out = verifier(&[SECRET]).explain(
+            &headers(ID_VALUE, &TS.to_string(), &signature),
+            BODY,
+            at(TS),
+        );
+        assert_eq!(out.matched, None);
+        assert!(
+            out.hints[0].contains("secrets[0] matches when read as its raw text"),
+            "{:?}",
+            out.hints
+        );
     }
 }

@@ -229,7 +229,7 @@ async fn hop_by_hop_headers_are_not_forwarded() {
         .header("keep-alive", "timeout=5")
         .header("x-end-to-end", "kept");
     for (name, value) in &delivery.headers {
-        request = request.header(*name, value);
+        request = request.header(name, value);
     }
     let request = request
         .body(Full::new(Bytes::from(delivery.body.clone())))

@@ -1,9 +1,13 @@
 //! hookgate's integration tests: one binary, the real server on loopback sockets.
 
+mod hardening_support;
 mod redis_support;
 mod support;
 
+mod abuse;
+mod admin;
 mod config_cli;
+mod connections;
 mod dedupe;
 mod examples;
 mod forwarding;
@@ -12,7 +16,9 @@ mod ratelimit;
 mod redis_cluster;
 mod redis_store;
 mod rejects;
+mod schemes;
 mod shutdown;
 mod tls;
+mod tls_trust;
 mod upstream;
 mod verification;

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use hookgate::forward::{HttpClient, http_client};
 use hookgate::sign::{SignInput, SignedRequest};
 use hookgate::verify::standard_webhooks::{key_from_secret, sign};
-use http::header::{HeaderMap, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
@@ -328,6 +328,8 @@ struct SourceBlock {
     name: String,
     path: String,
     secrets: Vec<String>,
+    /// TOML lines replacing `scheme = "standard-webhooks"` and `secrets`.
+    scheme_toml: Option<String>,
     routes: Vec<RouteBlock>,
 }
 
@@ -335,6 +337,8 @@ struct RouteBlock {
     name: Option<String>,
     events: String,
     upstream: String,
+    /// `resign = { secret = ... }`.
+    resign: Option<String>,
 }
 
 /// Config text for tests: loopback listeners on port 0, a rate limit nobody reaches,
@@ -346,6 +350,10 @@ pub struct Config {
     rate_limit: (f64, u32),
     /// `[store]` lines; none means the in-memory store.
     store: Vec<(&'static str, String)>,
+    /// Any other `key = value` line: (table, key, TOML value).
+    extra: Vec<(&'static str, &'static str, String)>,
+    /// More lines of one `[[sources]]` block: (source index, line).
+    source_extra: Vec<(usize, String)>,
     sources: Vec<SourceBlock>,
 }
 
@@ -356,10 +364,13 @@ pub fn config() -> Config {
         dedupe: Vec::new(),
         rate_limit: (100_000.0, 100_000),
         store: Vec::new(),
+        extra: Vec::new(),
+        source_extra: Vec::new(),
         sources: vec![SourceBlock {
             name: SOURCE.to_owned(),
             path: PATH.to_owned(),
             secrets: vec![SECRET.to_owned()],
+            scheme_toml: None,
             routes: Vec::new(),
         }],
     }
@@ -376,6 +387,32 @@ impl Config {
             name: None,
             events: events.to_owned(),
             upstream: to.target_url(),
+            resign: None,
+        });
+        self
+    }
+
+    /// A route on the last source that forwards with hookgate's own Standard Webhooks
+    /// signature made with `secret`.
+    pub fn resigned_route(mut self, events: &str, to: impl Target, secret: &str) -> Self {
+        self.last_source().routes.push(RouteBlock {
+            name: None,
+            events: events.to_owned(),
+            upstream: to.target_url(),
+            resign: Some(secret.to_owned()),
+        });
+        self
+    }
+
+    /// Adds a source whose scheme and scheme keys are `scheme_toml` (for example
+    /// `scheme = "stripe"\nsecrets = ["whsec_x"]`); routes added next belong to it.
+    pub fn scheme_source(mut self, name: &str, path: &str, scheme_toml: &str) -> Self {
+        self.sources.push(SourceBlock {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            secrets: Vec::new(),
+            scheme_toml: Some(scheme_toml.to_owned()),
+            routes: Vec::new(),
         });
         self
     }
@@ -385,6 +422,7 @@ impl Config {
             name: Some(name.to_owned()),
             events: events.to_owned(),
             upstream: to.target_url(),
+            resign: None,
         });
         self
     }
@@ -401,9 +439,32 @@ impl Config {
             name: name.to_owned(),
             path: path.to_owned(),
             secrets: vec![SECRET.to_owned()],
+            scheme_toml: None,
             routes: Vec::new(),
         });
         self
+    }
+
+    /// Any key in any table, its value written as TOML (`"1s"` with the quotes, `5`):
+    /// `.set("limits", "idle_timeout", "\"1s\"")`. `admin.listen` replaces the default.
+    pub fn set(mut self, table: &'static str, key: &'static str, toml_value: &str) -> Self {
+        self.extra.push((table, key, toml_value.to_owned()));
+        self
+    }
+
+    /// The last source's `allow_ips`.
+    pub fn allow_ips(mut self, nets: &[&str]) -> Self {
+        let line = format!("allow_ips = {nets:?}");
+        self.source_extra.push((self.sources.len() - 1, line));
+        self
+    }
+
+    /// The `extra` lines of `table`.
+    fn extra_lines(&self, f: &mut fmt::Formatter<'_>, table: &str) -> fmt::Result {
+        for (_, key, value) in self.extra.iter().filter(|(t, _, _)| *t == table) {
+            writeln!(f, "{key} = {value}")?;
+        }
+        Ok(())
     }
 
     pub fn tls(mut self, cert: &DevCert) -> Self {
@@ -466,6 +527,7 @@ impl Config {
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "[server]\nlisten = \"127.0.0.1:0\"")?;
+        self.extra_lines(f, "server")?;
         if let Some((cert, key)) = &self.tls {
             writeln!(
                 f,
@@ -473,9 +535,19 @@ impl fmt::Display for Config {
                 cert.display().to_string(),
                 key.display().to_string()
             )?;
+            self.extra_lines(f, "server.tls")?;
         }
-        writeln!(f, "[admin]\nlisten = \"127.0.0.1:0\"")?;
+        writeln!(f, "[admin]")?;
+        if !self
+            .extra
+            .iter()
+            .any(|(t, k, _)| *t == "admin" && *k == "listen")
+        {
+            writeln!(f, "listen = \"127.0.0.1:0\"")?;
+        }
+        self.extra_lines(f, "admin")?;
         writeln!(f, "[limits]")?;
+        self.extra_lines(f, "limits")?;
         for (key, value) in &self.limits {
             writeln!(f, "{key} = {value}")?;
         }
@@ -488,18 +560,42 @@ impl fmt::Display for Config {
             f,
             "[rate_limit]\nrequests_per_second = {rps:?}\nburst = {burst}"
         )?;
+        self.extra_lines(f, "rate_limit")?;
+        let known = ["server", "server.tls", "admin", "limits", "rate_limit"];
+        let mut others: Vec<&str> = self
+            .extra
+            .iter()
+            .map(|(t, _, _)| *t)
+            .filter(|t| !known.contains(t))
+            .collect();
+        others.dedup();
+        for table in others {
+            writeln!(f, "[{table}]")?;
+            self.extra_lines(f, table)?;
+        }
         if !self.store.is_empty() {
             writeln!(f, "[store]")?;
             for (key, value) in &self.store {
                 writeln!(f, "{key} = {value}")?;
             }
         }
-        for source in &self.sources {
+        for (i, source) in self.sources.iter().enumerate() {
             writeln!(
                 f,
-                "\n[[sources]]\nname = {:?}\npath = {:?}\nscheme = \"standard-webhooks\"\nsecrets = {:?}",
-                source.name, source.path, source.secrets
+                "\n[[sources]]\nname = {:?}\npath = {:?}",
+                source.name, source.path
             )?;
+            match &source.scheme_toml {
+                Some(toml) => writeln!(f, "{toml}")?,
+                None => writeln!(
+                    f,
+                    "scheme = \"standard-webhooks\"\nsecrets = {:?}",
+                    source.secrets
+                )?,
+            }
+            for (_, line) in self.source_extra.iter().filter(|(at, _)| *at == i) {
+                writeln!(f, "{line}")?;
+            }
             for route in &source.routes {
                 writeln!(f, "[[sources.routes]]")?;
                 if let Some(name) = &route.name {
@@ -510,6 +606,9 @@ impl fmt::Display for Config {
                     "events = [{:?}]\nupstream = {:?}",
                     route.events, route.upstream
                 )?;
+                if let Some(secret) = &route.resign {
+                    writeln!(f, "resign = {{ secret = {secret:?} }}")?;
+                }
             }
         }
         Ok(())
@@ -612,7 +711,7 @@ impl TestClient {
     pub async fn post_url(&self, url: &str, delivery: &SignedRequest) -> Reply {
         let mut builder = Request::post(url);
         for (name, value) in &delivery.headers {
-            builder = builder.header(*name, value);
+            builder = builder.header(name, value);
         }
         let request = builder
             .body(Full::new(Bytes::from(delivery.body.clone())))
@@ -695,9 +794,17 @@ impl Gateway {
 
     /// A GET on the admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub async fn admin(&self, path: &str) -> Reply {
-        self.client
-            .get(&format!("http://{}{path}", self.admin_addr))
-            .await
+        self.client.get(&self.admin_url(path)).await
+    }
+
+    /// The admin listener's URL for `path`, on loopback even when it listens on all
+    /// addresses.
+    pub fn admin_url(&self, path: &str) -> String {
+        let mut addr = self.admin_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}{path}")
     }
 
     pub async fn metrics(&self) -> Scrape {
@@ -717,7 +824,7 @@ impl Gateway {
     pub async fn post_chunked(
         &self,
         path: &str,
-        headers: &[(&'static str, String)],
+        headers: &[(HeaderName, String)],
         chunks: Vec<Bytes>,
     ) -> Reply {
         let stream = TcpStream::connect(self.addr).await.expect("connect");
@@ -727,7 +834,7 @@ impl Gateway {
         tokio::spawn(connection);
         let mut builder = Request::post(path).header("host", self.addr.to_string());
         for (name, value) in headers {
-            builder = builder.header(*name, value);
+            builder = builder.header(name, value);
         }
         let request = builder
             .body(Chunks(chunks.into()))
@@ -830,12 +937,16 @@ pub fn signed_body(body: &str) -> SignedRequest {
 pub fn signed_raw(secret: &str, id: &str, timestamp: i64, body: &str) -> SignedRequest {
     let key = key_from_secret(secret).expect("a valid secret");
     SignedRequest {
+        id: id.to_owned(),
         headers: vec![
-            ("content-type", "application/json".to_owned()),
-            ("webhook-id", id.to_owned()),
-            ("webhook-timestamp", timestamp.to_string()),
+            (CONTENT_TYPE, "application/json".to_owned()),
+            (HeaderName::from_static("webhook-id"), id.to_owned()),
             (
-                "webhook-signature",
+                HeaderName::from_static("webhook-timestamp"),
+                timestamp.to_string(),
+            ),
+            (
+                HeaderName::from_static("webhook-signature"),
                 sign(&key, id, timestamp, body.as_bytes()),
             ),
         ],
@@ -864,6 +975,7 @@ impl Edit for SignedRequest {
 
     fn with_header(mut self, name: &'static str, value: &str) -> Self {
         self.headers.retain(|(n, _)| *n != name);
+        let name = HeaderName::from_bytes(name.as_bytes()).expect("a valid header name");
         self.headers.push((name, value.to_owned()));
         self
     }
@@ -950,7 +1062,7 @@ where
 pub fn delivery_request(url: &str, delivery: &SignedRequest) -> Request<Full<Bytes>> {
     let mut builder = Request::post(url);
     for (name, value) in &delivery.headers {
-        builder = builder.header(*name, value);
+        builder = builder.header(name, value);
     }
     builder
         .body(Full::new(Bytes::from(delivery.body.clone())))

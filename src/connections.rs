@@ -1,0 +1,205 @@
+//! Connection admission: how many connections a listener holds, in all and per client
+//! IP, decided at accept before a byte is read; and the open-files budget they must fit.
+//!
+//! A refused connection is closed at once with a reset: there is no HTTP answer to give
+//! before a request has been read. Peers in `rate_limit.trusted_proxies` are exempt from
+//! the per-IP limit (a load balancer carries many clients on one address); they still
+//! count toward the total. What happens on an admitted connection (timeouts, protocols)
+//! is `server`'s business.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use ipnet::IpNet;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::client_ip::rate_key;
+use crate::metrics::{ConnectionMetrics, Refused};
+
+/// File descriptors kept back from connections: upstream connections, Redis, the admin
+/// listener, files. A quarter of the limit, at least this many.
+const MIN_FD_RESERVE: u64 = 64;
+
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    max: u32,
+    per_ip_max: u32,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    exempt: Vec<IpNet>,
+    metrics: ConnectionMetrics,
+}
+
+/// An admitted connection; dropping it gives its slots back.
+pub struct Admitted {
+    admission: Arc<Admission>,
+    /// The per-IP key counted, if any.
+    key: Option<IpAddr>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Admission {
+    /// `per_ip_max = 0` means no per-IP limit.
+    pub fn new(
+        max: u32,
+        per_ip_max: u32,
+        exempt: Vec<IpNet>,
+        metrics: ConnectionMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Admission {
+            slots: Arc::new(Semaphore::new(max as usize)),
+            max,
+            per_ip_max,
+            per_ip: Mutex::new(HashMap::new()),
+            exempt,
+            metrics,
+        })
+    }
+
+    /// Takes a slot for a connection from `peer`, or says why there is none.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admitted, Refused> {
+        let refuse = |reason| {
+            self.metrics.refused(reason);
+            Err(reason)
+        };
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return refuse(Refused::MaxConnections);
+        };
+        let peer = peer.to_canonical();
+        let key = if self.per_ip_max == 0 || self.exempt.iter().any(|net| net.contains(&peer)) {
+            None
+        } else {
+            let key = rate_key(peer);
+            let mut per_ip = self.per_ip.lock().expect("not poisoned");
+            let count = per_ip.entry(key).or_insert(0);
+            if *count >= self.per_ip_max {
+                drop(per_ip);
+                return refuse(Refused::PerIpLimit);
+            }
+            *count += 1;
+            Some(key)
+        };
+        self.metrics.open.inc();
+        Ok(Admitted {
+            admission: self.clone(),
+            key,
+            _slot: slot,
+        })
+    }
+
+    /// Returns once every admitted connection has ended.
+    pub async fn drained(&self) {
+        let _all = self
+            .slots
+            .acquire_many(self.max)
+            .await
+            .expect("the semaphore is never closed");
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.admission.metrics.open.dec();
+        if let Some(key) = self.key {
+            let mut per_ip = self.admission.per_ip.lock().expect("not poisoned");
+            if let Some(count) = per_ip.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// Raises this process's soft open-files limit to its hard limit (as Go does at start)
+/// and returns the limit now in force; `None` where it cannot be read.
+pub fn raise_open_files_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        rlimit::increase_nofile_limit(u64::MAX).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The connections a listener may hold so that, with the reserve kept for everything
+/// else, the process stays inside its open-files limit.
+pub fn fit_to_open_files(configured: u32, open_files_limit: Option<u64>) -> u32 {
+    let Some(limit) = open_files_limit else {
+        return configured;
+    };
+    let reserve = (limit / 4).max(MIN_FD_RESERVE);
+    let room = limit.saturating_sub(reserve).max(1);
+    configured.min(u32::try_from(room).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn admission(max: u32, per_ip: u32, exempt: &[&str]) -> Arc<Admission> {
+        Admission::new(
+            max,
+            per_ip,
+            exempt.iter().map(|n| n.parse().unwrap()).collect(),
+            Metrics::new([]).connections("server"),
+        )
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_total_is_capped_and_slots_come_back_on_drop() {
+        let a = admission(2, 0, &[]);
+        let first = a.admit(ip("192.0.2.1")).unwrap();
+        let _second = a.admit(ip("192.0.2.2")).unwrap();
+        assert_eq!(
+            a.admit(ip("192.0.2.3")).err(),
+            Some(Refused::MaxConnections)
+        );
+        drop(first);
+        assert!(a.admit(ip("192.0.2.3")).is_ok());
+    }
+
+    #[test]
+    fn one_ip_cannot_take_more_than_its_share() {
+        let a = admission(100, 2, &[]);
+        let held: Vec<_> = (0..2).map(|_| a.admit(ip("192.0.2.1")).unwrap()).collect();
+        assert_eq!(a.admit(ip("192.0.2.1")).err(), Some(Refused::PerIpLimit));
+        assert!(a.admit(ip("192.0.2.2")).is_ok());
+        drop(held);
+        assert!(a.admit(ip("192.0.2.1")).is_ok());
+        assert!(a.per_ip.lock().unwrap().len() <= 2);
+    }
+
+    #[test]
+    fn ipv6_peers_share_the_limit_of_their_64() {
+        let a = admission(100, 1, &[]);
+        let _held = a.admit(ip("2001:db8::1")).unwrap();
+        assert_eq!(a.admit(ip("2001:db8::2")).err(), Some(Refused::PerIpLimit));
+        assert!(a.admit(ip("2001:db8:0:1::1")).is_ok());
+    }
+
+    #[test]
+    fn trusted_proxies_are_exempt_from_the_per_ip_limit_but_not_the_total() {
+        let a = admission(3, 1, &["10.0.0.0/8"]);
+        let _held: Vec<_> = (0..3).map(|_| a.admit(ip("10.0.0.5")).unwrap()).collect();
+        assert_eq!(a.admit(ip("10.0.0.5")).err(), Some(Refused::MaxConnections));
+    }
+
+    #[test]
+    fn connections_are_fitted_into_the_open_files_limit() {
+        assert_eq!(fit_to_open_files(10_000, None), 10_000);
+        assert_eq!(fit_to_open_files(10_000, Some(1_048_576)), 10_000);
+        assert_eq!(fit_to_open_files(10_000, Some(1024)), 768);
+        assert_eq!(fit_to_open_files(10_000, Some(100)), 36);
+        assert_eq!(fit_to_open_files(10_000, Some(20_000)), 10_000);
+        assert_eq!(fit_to_open_files(50_000, Some(20_000)), 15_000);
+    }
+}

@@ -1,0 +1,158 @@
+//! What hookgate knows about well-known senders (`provider = "openai"` on a source): the
+//! event types they publish, so `hookgate check` can warn about a route pattern that can
+//! never match (`response.complete`) instead of letting it answer 202 forever.
+//!
+//! The list is a snapshot of the event types in the OpenAI Python SDK
+//! (<https://github.com/openai/openai-python>, `src/openai/types/webhooks/`). A type it
+//! lacks causes a warning, never an error, and routing never consults it: a new event
+//! type OpenAI starts sending is routed like any other.
+
+use crate::route::EventPattern;
+
+/// Every provider hookgate knows, by its `provider = "..."` name.
+const PROVIDERS: &[(&str, &str, &[&str])] = &[("openai", "OpenAI", OPENAI_EVENT_TYPES)];
+
+pub const OPENAI_EVENT_TYPES: &[&str] = &[
+    "agent.environment.expired",
+    "agent.environment.failed",
+    "agent.environment.ready",
+    "agent.environment.suspended",
+    "agent.session.action_required",
+    "agent.session.created",
+    "agent.session.failed",
+    "agent.session.idle",
+    "agent.session.in_progress",
+    "batch.cancelled",
+    "batch.completed",
+    "batch.expired",
+    "batch.failed",
+    "eval.run.canceled",
+    "eval.run.failed",
+    "eval.run.succeeded",
+    "fine_tuning.job.cancelled",
+    "fine_tuning.job.failed",
+    "fine_tuning.job.succeeded",
+    "live.call.incoming",
+    "live.transport.incoming",
+    "realtime.call.incoming",
+    "response.cancelled",
+    "response.completed",
+    "response.failed",
+    "response.incomplete",
+    "safety.alert.created",
+    "safety.deactivation_issued",
+    "safety.org_alert.created",
+    "safety.warning_issued",
+    "safety_identifier.blocked",
+];
+
+/// Warnings (key paths relative to the source) for route patterns that match none of
+/// the provider's event types; an unknown provider is an error.
+pub fn typos(provider: &str, routes: &[crate::config::RouteFile]) -> Result<Vec<String>, String> {
+    let Some((_, display, known)) = PROVIDERS.iter().find(|(name, _, _)| *name == provider) else {
+        let names: Vec<&str> = PROVIDERS.iter().map(|(name, _, _)| *name).collect();
+        return Err(format!(
+            "{provider:?} is unknown; known providers: {}",
+            names.join(", ")
+        ));
+    };
+    let mut warnings = Vec::new();
+    for (j, route) in routes.iter().enumerate() {
+        for (i, text) in route.events.iter().enumerate() {
+            // A pattern that does not parse is an error, reported with the routes.
+            let Ok(pattern) = EventPattern::parse(text) else {
+                continue;
+            };
+            if known.iter().any(|t| pattern.matches(t)) {
+                continue;
+            }
+            let stem = text.trim_end_matches('*');
+            let suggestion = known
+                .iter()
+                .map(|t| (edit_distance(stem, t), *t))
+                .filter(|(d, _)| *d <= 3)
+                .min()
+                .map(|(_, t)| format!("; did you mean {t:?}?"))
+                .unwrap_or_default();
+            warnings.push(format!(
+                "routes[{j}].events[{i}] {text:?} matches none of {display}'s published event types{suggestion}"
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RouteFile;
+
+    fn route(events: &[&str]) -> RouteFile {
+        RouteFile {
+            name: None,
+            events: events.iter().map(|e| e.to_string()).collect(),
+            upstream: "http://127.0.0.1:1/".into(),
+            resign: None,
+        }
+    }
+
+    #[test]
+    fn a_typo_is_warned_about_with_a_suggestion() {
+        let warnings = typos(
+            "openai",
+            &[
+                route(&["response.completed", "response.complete"]),
+                route(&["batch.*", "*"]),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            warnings,
+            vec![
+                "routes[0].events[1] \"response.complete\" matches none of OpenAI's published \
+                 event types; did you mean \"response.completed\"?"
+            ]
+        );
+    }
+
+    #[test]
+    fn wildcards_that_match_nothing_are_warned_about_too() {
+        let warnings = typos("openai", &[route(&["fine_tune.*", "eval.run.*"])]).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("routes[0].events[0] \"fine_tune.*\""));
+    }
+
+    #[test]
+    fn an_unknown_provider_is_an_error() {
+        assert!(
+            typos("opneai", &[])
+                .unwrap_err()
+                .contains("known providers: openai")
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("response.complete", "response.completed"), 1);
+        assert_eq!(edit_distance("batch.canceled", "batch.cancelled"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+}

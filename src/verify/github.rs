@@ -1,0 +1,302 @@
+//! GitHub's webhook signatures
+//! (<https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries>).
+//!
+//! `X-Hub-Signature-256: sha256=<hex>` is HMAC-SHA256 of the raw body, keyed with the
+//! secret's UTF-8 bytes. The legacy SHA-1 `X-Hub-Signature` is never accepted. The event
+//! type is the `X-GitHub-Event` header and the dedupe key the `X-GitHub-Delivery` GUID,
+//! which a redelivery keeps.
+//!
+//! Nothing about time is signed: a captured delivery verifies forever. Replay protection
+//! rests on deduplication by `X-GitHub-Delivery` within `dedupe.ttl`, and that header is
+//! not signed either, so a replay under a fresh delivery id is only kept out by TLS (a
+//! delivery cannot be captured in transit) and by admitting GitHub's addresses alone.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use hmac::{Hmac, KeyInit, Mac};
+use http::{HeaderMap, HeaderName};
+use sha2::Sha256;
+
+use super::{
+    Built, Delivery, Explanation, Keyring, Scheme, SchemeOptions, Verifier, VerifyError, header,
+    hex_decode, hex_encode, preview,
+};
+use crate::event::Field;
+use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
+
+pub const SCHEME: Scheme = Scheme {
+    name: "github",
+    keys: &[],
+    build,
+    sign: sign_message,
+};
+
+pub const SIGNATURE: HeaderName = HeaderName::from_static("x-hub-signature-256");
+pub const EVENT: HeaderName = HeaderName::from_static("x-github-event");
+pub const DELIVERY: HeaderName = HeaderName::from_static("x-github-delivery");
+
+type HmacSha256 = Hmac<Sha256>;
+
+pub struct GitHub {
+    keys: Keyring<HmacSha256>,
+}
+
+impl std::fmt::Debug for GitHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
+    let keys = Keyring::build(options.secrets, |secret| {
+        if secret.is_empty() {
+            return Err("the secret is empty".to_owned());
+        }
+        Ok(HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length"))
+    })?;
+    Ok(Built {
+        verifier: Arc::new(GitHub { keys }),
+        event_type: Field::Header(EVENT),
+        dedupe_key: Some(Field::Header(DELIVERY)),
+    })
+}
+
+/// The tag of `sha256=<64 hex digits>`.
+fn parse(value: &str) -> Result<[u8; 32], VerifyError> {
+    value
+        .strip_prefix("sha256=")
+        .and_then(hex_decode::<32>)
+        .ok_or(VerifyError::MalformedSignature)
+}
+
+fn matches(key: &HmacSha256, tag: &[u8; 32], body: &[u8]) -> bool {
+    let mut mac = key.clone();
+    mac.update(body);
+    mac.verify_slice(tag).is_ok() // constant time
+}
+
+/// The `X-Hub-Signature-256` value for a body: `sha256=<hex>`.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex_encode(&mac.finalize().into_bytes()))
+}
+
+impl Verifier for GitHub {
+    fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Delivery, VerifyError> {
+        let tag = parse(header(
+            headers,
+            &SIGNATURE,
+            VerifyError::MalformedSignature,
+        )?)?;
+        self.keys
+            .active(now)
+            .find(|(_, key)| matches(key, &tag, body))
+            .map(|(secret_index, _)| Delivery { secret_index })
+            .ok_or(VerifyError::InvalidSignature)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}, no timestamp (replays stopped by dedupe only)",
+            self.keys.describe()
+        )
+    }
+
+    fn explain(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Explanation {
+        let mut out = Explanation::default();
+        let tag = match header(headers, &SIGNATURE, VerifyError::MalformedSignature) {
+            Ok(value) => {
+                out.step(format!("read {SIGNATURE}: {value}"));
+                match parse(value) {
+                    Ok(tag) => tag,
+                    Err(e) => {
+                        out.step(format!("stopped: {e} (expected sha256=<64 hex digits>)"));
+                        return out;
+                    }
+                }
+            }
+            Err(e) => {
+                out.step(format!("stopped: {e}"));
+                if headers.contains_key("x-hub-signature") {
+                    out.hint("only the SHA-1 X-Hub-Signature is present: hookgate checks X-Hub-Signature-256 alone");
+                }
+                return out;
+            }
+        };
+        out.step("timestamp: none in this scheme (nothing about time is signed)");
+        out.step(format!("signed content {{body}}: {}", preview(&[body])));
+        for (i, key, _) in self.keys.all() {
+            let hit = matches(key, &tag, body);
+            match (self.keys.skipped(i, now), hit) {
+                (Some(skipped), true) => {
+                    out.step(format!("{skipped}; it WOULD match"));
+                    out.hint(format!(
+                        "only secrets[{i}] matches, and it is past its not_after: the sender still signs with it"
+                    ));
+                }
+                (Some(skipped), false) => out.step(skipped),
+                (None, true) => {
+                    out.step(format!("secrets[{i}]: MATCHES"));
+                    out.matched.get_or_insert(i);
+                }
+                (None, false) => out.step(format!("secrets[{i}]: no match")),
+            }
+        }
+        out
+    }
+}
+
+/// `hookgate sign --scheme github`: `--data` is the payload; `--type` the event header.
+fn sign_message(_: &SchemeOptions<'_>, msg: &SignMessage<'_>) -> Result<SignedRequest, SignError> {
+    if msg.timestamp.is_some() {
+        return Err(SignError::Scheme(
+            "--timestamp: github signatures carry no timestamp".to_owned(),
+        ));
+    }
+    if msg.secret.is_empty() {
+        return Err(SignError::Secret("the secret is empty".to_owned()));
+    }
+    let id = match msg.id {
+        Some(id) => id.to_owned(),
+        None => {
+            let hex = format!("{}{}", random_hex(), random_hex());
+            format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..32]
+            )
+        }
+    };
+    let body = msg.data.to_owned();
+    Ok(SignedRequest {
+        id: id.clone(),
+        headers: vec![
+            (http::header::CONTENT_TYPE, "application/json".to_owned()),
+            (EVENT, msg.event_type.to_owned()),
+            (DELIVERY, id),
+            (SIGNATURE, sign(msg.secret, body.as_bytes())),
+        ],
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SecretEntry;
+    use crate::config::secret::Secret;
+    use http::HeaderValue;
+
+    // GitHub's documentation example (tests/vectors/github.toml cites it).
+    const SECRET: &str = "It's a Secret to Everybody";
+    const BODY: &[u8] = b"Hello, World!";
+    const SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+
+    fn verifier(secrets: &[&str]) -> Arc<dyn Verifier> {
+        let secrets: Vec<SecretEntry> = secrets
+            .iter()
+            .map(|s| SecretEntry::from(Secret::from((*s).to_owned())))
+            .collect();
+        build(&SchemeOptions {
+            secrets: &secrets,
+            ..SchemeOptions::default()
+        })
+        .unwrap()
+        .verifier
+    }
+
+    fn headers(sig: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(SIGNATURE, HeaderValue::from_str(sig).unwrap());
+        h
+    }
+
+    #[test]
+    fn the_documented_example_signs_and_verifies() {
+        assert_eq!(sign(SECRET, BODY), SIG);
+        let now = SystemTime::now();
+        assert_eq!(
+            verifier(&[SECRET]).verify(&headers(SIG), BODY, now),
+            Ok(Delivery { secret_index: 0 })
+        );
+        // Upper-case hex is the same tag.
+        let upper = format!("sha256={}", SIG["sha256=".len()..].to_uppercase());
+        assert!(
+            verifier(&[SECRET])
+                .verify(&headers(&upper), BODY, now)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn failures_are_told_apart() {
+        let now = SystemTime::now();
+        let v = verifier(&[SECRET]);
+        assert_eq!(
+            v.verify(&headers(SIG), b"Hello, World?", now),
+            Err(VerifyError::InvalidSignature)
+        );
+        assert_eq!(
+            verifier(&["another secret"]).verify(&headers(SIG), BODY, now),
+            Err(VerifyError::InvalidSignature)
+        );
+        for bad in [
+            "757107ea",
+            "sha1=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+            "sha256=xyz",
+        ] {
+            assert_eq!(
+                v.verify(&headers(bad), BODY, now),
+                Err(VerifyError::MalformedSignature),
+                "{bad}"
+            );
+        }
+        let mut sha1_only = HeaderMap::new();
+        sha1_only.insert("x-hub-signature", HeaderValue::from_static("sha1=abc"));
+        assert_eq!(
+            v.verify(&sha1_only, BODY, now),
+            Err(VerifyError::MissingHeader(SIGNATURE))
+        );
+        assert!(v.explain(&sha1_only, BODY, now).hints[0].contains("SHA-1"));
+    }
+
+    #[test]
+    fn signing_sets_the_event_and_delivery_headers_and_refuses_a_timestamp() {
+        let msg = SignMessage {
+            secret: SECRET,
+            event_type: "push",
+            data: r#"{"ref":"refs/heads/main"}"#,
+            id: None,
+            timestamp: None,
+            now: 0,
+        };
+        let signed = sign_message(&SchemeOptions::default(), &msg).unwrap();
+        let get = |name: &HeaderName| {
+            signed
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        assert_eq!(get(&EVENT), "push");
+        assert_eq!(get(&DELIVERY).len(), 36);
+        assert_eq!(get(&SIGNATURE), sign(SECRET, signed.body.as_bytes()));
+        let stamped = SignMessage {
+            timestamp: Some(1),
+            ..msg
+        };
+        assert!(sign_message(&SchemeOptions::default(), &stamped).is_err());
+    }
+}

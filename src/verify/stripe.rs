@@ -1,0 +1,436 @@
+//! Stripe's signature scheme (<https://docs.stripe.com/webhooks#verify-manually>), and
+//! senders that copied it under another header (`signature_header = "OpenAI-Signature"`).
+//!
+//! One header (default `Stripe-Signature`) holds `t=<unix>,v1=<hex>[,v1=<hex>...]`; the
+//! signed content is `{t}.{raw body}`; the tag is HMAC-SHA256 keyed with the secret's own
+//! UTF-8 bytes: unlike Standard Webhooks, a `whsec_` secret is *not* base64-decoded. Any
+//! `v1` entry may match (Stripe signs once per active secret while one is rolled); `v0`
+//! and unknown schemes are ignored, so nobody can downgrade to them. `t` must be within
+//! the tolerance in both directions. The dedupe key is the event id at `/id`: Stripe has
+//! no delivery-id header, and a retried event keeps its id.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hmac::{Hmac, KeyInit, Mac};
+use http::{HeaderMap, HeaderName};
+use sha2::Sha256;
+
+use super::{
+    Built, Delivery, Explanation, Keyring, Scheme, SchemeOptions, Verifier, VerifyError,
+    check_freshness, describe_age, header, hex_decode, hex_encode, parse_timestamp, preview,
+};
+use crate::event::{Field, JsonPointer};
+use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
+
+pub const SCHEME: Scheme = Scheme {
+    name: "stripe",
+    keys: &["signature_header", "tolerance"],
+    build,
+    sign: sign_message,
+};
+
+pub const SIGNATURE: HeaderName = HeaderName::from_static("stripe-signature");
+
+type HmacSha256 = Hmac<Sha256>;
+
+pub struct Stripe {
+    keys: Keyring<HmacSha256>,
+    header: HeaderName,
+    tolerance: Duration,
+    /// Each `whsec_` secret base64-decoded, as Standard Webhooks would read it: only
+    /// `explain` tries these, to name the classic mix-up.
+    decoded: Vec<(usize, HmacSha256)>,
+}
+
+impl std::fmt::Debug for Stripe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
+    let keys = Keyring::build(options.secrets, |secret| {
+        if secret.is_empty() {
+            return Err("the secret is empty".to_owned());
+        }
+        Ok(HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length"))
+    })?;
+    let decoded = options
+        .secrets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, entry)| {
+            let key = super::standard_webhooks::key_from_secret(entry.secret.expose()).ok()?;
+            entry.secret.expose().starts_with("whsec_").then(|| {
+                (
+                    i,
+                    HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length"),
+                )
+            })
+        })
+        .collect();
+    Ok(Built {
+        verifier: Arc::new(Stripe {
+            keys,
+            header: options.signature_header.clone().unwrap_or(SIGNATURE),
+            tolerance: options.tolerance(),
+            decoded,
+        }),
+        event_type: Field::Json(JsonPointer::parse("/type").expect("a valid pointer")),
+        dedupe_key: Some(Field::Json(
+            JsonPointer::parse("/id").expect("a valid pointer"),
+        )),
+    })
+}
+
+/// The signature header's entries that matter.
+struct Parsed<'h> {
+    timestamp_text: &'h str,
+    timestamp: i64,
+    v1: Vec<[u8; 32]>,
+    ignored: Vec<&'h str>,
+}
+
+fn parse(value: &str) -> Result<Parsed<'_>, VerifyError> {
+    let mut timestamp_text = None;
+    let mut v1 = Vec::new();
+    let mut ignored = Vec::new();
+    for element in value.split(',').map(str::trim) {
+        match element.split_once('=') {
+            // Two timestamps would make the signed content ambiguous.
+            Some(("t", _)) if timestamp_text.is_some() => {
+                return Err(VerifyError::MalformedTimestamp);
+            }
+            Some(("t", t)) => timestamp_text = Some(t),
+            Some(("v1", tag)) => match hex_decode::<32>(tag) {
+                Some(tag) => v1.push(tag),
+                None => ignored.push("v1 (not 64 hex digits)"),
+            },
+            Some((scheme, _)) => ignored.push(scheme),
+            None => ignored.push("(no '=')"),
+        }
+    }
+    let timestamp_text = timestamp_text.ok_or(VerifyError::MalformedTimestamp)?;
+    let timestamp = parse_timestamp(timestamp_text)?;
+    if v1.is_empty() {
+        return Err(VerifyError::MalformedSignature);
+    }
+    Ok(Parsed {
+        timestamp_text,
+        timestamp,
+        v1,
+        ignored,
+    })
+}
+
+fn signed(key: &HmacSha256, timestamp: &str, body: &[u8]) -> HmacSha256 {
+    let mut mac = key.clone();
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
+}
+
+fn matches(key: &HmacSha256, parsed: &Parsed<'_>, body: &[u8]) -> bool {
+    let mac = signed(key, parsed.timestamp_text, body);
+    // `verify_slice` compares in constant time.
+    parsed
+        .v1
+        .iter()
+        .any(|tag| mac.clone().verify_slice(tag).is_ok())
+}
+
+/// The header value for a message: `t=<timestamp>,v1=<hex>`.
+pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let key =
+        HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
+    let tag = signed(&key, &timestamp.to_string(), body).finalize();
+    format!("t={timestamp},v1={}", hex_encode(&tag.into_bytes()))
+}
+
+impl Verifier for Stripe {
+    fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Delivery, VerifyError> {
+        let value = header(headers, &self.header, VerifyError::MalformedSignature)?;
+        let parsed = parse(value)?;
+        // Freshness before the HMAC: a replay of an old capture costs no hashing.
+        check_freshness(parsed.timestamp, now, self.tolerance)?;
+        self.keys
+            .active(now)
+            .find(|(_, key)| matches(key, &parsed, body))
+            .map(|(secret_index, _)| Delivery { secret_index })
+            .ok_or(VerifyError::InvalidSignature)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "header {}, {}, tolerance {}",
+            self.header,
+            self.keys.describe(),
+            humantime::format_duration(self.tolerance)
+        )
+    }
+
+    fn explain(&self, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Explanation {
+        let mut out = Explanation::default();
+        let value = match header(headers, &self.header, VerifyError::MalformedSignature) {
+            Ok(value) => {
+                out.step(format!("read {}: {value}", self.header));
+                value
+            }
+            Err(e) => {
+                out.step(format!("stopped: {e}"));
+                if headers.contains_key("webhook-signature") {
+                    out.hint("the request carries webhook-signature: this source may need scheme = \"standard-webhooks\"");
+                }
+                return out;
+            }
+        };
+        let parsed = match parse(value) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                out.step(format!(
+                    "stopped: {e} (expected t=<unix>,v1=<64 hex digits>)"
+                ));
+                return out;
+            }
+        };
+        out.step(format!(
+            "signatures: {} v1{}",
+            parsed.v1.len(),
+            if parsed.ignored.is_empty() {
+                String::new()
+            } else {
+                format!(", ignored: {}", parsed.ignored.join(" "))
+            }
+        ));
+        out.step(format!(
+            "timestamp t={}",
+            describe_age(parsed.timestamp, now, self.tolerance)
+        ));
+        out.step(format!(
+            "signed content {{t}}.{{body}}: {}",
+            preview(&[parsed.timestamp_text.as_bytes(), b".", body])
+        ));
+        for (i, key, _) in self.keys.all() {
+            let hit = matches(key, &parsed, body);
+            match (self.keys.skipped(i, now), hit) {
+                (Some(skipped), true) => {
+                    out.step(format!("{skipped}; it WOULD match"));
+                    out.hint(format!(
+                        "only secrets[{i}] matches, and it is past its not_after: the sender still signs with it"
+                    ));
+                }
+                (Some(skipped), false) => out.step(skipped),
+                (None, true) => {
+                    out.step(format!("secrets[{i}] (its text as the HMAC key): MATCHES"));
+                    out.matched.get_or_insert(i);
+                }
+                (None, false) => {
+                    out.step(format!("secrets[{i}] (its text as the HMAC key): no match"))
+                }
+            }
+        }
+        if out.matched.is_none() {
+            for (i, key) in &self.decoded {
+                if matches(key, &parsed, body) {
+                    out.hint(format!(
+                        "secrets[{i}] matches when base64-decoded after whsec_, as Standard Webhooks reads secrets; \
+                         Stripe uses the text as-is, so this sender is not Stripe-compatible"
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `hookgate sign --scheme stripe`: a Stripe event body, `t=...,v1=...`.
+fn sign_message(
+    options: &SchemeOptions<'_>,
+    msg: &SignMessage<'_>,
+) -> Result<SignedRequest, SignError> {
+    if msg.secret.is_empty() {
+        return Err(SignError::Secret("the secret is empty".to_owned()));
+    }
+    let id = msg
+        .id
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("evt_{}", random_hex()));
+    let timestamp = msg.timestamp.unwrap_or(msg.now);
+    let body = format!(
+        r#"{{"id":{},"object":"event","created":{timestamp},"livemode":false,"type":{},"data":{{"object":{}}}}}"#,
+        serde_json::Value::from(id.as_str()),
+        serde_json::Value::from(msg.event_type),
+        msg.data,
+    );
+    let header = options.signature_header.clone().unwrap_or(SIGNATURE);
+    Ok(SignedRequest {
+        headers: vec![
+            (http::header::CONTENT_TYPE, "application/json".to_owned()),
+            (header, sign(msg.secret, timestamp, body.as_bytes())),
+        ],
+        id,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SecretEntry;
+    use crate::config::secret::Secret;
+    use http::HeaderValue;
+
+    // The secret and body of stripe-go's webhook tests; the published-style vectors
+    // with their sources are in tests/vectors/stripe.toml.
+    const SECRET: &str = "whsec_test_secret";
+    const TS: i64 = 1700000000;
+    const BODY: &[u8] = b"{\n  \"id\": \"evt_test_webhook\",\n  \"object\": \"event\"\n}";
+
+    fn verifier(secrets: &[&str], header: Option<&str>) -> Arc<dyn Verifier> {
+        let secrets: Vec<SecretEntry> = secrets
+            .iter()
+            .map(|s| SecretEntry::from(Secret::from((*s).to_owned())))
+            .collect();
+        build(&SchemeOptions {
+            secrets: &secrets,
+            signature_header: header.map(|h| HeaderName::from_bytes(h.as_bytes()).unwrap()),
+            ..SchemeOptions::default()
+        })
+        .unwrap()
+        .verifier
+    }
+
+    fn headers(name: &str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+        h
+    }
+
+    fn at(secs: i64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+    }
+
+    fn check(value: &str, body: &[u8], now: i64) -> Result<Delivery, VerifyError> {
+        verifier(&[SECRET], None).verify(&headers("Stripe-Signature", value), body, at(now))
+    }
+
+    #[test]
+    fn signing_produces_t_and_v1() {
+        let value = sign(SECRET, TS, BODY);
+        assert!(value.starts_with("t=1700000000,v1="), "{value}");
+        assert_eq!(check(&value, BODY, TS), Ok(Delivery { secret_index: 0 }));
+    }
+
+    #[test]
+    fn v0_and_unknown_schemes_are_ignored_and_any_v1_may_match() {
+        let good = sign(SECRET, TS, BODY);
+        let tag = good.split_once(",v1=").unwrap().1;
+        let v0_only = format!("t={TS},v0={tag}");
+        assert_eq!(
+            check(&v0_only, BODY, TS),
+            Err(VerifyError::MalformedSignature)
+        );
+        let rolled = format!("t={TS},v1={},v0={tag},v1={tag},v9=x", "0".repeat(64));
+        assert!(check(&rolled, BODY, TS).is_ok());
+    }
+
+    #[test]
+    fn the_secret_text_is_the_key_and_is_not_base64_decoded() {
+        // A Standard Webhooks library would decode "test_secret" after whsec_: a
+        // different key, so its signature must not verify here.
+        let decoded =
+            crate::verify::standard_webhooks::key_from_secret("whsec_dGVzdF9zZWNyZXQ=").unwrap();
+        assert_eq!(decoded, b"test_secret");
+        let mut mac = HmacSha256::new_from_slice(&decoded).unwrap();
+        mac.update(format!("{TS}.").as_bytes());
+        mac.update(BODY);
+        let swh_style = format!("t={TS},v1={}", hex_encode(&mac.finalize().into_bytes()));
+        let v = verifier(&["whsec_dGVzdF9zZWNyZXQ="], None);
+        let h = headers("Stripe-Signature", &swh_style);
+        assert_eq!(
+            v.verify(&h, BODY, at(TS)),
+            Err(VerifyError::InvalidSignature)
+        );
+        let out = v.explain(&h, BODY, at(TS));
+        assert!(
+            out.hints[0].contains("secrets[0] matches when base64-decoded"),
+            "{:?}",
+            out.hints
+        );
+    }
+
+    #[test]
+    fn a_copied_format_under_another_header_verifies() {
+        let v = verifier(&[SECRET], Some("OpenAI-Signature"));
+        let h = headers("OpenAI-Signature", &sign(SECRET, TS, BODY));
+        assert!(v.verify(&h, BODY, at(TS)).is_ok());
+        assert_eq!(
+            v.verify(
+                &headers("Stripe-Signature", &sign(SECRET, TS, BODY)),
+                BODY,
+                at(TS)
+            ),
+            Err(VerifyError::MissingHeader(HeaderName::from_static(
+                "openai-signature"
+            )))
+        );
+    }
+
+    #[test]
+    fn failures_are_told_apart() {
+        let good = sign(SECRET, TS, BODY);
+        assert_eq!(check(&good, b"{}", TS), Err(VerifyError::InvalidSignature));
+        assert_eq!(
+            verifier(&["whsec_other"], None).verify(
+                &headers("Stripe-Signature", &good),
+                BODY,
+                at(TS)
+            ),
+            Err(VerifyError::InvalidSignature)
+        );
+        assert_eq!(
+            check(&good, BODY, TS + 301),
+            Err(VerifyError::TimestampTooOld {
+                age: Duration::from_secs(301)
+            })
+        );
+        assert_eq!(
+            check(&good, BODY, TS - 301),
+            Err(VerifyError::TimestampTooNew {
+                ahead: Duration::from_secs(301)
+            })
+        );
+        for bad in ["v1=abc", "t=abc,v1=00", "t=1,t=2,v1=00", "garbage"] {
+            assert_eq!(
+                check(bad, BODY, TS),
+                Err(VerifyError::MalformedTimestamp),
+                "{bad}"
+            );
+        }
+        for bad in [
+            format!("t={TS}"),
+            format!("t={TS},v1=zz"),
+            format!("t={TS},v1=abcd"),
+        ] {
+            assert_eq!(
+                check(&bad, BODY, TS),
+                Err(VerifyError::MalformedSignature),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            verifier(&[SECRET], None).verify(&HeaderMap::new(), BODY, at(TS)),
+            Err(VerifyError::MissingHeader(SIGNATURE))
+        );
+    }
+}

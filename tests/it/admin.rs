@@ -1,0 +1,91 @@
+//! The admin listener's bearer token: required off loopback, compared exactly, and
+//! waived only for the paths `admin.public_paths` names.
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::*;
+
+const TOKEN: &str = "an-admin-token-for-tests-0123456789";
+
+async fn admin_get(gw: &Gateway, path: &str, token: Option<&str>) -> Reply {
+    let mut request = Request::get(gw.admin_url(path));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    gw.send(request.body(Full::new(Bytes::new())).unwrap())
+        .await
+}
+
+fn off_loopback(upstream: &Upstream) -> Config {
+    config()
+        .set("admin", "listen", "\"0.0.0.0:0\"")
+        .set("admin", "token", &format!("{TOKEN:?}"))
+        .route("*", upstream)
+}
+
+#[tokio::test]
+async fn an_admin_listener_off_loopback_without_a_token_does_not_start() {
+    let upstream = Upstream::start().await;
+    let text = config()
+        .set("admin", "listen", "\"0.0.0.0:0\"")
+        .route("*", &upstream)
+        .to_string();
+
+    let error = hookgate::config::parse(&text, "test.toml")
+        .unwrap_err()
+        .to_string();
+
+    assert!(
+        error.contains("admin.listen 0.0.0.0:0 is not a loopback address"),
+        "{error}"
+    );
+    assert!(error.contains("admin.token"), "{error}");
+}
+
+#[tokio::test]
+async fn an_admin_listener_off_loopback_requires_the_bearer_token_on_every_path() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(off_loopback(&upstream)).await;
+
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        for token in [None, Some("wrong"), Some(&TOKEN[..TOKEN.len() - 1])] {
+            let reply = admin_get(&gw, path, token).await;
+
+            assert_eq!(reply.status(), 401, "{path} {token:?}");
+            assert_eq!(reply.error(), "unauthorized");
+            assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+        }
+        assert_eq!(
+            admin_get(&gw, path, Some(TOKEN)).await.status(),
+            200,
+            "{path}"
+        );
+    }
+    let metrics = admin_get(&gw, "/metrics", Some(TOKEN)).await.text();
+    assert!(
+        metrics.contains("hookgate_admin_unauthorized_total 9"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn public_paths_leave_metrics_open_and_nothing_else() {
+    let upstream = Upstream::start().await;
+    let gw =
+        Gateway::start(off_loopback(&upstream).set("admin", "public_paths", r#"["/metrics"]"#))
+            .await;
+
+    assert_eq!(admin_get(&gw, "/metrics", None).await.status(), 200);
+    assert_eq!(admin_get(&gw, "/readyz", None).await.status(), 401);
+    assert_eq!(admin_get(&gw, "/healthz", None).await.status(), 401);
+}
+
+#[tokio::test]
+async fn an_admin_listener_on_loopback_without_a_token_is_open() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().route("*", &upstream)).await;
+
+    assert_eq!(admin_get(&gw, "/metrics", None).await.status(), 200);
+}

@@ -1,0 +1,176 @@
+//! Whom TLS trusts: client certificates on the listener (`server.tls.client_ca`), and
+//! https upstreams (`[upstream_tls]`: system roots, a CA file, or, for development only,
+//! nothing).
+
+use http::Version;
+
+use crate::hardening_support::*;
+use crate::support::*;
+
+async fn mtls_gateway(cert: &DevCert, ca: &TestCa, upstream: &Upstream) -> Gateway {
+    Gateway::start(
+        config()
+            .tls(cert)
+            .set(
+                "server.tls",
+                "client_ca",
+                &format!("{:?}", ca.ca_file.display().to_string()),
+            )
+            .route("*", upstream),
+    )
+    .await
+}
+
+fn url(gw: &Gateway) -> String {
+    format!("https://localhost:{}{PATH}", gw.addr().port())
+}
+
+#[tokio::test]
+async fn mtls_accepts_a_client_certificate_issued_by_the_client_ca() {
+    let (cert, ca, upstream) = (
+        DevCert::generate(),
+        TestCa::generate("senders"),
+        Upstream::start().await,
+    );
+    let gw = mtls_gateway(&cert, &ca, &upstream).await;
+    let client = mtls_client(&cert.pem, Some(ca.issue_client("sender.example")));
+
+    let reply = exchange(
+        &client,
+        delivery_request(&url(&gw), &signed_event("response.completed")),
+    )
+    .await;
+
+    assert_eq!(reply.status(), 200, "{reply:?}");
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[tokio::test]
+async fn mtls_refuses_a_client_without_a_certificate() {
+    let (cert, ca, upstream) = (
+        DevCert::generate(),
+        TestCa::generate("senders"),
+        Upstream::start().await,
+    );
+    let gw = mtls_gateway(&cert, &ca, &upstream).await;
+    let client = mtls_client(&cert.pem, None);
+
+    let result = client
+        .request(delivery_request(
+            &url(&gw),
+            &signed_event("response.completed"),
+        ))
+        .await;
+
+    assert!(result.is_err(), "{result:?}");
+    assert!(upstream.received().is_empty());
+}
+
+#[tokio::test]
+async fn mtls_refuses_a_client_certificate_from_another_ca() {
+    let (cert, ca, upstream) = (
+        DevCert::generate(),
+        TestCa::generate("senders"),
+        Upstream::start().await,
+    );
+    let stranger = TestCa::generate("somebody else");
+    let gw = mtls_gateway(&cert, &ca, &upstream).await;
+    let client = mtls_client(&cert.pem, Some(stranger.issue_client("sender.example")));
+
+    let result = client
+        .request(delivery_request(
+            &url(&gw),
+            &signed_event("response.completed"),
+        ))
+        .await;
+
+    assert!(result.is_err(), "{result:?}");
+    assert!(upstream.received().is_empty());
+    eventually("the failed handshake is counted", || async {
+        gw.metrics().await.value(
+            r#"hookgate_connections_closed_total{listener="server",reason="tls_handshake_failed"}"#,
+        ) == Some(1.0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tls_1_2_client_is_served() {
+    let cert = DevCert::generate();
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().tls(&cert).route("*", &upstream)).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(
+        rustls::pki_types::pem::PemObject::pem_slice_iter(&cert.pem).map(Result::unwrap),
+    );
+    let mut tls = rustls::ClientConfig::builder_with_provider(hookgate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_rustls::HttpsConnector::from((http, tls)));
+
+    let reply = exchange(
+        &client,
+        delivery_request(&url(&gw), &signed_event("response.completed")),
+    )
+    .await;
+
+    assert_eq!(reply.status(), 200, "{reply:?}");
+    assert_eq!(reply.version(), Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_verified_against_the_configured_ca_file() {
+    let upstream_cert = DevCert::generate();
+    let upstream = TlsUpstream::start(&upstream_cert).await;
+    let gw = Gateway::start(
+        config()
+            .set(
+                "upstream_tls",
+                "ca_file",
+                &format!("{:?}", upstream_cert.cert.display().to_string()),
+            )
+            .route("*", upstream.url()),
+    )
+    .await;
+
+    let reply = gw.post(PATH, &signed_event("response.completed")).await;
+
+    assert_eq!(reply.status(), 200, "{reply:?}");
+    assert_eq!(upstream.received(), 1);
+}
+
+#[tokio::test]
+async fn an_https_upstream_whose_certificate_no_trusted_root_issued_is_answered_502() {
+    let upstream_cert = DevCert::generate();
+    let upstream = TlsUpstream::start(&upstream_cert).await;
+    let gw = Gateway::start(config().route("*", upstream.url())).await;
+
+    let reply = gw.post(PATH, &signed_event("response.completed")).await;
+
+    assert_eq!(reply.status(), 502, "{reply:?}");
+    assert_eq!(reply.error(), "upstream_unreachable");
+    assert_eq!(upstream.received(), 0);
+}
+
+#[tokio::test]
+async fn insecure_skip_verify_forwards_to_an_upstream_with_any_certificate() {
+    let upstream_cert = DevCert::generate();
+    let upstream = TlsUpstream::start(&upstream_cert).await;
+    let gw = Gateway::start(
+        config()
+            .set("upstream_tls", "insecure_skip_verify", "true")
+            .route("*", upstream.url()),
+    )
+    .await;
+
+    let reply = gw.post(PATH, &signed_event("response.completed")).await;
+
+    assert_eq!(reply.status(), 200, "{reply:?}");
+    assert_eq!(upstream.received(), 1);
+}
