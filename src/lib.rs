@@ -8,11 +8,14 @@
 //! `event` (the event type by JSON pointer into the verified bytes) → `route` (first
 //! matching pattern) → `dedupe` claim (two-phase, so a failure never marks a delivery
 //! done) → `forward` (pooled client, raw bytes) → dedupe commit or release → answer.
+//! A source in queue mode replaces `forward` with `queue` enqueue (answered 202); the
+//! `queue::worker` tasks then forward with retries, on Redis Streams or in memory.
 //!
 //! `reject` alone maps outcomes to statuses, reasons and metric labels. `store` holds
 //! the state shared by dedupe and rate limiting (in memory by default). `config` turns the
 //! TOML file into validated settings; `metrics` and `admin` expose Prometheus metrics and
-//! health on a separate listener. `sign`, `echo` and `tls` (dev certificates) serve the
+//! health on a separate listener (and the `/deliveries` API of queue mode, which
+//! `deliveries` calls for the CLI). `sign`, `echo` and `tls` (dev certificates) serve the
 //! command line's helpers. Nothing here logs bodies, secrets or signatures.
 
 #![forbid(unsafe_code)]
@@ -23,11 +26,13 @@ pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod dedupe;
+pub mod deliveries;
 pub mod echo;
 pub mod event;
 pub mod forward;
 pub mod metrics;
 pub mod pipeline;
+pub mod queue;
 pub mod ratelimit;
 pub mod reject;
 pub mod route;

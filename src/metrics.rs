@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::queue::State;
 
 /// The `outcome` label of `hookgate_requests_total`: what happened to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,11 +31,15 @@ pub enum Outcome {
     MethodNotAllowed,
     BadRequest,
     StoreError,
+    /// Queue mode: stored, answered 202.
+    Queued,
+    /// Queue mode: the delivery could not be stored, answered 503.
+    QueueError,
 }
 
 impl Outcome {
     /// Every outcome, pre-created at zero so a dashboard's `rate()` works from the first event.
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 17] = [
         Outcome::Forwarded,
         Outcome::Duplicate,
         Outcome::InFlight,
@@ -49,6 +55,8 @@ impl Outcome {
         Outcome::MethodNotAllowed,
         Outcome::BadRequest,
         Outcome::StoreError,
+        Outcome::Queued,
+        Outcome::QueueError,
     ];
 
     pub fn label(self) -> &'static str {
@@ -68,6 +76,8 @@ impl Outcome {
             Outcome::MethodNotAllowed => "method_not_allowed",
             Outcome::BadRequest => "bad_request",
             Outcome::StoreError => "store_error",
+            Outcome::Queued => "queued",
+            Outcome::QueueError => "queue_error",
         }
     }
 }
@@ -136,6 +146,37 @@ pub struct Metrics {
     store_errors: IntCounterVec,
     store_duration: HistogramVec,
     store_fail_open: IntCounterVec,
+    queue_depth: IntGauge,
+    queue_oldest_age: Gauge,
+    deliveries: IntCounterVec,
+    delivery_attempts: HistogramVec,
+}
+
+/// The `result` label values of `hookgate_deliveries_total`: the state an attempt left
+/// its delivery in.
+const DELIVERY_RESULTS: [State; 3] = [State::Processed, State::FailedRetryable, State::FailedFinal];
+
+const ATTEMPT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 30.0,
+];
+
+/// Pre-resolved queue-mode series of one route.
+#[derive(Clone)]
+pub struct DeliveryMetrics {
+    results: [IntCounter; DELIVERY_RESULTS.len()],
+    attempts: Histogram,
+}
+
+impl DeliveryMetrics {
+    /// One settled attempt; a delivery that became final also records its attempt count.
+    pub fn observe(&self, result: State, attempts: u32) {
+        if let Some(i) = DELIVERY_RESULTS.iter().position(|r| *r == result) {
+            self.results[i].inc();
+        }
+        if result.is_final() {
+            self.attempts.observe(f64::from(attempts));
+        }
+    }
 }
 
 /// The `op` label values of the store metrics.
@@ -233,6 +274,33 @@ impl Metrics {
             &["op"],
         )
         .expect("valid metric");
+        let queue_depth = IntGauge::new(
+            "hookgate_queue_depth",
+            "Queue mode: deliveries not yet final (waiting, being attempted, or scheduled for a retry).",
+        )
+        .expect("valid metric");
+        let queue_oldest_age = Gauge::new(
+            "hookgate_queue_oldest_age_seconds",
+            "Queue mode: how long the oldest delivery ready for an attempt has been waiting.",
+        )
+        .expect("valid metric");
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "hookgate_deliveries_total",
+                "Queue mode: settled attempts by route and the state they left the delivery in (processed, failed_retryable, failed_final).",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
+        let delivery_attempts = HistogramVec::new(
+            HistogramOpts::new(
+                "hookgate_delivery_attempts",
+                "Queue mode: attempts a delivery took until it became final (processed or failed_final), by route.",
+            )
+            .buckets(ATTEMPT_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "hookgate_build_info",
@@ -253,6 +321,10 @@ impl Metrics {
             Box::new(store_errors.clone()),
             Box::new(store_duration.clone()),
             Box::new(store_fail_open.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(queue_oldest_age.clone()),
+            Box::new(deliveries.clone()),
+            Box::new(delivery_attempts.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -277,7 +349,25 @@ impl Metrics {
             store_errors,
             store_duration,
             store_fail_open,
+            queue_depth,
+            queue_oldest_age,
+            deliveries,
+            delivery_attempts,
         }
+    }
+
+    /// The queue-mode series of one route (`<source>/<route name>`), created at zero.
+    pub fn delivery(&self, label: &str) -> DeliveryMetrics {
+        DeliveryMetrics {
+            results: DELIVERY_RESULTS
+                .map(|r| self.deliveries.with_label_values(&[label, r.as_str()])),
+            attempts: self.delivery_attempts.with_label_values(&[label]),
+        }
+    }
+
+    pub fn queue_stats(&self, depth: u64, oldest_age: Duration) {
+        self.queue_depth.set(depth.min(i64::MAX as u64) as i64);
+        self.queue_oldest_age.set(oldest_age.as_secs_f64());
     }
 
     /// The series of one source, resolved once: the request path then touches no

@@ -5,6 +5,7 @@
 //! Nothing else is a wildcard, so a typo cannot silently widen a route.
 
 use std::fmt;
+use std::num::NonZeroU32;
 
 use http::Uri;
 
@@ -64,6 +65,8 @@ pub struct Route {
     label: String,
     patterns: Vec<EventPattern>,
     upstream: Uri,
+    /// Queue mode: deliveries to this route at once, per instance; `None` = no limit.
+    max_concurrency: Option<NonZeroU32>,
 }
 
 impl Route {
@@ -88,7 +91,17 @@ impl Route {
             patterns,
             upstream: parse_upstream(upstream)
                 .map_err(|msg| format!("upstream {upstream:?} {msg}"))?,
+            max_concurrency: None,
         })
+    }
+
+    pub fn with_max_concurrency(mut self, limit: Option<NonZeroU32>) -> Self {
+        self.max_concurrency = limit;
+        self
+    }
+
+    pub fn max_concurrency(&self) -> Option<NonZeroU32> {
+        self.max_concurrency
     }
 
     pub fn name(&self) -> &str {

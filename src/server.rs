@@ -3,7 +3,8 @@
 //! One listener serves both protocols: with TLS by ALPN, in plain text by sniffing the
 //! HTTP/2 preface. Shutdown stops accepting first (the listener is dropped, so a load
 //! balancer sees refused connections and moves on), then lets open requests finish up
-//! to `server.shutdown_timeout`.
+//! to `server.shutdown_timeout`. The queue workers stop taking work at the same moment
+//! and get the same time to finish what they hold (`queue::worker`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,14 +21,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Admin;
 use crate::config::Settings;
+use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
+use crate::queue::worker::Workers;
+use crate::queue::{self, Ingress};
 use crate::store;
 
 /// Pause after a failed `accept` (for example out of file descriptors) before retrying.
@@ -69,7 +73,7 @@ impl Running {
         self.wait().await;
     }
 
-    /// Returns once both listeners have stopped.
+    /// Returns once both listeners (and the queue workers) have stopped.
     pub async fn wait(self) {
         for task in self.tasks {
             let _ = task.await;
@@ -94,7 +98,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new(
         settings.sources.iter().map(|s| s.name.as_str()),
     ));
-    let store = store::build(&settings, metrics.clone())?;
+    let store::Built { store, redis } = store::build(&settings, metrics.clone())?;
+    let instance = queue::instance_name();
+    let queue = queue::build(&settings, redis, &instance);
+    let forward = Arc::new(Forwarder::new(settings.limits.upstream_timeout));
     let builder = http_builder(settings.limits.header_read_timeout);
     let tls = settings.server.tls.as_ref().map(|tls| Handshake {
         acceptor: TlsAcceptor::from(tls.config.clone()),
@@ -102,10 +109,35 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     });
     let grace = settings.server.shutdown_timeout;
     tracing::info!(store = %store.describe(), "store");
+    match &queue {
+        Some(queue) if !queue.durable() => tracing::warn!(
+            queue = %queue.describe(),
+            "queue mode WITHOUT durability: configure [store] (Redis) so queued deliveries survive a restart"
+        ),
+        Some(queue) => tracing::info!(queue = %queue.describe(), instance, "queue"),
+        None => {}
+    }
 
     let (stop, stopped) = watch::channel(false);
-    let admin = Arc::new(Admin::new(metrics.clone(), store.clone()));
-    let gateway = Arc::new(Gateway::new(settings, store, metrics));
+    let wake = Arc::new(Notify::new());
+    let workers = queue.as_ref().and_then(|queue| {
+        Workers::new(
+            &settings,
+            queue.clone(),
+            forward.clone(),
+            metrics.clone(),
+            instance,
+            wake.clone(),
+        )
+    });
+    let admin = Arc::new(Admin::new(
+        metrics.clone(),
+        store.clone(),
+        queue.clone(),
+        settings.deliveries_token.clone(),
+    ));
+    let ingress = queue.map(|queue| Ingress { queue, wake });
+    let gateway = Arc::new(Gateway::new(settings, store, metrics, forward, ingress));
 
     let serve_gateway = accept_loop(
         listener,
@@ -118,6 +150,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             async move { gateway.serve(req, peer).await }
         },
     );
+    let mut tasks = Vec::new();
+    if let Some(workers) = workers {
+        tasks.push(workers.start(stopped.clone(), grace));
+    }
     let serve_admin = accept_loop(
         admin_listener,
         None,
@@ -130,11 +166,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         },
     );
     tracing::info!(%addr, %admin_addr, "listening");
+    tasks.push(tokio::spawn(serve_gateway));
+    tasks.push(tokio::spawn(serve_admin));
     Ok(Running {
         addr,
         admin_addr,
         stop,
-        tasks: vec![tokio::spawn(serve_gateway), tokio::spawn(serve_admin)],
+        tasks,
     })
 }
 

@@ -348,6 +348,7 @@ mod tests {
             name: "s".into(),
             path: "/s".into(),
             scheme: "standard-webhooks".into(),
+            delivery: Default::default(),
             secrets: vec![
                 Secret::from(SECRET.to_owned()),
                 Secret::from("whsec_%%".to_owned()),
