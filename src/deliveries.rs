@@ -244,7 +244,10 @@ fn render_list(json: &Value) -> String {
             last,
         ));
     }
-    out.push_str(&format!("{} deliveries", rows.len()));
+    out.push_str(&match rows.len() {
+        1 => "1 delivery".to_owned(),
+        n => format!("{n} deliveries"),
+    });
     out
 }
 
@@ -326,10 +329,10 @@ fn render_replay(json: &Value) -> String {
 }
 
 fn render_bulk_replay(json: &Value) -> String {
-    let mut out = format!(
-        "replayed {} failed_final deliveries",
-        json["replayed"].as_u64().unwrap_or(0)
-    );
+    let mut out = match json["replayed"].as_u64().unwrap_or(0) {
+        1 => "replayed 1 failed_final delivery".to_owned(),
+        n => format!("replayed {n} failed_final deliveries"),
+    };
     for id in json["delivery_ids"].as_array().into_iter().flatten() {
         out.push_str(&format!("\n  {}", text(id)));
     }

@@ -537,8 +537,13 @@ impl Settings {
         let _ = writeln!(s, "listen: {} {tls}", self.server.listen);
         let _ = writeln!(
             s,
-            "admin:  {} (/metrics /healthz /readyz)",
-            self.admin_listen
+            "admin:  {} (/metrics /healthz /readyz{})",
+            self.admin_listen,
+            match (&self.queue, &self.deliveries_token) {
+                (None, _) => "",
+                (Some(_), None) => " /deliveries",
+                (Some(_), Some(_)) => " /deliveries with a bearer token",
+            }
         );
         let _ = writeln!(
             s,

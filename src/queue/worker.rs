@@ -358,7 +358,7 @@ impl Workers {
         tracing::info!(
             target: "hookgate::delivery",
             source = %job.source,
-            route = %lease.route,
+            route = %job.route,
             delivery_id = %lease.delivery_id,
             webhook_id = %job.webhook_id,
             event_type = %job.event_type,
