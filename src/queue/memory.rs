@@ -10,12 +10,11 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderMap;
 
 use super::{
     Attempt, BoxFuture, Detail, IdGenerator, Job, Lease, ListFilter, NewDelivery, Queue,
-    QueueError, QueueStats, Replayed, Settlement, State, Summary, UnixMillis, header_listing,
-    now_millis,
+    QueueError, QueueStats, Replayed, Settlement, State, Summary, UnixMillis, decode_headers,
+    encode_headers, header_listing, now_millis,
 };
 
 pub struct MemoryQueue {
@@ -32,7 +31,8 @@ struct Record {
     enqueued_at: UnixMillis,
     replays: u32,
     history: Vec<Attempt>,
-    headers: HeaderMap,
+    /// As stored in Redis too: JSON pairs (`encode_headers`).
+    headers: String,
     body: Bytes,
     /// Position in `Inner::order`.
     order_key: (UnixMillis, u64),
@@ -133,8 +133,10 @@ impl Queue for MemoryQueue {
                 enqueued_at: now,
                 replays: 0,
                 history: Vec::new(),
-                headers: delivery.headers,
-                body: delivery.body,
+                // Compact copies: parsed header values and the body are slices of the
+                // connection's read buffer, which a record kept for `retention` would pin.
+                headers: encode_headers(&delivery.headers),
+                body: Bytes::copy_from_slice(&delivery.body),
                 order_key: (0, 0),
                 expires_at: None,
             },
@@ -207,7 +209,7 @@ impl Queue for MemoryQueue {
             route: record.summary.route.clone(),
             webhook_id: record.summary.webhook_id.clone(),
             event_type: record.summary.event_type.clone(),
-            headers: record.headers.clone(),
+            headers: decode_headers(&record.headers).unwrap_or_default(),
             body: record.body.clone(),
             attempt: record.summary.attempts,
             enqueued_at: record.enqueued_at,
@@ -303,7 +305,8 @@ impl Queue for MemoryQueue {
     ) -> BoxFuture<'a, Result<Option<Detail>, QueueError>> {
         let inner = self.lock();
         let detail = inner.records.get(id).map(|r| {
-            let (header_names, headers) = header_listing(&r.headers, with_body);
+            let stored = decode_headers(&r.headers).unwrap_or_default();
+            let (header_names, headers) = header_listing(&stored, with_body);
             Detail {
                 summary: r.summary.clone(),
                 enqueued_at: r.enqueued_at,
@@ -379,6 +382,7 @@ impl Queue for MemoryQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn delivery(n: u64) -> NewDelivery {
         NewDelivery {
