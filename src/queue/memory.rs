@@ -279,6 +279,10 @@ impl Queue for MemoryQueue {
         ready(Ok(()))
     }
 
+    fn prune(&self, _idle: Duration) -> BoxFuture<'_, Result<u64, QueueError>> {
+        ready(Ok(0))
+    }
+
     fn list<'a>(
         &'a self,
         filter: &'a ListFilter,

@@ -283,6 +283,10 @@ pub trait Queue: Send + Sync {
     /// Renews this instance's hold on `leases`, so no other instance takes them over.
     fn keep_alive<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<(), QueueError>>;
 
+    /// Forgets other instances that hold nothing and have been idle for `idle`
+    /// (stopped ones); returns how many.
+    fn prune(&self, idle: Duration) -> BoxFuture<'_, Result<u64, QueueError>>;
+
     fn list<'a>(
         &'a self,
         filter: &'a ListFilter,

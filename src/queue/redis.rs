@@ -175,6 +175,24 @@ end
 return kept
 ";
 
+/// Removes consumers (stopped instances) with nothing pending, idle for ARGV[2] ms,
+/// other than ARGV[3]; a consumer that still holds entries is never removed (that would
+/// drop its entries from the group). KEYS: ready. ARGV: group, idle ms, this consumer.
+const PRUNE: &str = r"
+local removed = 0
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+for _, c in ipairs(consumers) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info['name'] ~= ARGV[3] and tonumber(info['pending']) == 0 and tonumber(info['idle']) >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+";
+
 /// Queues a final delivery again with a fresh attempt count and `max_age`.
 /// KEYS: record, history, ready, dead, index. ARGV: id, now.
 /// Returns {1, previous state} replayed, {0, ''} not found, {2, state} not final.
@@ -236,6 +254,7 @@ struct Scripts {
     settle: Script,
     hand_back: Script,
     keep: Script,
+    prune: Script,
     replay: Script,
     list: Script,
     stats: Script,
@@ -279,6 +298,7 @@ impl RedisQueue {
                 settle: Script::new(SETTLE),
                 hand_back: Script::new(HAND_BACK),
                 keep: Script::new(KEEP),
+                prune: Script::new(PRUNE),
                 replay: Script::new(REPLAY),
                 list: Script::new(LIST),
                 stats: Script::new(STATS),
@@ -552,6 +572,18 @@ impl Queue for RedisQueue {
         })
     }
 
+    fn prune(&self, idle: Duration) -> BoxFuture<'_, Result<u64, QueueError>> {
+        Box::pin(async move {
+            let mut invocation = self.scripts.prune.prepare_invoke();
+            invocation
+                .key(self.key("ready"))
+                .arg(GROUP)
+                .arg(millis(idle))
+                .arg(&self.consumer);
+            Ok(self.redis.script("prune", invocation).await?)
+        })
+    }
+
     fn list<'a>(
         &'a self,
         filter: &'a ListFilter,
@@ -700,7 +732,7 @@ mod tests {
         // built inside TAKE and LIST) must hash to the same slot, which the `{queue}` tag
         // guarantees. Nothing may reach outside KEYS and the tagged prefix.
         for script in [
-            ENQUEUE, TAKE, BEGIN, SETTLE, HAND_BACK, KEEP, REPLAY, LIST, STATS,
+            ENQUEUE, TAKE, BEGIN, SETTLE, HAND_BACK, KEEP, PRUNE, REPLAY, LIST, STATS,
         ] {
             assert!(script.contains("KEYS[1]"));
             assert!(!script.contains("KEYS[6]"));

@@ -36,6 +36,9 @@ use crate::route::Route;
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often `hookgate_queue_depth` and `hookgate_queue_oldest_age_seconds` are refreshed.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often stopped instances are forgotten, and how long one must have been idle.
+const PRUNE_EVERY_STATS_TICKS: u32 = 600;
+const PRUNE_IDLE: Duration = Duration::from_secs(3600);
 /// Waits between tries to record an attempt's result while the store is failing.
 const SETTLE_RETRIES: [Duration; 4] = [
     Duration::ZERO,
@@ -239,13 +242,21 @@ impl Workers {
         }
     }
 
+    /// Refreshes the queue gauges every second; now and then forgets stopped instances.
     async fn stats_forever(self: Arc<Self>) {
         let mut tick = tokio::time::interval(STATS_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        for n in 0u32.. {
             tick.tick().await;
             if let Ok(stats) = self.queue.stats().await {
                 self.metrics.queue_stats(stats.depth, stats.oldest_age);
+            }
+            if n % PRUNE_EVERY_STATS_TICKS == PRUNE_EVERY_STATS_TICKS - 1 {
+                match self.queue.prune(PRUNE_IDLE).await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "queue: forgot stopped instances"),
+                    Err(e) => tracing::warn!(error = %e, "queue: cannot prune stopped instances"),
+                }
             }
         }
     }
