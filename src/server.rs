@@ -100,7 +100,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     ));
     let store::Built { store, redis } = store::build(&settings, metrics.clone())?;
     let instance = queue::instance_name();
-    let queue = queue::build(&settings, redis, &instance);
+    let queue = queue::build(&settings, redis, metrics.clone(), &instance);
     let forward = Arc::new(Forwarder::new(settings.limits.upstream_timeout));
     let builder = http_builder(settings.limits.header_read_timeout);
     let tls = settings.server.tls.as_ref().map(|tls| Handshake {

@@ -25,6 +25,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::config::{QueueSettings, Settings};
+use crate::metrics::Metrics;
 use crate::store::redis::RedisConnection;
 use crate::store::{BoxFuture, StoreError};
 
@@ -316,17 +317,29 @@ pub trait Queue: Send + Sync {
 }
 
 /// The queue the settings ask for, beside the store: Redis Streams when the store is
-/// Redis (on the store's connection), in memory otherwise. `None` without queue sources.
+/// Redis, in memory otherwise. `None` without queue sources. On Redis, ingress enqueues
+/// on the store's connection and the workers get a second one of their own, so a busy
+/// worker pipeline never delays a sender's answer.
 pub fn build(
     settings: &Settings,
     redis: Option<Arc<RedisConnection>>,
+    metrics: Arc<Metrics>,
     instance: &str,
 ) -> Option<Arc<dyn Queue>> {
     let queue = settings.queue.as_ref()?;
     Some(match (redis, &settings.store.backend) {
-        (Some(connection), crate::config::StoreBackend::Redis(redis_settings)) => Arc::new(
-            self::redis::RedisQueue::new(connection, &redis_settings.key_prefix, queue, instance),
-        ),
+        (Some(connection), crate::config::StoreBackend::Redis(redis_settings)) => {
+            let redis_queue = self::redis::RedisQueue::new(
+                connection,
+                &redis_settings.key_prefix,
+                queue,
+                instance,
+            );
+            Arc::new(match RedisConnection::new(redis_settings, metrics) {
+                Ok(workers) => redis_queue.with_worker_connection(Arc::new(workers)),
+                Err(_) => redis_queue,
+            })
+        }
         _ => Arc::new(memory::MemoryQueue::new(queue.retention, instance)),
     })
 }

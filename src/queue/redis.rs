@@ -261,6 +261,9 @@ struct Scripts {
 }
 
 pub struct RedisQueue {
+    /// Ingress' connection (the store's): an enqueue never waits behind worker traffic.
+    ingress: Arc<RedisConnection>,
+    /// Everything else: the workers and the admin API.
     redis: Arc<RedisConnection>,
     /// `<prefix>{queue}:`
     base: String,
@@ -283,6 +286,7 @@ impl RedisQueue {
         instance: &str,
     ) -> Self {
         RedisQueue {
+            ingress: redis.clone(),
             redis,
             base: format!("{prefix}{{queue}}:"),
             consumer: instance.to_owned(),
@@ -304,6 +308,12 @@ impl RedisQueue {
                 stats: Script::new(STATS),
             },
         }
+    }
+
+    /// Runs everything but enqueue on `connection`, apart from ingress' connection.
+    pub fn with_worker_connection(mut self, connection: Arc<RedisConnection>) -> Self {
+        self.redis = connection;
+        self
     }
 
     pub fn key(&self, name: &str) -> String {
@@ -416,7 +426,7 @@ impl Queue for RedisQueue {
                 .arg(&delivery.event_type)
                 .arg(encode_headers(&delivery.headers))
                 .arg(delivery.body.as_ref());
-            let _: i64 = self.redis.script("enqueue", invocation).await?;
+            let _: i64 = self.ingress.script("enqueue", invocation).await?;
             Ok(id)
         })
     }
