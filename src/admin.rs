@@ -9,7 +9,7 @@
 //! `/deliveries` (JSON; what `hookgate deliveries` calls):
 //! - `GET /deliveries?status=S&source=N&limit=K`: records, newest first;
 //! - `GET /deliveries/<id>[?body=true]`: one record with its attempt history;
-//! - `POST /deliveries/<id>/replay`: queue a final delivery again;
+//! - `POST /deliveries/<id>/replay`: queue a dead letter (`failed_final`) again;
 //! - `POST /deliveries/replay?status=failed_final[&since=T]`: replay every dead letter
 //!   (since `T`, RFC 3339 or Unix milliseconds).
 //!
@@ -220,9 +220,9 @@ async fn replay(queue: &dyn Queue, id: &str) -> Result<Reply, Reply> {
             ))
         }
         Replayed::NotFound => Err(error(StatusCode::NOT_FOUND, "not_found")),
-        Replayed::NotFinal(state) => Err(json_response(
+        Replayed::NotReplayable(state) => Err(json_response(
             StatusCode::CONFLICT,
-            json!({"error": "not_final", "state": state}).to_string(),
+            json!({"error": "not_replayable", "state": state}).to_string(),
         )),
     }
 }

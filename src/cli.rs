@@ -116,8 +116,8 @@ pub enum DeliveriesCommand {
         #[arg(long)]
         body: bool,
     },
-    /// Queue a final delivery (processed or failed_final) again, or with
-    /// --status failed_final every dead letter (since --since).
+    /// Queue a dead letter (failed_final) again, or with --status failed_final every
+    /// dead letter (that failed since --since).
     Replay {
         #[arg(required_unless_present = "status", conflicts_with_all = ["status", "since"])]
         id: Option<String>,

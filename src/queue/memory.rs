@@ -245,6 +245,11 @@ impl Queue for MemoryQueue {
                 inner.scheduled.insert((at, id.clone()));
             }
             Settlement::Processed | Settlement::Final => {
+                if settlement == Settlement::Processed {
+                    // Delivered: only dead letters keep what a replay needs.
+                    record.body = Bytes::new();
+                    record.headers = String::from("[]");
+                }
                 record.expires_at = Some(now + retention);
                 inner.expiry.insert((now + retention, id.clone()));
             }
@@ -334,8 +339,8 @@ impl Queue for MemoryQueue {
             return ready(Ok(Replayed::NotFound));
         };
         let was = record.summary.state;
-        if !was.is_final() {
-            return ready(Ok(Replayed::NotFinal(was)));
+        if was != State::FailedFinal {
+            return ready(Ok(Replayed::NotReplayable(was)));
         }
         record.summary.state = State::Queued;
         record.summary.attempts = 0;
@@ -446,7 +451,7 @@ mod tests {
         let id = q.enqueue(delivery(1)).await.unwrap();
         assert!(matches!(
             q.replay(&id, 2_000).await.unwrap(),
-            Replayed::NotFinal(State::Queued)
+            Replayed::NotReplayable(State::Queued)
         ));
         let lease = q.take(1, 2_000).await.unwrap().remove(0);
         let job = q.begin(&lease, 2_000).await.unwrap().unwrap();

@@ -52,7 +52,8 @@ pub enum State {
     Processed,
     /// The last attempt failed; the next one is scheduled (`next_attempt_at`).
     FailedRetryable,
-    /// No more attempts: not retryable, `max_attempts` or `max_age` reached. Replayable.
+    /// No more attempts: not retryable, `max_attempts` or `max_age` reached. A dead
+    /// letter: the only state that can be replayed.
     FailedFinal,
 }
 
@@ -79,7 +80,7 @@ impl State {
         State::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
-    /// Final states are kept for `retention`, then forgotten; only they can be replayed.
+    /// Final states are kept for `retention`, then forgotten.
     pub fn is_final(self) -> bool {
         matches!(self, State::Processed | State::FailedFinal)
     }
@@ -226,7 +227,7 @@ pub enum Replayed {
     },
     NotFound,
     /// Only final deliveries can be replayed; this one is still on its way.
-    NotFinal(State),
+    NotReplayable(State),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -419,7 +420,11 @@ pub fn encode_headers(headers: &HeaderMap) -> String {
     serde_json::to_string(&pairs).expect("pairs of strings serialize")
 }
 
+/// The stored pairs back as headers; nothing stored (a processed record) is none.
 pub fn decode_headers(json: &str) -> Result<HeaderMap, String> {
+    if json.is_empty() {
+        return Ok(HeaderMap::new());
+    }
     let pairs: Vec<(String, String)> =
         serde_json::from_str(json).map_err(|e| format!("headers: {e}"))?;
     let mut headers = HeaderMap::with_capacity(pairs.len());

@@ -119,7 +119,8 @@ return {attempt, index, f[1], f[2], f[3], f[4], f[5], f[6], f[7]}
 ";
 
 /// Records a settled attempt and moves the delivery on: processed or final-failed
-/// (kept for `retention`), or scheduled for its retry. Acks and deletes the entry.
+/// (kept for `retention`; a processed one without its body and headers), or scheduled
+/// for its retry. Acks and deletes the entry.
 /// KEYS: record, history, ready, scheduled, dead. ARGV: group, entry id, now, new state,
 /// next attempt ms, last status, last error, history index, history entry, retention ms,
 /// delivery id.
@@ -133,6 +134,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[5])
     redis.call('ZADD', KEYS[4], ARGV[5], ARGV[11])
   else
+    if ARGV[4] == 'processed' then
+      -- Delivered: only dead letters keep what a replay needs.
+      redis.call('HDEL', KEYS[1], 'body', 'headers')
+    end
     redis.call('PEXPIRE', KEYS[1], ARGV[10])
     redis.call('PEXPIRE', KEYS[2], ARGV[10])
     if ARGV[4] == 'failed_final' then
@@ -193,13 +198,13 @@ end
 return removed
 ";
 
-/// Queues a final delivery again with a fresh attempt count and `max_age`.
+/// Queues a dead letter again with a fresh attempt count and `max_age`.
 /// KEYS: record, history, ready, dead, index. ARGV: id, now.
-/// Returns {1, previous state} replayed, {0, ''} not found, {2, state} not final.
+/// Returns {1, previous state} replayed, {0, ''} not found, {2, state} not a dead letter.
 const REPLAY: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {0, ''} end
-if state ~= 'processed' and state ~= 'failed_final' then return {2, state} end
+if state ~= 'failed_final' then return {2, state} end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'replays', 1)
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
@@ -675,7 +680,7 @@ impl Queue for RedisQueue {
             let state = State::parse(&state);
             Ok(match (code, state) {
                 (1, Some(was)) => Replayed::Queued { was },
-                (2, Some(state)) => Replayed::NotFinal(state),
+                (2, Some(state)) => Replayed::NotReplayable(state),
                 _ => Replayed::NotFound,
             })
         })

@@ -64,11 +64,18 @@ async fn a_queued_delivery_is_answered_202_then_delivered_with_the_senders_webho
         record.get("body").is_none(),
         "no body unless asked: {record}"
     );
+    // Delivered: its body is not kept (only dead letters keep what a replay needs).
     let with_body = deliveries
         .request(Method::GET, &format!("/deliveries/{id}?body=true"))
         .await
         .json();
-    assert_eq!(with_body["body"], event.body);
+    assert_eq!(with_body["body"], "", "{with_body}");
+    let replay = deliveries
+        .request(Method::POST, &format!("/deliveries/{id}/replay"))
+        .await;
+    assert_eq!(replay.status(), 409);
+    assert_eq!(replay.json()["error"], "not_replayable");
+    assert_eq!(replay.json()["state"], "processed");
 
     // A sender's retry of a stored delivery is a duplicate, as in proxy mode.
     let again = gw.post(PATH, &event).await;
@@ -226,7 +233,10 @@ async fn a_non_retryable_400_is_final_listed_and_replay_delivers_it_once_the_ups
     assert!(!shown.contains("resp_1"), "no body without --body: {shown}");
     let (_, with_body, _) =
         hookgate_cli(&["deliveries", "--admin", &admin, "show", &id, "--body"]).await;
-    assert!(with_body.contains(r#""id":"resp_1""#), "{with_body}");
+    assert!(
+        with_body.contains(r#""id":"resp_1""#),
+        "a dead letter keeps its body: {with_body}"
+    );
 
     // The backend is fixed (its next answer is 200): replay the dead letter.
     let (ok, replayed, stderr) =
@@ -244,7 +254,6 @@ async fn a_non_retryable_400_is_final_listed_and_replay_delivers_it_once_the_ups
         [2],
         "{counts:?}"
     );
-    // A processed delivery can be replayed on purpose; one in flight cannot be.
     let (ok, _, stderr) = hookgate_cli(&[
         "deliveries",
         "--admin",
