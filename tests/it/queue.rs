@@ -178,7 +178,8 @@ async fn an_upstream_answering_500_three_times_then_200_gets_four_attempts_space
         .collect();
     assert_eq!(attempts, ["1", "2", "3", "4"]);
     // Attempt n+1 never comes before attempt n plus its backoff (200, 400, 800 ms).
-    // Schedules are kept in whole milliseconds, hence the 2 ms of slack.
+    // Schedules are wall-clock milliseconds and the upstream measures monotonic time,
+    // hence 2 ms of slack.
     for (n, wait) in [200u64, 400, 800].into_iter().enumerate() {
         let gap = received[n + 1].at - received[n].at;
         assert!(
