@@ -301,7 +301,13 @@ async fn replay_with_status_failed_final_re_drives_every_dead_letter(store: Test
 
 async fn ingress_answers_202_while_every_upstream_hangs(store: TestStore) {
     let upstream = Upstream::with(Answer::held()).await;
-    let gw = Gateway::start(queue_config(&store, &upstream).queue_option("workers", "2")).await;
+    // Held answers must outlast the posting however slow the machine: no retries here.
+    let gw = Gateway::start(
+        queue_config(&store, &upstream)
+            .queue_option("workers", "2")
+            .upstream_timeout("60s"),
+    )
+    .await;
 
     let posts: Vec<_> = (0..20)
         .map(|_| {
@@ -331,7 +337,8 @@ async fn max_concurrency_is_honoured_at_the_upstream(store: TestStore) {
     let gw = Gateway::start(
         queue_config(&store, &upstream)
             .max_concurrency(2)
-            .queue_option("workers", "8"),
+            .queue_option("workers", "8")
+            .upstream_timeout("60s"),
     )
     .await;
     let deliveries = Deliveries::of(&gw);

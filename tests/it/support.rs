@@ -527,6 +527,7 @@ impl Config {
 
     /// A humantime duration such as `"1s"`.
     pub fn upstream_timeout(mut self, timeout: &str) -> Self {
+        self.limits.retain(|(key, _)| *key != "upstream_timeout");
         self.limits
             .push(("upstream_timeout", format!("{timeout:?}")));
         self
