@@ -5,10 +5,13 @@
 #   bash bench/run.sh                 # defaults below; REPEAT runs per row, medians reported
 #   N=100000 REPEAT=5 bash bench/run.sh
 #   ROWS='nginx|hookgate memory$' bash bench/run.sh     # only rows matching this regex
+#   ROWS='hookgate (memory|redis)( queue)?$' bash bench/run.sh   # queue mode next to proxy mode
 #
 # Rows: the sink directly; nginx (one worker, plain reverse proxy, no verification: the
 # cost floor of any proxy); hookgate with the in-memory store; hookgate with Redis;
-# hookgate over TLS (HTTP/1.1 and h2); and the same with 64 KiB bodies.
+# hookgate over TLS (HTTP/1.1 and h2); and the same with 64 KiB bodies; hookgate in queue
+# mode (in memory and on Redis): ingress as for the other rows, plus the end-to-end drain
+# rate, from the first request sent until the sink has received every delivery.
 # Pinning (taskset): the system under test (the direct sink, nginx's worker, or hookgate)
 # runs alone on SUT_CPU; its environment (the load generator `hookgate bench load`, the
 # upstream sink the proxies forward to, and Redis) shares LOAD_CPU. So a row measures the
@@ -28,6 +31,7 @@ LOAD_CPU=${LOAD_CPU:-0}
 SUT_CPU=${SUT_CPU:-1}
 BASE_PORT=${BASE_PORT:-18400}
 ROWS=${ROWS:-.}          # regex: which rows to run
+QUEUE_WORKERS=${QUEUE_WORKERS:-64}   # queue.workers in the queue-mode rows
 export RUST_LOG=warn
 
 for tool in nginx redis-server python3 taskset; do
@@ -118,7 +122,7 @@ http {
 }
 EOF
 
-gateway_config() { # gateway_config FILE STORE(memory|redis) TLS(plain|tls)
+gateway_config() { # gateway_config FILE STORE(memory|redis) TLS(plain|tls) [DELIVERY(proxy|queue)]
     {
         echo "[server]"
         echo "listen = \"127.0.0.1:$GW_PORT\""
@@ -138,11 +142,16 @@ gateway_config() { # gateway_config FILE STORE(memory|redis) TLS(plain|tls)
             echo "[store]"
             echo "redis_url = \"redis://127.0.0.1:$REDIS_PORT/0\""
         fi
+        if [ "${4:-proxy}" = queue ]; then
+            echo "[queue]"
+            echo "workers = $QUEUE_WORKERS"
+        fi
         cat <<EOF
 [[sources]]
 name = "openai"
 path = "/webhooks/openai"
 scheme = "standard-webhooks"
+delivery = "${4:-proxy}"
 secrets = ["whsec_aG9va2dhdGUtZGVtby1zZWNyZXQtZG8tbm90LXVzZSE="]
 [[sources.routes]]
 events = ["*"]
@@ -196,6 +205,59 @@ run_gateway() { # run_gateway ROW STORE TLS BODY [load options...]
     stop "$pid"
 }
 
+sink_requests() {
+    curl -s "http://127.0.0.1:$SINK_PORT/stats" | python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"])'
+}
+
+wait_sink() { # wait_sink COUNT: until the sink has received COUNT requests (10 minutes at most)
+    local deadline=$(( $(date +%s) + 600 ))
+    until [ "$(sink_requests)" -ge "$1" ]; do
+        (( $(date +%s) < deadline )) || { echo "the sink received $(sink_requests) of $1" >&2; exit 1; }
+        sleep 0.02
+    done
+}
+
+# Queue mode: REPEAT runs as in measure, each from an empty queue; a run's CPU is the
+# gateway's until the last delivery reached the sink (ingress and delivery together).
+run_queue_gateway() { # run_queue_gateway ROW STORE
+    local row=$1 store=$2
+    [[ $row =~ $ROWS ]] || return 0
+    gateway_config "$WORK/gw.toml" "$store" plain queue
+    start gateway "$SUT_CPU" "$HG" serve --config "$WORK/gw.toml"
+    local pid=$LAST_PID
+    wait_port "$GW_PORT"
+    local url="http://127.0.0.1:$GW_PORT/webhooks/openai"
+    curl -s -X POST "http://127.0.0.1:$SINK_PORT/reset" >/dev/null
+    taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n 2000 -c "$C" --body-size "$BODY" >/dev/null
+    wait_sink 2000
+    for run in $(seq 1 "$REPEAT"); do
+        local before after redis_before redis_after started drained
+        curl -s -X POST "http://127.0.0.1:$SINK_PORT/reset" >/dev/null
+        before=$(cpu_ns "$pid")
+        redis_before=$(cpu_ns "$REDIS_PID")
+        started=$(date +%s%N)
+        taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n "$N" -c "$C" --body-size "$BODY" --json >"$WORK/run.json"
+        wait_sink "$N"
+        drained=$(date +%s%N)
+        after=$(cpu_ns "$pid")
+        redis_after=$(cpu_ns "$REDIS_PID")
+        python3 - "$row" "$run" "$before" "$after" "$redis_before" "$redis_after" "$(peak_rss_kib "$pid")" "$WORK/run.json" "$started" "$drained" >>"$WORK/results.jsonl" <<'PY'
+import json, sys
+row, run, before, after, redis_before, redis_after, rss, path, started, drained = sys.argv[1:]
+r = json.load(open(path))
+ok = sum(c for s, c in r["statuses"].items() if s.startswith("2"))
+n = max(r["requests"], 1)
+print(json.dumps({"row": row, "run": int(run), "rps": r["requests_per_second"],
+    "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"], "max": r["latency_ms"]["max"],
+    "cpu_us": (int(after) - int(before)) / 1000 / n,
+    "redis_us": (int(redis_after) - int(redis_before)) / 1000 / n,
+    "rss_mib": int(rss) / 1024, "ok": ok, "requests": r["requests"], "errors": r["errors"],
+    "drain_rps": n / ((int(drained) - int(started)) / 1e9)}))
+PY
+    done
+    stop "$pid"
+}
+
 echo "hookgate bench: N=$N C=$C body=${BODY}B repeat=$REPEAT load on CPU $LOAD_CPU, system under test on CPU $SUT_CPU" >&2
 
 measure "direct (sink)" "http://127.0.0.1:$DIRECT_PORT/sink" "$DIRECT_PID" "$BODY"
@@ -210,6 +272,8 @@ stop "$NGINX_PID"
 
 run_gateway "hookgate memory" memory plain "$BODY"
 run_gateway "hookgate redis" redis plain "$BODY"
+run_queue_gateway "hookgate memory queue" memory
+run_queue_gateway "hookgate redis queue" redis
 run_gateway "hookgate memory TLS" memory tls "$BODY" --insecure
 run_gateway "hookgate memory TLS h2" memory tls "$BODY" --insecure --http2
 measure "direct (sink) 64KiB" "http://127.0.0.1:$DIRECT_PORT/sink" "$DIRECT_PID" "$BIG_BODY"
@@ -253,6 +317,7 @@ print(f"{datetime.date.today()} · {model} · {os.cpu_count()} CPUs · load gene
       f"{c} connections, HTTP/1.1 unless noted, {body}-byte bodies unless noted; medians")
 print()
 print("| row | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | CPU µs/req | Redis CPU µs/req | vs nginx | vs direct | 2xx/sent |")
+# Queue rows: req/s and latency are ingress (202 answers); CPU covers ingress and delivery.
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 if not med:
     sys.exit(0)
@@ -263,6 +328,13 @@ for name, m in med.items():
     vs_direct = f"{m['rps'] / direct:.2f}×" if direct else "–"
     print(f"| {name} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['max']:.2f} | {m['rss_mib']:.1f} | "
           f"{m['cpu_us']:.1f} | {m['redis_us']:.1f} | {vs_nginx} | {vs_direct} | {m['ok']}/{m['requests']} |")
+drains = {name: statistics.median(x["drain_rps"] for x in runs) for name, runs in rows.items() if "drain_rps" in runs[0]}
+if drains:
+    print()
+    print("| queue row | end-to-end drain to the sink, deliveries/s (first request sent → last delivery received) |")
+    print("|---|---:|")
+    for name, rate in drains.items():
+        print(f"| {name} | {rate:.0f} |")
 PY
 [ -n "$IDLE_LINE" ] && { echo; echo "$IDLE_LINE"; }
 exit 0

@@ -1,64 +1,90 @@
-//! The admin listener: `/metrics`, `/healthz` and `/readyz`, apart from webhook traffic
-//! so it can stay on loopback or a private network.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` and, with queue mode, the
+//! `/deliveries` API, apart from webhook traffic so it can stay on loopback or a private
+//! network.
 //!
 //! `/healthz` says the process serves requests; `/readyz` says it can do its job, which
 //! needs the store: a load balancer should stop sending webhooks to an instance that
-//! would answer them all 503.
+//! would answer them all 503. Its body also says whether the queue is durable.
+//!
+//! `/deliveries` (JSON; what `hookgate deliveries` calls):
+//! - `GET /deliveries?status=S&source=N&limit=K`: records, newest first;
+//! - `GET /deliveries/<id>[?body=true]`: one record with its attempt history;
+//! - `POST /deliveries/<id>/replay`: queue a dead letter (`failed_final`) again;
+//! - `POST /deliveries/replay?status=failed_final[&since=T]`: replay every dead letter
+//!   (since `T`, RFC 3339 or Unix milliseconds).
 //!
 //! With `admin.token` set, every path but `admin.public_paths` needs
 //! `Authorization: Bearer <token>` (compared in constant time); config validation
-//! requires a token whenever the listener is not on loopback.
+//! requires a token whenever the listener is not on loopback, and `/deliveries` can never
+//! be made public.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
+use base64::Engine;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use serde_json::json;
 
 use crate::config::AdminAuth;
 use crate::metrics::Metrics;
+use crate::queue::{ListFilter, Queue, Replayed, State, UnixMillis, is_delivery_id, now_millis};
 use crate::reject::json_response;
 use crate::store::Store;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// `GET /deliveries` without `limit`, and the most it returns.
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 1000;
 
 pub struct Admin {
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
+    queue: Option<Arc<dyn Queue>>,
     auth: AdminAuth,
 }
 
+type Reply = Response<Full<Bytes>>;
+
+fn error(status: StatusCode, reason: &str) -> Reply {
+    json_response(status, json!({ "error": reason }).to_string())
+}
+
 impl Admin {
-    pub fn new(metrics: Arc<Metrics>, store: Arc<dyn Store>, auth: AdminAuth) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        store: Arc<dyn Store>,
+        queue: Option<Arc<dyn Queue>>,
+        auth: AdminAuth,
+    ) -> Self {
         Admin {
             metrics,
             store,
+            queue,
             auth,
         }
     }
 
-    pub async fn serve<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+    pub async fn serve<B>(&self, req: Request<B>) -> Reply {
         let authorization = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
         if !self.auth.allows(req.uri().path(), authorization) {
             self.metrics.admin_unauthorized();
-            let mut response = json_response(
-                StatusCode::UNAUTHORIZED,
-                r#"{"error":"unauthorized"}"#.to_owned(),
-            );
+            let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized");
             response
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return response;
         }
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                r#"{"error":"method_not_allowed"}"#.to_owned(),
-            );
+        let path = req.uri().path();
+        if path == "/deliveries" || path.starts_with("/deliveries/") {
+            return self.deliveries(&req).await;
         }
-        match req.uri().path() {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        }
+        match path {
             "/metrics" => {
                 let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 response.headers_mut().insert(
@@ -69,22 +95,248 @@ impl Admin {
             }
             "/healthz" => json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
             "/readyz" => self.readiness().await,
-            _ => json_response(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#.to_owned()),
+            _ => error(StatusCode::NOT_FOUND, "not_found"),
         }
     }
 
-    async fn readiness(&self) -> Response<Full<Bytes>> {
+    async fn readiness(&self) -> Reply {
         let store = match tokio::time::timeout(READY_TIMEOUT, self.store.ping()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("store did not answer within 2s".to_owned()),
         };
-        match store {
-            Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
-            Err(detail) => json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"status": "not_ready", "store": detail}).to_string(),
-            ),
+        let mut body = match &store {
+            Ok(()) => json!({"status": "ready"}),
+            Err(detail) => json!({"status": "not_ready", "store": detail}),
+        };
+        if let Some(queue) = &self.queue {
+            body["queue"] = json!({"durable": queue.durable(), "detail": queue.describe()});
         }
+        let status = match store {
+            Ok(()) => StatusCode::OK,
+            Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        json_response(status, body.to_string())
+    }
+
+    async fn deliveries<B>(&self, req: &Request<B>) -> Reply {
+        let Some(queue) = &self.queue else {
+            return error(StatusCode::NOT_FOUND, "queue_not_configured");
+        };
+        let query = Query::parse(req.uri().query().unwrap_or(""));
+        let rest = req.uri().path().trim_start_matches("/deliveries");
+        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let result = match (req.method(), segments.as_slice()) {
+            (&Method::GET, []) => list(queue.as_ref(), &query).await,
+            (&Method::POST, ["replay"]) => replay_failed(queue.as_ref(), &query).await,
+            (&Method::GET, [id]) => show(queue.as_ref(), id, query.flag("body")).await,
+            (&Method::POST, [id, "replay"]) => replay(queue.as_ref(), id).await,
+            (_, [] | ["replay"] | [_] | [_, "replay"]) => {
+                Err(error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"))
+            }
+            _ => Err(error(StatusCode::NOT_FOUND, "not_found")),
+        };
+        result.unwrap_or_else(|response| response)
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Reply {
+    tracing::warn!(error = %e, "admin: queue operation failed");
+    error(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable")
+}
+
+async fn list(queue: &dyn Queue, query: &Query) -> Result<Reply, Reply> {
+    let state = match query.get("status") {
+        Some(text) => Some(
+            State::parse(text).ok_or_else(|| error(StatusCode::BAD_REQUEST, "unknown_status"))?,
+        ),
+        None => None,
+    };
+    let limit = match query.get("limit") {
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| error(StatusCode::BAD_REQUEST, "invalid_limit"))?,
+        None => DEFAULT_LIMIT,
+    };
+    let filter = ListFilter {
+        state,
+        source: query.get("source").map(str::to_owned),
+        limit,
+    };
+    let found = queue.list(&filter).await.map_err(unavailable)?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({ "deliveries": found }).to_string(),
+    ))
+}
+
+async fn show(queue: &dyn Queue, id: &str, with_body: bool) -> Result<Reply, Reply> {
+    if !is_delivery_id(id) {
+        return Err(error(StatusCode::NOT_FOUND, "not_found"));
+    }
+    let detail = queue
+        .show(id, with_body)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "not_found"))?;
+    let mut body = serde_json::to_value(&detail).expect("a record serializes");
+    if let Some(raw) = &detail.body {
+        match std::str::from_utf8(raw) {
+            Ok(text) => body["body"] = json!(text),
+            Err(_) => {
+                body["body_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(raw))
+            }
+        }
+    }
+    Ok(json_response(StatusCode::OK, body.to_string()))
+}
+
+async fn replay(queue: &dyn Queue, id: &str) -> Result<Reply, Reply> {
+    if !is_delivery_id(id) {
+        return Err(error(StatusCode::NOT_FOUND, "not_found"));
+    }
+    match queue.replay(id, now_millis()).await.map_err(unavailable)? {
+        Replayed::Queued { was } => {
+            tracing::info!(
+                delivery_id = id,
+                was = was.as_str(),
+                "admin: delivery replayed"
+            );
+            Ok(json_response(
+                StatusCode::OK,
+                json!({"replayed": true, "delivery_id": id, "was": was}).to_string(),
+            ))
+        }
+        Replayed::NotFound => Err(error(StatusCode::NOT_FOUND, "not_found")),
+        Replayed::NotReplayable(state) => Err(json_response(
+            StatusCode::CONFLICT,
+            json!({"error": "not_replayable", "state": state}).to_string(),
+        )),
+    }
+}
+
+async fn replay_failed(queue: &dyn Queue, query: &Query) -> Result<Reply, Reply> {
+    if query.get("status") != Some(State::FailedFinal.as_str()) {
+        // Bulk replay is for dead letters only; say so rather than guess.
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "status_must_be_failed_final",
+        ));
+    }
+    let since = match query.get("since") {
+        Some(text) => {
+            parse_time(text).ok_or_else(|| error(StatusCode::BAD_REQUEST, "invalid_since"))?
+        }
+        None => 0,
+    };
+    let ids = queue.failed_since(since).await.map_err(unavailable)?;
+    let now = now_millis();
+    let mut replayed = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Replayed::Queued { .. } = queue.replay(&id, now).await.map_err(unavailable)? {
+            replayed.push(id);
+        }
+    }
+    tracing::info!(
+        replayed = replayed.len(),
+        since,
+        "admin: dead letters replayed"
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"replayed": replayed.len(), "delivery_ids": replayed}).to_string(),
+    ))
+}
+
+/// RFC 3339 (`2026-11-20T10:00:00Z`) or Unix milliseconds.
+pub fn parse_time(text: &str) -> Option<UnixMillis> {
+    if let Ok(ms) = text.parse::<UnixMillis>() {
+        return Some(ms);
+    }
+    let at = humantime::parse_rfc3339_weak(text).ok()?;
+    Some(at.duration_since(UNIX_EPOCH).ok()?.as_millis() as UnixMillis)
+}
+
+/// A decoded query string; later keys win.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(raw: &str) -> Query {
+        Query(
+            raw.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (percent_decode(k), percent_decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("" | "1" | "true"))
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    fn hex(byte: u8) -> Option<u8> {
+        (byte as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = match bytes[i] {
+            b'%' if i + 2 < bytes.len() => hex(bytes[i + 1]).zip(hex(bytes[i + 2])),
+            _ => None,
+        };
+        match (decoded, bytes[i]) {
+            (Some((high, low)), _) => {
+                out.push(high << 4 | low);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, byte) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_decoded() {
+        let q = Query::parse("status=failed_final&since=2026-11-20T10%3A00%3A00Z&body");
+        assert_eq!(q.get("status"), Some("failed_final"));
+        assert_eq!(q.get("since"), Some("2026-11-20T10:00:00Z"));
+        assert!(q.flag("body"));
+        assert!(!q.flag("other"));
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%41%zz"), "A%zz");
+    }
+
+    #[test]
+    fn times_are_rfc3339_or_unix_milliseconds() {
+        assert_eq!(parse_time("1700000000000"), Some(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Some(1_700_000_000_000));
+        assert_eq!(parse_time("yesterday"), None);
     }
 }

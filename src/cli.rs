@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check`, `sign`, `verify`, `dev-cert`, `echo`, `bench`.
+//! The command line: `serve`, `check`, `sign`, `verify`, `dev-cert`, `echo`, `bench`,
+//! `deliveries`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -70,6 +71,69 @@ pub enum Command {
     /// Measure a gateway: a load generator that signs every request, and a fast sink.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Queue mode: list, show and replay deliveries of a running gateway (through its
+    /// admin listener, so it works with the in-memory queue and with Redis alike).
+    Deliveries(DeliveriesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeliveriesArgs {
+    /// The gateway's admin listener, for example http://127.0.0.1:9090 (default: the
+    /// config's admin.listen).
+    #[arg(long, env = "HOOKGATE_ADMIN_URL", global = true)]
+    pub admin: Option<String>,
+    /// Bearer token for the /deliveries API (default: the config's admin.token).
+    #[arg(
+        long,
+        env = "HOOKGATE_DELIVERIES_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Configuration file to read the admin address and token from; default as for `serve`.
+    #[arg(long, short, env = "HOOKGATE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Print the API's JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: DeliveriesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// Delivery records, newest first.
+    List {
+        /// Only this state: queued, processing, processed, failed_retryable, failed_final.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One record with its attempt history; the body only with --body.
+    Show {
+        id: String,
+        /// Also print the stored body and header values.
+        #[arg(long)]
+        body: bool,
+    },
+    /// Queue a dead letter (failed_final) again, or with --status failed_final every
+    /// dead letter (that failed since --since).
+    Replay {
+        #[arg(required_unless_present = "status", conflicts_with_all = ["status", "since"])]
+        id: Option<String>,
+        /// Replay every delivery in this state; only failed_final is accepted.
+        #[arg(long, value_parser = ["failed_final"])]
+        status: Option<String>,
+        /// With --status: only those that failed since this time, RFC 3339
+        /// (2026-11-20T10:00:00Z) or a duration ago (24h).
+        #[arg(long, requires = "status")]
+        since: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

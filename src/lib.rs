@@ -13,11 +13,14 @@
 //! → `route` (first matching pattern) → `dedupe` claim (two-phase, so a failure never
 //! marks a delivery done) → `forward` (pooled client, raw bytes; re-signed for the
 //! backend if the route says so) → dedupe commit or release → answer.
+//! A source in queue mode replaces `forward` with `queue` enqueue (answered 202); the
+//! `queue::worker` tasks then forward with retries, on Redis Streams or in memory.
 //!
 //! `reject` alone maps outcomes to statuses, reasons and metric labels. `store` holds
 //! the state shared by dedupe and rate limiting (in memory by default). `config` turns the
 //! TOML file into validated settings; `metrics` and `admin` expose Prometheus metrics and
-//! health on a separate listener. `sign`, `diagnose` (`hookgate verify`), `provider`
+//! health on a separate listener (and the `/deliveries` API of queue mode, which
+//! `deliveries` calls for the CLI). `sign`, `diagnose` (`hookgate verify`), `provider`
 //! (senders' published event types, for `check`), `echo` and `tls` (dev certificates)
 //! serve the command line's helpers. Nothing here logs bodies, secrets or signatures.
 
@@ -30,6 +33,7 @@ pub mod client_ip;
 pub mod config;
 pub mod connections;
 pub mod dedupe;
+pub mod deliveries;
 pub mod diagnose;
 pub mod echo;
 pub mod event;
@@ -38,6 +42,7 @@ pub mod metrics;
 pub mod penalty_box;
 pub mod pipeline;
 pub mod provider;
+pub mod queue;
 pub mod ratelimit;
 pub mod reject;
 pub mod route;

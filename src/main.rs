@@ -102,6 +102,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Deliveries(args) => {
+            println!("{}", hookgate::deliveries::run(args).await?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(BenchCommand::Sink { listen, status }) => {
             let status = StatusCode::from_u16(status).context("--status")?;
             let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -7,9 +7,11 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::queue::State;
 
 /// The `outcome` label of `hookgate_requests_total`: what happened to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,11 +34,15 @@ pub enum Outcome {
     HeadersTooLarge,
     IpNotAllowed,
     PenaltyBox,
+    /// Queue mode: stored, answered 202.
+    Queued,
+    /// Queue mode: the delivery could not be stored, answered 503.
+    QueueError,
 }
 
 impl Outcome {
     /// Every outcome, pre-created at zero so a dashboard's `rate()` works from the first event.
-    pub const ALL: [Outcome; 18] = [
+    pub const ALL: [Outcome; 20] = [
         Outcome::Forwarded,
         Outcome::Duplicate,
         Outcome::InFlight,
@@ -55,6 +61,8 @@ impl Outcome {
         Outcome::HeadersTooLarge,
         Outcome::IpNotAllowed,
         Outcome::PenaltyBox,
+        Outcome::Queued,
+        Outcome::QueueError,
     ];
 
     pub fn label(self) -> &'static str {
@@ -77,6 +85,8 @@ impl Outcome {
             Outcome::HeadersTooLarge => "headers_too_large",
             Outcome::IpNotAllowed => "ip_not_allowed",
             Outcome::PenaltyBox => "penalty_box",
+            Outcome::Queued => "queued",
+            Outcome::QueueError => "queue_error",
         }
     }
 }
@@ -225,6 +235,37 @@ pub struct Metrics {
     connections_closed: IntCounterVec,
     penalty_box: IntCounter,
     admin_unauthorized: IntCounter,
+    queue_depth: IntGauge,
+    queue_oldest_age: Gauge,
+    deliveries: IntCounterVec,
+    delivery_attempts: HistogramVec,
+}
+
+/// The `result` label values of `hookgate_deliveries_total`: the state an attempt left
+/// its delivery in.
+const DELIVERY_RESULTS: [State; 3] = [State::Processed, State::FailedRetryable, State::FailedFinal];
+
+const ATTEMPT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 30.0,
+];
+
+/// Pre-resolved queue-mode series of one route.
+#[derive(Clone)]
+pub struct DeliveryMetrics {
+    results: [IntCounter; DELIVERY_RESULTS.len()],
+    attempts: Histogram,
+}
+
+impl DeliveryMetrics {
+    /// One settled attempt; a delivery that became final also records its attempt count.
+    pub fn observe(&self, result: State, attempts: u32) {
+        if let Some(i) = DELIVERY_RESULTS.iter().position(|r| *r == result) {
+            self.results[i].inc();
+        }
+        if result.is_final() {
+            self.attempts.observe(f64::from(attempts));
+        }
+    }
 }
 
 /// The `listener` label values.
@@ -325,6 +366,33 @@ impl Metrics {
             &["op"],
         )
         .expect("valid metric");
+        let queue_depth = IntGauge::new(
+            "hookgate_queue_depth",
+            "Queue mode: deliveries not yet final (waiting, being attempted, or scheduled for a retry).",
+        )
+        .expect("valid metric");
+        let queue_oldest_age = Gauge::new(
+            "hookgate_queue_oldest_age_seconds",
+            "Queue mode: how long the oldest delivery ready for an attempt has been waiting.",
+        )
+        .expect("valid metric");
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "hookgate_deliveries_total",
+                "Queue mode: settled attempts by route and the state they left the delivery in (processed, failed_retryable, failed_final).",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
+        let delivery_attempts = HistogramVec::new(
+            HistogramOpts::new(
+                "hookgate_delivery_attempts",
+                "Queue mode: attempts a delivery took until it became final (processed or failed_final), by route.",
+            )
+            .buckets(ATTEMPT_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "hookgate_build_info",
@@ -379,6 +447,10 @@ impl Metrics {
             Box::new(store_errors.clone()),
             Box::new(store_duration.clone()),
             Box::new(store_fail_open.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(queue_oldest_age.clone()),
+            Box::new(deliveries.clone()),
+            Box::new(delivery_attempts.clone()),
             Box::new(build_info),
             Box::new(connections_open.clone()),
             Box::new(connections_refused.clone()),
@@ -422,6 +494,10 @@ impl Metrics {
             connections_closed,
             penalty_box,
             admin_unauthorized,
+            queue_depth,
+            queue_oldest_age,
+            deliveries,
+            delivery_attempts,
         }
     }
 
@@ -448,6 +524,20 @@ impl Metrics {
     /// An admin request without the right bearer token.
     pub fn admin_unauthorized(&self) {
         self.admin_unauthorized.inc();
+    }
+
+    /// The queue-mode series of one route (`<source>/<route name>`), created at zero.
+    pub fn delivery(&self, label: &str) -> DeliveryMetrics {
+        DeliveryMetrics {
+            results: DELIVERY_RESULTS
+                .map(|r| self.deliveries.with_label_values(&[label, r.as_str()])),
+            attempts: self.delivery_attempts.with_label_values(&[label]),
+        }
+    }
+
+    pub fn queue_stats(&self, depth: u64, oldest_age: Duration) {
+        self.queue_depth.set(depth.min(i64::MAX as u64) as i64);
+        self.queue_oldest_age.set(oldest_age.as_secs_f64());
     }
 
     /// The series of one source, resolved once: the request path then touches no

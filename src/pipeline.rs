@@ -9,7 +9,9 @@
 //! is read under a size cap before any hashing; the signature is verified before the
 //! body is trusted as JSON; the dedupe key is claimed only after verification (an
 //! unsigned request must never occupy a real delivery id) and settled only once the
-//! upstream has answered.
+//! upstream has answered, or, in queue mode, once the delivery is stored: `enqueue`
+//! replaces `forward` as the stage after the claim, and the workers (`queue::worker`)
+//! forward it later.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,11 +25,12 @@ use hyper::body::Body;
 use prometheus::IntCounter;
 
 use crate::client_ip::ClientIpResolver;
-use crate::config::{Limits, Settings, Source};
+use crate::config::{Delivery, Limits, Settings, Source};
 use crate::dedupe::{Claimed, Dedupe};
 use crate::forward::{self, ForwardContext, Forwarder};
 use crate::metrics::{Metrics, NO_SOURCE, RouteMetrics, SourceMetrics, VerifiedMetrics};
 use crate::penalty_box::{PenaltyBox, Recorded};
+use crate::queue::{Ingress, NewDelivery, now_millis};
 use crate::ratelimit::RateLimit;
 use crate::reject::{Accepted, Reject, json_response};
 use crate::store::Store;
@@ -42,7 +45,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     ratelimit: RateLimit,
     dedupe: Dedupe,
-    forward: Forwarder,
+    forward: Arc<Forwarder>,
     limits: Limits,
     tls: bool,
 }
@@ -57,6 +60,13 @@ struct Entry {
     routes: Vec<RouteMetrics>,
     /// `hookgate_verified_total`, indexed like the source's secrets.
     verified: Vec<IntCounter>,
+    /// Where a claimed delivery goes: the upstream now, or the queue.
+    handoff: Handoff,
+}
+
+enum Handoff {
+    Forward,
+    Enqueue(Ingress),
 }
 
 /// What the one access-log line says about a request; filled in as stages pass.
@@ -67,12 +77,29 @@ struct Trace<'g> {
     route: Option<&'g str>,
     webhook_id: Option<String>,
     event_type: Option<String>,
+    /// Queue mode: the id of the stored delivery.
+    delivery_id: Option<String>,
 }
 
 impl Gateway {
-    pub fn new(settings: Settings, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+    /// `queue` must be present when a source uses queue mode (`queue::build` makes sure).
+    pub fn new(
+        settings: Settings,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        forward: Arc<Forwarder>,
+        queue: Option<Ingress>,
+    ) -> Self {
         let verified = VerifiedMetrics::register(metrics.registry());
         let entry = |source: Source| Entry {
+            handoff: match source.delivery {
+                Delivery::Proxy => Handoff::Forward,
+                Delivery::Queue => Handoff::Enqueue(
+                    queue
+                        .clone()
+                        .expect("a queue is built whenever a source uses queue mode"),
+                ),
+            },
             header: HeaderValue::from_str(&source.name).expect("source names are checked ASCII"),
             metrics: metrics.source(&source.name),
             verified: verified.source(&source.name, source.secrets),
@@ -95,7 +122,7 @@ impl Gateway {
                 settings.store.on_error,
                 metrics.clone(),
             ),
-            forward: Forwarder::new(settings.limits.upstream_timeout, &settings.upstream_tls),
+            forward,
             limits: settings.limits,
             tls: settings.server.tls.is_some(),
             sources: settings
@@ -161,6 +188,7 @@ impl Gateway {
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             webhook_id = trace.webhook_id.as_deref(),
             event_type = trace.event_type.as_deref(),
+            delivery_id = trace.delivery_id.as_deref(),
             client_ip = trace.client.map(tracing::field::display),
             detail = detail.as_deref(),
         );
@@ -221,22 +249,46 @@ impl Gateway {
             Claimed::AlreadyDone => return Ok(Accepted::Duplicate),
         };
         let mut headers = self.upstream_headers(parts.headers, peer, &entry.header, &event_type);
-        if let Some(signer) = route.resign() {
-            // One scheme for every backend: hookgate's own signature, fresh timestamp.
-            signer.apply(
-                &mut headers,
-                &dedupe_key,
-                source.scheme,
-                &body,
-                SystemTime::now(),
-            );
-        }
-        let outcome = self
-            .forward
-            .send(route, &entry.routes[route_index], headers, body)
-            .await;
+        let outcome = match &entry.handoff {
+            Handoff::Forward => {
+                if let Some(signer) = route.resign() {
+                    // One scheme for every backend: hookgate's own signature, fresh timestamp.
+                    signer.apply(
+                        &mut headers,
+                        &dedupe_key,
+                        source.scheme,
+                        &body,
+                        SystemTime::now(),
+                    );
+                }
+                self.forward
+                    .send(route, &entry.routes[route_index], headers, body)
+                    .await
+                    .map(Accepted::Forwarded)
+            }
+            // Done once stored: the sender's retries are duplicates from here on. If the
+            // store fails, the claim is released and the sender told to retry (503).
+            // A route that re-signs is re-signed by the worker at each attempt, so the
+            // backend always sees a fresh timestamp.
+            Handoff::Enqueue(queue) => queue
+                .enqueue(NewDelivery {
+                    source: source.name.clone(),
+                    route: route.name().to_owned(),
+                    webhook_id: dedupe_key.clone(),
+                    event_type,
+                    headers,
+                    body,
+                    received_at: now_millis(),
+                })
+                .await
+                .map(|delivery_id| {
+                    trace.delivery_id = Some(delivery_id.clone());
+                    Accepted::Queued { delivery_id }
+                })
+                .map_err(Reject::from),
+        };
         self.dedupe.settle(claim, outcome.is_ok()).await;
-        outcome.map(Accepted::Forwarded)
+        outcome
     }
 
     fn upstream_headers(

@@ -111,6 +111,7 @@ mod tests {
             events: events.iter().map(|e| e.to_string()).collect(),
             upstream: "http://127.0.0.1:1/".into(),
             resign: None,
+            max_concurrency: None,
         }
     }
 

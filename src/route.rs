@@ -5,6 +5,7 @@
 //! Nothing else is a wildcard, so a typo cannot silently widen a route.
 
 use std::fmt;
+use std::num::NonZeroU32;
 
 use http::Uri;
 
@@ -68,6 +69,8 @@ pub struct Route {
     upstream: Uri,
     /// hookgate's own Standard Webhooks signature for this upstream, if configured.
     resign: Option<Resigner>,
+    /// Queue mode: deliveries to this route at once, per instance; `None` = no limit.
+    max_concurrency: Option<NonZeroU32>,
 }
 
 impl Route {
@@ -93,6 +96,7 @@ impl Route {
             upstream: parse_upstream(upstream)
                 .map_err(|msg| format!("upstream {upstream:?} {msg}"))?,
             resign: None,
+            max_concurrency: None,
         })
     }
 
@@ -104,6 +108,15 @@ impl Route {
 
     pub fn resign(&self) -> Option<&Resigner> {
         self.resign.as_ref()
+    }
+
+    pub fn with_max_concurrency(mut self, limit: Option<NonZeroU32>) -> Self {
+        self.max_concurrency = limit;
+        self
+    }
+
+    pub fn max_concurrency(&self) -> Option<NonZeroU32> {
+        self.max_concurrency
     }
 
     pub fn name(&self) -> &str {

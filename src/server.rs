@@ -13,7 +13,8 @@
 //! number (GOAWAY `ENHANCE_YOUR_CALM`).
 //! Shutdown stops accepting first (the listener is dropped, so a load balancer sees
 //! refused connections and moves on), then lets open requests finish up to
-//! `server.shutdown_timeout`.
+//! `server.shutdown_timeout`. The queue workers stop taking work at the same moment
+//! and get the same time to finish what they hold (`queue::worker`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -32,7 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -40,8 +41,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::Admin;
 use crate::config::{Limits, Settings};
 use crate::connections::{self, Admission};
+use crate::forward::Forwarder;
 use crate::metrics::{Closed, ConnectionMetrics, Metrics};
 use crate::pipeline::Gateway;
+use crate::queue::worker::Workers;
+use crate::queue::{self, Ingress};
 use crate::store;
 
 /// Pause after a failed `accept` (for example out of file descriptors) before retrying.
@@ -93,7 +97,7 @@ impl Running {
         self.wait().await;
     }
 
-    /// Returns once both listeners have stopped.
+    /// Returns once both listeners (and the queue workers) have stopped.
     pub async fn wait(self) {
         for task in self.tasks {
             let _ = task.await;
@@ -118,7 +122,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new(
         settings.sources.iter().map(|s| s.name.as_str()),
     ));
-    let store = store::build(&settings, metrics.clone())?;
+    let store::Built { store, redis } = store::build(&settings, metrics.clone())?;
+    let instance = queue::instance_name();
+    let queue = queue::build(&settings, redis, metrics.clone(), &instance);
+    let forward = Arc::new(Forwarder::new(
+        settings.limits.upstream_timeout,
+        &settings.upstream_tls,
+    ));
     let limits = settings.limits;
     let builder = gateway_http_builder(&limits);
     let server_policy = ConnectionPolicy {
@@ -149,14 +159,35 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     });
     let grace = settings.server.shutdown_timeout;
     tracing::info!(store = %store.describe(), "store");
+    match &queue {
+        Some(queue) if !queue.durable() => tracing::warn!(
+            queue = %queue.describe(),
+            "queue mode WITHOUT durability: configure [store] (Redis) so queued deliveries survive a restart"
+        ),
+        Some(queue) => tracing::info!(queue = %queue.describe(), instance, "queue"),
+        None => {}
+    }
 
     let (stop, stopped) = watch::channel(false);
+    let wake = Arc::new(Notify::new());
+    let workers = queue.as_ref().and_then(|queue| {
+        Workers::new(
+            &settings,
+            queue.clone(),
+            forward.clone(),
+            metrics.clone(),
+            instance,
+            wake.clone(),
+        )
+    });
     let admin = Arc::new(Admin::new(
         metrics.clone(),
         store.clone(),
+        queue.clone(),
         settings.admin_auth.clone(),
     ));
-    let gateway = Arc::new(Gateway::new(settings, store, metrics));
+    let ingress = queue.map(|queue| Ingress { queue, wake });
+    let gateway = Arc::new(Gateway::new(settings, store, metrics, forward, ingress));
 
     let serve_gateway = serve_listener(
         listener,
@@ -170,6 +201,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             async move { gateway.serve(req, peer).await }
         },
     );
+    let mut tasks = Vec::new();
+    if let Some(workers) = workers {
+        tasks.push(workers.start(stopped.clone(), grace));
+    }
     let serve_admin = serve_listener(
         admin_listener,
         None,
@@ -183,11 +218,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         },
     );
     tracing::info!(%addr, %admin_addr, "listening");
+    tasks.push(tokio::spawn(serve_gateway));
+    tasks.push(tokio::spawn(serve_admin));
     Ok(Running {
         addr,
         admin_addr,
         stop,
-        tasks: vec![tokio::spawn(serve_gateway), tokio::spawn(serve_admin)],
+        tasks,
     })
 }
 

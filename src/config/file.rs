@@ -33,6 +33,9 @@ pub struct FileConfig {
     #[serde(default)]
     pub penalty_box: PenaltyBox,
     pub store: Option<Store>,
+    /// `[queue]`: how queue-mode sources deliver; defaults apply when absent.
+    #[serde(default)]
+    pub queue: Queue,
     #[serde(default)]
     pub upstream_tls: UpstreamTls,
     #[serde(default)]
@@ -252,12 +255,83 @@ impl std::fmt::Display for OnError {
     }
 }
 
+/// `[queue]`: settings shared by every source with `delivery = "queue"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Queue {
+    #[serde(default = "default_workers")]
+    pub workers: u32,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default)]
+    pub backoff: Backoff,
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<String>,
+    /// How long a delivery taken by an instance that stopped renewing it (it died)
+    /// waits before another instance takes it over.
+    #[serde(default = "default_visibility_timeout", with = "humantime_serde")]
+    pub visibility_timeout: Duration,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Queue {
+            workers: default_workers(),
+            max_attempts: default_max_attempts(),
+            backoff: Backoff::default(),
+            max_age: default_max_age(),
+            retention: default_retention(),
+            retry_on: default_retry_on(),
+            visibility_timeout: default_visibility_timeout(),
+        }
+    }
+}
+
+/// `queue.backoff`: exponential, `initial` doubling up to `max`, optionally jittered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub max: Duration,
+    #[serde(default = "default_true")]
+    pub jitter: bool,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: default_backoff_initial(),
+            max: default_backoff_max(),
+            jitter: true,
+        }
+    }
+}
+
+/// How a source's verified deliveries reach their upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Forwarded while the sender waits; the upstream's answer is the sender's answer.
+    #[default]
+    Proxy,
+    /// Stored durably and answered 202 at once; workers deliver with retries.
+    Queue,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
     pub name: String,
     pub path: String,
     pub scheme: String,
+    #[serde(default)]
+    pub delivery: Delivery,
     #[serde(default)]
     pub secrets: Vec<SecretEntry>,
     /// Default per scheme (`verify::DEFAULT_TOLERANCE`); an error for schemes without
@@ -297,6 +371,8 @@ pub struct Route {
     pub upstream: String,
     /// Forward with hookgate's own Standard Webhooks signature instead of the sender's.
     pub resign: Option<Resign>,
+    /// Queue mode only: at most this many deliveries to this route at once, per instance.
+    pub max_concurrency: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -376,6 +452,35 @@ fn default_store_timeout() -> Duration {
 }
 fn default_store_connect_timeout() -> Duration {
     Duration::from_secs(2)
+}
+fn default_workers() -> u32 {
+    16
+}
+fn default_max_attempts() -> u32 {
+    12
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(72 * 3600)
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_retry_on() -> Vec<String> {
+    ["5xx", "408", "429", "connect", "timeout"]
+        .map(str::to_owned)
+        .to_vec()
+}
+fn default_visibility_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_true() -> bool {
+    true
 }
 
 /// One entry of `secrets`: a string, or `{ secret = "...", not_after = "2026-12-31T00:00:00Z" }`

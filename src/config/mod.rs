@@ -11,6 +11,7 @@ pub mod secret;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +24,12 @@ use crate::tls;
 use crate::verify::{self, Verifier};
 
 pub use file::{
-    FieldSpec, FileConfig, OnError, Route as RouteFile, SecretEntry, Source as SourceFile,
-    parse_header_name,
+    Delivery, FieldSpec, FileConfig, OnError, Route as RouteFile, SecretEntry,
+    Source as SourceFile, parse_header_name,
 };
 pub use secret::Secret;
+
+use crate::queue::{BackoffPolicy, RetryOn};
 
 /// The embedded default configuration: the same text as `config/hookgate.toml`, so the
 /// binary runs anywhere with no file at all (self-signed TLS, in-memory store, demo secret).
@@ -53,10 +56,29 @@ pub struct Settings {
     pub penalty_box: PenaltyBoxSettings,
     pub upstream_tls: UpstreamTrust,
     pub store: StoreSettings,
+    /// Present when at least one source has `delivery = "queue"`.
+    pub queue: Option<QueueSettings>,
     pub sources: Vec<Source>,
     /// Things that work but are probably wrong (an expiring secret, a typo in an event
     /// pattern), each starting with the file: `check` prints them, `serve` logs them.
     pub warnings: Vec<String>,
+}
+
+/// `[queue]`, validated: how queue-mode deliveries are attempted, retried and kept.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// Deliveries attempted at once by this instance.
+    pub workers: usize,
+    pub max_attempts: u32,
+    pub backoff: BackoffPolicy,
+    /// A failed attempt is not retried once the next one would start later than this
+    /// after the delivery was (re)queued.
+    pub max_age: Duration,
+    /// How long processed and final-failed records stay inspectable.
+    pub retention: Duration,
+    pub retry_on: RetryOn,
+    /// A delivery held by an instance that stopped renewing it is taken over after this.
+    pub visibility_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -159,6 +181,8 @@ pub struct AdminAuth {
 }
 
 /// The admin paths, for validating `admin.public_paths`.
+/// Paths `admin.public_paths` may open. `/deliveries` (which can replay deliveries) is
+/// deliberately not among them: off loopback it always needs the token.
 pub const ADMIN_PATHS: &[&str] = &["/metrics", "/healthz", "/readyz"];
 
 impl AdminAuth {
@@ -245,6 +269,7 @@ pub struct Source {
     pub routes: Routes,
     /// Client IPs allowed to post here; empty allows any.
     pub allow_ips: Vec<IpNet>,
+    pub delivery: Delivery,
 }
 
 /// A config that cannot be used. The message starts with the file and names the key.
@@ -304,6 +329,8 @@ fn build(file: FileConfig, origin: &str) -> Result<Settings, String> {
     }
     let (sources, source_warnings) = sources(&file.sources)?;
     let store = store_settings(file.store.as_ref())?;
+    let queue = queue_settings(&file.queue)?;
+    let queued = sources.iter().any(|s| s.delivery == Delivery::Queue);
     Ok(Settings {
         origin: origin.to_owned(),
         server: ServerSettings {
@@ -320,11 +347,44 @@ fn build(file: FileConfig, origin: &str) -> Result<Settings, String> {
         penalty_box: penalty_box(&file.penalty_box)?,
         upstream_tls: upstream_trust(&file.upstream_tls)?,
         store,
+        queue: queued.then_some(queue),
         sources,
         warnings: source_warnings
             .into_iter()
             .map(|w| format!("{origin}: {w}"))
             .collect(),
+    })
+}
+
+fn queue_settings(file: &file::Queue) -> Result<QueueSettings, String> {
+    if file.workers == 0 {
+        return Err("queue.workers must be at least 1".to_owned());
+    }
+    if file.max_attempts == 0 {
+        return Err("queue.max_attempts must be at least 1".to_owned());
+    }
+    let initial = positive("queue.backoff.initial", file.backoff.initial)?;
+    if file.backoff.max < initial {
+        return Err(format!(
+            "queue.backoff.max ({}) must not be shorter than queue.backoff.initial ({})",
+            humantime::format_duration(file.backoff.max),
+            humantime::format_duration(initial)
+        ));
+    }
+    let retry_on =
+        RetryOn::parse(&file.retry_on).map_err(|(i, e)| format!("queue.retry_on[{i}] {e}"))?;
+    Ok(QueueSettings {
+        workers: file.workers as usize,
+        max_attempts: file.max_attempts,
+        backoff: BackoffPolicy {
+            initial,
+            max: file.backoff.max,
+            jitter: file.backoff.jitter,
+        },
+        max_age: positive("queue.max_age", file.max_age)?,
+        retention: positive("queue.retention", file.retention)?,
+        retry_on,
+        visibility_timeout: positive("queue.visibility_timeout", file.visibility_timeout)?,
     })
 }
 
@@ -575,6 +635,7 @@ fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String>), String>
             secrets: built.secrets,
             routes: routes(&key, file)?,
             allow_ips: file.allow_ips.clone(),
+            delivery: file.delivery,
         });
     }
     Ok((out, warnings))
@@ -603,8 +664,19 @@ fn routes(source_key: &str, file: &file::Source) -> Result<Routes, String> {
                 "{key}.name {name:?} is already used in this source"
             ));
         }
+        let max_concurrency = match (route.max_concurrency, file.delivery) {
+            (None, _) => None,
+            (Some(0), _) => return Err(format!("{key}.max_concurrency must be at least 1")),
+            (Some(n), Delivery::Queue) => NonZeroU32::new(n),
+            (Some(_), Delivery::Proxy) => {
+                return Err(format!(
+                    "{key}.max_concurrency only applies to queue mode; set delivery = \"queue\" on {source_key}"
+                ));
+            }
+        };
         let mut compiled = Route::new(&file.name, &name, &route.events, &route.upstream)
-            .map_err(|e| format!("{key}.{e}"))?;
+            .map_err(|e| format!("{key}.{e}"))?
+            .with_max_concurrency(max_concurrency);
         if let Some(resign) = &route.resign {
             let signer = crate::verify::standard_webhooks::Resigner::new(resign.secret.expose())
                 .map_err(|e| format!("{key}.resign.secret: {e}"))?;
@@ -652,8 +724,13 @@ impl Settings {
         };
         let _ = writeln!(
             s,
-            "admin:  {} (/metrics /healthz /readyz), {admin_auth}",
-            self.admin_listen
+            "admin:  {} (/metrics /healthz /readyz{}), {admin_auth}",
+            self.admin_listen,
+            if self.queue.is_some() {
+                " /deliveries"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             s,
@@ -710,11 +787,37 @@ impl Settings {
             humantime::format_duration(self.dedupe.ttl),
             humantime::format_duration(self.dedupe.in_flight_ttl),
         );
-        let _ = writeln!(s, "sources:");
-        for source in &self.sources {
+        if let Some(queue) = &self.queue {
+            let durability = match self.store.backend {
+                StoreBackend::Memory => "in memory: NOT durable, lost on restart",
+                StoreBackend::Redis(_) => "Redis Streams, shared by every instance",
+            };
             let _ = writeln!(
                 s,
-                "  {} POST {} scheme={} event_type={} dedupe_key={}\n    verify {}",
+                "queue:  {durability}; {} workers, {} attempts, backoff {}..{}{}, max age {}, retention {}, retry on {}",
+                queue.workers,
+                queue.max_attempts,
+                humantime::format_duration(queue.backoff.initial),
+                humantime::format_duration(queue.backoff.max),
+                if queue.backoff.jitter {
+                    " with jitter"
+                } else {
+                    ""
+                },
+                humantime::format_duration(queue.max_age),
+                humantime::format_duration(queue.retention),
+                queue.retry_on,
+            );
+        }
+        let _ = writeln!(s, "sources:");
+        for source in &self.sources {
+            let delivery = match source.delivery {
+                Delivery::Proxy => "proxy",
+                Delivery::Queue => "queue",
+            };
+            let _ = writeln!(
+                s,
+                "  {} POST {} scheme={} event_type={} dedupe_key={} delivery={delivery}\n    verify {}",
                 source.name,
                 source.path,
                 source.scheme,
@@ -727,9 +830,13 @@ impl Settings {
                 let _ = writeln!(s, "    allow_ips {}", nets.join(", "));
             }
             for route in source.routes.iter() {
+                let limit = route
+                    .max_concurrency()
+                    .map(|n| format!(" (max {n} at once)"))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     s,
-                    "    route {:<12} {:<40} -> {}{}",
+                    "    route {:<12} {:<40} -> {}{limit}{}",
                     route.name(),
                     route.patterns_display(),
                     route.upstream(),
@@ -922,6 +1029,99 @@ upstream = "http://127.0.0.1:9001/hooks"
             "[store]\nredis_url = \"redis://a\"\non_error = \"maybe\"\n{MINIMAL}"
         ));
         assert!(e.contains("line 3"), "{e}");
+    }
+
+    fn queued(extra: &str) -> String {
+        format!(
+            "{extra}\n{}",
+            MINIMAL.replace(
+                "scheme = \"standard-webhooks\"",
+                "scheme = \"standard-webhooks\"\ndelivery = \"queue\""
+            )
+        )
+    }
+
+    #[test]
+    fn sources_default_to_proxy_mode_and_need_no_queue() {
+        let settings = parse(MINIMAL, "test.toml").unwrap();
+        assert_eq!(settings.sources[0].delivery, Delivery::Proxy);
+        assert!(settings.queue.is_none());
+    }
+
+    #[test]
+    fn a_queue_source_gets_the_documented_queue_defaults() {
+        let settings = parse(&queued(""), "test.toml").unwrap();
+        assert_eq!(settings.sources[0].delivery, Delivery::Queue);
+        let queue = settings.queue.unwrap();
+        assert_eq!(queue.workers, 16);
+        assert_eq!(queue.max_attempts, 12);
+        assert_eq!(queue.backoff.initial, Duration::from_secs(1));
+        assert_eq!(queue.backoff.max, Duration::from_secs(3600));
+        assert!(queue.backoff.jitter);
+        assert_eq!(queue.max_age, Duration::from_secs(72 * 3600));
+        assert_eq!(queue.retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(queue.visibility_timeout, Duration::from_secs(30));
+        assert_eq!(
+            queue.retry_on.to_string(),
+            "[5xx, 408, 429, connect, timeout]"
+        );
+    }
+
+    #[test]
+    fn queue_keys_are_read_with_human_durations() {
+        let settings = parse(
+            &queued(
+                "[queue]\nworkers = 2\nmax_attempts = 4\nbackoff = { initial = \"250ms\", max = \"2s\", jitter = false }\nmax_age = \"1h\"\nretention = \"1d\"\nretry_on = [\"5xx\"]\nvisibility_timeout = \"3s\"",
+            )
+            .replace("upstream = \"http://127.0.0.1:9001/hooks\"", "upstream = \"http://127.0.0.1:9001/hooks\"\nmax_concurrency = 3"),
+            "test.toml",
+        )
+        .unwrap();
+        let queue = settings.queue.unwrap();
+        assert_eq!(queue.workers, 2);
+        assert_eq!(queue.backoff.initial, Duration::from_millis(250));
+        assert!(!queue.backoff.jitter);
+        assert_eq!(queue.retention, Duration::from_secs(86400));
+        let route = settings.sources[0].routes.iter().next().unwrap();
+        assert_eq!(route.max_concurrency().map(|n| n.get()), Some(3));
+    }
+
+    #[test]
+    fn queue_errors_name_the_key() {
+        let e = error(&queued("[queue]\nretry_on = [\"5xx\", \"sometimes\"]"));
+        assert!(e.contains("queue.retry_on[1] \"sometimes\""), "{e}");
+        let e = error(&queued(
+            "[queue]\nbackoff = { initial = \"10s\", max = \"1s\" }",
+        ));
+        assert!(e.contains("queue.backoff.max"), "{e}");
+        let e = error(&queued("[queue]\nworkers = 0"));
+        assert!(e.contains("queue.workers"), "{e}");
+        let e = error(&queued("[queue]\nmax_age = \"soon\""));
+        assert!(e.contains("line 2"), "{e}");
+        let e = error(&queued("[queue]\nsurprise = 1"));
+        assert!(e.contains("unknown field `surprise`"), "{e}");
+        let e = error(&MINIMAL.replace("scheme =", "delivery = \"later\"\nscheme ="));
+        assert!(e.contains("delivery"), "{e}");
+    }
+
+    #[test]
+    fn max_concurrency_needs_queue_mode_and_at_least_one() {
+        let limited = |text: &str, n: u32| {
+            text.replace(
+                "upstream = \"http://127.0.0.1:9001/hooks\"",
+                &format!("upstream = \"http://127.0.0.1:9001/hooks\"\nmax_concurrency = {n}"),
+            )
+        };
+        let e = error(&limited(MINIMAL, 2));
+        assert!(
+            e.contains("sources[0].routes[0].max_concurrency only applies to queue mode"),
+            "{e}"
+        );
+        let e = error(&limited(&queued(""), 0));
+        assert!(
+            e.contains("sources[0].routes[0].max_concurrency must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -84,7 +84,7 @@ return {1, 0}
 ";
 
 pub struct RedisStore {
-    connection: Connection,
+    redis: Arc<RedisConnection>,
     prefix: String,
     /// GCRA emission interval (1 / rate) and burst tolerance, in microseconds.
     interval_us: u64,
@@ -92,8 +92,14 @@ pub struct RedisStore {
     scripts: Scripts,
     /// Set once Redis has refused `SET NX GET` (before 7.0): claims then use `CLAIM`.
     legacy_claim: AtomicBool,
-    metrics: Arc<Metrics>,
     description: String,
+}
+
+/// The one multiplexed connection (or cluster connection) of an instance, shared by the
+/// store and the queue, with every operation bounded, timed and counted.
+pub struct RedisConnection {
+    connection: Connection,
+    metrics: Arc<Metrics>,
     /// The longest one operation may take, a (re)connection included: `connect_timeout +
     /// timeout`. The client's own timeouts do not cover waiting for a reconnection,
     /// which retries with backoff for seconds while Redis is down.
@@ -118,13 +124,9 @@ struct ClusterSlot {
     connection: Mutex<Option<ClusterConnection>>,
 }
 
-impl RedisStore {
-    /// Creates the store without connecting: Redis may come up after hookgate.
-    pub fn new(
-        settings: &RedisSettings,
-        rate: RateLimitSettings,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, StoreError> {
+impl RedisConnection {
+    /// Sets up the connection without connecting: Redis may come up after hookgate.
+    pub fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
         let connection = match &settings.target {
             RedisTarget::Single(info) => {
                 let client = redis::Client::open((**info).clone()).map_err(unavailable)?;
@@ -146,43 +148,17 @@ impl RedisStore {
                 connection: Mutex::new(None),
             })),
         };
-        let interval = Duration::from_secs_f64(1.0 / rate.requests_per_second);
-        let interval_us = (interval.as_micros() as u64).max(1);
-        Ok(RedisStore {
+        Ok(RedisConnection {
             connection,
-            prefix: settings.key_prefix.clone(),
-            interval_us,
-            tolerance_us: interval_us * u64::from(rate.burst.saturating_sub(1)),
-            scripts: Scripts {
-                claim: Script::new(CLAIM),
-                commit: Script::new(COMMIT),
-                release: Script::new(RELEASE),
-                rate: Script::new(RATE),
-            },
-            legacy_claim: AtomicBool::new(false),
             metrics,
             deadline: settings.connect_timeout + settings.timeout,
-            description: format!(
-                "{} (shared by every instance using it; key prefix {:?})",
-                settings.target, settings.key_prefix
-            ),
         })
-    }
-
-    /// Claims with the Lua script from now on, as on Redis before 7.0 (which refuses
-    /// `SET NX GET`); lets the tests hold both claim paths to one contract.
-    pub fn use_script_claims(&self) {
-        self.legacy_claim.store(true, Ordering::Relaxed);
-    }
-
-    fn dedupe_key(&self, key: &str) -> String {
-        [self.prefix.as_str(), "dedupe:", key].concat()
     }
 
     /// Runs one round trip within `deadline`, timing it and counting a failure under
     /// `op`. A cluster connection that failed for good is dropped so the next call
     /// reconnects.
-    async fn call<T>(
+    pub async fn call<T>(
         &self,
         op: &str,
         request: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
@@ -227,7 +203,8 @@ impl RedisStore {
         }
     }
 
-    async fn script<T: redis::FromRedisValue>(
+    /// Runs a script by `EVALSHA` (loading it once when Redis does not know it yet).
+    pub async fn script<T: redis::FromRedisValue>(
         &self,
         op: &str,
         invocation: ScriptInvocation<'_>,
@@ -237,8 +214,78 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Creates the store on its own connection, without connecting.
+    pub fn new(
+        settings: &RedisSettings,
+        rate: RateLimitSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let redis = Arc::new(RedisConnection::new(settings, metrics)?);
+        Ok(RedisStore::on(redis, settings, rate))
+    }
+
+    /// Creates the store on a connection it shares (with the queue).
+    pub fn on(
+        redis: Arc<RedisConnection>,
+        settings: &RedisSettings,
+        rate: RateLimitSettings,
+    ) -> Self {
+        let interval = Duration::from_secs_f64(1.0 / rate.requests_per_second);
+        let interval_us = (interval.as_micros() as u64).max(1);
+        RedisStore {
+            redis,
+            prefix: settings.key_prefix.clone(),
+            interval_us,
+            tolerance_us: interval_us * u64::from(rate.burst.saturating_sub(1)),
+            scripts: Scripts {
+                claim: Script::new(CLAIM),
+                commit: Script::new(COMMIT),
+                release: Script::new(RELEASE),
+                rate: Script::new(RATE),
+            },
+            legacy_claim: AtomicBool::new(false),
+            description: format!(
+                "{} (shared by every instance using it; key prefix {:?})",
+                settings.target, settings.key_prefix
+            ),
+        }
+    }
+
+    /// The connection, for the queue to share.
+    pub fn connection(&self) -> Arc<RedisConnection> {
+        self.redis.clone()
+    }
+
+    /// Claims with the Lua script from now on, as on Redis before 7.0 (which refuses
+    /// `SET NX GET`); lets the tests hold both claim paths to one contract.
+    pub fn use_script_claims(&self) {
+        self.legacy_claim.store(true, Ordering::Relaxed);
+    }
+
+    fn dedupe_key(&self, key: &str) -> String {
+        [self.prefix.as_str(), "dedupe:", key].concat()
+    }
+
+    async fn call<T>(
+        &self,
+        op: &str,
+        request: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        self.redis.call(op, request).await
+    }
+
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        op: &str,
+        invocation: ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.redis.script(op, invocation).await
+    }
+}
+
 /// A connection for one request: cheap clones of the shared multiplexed connection.
-enum Conn {
+pub enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }

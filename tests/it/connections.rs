@@ -312,13 +312,14 @@ async fn ten_thousand_idle_connections_do_not_stop_a_valid_delivery() {
         "this test holds {IDLE} sockets: the open-files limit is {limit}; raise it (ulimit -n)"
     );
     let upstream = Upstream::start().await;
-    let gw = GatewayProcess::start(
+    let gw = GatewayProcess::spawn(
         config()
             .set("limits", "max_connections", "12000")
             .set("limits", "header_read_timeout", "\"10m\"")
             .set("limits", "idle_timeout", "\"10m\"")
             .route("*", &upstream),
-    );
+    )
+    .await;
 
     let mut idle = Vec::with_capacity(IDLE);
     for i in 0..IDLE {

@@ -1,13 +1,10 @@
 //! What the hardening tests need beyond `support`: raw connections from a chosen
-//! loopback address, the gateway as a separate process (for tests that hold thousands of
-//! sockets), a test certificate authority with client certificates (mTLS), and an https
-//! upstream.
+//! loopback address, a test certificate authority with client certificates (mTLS), and
+//! an https upstream. (The gateway as a separate process is `support::GatewayProcess`.)
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -96,78 +93,6 @@ pub async fn post_from(
         .into_parts();
     let body = body.collect().await.expect("read the body").to_bytes();
     (parts.status, String::from_utf8_lossy(&body).into_owned())
-}
-
-// ---------------------------------------------------------------------------------
-// The gateway as a separate process
-// ---------------------------------------------------------------------------------
-
-/// `hookgate serve` run from the built binary on config text, stopped on drop. Its
-/// stderr is drained by a thread so that logging never blocks it.
-pub struct GatewayProcess {
-    child: Child,
-    _dir: tempfile::TempDir,
-    pub addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-}
-
-impl GatewayProcess {
-    pub fn start(config: impl std::fmt::Display) -> GatewayProcess {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let path: PathBuf = dir.path().join("hookgate.toml");
-        std::fs::write(&path, config.to_string()).expect("write the config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hookgate"))
-            .args(["--log-format", "json", "serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "warn,hookgate::server=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start hookgate");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if event["message"] == "listening" {
-                    let addr = |key: &str| {
-                        event[key]
-                            .as_str()
-                            .and_then(|a| a.parse::<SocketAddr>().ok())
-                    };
-                    let _ = tx.send((addr("addr"), addr("admin_addr")));
-                }
-            }
-        });
-        let (addr, admin_addr) = rx
-            .recv_timeout(PATIENCE)
-            .expect("hookgate logs its listening addresses");
-        GatewayProcess {
-            child,
-            _dir: dir,
-            addr: addr.expect("addr"),
-            admin_addr: admin_addr.expect("admin_addr"),
-        }
-    }
-
-    pub async fn metrics(&self) -> Scrape {
-        let client = LegacyClient::builder(TokioExecutor::new()).build(HttpConnector::new());
-        let request = Request::get(format!("http://{}/metrics", self.admin_addr))
-            .body(Full::new(Bytes::new()))
-            .expect("a valid request");
-        let reply = exchange(&client, request).await;
-        Scrape(reply.text())
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------

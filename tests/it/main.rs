@@ -12,6 +12,7 @@ mod dedupe;
 mod examples;
 mod forwarding;
 mod metrics;
+mod queue;
 mod ratelimit;
 mod redis_cluster;
 mod redis_store;

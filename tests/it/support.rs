@@ -61,6 +61,8 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the request arrived (its head and body read).
+    pub at: tokio::time::Instant,
 }
 
 impl Received {
@@ -155,6 +157,8 @@ impl From<Answer> for Behaviour {
 
 struct Recorder {
     received: Mutex<Vec<Received>>,
+    /// Requests being answered right now, and the most there ever were at once.
+    concurrency: Mutex<(usize, usize)>,
     count: watch::Sender<usize>,
     released: watch::Sender<bool>,
     behaviour: Behaviour,
@@ -178,12 +182,33 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the upstream");
+        Upstream::serve(listener, behaviour.into())
+    }
+
+    /// Like `with`, on a given address (an upstream that comes up where one was down).
+    pub async fn with_at(addr: SocketAddr, behaviour: impl Into<Behaviour>) -> Upstream {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("bind the upstream on {addr}: {e}"),
+            }
+        };
+        Upstream::serve(listener, behaviour.into())
+    }
+
+    fn serve(listener: TcpListener, behaviour: Behaviour) -> Upstream {
         let addr = listener.local_addr().expect("bound address");
         let recorder = Arc::new(Recorder {
             received: Mutex::new(Vec::new()),
+            concurrency: Mutex::new((0, 0)),
             count: watch::channel(0).0,
             released: watch::channel(false).0,
-            behaviour: behaviour.into(),
+            behaviour,
         });
         let task = tokio::spawn(serve_upstream(listener, recorder.clone()));
         Upstream {
@@ -225,6 +250,25 @@ impl Upstream {
     /// Lets every held answer (current and future) go out.
     pub fn release(&self) {
         self.recorder.released.send_replace(true);
+    }
+
+    /// Requests being answered right now.
+    pub fn in_flight(&self) -> usize {
+        self.recorder.concurrency.lock().expect("not poisoned").0
+    }
+
+    /// The most requests this upstream was ever answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.recorder.concurrency.lock().expect("not poisoned").1
+    }
+
+    /// How many requests carried each `webhook-id`.
+    pub fn count_by_webhook_id(&self) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for r in self.received() {
+            *counts.entry(r.header("webhook-id").to_owned()).or_insert(0) += 1;
+        }
+        counts
     }
 }
 
@@ -268,11 +312,17 @@ async fn record_and_answer(req: Request<Incoming>, recorder: &Recorder) -> Respo
             path: parts.uri.path().to_owned(),
             headers: parts.headers,
             body,
+            at: tokio::time::Instant::now(),
         });
+        let mut concurrency = recorder.concurrency.lock().expect("not poisoned");
+        concurrency.0 += 1;
+        concurrency.1 = concurrency.1.max(concurrency.0);
         // Under the lock, so the count never goes backwards between two requests.
         recorder.count.send_replace(received.len());
         received.len() - 1
     };
+    // Counted down when the answer is ready (or the request is dropped mid-wait).
+    let _answering = Answering(recorder);
     let answer = recorder.behaviour.answer(n).clone();
     if answer.held {
         let mut released = recorder.released.subscribe();
@@ -289,6 +339,14 @@ async fn record_and_answer(req: Request<Incoming>, recorder: &Recorder) -> Respo
             .insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+struct Answering<'a>(&'a Recorder);
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.concurrency.lock().expect("not poisoned").0 -= 1;
+    }
 }
 
 /// An address on loopback where nothing listens (bound, then closed).
@@ -330,6 +388,7 @@ struct SourceBlock {
     secrets: Vec<String>,
     /// TOML lines replacing `scheme = "standard-webhooks"` and `secrets`.
     scheme_toml: Option<String>,
+    queue: bool,
     routes: Vec<RouteBlock>,
 }
 
@@ -339,6 +398,7 @@ struct RouteBlock {
     upstream: String,
     /// `resign = { secret = ... }`.
     resign: Option<String>,
+    max_concurrency: Option<u32>,
 }
 
 /// Config text for tests: loopback listeners on port 0, a rate limit nobody reaches,
@@ -354,6 +414,10 @@ pub struct Config {
     extra: Vec<(&'static str, &'static str, String)>,
     /// More lines of one `[[sources]]` block: (source index, line).
     source_extra: Vec<(usize, String)>,
+    /// `[server]` lines after `listen`, `[admin]` lines after `listen`, `[queue]` lines.
+    server: Vec<(&'static str, String)>,
+    admin: Vec<(&'static str, String)>,
+    queue: Vec<(&'static str, String)>,
     sources: Vec<SourceBlock>,
 }
 
@@ -366,11 +430,15 @@ pub fn config() -> Config {
         store: Vec::new(),
         extra: Vec::new(),
         source_extra: Vec::new(),
+        server: Vec::new(),
+        admin: Vec::new(),
+        queue: Vec::new(),
         sources: vec![SourceBlock {
             name: SOURCE.to_owned(),
             path: PATH.to_owned(),
             secrets: vec![SECRET.to_owned()],
             scheme_toml: None,
+            queue: false,
             routes: Vec::new(),
         }],
     }
@@ -388,6 +456,7 @@ impl Config {
             events: events.to_owned(),
             upstream: to.target_url(),
             resign: None,
+            max_concurrency: None,
         });
         self
     }
@@ -400,6 +469,7 @@ impl Config {
             events: events.to_owned(),
             upstream: to.target_url(),
             resign: Some(secret.to_owned()),
+            max_concurrency: None,
         });
         self
     }
@@ -412,6 +482,7 @@ impl Config {
             path: path.to_owned(),
             secrets: Vec::new(),
             scheme_toml: Some(scheme_toml.to_owned()),
+            queue: false,
             routes: Vec::new(),
         });
         self
@@ -423,6 +494,7 @@ impl Config {
             events: events.to_owned(),
             upstream: to.target_url(),
             resign: None,
+            max_concurrency: None,
         });
         self
     }
@@ -440,6 +512,7 @@ impl Config {
             path: path.to_owned(),
             secrets: vec![SECRET.to_owned()],
             scheme_toml: None,
+            queue: false,
             routes: Vec::new(),
         });
         self
@@ -467,6 +540,44 @@ impl Config {
         Ok(())
     }
 
+    /// `delivery = "queue"` on the last source.
+    pub fn queued(mut self) -> Self {
+        self.last_source().queue = true;
+        self
+    }
+
+    /// `max_concurrency` on the last route.
+    pub fn max_concurrency(mut self, limit: u32) -> Self {
+        self.last_source()
+            .routes
+            .last_mut()
+            .expect("a route to limit")
+            .max_concurrency = Some(limit);
+        self
+    }
+
+    /// A `[queue]` key with its TOML value as written: `("workers", "4")`,
+    /// `("backoff", r#"{ initial = "50ms", max = "1s", jitter = false }"#)`.
+    /// A key given twice keeps the later value.
+    pub fn queue_option(mut self, key: &'static str, toml: &str) -> Self {
+        self.queue.retain(|(k, _)| *k != key);
+        self.queue.push((key, toml.to_owned()));
+        self
+    }
+
+    /// `server.shutdown_timeout`, a humantime duration.
+    pub fn shutdown_timeout(mut self, timeout: &str) -> Self {
+        self.server
+            .push(("shutdown_timeout", format!("{timeout:?}")));
+        self
+    }
+
+    /// `admin.token`.
+    pub fn admin_token(mut self, token: &str) -> Self {
+        self.admin.push(("token", format!("{token:?}")));
+        self
+    }
+
     pub fn tls(mut self, cert: &DevCert) -> Self {
         self.tls = Some((cert.cert.clone(), cert.key.clone()));
         self
@@ -479,6 +590,7 @@ impl Config {
 
     /// A humantime duration such as `"1s"`.
     pub fn upstream_timeout(mut self, timeout: &str) -> Self {
+        self.limits.retain(|(key, _)| *key != "upstream_timeout");
         self.limits
             .push(("upstream_timeout", format!("{timeout:?}")));
         self
@@ -528,6 +640,9 @@ impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "[server]\nlisten = \"127.0.0.1:0\"")?;
         self.extra_lines(f, "server")?;
+        for (key, value) in &self.server {
+            writeln!(f, "{key} = {value}")?;
+        }
         if let Some((cert, key)) = &self.tls {
             writeln!(
                 f,
@@ -546,6 +661,15 @@ impl fmt::Display for Config {
             writeln!(f, "listen = \"127.0.0.1:0\"")?;
         }
         self.extra_lines(f, "admin")?;
+        for (key, value) in &self.admin {
+            writeln!(f, "{key} = {value}")?;
+        }
+        if !self.queue.is_empty() {
+            writeln!(f, "[queue]")?;
+            for (key, value) in &self.queue {
+                writeln!(f, "{key} = {value}")?;
+            }
+        }
         writeln!(f, "[limits]")?;
         self.extra_lines(f, "limits")?;
         for (key, value) in &self.limits {
@@ -596,6 +720,9 @@ impl fmt::Display for Config {
             for (_, line) in self.source_extra.iter().filter(|(at, _)| *at == i) {
                 writeln!(f, "{line}")?;
             }
+            if source.queue {
+                writeln!(f, "delivery = \"queue\"")?;
+            }
             for route in &source.routes {
                 writeln!(f, "[[sources.routes]]")?;
                 if let Some(name) = &route.name {
@@ -608,6 +735,9 @@ impl fmt::Display for Config {
                 )?;
                 if let Some(secret) = &route.resign {
                     writeln!(f, "resign = {{ secret = {secret:?} }}")?;
+                }
+                if let Some(limit) = route.max_concurrency {
+                    writeln!(f, "max_concurrency = {limit}")?;
                 }
             }
         }
@@ -805,6 +935,10 @@ impl Gateway {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         format!("http://{addr}{path}")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     pub async fn metrics(&self) -> Scrape {
@@ -1099,5 +1233,245 @@ impl Scrape {
             r#"hookgate_upstream_responses_total{{class="{class}",route="{route}"}}"#
         ))
         .unwrap_or(0.0) as u64
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Queue mode: the admin API of any gateway, and gateways as child processes
+// ---------------------------------------------------------------------------------
+
+/// The `/deliveries` API of a gateway's admin listener (in-process or a child).
+#[derive(Clone)]
+pub struct Deliveries {
+    client: TestClient,
+    token: Option<String>,
+}
+
+impl Deliveries {
+    pub fn of(gw: &Gateway) -> Deliveries {
+        Deliveries::at(gw.admin_addr())
+    }
+
+    pub fn at(admin: SocketAddr) -> Deliveries {
+        Deliveries {
+            client: TestClient {
+                http: http_client(
+                    hookgate::tls::insecure_client_config(),
+                    Duration::from_secs(10),
+                ),
+                base: format!("http://{admin}"),
+            },
+            token: None,
+        }
+    }
+
+    pub fn with_token(mut self, token: &str) -> Deliveries {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    pub fn base(&self) -> &str {
+        &self.client.base
+    }
+
+    pub async fn request(&self, method: Method, path: &str) -> Reply {
+        let mut builder = Request::builder().method(method).uri(self.client.url(path));
+        if let Some(token) = &self.token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        self.client
+            .send(
+                builder
+                    .body(Full::new(Bytes::new()))
+                    .expect("a valid request"),
+            )
+            .await
+    }
+
+    /// One record (`GET /deliveries/<id>`); panics unless it exists.
+    pub async fn record(&self, id: &str) -> serde_json::Value {
+        let reply = self
+            .request(Method::GET, &format!("/deliveries/{id}"))
+            .await;
+        assert_eq!(reply.status(), 200, "{reply:?}");
+        reply.json()
+    }
+
+    /// Records matching a query such as `status=failed_final`.
+    pub async fn list(&self, query: &str) -> Vec<serde_json::Value> {
+        let reply = self
+            .request(Method::GET, &format!("/deliveries?limit=1000&{query}"))
+            .await;
+        assert_eq!(reply.status(), 200, "{reply:?}");
+        reply.json()["deliveries"]
+            .as_array()
+            .expect("a list of deliveries")
+            .clone()
+    }
+
+    /// Waits until the record of `id` is in `state`, and returns it.
+    pub async fn wait_for_state(&self, id: &str, state: &str) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let record = self.record(id).await;
+            if record["state"] == state {
+                return record;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "delivery {id} never reached {state}: {record:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `n` records are in `state`.
+    pub async fn wait_for_count(&self, state: &str, n: usize) {
+        let query = format!("status={state}");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let found = self.list(&query).await.len();
+            if found >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {found} of {n} deliveries reached {state}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Posts a delivery and returns its `delivery_id`; panics unless it was queued (202).
+pub async fn enqueue(client: &TestClient, delivery: &SignedRequest) -> String {
+    let reply = client.post(PATH, delivery).await;
+    assert_eq!(reply.status(), 202, "{reply:?}");
+    assert_eq!(reply.json()["queued"], true, "{reply:?}");
+    reply.json()["delivery_id"]
+        .as_str()
+        .expect("a delivery id")
+        .to_owned()
+}
+
+/// Runs the built `hookgate` binary with `args` and returns (success, stdout, stderr).
+pub async fn hookgate_cli(args: &[&str]) -> (bool, String, String) {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(args)
+        .env_remove("HOOKGATE_CONFIG")
+        .env_remove("HOOKGATE_ADMIN_URL")
+        .env_remove("HOOKGATE_DELIVERIES_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("hookgate finishes in time")
+        .expect("run hookgate");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `hookgate serve` as a child process of the built binary, so it can really be killed.
+/// Its stderr (JSON log lines) is kept for the failure message.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl GatewayProcess {
+    /// Starts `hookgate serve` on `config` and returns once it listens.
+    pub async fn spawn(config: impl fmt::Display) -> GatewayProcess {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("hookgate.toml");
+        std::fs::write(&path, config.to_string()).expect("write the config");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env_remove("HOOKGATE_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn hookgate serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (listening_tx, listening) = std::sync::mpsc::channel();
+        std::thread::spawn({
+            let log = log.clone();
+            move || {
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+                        && event["message"] == "listening"
+                    {
+                        let addr = |key: &str| event[key].as_str().and_then(|a| a.parse().ok());
+                        if let (Some(addr), Some(admin)) = (addr("addr"), addr("admin_addr")) {
+                            let _ = listening_tx.send((addr, admin));
+                        }
+                    }
+                    log.lock().expect("not poisoned").push(line);
+                }
+            }
+        });
+        let waited = tokio::task::spawn_blocking(move || listening.recv_timeout(PATIENCE))
+            .await
+            .expect("the waiting thread");
+        let Ok((addr, admin_addr)) = waited else {
+            let _ = child.kill();
+            panic!(
+                "hookgate serve did not start listening:\n{}",
+                log.lock().expect("not poisoned").join("\n")
+            );
+        };
+        GatewayProcess {
+            child,
+            _dir: dir,
+            addr,
+            admin_addr,
+            log,
+        }
+    }
+
+    pub fn client(&self) -> TestClient {
+        TestClient {
+            http: http_client(
+                hookgate::tls::insecure_client_config(),
+                Duration::from_secs(10),
+            ),
+            base: format!("http://{}", self.addr),
+        }
+    }
+
+    /// SIGKILL: no shutdown, no hand back; waits until the process is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().expect("not poisoned").join("\n")
+    }
+
+    pub async fn metrics(&self) -> Scrape {
+        let reply = self
+            .client()
+            .get(&format!("http://{}/metrics", self.admin_addr))
+            .await;
+        Scrape(reply.text())
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

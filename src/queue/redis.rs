@@ -1,0 +1,756 @@
+//! The durable queue on Redis Streams, shared by every instance using the same Redis.
+//!
+//! Keys (default prefix `hookgate:`), all with the hash tag `{queue}` so they live in one
+//! Redis Cluster slot and every script below may touch several of them atomically:
+//! - `hookgate:{queue}:ready`: stream of deliveries ready for an attempt (`d` = id,
+//!   `r` = `<source>/<route>`), consumed by the group `workers`; an entry is acked and
+//!   deleted when its attempt settles, so its length counts waiting plus in-flight work;
+//! - `hookgate:{queue}:scheduled`: sorted set of ids by next attempt (ms), promoted into
+//!   `ready` by `TAKE` once due;
+//! - `hookgate:{queue}:d:<id>`: hash, the delivery record (state, attempts, timestamps,
+//!   last status and error, stored headers and raw body); expires `retention` after it
+//!   becomes final;
+//! - `hookgate:{queue}:h:<id>`: list, the attempt history (JSON per attempt), same expiry;
+//! - `hookgate:{queue}:index`: sorted set of every id by (re)queue time, for listing;
+//! - `hookgate:{queue}:dead`: sorted set of `failed_final` ids by failure time, for replay.
+//!
+//! An instance renews its hold on the entries it took (`KEEP`, only if still its own);
+//! entries of an instance that stopped renewing them (it died) are taken over by another
+//! with `XAUTOCLAIM` after `queue.visibility_timeout`.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::Script;
+
+use super::{
+    Attempt, BoxFuture, Detail, IdGenerator, Job, Lease, ListFilter, NewDelivery, Queue,
+    QueueError, QueueStats, Replayed, Settlement, State, Summary, UnixMillis, decode_headers,
+    encode_headers, header_listing,
+};
+use crate::config::QueueSettings;
+use crate::store::StoreError;
+use crate::store::redis::RedisConnection;
+
+/// The consumer group every instance's workers join.
+pub const GROUP: &str = "workers";
+
+/// How many index entries `list` examines at most when filtering.
+const LIST_SCAN_LIMIT: usize = 10_000;
+
+/// Creates the record and appends it to `ready`, in one step.
+/// KEYS: record, ready, index. ARGV: id, now, index trim bound, source, route label,
+/// route, webhook id, event type, headers, body.
+const ENQUEUE: &str = r"
+redis.call('HSET', KEYS[1], 'state', 'queued', 'source', ARGV[4], 'route', ARGV[6],
+  'webhook_id', ARGV[7], 'event_type', ARGV[8], 'headers', ARGV[9], 'body', ARGV[10],
+  'route_label', ARGV[5], 'attempts', 0, 'replays', 0, 'received_at', ARGV[2],
+  'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
+redis.call('XADD', KEYS[2], '*', 'd', ARGV[1], 'r', ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[3])
+return 1
+";
+
+/// Promotes due retries into `ready`, then takes up to ARGV[3] entries for this
+/// consumer: first ones idle longer than the visibility timeout (their instance died),
+/// then new ones. Creates the group (and stream) the first time.
+/// KEYS: ready, scheduled. ARGV: group, consumer, count, now, visibility ms, claim cursor,
+/// record key prefix. Returns {next cursor, id1, route1, token1, id2, ...}.
+const TAKE: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 256)
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[2], id)
+  local route = redis.call('HGET', ARGV[7] .. id, 'route_label')
+  redis.call('XADD', KEYS[1], '*', 'd', id, 'r', route or '')
+end
+local count = tonumber(ARGV[3])
+local out = {ARGV[6]}
+local function collect(entries)
+  for _, e in ipairs(entries) do
+    local fields = e[2]
+    if fields then
+      local id, route = '', ''
+      for i = 1, #fields, 2 do
+        if fields[i] == 'd' then id = fields[i + 1] elseif fields[i] == 'r' then route = fields[i + 1] end
+      end
+      table.insert(out, id)
+      table.insert(out, route)
+      table.insert(out, e[1])
+    end
+  end
+end
+if count <= 0 then return out end
+local claimed = redis.pcall('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[5], ARGV[6], 'COUNT', count)
+if claimed.err then
+  if not string.find(claimed.err, 'NOGROUP') then return redis.error_reply(claimed.err) end
+  redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+else
+  out[1] = claimed[1]
+  collect(claimed[2])
+end
+local left = count - (#out - 1) / 3
+if left > 0 then
+  local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left, 'STREAMS', KEYS[1], '>')
+  if read then collect(read[1][2]) end
+end
+return out
+";
+
+/// Marks the record `processing`, counts the attempt, opens its history entry and
+/// returns what the attempt needs; a final or vanished record just drops the entry.
+/// KEYS: record, history, ready. ARGV: now, consumer, entry id, group.
+const BEGIN: &str = r"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'processed' or state == 'failed_final' then
+  redis.call('XACK', KEYS[3], ARGV[4], ARGV[3])
+  redis.call('XDEL', KEYS[3], ARGV[3])
+  return false
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'state', 'processing', 'instance', ARGV[2], 'updated_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'next_attempt_at')
+local entry = cjson.encode({attempt = attempt, started_at = tonumber(ARGV[1]), instance = ARGV[2]})
+local index = redis.call('RPUSH', KEYS[2], entry) - 1
+local f = redis.call('HMGET', KEYS[1], 'source', 'route', 'webhook_id', 'event_type', 'headers', 'body', 'enqueued_at')
+return {attempt, index, f[1], f[2], f[3], f[4], f[5], f[6], f[7]}
+";
+
+/// Records a settled attempt and moves the delivery on: processed or final-failed
+/// (kept for `retention`; a processed one without its body and headers), or scheduled
+/// for its retry. Acks and deletes the entry.
+/// KEYS: record, history, ready, scheduled, dead. ARGV: group, entry id, now, new state,
+/// next attempt ms, last status, last error, history index, history entry, retention ms,
+/// delivery id.
+const SETTLE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_at', ARGV[3])
+  if ARGV[6] == '' then redis.call('HDEL', KEYS[1], 'last_status') else redis.call('HSET', KEYS[1], 'last_status', ARGV[6]) end
+  if ARGV[7] == '' then redis.call('HDEL', KEYS[1], 'last_error') else redis.call('HSET', KEYS[1], 'last_error', ARGV[7]) end
+  redis.pcall('LSET', KEYS[2], ARGV[8], ARGV[9])
+  if ARGV[4] == 'failed_retryable' then
+    redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[5])
+    redis.call('ZADD', KEYS[4], ARGV[5], ARGV[11])
+  else
+    if ARGV[4] == 'processed' then
+      -- Delivered: only dead letters keep what a replay needs.
+      redis.call('HDEL', KEYS[1], 'body', 'headers')
+    end
+    redis.call('PEXPIRE', KEYS[1], ARGV[10])
+    redis.call('PEXPIRE', KEYS[2], ARGV[10])
+    if ARGV[4] == 'failed_final' then
+      redis.call('ZADD', KEYS[5], ARGV[3], ARGV[11])
+      redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[10])))
+    end
+  end
+end
+redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[3], ARGV[2])
+return 1
+";
+
+/// Gives a taken delivery back at once: a fresh `ready` entry, state `queued`, and the
+/// interrupted attempt (if any) closed in the history.
+/// KEYS: record, history, ready. ARGV: group, entry id, now, delivery id, history index
+/// or '', history entry, route label.
+const HAND_BACK: &str = r"
+redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[3], ARGV[2])
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'processed' or state == 'failed_final' then return 0 end
+redis.call('XADD', KEYS[3], '*', 'd', ARGV[4], 'r', ARGV[7])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_at', ARGV[3])
+if ARGV[5] ~= '' then redis.pcall('LSET', KEYS[2], ARGV[5], ARGV[6]) end
+return 1
+";
+
+/// Renews this consumer's hold on each entry it still owns (an entry another instance
+/// took over meanwhile is left alone). KEYS: ready. ARGV: group, consumer, entry ids...
+const KEEP: &str = r"
+local kept = 0
+for i = 3, #ARGV do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #pending == 1 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+";
+
+/// Removes consumers (stopped instances) with nothing pending, idle for ARGV[2] ms,
+/// other than ARGV[3]; a consumer that still holds entries is never removed (that would
+/// drop its entries from the group). KEYS: ready. ARGV: group, idle ms, this consumer.
+const PRUNE: &str = r"
+local removed = 0
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+for _, c in ipairs(consumers) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info['name'] ~= ARGV[3] and tonumber(info['pending']) == 0 and tonumber(info['idle']) >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+";
+
+/// Queues a dead letter again with a fresh attempt count and `max_age`.
+/// KEYS: record, history, ready, dead, index. ARGV: id, now.
+/// Returns {1, previous state} replayed, {0, ''} not found, {2, state} not a dead letter.
+const REPLAY: &str = r"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {0, ''} end
+if state ~= 'failed_final' then return {2, state} end
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'replays', 1)
+redis.call('HDEL', KEYS[1], 'next_attempt_at')
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
+redis.call('XADD', KEYS[3], '*', 'd', ARGV[1], 'r', redis.call('HGET', KEYS[1], 'route_label') or '')
+return {1, state}
+";
+
+/// Newest first, filtered by state and source; stops at ARGV[4] matches or after
+/// ARGV[5] index entries. KEYS: index. ARGV: record key prefix, state or '', source or
+/// '', limit, scan limit. Returns 12 values per record (id, then `SUMMARY_FIELDS`).
+const LIST: &str = r"
+local out = {}
+local found, offset, batch = 0, 0, 256
+local limit, cap = tonumber(ARGV[4]), tonumber(ARGV[5])
+while found < limit and offset < cap do
+  local ids = redis.call('ZREVRANGE', KEYS[1], offset, offset + batch - 1)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
+    local f = redis.call('HMGET', ARGV[1] .. id, 'state', 'source', 'route', 'webhook_id',
+      'event_type', 'attempts', 'received_at', 'updated_at', 'next_attempt_at', 'last_status', 'last_error')
+    if f[1] and (ARGV[2] == '' or f[1] == ARGV[2]) and (ARGV[3] == '' or f[2] == ARGV[3]) then
+      table.insert(out, id)
+      for i = 1, 11 do table.insert(out, f[i] or '') end
+      found = found + 1
+      if found >= limit then break end
+    end
+  end
+  offset = offset + batch
+end
+return out
+";
+
+/// Depth and the age of the oldest ready entry, on Redis' clock (stream ids are).
+/// KEYS: ready, scheduled. Returns {XLEN, ZCARD, oldest entry ms or -1, now ms}.
+const STATS: &str = r"
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local oldest = -1
+if #first == 1 then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
+local t = redis.call('TIME')
+return {redis.call('XLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), oldest,
+  tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
+";
+
+struct Scripts {
+    enqueue: Script,
+    take: Script,
+    begin: Script,
+    settle: Script,
+    hand_back: Script,
+    keep: Script,
+    prune: Script,
+    replay: Script,
+    list: Script,
+    stats: Script,
+}
+
+pub struct RedisQueue {
+    /// Ingress' connection (the store's): an enqueue never waits behind worker traffic.
+    ingress: Arc<RedisConnection>,
+    /// Everything else: the workers and the admin API.
+    redis: Arc<RedisConnection>,
+    /// `<prefix>{queue}:`
+    base: String,
+    consumer: String,
+    visibility: Duration,
+    retention: Duration,
+    /// Index entries older than `max_age + retention` belong to forgotten records.
+    index_horizon: Duration,
+    /// Where the next `XAUTOCLAIM` scan of the pending entries resumes.
+    claim_cursor: Mutex<String>,
+    ids: IdGenerator,
+    scripts: Scripts,
+}
+
+impl RedisQueue {
+    pub fn new(
+        redis: Arc<RedisConnection>,
+        prefix: &str,
+        settings: &QueueSettings,
+        instance: &str,
+    ) -> Self {
+        RedisQueue {
+            ingress: redis.clone(),
+            redis,
+            base: format!("{prefix}{{queue}}:"),
+            consumer: instance.to_owned(),
+            visibility: settings.visibility_timeout,
+            retention: settings.retention,
+            index_horizon: settings.max_age + settings.retention,
+            claim_cursor: Mutex::new("0-0".to_owned()),
+            ids: IdGenerator::default(),
+            scripts: Scripts {
+                enqueue: Script::new(ENQUEUE),
+                take: Script::new(TAKE),
+                begin: Script::new(BEGIN),
+                settle: Script::new(SETTLE),
+                hand_back: Script::new(HAND_BACK),
+                keep: Script::new(KEEP),
+                prune: Script::new(PRUNE),
+                replay: Script::new(REPLAY),
+                list: Script::new(LIST),
+                stats: Script::new(STATS),
+            },
+        }
+    }
+
+    /// Runs everything but enqueue on `connection`, apart from ingress' connection.
+    pub fn with_worker_connection(mut self, connection: Arc<RedisConnection>) -> Self {
+        self.redis = connection;
+        self
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        [self.base.as_str(), name].concat()
+    }
+
+    fn record_key(&self, id: &str) -> String {
+        [self.base.as_str(), "d:", id].concat()
+    }
+
+    fn history_key(&self, id: &str) -> String {
+        [self.base.as_str(), "h:", id].concat()
+    }
+
+    fn cursor(&self) -> String {
+        self.claim_cursor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+fn malformed(id: &str, detail: impl Into<String>) -> QueueError {
+    QueueError::Malformed {
+        id: id.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+fn number<T: std::str::FromStr>(text: &str) -> Option<T> {
+    if text.is_empty() {
+        None
+    } else {
+        text.parse().ok()
+    }
+}
+
+fn text(value: Option<&redis::Value>) -> String {
+    match value {
+        Some(redis::Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        Some(redis::Value::SimpleString(s)) => s.clone(),
+        Some(redis::Value::Int(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn bytes(value: Option<&redis::Value>) -> Bytes {
+    match value {
+        Some(redis::Value::BulkString(bytes)) => Bytes::from(bytes.clone()),
+        _ => Bytes::new(),
+    }
+}
+
+fn summary(id: String, f: &[String]) -> Result<Summary, QueueError> {
+    let state = State::parse(&f[0]).ok_or_else(|| malformed(&id, format!("state {:?}", f[0])))?;
+    Ok(Summary {
+        state,
+        source: f[1].clone(),
+        route: f[2].clone(),
+        webhook_id: f[3].clone(),
+        event_type: f[4].clone(),
+        attempts: number(&f[5]).unwrap_or(0),
+        received_at: number(&f[6]).unwrap_or(0),
+        updated_at: number(&f[7]).unwrap_or(0),
+        next_attempt_at: number(&f[8]),
+        last_status: number(&f[9]),
+        last_error: Some(f[10].clone()).filter(|e| !e.is_empty()),
+        id,
+    })
+}
+
+/// The record fields `LIST` returns after the id, in order.
+const SUMMARY_FIELDS: [&str; 11] = [
+    "state",
+    "source",
+    "route",
+    "webhook_id",
+    "event_type",
+    "attempts",
+    "received_at",
+    "updated_at",
+    "next_attempt_at",
+    "last_status",
+    "last_error",
+];
+
+impl Queue for RedisQueue {
+    fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>> {
+        Box::pin(async move {
+            let now = delivery.received_at;
+            let id = self.ids.next(now);
+            let horizon = now.saturating_sub(millis(self.index_horizon));
+            let label = format!("{}/{}", delivery.source, delivery.route);
+            let mut invocation = self.scripts.enqueue.prepare_invoke();
+            invocation
+                .key(self.record_key(&id))
+                .key(self.key("ready"))
+                .key(self.key("index"))
+                .arg(&id)
+                .arg(now)
+                .arg(horizon)
+                .arg(&delivery.source)
+                .arg(&label)
+                .arg(&delivery.route)
+                .arg(&delivery.webhook_id)
+                .arg(&delivery.event_type)
+                .arg(encode_headers(&delivery.headers))
+                .arg(delivery.body.as_ref());
+            let _: i64 = self.ingress.script("enqueue", invocation).await?;
+            Ok(id)
+        })
+    }
+
+    fn take(&self, max: usize, now: UnixMillis) -> BoxFuture<'_, Result<Vec<Lease>, QueueError>> {
+        Box::pin(async move {
+            let mut invocation = self.scripts.take.prepare_invoke();
+            invocation
+                .key(self.key("ready"))
+                .key(self.key("scheduled"))
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg(max)
+                .arg(now)
+                .arg(millis(self.visibility))
+                .arg(self.cursor())
+                .arg(self.key("d:"));
+            let reply: Vec<String> = self.redis.script("take", invocation).await?;
+            let Some((cursor, rest)) = reply.split_first() else {
+                return Ok(Vec::new());
+            };
+            *self.claim_cursor.lock().unwrap_or_else(|p| p.into_inner()) = cursor.clone();
+            Ok(rest
+                .chunks_exact(3)
+                .map(|c| Lease {
+                    delivery_id: c[0].clone(),
+                    route: c[1].clone(),
+                    token: c[2].clone(),
+                })
+                .collect())
+        })
+    }
+
+    fn begin<'a>(
+        &'a self,
+        lease: &'a Lease,
+        now: UnixMillis,
+    ) -> BoxFuture<'a, Result<Option<Job>, QueueError>> {
+        Box::pin(async move {
+            let id = &lease.delivery_id;
+            let mut invocation = self.scripts.begin.prepare_invoke();
+            invocation
+                .key(self.record_key(id))
+                .key(self.history_key(id))
+                .key(self.key("ready"))
+                .arg(now)
+                .arg(&self.consumer)
+                .arg(&lease.token)
+                .arg(GROUP);
+            let reply: Option<Vec<redis::Value>> = self.redis.script("begin", invocation).await?;
+            let Some(f) = reply else { return Ok(None) };
+            if f.len() != 9 {
+                return Err(malformed(id, format!("begin returned {} values", f.len())));
+            }
+            let headers = decode_headers(&text(f.get(6))).map_err(|e| malformed(id, e))?;
+            Ok(Some(Job {
+                lease: lease.clone(),
+                attempt: number(&text(f.first())).unwrap_or(1),
+                history_index: number(&text(f.get(1))).unwrap_or(0),
+                source: text(f.get(2)),
+                route: text(f.get(3)),
+                webhook_id: text(f.get(4)),
+                event_type: text(f.get(5)),
+                headers,
+                body: bytes(f.get(7)),
+                enqueued_at: number(&text(f.get(8))).unwrap_or(now),
+            }))
+        })
+    }
+
+    fn settle<'a>(
+        &'a self,
+        job: &'a Job,
+        attempt: &'a Attempt,
+        settlement: Settlement,
+        now: UnixMillis,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let id = &job.lease.delivery_id;
+            let next = match settlement {
+                Settlement::RetryAt(at) => at.to_string(),
+                _ => String::new(),
+            };
+            let mut invocation = self.scripts.settle.prepare_invoke();
+            invocation
+                .key(self.record_key(id))
+                .key(self.history_key(id))
+                .key(self.key("ready"))
+                .key(self.key("scheduled"))
+                .key(self.key("dead"))
+                .arg(GROUP)
+                .arg(&job.lease.token)
+                .arg(now)
+                .arg(settlement.state().as_str())
+                .arg(next)
+                .arg(attempt.status.map(|s| s.to_string()).unwrap_or_default())
+                .arg(attempt.error.as_deref().unwrap_or(""))
+                .arg(job.history_index)
+                .arg(serde_json::to_string(attempt).expect("an attempt serializes"))
+                .arg(millis(self.retention))
+                .arg(id);
+            let _: i64 = self.redis.script("settle", invocation).await?;
+            Ok(())
+        })
+    }
+
+    fn hand_back<'a>(
+        &'a self,
+        lease: &'a Lease,
+        interrupted: Option<(&'a Job, &'a Attempt)>,
+        now: UnixMillis,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let id = &lease.delivery_id;
+            let (index, entry) = match interrupted {
+                Some((job, attempt)) => (
+                    job.history_index.to_string(),
+                    serde_json::to_string(attempt).expect("an attempt serializes"),
+                ),
+                None => (String::new(), String::new()),
+            };
+            let mut invocation = self.scripts.hand_back.prepare_invoke();
+            invocation
+                .key(self.record_key(id))
+                .key(self.history_key(id))
+                .key(self.key("ready"))
+                .arg(GROUP)
+                .arg(&lease.token)
+                .arg(now)
+                .arg(id)
+                .arg(index)
+                .arg(entry)
+                .arg(&lease.route);
+            let _: i64 = self.redis.script("hand_back", invocation).await?;
+            Ok(())
+        })
+    }
+
+    fn keep_alive<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            for chunk in leases.chunks(256) {
+                let mut invocation = self.scripts.keep.prepare_invoke();
+                invocation
+                    .key(self.key("ready"))
+                    .arg(GROUP)
+                    .arg(&self.consumer);
+                for lease in chunk {
+                    invocation.arg(&lease.token);
+                }
+                let _: i64 = self.redis.script("keep_alive", invocation).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn prune(&self, idle: Duration) -> BoxFuture<'_, Result<u64, QueueError>> {
+        Box::pin(async move {
+            let mut invocation = self.scripts.prune.prepare_invoke();
+            invocation
+                .key(self.key("ready"))
+                .arg(GROUP)
+                .arg(millis(idle))
+                .arg(&self.consumer);
+            Ok(self.redis.script("prune", invocation).await?)
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        filter: &'a ListFilter,
+    ) -> BoxFuture<'a, Result<Vec<Summary>, QueueError>> {
+        Box::pin(async move {
+            let mut invocation = self.scripts.list.prepare_invoke();
+            invocation
+                .key(self.key("index"))
+                .arg(self.key("d:"))
+                .arg(filter.state.map(State::as_str).unwrap_or(""))
+                .arg(filter.source.as_deref().unwrap_or(""))
+                .arg(filter.limit)
+                .arg(LIST_SCAN_LIMIT);
+            let reply: Vec<String> = self.redis.script("list", invocation).await?;
+            reply
+                .chunks_exact(1 + SUMMARY_FIELDS.len())
+                .map(|c| summary(c[0].clone(), &c[1..]))
+                .collect()
+        })
+    }
+
+    fn show<'a>(
+        &'a self,
+        id: &'a str,
+        with_body: bool,
+    ) -> BoxFuture<'a, Result<Option<Detail>, QueueError>> {
+        Box::pin(async move {
+            let record = self.record_key(id);
+            let history = self.history_key(id);
+            let mut pipe = redis::pipe();
+            pipe.cmd("HMGET")
+                .arg(&record)
+                .arg(&SUMMARY_FIELDS[..])
+                .arg(&["enqueued_at", "replays", "headers", "body"]);
+            pipe.cmd("LRANGE").arg(&history).arg(0).arg(-1);
+            let (fields, entries): (Vec<redis::Value>, Vec<String>) = self
+                .redis
+                .call("show", async |conn| pipe.query_async(conn).await)
+                .await?;
+            if matches!(fields.first(), None | Some(redis::Value::Nil)) {
+                return Ok(None);
+            }
+            let texts: Vec<String> = fields.iter().take(14).map(|v| text(Some(v))).collect();
+            let summary = summary(id.to_owned(), &texts[..11])?;
+            let headers = decode_headers(&texts[13]).map_err(|e| malformed(id, e))?;
+            let (header_names, header_values) = header_listing(&headers, with_body);
+            let history = entries
+                .iter()
+                .map(|e| serde_json::from_str(e).map_err(|e| malformed(id, e.to_string())))
+                .collect::<Result<Vec<Attempt>, _>>()?;
+            Ok(Some(Detail {
+                summary,
+                enqueued_at: number(&texts[11]).unwrap_or(0),
+                replays: number(&texts[12]).unwrap_or(0),
+                history,
+                header_names,
+                headers: header_values,
+                body: with_body.then(|| bytes(fields.get(14))),
+            }))
+        })
+    }
+
+    fn replay<'a>(
+        &'a self,
+        id: &'a str,
+        now: UnixMillis,
+    ) -> BoxFuture<'a, Result<Replayed, QueueError>> {
+        Box::pin(async move {
+            let mut invocation = self.scripts.replay.prepare_invoke();
+            invocation
+                .key(self.record_key(id))
+                .key(self.history_key(id))
+                .key(self.key("ready"))
+                .key(self.key("dead"))
+                .key(self.key("index"))
+                .arg(id)
+                .arg(now);
+            let (code, state): (i64, String) = self.redis.script("replay", invocation).await?;
+            let state = State::parse(&state);
+            Ok(match (code, state) {
+                (1, Some(was)) => Replayed::Queued { was },
+                (2, Some(state)) => Replayed::NotReplayable(state),
+                _ => Replayed::NotFound,
+            })
+        })
+    }
+
+    fn failed_since(&self, since: UnixMillis) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
+        Box::pin(async move {
+            let dead = self.key("dead");
+            Ok(self
+                .redis
+                .call("replay", async |conn| {
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(&dead)
+                        .arg(since)
+                        .arg("+inf")
+                        .query_async(conn)
+                        .await
+                })
+                .await?)
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
+        Box::pin(async move {
+            let mut invocation = self.scripts.stats.prepare_invoke();
+            invocation.key(self.key("ready")).key(self.key("scheduled"));
+            let reply: Vec<i64> = self.redis.script("queue_stats", invocation).await?;
+            let [ready, scheduled, oldest, now] = reply[..] else {
+                return Err(QueueError::Store(StoreError::Unavailable(format!(
+                    "unexpected stats reply {reply:?}"
+                ))));
+            };
+            let oldest_age = if oldest < 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(now.saturating_sub(oldest).max(0) as u64)
+            };
+            Ok(QueueStats {
+                depth: (ready + scheduled).max(0) as u64,
+                oldest_age,
+            })
+        })
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "Redis Streams ({}ready, group {GROUP:?}, consumer {:?}); durable and shared by every instance",
+            self.base, self.consumer
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_script_names_its_keys_under_one_hash_tag() {
+        // Redis Cluster routes a script by its first key; the others (and the record keys
+        // built inside TAKE and LIST) must hash to the same slot, which the `{queue}` tag
+        // guarantees. Nothing may reach outside KEYS and the tagged prefix.
+        for script in [
+            ENQUEUE, TAKE, BEGIN, SETTLE, HAND_BACK, KEEP, PRUNE, REPLAY, LIST, STATS,
+        ] {
+            assert!(script.contains("KEYS[1]"));
+            assert!(!script.contains("KEYS[6]"));
+        }
+    }
+}

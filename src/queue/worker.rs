@@ -1,0 +1,537 @@
+//! The workers: take deliveries from the queue, attempt them through the `Forwarder`,
+//! settle each attempt by the retry policy.
+//!
+//! One loop per instance takes as many deliveries as there are free workers
+//! (`queue.workers`), each attempted in its own task; a route with `max_concurrency`
+//! also needs one of its slots, and a delivery waiting for one holds its worker. A
+//! separate task renews this instance's hold on everything it has taken (every third of
+//! `queue.visibility_timeout`), so only a dead instance's deliveries are taken over.
+//!
+//! Shutdown stops taking at once and hands back deliveries still waiting for a route
+//! slot; attempts in flight get `server.shutdown_timeout` to finish, then are cut short
+//! and handed back (the next instance attempts them again, with the same `webhook-id`).
+//! Each attempt is one log line (target `hookgate::delivery`), never with the body.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::{
+    Attempt, Job, Lease, Outcome, Queue, Settlement, Verdict, decide, jitter_sample, now_millis,
+};
+use crate::config::{Delivery, QueueSettings, Settings};
+use crate::forward::{ForwardErrorKind, Forwarder, UpstreamReply};
+use crate::metrics::{DeliveryMetrics, Metrics, RouteMetrics};
+use crate::reject::Reject;
+use crate::route::Route;
+
+/// How often the queue is asked for work when there was none (a local enqueue wakes the
+/// workers at once; this bounds the wait for deliveries enqueued by other instances
+/// and for retries coming due).
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often `hookgate_queue_depth` and `hookgate_queue_oldest_age_seconds` are refreshed.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often stopped instances are forgotten, and how long one must have been idle.
+const PRUNE_EVERY_STATS_TICKS: u32 = 600;
+const PRUNE_IDLE: Duration = Duration::from_secs(3600);
+/// Waits between tries to record an attempt's result while the store is failing.
+const SETTLE_RETRIES: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+];
+
+pub const X_HOOKGATE_DELIVERY_ID: HeaderName = HeaderName::from_static("x-hookgate-delivery-id");
+pub const X_HOOKGATE_ATTEMPT: HeaderName = HeaderName::from_static("x-hookgate-attempt");
+
+/// A queue-mode route as the workers need it.
+struct Lane {
+    route: Route,
+    /// The source's scheme, for `X-Hookgate-Verified` when the route re-signs.
+    scheme: &'static str,
+    upstream: RouteMetrics,
+    deliveries: DeliveryMetrics,
+    /// `max_concurrency` slots, shared by this instance's workers.
+    limit: Option<Arc<Semaphore>>,
+}
+
+pub struct Workers {
+    queue: Arc<dyn Queue>,
+    policy: QueueSettings,
+    /// By `<source>/<route>`.
+    lanes: HashMap<String, Lane>,
+    forward: Arc<Forwarder>,
+    metrics: Arc<Metrics>,
+    instance: String,
+    slots: Arc<Semaphore>,
+    /// Everything taken and not yet settled or handed back: renewed by `keep_alive`.
+    held: Mutex<HashSet<Lease>>,
+    /// A worker finished: there may be room to take more.
+    freed: Notify,
+    /// Ingress enqueued something.
+    wake: Arc<Notify>,
+}
+
+impl Workers {
+    pub fn new(
+        settings: &Settings,
+        queue: Arc<dyn Queue>,
+        forward: Arc<Forwarder>,
+        metrics: Arc<Metrics>,
+        instance: String,
+        wake: Arc<Notify>,
+    ) -> Option<Arc<Workers>> {
+        let policy = settings.queue.clone()?;
+        let lanes = settings
+            .sources
+            .iter()
+            .filter(|s| s.delivery == Delivery::Queue)
+            .flat_map(|s| s.routes.iter().map(move |route| (s.scheme, route)))
+            .map(|(scheme, route)| {
+                let lane = Lane {
+                    scheme,
+                    upstream: metrics.route(route.label()),
+                    deliveries: metrics.delivery(route.label()),
+                    limit: route
+                        .max_concurrency()
+                        .map(|n| Arc::new(Semaphore::new(n.get() as usize))),
+                    route: route.clone(),
+                };
+                (route.label().to_owned(), lane)
+            })
+            .collect();
+        Some(Arc::new(Workers {
+            slots: Arc::new(Semaphore::new(policy.workers)),
+            queue,
+            policy,
+            lanes,
+            forward,
+            metrics,
+            instance,
+            held: Mutex::new(HashSet::new()),
+            freed: Notify::new(),
+            wake,
+        }))
+    }
+
+    /// Runs until `stop` turns true, then shuts down within `grace` (see the module doc).
+    pub fn start(self: &Arc<Self>, stop: watch::Receiver<bool>, grace: Duration) -> JoinHandle<()> {
+        tokio::spawn(self.clone().run(stop, grace))
+    }
+
+    async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, grace: Duration) {
+        let (stopping_tx, stopping) = watch::channel(false);
+        let (cut_short_tx, cut_short) = watch::channel(false);
+        let keeper = tokio::spawn(self.clone().keep_alive_forever());
+        let stats = tokio::spawn(self.clone().stats_forever());
+        let mut tasks = JoinSet::new();
+        let mut failures = 0u32;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            while tasks.try_join_next().is_some() {}
+            let free = self.slots.available_permits();
+            let mut took = 0;
+            if free > 0 {
+                match self.queue.take(free, now_millis()).await {
+                    Ok(leases) => {
+                        failures = 0;
+                        took = leases.len();
+                        for lease in leases {
+                            let slot = self
+                                .slots
+                                .clone()
+                                .try_acquire_owned()
+                                .expect("no more leases than free workers");
+                            self.hold(&lease);
+                            tasks.spawn(self.clone().deliver(
+                                lease,
+                                slot,
+                                stopping.clone(),
+                                cut_short.clone(),
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 || failures % 100 == 0 {
+                            tracing::warn!(error = %e, failures, "queue: cannot take deliveries");
+                        }
+                    }
+                }
+            }
+            if took > 0 && took == free {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                _ = until(&mut stop) => {}
+                _ = self.wake.notified() => {}
+                _ = self.freed.notified() => {}
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            }
+        }
+
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(
+                in_flight,
+                "queue: no new work; finishing or handing back deliveries in flight"
+            );
+        }
+        let _ = stopping_tx.send(true);
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "queue: shutdown timeout reached; handing back attempts still in flight"
+            );
+            let _ = cut_short_tx.send(true);
+            while tasks.join_next().await.is_some() {}
+        }
+        keeper.abort();
+        stats.abort();
+        if !self.queue.durable()
+            && let Ok(stats) = self.queue.stats().await
+            && stats.depth > 0
+        {
+            tracing::warn!(
+                lost = stats.depth,
+                "queue: in-memory queue not empty at shutdown; these deliveries are lost"
+            );
+        }
+    }
+
+    fn hold(&self, lease: &Lease) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(lease.clone());
+    }
+
+    fn release(&self, lease: &Lease) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(lease);
+        self.freed.notify_one();
+    }
+
+    async fn keep_alive_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.policy.visibility_timeout / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let leases: Vec<Lease> = self
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            if leases.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.queue.keep_alive(&leases).await {
+                tracing::warn!(error = %e, held = leases.len(), "queue: cannot renew held deliveries");
+            }
+        }
+    }
+
+    /// Refreshes the queue gauges every second; now and then forgets stopped instances.
+    async fn stats_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(STATS_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for n in 0u32.. {
+            tick.tick().await;
+            if let Ok(stats) = self.queue.stats().await {
+                self.metrics.queue_stats(stats.depth, stats.oldest_age);
+            }
+            if n % PRUNE_EVERY_STATS_TICKS == PRUNE_EVERY_STATS_TICKS - 1 {
+                match self.queue.prune(PRUNE_IDLE).await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "queue: forgot stopped instances"),
+                    Err(e) => tracing::warn!(error = %e, "queue: cannot prune stopped instances"),
+                }
+            }
+        }
+    }
+
+    async fn hand_back(&self, lease: &Lease, interrupted: Option<(&Job, &Attempt)>) {
+        if let Err(e) = self.queue.hand_back(lease, interrupted, now_millis()).await {
+            // Still pending under this instance, which stops renewing it now: another
+            // instance takes it over after the visibility timeout.
+            tracing::warn!(delivery_id = %lease.delivery_id, error = %e, "queue: hand back failed");
+        }
+        self.release(lease);
+    }
+
+    /// One delivery, from its lease to its settlement.
+    async fn deliver(
+        self: Arc<Self>,
+        lease: Lease,
+        _worker: OwnedSemaphorePermit,
+        mut stopping: watch::Receiver<bool>,
+        mut cut_short: watch::Receiver<bool>,
+    ) {
+        let lane = self.lanes.get(&lease.route);
+        let _route_slot: Option<OwnedSemaphorePermit> = match lane.and_then(|l| l.limit.clone()) {
+            Some(limit) => tokio::select! {
+                permit = limit.acquire_owned() => permit.ok(),
+                _ = until(&mut stopping) => {
+                    self.hand_back(&lease, None).await;
+                    return;
+                }
+            },
+            None => None,
+        };
+        if *stopping.borrow() {
+            self.hand_back(&lease, None).await;
+            return;
+        }
+        let job = match self.queue.begin(&lease, now_millis()).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return self.release(&lease),
+            Err(e) => {
+                tracing::warn!(delivery_id = %lease.delivery_id, error = %e, "queue: cannot begin an attempt");
+                return self.release(&lease);
+            }
+        };
+        let started_at = now_millis();
+        let started = Instant::now();
+        let (outcome, status, error) = match lane {
+            Some(lane) => {
+                let mut headers = attempt_headers(&job);
+                if let Some(signer) = lane.route.resign() {
+                    // Signed now, not at ingress: a retry hours later still carries a
+                    // timestamp the backend's freshness check accepts.
+                    signer.apply(
+                        &mut headers,
+                        &job.webhook_id,
+                        lane.scheme,
+                        &job.body,
+                        std::time::SystemTime::now(),
+                    );
+                }
+                let send =
+                    self.forward
+                        .send(&lane.route, &lane.upstream, headers, job.body.clone());
+                tokio::select! {
+                    result = send => judge(&result),
+                    _ = until(&mut cut_short) => {
+                        let attempt = Attempt {
+                            attempt: job.attempt,
+                            started_at,
+                            duration_ms: Some(started.elapsed().as_millis() as u64),
+                            status: None,
+                            error: Some("interrupted: the instance shut down; handed back".to_owned()),
+                            result: Some("handed_back".to_owned()),
+                            instance: self.instance.clone(),
+                        };
+                        self.hand_back(&lease, Some((&job, &attempt))).await;
+                        return;
+                    }
+                }
+            }
+            None => (
+                Outcome::Connect,
+                None,
+                Some(format!(
+                    "route {} is not configured on this instance",
+                    lease.route
+                )),
+            ),
+        };
+        let now = now_millis();
+        let age = Duration::from_millis(now.saturating_sub(job.enqueued_at));
+        let verdict = decide(&self.policy, job.attempt, outcome, age, jitter_sample());
+        let (settlement, error) = match verdict {
+            Verdict::Processed => (Settlement::Processed, error),
+            Verdict::Retry { delay } => {
+                (Settlement::RetryAt(now + delay.as_millis() as u64), error)
+            }
+            Verdict::Final(reason) => (
+                Settlement::Final,
+                Some(match error {
+                    Some(e) => format!("{e}; {}", reason.describe()),
+                    None => reason.describe().to_owned(),
+                }),
+            ),
+        };
+        let attempt = Attempt {
+            attempt: job.attempt,
+            started_at,
+            duration_ms: Some(started.elapsed().as_millis() as u64),
+            status,
+            error,
+            result: Some(settlement.state().as_str().to_owned()),
+            instance: self.instance.clone(),
+        };
+        self.settle(&job, &attempt, settlement).await;
+        if let Some(lane) = lane {
+            lane.deliveries.observe(settlement.state(), job.attempt);
+        }
+        tracing::info!(
+            target: "hookgate::delivery",
+            source = %job.source,
+            route = %job.route,
+            delivery_id = %lease.delivery_id,
+            webhook_id = %job.webhook_id,
+            event_type = %job.event_type,
+            attempt = job.attempt,
+            status = attempt.status,
+            result = settlement.state().as_str(),
+            next_attempt_at = match settlement { Settlement::RetryAt(at) => Some(at), _ => None },
+            duration_ms = attempt.duration_ms,
+            error = attempt.error.as_deref(),
+        );
+        self.release(&lease);
+    }
+
+    /// Records the attempt, retrying briefly while the store fails. If it never
+    /// succeeds the delivery stays taken by this instance, which stops renewing it, and
+    /// another instance attempts it again after the visibility timeout.
+    async fn settle(&self, job: &Job, attempt: &Attempt, settlement: Settlement) {
+        let mut last = None;
+        for wait in SETTLE_RETRIES {
+            tokio::time::sleep(wait).await;
+            match self
+                .queue
+                .settle(job, attempt, settlement, now_millis())
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last {
+            tracing::error!(
+                delivery_id = %job.lease.delivery_id,
+                error = %e,
+                "queue: cannot record an attempt's result; it will be attempted again"
+            );
+        }
+    }
+}
+
+/// Resolves once `flag` is true (or its sender is gone), holding no borrow of it.
+async fn until(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}
+
+/// The stored headers plus which delivery and attempt this is. `webhook-id` is the
+/// sender's, unchanged on every attempt, so the upstream can deduplicate too.
+fn attempt_headers(job: &Job) -> http::HeaderMap {
+    let mut headers = job.headers.clone();
+    if let Ok(id) = HeaderValue::from_str(&job.lease.delivery_id) {
+        headers.insert(X_HOOKGATE_DELIVERY_ID, id);
+    }
+    headers.insert(X_HOOKGATE_ATTEMPT, HeaderValue::from(job.attempt));
+    headers
+}
+
+/// What the retry policy needs to know about a forward, and what the record keeps.
+fn judge(result: &Result<UpstreamReply, Reject>) -> (Outcome, Option<u16>, Option<String>) {
+    match result {
+        Ok(reply) => (
+            Outcome::Delivered(reply.status.as_u16()),
+            Some(reply.status.as_u16()),
+            None,
+        ),
+        Err(Reject::UpstreamStatus(reply)) => {
+            let status = reply.status.as_u16();
+            (
+                Outcome::Status(status),
+                Some(status),
+                Some(format!(
+                    "the upstream answered {status}{}",
+                    excerpt(&reply.body)
+                )),
+            )
+        }
+        Err(Reject::Upstream(e)) => {
+            let outcome = match &e.kind {
+                ForwardErrorKind::Timeout => Outcome::Timeout,
+                ForwardErrorKind::Unreachable(_) | ForwardErrorKind::Protocol(_) => {
+                    Outcome::Connect
+                }
+                ForwardErrorKind::Redirect(status) => Outcome::Status(status.as_u16()),
+                ForwardErrorKind::Gone => Outcome::Status(410),
+            };
+            let status = match outcome {
+                Outcome::Status(s) => Some(s),
+                _ => None,
+            };
+            (outcome, status, Some(e.to_string()))
+        }
+        Err(other) => (Outcome::Connect, None, Some(other.to_string())),
+    }
+}
+
+/// The start of an upstream's error body, as the backend said it: enough to see why
+/// ("invalid customer id"), bounded so a record stays small.
+fn excerpt(body: &Bytes) -> String {
+    const MAX: usize = 200;
+    if body.is_empty() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX)]);
+    let text: String = text.chars().filter(|c| !c.is_control()).collect();
+    format!(": {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::ForwardError;
+    use http::StatusCode;
+
+    fn reply(status: u16, body: &'static str) -> UpstreamReply {
+        UpstreamReply {
+            status: StatusCode::from_u16(status).unwrap(),
+            content_type: None,
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    fn failed(kind: ForwardErrorKind) -> Result<UpstreamReply, Reject> {
+        Err(Reject::Upstream(ForwardError {
+            route: "openai/0".into(),
+            kind,
+        }))
+    }
+
+    #[test]
+    fn forward_results_become_policy_outcomes() {
+        assert_eq!(judge(&Ok(reply(204, ""))).0, Outcome::Delivered(204));
+        let (outcome, status, error) = judge(&Err(Reject::UpstreamStatus(reply(
+            400,
+            "{\"e\":\"bad\"}\n",
+        ))));
+        assert_eq!((outcome, status), (Outcome::Status(400), Some(400)));
+        assert_eq!(error.unwrap(), "the upstream answered 400: {\"e\":\"bad\"}");
+        assert_eq!(
+            judge(&failed(ForwardErrorKind::Timeout)).0,
+            Outcome::Timeout
+        );
+        assert_eq!(
+            judge(&failed(ForwardErrorKind::Unreachable("refused".into()))).0,
+            Outcome::Connect
+        );
+        assert_eq!(
+            judge(&failed(ForwardErrorKind::Gone)).0,
+            Outcome::Status(410)
+        );
+        assert_eq!(
+            judge(&failed(ForwardErrorKind::Redirect(StatusCode::FOUND))).0,
+            Outcome::Status(302)
+        );
+    }
+}

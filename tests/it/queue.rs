@@ -1,0 +1,725 @@
+//! Queue mode end to end: real gateways (in-process, and as child processes to kill),
+//! real upstreams, real Redis. Shared bodies run on the in-memory queue and on Redis.
+//!
+//! Durations are short (backoff from 100 ms, visibility 1 s) and every wait is a poll
+//! with a deadline; the only timing assertions are lower bounds the design guarantees.
+
+use std::time::Duration;
+
+use http::Method;
+
+use crate::support::*;
+
+/// Backoff with no jitter, so its lower bounds are exact.
+const BACKOFF: &str = r#"{ initial = "100ms", max = "400ms", jitter = false }"#;
+
+/// A queue-mode gateway config on `store`, delivering everything to `to`.
+fn queue_config(store: &TestStore, to: impl Target) -> Config {
+    config()
+        .store(store)
+        .queued()
+        .route("*", to)
+        .upstream_timeout("5s")
+        .queue_option("workers", "4")
+        .queue_option("backoff", BACKOFF)
+        .queue_option("visibility_timeout", r#""1s""#)
+}
+
+on_each_store!(
+    a_queued_delivery_is_answered_202_then_delivered_with_the_senders_webhook_id,
+    an_upstream_down_for_a_while_then_up_gets_every_event_exactly_once,
+    an_upstream_answering_500_three_times_then_200_gets_four_attempts_spaced_by_the_backoff,
+    a_non_retryable_400_is_final_listed_and_replay_delivers_it_once_the_upstream_is_fixed,
+    replay_with_status_failed_final_re_drives_every_dead_letter,
+    ingress_answers_202_while_every_upstream_hangs,
+    max_concurrency_is_honoured_at_the_upstream,
+);
+
+async fn a_queued_delivery_is_answered_202_then_delivered_with_the_senders_webhook_id(
+    store: TestStore,
+) {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(queue_config(&store, &upstream)).await;
+    let deliveries = Deliveries::of(&gw);
+    let event = signed_event("response.completed");
+
+    let id = enqueue(&gw.client(), &event).await;
+    upstream.wait_for(1).await;
+    let record = deliveries.wait_for_state(&id, "processed").await;
+
+    let got = upstream.only();
+    assert_eq!(got.header("webhook-id"), event.header("webhook-id"));
+    assert_eq!(
+        got.header("webhook-signature"),
+        event.header("webhook-signature")
+    );
+    assert_eq!(got.header("x-hookgate-delivery-id"), id);
+    assert_eq!(got.header("x-hookgate-attempt"), "1");
+    assert_eq!(got.header("x-hookgate-source"), SOURCE);
+    assert_eq!(got.body, event.body.as_bytes(), "the exact bytes");
+    assert_eq!(record["attempts"], 1);
+    assert_eq!(record["last_status"], 200);
+    assert_eq!(record["webhook_id"], event.header("webhook-id"));
+    assert!(
+        record.get("body").is_none(),
+        "no body unless asked: {record}"
+    );
+    // Delivered: its body is not kept (only dead letters keep what a replay needs).
+    let with_body = deliveries
+        .request(Method::GET, &format!("/deliveries/{id}?body=true"))
+        .await
+        .json();
+    assert_eq!(with_body["body"], "", "{with_body}");
+    let replay = deliveries
+        .request(Method::POST, &format!("/deliveries/{id}/replay"))
+        .await;
+    assert_eq!(replay.status(), 409);
+    assert_eq!(replay.json()["error"], "not_replayable");
+    assert_eq!(replay.json()["state"], "processed");
+
+    // A sender's retry of a stored delivery is a duplicate, as in proxy mode.
+    let again = gw.post(PATH, &event).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json()["duplicate"], true);
+
+    let scrape = gw.metrics().await;
+    assert_eq!(scrape.requests(SOURCE, "queued"), 1);
+    assert_eq!(
+        scrape.value(r#"hookgate_deliveries_total{result="processed",route="openai/0"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape.value(r#"hookgate_delivery_attempts_count{route="openai/0"}"#),
+        Some(1.0)
+    );
+    assert!(scrape.value("hookgate_queue_depth").is_some());
+    assert!(scrape.value("hookgate_queue_oldest_age_seconds").is_some());
+}
+
+async fn an_upstream_down_for_a_while_then_up_gets_every_event_exactly_once(store: TestStore) {
+    let down = closed_port().await;
+    let gw = Gateway::start(
+        queue_config(&store, format!("http://{down}/hooks")).queue_option("max_attempts", "1000"),
+    )
+    .await;
+    let deliveries = Deliveries::of(&gw);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(enqueue(&gw.client(), &signed_event("response.completed")).await);
+    }
+    // Every delivery has failed at least twice while the upstream was down.
+    for id in &ids {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while deliveries.record(id).await["attempts"].as_u64() < Some(2) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} was not retried"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    let upstream = Upstream::with_at(down, Answer::ok()).await;
+    for id in &ids {
+        let record = deliveries.wait_for_state(id, "processed").await;
+        assert_eq!(record["last_status"], 200);
+    }
+
+    // Every record is final, so nothing more can arrive: count what did.
+    let counts = upstream.count_by_webhook_id();
+    assert_eq!(counts.len(), 20, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    let history = deliveries.record(&ids[0]).await["history"].clone();
+    assert!(history.as_array().unwrap().len() >= 3, "{history:#}");
+    assert!(
+        history[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{history:#}"
+    );
+}
+
+async fn an_upstream_answering_500_three_times_then_200_gets_four_attempts_spaced_by_the_backoff(
+    store: TestStore,
+) {
+    let upstream = Upstream::with(Behaviour::sequence([
+        Answer::status(500),
+        Answer::status(500),
+        Answer::status(500),
+        Answer::ok(),
+    ]))
+    .await;
+    let backoff = r#"{ initial = "200ms", max = "2s", jitter = false }"#;
+    let gw = Gateway::start(queue_config(&store, &upstream).queue_option("backoff", backoff)).await;
+    let deliveries = Deliveries::of(&gw);
+
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    let record = deliveries.wait_for_state(&id, "processed").await;
+
+    assert_eq!(record["attempts"], 4, "{record:#}");
+    let statuses: Vec<u64> = record["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [500, 500, 500, 200]);
+    let received = upstream.received();
+    assert_eq!(received.len(), 4);
+    assert!(
+        received
+            .iter()
+            .all(|r| r.header("webhook-id") == received[0].header("webhook-id"))
+    );
+    let attempts: Vec<&str> = received
+        .iter()
+        .map(|r| r.header("x-hookgate-attempt"))
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3", "4"]);
+    // Attempt n+1 never comes before attempt n plus its backoff (200, 400, 800 ms).
+    // Schedules are wall-clock milliseconds and the upstream measures monotonic time,
+    // hence 2 ms of slack.
+    for (n, wait) in [200u64, 400, 800].into_iter().enumerate() {
+        let gap = received[n + 1].at - received[n].at;
+        assert!(
+            gap + Duration::from_millis(2) >= Duration::from_millis(wait),
+            "attempt {} came {gap:?} after attempt {}, before its {wait} ms backoff",
+            n + 2,
+            n + 1
+        );
+    }
+}
+
+async fn a_non_retryable_400_is_final_listed_and_replay_delivers_it_once_the_upstream_is_fixed(
+    store: TestStore,
+) {
+    let upstream = Upstream::with(Behaviour::sequence([
+        Answer::status(400).body(r#"{"error":"unknown customer"}"#),
+        Answer::ok(),
+    ]))
+    .await;
+    let gw = Gateway::start(queue_config(&store, &upstream)).await;
+    let deliveries = Deliveries::of(&gw);
+    let admin = deliveries.base().to_owned();
+
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    let record = deliveries.wait_for_state(&id, "failed_final").await;
+    assert_eq!(record["attempts"], 1);
+    assert_eq!(record["last_status"], 400);
+    let error = record["last_error"].as_str().unwrap();
+    assert!(error.contains("unknown customer"), "{error}");
+    assert!(error.contains("not retryable"), "{error}");
+
+    let (ok, listed, stderr) = hookgate_cli(&[
+        "deliveries",
+        "--admin",
+        &admin,
+        "list",
+        "--status",
+        "failed_final",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(
+        listed.contains(&id) && listed.contains("failed_final"),
+        "{listed}"
+    );
+    let (ok, shown, stderr) = hookgate_cli(&["deliveries", "--admin", &admin, "show", &id]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        shown.contains("history:") && shown.contains("400"),
+        "{shown}"
+    );
+    assert!(!shown.contains("resp_1"), "no body without --body: {shown}");
+    let (_, with_body, _) =
+        hookgate_cli(&["deliveries", "--admin", &admin, "show", &id, "--body"]).await;
+    assert!(
+        with_body.contains(r#""id":"resp_1""#),
+        "a dead letter keeps its body: {with_body}"
+    );
+
+    // The backend is fixed (its next answer is 200): replay the dead letter.
+    let (ok, replayed, stderr) =
+        hookgate_cli(&["deliveries", "--admin", &admin, "replay", &id]).await;
+    assert!(ok, "{stderr}");
+    assert!(replayed.contains("replayed"), "{replayed}");
+    let record = deliveries.wait_for_state(&id, "processed").await;
+
+    assert_eq!(record["replays"], 1);
+    assert_eq!(record["attempts"], 1, "counting starts again: {record:#}");
+    assert_eq!(record["history"].as_array().unwrap().len(), 2);
+    let counts = upstream.count_by_webhook_id();
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        [2],
+        "{counts:?}"
+    );
+    let (ok, _, stderr) = hookgate_cli(&[
+        "deliveries",
+        "--admin",
+        &admin,
+        "replay",
+        "dlv_000000000000ffffffffffffffff",
+    ])
+    .await;
+    assert!(!ok && stderr.contains("not_found"), "{stderr}");
+}
+
+async fn replay_with_status_failed_final_re_drives_every_dead_letter(store: TestStore) {
+    let upstream = Upstream::with(Behaviour::sequence([
+        Answer::status(422),
+        Answer::status(422),
+        Answer::ok(),
+    ]))
+    .await;
+    let gw = Gateway::start(queue_config(&store, &upstream).queue_option("workers", "1")).await;
+    let deliveries = Deliveries::of(&gw);
+    let a = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    deliveries.wait_for_state(&a, "failed_final").await;
+    let b = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    deliveries.wait_for_state(&b, "failed_final").await;
+
+    let (ok, out, stderr) = hookgate_cli(&[
+        "deliveries",
+        "--admin",
+        deliveries.base(),
+        "replay",
+        "--status",
+        "failed_final",
+        "--since",
+        "1h",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(out.contains("replayed 2"), "{out}");
+    deliveries.wait_for_state(&a, "processed").await;
+    deliveries.wait_for_state(&b, "processed").await;
+    assert!(deliveries.list("status=failed_final").await.is_empty());
+    assert_eq!(upstream.received().len(), 4);
+}
+
+async fn ingress_answers_202_while_every_upstream_hangs(store: TestStore) {
+    let upstream = Upstream::with(Answer::held()).await;
+    // Held answers must outlast the posting however slow the machine: no retries here.
+    let gw = Gateway::start(
+        queue_config(&store, &upstream)
+            .queue_option("workers", "2")
+            .upstream_timeout("60s"),
+    )
+    .await;
+
+    let posts: Vec<_> = (0..20)
+        .map(|_| {
+            let client = gw.client();
+            tokio::spawn(async move { enqueue(&client, &signed_event("response.completed")).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for post in posts {
+        ids.push(post.await.unwrap());
+    }
+    // All 20 were answered while the two workers sit on hanging upstream calls.
+    upstream.wait_for(2).await;
+    assert_eq!(upstream.in_flight(), 2);
+    assert!(upstream.received().len() <= 2);
+
+    upstream.release();
+    let deliveries = Deliveries::of(&gw);
+    for id in &ids {
+        deliveries.wait_for_state(id, "processed").await;
+    }
+    assert_eq!(upstream.count_by_webhook_id().len(), 20);
+}
+
+async fn max_concurrency_is_honoured_at_the_upstream(store: TestStore) {
+    let upstream = Upstream::with(Answer::held()).await;
+    let gw = Gateway::start(
+        queue_config(&store, &upstream)
+            .max_concurrency(2)
+            .queue_option("workers", "8")
+            .upstream_timeout("60s"),
+    )
+    .await;
+    let deliveries = Deliveries::of(&gw);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(enqueue(&gw.client(), &signed_event("response.completed")).await);
+    }
+
+    upstream.wait_for(2).await;
+    assert_eq!(upstream.in_flight(), 2);
+    upstream.release();
+    for id in &ids {
+        deliveries.wait_for_state(id, "processed").await;
+    }
+
+    assert_eq!(upstream.received().len(), 6);
+    assert_eq!(upstream.max_in_flight(), 2, "never more than 2 at once");
+}
+
+// ---------------------------------------------------------------------------------
+// What only the Redis queue does: several instances, one queue
+// ---------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_with_sigkill_mid_delivery_is_replaced_by_another_that_delivers_it() {
+    let Some(store) = TestStore::redis().await else {
+        return;
+    };
+    // The first attempt hangs (the instance holding it is killed); the next is answered.
+    let upstream = Upstream::with(Behaviour::sequence([Answer::held(), Answer::ok()])).await;
+    let mut doomed = GatewayProcess::spawn(queue_config(&store, &upstream)).await;
+    let id = enqueue(&doomed.client(), &signed_event("response.completed")).await;
+    upstream.wait_for(1).await;
+
+    let survivor = GatewayProcess::spawn(queue_config(&store, &upstream)).await;
+    doomed.kill();
+    upstream.wait_for(2).await;
+    let deliveries = Deliveries::at(survivor.admin_addr);
+    let record = deliveries.wait_for_state(&id, "processed").await;
+
+    let received = upstream.received();
+    assert_eq!(received.len(), 2, "{}", survivor.log());
+    assert_eq!(
+        received[0].header("webhook-id"),
+        received[1].header("webhook-id"),
+        "the same webhook-id on every attempt"
+    );
+    assert_eq!(received[1].header("x-hookgate-delivery-id"), id);
+    let history = record["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{record:#}");
+    assert!(
+        history[0].get("result").is_none(),
+        "the killed attempt never finished"
+    );
+    assert_ne!(history[0]["instance"], history[1]["instance"]);
+    assert_eq!(history[1]["result"], "processed");
+    upstream.release();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_events_through_two_instances_are_each_delivered_exactly_once() {
+    let Some(store) = TestStore::redis().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let config = || queue_config(&store, &upstream).queue_option("workers", "16");
+    let a = Gateway::start(config()).await;
+    let b = Gateway::start(config()).await;
+
+    let senders: Vec<_> = (0..16)
+        .map(|sender| {
+            let client = if sender % 2 == 0 {
+                a.client()
+            } else {
+                b.client()
+            };
+            tokio::spawn(async move {
+                for _ in 0..1000 / 16 + usize::from(sender < 1000 % 16) {
+                    enqueue(&client, &signed_event("response.completed")).await;
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    upstream.wait_for(1000).await;
+    Deliveries::of(&a).wait_for_count("processed", 1000).await;
+
+    // Nothing is left anywhere in the queue, so nothing more can arrive.
+    let TestStore::Redis(redis) = &store else {
+        unreachable!()
+    };
+    let ready: u64 = redis
+        .query(::redis::cmd("XLEN").arg("hookgate:{queue}:ready"))
+        .await;
+    let scheduled: u64 = redis
+        .query(::redis::cmd("ZCARD").arg("hookgate:{queue}:scheduled"))
+        .await;
+    assert_eq!((ready, scheduled), (0, 0));
+    let counts = upstream.count_by_webhook_id();
+    assert_eq!(counts.len(), 1000);
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a webhook-id was delivered twice"
+    );
+    let scrape_a = a.metrics().await;
+    let scrape_b = b.metrics().await;
+    let processed = |s: &Scrape| {
+        s.value(r#"hookgate_deliveries_total{result="processed",route="openai/0"}"#)
+            .unwrap()
+    };
+    assert_eq!(processed(&scrape_a) + processed(&scrape_b), 1000.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_hands_back_an_attempt_in_flight_and_another_instance_delivers_it() {
+    let Some(store) = TestStore::redis().await else {
+        return;
+    };
+    let upstream = Upstream::with(Behaviour::sequence([Answer::held(), Answer::ok()])).await;
+    let mut leaving =
+        Gateway::start(queue_config(&store, &upstream).shutdown_timeout("200ms")).await;
+    let id = enqueue(&leaving.client(), &signed_event("response.completed")).await;
+    upstream.wait_for(1).await;
+
+    let staying = Gateway::start(queue_config(&store, &upstream)).await;
+    tokio::time::timeout(PATIENCE, leaving.begin_shutdown())
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
+    let record = Deliveries::of(&staying)
+        .wait_for_state(&id, "processed")
+        .await;
+
+    let history = record["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{record:#}");
+    assert_eq!(history[0]["result"], "handed_back");
+    assert_eq!(history[1]["result"], "processed");
+    assert_eq!(upstream.received().len(), 2);
+    upstream.release();
+}
+
+#[tokio::test]
+async fn when_the_queue_cannot_store_a_delivery_ingress_answers_503_and_the_retry_is_queued() {
+    let Some(TestStore::Redis(mut redis)) = TestStore::redis().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    // on_error = "allow" lets the claim through without Redis, so the append is what fails.
+    let gw = Gateway::start(
+        config()
+            .redis(&redis)
+            .store_option("on_error", "allow")
+            .store_option("timeout", "200ms")
+            .store_option("connect_timeout", "200ms")
+            .queued()
+            .route("*", &upstream),
+    )
+    .await;
+    let event = signed_event("response.completed");
+    redis.stop();
+
+    let refused = gw.post(PATH, &event).await;
+    assert_eq!(refused.status(), 503, "{refused:?}");
+    assert_eq!(refused.error(), "queue_unavailable");
+    assert_eq!(refused.retry_after(), 5);
+
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let id = loop {
+        let reply = gw.post(PATH, &event).await;
+        if reply.status() == 202 {
+            break reply.json()["delivery_id"].as_str().unwrap().to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{reply:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Deliveries::of(&gw).wait_for_state(&id, "processed").await;
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[tokio::test]
+async fn a_queued_delivery_is_delivered_through_redis_cluster() {
+    let Some(cluster) = RedisCluster::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        config()
+            .redis_cluster(&cluster)
+            .queued()
+            .route("*", &upstream)
+            .queue_option("backoff", BACKOFF),
+    )
+    .await;
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    let record = Deliveries::of(&gw).wait_for_state(&id, "processed").await;
+    assert_eq!(record["attempts"], 1);
+    assert_eq!(upstream.received().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------
+// Readiness and the admin API's protection
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_in_memory_queue_says_in_readyz_that_it_is_not_durable() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(queue_config(&TestStore::memory(), &upstream)).await;
+    let ready = gw.admin("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.json()["queue"]["durable"], false);
+    assert!(
+        ready.json()["queue"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("NOT durable")
+    );
+}
+
+#[tokio::test]
+async fn the_redis_queue_says_in_readyz_that_it_is_durable() {
+    let Some(store) = TestStore::redis().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(queue_config(&store, &upstream)).await;
+    let ready = gw.admin("/readyz").await;
+    assert_eq!(ready.json()["queue"]["durable"], true, "{ready:?}");
+}
+
+#[tokio::test]
+async fn the_deliveries_api_needs_the_admin_token_once_one_is_configured() {
+    const TOKEN: &str = "test-token-0123456789";
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        queue_config(&TestStore::memory(), &upstream)
+            .admin_token(TOKEN)
+            .set("admin", "public_paths", r#"["/metrics", "/readyz"]"#),
+    )
+    .await;
+
+    let anonymous = Deliveries::of(&gw)
+        .request(Method::GET, "/deliveries")
+        .await;
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(anonymous.header("www-authenticate"), Some("Bearer"));
+    let wrong = Deliveries::of(&gw)
+        .with_token("test-token-9876543210")
+        .request(Method::POST, "/deliveries/replay?status=failed_final")
+        .await;
+    assert_eq!(wrong.status(), 401);
+    let right = Deliveries::of(&gw)
+        .with_token(TOKEN)
+        .request(Method::GET, "/deliveries")
+        .await;
+    assert_eq!(right.status(), 200, "{right:?}");
+    // Paths made public stay open for scrapers and probes; /deliveries never can be.
+    assert_eq!(gw.admin("/metrics").await.status(), 200);
+    assert_eq!(gw.admin("/readyz").await.status(), 200);
+    let (ok, _, stderr) = hookgate_cli(&[
+        "deliveries",
+        "--admin",
+        Deliveries::of(&gw).base(),
+        "--token",
+        TOKEN,
+        "list",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+}
+
+#[tokio::test]
+async fn a_proxy_mode_gateway_has_no_deliveries_api() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let reply = Deliveries::of(&gw)
+        .request(Method::GET, "/deliveries")
+        .await;
+    assert_eq!(reply.status(), 404);
+    assert_eq!(reply.error(), "queue_not_configured");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_instances_holding_nothing_are_forgotten_but_not_one_holding_a_delivery() {
+    use std::sync::Arc;
+
+    use hookgate::config::StoreBackend;
+    use hookgate::queue::Queue;
+    use hookgate::queue::redis::RedisQueue;
+    use hookgate::store::redis::RedisConnection;
+
+    let Some(store) = TestStore::redis().await else {
+        return;
+    };
+    // An instance joins the group when it first takes a delivery: one that took one
+    // and stopped, and one that holds one now.
+    let fast = Upstream::start().await;
+    let mut stopped = Gateway::start(queue_config(&store, &fast)).await;
+    let id = enqueue(&stopped.client(), &signed_event("response.completed")).await;
+    Deliveries::of(&stopped)
+        .wait_for_state(&id, "processed")
+        .await;
+    tokio::time::timeout(PATIENCE, stopped.begin_shutdown())
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
+    let upstream = Upstream::with(Answer::held()).await;
+    let holding = Gateway::start(queue_config(&store, &upstream)).await;
+    enqueue(&holding.client(), &signed_event("response.completed")).await;
+    upstream.wait_for(1).await;
+    let TestStore::Redis(redis) = &store else {
+        unreachable!()
+    };
+    let consumers = || async {
+        let info: Vec<Vec<::redis::Value>> = redis
+            .query(
+                ::redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg("hookgate:{queue}:ready")
+                    .arg("workers"),
+            )
+            .await;
+        info.len()
+    };
+    assert_eq!(consumers().await, 2);
+
+    let text = queue_config(&store, &upstream).to_string();
+    let settings = hookgate::config::parse(&text, "test.toml").expect("a valid config");
+    let StoreBackend::Redis(redis_settings) = &settings.store.backend else {
+        panic!("[store] selects Redis");
+    };
+    let metrics = Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
+    let connection = Arc::new(RedisConnection::new(redis_settings, metrics).unwrap());
+    let queue = RedisQueue::new(
+        connection,
+        "hookgate:",
+        settings.queue.as_ref().unwrap(),
+        "inspector",
+    );
+    assert_eq!(queue.prune(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(
+        consumers().await,
+        1,
+        "the instance holding a delivery stays"
+    );
+    upstream.release();
+}
+
+#[tokio::test]
+async fn a_resigning_route_in_queue_mode_signs_each_attempt_afresh_for_the_backend() {
+    const BACKEND_SECRET: &str = "whsec_YmFja2VuZC1zZWNyZXQtZm9yLXF1ZXVlLW1vZGU=";
+    let upstream = Upstream::with(Behaviour::sequence([Answer::status(500), Answer::ok()])).await;
+    let gw = Gateway::start(
+        config()
+            .queued()
+            .resigned_route("*", &upstream, BACKEND_SECRET)
+            .upstream_timeout("5s")
+            .queue_option("workers", "2")
+            .queue_option("backoff", BACKOFF),
+    )
+    .await;
+    let event = signed_event("response.completed");
+
+    let id = enqueue(&gw.client(), &event).await;
+    upstream.wait_for(2).await;
+    Deliveries::of(&gw).wait_for_state(&id, "processed").await;
+
+    let key = hookgate::verify::standard_webhooks::key_from_secret(BACKEND_SECRET).unwrap();
+    for attempt in upstream.received() {
+        let timestamp: i64 = attempt.header("webhook-timestamp").parse().unwrap();
+        let expected = hookgate::verify::standard_webhooks::sign(
+            &key,
+            attempt.header("webhook-id"),
+            timestamp,
+            &attempt.body,
+        );
+        assert_eq!(attempt.header("webhook-signature"), expected);
+        assert_eq!(attempt.header("webhook-id"), event.header("webhook-id"));
+        assert_eq!(attempt.header("x-hookgate-verified"), "standard-webhooks");
+        assert!((now_unix() - timestamp).abs() <= 5, "a fresh timestamp");
+    }
+}
