@@ -1,6 +1,6 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz` and, with queue mode, the
-//! `/deliveries` API, apart from webhook traffic so it can stay on loopback or a private
-//! network.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `POST /reload` and, with queue
+//! mode, the `/deliveries` API, apart from webhook traffic so it can stay on loopback or a
+//! private network.
 //!
 //! `/healthz` says the process serves requests; `/readyz` says it can do its job, which
 //! needs the store: a load balancer should stop sending webhooks to an instance that
@@ -12,6 +12,8 @@
 //! - `POST /deliveries/<id>/replay`: queue a dead letter (`failed_final`) again;
 //! - `POST /deliveries/replay?status=failed_final[&since=T]`: replay every dead letter
 //!   (since `T`, RFC 3339 or Unix milliseconds).
+//!
+//! `POST /reload` reads the configuration file again (as SIGHUP does, see `reload`).
 //!
 //! With `admin.token` set, every path but `admin.public_paths` needs
 //! `Authorization: Bearer <token>` (compared in constant time); config validation
@@ -28,10 +30,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 
-use crate::config::AdminAuth;
 use crate::metrics::Metrics;
 use crate::queue::{ListFilter, Queue, Replayed, State, UnixMillis, is_delivery_id, now_millis};
 use crate::reject::json_response;
+use crate::reload::Live;
 use crate::store::Store;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,7 +45,8 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
     queue: Option<Arc<dyn Queue>>,
-    auth: AdminAuth,
+    /// The current admin token (a reload may change it) and `POST /reload` itself.
+    live: Arc<Live>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -57,19 +60,23 @@ impl Admin {
         metrics: Arc<Metrics>,
         store: Arc<dyn Store>,
         queue: Option<Arc<dyn Queue>>,
-        auth: AdminAuth,
+        live: Arc<Live>,
     ) -> Self {
         Admin {
             metrics,
             store,
             queue,
-            auth,
+            live,
         }
     }
 
     pub async fn serve<B>(&self, req: Request<B>) -> Reply {
         let authorization = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
-        if !self.auth.allows(req.uri().path(), authorization) {
+        if !self
+            .live
+            .admin_auth()
+            .allows(req.uri().path(), authorization)
+        {
             self.metrics.admin_unauthorized();
             let mut response = error(StatusCode::UNAUTHORIZED, "unauthorized");
             response
@@ -80,6 +87,12 @@ impl Admin {
         let path = req.uri().path();
         if path == "/deliveries" || path.starts_with("/deliveries/") {
             return self.deliveries(&req).await;
+        }
+        if path == "/reload" {
+            return match *req.method() {
+                Method::POST => self.reload().await,
+                _ => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            };
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
@@ -96,6 +109,26 @@ impl Admin {
             "/healthz" => json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
             "/readyz" => self.readiness().await,
             _ => error(StatusCode::NOT_FOUND, "not_found"),
+        }
+    }
+
+    /// `POST /reload`: 200 with what needs a restart, or 400 with why the file was
+    /// refused (the running configuration stays).
+    async fn reload(&self) -> Reply {
+        match self.live.reload().await {
+            Ok(reloaded) => json_response(
+                StatusCode::OK,
+                json!({
+                    "reloaded": true,
+                    "restart_needed": reloaded.restart_needed,
+                    "warnings": reloaded.warnings,
+                })
+                .to_string(),
+            ),
+            Err(e) => json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_config", "detail": e.summary()}).to_string(),
+            ),
         }
     }
 

@@ -15,8 +15,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     propagate_version = true
 )]
 pub struct Cli {
-    /// Log format: human-readable text or one JSON object per line.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "HOOKGATE_LOG_FORMAT")]
+    /// Log format: human-readable text, or one JSON object per line. `auto` (the default)
+    /// is text on a terminal and JSON otherwise (systemd, containers, files).
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto, global = true, env = "HOOKGATE_LOG_FORMAT")]
     pub log_format: LogFormat,
 
     #[command(subcommand)]
@@ -25,6 +26,7 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    Auto,
     Text,
     Json,
 }

@@ -45,6 +45,7 @@ pub mod provider;
 pub mod queue;
 pub mod ratelimit;
 pub mod reject;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod sign;
@@ -59,7 +60,16 @@ pub use server::{Running, StartError, start};
 pub async fn run(settings: Settings) -> Result<(), StartError> {
     warn_about_dev_settings(&settings);
     let running = start(settings).await?;
-    shutdown_signal().await;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut hangups = reload_signals();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            // The outcome is logged by the reload itself.
+            Some(()) = hangups.recv() => { let _ = running.reload().await; }
+        }
+    }
     tracing::info!("shutdown requested: no new connections; finishing open requests");
     running.shutdown().await;
     tracing::info!("stopped");
@@ -89,6 +99,12 @@ fn warn_about_dev_settings(settings: &Settings) {
              on the path to them can read and change forwarded events. FOR DEVELOPMENT ONLY"
         );
     }
+}
+
+/// SIGHUP: read the configuration again.
+fn reload_signals() -> tokio::signal::unix::Signal {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup()).expect("SIGHUP handler can be installed")
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

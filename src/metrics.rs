@@ -235,6 +235,8 @@ pub struct Metrics {
     connections_closed: IntCounterVec,
     penalty_box: IntCounter,
     admin_unauthorized: IntCounter,
+    config_reloads: IntCounterVec,
+    verified: IntCounterVec,
     queue_depth: IntGauge,
     queue_oldest_age: Gauge,
     deliveries: IntCounterVec,
@@ -438,9 +440,30 @@ impl Metrics {
             "Admin requests refused 401 for a missing or wrong bearer token.",
         )
         .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "hookgate_config_reloads_total",
+                "Configuration reloads (SIGHUP or POST /reload) by result: success, or error (the running configuration stayed).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for result in ["success", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        let verified = IntCounterVec::new(
+            Opts::new(
+                "hookgate_verified_total",
+                "Verified deliveries by source and the position of the secret that matched.",
+            ),
+            &["source", "secret"],
+        )
+        .expect("valid metric");
 
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_reloads.clone()),
+            Box::new(verified.clone()),
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
             Box::new(upstream_responses.clone()),
@@ -494,6 +517,8 @@ impl Metrics {
             connections_closed,
             penalty_box,
             admin_unauthorized,
+            config_reloads,
+            verified,
             queue_depth,
             queue_oldest_age,
             deliveries,
@@ -522,6 +547,20 @@ impl Metrics {
     }
 
     /// An admin request without the right bearer token.
+    /// `hookgate_verified_total{source,secret}`: one counter per secret of a source,
+    /// indexed like its `secrets`, labelled by position (`0`, `1`, ...), never by value.
+    /// When a rotated-out secret's series stops growing, the sender no longer uses it.
+    pub fn verified(&self, source: &str, secrets: usize) -> Vec<IntCounter> {
+        (0..secrets)
+            .map(|i| self.verified.with_label_values(&[source, &i.to_string()]))
+            .collect()
+    }
+
+    pub fn config_reload(&self, success: bool) {
+        let result = if success { "success" } else { "error" };
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
     pub fn admin_unauthorized(&self) {
         self.admin_unauthorized.inc();
     }
@@ -587,36 +626,6 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("encoding to a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
-    }
-}
-
-/// `hookgate_verified_total{source,secret}`: deliveries verified, by the position of the
-/// secret that matched (`0`, `1`, ..., never its value). When a rotated-out secret's
-/// series stops growing, the sender no longer uses it and it can be removed. Registered
-/// by the gateway on the shared registry; every series is pre-created at zero.
-pub struct VerifiedMetrics(IntCounterVec);
-
-impl VerifiedMetrics {
-    pub fn register(registry: &Registry) -> Self {
-        let verified = IntCounterVec::new(
-            Opts::new(
-                "hookgate_verified_total",
-                "Verified deliveries by source and the position of the secret that matched.",
-            ),
-            &["source", "secret"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(verified.clone()))
-            .expect("registered once per registry");
-        VerifiedMetrics(verified)
-    }
-
-    /// One counter per secret of a source, indexed like its `secrets`.
-    pub fn source(&self, source: &str, secrets: usize) -> Vec<IntCounter> {
-        (0..secrets)
-            .map(|i| self.0.with_label_values(&[source, &i.to_string()]))
-            .collect()
     }
 }
 

@@ -28,7 +28,7 @@ use crate::client_ip::ClientIpResolver;
 use crate::config::{Delivery, Limits, Settings, Source};
 use crate::dedupe::{Claimed, Dedupe};
 use crate::forward::{self, ForwardContext, Forwarder};
-use crate::metrics::{Metrics, NO_SOURCE, RouteMetrics, SourceMetrics, VerifiedMetrics};
+use crate::metrics::{Metrics, NO_SOURCE, RouteMetrics, SourceMetrics};
 use crate::penalty_box::{PenaltyBox, Recorded};
 use crate::queue::{Ingress, NewDelivery, now_millis};
 use crate::ratelimit::RateLimit;
@@ -90,7 +90,6 @@ impl Gateway {
         forward: Arc<Forwarder>,
         queue: Option<Ingress>,
     ) -> Self {
-        let verified = VerifiedMetrics::register(metrics.registry());
         let entry = |source: Source| Entry {
             handoff: match source.delivery {
                 Delivery::Proxy => Handoff::Forward,
@@ -102,7 +101,7 @@ impl Gateway {
             },
             header: HeaderValue::from_str(&source.name).expect("source names are checked ASCII"),
             metrics: metrics.source(&source.name),
-            verified: verified.source(&source.name, source.secrets),
+            verified: metrics.verified(&source.name, source.secrets),
             routes: source
                 .routes
                 .iter()

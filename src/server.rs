@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -39,13 +40,13 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Admin;
-use crate::config::{Limits, Settings};
+use crate::config::{ConfigError, Limits, Settings, TlsSettings};
 use crate::connections::{self, Admission};
 use crate::forward::Forwarder;
 use crate::metrics::{Closed, ConnectionMetrics, Metrics};
-use crate::pipeline::Gateway;
 use crate::queue::worker::Workers;
 use crate::queue::{self, Ingress};
+use crate::reload::{Live, Reloaded, Shared};
 use crate::store;
 
 /// Pause after a failed `accept` (for example out of file descriptors) before retrying.
@@ -79,6 +80,7 @@ pub struct Running {
     admin_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    live: Arc<Live>,
 }
 
 impl Running {
@@ -102,6 +104,11 @@ impl Running {
         for task in self.tasks {
             let _ = task.await;
         }
+    }
+
+    /// Reads the configuration file again and applies what can change (see `reload`).
+    pub async fn reload(&self) -> Result<Reloaded, ConfigError> {
+        self.live.reload().await
     }
 
     /// A handle that can request the shutdown from elsewhere (a signal handler).
@@ -153,10 +160,11 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         metrics: metrics.connections("admin"),
         ..server_policy.clone()
     };
-    let tls = settings.server.tls.as_ref().map(|tls| Handshake {
-        acceptor: TlsAcceptor::from(tls.config.clone()),
-        timeout: tls.handshake_timeout,
-    });
+    let tls = settings
+        .server
+        .tls
+        .as_ref()
+        .map(|tls| Arc::new(ArcSwap::from_pointee(Handshake::new(tls))));
     let grace = settings.server.shutdown_timeout;
     tracing::info!(store = %store.describe(), "store");
     match &queue {
@@ -180,14 +188,19 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             wake.clone(),
         )
     });
-    let admin = Arc::new(Admin::new(
-        metrics.clone(),
-        store.clone(),
-        queue.clone(),
-        settings.admin_auth.clone(),
-    ));
-    let ingress = queue.map(|queue| Ingress { queue, wake });
-    let gateway = Arc::new(Gateway::new(settings, store, metrics, forward, ingress));
+    let ingress = queue.clone().map(|queue| Ingress { queue, wake });
+    let live = Live::new(
+        settings,
+        tls.clone(),
+        Shared {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            forward,
+            ingress,
+            workers: workers.clone(),
+        },
+    );
+    let admin = Arc::new(Admin::new(metrics, store, queue, live.clone()));
 
     let serve_gateway = serve_listener(
         listener,
@@ -196,9 +209,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         server_policy,
         stopped.clone(),
         grace,
-        move |req, peer| {
-            let gateway = gateway.clone();
-            async move { gateway.serve(req, peer).await }
+        {
+            let live = live.clone();
+            move |req, peer| {
+                // Each request runs on the configuration current when it arrived.
+                let gateway = live.gateway();
+                async move { gateway.serve(req, peer).await }
+            }
         },
     );
     let mut tasks = Vec::new();
@@ -225,6 +242,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         admin_addr,
         stop,
         tasks,
+        live,
     })
 }
 
@@ -292,6 +310,18 @@ pub(crate) struct Handshake {
     timeout: Duration,
 }
 
+impl Handshake {
+    pub(crate) fn new(tls: &TlsSettings) -> Self {
+        Handshake {
+            acceptor: TlsAcceptor::from(tls.config.clone()),
+            timeout: tls.handshake_timeout,
+        }
+    }
+}
+
+/// The listener's TLS, swapped by a reload; each connection takes the current one.
+type SharedTls = Arc<ArcSwap<Handshake>>;
+
 /// What a listener enforces on its connections.
 #[derive(Clone)]
 pub(crate) struct ConnectionPolicy {
@@ -327,12 +357,13 @@ pub(crate) async fn accept_loop<H, F>(
         max_resets: None,
     };
     let handler = move |req: Request<RequestBody>, peer| handler(req.map(|body| body.inner), peer);
+    let tls = tls.map(|tls| Arc::new(ArcSwap::from_pointee(tls)));
     serve_listener(listener, tls, builder, policy, stopped, grace, handler).await;
 }
 
 async fn serve_listener<H, F>(
     listener: TcpListener,
-    tls: Option<Handshake>,
+    tls: Option<SharedTls>,
     builder: auto::Builder<TokioExecutor>,
     policy: ConnectionPolicy,
     mut stopped: watch::Receiver<bool>,
@@ -342,7 +373,6 @@ async fn serve_listener<H, F>(
     H: Fn(Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let tls = tls.map(Arc::new);
     let policy = Arc::new(policy);
     loop {
         let (stream, peer) = tokio::select! {
@@ -368,7 +398,7 @@ async fn serve_listener<H, F>(
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         let handler = handler.clone();
-        let tls = tls.clone();
+        let tls = tls.as_ref().map(|tls| tls.load_full());
         let policy = policy.clone();
         let stopped = stopped.clone();
         tokio::spawn(async move {

@@ -39,7 +39,30 @@ pub struct FileConfig {
     #[serde(default)]
     pub upstream_tls: UpstreamTls,
     #[serde(default)]
+    pub log: Log,
+    #[serde(default)]
     pub sources: Vec<Source>,
+}
+
+/// `[log]`: the level when `RUST_LOG` is not set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// A `tracing` filter: `"info"`, `"warn"`, `"info,hookgate::access=warn"`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
 }
 
 #[derive(Debug, Deserialize)]

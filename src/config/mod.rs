@@ -56,6 +56,8 @@ pub struct Settings {
     pub penalty_box: PenaltyBoxSettings,
     pub upstream_tls: UpstreamTrust,
     pub store: StoreSettings,
+    /// `log.level`: the tracing filter used when `RUST_LOG` is not set (read at start).
+    pub log_level: String,
     /// Present when at least one source has `delivery = "queue"`.
     pub queue: Option<QueueSettings>,
     pub sources: Vec<Source>,
@@ -180,9 +182,8 @@ pub struct AdminAuth {
     pub public_paths: Vec<String>,
 }
 
-/// The admin paths, for validating `admin.public_paths`.
-/// Paths `admin.public_paths` may open. `/deliveries` (which can replay deliveries) is
-/// deliberately not among them: off loopback it always needs the token.
+/// Paths `admin.public_paths` may open. `/deliveries` (which can replay deliveries) and
+/// `/reload` are deliberately not among them: off loopback they always need the token.
 pub const ADMIN_PATHS: &[&str] = &["/metrics", "/healthz", "/readyz"];
 
 impl AdminAuth {
@@ -248,7 +249,7 @@ pub struct DedupeSettings {
     pub in_flight_ttl: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimitSettings {
     pub requests_per_second: f64,
     pub burst: u32,
@@ -280,6 +281,44 @@ pub struct ConfigError {
     pub message: String,
 }
 
+fn log_level(level: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| level.to_owned())
+        .map_err(|e| {
+            format!("log.level {level:?} is not a log filter ({e}); try \"info\" or \"warn\"")
+        })
+}
+
+/// The `origin` of settings parsed from `EMBEDDED_DEFAULT`.
+pub const EMBEDDED_ORIGIN: &str = "<embedded default config>";
+
+impl ConfigError {
+    /// The message without toml's excerpt of the file: for logs and the admin API,
+    /// where a quoted line could hold a secret someone wrote into the file.
+    pub fn summary(&self) -> String {
+        // toml's excerpt lines are `  |`, `3 | <the line>` and `  |   ^^^`.
+        let is_excerpt = |line: &str| match line.split_once('|') {
+            Some((gutter, _)) => gutter.trim().chars().all(|c| c.is_ascii_digit()),
+            None => false,
+        };
+        let lines: Vec<&str> = self
+            .message
+            .lines()
+            .filter(|line| !line.trim().is_empty() && !is_excerpt(line))
+            .collect();
+        format!("{}: {}", self.origin, lines.join("; "))
+    }
+}
+
+/// Reads the settings again from where `origin` says they came from (hot reload).
+pub fn reload(origin: &str) -> Result<Settings, ConfigError> {
+    if origin == EMBEDDED_ORIGIN {
+        parse(EMBEDDED_DEFAULT, EMBEDDED_ORIGIN)
+    } else {
+        load(Path::new(origin))
+    }
+}
+
 /// Reads and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     let origin = path.display().to_string();
@@ -296,7 +335,7 @@ pub fn load_or_default(path: Option<&Path>) -> Result<Settings, ConfigError> {
     match path {
         Some(path) => load(path),
         None if Path::new(DEFAULT_PATH).exists() => load(Path::new(DEFAULT_PATH)),
-        None => parse(EMBEDDED_DEFAULT, "<embedded default config>"),
+        None => parse(EMBEDDED_DEFAULT, EMBEDDED_ORIGIN),
     }
 }
 
@@ -347,6 +386,7 @@ fn build(file: FileConfig, origin: &str) -> Result<Settings, String> {
         penalty_box: penalty_box(&file.penalty_box)?,
         upstream_tls: upstream_trust(&file.upstream_tls)?,
         store,
+        log_level: log_level(&file.log.level)?,
         queue: queued.then_some(queue),
         sources,
         warnings: source_warnings
@@ -1122,6 +1162,35 @@ upstream = "http://127.0.0.1:9001/hooks"
             e.contains("sources[0].routes[0].max_concurrency must be at least 1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_error_summary_leaves_out_the_quoted_file_line() {
+        let e = parse(
+            "[[sources]]\nname = \"a\"\nsecrets = [\"whsec_literal\" oops]",
+            "test.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("whsec_literal"), "{e}");
+        let summary = e.summary();
+        assert!(
+            summary.starts_with("test.toml: TOML parse error at line 3"),
+            "{summary}"
+        );
+        assert!(!summary.contains("whsec_literal"), "{summary}");
+    }
+
+    #[test]
+    fn the_log_level_is_a_tracing_filter() {
+        let settings = parse(
+            &format!("[log]\nlevel = \"warn,hookgate::access=info\"\n{MINIMAL}"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(settings.log_level, "warn,hookgate::access=info");
+        assert_eq!(parse(MINIMAL, "t").unwrap().log_level, "info");
+        let e = error(&format!("[log]\nlevel = \"loud=[\"\n{MINIMAL}"));
+        assert!(e.contains("log.level"), "{e}");
     }
 
     #[test]

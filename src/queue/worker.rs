@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -64,8 +65,8 @@ struct Lane {
 pub struct Workers {
     queue: Arc<dyn Queue>,
     policy: QueueSettings,
-    /// By `<source>/<route>`.
-    lanes: HashMap<String, Lane>,
+    /// By `<source>/<route>`; replaced whole by a reload.
+    lanes: ArcSwap<HashMap<String, Arc<Lane>>>,
     forward: Arc<Forwarder>,
     metrics: Arc<Metrics>,
     instance: String,
@@ -88,29 +89,12 @@ impl Workers {
         wake: Arc<Notify>,
     ) -> Option<Arc<Workers>> {
         let policy = settings.queue.clone()?;
-        let lanes = settings
-            .sources
-            .iter()
-            .filter(|s| s.delivery == Delivery::Queue)
-            .flat_map(|s| s.routes.iter().map(move |route| (s.scheme, route)))
-            .map(|(scheme, route)| {
-                let lane = Lane {
-                    scheme,
-                    upstream: metrics.route(route.label()),
-                    deliveries: metrics.delivery(route.label()),
-                    limit: route
-                        .max_concurrency()
-                        .map(|n| Arc::new(Semaphore::new(n.get() as usize))),
-                    route: route.clone(),
-                };
-                (route.label().to_owned(), lane)
-            })
-            .collect();
+        let lanes = lanes(settings, &metrics, &HashMap::new());
         Some(Arc::new(Workers {
             slots: Arc::new(Semaphore::new(policy.workers)),
             queue,
             policy,
-            lanes,
+            lanes: ArcSwap::from_pointee(lanes),
             forward,
             metrics,
             instance,
@@ -118,6 +102,14 @@ impl Workers {
             freed: Notify::new(),
             wake,
         }))
+    }
+
+    /// Takes the queue-mode routes of reloaded settings. A route whose `max_concurrency`
+    /// is unchanged keeps its slots, so attempts in progress still count against it.
+    pub fn set_routes(&self, settings: &Settings) {
+        let current = self.lanes.load();
+        self.lanes
+            .store(Arc::new(lanes(settings, &self.metrics, &current)));
     }
 
     /// Runs until `stop` turns true, then shuts down within `grace` (see the module doc).
@@ -281,7 +273,8 @@ impl Workers {
         mut stopping: watch::Receiver<bool>,
         mut cut_short: watch::Receiver<bool>,
     ) {
-        let lane = self.lanes.get(&lease.route);
+        let lanes = self.lanes.load_full();
+        let lane = lanes.get(&lease.route);
         let _route_slot: Option<OwnedSemaphorePermit> = match lane.and_then(|l| l.limit.clone()) {
             Some(limit) => tokio::select! {
                 permit = limit.acquire_owned() => permit.ok(),
@@ -424,6 +417,39 @@ impl Workers {
 /// Resolves once `flag` is true (or its sender is gone), holding no borrow of it.
 async fn until(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
+}
+
+/// The queue-mode routes of `settings`, reusing the slots of `current` where the limit
+/// is the same.
+fn lanes(
+    settings: &Settings,
+    metrics: &Metrics,
+    current: &HashMap<String, Arc<Lane>>,
+) -> HashMap<String, Arc<Lane>> {
+    settings
+        .sources
+        .iter()
+        .filter(|s| s.delivery == Delivery::Queue)
+        .flat_map(|s| s.routes.iter().map(move |route| (s.scheme, route)))
+        .map(|(scheme, route)| {
+            let limit = match current.get(route.label()) {
+                Some(lane) if lane.route.max_concurrency() == route.max_concurrency() => {
+                    lane.limit.clone()
+                }
+                _ => route
+                    .max_concurrency()
+                    .map(|n| Arc::new(Semaphore::new(n.get() as usize))),
+            };
+            let lane = Lane {
+                scheme,
+                upstream: metrics.route(route.label()),
+                deliveries: metrics.delivery(route.label()),
+                limit,
+                route: route.clone(),
+            };
+            (route.label().to_owned(), Arc::new(lane))
+        })
+        .collect()
 }
 
 /// The stored headers plus which delivery and attempt this is. `webhook-id` is the

@@ -16,6 +16,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
@@ -33,11 +34,13 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
+type Limiter = RateLimiter<IpAddr, DashMapStateStore<IpAddr>, TokioClock, NoOpMiddleware<Nanos>>;
+
 struct Inner {
     claims: Mutex<Claims>,
-    limiter: RateLimiter<IpAddr, DashMapStateStore<IpAddr>, TokioClock, NoOpMiddleware<Nanos>>,
+    /// Swapped whole when a reload changes the rate: governor's quota is fixed per limiter.
+    limiter: ArcSwap<(RateLimitSettings, Limiter)>,
     clock: TokioClock,
-    rate: RateLimitSettings,
 }
 
 /// governor's clock on tokio time, so `tokio::time::pause` governs rate limits too.
@@ -174,9 +177,11 @@ impl MemoryStore {
         };
         let inner = Arc::new(Inner {
             claims: Mutex::new(Claims::new(clock.start)),
-            limiter: RateLimiter::dashmap_with_clock(quota(rate), clock.clone()),
+            limiter: ArcSwap::from_pointee((
+                rate,
+                RateLimiter::dashmap_with_clock(quota(rate), clock.clone()),
+            )),
             clock,
-            rate,
         });
         tokio::spawn(sweep_forever(Arc::downgrade(&inner)));
         MemoryStore { inner }
@@ -184,7 +189,7 @@ impl MemoryStore {
 
     /// Number of client keys with rate-limit state, for tests and metrics.
     pub fn tracked_clients(&self) -> usize {
-        self.inner.limiter.len()
+        self.inner.limiter.load().1.len()
     }
 
     /// Number of dedupe keys held (in flight or done), for tests and metrics.
@@ -210,8 +215,9 @@ impl Inner {
         let now = claims.millis(Instant::now());
         claims.sweep(now);
         drop(claims);
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        let limiter = self.limiter.load();
+        limiter.1.retain_recent();
+        limiter.1.shrink_to_fit();
     }
 }
 
@@ -300,7 +306,7 @@ impl Store for MemoryStore {
     }
 
     fn rate_check(&self, client: IpAddr) -> BoxFuture<'_, Result<RateDecision, StoreError>> {
-        let decision = match self.inner.limiter.check_key(&client) {
+        let decision = match self.inner.limiter.load().1.check_key(&client) {
             Ok(()) => RateDecision::Allow,
             Err(not_until) => RateDecision::Deny {
                 retry_after: not_until.wait_time_from(self.inner.clock.now()),
@@ -313,10 +319,22 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// A new rate starts every client's bucket afresh (governor's quota is per limiter).
+    fn set_rate(&self, rate: RateLimitSettings) {
+        let current = self.inner.limiter.load();
+        if current.0 != rate {
+            self.inner.limiter.store(Arc::new((
+                rate,
+                RateLimiter::dashmap_with_clock(quota(rate), self.inner.clock.clone()),
+            )));
+        }
+    }
+
     fn describe(&self) -> String {
+        let rate = self.inner.limiter.load().0;
         format!(
             "in-memory (this instance only; {} req/s, burst {})",
-            self.inner.rate.requests_per_second, self.inner.rate.burst
+            rate.requests_per_second, rate.burst
         )
     }
 }
@@ -433,6 +451,25 @@ mod tests {
         assert_eq!(s.rate_check(other).await.unwrap(), RateDecision::Allow);
         tokio::time::advance(Duration::from_millis(500)).await;
         assert_eq!(s.rate_check(ip).await.unwrap(), RateDecision::Allow);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_rate_applies_from_the_next_request() {
+        let s = store(1.0, 1);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(s.rate_check(ip).await.unwrap(), RateDecision::Allow);
+        assert!(matches!(
+            s.rate_check(ip).await.unwrap(),
+            RateDecision::Deny { .. }
+        ));
+        s.set_rate(RateLimitSettings {
+            requests_per_second: 1.0,
+            burst: 3,
+        });
+        for _ in 0..3 {
+            assert_eq!(s.rate_check(ip).await.unwrap(), RateDecision::Allow);
+        }
+        assert!(s.describe().contains("burst 3"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Settings, StoreBackend};
+use crate::config::{RateLimitSettings, Settings, StoreBackend};
 use crate::metrics::Metrics;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -81,6 +81,9 @@ pub trait Store: Send + Sync {
 
     /// Succeeds while the store can serve requests; drives `/readyz`.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Applies a reloaded `[rate_limit]` from the next request on.
+    fn set_rate(&self, rate: RateLimitSettings);
 
     /// One line for `hookgate check` and the start-up log.
     fn describe(&self) -> String;

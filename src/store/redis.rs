@@ -17,7 +17,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -87,8 +87,8 @@ pub struct RedisStore {
     redis: Arc<RedisConnection>,
     prefix: String,
     /// GCRA emission interval (1 / rate) and burst tolerance, in microseconds.
-    interval_us: u64,
-    tolerance_us: u64,
+    interval_us: AtomicU64,
+    tolerance_us: AtomicU64,
     scripts: Scripts,
     /// Set once Redis has refused `SET NX GET` (before 7.0): claims then use `CLAIM`.
     legacy_claim: AtomicBool,
@@ -231,13 +231,12 @@ impl RedisStore {
         settings: &RedisSettings,
         rate: RateLimitSettings,
     ) -> Self {
-        let interval = Duration::from_secs_f64(1.0 / rate.requests_per_second);
-        let interval_us = (interval.as_micros() as u64).max(1);
+        let (interval_us, tolerance_us) = gcra_parameters(rate);
         RedisStore {
             redis,
             prefix: settings.key_prefix.clone(),
-            interval_us,
-            tolerance_us: interval_us * u64::from(rate.burst.saturating_sub(1)),
+            interval_us: AtomicU64::new(interval_us),
+            tolerance_us: AtomicU64::new(tolerance_us),
             scripts: Scripts {
                 claim: Script::new(CLAIM),
                 commit: Script::new(COMMIT),
@@ -432,8 +431,8 @@ impl Store for RedisStore {
             let mut invocation = self.scripts.rate.prepare_invoke();
             invocation
                 .key(format!("{}rate:{client}", self.prefix))
-                .arg(self.interval_us)
-                .arg(self.tolerance_us);
+                .arg(self.interval_us.load(Ordering::Relaxed))
+                .arg(self.tolerance_us.load(Ordering::Relaxed));
             let reply: Vec<i64> = self.script("rate_check", invocation).await?;
             Ok(match reply.as_slice() {
                 [0, wait_us] => RateDecision::Deny {
@@ -454,9 +453,26 @@ impl Store for RedisStore {
         })
     }
 
+    /// Buckets in Redis keep their state: only the parameters of the next check change.
+    fn set_rate(&self, rate: RateLimitSettings) {
+        let (interval_us, tolerance_us) = gcra_parameters(rate);
+        self.interval_us.store(interval_us, Ordering::Relaxed);
+        self.tolerance_us.store(tolerance_us, Ordering::Relaxed);
+    }
+
     fn describe(&self) -> String {
         self.description.clone()
     }
+}
+
+/// GCRA's emission interval (1 / rate) and burst tolerance, in microseconds.
+fn gcra_parameters(rate: RateLimitSettings) -> (u64, u64) {
+    let interval = Duration::from_secs_f64(1.0 / rate.requests_per_second);
+    let interval_us = (interval.as_micros() as u64).max(1);
+    (
+        interval_us,
+        interval_us * u64::from(rate.burst.saturating_sub(1)),
+    )
 }
 
 fn settled(applied: i64) -> Settled {

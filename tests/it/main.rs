@@ -17,6 +17,7 @@ mod ratelimit;
 mod redis_cluster;
 mod redis_store;
 mod rejects;
+mod reload;
 mod schemes;
 mod shutdown;
 mod tls;

@@ -879,6 +879,17 @@ impl Gateway {
         let text = config.to_string();
         let settings = hookgate::config::parse(&text, "test.toml")
             .unwrap_or_else(|e| panic!("invalid test config: {e}\n{text}"));
+        Gateway::start_settings(settings).await
+    }
+
+    /// Starts from a config file, which a reload then reads again.
+    pub async fn start_file(path: &std::path::Path) -> Gateway {
+        let settings = hookgate::config::load(path)
+            .unwrap_or_else(|e| panic!("invalid test config file: {e}"));
+        Gateway::start_settings(settings).await
+    }
+
+    async fn start_settings(settings: hookgate::Settings) -> Gateway {
         let scheme = if settings.server.tls.is_some() {
             "https"
         } else {
@@ -903,6 +914,15 @@ impl Gateway {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What SIGHUP and `POST /reload` do: read the config file again.
+    pub async fn reload(&self) -> Result<hookgate::reload::Reloaded, hookgate::ConfigError> {
+        self.running
+            .as_ref()
+            .expect("the gateway runs")
+            .reload()
+            .await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -1449,6 +1469,20 @@ impl GatewayProcess {
             ),
             base: format!("http://{}", self.addr),
         }
+    }
+
+    /// The config file the process was started with (rewrite it, then `hangup`).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("hookgate.toml")
+    }
+
+    /// SIGHUP: read the config file again.
+    pub fn hangup(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
     }
 
     /// SIGKILL: no shutdown, no hand back; waits until the process is gone.

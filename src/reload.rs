@@ -1,0 +1,263 @@
+//! Hot reload: the configuration file is read again (on SIGHUP or `POST /reload`) and
+//! what can change under open connections is swapped in; nothing is closed and no
+//! request in progress is dropped (it finishes on the configuration it started with).
+//!
+//! Applied at once: sources, routes, schemes, secrets, `allow_ips`, `resign`, the rate
+//! limit, the penalty box (which starts empty), dedupe TTLs, the body limits, the admin
+//! token, and `[server.tls]` certificates (files are read again; new connections use
+//! them). Needing a restart, logged and otherwise left as they are: the listen addresses,
+//! turning TLS on or off, connection and upstream limits, `[store]`, `[queue]`,
+//! `[upstream_tls]` and `log.level`. A file that does not validate changes nothing.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, AdminAuth, ConfigError, Delivery, Settings};
+use crate::forward::Forwarder;
+use crate::metrics::Metrics;
+use crate::pipeline::Gateway;
+use crate::queue::Ingress;
+use crate::queue::worker::Workers;
+use crate::server::Handshake;
+use crate::store::Store;
+
+/// What a reload keeps from the running gateway.
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub forward: Arc<Forwarder>,
+    pub ingress: Option<Ingress>,
+    pub workers: Option<Arc<Workers>>,
+}
+
+/// The parts of a running gateway that a reload replaces.
+pub struct Live {
+    /// Where the settings came from: a file, or the embedded default.
+    origin: String,
+    gateway: ArcSwap<Gateway>,
+    tls: Option<Arc<ArcSwap<Handshake>>>,
+    admin_auth: ArcSwap<AdminAuth>,
+    shared: Shared,
+    /// The running values of what needs a restart, to tell the operator.
+    fixed: Mutex<Fixed>,
+    /// One reload at a time; a second waits for the first.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// What a successful reload reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Keys that changed in the file but keep their running value until a restart.
+    pub restart_needed: Vec<&'static str>,
+    /// The new file's warnings (as `hookgate check` prints them).
+    pub warnings: Vec<String>,
+}
+
+impl Live {
+    pub(crate) fn new(
+        settings: Settings,
+        tls: Option<Arc<ArcSwap<Handshake>>>,
+        shared: Shared,
+    ) -> Arc<Live> {
+        let origin = settings.origin.clone();
+        let fixed = Fixed::of(&settings);
+        let admin_auth = ArcSwap::from_pointee(settings.admin_auth.clone());
+        let gateway = ArcSwap::from_pointee(build_gateway(settings, &shared));
+        Arc::new(Live {
+            origin,
+            gateway,
+            tls,
+            admin_auth,
+            shared,
+            fixed: Mutex::new(fixed),
+            reloading: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The gateway new requests go to.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.gateway.load_full()
+    }
+
+    pub fn admin_auth(&self) -> Arc<AdminAuth> {
+        self.admin_auth.load_full()
+    }
+
+    /// Reads the configuration again and applies it; on any error the running
+    /// configuration stays whole. Errors are logged without the file's text.
+    pub async fn reload(&self) -> Result<Reloaded, ConfigError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let origin = self.origin.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::reload(&origin))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ConfigError {
+                    origin: self.origin.clone(),
+                    message: format!("reading the file failed: {e}"),
+                })
+            })
+            .and_then(|settings| self.admissible(settings));
+        let settings = match loaded {
+            Ok(settings) => settings,
+            Err(e) => {
+                self.shared.metrics.config_reload(false);
+                tracing::warn!(error = %e.summary(), "reload refused: the running configuration stays");
+                return Err(e);
+            }
+        };
+        let restart_needed = self
+            .fixed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .differences(&Fixed::of(&settings));
+        if let (Some(current), Some(tls)) = (&self.tls, &settings.server.tls) {
+            current.store(Arc::new(Handshake::new(tls)));
+        }
+        self.admin_auth.store(Arc::new(settings.admin_auth.clone()));
+        self.shared.store.set_rate(settings.rate_limit);
+        if let Some(workers) = &self.shared.workers {
+            workers.set_routes(&settings);
+        }
+        let warnings = settings.warnings.clone();
+        self.gateway
+            .store(Arc::new(build_gateway(settings, &self.shared)));
+        self.shared.metrics.config_reload(true);
+        for warning in &warnings {
+            tracing::warn!("{warning}");
+        }
+        if restart_needed.is_empty() {
+            tracing::info!(config = %self.origin, "configuration reloaded");
+        } else {
+            tracing::warn!(
+                config = %self.origin,
+                restart_needed = %restart_needed.join(", "),
+                "configuration reloaded; these changes need a restart and keep their running values meanwhile"
+            );
+        }
+        Ok(Reloaded {
+            restart_needed,
+            warnings,
+        })
+    }
+
+    /// Refuses what cannot be applied at all: queue mode where the running gateway
+    /// has no queue.
+    fn admissible(&self, settings: Settings) -> Result<Settings, ConfigError> {
+        let queued = settings
+            .sources
+            .iter()
+            .find(|s| s.delivery == Delivery::Queue);
+        match queued {
+            Some(source) if self.shared.ingress.is_none() => Err(ConfigError {
+                origin: settings.origin.clone(),
+                message: format!(
+                    "source {:?} uses delivery = \"queue\", but queue mode was off when hookgate \
+                     started: restart to turn it on",
+                    source.name
+                ),
+            }),
+            _ => Ok(settings),
+        }
+    }
+}
+
+fn build_gateway(settings: Settings, shared: &Shared) -> Gateway {
+    Gateway::new(
+        settings,
+        shared.store.clone(),
+        shared.metrics.clone(),
+        shared.forward.clone(),
+        shared.ingress.clone(),
+    )
+}
+
+/// The values a reload cannot change, each under the key an operator would look for.
+#[derive(Debug, PartialEq, Eq)]
+struct Fixed(Vec<(&'static str, String)>);
+
+impl Fixed {
+    fn of(s: &Settings) -> Fixed {
+        let l = &s.limits;
+        Fixed(vec![
+            ("server.listen", s.server.listen.to_string()),
+            ("admin.listen", s.admin_listen.to_string()),
+            (
+                "[server.tls] (on or off)",
+                s.server.tls.is_some().to_string(),
+            ),
+            (
+                "server.shutdown_timeout",
+                format!("{:?}", s.server.shutdown_timeout),
+            ),
+            (
+                "limits (connection, header-parser and upstream limits)",
+                format!(
+                    "{:?}",
+                    (
+                        l.header_read_timeout,
+                        l.idle_timeout,
+                        l.upstream_timeout,
+                        l.max_connections,
+                        l.max_connections_per_ip,
+                        l.max_headers,
+                        l.max_header_bytes,
+                        l.http2_max_concurrent_streams,
+                        l.http2_max_resets,
+                    )
+                ),
+            ),
+            ("[store]", format!("{:?}", s.store.backend)),
+            ("[queue]", format!("{:?}", s.queue)),
+            ("[upstream_tls]", format!("{:?}", s.upstream_tls)),
+            ("log.level", s.log_level.clone()),
+        ])
+    }
+
+    fn differences(&self, new: &Fixed) -> Vec<&'static str> {
+        self.0
+            .iter()
+            .zip(&new.0)
+            .filter(|(old, new)| old.1 != new.1)
+            .map(|(old, _)| old.0)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:8443"
+[[sources]]
+name = "openai"
+path = "/webhooks/openai"
+scheme = "standard-webhooks"
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+[[sources.routes]]
+events = ["*"]
+upstream = "http://127.0.0.1:9001/hooks"
+"#;
+
+    fn fixed(text: &str) -> Fixed {
+        Fixed::of(&config::parse(text, "t").unwrap())
+    }
+
+    #[test]
+    fn only_what_needs_a_restart_is_reported() {
+        let base = fixed(BASE);
+        let routes = BASE.replace("events = [\"*\"]", "events = [\"batch.*\"]");
+        assert!(base.differences(&fixed(&routes)).is_empty());
+        let moved = BASE.replace("127.0.0.1:8443", "127.0.0.1:8444");
+        assert_eq!(base.differences(&fixed(&moved)), vec!["server.listen"]);
+        let slower = format!("[limits]\nupstream_timeout = \"30s\"\n{BASE}");
+        assert_eq!(
+            base.differences(&fixed(&slower)),
+            vec!["limits (connection, header-parser and upstream limits)"]
+        );
+        let bodies = format!("[limits]\nmax_body_bytes = 2048\n{BASE}");
+        assert!(base.differences(&fixed(&bodies)).is_empty());
+    }
+}

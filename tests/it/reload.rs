@@ -1,0 +1,240 @@
+//! Hot reload (SIGHUP, `POST /reload`): new routes, secrets, rate limits and certificates
+//! apply without a restart; requests in progress finish; an invalid file changes nothing;
+//! what needs a restart is said so.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{Method, Request, Version};
+use http_body_util::Full;
+
+use crate::support::*;
+
+/// A config file in a temp dir that the test rewrites between reloads.
+struct ConfigFile {
+    dir: tempfile::TempDir,
+}
+
+impl ConfigFile {
+    fn new(config: impl std::fmt::Display) -> ConfigFile {
+        let file = ConfigFile {
+            dir: tempfile::tempdir().expect("a temp dir"),
+        };
+        file.write(config);
+        file
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("hookgate.toml")
+    }
+
+    fn write(&self, config: impl std::fmt::Display) {
+        write_atomically(&self.path(), &config.to_string());
+    }
+}
+
+/// Rename over the old file, as editors and config managers do.
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write the config");
+    std::fs::rename(&tmp, path).expect("replace the config");
+}
+
+async fn post_reload(gw: &Gateway) -> Reply {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(gw.admin_url("/reload"))
+        .body(Full::new(Bytes::new()))
+        .expect("a valid request");
+    gw.client().send(request).await
+}
+
+#[tokio::test]
+async fn a_reload_sends_new_deliveries_to_a_new_route_while_one_in_progress_finishes() {
+    let before = Upstream::with(Answer::held()).await;
+    let after = Upstream::start().await;
+    let file = ConfigFile::new(config().route("*", &before));
+    let gw = Gateway::start_file(&file.path()).await;
+    let first = tokio::spawn({
+        let client = gw.client();
+        async move { client.post(PATH, &signed_event("response.completed")).await }
+    });
+    before.wait_for(1).await;
+
+    file.write(config().route("*", &after));
+    let reloaded = post_reload(&gw).await;
+
+    assert_eq!(reloaded.status(), 200, "{}", reloaded.text());
+    assert_eq!(reloaded.json()["reloaded"], true);
+    assert_eq!(reloaded.json()["restart_needed"], serde_json::json!([]));
+    assert!(
+        gw.post(PATH, &signed_event("response.completed"))
+            .await
+            .forwarded()
+    );
+    assert_eq!(after.received().len(), 1);
+    before.release();
+    assert_eq!(
+        first.await.unwrap().status(),
+        200,
+        "the request in progress finished"
+    );
+    assert_eq!(before.received().len(), 1);
+    let scrape = gw.metrics().await;
+    assert_eq!(
+        scrape.value(r#"hookgate_config_reloads_total{result="success"}"#),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_file_keeps_the_running_configuration_and_counts_an_error() {
+    let upstream = Upstream::start().await;
+    let file = ConfigFile::new(config().route("*", &upstream));
+    let gw = Gateway::start_file(&file.path()).await;
+
+    file.write(format!(
+        "{}\n[limits]\nupstream_timeout = \"soon\"\n",
+        config().route("*", &upstream)
+    ));
+    let refused = post_reload(&gw).await;
+
+    assert_eq!(refused.status(), 400);
+    assert_eq!(refused.error(), "invalid_config");
+    let detail = refused.json()["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("hookgate.toml"), "{detail}");
+    assert!(
+        gw.post(PATH, &signed_event("response.completed"))
+            .await
+            .forwarded()
+    );
+    let scrape = gw.metrics().await;
+    assert_eq!(
+        scrape.value(r#"hookgate_config_reloads_total{result="error"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape.value(r#"hookgate_config_reloads_total{result="success"}"#),
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_secret_and_a_new_rate_limit_apply_after_a_reload() {
+    let upstream = Upstream::start().await;
+    let file = ConfigFile::new(config().route("*", &upstream).rate_limit(0.01, 100));
+    let gw = Gateway::start_file(&file.path()).await;
+    assert_eq!(
+        gw.post(PATH, &signed_event_with(OTHER_SECRET, "response.completed"))
+            .await
+            .error(),
+        "invalid_signature"
+    );
+
+    file.write(
+        config()
+            .secrets(&[SECRET, OTHER_SECRET])
+            .route("*", &upstream)
+            .rate_limit(0.01, 1),
+    );
+    gw.reload().await.expect("a valid file");
+
+    let rotated = gw
+        .post(PATH, &signed_event_with(OTHER_SECRET, "response.completed"))
+        .await;
+    assert!(rotated.forwarded(), "{rotated:?}");
+    let limited = gw.post(PATH, &signed_event("response.completed")).await;
+    assert_eq!(limited.status(), 429, "the new burst of 1 applies");
+}
+
+#[tokio::test]
+async fn a_change_that_needs_a_restart_is_reported_and_the_rest_still_applies() {
+    let upstream = Upstream::start().await;
+    let file = ConfigFile::new(config().route("*", &upstream));
+    let gw = Gateway::start_file(&file.path()).await;
+
+    file.write(
+        config()
+            .route("*", &upstream)
+            .set("limits", "upstream_timeout", "\"3s\""),
+    );
+    let reloaded = gw.reload().await.expect("a valid file");
+
+    assert_eq!(
+        reloaded.restart_needed,
+        vec!["limits (connection, header-parser and upstream limits)"]
+    );
+    assert!(
+        gw.post(PATH, &signed_event("response.completed"))
+            .await
+            .forwarded()
+    );
+}
+
+#[tokio::test]
+async fn renewed_certificate_files_are_served_to_new_connections_after_a_reload() {
+    let upstream = Upstream::start().await;
+    let cert = DevCert::generate();
+    let file = ConfigFile::new(config().tls(&cert).route("*", &upstream));
+    let gw = Gateway::start_file(&file.path()).await;
+    let url = format!("https://localhost:{}{PATH}", gw.addr().port());
+    let post = |pem: Vec<u8>| {
+        let url = url.clone();
+        async move {
+            let client = https_client(&pem, Version::HTTP_11);
+            let delivery = signed_event("response.completed");
+            let mut builder = Request::post(url);
+            for (name, value) in &delivery.headers {
+                builder = builder.header(name, value);
+            }
+            let request = builder
+                .body(Full::new(Bytes::from(delivery.body.clone())))
+                .unwrap();
+            client.request(request).await.map(|r| r.status())
+        }
+    };
+    let old_pem = cert.pem.clone();
+    assert_eq!(post(old_pem.clone()).await.unwrap(), 200);
+
+    // Renewal: new files at the same paths (what certbot or cert-manager do).
+    let renewed = DevCert::generate();
+    write_atomically(&cert.cert, &String::from_utf8(renewed.pem.clone()).unwrap());
+    write_atomically(&cert.key, &std::fs::read_to_string(&renewed.key).unwrap());
+    gw.reload().await.expect("a valid file");
+
+    assert_eq!(post(renewed.pem.clone()).await.unwrap(), 200);
+    assert!(
+        post(old_pem).await.is_err(),
+        "a client trusting only the old certificate is refused"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_a_running_process() {
+    let upstream = Upstream::start().await;
+    let gw = GatewayProcess::spawn(config().route("*", &upstream)).await;
+    let client = gw.client();
+    let rotated = || signed_event_with(OTHER_SECRET, "response.completed");
+    assert_eq!(client.post(PATH, &rotated()).await.status(), 400);
+
+    write_atomically(
+        &gw.config_path(),
+        &config()
+            .secrets(&[SECRET, OTHER_SECRET])
+            .route("*", &upstream)
+            .to_string(),
+    );
+    gw.hangup();
+
+    eventually("the process to reload on SIGHUP", || async {
+        client.post(PATH, &rotated()).await.forwarded()
+    })
+    .await;
+    eventually("the reload to be counted", || async {
+        gw.metrics()
+            .await
+            .value(r#"hookgate_config_reloads_total{result="success"}"#)
+            == Some(1.0)
+    })
+    .await;
+}
