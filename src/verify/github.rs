@@ -14,13 +14,12 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::{KeyInit, Mac};
 use http::{HeaderMap, HeaderName};
-use sha2::Sha256;
 
 use super::{
-    Built, Delivery, Explanation, Keyring, Scheme, SchemeOptions, Verifier, VerifyError, header,
-    hex_decode, hex_encode, preview,
+    Built, Delivery, Explanation, HmacSha256, Keyring, Scheme, SchemeOptions, Verifier,
+    VerifyError, header, hex_decode, hex_encode, preview,
 };
 use crate::event::Field;
 use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
@@ -36,8 +35,6 @@ pub const SIGNATURE: HeaderName = HeaderName::from_static("x-hub-signature-256")
 pub const EVENT: HeaderName = HeaderName::from_static("x-github-event");
 pub const DELIVERY: HeaderName = HeaderName::from_static("x-github-delivery");
 
-type HmacSha256 = Hmac<Sha256>;
-
 pub struct GitHub {
     keys: Keyring<HmacSha256>,
 }
@@ -49,12 +46,7 @@ impl std::fmt::Debug for GitHub {
 }
 
 fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
-    let keys = Keyring::build(options.secrets, |secret| {
-        if secret.is_empty() {
-            return Err("the secret is empty".to_owned());
-        }
-        Ok(HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length"))
-    })?;
+    let keys = Keyring::raw_hmac(options.secrets)?;
     Ok(Built {
         verifier: Arc::new(GitHub { keys }),
         event_type: Field::Header(EVENT),
@@ -133,23 +125,12 @@ impl Verifier for GitHub {
         };
         out.step("timestamp: none in this scheme (nothing about time is signed)");
         out.step(format!("signed content {{body}}: {}", preview(&[body])));
-        for (i, key, _) in self.keys.all() {
-            let hit = matches(key, &tag, body);
-            match (self.keys.skipped(i, now), hit) {
-                (Some(skipped), true) => {
-                    out.step(format!("{skipped}; it WOULD match"));
-                    out.hint(format!(
-                        "only secrets[{i}] matches, and it is past its not_after: the sender still signs with it"
-                    ));
-                }
-                (Some(skipped), false) => out.step(skipped),
-                (None, true) => {
-                    out.step(format!("secrets[{i}]: MATCHES"));
-                    out.matched.get_or_insert(i);
-                }
-                (None, false) => out.step(format!("secrets[{i}]: no match")),
-            }
-        }
+        self.keys.explain(
+            &mut out,
+            now,
+            |i, _| format!("secrets[{i}]"),
+            |key| matches(key, &tag, body),
+        );
         out
     }
 }

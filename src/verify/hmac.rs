@@ -13,16 +13,16 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ::hmac::{Hmac, KeyInit, Mac};
+use ::hmac::{KeyInit, Mac};
 use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use http::{HeaderMap, HeaderName};
-use sha2::Sha256;
 
 use super::{
-    Built, Delivery, Explanation, Keyring, Scheme, SchemeOptions, Verifier, VerifyError,
-    check_freshness, describe_age, header, hex_decode, hex_encode, parse_timestamp, preview,
+    Built, Delivery, Explanation, HmacSha256, Keyring, Scheme, SchemeOptions, Verifier,
+    VerifyError, check_freshness, describe_age, header, hex_decode, hex_encode, parse_timestamp,
+    preview,
 };
 use crate::event::{Field, JsonPointer, MAX_DEDUPE_KEY_LEN};
 use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
@@ -41,8 +41,6 @@ pub const SCHEME: Scheme = Scheme {
     build,
     sign: sign_message,
 };
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Tags with or without base64 padding: senders differ.
 const TAG_BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -259,12 +257,7 @@ impl fmt::Debug for GenericHmac {
 
 fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
     let spec = Spec::new(options)?;
-    let keys = Keyring::build(options.secrets, |secret| {
-        if secret.is_empty() {
-            return Err("the secret is empty".to_owned());
-        }
-        Ok(HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length"))
-    })?;
+    let keys = Keyring::raw_hmac(options.secrets)?;
     let dedupe_key = spec.id_header.clone().map(Field::Header);
     Ok(Built {
         verifier: Arc::new(GenericHmac { keys, spec }),
@@ -418,23 +411,12 @@ impl Verifier for GenericHmac {
             spec.template_text,
             spec.content_preview(parsed.id, timestamp, body)
         ));
-        for (i, key, _) in self.keys.all() {
-            let hit = self.matches(key, &parsed, body);
-            match (self.keys.skipped(i, now), hit) {
-                (Some(skipped), true) => {
-                    out.step(format!("{skipped}; it WOULD match"));
-                    out.hint(format!(
-                        "only secrets[{i}] matches, and it is past its not_after: the sender still signs with it"
-                    ));
-                }
-                (Some(skipped), false) => out.step(skipped),
-                (None, true) => {
-                    out.step(format!("secrets[{i}]: MATCHES"));
-                    out.matched.get_or_insert(i);
-                }
-                (None, false) => out.step(format!("secrets[{i}]: no match")),
-            }
-        }
+        self.keys.explain(
+            &mut out,
+            now,
+            |i, _| format!("secrets[{i}]"),
+            |key| self.matches(key, &parsed, body),
+        );
         out
     }
 }

@@ -23,6 +23,9 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderName};
 
 use crate::config::{FieldSpec, SecretEntry, SourceFile};
+
+/// The MAC every HMAC scheme here uses.
+pub type HmacSha256 = ::hmac::Hmac<sha2::Sha256>;
 use crate::event::{Field, JsonPointer};
 use crate::sign::{SignError, SignMessage, SignedRequest};
 
@@ -239,6 +242,35 @@ impl<K> Keyring<K> {
         text
     }
 
+    /// For `explain`: one step per secret, saying whether its signature matches (`hit`),
+    /// and a hint when only a secret past its `not_after` would. `name` is how a secret
+    /// is called in the steps, from its position and key.
+    pub fn explain(
+        &self,
+        out: &mut Explanation,
+        now: SystemTime,
+        name: impl Fn(usize, &K) -> String,
+        mut hit: impl FnMut(&K) -> bool,
+    ) {
+        for (i, key, _) in self.all() {
+            let matches = hit(key);
+            match (self.skipped(i, now), matches) {
+                (Some(skipped), true) => {
+                    out.step(format!("{skipped}; it WOULD match"));
+                    out.hint(format!(
+                        "only secrets[{i}] matches, and it is past its not_after: the sender still signs with it"
+                    ));
+                }
+                (Some(skipped), false) => out.step(skipped),
+                (None, true) => {
+                    out.step(format!("{}: MATCHES", name(i, key)));
+                    out.matched.get_or_insert(i);
+                }
+                (None, false) => out.step(format!("{}: no match", name(i, key))),
+            }
+        }
+    }
+
     /// For `explain`: why a key was not tried, if it was not.
     pub fn skipped(&self, index: usize, now: SystemTime) -> Option<String> {
         let (_, not_after) = self.keys.get(index)?;
@@ -247,6 +279,22 @@ impl<K> Keyring<K> {
             format!(
                 "secrets[{index}]: past its not_after ({}), not tried",
                 humantime::format_rfc3339_seconds(t)
+            )
+        })
+    }
+}
+
+impl Keyring<HmacSha256> {
+    /// HMAC-SHA256 keys that are each secret's own UTF-8 bytes (Stripe, GitHub, hmac:
+    /// none of them decodes the secret).
+    pub fn raw_hmac(secrets: &[SecretEntry]) -> Result<Self, String> {
+        Keyring::build(secrets, |secret| {
+            if secret.is_empty() {
+                return Err("the secret is empty".to_owned());
+            }
+            Ok(
+                <HmacSha256 as ::hmac::KeyInit>::new_from_slice(secret.as_bytes())
+                    .expect("HMAC accepts keys of any length"),
             )
         })
     }

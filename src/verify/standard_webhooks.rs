@@ -18,14 +18,13 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::{KeyInit, Mac};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
-use sha2::Sha256;
 
 use super::{
-    Built, Delivery, Explanation, Keyring, Scheme, SchemeOptions, Verifier, VerifyError,
-    check_freshness, describe_age, header, parse_timestamp, preview,
+    Built, Delivery, Explanation, HmacSha256, Keyring, Scheme, SchemeOptions, Verifier,
+    VerifyError, check_freshness, describe_age, header, parse_timestamp, preview,
 };
 use crate::event::{Field, JsonPointer};
 use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
@@ -49,8 +48,6 @@ const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
 
 /// Delivery ids become store keys; the spec's ids are far shorter than this.
 const MAX_ID_LEN: usize = 256;
-
-type HmacSha256 = Hmac<Sha256>;
 
 enum Key {
     /// Keyed once; cloned per request so the key schedule runs once.
@@ -483,23 +480,12 @@ impl Verifier for StandardWebhooks {
             ])
         ));
         let mut content = None;
-        for (i, key, _) in self.keys.all() {
-            let matches = self.matches(key, &parsed, body, &mut content);
-            match (self.keys.skipped(i, now), matches) {
-                (Some(skipped), true) => {
-                    out.step(format!("{skipped}; it WOULD match"));
-                    out.hint(format!(
-                        "only secrets[{i}] matches, and it is past its not_after: the sender still signs with it"
-                    ));
-                }
-                (Some(skipped), false) => out.step(skipped),
-                (None, true) => {
-                    out.step(format!("secrets[{i}] ({}): MATCHES", key.kind()));
-                    out.matched.get_or_insert(i);
-                }
-                (None, false) => out.step(format!("secrets[{i}] ({}): no match", key.kind())),
-            }
-        }
+        self.keys.explain(
+            &mut out,
+            now,
+            |i, key| format!("secrets[{i}] ({})", key.kind()),
+            |key| self.matches(key, &parsed, body, &mut content),
+        );
         if out.matched.is_none() {
             for alt in &self.alternates {
                 let mac = signed_mac(&alt.mac, parsed.id, parsed.timestamp_text, body);

@@ -12,13 +12,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::{KeyInit, Mac};
 use http::{HeaderMap, HeaderName};
-use sha2::Sha256;
 
 use super::{
-    Built, Delivery, Explanation, Keyring, Scheme, SchemeOptions, Verifier, VerifyError,
-    check_freshness, describe_age, header, hex_decode, hex_encode, parse_timestamp, preview,
+    Built, Delivery, Explanation, HmacSha256, Keyring, Scheme, SchemeOptions, Verifier,
+    VerifyError, check_freshness, describe_age, header, hex_decode, hex_encode, parse_timestamp,
+    preview,
 };
 use crate::event::{Field, JsonPointer};
 use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
@@ -31,8 +31,6 @@ pub const SCHEME: Scheme = Scheme {
 };
 
 pub const SIGNATURE: HeaderName = HeaderName::from_static("stripe-signature");
-
-type HmacSha256 = Hmac<Sha256>;
 
 pub struct Stripe {
     keys: Keyring<HmacSha256>,
@@ -50,12 +48,7 @@ impl std::fmt::Debug for Stripe {
 }
 
 fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
-    let keys = Keyring::build(options.secrets, |secret| {
-        if secret.is_empty() {
-            return Err("the secret is empty".to_owned());
-        }
-        Ok(HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length"))
-    })?;
+    let keys = Keyring::raw_hmac(options.secrets)?;
     let decoded = options
         .secrets
         .iter()
@@ -217,25 +210,12 @@ impl Verifier for Stripe {
             "signed content {{t}}.{{body}}: {}",
             preview(&[parsed.timestamp_text.as_bytes(), b".", body])
         ));
-        for (i, key, _) in self.keys.all() {
-            let hit = matches(key, &parsed, body);
-            match (self.keys.skipped(i, now), hit) {
-                (Some(skipped), true) => {
-                    out.step(format!("{skipped}; it WOULD match"));
-                    out.hint(format!(
-                        "only secrets[{i}] matches, and it is past its not_after: the sender still signs with it"
-                    ));
-                }
-                (Some(skipped), false) => out.step(skipped),
-                (None, true) => {
-                    out.step(format!("secrets[{i}] (its text as the HMAC key): MATCHES"));
-                    out.matched.get_or_insert(i);
-                }
-                (None, false) => {
-                    out.step(format!("secrets[{i}] (its text as the HMAC key): no match"))
-                }
-            }
-        }
+        self.keys.explain(
+            &mut out,
+            now,
+            |i, _| format!("secrets[{i}] (its text as the HMAC key)"),
+            |key| matches(key, &parsed, body),
+        );
         if out.matched.is_none() {
             for (i, key) in &self.decoded {
                 if matches(key, &parsed, body) {
