@@ -135,6 +135,8 @@ gateway_config() { # gateway_config FILE STORE(memory|redis) TLS(plain|tls) [DEL
         echo "listen = \"127.0.0.1:$ADMIN_PORT\""
         echo "[limits]"
         echo "max_body_bytes = 1048576"
+        echo "max_connections = 12000"      # the idle row holds 10,000
+        echo "max_connections_per_ip = 0"   # every client here is 127.0.0.1
         echo "[rate_limit]"
         echo "requests_per_second = 1000000"
         echo "burst = 1000000"
