@@ -114,7 +114,7 @@ struct Scripts {
 }
 
 enum Connection {
-    Single(ConnectionManager),
+    Single(Batcher),
     /// Opened on first use; dropped and reopened when it fails.
     Cluster(Box<ClusterSlot>),
 }
@@ -134,9 +134,9 @@ impl RedisConnection {
                     .set_response_timeout(Some(settings.timeout))
                     .set_connection_timeout(Some(settings.connect_timeout))
                     .set_max_delay(Duration::from_secs(2));
-                Connection::Single(
+                Connection::Single(Batcher::start(
                     ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
-                )
+                ))
             }
             RedisTarget::Cluster(nodes) => Connection::Cluster(Box::new(ClusterSlot {
                 client: ClusterClient::builder(nodes.iter().cloned())
@@ -186,7 +186,7 @@ impl RedisConnection {
 
     async fn connection(&self) -> Result<Conn, StoreError> {
         match &self.connection {
-            Connection::Single(manager) => Ok(Conn::Single(manager.clone())),
+            Connection::Single(batcher) => Ok(Conn::Single(batcher.clone())),
             Connection::Cluster(slot) => {
                 let mut held = slot.connection.lock().await;
                 if let Some(conn) = held.as_ref() {
@@ -285,14 +285,14 @@ impl RedisStore {
 
 /// A connection for one request: cheap clones of the shared multiplexed connection.
 pub enum Conn {
-    Single(ConnectionManager),
+    Single(Batcher),
     Cluster(ClusterConnection),
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Single(c) => c.send(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -304,16 +304,116 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<redis::Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Single(c) => c.connection.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.get_db(),
+            Conn::Single(c) => c.connection.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+/// Most commands a batch carries; more wait for the next write.
+const MAX_BATCH: usize = 64;
+
+/// Sends the commands that requests issue in the same scheduler tick to Redis in one
+/// pipelined write, each with its own reply. Without it the client writes commands one
+/// at a time, and each write costs a system call here and a wake-up in Redis: two
+/// thirds of what a request spent on its three round trips. Pipelines (already one
+/// write) go straight to the connection.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: tokio::sync::mpsc::UnboundedSender<Queued>,
+    connection: ConnectionManager,
+}
+
+type Queued = (
+    redis::Cmd,
+    tokio::sync::oneshot::Sender<redis::RedisResult<redis::Value>>,
+);
+
+impl Batcher {
+    /// Starts the batching task; it ends when the last handle is dropped.
+    fn start(connection: ConnectionManager) -> Batcher {
+        let (queue, commands) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batch_forever(commands, connection.clone()));
+        Batcher { queue, connection }
+    }
+
+    fn send<'a>(&'a self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued = self.queue.send((cmd.clone(), reply));
+        Box::pin(async move {
+            queued.map_err(|_| batcher_gone())?;
+            answer.await.map_err(|_| batcher_gone())?
+        })
+    }
+}
+
+fn batcher_gone() -> RedisError {
+    RedisError::from((redis::ErrorKind::Io, "the Redis batching task stopped"))
+}
+
+async fn batch_forever(
+    mut commands: tokio::sync::mpsc::UnboundedReceiver<Queued>,
+    connection: ConnectionManager,
+) {
+    while let Some(first) = commands.recv().await {
+        // Let the other requests that are ready run first and queue their commands.
+        tokio::task::yield_now().await;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match commands.try_recv() {
+                Ok(queued) => batch.push(queued),
+                Err(_) => break,
+            }
+        }
+        // Sent concurrently: the next batch need not wait for this one's replies.
+        let mut connection = connection.clone();
+        tokio::spawn(async move {
+            if batch.len() == 1 {
+                let (cmd, reply) = batch.pop().expect("one command");
+                let _ = reply.send(connection.req_packed_command(&cmd).await);
+                return;
+            }
+            let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for cmd in cmds {
+                pipe.add_command(cmd);
+            }
+            match pipe
+                .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut connection)
+                .await
+            {
+                Ok(results) if results.len() == replies.len() => {
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Ok(_) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(RedisError::from((
+                            redis::ErrorKind::Client,
+                            "a batched reply count did not match",
+                        ))));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(RedisError::from((
+                            e.kind(),
+                            "the batch this command was in failed",
+                            e.to_string(),
+                        ))));
+                    }
+                }
+            }
+        });
     }
 }
 

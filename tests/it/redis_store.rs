@@ -389,3 +389,48 @@ async fn the_script_claim_for_redis_before_7_keeps_the_same_contract() {
     );
     assert_eq!(store.claim("k", "c", LONG).await.unwrap(), ClaimState::Done);
 }
+
+#[tokio::test]
+async fn concurrent_operations_batched_into_one_write_each_get_their_own_reply() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let store = Arc::new(redis_store(&redis));
+    for i in 0..100 {
+        let won = store.claim(&format!("k{i}"), &format!("t{i}"), LONG).await;
+        assert_eq!(won.unwrap(), ClaimState::Won);
+    }
+    // All at once, so they share writes (scripts by EVALSHA go through the batcher; the
+    // first ones also take the NOSCRIPT fallback): per key one commit with the claim's
+    // token, which applies, and one with another token, which must not.
+    let commits: Vec<_> = (0..200)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (i, ours) = (n % 100, n < 100);
+                let token = if ours {
+                    format!("t{i}")
+                } else {
+                    format!("other{i}")
+                };
+                let settled = store.commit(&format!("k{i}"), &token, DONE).await.unwrap();
+                (ours, settled)
+            })
+        })
+        .collect();
+    for commit in commits {
+        let (ours, settled) = commit.await.unwrap();
+        let expected = if ours {
+            Settled::Applied
+        } else {
+            Settled::Superseded
+        };
+        assert_eq!(settled, expected);
+    }
+    for i in 0..100 {
+        assert_eq!(
+            redis.get(&format!("hookgate:dedupe:k{i}")).await.as_deref(),
+            Some("done")
+        );
+    }
+}
