@@ -9,6 +9,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crate::config::{DedupeSettings, OnError};
 use crate::metrics::Metrics;
@@ -30,6 +31,9 @@ pub struct Dedupe {
 pub struct Claim {
     key: String,
     token: String,
+    /// Before this instant the claim cannot have expired in the store: half its TTL
+    /// after the claim was sent, a margin for clocks that drift or jump.
+    unexpired_until: Instant,
     /// False when the store failed and `on_error = "allow"` let the request through
     /// unguarded: there is nothing to settle.
     held: bool,
@@ -85,6 +89,7 @@ impl Dedupe {
     pub async fn claim(&self, source: &str, id: &str) -> Result<Claimed, Reject> {
         let key = Self::key(source, id);
         let token = self.token();
+        let unexpired_until = Instant::now() + self.settings.in_flight_ttl / 2;
         let state = self
             .store
             .claim(&key, &token, self.settings.in_flight_ttl)
@@ -93,6 +98,7 @@ impl Dedupe {
             Ok(ClaimState::Won) => Ok(Claimed::Won(Claim {
                 key,
                 token,
+                unexpired_until,
                 held: true,
             })),
             Ok(ClaimState::Done) => Ok(Claimed::AlreadyDone),
@@ -104,6 +110,7 @@ impl Dedupe {
                 Ok(Claimed::Won(Claim {
                     key,
                     token,
+                    unexpired_until,
                     held: false,
                 }))
             }
@@ -119,7 +126,11 @@ impl Dedupe {
         if !claim.held {
             return;
         }
-        let result = if success {
+        let result = if success && Instant::now() < claim.unexpired_until {
+            self.store
+                .commit_unexpired(&claim.key, &claim.token, self.settings.ttl)
+                .await
+        } else if success {
             self.store
                 .commit(&claim.key, &claim.token, self.settings.ttl)
                 .await

@@ -69,6 +69,21 @@ pub trait Store: Send + Sync {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Settled, StoreError>>;
 
+    /// `commit` for a claim that cannot have expired yet (it was made well within its
+    /// TTL, so the key still holds `token` unless the store lost it): a store may then
+    /// skip the compare, which on Redis saves a script run per delivery. Should the key
+    /// hold something else after all (a clock jump or an eviction on the store's side),
+    /// marking it done is still the truth, since this copy was forwarded successfully;
+    /// the answer is then `Superseded`, as for `commit`.
+    fn commit_unexpired<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Settled, StoreError>> {
+        self.commit(key, token, ttl)
+    }
+
     /// Deletes `key` only if it still holds `token`.
     fn release<'a>(
         &'a self,

@@ -1,8 +1,8 @@
 //! The Redis store: dedupe claims and GCRA buckets shared by every instance.
 //!
 //! Each operation is one round trip touching one key, so it is valid on Redis Cluster
-//! without hash tags: a claim is `SET NX PX GET` pipelined with `PTTL` (Redis 7.0+; a Lua
-//! script on older servers); commit, release and the GCRA check are small Lua scripts
+//! without hash tags: a claim is `SET NX PX GET` (Redis 7.0+; a Lua script on older
+//! servers); commit, release and the GCRA check are small Lua scripts
 //! sent as `EVALSHA` (loaded on first use, re-sent only after a `NOSCRIPT`), atomic
 //! because a compare-and-set needs to be. One multiplexed
 //! connection per instance (`ConnectionManager`, which reconnects by itself); a cluster
@@ -64,23 +64,23 @@ return 0
 ";
 
 /// GCRA on Redis' own clock (instances' clocks may differ). `ARGV[1]` is the emission
-/// interval and `ARGV[2]` the burst tolerance, both in microseconds. Returns
-/// `{1, 0}` allowed or `{0, retry_after_us}`.
+/// interval and `ARGV[2]` the burst tolerance, both in microseconds. Returns 0 when
+/// allowed, else the microseconds to wait (a plain integer: a table reply costs Redis
+/// more than the rest of the script's bookkeeping).
 const RATE: &str = r"
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
 local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local now = time[1] * 1000000 + time[2]
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then
   tat = now
 end
-if tat - now > tolerance then
-  return {0, tat - now - tolerance}
+local wait = tat - now - ARGV[2]
+if wait > 0 then
+  return wait
 end
-local next_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil((next_tat - now) / 1000))
-return {1, 0}
+tat = tat + ARGV[1]
+redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000))
+return 0
 ";
 
 pub struct RedisStore {
@@ -136,6 +136,7 @@ impl RedisConnection {
                     .set_max_delay(Duration::from_secs(2));
                 Connection::Single(Batcher::start(
                     ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
+                    settings.connect_timeout + settings.timeout,
                 ))
             }
             RedisTarget::Cluster(nodes) => Connection::Cluster(Box::new(ClusterSlot {
@@ -174,9 +175,14 @@ impl RedisConnection {
             }
             result.map_err(store_error)
         };
-        let result = tokio::time::timeout(self.deadline, attempt)
-            .await
-            .unwrap_or(Err(StoreError::Timeout));
+        let result = match &self.connection {
+            // The batcher bounds each of its writes by the deadline: one timer per batch
+            // rather than one per command.
+            Connection::Single(_) => attempt.await,
+            Connection::Cluster(_) => tokio::time::timeout(self.deadline, attempt)
+                .await
+                .unwrap_or(Err(StoreError::Timeout)),
+        };
         self.metrics.store_op(op, started.elapsed(), result.is_ok());
         if let Err(e) = &result {
             tracing::warn!(op, error = %e, "redis store operation failed");
@@ -304,7 +310,10 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<redis::Value>> {
         match self {
-            Conn::Single(c) => c.connection.req_packed_commands(pipeline, offset, count),
+            Conn::Single(c) => Box::pin(within(
+                c.deadline,
+                c.connection.req_packed_commands(pipeline, offset, count),
+            )),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -324,11 +333,13 @@ const MAX_BATCH: usize = 64;
 /// pipelined write, each with its own reply. Without it the client writes commands one
 /// at a time, and each write costs a system call here and a wake-up in Redis: two
 /// thirds of what a request spent on its three round trips. Pipelines (already one
-/// write) go straight to the connection.
+/// write) go straight to the connection. Every write, a reconnection it waits for
+/// included, is bounded by `deadline`.
 #[derive(Clone)]
 pub struct Batcher {
     queue: tokio::sync::mpsc::UnboundedSender<Queued>,
     connection: ConnectionManager,
+    deadline: Duration,
 }
 
 type Queued = (
@@ -338,10 +349,14 @@ type Queued = (
 
 impl Batcher {
     /// Starts the batching task; it ends when the last handle is dropped.
-    fn start(connection: ConnectionManager) -> Batcher {
+    fn start(connection: ConnectionManager, deadline: Duration) -> Batcher {
         let (queue, commands) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(batch_forever(commands, connection.clone()));
-        Batcher { queue, connection }
+        tokio::spawn(batch_forever(commands, connection.clone(), deadline));
+        Batcher {
+            queue,
+            connection,
+            deadline,
+        }
     }
 
     fn send<'a>(&'a self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
@@ -358,9 +373,25 @@ fn batcher_gone() -> RedisError {
     RedisError::from((redis::ErrorKind::Io, "the Redis batching task stopped"))
 }
 
+/// `request`, or a timeout error (one `is_timeout` recognises) once `deadline` passes.
+async fn within<T>(
+    deadline: Duration,
+    request: impl Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(deadline, request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the Redis operation timed out",
+            )))
+        })
+}
+
 async fn batch_forever(
     mut commands: tokio::sync::mpsc::UnboundedReceiver<Queued>,
     connection: ConnectionManager,
+    deadline: Duration,
 ) {
     while let Some(first) = commands.recv().await {
         // Let the other requests that are ready run first and queue their commands.
@@ -377,7 +408,7 @@ async fn batch_forever(
         tokio::spawn(async move {
             if batch.len() == 1 {
                 let (cmd, reply) = batch.pop().expect("one command");
-                let _ = reply.send(connection.req_packed_command(&cmd).await);
+                let _ = reply.send(within(deadline, connection.req_packed_command(&cmd)).await);
                 return;
             }
             let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
@@ -386,10 +417,12 @@ async fn batch_forever(
             for cmd in cmds {
                 pipe.add_command(cmd);
             }
-            match pipe
-                .query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut connection)
-                .await
-            {
+            let results = within(
+                deadline,
+                pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut connection),
+            )
+            .await;
+            match results {
                 Ok(results) if results.len() == replies.len() => {
                     for (reply, result) in replies.into_iter().zip(results) {
                         let _ = reply.send(result);
@@ -403,13 +436,11 @@ async fn batch_forever(
                         ))));
                     }
                 }
+                // Every command of the batch fails as the batch did (a timeout stays a
+                // timeout).
                 Err(e) => {
                     for reply in replies {
-                        let _ = reply.send(Err(RedisError::from((
-                            e.kind(),
-                            "the batch this command was in failed",
-                            e.to_string(),
-                        ))));
+                        let _ = reply.send(Err(e.clone()));
                     }
                 }
             }
@@ -444,26 +475,32 @@ impl Store for RedisStore {
             let key = self.dedupe_key(key);
             let value = ["inflight:", token].concat();
             if !self.legacy_claim.load(Ordering::Relaxed) {
-                // `SET NX GET` and `PTTL`, pipelined: one round trip, no script.
-                let mut pipe = redis::pipe();
-                pipe.cmd("SET")
-                    .arg(&key)
+                // `SET NX GET`: one command, no script, batched with other requests'.
+                let mut set = redis::cmd("SET");
+                set.arg(&key)
                     .arg(&value)
                     .arg("NX")
                     .arg("PX")
                     .arg(millis(ttl))
-                    .arg("GET")
-                    .cmd("PTTL")
-                    .arg(&key);
+                    .arg("GET");
                 let reply = self
                     .call("claim", async |conn| {
-                        pipe.query_async::<(Option<String>, i64)>(conn).await
+                        set.query_async::<Option<Vec<u8>>>(conn).await
                     })
                     .await;
                 match reply {
-                    Ok((None, _)) => return Ok(ClaimState::Won),
-                    Ok((Some(previous), _)) if previous == "done" => return Ok(ClaimState::Done),
-                    Ok((Some(_), pttl)) => {
+                    Ok(None) => return Ok(ClaimState::Won),
+                    Ok(Some(previous)) if previous == b"done" => return Ok(ClaimState::Done),
+                    // In flight elsewhere (rare): how long that claim has left, asked
+                    // only now so the common case stays one command. If the claim
+                    // ended in between, PTTL answers -2 and the sender is told to
+                    // retry at once.
+                    Ok(Some(_)) => {
+                        let pttl: i64 = self
+                            .call("claim", async |conn| {
+                                redis::cmd("PTTL").arg(&key).query_async(conn).await
+                            })
+                            .await?;
                         return Ok(ClaimState::InFlight {
                             remaining: Duration::from_millis(pttl.max(0) as u64),
                         });
@@ -511,6 +548,35 @@ impl Store for RedisStore {
         })
     }
 
+    /// `SET XX PX GET`: one plain command instead of the script, since the key still
+    /// holds this claim. Should it have vanished (evicted, flushed), the script marks
+    /// it done; should it hold something else, it is done now anyway (see the trait).
+    fn commit_unexpired<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Settled, StoreError>> {
+        Box::pin(async move {
+            let claimed = ["inflight:", token].concat();
+            let mut set = redis::cmd("SET");
+            set.arg(self.dedupe_key(key))
+                .arg("done")
+                .arg("XX")
+                .arg("PX")
+                .arg(millis(ttl))
+                .arg("GET");
+            let previous: Option<Vec<u8>> = self
+                .call("commit", async |conn| set.query_async(conn).await)
+                .await?;
+            match previous {
+                Some(previous) if previous == claimed.as_bytes() => Ok(Settled::Applied),
+                Some(_) => Ok(Settled::Superseded),
+                None => self.commit(key, token, ttl).await,
+            }
+        })
+    }
+
     fn release<'a>(
         &'a self,
         key: &'a str,
@@ -533,12 +599,13 @@ impl Store for RedisStore {
                 .key(format!("{}rate:{client}", self.prefix))
                 .arg(self.interval_us.load(Ordering::Relaxed))
                 .arg(self.tolerance_us.load(Ordering::Relaxed));
-            let reply: Vec<i64> = self.script("rate_check", invocation).await?;
-            Ok(match reply.as_slice() {
-                [0, wait_us] => RateDecision::Deny {
-                    retry_after: Duration::from_micros((*wait_us).max(0) as u64),
-                },
-                _ => RateDecision::Allow,
+            let wait_us: i64 = self.script("rate_check", invocation).await?;
+            Ok(if wait_us > 0 {
+                RateDecision::Deny {
+                    retry_after: Duration::from_micros(wait_us as u64),
+                }
+            } else {
+                RateDecision::Allow
             })
         })
     }

@@ -20,10 +20,11 @@ const DONE: Duration = Duration::from_secs(3600);
 
 /// A `RedisStore` on `redis`, built from settings as the gateway builds it.
 fn redis_store(redis: &RedisServer) -> RedisStore {
-    let text = config()
-        .redis(redis)
-        .route("*", "http://127.0.0.1:9/hooks")
-        .to_string();
+    redis_store_from(config().redis(redis))
+}
+
+fn redis_store_from(config: Config) -> RedisStore {
+    let text = config.route("*", "http://127.0.0.1:9/hooks").to_string();
     let settings = hookgate::config::parse(&text, "test.toml").expect("a valid config");
     let StoreBackend::Redis(redis_settings) = &settings.store.backend else {
         panic!("[store] selects Redis");
@@ -190,6 +191,115 @@ async fn a_late_commit_with_nobody_else_holding_the_key_still_marks_it_done() {
         Some("done")
     );
     assert_eq!(store.claim("k", "b", LONG).await.unwrap(), ClaimState::Done);
+}
+
+// ---------------------------------------------------------------------------------
+// The commit of a claim that cannot have expired: one plain `SET XX GET`
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_unexpired_commit_marks_its_own_claim_done_without_a_script() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let store = redis_store(&redis);
+    assert_eq!(store.claim("k", "a", LONG).await.unwrap(), ClaimState::Won);
+    let _: () = redis.query(redis::cmd("CONFIG").arg("RESETSTAT")).await;
+
+    let settled = store.commit_unexpired("k", "a", DONE).await.unwrap();
+
+    assert_eq!(settled, Settled::Applied);
+    assert_eq!(
+        redis.get("hookgate:dedupe:k").await.as_deref(),
+        Some("done")
+    );
+    let ttl = redis.pttl("hookgate:dedupe:k").await;
+    assert!(ttl > LONG.as_millis() as i64, "the done TTL applies: {ttl}");
+    let stats: String = redis.query(redis::cmd("INFO").arg("commandstats")).await;
+    assert!(!stats.contains("cmdstat_evalsha"), "{stats}");
+    assert_eq!(store.claim("k", "b", LONG).await.unwrap(), ClaimState::Done);
+}
+
+#[tokio::test]
+async fn an_unexpired_commit_whose_key_vanished_still_marks_it_done() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let store = redis_store(&redis);
+    assert_eq!(store.claim("k", "a", LONG).await.unwrap(), ClaimState::Won);
+    // As after an eviction or a FLUSHDB on Redis' side.
+    let _: i64 = redis
+        .query(redis::cmd("DEL").arg("hookgate:dedupe:k"))
+        .await;
+
+    let settled = store.commit_unexpired("k", "a", DONE).await.unwrap();
+
+    assert_eq!(settled, Settled::Applied);
+    assert_eq!(store.claim("k", "b", LONG).await.unwrap(), ClaimState::Done);
+}
+
+#[tokio::test]
+async fn an_unexpired_commit_that_finds_another_claim_says_superseded() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let store = redis_store(&redis);
+    // The claim of "a" was lost on Redis' side and "b" claimed the key meanwhile.
+    assert_eq!(store.claim("k", "b", LONG).await.unwrap(), ClaimState::Won);
+
+    let settled = store.commit_unexpired("k", "a", DONE).await.unwrap();
+
+    // "a" was forwarded successfully, so the key is done, which "b" then learns.
+    assert_eq!(settled, Settled::Superseded);
+    assert_eq!(store.claim("k", "c", LONG).await.unwrap(), ClaimState::Done);
+    assert_eq!(
+        store.commit("k", "b", DONE).await.unwrap(),
+        Settled::Superseded
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// A Redis that stops answering
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn operations_on_a_redis_that_stops_answering_time_out_within_the_deadline() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let store = redis_store_from(
+        config()
+            .redis(&redis)
+            .store_option("timeout", "300ms")
+            .store_option("connect_timeout", "300ms"),
+    );
+    assert_eq!(store.claim("k", "a", LONG).await.unwrap(), ClaimState::Won);
+    // Every client but this one waits for 5 s; the store's deadline is 600 ms.
+    let _: () = redis
+        .query(redis::cmd("CLIENT").arg("PAUSE").arg(5000).arg("ALL"))
+        .await;
+
+    let started = std::time::Instant::now();
+    let (claim, rate, commit) = tokio::join!(
+        store.claim("k2", "b", LONG),
+        store.rate_check("192.0.2.1".parse().unwrap()),
+        store.commit_unexpired("k", "a", DONE),
+    );
+    let took = started.elapsed();
+
+    assert!(
+        matches!(claim, Err(hookgate::store::StoreError::Timeout)),
+        "{claim:?}"
+    );
+    assert!(
+        matches!(rate, Err(hookgate::store::StoreError::Timeout)),
+        "{rate:?}"
+    );
+    assert!(
+        matches!(commit, Err(hookgate::store::StoreError::Timeout)),
+        "{commit:?}"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}");
 }
 
 // ---------------------------------------------------------------------------------
