@@ -229,6 +229,9 @@ pub struct Metrics {
     upstream_responses: IntCounterVec,
     store_errors: IntCounterVec,
     store_duration: HistogramVec,
+    /// The duration and error series of each of `STORE_OPS`, resolved once: a store
+    /// operation runs several times per request.
+    store_series: Vec<(&'static str, Histogram, IntCounter)>,
     store_fail_open: IntCounterVec,
     connections_open: IntGaugeVec,
     connections_refused: IntCounterVec,
@@ -490,10 +493,17 @@ impl Metrics {
                 requests.with_label_values(&[source, outcome.label()]);
             }
         }
-        for op in STORE_OPS {
-            store_errors.with_label_values(&[op]);
-            store_fail_open.with_label_values(&[op]);
-        }
+        let store_series = STORE_OPS
+            .iter()
+            .map(|&op| {
+                store_fail_open.with_label_values(&[op]);
+                (
+                    op,
+                    store_duration.with_label_values(&[op]),
+                    store_errors.with_label_values(&[op]),
+                )
+            })
+            .collect();
         for listener in LISTENERS {
             connections_open.with_label_values(&[listener]);
             for reason in Refused::ALL {
@@ -511,6 +521,7 @@ impl Metrics {
             upstream_responses,
             store_errors,
             store_duration,
+            store_series,
             store_fail_open,
             connections_open,
             connections_refused,
@@ -601,6 +612,13 @@ impl Metrics {
 
     /// One store round trip: its latency, and whether it failed.
     pub fn store_op(&self, op: &str, elapsed: Duration, ok: bool) {
+        if let Some((_, duration, errors)) = self.store_series.iter().find(|(o, ..)| *o == op) {
+            duration.observe(elapsed.as_secs_f64());
+            if !ok {
+                errors.inc();
+            }
+            return;
+        }
         self.store_duration
             .with_label_values(&[op])
             .observe(elapsed.as_secs_f64());

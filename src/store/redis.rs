@@ -66,7 +66,8 @@ return 0
 /// GCRA on Redis' own clock (instances' clocks may differ). `ARGV[1]` is the emission
 /// interval and `ARGV[2]` the burst tolerance, both in microseconds. Returns 0 when
 /// allowed, else the microseconds to wait (a plain integer: a table reply costs Redis
-/// more than the rest of the script's bookkeeping).
+/// more than the rest of the script's bookkeeping). `%d` because Lua's own number to
+/// string conversion keeps 14 digits, and microseconds since 1970 have 16.
 const RATE: &str = r"
 local time = redis.call('TIME')
 local now = time[1] * 1000000 + time[2]
@@ -79,7 +80,7 @@ if wait > 0 then
   return wait
 end
 tat = tat + ARGV[1]
-redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000))
+redis.call('PSETEX', KEYS[1], math.ceil((tat - now) / 1000), string.format('%d', tat))
 return 0
 ";
 
@@ -162,7 +163,7 @@ impl RedisConnection {
     pub async fn call<T>(
         &self,
         op: &str,
-        request: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
+        request: impl AsyncFnOnce(&mut Conn<'_>) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let attempt = async {
@@ -190,9 +191,9 @@ impl RedisConnection {
         result
     }
 
-    async fn connection(&self) -> Result<Conn, StoreError> {
+    async fn connection(&self) -> Result<Conn<'_>, StoreError> {
         match &self.connection {
-            Connection::Single(batcher) => Ok(Conn::Single(batcher.clone())),
+            Connection::Single(batcher) => Ok(Conn::Single(batcher)),
             Connection::Cluster(slot) => {
                 let mut held = slot.connection.lock().await;
                 if let Some(conn) = held.as_ref() {
@@ -275,7 +276,7 @@ impl RedisStore {
     async fn call<T>(
         &self,
         op: &str,
-        request: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
+        request: impl AsyncFnOnce(&mut Conn<'_>) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         self.redis.call(op, request).await
     }
@@ -289,13 +290,14 @@ impl RedisStore {
     }
 }
 
-/// A connection for one request: cheap clones of the shared multiplexed connection.
-pub enum Conn {
-    Single(Batcher),
+/// A connection for one request: the shared batcher, or a cheap clone of the cluster
+/// connection.
+pub enum Conn<'a> {
+    Single(&'a Batcher),
     Cluster(ClusterConnection),
 }
 
-impl ConnectionLike for Conn {
+impl ConnectionLike for Conn<'_> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
         match self {
             Conn::Single(c) => c.send(cmd),
@@ -310,10 +312,16 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<redis::Value>> {
         match self {
-            Conn::Single(c) => Box::pin(within(
-                c.deadline,
-                c.connection.req_packed_commands(pipeline, offset, count),
-            )),
+            Conn::Single(c) => {
+                let (mut connection, deadline) = (c.connection.clone(), c.deadline);
+                Box::pin(async move {
+                    within(
+                        deadline,
+                        connection.req_packed_commands(pipeline, offset, count),
+                    )
+                    .await
+                })
+            }
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
