@@ -468,6 +468,11 @@ fn store_error(e: RedisError) -> StoreError {
     }
 }
 
+/// The value of a dedupe key while `token`'s claim holds it.
+fn in_flight(token: &str) -> String {
+    ["inflight:", token].concat()
+}
+
 fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
@@ -481,7 +486,7 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<ClaimState, StoreError>> {
         Box::pin(async move {
             let key = self.dedupe_key(key);
-            let value = ["inflight:", token].concat();
+            let value = in_flight(token);
             if !self.legacy_claim.load(Ordering::Relaxed) {
                 // `SET NX GET`: one command, no script, batched with other requests'.
                 let mut set = redis::cmd("SET");
@@ -549,7 +554,7 @@ impl Store for RedisStore {
             let mut invocation = self.scripts.commit.prepare_invoke();
             invocation
                 .key(self.dedupe_key(key))
-                .arg(["inflight:", token].concat())
+                .arg(in_flight(token))
                 .arg(millis(ttl));
             let applied: i64 = self.script("commit", invocation).await?;
             Ok(settled(applied))
@@ -566,7 +571,7 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Settled, StoreError>> {
         Box::pin(async move {
-            let claimed = ["inflight:", token].concat();
+            let claimed = in_flight(token);
             let mut set = redis::cmd("SET");
             set.arg(self.dedupe_key(key))
                 .arg("done")
@@ -592,9 +597,7 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<Settled, StoreError>> {
         Box::pin(async move {
             let mut invocation = self.scripts.release.prepare_invoke();
-            invocation
-                .key(self.dedupe_key(key))
-                .arg(["inflight:", token].concat());
+            invocation.key(self.dedupe_key(key)).arg(in_flight(token));
             let applied: i64 = self.script("release", invocation).await?;
             Ok(settled(applied))
         })
