@@ -88,11 +88,7 @@ impl Verifier for GitHub {
             &SIGNATURE,
             VerifyError::MalformedSignature,
         )?)?;
-        self.keys
-            .active(now)
-            .find(|(_, key)| matches(key, &tag, body))
-            .map(|(secret_index, _)| Delivery { secret_index })
-            .ok_or(VerifyError::InvalidSignature)
+        self.keys.first_signer(now, |key| matches(key, &tag, body))
     }
 
     fn describe(&self) -> String {

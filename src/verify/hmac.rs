@@ -333,10 +333,7 @@ impl Verifier for GenericHmac {
             check_freshness(timestamp, now, *tolerance)?;
         }
         self.keys
-            .active(now)
-            .find(|(_, key)| self.matches(key, &parsed, body))
-            .map(|(secret_index, _)| Delivery { secret_index })
-            .ok_or(VerifyError::InvalidSignature)
+            .first_signer(now, |key| self.matches(key, &parsed, body))
     }
 
     fn describe(&self) -> String {

@@ -212,6 +212,19 @@ impl<K> Keyring<K> {
             .map(|(i, key, _)| (i, key))
     }
 
+    /// The delivery signed by the first key still in use at `now` for which `signs`
+    /// holds; `InvalidSignature` when none does.
+    pub fn first_signer(
+        &self,
+        now: SystemTime,
+        mut signs: impl FnMut(&K) -> bool,
+    ) -> Result<Delivery, VerifyError> {
+        self.active(now)
+            .find(|(_, key)| signs(key))
+            .map(|(secret_index, _)| Delivery { secret_index })
+            .ok_or(VerifyError::InvalidSignature)
+    }
+
     /// Every key with its position and `not_after`.
     pub fn all(&self) -> impl Iterator<Item = (usize, &K, Option<SystemTime>)> {
         self.keys

@@ -409,10 +409,7 @@ impl Verifier for StandardWebhooks {
         check_freshness(parsed.timestamp, now, self.tolerance)?;
         let mut content = None;
         self.keys
-            .active(now)
-            .find(|(_, key)| self.matches(key, &parsed, body, &mut content))
-            .map(|(secret_index, _)| Delivery { secret_index })
-            .ok_or(VerifyError::InvalidSignature)
+            .first_signer(now, |key| self.matches(key, &parsed, body, &mut content))
     }
 
     fn describe(&self) -> String {

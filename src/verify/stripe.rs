@@ -154,10 +154,7 @@ impl Verifier for Stripe {
         // Freshness before the HMAC: a replay of an old capture costs no hashing.
         check_freshness(parsed.timestamp, now, self.tolerance)?;
         self.keys
-            .active(now)
-            .find(|(_, key)| matches(key, &parsed, body))
-            .map(|(secret_index, _)| Delivery { secret_index })
-            .ok_or(VerifyError::InvalidSignature)
+            .first_signer(now, |key| matches(key, &parsed, body))
     }
 
     fn describe(&self) -> String {
