@@ -15,14 +15,13 @@ use std::time::{Duration, SystemTime};
 
 use ::hmac::{KeyInit, Mac};
 use base64::Engine as _;
-use base64::engine::DecodePaddingMode;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderName};
 
 use super::{
     Built, Delivery, Explanation, HmacSha256, Keyring, Scheme, SchemeOptions, Verifier,
-    VerifyError, check_freshness, describe_age, header, hex_decode, hex_encode, parse_timestamp,
-    preview,
+    VerifyError, base64_decode_32, check_freshness, describe_age, header, hex_decode, hex_encode,
+    parse_timestamp, preview,
 };
 use crate::event::{Field, JsonPointer, MAX_DEDUPE_KEY_LEN};
 use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
@@ -42,12 +41,6 @@ pub const SCHEME: Scheme = Scheme {
     sign: sign_message,
 };
 
-/// Tags with or without base64 padding: senders differ.
-const TAG_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
 /// How the tag is written in the signature header.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -61,15 +54,7 @@ impl Encoding {
     fn decode(self, text: &str) -> Option<[u8; 32]> {
         match self {
             Encoding::Hex => hex_decode::<32>(text),
-            Encoding::Base64 => {
-                let mut buf = [0u8; 48];
-                if text.len() > 44 || TAG_BASE64.decode_slice(text, &mut buf) != Ok(32) {
-                    return None;
-                }
-                let mut tag = [0u8; 32];
-                tag.copy_from_slice(&buf[..32]);
-                Some(tag)
-            }
+            Encoding::Base64 => base64_decode_32(text),
         }
     }
 

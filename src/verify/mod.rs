@@ -521,6 +521,26 @@ pub fn hex_encode(bytes: &[u8]) -> String {
     out
 }
 
+/// Base64 with or without padding: senders and secrets differ in the wild.
+pub(crate) const LENIENT_BASE64: base64::engine::GeneralPurpose =
+    base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+
+/// Exactly 32 bytes of base64 (padded or not), or `None`.
+pub fn base64_decode_32(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    let mut buf = [0u8; 48];
+    if text.len() > 64 || LENIENT_BASE64.decode_slice(text, &mut buf) != Ok(32) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&buf[..32]);
+    Some(out)
+}
+
 /// Exactly `N` bytes of hex (either case), or `None`: a tag of the wrong length cannot match.
 pub fn hex_decode<const N: usize>(text: &str) -> Option<[u8; N]> {
     let text = text.as_bytes();

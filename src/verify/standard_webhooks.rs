@@ -16,15 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use base64::engine::DecodePaddingMode;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::general_purpose::STANDARD;
 use hmac::{KeyInit, Mac};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 
 use super::{
-    Built, Delivery, Explanation, HmacSha256, Keyring, Scheme, SchemeOptions, Verifier,
-    VerifyError, check_freshness, describe_age, header, parse_timestamp, preview,
+    Built, Delivery, Explanation, HmacSha256, Keyring, LENIENT_BASE64, Scheme, SchemeOptions,
+    Verifier, VerifyError, base64_decode_32, check_freshness, describe_age, header,
+    parse_timestamp, preview,
 };
 use crate::event::{Field, JsonPointer};
 use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
@@ -39,12 +39,6 @@ pub const SCHEME: Scheme = Scheme {
 pub const ID: HeaderName = HeaderName::from_static("webhook-id");
 pub const TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 pub const SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
-
-/// Secrets are accepted with or without base64 padding: both circulate in the wild.
-const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 /// Delivery ids become store keys; the spec's ids are far shorter than this.
 const MAX_ID_LEN: usize = 256;
@@ -104,7 +98,7 @@ fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
 
 fn parse_key(secret: &str) -> Result<Key, String> {
     if let Some(encoded) = secret.strip_prefix("whpk_") {
-        let key = decode_32(encoded)
+        let key = base64_decode_32(encoded)
             .ok_or("the part after whpk_ must be the base64 of a 32-byte Ed25519 public key")?;
         return Ok(Key::Ed25519(UnparsedPublicKey::new(&ED25519, key)));
     }
@@ -145,16 +139,6 @@ fn alternate(index: usize, secret: &str) -> Option<Alternate> {
     })
 }
 
-fn decode_32(encoded: &str) -> Option<[u8; 32]> {
-    let mut buf = [0u8; 48];
-    if encoded.len() > 64 || LENIENT_BASE64.decode_slice(encoded, &mut buf) != Ok(32) {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    key.copy_from_slice(&buf[..32]);
-    Some(key)
-}
-
 /// The HMAC key for a secret as written in the config or given to `hookgate sign`.
 pub fn key_from_secret(secret: &str) -> Result<Vec<u8>, String> {
     let key = match secret.strip_prefix("whsec_") {
@@ -172,8 +156,8 @@ pub fn key_from_secret(secret: &str) -> Result<Vec<u8>, String> {
 /// The Ed25519 key pair of a `whsk_<base64 of the 32-byte seed>` private key.
 pub fn signing_key(secret: &str) -> Result<Ed25519KeyPair, String> {
     let encoded = secret.strip_prefix("whsk_").unwrap_or(secret);
-    let seed =
-        decode_32(encoded).ok_or("the part after whsk_ must be the base64 of a 32-byte seed")?;
+    let seed = base64_decode_32(encoded)
+        .ok_or("the part after whsk_ must be the base64 of a 32-byte seed")?;
     Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| format!("not an Ed25519 seed: {e}"))
 }
 
