@@ -32,7 +32,7 @@ use super::{
 };
 use crate::config::QueueSettings;
 use crate::store::StoreError;
-use crate::store::redis::RedisConnection;
+use crate::store::redis::{RedisConnection, millis};
 
 /// The consumer group every instance's workers join.
 pub const GROUP: &str = "workers";
@@ -339,10 +339,6 @@ impl RedisQueue {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    (d.as_millis() as u64).max(1)
 }
 
 fn malformed(id: &str, detail: impl Into<String>) -> QueueError {

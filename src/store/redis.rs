@@ -473,7 +473,9 @@ fn in_flight(token: &str) -> String {
     ["inflight:", token].concat()
 }
 
-fn millis(d: Duration) -> u64 {
+/// A duration as Redis' `PX` and script arguments take it: whole milliseconds, at
+/// least 1 (`PX 0` is an error).
+pub(crate) fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
 
