@@ -164,6 +164,27 @@ EOF
 "$HG" dev-cert --out "$WORK" >/dev/null
 : >"$WORK/results.jsonl"
 
+# record ROW RUN CPU_BEFORE CPU_AFTER REDIS_BEFORE REDIS_AFTER PID [STARTED DRAINED]:
+# one JSON line for the run in $WORK/run.json (a drain rate too when STARTED and DRAINED,
+# in ns, are given).
+record() {
+    python3 - "$1" "$2" "$3" "$4" "$5" "$6" "$(peak_rss_kib "$7")" "$WORK/run.json" "${8:-}" "${9:-}" >>"$WORK/results.jsonl" <<'PY'
+import json, sys
+row, run, before, after, redis_before, redis_after, rss, path, started, drained = sys.argv[1:]
+r = json.load(open(path))
+ok = sum(c for s, c in r["statuses"].items() if s.startswith("2"))
+n = max(r["requests"], 1)
+line = {"row": row, "run": int(run), "rps": r["requests_per_second"],
+    "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"], "max": r["latency_ms"]["max"],
+    "cpu_us": (int(after) - int(before)) / 1000 / n,
+    "redis_us": (int(redis_after) - int(redis_before)) / 1000 / n,
+    "rss_mib": int(rss) / 1024, "ok": ok, "requests": r["requests"], "errors": r["errors"]}
+if started and drained:
+    line["drain_rps"] = n / ((int(drained) - int(started)) / 1e9)
+print(json.dumps(line))
+PY
+}
+
 # measure ROW URL SUT_PID BODY [load options...]: REPEAT runs, one JSON line per run.
 measure() {
     local row=$1 url=$2 pid=$3 body=$4
@@ -178,18 +199,7 @@ measure() {
         taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n "$N" -c "$C" --body-size "$body" --json "$@" >"$WORK/run.json"
         after=$(cpu_ns "$pid")
         redis_after=$(cpu_ns "$REDIS_PID")
-        python3 - "$row" "$run" "$before" "$after" "$redis_before" "$redis_after" "$(peak_rss_kib "$pid")" "$WORK/run.json" >>"$WORK/results.jsonl" <<'PY'
-import json, sys
-row, run, before, after, redis_before, redis_after, rss, path = sys.argv[1:]
-r = json.load(open(path))
-ok = sum(c for s, c in r["statuses"].items() if s.startswith("2"))
-n = max(r["requests"], 1)
-print(json.dumps({"row": row, "run": int(run), "rps": r["requests_per_second"],
-    "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"], "max": r["latency_ms"]["max"],
-    "cpu_us": (int(after) - int(before)) / 1000 / n,
-    "redis_us": (int(redis_after) - int(redis_before)) / 1000 / n,
-    "rss_mib": int(rss) / 1024, "ok": ok, "requests": r["requests"], "errors": r["errors"]}))
-PY
+        record "$row" "$run" "$before" "$after" "$redis_before" "$redis_after" "$pid"
     done
 }
 
@@ -243,19 +253,7 @@ run_queue_gateway() { # run_queue_gateway ROW STORE
         drained=$(date +%s%N)
         after=$(cpu_ns "$pid")
         redis_after=$(cpu_ns "$REDIS_PID")
-        python3 - "$row" "$run" "$before" "$after" "$redis_before" "$redis_after" "$(peak_rss_kib "$pid")" "$WORK/run.json" "$started" "$drained" >>"$WORK/results.jsonl" <<'PY'
-import json, sys
-row, run, before, after, redis_before, redis_after, rss, path, started, drained = sys.argv[1:]
-r = json.load(open(path))
-ok = sum(c for s, c in r["statuses"].items() if s.startswith("2"))
-n = max(r["requests"], 1)
-print(json.dumps({"row": row, "run": int(run), "rps": r["requests_per_second"],
-    "p50": r["latency_ms"]["p50"], "p99": r["latency_ms"]["p99"], "max": r["latency_ms"]["max"],
-    "cpu_us": (int(after) - int(before)) / 1000 / n,
-    "redis_us": (int(redis_after) - int(redis_before)) / 1000 / n,
-    "rss_mib": int(rss) / 1024, "ok": ok, "requests": r["requests"], "errors": r["errors"],
-    "drain_rps": n / ((int(drained) - int(started)) / 1e9)}))
-PY
+        record "$row" "$run" "$before" "$after" "$redis_before" "$redis_after" "$pid" "$started" "$drained"
     done
     stop "$pid"
 }
