@@ -6,6 +6,7 @@
 #   N=100000 REPEAT=5 bash bench/run.sh
 #   ROWS='nginx|hookgate memory$' bash bench/run.sh     # only rows matching this regex
 #   ROWS='hookgate (memory|redis)( queue)?$' bash bench/run.sh   # queue mode next to proxy mode
+#   INTERLEAVE=1 ROWS='hookgate (memory|redis)$' bash bench/run.sh  # the Redis/memory ratio
 #
 # Rows: the sink directly; nginx (one worker, plain reverse proxy, no verification: the
 # cost floor of any proxy); hookgate with the in-memory store; hookgate with Redis;
@@ -32,6 +33,7 @@ SUT_CPU=${SUT_CPU:-1}
 BASE_PORT=${BASE_PORT:-18400}
 ROWS=${ROWS:-.}          # regex: which rows to run
 QUEUE_WORKERS=${QUEUE_WORKERS:-64}   # queue.workers in the queue-mode rows
+INTERLEAVE=${INTERLEAVE:-0}          # 1: the memory and Redis rows alternate run by run
 export RUST_LOG=warn
 
 for tool in nginx redis-server python3 taskset; do
@@ -270,8 +272,17 @@ NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1)
 measure "nginx proxy" "http://127.0.0.1:$NGINX_PORT/sink" "$NGINX_WORKER" "$BODY"
 stop "$NGINX_PID"
 
-run_gateway "hookgate memory" memory plain "$BODY"
-run_gateway "hookgate redis" redis plain "$BODY"
+if [ "$INTERLEAVE" = 1 ]; then
+    # Memory and Redis alternately, one run each time, so the machine's drift between
+    # rows measured minutes apart stays out of their ratio.
+    for _ in $(seq 1 "$REPEAT"); do
+        REPEAT=1 run_gateway "hookgate memory" memory plain "$BODY"
+        REPEAT=1 run_gateway "hookgate redis" redis plain "$BODY"
+    done
+else
+    run_gateway "hookgate memory" memory plain "$BODY"
+    run_gateway "hookgate redis" redis plain "$BODY"
+fi
 run_queue_gateway "hookgate memory queue" memory
 run_queue_gateway "hookgate redis queue" redis
 run_gateway "hookgate memory TLS" memory tls "$BODY" --insecure
