@@ -468,9 +468,12 @@ fn store_error(e: RedisError) -> StoreError {
     }
 }
 
+/// What a dedupe key holds while a claim does, before the claim's token.
+const IN_FLIGHT: &str = "inflight:";
+
 /// The value of a dedupe key while `token`'s claim holds it.
 fn in_flight(token: &str) -> String {
-    ["inflight:", token].concat()
+    [IN_FLIGHT, token].concat()
 }
 
 /// A duration as Redis' `PX` and script arguments take it: whole milliseconds, at
@@ -573,7 +576,6 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Settled, StoreError>> {
         Box::pin(async move {
-            let claimed = in_flight(token);
             let mut set = redis::cmd("SET");
             set.arg(self.dedupe_key(key))
                 .arg("done")
@@ -585,7 +587,11 @@ impl Store for RedisStore {
                 .call("commit", async |conn| set.query_async(conn).await)
                 .await?;
             match previous {
-                Some(previous) if previous == claimed.as_bytes() => Ok(Settled::Applied),
+                Some(previous)
+                    if previous.strip_prefix(IN_FLIGHT.as_bytes()) == Some(token.as_bytes()) =>
+                {
+                    Ok(Settled::Applied)
+                }
                 Some(_) => Ok(Settled::Superseded),
                 None => self.commit(key, token, ttl).await,
             }
