@@ -402,22 +402,28 @@ async fn a_resigned_standard_webhooks_source_replaces_the_senders_signature_and_
     assert!(plain.only().headers.get("x-hookgate-verified").is_none());
 }
 
-#[tokio::test]
-async fn a_secret_past_its_not_after_is_ignored_while_the_current_one_verifies() {
-    let upstream = Upstream::start().await;
-    let gw = Gateway::start(
-        base(&upstream)
+/// A gateway with a source at `/webhooks/rotating` verifying with `SECRET`, and with
+/// `OTHER_SECRET` until `not_after`.
+async fn rotating_gateway(upstream: &Upstream, not_after: &str) -> Gateway {
+    Gateway::start(
+        base(upstream)
             .scheme_source(
                 "rotating",
                 "/webhooks/rotating",
                 &format!(
                     "scheme = \"standard-webhooks\"\nsecrets = [{SECRET:?}, \
-                     {{ secret = {OTHER_SECRET:?}, not_after = \"2001-01-01T00:00:00Z\" }}]"
+                     {{ secret = {OTHER_SECRET:?}, not_after = {not_after:?} }}]"
                 ),
             )
-            .route("*", &upstream),
+            .route("*", upstream),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_secret_past_its_not_after_is_ignored_while_the_current_one_verifies() {
+    let upstream = Upstream::start().await;
+    let gw = rotating_gateway(&upstream, "2001-01-01T00:00:00Z").await;
 
     let current = gw
         .post("/webhooks/rotating", &signed_event_with(SECRET, "a.b"))
@@ -437,19 +443,7 @@ async fn a_secret_past_its_not_after_is_ignored_while_the_current_one_verifies()
 #[tokio::test]
 async fn a_secret_before_its_not_after_still_verifies() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(
-        base(&upstream)
-            .scheme_source(
-                "rotating",
-                "/webhooks/rotating",
-                &format!(
-                    "scheme = \"standard-webhooks\"\nsecrets = [{SECRET:?}, \
-                     {{ secret = {OTHER_SECRET:?}, not_after = \"2999-01-01T00:00:00Z\" }}]"
-                ),
-            )
-            .route("*", &upstream),
-    )
-    .await;
+    let gw = rotating_gateway(&upstream, "2999-01-01T00:00:00Z").await;
 
     let old = gw
         .post(
