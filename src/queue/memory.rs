@@ -16,6 +16,7 @@ use super::{
     QueueError, QueueStats, Replayed, Settlement, State, Summary, UnixMillis, decode_headers,
     encode_headers, header_listing, now_millis,
 };
+use crate::store::ready;
 
 pub struct MemoryQueue {
     inner: Mutex<Inner>,
@@ -84,11 +85,8 @@ impl Inner {
     }
 
     fn forget_expired(&mut self, now: UnixMillis) {
-        while let Some((at, id)) = self.expiry.first().cloned() {
-            if at > now {
-                break;
-            }
-            self.expiry.pop_first();
+        while self.expiry.first().is_some_and(|(at, _)| *at <= now) {
+            let (_, id) = self.expiry.pop_first().expect("a first entry");
             let expired = self
                 .records
                 .get(&id)
@@ -100,18 +98,14 @@ impl Inner {
     }
 }
 
-fn ready<T>(value: T) -> BoxFuture<'static, T>
-where
-    T: Send + 'static,
-{
-    Box::pin(std::future::ready(value))
-}
-
 impl Queue for MemoryQueue {
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>> {
         let now = delivery.received_at;
         let id = self.ids.next(now);
         let mut inner = self.lock();
+        inner.next_token += 1;
+        let order_key = (now, inner.next_token);
+        inner.order.insert(order_key, id.clone());
         inner.records.insert(
             id.clone(),
             Record {
@@ -137,11 +131,10 @@ impl Queue for MemoryQueue {
                 // connection's read buffer, which a record kept for `retention` would pin.
                 headers: encode_headers(&delivery.headers),
                 body: Bytes::copy_from_slice(&delivery.body),
-                order_key: (0, 0),
+                order_key,
                 expires_at: None,
             },
         );
-        inner.reorder(&id, now);
         inner.ready.push_back((id.clone(), now));
         ready(Ok(id))
     }
@@ -149,11 +142,8 @@ impl Queue for MemoryQueue {
     fn take(&self, max: usize, now: UnixMillis) -> BoxFuture<'_, Result<Vec<Lease>, QueueError>> {
         let mut inner = self.lock();
         inner.forget_expired(now);
-        while let Some((at, id)) = inner.scheduled.first().cloned() {
-            if at > now {
-                break;
-            }
-            inner.scheduled.pop_first();
+        while inner.scheduled.first().is_some_and(|(at, _)| *at <= now) {
+            let (_, id) = inner.scheduled.pop_first().expect("a first entry");
             inner.ready.push_back((id, now));
         }
         let mut leases = Vec::new();

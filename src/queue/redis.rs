@@ -349,11 +349,7 @@ fn malformed(id: &str, detail: impl Into<String>) -> QueueError {
 }
 
 fn number<T: std::str::FromStr>(text: &str) -> Option<T> {
-    if text.is_empty() {
-        None
-    } else {
-        text.parse().ok()
-    }
+    text.parse().ok()
 }
 
 fn text(value: Option<&redis::Value>) -> String {

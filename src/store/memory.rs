@@ -24,7 +24,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
-use super::{BoxFuture, ClaimState, RateDecision, Settled, Store, StoreError};
+use super::{BoxFuture, ClaimState, RateDecision, Settled, Store, StoreError, ready};
 use crate::config::RateLimitSettings;
 
 /// How often idle buckets and expired claims are dropped when no traffic sweeps them.
@@ -122,8 +122,9 @@ impl Claims {
         (u128::from(high) << 64) | u128::from(low)
     }
 
+    /// The low half of `fingerprint(token)`: enough to tell claims apart.
     fn holder(&self, token: &str) -> u64 {
-        (self.fingerprint(token) as u64).max(1)
+        self.hashers.1.hash_one(token).max(1)
     }
 
     fn millis(&self, at: Instant) -> Millis {
@@ -263,7 +264,7 @@ impl Store for MemoryStore {
                 ClaimState::Won
             }
         };
-        Box::pin(std::future::ready(Ok(state)))
+        ready(Ok(state))
     }
 
     fn commit<'a>(
@@ -284,7 +285,7 @@ impl Store for MemoryStore {
         if settled == Settled::Applied {
             claims.insert(key, DONE, ttl, now);
         }
-        Box::pin(std::future::ready(Ok(settled)))
+        ready(Ok(settled))
     }
 
     fn release<'a>(
@@ -302,7 +303,7 @@ impl Store for MemoryStore {
             }
             _ => Settled::Superseded,
         };
-        Box::pin(std::future::ready(Ok(settled)))
+        ready(Ok(settled))
     }
 
     fn rate_check(&self, client: IpAddr) -> BoxFuture<'_, Result<RateDecision, StoreError>> {
@@ -312,11 +313,11 @@ impl Store for MemoryStore {
                 retry_after: not_until.wait_time_from(self.inner.clock.now()),
             },
         };
-        Box::pin(std::future::ready(Ok(decision)))
+        ready(Ok(decision))
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(std::future::ready(Ok(())))
+        ready(Ok(()))
     }
 
     /// A new rate starts every client's bucket afresh (governor's quota is per limiter).

@@ -18,6 +18,11 @@ use crate::metrics::Metrics;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// An answer known at once, as the in-memory backends give it.
+pub(crate) fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
+    Box::pin(std::future::ready(value))
+}
+
 /// Where a dedupe key stands after a claim attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimState {

@@ -343,7 +343,6 @@ const MAX_BATCH: usize = 64;
 /// thirds of what a request spent on its three round trips. Pipelines (already one
 /// write) go straight to the connection. Every write, a reconnection it waits for
 /// included, is bounded by `deadline`.
-#[derive(Clone)]
 pub struct Batcher {
     queue: tokio::sync::mpsc::UnboundedSender<Queued>,
     connection: ConnectionManager,
