@@ -124,20 +124,48 @@ impl Field {
         body: &'r [u8],
     ) -> Result<Cow<'r, str>, PayloadError> {
         let key = match self {
-            Field::Json(pointer) => type_at(body, pointer).map_err(|e| match e {
-                PayloadError::NoEventType => PayloadError::NoDedupeKey,
-                other => other,
-            })?,
+            Field::Json(pointer) => {
+                let [key] = strings_at(body, [pointer])?;
+                key.unwrap_or_default()
+            }
             Field::Header(name) => Cow::Borrowed(header_text(headers, name)?),
         };
-        if key.is_empty() {
-            return Err(PayloadError::NoDedupeKey);
-        }
-        if key.len() > MAX_DEDUPE_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(PayloadError::MalformedDedupeKey);
-        }
-        Ok(key)
+        checked_key(key)
     }
+}
+
+/// Both fields of a delivery: its dedupe key, then its event type, with the errors
+/// `dedupe_key` and `event_type` give in that order. When both are in the JSON body,
+/// the body is parsed once rather than once per field.
+pub fn dedupe_key_and_event_type<'r>(
+    dedupe_key: &Field,
+    event_type: &Field,
+    headers: &'r HeaderMap,
+    body: &'r [u8],
+) -> Result<(Cow<'r, str>, Cow<'r, str>), PayloadError> {
+    let (Field::Json(key_at), Field::Json(type_at)) = (dedupe_key, event_type) else {
+        return Ok((
+            dedupe_key.dedupe_key(headers, body)?,
+            event_type.event_type(headers, body)?,
+        ));
+    };
+    let [key, event] = strings_at(body, [key_at, type_at])?;
+    let key = checked_key(key.unwrap_or_default())?;
+    match event {
+        Some(event) if !event.is_empty() => Ok((key, event)),
+        _ => Err(PayloadError::NoEventType),
+    }
+}
+
+/// A dedupe key as read, or why it cannot be one.
+fn checked_key(key: Cow<'_, str>) -> Result<Cow<'_, str>, PayloadError> {
+    if key.is_empty() {
+        return Err(PayloadError::NoDedupeKey);
+    }
+    if key.len() > MAX_DEDUPE_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(PayloadError::MalformedDedupeKey);
+    }
+    Ok(key)
 }
 
 /// A header's value as text; a value that is not visible ASCII reads as empty.
@@ -150,67 +178,114 @@ fn header_text<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h str,
 
 /// Reads the string at `pointer` in `body`.
 pub fn type_at<'b>(body: &'b [u8], pointer: &JsonPointer) -> Result<Cow<'b, str>, PayloadError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let found = Walk(&pointer.tokens)
-        .deserialize(&mut de)
-        .and_then(|found| de.end().map(|()| found))
-        .map_err(|_| PayloadError::NotJson)?;
-    match found {
-        Some(event_type) if !event_type.is_empty() => Ok(event_type),
+    match strings_at(body, [pointer])? {
+        [Some(event_type)] if !event_type.is_empty() => Ok(event_type),
         _ => Err(PayloadError::NoEventType),
     }
 }
 
-/// Descends one token per level; `None` when the path does not lead to a string.
-struct Walk<'p>(&'p [String]);
+/// The strings at `pointers` in `body`, in one pass; `NotJson` unless the whole body is
+/// valid JSON.
+fn strings_at<'b, const N: usize>(
+    body: &'b [u8],
+    pointers: [&JsonPointer; N],
+) -> Result<[Option<Cow<'b, str>>; N], PayloadError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    Walk(pointers.map(|p| Some(p.tokens.as_slice())))
+        .deserialize(&mut de)
+        .and_then(|found| de.end().map(|()| found))
+        .map_err(|_| PayloadError::NotJson)
+}
 
-impl<'de> DeserializeSeed<'de> for Walk<'_> {
-    type Value = Option<Cow<'de, str>>;
+/// Descends one token per level along each path still followed (`None`: not below
+/// here); each path's answer is `None` when it does not lead to a string.
+struct Walk<'p, const N: usize>([Option<&'p [String]>; N]);
+
+impl<'p, const N: usize> Walk<'p, N> {
+    /// The paths that continue below a member or element: those whose next token it
+    /// `matches` (given the path's position and that token).
+    fn below(&self, matches: impl Fn(usize, &String) -> bool) -> Option<Walk<'p, N>> {
+        let mut i = 0;
+        let next = self.0.map(|path| {
+            let step = path
+                .and_then(|p| p.split_first())
+                .filter(|(token, _)| matches(i, token));
+            i += 1;
+            step.map(|(_, rest)| rest)
+        });
+        next.iter().any(Option::is_some).then_some(Walk(next))
+    }
+
+    fn at_end<'de>(&self, v: Cow<'de, str>) -> [Option<Cow<'de, str>>; N] {
+        self.0
+            .map(|path| path.is_some_and(<[String]>::is_empty).then(|| v.clone()))
+    }
+}
+
+/// Keeps the first answer of each path (the first of duplicate keys wins).
+fn merge<'de, const N: usize>(
+    found: &mut [Option<Cow<'de, str>>; N],
+    more: [Option<Cow<'de, str>>; N],
+) {
+    for (slot, value) in found.iter_mut().zip(more) {
+        if slot.is_none() {
+            *slot = value;
+        }
+    }
+}
+
+impl<'de, const N: usize> DeserializeSeed<'de> for Walk<'_, N> {
+    type Value = [Option<Cow<'de, str>>; N];
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Walk<'_> {
-    type Value = Option<Cow<'de, str>>;
+impl<'de, const N: usize> Visitor<'de> for Walk<'_, N> {
+    type Value = [Option<Cow<'de, str>>; N];
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(self.0.is_empty().then_some(Cow::Borrowed(v)))
+        Ok(self.at_end(Cow::Borrowed(v)))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(self.0.is_empty().then(|| Cow::Owned(v.to_owned())))
+        Ok(self.at_end(Cow::Owned(v.to_owned())))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
-        while let Some(is_next) = map.next_key_seed(KeyIs(self.0.first()))? {
-            if is_next && found.is_none() {
-                found = map.next_value_seed(Walk(&self.0[1..]))?;
-            } else {
-                map.next_value::<IgnoredAny>()?;
+        let mut found = [const { None }; N];
+        let wanted = self.0.map(|path| path.and_then(|p| p.first()));
+        while let Some(key) = map.next_key_seed(KeyIs(wanted))? {
+            // A path that already has its answer does not descend again.
+            match self.below(|i, _| key[i] && found[i].is_none()) {
+                Some(walk) => merge(&mut found, map.next_value_seed(walk)?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
         }
         Ok(found)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let wanted = self.0.first().and_then(|t| array_index(t));
-        let mut found = None;
+        let mut found = [const { None }; N];
         let mut index = 0usize;
         loop {
-            if Some(index) == wanted {
-                match seq.next_element_seed(Walk(&self.0[1..]))? {
-                    Some(value) => found = value,
+            match self.below(|_, token| array_index(token) == Some(index)) {
+                Some(walk) => match seq.next_element_seed(walk)? {
+                    Some(value) => merge(&mut found, value),
                     None => break,
+                },
+                None => {
+                    if seq.next_element::<IgnoredAny>()?.is_none() {
+                        break;
+                    }
                 }
-            } else if seq.next_element::<IgnoredAny>()?.is_none() {
-                break;
             }
             index += 1;
         }
@@ -218,19 +293,19 @@ impl<'de> Visitor<'de> for Walk<'_> {
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok([const { None }; N])
     }
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok([const { None }; N])
     }
     fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok([const { None }; N])
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok([const { None }; N])
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
+        Ok([const { None }; N])
     }
 }
 
@@ -242,26 +317,27 @@ fn array_index(token: &str) -> Option<usize> {
     if plain { token.parse().ok() } else { None }
 }
 
-/// Compares an object key with the wanted token without allocating when it is borrowed.
-struct KeyIs<'p>(Option<&'p String>);
+/// Compares an object key with each path's wanted token without allocating when it is
+/// borrowed.
+struct KeyIs<'p, const N: usize>([Option<&'p String>; N]);
 
-impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
-    type Value = bool;
+impl<'de, const N: usize> DeserializeSeed<'de> for KeyIs<'_, N> {
+    type Value = [bool; N];
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<[bool; N], D::Error> {
         d.deserialize_str(self)
     }
 }
 
-impl<'de> Visitor<'de> for KeyIs<'_> {
-    type Value = bool;
+impl<'de, const N: usize> Visitor<'de> for KeyIs<'_, N> {
+    type Value = [bool; N];
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object key")
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        Ok(self.0.is_some_and(|token| token == v))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<[bool; N], E> {
+        Ok(self.0.map(|token| token.is_some_and(|token| token == v)))
     }
 }
 
@@ -393,5 +469,46 @@ mod tests {
     fn pointers_must_start_with_a_slash_and_escape_tilde() {
         assert!(JsonPointer::parse("type").is_err());
         assert!(JsonPointer::parse("/a~2").is_err());
+    }
+
+    #[test]
+    fn both_fields_in_one_pass_answer_as_the_two_separate_reads() {
+        let json = |p: &str| Field::Json(JsonPointer::parse(p).unwrap());
+        let header = Field::Header(HeaderName::from_static("webhook-id"));
+        let mut headers = HeaderMap::new();
+        headers.insert("webhook-id", "msg_h".parse().unwrap());
+        let bodies = [
+            r#"{"id":"evt_1","type":"a.b"}"#,
+            r#"{"type":"a.b","id":"evt_1","id":"evt_2","type":"c"}"#,
+            r#"{"data":{"id":"x","type":"t"},"list":["p",{"id":"q"}]}"#,
+            r#"{"id":1,"type":"a"}"#,
+            r#"{"id":"","type":"a"}"#,
+            r#"{"id":"has space","type":"a"}"#,
+            r#"{"id":"ok","type":""}"#,
+            r#"{"id":"ok"}"#,
+            r#"{"id":"ok","type":"a"} trailing"#,
+            r#"{"id":{"id":"nested"},"id":"second","type":"a\u002eb"}"#,
+            "not json",
+            "",
+        ];
+        let pairs = [
+            (json("/id"), json("/type")),
+            (json("/type"), json("/type")),
+            (json("/data/id"), json("/data/type")),
+            (json("/list/1/id"), json("/list/0")),
+            (json("/id"), json("/missing")),
+            (header.clone(), json("/type")),
+            (json("/id"), header.clone()),
+        ];
+        for body in bodies {
+            for (key_at, type_at) in &pairs {
+                let separate = key_at
+                    .dedupe_key(&headers, body.as_bytes())
+                    .and_then(|k| Ok((k, type_at.event_type(&headers, body.as_bytes())?)));
+                let together =
+                    dedupe_key_and_event_type(key_at, type_at, &headers, body.as_bytes());
+                assert_eq!(together, separate, "{key_at} and {type_at} in {body}");
+            }
+        }
     }
 }

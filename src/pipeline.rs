@@ -27,6 +27,7 @@ use prometheus::IntCounter;
 use crate::client_ip::ClientIpResolver;
 use crate::config::{Delivery, Limits, Settings, Source};
 use crate::dedupe::{Claimed, Dedupe};
+use crate::event;
 use crate::forward::{self, ForwardContext, Forwarder};
 use crate::metrics::{Metrics, NO_SOURCE, RouteMetrics, SourceMetrics};
 use crate::penalty_box::{PenaltyBox, Recorded};
@@ -228,33 +229,31 @@ impl Gateway {
         if let Some(verified) = entry.verified.get(delivery.secret_index) {
             verified.inc();
         }
-        let dedupe_key = source
-            .dedupe_key
-            .dedupe_key(&parts.headers, &body)?
-            .into_owned();
-        trace.webhook_id = Some(dedupe_key.clone());
-        let event_type = source
-            .event_type
-            .event_type(&parts.headers, &body)?
-            .into_owned();
-        trace.event_type = Some(event_type.clone());
-        let Some((route_index, route)) = source.routes.first_match(&event_type) else {
+        let (dedupe_key, event_type) = event::dedupe_key_and_event_type(
+            &source.dedupe_key,
+            &source.event_type,
+            &parts.headers,
+            &body,
+        )?;
+        let dedupe_key: &str = trace.webhook_id.insert(dedupe_key.into_owned());
+        let event_type: &str = trace.event_type.insert(event_type.into_owned());
+        let Some((route_index, route)) = source.routes.first_match(event_type) else {
             return Ok(Accepted::Unrouted);
         };
         trace.route = Some(route.name());
         // Claim only after verification: an unsigned request must never occupy a real id.
-        let claim = match self.dedupe.claim(&source.name, &dedupe_key).await? {
+        let claim = match self.dedupe.claim(&source.name, dedupe_key).await? {
             Claimed::Won(claim) => claim,
             Claimed::AlreadyDone => return Ok(Accepted::Duplicate),
         };
-        let mut headers = self.upstream_headers(parts.headers, peer, &entry.header, &event_type);
+        let mut headers = self.upstream_headers(parts.headers, peer, &entry.header, event_type);
         let outcome = match &entry.handoff {
             Handoff::Forward => {
                 if let Some(signer) = route.resign() {
                     // One scheme for every backend: hookgate's own signature, fresh timestamp.
                     signer.apply(
                         &mut headers,
-                        &dedupe_key,
+                        dedupe_key,
                         source.scheme,
                         &body,
                         SystemTime::now(),
@@ -273,8 +272,8 @@ impl Gateway {
                 .enqueue(NewDelivery {
                     source: source.name.clone(),
                     route: route.name().to_owned(),
-                    webhook_id: dedupe_key.clone(),
-                    event_type,
+                    webhook_id: dedupe_key.to_owned(),
+                    event_type: event_type.to_owned(),
                     headers,
                     body,
                     received_at: now_millis(),
