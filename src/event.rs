@@ -162,10 +162,16 @@ fn checked_key(key: Cow<'_, str>) -> Result<Cow<'_, str>, PayloadError> {
     if key.is_empty() {
         return Err(PayloadError::NoDedupeKey);
     }
-    if key.len() > MAX_DEDUPE_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+    if !is_valid_key(&key) {
         return Err(PayloadError::MalformedDedupeKey);
     }
     Ok(key)
+}
+
+/// 1 to `MAX_DEDUPE_KEY_LEN` bytes of printable ASCII: what a delivery id must be to
+/// become a store key, a log field and a header value.
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_DEDUPE_KEY_LEN && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// A header's value as text; a value that is not visible ASCII reads as empty.

@@ -14,12 +14,12 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use hmac::{KeyInit, Mac};
+use hmac::Mac;
 use http::{HeaderMap, HeaderName};
 
 use super::{
     Built, Delivery, Explanation, HmacSha256, Keyring, Scheme, SchemeOptions, Verifier,
-    VerifyError, header, hex_decode, hex_encode, preview,
+    VerifyError, header, hex_decode, hex_encode, hmac_key, preview,
 };
 use crate::event::Field;
 use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
@@ -70,8 +70,7 @@ fn matches(key: &HmacSha256, tag: &[u8; 32], body: &[u8]) -> bool {
 
 /// The `X-Hub-Signature-256` value for a body: `sha256=<hex>`.
 pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac =
-        HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
+    let mut mac = hmac_key(secret.as_bytes());
     mac.update(body);
     format!("sha256={}", hex_encode(&mac.finalize().into_bytes()))
 }

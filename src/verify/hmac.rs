@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ::hmac::{KeyInit, Mac};
+use ::hmac::Mac;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderName};
@@ -21,9 +21,9 @@ use http::{HeaderMap, HeaderName};
 use super::{
     Built, Delivery, Explanation, HmacSha256, Keyring, Scheme, SchemeOptions, Verifier,
     VerifyError, base64_decode_32, check_freshness, describe_age, header, hex_decode, hex_encode,
-    parse_timestamp, preview,
+    hmac_key, parse_timestamp, preview,
 };
-use crate::event::{Field, JsonPointer, MAX_DEDUPE_KEY_LEN};
+use crate::event::{Field, JsonPointer, is_valid_key};
 use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
 
 pub const SCHEME: Scheme = Scheme {
@@ -273,10 +273,7 @@ impl GenericHmac {
         let id = match &spec.id_header {
             Some(name) if spec.template.contains(&Part::Id) => {
                 let id = header(headers, name, VerifyError::MalformedId)?;
-                if id.is_empty()
-                    || id.len() > MAX_DEDUPE_KEY_LEN
-                    || !id.bytes().all(|b| b.is_ascii_graphic())
-                {
+                if !is_valid_key(id) {
                     return Err(VerifyError::MalformedId);
                 }
                 id
@@ -428,8 +425,7 @@ fn sign_message(
         serde_json::Value::from(msg.event_type),
         msg.data,
     );
-    let key =
-        HmacSha256::new_from_slice(msg.secret.as_bytes()).expect("HMAC accepts keys of any length");
+    let key = hmac_key(msg.secret.as_bytes());
     let tag = spec.mac(&key, &id, &timestamp, body.as_bytes()).finalize();
     let mut headers = vec![(http::header::CONTENT_TYPE, "application/json".to_owned())];
     if let Some(name) = &spec.id_header {
@@ -625,7 +621,7 @@ mod tests {
         let built = build(&o).unwrap();
         assert!(built.dedupe_key.is_none());
         let mut headers = HeaderMap::new();
-        let mut mac = HmacSha256::new_from_slice(SECRET.as_bytes()).unwrap();
+        let mut mac = hmac_key(SECRET.as_bytes());
         mac.update(b"payload");
         let tag = hex_encode(&mac.finalize().into_bytes());
         headers.insert("x-signature", HeaderValue::from_str(&tag).unwrap());

@@ -233,14 +233,6 @@ impl<K> Keyring<K> {
             .map(|(i, (key, not_after))| (i, key, *not_after))
     }
 
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     /// `2 secret(s)`, and when each rotating one stops being accepted.
     pub fn describe(&self) -> String {
         let mut text = format!("{} secret(s)", self.keys.len());
@@ -305,10 +297,7 @@ impl Keyring<HmacSha256> {
             if secret.is_empty() {
                 return Err("the secret is empty".to_owned());
             }
-            Ok(
-                <HmacSha256 as ::hmac::KeyInit>::new_from_slice(secret.as_bytes())
-                    .expect("HMAC accepts keys of any length"),
-            )
+            Ok(hmac_key(secret.as_bytes()))
         })
     }
 }
@@ -519,6 +508,17 @@ pub fn hex_encode(bytes: &[u8]) -> String {
         out.push(DIGITS[usize::from(b & 0xf)] as char);
     }
     out
+}
+
+/// An HMAC-SHA256 key from its bytes (any length is a valid key).
+pub fn hmac_key(bytes: &[u8]) -> HmacSha256 {
+    <HmacSha256 as ::hmac::KeyInit>::new_from_slice(bytes).expect("HMAC accepts keys of any length")
+}
+
+/// Whether any of `tags` is the finished `mac`, each compared in constant time.
+pub fn any_tag(mac: &HmacSha256, tags: &[[u8; 32]]) -> bool {
+    use ::hmac::Mac as _;
+    tags.iter().any(|tag| mac.clone().verify_slice(tag).is_ok())
 }
 
 /// Base64 with or without padding: senders and secrets differ in the wild.

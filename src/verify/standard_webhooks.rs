@@ -17,16 +17,16 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use hmac::{KeyInit, Mac};
+use hmac::Mac;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 
 use super::{
     Built, Delivery, Explanation, HmacSha256, Keyring, LENIENT_BASE64, Scheme, SchemeOptions,
-    Verifier, VerifyError, base64_decode_32, check_freshness, describe_age, header,
-    parse_timestamp, preview,
+    Verifier, VerifyError, any_tag, base64_decode_32, check_freshness, describe_age, header,
+    hmac_key, parse_timestamp, preview,
 };
-use crate::event::{Field, JsonPointer};
+use crate::event::{Field, JsonPointer, is_valid_key};
 use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
 
 pub const SCHEME: Scheme = Scheme {
@@ -39,9 +39,6 @@ pub const SCHEME: Scheme = Scheme {
 pub const ID: HeaderName = HeaderName::from_static("webhook-id");
 pub const TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 pub const SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
-
-/// Delivery ids become store keys; the spec's ids are far shorter than this.
-const MAX_ID_LEN: usize = 256;
 
 enum Key {
     /// Keyed once; cloned per request so the key schedule runs once.
@@ -110,9 +107,7 @@ fn parse_key(secret: &str) -> Result<Key, String> {
         );
     }
     let key = key_from_secret(secret)?;
-    Ok(Key::Hmac(
-        HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length"),
-    ))
+    Ok(Key::Hmac(hmac_key(&key)))
 }
 
 /// The classic mix-ups: a `whsec_` secret used as raw text, or a base64 secret whose
@@ -135,7 +130,7 @@ fn alternate(index: usize, secret: &str) -> Option<Alternate> {
     Some(Alternate {
         index,
         reading,
-        mac: HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length"),
+        mac: hmac_key(&key),
     })
 }
 
@@ -200,9 +195,7 @@ impl Resigner {
             );
         }
         let key = key_from_secret(secret)?;
-        Ok(Resigner(Signer::Hmac(
-            HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length"),
-        )))
+        Ok(Resigner(Signer::Hmac(hmac_key(&key))))
     }
 
     /// Replaces the `webhook-*` headers with hookgate's signature of `body` at `now`
@@ -244,7 +237,7 @@ impl Resigner {
 
 /// The `webhook-signature` value for a message: `v1,<base64>`.
 pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mac = HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length");
+    let mac = hmac_key(key);
     let tag = signed_mac(&mac, id, &timestamp.to_string(), body).finalize();
     format!("v1,{}", STANDARD.encode(tag.into_bytes()))
 }
@@ -331,7 +324,7 @@ struct Parsed<'h> {
 
 fn parse(headers: &HeaderMap) -> Result<Parsed<'_>, VerifyError> {
     let id = header(headers, &ID, VerifyError::MalformedId)?;
-    if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+    if !is_valid_key(id) {
         return Err(VerifyError::MalformedId);
     }
     let timestamp_text = header(headers, &TIMESTAMP, VerifyError::MalformedTimestamp)?;
@@ -362,11 +355,7 @@ impl StandardWebhooks {
         match key {
             Key::Hmac(key) if !p.candidates.v1.is_empty() => {
                 let mac = signed_mac(key, p.id, p.timestamp_text, body);
-                // `verify_slice` compares in constant time.
-                p.candidates
-                    .v1
-                    .iter()
-                    .any(|tag| mac.clone().verify_slice(tag).is_ok())
+                any_tag(&mac, &p.candidates.v1)
             }
             Key::Ed25519(key) if !p.candidates.v1a.is_empty() => {
                 let content =
@@ -470,7 +459,7 @@ impl Verifier for StandardWebhooks {
         if out.matched.is_none() {
             for alt in &self.alternates {
                 let mac = signed_mac(&alt.mac, parsed.id, parsed.timestamp_text, body);
-                if c.v1.iter().any(|tag| mac.clone().verify_slice(tag).is_ok()) {
+                if any_tag(&mac, &c.v1) {
                     out.hint(format!(
                         "secrets[{}] matches when read {}: the sender and hookgate read the secret differently",
                         alt.index, alt.reading
@@ -683,7 +672,7 @@ mod tests {
                 "{ts:?}"
             );
         }
-        let long = "m".repeat(MAX_ID_LEN + 1);
+        let long = "m".repeat(crate::event::MAX_DEDUPE_KEY_LEN + 1);
         for id in ["", "has space", long.as_str()] {
             let h = headers(id, &TS.to_string(), SIG);
             assert_eq!(

@@ -12,13 +12,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hmac::{KeyInit, Mac};
+use hmac::Mac;
 use http::{HeaderMap, HeaderName};
 
 use super::{
     Built, Delivery, Explanation, HmacSha256, Keyring, Scheme, SchemeOptions, Verifier,
-    VerifyError, check_freshness, describe_age, header, hex_decode, hex_encode, parse_timestamp,
-    preview,
+    VerifyError, any_tag, check_freshness, describe_age, header, hex_decode, hex_encode, hmac_key,
+    parse_timestamp, preview,
 };
 use crate::event::{Field, JsonPointer};
 use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
@@ -55,12 +55,11 @@ fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
         .enumerate()
         .filter_map(|(i, entry)| {
             let key = super::standard_webhooks::key_from_secret(entry.secret.expose()).ok()?;
-            entry.secret.expose().starts_with("whsec_").then(|| {
-                (
-                    i,
-                    HmacSha256::new_from_slice(&key).expect("HMAC accepts keys of any length"),
-                )
-            })
+            entry
+                .secret
+                .expose()
+                .starts_with("whsec_")
+                .then(|| (i, hmac_key(&key)))
         })
         .collect();
     Ok(Built {
@@ -127,17 +126,12 @@ fn signed(key: &HmacSha256, timestamp: &str, body: &[u8]) -> HmacSha256 {
 
 fn matches(key: &HmacSha256, parsed: &Parsed<'_>, body: &[u8]) -> bool {
     let mac = signed(key, parsed.timestamp_text, body);
-    // `verify_slice` compares in constant time.
-    parsed
-        .v1
-        .iter()
-        .any(|tag| mac.clone().verify_slice(tag).is_ok())
+    any_tag(&mac, &parsed.v1)
 }
 
 /// The header value for a message: `t=<timestamp>,v1=<hex>`.
 pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let key =
-        HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
+    let key = hmac_key(secret.as_bytes());
     let tag = signed(&key, &timestamp.to_string(), body).finalize();
     format!("t={timestamp},v1={}", hex_encode(&tag.into_bytes()))
 }
@@ -328,7 +322,7 @@ mod tests {
         let decoded =
             crate::verify::standard_webhooks::key_from_secret("whsec_dGVzdF9zZWNyZXQ=").unwrap();
         assert_eq!(decoded, b"test_secret");
-        let mut mac = HmacSha256::new_from_slice(&decoded).unwrap();
+        let mut mac = hmac_key(&decoded);
         mac.update(format!("{TS}.").as_bytes());
         mac.update(BODY);
         let swh_style = format!("t={TS},v1={}", hex_encode(&mac.finalize().into_bytes()));
