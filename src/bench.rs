@@ -455,7 +455,6 @@ pub async fn sink(
     let seen = counts.clone();
     accept_loop(
         listener,
-        None,
         http_builder(Duration::from_secs(30)),
         stop,
         Duration::from_secs(1),

@@ -56,6 +56,11 @@ impl Admission {
         })
     }
 
+    /// The counters of the listener this admits to.
+    pub fn metrics(&self) -> &ConnectionMetrics {
+        &self.metrics
+    }
+
     /// Takes a slot for a connection from `peer`, or says why there is none.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admitted, Refused> {
         let refuse = |reason| {

@@ -30,7 +30,6 @@ pub async fn run(
     let builder = http_builder(Duration::from_secs(30));
     accept_loop(
         listener,
-        None,
         builder,
         stop,
         Duration::from_secs(5),

@@ -137,7 +137,7 @@ impl Gateway {
     /// up mid-forward cannot cancel it between the forward and the dedupe settle: the
     /// outcome is always recorded, and nothing is forwarded twice because of a hang-up.
     pub async fn serve<B>(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         req: Request<B>,
         peer: SocketAddr,
     ) -> Response<Full<Bytes>>
@@ -145,8 +145,7 @@ impl Gateway {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let gateway = Arc::clone(self);
-        match tokio::spawn(async move { gateway.respond(req, peer).await }).await {
+        match tokio::spawn(async move { self.respond(req, peer).await }).await {
             Ok(response) => response,
             Err(e) => {
                 tracing::error!(error = %e, "request task failed");

@@ -9,7 +9,7 @@
 //! turning TLS on or off, connection and upstream limits, `[store]`, `[queue]`,
 //! `[upstream_tls]` and `log.level`. A file that does not validate changes nothing.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
@@ -40,7 +40,7 @@ pub struct Live {
     admin_auth: ArcSwap<AdminAuth>,
     shared: Shared,
     /// The running values of what needs a restart, to tell the operator.
-    fixed: Mutex<Fixed>,
+    fixed: Fixed,
     /// One reload at a time; a second waits for the first.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -70,7 +70,7 @@ impl Live {
             tls,
             admin_auth,
             shared,
-            fixed: Mutex::new(fixed),
+            fixed,
             reloading: tokio::sync::Mutex::new(()),
         })
     }
@@ -106,11 +106,7 @@ impl Live {
                 return Err(e);
             }
         };
-        let restart_needed = self
-            .fixed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .differences(&Fixed::of(&settings));
+        let restart_needed = self.fixed.differences(&Fixed::of(&settings));
         if let (Some(current), Some(tls)) = (&self.tls, &settings.server.tls) {
             current.store(Arc::new(Handshake::new(tls)));
         }

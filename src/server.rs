@@ -40,10 +40,10 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Admin;
-use crate::config::{ConfigError, Limits, Settings, TlsSettings};
+use crate::config::{ConfigError, HTTP2_RESET_WINDOW, Limits, Settings, TlsSettings};
 use crate::connections::{self, Admission};
 use crate::forward::Forwarder;
-use crate::metrics::{Closed, ConnectionMetrics, Metrics};
+use crate::metrics::{Closed, Metrics};
 use crate::queue::worker::Workers;
 use crate::queue::{self, Ingress};
 use crate::reload::{Live, Reloaded, Shared};
@@ -145,7 +145,6 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             settings.trusted_proxies.clone(),
             metrics.connections("server"),
         ),
-        metrics: metrics.connections("server"),
         first_request_timeout: Some(limits.header_read_timeout),
         idle_timeout: Some(limits.idle_timeout),
         max_resets: Some(limits.http2_max_resets),
@@ -157,7 +156,6 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             Vec::new(),
             metrics.connections("admin"),
         ),
-        metrics: metrics.connections("admin"),
         ..server_policy.clone()
     };
     let tls = settings
@@ -326,12 +324,11 @@ type SharedTls = Arc<ArcSwap<Handshake>>;
 #[derive(Clone)]
 pub(crate) struct ConnectionPolicy {
     admission: Arc<Admission>,
-    metrics: ConnectionMetrics,
     /// From accept (or the end of the TLS handshake) to the first complete request head.
     first_request_timeout: Option<Duration>,
     /// With no request in progress, after the first.
     idle_timeout: Option<Duration>,
-    /// Requests a client may cancel within `RESET_WINDOW` (HTTP/2 rapid reset).
+    /// Requests a client may cancel within `HTTP2_RESET_WINDOW` (HTTP/2 rapid reset).
     max_resets: Option<usize>,
 }
 
@@ -339,7 +336,6 @@ pub(crate) struct ConnectionPolicy {
 /// helper servers (`echo`, `bench sink`).
 pub(crate) async fn accept_loop<H, F>(
     listener: TcpListener,
-    tls: Option<Handshake>,
     builder: auto::Builder<TokioExecutor>,
     stopped: watch::Receiver<bool>,
     grace: Duration,
@@ -350,15 +346,13 @@ pub(crate) async fn accept_loop<H, F>(
 {
     let metrics = Metrics::new([]).connections("server");
     let policy = ConnectionPolicy {
-        admission: Admission::new(HELPER_MAX_CONNECTIONS, 0, Vec::new(), metrics.clone()),
-        metrics,
+        admission: Admission::new(HELPER_MAX_CONNECTIONS, 0, Vec::new(), metrics),
         first_request_timeout: None,
         idle_timeout: None,
         max_resets: None,
     };
     let handler = move |req: Request<RequestBody>, peer| handler(req.map(|body| body.inner), peer);
-    let tls = tls.map(|tls| Arc::new(ArcSwap::from_pointee(tls)));
-    serve_listener(listener, tls, builder, policy, stopped, grace, handler).await;
+    serve_listener(listener, None, builder, policy, stopped, grace, handler).await;
 }
 
 async fn serve_listener<H, F>(
@@ -413,13 +407,13 @@ async fn serve_listener<H, F>(
                 None => serve_connection(stream, peer, &builder, &policy, stopped, handler).await,
             };
             if let Some(reason) = closed {
-                policy.metrics.closed(reason);
+                policy.admission.metrics().closed(reason);
                 tracing::debug!(%peer, reason = reason.label(), "connection closed");
             }
         });
     }
     drop(listener);
-    let open = policy.metrics.open.get();
+    let open = policy.admission.metrics().open.get();
     if open > 0 {
         tracing::info!(open, "draining open connections");
     }
@@ -504,9 +498,6 @@ where
     }
 }
 
-/// Window over which HTTP/2 stream resets are counted against `max_resets`.
-const RESET_WINDOW: Duration = Duration::from_secs(10);
-
 /// What a connection is doing, as its requests start and end.
 #[derive(Debug, Clone, Copy)]
 struct Activity {
@@ -557,7 +548,7 @@ impl Drop for Busy {
 
 impl Activity {
     fn count_reset(&mut self, now: Instant) {
-        if now.duration_since(self.resets_since) > RESET_WINDOW {
+        if now.duration_since(self.resets_since) > HTTP2_RESET_WINDOW {
             self.resets = 0;
             self.resets_since = now;
         }
@@ -601,19 +592,21 @@ impl Body for RequestBody {
 }
 
 fn is_stream_reset(error: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(e) = e.downcast_ref::<h2::Error>() {
-            return e.is_reset() && e.is_remote();
-        }
-        source = e.source();
-    }
-    false
+    causes(error)
+        .find_map(|e| e.downcast_ref::<h2::Error>())
+        .is_some_and(|e| e.is_reset() && e.is_remote())
+}
+
+/// `error` and the errors beneath it.
+fn causes<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'e (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
 }
 
 /// Resolves when the connection has had no request in progress for too long (no first
 /// request head within `first`, or nothing after the last one for `idle`), or when its
-/// client has cancelled more than `max_resets` requests within `RESET_WINDOW`.
+/// client has cancelled more than `max_resets` requests within `HTTP2_RESET_WINDOW`.
 async fn expiry(
     mut activity: watch::Receiver<Activity>,
     first: Option<Duration>,
@@ -652,8 +645,7 @@ fn closed_by_parser(
     error: &(dyn std::error::Error + Send + Sync + 'static),
     served: bool,
 ) -> Option<Closed> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
+    for e in causes(error) {
         if let Some(e) = e.downcast_ref::<hyper::Error>() {
             if e.is_timeout() {
                 return Some(if served {
@@ -671,7 +663,6 @@ fn closed_by_parser(
         {
             return Some(Closed::Http2ResetFlood);
         }
-        source = e.source();
     }
     None
 }

@@ -171,6 +171,7 @@ pub struct Limits {
     /// Names plus values of all header fields of one request.
     pub max_header_bytes: usize,
     pub http2_max_concurrent_streams: u32,
+    /// Requests a client may cancel within `HTTP2_RESET_WINDOW`.
     pub http2_max_resets: usize,
 }
 
@@ -242,6 +243,10 @@ impl fmt::Display for UpstreamTrust {
         }
     }
 }
+
+/// Window over which a connection's HTTP/2 stream resets count against
+/// `limits.http2_max_resets` (rapid reset).
+pub const HTTP2_RESET_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy)]
 pub struct DedupeSettings {
@@ -783,7 +788,7 @@ impl Settings {
         let _ = writeln!(
             s,
             "connections: {} in all, {} per client IP, idle {}; headers: {} fields, {} bytes; \
-             http2: {} streams, {} resets per 10s",
+             http2: {} streams, {} resets per {}",
             self.limits.max_connections,
             self.limits.max_connections_per_ip,
             humantime::format_duration(self.limits.idle_timeout),
@@ -791,6 +796,7 @@ impl Settings {
             self.limits.max_header_bytes,
             self.limits.http2_max_concurrent_streams,
             self.limits.http2_max_resets,
+            humantime::format_duration(HTTP2_RESET_WINDOW),
         );
         let penalty = if self.penalty_box.max_failures == 0 {
             "off".to_owned()
