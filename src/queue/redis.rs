@@ -265,6 +265,16 @@ struct Scripts {
     stats: Script,
 }
 
+/// `<prefix>{queue}:` followed by `ready`, `scheduled`, `dead`, `index`, and `d:`
+/// (where records' keys start).
+struct Keys {
+    ready: String,
+    scheduled: String,
+    dead: String,
+    index: String,
+    records: String,
+}
+
 pub struct RedisQueue {
     /// Ingress' connection (the store's): an enqueue never waits behind worker traffic.
     ingress: Arc<RedisConnection>,
@@ -272,6 +282,8 @@ pub struct RedisQueue {
     redis: Arc<RedisConnection>,
     /// `<prefix>{queue}:`
     base: String,
+    /// The fixed keys, named once rather than at each call.
+    keys: Keys,
     consumer: String,
     visibility: Duration,
     retention: Duration,
@@ -290,10 +302,18 @@ impl RedisQueue {
         settings: &QueueSettings,
         instance: &str,
     ) -> Self {
+        let base = format!("{prefix}{{queue}}:");
         RedisQueue {
             ingress: redis.clone(),
             redis,
-            base: format!("{prefix}{{queue}}:"),
+            base: base.clone(),
+            keys: Keys {
+                ready: format!("{base}ready"),
+                scheduled: format!("{base}scheduled"),
+                dead: format!("{base}dead"),
+                index: format!("{base}index"),
+                records: format!("{base}d:"),
+            },
             consumer: instance.to_owned(),
             visibility: settings.visibility_timeout,
             retention: settings.retention,
@@ -321,12 +341,8 @@ impl RedisQueue {
         self
     }
 
-    pub fn key(&self, name: &str) -> String {
-        [self.base.as_str(), name].concat()
-    }
-
     fn record_key(&self, id: &str) -> String {
-        [self.base.as_str(), "d:", id].concat()
+        [self.keys.records.as_str(), id].concat()
     }
 
     fn history_key(&self, id: &str) -> String {
@@ -411,8 +427,8 @@ impl Queue for RedisQueue {
             let mut invocation = self.scripts.enqueue.prepare_invoke();
             invocation
                 .key(self.record_key(&id))
-                .key(self.key("ready"))
-                .key(self.key("index"))
+                .key(&self.keys.ready)
+                .key(&self.keys.index)
                 .arg(&id)
                 .arg(now)
                 .arg(horizon)
@@ -432,15 +448,15 @@ impl Queue for RedisQueue {
         Box::pin(async move {
             let mut invocation = self.scripts.take.prepare_invoke();
             invocation
-                .key(self.key("ready"))
-                .key(self.key("scheduled"))
+                .key(&self.keys.ready)
+                .key(&self.keys.scheduled)
                 .arg(GROUP)
                 .arg(&self.consumer)
                 .arg(max)
                 .arg(now)
                 .arg(millis(self.visibility))
                 .arg(self.cursor())
-                .arg(self.key("d:"));
+                .arg(&self.keys.records);
             let reply: Vec<String> = self.redis.script("take", invocation).await?;
             let Some((cursor, rest)) = reply.split_first() else {
                 return Ok(Vec::new());
@@ -468,7 +484,7 @@ impl Queue for RedisQueue {
             invocation
                 .key(self.record_key(id))
                 .key(self.history_key(id))
-                .key(self.key("ready"))
+                .key(&self.keys.ready)
                 .arg(now)
                 .arg(&self.consumer)
                 .arg(&lease.token)
@@ -511,9 +527,9 @@ impl Queue for RedisQueue {
             invocation
                 .key(self.record_key(id))
                 .key(self.history_key(id))
-                .key(self.key("ready"))
-                .key(self.key("scheduled"))
-                .key(self.key("dead"))
+                .key(&self.keys.ready)
+                .key(&self.keys.scheduled)
+                .key(&self.keys.dead)
                 .arg(GROUP)
                 .arg(&job.lease.token)
                 .arg(now)
@@ -549,7 +565,7 @@ impl Queue for RedisQueue {
             invocation
                 .key(self.record_key(id))
                 .key(self.history_key(id))
-                .key(self.key("ready"))
+                .key(&self.keys.ready)
                 .arg(GROUP)
                 .arg(&lease.token)
                 .arg(now)
@@ -567,7 +583,7 @@ impl Queue for RedisQueue {
             for chunk in leases.chunks(256) {
                 let mut invocation = self.scripts.keep.prepare_invoke();
                 invocation
-                    .key(self.key("ready"))
+                    .key(&self.keys.ready)
                     .arg(GROUP)
                     .arg(&self.consumer);
                 for lease in chunk {
@@ -583,7 +599,7 @@ impl Queue for RedisQueue {
         Box::pin(async move {
             let mut invocation = self.scripts.prune.prepare_invoke();
             invocation
-                .key(self.key("ready"))
+                .key(&self.keys.ready)
                 .arg(GROUP)
                 .arg(millis(idle))
                 .arg(&self.consumer);
@@ -598,8 +614,8 @@ impl Queue for RedisQueue {
         Box::pin(async move {
             let mut invocation = self.scripts.list.prepare_invoke();
             invocation
-                .key(self.key("index"))
-                .arg(self.key("d:"))
+                .key(&self.keys.index)
+                .arg(&self.keys.records)
                 .arg(filter.state.map(State::as_str).unwrap_or(""))
                 .arg(filter.source.as_deref().unwrap_or(""))
                 .arg(filter.limit)
@@ -663,9 +679,9 @@ impl Queue for RedisQueue {
             invocation
                 .key(self.record_key(id))
                 .key(self.history_key(id))
-                .key(self.key("ready"))
-                .key(self.key("dead"))
-                .key(self.key("index"))
+                .key(&self.keys.ready)
+                .key(&self.keys.dead)
+                .key(&self.keys.index)
                 .arg(id)
                 .arg(now);
             let (code, state): (i64, String) = self.redis.script("replay", invocation).await?;
@@ -680,12 +696,12 @@ impl Queue for RedisQueue {
 
     fn failed_since(&self, since: UnixMillis) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
         Box::pin(async move {
-            let dead = self.key("dead");
+            let dead = &self.keys.dead;
             Ok(self
                 .redis
                 .call("replay", async |conn| {
                     redis::cmd("ZRANGEBYSCORE")
-                        .arg(&dead)
+                        .arg(dead)
                         .arg(since)
                         .arg("+inf")
                         .query_async(conn)
@@ -698,7 +714,7 @@ impl Queue for RedisQueue {
     fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
         Box::pin(async move {
             let mut invocation = self.scripts.stats.prepare_invoke();
-            invocation.key(self.key("ready")).key(self.key("scheduled"));
+            invocation.key(&self.keys.ready).key(&self.keys.scheduled);
             let reply: Vec<i64> = self.redis.script("queue_stats", invocation).await?;
             let [ready, scheduled, oldest, now] = reply[..] else {
                 return Err(QueueError::Store(StoreError::Unavailable(format!(
