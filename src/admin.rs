@@ -21,7 +21,7 @@
 //! be made public.
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -31,7 +31,9 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::metrics::Metrics;
-use crate::queue::{ListFilter, Queue, Replayed, State, UnixMillis, is_delivery_id, now_millis};
+use crate::queue::{
+    ListFilter, Queue, Replayed, State, UnixMillis, is_delivery_id, now_millis, unix_millis,
+};
 use crate::reject::json_response;
 use crate::reload::Live;
 use crate::store::Store;
@@ -288,8 +290,7 @@ pub fn parse_time(text: &str) -> Option<UnixMillis> {
     if let Ok(ms) = text.parse::<UnixMillis>() {
         return Some(ms);
     }
-    let at = humantime::parse_rfc3339_weak(text).ok()?;
-    Some(at.duration_since(UNIX_EPOCH).ok()?.as_millis() as UnixMillis)
+    unix_millis(humantime::parse_rfc3339_weak(text).ok()?)
 }
 
 /// A decoded query string; later keys win.

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::cli::{DeliveriesArgs, DeliveriesCommand};
 use crate::forward::{HttpClient, http_client};
+use crate::queue::unix_millis;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -139,8 +140,7 @@ pub fn since_millis(text: &str, now: SystemTime) -> Result<u64, DeliveriesError>
         Ok(ago) => now.checked_sub(ago),
         Err(_) => humantime::parse_rfc3339_weak(text).ok(),
     };
-    at.and_then(|at| at.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as u64)
+    at.and_then(unix_millis)
         .ok_or_else(|| DeliveriesError::Since(text.to_owned()))
 }
 

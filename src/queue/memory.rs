@@ -109,7 +109,7 @@ impl Queue for MemoryQueue {
         inner.records.insert(
             id.clone(),
             Record {
-                route_label: format!("{}/{}", delivery.source, delivery.route),
+                route_label: delivery.route_label(),
                 summary: Summary {
                     id: id.clone(),
                     state: State::Queued,

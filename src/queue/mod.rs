@@ -33,9 +33,14 @@ use crate::store::{BoxFuture, StoreError};
 pub type UnixMillis = u64;
 
 pub fn now_millis() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as UnixMillis)
+    unix_millis(SystemTime::now()).unwrap_or(0)
+}
+
+/// `at` in Unix milliseconds; `None` before 1970.
+pub fn unix_millis(at: SystemTime) -> Option<UnixMillis> {
+    at.duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as UnixMillis)
 }
 
 /// Where a delivery stands. A record is written `queued` together with its queue entry
@@ -103,6 +108,14 @@ pub struct NewDelivery {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub received_at: UnixMillis,
+}
+
+impl NewDelivery {
+    /// `<source>/<route>`, as `Route::label` names it: the key of the route's
+    /// concurrency slots.
+    pub fn route_label(&self) -> String {
+        format!("{}/{}", self.source, self.route)
+    }
 }
 
 /// One delivery taken by this instance, held until it is settled or handed back.

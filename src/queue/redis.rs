@@ -423,7 +423,7 @@ impl Queue for RedisQueue {
             let now = delivery.received_at;
             let id = self.ids.next(now);
             let horizon = now.saturating_sub(millis(self.index_horizon));
-            let label = format!("{}/{}", delivery.source, delivery.route);
+            let label = delivery.route_label();
             let mut invocation = self.scripts.enqueue.prepare_invoke();
             invocation
                 .key(self.record_key(&id))
