@@ -184,18 +184,35 @@ impl std::fmt::Debug for Resigner {
     }
 }
 
-impl Resigner {
-    pub fn new(secret: &str) -> Result<Self, String> {
+impl Signer {
+    /// The signer a secret stands for: a `whsk_` private key signs `v1a`, anything else
+    /// but a `whpk_` public key (refused with `public_key`) is an HMAC secret.
+    fn from_secret(secret: &str, public_key: &str) -> Result<Signer, String> {
         if secret.starts_with("whsk_") {
-            return Ok(Resigner(Signer::Ed25519(Arc::new(signing_key(secret)?))));
+            return Ok(Signer::Ed25519(Arc::new(signing_key(secret)?)));
         }
         if secret.starts_with("whpk_") {
-            return Err(
-                "a whpk_ public key cannot sign; use a secret or a whsk_ private key".into(),
-            );
+            return Err(public_key.to_owned());
         }
-        let key = key_from_secret(secret)?;
-        Ok(Resigner(Signer::Hmac(hmac_key(&key))))
+        Ok(Signer::Hmac(hmac_key(&key_from_secret(secret)?)))
+    }
+
+    /// The `webhook-signature` value for a message.
+    fn signature(&self, id: &str, timestamp: &str, body: &[u8]) -> String {
+        match self {
+            Signer::Hmac(key) => v1_signature(key, id, timestamp, body),
+            Signer::Ed25519(pair) => v1a_signature(pair, id, timestamp, body),
+        }
+    }
+}
+
+impl Resigner {
+    pub fn new(secret: &str) -> Result<Self, String> {
+        Signer::from_secret(
+            secret,
+            "a whpk_ public key cannot sign; use a secret or a whsk_ private key",
+        )
+        .map(Resigner)
     }
 
     /// Replaces the `webhook-*` headers with hookgate's signature of `body` at `now`
@@ -210,16 +227,7 @@ impl Resigner {
     ) {
         let timestamp = super::unix_seconds(now);
         let timestamp_text = timestamp.to_string();
-        let signature = match &self.0 {
-            Signer::Hmac(key) => {
-                let tag = signed_mac(key, id, &timestamp_text, body).finalize();
-                format!("v1,{}", STANDARD.encode(tag.into_bytes()))
-            }
-            Signer::Ed25519(pair) => {
-                let content = signed_content(id, &timestamp_text, body);
-                format!("v1a,{}", STANDARD.encode(pair.sign(&content).as_ref()))
-            }
-        };
+        let signature = self.0.signature(id, &timestamp_text, body);
         // Dedupe keys and scheme names are checked printable ASCII, base64 always is.
         let (Ok(id), Ok(signature), Ok(scheme)) = (
             HeaderValue::from_str(id),
@@ -237,14 +245,21 @@ impl Resigner {
 
 /// The `webhook-signature` value for a message: `v1,<base64>`.
 pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mac = hmac_key(key);
-    let tag = signed_mac(&mac, id, &timestamp.to_string(), body).finalize();
-    format!("v1,{}", STANDARD.encode(tag.into_bytes()))
+    v1_signature(&hmac_key(key), id, &timestamp.to_string(), body)
 }
 
 /// The asymmetric `webhook-signature` value: `v1a,<base64 Ed25519 signature>`.
 pub fn sign_v1a(pair: &Ed25519KeyPair, id: &str, timestamp: i64, body: &[u8]) -> String {
-    let content = signed_content(id, &timestamp.to_string(), body);
+    v1a_signature(pair, id, &timestamp.to_string(), body)
+}
+
+fn v1_signature(key: &HmacSha256, id: &str, timestamp: &str, body: &[u8]) -> String {
+    let tag = signed_mac(key, id, timestamp, body).finalize();
+    format!("v1,{}", STANDARD.encode(tag.into_bytes()))
+}
+
+fn v1a_signature(pair: &Ed25519KeyPair, id: &str, timestamp: &str, body: &[u8]) -> String {
+    let content = signed_content(id, timestamp, body);
     format!("v1a,{}", STANDARD.encode(pair.sign(&content).as_ref()))
 }
 
@@ -494,17 +509,12 @@ fn sign_message(_: &SchemeOptions<'_>, msg: &SignMessage<'_>) -> Result<SignedRe
         serde_json::Value::from(msg.event_type),
         msg.data,
     );
-    let signature = if msg.secret.starts_with("whsk_") {
-        let pair = signing_key(msg.secret).map_err(SignError::Secret)?;
-        sign_v1a(&pair, &id, timestamp, body.as_bytes())
-    } else if msg.secret.starts_with("whpk_") {
-        return Err(SignError::Secret(
-            "a whpk_ public key cannot sign; pass the whsk_ private key".to_owned(),
-        ));
-    } else {
-        let key = key_from_secret(msg.secret).map_err(SignError::Secret)?;
-        sign(&key, &id, timestamp, body.as_bytes())
-    };
+    let signature = Signer::from_secret(
+        msg.secret,
+        "a whpk_ public key cannot sign; pass the whsk_ private key",
+    )
+    .map_err(SignError::Secret)?
+    .signature(&id, &timestamp.to_string(), body.as_bytes());
     Ok(SignedRequest {
         id: id.clone(),
         headers: vec![
