@@ -153,10 +153,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Upstream and `hookgate sign --send` trust: the Mozilla roots shipped in webpki-roots.
 pub fn upstream_client_config() -> ClientConfig {
-    let roots = RootCertStore {
+    client_config(mozilla_roots())
+}
+
+/// The Mozilla roots bundled in webpki-roots.
+fn mozilla_roots() -> RootCertStore {
+    RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    client_config(roots)
+    }
 }
 
 /// The upstream client's TLS as `[upstream_tls]` says: the system's roots, a CA file,
@@ -187,7 +191,7 @@ fn system_roots() -> &'static RootCertStore {
                 "no system root certificates found; https upstreams are verified against \
                  the bundled Mozilla roots (install ca-certificates, or set upstream_tls.ca_file)"
             );
-            roots.roots = webpki_roots::TLS_SERVER_ROOTS.to_vec();
+            return mozilla_roots();
         }
         roots
     })
