@@ -4,6 +4,7 @@
 //! state per client key. `memory.rs` is the embedded default; a new store is one file
 //! here and one arm in `build`.
 
+pub mod coalesce;
 pub mod memory;
 pub mod redis;
 

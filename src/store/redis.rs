@@ -26,6 +26,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, RedisFuture, Script, ScriptInvocation};
 use tokio::sync::Mutex;
 
+use super::coalesce::Groups;
 use super::{BoxFuture, ClaimState, RateDecision, Settled, Store, StoreError};
 use crate::config::{RateLimitSettings, RedisSettings, RedisTarget};
 use crate::metrics::Metrics;
@@ -63,11 +64,16 @@ end
 return 0
 ";
 
-/// GCRA on Redis' own clock (instances' clocks may differ). `ARGV[1]` is the emission
-/// interval and `ARGV[2]` the burst tolerance, both in microseconds. Returns 0 when
-/// allowed, else the microseconds to wait (a plain integer: a table reply costs Redis
-/// more than the rest of the script's bookkeeping). `%d` because Lua's own number to
-/// string conversion keeps 14 digits, and microseconds since 1970 have 16.
+/// GCRA on Redis' own clock (instances' clocks may differ), for `ARGV[3]` requests of
+/// one client arriving together: exactly what that many single checks in a row would
+/// answer. `ARGV[1]` is the emission interval and `ARGV[2]` the burst tolerance, both
+/// in microseconds. Returns 0 when all are allowed; else the microseconds the first
+/// denied request must wait, as a plain integer when none is allowed, or
+/// `{allowed, wait}` when only the first `allowed` are (a table reply costs Redis more
+/// than the rest of the script's bookkeeping, so the common answers are integers).
+/// A denial leaves the bucket as it is, so every denied request of the group waits the
+/// same. `%d` because Lua's own number to string conversion keeps 14 digits, and
+/// microseconds since 1970 have 16.
 const RATE: &str = r"
 local time = redis.call('TIME')
 local now = time[1] * 1000000 + time[2]
@@ -75,13 +81,17 @@ local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then
   tat = now
 end
-local wait = tat - now - ARGV[2]
-if wait > 0 then
-  return wait
+local interval, requests = tonumber(ARGV[1]), tonumber(ARGV[3])
+local allowed = math.min(requests, math.floor((ARGV[2] - (tat - now)) / interval) + 1)
+if allowed <= 0 then
+  return tat - now - ARGV[2]
 end
-tat = tat + ARGV[1]
+tat = tat + allowed * interval
 redis.call('PSETEX', KEYS[1], math.ceil((tat - now) / 1000), string.format('%d', tat))
-return 0
+if allowed == requests then
+  return 0
+end
+return {allowed, tat - now - ARGV[2]}
 ";
 
 pub struct RedisStore {
@@ -91,6 +101,8 @@ pub struct RedisStore {
     interval_us: AtomicU64,
     tolerance_us: AtomicU64,
     scripts: Scripts,
+    /// Rate checks of one client that arrive together share one script run.
+    rate_groups: Groups<IpAddr, Result<RateDecision, StoreError>>,
     /// Set once Redis has refused `SET NX GET` (before 7.0): claims then use `CLAIM`.
     legacy_claim: AtomicBool,
     description: String,
@@ -250,6 +262,7 @@ impl RedisStore {
                 release: Script::new(RELEASE),
                 rate: Script::new(RATE),
             },
+            rate_groups: Groups::default(),
             legacy_claim: AtomicBool::new(false),
             description: format!(
                 "{} (shared by every instance using it; key prefix {:?})",
@@ -267,6 +280,29 @@ impl RedisStore {
     /// `SET NX GET`); lets the tests hold both claim paths to one contract.
     pub fn use_script_claims(&self) {
         self.legacy_claim.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes `requests` requests arriving together from `client`'s GCRA bucket: their
+    /// decisions, in order.
+    async fn take(&self, client: IpAddr, requests: usize) -> Vec<Result<RateDecision, StoreError>> {
+        let mut invocation = self.scripts.rate.prepare_invoke();
+        invocation
+            .key(format!("{}rate:{client}", self.prefix))
+            .arg(self.interval_us.load(Ordering::Relaxed))
+            .arg(self.tolerance_us.load(Ordering::Relaxed))
+            .arg(requests);
+        let reply = self
+            .script::<redis::Value>("rate_check", invocation)
+            .await
+            .and_then(|reply| {
+                RateReply::parse(&reply).ok_or_else(|| {
+                    StoreError::Unavailable(format!("unexpected rate check reply {reply:?}"))
+                })
+            });
+        match reply {
+            Ok(reply) => (0..requests).map(|i| Ok(reply.decision(i))).collect(),
+            Err(e) => vec![Err(e); requests],
+        }
     }
 
     fn dedupe_key(&self, key: &str) -> String {
@@ -611,21 +647,10 @@ impl Store for RedisStore {
     }
 
     fn rate_check(&self, client: IpAddr) -> BoxFuture<'_, Result<RateDecision, StoreError>> {
-        Box::pin(async move {
-            let mut invocation = self.scripts.rate.prepare_invoke();
-            invocation
-                .key(format!("{}rate:{client}", self.prefix))
-                .arg(self.interval_us.load(Ordering::Relaxed))
-                .arg(self.tolerance_us.load(Ordering::Relaxed));
-            let wait_us: i64 = self.script("rate_check", invocation).await?;
-            Ok(if wait_us > 0 {
-                RateDecision::Deny {
-                    retry_after: Duration::from_micros(wait_us as u64),
-                }
-            } else {
-                RateDecision::Allow
-            })
-        })
+        Box::pin(
+            self.rate_groups
+                .join(client, move |requests| self.take(client, requests)),
+        )
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -647,6 +672,44 @@ impl Store for RedisStore {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+}
+
+/// What the rate script answered for a group: the first `allowed` requests may pass,
+/// the others must wait `wait_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RateReply {
+    allowed: usize,
+    wait_us: u64,
+}
+
+impl RateReply {
+    fn parse(reply: &redis::Value) -> Option<RateReply> {
+        use redis::Value::{Array, Int};
+        let (allowed, wait_us) = match reply {
+            Int(0) => (usize::MAX, 0),
+            Int(wait) => (0, *wait),
+            Array(pair) => match pair.as_slice() {
+                [Int(allowed), Int(wait)] => (usize::try_from(*allowed).ok()?, *wait),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some(RateReply {
+            allowed,
+            wait_us: u64::try_from(wait_us).ok()?,
+        })
+    }
+
+    /// The decision for the `index`th request of the group (0 is the first).
+    fn decision(self, index: usize) -> RateDecision {
+        if index < self.allowed {
+            RateDecision::Allow
+        } else {
+            RateDecision::Deny {
+                retry_after: Duration::from_micros(self.wait_us),
+            }
+        }
     }
 }
 
@@ -680,5 +743,31 @@ mod tests {
             assert!(!script.contains("KEYS[2]"));
         }
         assert!(CLAIM.contains("'done'") && COMMIT.contains("'done'"));
+    }
+
+    #[test]
+    fn rate_replies_decide_each_request_of_a_group_in_order() {
+        use redis::Value::{Array, Int, Nil};
+        let deny = |us| RateDecision::Deny {
+            retry_after: Duration::from_micros(us),
+        };
+        let all = RateReply::parse(&Int(0)).unwrap();
+        assert!((0..1000).all(|i| all.decision(i) == RateDecision::Allow));
+        let none = RateReply::parse(&Int(250)).unwrap();
+        assert_eq!(none.decision(0), deny(250));
+        let some = RateReply::parse(&Array(vec![Int(2), Int(40)])).unwrap();
+        let decisions: Vec<_> = (0..4).map(|i| some.decision(i)).collect();
+        assert_eq!(
+            decisions,
+            [RateDecision::Allow, RateDecision::Allow, deny(40), deny(40)]
+        );
+        for odd in [
+            Nil,
+            Int(-1),
+            Array(vec![Int(1)]),
+            Array(vec![Int(-1), Int(5)]),
+        ] {
+            assert_eq!(RateReply::parse(&odd), None, "{odd:?}");
+        }
     }
 }

@@ -52,7 +52,39 @@ async fn the_rate_limit_counts_requests_before_they_are_verified(store: TestStor
     assert!(upstream.received().is_empty());
 }
 
+/// A sender's burst arrives all at once; on Redis, checks arriving together share one
+/// script run, which must still let exactly `burst` of them through.
+async fn a_burst_of_concurrent_requests_lets_exactly_the_burst_through(store: TestStore) {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        config()
+            .store(&store)
+            .rate_limit(RATE, BURST)
+            .route("*", &upstream),
+    )
+    .await;
+
+    let requests: Vec<_> = (0..12)
+        .map(|_| {
+            let client = gw.client();
+            let event = signed_event("response.completed");
+            tokio::spawn(async move { client.post(PATH, &event).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.await.unwrap().status());
+    }
+
+    statuses.sort();
+    let mut expected = vec![200; BURST as usize];
+    expected.resize(12, 429);
+    assert_eq!(statuses, expected);
+    assert_eq!(upstream.received().len(), BURST as usize);
+}
+
 on_each_store! {
     a_client_over_its_burst_is_answered_429_with_retry_after_and_not_forwarded,
+    a_burst_of_concurrent_requests_lets_exactly_the_burst_through,
     the_rate_limit_counts_requests_before_they_are_verified,
 }

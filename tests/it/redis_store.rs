@@ -8,7 +8,7 @@ use std::time::Duration;
 use hookgate::config::StoreBackend;
 use hookgate::metrics::Metrics;
 use hookgate::store::redis::RedisStore;
-use hookgate::store::{ClaimState, Settled, Store};
+use hookgate::store::{ClaimState, RateDecision, Settled, Store};
 
 use crate::support::*;
 
@@ -256,6 +256,93 @@ async fn an_unexpired_commit_that_finds_another_claim_says_superseded() {
         store.commit("k", "b", DONE).await.unwrap(),
         Settled::Superseded
     );
+}
+
+// ---------------------------------------------------------------------------------
+// Rate checks of one client arriving together: one script run for the group
+// ---------------------------------------------------------------------------------
+
+/// How many times Redis ran a script (`EVALSHA`) so far.
+async fn script_runs(redis: &RedisServer) -> u64 {
+    let stats: String = redis.query(redis::cmd("INFO").arg("commandstats")).await;
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .map_or(0, |rest| {
+            rest.split(',').next().unwrap().parse().expect("a count")
+        })
+}
+
+#[tokio::test]
+async fn rate_checks_arriving_together_share_one_script_run_and_answer_as_checks_in_a_row() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    // A burst of 5 and nothing refilled during the test (one request per 100 s).
+    let store = redis_store_from(config().rate_limit(0.01, 5).redis(&redis));
+    let client: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+    assert_eq!(store.rate_check(client).await.unwrap(), RateDecision::Allow);
+    assert_eq!(store.rate_check(client).await.unwrap(), RateDecision::Allow);
+    let before = script_runs(&redis).await;
+
+    // Ten at once, with three tokens left: the first three pass, as in a row.
+    let decisions = futures_in_one_tick((0..10).map(|_| store.rate_check(client))).await;
+
+    assert_eq!(
+        script_runs(&redis).await - before,
+        1,
+        "one run for the group"
+    );
+    let decisions: Vec<_> = decisions.into_iter().map(Result::unwrap).collect();
+    assert_eq!(decisions[..3], [RateDecision::Allow; 3]);
+    let waits: Vec<_> = decisions[3..]
+        .iter()
+        .map(|decision| match decision {
+            RateDecision::Deny { retry_after } => *retry_after,
+            RateDecision::Allow => panic!("over the burst: {decisions:?}"),
+        })
+        .collect();
+    // A denial takes nothing from the bucket: every denied request waits for the same
+    // next token, about 100 s away.
+    assert!(waits.iter().all(|wait| *wait == waits[0]), "{waits:?}");
+    assert!(waits[0] > Duration::from_secs(90) && waits[0] <= Duration::from_secs(100));
+    // Another group of the same client, once the bucket is empty: all denied.
+    let again = futures_in_one_tick((0..4).map(|_| store.rate_check(client))).await;
+    assert!(
+        again
+            .iter()
+            .all(|d| matches!(d, Ok(RateDecision::Deny { .. }))),
+        "{again:?}"
+    );
+    // Other clients keep their own buckets, even in the same tick.
+    let other: std::net::IpAddr = "192.0.2.8".parse().unwrap();
+    let (mine, theirs) = tokio::join!(store.rate_check(client), store.rate_check(other));
+    assert!(matches!(mine, Ok(RateDecision::Deny { .. })), "{mine:?}");
+    assert_eq!(theirs.unwrap(), RateDecision::Allow);
+}
+
+/// Runs the futures concurrently on this task, so they are all ready in the same tick,
+/// and returns their outputs in order.
+async fn futures_in_one_tick<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                if let std::task::Poll::Ready(value) = future.as_mut().poll(cx) {
+                    *output = Some(value);
+                    *slot = None;
+                }
+            }
+        }
+        if pending.iter().all(Option::is_none) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
 }
 
 // ---------------------------------------------------------------------------------
