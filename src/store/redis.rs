@@ -2,9 +2,11 @@
 //!
 //! Each operation is one round trip touching one key, so it is valid on Redis Cluster
 //! without hash tags: a claim is `SET NX PX GET` (Redis 7.0+; a Lua script on older
-//! servers); commit, release and the GCRA check are small Lua scripts
-//! sent as `EVALSHA` (loaded on first use, re-sent only after a `NOSCRIPT`), atomic
-//! because a compare-and-set needs to be. One multiplexed
+//! servers); a commit made well within its claim's TTL is `SET XX PX GET`; other
+//! commits, releases and the GCRA check are small Lua scripts sent as `EVALSHA` (loaded
+//! on first use, re-sent only after a `NOSCRIPT`), atomic because a compare-and-set
+//! needs to be. The rate checks of one client that come while its previous check is
+//! being batched share one script run (`coalesce`). One multiplexed
 //! connection per instance (`ConnectionManager`, which reconnects by itself); a cluster
 //! connection is opened on first use and again after it fails, so hookgate starts, and
 //! reports not ready, while Redis is down.
@@ -23,10 +25,10 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisError, RedisFuture, Script, ScriptInvocation};
+use redis::{ErrorKind, RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind};
 use tokio::sync::Mutex;
 
-use super::coalesce::Groups;
+use super::coalesce::{Groups, Seal};
 use super::{BoxFuture, ClaimState, RateDecision, Settled, Store, StoreError};
 use crate::config::{RateLimitSettings, RedisSettings, RedisTarget};
 use crate::metrics::Metrics;
@@ -102,7 +104,7 @@ pub struct RedisStore {
     tolerance_us: AtomicU64,
     scripts: Scripts,
     /// Rate checks of one client that arrive together share one script run.
-    rate_groups: Groups<IpAddr, Result<RateDecision, StoreError>>,
+    rate_groups: Arc<Groups<IpAddr, Result<RateDecision, StoreError>>>,
     /// Set once Redis has refused `SET NX GET` (before 7.0): claims then use `CLAIM`.
     legacy_claim: AtomicBool,
     description: String,
@@ -262,7 +264,7 @@ impl RedisStore {
                 release: Script::new(RELEASE),
                 rate: Script::new(RATE),
             },
-            rate_groups: Groups::default(),
+            rate_groups: Arc::default(),
             legacy_claim: AtomicBool::new(false),
             description: format!(
                 "{} (shared by every instance using it; key prefix {:?})",
@@ -282,23 +284,41 @@ impl RedisStore {
         self.legacy_claim.store(true, Ordering::Relaxed);
     }
 
-    /// Takes `requests` requests arriving together from `client`'s GCRA bucket: their
-    /// decisions, in order.
-    async fn take(&self, client: IpAddr, requests: usize) -> Vec<Result<RateDecision, StoreError>> {
-        let mut invocation = self.scripts.rate.prepare_invoke();
-        invocation
-            .key(format!("{}rate:{client}", self.prefix))
-            .arg(self.interval_us.load(Ordering::Relaxed))
-            .arg(self.tolerance_us.load(Ordering::Relaxed))
-            .arg(requests);
+    /// Takes the requests of `group` from `client`'s GCRA bucket in one script run,
+    /// the group closed as the script is sent: their decisions, in order.
+    async fn take(
+        &self,
+        client: IpAddr,
+        group: RateGroup,
+    ) -> Vec<Result<RateDecision, StoreError>> {
+        let rate = RateRun {
+            sha: self.scripts.rate.get_hash().to_owned(),
+            key: format!("{}rate:{client}", self.prefix),
+            interval_us: self.interval_us.load(Ordering::Relaxed),
+            tolerance_us: self.tolerance_us.load(Ordering::Relaxed),
+        };
         let reply = self
-            .script::<redis::Value>("rate_check", invocation)
+            .call("rate_check", async |conn| {
+                let sealed = (rate.clone(), group.clone());
+                let reply = conn
+                    .send_built(move || sealed.0.command(sealed.1.close()))
+                    .await;
+                match reply {
+                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        self.scripts.rate.load_async(conn).await?;
+                        conn.req_packed_command(&rate.command(group.close())).await
+                    }
+                    reply => reply,
+                }
+                .and_then(redis::Value::extract_error)
+            })
             .await
             .and_then(|reply| {
                 RateReply::parse(&reply).ok_or_else(|| {
                     StoreError::Unavailable(format!("unexpected rate check reply {reply:?}"))
                 })
             });
+        let requests = group.close();
         match reply {
             Ok(reply) => (0..requests).map(|i| Ok(reply.decision(i))).collect(),
             Err(e) => vec![Err(e); requests],
@@ -331,6 +351,27 @@ impl RedisStore {
 pub enum Conn<'a> {
     Single(&'a Batcher),
     Cluster(ClusterConnection),
+}
+
+impl Conn<'_> {
+    /// Sends the command `build` makes, made as late as possible: when the batch that
+    /// carries it is written, so that a group it carries (see `coalesce`) stays open to
+    /// the requests of the same tick. A cluster connection has no batches: the tick's
+    /// other requests run first, then the command is made and sent.
+    async fn send_built(
+        &mut self,
+        build: impl FnOnce() -> redis::Cmd + Send + 'static,
+    ) -> redis::RedisResult<redis::Value> {
+        match self {
+            Conn::Single(batcher) => batcher.send_lazy(Box::new(build)).await,
+            Conn::Cluster(connection) => {
+                tokio::task::yield_now().await;
+                connection.req_packed_command(&build()).await
+            }
+        }
+        // A server's error reply, as `query_async` would have turned it.
+        .and_then(redis::Value::extract_error)
+    }
 }
 
 impl ConnectionLike for Conn<'_> {
@@ -386,9 +427,15 @@ pub struct Batcher {
 }
 
 type Queued = (
-    redis::Cmd,
+    Command,
     tokio::sync::oneshot::Sender<redis::RedisResult<redis::Value>>,
 );
+
+/// A command to batch, or what makes it when its batch is written.
+enum Command {
+    Ready(redis::Cmd),
+    Built(Box<dyn FnOnce() -> redis::Cmd + Send>),
+}
 
 impl Batcher {
     /// Starts the batching task; it ends when the last handle is dropped.
@@ -403,8 +450,19 @@ impl Batcher {
     }
 
     fn send<'a>(&'a self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        self.enqueue(Command::Ready(cmd.clone()))
+    }
+
+    fn send_lazy(
+        &self,
+        build: Box<dyn FnOnce() -> redis::Cmd + Send>,
+    ) -> RedisFuture<'static, redis::Value> {
+        self.enqueue(Command::Built(build))
+    }
+
+    fn enqueue(&self, command: Command) -> RedisFuture<'static, redis::Value> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let queued = self.queue.send((cmd.clone(), reply));
+        let queued = self.queue.send((command, reply));
         Box::pin(async move {
             queued.map_err(|_| batcher_gone())?;
             answer.await.map_err(|_| batcher_gone())?
@@ -446,6 +504,14 @@ async fn batch_forever(
                 Err(_) => break,
             }
         }
+        // Made now, as the batch is written: what a command carries is complete.
+        let mut batch: Vec<_> = batch
+            .into_iter()
+            .map(|(command, reply)| match command {
+                Command::Ready(cmd) => (cmd, reply),
+                Command::Built(build) => (build(), reply),
+            })
+            .collect();
         // Sent concurrently: the next batch need not wait for this one's replies.
         let mut connection = connection.clone();
         tokio::spawn(async move {
@@ -649,7 +715,7 @@ impl Store for RedisStore {
     fn rate_check(&self, client: IpAddr) -> BoxFuture<'_, Result<RateDecision, StoreError>> {
         Box::pin(
             self.rate_groups
-                .join(client, move |requests| self.take(client, requests)),
+                .join(client, move |group| self.take(client, group)),
         )
     }
 
@@ -672,6 +738,31 @@ impl Store for RedisStore {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+}
+
+/// The rate checks of one client that share a script run.
+type RateGroup = Seal<IpAddr, Result<RateDecision, StoreError>>;
+
+/// One run of the rate script, short of the group's size.
+#[derive(Clone)]
+struct RateRun {
+    sha: String,
+    key: String,
+    interval_us: u64,
+    tolerance_us: u64,
+}
+
+impl RateRun {
+    fn command(&self, requests: usize) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha)
+            .arg(1)
+            .arg(&self.key)
+            .arg(self.interval_us)
+            .arg(self.tolerance_us)
+            .arg(requests);
+        cmd
     }
 }
 
