@@ -6,7 +6,7 @@
 #   N=100000 REPEAT=5 bash bench/run.sh
 #   ROWS='nginx|hookgate memory$' bash bench/run.sh     # only rows matching this regex
 #   ROWS='hookgate (memory|redis)( queue)?$' bash bench/run.sh   # queue mode next to proxy mode
-#   INTERLEAVE=1 ROWS='hookgate (memory|redis)$' bash bench/run.sh  # the Redis/memory ratio
+#   REPEAT=12 ROWS='hookgate (memory|redis)$' bash bench/run.sh  # the Redis/memory ratio
 #
 # Rows: the sink directly; nginx (one worker, plain reverse proxy, no verification: the
 # cost floor of any proxy); hookgate with the in-memory store; hookgate with Redis;
@@ -33,7 +33,6 @@ SUT_CPU=${SUT_CPU:-1}
 BASE_PORT=${BASE_PORT:-18400}
 ROWS=${ROWS:-.}          # regex: which rows to run
 QUEUE_WORKERS=${QUEUE_WORKERS:-64}   # queue.workers in the queue-mode rows
-INTERLEAVE=${INTERLEAVE:-0}          # 1: the memory and Redis rows alternate run by run
 export RUST_LOG=warn
 
 for tool in nginx redis-server python3 taskset; do
@@ -272,17 +271,12 @@ NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1)
 measure "nginx proxy" "http://127.0.0.1:$NGINX_PORT/sink" "$NGINX_WORKER" "$BODY"
 stop "$NGINX_PID"
 
-if [ "$INTERLEAVE" = 1 ]; then
-    # Memory and Redis alternately, one run each time, so the machine's drift between
-    # rows measured minutes apart stays out of their ratio.
-    for _ in $(seq 1 "$REPEAT"); do
-        REPEAT=1 run_gateway "hookgate memory" memory plain "$BODY"
-        REPEAT=1 run_gateway "hookgate redis" redis plain "$BODY"
-    done
-else
-    run_gateway "hookgate memory" memory plain "$BODY"
-    run_gateway "hookgate redis" redis plain "$BODY"
-fi
+# Memory and Redis alternately, one run each time (each with a fresh gateway), so the
+# machine's drift between rows measured minutes apart stays out of their ratio.
+for _ in $(seq 1 "$REPEAT"); do
+    REPEAT=1 run_gateway "hookgate memory" memory plain "$BODY"
+    REPEAT=1 run_gateway "hookgate redis" redis plain "$BODY"
+done
 run_queue_gateway "hookgate memory queue" memory
 run_queue_gateway "hookgate redis queue" redis
 run_gateway "hookgate memory TLS" memory tls "$BODY" --insecure
@@ -339,6 +333,23 @@ for name, m in med.items():
     vs_direct = f"{m['rps'] / direct:.2f}×" if direct else "–"
     print(f"| {name} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['max']:.2f} | {m['rss_mib']:.1f} | "
           f"{m['cpu_us']:.1f} | {m['redis_us']:.1f} | {vs_nginx} | {vs_direct} | {m['ok']}/{m['requests']} |")
+if "hookgate memory" in med and "hookgate redis" in med:
+    mem, red = med["hookgate memory"], med["hookgate redis"]
+    print()
+    print(f"Redis store against the in-memory store: {red['rps'] / mem['rps']:.2f}× the throughput, "
+          f"{mem['cpu_us'] / red['cpu_us']:.2f}× by the gateway's CPU per request (medians)")
+    # Each Redis run follows a memory run: the ratio of each such pair keeps the
+    # machine's drift (minutes long) out of it; their spread shows the noise.
+    order = [json.loads(line) for line in open(path)]
+    pairs = [(a, b) for a, b in zip(order, order[1:])
+             if a["row"] == "hookgate memory" and b["row"] == "hookgate redis"]
+    if len(pairs) >= 3:
+        rps = sorted(b["rps"] / a["rps"] for a, b in pairs)
+        cpu = sorted(a["cpu_us"] / b["cpu_us"] for a, b in pairs)
+        q = lambda xs, f: xs[min(len(xs) - 1, int(f * len(xs)))]
+        print(f"{len(pairs)} alternating pairs, Redis/memory: throughput median {statistics.median(rps):.2f}× "
+              f"(quartiles {q(rps, 0.25):.2f}-{q(rps, 0.75):.2f}, range {rps[0]:.2f}-{rps[-1]:.2f}); "
+              f"gateway CPU median {statistics.median(cpu):.2f}× (range {cpu[0]:.2f}-{cpu[-1]:.2f})")
 drains = {name: statistics.median(x["drain_rps"] for x in runs) for name, runs in rows.items() if "drain_rps" in runs[0]}
 if drains:
     print()
