@@ -55,14 +55,14 @@ async fn the_rate_limit_counts_requests_before_they_are_verified(store: TestStor
 /// A sender's burst arrives all at once; on Redis, checks arriving together share one
 /// script run, which must still let exactly `burst` of them through.
 async fn a_burst_of_concurrent_requests_lets_exactly_the_burst_through(store: TestStore) {
+    twelve_at_once_let_exactly_the_burst_through(config().store(&store)).await;
+}
+
+/// Twelve signed requests at once from one client, through a gateway on `store_config`
+/// with a burst of `BURST`: exactly `BURST` are forwarded, the others answered 429.
+pub async fn twelve_at_once_let_exactly_the_burst_through(store_config: Config) {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(
-        config()
-            .store(&store)
-            .rate_limit(RATE, BURST)
-            .route("*", &upstream),
-    )
-    .await;
+    let gw = Gateway::start(store_config.rate_limit(RATE, BURST).route("*", &upstream)).await;
 
     let requests: Vec<_> = (0..12)
         .map(|_| {
