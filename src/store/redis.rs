@@ -5,8 +5,8 @@
 //! servers); a commit made well within its claim's TTL is `SET XX PX GET`; other
 //! commits, releases and the GCRA check are small Lua scripts sent as `EVALSHA` (loaded
 //! on first use, re-sent only after a `NOSCRIPT`), atomic because a compare-and-set
-//! needs to be. The rate checks of one client that come while its previous check is
-//! being batched share one script run (`coalesce`). One multiplexed
+//! needs to be. The rate checks of one client that arrive before its script is sent
+//! share one script run (`coalesce`). One multiplexed
 //! connection per instance (`ConnectionManager`, which reconnects by itself); a cluster
 //! connection is opened on first use and again after it fails, so hookgate starts, and
 //! reports not ready, while Redis is down.
@@ -291,26 +291,26 @@ impl RedisStore {
         client: IpAddr,
         group: RateGroup,
     ) -> Vec<Result<RateDecision, StoreError>> {
-        let rate = RateRun {
+        let rate = Arc::new(RateRun {
             sha: self.scripts.rate.get_hash().to_owned(),
             key: format!("{}rate:{client}", self.prefix),
             interval_us: self.interval_us.load(Ordering::Relaxed),
             tolerance_us: self.tolerance_us.load(Ordering::Relaxed),
+        });
+        let command = || {
+            let (rate, group) = (rate.clone(), group.clone());
+            move || rate.command(group.close())
         };
         let reply = self
             .call("rate_check", async |conn| {
-                let sealed = (rate.clone(), group.clone());
-                let reply = conn
-                    .send_built(move || sealed.0.command(sealed.1.close()))
-                    .await;
-                match reply {
+                match conn.send_built(command()).await {
+                    // The group is closed by now: the retry carries the same size.
                     Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                         self.scripts.rate.load_async(conn).await?;
-                        conn.req_packed_command(&rate.command(group.close())).await
+                        conn.send_built(command()).await
                     }
                     reply => reply,
                 }
-                .and_then(redis::Value::extract_error)
             })
             .await
             .and_then(|reply| {
@@ -497,21 +497,18 @@ async fn batch_forever(
     while let Some(first) = commands.recv().await {
         // Let the other requests that are ready run first and queue their commands.
         tokio::task::yield_now().await;
-        let mut batch = vec![first];
+        // Lazy commands are made now, as the batch is written: what they carry is complete.
+        let made = |(command, reply): Queued| match command {
+            Command::Ready(cmd) => (cmd, reply),
+            Command::Built(build) => (build(), reply),
+        };
+        let mut batch = vec![made(first)];
         while batch.len() < MAX_BATCH {
             match commands.try_recv() {
-                Ok(queued) => batch.push(queued),
+                Ok(queued) => batch.push(made(queued)),
                 Err(_) => break,
             }
         }
-        // Made now, as the batch is written: what a command carries is complete.
-        let mut batch: Vec<_> = batch
-            .into_iter()
-            .map(|(command, reply)| match command {
-                Command::Ready(cmd) => (cmd, reply),
-                Command::Built(build) => (build(), reply),
-            })
-            .collect();
         // Sent concurrently: the next batch need not wait for this one's replies.
         let mut connection = connection.clone();
         tokio::spawn(async move {
@@ -745,7 +742,6 @@ impl Store for RedisStore {
 type RateGroup = Seal<IpAddr, Result<RateDecision, StoreError>>;
 
 /// One run of the rate script, short of the group's size.
-#[derive(Clone)]
 struct RateRun {
     sha: String,
     key: String,

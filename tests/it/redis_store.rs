@@ -279,14 +279,14 @@ async fn rate_checks_arriving_together_share_one_script_run_and_answer_as_checks
         return;
     };
     // A burst of 5 and nothing refilled during the test (one request per 100 s).
-    let store = redis_store_from(config().rate_limit(0.01, 5).redis(&redis));
+    let store = Arc::new(redis_store_from(config().rate_limit(0.01, 5).redis(&redis)));
     let client: std::net::IpAddr = "192.0.2.7".parse().unwrap();
     assert_eq!(store.rate_check(client).await.unwrap(), RateDecision::Allow);
     assert_eq!(store.rate_check(client).await.unwrap(), RateDecision::Allow);
     let before = script_runs(&redis).await;
 
     // Ten at once, with three tokens left: the first three pass, as in a row.
-    let decisions = futures_in_one_tick((0..10).map(|_| store.rate_check(client))).await;
+    let decisions = rate_checks_at_once(&store, client, 10).await;
 
     assert_eq!(
         script_runs(&redis).await - before,
@@ -307,7 +307,7 @@ async fn rate_checks_arriving_together_share_one_script_run_and_answer_as_checks
     assert!(waits.iter().all(|wait| *wait == waits[0]), "{waits:?}");
     assert!(waits[0] > Duration::from_secs(90) && waits[0] <= Duration::from_secs(100));
     // Another group of the same client, once the bucket is empty: all denied.
-    let again = futures_in_one_tick((0..4).map(|_| store.rate_check(client))).await;
+    let again = rate_checks_at_once(&store, client, 4).await;
     assert!(
         again
             .iter()
@@ -321,28 +321,24 @@ async fn rate_checks_arriving_together_share_one_script_run_and_answer_as_checks
     assert_eq!(theirs.unwrap(), RateDecision::Allow);
 }
 
-/// Runs the futures concurrently on this task, so they are all ready in the same tick,
-/// and returns their outputs in order.
-async fn futures_in_one_tick<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(future) = slot {
-                if let std::task::Poll::Ready(value) = future.as_mut().poll(cx) {
-                    *output = Some(value);
-                    *slot = None;
-                }
-            }
-        }
-        if pending.iter().all(Option::is_none) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outputs.into_iter().map(Option::unwrap).collect()
+/// `n` rate checks of `client` spawned together, so they are ready in the same tick;
+/// their answers in the order they were spawned (and run, on the test's runtime).
+async fn rate_checks_at_once(
+    store: &Arc<RedisStore>,
+    client: std::net::IpAddr,
+    n: usize,
+) -> Vec<Result<RateDecision, hookgate::store::StoreError>> {
+    let checks: Vec<_> = (0..n)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.rate_check(client).await })
+        })
+        .collect();
+    let mut decisions = Vec::new();
+    for check in checks {
+        decisions.push(check.await.unwrap());
+    }
+    decisions
 }
 
 // ---------------------------------------------------------------------------------
