@@ -43,6 +43,18 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 /// A secret expiring within this long is warned about by `check` and at start-up.
 const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Signature entries one signature header may carry: Standard Webhooks' space-separated
+/// entries, Stripe's elements other than `t=`. Senders send one per active secret (two
+/// while they rotate; a Standard Webhooks sender may put `v1` and `v1a` side by side),
+/// so five leaves room. A header with more is `MalformedSignature` before any entry is
+/// decoded or checked: padding a header with guesses buys no signature work.
+pub const MAX_SIGNATURE_ENTRIES: usize = 5;
+
+/// Whether `entries` holds more than `MAX_SIGNATURE_ENTRIES`; reads no further than that.
+pub fn too_many_entries<'a>(mut entries: impl Iterator<Item = &'a str>) -> bool {
+    entries.nth(MAX_SIGNATURE_ENTRIES).is_some()
+}
+
 /// Everything hookgate knows about one signature scheme.
 pub struct Scheme {
     pub name: &'static str,

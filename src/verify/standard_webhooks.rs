@@ -11,6 +11,11 @@
 //! A `whsk_` private key is refused in the config: verifying never needs it, only
 //! `hookgate sign` does. The dedupe key is `webhook-id`: the spec keeps it the same
 //! across retries of one message, which is exactly what deduplication needs.
+//!
+//! Signature work per request is capped before it starts: a header with more than
+//! `MAX_SIGNATURE_ENTRIES` entries, or whose `v1a` entries times the `whpk_` keys in use
+//! exceed `MAX_ED25519_CHECKS`, is `MalformedSignature`. (An Ed25519 check costs about
+//! as much as the rest of a request; unchecked, 170 entries cost 9 ms of CPU.)
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,9 +27,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 
 use super::{
-    Built, Delivery, Explanation, HmacSha256, Keyring, LENIENT_BASE64, Scheme, SchemeOptions,
-    Verifier, VerifyError, any_tag, base64_decode_32, check_freshness, describe_age, header,
-    hmac_key, parse_timestamp, preview,
+    Built, Delivery, Explanation, HmacSha256, Keyring, LENIENT_BASE64, MAX_SIGNATURE_ENTRIES,
+    Scheme, SchemeOptions, Verifier, VerifyError, any_tag, base64_decode_32, check_freshness,
+    describe_age, header, hmac_key, parse_timestamp, preview, too_many_entries,
 };
 use crate::event::{Field, JsonPointer, is_valid_key};
 use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
@@ -39,6 +44,12 @@ pub const SCHEME: Scheme = Scheme {
 pub const ID: HeaderName = HeaderName::from_static("webhook-id");
 pub const TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
 pub const SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
+
+/// Ed25519 checks one request may cost: its `v1a` entries times the source's `whpk_`
+/// keys in use. A sender rotating its key signs twice and a receiver rotating holds two
+/// keys: four. A request needing more is `MalformedSignature`, and a source may list at
+/// most this many `whpk_` keys.
+pub const MAX_ED25519_CHECKS: usize = 4;
 
 enum Key {
     /// Keyed once; cloned per request so the key schedule runs once.
@@ -76,6 +87,16 @@ impl std::fmt::Debug for StandardWebhooks {
 
 fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
     let keys = Keyring::build(options.secrets, parse_key)?;
+    let public = keys
+        .all()
+        .filter(|(_, key, _)| matches!(key, Key::Ed25519(_)))
+        .count();
+    if public > MAX_ED25519_CHECKS {
+        return Err(format!(
+            "secrets: {public} whpk_ public keys; at most {MAX_ED25519_CHECKS} \
+             (each v1a signature of a request is checked against each of them)"
+        ));
+    }
     let alternates = options
         .secrets
         .iter()
@@ -299,9 +320,13 @@ struct Candidates {
 }
 
 impl Candidates {
-    fn parse(header: &str) -> Self {
+    fn parse(header: &str) -> Result<Self, VerifyError> {
+        let entries = || header.split(' ').filter(|e| !e.is_empty());
+        if too_many_entries(entries()) {
+            return Err(VerifyError::MalformedSignature);
+        }
         let mut out = Candidates::default();
-        for entry in header.split(' ').filter(|e| !e.is_empty()) {
+        for entry in entries() {
             let mut buf = [0u8; 72];
             match entry.split_once(',') {
                 // Tags of the wrong length cannot match; only exact ones are kept.
@@ -321,7 +346,7 @@ impl Candidates {
                 None => out.ignored.push("(no version)".to_owned()),
             }
         }
-        out
+        Ok(out)
     }
 
     fn is_empty(&self) -> bool {
@@ -345,7 +370,7 @@ fn parse(headers: &HeaderMap) -> Result<Parsed<'_>, VerifyError> {
     let timestamp_text = header(headers, &TIMESTAMP, VerifyError::MalformedTimestamp)?;
     let timestamp = parse_timestamp(timestamp_text)?;
     let signatures = header(headers, &SIGNATURE, VerifyError::MalformedSignature)?;
-    let candidates = Candidates::parse(signatures);
+    let candidates = Candidates::parse(signatures)?;
     if candidates.is_empty() {
         return Err(VerifyError::MalformedSignature);
     }
@@ -358,6 +383,23 @@ fn parse(headers: &HeaderMap) -> Result<Parsed<'_>, VerifyError> {
 }
 
 impl StandardWebhooks {
+    /// `MalformedSignature` when checking every `v1a` entry against every Ed25519 key
+    /// in use at `now` would take more than `MAX_ED25519_CHECKS` checks.
+    fn check_ed25519_work(&self, p: &Parsed<'_>, now: SystemTime) -> Result<(), VerifyError> {
+        if p.candidates.v1a.is_empty() {
+            return Ok(());
+        }
+        let keys = self
+            .keys
+            .active(now)
+            .filter(|(_, key)| matches!(key, Key::Ed25519(_)))
+            .count();
+        if p.candidates.v1a.len() * keys > MAX_ED25519_CHECKS {
+            return Err(VerifyError::MalformedSignature);
+        }
+        Ok(())
+    }
+
     /// Whether `key`'s signature is among the candidates. `content` is built once,
     /// and only if an Ed25519 key needs it (HMAC streams the parts).
     fn matches(
@@ -393,6 +435,7 @@ impl Verifier for StandardWebhooks {
         now: SystemTime,
     ) -> Result<Delivery, VerifyError> {
         let parsed = parse(headers)?;
+        self.check_ed25519_work(&parsed, now)?;
         // Freshness before any signature: a replay of an old capture costs no hashing.
         check_freshness(parsed.timestamp, now, self.tolerance)?;
         let mut content = None;
@@ -430,6 +473,13 @@ impl Verifier for StandardWebhooks {
             Ok(parsed) => parsed,
             Err(e) => {
                 out.step(format!("stopped: {e}"));
+                let entries = headers.get(&SIGNATURE).and_then(|v| v.to_str().ok());
+                if entries.is_some_and(|v| too_many_entries(v.split(' ').filter(|e| !e.is_empty())))
+                {
+                    out.hint(format!(
+                        "webhook-signature holds more than {MAX_SIGNATURE_ENTRIES} entries: hookgate checks none of them"
+                    ));
+                }
                 if headers.contains_key("stripe-signature") {
                     out.hint("the request carries Stripe-Signature: this source may need scheme = \"stripe\"");
                 }
@@ -450,6 +500,14 @@ impl Verifier for StandardWebhooks {
                 format!(", ignored: {}", c.ignored.join(" "))
             }
         ));
+        if let Err(e) = self.check_ed25519_work(&parsed, now) {
+            out.step(format!(
+                "stopped: {e} ({} v1a entries against the whpk_ keys in use would take more \
+                 than {MAX_ED25519_CHECKS} Ed25519 checks)",
+                c.v1a.len()
+            ));
+            return out;
+        }
         out.step(format!(
             "timestamp {}",
             describe_age(parsed.timestamp, now, self.tolerance)
@@ -739,6 +797,102 @@ mod tests {
         assert_eq!(
             v.verify(&h, br#"{"test": 2432232315}"#, at(TS)),
             Err(VerifyError::InvalidSignature)
+        );
+    }
+
+    /// A well-formed `v1a` entry that no key signed.
+    fn junk_v1a() -> String {
+        format!("v1a,{}", STANDARD.encode([7u8; 64]))
+    }
+
+    #[test]
+    fn more_than_max_signature_entries_are_malformed_even_when_one_would_match() {
+        let header = |junk: usize| {
+            let mut entries = vec!["v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc="; junk];
+            entries.push(SIG);
+            entries.join(" ")
+        };
+        assert!(check(&header(MAX_SIGNATURE_ENTRIES - 1), BODY, TS).is_ok());
+        assert_eq!(
+            check(&header(MAX_SIGNATURE_ENTRIES), BODY, TS),
+            Err(VerifyError::MalformedSignature)
+        );
+        // Entries of other versions count too, and doubled spaces are no entries.
+        let padded = format!("{SIG}  v2,a v3,b v4,c v5,d");
+        assert!(check(&padded, BODY, TS).is_ok());
+        assert_eq!(
+            check(&format!("{padded} v6,e"), BODY, TS),
+            Err(VerifyError::MalformedSignature)
+        );
+    }
+
+    #[test]
+    fn v1a_entries_times_public_keys_over_the_cap_are_malformed_before_any_check() {
+        let pair = signing_key(V1A_SEED).unwrap();
+        let genuine = sign_v1a(&pair, ID_VALUE, TS, BODY);
+        let other =
+            public_key(&signing_key(&format!("whsk_{}", STANDARD.encode([9u8; 32]))).unwrap());
+        let h = |junk: usize| {
+            let mut entries = vec![junk_v1a(); junk];
+            entries.push(genuine.clone());
+            headers(ID_VALUE, &TS.to_string(), &entries.join(" "))
+        };
+        let one_key = verifier(&[&public_key(&pair)]);
+        assert_eq!(
+            one_key.verify(&h(MAX_ED25519_CHECKS - 1), BODY, at(TS)),
+            Ok(Delivery { secret_index: 0 })
+        );
+        // Had any entry been checked, the genuine one would have matched.
+        assert_eq!(
+            one_key.verify(&h(MAX_ED25519_CHECKS), BODY, at(TS)),
+            Err(VerifyError::MalformedSignature)
+        );
+        // Two keys halve the entries a request may carry.
+        let two_keys = verifier(&[&other, &public_key(&pair)]);
+        assert_eq!(
+            two_keys.verify(&h(MAX_ED25519_CHECKS / 2 - 1), BODY, at(TS)),
+            Ok(Delivery { secret_index: 1 })
+        );
+        assert_eq!(
+            two_keys.verify(&h(MAX_ED25519_CHECKS / 2), BODY, at(TS)),
+            Err(VerifyError::MalformedSignature)
+        );
+        // HMAC keys cost no Ed25519 check: v1 entries are not limited by them.
+        let with_hmac = verifier(&[SECRET, &public_key(&pair)]);
+        assert!(
+            with_hmac
+                .verify(&h(MAX_ED25519_CHECKS - 1), BODY, at(TS))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_source_may_list_at_most_max_ed25519_checks_public_keys() {
+        let keys: Vec<String> = (0..=MAX_ED25519_CHECKS as u8)
+            .map(|i| {
+                public_key(&signing_key(&format!("whsk_{}", STANDARD.encode([i; 32]))).unwrap())
+            })
+            .collect();
+        let secrets = entries(&keys.iter().map(String::as_str).collect::<Vec<_>>());
+        let e = build(&SchemeOptions {
+            secrets: &secrets,
+            ..SchemeOptions::default()
+        })
+        .err()
+        .unwrap();
+        assert!(e.contains(&format!("at most {MAX_ED25519_CHECKS}")), "{e}");
+        let secrets = entries(
+            &keys[..MAX_ED25519_CHECKS]
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        assert!(
+            build(&SchemeOptions {
+                secrets: &secrets,
+                ..SchemeOptions::default()
+            })
+            .is_ok()
         );
     }
 

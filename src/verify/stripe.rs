@@ -7,7 +7,8 @@
 //! `v1` entry may match (Stripe signs once per active secret while one is rolled); `v0`
 //! and unknown schemes are ignored, so nobody can downgrade to them. `t` must be within
 //! the tolerance in both directions. The dedupe key is the event id at `/id`: Stripe has
-//! no delivery-id header, and a retried event keeps its id.
+//! no delivery-id header, and a retried event keeps its id. A header with more than
+//! `MAX_SIGNATURE_ENTRIES` signature elements is `MalformedSignature`, unchecked.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,7 +19,7 @@ use http::{HeaderMap, HeaderName};
 use super::{
     Built, Delivery, Explanation, HmacSha256, Keyring, Scheme, SchemeOptions, Verifier,
     VerifyError, any_tag, check_freshness, describe_age, header, hex_decode, hex_encode, hmac_key,
-    parse_timestamp, preview,
+    parse_timestamp, preview, too_many_entries,
 };
 use crate::event::{Field, JsonPointer};
 use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
@@ -85,6 +86,13 @@ struct Parsed<'h> {
 }
 
 fn parse(value: &str) -> Result<Parsed<'_>, VerifyError> {
+    let signatures = value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.starts_with("t="));
+    if too_many_entries(signatures) {
+        return Err(VerifyError::MalformedSignature);
+    }
     let mut timestamp_text = None;
     let mut v1 = Vec::new();
     let mut ignored = Vec::new();
@@ -313,6 +321,24 @@ mod tests {
         );
         let rolled = format!("t={TS},v1={},v0={tag},v1={tag},v9=x", "0".repeat(64));
         assert!(check(&rolled, BODY, TS).is_ok());
+    }
+
+    #[test]
+    fn more_than_max_signature_entries_are_malformed_even_when_one_would_match() {
+        let good = sign(SECRET, TS, BODY);
+        let tag = good.split_once(",v1=").unwrap().1;
+        let junk = format!("v1={}", "0".repeat(64));
+        let header = |junk_entries: usize| {
+            let mut entries = vec![junk.as_str(); junk_entries];
+            entries.push("v0=00");
+            format!("t={TS},{},v1={tag}", entries.join(","))
+        };
+        let max = crate::verify::MAX_SIGNATURE_ENTRIES;
+        assert!(check(&header(max - 2), BODY, TS).is_ok());
+        assert_eq!(
+            check(&header(max - 1), BODY, TS),
+            Err(VerifyError::MalformedSignature)
+        );
     }
 
     #[test]

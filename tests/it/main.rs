@@ -6,6 +6,7 @@ mod support;
 
 mod abuse;
 mod admin;
+mod bounds;
 mod config_cli;
 mod connections;
 mod dedupe;

@@ -1471,6 +1471,11 @@ impl GatewayProcess {
         }
     }
 
+    /// The process id, to read its `/proc` entries (CPU time, memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The config file the process was started with (rewrite it, then `hangup`).
     pub fn config_path(&self) -> std::path::PathBuf {
         self._dir.path().join("hookgate.toml")
