@@ -237,6 +237,7 @@ pub struct Metrics {
     connections_refused: IntCounterVec,
     connections_closed: IntCounterVec,
     penalty_box: IntCounter,
+    penalty_box_clients: IntGauge,
     admin_unauthorized: IntCounter,
     config_reloads: IntCounterVec,
     verified: IntCounterVec,
@@ -438,6 +439,11 @@ impl Metrics {
             "Times a client IP was put in the penalty box for failing verification too often.",
         )
         .expect("valid metric");
+        let penalty_box_clients = IntGauge::new(
+            "hookgate_penalty_box_clients",
+            "Client IPs the penalty box tracks now, counting failures or boxed (at most penalty_box.max_clients).",
+        )
+        .expect("valid metric");
         let admin_unauthorized = IntCounter::new(
             "hookgate_admin_unauthorized_total",
             "Admin requests refused 401 for a missing or wrong bearer token.",
@@ -482,6 +488,7 @@ impl Metrics {
             Box::new(connections_refused.clone()),
             Box::new(connections_closed.clone()),
             Box::new(penalty_box.clone()),
+            Box::new(penalty_box_clients.clone()),
             Box::new(admin_unauthorized.clone()),
         ] {
             registry
@@ -527,6 +534,7 @@ impl Metrics {
             connections_refused,
             connections_closed,
             penalty_box,
+            penalty_box_clients,
             admin_unauthorized,
             config_reloads,
             verified,
@@ -555,6 +563,12 @@ impl Metrics {
     /// A client IP was put in the penalty box.
     pub fn penalty_boxed(&self) {
         self.penalty_box.inc();
+    }
+
+    /// `hookgate_penalty_box_clients`, for the penalty box of the gateway being built
+    /// (a reload starts a new, empty one).
+    pub fn penalty_box_clients(&self) -> IntGauge {
+        self.penalty_box_clients.clone()
     }
 
     /// An admin request without the right bearer token.

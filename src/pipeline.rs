@@ -113,7 +113,7 @@ impl Gateway {
         Gateway {
             unmatched: metrics.source(NO_SOURCE),
             client_ip: ClientIpResolver::new(settings.trusted_proxies),
-            penalty_box: PenaltyBox::new(settings.penalty_box),
+            penalty_box: PenaltyBox::new(settings.penalty_box, metrics.penalty_box_clients()),
             metrics: metrics.clone(),
             ratelimit: RateLimit::new(store.clone(), settings.store.on_error, metrics.clone()),
             dedupe: Dedupe::new(

@@ -176,6 +176,9 @@ pub struct PenaltyBox {
     pub window: Duration,
     #[serde(default = "default_penalty_cooldown", with = "humantime_serde")]
     pub cooldown: Duration,
+    /// Clients tracked at once (counting or boxed): the box's memory bound.
+    #[serde(default = "default_penalty_max_clients")]
+    pub max_clients: u32,
 }
 
 impl Default for PenaltyBox {
@@ -184,6 +187,7 @@ impl Default for PenaltyBox {
             max_failures: default_penalty_max_failures(),
             window: default_penalty_window(),
             cooldown: default_penalty_cooldown(),
+            max_clients: default_penalty_max_clients(),
         }
     }
 }
@@ -457,6 +461,9 @@ fn default_penalty_window() -> Duration {
 }
 fn default_penalty_cooldown() -> Duration {
     Duration::from_secs(600)
+}
+fn default_penalty_max_clients() -> u32 {
+    100_000
 }
 fn default_dedupe_ttl() -> Duration {
     Duration::from_secs(72 * 3600)

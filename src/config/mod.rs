@@ -208,6 +208,8 @@ pub struct PenaltyBoxSettings {
     pub max_failures: u32,
     pub window: Duration,
     pub cooldown: Duration,
+    /// Clients tracked at once, counting or boxed.
+    pub max_clients: usize,
 }
 
 /// How https upstreams are verified.
@@ -512,6 +514,7 @@ fn penalty_box(file: &file::PenaltyBox) -> Result<PenaltyBoxSettings, String> {
         max_failures: file.max_failures,
         window: positive("penalty_box.window", file.window)?,
         cooldown: positive("penalty_box.cooldown", file.cooldown)?,
+        max_clients: at_least("penalty_box.max_clients", file.max_clients, 1)? as usize,
     })
 }
 
@@ -802,10 +805,11 @@ impl Settings {
             "off".to_owned()
         } else {
             format!(
-                "more than {} failed verifications in {} -> refused for {}",
+                "more than {} failed verifications in {} -> refused for {}; {} clients tracked at most",
                 self.penalty_box.max_failures,
                 humantime::format_duration(self.penalty_box.window),
                 humantime::format_duration(self.penalty_box.cooldown),
+                self.penalty_box.max_clients,
             )
         };
         let _ = writeln!(s, "penalty box: {penalty}");

@@ -87,6 +87,86 @@ async fn a_v1a_signature_flood_is_refused_for_the_cost_of_one_ordinary_forgery()
     assert_eq!(upstream.received().len(), 1);
 }
 
+/// Many distinct clients failing verification, as through a proxy that names each
+/// (`X-Forwarded-For` from a trusted peer), fill the penalty box to `max_clients` and no
+/// further; a client boxed before the flood stays boxed, a client tracked before it is
+/// still counted and boxed, and a genuine sender is served throughout.
+#[tokio::test]
+async fn a_flood_of_distinct_failing_clients_fills_the_penalty_box_to_its_bound_and_no_further() {
+    const MAX_CLIENTS: usize = 500;
+    const FLOOD: u32 = 2_000;
+    const SENDERS: u32 = 8;
+    let upstream = Upstream::start().await;
+    let gw = GatewayProcess::spawn(
+        config()
+            .set("rate_limit", "trusted_proxies", r#"["127.0.0.1/32"]"#)
+            .set("penalty_box", "max_failures", "3")
+            .set("penalty_box", "window", "\"10m\"")
+            .set("penalty_box", "max_clients", &MAX_CLIENTS.to_string())
+            .route("*", &upstream),
+    )
+    .await;
+    let client = gw.client();
+    let forged_from = |ip: &str| {
+        signed_event_with(OTHER_SECRET, "response.completed").with_header("x-forwarded-for", ip)
+    };
+    for _ in 0..4 {
+        let reply = client.post(PATH, &forged_from("192.0.2.1")).await;
+        assert_eq!(reply.error(), "invalid_signature");
+    }
+    assert_eq!(
+        client.post(PATH, &forged_from("192.0.2.1")).await.error(),
+        "penalty_box"
+    );
+    let counting = forged_from("192.0.2.2");
+    assert_eq!(
+        client.post(PATH, &counting).await.error(),
+        "invalid_signature"
+    );
+
+    let mut senders = tokio::task::JoinSet::new();
+    for sender in 0..SENDERS {
+        let client = gw.client();
+        senders.spawn(async move {
+            for n in (sender..FLOOD).step_by(SENDERS as usize) {
+                let ip = format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
+                let forged = signed_event_with(OTHER_SECRET, "response.completed")
+                    .with_header("x-forwarded-for", &ip);
+                let reply = client.post(PATH, &forged).await;
+                assert_eq!(reply.error(), "invalid_signature", "{ip}: {reply:?}");
+            }
+        });
+    }
+    while let Some(sent) = senders.join_next().await {
+        sent.expect("a flooding sender");
+    }
+
+    let scrape = gw.metrics().await;
+    assert_eq!(
+        scrape.value("hookgate_penalty_box_clients"),
+        Some(MAX_CLIENTS as f64)
+    );
+    assert_eq!(
+        client.post(PATH, &forged_from("192.0.2.1")).await.error(),
+        "penalty_box"
+    );
+    for _ in 0..3 {
+        let reply = client.post(PATH, &forged_from("192.0.2.2")).await;
+        assert_eq!(reply.error(), "invalid_signature");
+    }
+    assert_eq!(
+        client.post(PATH, &forged_from("192.0.2.2")).await.error(),
+        "penalty_box"
+    );
+    let genuine = signed_event("response.completed").with_header("x-forwarded-for", "198.51.100.7");
+    assert_eq!(client.post(PATH, &genuine).await.status(), 200);
+    assert_eq!(upstream.received().len(), 1);
+    assert_eq!(
+        gw.metrics().await.value("hookgate_penalty_box_total"),
+        Some(2.0)
+    );
+}
+
 /// On-CPU nanoseconds of every thread of a process (`/proc/PID/task/*/schedstat`).
 fn cpu_ns(pid: u32) -> u64 {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process runs");
