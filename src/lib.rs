@@ -7,7 +7,7 @@
 //! stages are: `client_ip` (socket peer, or a trusted proxy's `X-Forwarded-For`) → header
 //! limits → `penalty_box` (clients that keep failing verification) → the source's
 //! `allow_ips` → `ratelimit` (GCRA per client, before any body byte is read) → source by path → POST only → body under a
-//! size cap → `verify` (the source's signature scheme from the registry in
+//! size cap and the `body_budget` (bytes held per client and in all) → `verify` (the source's signature scheme from the registry in
 //! `verify::SCHEMES`: constant-time, freshness window, rotating secrets) → `event` (the
 //! dedupe key and the event type, by JSON pointer into the verified bytes or by header)
 //! → `route` (first matching pattern) → `dedupe` claim (two-phase, so a failure never
@@ -28,6 +28,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod body_budget;
 pub mod cli;
 pub mod client_ip;
 pub mod config;

@@ -38,11 +38,13 @@ pub enum Outcome {
     Queued,
     /// Queue mode: the delivery could not be stored, answered 503.
     QueueError,
+    /// The client's or the process's body budget stayed full, answered 503.
+    BodyBufferFull,
 }
 
 impl Outcome {
     /// Every outcome, pre-created at zero so a dashboard's `rate()` works from the first event.
-    pub const ALL: [Outcome; 20] = [
+    pub const ALL: [Outcome; 21] = [
         Outcome::Forwarded,
         Outcome::Duplicate,
         Outcome::InFlight,
@@ -63,6 +65,7 @@ impl Outcome {
         Outcome::PenaltyBox,
         Outcome::Queued,
         Outcome::QueueError,
+        Outcome::BodyBufferFull,
     ];
 
     pub fn label(self) -> &'static str {
@@ -87,6 +90,7 @@ impl Outcome {
             Outcome::PenaltyBox => "penalty_box",
             Outcome::Queued => "queued",
             Outcome::QueueError => "queue_error",
+            Outcome::BodyBufferFull => "body_buffer_full",
         }
     }
 }

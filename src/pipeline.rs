@@ -20,10 +20,11 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use prometheus::IntCounter;
 
+use crate::body_budget::{BodyBudget, Reservation};
 use crate::client_ip::ClientIpResolver;
 use crate::config::{Delivery, Limits, Settings, Source};
 use crate::dedupe::{Claimed, Dedupe};
@@ -48,6 +49,8 @@ pub struct Gateway {
     dedupe: Dedupe,
     forward: Arc<Forwarder>,
     limits: Limits,
+    /// Shared by every gateway a reload builds: bodies in flight keep their bytes.
+    body_budget: Arc<BodyBudget>,
     tls: bool,
 }
 
@@ -90,6 +93,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         forward: Arc<Forwarder>,
         queue: Option<Ingress>,
+        body_budget: Arc<BodyBudget>,
     ) -> Self {
         let entry = |source: Source| Entry {
             handoff: match source.delivery {
@@ -124,6 +128,7 @@ impl Gateway {
             ),
             forward,
             limits: settings.limits,
+            body_budget,
             tls: settings.server.tls.is_some(),
             sources: settings
                 .sources
@@ -220,11 +225,15 @@ impl Gateway {
         let source = &entry.source;
         require_post(req.method())?;
         let (parts, body) = req.into_parts();
-        let body = read_body(body, &self.limits).await?;
+        // The body's bytes count against the client's and the process's budget until
+        // the signature is checked: unsigned bodies are what a flood would hold.
+        let mut reservation = self.body_budget.reserve(ip);
+        let body = read_body(body, &self.limits, &mut reservation).await?;
         let delivery = source
             .verifier
             .verify(&parts.headers, &body, SystemTime::now())
             .inspect_err(|_| self.verification_failed(ip))?;
+        drop(reservation);
         if let Some(verified) = entry.verified.get(delivery.secret_index) {
             verified.inc();
         }
@@ -350,23 +359,55 @@ fn require_post(method: &Method) -> Result<(), Reject> {
     }
 }
 
-/// Reads the whole body under the size cap and the read timeout. A declared
-/// `Content-Length` over the cap is refused before a byte is read.
-async fn read_body<B>(body: B, limits: &Limits) -> Result<Bytes, Reject>
+/// Reads the whole body under the size cap, the read timeout and the body budget. A
+/// declared `Content-Length` over the cap is refused before a byte is read; one under
+/// it is taken from the budget before a byte is read. The body is copied into one
+/// buffer as it comes, so what the budget counts is what is allocated (a chunk kept as
+/// received could pin the whole read buffer it was cut from).
+async fn read_body<B>(
+    body: B,
+    limits: &Limits,
+    reservation: &mut Reservation<'_>,
+) -> Result<Bytes, Reject>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if body.size_hint().lower() > limits.max_body_bytes as u64 {
+    let max = limits.max_body_bytes;
+    let declared = body.size_hint().lower();
+    if declared > max as u64 {
         return Err(Reject::TooLarge);
     }
-    let collect = Limited::new(body, limits.max_body_bytes).collect();
-    match tokio::time::timeout(limits.body_read_timeout, collect).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Reject::TooLarge),
-        Ok(Err(_)) => Err(Reject::BadBody),
-        Err(_) => Err(Reject::BodyTimeout),
-    }
+    let read = async {
+        let declared = declared as usize;
+        reservation.hold(declared).await?;
+        let mut buf = Vec::with_capacity(declared);
+        let mut body = std::pin::pin!(body);
+        while let Some(frame) = body
+            .frame()
+            .await
+            .transpose()
+            .map_err(|_| Reject::BadBody)?
+        {
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers: not part of what is signed
+            };
+            let needed = buf.len() + data.len();
+            if needed > max {
+                return Err(Reject::TooLarge);
+            }
+            if needed > buf.capacity() {
+                let grown = needed.max(buf.capacity() * 2).min(max);
+                reservation.hold(grown).await?;
+                buf.reserve_exact(grown - buf.len());
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(Bytes::from(buf))
+    };
+    tokio::time::timeout(limits.body_read_timeout, read)
+        .await
+        .unwrap_or(Err(Reject::BodyTimeout))
 }
 
 #[cfg(test)]

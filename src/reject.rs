@@ -11,6 +11,7 @@ use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
+use crate::body_budget;
 use crate::event::PayloadError;
 use crate::forward::{ForwardError, UpstreamReply};
 use crate::metrics::Outcome;
@@ -53,6 +54,9 @@ pub enum Reject {
     BodyTimeout,
     #[error("the body could not be read")]
     BadBody,
+    /// The client's or the process's budget for bodies being read stayed full.
+    #[error(transparent)]
+    BodyBufferFull(#[from] body_budget::Full),
     #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error(transparent)]
@@ -88,7 +92,9 @@ impl Reject {
             }
             Reject::InFlight { .. } => StatusCode::CONFLICT,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Reject::Store(_) | Reject::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::Store(_) | Reject::Queue(_) | Reject::BodyBufferFull(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reject::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             // Includes upstream 3xx and 410: senders read those as "moved" or "disable
             // this endpoint", which must never be decided by a backend's accident.
@@ -108,6 +114,7 @@ impl Reject {
             Reject::TooLarge => "body_too_large",
             Reject::BodyTimeout => "body_timeout",
             Reject::BadBody => "bad_request",
+            Reject::BodyBufferFull(_) => "body_buffer_full",
             Reject::Verify(e) => match e {
                 VerifyError::MissingHeader(_) => "missing_header",
                 VerifyError::MalformedId => "malformed_id",
@@ -143,6 +150,7 @@ impl Reject {
             Reject::MethodNotAllowed => Outcome::MethodNotAllowed,
             Reject::TooLarge => Outcome::TooLarge,
             Reject::BodyTimeout | Reject::BadBody => Outcome::BadRequest,
+            Reject::BodyBufferFull(_) => Outcome::BodyBufferFull,
             Reject::Verify(e) if e.is_stale() => Outcome::Stale,
             Reject::Verify(_) => Outcome::InvalidSignature,
             Reject::InvalidPayload(_) => Outcome::InvalidPayload,
@@ -161,6 +169,7 @@ impl Reject {
             | Reject::RateLimited { retry_after }
             | Reject::PenaltyBox { retry_after } => Some(*retry_after),
             Reject::Store(_) | Reject::Queue(_) => Some(STORE_RETRY_AFTER),
+            Reject::BodyBufferFull(_) => Some(body_budget::RETRY_AFTER),
             _ => None,
         }
     }
@@ -285,6 +294,18 @@ mod tests {
             (Reject::TooLarge, 413, "body_too_large", "too_large"),
             (Reject::BodyTimeout, 408, "body_timeout", "bad_request"),
             (Reject::BadBody, 400, "bad_request", "bad_request"),
+            (
+                body_budget::Full(body_budget::Scope::Client).into(),
+                503,
+                "body_buffer_full",
+                "body_buffer_full",
+            ),
+            (
+                body_budget::Full(body_budget::Scope::Process).into(),
+                503,
+                "body_buffer_full",
+                "body_buffer_full",
+            ),
             (
                 VerifyError::MissingHeader(HeaderName::from_static("webhook-id")).into(),
                 400,
@@ -475,6 +496,8 @@ mod tests {
         assert_eq!(response.headers()[RETRY_AFTER], "600");
         let response = Reject::Queue(QueueError::Store(StoreError::Timeout)).into_response();
         assert_eq!(response.headers()[RETRY_AFTER], "5");
+        let response = Reject::from(body_budget::Full(body_budget::Scope::Client)).into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
     }
 
     #[test]

@@ -6,13 +6,14 @@
 //! limit, the penalty box (which starts empty), dedupe TTLs, the body limits, the admin
 //! token, and `[server.tls]` certificates (files are read again; new connections use
 //! them). Needing a restart, logged and otherwise left as they are: the listen addresses,
-//! turning TLS on or off, connection and upstream limits, `[store]`, `[queue]`,
+//! turning TLS on or off, connection and upstream limits, the body budget, `[store]`, `[queue]`,
 //! `[upstream_tls]` and `log.level`. A file that does not validate changes nothing.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::body_budget::BodyBudget;
 use crate::config::{self, AdminAuth, ConfigError, Delivery, Settings};
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
@@ -25,6 +26,7 @@ use crate::store::Store;
 /// What a reload keeps from the running gateway.
 pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
+    pub body_budget: Arc<BodyBudget>,
     pub metrics: Arc<Metrics>,
     pub forward: Arc<Forwarder>,
     pub ingress: Option<Ingress>,
@@ -41,6 +43,8 @@ pub struct Live {
     shared: Shared,
     /// The running values of what needs a restart, to tell the operator.
     fixed: Fixed,
+    /// The limits the listeners and the body budget were built with.
+    fixed_limits: config::Limits,
     /// One reload at a time; a second waits for the first.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -62,6 +66,7 @@ impl Live {
     ) -> Arc<Live> {
         let origin = settings.origin.clone();
         let fixed = Fixed::of(&settings);
+        let fixed_limits = settings.limits;
         let admin_auth = ArcSwap::from_pointee(settings.admin_auth.clone());
         let gateway = ArcSwap::from_pointee(build_gateway(settings, &shared));
         Arc::new(Live {
@@ -71,6 +76,7 @@ impl Live {
             admin_auth,
             shared,
             fixed,
+            fixed_limits,
             reloading: tokio::sync::Mutex::new(()),
         })
     }
@@ -138,8 +144,19 @@ impl Live {
     }
 
     /// Refuses what cannot be applied at all: queue mode where the running gateway
-    /// has no queue.
+    /// has no queue, or a body size that the running body budget could never hold.
     fn admissible(&self, settings: Settings) -> Result<Settings, ConfigError> {
+        let share = self.fixed_limits.max_buffered_body_bytes_per_ip;
+        if settings.limits.max_body_bytes > share {
+            return Err(ConfigError {
+                origin: settings.origin.clone(),
+                message: format!(
+                    "limits.max_body_bytes = {} exceeds the running \
+                     limits.max_buffered_body_bytes_per_ip ({share}), which needs a restart",
+                    settings.limits.max_body_bytes
+                ),
+            });
+        }
         let queued = settings
             .sources
             .iter()
@@ -165,6 +182,7 @@ fn build_gateway(settings: Settings, shared: &Shared) -> Gateway {
         shared.metrics.clone(),
         shared.forward.clone(),
         shared.ingress.clone(),
+        shared.body_budget.clone(),
     )
 }
 
@@ -201,6 +219,13 @@ impl Fixed {
                         l.http2_max_concurrent_streams,
                         l.http2_max_resets,
                     )
+                ),
+            ),
+            (
+                "limits.max_buffered_body_bytes, limits.max_buffered_body_bytes_per_ip",
+                format!(
+                    "{:?}",
+                    (l.max_buffered_body_bytes, l.max_buffered_body_bytes_per_ip)
                 ),
             ),
             ("[store]", format!("{:?}", s.store.backend)),
@@ -255,5 +280,10 @@ upstream = "http://127.0.0.1:9001/hooks"
         );
         let bodies = format!("[limits]\nmax_body_bytes = 2048\n{BASE}");
         assert!(base.differences(&fixed(&bodies)).is_empty());
+        let budget = format!("[limits]\nmax_buffered_body_bytes_per_ip = 8388608\n{BASE}");
+        assert_eq!(
+            base.differences(&fixed(&budget)),
+            vec!["limits.max_buffered_body_bytes, limits.max_buffered_body_bytes_per_ip"]
+        );
     }
 }

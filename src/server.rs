@@ -7,7 +7,8 @@
 //! request head within `header_read_timeout`, and never sit without a request in
 //! progress for longer than `idle_timeout`. The HTTP parsers get hard limits on header
 //! count and size at twice the configured ones (the pipeline answers the configured
-//! ones with a JSON 431), and HTTP/2 a cap on concurrent streams. Rapid reset: a
+//! ones with a JSON 431), and HTTP/2 a cap on concurrent streams and 64 KiB receive
+//! windows (bodies are bounded by `body_budget` once read). Rapid reset: a
 //! connection whose client cancels more than `http2_max_resets` requests within 10 s is
 //! dropped; streams reset before hyper picked them up count inside h2 against the same
 //! number (GOAWAY `ENHANCE_YOUR_CALM`).
@@ -40,6 +41,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Admin;
+use crate::body_budget::BodyBudget;
 use crate::config::{ConfigError, HTTP2_RESET_WINDOW, Limits, Settings, TlsSettings};
 use crate::connections::{self, Admission};
 use crate::forward::Forwarder;
@@ -57,6 +59,12 @@ const ADMIN_MAX_CONNECTIONS: u32 = 64;
 
 /// Connections of the command line's helper servers (`echo`, `bench sink`).
 const HELPER_MAX_CONNECTIONS: u32 = 65_536;
+
+/// The HTTP/2 receive windows, per stream and per connection: what a client may have
+/// sent that hookgate has not read yet. The protocol's initial value (RFC 9113 §6.9.2);
+/// hyper's own 1 MiB let each connection park a megabyte outside the body budget while
+/// its bodies waited for room. Bytes hookgate reads count against the body budget.
+pub const HTTP2_RECEIVE_WINDOW_BYTES: u32 = 65_535;
 
 /// How long a connection told to close (idle, or a head that never came) may take to
 /// finish what it has before it is dropped.
@@ -137,6 +145,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         &settings.upstream_tls,
     ));
     let limits = settings.limits;
+    let body_budget = BodyBudget::new(&limits, &metrics);
     let builder = gateway_http_builder(&limits);
     let server_policy = ConnectionPolicy {
         admission: Admission::new(
@@ -192,6 +201,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         tls.clone(),
         Shared {
             store: store.clone(),
+            body_budget,
             metrics: metrics.clone(),
             forward,
             ingress,
@@ -297,6 +307,8 @@ fn gateway_http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .initial_stream_window_size(HTTP2_RECEIVE_WINDOW_BYTES)
+        .initial_connection_window_size(HTTP2_RECEIVE_WINDOW_BYTES)
         .max_pending_accept_reset_streams(limits.http2_max_resets)
         // HTTP/2 counts 32 bytes of overhead per field (RFC 9113 §6.5.2).
         .max_header_list_size(u32::try_from(hard_bytes + 32 * hard_headers).unwrap_or(u32::MAX));

@@ -145,6 +145,10 @@ pub struct Limits {
     pub http2_max_concurrent_streams: u32,
     #[serde(default = "default_http2_max_resets")]
     pub http2_max_resets: u32,
+    #[serde(default = "default_max_buffered_body_bytes")]
+    pub max_buffered_body_bytes: u64,
+    #[serde(default = "default_max_buffered_body_bytes_per_ip")]
+    pub max_buffered_body_bytes_per_ip: u64,
 }
 
 impl Default for Limits {
@@ -161,6 +165,8 @@ impl Default for Limits {
             max_header_bytes: default_max_header_bytes(),
             http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
             http2_max_resets: default_http2_max_resets(),
+            max_buffered_body_bytes: default_max_buffered_body_bytes(),
+            max_buffered_body_bytes_per_ip: default_max_buffered_body_bytes_per_ip(),
         }
     }
 }
@@ -452,6 +458,12 @@ fn default_http2_max_concurrent_streams() -> u32 {
 }
 fn default_http2_max_resets() -> u32 {
     50
+}
+fn default_max_buffered_body_bytes() -> u64 {
+    128 * 1024 * 1024
+}
+fn default_max_buffered_body_bytes_per_ip() -> u64 {
+    4 * 1024 * 1024
 }
 fn default_penalty_max_failures() -> u32 {
     20

@@ -173,6 +173,11 @@ pub struct Limits {
     pub http2_max_concurrent_streams: u32,
     /// Requests a client may cancel within `HTTP2_RESET_WINDOW`.
     pub http2_max_resets: usize,
+    /// Bytes of bodies held while they are read and verified, in all (`body_budget`).
+    pub max_buffered_body_bytes: usize,
+    /// The same per client IP (IPv6: per /64); at least `max_body_bytes`, at most
+    /// `max_buffered_body_bytes` and `u32::MAX`.
+    pub max_buffered_body_bytes_per_ip: usize,
 }
 
 /// Who may read the admin listener.
@@ -453,6 +458,8 @@ fn limits(file: &file::Limits) -> Result<Limits, String> {
                 usize::MAX
             )
         })?;
+    let (max_buffered_body_bytes, max_buffered_body_bytes_per_ip) =
+        body_budget(file, max_body_bytes)?;
     Ok(Limits {
         max_body_bytes,
         header_read_timeout: positive("limits.header_read_timeout", file.header_read_timeout)?,
@@ -470,7 +477,44 @@ fn limits(file: &file::Limits) -> Result<Limits, String> {
             1,
         )?,
         http2_max_resets: at_least("limits.http2_max_resets", file.http2_max_resets, 1)? as usize,
+        max_buffered_body_bytes,
+        max_buffered_body_bytes_per_ip,
     })
+}
+
+/// `(max_buffered_body_bytes, max_buffered_body_bytes_per_ip)`: a body of the largest
+/// size must fit a client's share, and the share the process's.
+fn body_budget(file: &file::Limits, max_body_bytes: usize) -> Result<(usize, usize), String> {
+    let per_ip = file.max_buffered_body_bytes_per_ip;
+    let all = file.max_buffered_body_bytes;
+    if per_ip < max_body_bytes as u64 {
+        return Err(format!(
+            "limits.max_buffered_body_bytes_per_ip = {per_ip} must be at least \
+             limits.max_body_bytes ({max_body_bytes}): a body of the largest size could never be read"
+        ));
+    }
+    if per_ip > u64::from(u32::MAX) {
+        return Err(format!(
+            "limits.max_buffered_body_bytes_per_ip = {per_ip} must be at most {}",
+            u32::MAX
+        ));
+    }
+    if all < per_ip {
+        return Err(format!(
+            "limits.max_buffered_body_bytes = {all} must be at least \
+             limits.max_buffered_body_bytes_per_ip ({per_ip})"
+        ));
+    }
+    let all = usize::try_from(all)
+        .ok()
+        .filter(|&n| n <= tokio::sync::Semaphore::MAX_PERMITS)
+        .ok_or_else(|| {
+            format!(
+                "limits.max_buffered_body_bytes = {all} must be at most {}",
+                tokio::sync::Semaphore::MAX_PERMITS
+            )
+        })?;
+    Ok((all, per_ip as usize))
 }
 
 fn at_least(key: &str, value: u32, min: u32) -> Result<u32, String> {
@@ -782,8 +826,11 @@ impl Settings {
         );
         let _ = writeln!(
             s,
-            "limits: body {} bytes, header read {}, body read {}, upstream {}",
+            "limits: body {} bytes ({} buffered per client IP, {} in all), header read {}, \
+             body read {}, upstream {}",
             self.limits.max_body_bytes,
+            self.limits.max_buffered_body_bytes_per_ip,
+            self.limits.max_buffered_body_bytes,
             humantime::format_duration(self.limits.header_read_timeout),
             humantime::format_duration(self.limits.body_read_timeout),
             humantime::format_duration(self.limits.upstream_timeout),
@@ -1223,6 +1270,9 @@ upstream = "http://127.0.0.1:9001/hooks"
         assert_eq!(settings.penalty_box.max_failures, 20);
         assert_eq!(settings.penalty_box.window, Duration::from_secs(60));
         assert_eq!(settings.penalty_box.cooldown, Duration::from_secs(600));
+        assert_eq!(settings.penalty_box.max_clients, 100_000);
+        assert_eq!(limits.max_buffered_body_bytes, 128 * 1024 * 1024);
+        assert_eq!(limits.max_buffered_body_bytes_per_ip, 4 * 1024 * 1024);
         assert!(matches!(settings.upstream_tls, UpstreamTrust::System));
         assert!(settings.admin_auth.token.is_none());
         assert!(settings.sources[0].allow_ips.is_empty());
@@ -1330,5 +1380,36 @@ upstream = "http://127.0.0.1:9001/hooks"
             e.contains("limits.idle_timeout must be greater than zero"),
             "{e}"
         );
+        let e = error(&format!("[penalty_box]\nmax_clients = 0\n{MINIMAL}"));
+        assert!(
+            e.contains("penalty_box.max_clients = 0 must be at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_body_budget_must_hold_a_body_of_the_largest_size() {
+        let e = error(&format!(
+            "[limits]\nmax_body_bytes = 2000000\nmax_buffered_body_bytes_per_ip = 1000000\n{MINIMAL}"
+        ));
+        assert!(
+            e.contains("limits.max_buffered_body_bytes_per_ip = 1000000 must be at least limits.max_body_bytes (2000000)"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "[limits]\nmax_buffered_body_bytes = 2000000\nmax_buffered_body_bytes_per_ip = 3000000\n{MINIMAL}"
+        ));
+        assert!(
+            e.contains("limits.max_buffered_body_bytes = 2000000 must be at least limits.max_buffered_body_bytes_per_ip (3000000)"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "[limits]\nmax_buffered_body_bytes_per_ip = 5000000000\nmax_buffered_body_bytes = 9000000000\n{MINIMAL}"
+        ));
+        assert!(e.contains("must be at most 4294967295"), "{e}");
+        let fits = format!(
+            "[limits]\nmax_body_bytes = 65536\nmax_buffered_body_bytes_per_ip = 65536\nmax_buffered_body_bytes = 65536\n{MINIMAL}"
+        );
+        assert!(parse(&fits, "test.toml").is_ok());
     }
 }

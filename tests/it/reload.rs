@@ -172,6 +172,36 @@ async fn a_change_that_needs_a_restart_is_reported_and_the_rest_still_applies() 
 }
 
 #[tokio::test]
+async fn a_body_size_beyond_the_running_body_budget_is_refused_and_nothing_changes() {
+    let upstream = Upstream::start().await;
+    let file = ConfigFile::new(config().route("*", &upstream));
+    let gw = Gateway::start_file(&file.path()).await;
+
+    file.write(
+        config()
+            .route("*", &upstream)
+            .max_body_bytes(8 * 1024 * 1024)
+            .set("limits", "max_buffered_body_bytes_per_ip", "8388608"),
+    );
+    let refused = gw
+        .reload()
+        .await
+        .expect_err("a budget that cannot hold the body");
+
+    assert!(
+        refused.message.contains(
+            "limits.max_body_bytes = 8388608 exceeds the running limits.max_buffered_body_bytes_per_ip (4194304)"
+        ),
+        "{refused}"
+    );
+    let big = signed_body(&format!(
+        r#"{{"type":"x","pad":"{}"}}"#,
+        "p".repeat(2 * 1024 * 1024)
+    ));
+    assert_eq!(gw.post(PATH, &big).await.status(), 413);
+}
+
+#[tokio::test]
 async fn renewed_certificate_files_are_served_to_new_connections_after_a_reload() {
     let upstream = Upstream::start().await;
     let cert = DevCert::generate();
