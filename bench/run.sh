@@ -12,7 +12,9 @@
 # cost floor of any proxy); hookgate with the in-memory store; hookgate with Redis;
 # hookgate over TLS (HTTP/1.1 and h2); and the same with 64 KiB bodies; hookgate in queue
 # mode (in memory and on Redis): ingress as for the other rows, plus the end-to-end drain
-# rate, from the first request sent until the sink has received every delivery.
+# rate, from the first request sent until the sink has received every delivery; and the
+# flood rows (penalty box idle/flood, v1a flood: see where they run), e.g.
+# ROWS='penalty box|v1a flood' bash bench/run.sh.
 # Pinning (taskset): the system under test (the direct sink, nginx's worker, or hookgate)
 # runs alone on SUT_CPU; its environment (the load generator `hookgate bench load`, the
 # upstream sink the proxies forward to, and Redis) shares LOAD_CPU. So a row measures the
@@ -284,6 +286,53 @@ run_gateway "hookgate memory TLS h2" memory tls "$BODY" --insecure --http2
 measure "direct (sink) 64KiB" "http://127.0.0.1:$DIRECT_PORT/sink" "$DIRECT_PID" "$BIG_BODY"
 run_gateway "hookgate memory 64KiB" memory plain "$BIG_BODY"
 
+# Floods of requests that fail verification (bench/floods.py), on the in-memory gateway
+# trusting the load core as a proxy (so X-Forwarded-For names a new client per request):
+# "penalty box idle" is the load alone; "penalty box flood" first fills the penalty box
+# with PENALTY_CLIENTS distinct failing clients, then runs the load while FLOOD_RATE more
+# new failing clients per second keep coming. The two alternate, a fresh gateway each.
+# "v1a flood" is the gateway's CPU per request for requests carrying 170 v1a entries.
+PENALTY_CLIENTS=${PENALTY_CLIENTS:-100000}
+FLOOD_RATE=${FLOOD_RATE:-1000}
+V1A_FLOOD=${V1A_FLOOD:-20000}
+flood_gateway() { # flood_gateway [PENALTY_BOX_LINE]: a fresh gateway for the flood rows, its pid in $LAST_PID
+    gateway_config "$WORK/gw.toml" memory plain
+    sed -i 's|^\[rate_limit\]$|[rate_limit]\ntrusted_proxies = ["127.0.0.1/32"]|' "$WORK/gw.toml"
+    sed -i 's|^secrets = \["\(.*\)"\]$|secrets = ["\1", "whpk_SeSUDAZ3d2HWtX6BOCdmMmpc0l7Q/Nu+2u/bsRF9Vc4="]|' "$WORK/gw.toml"
+    printf '[penalty_box]\nwindow = "10m"\n%s\n' "${1:-}" >>"$WORK/gw.toml"
+    start gateway "$SUT_CPU" "$HG" serve --config "$WORK/gw.toml"
+    wait_port "$GW_PORT"
+}
+if [[ "hookgate memory, penalty box idle" =~ $ROWS || "hookgate memory, penalty box flood" =~ $ROWS ]]; then
+    for _ in $(seq 1 "$REPEAT"); do
+        flood_gateway
+        REPEAT=1 measure "hookgate memory, penalty box idle" "http://127.0.0.1:$GW_PORT/webhooks/openai" "$LAST_PID" "$BODY"
+        stop "$LAST_PID"
+        flood_gateway
+        pid=$LAST_PID
+        taskset -c "$LOAD_CPU" python3 bench/floods.py 127.0.0.1 "$GW_PORT" clients --count "$PENALTY_CLIENTS" >&2
+        echo "penalty box clients tracked: $(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^hookgate_penalty_box_clients / {print $2}')" >&2
+        taskset -c "$LOAD_CPU" python3 bench/floods.py 127.0.0.1 "$GW_PORT" clients --first "$PENALTY_CLIENTS" \
+            --count $((FLOOD_RATE * 600)) --rate "$FLOOD_RATE" --connections 1 >/dev/null &
+        flood=$!
+        REPEAT=1 measure "hookgate memory, penalty box flood" "http://127.0.0.1:$GW_PORT/webhooks/openai" "$pid" "$BODY"
+        kill "$flood" 2>/dev/null || true
+        wait "$flood" 2>/dev/null || true
+        stop "$pid"
+    done
+fi
+V1A_LINE=""
+if [[ "v1a flood" =~ $ROWS ]]; then
+    flood_gateway "max_failures = 0" # one client: boxed, it would cost nothing at all
+    pid=$LAST_PID
+    taskset -c "$LOAD_CPU" python3 bench/floods.py 127.0.0.1 "$GW_PORT" v1a --count 2000 >/dev/null
+    before=$(cpu_ns "$pid")
+    sent=$(taskset -c "$LOAD_CPU" python3 bench/floods.py 127.0.0.1 "$GW_PORT" v1a --count "$V1A_FLOOD")
+    after=$(cpu_ns "$pid")
+    V1A_LINE="v1a flood ($sent; 170 entries each, all answered 400): gateway CPU $(( (after - before) / V1A_FLOOD / 1000 )) µs per request"
+    stop "$pid"
+fi
+
 # Memory with 10,000 idle connections, and whether a delivery is still served meanwhile.
 IDLE_LINE=""
 if [[ "idle connections" =~ $ROWS ]]; then
@@ -350,6 +399,13 @@ if "hookgate memory" in med and "hookgate redis" in med:
         print(f"{len(pairs)} alternating pairs, Redis/memory: throughput median {statistics.median(rps):.2f}× "
               f"(quartiles {q(rps, 0.25):.2f}-{q(rps, 0.75):.2f}, range {rps[0]:.2f}-{rps[-1]:.2f}); "
               f"gateway CPU median {statistics.median(cpu):.2f}× (range {cpu[0]:.2f}-{cpu[-1]:.2f})")
+idle, flood = rows.get("hookgate memory, penalty box idle"), rows.get("hookgate memory, penalty box flood")
+if idle and flood:
+    ratios = sorted(f["p99"] / i["p99"] for i, f in zip(idle, flood))
+    print()
+    print(f"penalty box full and flooded against idle, {len(ratios)} alternating pairs: legitimate p99 "
+          f"median {statistics.median(ratios):.2f}x (range {ratios[0]:.2f}-{ratios[-1]:.2f}x), "
+          f"p50 {statistics.median(f['p50'] for f in flood):.3f} vs {statistics.median(i['p50'] for i in idle):.3f} ms")
 drains = {name: statistics.median(x["drain_rps"] for x in runs) for name, runs in rows.items() if "drain_rps" in runs[0]}
 if drains:
     print()
@@ -359,4 +415,5 @@ if drains:
         print(f"| {name} | {rate:.0f} |")
 PY
 [ -n "$IDLE_LINE" ] && { echo; echo "$IDLE_LINE"; }
+[ -n "$V1A_LINE" ] && { echo; echo "$V1A_LINE"; }
 exit 0

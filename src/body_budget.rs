@@ -188,14 +188,8 @@ mod tests {
     use super::*;
 
     fn budget(per_client: usize, process: usize) -> (Arc<BodyBudget>, Metrics) {
-        let mut limits = crate::config::parse(
-            "[[sources]]\nname = \"s\"\npath = \"/s\"\nscheme = \"standard-webhooks\"\n\
-             secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n\
-             [[sources.routes]]\nevents = [\"*\"]\nupstream = \"http://127.0.0.1:9/\"\n",
-            "test.toml",
-        )
-        .unwrap()
-        .limits;
+        let config = crate::config::EMBEDDED_DEFAULT;
+        let mut limits = crate::config::parse(config, "default").unwrap().limits;
         limits.max_buffered_body_bytes_per_ip = per_client;
         limits.max_buffered_body_bytes = process;
         let metrics = Metrics::new([]);

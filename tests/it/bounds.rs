@@ -99,6 +99,42 @@ fn memory_bytes(pid: u32, field: &str) -> usize {
     kib * 1024
 }
 
+/// A gateway process with the given body budget, warmed up by one delivery, and its
+/// resident memory then.
+async fn gateway_with_budget(per_ip: usize, all: usize) -> (Upstream, GatewayProcess, usize) {
+    let upstream = Upstream::start().await;
+    let gw = GatewayProcess::spawn(
+        config()
+            .set(
+                "limits",
+                "max_buffered_body_bytes_per_ip",
+                &per_ip.to_string(),
+            )
+            .set("limits", "max_buffered_body_bytes", &all.to_string())
+            .set("limits", "body_read_timeout", "\"5m\"")
+            .route("*", &upstream),
+    )
+    .await;
+    let warm_up = gw.client().post(PATH, &signed_event("warm.up")).await;
+    assert_eq!(warm_up.status(), 200);
+    let before = memory_bytes(gw.pid(), "VmRSS");
+    (upstream, gw, before)
+}
+
+/// The peak memory of `gw` grew from `before` by no more than `budget`, the receive
+/// windows of `connections` HTTP/2 connections and `OVERHEAD_ALLOWANCE_BYTES`.
+fn assert_grown_within(gw: &GatewayProcess, before: usize, budget: usize, connections: usize) {
+    let grown = memory_bytes(gw.pid(), "VmHWM").saturating_sub(before);
+    let windows = connections * HTTP2_RECEIVE_WINDOW_BYTES as usize;
+    let bound = budget + windows + OVERHEAD_ALLOWANCE_BYTES;
+    assert!(
+        grown <= bound,
+        "the attack grew the gateway by {} KiB; bound {} KiB",
+        grown / 1024,
+        bound / 1024
+    );
+}
+
 fn gauge(scrape: &Scrape, series: &str) -> usize {
     scrape
         .value(series)
@@ -115,22 +151,7 @@ fn gauge(scrape: &Scrape, series: &str) -> usize {
 async fn http2_bodies_that_never_finish_pin_no_more_than_the_clients_share() {
     const CONNECTIONS: usize = 16;
     const SHARE: usize = 4 * MIB;
-    let upstream = Upstream::start().await;
-    let gw = GatewayProcess::spawn(
-        config()
-            .set(
-                "limits",
-                "max_buffered_body_bytes_per_ip",
-                &SHARE.to_string(),
-            )
-            .set("limits", "max_buffered_body_bytes", &(64 * MIB).to_string())
-            .set("limits", "body_read_timeout", "\"5m\"")
-            .route("*", &upstream),
-    )
-    .await;
-    let warm_up = gw.client().post(PATH, &signed_event("warm.up")).await;
-    assert_eq!(warm_up.status(), 200);
-    let before = memory_bytes(gw.pid(), "VmRSS");
+    let (_upstream, gw, before) = gateway_with_budget(SHARE, 64 * MIB).await;
 
     let mut attack = Attack::pin_bodies_over_http2("127.0.0.2", gw.addr, CONNECTIONS).await;
     let held = SHARE / ATTACK_BODY_BYTES;
@@ -144,7 +165,7 @@ async fn http2_bodies_that_never_finish_pin_no_more_than_the_clients_share() {
         .post(PATH, &signed_event("response.completed"))
         .await;
 
-    let grown = memory_bytes(gw.pid(), "VmHWM").saturating_sub(before);
+    assert_grown_within(&gw, before, SHARE, CONNECTIONS);
     let scrape = gw.metrics().await;
     let statuses = attack.answered();
     assert_eq!(during.status(), 200, "{during:?}");
@@ -156,14 +177,6 @@ async fn http2_bodies_that_never_finish_pin_no_more_than_the_clients_share() {
     );
     let by_scope = r#"hookgate_body_buffer_refused_total{scope="client"}"#;
     assert_eq!(gauge(&scrape, by_scope), refused);
-    let windows = CONNECTIONS * HTTP2_RECEIVE_WINDOW_BYTES as usize;
-    let bound = SHARE + windows + OVERHEAD_ALLOWANCE_BYTES;
-    assert!(
-        grown <= bound,
-        "the attack grew the gateway by {} KiB; bound {} KiB",
-        grown / 1024,
-        bound / 1024
-    );
 }
 
 /// The same attack from four IPs at once: each holds its share until all of them
@@ -173,22 +186,7 @@ async fn bodies_of_many_clients_together_stay_under_the_process_ceiling() {
     const CLIENTS: [&str; 4] = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
     const CONNECTIONS: usize = 2;
     const CEILING: usize = 8 * MIB;
-    let upstream = Upstream::start().await;
-    let gw = GatewayProcess::spawn(
-        config()
-            .set(
-                "limits",
-                "max_buffered_body_bytes_per_ip",
-                &(4 * MIB).to_string(),
-            )
-            .set("limits", "max_buffered_body_bytes", &CEILING.to_string())
-            .set("limits", "body_read_timeout", "\"5m\"")
-            .route("*", &upstream),
-    )
-    .await;
-    let warm_up = gw.client().post(PATH, &signed_event("warm.up")).await;
-    assert_eq!(warm_up.status(), 200);
-    let before = memory_bytes(gw.pid(), "VmRSS");
+    let (_upstream, gw, before) = gateway_with_budget(4 * MIB, CEILING).await;
 
     let mut attacks = Vec::new();
     for from in CLIENTS {
@@ -201,7 +199,7 @@ async fn bodies_of_many_clients_together_stay_under_the_process_ceiling() {
     })
     .await;
 
-    let grown = memory_bytes(gw.pid(), "VmHWM").saturating_sub(before);
+    assert_grown_within(&gw, before, CEILING, CLIENTS.len() * CONNECTIONS);
     let scrape = gw.metrics().await;
     let statuses: Vec<u16> = attacks.iter_mut().flat_map(Attack::answered).collect();
     assert_eq!(statuses.len(), refused);
@@ -212,14 +210,6 @@ async fn bodies_of_many_clients_together_stay_under_the_process_ceiling() {
     );
     let by_scope = r#"hookgate_body_buffer_refused_total{scope="process"}"#;
     assert!(gauge(&scrape, by_scope) > 0);
-    let windows = CLIENTS.len() * CONNECTIONS * HTTP2_RECEIVE_WINDOW_BYTES as usize;
-    let bound = CEILING + windows + OVERHEAD_ALLOWANCE_BYTES;
-    assert!(
-        grown <= bound,
-        "the attack grew the gateway by {} KiB; bound {} KiB",
-        grown / 1024,
-        bound / 1024
-    );
 }
 
 /// Over HTTP/1.1 the share counts the same way: with room for two bodies, a third
