@@ -51,6 +51,8 @@ fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
         verifier: Arc::new(GitHub { keys }),
         event_type: Field::Header(EVENT),
         dedupe_key: Some(Field::Header(DELIVERY)),
+        headers: vec![SIGNATURE],
+        signed: Vec::new(), // only the body
     })
 }
 
