@@ -11,6 +11,7 @@ mod connections;
 mod dedupe;
 mod examples;
 mod forwarding;
+mod integrity;
 mod metrics;
 mod queue;
 mod ratelimit;
