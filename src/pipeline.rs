@@ -353,8 +353,9 @@ fn check_allowed(ip: IpAddr, source: &Source) -> Result<(), Reject> {
 /// Each header the source reads comes at most once, counting spellings with `_` (which
 /// CGI-style backends merge with it), and no `Connection` field lists one (it would be
 /// stripped before the backend re-verifies). Only the few read names are looked up, and
-/// the other headers are compared with them only when they are present.
-fn check_read_headers(headers: &HeaderMap, reads: &[HeaderName]) -> Result<(), Reject> {
+/// the other headers are compared with them only when they are present. Public for the
+/// fuzz targets.
+pub fn check_read_headers(headers: &HeaderMap, reads: &[HeaderName]) -> Result<(), Reject> {
     for name in reads {
         let mut values = headers.get_all(name).iter();
         if values.next().is_some()
