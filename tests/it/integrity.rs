@@ -12,7 +12,7 @@ use bytes::Bytes;
 use hookgate::sign::{SignInput, SignedRequest, build_with};
 use hookgate::verify::standard_webhooks::{key_from_secret, sign};
 use hookgate::verify::{self, SchemeOptions};
-use http::{HeaderName, Request};
+use http::{HeaderName, Request, Version};
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -266,6 +266,46 @@ async fn a_connection_field_naming_a_header_the_scheme_reads_is_refused_400_and_
         assert_eq!(reply.json()["header"], listed.to_ascii_lowercase());
     }
     assert!(upstream.received().is_empty());
+}
+
+#[tokio::test]
+async fn over_http_2_the_same_header_rules_hold_and_the_authority_is_the_forwarded_host() {
+    let cert = DevCert::generate();
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().tls(&cert).route("*", &upstream)).await;
+    let client = https_client(&cert.pem, Version::HTTP_2);
+    let url = format!("https://127.0.0.1:{}{PATH}", gw.addr().port());
+    let request = |extra: &[(&str, &str)]| {
+        let mut request = delivery_request(&url, &signed_event("response.completed"));
+        for (name, value) in extra {
+            request.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).expect("a name"),
+                value.parse().expect("a value"),
+            );
+        }
+        request
+    };
+
+    let duplicate = exchange(&client, request(&[("webhook-id", "msg_OTHER")])).await;
+    let spoofed = exchange(
+        &client,
+        request(&[("x_forwarded_for", "6.6.6.6"), ("x-real-ip", "6.6.6.6")]),
+    )
+    .await;
+
+    assert_eq!(duplicate.version(), Version::HTTP_2);
+    assert_eq!(duplicate.status(), 400, "{duplicate:?}");
+    assert_eq!(duplicate.error(), "duplicate_header");
+    assert!(spoofed.forwarded(), "{spoofed:?}");
+    let received = upstream.only();
+    assert!(received.headers.get("x_forwarded_for").is_none());
+    assert!(received.headers.get("x-real-ip").is_none());
+    assert_eq!(received.header("x-forwarded-for"), "127.0.0.1");
+    assert_eq!(
+        received.header("x-forwarded-host"),
+        format!("127.0.0.1:{}", gw.addr().port())
+    );
+    assert_eq!(received.header("x-forwarded-proto"), "https");
 }
 
 // ---------------------------------------------------------------------------------
