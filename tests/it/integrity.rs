@@ -24,6 +24,25 @@ const GITHUB_SECRET: &str = "It's a Secret to Everybody";
 const HMAC_PATH: &str = "/webhooks/inhouse";
 const HMAC_SECRET: &str = "in-house-secret";
 
+/// The default source (routed to `upstream`) and one more, of `scheme_toml`, routed there too.
+fn with_source(upstream: &Upstream, name: &str, path: &str, scheme_toml: &str) -> Config {
+    config()
+        .route("*", upstream)
+        .scheme_source(name, path, scheme_toml)
+        .route("*", upstream)
+}
+
+/// The default source and a GitHub one on `GITHUB_PATH`, both routed to `upstream`.
+async fn github_gateway(upstream: &Upstream) -> Gateway {
+    Gateway::start(with_source(
+        upstream,
+        "github",
+        GITHUB_PATH,
+        &github_source(),
+    ))
+    .await
+}
+
 fn github_source() -> String {
     format!("scheme = \"github\"\nsecrets = [{GITHUB_SECRET:?}]")
 }
@@ -232,13 +251,7 @@ async fn a_header_named_in_any_connection_field_is_not_forwarded() {
 #[tokio::test]
 async fn a_connection_field_naming_a_header_the_scheme_reads_is_refused_400_and_not_forwarded() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(
-        config()
-            .route("*", &upstream)
-            .scheme_source("github", GITHUB_PATH, &github_source())
-            .route("*", &upstream),
-    )
-    .await;
+    let gw = github_gateway(&upstream).await;
 
     for (path, delivery, listed) in [
         (
@@ -316,10 +329,7 @@ async fn over_http_2_the_same_header_rules_hold_and_the_authority_is_the_forward
 async fn a_second_copy_of_a_header_a_scheme_reads_is_refused_400_duplicate_header() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(
-        config()
-            .route("*", &upstream)
-            .scheme_source("github", GITHUB_PATH, &github_source())
-            .route("*", &upstream)
+        with_source(&upstream, "github", GITHUB_PATH, &github_source())
             .scheme_source("inhouse", HMAC_PATH, &hmac_source())
             .route("*", &upstream),
     )
@@ -468,11 +478,7 @@ async fn a_github_body_replayed_under_a_coming_delivery_id_does_not_suppress_tha
 ) {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(
-        config()
-            .store(&store)
-            .route("*", &upstream)
-            .scheme_source("github", GITHUB_PATH, &github_source())
-            .route("*", &upstream),
+        with_source(&upstream, "github", GITHUB_PATH, &github_source()).store(&store),
     )
     .await;
     let earlier = github_delivery("d-earlier", "push", r#"{"ref":"main","n":1}"#);
@@ -511,14 +517,9 @@ async fn an_hmac_body_replayed_under_a_coming_unsigned_id_does_not_suppress_that
     store: TestStore,
 ) {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(
-        config()
-            .store(&store)
-            .route("*", &upstream)
-            .scheme_source("inhouse", HMAC_PATH, &hmac_source())
-            .route("*", &upstream),
-    )
-    .await;
+    let gw =
+        Gateway::start(with_source(&upstream, "inhouse", HMAC_PATH, &hmac_source()).store(&store))
+            .await;
     let earlier = hmac_delivery("dlv_earlier", r#"{"order":1}"#);
     let genuine = hmac_delivery("dlv_genuine", r#"{"order":2}"#);
     assert!(gw.post(HMAC_PATH, &earlier).await.forwarded());
@@ -548,13 +549,7 @@ on_each_store!(
 #[tokio::test]
 async fn an_event_type_over_256_bytes_is_refused_400_and_never_forwarded() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(
-        config()
-            .route("*", &upstream)
-            .scheme_source("github", GITHUB_PATH, &github_source())
-            .route("*", &upstream),
-    )
-    .await;
+    let gw = github_gateway(&upstream).await;
     let long = "x".repeat(100_000);
     let from_body = signed_body(&format!(r#"{{"type":"{long}"}}"#));
     let from_header = github_delivery("d-long", &"e".repeat(257), r#"{"ref":"main"}"#);
