@@ -1,12 +1,14 @@
-//! Micro-benchmarks of the request path's stages, each on plain values: signature
-//! verification, event-type extraction, route matching and a dedupe claim. Run with
+//! Micro-benchmarks of the request path's stages, each on plain values: the source's
+//! header checks, signature verification, event-type extraction, route matching, a
+//! claim key bound to the body, a dedupe claim and the upstream's headers. Run with
 //! `cargo bench --bench stages`; the load-level figures come from `bench/run.sh`.
 
 use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
 use hookgate::config::{RateLimitSettings, Settings};
-use hookgate::event::{JsonPointer, type_at};
+use hookgate::event::{JsonPointer, KeyBinding, type_at};
+use hookgate::forward::{ForwardContext, upstream_headers};
 use hookgate::sign::{SignInput, build};
 use hookgate::store::Store;
 use hookgate::store::memory::MemoryStore;
@@ -59,10 +61,72 @@ fn delivery(size: usize) -> (HeaderMap, Vec<u8>) {
     )
     .expect("signable");
     let mut headers = HeaderMap::new();
+    // What a sender's HTTP client adds to the scheme's own headers.
+    for (name, value) in [
+        ("host", "hooks.example.com"),
+        (
+            "user-agent",
+            "OpenAI/1.0 (+https://platform.openai.com/docs/webhooks)",
+        ),
+        ("accept", "*/*"),
+        ("accept-encoding", "gzip, deflate"),
+        ("content-length", "1024"),
+        ("connection", "keep-alive"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
     for (name, value) in &signed.headers {
         headers.insert(name.clone(), HeaderValue::from_str(value).expect("ascii"));
     }
     (headers, signed.body.into_bytes())
+}
+
+#[divan::bench]
+fn source_headers(bencher: divan::Bencher) {
+    let source = settings().sources.remove(0);
+    let (headers, _) = delivery(1024);
+    bencher.bench(|| {
+        hookgate::pipeline::check_read_headers(black_box(&headers), &source.reads).is_ok()
+    });
+}
+
+#[divan::bench]
+fn forwarded_headers(bencher: divan::Bencher) {
+    let source = settings().sources.remove(0);
+    let (headers, _) = delivery(1024);
+    let name = HeaderValue::from_static("openai");
+    bencher
+        .with_inputs(|| headers.clone())
+        .bench_values(|headers| {
+            upstream_headers(
+                headers,
+                &ForwardContext {
+                    forwarded_for: HeaderValue::from_static("203.0.113.7"),
+                    tls: true,
+                    authority: None,
+                    reads: &source.reads,
+                    source: &name,
+                    event_type: "response.completed",
+                },
+            )
+        });
+}
+
+/// The claim key of a source whose delivery id is unsigned (GitHub): a SHA-256 of the body.
+#[divan::bench(args = [1024, 65536])]
+fn claim_key_bound_to_the_body(bencher: divan::Bencher, size: usize) {
+    let (_, body) = delivery(size);
+    bencher
+        .counter(divan::counter::BytesCount::new(body.len()))
+        .bench(|| {
+            KeyBinding::IdAndBody
+                .claim_key(
+                    "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+                    "push",
+                    black_box(&body),
+                )
+                .len()
+        });
 }
 
 #[divan::bench(args = [1024, 65536])]

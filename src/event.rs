@@ -4,7 +4,17 @@
 //! A streaming walk over the raw bytes (serde `DeserializeSeed`) visits only the path to
 //! the pointer and skips every other value without building it, which on a 1 MiB body is
 //! about ten times cheaper than parsing into `serde_json::Value`. The whole document is
-//! still checked to be JSON. Escaped strings cannot be borrowed, so the result is a `Cow`.
+//! still checked to be JSON, and to be UTF-8 throughout (the walk alone would skip
+//! strings it does not read without looking inside). Escaped strings cannot be borrowed,
+//! so the result is a `Cow`.
+//!
+//! A key on the path to a pointer that appears twice in one object is refused: parsers
+//! disagree on which copy counts (serde keeps the first, Python's `json` the last), and
+//! the backend must route and deduplicate on what hookgate did. Duplicates elsewhere are
+//! left alone.
+//!
+//! The claim key (`KeyBinding`) is the dedupe key, bound to a hash of the body when
+//! the signature does not cover the headers that pick the dedupe key or the route.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -14,6 +24,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 /// Dedupe keys become store keys; delivery ids in the wild are far shorter than this.
 pub const MAX_DEDUPE_KEY_LEN: usize = 256;
+/// Event types become a header, a log field and a route match; senders' are far shorter.
+pub const MAX_EVENT_TYPE_LEN: usize = 256;
 
 /// An RFC 6901 JSON pointer, split into unescaped reference tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,10 +82,14 @@ fn unescape_token(token: &str) -> Result<String, String> {
 /// Why no event type or dedupe key could be read; `reject` maps each to a 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
-    #[error("the body is not valid JSON")]
+    #[error("the body is not valid JSON (or not UTF-8)")]
     NotJson,
+    #[error("an object on the path to a pointer has the same key twice")]
+    DuplicateKey,
     #[error("no non-empty string at the event type pointer")]
     NoEventType,
+    #[error("the event type is longer than 256 bytes")]
+    EventTypeTooLong,
     #[error("no non-empty string at the dedupe key pointer")]
     NoDedupeKey,
     #[error("the dedupe key is longer than 256 bytes or not printable ASCII")]
@@ -109,10 +125,9 @@ impl Field {
     ) -> Result<Cow<'r, str>, PayloadError> {
         match self {
             Field::Json(pointer) => type_at(body, pointer),
-            Field::Header(name) => match header_text(headers, name)? {
-                "" => Err(PayloadError::NoEventType),
-                text => Ok(Cow::Borrowed(text)),
-            },
+            Field::Header(name) => {
+                checked_event_type(Some(Cow::Borrowed(header_text(headers, name)?)))
+            }
         }
     }
 
@@ -134,6 +149,48 @@ impl Field {
     }
 }
 
+/// What a delivery's claim key is made of, besides its source. The signature covers the
+/// body, but not always the headers that pick the dedupe key or the route (GitHub signs
+/// neither `X-GitHub-Delivery` nor `X-GitHub-Event`; `hmac` signs its id header only
+/// through `{id}`). Then anyone holding one signed body can resend it under an id of
+/// their choosing: keyed by the id alone, that copy would occupy the genuine delivery's
+/// key, and the genuine delivery would be answered as a duplicate and never forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyBinding {
+    /// The dedupe key and the event type are covered by the signature (or read from the
+    /// body): the claim key is the dedupe key.
+    Id,
+    /// Either is read from an unsigned header: the claim key is `<dedupe key>:<hash>`,
+    /// the hash over the event type and the body (SHA-256, first 128 bits in hex). A body
+    /// replayed under another id or event type claims a key of its own, while the
+    /// sender's retries (same id, same bytes) still meet as duplicates.
+    IdAndBody,
+}
+
+impl KeyBinding {
+    pub fn claim_key<'k>(self, dedupe_key: &'k str, event_type: &str, body: &[u8]) -> Cow<'k, str> {
+        use sha2::{Digest, Sha256};
+        use std::fmt::Write as _;
+        match self {
+            KeyBinding::Id => Cow::Borrowed(dedupe_key),
+            KeyBinding::IdAndBody => {
+                let digest = Sha256::new()
+                    .chain_update((event_type.len() as u64).to_be_bytes())
+                    .chain_update(event_type)
+                    .chain_update(body)
+                    .finalize();
+                let mut key = String::with_capacity(dedupe_key.len() + 33);
+                key.push_str(dedupe_key);
+                key.push(':');
+                for byte in &digest[..16] {
+                    let _ = write!(key, "{byte:02x}");
+                }
+                Cow::Owned(key)
+            }
+        }
+    }
+}
+
 /// Both fields of a delivery: its dedupe key, then its event type, with the errors
 /// `dedupe_key` and `event_type` give in that order. When both are in the JSON body,
 /// the body is parsed once rather than once per field.
@@ -150,9 +207,17 @@ pub fn dedupe_key_and_event_type<'r>(
         ));
     };
     let [key, event] = strings_at(body, [key_at, type_at])?;
-    let key = checked_key(key.unwrap_or_default())?;
-    match event {
-        Some(event) if !event.is_empty() => Ok((key, event)),
+    Ok((
+        checked_key(key.unwrap_or_default())?,
+        checked_event_type(event)?,
+    ))
+}
+
+/// An event type as read (`None`: no string there), or why it cannot be one.
+fn checked_event_type(event_type: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, PayloadError> {
+    match event_type {
+        Some(text) if text.len() > MAX_EVENT_TYPE_LEN => Err(PayloadError::EventTypeTooLong),
+        Some(text) if !text.is_empty() => Ok(text),
         _ => Err(PayloadError::NoEventType),
     }
 }
@@ -182,25 +247,30 @@ fn header_text<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<&'h str,
     Ok(value.to_str().unwrap_or(""))
 }
 
-/// Reads the string at `pointer` in `body`.
+/// Reads the event type at `pointer` in `body`.
 pub fn type_at<'b>(body: &'b [u8], pointer: &JsonPointer) -> Result<Cow<'b, str>, PayloadError> {
-    match strings_at(body, [pointer])? {
-        [Some(event_type)] if !event_type.is_empty() => Ok(event_type),
-        _ => Err(PayloadError::NoEventType),
-    }
+    let [event_type] = strings_at(body, [pointer])?;
+    checked_event_type(event_type)
 }
 
 /// The strings at `pointers` in `body`, in one pass; `NotJson` unless the whole body is
-/// valid JSON.
+/// valid JSON in UTF-8, `DuplicateKey` when a key on a path to them appears twice.
 fn strings_at<'b, const N: usize>(
     body: &'b [u8],
     pointers: [&JsonPointer; N],
 ) -> Result<[Option<Cow<'b, str>>; N], PayloadError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
+    // Checked once up front, the walk then reads the text without checking it again.
+    let text = std::str::from_utf8(body).map_err(|_| PayloadError::NotJson)?;
+    let mut de = serde_json::Deserializer::from_str(text);
     Walk(pointers.map(|p| Some(p.tokens.as_slice())))
         .deserialize(&mut de)
         .and_then(|found| de.end().map(|()| found))
-        .map_err(|_| PayloadError::NotJson)
+        .map_err(|e| match e.classify() {
+            // The walk raises one error of its own, and serde_json none of this category
+            // while reading JSON text into it: a duplicate key.
+            serde_json::error::Category::Data => PayloadError::DuplicateKey,
+            _ => PayloadError::NotJson,
+        })
 }
 
 /// Descends one token per level along each path still followed (`None`: not below
@@ -228,7 +298,7 @@ impl<'p, const N: usize> Walk<'p, N> {
     }
 }
 
-/// Keeps the first answer of each path (the first of duplicate keys wins).
+/// Adds what a member or element found below to the answers so far.
 fn merge<'de, const N: usize>(
     found: &mut [Option<Cow<'de, str>>; N],
     more: [Option<Cow<'de, str>>; N],
@@ -265,10 +335,15 @@ impl<'de, const N: usize> Visitor<'de> for Walk<'_, N> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = [const { None }; N];
+        let mut seen = [false; N];
         let wanted = self.0.map(|path| path.and_then(|p| p.first()));
         while let Some(key) = map.next_key_seed(KeyIs(wanted))? {
-            // A path that already has its answer does not descend again.
-            match self.below(|i, _| key[i] && found[i].is_none()) {
+            for (seen, hit) in seen.iter_mut().zip(key) {
+                if hit && std::mem::replace(seen, true) {
+                    return Err(de::Error::custom("a key on the path appears twice"));
+                }
+            }
+            match self.below(|i, _| key[i]) {
                 Some(walk) => merge(&mut found, map.next_value_seed(walk)?),
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -375,8 +450,105 @@ mod tests {
     }
 
     #[test]
-    fn the_first_of_duplicate_keys_wins() {
-        assert_eq!(at(r#"{"type":"a","type":"b"}"#, "/type").unwrap(), "a");
+    fn a_key_twice_on_the_path_is_refused_in_any_spelling() {
+        for body in [
+            r#"{"type":"a","type":"b"}"#,
+            r#"{"type":"a","t\u0079pe":"b"}"#,
+            r#"{"type":{"x":1},"type":"b"}"#,
+        ] {
+            assert_eq!(at(body, "/type"), Err(PayloadError::DuplicateKey), "{body}");
+        }
+        let nested = r#"{"data":{"object":{"type":"a"}},"data":{"object":{"type":"b"}}}"#;
+        assert_eq!(
+            at(nested, "/data/object/type"),
+            Err(PayloadError::DuplicateKey)
+        );
+        assert_eq!(
+            at(r#"{"a":[{"t":"x","t":"y"}]}"#, "/a/0/t"),
+            Err(PayloadError::DuplicateKey)
+        );
+    }
+
+    #[test]
+    fn a_key_twice_off_the_path_is_left_alone() {
+        assert_eq!(
+            at(
+                r#"{"type":"a","x":1,"x":2,"d":{"type":"q","type":"r"}}"#,
+                "/type"
+            )
+            .unwrap(),
+            "a"
+        );
+        // Past the element the pointer names, duplicates are off the path.
+        assert_eq!(
+            at(r#"{"a":[{"t":"x"},{"t":"y","t":"z"}]}"#, "/a/0/t").unwrap(),
+            "x"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_anywhere_in_the_body_is_not_json() {
+        let mut body = br#"{"type":"a","note":"caf"#.to_vec();
+        body.extend_from_slice(&[0xe9]); // Latin-1 "é" inside a string the walk skips
+        body.extend_from_slice(br#""}"#);
+        let pointer = JsonPointer::parse("/type").unwrap();
+        assert_eq!(type_at(&body, &pointer), Err(PayloadError::NotJson));
+        assert_eq!(
+            type_at(b"{\"type\":\"a\xff\"}", &pointer),
+            Err(PayloadError::NotJson)
+        );
+    }
+
+    #[test]
+    fn an_event_type_over_256_bytes_is_refused_from_the_body_and_from_a_header() {
+        let body = |len: usize| format!(r#"{{"type":"{}"}}"#, "t".repeat(len));
+        assert_eq!(at(&body(MAX_EVENT_TYPE_LEN), "/type").unwrap().len(), 256);
+        assert_eq!(
+            at(&body(MAX_EVENT_TYPE_LEN + 1), "/type"),
+            Err(PayloadError::EventTypeTooLong)
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("x-event", "e".repeat(257).parse().unwrap());
+        let field = Field::Header(HeaderName::from_static("x-event"));
+        assert_eq!(
+            field.event_type(&headers, b""),
+            Err(PayloadError::EventTypeTooLong)
+        );
+        let json = Field::Json(JsonPointer::parse("/type").unwrap());
+        let id = Field::Json(JsonPointer::parse("/id").unwrap());
+        let long = format!(r#"{{"id":"x","type":"{}"}}"#, "t".repeat(300));
+        assert_eq!(
+            dedupe_key_and_event_type(&id, &json, &headers, long.as_bytes()),
+            Err(PayloadError::EventTypeTooLong)
+        );
+    }
+
+    #[test]
+    fn a_claim_key_bound_to_the_body_changes_with_the_body_and_the_event_type_only() {
+        let body = br#"{"ref":"main"}"#;
+        assert_eq!(
+            KeyBinding::Id.claim_key("d-1", "push", body),
+            Cow::Borrowed("d-1")
+        );
+        let key = KeyBinding::IdAndBody.claim_key("d-1", "push", body);
+        let (id, hash) = key.rsplit_once(':').unwrap();
+        assert_eq!(id, "d-1");
+        assert_eq!(hash.len(), 32);
+        assert!(
+            hash.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert!(is_valid_key(&key));
+        assert_eq!(KeyBinding::IdAndBody.claim_key("d-1", "push", body), key);
+        for other in [
+            KeyBinding::IdAndBody.claim_key("d-1", "push", br#"{"ref":"dev"}"#),
+            KeyBinding::IdAndBody.claim_key("d-1", "ping", body),
+            KeyBinding::IdAndBody.claim_key("d-2", "push", body),
+            // The event type's length is hashed too: "pus" + "h{..." is not "push" + "{...".
+            KeyBinding::IdAndBody.claim_key("d-1", "pus", br#"h{"ref":"main"}"#),
+        ] {
+            assert_ne!(other, key);
+        }
     }
 
     #[test]
@@ -475,6 +647,36 @@ mod tests {
     fn pointers_must_start_with_a_slash_and_escape_tilde() {
         assert!(JsonPointer::parse("type").is_err());
         assert!(JsonPointer::parse("/a~2").is_err());
+    }
+
+    #[test]
+    fn both_fields_in_one_pass_refuse_a_duplicate_on_either_path() {
+        let json = |p: &str| Field::Json(JsonPointer::parse(p).unwrap());
+        let headers = HeaderMap::new();
+        for body in [
+            r#"{"id":"a","id":"b","type":"t"}"#,
+            r#"{"id":"a","type":"t","type":"u"}"#,
+            r#"{"data":{"id":"a"},"data":{"type":"t"}}"#,
+        ] {
+            assert_eq!(
+                dedupe_key_and_event_type(
+                    &json(if body.contains("data") {
+                        "/data/id"
+                    } else {
+                        "/id"
+                    }),
+                    &json(if body.contains("data") {
+                        "/data/type"
+                    } else {
+                        "/type"
+                    }),
+                    &headers,
+                    body.as_bytes()
+                ),
+                Err(PayloadError::DuplicateKey),
+                "{body}"
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! Forwarding: the raw request to the route's upstream over pooled keep-alive connections.
 //!
 //! The body bytes are the ones verified, sent as-is. End-to-end headers pass through
-//! (so a backend can re-verify `webhook-*`); hop-by-hop headers and anything a client
-//! could use to impersonate the gateway (`X-Forwarded-*`, `X-Hookgate-*`, `Forwarded`)
-//! are replaced. Success is decided by the upstream's status alone.
+//! (so a backend can re-verify `webhook-*`); hop-by-hop headers (and every one a
+//! `Connection` field lists) and anything a client could use to impersonate the gateway
+//! or a proxy in front of the backend (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`,
+//! `X-Hookgate-*`, ...) are dropped or replaced. So is every header whose name has a
+//! `_`, unless the source reads it: CGI-style backends (WSGI, PHP, Rack) see
+//! `X_Forwarded_For` and `X-Forwarded-For` as one variable, and merge the two. Success is
+//! decided by the upstream's status alone.
 
 use std::time::{Duration, Instant};
 
@@ -22,8 +26,11 @@ use crate::reject::Reject;
 use crate::route::Route;
 use crate::tls;
 
-/// Upstream answers are relayed to the sender; a sender has no use for more than this.
+/// A 2xx answer's body is relayed to the sender up to this size (longer: no body).
 const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// An error answer's body is relayed up to this size, and replaced by an empty body when
+/// longer: enough for a backend's reason, not for its stack trace or error page.
+pub const MAX_ERROR_REPLY_BYTES: usize = 4 * 1024;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -31,11 +38,14 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_HOOKGATE_SOURCE: HeaderName = HeaderName::from_static("x-hookgate-source");
 pub const X_HOOKGATE_EVENT_TYPE: HeaderName = HeaderName::from_static("x-hookgate-event-type");
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), and the
-/// ones this gateway sets itself, which a client must not be able to pre-set.
-fn is_dropped(name: &HeaderName) -> bool {
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), the ones
+/// this gateway sets itself, and the ones frameworks believe about the client or the
+/// URL when a proxy is configured as trusted (client IP, original URL, method
+/// override): a client must not be able to pre-set any of them. Names are lower case
+/// without `_` (those are dropped before this is asked).
+fn is_dropped(name: &str) -> bool {
     matches!(
-        name.as_str(),
+        name,
         "connection"
             | "keep-alive"
             | "proxy-connection"
@@ -49,10 +59,76 @@ fn is_dropped(name: &HeaderName) -> bool {
             | "host"
             | "content-length"
             | "forwarded"
-            | "x-forwarded-for"
-            | "x-forwarded-proto"
-            | "x-forwarded-host"
-    ) || name.as_str().starts_with("x-hookgate-")
+            | "x-forwarded"
+            | "x-real-ip"
+            | "true-client-ip"
+            | "client-ip"
+            | "x-client-ip"
+            | "x-cluster-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "x-original-host"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+    ) || name.starts_with("x-forwarded-")
+        || name.starts_with("x-hookgate-")
+}
+
+/// Whether two header names are one variable to a CGI-style backend, which ignores case
+/// and reads `-` and `_` alike (`X_Forwarded_For` is `HTTP_X_FORWARDED_FOR`).
+pub fn same_to_cgi(a: &str, b: &str) -> bool {
+    let fold = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
+}
+
+/// The header names every `Connection` field lists (all of its lines), as written.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    tokens(headers.get_all(header::CONNECTION).iter())
+}
+
+fn tokens<'h>(fields: header::ValueIter<'h, HeaderValue>) -> impl Iterator<Item = &'h str> {
+    fields
+        .flat_map(|value| value.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+/// `host[:port]` when it is exactly that: a DNS name or IPv4 address, or a bracketed
+/// IPv6 address, and a port of 1 to 5 digits. Anything else (user info, a path, spaces)
+/// is not passed on as `X-Forwarded-Host`.
+fn is_host_and_port(text: &str) -> bool {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, after)) if v6.parse::<std::net::Ipv6Addr>().is_ok() => (None, after),
+            _ => return false,
+        },
+        None => match text.split_once(':') {
+            Some((host, _)) => (Some(host), &text[host.len()..]),
+            None => (Some(text), ""),
+        },
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|digits| {
+            (1..=5).contains(&digits.len())
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && digits.parse::<u16>().is_ok()
+        });
+    let host_ok = host.is_none_or(|host| {
+        (1..=253).contains(&host.len())
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    });
+    port_ok && host_ok
 }
 
 /// What the upstream said, relayed to the sender when it is a 2xx or a plain error.
@@ -117,6 +193,11 @@ impl ForwardError {
 pub struct ForwardContext<'a> {
     pub forwarded_for: HeaderValue,
     pub tls: bool,
+    /// The request's authority when its target had one (HTTP/2 `:authority`); else the
+    /// `Host` header is the host the client asked for.
+    pub authority: Option<&'a http::uri::Authority>,
+    /// The headers the source reads: kept even when spelled with `_`.
+    pub reads: &'a [HeaderName],
     /// `X-Hookgate-Source`, built once per source.
     pub source: &'a HeaderValue,
     pub event_type: &'a str,
@@ -126,19 +207,23 @@ pub struct ForwardContext<'a> {
 /// over the few headers present finds what to drop, rather than one hash lookup per
 /// header that might be there.
 pub fn upstream_headers(mut headers: HeaderMap, ctx: &ForwardContext<'_>) -> HeaderMap {
-    let original_host = headers.remove(header::HOST);
-    let listed: Vec<HeaderName> = match headers.get(header::CONNECTION) {
-        Some(value) => value
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect(),
-        None => Vec::new(),
-    };
+    let host = match ctx.authority {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => headers.get(header::HOST).cloned(),
+    }
+    .filter(|host| host.to_str().is_ok_and(is_host_and_port));
+    let connection = headers.get_all(header::CONNECTION);
     let dropped: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_dropped(name) || listed.contains(name))
+        .filter(|name| {
+            let text = name.as_str();
+            let listed = || tokens(connection.iter()).any(|token| token.eq_ignore_ascii_case(text));
+            if text.contains('_') {
+                !ctx.reads.contains(name) || is_dropped(&text.replace('_', "-"))
+            } else {
+                is_dropped(text) || listed()
+            }
+        })
         .cloned()
         .collect();
     for name in dropped {
@@ -149,7 +234,7 @@ pub fn upstream_headers(mut headers: HeaderMap, ctx: &ForwardContext<'_>) -> Hea
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
     );
-    if let Some(host) = original_host {
+    if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host);
     }
     headers.insert(X_HOOKGATE_SOURCE, ctx.source.clone());
@@ -249,21 +334,26 @@ impl Forwarder {
             .map_err(|_| error(ForwardErrorKind::Timeout))?
             .map_err(|e| error(classify(&e)))?;
         let (parts, body) = response.into_parts();
-        // The status decides success; a 2xx whose body then stalls or overflows was
-        // still accepted by the backend, so it is relayed without a body.
-        let body =
-            match tokio::time::timeout_at(deadline, Limited::new(body, MAX_REPLY_BYTES).collect())
-                .await
-            {
-                Ok(Ok(collected)) => collected.to_bytes(),
-                _ if parts.status.is_success() => Bytes::new(),
-                Ok(Err(e)) => return Err(error(ForwardErrorKind::Protocol(e.to_string()))),
-                Err(_) => return Err(error(ForwardErrorKind::Timeout)),
-            };
+        // The status decides the outcome; a body that then stalls, breaks or overflows
+        // is relayed as no body (and no Content-Type), whatever the status.
+        let limit = if parts.status.is_success() {
+            MAX_REPLY_BYTES
+        } else {
+            MAX_ERROR_REPLY_BYTES
+        };
+        let body = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|collected| collected.to_bytes());
+        let content_type = match body {
+            Some(_) => parts.headers.get(header::CONTENT_TYPE).cloned(),
+            None => None,
+        };
         Ok(UpstreamReply {
             status: parts.status,
-            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
-            body,
+            content_type,
+            body: body.unwrap_or_default(),
         })
     }
 }
@@ -283,11 +373,18 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ForwardErrorKind {
 mod tests {
     use super::*;
 
+    static READS: [HeaderName; 2] = [
+        HeaderName::from_static("webhook-id"),
+        HeaderName::from_static("x_sender_signature"),
+    ];
+
     fn ctx() -> ForwardContext<'static> {
         static SOURCE: HeaderValue = HeaderValue::from_static("openai");
         ForwardContext {
             forwarded_for: HeaderValue::from_static("203.0.113.7"),
             tls: true,
+            authority: None,
+            reads: &READS,
             source: &SOURCE,
             event_type: "response.completed",
         }
@@ -338,5 +435,148 @@ mod tests {
         assert_eq!(out["content-type"], "application/json");
         assert_eq!(out["webhook-id"], "msg_1");
         assert_eq!(out["user-agent"], "OpenAI/1.0");
+    }
+
+    #[test]
+    fn proxy_and_client_ip_headers_are_dropped_in_every_spelling() {
+        let spoofed = [
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-forwarded-ssl",
+            "x-forwarded-server",
+            "x-forwarded-scheme",
+            "x-forwarded",
+            "forwarded",
+            "x-real-ip",
+            "true-client-ip",
+            "client-ip",
+            "x-client-ip",
+            "x-cluster-client-ip",
+            "cf-connecting-ip",
+            "fastly-client-ip",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-original-host",
+            "x-http-method-override",
+            "x_forwarded_for",
+            "x_forwarded-host",
+            "x_real_ip",
+            "true_client_ip",
+            "x_hookgate_verified",
+            "x_original_url",
+            "content_encoding",
+            "x_anything_else",
+        ];
+        let mut h = HeaderMap::new();
+        for name in spoofed {
+            h.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static("6.6.6.6"),
+            );
+        }
+        h.insert("x_sender_signature", HeaderValue::from_static("sig"));
+        h.insert("x-custom-end-to-end", HeaderValue::from_static("kept"));
+
+        let out = upstream_headers(h, &ctx());
+
+        for name in spoofed {
+            assert!(out.get(name).is_none(), "{name} was forwarded");
+        }
+        assert_eq!(
+            out["x_sender_signature"], "sig",
+            "a header the source reads"
+        );
+        assert_eq!(out["x-custom-end-to-end"], "kept");
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names.len(),
+            6,
+            "only the two kept and hookgate's four: {names:?}"
+        );
+    }
+
+    #[test]
+    fn every_connection_field_is_honoured() {
+        let h = HeaderMap::from_iter(
+            [
+                ("connection", "keep-alive"),
+                ("connection", "X-Hop-One , x-hop-two"),
+                ("x-hop-one", "1"),
+                ("x-hop-two", "2"),
+                ("x-end", "3"),
+            ]
+            .map(|(name, value)| {
+                (
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            }),
+        );
+
+        let out = upstream_headers(h, &ctx());
+
+        assert!(out.get("x-hop-one").is_none());
+        assert!(out.get("x-hop-two").is_none());
+        assert_eq!(out["x-end"], "3");
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("a,, b"));
+        h.append(header::CONNECTION, HeaderValue::from_static("c"));
+        assert_eq!(connection_tokens(&h).collect::<Vec<_>>(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn x_forwarded_host_is_only_a_plain_host_and_port() {
+        for (host, forwarded) in [
+            ("hooks.example.com", true),
+            ("hooks.example.com:8443", true),
+            ("127.0.0.1:8080", true),
+            ("[2001:db8::1]:443", true),
+            ("[2001:db8::1]", true),
+            ("internal_host", true),
+            ("a@evil/x?#", false),
+            ("user@hooks.example.com", false),
+            ("hooks.example.com/path", false),
+            ("hooks.example.com:", false),
+            ("hooks.example.com:123456", false),
+            ("hooks.example.com:99999", false),
+            ("hooks.example.com:80:80", false),
+            ("[not-v6]:80", false),
+            ("[2001:db8::1]x", false),
+            (":80", false),
+            ("a b", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            let out = upstream_headers(h, &ctx());
+            assert_eq!(
+                out.get(X_FORWARDED_HOST).is_some(),
+                forwarded,
+                "{host}: {:?}",
+                out.get(X_FORWARDED_HOST)
+            );
+        }
+        let authority: http::uri::Authority = "h2.example.com:443".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("ignored.example.com"),
+        );
+        let out = upstream_headers(
+            h,
+            &ForwardContext {
+                authority: Some(&authority),
+                ..ctx()
+            },
+        );
+        assert_eq!(out[X_FORWARDED_HOST], "h2.example.com:443");
+    }
+
+    #[test]
+    fn names_are_compared_as_cgi_variables_are() {
+        assert!(same_to_cgi("x_forwarded_for", "x-forwarded-for"));
+        assert!(same_to_cgi("X-Forwarded_For", "x-forwarded-for"));
+        assert!(same_to_cgi("webhook-id", "webhook-id"));
+        assert!(!same_to_cgi("webhook-ids", "webhook-id"));
+        assert!(!same_to_cgi("webhook.id", "webhook-id"));
     }
 }

@@ -5,7 +5,9 @@
 //! into an oversized head); then the in-memory refusals, cheapest first: the penalty box
 //! (clients that keep failing verification) and the source's `allow_ips`, before the
 //! rate limit, whose store may cost a round trip; all of them before any body byte is
-//! read. The body
+//! read. So are the source's header checks: a second copy of a header the source reads
+//! or a `Connection` field that would strip one (hookgate and the backend would read
+//! different values), and a compressed body. The body
 //! is read under a size cap before any hashing; the signature is verified before the
 //! body is trusted as JSON; the dedupe key is claimed only after verification (an
 //! unsigned request must never occupy a real delivery id) and settled only once the
@@ -19,14 +21,15 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::header::CONTENT_ENCODING;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use prometheus::IntCounter;
 
 use crate::body_budget::{BodyBudget, Reservation};
 use crate::client_ip::ClientIpResolver;
-use crate::config::{Delivery, Limits, Settings, Source};
+use crate::config::{ContentEncoding, Delivery, Limits, Settings, Source};
 use crate::dedupe::{Claimed, Dedupe};
 use crate::event;
 use crate::forward::{self, ForwardContext, Forwarder};
@@ -224,6 +227,8 @@ impl Gateway {
         let entry = entry.ok_or(Reject::NotFound)?;
         let source = &entry.source;
         require_post(req.method())?;
+        check_read_headers(req.headers(), &source.reads)?;
+        check_content_encoding(req.headers(), source.content_encoding)?;
         let (parts, body) = req.into_parts();
         // The body's bytes count against the client's and the process's budget until
         // the signature is checked: unsigned bodies are what a flood would hold.
@@ -250,11 +255,12 @@ impl Gateway {
         };
         trace.route = Some(route.name());
         // Claim only after verification: an unsigned request must never occupy a real id.
-        let claim = match self.dedupe.claim(&source.name, dedupe_key).await? {
+        let claim_key = source.binding.claim_key(dedupe_key, event_type, &body);
+        let claim = match self.dedupe.claim(&source.name, &claim_key).await? {
             Claimed::Won(claim) => claim,
             Claimed::AlreadyDone => return Ok(Accepted::Duplicate),
         };
-        let mut headers = self.upstream_headers(parts.headers, peer, &entry.header, event_type);
+        let mut headers = self.upstream_headers(parts, peer, entry, event_type);
         let outcome = match &entry.handoff {
             Handoff::Forward => {
                 if let Some(signer) = route.resign() {
@@ -299,18 +305,20 @@ impl Gateway {
 
     fn upstream_headers(
         &self,
-        headers: HeaderMap,
+        parts: http::request::Parts,
         peer: SocketAddr,
-        source: &HeaderValue,
+        entry: &Entry,
         event_type: &str,
     ) -> HeaderMap {
-        let forwarded_for = self.client_ip.forwarded_for(peer, &headers);
+        let forwarded_for = self.client_ip.forwarded_for(peer, &parts.headers);
         forward::upstream_headers(
-            headers,
+            parts.headers,
             &ForwardContext {
                 forwarded_for,
                 tls: self.tls,
-                source,
+                authority: parts.uri.authority(),
+                reads: &entry.source.reads,
+                source: &entry.header,
                 event_type,
             },
         )
@@ -348,6 +356,58 @@ fn check_allowed(ip: IpAddr, source: &Source) -> Result<(), Reject> {
         Ok(())
     } else {
         Err(Reject::IpNotAllowed)
+    }
+}
+
+/// Each header the source reads comes at most once, counting spellings with `_` (which
+/// CGI-style backends merge with it), and no `Connection` field lists one (it would be
+/// stripped before the backend re-verifies). Only the few read names are looked up;
+/// names are lower case, so another spelling of one has a `_` where the other has a
+/// `-`, and the headers are searched for one only when some name has a `_` (rarely).
+/// Public for the fuzz targets.
+pub fn check_read_headers(headers: &HeaderMap, reads: &[HeaderName]) -> Result<(), Reject> {
+    let underscored = headers.keys().any(|name| name.as_str().contains('_'));
+    for name in reads {
+        let mut values = headers.get_all(name).iter();
+        if values.next().is_none() {
+            continue;
+        }
+        let twin = || {
+            headers
+                .keys()
+                .any(|other| other != name && forward::same_to_cgi(other.as_str(), name.as_str()))
+        };
+        if values.next().is_some() || ((underscored || name.as_str().contains('_')) && twin()) {
+            return Err(Reject::DuplicateHeader(name.clone()));
+        }
+    }
+    for token in forward::connection_tokens(headers) {
+        if let Some(name) = reads
+            .iter()
+            .find(|name| forward::same_to_cgi(token, name.as_str()))
+        {
+            return Err(Reject::ConnectionStripsHeader(name.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// A body under a `Content-Encoding` other than `identity` (in any of its fields) is
+/// refused unless the source passes it through.
+fn check_content_encoding(headers: &HeaderMap, policy: ContentEncoding) -> Result<(), Reject> {
+    if policy == ContentEncoding::Pass {
+        return Ok(());
+    }
+    let encoded = headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        Err(Reject::UnsupportedContentEncoding)
+    } else {
+        Ok(())
     }
 }
 
@@ -475,6 +535,94 @@ mod tests {
                 ),
                 "{refused}"
             );
+        }
+    }
+
+    fn map(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in fields {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    #[test]
+    fn a_header_the_source_reads_must_come_once_in_any_spelling_and_never_be_hop_by_hop() {
+        let reads = [
+            HeaderName::from_static("webhook-id"),
+            HeaderName::from_static("webhook-signature"),
+        ];
+        let ok = map(&[
+            ("webhook-id", "msg_1"),
+            ("webhook-signature", "v1,x"),
+            ("connection", "keep-alive, x-hop"),
+            ("x_other", "1"),
+        ]);
+        assert!(check_read_headers(&ok, &reads).is_ok());
+        for (fields, expected) in [
+            (
+                &[("webhook-id", "msg_1"), ("webhook-id", "msg_2")][..],
+                "duplicate webhook-id",
+            ),
+            (
+                &[("webhook-id", "msg_1"), ("webhook_id", "msg_2")][..],
+                "duplicate webhook-id",
+            ),
+            (
+                &[("webhook-signature", "v1,x"), ("webhook_signature", "v1,y")][..],
+                "duplicate webhook-signature",
+            ),
+            (
+                &[("webhook-id", "m"), ("connection", "Webhook-Signature")][..],
+                "connection webhook-signature",
+            ),
+            (
+                &[
+                    ("connection", "keep-alive"),
+                    ("connection", "x-a, webhook-id"),
+                ][..],
+                "connection webhook-id",
+            ),
+            (&[("connection", "webhook_id")][..], "connection webhook-id"),
+        ] {
+            let got = match check_read_headers(&map(fields), &reads) {
+                Err(Reject::DuplicateHeader(name)) => format!("duplicate {name}"),
+                Err(Reject::ConnectionStripsHeader(name)) => format!("connection {name}"),
+                other => format!("{other:?}"),
+            };
+            assert_eq!(got, expected, "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn only_an_identity_content_encoding_is_accepted_unless_the_source_passes_it() {
+        for fields in [
+            &[][..],
+            &[("content-encoding", "identity")][..],
+            &[("content-encoding", "Identity, identity")][..],
+            &[("content-encoding", "")][..],
+        ] {
+            assert!(
+                check_content_encoding(&map(fields), ContentEncoding::Refuse).is_ok(),
+                "{fields:?}"
+            );
+        }
+        for fields in [
+            &[("content-encoding", "gzip")][..],
+            &[("content-encoding", "identity, br")][..],
+            &[
+                ("content-encoding", "identity"),
+                ("content-encoding", "deflate"),
+            ][..],
+        ] {
+            assert!(
+                matches!(
+                    check_content_encoding(&map(fields), ContentEncoding::Refuse),
+                    Err(Reject::UnsupportedContentEncoding)
+                ),
+                "{fields:?}"
+            );
+            assert!(check_content_encoding(&map(fields), ContentEncoding::Pass).is_ok());
         }
     }
 }

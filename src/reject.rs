@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
@@ -48,6 +48,15 @@ pub enum Reject {
     NotFound,
     #[error("only POST is accepted")]
     MethodNotAllowed,
+    /// Two copies of a header the source reads (including a spelling with `_`, which
+    /// CGI-style backends merge with it): hookgate and the backend could read different ones.
+    #[error("header {0} is sent more than once")]
+    DuplicateHeader(HeaderName),
+    /// `Connection` would strip a header the source reads before the backend sees it.
+    #[error("the Connection header lists {0}, which the source reads")]
+    ConnectionStripsHeader(HeaderName),
+    #[error("the body has a Content-Encoding other than identity")]
+    UnsupportedContentEncoding,
     #[error("the body is larger than limits.max_body_bytes")]
     TooLarge,
     #[error("the body was not received within limits.body_read_timeout")]
@@ -87,9 +96,12 @@ impl Reject {
             Reject::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Reject::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Reject::BadBody | Reject::Verify(_) | Reject::InvalidPayload(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Reject::BadBody
+            | Reject::DuplicateHeader(_)
+            | Reject::ConnectionStripsHeader(_)
+            | Reject::Verify(_)
+            | Reject::InvalidPayload(_) => StatusCode::BAD_REQUEST,
+            Reject::UnsupportedContentEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::InFlight { .. } => StatusCode::CONFLICT,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reject::Store(_) | Reject::Queue(_) | Reject::BodyBufferFull(_) => {
@@ -115,6 +127,9 @@ impl Reject {
             Reject::BodyTimeout => "body_timeout",
             Reject::BadBody => "bad_request",
             Reject::BodyBufferFull(_) => "body_buffer_full",
+            Reject::DuplicateHeader(_) => "duplicate_header",
+            Reject::ConnectionStripsHeader(_) => "connection_strips_header",
+            Reject::UnsupportedContentEncoding => "unsupported_content_encoding",
             Reject::Verify(e) => match e {
                 VerifyError::MissingHeader(_) => "missing_header",
                 VerifyError::MalformedId => "malformed_id",
@@ -127,9 +142,11 @@ impl Reject {
             Reject::InvalidPayload(e) => match e {
                 PayloadError::MissingHeader(_) => "missing_header",
                 PayloadError::MalformedDedupeKey => "malformed_id",
-                PayloadError::NotJson | PayloadError::NoEventType | PayloadError::NoDedupeKey => {
-                    "invalid_payload"
-                }
+                PayloadError::NotJson
+                | PayloadError::DuplicateKey
+                | PayloadError::NoEventType
+                | PayloadError::NoDedupeKey => "invalid_payload",
+                PayloadError::EventTypeTooLong => "event_type_too_long",
             },
             Reject::InFlight { .. } => "in_flight",
             Reject::RateLimited { .. } => "rate_limited",
@@ -149,7 +166,11 @@ impl Reject {
             Reject::NotFound => Outcome::NotFound,
             Reject::MethodNotAllowed => Outcome::MethodNotAllowed,
             Reject::TooLarge => Outcome::TooLarge,
-            Reject::BodyTimeout | Reject::BadBody => Outcome::BadRequest,
+            Reject::BodyTimeout
+            | Reject::BadBody
+            | Reject::DuplicateHeader(_)
+            | Reject::ConnectionStripsHeader(_)
+            | Reject::UnsupportedContentEncoding => Outcome::BadRequest,
             Reject::BodyBufferFull(_) => Outcome::BodyBufferFull,
             Reject::Verify(e) if e.is_stale() => Outcome::Stale,
             Reject::Verify(_) => Outcome::InvalidSignature,
@@ -180,9 +201,12 @@ impl Reject {
             return reply.into_response();
         }
         let body = match &self {
+            // Header names are tokens: nothing in them needs escaping in JSON.
             Reject::Verify(VerifyError::MissingHeader(name))
-            | Reject::InvalidPayload(PayloadError::MissingHeader(name)) => {
-                format!(r#"{{"error":"missing_header","header":"{name}"}}"#)
+            | Reject::InvalidPayload(PayloadError::MissingHeader(name))
+            | Reject::DuplicateHeader(name)
+            | Reject::ConnectionStripsHeader(name) => {
+                format!(r#"{{"error":"{}","header":"{name}"}}"#, self.reason())
             }
             _ => format!(r#"{{"error":"{}"}}"#, self.reason()),
         };
@@ -307,6 +331,24 @@ mod tests {
                 "body_buffer_full",
             ),
             (
+                Reject::DuplicateHeader(HeaderName::from_static("webhook-id")),
+                400,
+                "duplicate_header",
+                "bad_request",
+            ),
+            (
+                Reject::ConnectionStripsHeader(HeaderName::from_static("webhook-signature")),
+                400,
+                "connection_strips_header",
+                "bad_request",
+            ),
+            (
+                Reject::UnsupportedContentEncoding,
+                415,
+                "unsupported_content_encoding",
+                "bad_request",
+            ),
+            (
                 VerifyError::MissingHeader(HeaderName::from_static("webhook-id")).into(),
                 400,
                 "missing_header",
@@ -361,9 +403,21 @@ mod tests {
                 "invalid_payload",
             ),
             (
+                PayloadError::DuplicateKey.into(),
+                400,
+                "invalid_payload",
+                "invalid_payload",
+            ),
+            (
                 PayloadError::NoEventType.into(),
                 400,
                 "invalid_payload",
+                "invalid_payload",
+            ),
+            (
+                PayloadError::EventTypeTooLong.into(),
+                400,
+                "event_type_too_long",
                 "invalid_payload",
             ),
             (
@@ -473,6 +527,23 @@ mod tests {
             text.contains(r#"{\"error\":\"invalid_signature\"}"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn header_refusals_name_the_header() {
+        for (reject, body) in [
+            (
+                Reject::DuplicateHeader(HeaderName::from_static("webhook-id")),
+                r#"{\"error\":\"duplicate_header\",\"header\":\"webhook-id\"}"#,
+            ),
+            (
+                Reject::ConnectionStripsHeader(HeaderName::from_static("x-github-event")),
+                r#"{\"error\":\"connection_strips_header\",\"header\":\"x-github-event\"}"#,
+            ),
+        ] {
+            let text = format!("{:?}", reject.into_response().into_body());
+            assert!(text.contains(body), "{text}");
+        }
     }
 
     #[test]

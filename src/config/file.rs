@@ -346,6 +346,20 @@ impl Default for Backoff {
     }
 }
 
+/// What a source does with a body sent under a `Content-Encoding` other than `identity`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentEncoding {
+    /// 415 before the body is read: hookgate does not decompress, so it would verify and
+    /// forward bytes that the backend then inflates (a small body can inflate a
+    /// thousandfold).
+    #[default]
+    Refuse,
+    /// Verified and forwarded as received, still encoded, for backends that decode it
+    /// within their own limits. The event type and dedupe key must then be headers.
+    Pass,
+}
+
 /// How a source's verified deliveries reach their upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -391,6 +405,8 @@ pub struct Source {
     /// ranges); empty allows any.
     #[serde(default)]
     pub allow_ips: Vec<IpNet>,
+    #[serde(default)]
+    pub content_encoding: ContentEncoding,
     #[serde(default)]
     pub routes: Vec<Route>,
 }

@@ -18,13 +18,13 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::event::Field;
+use crate::event::{Field, KeyBinding};
 use crate::route::{Route, Routes};
 use crate::tls;
 use crate::verify::{self, Verifier};
 
 pub use file::{
-    Delivery, FieldSpec, FileConfig, OnError, Route as RouteFile, SecretEntry,
+    ContentEncoding, Delivery, FieldSpec, FileConfig, OnError, Route as RouteFile, SecretEntry,
     Source as SourceFile, parse_header_name,
 };
 pub use secret::Secret;
@@ -277,6 +277,12 @@ pub struct Source {
     pub event_type: Field,
     /// Where the delivery id used for deduplication comes from.
     pub dedupe_key: Field,
+    /// What the claim key binds the dedupe key to (see `KeyBinding`).
+    pub binding: KeyBinding,
+    /// The headers the scheme, the event type and the dedupe key read: a request with
+    /// two copies of one, or a `Connection` field listing one, is refused.
+    pub reads: Vec<http::HeaderName>,
+    pub content_encoding: ContentEncoding,
     /// How many secrets the verifier knows (`hookgate_verified_total{secret}`).
     pub secrets: usize,
     pub routes: Routes,
@@ -717,6 +723,17 @@ fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String>), String>
                 .map_err(|e| format!("{key}.provider {e}"))?;
             warnings.extend(typos.iter().map(|w| format!("{key}.{w}")));
         }
+        if file.content_encoding == ContentEncoding::Pass
+            && let Some(Field::Json(pointer)) = [&built.event_type, &built.dedupe_key]
+                .into_iter()
+                .find(|field| matches!(field, Field::Json(_)))
+        {
+            return Err(format!(
+                "{key}.content_encoding = \"pass\" needs the event type and the dedupe key in \
+                 headers: hookgate does not decompress bodies, so it cannot read {pointer:?} \
+                 from an encoded one"
+            ));
+        }
         out.push(Source {
             name: file.name.clone(),
             path: file.path.clone(),
@@ -724,6 +741,9 @@ fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String>), String>
             verifier: built.verifier,
             event_type: built.event_type,
             dedupe_key: built.dedupe_key,
+            binding: built.binding,
+            reads: built.reads,
+            content_encoding: file.content_encoding,
             secrets: built.secrets,
             routes: routes(&key, file)?,
             allow_ips: file.allow_ips.clone(),
@@ -912,9 +932,13 @@ impl Settings {
                 Delivery::Proxy => "proxy",
                 Delivery::Queue => "queue",
             };
+            let bound = match source.binding {
+                KeyBinding::Id => "",
+                KeyBinding::IdAndBody => " (unsigned: bound to the body's hash)",
+            };
             let _ = writeln!(
                 s,
-                "  {} POST {} scheme={} event_type={} dedupe_key={} delivery={delivery}\n    verify {}",
+                "  {} POST {} scheme={} event_type={} dedupe_key={}{bound} delivery={delivery}\n    verify {}",
                 source.name,
                 source.path,
                 source.scheme,
@@ -922,6 +946,12 @@ impl Settings {
                 source.dedupe_key,
                 source.verifier.describe()
             );
+            if source.content_encoding == ContentEncoding::Pass {
+                let _ = writeln!(
+                    s,
+                    "    content_encoding pass (encoded bodies forwarded as received)"
+                );
+            }
             if !source.allow_ips.is_empty() {
                 let nets: Vec<String> = source.allow_ips.iter().map(ToString::to_string).collect();
                 let _ = writeln!(s, "    allow_ips {}", nets.join(", "));

@@ -12,7 +12,8 @@
 //! reports not ready, while Redis is down.
 //!
 //! Keys (with the default prefix `hookgate:`):
-//! - `hookgate:dedupe:<source>:<webhook-id>`: `inflight:<token>` for
+//! - `hookgate:dedupe:<source>:<webhook-id>` (`<webhook-id>:<body hash>` for sources
+//!   whose id is unsigned, `event::KeyBinding`): `inflight:<token>` for
 //!   `dedupe.in_flight_ttl`, then `done` for `dedupe.ttl`;
 //! - `hookgate:rate:<client ip or /64>`: the GCRA theoretical arrival time in
 //!   microseconds of Redis' clock, expiring when the bucket is full again.

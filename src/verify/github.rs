@@ -10,6 +10,8 @@
 //! rests on deduplication by `X-GitHub-Delivery` within `dedupe.ttl`, and that header is
 //! not signed either, so a replay under a fresh delivery id is only kept out by TLS (a
 //! delivery cannot be captured in transit) and by admitting GitHub's addresses alone.
+//! Nor can a replay take a genuine delivery's place: with neither header signed
+//! (`signed` is empty), the claim key binds the id to the body (`event::KeyBinding`).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -51,6 +53,8 @@ fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
         verifier: Arc::new(GitHub { keys }),
         event_type: Field::Header(EVENT),
         dedupe_key: Some(Field::Header(DELIVERY)),
+        headers: vec![SIGNATURE],
+        signed: Vec::new(), // only the body
     })
 }
 

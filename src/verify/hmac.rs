@@ -244,10 +244,18 @@ fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
     let spec = Spec::new(options)?;
     let keys = Keyring::raw_hmac(options.secrets)?;
     let dedupe_key = spec.id_header.clone().map(Field::Header);
+    let signs_id = spec.template.contains(&Part::Id);
+    let id = spec.id_header.iter().filter(|_| signs_id);
+    let timestamp = spec.timestamp.iter().map(|(name, _)| name);
+    let signed: Vec<HeaderName> = id.chain(timestamp).cloned().collect();
+    let mut headers = vec![spec.signature_header.clone()];
+    headers.extend(signed.iter().cloned());
     Ok(Built {
         verifier: Arc::new(GenericHmac { keys, spec }),
         event_type: Field::Json(JsonPointer::parse("/type").expect("a valid pointer")),
         dedupe_key,
+        headers,
+        signed,
     })
 }
 

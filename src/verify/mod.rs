@@ -26,7 +26,7 @@ use crate::config::{FieldSpec, SecretEntry, SourceFile};
 
 /// The MAC every HMAC scheme here uses.
 pub type HmacSha256 = ::hmac::Hmac<sha2::Sha256>;
-use crate::event::{Field, JsonPointer};
+use crate::event::{Field, JsonPointer, KeyBinding};
 use crate::sign::{SignError, SignMessage, SignedRequest};
 
 /// Every scheme hookgate knows, by its `scheme = "..."` name: one line each.
@@ -71,6 +71,11 @@ pub struct Built {
     pub event_type: Field,
     /// `None` when the scheme has no delivery id of its own: `dedupe_key` is then required.
     pub dedupe_key: Option<Field>,
+    /// Every header `verify` reads.
+    pub headers: Vec<HeaderName>,
+    /// Those of `headers` whose values the signature covers (a delivery id or a
+    /// timestamp in the signed content; not the signature header itself).
+    pub signed: Vec<HeaderName>,
 }
 
 /// The scheme-specific settings of a source, as written (defaults are the scheme's).
@@ -326,6 +331,11 @@ pub struct SourceVerification {
     pub verifier: Arc<dyn Verifier>,
     pub event_type: Field,
     pub dedupe_key: Field,
+    /// The headers the scheme, the event type and the dedupe key read: each must come
+    /// once, and reach the backend as it was verified.
+    pub reads: Vec<HeaderName>,
+    /// Whether the claim key must bind the dedupe key to the body.
+    pub binding: KeyBinding,
     pub secrets: usize,
     /// Key paths relative to the source (`secrets[1] ...`); the caller adds the rest.
     pub warnings: Vec<String>,
@@ -381,11 +391,30 @@ pub fn build(source: &SourceFile, now: SystemTime) -> Result<SourceVerification,
             ));
         }
     };
+    let mut reads = built.headers;
+    for field in [&event_type, &dedupe_key] {
+        if let Field::Header(name) = field
+            && !reads.contains(name)
+        {
+            reads.push(name.clone());
+        }
+    }
+    let signed = |field: &Field| match field {
+        Field::Json(_) => true, // every scheme signs the body
+        Field::Header(name) => built.signed.contains(name),
+    };
+    let binding = if signed(&dedupe_key) && signed(&event_type) {
+        KeyBinding::Id
+    } else {
+        KeyBinding::IdAndBody
+    };
     Ok(SourceVerification {
         scheme: scheme.name,
         verifier: built.verifier,
         event_type,
         dedupe_key,
+        reads,
+        binding,
         secrets: source.secrets.len(),
         warnings: secret_warnings(&source.secrets, now),
     })
@@ -715,6 +744,89 @@ mod tests {
     fn parsed(source: &str) -> crate::config::Settings {
         crate::config::parse(&config(source), "test.toml")
             .unwrap_or_else(|e| panic!("{e}\n{source}"))
+    }
+
+    #[test]
+    fn each_source_knows_the_headers_it_reads_and_binds_unsigned_ids_to_the_body() {
+        let cases = [
+            (
+                "scheme = \"standard-webhooks\"\nsecrets = [\"raw\"]",
+                "webhook-id webhook-timestamp webhook-signature",
+                KeyBinding::Id,
+            ),
+            (
+                "scheme = \"standard-webhooks\"\nsecrets = [\"raw\"]\nevent_type = { header = \"X-Event\" }",
+                "webhook-id webhook-timestamp webhook-signature x-event",
+                KeyBinding::IdAndBody,
+            ),
+            (
+                "scheme = \"stripe\"\nsecrets = [\"x\"]",
+                "stripe-signature",
+                KeyBinding::Id,
+            ),
+            (
+                "scheme = \"stripe\"\nsecrets = [\"x\"]\ndedupe_key = \"Idempotency-Key\"",
+                "stripe-signature idempotency-key",
+                KeyBinding::IdAndBody,
+            ),
+            (
+                "scheme = \"github\"\nsecrets = [\"x\"]",
+                "x-hub-signature-256 x-github-event x-github-delivery",
+                KeyBinding::IdAndBody,
+            ),
+            (
+                "scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"X-Sig\"\nid_header = \"X-Id\"\n\
+                 timestamp_header = \"X-Ts\"\nsigned_content = \"{timestamp}.{id}.{body}\"",
+                "x-sig x-id x-ts",
+                KeyBinding::Id,
+            ),
+            (
+                "scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"X-Sig\"\nid_header = \"X-Id\"",
+                "x-sig x-id",
+                KeyBinding::IdAndBody,
+            ),
+            (
+                "scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"X-Sig\"\ndedupe_key = { json = \"/id\" }",
+                "x-sig",
+                KeyBinding::Id,
+            ),
+        ];
+        for (source, reads, binding) in cases {
+            let settings = parsed(source);
+            let got: Vec<&str> = settings.sources[0]
+                .reads
+                .iter()
+                .map(HeaderName::as_str)
+                .collect();
+            assert_eq!(got.join(" "), reads, "{source}");
+            assert_eq!(settings.sources[0].binding, binding, "{source}");
+        }
+    }
+
+    #[test]
+    fn content_encoding_pass_needs_the_event_type_and_dedupe_key_in_headers() {
+        let settings =
+            parsed("scheme = \"github\"\nsecrets = [\"x\"]\ncontent_encoding = \"pass\"");
+        assert_eq!(
+            settings.sources[0].content_encoding,
+            crate::config::ContentEncoding::Pass
+        );
+        assert!(settings.summary().contains("content_encoding pass"));
+        let e = config_error(
+            "scheme = \"standard-webhooks\"\nsecrets = [\"raw\"]\ncontent_encoding = \"pass\"",
+        );
+        assert!(
+            e.starts_with(
+                "test.toml: sources[0].content_encoding = \"pass\" needs the event type and the \
+                 dedupe key in headers"
+            ) && e.contains("\"/type\""),
+            "{e}"
+        );
+        let e = config_error("scheme = \"github\"\nsecrets = [\"x\"]\ncontent_encoding = \"gzip\"");
+        assert!(
+            e.contains("unknown variant `gzip`") && e.contains("line 6"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -111,6 +111,8 @@ fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
         }),
         event_type: Field::Json(JsonPointer::parse("/type").expect("a valid pointer")),
         dedupe_key: Some(Field::Header(ID)),
+        headers: vec![ID, TIMESTAMP, SIGNATURE],
+        signed: vec![ID, TIMESTAMP],
     })
 }
 

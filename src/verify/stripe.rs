@@ -63,10 +63,13 @@ fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
                 .then(|| (i, hmac_key(&key)))
         })
         .collect();
+    let header = options.signature_header.clone().unwrap_or(SIGNATURE);
     Ok(Built {
+        headers: vec![header.clone()],
+        signed: Vec::new(), // the timestamp is inside the signature header
         verifier: Arc::new(Stripe {
             keys,
-            header: options.signature_header.clone().unwrap_or(SIGNATURE),
+            header,
             tolerance: options.tolerance(),
             decoded,
         }),

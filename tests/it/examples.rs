@@ -1,7 +1,9 @@
 //! The example "legacy" backends under `examples/` (Python and Node, standard library
 //! only), run for real behind a gateway: they receive the sender's exact bytes and
 //! `webhook-*` headers, so their own signature check passes; a forged request sent to
-//! them directly fails it. Skipped when `python3` / `node` are missing, unless
+//! them directly fails it. A WSGI backend (Python's `wsgiref`, which merges header
+//! spellings into one `HTTP_*` variable as CGI does) shows what such backends make of
+//! spoofed forwarding headers. Skipped when `python3` / `node` are missing, unless
 //! `HOOKGATE_REQUIRE_EXAMPLES=1` (CI).
 
 use std::io::{BufRead, BufReader};
@@ -23,6 +25,12 @@ struct Example {
 
 impl Example {
     fn start(program: &str, script: &str) -> Option<Example> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/").to_owned() + script;
+        Example::spawn(program, &[&script])
+    }
+
+    /// `program` with `args`, once it prints `listening`.
+    fn spawn(program: &str, args: &[&str]) -> Option<Example> {
         if !installed_or_skip_unless(program, REQUIRE, "apt-get install -y python3 nodejs") {
             return None;
         }
@@ -30,9 +38,8 @@ impl Example {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/").to_owned() + script;
         let mut child = Command::new(program)
-            .arg(script)
+            .args(args)
             .env("WEBHOOK_SECRET", SECRET)
             .env("PORT", port.to_string())
             .stdout(Stdio::piped())
@@ -127,4 +134,68 @@ async fn the_node_backend_behind_the_gateway_verifies_what_it_receives() {
 async fn the_node_backend_refuses_a_forged_request_sent_straight_to_it() {
     a_forged_request_sent_straight_to_the_backend_is_refused("node", "node-upstream/server.js")
         .await;
+}
+
+/// A WSGI app on `wsgiref` that prints the `HTTP_*` variables of each request as one
+/// JSON line and answers `200 {"ok":true}`.
+const WSGI_ENVIRON_PRINTER: &str = r#"
+import json, os
+from wsgiref.simple_server import make_server, WSGIRequestHandler
+
+class Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+def app(environ, start_response):
+    environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    seen = {k: v for k, v in environ.items() if k.startswith("HTTP_")}
+    print("environ " + json.dumps(seen), flush=True)
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [b'{"ok":true}']
+
+server = make_server("127.0.0.1", int(os.environ["PORT"]), app, handler_class=Quiet)
+print("listening", flush=True)
+server.serve_forever()
+"#;
+
+#[tokio::test]
+async fn a_wsgi_backend_sees_only_the_gateways_forwarding_variables() {
+    let Some(backend) = Example::spawn("python3", &["-c", WSGI_ENVIRON_PRINTER]) else {
+        return;
+    };
+    let gw = Gateway::start(config().route("*", backend.url().as_str())).await;
+    let event = signed_event("response.completed");
+    let mut request = delivery_request(&gw.url(PATH), &event);
+    for (name, value) in [
+        ("X_Forwarded_For", "6.6.6.6"),
+        ("X-Forwarded-For", "7.7.7.7"),
+        ("X_Hookgate_Verified", "stripe,standard-webhooks"),
+        ("X_Real_IP", "6.6.6.6"),
+        ("X-Forwarded-Port", "1"),
+    ] {
+        request
+            .headers_mut()
+            .append(name, value.parse().expect("a header value"));
+    }
+
+    let reply = gw.send(request).await;
+
+    assert!(reply.forwarded(), "{reply:?}");
+    let line = backend.expect_line("environ ");
+    let environ: serde_json::Value =
+        serde_json::from_str(line.trim_start_matches("environ ")).expect("a JSON line");
+    assert_eq!(environ["HTTP_X_FORWARDED_FOR"], "127.0.0.1", "{environ}");
+    assert_eq!(environ["HTTP_X_HOOKGATE_SOURCE"], SOURCE, "{environ}");
+    assert_eq!(
+        environ["HTTP_WEBHOOK_ID"],
+        event.header("webhook-id"),
+        "{environ}"
+    );
+    for spoofed in [
+        "HTTP_X_HOOKGATE_VERIFIED",
+        "HTTP_X_REAL_IP",
+        "HTTP_X_FORWARDED_PORT",
+    ] {
+        assert!(environ.get(spoofed).is_none(), "{spoofed} in {environ}");
+    }
 }

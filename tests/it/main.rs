@@ -12,6 +12,7 @@ mod connections;
 mod dedupe;
 mod examples;
 mod forwarding;
+mod integrity;
 mod metrics;
 mod queue;
 mod ratelimit;
