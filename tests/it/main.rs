@@ -12,6 +12,7 @@ mod dedupe;
 mod examples;
 mod forwarding;
 mod metrics;
+mod packaging;
 mod queue;
 mod ratelimit;
 mod redis_cluster;
