@@ -2,6 +2,7 @@
 
 mod hardening_support;
 mod redis_support;
+mod skips;
 mod support;
 
 mod abuse;
