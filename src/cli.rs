@@ -36,7 +36,7 @@ pub enum Command {
     /// Run the gateway until SIGTERM or SIGINT.
     ///
     /// Without --config, reads config/hookgate.toml if it exists, else the embedded
-    /// default (self-signed TLS on 0.0.0.0:8443, admin on 127.0.0.1:9090, in-memory store,
+    /// default (self-signed TLS on 127.0.0.1:8443, admin on 127.0.0.1:9090, in-memory store,
     /// a demo secret). Log level: RUST_LOG (default "info").
     Serve {
         /// Configuration file (TOML).
@@ -98,6 +98,12 @@ pub struct DeliveriesArgs {
     /// Print the API's JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// With an https:// --admin: accept any certificate (a development proxy).
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    /// With an https:// --admin: trust exactly the certificates in this PEM file.
+    #[arg(long, value_name = "PEM", global = true, conflicts_with = "insecure")]
+    pub cacert: Option<PathBuf>,
     #[command(subcommand)]
     pub command: DeliveriesCommand,
 }

@@ -7,8 +7,9 @@ use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use hookgate::bench::LoadOptions;
 use hookgate::cli::{BenchCommand, Cli, Command, LogFormat, SignArgs, VerifyArgs};
+use hookgate::cli_client::Trust;
 use hookgate::diagnose;
-use hookgate::sign::{self, SignInput, Trust};
+use hookgate::sign::{self, SignInput};
 use hookgate::verify::{self, SchemeOptions};
 use http::StatusCode;
 use tracing_subscriber::EnvFilter;
@@ -189,14 +190,8 @@ async fn sign_command(args: SignArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let trust = match (&args.cacert, args.insecure) {
-        (Some(path), _) => {
-            Trust::Pem(std::fs::read(path).with_context(|| format!("--cacert {}", path.display()))?)
-        }
-        (None, true) => Trust::Anything,
-        (None, false) => Trust::PublicRoots,
-    };
-    let (status, body) = sign::send(&request, &url, trust).await?;
+    let trust = Trust::from_flags(args.cacert.as_deref(), args.insecure);
+    let (status, body) = sign::send(&request, &url, &trust).await?;
     let label = match scheme.name {
         "standard-webhooks" => "webhook-id",
         _ => "delivery id",

@@ -346,9 +346,20 @@ pub fn load_or_default(path: Option<&Path>) -> Result<Settings, ConfigError> {
 
 /// Parses and validates config text; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<Settings, ConfigError> {
-    let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError {
-        origin: origin.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let mut message = e.to_string().trim_end().to_owned();
+        let unset = secret::unset_variables(|| toml::from_str::<FileConfig>(text));
+        if unset.len() > 1 {
+            message.push_str(&format!(
+                "\n{} environment variables are not set: {}",
+                unset.len(),
+                unset.join(", ")
+            ));
+        }
+        ConfigError {
+            origin: origin.to_owned(),
+            message,
+        }
     })?;
     build(file, origin).map_err(|message| ConfigError {
         origin: origin.to_owned(),

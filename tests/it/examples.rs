@@ -78,7 +78,10 @@ impl Drop for Example {
     }
 }
 
-async fn a_backend_behind_the_gateway_verifies_what_it_receives(program: &'static str, script: &str) {
+async fn a_backend_behind_the_gateway_verifies_what_it_receives(
+    program: &'static str,
+    script: &str,
+) {
     let Some(example) = Example::start(program, script) else {
         return;
     };

@@ -12,6 +12,7 @@ mod connections;
 mod dedupe;
 mod examples;
 mod forwarding;
+mod guidance;
 mod metrics;
 mod packaging;
 mod queue;

@@ -45,7 +45,10 @@ fn dockerfile_build_stage() -> BuildStage {
         .skip(1)
         .take_while(|i| !i.starts_with("FROM "))
         .collect();
-    assert!(!stage.is_empty(), "the Dockerfile has no `FROM ... AS build` stage");
+    assert!(
+        !stage.is_empty(),
+        "the Dockerfile has no `FROM ... AS build` stage"
+    );
     let mut copied = BTreeSet::new();
     for copy in stage.iter().filter_map(|i| i.strip_prefix("COPY ")) {
         let words: Vec<&str> = copy.split_whitespace().collect();
@@ -54,7 +57,11 @@ fn dockerfile_build_stage() -> BuildStage {
             "COPY with flags in the build stage: {copy}"
         );
         let (_destination, sources) = words.split_last().expect("COPY has arguments");
-        copied.extend(sources.iter().map(|s| s.trim_start_matches("./").to_owned()));
+        copied.extend(
+            sources
+                .iter()
+                .map(|s| s.trim_start_matches("./").to_owned()),
+        );
     }
     let runs: Vec<&str> = stage
         .iter()
@@ -124,7 +131,11 @@ fn files_cargo_reads() -> BTreeSet<String> {
         // mimalloc's build flags (`[env]`): without them the image's allocator differs.
         ".cargo/config.toml".to_owned(),
     ]);
-    for (kind, default_dir) in [("bench", "benches"), ("test", "tests"), ("example", "examples")] {
+    for (kind, default_dir) in [
+        ("bench", "benches"),
+        ("test", "tests"),
+        ("example", "examples"),
+    ] {
         for target in manifest
             .get(kind)
             .and_then(|t| t.as_array())

@@ -35,10 +35,7 @@ static SKIPPED: Mutex<Skipped> = Mutex::new(Skipped {
 });
 
 fn current_test() -> String {
-    std::thread::current()
-        .name()
-        .unwrap_or("a test")
-        .to_owned()
+    std::thread::current().name().unwrap_or("a test").to_owned()
 }
 
 fn required(require: &str) -> bool {
@@ -155,8 +152,12 @@ fn the_summary_names_the_count_and_one_install_command() {
     };
     assert_eq!(summary(&skipped), None);
     skipped.tests.extend(["a".to_owned(), "b".to_owned()]);
-    skipped.programs.extend(["redis-server", "node", "redis-cli"]);
-    skipped.packages.extend(["redis-server", "nodejs", "redis-tools"]);
+    skipped
+        .programs
+        .extend(["redis-server", "node", "redis-cli"]);
+    skipped
+        .packages
+        .extend(["redis-server", "nodejs", "redis-tools"]);
     skipped.open_files = Some((11_000, 1_024));
     assert_eq!(
         summary(&skipped).unwrap(),
