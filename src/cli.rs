@@ -58,8 +58,15 @@ pub enum Command {
     /// Write a self-signed certificate and key for localhost, 127.0.0.1 and ::1.
     DevCert {
         /// Directory for dev-cert.pem and dev-key.pem (created if missing).
-        #[arg(long, default_value = "certs")]
+        #[arg(long, default_value = "certs", conflicts_with = "cert")]
         out: PathBuf,
+        /// Write the certificate to this file instead (for example where a config's
+        /// server.tls.cert points); directories are created.
+        #[arg(long, value_name = "PATH", requires = "key")]
+        cert: Option<PathBuf>,
+        /// Write the key (mode 0600) to this file instead; goes with --cert.
+        #[arg(long, value_name = "PATH", requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// A tiny upstream for trying hookgate out: prints one line per request, answers --status.
     Echo {

@@ -76,9 +76,13 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<Exi
         }
         Command::Sign(args) => sign_command(args).await,
         Command::Verify(args) => verify_command(args),
-        Command::DevCert { out } => {
-            let (cert, key) = hookgate::tls::write_dev_cert(&out)
-                .with_context(|| format!("writing the certificate into {}", out.display()))?;
+        Command::DevCert { out, cert, key } => {
+            let (cert, key) = match (cert, key) {
+                (Some(cert), Some(key)) => hookgate::tls::write_dev_cert_files(&cert, &key)
+                    .with_context(|| format!("writing {} and {}", cert.display(), key.display()))?,
+                _ => hookgate::tls::write_dev_cert(&out)
+                    .with_context(|| format!("writing the certificate into {}", out.display()))?,
+            };
             println!(
                 "wrote {} and {} (valid for {})",
                 cert.display(),

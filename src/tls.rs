@@ -7,7 +7,7 @@
 //! rustls. Private keys are only ever read from files or generated in memory, never logged.
 //! Plain HTTP sent to a TLS listener is answered with a readable 400 (`answer_plain_http`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -156,14 +156,22 @@ pub fn self_signed_config(
 }
 
 /// Writes `dev-cert.pem` and `dev-key.pem` (mode 0600) into `dir`.
-pub fn write_dev_cert(dir: &Path) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+pub fn write_dev_cert(dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+    write_dev_cert_files(&dir.join("dev-cert.pem"), &dir.join("dev-key.pem"))
+}
+
+/// Writes a dev certificate to `cert` and its key (mode 0600) to `key`, creating their
+/// directories.
+pub fn write_dev_cert_files(cert: &Path, key: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
     let dev = generate_dev_cert().map_err(std::io::Error::other)?;
-    std::fs::create_dir_all(dir)?;
-    let cert = dir.join("dev-cert.pem");
-    let key = dir.join("dev-key.pem");
-    std::fs::write(&cert, dev.cert_pem)?;
-    write_private(&key, dev.key_pem.as_bytes())?;
-    Ok((cert, key))
+    for file in [cert, key] {
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    std::fs::write(cert, dev.cert_pem)?;
+    write_private(key, dev.key_pem.as_bytes())?;
+    Ok((cert.to_owned(), key.to_owned()))
 }
 
 #[cfg(unix)]

@@ -266,3 +266,165 @@ async fn hookgate_in_repo(args: &[&str], env: &[(&str, &str)]) -> (bool, String,
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// `config/dev-tls.toml` is the walkthrough's gateway on a verifiable certificate: the
+/// same file as `config/hookgate.toml` but for `[server.tls]`.
+#[test]
+fn the_dev_tls_config_is_the_walkthrough_config_but_for_its_certificate() {
+    let table = |path: &str| -> toml::Table { toml::from_str(&repo_file(path)).unwrap() };
+    let (mut walkthrough, mut dev_tls) =
+        (table("config/hookgate.toml"), table("config/dev-tls.toml"));
+    let tls = |config: &mut toml::Table| {
+        config["server"]
+            .as_table_mut()
+            .unwrap()
+            .remove("tls")
+            .unwrap()
+    };
+    assert_eq!(tls(&mut walkthrough)["self_signed"].as_bool(), Some(true));
+    let dev = tls(&mut dev_tls);
+    assert_eq!(dev["cert"].as_str(), Some("certs/dev-cert.pem"));
+    assert_eq!(dev["key"].as_str(), Some("certs/dev-key.pem"));
+    assert_eq!(walkthrough, dev_tls);
+}
+
+/// The example production config checks on a fresh machine after the steps its header
+/// (and the README) give: its TLS paths are the ones `dev-cert` is told to write. The
+/// files go to a temp dir here instead of /etc.
+#[tokio::test]
+async fn the_example_production_config_checks_after_its_documented_steps() {
+    let text = repo_file("config/openai.example.toml");
+    let config: toml::Table = toml::from_str(&text).unwrap();
+    let tls = config["server"]["tls"].as_table().unwrap();
+    let (cert, key) = (tls["cert"].as_str().unwrap(), tls["key"].as_str().unwrap());
+    let documented = format!("dev-cert --cert {cert} --key {key}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with('#') && l.contains(&documented)),
+        "the header of config/openai.example.toml shows `{documented}`"
+    );
+    assert!(
+        repo_file("README.md").contains(&format!("cargo run -q -- {documented}")),
+        "the README shows `cargo run -q -- {documented}`"
+    );
+
+    let root = tempfile::tempdir().unwrap();
+    let rooted = |path: &str| root.path().join(path.trim_start_matches('/'));
+    let (ok, _, stderr) = hookgate_in_repo(
+        &[
+            "dev-cert",
+            "--cert",
+            rooted(cert).to_str().unwrap(),
+            "--key",
+            rooted(key).to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let moved = root.path().join("openai.example.toml");
+    std::fs::write(
+        &moved,
+        text.replace(cert, rooted(cert).to_str().unwrap())
+            .replace(key, rooted(key).to_str().unwrap()),
+    )
+    .unwrap();
+    let secret = (
+        "OPENAI_WEBHOOK_SECRET",
+        "whsec_aG9va2dhdGUtZGVtby1zZWNyZXQtZG8tbm90LXVzZSE=",
+    );
+    let (ok, stdout, stderr) =
+        hookgate_in_repo(&["check", "--config", moved.to_str().unwrap()], &[secret]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.ends_with("ok\n"), "{stdout}");
+}
+
+/// The README's walkthroughs run one after the other with their gateways and backends
+/// left running: no two of them listen on one port, and the compose stack publishes
+/// none of theirs on the host.
+#[test]
+fn the_walkthroughs_and_the_compose_stack_use_ports_of_their_own() {
+    let walkthroughs = [
+        "config/hookgate.toml",
+        "config/schemes.example.toml",
+        "config/queue-demo.toml",
+    ];
+    let mut taken: Vec<(u16, String)> = Vec::new();
+    for path in walkthroughs {
+        let config: toml::Table = toml::from_str(&repo_file(path)).unwrap();
+        let port = |addr: &str| addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        let mut ports = BTreeSet::new();
+        ports.insert(port(config["server"]["listen"].as_str().unwrap()));
+        ports.insert(port(config["admin"]["listen"].as_str().unwrap()));
+        // The `hookgate echo` backends the walkthrough starts.
+        for source in config["sources"].as_array().unwrap() {
+            for route in source["routes"].as_array().unwrap() {
+                let upstream = route["upstream"].as_str().unwrap();
+                let authority = upstream.split('/').nth(2).unwrap();
+                ports.insert(port(authority));
+            }
+        }
+        taken.extend(ports.into_iter().map(|p| (p, path.to_owned())));
+    }
+    for line in repo_file("docker-compose.yml").lines() {
+        // `- "127.0.0.1:19090:9090"` or `- "18443:8443"`: the host port is the second to last.
+        let Some(mapping) = line.trim().strip_prefix("- \"") else {
+            continue;
+        };
+        let parts: Vec<&str> = mapping.trim_end_matches('"').split(':').collect();
+        if parts.len() >= 2
+            && let Ok(host) = parts[parts.len() - 2].parse::<u16>()
+        {
+            taken.push((host, "docker-compose.yml".to_owned()));
+        }
+    }
+    assert!(taken.iter().any(|(_, who)| who == "docker-compose.yml"));
+    taken.sort();
+    let clashes: Vec<_> = taken.windows(2).filter(|w| w[0].0 == w[1].0).collect();
+    assert!(clashes.is_empty(), "ports used twice: {clashes:?}");
+}
+
+/// The compose stack's `sender` service runs `hookgate sign` from the image: its
+/// entrypoint and default command, pointed at a test gateway instead of the `hookgate`
+/// service, deliver a signed event.
+#[tokio::test]
+async fn the_compose_senders_command_delivers_a_signed_event() {
+    let compose = repo_file("docker-compose.yml");
+    let service = compose
+        .split("\n  sender:\n")
+        .nth(1)
+        .expect("docker-compose.yml has a sender service");
+    let array = |key: &str| -> Vec<String> {
+        let line = service
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("the sender has {key}"));
+        serde_json::from_str(line).expect("a JSON-style flow sequence")
+    };
+    let (entrypoint, command) = (array("entrypoint"), array("command"));
+    assert_eq!(entrypoint[0], "/usr/local/bin/hookgate");
+    assert!(service.contains("HOOKGATE_SIGN_SECRET: *demo-secret"));
+    let demo_secret = "whsec_aG9va2dhdGUtZGVtby1zZWNyZXQtZG8tbm90LXVzZSE=";
+    assert!(compose.contains(&format!("x-demo-secret: &demo-secret \"{demo_secret}\"")));
+
+    let cert = crate::support::DevCert::generate();
+    let upstream = crate::support::Upstream::start().await;
+    let gw = crate::support::Gateway::start(
+        crate::support::config()
+            .secrets(&[demo_secret])
+            .tls(&cert)
+            .route("*", &upstream),
+    )
+    .await;
+    let args: Vec<String> = entrypoint[1..]
+        .iter()
+        .chain(&command)
+        .map(|a| a.replace("https://hookgate:8443", &format!("https://{}", gw.addr())))
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, stdout, stderr) =
+        hookgate_in_repo(&args, &[("HOOKGATE_SIGN_SECRET", demo_secret)]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("HTTP 200 OK"), "{stdout}");
+    assert_eq!(upstream.received().len(), 1);
+}
