@@ -109,9 +109,10 @@ pub fn random_hex() -> String {
     format!("{:016x}{:08x}", a, state.hash_one(a) as u32)
 }
 
-/// A copy-pasteable curl command for a POSIX shell.
+/// A copy-pasteable curl command for a POSIX shell. `-w '\n'` ends the output with a
+/// newline: the gateway's JSON answers have none, and the prompt would follow the body.
 pub fn curl_command(request: &SignedRequest, url: &str, insecure: bool) -> String {
-    let mut out = String::from("curl -sS -i");
+    let mut out = String::from(r"curl -sS -i -w '\n'");
     if insecure {
         out.push_str(" -k");
     }
@@ -309,7 +310,9 @@ mod tests {
     fn the_curl_command_quotes_for_the_shell() {
         let req = build(&input(Some(r#"{"note":"it's"}"#)), SystemTime::now()).unwrap();
         let cmd = curl_command(&req, "https://localhost:8443/webhooks/openai", true);
-        assert!(cmd.starts_with("curl -sS -i -k -X POST 'https://localhost:8443/webhooks/openai'"));
+        assert!(cmd.starts_with(
+            r"curl -sS -i -w '\n' -k -X POST 'https://localhost:8443/webhooks/openai'"
+        ));
         assert!(cmd.contains(r#"it'\''s"#), "{cmd}");
         assert!(cmd.contains("-H 'webhook-id: msg_1'"));
     }

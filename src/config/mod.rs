@@ -5,6 +5,7 @@
 //! Every error starts with the file and names the key path, so a user never has to guess
 //! which of three sources is wrong.
 
+pub mod duration;
 mod file;
 pub mod secret;
 
@@ -841,8 +842,8 @@ impl Settings {
         let _ = writeln!(
             s,
             "store:  {store}; dedupe ttl {}, in-flight {}",
-            humantime::format_duration(self.dedupe.ttl),
-            humantime::format_duration(self.dedupe.in_flight_ttl),
+            duration::written(self.dedupe.ttl),
+            duration::written(self.dedupe.in_flight_ttl),
         );
         if let Some(queue) = &self.queue {
             let durability = match self.store.backend {
@@ -854,15 +855,15 @@ impl Settings {
                 "queue:  {durability}; {} workers, {} attempts, backoff {}..{}{}, max age {}, retention {}, retry on {}",
                 queue.workers,
                 queue.max_attempts,
-                humantime::format_duration(queue.backoff.initial),
-                humantime::format_duration(queue.backoff.max),
+                duration::written(queue.backoff.initial),
+                duration::written(queue.backoff.max),
                 if queue.backoff.jitter {
                     " with jitter"
                 } else {
                     ""
                 },
-                humantime::format_duration(queue.max_age),
-                humantime::format_duration(queue.retention),
+                duration::written(queue.max_age),
+                duration::written(queue.retention),
                 queue.retry_on,
             );
         }

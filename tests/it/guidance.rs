@@ -1,6 +1,7 @@
 //! Errors a newcomer meets first say what to do next: an untrusted certificate, plain
 //! HTTP to the TLS listener (and TLS to a plain one), a port already in use, several
-//! unset environment variables, failed handshakes in the gateway's log.
+//! unset environment variables, failed handshakes in the gateway's log; and the access
+//! log line of a failed forward names the backend.
 
 use std::process::Stdio;
 
@@ -287,4 +288,43 @@ async fn deliveries_over_https_suggests_cacert_and_takes_it() {
     .await;
     assert!(!ok);
     assert!(stderr.contains("the admin API answered 404"), "{stderr}");
+}
+
+/// The access log line a user reads when a backend is down: the upstream's host and
+/// port, and the duration in whole microseconds (`0.218`, not `0.21756999999999999`).
+#[tokio::test]
+async fn the_access_log_names_the_unreachable_upstreams_host_and_rounds_its_duration() {
+    let closed = closed_port().await;
+    let gw = GatewayProcess::spawn(config().route("*", format!("http://{closed}/hooks"))).await;
+
+    let reply = gw
+        .client()
+        .post(PATH, &signed_event("response.completed"))
+        .await;
+    assert_eq!(reply.status(), 502);
+
+    let mut line = String::new();
+    eventually("the access log line is written", || {
+        line = gw
+            .log()
+            .lines()
+            .find(|l| l.contains(r#""target":"hookgate::access""#))
+            .unwrap_or_default()
+            .to_owned();
+        std::future::ready(!line.is_empty())
+    })
+    .await;
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let detail = event["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("unreachable: {closed}: ")),
+        "{detail}"
+    );
+    let duration = line
+        .split(r#""duration_ms":"#)
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .unwrap();
+    let decimals = duration.split('.').nth(1).map_or(0, str::len);
+    assert!(decimals <= 3, "duration_ms {duration} in {line}");
 }

@@ -244,6 +244,10 @@ async fn the_container_images_config_checks_and_listens_on_every_interface() {
         stdout.contains("bearer token required except /healthz /readyz"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("dedupe ttl 72h,"),
+        "durations as written: {stdout}"
+    );
 }
 
 /// Runs the built binary from the repository root with extra environment variables;
