@@ -221,13 +221,11 @@ async fn serve_on_a_port_in_use_names_the_key_and_the_file_and_prints_the_os_err
 async fn check_names_every_unset_environment_variable_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hookgate.toml");
-    let text = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${{HOOKGATE_IT_UNSET_TOKEN}}\"\n\n\
-         [store]\nredis_url = \"${{HOOKGATE_IT_UNSET_REDIS}}\"\n\n\
+    let text = "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${HOOKGATE_IT_UNSET_TOKEN}\"\n\n\
+         [store]\nredis_url = \"${HOOKGATE_IT_UNSET_REDIS}\"\n\n\
          [[sources]]\nname = \"a\"\npath = \"/a\"\nscheme = \"standard-webhooks\"\n\
-         secrets = [\"${{HOOKGATE_IT_UNSET_SECRET}}\"]\n\n\
-         [[sources.routes]]\nevents = [\"*\"]\nupstream = \"http://127.0.0.1:9/\"\n"
-    );
+         secrets = [\"${HOOKGATE_IT_UNSET_SECRET}\"]\n\n\
+         [[sources.routes]]\nevents = [\"*\"]\nupstream = \"http://127.0.0.1:9/\"\n";
     std::fs::write(&path, text).unwrap();
 
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
