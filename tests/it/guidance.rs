@@ -3,8 +3,6 @@
 //! unset environment variables, failed handshakes in the gateway's log; and the access
 //! log line of a failed forward names the backend.
 
-use std::process::Stdio;
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
@@ -37,11 +35,17 @@ async fn plain_http(addr: std::net::SocketAddr) -> String {
     answer
 }
 
-#[tokio::test]
-async fn plain_http_to_the_tls_listener_is_answered_400_tls_required_and_counted() {
+/// A gateway on a dev certificate, forwarding everything to a recording upstream.
+async fn tls_gateway() -> (DevCert, Upstream, Gateway) {
     let cert = DevCert::generate();
     let upstream = Upstream::start().await;
     let gw = Gateway::start(config().tls(&cert).route("*", &upstream)).await;
+    (cert, upstream, gw)
+}
+
+#[tokio::test]
+async fn plain_http_to_the_tls_listener_is_answered_400_tls_required_and_counted() {
+    let (_cert, upstream, gw) = tls_gateway().await;
 
     let answer = plain_http(gw.addr()).await;
 
@@ -63,9 +67,7 @@ async fn plain_http_to_the_tls_listener_is_answered_400_tls_required_and_counted
 
 #[tokio::test]
 async fn sign_send_with_http_to_the_tls_listener_shows_the_gateways_explanation() {
-    let cert = DevCert::generate();
-    let upstream = Upstream::start().await;
-    let gw = Gateway::start(config().tls(&cert).route("*", &upstream)).await;
+    let (_cert, _upstream, gw) = tls_gateway().await;
 
     let (ok, stdout, _) = sign_send(&format!("http://{}{PATH}", gw.addr()), &[]).await;
 
@@ -114,9 +116,7 @@ async fn failed_handshakes_are_logged_at_debug_with_peer_and_reason_at_most_once
 
 #[tokio::test]
 async fn sign_send_to_an_untrusted_certificate_suggests_cacert_or_insecure() {
-    let cert = DevCert::generate();
-    let upstream = Upstream::start().await;
-    let gw = Gateway::start(config().tls(&cert).route("*", &upstream)).await;
+    let (cert, _upstream, gw) = tls_gateway().await;
     let url = format!("https://localhost:{}{PATH}", gw.addr().port());
 
     let (ok, _, stderr) = sign_send(&url, &[]).await;
@@ -228,16 +228,9 @@ async fn check_names_every_unset_environment_variable_at_once() {
          [[sources.routes]]\nevents = [\"*\"]\nupstream = \"http://127.0.0.1:9/\"\n";
     std::fs::write(&path, text).unwrap();
 
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
-        .args(["check", "--config", path.to_str().unwrap()])
-        .env_remove("HOOKGATE_CONFIG")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
+    let (ok, _, stderr) = hookgate_cli(&["check", "--config", path.to_str().unwrap()]).await;
 
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!ok);
     assert!(
         stderr.contains("line 3"),
         "the first one with toml's line: {stderr}"
@@ -255,9 +248,7 @@ async fn check_names_every_unset_environment_variable_at_once() {
 /// stands in for the proxy (it answers /deliveries 404, which is enough to show trust).
 #[tokio::test]
 async fn deliveries_over_https_suggests_cacert_and_takes_it() {
-    let cert = DevCert::generate();
-    let upstream = Upstream::start().await;
-    let gw = Gateway::start(config().tls(&cert).route("*", &upstream)).await;
+    let (cert, _upstream, gw) = tls_gateway().await;
     let admin = format!("https://localhost:{}", gw.addr().port());
 
     let (ok, _, stderr) =
