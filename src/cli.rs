@@ -36,7 +36,7 @@ pub enum Command {
     /// Run the gateway until SIGTERM or SIGINT.
     ///
     /// Without --config, reads config/hookgate.toml if it exists, else the embedded
-    /// default (self-signed TLS on 0.0.0.0:8443, admin on 127.0.0.1:9090, in-memory store,
+    /// default (self-signed TLS on 127.0.0.1:8443, admin on 127.0.0.1:9090, in-memory store,
     /// a demo secret). Log level: RUST_LOG (default "info").
     Serve {
         /// Configuration file (TOML).
@@ -58,8 +58,15 @@ pub enum Command {
     /// Write a self-signed certificate and key for localhost, 127.0.0.1 and ::1.
     DevCert {
         /// Directory for dev-cert.pem and dev-key.pem (created if missing).
-        #[arg(long, default_value = "certs")]
+        #[arg(long, default_value = "certs", conflicts_with = "cert")]
         out: PathBuf,
+        /// Write the certificate to this file instead (for example where a config's
+        /// server.tls.cert points); directories are created.
+        #[arg(long, value_name = "PATH", requires = "key")]
+        cert: Option<PathBuf>,
+        /// Write the key (mode 0600) to this file instead; goes with --cert.
+        #[arg(long, value_name = "PATH", requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// A tiny upstream for trying hookgate out: prints one line per request, answers --status.
     Echo {
@@ -98,6 +105,12 @@ pub struct DeliveriesArgs {
     /// Print the API's JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// With an https:// --admin: accept any certificate (a development proxy).
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    /// With an https:// --admin: trust exactly the certificates in this PEM file.
+    #[arg(long, value_name = "PEM", global = true, conflicts_with = "insecure")]
+    pub cacert: Option<PathBuf>,
     #[command(subcommand)]
     pub command: DeliveriesCommand,
 }

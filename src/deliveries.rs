@@ -14,7 +14,8 @@ use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
 use crate::cli::{DeliveriesArgs, DeliveriesCommand};
-use crate::forward::{HttpClient, http_client};
+use crate::cli_client::{self, Trust};
+use crate::forward::HttpClient;
 use crate::queue::unix_millis;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,6 +24,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 pub enum DeliveriesError {
     #[error(transparent)]
     Config(#[from] crate::ConfigError),
+    #[error("{0}")]
+    CaCert(String),
     #[error("--admin {0}: needs http://host:port")]
     AdminUrl(String),
     #[error("--since {0:?}: expected RFC 3339 (2026-11-20T10:00:00Z) or a duration (24h)")]
@@ -36,10 +39,14 @@ pub enum DeliveriesError {
 /// Runs one `deliveries` command and returns what to print.
 pub async fn run(args: DeliveriesArgs) -> Result<String, DeliveriesError> {
     let (base, token) = target(&args)?;
+    let trust = Trust::from_flags(args.cacert.as_deref(), args.insecure);
     let client = Client {
-        http: http_client(crate::tls::upstream_client_config(), Duration::from_secs(5)),
+        http: trust
+            .client(Duration::from_secs(5))
+            .map_err(DeliveriesError::CaCert)?,
         base,
         token,
+        trust,
     };
     let (json, text): (Value, fn(&Value) -> String) = match &args.command {
         DeliveriesCommand::List {
@@ -161,6 +168,7 @@ struct Client {
     http: HttpClient,
     base: String,
     token: Option<String>,
+    trust: Trust,
 }
 
 impl Client {
@@ -181,9 +189,12 @@ impl Client {
             .await
             .map_err(|_| unreachable("no answer within 30s".to_owned()))?
             .map_err(|e| {
-                unreachable(
-                    std::error::Error::source(&e).map_or(e.to_string(), ToString::to_string),
-                )
+                let detail =
+                    std::error::Error::source(&e).map_or(e.to_string(), ToString::to_string);
+                match cli_client::hint(&e, &self.base, &self.trust) {
+                    Some(hint) => unreachable(format!("{detail}\nhint: {hint}")),
+                    None => unreachable(detail),
+                }
             })?;
         let status = response.status();
         let body = response

@@ -332,7 +332,7 @@ impl Forwarder {
         let response = tokio::time::timeout_at(deadline, self.client.request(request))
             .await
             .map_err(|_| error(ForwardErrorKind::Timeout))?
-            .map_err(|e| error(classify(&e)))?;
+            .map_err(|e| error(classify(&e, route.upstream())))?;
         let (parts, body) = response.into_parts();
         // The status decides the outcome; a body that then stalls, breaks or overflows
         // is relayed as no body (and no Content-Type), whatever the status.
@@ -358,10 +358,18 @@ impl Forwarder {
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> ForwardErrorKind {
-    let detail = std::error::Error::source(e)
+/// The error, with the upstream's host and port: the route's name alone does not say
+/// which backend a log reader should look at.
+fn classify(e: &hyper_util::client::legacy::Error, upstream: &http::Uri) -> ForwardErrorKind {
+    let cause = std::error::Error::source(e)
         .map(ToString::to_string)
         .unwrap_or_else(|| e.to_string());
+    // Host and port only: an authority may carry credentials (user:password@).
+    let host = upstream.host().unwrap_or_default();
+    let detail = match upstream.port_u16() {
+        Some(port) => format!("{host}:{port}: {cause}"),
+        None => format!("{host}: {cause}"),
+    };
     if e.is_connect() {
         ForwardErrorKind::Unreachable(detail)
     } else {

@@ -21,8 +21,10 @@
 //! TOML file into validated settings; `metrics` and `admin` expose Prometheus metrics and
 //! health on a separate listener (and the `/deliveries` API of queue mode, which
 //! `deliveries` calls for the CLI). `sign`, `diagnose` (`hookgate verify`), `provider`
-//! (senders' published event types, for `check`), `echo` and `tls` (dev certificates)
-//! serve the command line's helpers. Nothing here logs bodies, secrets or signatures.
+//! (senders' published event types, for `check`), `echo`, `tls` (dev certificates) and
+//! `cli_client` (the helpers' HTTP client: whom it trusts, what a failure means) serve the
+//! command line's helpers. `log_gate` keeps events a client can cause at will (failed TLS
+//! handshakes) from flooding the log. Nothing here logs bodies, secrets or signatures.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +32,7 @@ pub mod admin;
 pub mod bench;
 pub mod body_budget;
 pub mod cli;
+pub mod cli_client;
 pub mod client_ip;
 pub mod config;
 pub mod connections;
@@ -39,6 +42,7 @@ pub mod diagnose;
 pub mod echo;
 pub mod event;
 pub mod forward;
+pub mod log_gate;
 pub mod metrics;
 pub mod penalty_box;
 pub mod pipeline;

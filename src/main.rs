@@ -7,8 +7,9 @@ use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use hookgate::bench::LoadOptions;
 use hookgate::cli::{BenchCommand, Cli, Command, LogFormat, SignArgs, VerifyArgs};
+use hookgate::cli_client::Trust;
 use hookgate::diagnose;
-use hookgate::sign::{self, SignInput, Trust};
+use hookgate::sign::{self, SignInput};
 use hookgate::verify::{self, SchemeOptions};
 use http::StatusCode;
 use tracing_subscriber::EnvFilter;
@@ -75,9 +76,13 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<Exi
         }
         Command::Sign(args) => sign_command(args).await,
         Command::Verify(args) => verify_command(args),
-        Command::DevCert { out } => {
-            let (cert, key) = hookgate::tls::write_dev_cert(&out)
-                .with_context(|| format!("writing the certificate into {}", out.display()))?;
+        Command::DevCert { out, cert, key } => {
+            let (cert, key) = match (cert, key) {
+                (Some(cert), Some(key)) => hookgate::tls::write_dev_cert_files(&cert, &key)
+                    .with_context(|| format!("writing {} and {}", cert.display(), key.display()))?,
+                _ => hookgate::tls::write_dev_cert(&out)
+                    .with_context(|| format!("writing the certificate into {}", out.display()))?,
+            };
             println!(
                 "wrote {} and {} (valid for {})",
                 cert.display(),
@@ -189,14 +194,8 @@ async fn sign_command(args: SignArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let trust = match (&args.cacert, args.insecure) {
-        (Some(path), _) => {
-            Trust::Pem(std::fs::read(path).with_context(|| format!("--cacert {}", path.display()))?)
-        }
-        (None, true) => Trust::Anything,
-        (None, false) => Trust::PublicRoots,
-    };
-    let (status, body) = sign::send(&request, &url, trust).await?;
+    let trust = Trust::from_flags(args.cacert.as_deref(), args.insecure);
+    let (status, body) = sign::send(&request, &url, &trust).await?;
     let label = match scheme.name {
         "standard-webhooks" => "webhook-id",
         _ => "delivery id",

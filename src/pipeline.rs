@@ -192,7 +192,8 @@ impl Gateway {
             route = trace.route,
             outcome = outcome.label(),
             status = response.status().as_u16(),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            // Whole microseconds: `elapsed * 1000.0` logs as 0.21756999999999999.
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
             webhook_id = trace.webhook_id.as_deref(),
             event_type = trace.event_type.as_deref(),
             delivery_id = trace.delivery_id.as_deref(),

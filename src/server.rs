@@ -45,11 +45,13 @@ use crate::body_budget::BodyBudget;
 use crate::config::{ConfigError, HTTP2_RESET_WINDOW, Limits, Settings, TlsSettings};
 use crate::connections::{self, Admission};
 use crate::forward::Forwarder;
+use crate::log_gate::LogGate;
 use crate::metrics::{Closed, Metrics};
 use crate::queue::worker::Workers;
 use crate::queue::{self, Ingress};
 use crate::reload::{Live, Reloaded, Shared};
 use crate::store;
+use crate::tls::{answer_plain_http, sent_plain_http};
 
 /// Pause after a failed `accept` (for example out of file descriptors) before retrying.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -72,11 +74,13 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    /// The OS error is part of the message, not a `source`: printed once.
+    #[error("cannot listen on {addr} ({what} in {origin}): {error}{}", bind_hint(.error, .what))]
     Bind {
         addr: SocketAddr,
         what: &'static str,
-        source: std::io::Error,
+        origin: String,
+        error: std::io::Error,
     },
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -127,8 +131,8 @@ impl Running {
 
 /// Binds both listeners and starts serving; returns once they accept connections.
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
-    let listener = bind(settings.server.listen, "server.listen").await?;
-    let admin_listener = bind(settings.admin_listen, "admin.listen").await?;
+    let listener = bind(settings.server.listen, "server.listen", &settings.origin).await?;
+    let admin_listener = bind(settings.admin_listen, "admin.listen", &settings.origin).await?;
     let addr = listener.local_addr().expect("bound socket has an address");
     let admin_addr = admin_listener
         .local_addr()
@@ -272,10 +276,36 @@ fn max_connections(configured: u32) -> u32 {
     fitted
 }
 
-async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    origin: &str,
+) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { addr, what, source })
+        .map_err(|error| StartError::Bind {
+            addr,
+            what,
+            origin: origin.to_owned(),
+            error,
+        })
+}
+
+/// What to do about the common reasons a listener cannot bind.
+fn bind_hint(error: &std::io::Error, what: &str) -> String {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "; another process listens there (another hookgate, perhaps from another \
+             walkthrough): stop it, or change {what}"
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            "; ports below 1024 need root or CAP_NET_BIND_SERVICE".to_owned()
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("; no interface of this machine has that address: change {what}")
+        }
+        _ => String::new(),
+    }
 }
 
 /// HTTP/1.1 and HTTP/2 on one connection builder. The timer is required: hyper panics
@@ -410,11 +440,14 @@ async fn serve_listener<H, F>(
         tokio::spawn(async move {
             let _admitted = admitted; // the slot is held until the connection ends
             let closed = match tls {
-                Some(tls) => match handshake(&tls, stream).await {
+                Some(tls) => match handshake(&tls, stream, peer).await {
                     Ok(stream) => {
                         serve_connection(stream, peer, &builder, &policy, stopped, handler).await
                     }
-                    Err(reason) => Some(reason),
+                    Err(reason) => {
+                        policy.admission.metrics().closed(reason);
+                        return; // logged by `handshake`, rate-limited
+                    }
                 },
                 None => serve_connection(stream, peer, &builder, &policy, stopped, handler).await,
             };
@@ -679,19 +712,32 @@ fn closed_by_parser(
     None
 }
 
+/// A client can fail handshakes at will: they are all counted, but logged at most once
+/// a second (with how many were left out).
+static HANDSHAKE_FAILURES: LogGate = LogGate::new(Duration::from_secs(1));
+
 async fn handshake(
     tls: &Handshake,
     stream: TcpStream,
+    peer: SocketAddr,
 ) -> Result<tokio_rustls::server::TlsStream<TcpStream>, Closed> {
-    match tokio::time::timeout(tls.timeout, tls.acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
-            Err(Closed::TlsHandshakeFailed)
+    let accept = async {
+        if sent_plain_http(&stream).await {
+            answer_plain_http(stream).await;
+            return Err("plain HTTP sent to the TLS listener (answered 400 tls_required)".into());
         }
-        Err(_) => {
-            tracing::debug!("TLS handshake timed out");
-            Err(Closed::TlsHandshakeTimeout)
-        }
+        tls.acceptor.accept(stream).await.map_err(|e| e.to_string())
+    };
+    let (closed, reason) = match tokio::time::timeout(tls.timeout, accept).await {
+        Ok(Ok(stream)) => return Ok(stream),
+        Ok(Err(reason)) => (Closed::TlsHandshakeFailed, reason),
+        Err(_) => (
+            Closed::TlsHandshakeTimeout,
+            "no complete handshake within server.tls.handshake_timeout".to_owned(),
+        ),
+    };
+    if let Some(left_out) = HANDSHAKE_FAILURES.admit(std::time::Instant::now()) {
+        tracing::debug!(%peer, reason, left_out, "TLS handshake failed");
     }
+    Err(closed)
 }

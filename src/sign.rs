@@ -13,8 +13,7 @@ use bytes::Bytes;
 use http::{HeaderName, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::forward::http_client;
-use crate::tls;
+use crate::cli_client::{self, Trust};
 use crate::verify::{self, SchemeOptions, unix_seconds};
 
 #[derive(Debug, Clone)]
@@ -110,9 +109,10 @@ pub fn random_hex() -> String {
     format!("{:016x}{:08x}", a, state.hash_one(a) as u32)
 }
 
-/// A copy-pasteable curl command for a POSIX shell.
+/// A copy-pasteable curl command for a POSIX shell. `-w '\n'` ends the output with a
+/// newline: the gateway's JSON answers have none, and the prompt would follow the body.
 pub fn curl_command(request: &SignedRequest, url: &str, insecure: bool) -> String {
-    let mut out = String::from("curl -sS -i");
+    let mut out = String::from(r"curl -sS -i -w '\n'");
     if insecure {
         out.push_str(" -k");
     }
@@ -152,22 +152,13 @@ fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// How `send` decides whom to trust.
-pub enum Trust {
-    /// The Mozilla roots (the default).
-    PublicRoots,
-    /// Exactly the certificates in this PEM (for example `certs/dev-cert.pem`).
-    Pem(Vec<u8>),
-    /// Any certificate (`--insecure`, dev only).
-    Anything,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("{0} is not a valid URL: {1}")]
     Url(String, http::uri::InvalidUri),
-    #[error("--cacert: {0}")]
+    #[error("{0}")]
     CaCert(String),
+    /// The error chain, and a hint on a second line when the cause is a common one.
     #[error("request failed: {0}")]
     Request(String),
 }
@@ -176,15 +167,12 @@ pub enum SendError {
 pub async fn send(
     request: &SignedRequest,
     url: &str,
-    trust: Trust,
+    trust: &Trust,
 ) -> Result<(StatusCode, Bytes), SendError> {
     let uri: http::Uri = url.parse().map_err(|e| SendError::Url(url.to_owned(), e))?;
-    let config = match trust {
-        Trust::PublicRoots => tls::upstream_client_config(),
-        Trust::Pem(pem) => tls::client_config_trusting(&pem).map_err(SendError::CaCert)?,
-        Trust::Anything => tls::insecure_client_config(),
-    };
-    let client = http_client(config, Duration::from_secs(10));
+    let client = trust
+        .client(Duration::from_secs(10))
+        .map_err(SendError::CaCert)?;
     let mut builder = Request::builder().method(Method::POST).uri(uri);
     for (name, value) in &request.headers {
         builder = builder.header(name, value);
@@ -195,26 +183,15 @@ pub async fn send(
     let response = client
         .request(req)
         .await
-        .map_err(|e| SendError::Request(error_chain(&e)))?;
+        .map_err(|e| SendError::Request(cli_client::explain(&e, url, trust)))?;
     let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|e| SendError::Request(e.to_string()))?
+        .map_err(|e| SendError::Request(cli_client::explain(&e, url, trust)))?
         .to_bytes();
     Ok((status, body))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -333,7 +310,9 @@ mod tests {
     fn the_curl_command_quotes_for_the_shell() {
         let req = build(&input(Some(r#"{"note":"it's"}"#)), SystemTime::now()).unwrap();
         let cmd = curl_command(&req, "https://localhost:8443/webhooks/openai", true);
-        assert!(cmd.starts_with("curl -sS -i -k -X POST 'https://localhost:8443/webhooks/openai'"));
+        assert!(cmd.starts_with(
+            r"curl -sS -i -w '\n' -k -X POST 'https://localhost:8443/webhooks/openai'"
+        ));
         assert!(cmd.contains(r#"it'\''s"#), "{cmd}");
         assert!(cmd.contains("-H 'webhook-id: msg_1'"));
     }

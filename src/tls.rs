@@ -5,8 +5,9 @@
 //! compiled in, rustls could not pick a process default and would panic at run time.
 //! Protocol versions are rustls' safe defaults, TLS 1.3 and 1.2: nothing older exists in
 //! rustls. Private keys are only ever read from files or generated in memory, never logged.
+//! Plain HTTP sent to a TLS listener is answered with a readable 400 (`answer_plain_http`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -96,6 +97,38 @@ pub fn config_from_files(
     })
 }
 
+/// Whether a connection to a TLS listener opened with plain HTTP: a TLS client's first
+/// byte is a handshake record (22), an HTTP/1 request's or the HTTP/2 preface's an
+/// upper-case method letter. Waits for that byte (the caller bounds the wait).
+pub async fn sent_plain_http(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
+}
+
+/// The body of the answer to plain HTTP on a TLS listener.
+pub const PLAIN_HTTP_ANSWER: &str =
+    r#"{"error":"tls_required","detail":"this port speaks HTTPS only: use https:// in the URL"}"#;
+
+/// Answers plain HTTP on a TLS listener with a readable 400 instead of a TLS alert that
+/// HTTP clients report as garbage ("invalid HTTP version", "HTTP/0.9"), then closes.
+/// What the client sent is read first and drained after, so that closing does not reset
+/// the connection before the client has read the answer.
+pub async fn answer_plain_http(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sink = [0u8; 8 * 1024];
+    let _ = stream.read(&mut sink).await;
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{PLAIN_HTTP_ANSWER}",
+        PLAIN_HTTP_ANSWER.len()
+    );
+    if stream.write_all(answer.as_bytes()).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
 /// A certificate and key for `DEV_NAMES`, as PEM text.
 pub struct DevCert {
     pub cert_pem: String,
@@ -123,14 +156,22 @@ pub fn self_signed_config(
 }
 
 /// Writes `dev-cert.pem` and `dev-key.pem` (mode 0600) into `dir`.
-pub fn write_dev_cert(dir: &Path) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+pub fn write_dev_cert(dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
+    write_dev_cert_files(&dir.join("dev-cert.pem"), &dir.join("dev-key.pem"))
+}
+
+/// Writes a dev certificate to `cert` and its key (mode 0600) to `key`, creating their
+/// directories.
+pub fn write_dev_cert_files(cert: &Path, key: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
     let dev = generate_dev_cert().map_err(std::io::Error::other)?;
-    std::fs::create_dir_all(dir)?;
-    let cert = dir.join("dev-cert.pem");
-    let key = dir.join("dev-key.pem");
-    std::fs::write(&cert, dev.cert_pem)?;
-    write_private(&key, dev.key_pem.as_bytes())?;
-    Ok((cert, key))
+    for file in [cert, key] {
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    std::fs::write(cert, dev.cert_pem)?;
+    write_private(key, dev.key_pem.as_bytes())?;
+    Ok((cert.to_owned(), key.to_owned()))
 }
 
 #[cfg(unix)]

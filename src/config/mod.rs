@@ -5,6 +5,7 @@
 //! Every error starts with the file and names the key path, so a user never has to guess
 //! which of three sources is wrong.
 
+pub mod duration;
 mod file;
 pub mod secret;
 
@@ -359,9 +360,20 @@ pub fn load_or_default(path: Option<&Path>) -> Result<Settings, ConfigError> {
 
 /// Parses and validates config text; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<Settings, ConfigError> {
-    let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError {
-        origin: origin.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
+    let file: FileConfig = toml::from_str(text).map_err(|e| {
+        let mut message = e.to_string().trim_end().to_owned();
+        let unset = secret::unset_variables(|| toml::from_str::<FileConfig>(text));
+        if unset.len() > 1 {
+            message.push_str(&format!(
+                "\n{} environment variables are not set: {}",
+                unset.len(),
+                unset.join(", ")
+            ));
+        }
+        ConfigError {
+            origin: origin.to_owned(),
+            message,
+        }
     })?;
     build(file, origin).map_err(|message| ConfigError {
         origin: origin.to_owned(),
@@ -901,8 +913,8 @@ impl Settings {
         let _ = writeln!(
             s,
             "store:  {store}; dedupe ttl {}, in-flight {}",
-            humantime::format_duration(self.dedupe.ttl),
-            humantime::format_duration(self.dedupe.in_flight_ttl),
+            duration::written(self.dedupe.ttl),
+            duration::written(self.dedupe.in_flight_ttl),
         );
         if let Some(queue) = &self.queue {
             let durability = match self.store.backend {
@@ -914,15 +926,15 @@ impl Settings {
                 "queue:  {durability}; {} workers, {} attempts, backoff {}..{}{}, max age {}, retention {}, retry on {}",
                 queue.workers,
                 queue.max_attempts,
-                humantime::format_duration(queue.backoff.initial),
-                humantime::format_duration(queue.backoff.max),
+                duration::written(queue.backoff.initial),
+                duration::written(queue.backoff.max),
                 if queue.backoff.jitter {
                     " with jitter"
                 } else {
                     ""
                 },
-                humantime::format_duration(queue.max_age),
-                humantime::format_duration(queue.retention),
+                duration::written(queue.max_age),
+                duration::written(queue.retention),
                 queue.retry_on,
             );
         }

@@ -1,7 +1,8 @@
 //! `Secret`: a value from the config file that must never be printed.
 //!
 //! `${NAME}` inside the string is read from the environment while the file is being
-//! deserialized, so a missing variable is reported by toml with its line and caret.
+//! deserialized, so a missing variable is reported by toml with its line and caret;
+//! `unset_variables` then names every other one that is missing too.
 //! Interpolating the raw file text instead would lose the spans and let an environment
 //! value inject TOML. The value is zeroed when the `Secret` is dropped; copies taken
 //! through `expose` are the caller's to keep short-lived.
@@ -58,10 +59,37 @@ impl fmt::Debug for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        expand_env(&raw, |name| std::env::var(name).ok())
+        let collecting = UNSET.with_borrow(Option::is_some);
+        let lookup = |name: &str| match std::env::var(name) {
+            Ok(value) => Some(value),
+            // While collecting, an unset variable is noted and the parse goes on.
+            Err(_) if collecting => {
+                UNSET.with_borrow_mut(|unset| unset.as_mut().map(|u| u.push(name.to_owned())));
+                Some(String::new())
+            }
+            Err(_) => None,
+        };
+        expand_env(&raw, lookup)
             .map(Secret::from)
             .map_err(D::Error::custom)
     }
+}
+
+thread_local! {
+    /// `Some` while `unset_variables` runs a parse on this thread.
+    static UNSET: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Every environment variable that `${NAME}` in a secret of the parse names but that is
+/// not set, sorted. A normal parse stops at the first one (with toml's line and caret);
+/// this one goes on, so that a user learns all of them at once.
+pub fn unset_variables<T>(parse: impl FnOnce() -> T) -> Vec<String> {
+    UNSET.with_borrow_mut(|unset| *unset = Some(Vec::new()));
+    let _ = parse();
+    let mut names = UNSET.with_borrow_mut(Option::take).unwrap_or_default();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Replaces every `${NAME}` with the variable's value; `$$` is a literal `$`.

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::redis_support::installed_or_skip_unless;
+use crate::skips;
 use crate::support::*;
 
 const REQUIRE: &str = "HOOKGATE_REQUIRE_EXAMPLES";
@@ -24,14 +24,16 @@ struct Example {
 }
 
 impl Example {
-    fn start(program: &str, script: &str) -> Option<Example> {
+    fn start(program: &'static str, script: &str) -> Option<Example> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/").to_owned() + script;
         Example::spawn(program, &[&script])
     }
 
     /// `program` with `args`, once it prints `listening`.
-    fn spawn(program: &str, args: &[&str]) -> Option<Example> {
-        if !installed_or_skip_unless(program, REQUIRE, "apt-get install -y python3 nodejs") {
+    fn spawn(program: &'static str, args: &[&str]) -> Option<Example> {
+        // The Debian package that installs it.
+        let package = if program == "node" { "nodejs" } else { program };
+        if !skips::installed_or_skip(program, package, REQUIRE) {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -83,7 +85,10 @@ impl Drop for Example {
     }
 }
 
-async fn a_backend_behind_the_gateway_verifies_what_it_receives(program: &str, script: &str) {
+async fn a_backend_behind_the_gateway_verifies_what_it_receives(
+    program: &'static str,
+    script: &str,
+) {
     let Some(example) = Example::start(program, script) else {
         return;
     };
@@ -99,7 +104,10 @@ async fn a_backend_behind_the_gateway_verifies_what_it_receives(program: &str, s
     assert!(line.contains("source=openai"), "{line}");
 }
 
-async fn a_forged_request_sent_straight_to_the_backend_is_refused(program: &str, script: &str) {
+async fn a_forged_request_sent_straight_to_the_backend_is_refused(
+    program: &'static str,
+    script: &str,
+) {
     let Some(example) = Example::start(program, script) else {
         return;
     };

@@ -2,6 +2,7 @@
 
 mod hardening_support;
 mod redis_support;
+mod skips;
 mod support;
 
 mod abuse;
@@ -12,8 +13,10 @@ mod connections;
 mod dedupe;
 mod examples;
 mod forwarding;
+mod guidance;
 mod integrity;
 mod metrics;
+mod packaging;
 mod queue;
 mod ratelimit;
 mod redis_cluster;

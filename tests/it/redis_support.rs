@@ -5,11 +5,10 @@
 //!
 //! Every server is started with `--save '' --appendonly no` in its own temp dir, bound to
 //! 127.0.0.1 on a port picked for it, and killed when dropped, so the machine's own Redis
-//! (6379) is never used. When a binary is missing the test says so and passes, unless
+//! (6379) is never used. When a binary is missing the test is skipped (`skips`), unless
 //! `HOOKGATE_REQUIRE_REDIS=1` (CI), where it fails.
 
 use std::fs::File;
-use std::io::{ErrorKind, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -17,6 +16,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
+use crate::skips;
 use crate::support::PATIENCE;
 
 /// Set to `1` (as CI does) to fail, not skip, a test whose Redis binaries are missing.
@@ -25,44 +25,10 @@ const REQUIRE_REDIS: &str = "HOOKGATE_REQUIRE_REDIS";
 /// The machine's own Redis, which tests must never touch.
 const SYSTEM_REDIS_PORT: u16 = 6379;
 
-/// Whether `program` can be run. When it cannot, the test either fails (under
-/// `HOOKGATE_REQUIRE_REDIS=1`) or says on stderr that it is skipped, and the caller returns.
-fn installed_or_skip(program: &str) -> bool {
-    installed_or_skip_unless(program, REQUIRE_REDIS, "apt-get install -y redis-server")
-}
-
-/// `installed_or_skip` for any program: fails instead of skipping when `require=1`.
-pub fn installed_or_skip_unless(program: &str, require: &str, install: &str) -> bool {
-    let found = match Command::new(program)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
-        Ok(_) => true,
-        Err(e) if e.kind() == ErrorKind::NotFound => false,
-        Err(e) => panic!("cannot run {program}: {e}"),
-    };
-    if found {
-        return true;
-    }
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("this test")
-        .to_owned();
-    if std::env::var(require).as_deref() == Ok("1") {
-        panic!(
-            "{program} is not installed (not on PATH) and {require}=1: \
-             install it ({install}) or unset {require}"
-        );
-    }
-    // Straight to stderr, past the test harness' capture, so a skip is seen in the run.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {program} is not on PATH (set {require}=1 to fail instead)"
-    );
-    false
+/// Whether a Redis program can be run; when it cannot, the test fails under
+/// `HOOKGATE_REQUIRE_REDIS=1` or is skipped (`skips`), and the caller returns.
+fn installed_or_skip(program: &'static str, package: &'static str) -> bool {
+    skips::installed_or_skip(program, package, REQUIRE_REDIS)
 }
 
 /// A cluster node also listens on its port + 10000 (the cluster bus).
@@ -134,7 +100,7 @@ impl RedisServer {
     /// Starts a server, or returns `None` after saying why the test is skipped.
     /// Use as `let Some(redis) = RedisServer::start_or_skip().await else { return };`.
     pub async fn start_or_skip() -> Option<RedisServer> {
-        if !installed_or_skip("redis-server") {
+        if !installed_or_skip("redis-server", "redis-server") {
             return None;
         }
         Some(RedisServer::start().await)
@@ -335,7 +301,9 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts and joins a cluster, or returns `None` after saying why the test is skipped.
     pub async fn start_or_skip() -> Option<RedisCluster> {
-        if !installed_or_skip("redis-server") || !installed_or_skip("redis-cli") {
+        if !installed_or_skip("redis-server", "redis-server")
+            || !installed_or_skip("redis-cli", "redis-tools")
+        {
             return None;
         }
         Some(RedisCluster::start().await)

@@ -1408,6 +1408,11 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `hookgate serve` on `config` and returns once it listens.
     pub async fn spawn(config: impl fmt::Display) -> GatewayProcess {
+        GatewayProcess::spawn_logging(config, "info").await
+    }
+
+    /// `spawn` with `RUST_LOG=filter` (for example "info,hookgate::server=debug").
+    pub async fn spawn_logging(config: impl fmt::Display, filter: &str) -> GatewayProcess {
         use std::io::BufRead;
         let dir = tempfile::tempdir().expect("a temp dir");
         let path = dir.path().join("hookgate.toml");
@@ -1415,7 +1420,7 @@ impl GatewayProcess {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
             .args(["--log-format", "json", "serve", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .env_remove("HOOKGATE_CONFIG")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
