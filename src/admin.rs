@@ -23,14 +23,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::metrics::Metrics;
+use crate::queue::record::{ApiError, BulkReplayAnswer, DeliveryList, ReplayAnswer};
 use crate::queue::{
     ListFilter, Queue, Replayed, State, UnixMillis, is_delivery_id, now_millis, unix_millis,
 };
@@ -54,7 +55,25 @@ pub struct Admin {
 type Reply = Response<Full<Bytes>>;
 
 fn error(status: StatusCode, reason: &str) -> Reply {
-    json_response(status, json!({ "error": reason }).to_string())
+    json_response(
+        status,
+        to_json(&ApiError {
+            error: reason.to_owned(),
+            state: None,
+        }),
+    )
+}
+
+/// 200 with `body`: the types `hookgate deliveries` reads back.
+fn answer(body: &impl Serialize) -> Reply {
+    json_response(StatusCode::OK, to_json(body))
+}
+
+/// Through a JSON value, so that keys come out sorted, as they always have.
+fn to_json(body: &impl Serialize) -> String {
+    serde_json::to_value(body)
+        .expect("the admin API's answers serialize")
+        .to_string()
 }
 
 impl Admin {
@@ -200,11 +219,8 @@ async fn list(queue: &dyn Queue, query: &Query) -> Result<Reply, Reply> {
         source: query.get("source").map(str::to_owned),
         limit,
     };
-    let found = queue.list(&filter).await.map_err(unavailable)?;
-    Ok(json_response(
-        StatusCode::OK,
-        json!({ "deliveries": found }).to_string(),
-    ))
+    let deliveries = queue.list(&filter).await.map_err(unavailable)?;
+    Ok(answer(&DeliveryList { deliveries }))
 }
 
 async fn show(queue: &dyn Queue, id: &str, with_body: bool) -> Result<Reply, Reply> {
@@ -216,16 +232,7 @@ async fn show(queue: &dyn Queue, id: &str, with_body: bool) -> Result<Reply, Rep
         .await
         .map_err(unavailable)?
         .ok_or_else(|| error(StatusCode::NOT_FOUND, "not_found"))?;
-    let mut body = serde_json::to_value(&detail).expect("a record serializes");
-    if let Some(raw) = &detail.body {
-        match std::str::from_utf8(raw) {
-            Ok(text) => body["body"] = json!(text),
-            Err(_) => {
-                body["body_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(raw))
-            }
-        }
-    }
-    Ok(json_response(StatusCode::OK, body.to_string()))
+    Ok(answer(&detail))
 }
 
 async fn replay(queue: &dyn Queue, id: &str) -> Result<Reply, Reply> {
@@ -239,15 +246,19 @@ async fn replay(queue: &dyn Queue, id: &str) -> Result<Reply, Reply> {
                 was = was.as_str(),
                 "admin: delivery replayed"
             );
-            Ok(json_response(
-                StatusCode::OK,
-                json!({"replayed": true, "delivery_id": id, "was": was}).to_string(),
-            ))
+            Ok(answer(&ReplayAnswer {
+                delivery_id: id.to_owned(),
+                replayed: true,
+                was,
+            }))
         }
         Replayed::NotFound => Err(error(StatusCode::NOT_FOUND, "not_found")),
         Replayed::NotReplayable(state) => Err(json_response(
             StatusCode::CONFLICT,
-            json!({"error": "not_replayable", "state": state}).to_string(),
+            to_json(&ApiError {
+                error: "not_replayable".to_owned(),
+                state: Some(state),
+            }),
         )),
     }
 }
@@ -279,10 +290,10 @@ async fn replay_failed(queue: &dyn Queue, query: &Query) -> Result<Reply, Reply>
         since,
         "admin: dead letters replayed"
     );
-    Ok(json_response(
-        StatusCode::OK,
-        json!({"replayed": replayed.len(), "delivery_ids": replayed}).to_string(),
-    ))
+    Ok(answer(&BulkReplayAnswer {
+        replayed: replayed.len(),
+        delivery_ids: replayed,
+    }))
 }
 
 /// RFC 3339 (`2026-11-20T10:00:00Z`) or Unix milliseconds.
@@ -293,18 +304,14 @@ pub fn parse_time(text: &str) -> Option<UnixMillis> {
     unix_millis(humantime::parse_rfc3339_weak(text).ok()?)
 }
 
-/// A decoded query string; later keys win.
+/// A decoded query string (`application/x-www-form-urlencoded`); later keys win.
 struct Query(Vec<(String, String)>);
 
 impl Query {
     fn parse(raw: &str) -> Query {
         Query(
-            raw.split('&')
-                .filter(|p| !p.is_empty())
-                .map(|pair| {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (percent_decode(k), percent_decode(v))
-                })
+            form_urlencoded::parse(raw.as_bytes())
+                .into_owned()
                 .collect(),
         )
     }
@@ -322,36 +329,6 @@ impl Query {
     }
 }
 
-fn percent_decode(text: &str) -> String {
-    fn hex(byte: u8) -> Option<u8> {
-        (byte as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = match bytes[i] {
-            b'%' if i + 2 < bytes.len() => hex(bytes[i + 1]).zip(hex(bytes[i + 2])),
-            _ => None,
-        };
-        match (decoded, bytes[i]) {
-            (Some((high, low)), _) => {
-                out.push(high << 4 | low);
-                i += 3;
-            }
-            (None, b'+') => {
-                out.push(b' ');
-                i += 1;
-            }
-            (None, byte) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,8 +340,10 @@ mod tests {
         assert_eq!(q.get("since"), Some("2026-11-20T10:00:00Z"));
         assert!(q.flag("body"));
         assert!(!q.flag("other"));
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("%41%zz"), "A%zz");
+        let q = Query::parse("a=a%2&b=%41%zz&c=x+y&a=later");
+        assert_eq!(q.get("b"), Some("A%zz"));
+        assert_eq!(q.get("c"), Some("x y"));
+        assert_eq!(q.get("a"), Some("later"));
     }
 
     #[test]

@@ -11,12 +11,17 @@ use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::cli::{DeliveriesArgs, DeliveriesCommand};
 use crate::cli_client::{self, Trust};
 use crate::forward::HttpClient;
-use crate::queue::unix_millis;
+use crate::queue::record::{
+    ApiError, BulkReplayAnswer, DeliveryList, Detail, RecordBody, ReplayAnswer, UnixMillis,
+    unix_millis,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -34,6 +39,8 @@ pub enum DeliveriesError {
     Unreachable { url: String, detail: String },
     #[error("the admin API answered {status}: {reason}")]
     Refused { status: StatusCode, reason: String },
+    #[error("the admin API's answer is not what this version of hookgate expects: {0}")]
+    Unexpected(String),
 }
 
 /// Runs one `deliveries` command and returns what to print.
@@ -48,7 +55,8 @@ pub async fn run(args: DeliveriesArgs) -> Result<String, DeliveriesError> {
         token,
         trust,
     };
-    let (json, text): (Value, fn(&Value) -> String) = match &args.command {
+    type Render = fn(&Value) -> Result<String, DeliveriesError>;
+    let (json, text): (Value, Render) = match &args.command {
         DeliveriesCommand::List {
             status,
             source,
@@ -90,11 +98,11 @@ pub async fn run(args: DeliveriesArgs) -> Result<String, DeliveriesError> {
             (client.call(Method::POST, &path).await?, render_bulk_replay)
         }
     };
-    Ok(if args.json {
-        serde_json::to_string_pretty(&json).expect("JSON values serialize")
+    if args.json {
+        Ok(serde_json::to_string_pretty(&json).expect("JSON values serialize"))
     } else {
         text(&json)
-    })
+    }
 }
 
 /// The admin base URL and token: from the flags, else from the config file.
@@ -151,17 +159,9 @@ pub fn since_millis(text: &str, now: SystemTime) -> Result<u64, DeliveriesError>
         .ok_or_else(|| DeliveriesError::Since(text.to_owned()))
 }
 
-/// Percent-encodes everything but unreserved characters.
+/// Percent-encodes a path segment or query value.
 fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 struct Client {
@@ -205,149 +205,136 @@ impl Client {
             .to_bytes();
         let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !status.is_success() {
-            let mut reason = json["error"]
-                .as_str()
-                .unwrap_or("no reason given")
-                .to_owned();
-            if let Some(state) = json["state"].as_str() {
-                reason.push_str(&format!(" (state {state})"));
-            }
+            let reason = match ApiError::deserialize(&json) {
+                Ok(ApiError {
+                    error,
+                    state: Some(state),
+                }) => format!("{error} (state {state})"),
+                Ok(ApiError { error, state: None }) => error,
+                Err(_) => "no reason given".to_owned(),
+            };
             return Err(DeliveriesError::Refused { status, reason });
         }
         Ok(json)
     }
 }
 
-fn time(value: &Value) -> String {
-    match value.as_u64() {
-        Some(ms) => {
-            humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-        }
-        None => "-".to_owned(),
-    }
+fn time(ms: UnixMillis) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-fn text(value: &Value) -> &str {
-    value.as_str().unwrap_or("-")
+/// The admin API's answer as the record type both sides share.
+fn parsed<T: DeserializeOwned>(json: &Value) -> Result<T, DeliveriesError> {
+    T::deserialize(json).map_err(|e| DeliveriesError::Unexpected(e.to_string()))
 }
 
-fn render_list(json: &Value) -> String {
-    let empty = Vec::new();
-    let rows = json["deliveries"].as_array().unwrap_or(&empty);
+fn render_list(json: &Value) -> Result<String, DeliveriesError> {
+    let list: DeliveryList = parsed(json)?;
     let mut out = format!(
         "{:<32}  {:<16}  {:>8}  {:<20}  {:<24}  {:<24}  {}\n",
         "ID", "STATE", "ATTEMPTS", "SOURCE/ROUTE", "WEBHOOK-ID", "RECEIVED", "LAST"
     );
-    for d in rows {
-        let last = match (d["last_status"].as_u64(), d["last_error"].as_str()) {
-            (_, Some(error)) => error.to_owned(),
+    for d in &list.deliveries {
+        let last = match (d.last_status, &d.last_error) {
+            (_, Some(error)) => error.clone(),
             (Some(status), None) => status.to_string(),
             (None, None) => String::new(),
         };
         out.push_str(&format!(
             "{:<32}  {:<16}  {:>8}  {:<20}  {:<24}  {:<24}  {}\n",
-            text(&d["id"]),
-            text(&d["state"]),
-            d["attempts"].as_u64().unwrap_or(0),
-            format!("{}/{}", text(&d["source"]), text(&d["route"])),
-            text(&d["webhook_id"]),
-            time(&d["received_at"]),
+            d.id,
+            d.state,
+            d.attempts,
+            format!("{}/{}", d.source, d.route),
+            d.webhook_id,
+            time(d.received_at),
             last,
         ));
     }
-    out.push_str(&match rows.len() {
+    out.push_str(&match list.deliveries.len() {
         1 => "1 delivery".to_owned(),
         n => format!("{n} deliveries"),
     });
-    out
+    Ok(out)
 }
 
-fn render_detail(d: &Value) -> String {
+fn render_detail(json: &Value) -> Result<String, DeliveriesError> {
+    let d: Detail = parsed(json)?;
+    let s = &d.summary;
     let mut out = String::new();
     let mut line = |key: &str, value: String| out.push_str(&format!("{key:<13} {value}\n"));
-    line("delivery", text(&d["id"]).to_owned());
-    line("state", text(&d["state"]).to_owned());
-    line(
-        "source",
-        format!("{} (route {})", text(&d["source"]), text(&d["route"])),
-    );
-    line("webhook-id", text(&d["webhook_id"]).to_owned());
-    line("event type", text(&d["event_type"]).to_owned());
-    line("received", time(&d["received_at"]));
-    line("queued", time(&d["enqueued_at"]));
-    line("updated", time(&d["updated_at"]));
+    line("delivery", s.id.clone());
+    line("state", s.state.to_string());
+    line("source", format!("{} (route {})", s.source, s.route));
+    line("webhook-id", s.webhook_id.clone());
+    line("event type", s.event_type.clone());
+    line("received", time(s.received_at));
+    line("queued", time(d.enqueued_at));
+    line("updated", time(s.updated_at));
     line(
         "attempts",
-        format!(
-            "{} (replayed {} times)",
-            d["attempts"].as_u64().unwrap_or(0),
-            d["replays"].as_u64().unwrap_or(0)
-        ),
+        format!("{} (replayed {} times)", s.attempts, d.replays),
     );
-    if !d["next_attempt_at"].is_null() {
-        line("next attempt", time(&d["next_attempt_at"]));
+    if let Some(at) = s.next_attempt_at {
+        line("next attempt", time(at));
     }
-    if let Some(status) = d["last_status"].as_u64() {
+    if let Some(status) = s.last_status {
         line("last status", status.to_string());
     }
-    if let Some(error) = d["last_error"].as_str() {
-        line("last error", error.to_owned());
+    if let Some(error) = &s.last_error {
+        line("last error", error.clone());
     }
-    let names: Vec<&str> = d["header_names"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    line("headers", names.join(", "));
+    line("headers", d.header_names.join(", "));
     out.push_str("history:\n");
-    for a in d["history"].as_array().into_iter().flatten() {
+    for a in &d.history {
         out.push_str(&format!(
             "  #{:<3} {}  {:>7}  {:<6} {:<16} {}  {}\n",
-            a["attempt"].as_u64().unwrap_or(0),
-            time(&a["started_at"]),
-            a["duration_ms"]
-                .as_u64()
+            a.attempt,
+            time(a.started_at),
+            a.duration_ms
                 .map_or("-".to_owned(), |ms| format!("{ms} ms")),
-            a["status"]
-                .as_u64()
-                .map_or("-".to_owned(), |s| s.to_string()),
-            a["result"]
-                .as_str()
+            a.status.map_or("-".to_owned(), |s| s.to_string()),
+            a.result
+                .as_deref()
                 .unwrap_or("(no result: the instance stopped)"),
-            text(&a["instance"]),
-            a["error"].as_str().unwrap_or(""),
+            a.instance,
+            a.error.as_deref().unwrap_or(""),
         ));
     }
-    if let Some(pairs) = d["headers"].as_array() {
+    if let Some(pairs) = &d.headers {
         out.push_str("header values:\n");
-        for pair in pairs {
-            out.push_str(&format!("  {}: {}\n", text(&pair[0]), text(&pair[1])));
+        for (name, value) in pairs {
+            out.push_str(&format!("  {name}: {value}\n"));
         }
     }
-    if let Some(body) = d["body"].as_str() {
-        out.push_str(&format!("body:\n{body}\n"));
-    } else if let Some(body) = d["body_base64"].as_str() {
-        out.push_str(&format!("body (base64, not UTF-8):\n{body}\n"));
+    match &d.body {
+        Some(RecordBody::Text(body)) => out.push_str(&format!("body:\n{body}\n")),
+        Some(RecordBody::Base64(body)) => {
+            out.push_str(&format!("body (base64, not UTF-8):\n{body}\n"))
+        }
+        None => {}
     }
-    out.trim_end().to_owned()
+    Ok(out.trim_end().to_owned())
 }
 
-fn render_replay(json: &Value) -> String {
-    format!(
+fn render_replay(json: &Value) -> Result<String, DeliveriesError> {
+    let replay: ReplayAnswer = parsed(json)?;
+    Ok(format!(
         "replayed {} (was {}): queued for a new attempt",
-        text(&json["delivery_id"]),
-        text(&json["was"])
-    )
+        replay.delivery_id, replay.was
+    ))
 }
 
-fn render_bulk_replay(json: &Value) -> String {
-    let mut out = match json["replayed"].as_u64().unwrap_or(0) {
+fn render_bulk_replay(json: &Value) -> Result<String, DeliveriesError> {
+    let bulk: BulkReplayAnswer = parsed(json)?;
+    let mut out = match bulk.replayed {
         1 => "replayed 1 failed_final delivery".to_owned(),
         n => format!("replayed {n} failed_final deliveries"),
     };
-    for id in json["delivery_ids"].as_array().into_iter().flatten() {
-        out.push_str(&format!("\n  {}", text(id)));
+    for id in &bulk.delivery_ids {
+        out.push_str(&format!("\n  {id}"));
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]

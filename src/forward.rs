@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -22,9 +22,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamTrust;
 use crate::metrics::{RouteMetrics, UpstreamClass};
-use crate::reject::Reject;
 use crate::route::Route;
 use crate::tls;
+use crate::upstream::{UpstreamOutcome, UpstreamReply};
 
 /// A 2xx answer's body is relayed to the sender up to this size (longer: no body).
 const MAX_REPLY_BYTES: usize = 64 * 1024;
@@ -131,64 +131,6 @@ fn is_host_and_port(text: &str) -> bool {
     port_ok && host_ok
 }
 
-/// What the upstream said, relayed to the sender when it is a 2xx or a plain error.
-#[derive(Debug)]
-pub struct UpstreamReply {
-    pub status: StatusCode,
-    pub content_type: Option<HeaderValue>,
-    pub body: Bytes,
-}
-
-impl UpstreamReply {
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(self.body));
-        *response.status_mut() = self.status;
-        if let Some(content_type) = self.content_type {
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, content_type);
-        }
-        response
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("upstream of route {route}: {kind}")]
-pub struct ForwardError {
-    pub route: String,
-    pub kind: ForwardErrorKind,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardErrorKind {
-    #[error("unreachable: {0}")]
-    Unreachable(String),
-    #[error("no answer within limits.upstream_timeout")]
-    Timeout,
-    #[error("answered with redirect {0}")]
-    Redirect(StatusCode),
-    #[error("answered 410 Gone")]
-    Gone,
-    #[error("failed: {0}")]
-    Protocol(String),
-}
-
-impl ForwardError {
-    pub fn is_timeout(&self) -> bool {
-        matches!(self.kind, ForwardErrorKind::Timeout)
-    }
-
-    pub fn reason(&self) -> &'static str {
-        match self.kind {
-            ForwardErrorKind::Unreachable(_) => "upstream_unreachable",
-            ForwardErrorKind::Timeout => "upstream_timeout",
-            ForwardErrorKind::Redirect(_) => "upstream_redirect",
-            ForwardErrorKind::Gone => "upstream_gone",
-            ForwardErrorKind::Protocol(_) => "upstream_failed",
-        }
-    }
-}
-
 /// What the gateway adds about the original request.
 pub struct ForwardContext<'a> {
     pub forwarded_for: HeaderValue,
@@ -244,6 +186,23 @@ pub fn upstream_headers(mut headers: HeaderMap, ctx: &ForwardContext<'_>) -> Hea
     headers
 }
 
+/// The last step before a delivery goes out, for proxy mode and the queue's workers
+/// alike: a route that re-signs replaces the sender's `webhook-*` headers with
+/// hookgate's own signature of `body` at `now` (a fresh timestamp at every attempt, so a
+/// retry hours later still passes the backend's freshness check).
+pub fn prepare(
+    route: &Route,
+    headers: &mut HeaderMap,
+    webhook_id: &str,
+    scheme: &str,
+    body: &[u8],
+    now: std::time::SystemTime,
+) {
+    if let Some(signer) = route.resign() {
+        signer.apply(headers, webhook_id, scheme, body, now);
+    }
+}
+
 /// The pooled HTTP/1.1 + HTTP/2 client used for upstreams (and by `hookgate sign --send`).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -279,38 +238,29 @@ impl Forwarder {
         }
     }
 
-    /// POSTs `body` to the route's upstream. `Ok` only for a 2xx answer; any other
-    /// outcome is a `Reject` and must release the dedupe claim.
+    /// POSTs `body` to the route's upstream and tells what happened. Only a 2xx
+    /// answer delivered it (`UpstreamOutcome::is_delivered`).
     pub async fn send(
         &self,
         route: &Route,
         metrics: &RouteMetrics,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Result<UpstreamReply, Reject> {
+    ) -> UpstreamOutcome {
         let started = Instant::now();
-        let result = self.exchange(route, headers, body).await;
-        let class = match &result {
-            Ok(reply) => UpstreamClass::of(reply.status),
-            Err(e) if e.is_timeout() => UpstreamClass::Timeout,
-            Err(_) => UpstreamClass::Error,
+        let outcome = match self.exchange(route, headers, body).await {
+            Ok(reply) if reply.status.is_redirection() => UpstreamOutcome::Redirect(reply.status),
+            Ok(reply) if reply.status == StatusCode::GONE => UpstreamOutcome::Gone,
+            Ok(reply) => UpstreamOutcome::Answered(reply),
+            Err(failed) => failed,
+        };
+        let class = match (&outcome, outcome.status()) {
+            (_, Some(status)) => UpstreamClass::of(status),
+            (UpstreamOutcome::Timeout, None) => UpstreamClass::Timeout,
+            (_, None) => UpstreamClass::Error,
         };
         metrics.observe(class, started.elapsed());
-        let fail = |kind| {
-            Err(Reject::Upstream(ForwardError {
-                route: route.label().to_owned(),
-                kind,
-            }))
-        };
-        match result {
-            Ok(reply) if reply.status.is_success() => Ok(reply),
-            Ok(reply) if reply.status.is_redirection() => {
-                fail(ForwardErrorKind::Redirect(reply.status))
-            }
-            Ok(reply) if reply.status == StatusCode::GONE => fail(ForwardErrorKind::Gone),
-            Ok(reply) => Err(Reject::UpstreamStatus(reply)),
-            Err(e) => Err(Reject::Upstream(e)),
-        }
+        outcome
     }
 
     async fn exchange(
@@ -318,11 +268,7 @@ impl Forwarder {
         route: &Route,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Result<UpstreamReply, ForwardError> {
-        let error = |kind| ForwardError {
-            route: route.label().to_owned(),
-            kind,
-        };
+    ) -> Result<UpstreamReply, UpstreamOutcome> {
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = route.upstream().clone();
@@ -331,8 +277,8 @@ impl Forwarder {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let response = tokio::time::timeout_at(deadline, self.client.request(request))
             .await
-            .map_err(|_| error(ForwardErrorKind::Timeout))?
-            .map_err(|e| error(classify(&e, route.upstream())))?;
+            .map_err(|_| UpstreamOutcome::Timeout)?
+            .map_err(|e| classify(&e, route.upstream()))?;
         let (parts, body) = response.into_parts();
         // The status decides the outcome; a body that then stalls, breaks or overflows
         // is relayed as no body (and no Content-Type), whatever the status.
@@ -360,7 +306,7 @@ impl Forwarder {
 
 /// The error, with the upstream's host and port: the route's name alone does not say
 /// which backend a log reader should look at.
-fn classify(e: &hyper_util::client::legacy::Error, upstream: &http::Uri) -> ForwardErrorKind {
+fn classify(e: &hyper_util::client::legacy::Error, upstream: &http::Uri) -> UpstreamOutcome {
     let cause = std::error::Error::source(e)
         .map(ToString::to_string)
         .unwrap_or_else(|| e.to_string());
@@ -371,9 +317,9 @@ fn classify(e: &hyper_util::client::legacy::Error, upstream: &http::Uri) -> Forw
         None => format!("{host}: {cause}"),
     };
     if e.is_connect() {
-        ForwardErrorKind::Unreachable(detail)
+        UpstreamOutcome::Unreachable(detail)
     } else {
-        ForwardErrorKind::Protocol(detail)
+        UpstreamOutcome::Broken(detail)
     }
 }
 

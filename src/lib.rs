@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app;
 pub mod bench;
 pub mod body_budget;
 pub mod cli;
@@ -48,6 +49,7 @@ pub mod penalty_box;
 pub mod pipeline;
 pub mod provider;
 pub mod queue;
+pub mod random;
 pub mod ratelimit;
 pub mod reject;
 pub mod reload;
@@ -56,10 +58,11 @@ pub mod server;
 pub mod sign;
 pub mod store;
 pub mod tls;
+pub mod upstream;
 pub mod verify;
 
+pub use app::{Running, StartError, start};
 pub use config::{ConfigError, Settings};
-pub use server::{Running, StartError, start};
 
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(settings: Settings) -> Result<(), StartError> {

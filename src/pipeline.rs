@@ -37,7 +37,7 @@ use crate::metrics::{Metrics, NO_SOURCE, RouteMetrics, SourceMetrics};
 use crate::penalty_box::{PenaltyBox, Recorded};
 use crate::queue::{Ingress, NewDelivery, now_millis};
 use crate::ratelimit::RateLimit;
-use crate::reject::{Accepted, Reject, json_response};
+use crate::reject::{self, Answer, Reject, json_response};
 use crate::store::Store;
 
 pub struct Gateway {
@@ -173,7 +173,7 @@ impl Gateway {
         let started = Instant::now();
         let mut trace = Trace::default();
         let (outcome, detail, response) = match self.handle(req, peer, &mut trace).await {
-            Ok(accepted) => (accepted.outcome(), None, accepted.into_response()),
+            Ok(answer) => (answer.outcome(), answer.detail(), answer.into_response()),
             Err(reject) => (
                 reject.outcome(),
                 Some(reject.to_string()),
@@ -208,7 +208,7 @@ impl Gateway {
         req: Request<B>,
         peer: SocketAddr,
         trace: &mut Trace<'g>,
-    ) -> Result<Accepted, Reject>
+    ) -> Result<Answer, Reject>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -252,56 +252,60 @@ impl Gateway {
         let dedupe_key: &str = trace.webhook_id.insert(dedupe_key.into_owned());
         let event_type: &str = trace.event_type.insert(event_type.into_owned());
         let Some((route_index, route)) = source.routes.first_match(event_type) else {
-            return Ok(Accepted::Unrouted);
+            return Ok(Answer::Unrouted);
         };
         trace.route = Some(route.name());
         // Claim only after verification: an unsigned request must never occupy a real id.
         let claim_key = source.binding.claim_key(dedupe_key, event_type, &body);
         let claim = match self.dedupe.claim(&source.name, &claim_key).await? {
             Claimed::Won(claim) => claim,
-            Claimed::AlreadyDone => return Ok(Accepted::Duplicate),
+            Claimed::AlreadyDone => return Ok(Answer::Duplicate),
         };
         let mut headers = self.upstream_headers(parts, peer, entry, event_type);
-        let outcome = match &entry.handoff {
+        let (answer, delivered) = match &entry.handoff {
             Handoff::Forward => {
-                if let Some(signer) = route.resign() {
-                    // One scheme for every backend: hookgate's own signature, fresh timestamp.
-                    signer.apply(
-                        &mut headers,
-                        dedupe_key,
-                        source.scheme,
-                        &body,
-                        SystemTime::now(),
-                    );
-                }
-                self.forward
+                forward::prepare(
+                    route,
+                    &mut headers,
+                    dedupe_key,
+                    source.scheme,
+                    &body,
+                    SystemTime::now(),
+                );
+                let outcome = self
+                    .forward
                     .send(route, &entry.routes[route_index], headers, body)
-                    .await
-                    .map(Accepted::Forwarded)
+                    .await;
+                let delivered = outcome.is_delivered();
+                (reject::answer(route.label(), outcome), delivered)
             }
             // Done once stored: the sender's retries are duplicates from here on. If the
             // store fails, the claim is released and the sender told to retry (503).
             // A route that re-signs is re-signed by the worker at each attempt, so the
             // backend always sees a fresh timestamp.
-            Handoff::Enqueue(queue) => queue
-                .enqueue(NewDelivery {
-                    source: source.name.clone(),
-                    route: route.name().to_owned(),
-                    webhook_id: dedupe_key.to_owned(),
-                    event_type: event_type.to_owned(),
-                    headers,
-                    body,
-                    received_at: now_millis(),
-                })
-                .await
-                .map(|delivery_id| {
-                    trace.delivery_id = Some(delivery_id.clone());
-                    Accepted::Queued { delivery_id }
-                })
-                .map_err(Reject::from),
+            Handoff::Enqueue(queue) => {
+                let stored = queue
+                    .enqueue(NewDelivery {
+                        source: source.name.clone(),
+                        route: route.name().to_owned(),
+                        webhook_id: dedupe_key.to_owned(),
+                        event_type: event_type.to_owned(),
+                        headers,
+                        body,
+                        received_at: now_millis(),
+                    })
+                    .await
+                    .map(|delivery_id| {
+                        trace.delivery_id = Some(delivery_id.clone());
+                        Answer::Queued { delivery_id }
+                    })
+                    .map_err(Reject::from);
+                let stored_ok = stored.is_ok();
+                (stored, stored_ok)
+            }
         };
-        self.dedupe.settle(claim, outcome.is_ok()).await;
-        outcome
+        self.dedupe.settle(claim, delivered).await;
+        answer
     }
 
     fn upstream_headers(

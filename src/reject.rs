@@ -1,6 +1,6 @@
 //! Every answer the sender can get, and its status, reason and metric label, in one place.
 //!
-//! Stages return facts (`VerifyError`, `ForwardError`, ...); this module alone decides
+//! Stages return facts (`VerifyError`, `UpstreamOutcome`, ...); this module alone decides
 //! what the client sees. Bodies are `{"error":"<reason>"}` with a stable, documented
 //! reason, never internal error text. The tables in the README mirror these matches.
 
@@ -13,20 +13,21 @@ use http_body_util::Full;
 
 use crate::body_budget;
 use crate::event::PayloadError;
-use crate::forward::{ForwardError, UpstreamReply};
 use crate::metrics::Outcome;
 use crate::queue::QueueError;
 use crate::store::StoreError;
+use crate::upstream::{UpstreamOutcome, UpstreamReply};
 use crate::verify::VerifyError;
 
 /// How long a sender should wait after a store failure before retrying.
 const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// A request that was handled as intended.
+/// What the sender is answered when no stage refused its request.
 #[derive(Debug)]
-pub enum Accepted {
-    /// The upstream answered 2xx; its status and body go back to the sender.
-    Forwarded(UpstreamReply),
+pub enum Answer {
+    /// The upstream answered with a status the sender may see (2xx, or a plain error
+    /// such as 422 or 500); its status and body go back to the sender as they were.
+    Relayed(UpstreamReply),
     /// This delivery was already forwarded successfully: 200, not forwarded again.
     Duplicate,
     /// Verified, but no route matches its event type: 202, not forwarded.
@@ -79,11 +80,26 @@ pub enum Reject {
     /// Queue mode: the delivery could not be stored; the sender must retry.
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
-    #[error(transparent)]
-    Upstream(#[from] ForwardError),
-    /// The upstream answered with an error status that is passed through as-is.
-    #[error("the upstream answered {}", .0.status)]
-    UpstreamStatus(UpstreamReply),
+    /// The upstream did not answer in a way the sender may see: a redirect or 410 (a
+    /// sender could disable the endpoint), a timeout, no connection, a broken exchange.
+    /// Never `UpstreamOutcome::Answered`: `answer` relays those.
+    #[error("upstream of route {route}: {outcome}")]
+    Upstream {
+        route: String,
+        outcome: UpstreamOutcome,
+    },
+}
+
+/// What the sender gets for the upstream's answer (proxy mode): an answer it may see is
+/// relayed; everything else is the gateway's own 502 or 504.
+pub fn answer(route: &str, outcome: UpstreamOutcome) -> Result<Answer, Reject> {
+    match outcome {
+        UpstreamOutcome::Answered(reply) => Ok(Answer::Relayed(reply)),
+        outcome => Err(Reject::Upstream {
+            route: route.to_owned(),
+            outcome,
+        }),
+    }
 }
 
 impl Reject {
@@ -107,11 +123,13 @@ impl Reject {
             Reject::Store(_) | Reject::Queue(_) | Reject::BodyBufferFull(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Reject::Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            Reject::Upstream {
+                outcome: UpstreamOutcome::Timeout,
+                ..
+            } => StatusCode::GATEWAY_TIMEOUT,
             // Includes upstream 3xx and 410: senders read those as "moved" or "disable
             // this endpoint", which must never be decided by a backend's accident.
-            Reject::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Reject::UpstreamStatus(reply) => reply.status,
+            Reject::Upstream { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -152,8 +170,13 @@ impl Reject {
             Reject::RateLimited { .. } => "rate_limited",
             Reject::Store(_) => "store_unavailable",
             Reject::Queue(_) => "queue_unavailable",
-            Reject::Upstream(e) => e.reason(),
-            Reject::UpstreamStatus(_) => "upstream_status",
+            Reject::Upstream { outcome, .. } => match outcome {
+                UpstreamOutcome::Timeout => "upstream_timeout",
+                UpstreamOutcome::Unreachable(_) => "upstream_unreachable",
+                UpstreamOutcome::Redirect(_) => "upstream_redirect",
+                UpstreamOutcome::Gone => "upstream_gone",
+                UpstreamOutcome::Broken(_) | UpstreamOutcome::Answered(_) => "upstream_failed",
+            },
         }
     }
 
@@ -179,8 +202,11 @@ impl Reject {
             Reject::RateLimited { .. } => Outcome::RateLimited,
             Reject::Store(_) => Outcome::StoreError,
             Reject::Queue(_) => Outcome::QueueError,
-            Reject::Upstream(e) if e.is_timeout() => Outcome::UpstreamTimeout,
-            Reject::Upstream(_) | Reject::UpstreamStatus(_) => Outcome::UpstreamError,
+            Reject::Upstream {
+                outcome: UpstreamOutcome::Timeout,
+                ..
+            } => Outcome::UpstreamTimeout,
+            Reject::Upstream { .. } => Outcome::UpstreamError,
         }
     }
 
@@ -197,9 +223,6 @@ impl Reject {
 
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let status = self.status();
-        if let Reject::UpstreamStatus(reply) = self {
-            return reply.into_response();
-        }
         let body = match &self {
             // Header names are tokens: nothing in them needs escaping in JSON.
             Reject::Verify(VerifyError::MissingHeader(name))
@@ -225,28 +248,49 @@ impl Reject {
     }
 }
 
-impl Accepted {
+impl Answer {
     pub fn outcome(&self) -> Outcome {
         match self {
-            Accepted::Forwarded(_) => Outcome::Forwarded,
-            Accepted::Duplicate => Outcome::Duplicate,
-            Accepted::Unrouted => Outcome::Unrouted,
-            Accepted::Queued { .. } => Outcome::Queued,
+            Answer::Relayed(reply) if reply.status.is_success() => Outcome::Forwarded,
+            Answer::Relayed(_) => Outcome::UpstreamError,
+            Answer::Duplicate => Outcome::Duplicate,
+            Answer::Unrouted => Outcome::Unrouted,
+            Answer::Queued { .. } => Outcome::Queued,
+        }
+    }
+
+    /// For the access log: why a relayed answer is not a delivery.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Answer::Relayed(reply) if !reply.status.is_success() => {
+                Some(format!("the upstream answered {}", reply.status))
+            }
+            _ => None,
         }
     }
 
     pub fn into_response(self) -> Response<Full<Bytes>> {
         match self {
-            Accepted::Forwarded(reply) => reply.into_response(),
-            Accepted::Duplicate => json_response(StatusCode::OK, r#"{"duplicate":true}"#.into()),
-            Accepted::Unrouted => json_response(StatusCode::ACCEPTED, r#"{"routed":false}"#.into()),
+            Answer::Relayed(reply) => relay(reply),
+            Answer::Duplicate => json_response(StatusCode::OK, r#"{"duplicate":true}"#.into()),
+            Answer::Unrouted => json_response(StatusCode::ACCEPTED, r#"{"routed":false}"#.into()),
             // Ids are generated by hookgate (`dlv_` + hex): nothing to escape.
-            Accepted::Queued { delivery_id } => json_response(
+            Answer::Queued { delivery_id } => json_response(
                 StatusCode::ACCEPTED,
                 format!(r#"{{"queued":true,"delivery_id":"{delivery_id}"}}"#),
             ),
         }
     }
+}
+
+/// The upstream's status and body, as it answered (the body as `forward` kept it).
+fn relay(reply: UpstreamReply) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(reply.body));
+    *response.status_mut() = reply.status;
+    if let Some(content_type) = reply.content_type {
+        response.headers_mut().insert(CONTENT_TYPE, content_type);
+    }
+    response
 }
 
 /// Whole seconds, rounded up, at least 1: `Retry-After: 0` would invite a busy loop.
@@ -267,14 +311,13 @@ pub fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::ForwardErrorKind;
     use http::HeaderName;
 
-    fn upstream(kind: ForwardErrorKind) -> Reject {
-        Reject::Upstream(ForwardError {
+    fn upstream(outcome: UpstreamOutcome) -> Reject {
+        Reject::Upstream {
             route: "s/0".into(),
-            kind,
-        })
+            outcome,
+        }
     }
 
     fn reply(status: u16) -> UpstreamReply {
@@ -467,45 +510,33 @@ mod tests {
                 "queue_error",
             ),
             (
-                upstream(ForwardErrorKind::Timeout),
+                upstream(UpstreamOutcome::Timeout),
                 504,
                 "upstream_timeout",
                 "upstream_timeout",
             ),
             (
-                upstream(ForwardErrorKind::Unreachable("refused".into())),
+                upstream(UpstreamOutcome::Unreachable("refused".into())),
                 502,
                 "upstream_unreachable",
                 "upstream_error",
             ),
             (
-                upstream(ForwardErrorKind::Redirect(StatusCode::MOVED_PERMANENTLY)),
+                upstream(UpstreamOutcome::Redirect(StatusCode::MOVED_PERMANENTLY)),
                 502,
                 "upstream_redirect",
                 "upstream_error",
             ),
             (
-                upstream(ForwardErrorKind::Gone),
+                upstream(UpstreamOutcome::Gone),
                 502,
                 "upstream_gone",
                 "upstream_error",
             ),
             (
-                upstream(ForwardErrorKind::Protocol("reset".into())),
+                upstream(UpstreamOutcome::Broken("reset".into())),
                 502,
                 "upstream_failed",
-                "upstream_error",
-            ),
-            (
-                Reject::UpstreamStatus(reply(500)),
-                500,
-                "upstream_status",
-                "upstream_error",
-            ),
-            (
-                Reject::UpstreamStatus(reply(422)),
-                422,
-                "upstream_status",
                 "upstream_error",
             ),
         ];
@@ -580,10 +611,10 @@ mod tests {
     }
 
     #[test]
-    fn accepted_outcomes_have_their_statuses() {
-        assert_eq!(Accepted::Duplicate.into_response().status(), 200);
-        assert_eq!(Accepted::Unrouted.into_response().status(), 202);
-        let queued = Accepted::Queued {
+    fn answers_have_their_statuses_and_outcomes() {
+        assert_eq!(Answer::Duplicate.into_response().status(), 200);
+        assert_eq!(Answer::Unrouted.into_response().status(), 202);
+        let queued = Answer::Queued {
             delivery_id: "dlv_1".into(),
         }
         .into_response();
@@ -593,9 +624,32 @@ mod tests {
             body.contains(r#"{\"queued\":true,\"delivery_id\":\"dlv_1\"}"#),
             "{body}"
         );
-        assert_eq!(
-            Accepted::Forwarded(reply(201)).into_response().status(),
-            201
-        );
+        for (status, outcome, detail) in [
+            (201, "forwarded", None),
+            (
+                422,
+                "upstream_error",
+                Some("the upstream answered 422 Unprocessable Entity"),
+            ),
+            (
+                500,
+                "upstream_error",
+                Some("the upstream answered 500 Internal Server Error"),
+            ),
+        ] {
+            let relayed = Answer::Relayed(reply(status));
+            assert_eq!(relayed.outcome().label(), outcome, "{status}");
+            assert_eq!(relayed.detail().as_deref(), detail, "{status}");
+            assert_eq!(relayed.into_response().status(), status);
+        }
+    }
+
+    #[test]
+    fn only_answers_the_sender_may_see_are_relayed() {
+        let answered = UpstreamOutcome::Answered(reply(500));
+        assert!(matches!(answer("s/0", answered), Ok(Answer::Relayed(r)) if r.status == 500));
+        let gone = answer("s/0", UpstreamOutcome::Gone).unwrap_err();
+        assert_eq!(gone.status(), 502);
+        assert_eq!(gone.to_string(), "upstream of route s/0: answered 410 Gone");
     }
 }

@@ -20,8 +20,8 @@ use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
 use crate::queue::Ingress;
 use crate::queue::worker::Workers;
-use crate::server::Handshake;
 use crate::store::Store;
+use crate::tls::Handshake;
 
 /// What a reload keeps from the running gateway.
 pub(crate) struct Shared {
@@ -114,7 +114,10 @@ impl Live {
         };
         let restart_needed = self.fixed.differences(&Fixed::of(&settings));
         if let (Some(current), Some(tls)) = (&self.tls, &settings.server.tls) {
-            current.store(Arc::new(Handshake::new(tls)));
+            current.store(Arc::new(Handshake::new(
+                tls.config.clone(),
+                tls.handshake_timeout,
+            )));
         }
         self.admin_auth.store(Arc::new(settings.admin_auth.clone()));
         self.shared.store.set_rate(settings.rate_limit);

@@ -14,8 +14,8 @@
 //! number (GOAWAY `ENHANCE_YOUR_CALM`).
 //! Shutdown stops accepting first (the listener is dropped, so a load balancer sees
 //! refused connections and moves on), then lets open requests finish up to
-//! `server.shutdown_timeout`. The queue workers stop taking work at the same moment
-//! and get the same time to finish what they hold (`queue::worker`).
+//! `server.shutdown_timeout`. This module serves whatever handler it is given: what a
+//! request does (`pipeline`, `admin`) and what is built for it (`app`) live above it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -34,30 +34,20 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 
-use crate::admin::Admin;
-use crate::body_budget::BodyBudget;
-use crate::config::{ConfigError, HTTP2_RESET_WINDOW, Limits, Settings, TlsSettings};
+use crate::config::{HTTP2_RESET_WINDOW, Limits};
 use crate::connections::{self, Admission};
-use crate::forward::Forwarder;
-use crate::log_gate::LogGate;
 use crate::metrics::{Closed, Metrics};
-use crate::queue::worker::Workers;
-use crate::queue::{self, Ingress};
-use crate::reload::{Live, Reloaded, Shared};
-use crate::store;
-use crate::tls::{answer_plain_http, sent_plain_http};
+use crate::tls::Handshake;
 
 /// Pause after a failed `accept` (for example out of file descriptors) before retrying.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Connections the admin listener holds at once: scrapers and probes, not traffic.
-const ADMIN_MAX_CONNECTIONS: u32 = 64;
+pub const ADMIN_MAX_CONNECTIONS: u32 = 64;
 
 /// Connections of the command line's helper servers (`echo`, `bench sink`).
 const HELPER_MAX_CONNECTIONS: u32 = 65_536;
@@ -72,195 +62,20 @@ pub const HTTP2_RECEIVE_WINDOW_BYTES: u32 = 65_535;
 /// finish what it has before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// A listener that could not be bound. The OS error is part of the message, not a
+/// `source`: printed once.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The OS error is part of the message, not a `source`: printed once.
-    #[error("cannot listen on {addr} ({what} in {origin}): {error}{}", bind_hint(.error, .what))]
-    Bind {
-        addr: SocketAddr,
-        what: &'static str,
-        origin: String,
-        error: std::io::Error,
-    },
-    #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
-}
-
-/// A started gateway: its bound addresses and the handle to stop it.
-pub struct Running {
-    addr: SocketAddr,
-    admin_addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-    live: Arc<Live>,
-}
-
-impl Running {
-    /// The webhook listener's address (the real port when configured with port 0).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
-    }
-
-    /// Stops accepting, lets open requests finish (bounded), then returns.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        self.wait().await;
-    }
-
-    /// Returns once both listeners (and the queue workers) have stopped.
-    pub async fn wait(self) {
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
-
-    /// Reads the configuration file again and applies what can change (see `reload`).
-    pub async fn reload(&self) -> Result<Reloaded, ConfigError> {
-        self.live.reload().await
-    }
-
-    /// A handle that can request the shutdown from elsewhere (a signal handler).
-    pub fn stopper(&self) -> watch::Sender<bool> {
-        self.stop.clone()
-    }
-}
-
-/// Binds both listeners and starts serving; returns once they accept connections.
-pub async fn start(settings: Settings) -> Result<Running, StartError> {
-    let listener = bind(settings.server.listen, "server.listen", &settings.origin).await?;
-    let admin_listener = bind(settings.admin_listen, "admin.listen", &settings.origin).await?;
-    let addr = listener.local_addr().expect("bound socket has an address");
-    let admin_addr = admin_listener
-        .local_addr()
-        .expect("bound socket has an address");
-
-    let metrics = Arc::new(Metrics::new(
-        settings.sources.iter().map(|s| s.name.as_str()),
-    ));
-    let store::Built { store, redis } = store::build(&settings, metrics.clone())?;
-    let instance = queue::instance_name();
-    let queue = queue::build(&settings, redis, metrics.clone(), &instance);
-    let forward = Arc::new(Forwarder::new(
-        settings.limits.upstream_timeout,
-        &settings.upstream_tls,
-    ));
-    let limits = settings.limits;
-    let body_budget = BodyBudget::new(&limits, &metrics);
-    let builder = gateway_http_builder(&limits);
-    let server_policy = ConnectionPolicy {
-        admission: Admission::new(
-            max_connections(limits.max_connections),
-            limits.max_connections_per_ip,
-            settings.trusted_proxies.clone(),
-            metrics.connections("server"),
-        ),
-        first_request_timeout: Some(limits.header_read_timeout),
-        idle_timeout: Some(limits.idle_timeout),
-        max_resets: Some(limits.http2_max_resets),
-    };
-    let admin_policy = ConnectionPolicy {
-        admission: Admission::new(
-            ADMIN_MAX_CONNECTIONS,
-            0,
-            Vec::new(),
-            metrics.connections("admin"),
-        ),
-        ..server_policy.clone()
-    };
-    let tls = settings
-        .server
-        .tls
-        .as_ref()
-        .map(|tls| Arc::new(ArcSwap::from_pointee(Handshake::new(tls))));
-    let grace = settings.server.shutdown_timeout;
-    tracing::info!(store = %store.describe(), "store");
-    match &queue {
-        Some(queue) if !queue.durable() => tracing::warn!(
-            queue = %queue.describe(),
-            "queue mode WITHOUT durability: configure [store] (Redis) so queued deliveries survive a restart"
-        ),
-        Some(queue) => tracing::info!(queue = %queue.describe(), instance, "queue"),
-        None => {}
-    }
-
-    let (stop, stopped) = watch::channel(false);
-    let wake = Arc::new(Notify::new());
-    let workers = queue.as_ref().and_then(|queue| {
-        Workers::new(
-            &settings,
-            queue.clone(),
-            forward.clone(),
-            metrics.clone(),
-            instance,
-            wake.clone(),
-        )
-    });
-    let ingress = queue.clone().map(|queue| Ingress { queue, wake });
-    let live = Live::new(
-        settings,
-        tls.clone(),
-        Shared {
-            store: store.clone(),
-            body_budget,
-            metrics: metrics.clone(),
-            forward,
-            ingress,
-            workers: workers.clone(),
-        },
-    );
-    let admin = Arc::new(Admin::new(metrics, store, queue, live.clone()));
-
-    let serve_gateway = serve_listener(
-        listener,
-        tls,
-        builder.clone(),
-        server_policy,
-        stopped.clone(),
-        grace,
-        {
-            let live = live.clone();
-            move |req, peer| {
-                // Each request runs on the configuration current when it arrived.
-                let gateway = live.gateway();
-                async move { gateway.serve(req, peer).await }
-            }
-        },
-    );
-    let mut tasks = Vec::new();
-    if let Some(workers) = workers {
-        tasks.push(workers.start(stopped.clone(), grace));
-    }
-    let serve_admin = serve_listener(
-        admin_listener,
-        None,
-        builder,
-        admin_policy,
-        stopped,
-        grace,
-        move |req, _peer| {
-            let admin = admin.clone();
-            async move { admin.serve(req).await }
-        },
-    );
-    tracing::info!(%addr, %admin_addr, "listening");
-    tasks.push(tokio::spawn(serve_gateway));
-    tasks.push(tokio::spawn(serve_admin));
-    Ok(Running {
-        addr,
-        admin_addr,
-        stop,
-        tasks,
-        live,
-    })
+#[error("cannot listen on {addr} ({what} in {origin}): {error}{}", bind_hint(.error, .what))]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub what: &'static str,
+    pub origin: String,
+    pub error: std::io::Error,
 }
 
 /// `limits.max_connections`, lowered (with a warning) when the open-files limit, raised
 /// as far as it goes, would not also leave room for upstream connections and the rest.
-fn max_connections(configured: u32) -> u32 {
+pub fn max_connections(configured: u32) -> u32 {
     let open_files = connections::raise_open_files_limit();
     let fitted = connections::fit_to_open_files(configured, open_files);
     if fitted < configured {
@@ -276,19 +91,18 @@ fn max_connections(configured: u32) -> u32 {
     fitted
 }
 
-async fn bind(
+/// Binds `addr`; `what` (the config key) and `origin` (the file) name it on failure.
+pub async fn bind(
     addr: SocketAddr,
     what: &'static str,
     origin: &str,
-) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|error| StartError::Bind {
-            addr,
-            what,
-            origin: origin.to_owned(),
-            error,
-        })
+) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|error| BindError {
+        addr,
+        what,
+        origin: origin.to_owned(),
+        error,
+    })
 }
 
 /// What to do about the common reasons a listener cannot bind.
@@ -325,7 +139,7 @@ pub(crate) fn http_builder(header_read_timeout: Duration) -> auto::Builder<Tokio
 /// limits. They sit at twice the configured header limits so that a request just over
 /// them reaches the pipeline and gets its JSON 431; beyond, the parser answers 431
 /// itself (no body) and, on HTTP/1.1, closes the connection.
-fn gateway_http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+pub fn gateway_http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = http_builder(limits.header_read_timeout);
     let hard_headers = limits.max_headers * 2;
     let hard_bytes = limits.max_header_bytes * 2;
@@ -345,26 +159,12 @@ fn gateway_http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-pub(crate) struct Handshake {
-    acceptor: TlsAcceptor,
-    timeout: Duration,
-}
-
-impl Handshake {
-    pub(crate) fn new(tls: &TlsSettings) -> Self {
-        Handshake {
-            acceptor: TlsAcceptor::from(tls.config.clone()),
-            timeout: tls.handshake_timeout,
-        }
-    }
-}
-
 /// The listener's TLS, swapped by a reload; each connection takes the current one.
-type SharedTls = Arc<ArcSwap<Handshake>>;
+pub type SharedTls = Arc<ArcSwap<Handshake>>;
 
 /// What a listener enforces on its connections.
 #[derive(Clone)]
-pub(crate) struct ConnectionPolicy {
+pub struct ConnectionPolicy {
     admission: Arc<Admission>,
     /// From accept (or the end of the TLS handshake) to the first complete request head.
     first_request_timeout: Option<Duration>,
@@ -372,6 +172,18 @@ pub(crate) struct ConnectionPolicy {
     idle_timeout: Option<Duration>,
     /// Requests a client may cancel within `HTTP2_RESET_WINDOW` (HTTP/2 rapid reset).
     max_resets: Option<usize>,
+}
+
+impl ConnectionPolicy {
+    /// The configured timeouts and rapid-reset limit, with `admission`'s connection limits.
+    pub fn new(limits: &Limits, admission: Arc<Admission>) -> ConnectionPolicy {
+        ConnectionPolicy {
+            admission,
+            first_request_timeout: Some(limits.header_read_timeout),
+            idle_timeout: Some(limits.idle_timeout),
+            max_resets: Some(limits.http2_max_resets),
+        }
+    }
 }
 
 /// A listener without limits beyond hyper's header timeout, for the command line's
@@ -397,7 +209,8 @@ pub(crate) async fn accept_loop<H, F>(
     serve_listener(listener, None, builder, policy, stopped, grace, handler).await;
 }
 
-async fn serve_listener<H, F>(
+/// Accepts and serves connections until `stopped`, then drains them for up to `grace`.
+pub async fn serve_listener<H, F>(
     listener: TcpListener,
     tls: Option<SharedTls>,
     builder: auto::Builder<TokioExecutor>,
@@ -440,7 +253,7 @@ async fn serve_listener<H, F>(
         tokio::spawn(async move {
             let _admitted = admitted; // the slot is held until the connection ends
             let closed = match tls {
-                Some(tls) => match handshake(&tls, stream, peer).await {
+                Some(tls) => match tls.accept(stream, peer).await {
                     Ok(stream) => {
                         serve_connection(stream, peer, &builder, &policy, stopped, handler).await
                     }
@@ -710,34 +523,4 @@ fn closed_by_parser(
         }
     }
     None
-}
-
-/// A client can fail handshakes at will: they are all counted, but logged at most once
-/// a second (with how many were left out).
-static HANDSHAKE_FAILURES: LogGate = LogGate::new(Duration::from_secs(1));
-
-async fn handshake(
-    tls: &Handshake,
-    stream: TcpStream,
-    peer: SocketAddr,
-) -> Result<tokio_rustls::server::TlsStream<TcpStream>, Closed> {
-    let accept = async {
-        if sent_plain_http(&stream).await {
-            answer_plain_http(stream).await;
-            return Err("plain HTTP sent to the TLS listener (answered 400 tls_required)".into());
-        }
-        tls.acceptor.accept(stream).await.map_err(|e| e.to_string())
-    };
-    let (closed, reason) = match tokio::time::timeout(tls.timeout, accept).await {
-        Ok(Ok(stream)) => return Ok(stream),
-        Ok(Err(reason)) => (Closed::TlsHandshakeFailed, reason),
-        Err(_) => (
-            Closed::TlsHandshakeTimeout,
-            "no complete handshake within server.tls.handshake_timeout".to_owned(),
-        ),
-    };
-    if let Some(left_out) = HANDSHAKE_FAILURES.admit(std::time::Instant::now()) {
-        tracing::debug!(%peer, reason, left_out, "TLS handshake failed");
-    }
-    Err(closed)
 }

@@ -17,6 +17,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use crate::config::UpstreamTrust;
+use crate::log_gate::LogGate;
+use crate::metrics::Closed;
 
 /// The names a development certificate is valid for.
 pub const DEV_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
@@ -313,6 +315,59 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A listener's TLS: the server config and how long a handshake may take. A reload
+/// swaps in a new one; each connection uses the one current when it was accepted.
+pub struct Handshake {
+    acceptor: tokio_rustls::TlsAcceptor,
+    timeout: std::time::Duration,
+}
+
+/// A client can fail handshakes at will: they are all counted, but logged at most once
+/// a second (with how many were left out).
+static HANDSHAKE_FAILURES: LogGate = LogGate::new(std::time::Duration::from_secs(1));
+
+impl Handshake {
+    pub fn new(config: Arc<ServerConfig>, timeout: std::time::Duration) -> Self {
+        Handshake {
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+            timeout,
+        }
+    }
+
+    /// Completes the handshake within the timeout, or says why the connection ends
+    /// (plain HTTP is answered 400 first).
+    pub async fn accept(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+    ) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, Closed> {
+        let accept = async {
+            if sent_plain_http(&stream).await {
+                answer_plain_http(stream).await;
+                return Err(
+                    "plain HTTP sent to the TLS listener (answered 400 tls_required)".into(),
+                );
+            }
+            self.acceptor
+                .accept(stream)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let (closed, reason) = match tokio::time::timeout(self.timeout, accept).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(reason)) => (Closed::TlsHandshakeFailed, reason),
+            Err(_) => (
+                Closed::TlsHandshakeTimeout,
+                "no complete handshake within server.tls.handshake_timeout".to_owned(),
+            ),
+        };
+        if let Some(left_out) = HANDSHAKE_FAILURES.admit(std::time::Instant::now()) {
+            tracing::debug!(%peer, reason, left_out, "TLS handshake failed");
+        }
+        Err(closed)
     }
 }
 

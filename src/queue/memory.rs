@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::record::{IdGenerator, RecordBody, decode_headers, encode_headers, header_listing};
 use super::{
-    Attempt, BoxFuture, Detail, IdGenerator, Job, Lease, ListFilter, NewDelivery, Queue,
-    QueueError, QueueStats, Replayed, Settlement, State, Summary, UnixMillis, decode_headers,
-    encode_headers, header_listing, now_millis,
+    Attempt, BoxFuture, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError, QueueStats,
+    Replayed, Settlement, State, Summary, UnixMillis, now_millis,
 };
 use crate::store::ready;
 
@@ -195,12 +195,15 @@ impl Queue for MemoryQueue {
         });
         let job = Job {
             lease: lease.clone(),
-            source: record.summary.source.clone(),
-            route: record.summary.route.clone(),
-            webhook_id: record.summary.webhook_id.clone(),
-            event_type: record.summary.event_type.clone(),
-            headers: decode_headers(&record.headers).unwrap_or_default(),
-            body: record.body.clone(),
+            delivery: NewDelivery {
+                source: record.summary.source.clone(),
+                route: record.summary.route.clone(),
+                webhook_id: record.summary.webhook_id.clone(),
+                event_type: record.summary.event_type.clone(),
+                headers: decode_headers(&record.headers).unwrap_or_default(),
+                body: record.body.clone(),
+                received_at: record.summary.received_at,
+            },
             attempt: record.summary.attempts,
             enqueued_at: record.enqueued_at,
             history_index: (record.history.len() - 1) as u64,
@@ -313,7 +316,7 @@ impl Queue for MemoryQueue {
                 history: r.history.clone(),
                 header_names,
                 headers,
-                body: with_body.then(|| r.body.clone()),
+                body: with_body.then(|| RecordBody::new(&r.body)),
             }
         });
         ready(Ok(detail))

@@ -25,12 +25,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use redis::Script;
 
+use super::record::{IdGenerator, RecordBody, decode_headers, encode_headers, header_listing};
 use super::{
-    Attempt, BoxFuture, Detail, IdGenerator, Job, Lease, ListFilter, NewDelivery, Queue,
-    QueueError, QueueStats, Replayed, Settlement, State, Summary, UnixMillis, decode_headers,
-    encode_headers, header_listing,
+    Attempt, BoxFuture, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError, QueueStats,
+    Replayed, Settlement, State, Summary, UnixMillis,
 };
-use crate::config::QueueSettings;
+use crate::config::{QueueSettings, RedisSettings};
+use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::store::redis::{RedisConnection, millis};
 
@@ -114,8 +115,8 @@ redis.call('HSET', KEYS[1], 'state', 'processing', 'instance', ARGV[2], 'updated
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
 local entry = cjson.encode({attempt = attempt, started_at = tonumber(ARGV[1]), instance = ARGV[2]})
 local index = redis.call('RPUSH', KEYS[2], entry) - 1
-local f = redis.call('HMGET', KEYS[1], 'source', 'route', 'webhook_id', 'event_type', 'headers', 'body', 'enqueued_at')
-return {attempt, index, f[1], f[2], f[3], f[4], f[5], f[6], f[7]}
+local f = redis.call('HMGET', KEYS[1], 'source', 'route', 'webhook_id', 'event_type', 'headers', 'body', 'enqueued_at', 'received_at')
+return {attempt, index, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]}
 ";
 
 /// Records a settled attempt and moves the delivery on: processed or final-failed
@@ -276,7 +277,7 @@ struct Keys {
 }
 
 pub struct RedisQueue {
-    /// Ingress' connection (the store's): an enqueue never waits behind worker traffic.
+    /// Ingress' connection: an enqueue never waits behind worker traffic.
     ingress: Arc<RedisConnection>,
     /// Everything else: the workers and the admin API.
     redis: Arc<RedisConnection>,
@@ -296,16 +297,19 @@ pub struct RedisQueue {
 }
 
 impl RedisQueue {
-    pub fn new(
-        redis: Arc<RedisConnection>,
-        prefix: &str,
+    /// The queue on `[store]`'s Redis, with two connections of its own: ingress' and
+    /// the workers' (so an enqueue never waits behind worker traffic). Does not connect
+    /// yet, as the store does not.
+    pub fn connect(
+        redis: &RedisSettings,
         settings: &QueueSettings,
         instance: &str,
-    ) -> Self {
-        let base = format!("{prefix}{{queue}}:");
-        RedisQueue {
-            ingress: redis.clone(),
-            redis,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let base = format!("{}{{queue}}:", redis.key_prefix);
+        Ok(RedisQueue {
+            ingress: Arc::new(RedisConnection::new(redis, metrics.clone())?),
+            redis: Arc::new(RedisConnection::new(redis, metrics)?),
             base: base.clone(),
             keys: Keys {
                 ready: format!("{base}ready"),
@@ -332,13 +336,7 @@ impl RedisQueue {
                 list: Script::new(LIST),
                 stats: Script::new(STATS),
             },
-        }
-    }
-
-    /// Runs everything but enqueue on `connection`, apart from ingress' connection.
-    pub fn with_worker_connection(mut self, connection: Arc<RedisConnection>) -> Self {
-        self.redis = connection;
-        self
+        })
     }
 
     fn record_key(&self, id: &str) -> String {
@@ -491,7 +489,7 @@ impl Queue for RedisQueue {
                 .arg(GROUP);
             let reply: Option<Vec<redis::Value>> = self.redis.script("begin", invocation).await?;
             let Some(f) = reply else { return Ok(None) };
-            if f.len() != 9 {
+            if f.len() != 10 {
                 return Err(malformed(id, format!("begin returned {} values", f.len())));
             }
             let headers = decode_headers(&text(f.get(6))).map_err(|e| malformed(id, e))?;
@@ -499,12 +497,15 @@ impl Queue for RedisQueue {
                 lease: lease.clone(),
                 attempt: number(&text(f.first())).unwrap_or(1),
                 history_index: number(&text(f.get(1))).unwrap_or(0),
-                source: text(f.get(2)),
-                route: text(f.get(3)),
-                webhook_id: text(f.get(4)),
-                event_type: text(f.get(5)),
-                headers,
-                body: bytes(f.get(7)),
+                delivery: NewDelivery {
+                    source: text(f.get(2)),
+                    route: text(f.get(3)),
+                    webhook_id: text(f.get(4)),
+                    event_type: text(f.get(5)),
+                    headers,
+                    body: bytes(f.get(7)),
+                    received_at: number(&text(f.get(9))).unwrap_or(now),
+                },
                 enqueued_at: number(&text(f.get(8))).unwrap_or(now),
             }))
         })
@@ -664,7 +665,7 @@ impl Queue for RedisQueue {
                 history,
                 header_names,
                 headers: header_values,
-                body: with_body.then(|| bytes(fields.get(14))),
+                body: with_body.then(|| RecordBody::new(&bytes(fields.get(14)))),
             }))
         })
     }

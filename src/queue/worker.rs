@@ -26,10 +26,10 @@ use super::{
     Attempt, Job, Lease, Outcome, Queue, Settlement, Verdict, decide, jitter_sample, now_millis,
 };
 use crate::config::{Delivery, QueueSettings, Settings};
-use crate::forward::{ForwardErrorKind, Forwarder, UpstreamReply};
+use crate::forward::{self, Forwarder};
 use crate::metrics::{DeliveryMetrics, Metrics, RouteMetrics};
-use crate::reject::Reject;
 use crate::route::Route;
+use crate::upstream::UpstreamOutcome;
 
 /// How often the queue is asked for work when there was none (a local enqueue wakes the
 /// workers at once; this bounds the wait for deliveries enqueued by other instances
@@ -299,25 +299,26 @@ impl Workers {
         };
         let started_at = now_millis();
         let started = Instant::now();
-        let (outcome, status, error) = match lane {
+        let delivery = &job.delivery;
+        let (outcome, error) = match lane {
             Some(lane) => {
                 let mut headers = attempt_headers(&job);
-                if let Some(signer) = lane.route.resign() {
-                    // Signed now, not at ingress: a retry hours later still carries a
-                    // timestamp the backend's freshness check accepts.
-                    signer.apply(
-                        &mut headers,
-                        &job.webhook_id,
-                        lane.scheme,
-                        &job.body,
-                        std::time::SystemTime::now(),
-                    );
-                }
+                forward::prepare(
+                    &lane.route,
+                    &mut headers,
+                    &delivery.webhook_id,
+                    lane.scheme,
+                    &delivery.body,
+                    std::time::SystemTime::now(),
+                );
                 let send =
                     self.forward
-                        .send(&lane.route, &lane.upstream, headers, job.body.clone());
+                        .send(&lane.route, &lane.upstream, headers, delivery.body.clone());
                 tokio::select! {
-                    result = send => judge(&result),
+                    outcome = send => {
+                        let error = failure(&lease.route, &outcome);
+                        (outcome, error)
+                    }
                     _ = until(&mut cut_short) => {
                         let attempt = Attempt {
                             attempt: job.attempt,
@@ -333,18 +334,23 @@ impl Workers {
                     }
                 }
             }
-            None => (
-                Outcome::Connect,
-                None,
-                Some(format!(
-                    "route {} is not configured on this instance",
-                    lease.route
-                )),
-            ),
+            // Retried like an upstream nobody answers for: another instance (or this
+            // one after a reload) may have the route.
+            None => {
+                let missing = format!("route {} is not configured on this instance", lease.route);
+                (UpstreamOutcome::Unreachable(missing.clone()), Some(missing))
+            }
         };
+        let status = outcome.status().map(|s| s.as_u16());
         let now = now_millis();
         let age = Duration::from_millis(now.saturating_sub(job.enqueued_at));
-        let verdict = decide(&self.policy, job.attempt, outcome, age, jitter_sample());
+        let verdict = decide(
+            &self.policy,
+            job.attempt,
+            Outcome::from(&outcome),
+            age,
+            jitter_sample(),
+        );
         let (settlement, error) = match verdict {
             Verdict::Processed => (Settlement::Processed, error),
             Verdict::Retry { delay } => {
@@ -373,11 +379,11 @@ impl Workers {
         }
         tracing::info!(
             target: "hookgate::delivery",
-            source = %job.source,
-            route = %job.route,
+            source = %delivery.source,
+            route = %delivery.route,
             delivery_id = %lease.delivery_id,
-            webhook_id = %job.webhook_id,
-            event_type = %job.event_type,
+            webhook_id = %delivery.webhook_id,
+            event_type = %delivery.event_type,
             attempt = job.attempt,
             status = attempt.status,
             result = settlement.state().as_str(),
@@ -455,7 +461,7 @@ fn lanes(
 /// The stored headers plus which delivery and attempt this is. `webhook-id` is the
 /// sender's, unchanged on every attempt, so the upstream can deduplicate too.
 fn attempt_headers(job: &Job) -> http::HeaderMap {
-    let mut headers = job.headers.clone();
+    let mut headers = job.delivery.headers.clone();
     if let Ok(id) = HeaderValue::from_str(&job.lease.delivery_id) {
         headers.insert(X_HOOKGATE_DELIVERY_ID, id);
     }
@@ -463,41 +469,17 @@ fn attempt_headers(job: &Job) -> http::HeaderMap {
     headers
 }
 
-/// What the retry policy needs to know about a forward, and what the record keeps.
-fn judge(result: &Result<UpstreamReply, Reject>) -> (Outcome, Option<u16>, Option<String>) {
-    match result {
-        Ok(reply) => (
-            Outcome::Delivered(reply.status.as_u16()),
-            Some(reply.status.as_u16()),
-            None,
-        ),
-        Err(Reject::UpstreamStatus(reply)) => {
-            let status = reply.status.as_u16();
-            (
-                Outcome::Status(status),
-                Some(status),
-                Some(format!(
-                    "the upstream answered {status}{}",
-                    excerpt(&reply.body)
-                )),
-            )
-        }
-        Err(Reject::Upstream(e)) => {
-            let outcome = match &e.kind {
-                ForwardErrorKind::Timeout => Outcome::Timeout,
-                ForwardErrorKind::Unreachable(_) | ForwardErrorKind::Protocol(_) => {
-                    Outcome::Connect
-                }
-                ForwardErrorKind::Redirect(status) => Outcome::Status(status.as_u16()),
-                ForwardErrorKind::Gone => Outcome::Status(410),
-            };
-            let status = match outcome {
-                Outcome::Status(s) => Some(s),
-                _ => None,
-            };
-            (outcome, status, Some(e.to_string()))
-        }
-        Err(other) => (Outcome::Connect, None, Some(other.to_string())),
+/// What the attempt's record says went wrong, if anything: the upstream's error
+/// answer with the start of its body, or the failed exchange.
+fn failure(route: &str, outcome: &UpstreamOutcome) -> Option<String> {
+    match outcome {
+        UpstreamOutcome::Answered(reply) if reply.status.is_success() => None,
+        UpstreamOutcome::Answered(reply) => Some(format!(
+            "the upstream answered {}{}",
+            reply.status.as_u16(),
+            excerpt(&reply.body)
+        )),
+        failed => Some(format!("upstream of route {route}: {failed}")),
     }
 }
 
@@ -516,48 +498,43 @@ fn excerpt(body: &Bytes) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::ForwardError;
+    use crate::upstream::UpstreamReply;
     use http::StatusCode;
 
-    fn reply(status: u16, body: &'static str) -> UpstreamReply {
-        UpstreamReply {
+    fn answered(status: u16, body: &'static str) -> UpstreamOutcome {
+        UpstreamOutcome::Answered(UpstreamReply {
             status: StatusCode::from_u16(status).unwrap(),
             content_type: None,
             body: Bytes::from_static(body.as_bytes()),
-        }
-    }
-
-    fn failed(kind: ForwardErrorKind) -> Result<UpstreamReply, Reject> {
-        Err(Reject::Upstream(ForwardError {
-            route: "openai/0".into(),
-            kind,
-        }))
+        })
     }
 
     #[test]
-    fn forward_results_become_policy_outcomes() {
-        assert_eq!(judge(&Ok(reply(204, ""))).0, Outcome::Delivered(204));
-        let (outcome, status, error) = judge(&Err(Reject::UpstreamStatus(reply(
-            400,
-            "{\"e\":\"bad\"}\n",
-        ))));
-        assert_eq!((outcome, status), (Outcome::Status(400), Some(400)));
-        assert_eq!(error.unwrap(), "the upstream answered 400: {\"e\":\"bad\"}");
+    fn upstream_outcomes_become_policy_outcomes_and_record_errors() {
+        let delivered = answered(204, "");
+        assert_eq!(Outcome::from(&delivered), Outcome::Delivered(204));
+        assert_eq!(failure("openai/0", &delivered), None);
+        let refused = answered(400, "{\"e\":\"bad\"}\n");
+        assert_eq!(Outcome::from(&refused), Outcome::Status(400));
         assert_eq!(
-            judge(&failed(ForwardErrorKind::Timeout)).0,
-            Outcome::Timeout
+            failure("openai/0", &refused).unwrap(),
+            "the upstream answered 400: {\"e\":\"bad\"}"
         );
+        assert_eq!(Outcome::from(&UpstreamOutcome::Timeout), Outcome::Timeout);
+        let unreachable = UpstreamOutcome::Unreachable("127.0.0.1:9: refused".into());
+        assert_eq!(Outcome::from(&unreachable), Outcome::Connect);
         assert_eq!(
-            judge(&failed(ForwardErrorKind::Unreachable("refused".into()))).0,
-            Outcome::Connect
+            failure("openai/0", &unreachable).unwrap(),
+            "upstream of route openai/0: unreachable: 127.0.0.1:9: refused"
         );
+        assert_eq!(Outcome::from(&UpstreamOutcome::Gone), Outcome::Status(410));
         assert_eq!(
-            judge(&failed(ForwardErrorKind::Gone)).0,
-            Outcome::Status(410)
-        );
-        assert_eq!(
-            judge(&failed(ForwardErrorKind::Redirect(StatusCode::FOUND))).0,
+            Outcome::from(&UpstreamOutcome::Redirect(StatusCode::FOUND)),
             Outcome::Status(302)
+        );
+        assert_eq!(
+            Outcome::from(&UpstreamOutcome::Broken("reset".into())),
+            Outcome::Connect
         );
     }
 }

@@ -110,27 +110,20 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The store the settings ask for, and its Redis connection (for the queue to share)
-/// when it is Redis. Does not connect: a store that is down at start-up makes `/readyz`
-/// fail and requests follow `store.on_error`, until it comes up.
-pub fn build(settings: &Settings, metrics: Arc<Metrics>) -> Result<Built, StoreError> {
+/// The store the settings ask for. Does not connect: a store that is down at start-up
+/// makes `/readyz` fail and requests follow `store.on_error`, until it comes up.
+///
+/// A new backend is one file here implementing `Store`, one arm below, and the
+/// `StoreBackend` variant that selects it (`config`); it must pass the contract suite
+/// in `tests/it/contract/store.rs`. A backend that also holds queue-mode deliveries
+/// implements `queue::Queue` in `queue/<backend>.rs` and gets its arm in `queue::build`.
+pub fn build(settings: &Settings, metrics: Arc<Metrics>) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match &settings.store.backend {
-        StoreBackend::Memory => Built {
-            store: Arc::new(memory::MemoryStore::new(settings.rate_limit)),
-            redis: None,
-        },
-        StoreBackend::Redis(redis) => {
-            let store = self::redis::RedisStore::new(redis, settings.rate_limit, metrics)?;
-            Built {
-                redis: Some(store.connection()),
-                store: Arc::new(store),
-            }
-        }
+        StoreBackend::Memory => Arc::new(memory::MemoryStore::new(settings.rate_limit)),
+        StoreBackend::Redis(redis) => Arc::new(self::redis::RedisStore::new(
+            redis,
+            settings.rate_limit,
+            metrics,
+        )?),
     })
-}
-
-/// What `build` made: the store, and the Redis connection it uses, if any.
-pub struct Built {
-    pub store: Arc<dyn Store>,
-    pub redis: Option<Arc<self::redis::RedisConnection>>,
 }

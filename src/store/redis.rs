@@ -111,9 +111,9 @@ pub struct RedisStore {
     description: String,
 }
 
-/// The one multiplexed connection (or cluster connection) of an instance, shared by the
-/// store and the queue, with every operation bounded, timed and counted.
-pub struct RedisConnection {
+/// One multiplexed connection (or cluster connection), with every operation bounded,
+/// timed and counted: the store's, and the Redis queue's (`queue::redis`) own two.
+pub(crate) struct RedisConnection {
     connection: Connection,
     metrics: Arc<Metrics>,
     /// The longest one operation may take, a (re)connection included: `connect_timeout +
@@ -243,19 +243,9 @@ impl RedisStore {
         rate: RateLimitSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let redis = Arc::new(RedisConnection::new(settings, metrics)?);
-        Ok(RedisStore::on(redis, settings, rate))
-    }
-
-    /// Creates the store on a connection it shares (with the queue).
-    pub fn on(
-        redis: Arc<RedisConnection>,
-        settings: &RedisSettings,
-        rate: RateLimitSettings,
-    ) -> Self {
         let (interval_us, tolerance_us) = gcra_parameters(rate);
-        RedisStore {
-            redis,
+        Ok(RedisStore {
+            redis: Arc::new(RedisConnection::new(settings, metrics)?),
             prefix: settings.key_prefix.clone(),
             interval_us: AtomicU64::new(interval_us),
             tolerance_us: AtomicU64::new(tolerance_us),
@@ -271,12 +261,7 @@ impl RedisStore {
                 "{} (shared by every instance using it; key prefix {:?})",
                 settings.target, settings.key_prefix
             ),
-        }
-    }
-
-    /// The connection, for the queue to share.
-    pub fn connection(&self) -> Arc<RedisConnection> {
-        self.redis.clone()
+        })
     }
 
     /// Claims with the Lua script from now on, as on Redis before 7.0 (which refuses

@@ -627,11 +627,6 @@ async fn a_proxy_mode_gateway_has_no_deliveries_api() {
 async fn stopped_instances_holding_nothing_are_forgotten_but_not_one_holding_a_delivery() {
     use std::sync::Arc;
 
-    use hookgate::config::StoreBackend;
-    use hookgate::queue::Queue;
-    use hookgate::queue::redis::RedisQueue;
-    use hookgate::store::redis::RedisConnection;
-
     let Some(store) = TestStore::redis().await else {
         return;
     };
@@ -669,17 +664,10 @@ async fn stopped_instances_holding_nothing_are_forgotten_but_not_one_holding_a_d
 
     let text = queue_config(&store, &upstream).to_string();
     let settings = hookgate::config::parse(&text, "test.toml").expect("a valid config");
-    let StoreBackend::Redis(redis_settings) = &settings.store.backend else {
-        panic!("[store] selects Redis");
-    };
     let metrics = Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
-    let connection = Arc::new(RedisConnection::new(redis_settings, metrics).unwrap());
-    let queue = RedisQueue::new(
-        connection,
-        "hookgate:",
-        settings.queue.as_ref().unwrap(),
-        "inspector",
-    );
+    let queue = hookgate::queue::build(&settings, metrics, "inspector")
+        .expect("the queue is set up")
+        .expect("a queue source");
     assert_eq!(queue.prune(Duration::ZERO).await.unwrap(), 1);
     assert_eq!(
         consumers().await,

@@ -1,0 +1,211 @@
+//! The application: builds a running gateway from validated settings. This is the one
+//! place where the parts meet; below it, each part knows only the floors beneath it.
+//!
+//! `start` binds both listeners first (a port in use fails before anything connects
+//! anywhere), then builds the metrics registry, the store and the queue from their
+//! factories, the forwarder, the queue workers, the reloadable request path (`reload`)
+//! and the admin surface (`admin`), and hands a handler to each listener (`server`).
+//! Shutdown stops the listeners and the workers at the same moment; each gets
+//! `server.shutdown_timeout` to finish what it holds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::body_budget::BodyBudget;
+use crate::config::{ConfigError, Settings};
+use crate::connections::Admission;
+use crate::forward::Forwarder;
+use crate::metrics::Metrics;
+use crate::queue::record::instance_name;
+use crate::queue::worker::Workers;
+use crate::queue::{self, Ingress, QueueError};
+use crate::reload::{Live, Reloaded, Shared};
+use crate::server::{self, BindError, ConnectionPolicy};
+use crate::store::{self, StoreError};
+use crate::tls::Handshake;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("queue: {0}")]
+    Queue(#[from] QueueError),
+}
+
+/// A started gateway: its bound addresses and the handle to stop it.
+pub struct Running {
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    live: Arc<Live>,
+}
+
+impl Running {
+    /// The webhook listener's address (the real port when configured with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Stops accepting, lets open requests finish (bounded), then returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.wait().await;
+    }
+
+    /// Returns once both listeners (and the queue workers) have stopped.
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Reads the configuration file again and applies what can change (see `reload`).
+    pub async fn reload(&self) -> Result<Reloaded, ConfigError> {
+        self.live.reload().await
+    }
+
+    /// A handle that can request the shutdown from elsewhere (a signal handler).
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Binds both listeners and starts serving; returns once they accept connections.
+pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    let listener = server::bind(settings.server.listen, "server.listen", &settings.origin).await?;
+    let admin_listener =
+        server::bind(settings.admin_listen, "admin.listen", &settings.origin).await?;
+    let addr = listener.local_addr().expect("bound socket has an address");
+    let admin_addr = admin_listener
+        .local_addr()
+        .expect("bound socket has an address");
+
+    let metrics = Arc::new(Metrics::new(
+        settings.sources.iter().map(|s| s.name.as_str()),
+    ));
+    let store = store::build(&settings, metrics.clone())?;
+    let instance = instance_name();
+    let queue = queue::build(&settings, metrics.clone(), &instance)?;
+    let forward = Arc::new(Forwarder::new(
+        settings.limits.upstream_timeout,
+        &settings.upstream_tls,
+    ));
+    let limits = settings.limits;
+    let builder = server::gateway_http_builder(&limits);
+    let server_policy = ConnectionPolicy::new(
+        &limits,
+        Admission::new(
+            server::max_connections(limits.max_connections),
+            limits.max_connections_per_ip,
+            settings.trusted_proxies.clone(),
+            metrics.connections("server"),
+        ),
+    );
+    let admin_policy = ConnectionPolicy::new(
+        &limits,
+        Admission::new(
+            server::ADMIN_MAX_CONNECTIONS,
+            0,
+            Vec::new(),
+            metrics.connections("admin"),
+        ),
+    );
+    let tls = settings.server.tls.as_ref().map(|tls| {
+        Arc::new(ArcSwap::from_pointee(Handshake::new(
+            tls.config.clone(),
+            tls.handshake_timeout,
+        )))
+    });
+    let grace = settings.server.shutdown_timeout;
+    tracing::info!(store = %store.describe(), "store");
+    match &queue {
+        Some(queue) if !queue.durable() => tracing::warn!(
+            queue = %queue.describe(),
+            "queue mode WITHOUT durability: configure [store] (Redis) so queued deliveries survive a restart"
+        ),
+        Some(queue) => tracing::info!(queue = %queue.describe(), instance, "queue"),
+        None => {}
+    }
+
+    let (stop, stopped) = watch::channel(false);
+    let wake = Arc::new(Notify::new());
+    let workers = queue.as_ref().and_then(|queue| {
+        Workers::new(
+            &settings,
+            queue.clone(),
+            forward.clone(),
+            metrics.clone(),
+            instance,
+            wake.clone(),
+        )
+    });
+    let ingress = queue.clone().map(|queue| Ingress { queue, wake });
+    let live = Live::new(
+        settings,
+        tls.clone(),
+        Shared {
+            store: store.clone(),
+            body_budget: BodyBudget::new(&limits, &metrics),
+            metrics: metrics.clone(),
+            forward,
+            ingress,
+            workers: workers.clone(),
+        },
+    );
+    let admin = Arc::new(Admin::new(metrics, store, queue, live.clone()));
+
+    let serve_gateway = server::serve_listener(
+        listener,
+        tls,
+        builder.clone(),
+        server_policy,
+        stopped.clone(),
+        grace,
+        {
+            let live = live.clone();
+            move |req, peer| {
+                // Each request runs on the configuration current when it arrived.
+                let gateway = live.gateway();
+                async move { gateway.serve(req, peer).await }
+            }
+        },
+    );
+    let mut tasks = Vec::new();
+    if let Some(workers) = workers {
+        tasks.push(workers.start(stopped.clone(), grace));
+    }
+    let serve_admin = server::serve_listener(
+        admin_listener,
+        None,
+        builder,
+        admin_policy,
+        stopped,
+        grace,
+        move |req, _peer| {
+            let admin = admin.clone();
+            async move { admin.serve(req).await }
+        },
+    );
+    tracing::info!(%addr, %admin_addr, "listening");
+    tasks.push(tokio::spawn(serve_gateway));
+    tasks.push(tokio::spawn(serve_admin));
+    Ok(Running {
+        addr,
+        admin_addr,
+        stop,
+        tasks,
+        live,
+    })
+}
