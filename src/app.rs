@@ -95,9 +95,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new(
         settings.sources.iter().map(|s| s.name.as_str()),
     ));
-    let store = store::build(&settings, metrics.clone())?;
+    let (store, backend) = store::build(&settings, metrics.clone())?;
     let instance = instance_name();
-    let queue = queue::build(&settings, metrics.clone(), &instance)?;
+    let queue = queue::build(&settings, &backend, metrics.clone(), &instance)?;
     let forward = Arc::new(Forwarder::new(
         settings.limits.upstream_timeout,
         &settings.upstream_tls,

@@ -365,7 +365,8 @@ impl Handshake {
             ),
         };
         if let Some(left_out) = HANDSHAKE_FAILURES.admit(std::time::Instant::now()) {
-            tracing::debug!(%peer, reason, left_out, "TLS handshake failed");
+            // The listeners' target, where the README tells operators to look.
+            tracing::debug!(target: "hookgate::server", %peer, reason, left_out, "TLS handshake failed");
         }
         Err(closed)
     }

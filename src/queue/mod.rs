@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use crate::config::{QueueSettings, Settings, StoreBackend};
 use crate::metrics::Metrics;
 use crate::random;
-use crate::store::{BoxFuture, StoreError};
+use crate::store::{Backend, BoxFuture, Shared, StoreError};
 use crate::upstream::UpstreamOutcome;
 
 pub use record::{
@@ -111,26 +111,27 @@ pub trait Queue: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The queue the settings ask for: on `[store]`'s Redis (Redis Streams, shared by every
-/// instance) or in memory. `None` without queue sources. Does not connect: a Redis that
-/// is down at start-up makes enqueues fail (503) until it comes up.
+/// The queue the settings ask for, on the store's backend (`store::build` hands over
+/// what the two share): Redis Streams, shared by every instance, or in memory. `None`
+/// without queue sources. Does not connect: a Redis that is down at start-up makes
+/// enqueues fail (503) until it comes up.
 ///
-/// A new backend is one file here implementing `Queue`, one arm below, and the
-/// `StoreBackend` variant that selects it (`config`); it must pass the contract suite
-/// in `tests/it/contract/queue.rs`.
+/// A new backend is one file here implementing `Queue` and one arm below; it must pass
+/// the contract suite in `tests/it/contract/queue.rs`.
 pub fn build(
     settings: &Settings,
+    backend: &Backend,
     metrics: Arc<Metrics>,
     instance: &str,
 ) -> Result<Option<Arc<dyn Queue>>, QueueError> {
     let Some(queue) = &settings.queue else {
         return Ok(None);
     };
-    let built: Arc<dyn Queue> = match &settings.store.backend {
-        StoreBackend::Memory => Arc::new(memory::MemoryQueue::new(queue.retention, instance)),
-        StoreBackend::Redis(redis) => Arc::new(self::redis::RedisQueue::connect(
-            redis, queue, instance, metrics,
-        )?),
+    let built: Arc<dyn Queue> = match (&backend.0, &settings.store.backend) {
+        (Shared::Redis(connection), StoreBackend::Redis(redis)) => Arc::new(
+            self::redis::RedisQueue::connect(connection.clone(), redis, queue, instance, metrics)?,
+        ),
+        _ => Arc::new(memory::MemoryQueue::new(queue.retention, instance)),
     };
     Ok(Some(built))
 }

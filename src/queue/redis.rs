@@ -277,7 +277,7 @@ struct Keys {
 }
 
 pub struct RedisQueue {
-    /// Ingress' connection: an enqueue never waits behind worker traffic.
+    /// Ingress' connection (the store's): an enqueue never waits behind worker traffic.
     ingress: Arc<RedisConnection>,
     /// Everything else: the workers and the admin API.
     redis: Arc<RedisConnection>,
@@ -297,10 +297,11 @@ pub struct RedisQueue {
 }
 
 impl RedisQueue {
-    /// The queue on `[store]`'s Redis, with two connections of its own: ingress' and
-    /// the workers' (so an enqueue never waits behind worker traffic). Does not connect
-    /// yet, as the store does not.
-    pub fn connect(
+    /// The queue on `[store]`'s Redis: ingress enqueues on the store's connection, the
+    /// workers and the admin API get one of their own, so a busy worker pipeline never
+    /// delays a sender's answer. Does not connect yet, as the store does not.
+    pub(crate) fn connect(
+        store: Arc<RedisConnection>,
         redis: &RedisSettings,
         settings: &QueueSettings,
         instance: &str,
@@ -308,7 +309,7 @@ impl RedisQueue {
     ) -> Result<Self, StoreError> {
         let base = format!("{}{{queue}}:", redis.key_prefix);
         Ok(RedisQueue {
-            ingress: Arc::new(RedisConnection::new(redis, metrics.clone())?),
+            ingress: store,
             redis: Arc::new(RedisConnection::new(redis, metrics)?),
             base: base.clone(),
             keys: Keys {

@@ -110,20 +110,39 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The store the settings ask for. Does not connect: a store that is down at start-up
-/// makes `/readyz` fail and requests follow `store.on_error`, until it comes up.
+/// The store the settings ask for, and what its backend holds open, for the queue on
+/// the same backend to share (`queue::build`). Does not connect: a store that is down
+/// at start-up makes `/readyz` fail and requests follow `store.on_error`, until it
+/// comes up.
 ///
 /// A new backend is one file here implementing `Store`, one arm below, and the
 /// `StoreBackend` variant that selects it (`config`); it must pass the contract suite
 /// in `tests/it/contract/store.rs`. A backend that also holds queue-mode deliveries
-/// implements `queue::Queue` in `queue/<backend>.rs` and gets its arm in `queue::build`.
-pub fn build(settings: &Settings, metrics: Arc<Metrics>) -> Result<Arc<dyn Store>, StoreError> {
+/// implements `queue::Queue` in `queue/<backend>.rs` and gets its arm in `queue::build`,
+/// with a `Backend` variant for what the two share.
+pub fn build(
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+) -> Result<(Arc<dyn Store>, Backend), StoreError> {
     Ok(match &settings.store.backend {
-        StoreBackend::Memory => Arc::new(memory::MemoryStore::new(settings.rate_limit)),
-        StoreBackend::Redis(redis) => Arc::new(self::redis::RedisStore::new(
-            redis,
-            settings.rate_limit,
-            metrics,
-        )?),
+        StoreBackend::Memory => (
+            Arc::new(memory::MemoryStore::new(settings.rate_limit)),
+            Backend(Shared::Memory),
+        ),
+        StoreBackend::Redis(redis) => {
+            let store = self::redis::RedisStore::new(redis, settings.rate_limit, metrics)?;
+            let shared = Backend(Shared::Redis(store.connection()));
+            (Arc::new(store), shared)
+        }
     })
+}
+
+/// What a store's backend holds open (a connection, a pool), handed to the queue on the
+/// same backend so ingress' enqueue rides the store's connection. Opaque: only the
+/// backends look inside.
+pub struct Backend(pub(crate) Shared);
+
+pub(crate) enum Shared {
+    Memory,
+    Redis(Arc<self::redis::RedisConnection>),
 }

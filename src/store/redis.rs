@@ -112,7 +112,8 @@ pub struct RedisStore {
 }
 
 /// One multiplexed connection (or cluster connection), with every operation bounded,
-/// timed and counted: the store's, and the Redis queue's (`queue::redis`) own two.
+/// timed and counted: the store's (which ingress' enqueue shares), and the Redis queue
+/// workers' own (`queue::redis`).
 pub(crate) struct RedisConnection {
     connection: Connection,
     metrics: Arc<Metrics>,
@@ -262,6 +263,11 @@ impl RedisStore {
                 settings.target, settings.key_prefix
             ),
         })
+    }
+
+    /// The connection, for the queue on the same Redis (`store::Backend`).
+    pub(crate) fn connection(&self) -> Arc<RedisConnection> {
+        self.redis.clone()
     }
 
     /// Claims with the Lua script from now on, as on Redis before 7.0 (which refuses

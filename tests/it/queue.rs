@@ -665,7 +665,8 @@ async fn stopped_instances_holding_nothing_are_forgotten_but_not_one_holding_a_d
     let text = queue_config(&store, &upstream).to_string();
     let settings = hookgate::config::parse(&text, "test.toml").expect("a valid config");
     let metrics = Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
-    let queue = hookgate::queue::build(&settings, metrics, "inspector")
+    let (_store, backend) = hookgate::store::build(&settings, metrics.clone()).unwrap();
+    let queue = hookgate::queue::build(&settings, &backend, metrics, "inspector")
         .expect("the queue is set up")
         .expect("a queue source");
     assert_eq!(queue.prune(Duration::ZERO).await.unwrap(), 1);
