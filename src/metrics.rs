@@ -11,7 +11,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::queue::State;
+use crate::queue::record::State;
 
 /// The `outcome` label of `hookgate_requests_total`: what happened to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
