@@ -153,12 +153,18 @@ mod floors {
     }
 
     fn module_of(src: &Path, file: &Path) -> Module {
-        let rel = file.strip_prefix(src).expect("under src/").with_extension("");
+        let rel = file
+            .strip_prefix(src)
+            .expect("under src/")
+            .with_extension("");
         let mut parts: Module = rel
             .components()
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect();
-        if matches!(parts.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+        if matches!(
+            parts.last().map(String::as_str),
+            Some("mod" | "lib" | "main")
+        ) {
             parts.pop();
         }
         parts
@@ -191,7 +197,11 @@ mod floors {
         let rest = rest.strip_prefix("pub(crate) ").unwrap_or(rest);
         let rest = rest.strip_prefix("mod ")?;
         let open = rest.find(['{', ';'])?;
-        if !rest[..open].trim().chars().all(|c| c.is_alphanumeric() || c == '_') {
+        if !rest[..open]
+            .trim()
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_')
+        {
             return None;
         }
         if rest.as_bytes()[open] == b';' {
@@ -240,7 +250,6 @@ mod floors {
             let rest = rest.trim_start();
             i += skipped;
             if let Some(group) = rest.strip_prefix('{') {
-                i += 1;
                 let mut inner = text.len() - group.len();
                 loop {
                     inner += use_tree(&text[inner..], base, found);

@@ -18,20 +18,19 @@
 //! - `hookgate:rate:<client ip or /64>`: the GCRA theoretical arrival time in
 //!   microseconds of Redis' clock, expiring when the bucket is full again.
 
+mod connection;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{ErrorKind, RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind};
-use tokio::sync::Mutex;
+use redis::{ErrorKind, Script, ScriptInvocation, ServerErrorKind};
 
+pub(crate) use self::connection::{Conn, RedisConnection, millis};
 use super::coalesce::{Groups, Seal};
 use super::{BoxFuture, ClaimState, RateDecision, Settled, Store, StoreError};
-use crate::config::{RateLimitSettings, RedisSettings, RedisTarget};
+use crate::config::{RateLimitSettings, RedisSettings};
 use crate::metrics::Metrics;
 
 /// The claim for Redis before 7.0 (no `SET NX GET`): claims `KEYS[1]` for `ARGV[1]`
@@ -111,130 +110,11 @@ pub struct RedisStore {
     description: String,
 }
 
-/// One multiplexed connection (or cluster connection), with every operation bounded,
-/// timed and counted: the store's (which ingress' enqueue shares), and the Redis queue
-/// workers' own (`queue::redis`).
-pub(crate) struct RedisConnection {
-    connection: Connection,
-    metrics: Arc<Metrics>,
-    /// The longest one operation may take, a (re)connection included: `connect_timeout +
-    /// timeout`. The client's own timeouts do not cover waiting for a reconnection,
-    /// which retries with backoff for seconds while Redis is down.
-    deadline: Duration,
-}
-
 struct Scripts {
     claim: Script,
     commit: Script,
     release: Script,
     rate: Script,
-}
-
-enum Connection {
-    Single(Batcher),
-    /// Opened on first use; dropped and reopened when it fails.
-    Cluster(Box<ClusterSlot>),
-}
-
-struct ClusterSlot {
-    client: ClusterClient,
-    connection: Mutex<Option<ClusterConnection>>,
-}
-
-impl RedisConnection {
-    /// Sets up the connection without connecting: Redis may come up after hookgate.
-    pub fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
-        let connection = match &settings.target {
-            RedisTarget::Single(info) => {
-                let client = redis::Client::open((**info).clone()).map_err(unavailable)?;
-                let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(settings.timeout))
-                    .set_connection_timeout(Some(settings.connect_timeout))
-                    .set_max_delay(Duration::from_secs(2));
-                Connection::Single(Batcher::start(
-                    ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
-                    settings.connect_timeout + settings.timeout,
-                ))
-            }
-            RedisTarget::Cluster(nodes) => Connection::Cluster(Box::new(ClusterSlot {
-                client: ClusterClient::builder(nodes.iter().cloned())
-                    .response_timeout(settings.timeout)
-                    .connection_timeout(settings.connect_timeout)
-                    .retries(2)
-                    .build()
-                    .map_err(unavailable)?,
-                connection: Mutex::new(None),
-            })),
-        };
-        Ok(RedisConnection {
-            connection,
-            metrics,
-            deadline: settings.connect_timeout + settings.timeout,
-        })
-    }
-
-    /// Runs one round trip within `deadline`, timing it and counting a failure under
-    /// `op`. A cluster connection that failed for good is dropped so the next call
-    /// reconnects.
-    pub async fn call<T>(
-        &self,
-        op: &str,
-        request: impl AsyncFnOnce(&mut Conn<'_>) -> redis::RedisResult<T>,
-    ) -> Result<T, StoreError> {
-        let started = Instant::now();
-        let attempt = async {
-            let mut conn = self.connection().await?;
-            let result = request(&mut conn).await;
-            if let (Err(e), Connection::Cluster(slot)) = (&result, &self.connection) {
-                if e.is_unrecoverable_error() || e.is_connection_dropped() {
-                    *slot.connection.lock().await = None;
-                }
-            }
-            result.map_err(store_error)
-        };
-        let result = match &self.connection {
-            // The batcher bounds each of its writes by the deadline: one timer per batch
-            // rather than one per command.
-            Connection::Single(_) => attempt.await,
-            Connection::Cluster(_) => tokio::time::timeout(self.deadline, attempt)
-                .await
-                .unwrap_or(Err(StoreError::Timeout)),
-        };
-        self.metrics.store_op(op, started.elapsed(), result.is_ok());
-        if let Err(e) = &result {
-            tracing::warn!(op, error = %e, "redis store operation failed");
-        }
-        result
-    }
-
-    async fn connection(&self) -> Result<Conn<'_>, StoreError> {
-        match &self.connection {
-            Connection::Single(batcher) => Ok(Conn::Single(batcher)),
-            Connection::Cluster(slot) => {
-                let mut held = slot.connection.lock().await;
-                if let Some(conn) = held.as_ref() {
-                    return Ok(Conn::Cluster(conn.clone()));
-                }
-                let conn = slot
-                    .client
-                    .get_async_connection()
-                    .await
-                    .map_err(store_error)?;
-                *held = Some(conn.clone());
-                Ok(Conn::Cluster(conn))
-            }
-        }
-    }
-
-    /// Runs a script by `EVALSHA` (loading it once when Redis does not know it yet).
-    pub async fn script<T: redis::FromRedisValue>(
-        &self,
-        op: &str,
-        invocation: ScriptInvocation<'_>,
-    ) -> Result<T, StoreError> {
-        self.call(op, async |conn| invocation.invoke_async(conn).await)
-            .await
-    }
 }
 
 impl RedisStore {
@@ -338,238 +218,12 @@ impl RedisStore {
     }
 }
 
-/// A connection for one request: the shared batcher, or a cheap clone of the cluster
-/// connection.
-pub enum Conn<'a> {
-    Single(&'a Batcher),
-    Cluster(ClusterConnection),
-}
-
-impl Conn<'_> {
-    /// Sends the command `build` makes, made as late as possible: when the batch that
-    /// carries it is written, so that a group it carries (see `coalesce`) stays open to
-    /// the requests of the same tick. A cluster connection has no batches: the tick's
-    /// other requests run first, then the command is made and sent.
-    async fn send_built(
-        &mut self,
-        build: impl FnOnce() -> redis::Cmd + Send + 'static,
-    ) -> redis::RedisResult<redis::Value> {
-        match self {
-            Conn::Single(batcher) => batcher.send_lazy(Box::new(build)).await,
-            Conn::Cluster(connection) => {
-                tokio::task::yield_now().await;
-                connection.req_packed_command(&build()).await
-            }
-        }
-        // A server's error reply, as `query_async` would have turned it.
-        .and_then(redis::Value::extract_error)
-    }
-}
-
-impl ConnectionLike for Conn<'_> {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
-        match self {
-            Conn::Single(c) => c.send(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Conn::Single(c) => {
-                let (mut connection, deadline) = (c.connection.clone(), c.deadline);
-                Box::pin(async move {
-                    within(
-                        deadline,
-                        connection.req_packed_commands(pipeline, offset, count),
-                    )
-                    .await
-                })
-            }
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.connection.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// Most commands a batch carries; more wait for the next write.
-const MAX_BATCH: usize = 64;
-
-/// Sends the commands that requests issue in the same scheduler tick to Redis in one
-/// pipelined write, each with its own reply. Without it the client writes commands one
-/// at a time, and each write costs a system call here and a wake-up in Redis: two
-/// thirds of what a request spent on its three round trips. Pipelines (already one
-/// write) go straight to the connection. Every write, a reconnection it waits for
-/// included, is bounded by `deadline`.
-pub struct Batcher {
-    queue: tokio::sync::mpsc::UnboundedSender<Queued>,
-    connection: ConnectionManager,
-    deadline: Duration,
-}
-
-type Queued = (
-    Command,
-    tokio::sync::oneshot::Sender<redis::RedisResult<redis::Value>>,
-);
-
-/// A command to batch, or what makes it when its batch is written.
-enum Command {
-    Ready(redis::Cmd),
-    Built(Box<dyn FnOnce() -> redis::Cmd + Send>),
-}
-
-impl Batcher {
-    /// Starts the batching task; it ends when the last handle is dropped.
-    fn start(connection: ConnectionManager, deadline: Duration) -> Batcher {
-        let (queue, commands) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(batch_forever(commands, connection.clone(), deadline));
-        Batcher {
-            queue,
-            connection,
-            deadline,
-        }
-    }
-
-    fn send<'a>(&'a self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
-        self.enqueue(Command::Ready(cmd.clone()))
-    }
-
-    fn send_lazy(
-        &self,
-        build: Box<dyn FnOnce() -> redis::Cmd + Send>,
-    ) -> RedisFuture<'static, redis::Value> {
-        self.enqueue(Command::Built(build))
-    }
-
-    fn enqueue(&self, command: Command) -> RedisFuture<'static, redis::Value> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let queued = self.queue.send((command, reply));
-        Box::pin(async move {
-            queued.map_err(|_| batcher_gone())?;
-            answer.await.map_err(|_| batcher_gone())?
-        })
-    }
-}
-
-fn batcher_gone() -> RedisError {
-    RedisError::from((redis::ErrorKind::Io, "the Redis batching task stopped"))
-}
-
-/// `request`, or a timeout error (one `is_timeout` recognises) once `deadline` passes.
-async fn within<T>(
-    deadline: Duration,
-    request: impl Future<Output = redis::RedisResult<T>>,
-) -> redis::RedisResult<T> {
-    tokio::time::timeout(deadline, request)
-        .await
-        .unwrap_or_else(|_| {
-            Err(RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the Redis operation timed out",
-            )))
-        })
-}
-
-async fn batch_forever(
-    mut commands: tokio::sync::mpsc::UnboundedReceiver<Queued>,
-    connection: ConnectionManager,
-    deadline: Duration,
-) {
-    while let Some(first) = commands.recv().await {
-        // Let the other requests that are ready run first and queue their commands.
-        tokio::task::yield_now().await;
-        // Lazy commands are made now, as the batch is written: what they carry is complete.
-        let made = |(command, reply): Queued| match command {
-            Command::Ready(cmd) => (cmd, reply),
-            Command::Built(build) => (build(), reply),
-        };
-        let mut batch = vec![made(first)];
-        while batch.len() < MAX_BATCH {
-            match commands.try_recv() {
-                Ok(queued) => batch.push(made(queued)),
-                Err(_) => break,
-            }
-        }
-        // Sent concurrently: the next batch need not wait for this one's replies.
-        let mut connection = connection.clone();
-        tokio::spawn(async move {
-            if batch.len() == 1 {
-                let (cmd, reply) = batch.pop().expect("one command");
-                let _ = reply.send(within(deadline, connection.req_packed_command(&cmd)).await);
-                return;
-            }
-            let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for cmd in cmds {
-                pipe.add_command(cmd);
-            }
-            let results = within(
-                deadline,
-                pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut connection),
-            )
-            .await;
-            match results {
-                Ok(results) if results.len() == replies.len() => {
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(result);
-                    }
-                }
-                Ok(_) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(RedisError::from((
-                            redis::ErrorKind::Client,
-                            "a batched reply count did not match",
-                        ))));
-                    }
-                }
-                // Every command of the batch fails as the batch did (a timeout stays a
-                // timeout).
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
-        });
-    }
-}
-
-fn unavailable(e: RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-fn store_error(e: RedisError) -> StoreError {
-    if e.is_timeout() {
-        StoreError::Timeout
-    } else {
-        StoreError::Unavailable(e.to_string())
-    }
-}
-
 /// What a dedupe key holds while a claim does, before the claim's token.
 const IN_FLIGHT: &str = "inflight:";
 
 /// The value of a dedupe key while `token`'s claim holds it.
 fn in_flight(token: &str) -> String {
     [IN_FLIGHT, token].concat()
-}
-
-/// A duration as Redis' `PX` and script arguments take it: whole milliseconds, at
-/// least 1 (`PX 0` is an error).
-pub(crate) fn millis(d: Duration) -> u64 {
-    (d.as_millis() as u64).max(1)
 }
 
 impl Store for RedisStore {
