@@ -48,7 +48,7 @@ pub struct LoadOptions {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub struct LoadReport {
     pub url: String,
     pub protocol: &'static str,
     pub connections: usize,
@@ -153,7 +153,7 @@ fn padded_body(i: usize, timestamp: i64, event_type: &str, size: usize) -> Strin
 }
 
 /// Runs the load and reports. Connections are opened before the clock starts.
-pub async fn load(options: LoadOptions) -> Result<Report, BenchError> {
+pub async fn load(options: LoadOptions) -> Result<LoadReport, BenchError> {
     if options.connections == 0 || options.requests == 0 || options.event_types.is_empty() {
         return Err(BenchError::Options(
             "--requests, --connections and --types must not be empty or zero".to_owned(),
@@ -366,10 +366,10 @@ impl Tally {
         self.errors += other.errors;
     }
 
-    fn report(self, options: &LoadOptions, elapsed: Duration) -> Report {
+    fn report(self, options: &LoadOptions, elapsed: Duration) -> LoadReport {
         let ms = |q: f64| self.latency_us.value_at_quantile(q) as f64 / 1000.0;
         let requests = self.latency_us.len();
-        Report {
+        LoadReport {
             url: options.url.to_string(),
             protocol: if options.http2 { "h2" } else { "http/1.1" },
             connections: options.connections,
@@ -391,7 +391,7 @@ impl Tally {
     }
 }
 
-impl Report {
+impl LoadReport {
     pub fn to_text(&self) -> String {
         let statuses: Vec<String> = self
             .statuses
