@@ -30,7 +30,7 @@ pub use file::{
 };
 pub use secret::Secret;
 
-use crate::queue::{BackoffPolicy, RetryOn};
+use crate::queue::policy::{BackoffPolicy, RetryOn, RetryPolicy};
 
 /// The embedded default configuration: the same text as `config/hookgate.toml`, so the
 /// binary runs anywhere with no file at all (self-signed TLS, in-memory store, demo secret).
@@ -82,6 +82,18 @@ pub struct QueueSettings {
     pub retry_on: RetryOn,
     /// A delivery held by an instance that stopped renewing it is taken over after this.
     pub visibility_timeout: Duration,
+}
+
+impl QueueSettings {
+    /// What `queue::decide` reads of these settings.
+    pub fn retry_policy(&self) -> RetryPolicy<'_> {
+        RetryPolicy {
+            retry_on: &self.retry_on,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            max_age: self.max_age,
+        }
+    }
 }
 
 #[derive(Debug)]

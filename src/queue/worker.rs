@@ -344,7 +344,13 @@ impl Workers {
         };
         let now = now_millis();
         let age = Duration::from_millis(now.saturating_sub(job.enqueued_at));
-        let verdict = decide(&self.policy, job.attempt, outcome, age, jitter_sample());
+        let verdict = decide(
+            &self.policy.retry_policy(),
+            job.attempt,
+            outcome,
+            age,
+            jitter_sample(),
+        );
         let (settlement, error) = match verdict {
             Verdict::Processed => (Settlement::Processed, error),
             Verdict::Retry { delay } => {
