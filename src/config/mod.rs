@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use crate::route::{Route, Routes};
 use crate::tls;
 use crate::verify::{self, Verifier};
 
+pub use crate::tls::UpstreamTrust;
 pub use file::{
     ContentEncoding, Delivery, FieldSpec, FileConfig, OnError, Route as RouteFile, SecretEntry,
     Source as SourceFile, parse_header_name,
@@ -228,40 +229,6 @@ pub struct PenaltyBoxSettings {
     pub cooldown: Duration,
     /// Clients tracked at once, counting or boxed.
     pub max_clients: usize,
-}
-
-/// How https upstreams are verified.
-#[derive(Debug, Clone)]
-pub enum UpstreamTrust {
-    /// The operating system's root certificates (the bundled Mozilla roots when the
-    /// system has none).
-    System,
-    /// Exactly the certificates in this PEM file.
-    CaFile {
-        path: PathBuf,
-        certs: Vec<rustls::pki_types::CertificateDer<'static>>,
-    },
-    /// Development only: any certificate is accepted.
-    InsecureSkipVerify,
-}
-
-impl fmt::Display for UpstreamTrust {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UpstreamTrust::System => f.write_str("system roots"),
-            UpstreamTrust::CaFile { path, certs } => {
-                write!(
-                    f,
-                    "CA file {} ({} certificates)",
-                    path.display(),
-                    certs.len()
-                )
-            }
-            UpstreamTrust::InsecureSkipVerify => f.write_str(
-                "NOT VERIFIED (upstream_tls.insecure_skip_verify = true, development only)",
-            ),
-        }
-    }
 }
 
 /// Window over which a connection's HTTP/2 stream resets count against
@@ -743,7 +710,8 @@ fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String>), String>
         let built = verify::build(file, now).map_err(|e| format!("{key}.{e}"))?;
         warnings.extend(built.warnings.iter().map(|w| format!("{key}.{w}")));
         if let Some(provider) = &file.provider {
-            let typos = crate::provider::typos(provider, &file.routes)
+            let events: Vec<&[String]> = file.routes.iter().map(|r| r.events.as_slice()).collect();
+            let typos = crate::provider::typos(provider, &events)
                 .map_err(|e| format!("{key}.provider {e}"))?;
             warnings.extend(typos.iter().map(|w| format!("{key}.{w}")));
         }
