@@ -26,12 +26,14 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderName};
 use serde::de::DeserializeOwned;
 
-pub use options::{KeyError, keys_of, optional_header_name, parse_header_name, read};
+use crate::event::Field;
+
+pub use options::{KeyError, optional_header_name, parse_header_name};
+use options::{keys_of, read};
 pub use signing::{SignError, SignMessage, SignedRequest, random_hex};
 
 /// The MAC every HMAC scheme here uses.
 pub type HmacSha256 = ::hmac::Hmac<sha2::Sha256>;
-use crate::event::Field;
 
 /// Every scheme hookgate knows, by its `scheme = "..."` name: one line each.
 pub const SCHEMES: &[Scheme] = &[
@@ -719,6 +721,42 @@ mod tests {
                     replacement as char
                 );
             }
+        }
+    }
+
+    #[test]
+    fn each_scheme_s_keys_are_the_fields_of_its_options() {
+        let keys = |name: &str| (scheme(name).unwrap().keys)();
+        assert_eq!(keys("standard-webhooks"), ["tolerance", "provider"]);
+        assert_eq!(keys("stripe"), ["signature_header", "tolerance"]);
+        assert!(keys("github").is_empty());
+        assert_eq!(
+            keys("hmac"),
+            [
+                "signature_header",
+                "encoding",
+                "prefix",
+                "timestamp_header",
+                "tolerance",
+                "id_header",
+                "signed_content"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_scheme_refuses_a_key_it_does_not_read_and_names_it() {
+        for scheme in SCHEMES {
+            let mut keys = toml::Table::new();
+            keys.insert("encodings".to_owned(), "hex".into());
+            let e = (scheme.options)(keys).unwrap_err();
+            assert!(e.unknown, "{}: {e}", scheme.name);
+            assert_eq!(e.key.as_deref(), Some("encodings"), "{}", scheme.name);
+            assert!(
+                (scheme.options)(toml::Table::new()).is_ok(),
+                "{}",
+                scheme.name
+            );
         }
     }
 
