@@ -152,6 +152,7 @@ async fn sign_command(args: SignArgs) -> anyhow::Result<ExitCode> {
             .map(|n| verify::parse_header_name(n).map_err(|e| anyhow!("--{flag}: {e}")))
             .transpose()
     };
+    // Values are checked first, each under its flag's name.
     header("signature-header", &args.signature_header)?;
     header("timestamp-header", &args.timestamp_header)?;
     header("id-header", &args.id_header)?;
