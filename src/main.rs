@@ -10,7 +10,7 @@ use hookgate::cli::{BenchCommand, Cli, Command, LogFormat, SignArgs, VerifyArgs}
 use hookgate::cli_client::Trust;
 use hookgate::diagnose;
 use hookgate::sign::{self, SignInput};
-use hookgate::verify::{self, SchemeOptions};
+use hookgate::verify::{self, KeyError};
 use http::StatusCode;
 use tracing_subscriber::EnvFilter;
 
@@ -149,33 +149,47 @@ async fn sign_command(args: SignArgs) -> anyhow::Result<ExitCode> {
     let scheme = verify::scheme(&args.scheme).map_err(|e| anyhow!("--scheme: {e}"))?;
     let header = |flag: &str, name: &Option<String>| {
         name.as_deref()
-            .map(|n| hookgate::config::parse_header_name(n).map_err(|e| anyhow!("--{flag}: {e}")))
+            .map(|n| verify::parse_header_name(n).map_err(|e| anyhow!("--{flag}: {e}")))
             .transpose()
     };
-    let options = SchemeOptions {
-        signature_header: header("signature-header", &args.signature_header)?,
-        encoding: args
-            .encoding
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|e| anyhow!("--encoding: {e}"))?,
-        prefix: args.prefix.clone(),
-        timestamp_header: header("timestamp-header", &args.timestamp_header)?,
-        id_header: header("id-header", &args.id_header)?,
-        signed_content: args.signed_content.clone(),
-        ..SchemeOptions::default()
-    };
-    if let Some(key) = options.unsupported_key(scheme) {
-        bail!(
+    // Values are checked first, each under its flag's name.
+    header("signature-header", &args.signature_header)?;
+    header("timestamp-header", &args.timestamp_header)?;
+    header("id-header", &args.id_header)?;
+    if let Some(encoding) = &args.encoding {
+        encoding
+            .parse::<verify::hmac::Encoding>()
+            .map_err(|e| anyhow!("--encoding: {e}"))?;
+    }
+    // The flags are the scheme keys of a source, read by the scheme as a config file's
+    // are: one the scheme does not read is refused, not ignored.
+    let mut keys = toml::Table::new();
+    for (key, flag) in [
+        ("signature_header", &args.signature_header),
+        ("encoding", &args.encoding),
+        ("prefix", &args.prefix),
+        ("timestamp_header", &args.timestamp_header),
+        ("id_header", &args.id_header),
+        ("signed_content", &args.signed_content),
+    ] {
+        if let Some(value) = flag {
+            keys.insert(key.to_owned(), value.clone().into());
+        }
+    }
+    let options = (scheme.options)(keys).map_err(|e| match e {
+        KeyError {
+            key: Some(key),
+            unknown: true,
+            ..
+        } => anyhow!(
             "--{} does not apply to --scheme {}",
             key.replace('_', "-"),
             scheme.name
-        );
-    }
+        ),
+        other => anyhow!("{other}"),
+    })?;
     let request = sign::build_with(
-        scheme,
-        &options,
+        &*options,
         &SignInput {
             secret: &args.secret,
             event_type: &args.event_type,

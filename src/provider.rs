@@ -47,8 +47,9 @@ pub const OPENAI_EVENT_TYPES: &[&str] = &[
 ];
 
 /// Warnings (key paths relative to the source) for route patterns that match none of
-/// the provider's event types; an unknown provider is an error.
-pub fn typos(provider: &str, routes: &[crate::config::RouteFile]) -> Result<Vec<String>, String> {
+/// the provider's event types; an unknown provider is an error. `routes` holds each
+/// route's `events`, in order.
+pub fn typos<R: AsRef<[String]>>(provider: &str, routes: &[R]) -> Result<Vec<String>, String> {
     let Some((_, display, known)) = PROVIDERS.iter().find(|(name, _, _)| *name == provider) else {
         let names: Vec<&str> = PROVIDERS.iter().map(|(name, _, _)| *name).collect();
         return Err(format!(
@@ -57,8 +58,8 @@ pub fn typos(provider: &str, routes: &[crate::config::RouteFile]) -> Result<Vec<
         ));
     };
     let mut warnings = Vec::new();
-    for (j, route) in routes.iter().enumerate() {
-        for (i, text) in route.events.iter().enumerate() {
+    for (j, events) in routes.iter().enumerate() {
+        for (i, text) in events.as_ref().iter().enumerate() {
             // A pattern that does not parse is an error, reported with the routes.
             let Ok(pattern) = EventPattern::parse(text) else {
                 continue;
@@ -103,16 +104,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RouteFile;
 
-    fn route(events: &[&str]) -> RouteFile {
-        RouteFile {
-            name: None,
-            events: events.iter().map(|e| e.to_string()).collect(),
-            upstream: "http://127.0.0.1:1/".into(),
-            resign: None,
-            max_concurrency: None,
-        }
+    fn route(events: &[&str]) -> Vec<String> {
+        events.iter().map(|e| e.to_string()).collect()
     }
 
     #[test]
@@ -144,7 +138,7 @@ mod tests {
     #[test]
     fn an_unknown_provider_is_an_error() {
         assert!(
-            typos("opneai", &[])
+            typos::<Vec<String>>("opneai", &[])
                 .unwrap_err()
                 .contains("known providers: openai")
         );

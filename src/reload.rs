@@ -98,10 +98,10 @@ impl Live {
         let loaded = tokio::task::spawn_blocking(move || config::reload(&origin))
             .await
             .unwrap_or_else(|e| {
-                Err(ConfigError {
-                    origin: self.origin.clone(),
-                    message: format!("reading the file failed: {e}"),
-                })
+                Err(ConfigError::new(
+                    self.origin.clone(),
+                    format!("reading the file failed: {e}"),
+                ))
             })
             .and_then(|settings| self.admissible(settings));
         let settings = match loaded {
@@ -151,28 +151,28 @@ impl Live {
     fn admissible(&self, settings: Settings) -> Result<Settings, ConfigError> {
         let share = self.fixed_limits.max_buffered_body_bytes_per_ip;
         if settings.limits.max_body_bytes > share {
-            return Err(ConfigError {
-                origin: settings.origin.clone(),
-                message: format!(
+            return Err(ConfigError::new(
+                settings.origin.clone(),
+                format!(
                     "limits.max_body_bytes = {} exceeds the running \
                      limits.max_buffered_body_bytes_per_ip ({share}), which needs a restart",
                     settings.limits.max_body_bytes
                 ),
-            });
+            ));
         }
         let queued = settings
             .sources
             .iter()
             .find(|s| s.delivery == Delivery::Queue);
         match queued {
-            Some(source) if self.shared.ingress.is_none() => Err(ConfigError {
-                origin: settings.origin.clone(),
-                message: format!(
+            Some(source) if self.shared.ingress.is_none() => Err(ConfigError::new(
+                settings.origin.clone(),
+                format!(
                     "source {:?} uses delivery = \"queue\", but queue mode was off when hookgate \
                      started: restart to turn it on",
                     source.name
                 ),
-            }),
+            )),
             _ => Ok(settings),
         }
     }

@@ -2,42 +2,20 @@
 //! or sent.
 //!
 //! This is how a user tests a deployment end to end without the real sender, and how
-//! the README's walkthrough works. Each scheme signs in its own file (`verify::Scheme::
-//! sign`) with the body shape its senders use; this module resolves the common inputs
-//! (id, timestamp, `--data`) and does the sending.
+//! the README's walkthrough works. Each scheme signs in its own file
+//! (`verify::SchemeOptions::sign`) with the body shape its senders use; this module
+//! resolves the common inputs (id, timestamp, `--data`) and does the sending.
 
-use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderName, Method, Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use crate::cli_client::{self, Trust};
-use crate::verify::{self, SchemeOptions, unix_seconds};
+use crate::verify::{SchemeOptions, SignMessage, standard_webhooks, unix_seconds};
 
-#[derive(Debug, Clone)]
-pub struct SignedRequest {
-    /// The delivery id the gateway will deduplicate on (`webhook-id`, Stripe's event id,
-    /// `X-GitHub-Delivery`, the hmac id).
-    pub id: String,
-    /// Header names and values, in the order they are sent.
-    pub headers: Vec<(HeaderName, String)>,
-    pub body: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SignError {
-    #[error("--secret: {0}")]
-    Secret(String),
-    #[error("--data is not valid JSON: {0}")]
-    Data(serde_json::Error),
-    #[error("--id must be printable ASCII without spaces")]
-    Id,
-    /// The scheme cannot sign this message (a timestamp it has no header for, ...).
-    #[error("{0}")]
-    Scheme(String),
-}
+pub use crate::verify::{SignError, SignedRequest};
 
 pub struct SignInput<'a> {
     pub secret: &'a str,
@@ -47,35 +25,16 @@ pub struct SignInput<'a> {
     pub timestamp: Option<i64>,
 }
 
-/// What a scheme's signer gets: the inputs, checked and resolved.
-pub struct SignMessage<'a> {
-    pub secret: &'a str,
-    pub event_type: &'a str,
-    /// The payload's data as compact JSON (`{}` when none was given).
-    pub data: &'a str,
-    /// The delivery (or event) id; the scheme makes one up when `None`.
-    pub id: Option<&'a str>,
-    /// As given; the scheme uses `now` when `None` (and refuses one if it signs none).
-    pub timestamp: Option<i64>,
-    /// Unix seconds.
-    pub now: i64,
-}
-
 /// A Standard Webhooks request with OpenAI's body shape: `{"id","object":"event",
 /// "created_at","type","data"}` and the three `webhook-*` headers.
 pub fn build(input: &SignInput<'_>, now: SystemTime) -> Result<SignedRequest, SignError> {
-    build_with(
-        &verify::standard_webhooks::SCHEME,
-        &SchemeOptions::default(),
-        input,
-        now,
-    )
+    build_with(&standard_webhooks::Options::default(), input, now)
 }
 
-/// A request signed the way `scheme`'s senders sign, with the source options `options`.
+/// A request signed the way a scheme's senders sign, with that scheme's source keys
+/// `options` (read by `verify::Scheme::options`).
 pub fn build_with(
-    scheme: &verify::Scheme,
-    options: &SchemeOptions<'_>,
+    options: &dyn SchemeOptions,
     input: &SignInput<'_>,
     now: SystemTime,
 ) -> Result<SignedRequest, SignError> {
@@ -99,14 +58,7 @@ pub fn build_with(
         timestamp: input.timestamp,
         now: unix_seconds(now),
     };
-    (scheme.sign)(options, &message)
-}
-
-/// 24 hex digits; unique enough for ids in tests and demos, not a secret.
-pub fn random_hex() -> String {
-    let state = RandomState::new();
-    let a = state.hash_one(SystemTime::now());
-    format!("{:016x}{:08x}", a, state.hash_one(a) as u32)
+    options.sign(&message)
 }
 
 /// A copy-pasteable curl command for a POSIX shell. `-w '\n'` ends the output with a
@@ -197,7 +149,8 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::standard_webhooks::{self, ID, SIGNATURE, TIMESTAMP, key_from_secret};
+    use crate::verify::standard_webhooks::{ID, SIGNATURE, TIMESTAMP, key_from_secret};
+    use crate::verify::{self, SecretText};
     use http::{HeaderMap, HeaderValue};
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -252,31 +205,22 @@ mod tests {
 
     #[test]
     fn every_scheme_signs_what_its_verifier_accepts() {
-        use crate::config::SecretEntry;
-        use crate::config::secret::Secret;
-        let secrets = [SecretEntry::from(Secret::from(SECRET.to_owned()))];
-        let options = SchemeOptions {
-            secrets: &secrets,
-            signature_header: Some(HeaderName::from_static("x-signature")),
-            ..SchemeOptions::default()
-        };
+        let secrets = [SecretText::new(SECRET)];
         for scheme in verify::SCHEMES {
-            let options = match scheme.name {
-                "hmac" => &options,
-                _ => &SchemeOptions {
-                    secrets: &secrets,
-                    ..SchemeOptions::default()
-                },
-            };
+            let mut keys = toml::Table::new();
+            if scheme.name == "hmac" {
+                keys.insert("signature_header".to_owned(), "x-signature".into());
+            }
+            let options = (scheme.options)(keys).unwrap();
             let now = SystemTime::now();
             let mut unstamped = input(Some(r#"{"id":"x"}"#));
             unstamped.timestamp = None;
-            let req = build_with(scheme, options, &unstamped, now).unwrap();
+            let req = build_with(&*options, &unstamped, now).unwrap();
             let mut headers = HeaderMap::new();
             for (name, value) in &req.headers {
                 headers.insert(name.clone(), HeaderValue::from_str(value).unwrap());
             }
-            let built = (scheme.build)(options).unwrap();
+            let built = options.build(&secrets).unwrap();
             assert!(
                 built
                     .verifier

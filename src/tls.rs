@@ -16,9 +16,42 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
-use crate::config::UpstreamTrust;
 use crate::log_gate::LogGate;
 use crate::metrics::Closed;
+
+/// How https upstreams are verified.
+#[derive(Debug, Clone)]
+pub enum UpstreamTrust {
+    /// The operating system's root certificates (the bundled Mozilla roots when the
+    /// system has none).
+    System,
+    /// Exactly the certificates in this PEM file.
+    CaFile {
+        path: PathBuf,
+        certs: Vec<CertificateDer<'static>>,
+    },
+    /// Development only: any certificate is accepted.
+    InsecureSkipVerify,
+}
+
+impl std::fmt::Display for UpstreamTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamTrust::System => f.write_str("system roots"),
+            UpstreamTrust::CaFile { path, certs } => {
+                write!(
+                    f,
+                    "CA file {} ({} certificates)",
+                    path.display(),
+                    certs.len()
+                )
+            }
+            UpstreamTrust::InsecureSkipVerify => f.write_str(
+                "NOT VERIFIED (upstream_tls.insecure_skip_verify = true, development only)",
+            ),
+        }
+    }
+}
 
 /// The names a development certificate is valid for.
 pub const DEV_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];

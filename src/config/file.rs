@@ -2,7 +2,10 @@
 //!
 //! Every struct denies unknown fields, and conversions that can fail on one value
 //! (durations, CIDRs, `${VAR}`) happen here, so toml reports them with line and caret.
-//! Checks that span several values live in `config::build`.
+//! The one exception is `Source`: it keeps the keys every source has and hands the rest
+//! to its scheme, whose own options struct refuses what it does not read
+//! (`config::source`). Checks that span several values live in `config::build` and
+//! `config::source`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -16,6 +19,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::secret::Secret;
 use crate::event::JsonPointer;
+use crate::verify::parse_header_name;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -371,8 +375,25 @@ pub enum Delivery {
     Queue,
 }
 
+/// The keys of `Source` that every source takes, for the message about a key that is
+/// neither one of these nor its scheme's (the test below keeps the list true).
+pub const COMMON_SOURCE_KEYS: &[&str] = &[
+    "name",
+    "path",
+    "scheme",
+    "delivery",
+    "secrets",
+    "event_type",
+    "dedupe_key",
+    "allow_ips",
+    "content_encoding",
+    "routes",
+];
+
+/// `[[sources]]`. No `deny_unknown_fields` here (serde cannot combine it with `flatten`):
+/// every key not below lands in `options`, and the scheme's options struct refuses the
+/// ones it does not read (`config::source`), naming the key and its line.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Source {
     pub name: String,
     pub path: String,
@@ -381,26 +402,10 @@ pub struct Source {
     pub delivery: Delivery,
     #[serde(default)]
     pub secrets: Vec<SecretEntry>,
-    /// Default per scheme (`verify::DEFAULT_TOLERANCE`); an error for schemes without
-    /// a timestamp, so it stays `None` unless written.
-    #[serde(default, with = "humantime_serde")]
-    pub tolerance: Option<Duration>,
     /// Default per scheme (`/type`, or `X-GitHub-Event` for github).
     pub event_type: Option<FieldSpec>,
     /// Default per scheme (`webhook-id`, `/id`, `X-GitHub-Delivery`, `id_header`).
     pub dedupe_key: Option<FieldSpec>,
-    /// Scheme-specific keys: `verify::build` rejects the ones the scheme does not read.
-    #[serde(default, deserialize_with = "header_name")]
-    pub signature_header: Option<http::HeaderName>,
-    pub encoding: Option<crate::verify::hmac::Encoding>,
-    pub prefix: Option<String>,
-    #[serde(default, deserialize_with = "header_name")]
-    pub timestamp_header: Option<http::HeaderName>,
-    #[serde(default, deserialize_with = "header_name")]
-    pub id_header: Option<http::HeaderName>,
-    pub signed_content: Option<String>,
-    /// Who sends to this source (`"openai"`): `hookgate check` then knows its event types.
-    pub provider: Option<String>,
     /// Client IPs allowed to post to this source (the sender's published egress
     /// ranges); empty allows any.
     #[serde(default)]
@@ -409,6 +414,10 @@ pub struct Source {
     pub content_encoding: ContentEncoding,
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// The scheme's own keys (`tolerance`, `signature_header`, `provider`, ...), and any
+    /// key written by mistake: the scheme reads them (`verify::Scheme::options`).
+    #[serde(flatten)]
+    pub options: toml::Table,
 }
 
 #[derive(Debug, Deserialize)]
@@ -633,12 +642,32 @@ impl<'de> Deserialize<'de> for FieldSpec {
     }
 }
 
-fn header_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<http::HeaderName>, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_header_name(&text).map(Some).map_err(D::Error::custom)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub fn parse_header_name(text: &str) -> Result<http::HeaderName, String> {
-    http::HeaderName::from_bytes(text.as_bytes())
-        .map_err(|_| format!("{text:?} is not a valid header name"))
+    #[test]
+    fn the_common_source_keys_are_the_ones_source_reads_itself() {
+        let text = r#"
+name = "n"
+path = "/p"
+scheme = "github"
+delivery = "proxy"
+secrets = ["s"]
+event_type = "/type"
+dedupe_key = "X-Id"
+allow_ips = []
+content_encoding = "refuse"
+routes = []
+"#;
+        let source: Source = toml::from_str(text).unwrap();
+        assert!(source.options.is_empty(), "{:?}", source.options);
+        let written: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.split_once(" = ").map(|(key, _)| key))
+            .collect();
+        assert_eq!(written, COMMON_SOURCE_KEYS);
+        let other: Source = toml::from_str(&format!("{text}encoding = \"hex\"")).unwrap();
+        assert_eq!(other.options.keys().collect::<Vec<_>>(), ["encoding"]);
+    }
 }

@@ -22,9 +22,7 @@ use http::header::{HeaderName, HeaderValue};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::{
-    Attempt, Job, Lease, Outcome, Queue, Settlement, Verdict, decide, jitter_sample, now_millis,
-};
+use super::{Attempt, Job, Lease, Queue, Settlement, Verdict, decide, jitter_sample, now_millis};
 use crate::config::{Delivery, QueueSettings, Settings};
 use crate::forward::{self, Forwarder};
 use crate::metrics::{DeliveryMetrics, Metrics, RouteMetrics};
@@ -345,9 +343,9 @@ impl Workers {
         let now = now_millis();
         let age = Duration::from_millis(now.saturating_sub(job.enqueued_at));
         let verdict = decide(
-            &self.policy,
+            &self.policy.retry_policy(),
             job.attempt,
-            Outcome::from(&outcome),
+            &outcome,
             age,
             jitter_sample(),
         );
@@ -510,31 +508,20 @@ mod tests {
     }
 
     #[test]
-    fn upstream_outcomes_become_policy_outcomes_and_record_errors() {
-        let delivered = answered(204, "");
-        assert_eq!(Outcome::from(&delivered), Outcome::Delivered(204));
-        assert_eq!(failure("openai/0", &delivered), None);
-        let refused = answered(400, "{\"e\":\"bad\"}\n");
-        assert_eq!(Outcome::from(&refused), Outcome::Status(400));
+    fn attempt_records_say_what_went_wrong() {
+        assert_eq!(failure("openai/0", &answered(204, "")), None);
         assert_eq!(
-            failure("openai/0", &refused).unwrap(),
+            failure("openai/0", &answered(400, "{\"e\":\"bad\"}\n")).unwrap(),
             "the upstream answered 400: {\"e\":\"bad\"}"
         );
-        assert_eq!(Outcome::from(&UpstreamOutcome::Timeout), Outcome::Timeout);
         let unreachable = UpstreamOutcome::Unreachable("127.0.0.1:9: refused".into());
-        assert_eq!(Outcome::from(&unreachable), Outcome::Connect);
         assert_eq!(
             failure("openai/0", &unreachable).unwrap(),
             "upstream of route openai/0: unreachable: 127.0.0.1:9: refused"
         );
-        assert_eq!(Outcome::from(&UpstreamOutcome::Gone), Outcome::Status(410));
         assert_eq!(
-            Outcome::from(&UpstreamOutcome::Redirect(StatusCode::FOUND)),
-            Outcome::Status(302)
-        );
-        assert_eq!(
-            Outcome::from(&UpstreamOutcome::Broken("reset".into())),
-            Outcome::Connect
+            failure("openai/0", &UpstreamOutcome::Gone).unwrap(),
+            "upstream of route openai/0: answered 410 Gone"
         );
     }
 }

@@ -20,18 +20,28 @@ use hmac::Mac;
 use http::{HeaderMap, HeaderName};
 
 use super::{
-    Built, Delivery, Explanation, HmacSha256, Keyring, Scheme, SchemeOptions, Verifier,
-    VerifyError, header, hex_decode, hex_encode, hmac_key, preview,
+    Built, Delivery, Explanation, HmacSha256, KeyError, Keyring, Scheme, SchemeOptions, SecretText,
+    SignError, SignMessage, SignedRequest, Verifier, VerifyError, header, hex_decode, hex_encode,
+    hmac_key, preview, random_hex,
 };
 use crate::event::Field;
-use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
 
-pub const SCHEME: Scheme = Scheme {
-    name: "github",
-    keys: &[],
-    build,
-    sign: sign_message,
-};
+pub const SCHEME: Scheme = Scheme::new::<Options>("github");
+
+/// GitHub's scheme has no keys of its own: its headers and signed content are fixed.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {}
+
+impl SchemeOptions for Options {
+    fn build(&self, secrets: &[SecretText<'_>]) -> Result<Built, KeyError> {
+        build(secrets)
+    }
+
+    fn sign(&self, message: &SignMessage<'_>) -> Result<SignedRequest, SignError> {
+        sign_message(message)
+    }
+}
 
 pub const SIGNATURE: HeaderName = HeaderName::from_static("x-hub-signature-256");
 pub const EVENT: HeaderName = HeaderName::from_static("x-github-event");
@@ -47,8 +57,8 @@ impl std::fmt::Debug for GitHub {
     }
 }
 
-fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
-    let keys = Keyring::raw_hmac(options.secrets)?;
+fn build(secrets: &[SecretText<'_>]) -> Result<Built, KeyError> {
+    let keys = Keyring::raw_hmac(secrets)?;
     Ok(Built {
         verifier: Arc::new(GitHub { keys }),
         event_type: Field::Header(EVENT),
@@ -135,7 +145,7 @@ impl Verifier for GitHub {
 }
 
 /// `hookgate sign --scheme github`: `--data` is the payload; `--type` the event header.
-fn sign_message(_: &SchemeOptions<'_>, msg: &SignMessage<'_>) -> Result<SignedRequest, SignError> {
+fn sign_message(msg: &SignMessage<'_>) -> Result<SignedRequest, SignError> {
     if msg.timestamp.is_some() {
         return Err(SignError::Scheme(
             "--timestamp: github signatures carry no timestamp".to_owned(),
@@ -174,8 +184,6 @@ fn sign_message(_: &SchemeOptions<'_>, msg: &SignMessage<'_>) -> Result<SignedRe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SecretEntry;
-    use crate::config::secret::Secret;
     use http::HeaderValue;
 
     // GitHub's documentation example (tests/vectors/github.toml cites it).
@@ -184,16 +192,8 @@ mod tests {
     const SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
 
     fn verifier(secrets: &[&str]) -> Arc<dyn Verifier> {
-        let secrets: Vec<SecretEntry> = secrets
-            .iter()
-            .map(|s| SecretEntry::from(Secret::from((*s).to_owned())))
-            .collect();
-        build(&SchemeOptions {
-            secrets: &secrets,
-            ..SchemeOptions::default()
-        })
-        .unwrap()
-        .verifier
+        let secrets: Vec<SecretText> = secrets.iter().map(|s| SecretText::new(s)).collect();
+        build(&secrets).unwrap().verifier
     }
 
     fn headers(sig: &str) -> HeaderMap {
@@ -261,7 +261,7 @@ mod tests {
             timestamp: None,
             now: 0,
         };
-        let signed = sign_message(&SchemeOptions::default(), &msg).unwrap();
+        let signed = sign_message(&msg).unwrap();
         let get = |name: &HeaderName| {
             signed
                 .headers
@@ -277,6 +277,6 @@ mod tests {
             timestamp: Some(1),
             ..msg
         };
-        assert!(sign_message(&SchemeOptions::default(), &stamped).is_err());
+        assert!(sign_message(&stamped).is_err());
     }
 }

@@ -19,27 +19,46 @@ use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderName};
 
 use super::{
-    Built, Delivery, Explanation, HmacSha256, Keyring, Scheme, SchemeOptions, Verifier,
-    VerifyError, base64_decode_32, check_freshness, describe_age, header, hex_decode, hex_encode,
-    hmac_key, parse_timestamp, preview,
+    Built, DEFAULT_TOLERANCE, Delivery, Explanation, HmacSha256, KeyError, Keyring, Scheme,
+    SchemeOptions, SecretText, SignError, SignMessage, SignedRequest, Verifier, VerifyError,
+    base64_decode_32, check_freshness, describe_age, header, hex_decode, hex_encode, hmac_key,
+    optional_header_name, parse_timestamp, preview, random_hex,
 };
 use crate::event::{Field, JsonPointer, is_valid_key};
-use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
 
-pub const SCHEME: Scheme = Scheme {
-    name: "hmac",
-    keys: &[
-        "signature_header",
-        "encoding",
-        "prefix",
-        "timestamp_header",
-        "tolerance",
-        "id_header",
-        "signed_content",
-    ],
-    build,
-    sign: sign_message,
-};
+pub const SCHEME: Scheme = Scheme::new::<Options>("hmac");
+
+/// The keys a `scheme = "hmac"` source may set; `Spec::new` checks them against each other.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// Required.
+    #[serde(default, deserialize_with = "optional_header_name")]
+    pub signature_header: Option<HeaderName>,
+    /// Default hex.
+    pub encoding: Option<Encoding>,
+    /// Default none.
+    pub prefix: Option<String>,
+    #[serde(default, deserialize_with = "optional_header_name")]
+    pub timestamp_header: Option<HeaderName>,
+    /// Default `DEFAULT_TOLERANCE`; only with `timestamp_header`.
+    #[serde(default, with = "humantime_serde")]
+    pub tolerance: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_header_name")]
+    pub id_header: Option<HeaderName>,
+    /// Default `"{body}"`.
+    pub signed_content: Option<String>,
+}
+
+impl SchemeOptions for Options {
+    fn build(&self, secrets: &[SecretText<'_>]) -> Result<Built, KeyError> {
+        build(self, secrets)
+    }
+
+    fn sign(&self, message: &SignMessage<'_>) -> Result<SignedRequest, SignError> {
+        sign_message(self, message)
+    }
+}
 
 /// How the tag is written in the signature header.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -151,39 +170,50 @@ struct Spec {
 }
 
 impl Spec {
-    fn new(options: &SchemeOptions<'_>) -> Result<Spec, String> {
-        let signature_header = options
-            .signature_header
-            .clone()
-            .ok_or("signature_header is required for scheme \"hmac\"")?;
+    fn new(options: &Options) -> Result<Spec, KeyError> {
+        let signature_header = options.signature_header.clone().ok_or_else(|| {
+            KeyError::at(
+                "signature_header",
+                "signature_header is required for scheme \"hmac\"",
+            )
+        })?;
         let template_text = options
             .signed_content
             .clone()
             .unwrap_or_else(|| "{body}".to_owned());
-        let template = parse_template(&template_text)?;
+        let template =
+            parse_template(&template_text).map_err(|e| KeyError::at("signed_content", e))?;
         let signs = |part: Part| template.contains(&part);
         match (&options.timestamp_header, signs(Part::Timestamp)) {
             (Some(_), false) => {
-                return Err(format!(
-                    "timestamp_header is set but signed_content {template_text:?} does not sign {{timestamp}}: \
-                     an unsigned timestamp protects against nothing"
+                return Err(KeyError::at(
+                    "timestamp_header",
+                    format!(
+                        "timestamp_header is set but signed_content {template_text:?} does not sign {{timestamp}}: \
+                         an unsigned timestamp protects against nothing"
+                    ),
                 ));
             }
             (None, true) => {
-                return Err(format!(
-                    "signed_content {template_text:?} uses {{timestamp}}: set timestamp_header"
+                return Err(KeyError::at(
+                    "signed_content",
+                    format!(
+                        "signed_content {template_text:?} uses {{timestamp}}: set timestamp_header"
+                    ),
                 ));
             }
             _ => {}
         }
         if options.tolerance.is_some() && options.timestamp_header.is_none() {
-            return Err(
-                "tolerance needs timestamp_header: without a timestamp nothing expires".to_owned(),
-            );
+            return Err(KeyError::at(
+                "tolerance",
+                "tolerance needs timestamp_header: without a timestamp nothing expires",
+            ));
         }
         if signs(Part::Id) && options.id_header.is_none() {
-            return Err(format!(
-                "signed_content {template_text:?} uses {{id}}: set id_header"
+            return Err(KeyError::at(
+                "signed_content",
+                format!("signed_content {template_text:?} uses {{id}}: set id_header"),
             ));
         }
         Ok(Spec {
@@ -193,7 +223,7 @@ impl Spec {
             timestamp: options
                 .timestamp_header
                 .clone()
-                .map(|name| (name, options.tolerance())),
+                .map(|name| (name, options.tolerance.unwrap_or(DEFAULT_TOLERANCE))),
             id_header: options.id_header.clone(),
             template,
             template_text,
@@ -240,9 +270,9 @@ impl fmt::Debug for GenericHmac {
     }
 }
 
-fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
+fn build(options: &Options, secrets: &[SecretText<'_>]) -> Result<Built, KeyError> {
     let spec = Spec::new(options)?;
-    let keys = Keyring::raw_hmac(options.secrets)?;
+    let keys = Keyring::raw_hmac(secrets)?;
     let dedupe_key = spec.id_header.clone().map(Field::Header);
     let signs_id = spec.template.contains(&Part::Id);
     let id = spec.id_header.iter().filter(|_| signs_id);
@@ -409,11 +439,8 @@ impl Verifier for GenericHmac {
 }
 
 /// `hookgate sign --scheme hmac` with the same options as the source.
-fn sign_message(
-    options: &SchemeOptions<'_>,
-    msg: &SignMessage<'_>,
-) -> Result<SignedRequest, SignError> {
-    let spec = Spec::new(options).map_err(SignError::Scheme)?;
+fn sign_message(options: &Options, msg: &SignMessage<'_>) -> Result<SignedRequest, SignError> {
+    let spec = Spec::new(options).map_err(|e| SignError::Scheme(e.message))?;
     if msg.secret.is_empty() {
         return Err(SignError::Secret("the secret is empty".to_owned()));
     }
@@ -452,26 +479,23 @@ fn sign_message(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SecretEntry;
-    use crate::config::secret::Secret;
     use http::HeaderValue;
 
     const SECRET: &str = "in-house-secret";
 
-    fn secrets() -> Vec<SecretEntry> {
-        vec![SecretEntry::from(Secret::from(SECRET.to_owned()))]
+    fn secrets() -> Vec<SecretText<'static>> {
+        vec![SecretText::new(SECRET)]
     }
 
-    fn options(secrets: &[SecretEntry]) -> SchemeOptions<'_> {
-        SchemeOptions {
-            secrets,
+    fn options() -> Options {
+        Options {
             signature_header: Some(HeaderName::from_static("x-signature")),
             encoding: Some(Encoding::Base64),
             prefix: Some("sha256=".to_owned()),
             timestamp_header: Some(HeaderName::from_static("x-timestamp")),
             id_header: Some(HeaderName::from_static("x-request-id")),
             signed_content: Some("{timestamp}:{id}:{body}".to_owned()),
-            ..SchemeOptions::default()
+            ..Options::default()
         }
     }
 
@@ -479,7 +503,7 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
     }
 
-    fn signed(options: &SchemeOptions<'_>, ts: i64) -> (HeaderMap, Vec<u8>) {
+    fn signed(options: &Options, ts: i64) -> (HeaderMap, Vec<u8>) {
         let msg = SignMessage {
             secret: SECRET,
             event_type: "order.paid",
@@ -521,38 +545,41 @@ mod tests {
 
     #[test]
     fn settings_that_would_protect_nothing_are_refused() {
-        let s = secrets();
-        let mut o = options(&s);
+        let mut o = options();
         o.signed_content = Some("{id}:{body}".into());
         assert!(
             Spec::new(&o)
                 .unwrap_err()
+                .message
                 .contains("does not sign {timestamp}")
         );
-        let mut o = options(&s);
+        let mut o = options();
         o.timestamp_header = None;
-        assert!(Spec::new(&o).unwrap_err().contains("set timestamp_header"));
-        let mut o = options(&s);
+        assert!(
+            Spec::new(&o)
+                .unwrap_err()
+                .message
+                .contains("set timestamp_header")
+        );
+        let mut o = options();
         o.id_header = None;
-        assert!(Spec::new(&o).unwrap_err().contains("set id_header"));
-        let o = SchemeOptions {
-            secrets: &s,
+        assert!(Spec::new(&o).unwrap_err().message.contains("set id_header"));
+        let o = Options {
             signature_header: Some(HeaderName::from_static("x-signature")),
             tolerance: Some(Duration::from_secs(60)),
-            ..SchemeOptions::default()
+            ..Options::default()
         };
         assert!(
             Spec::new(&o)
                 .unwrap_err()
+                .message
                 .contains("tolerance needs timestamp_header")
         );
-        let o = SchemeOptions {
-            secrets: &s,
-            ..SchemeOptions::default()
-        };
+        let o = Options::default();
         assert!(
             Spec::new(&o)
                 .unwrap_err()
+                .message
                 .contains("signature_header is required")
         );
     }
@@ -560,8 +587,8 @@ mod tests {
     #[test]
     fn a_signed_request_verifies_and_each_failure_is_told_apart() {
         let s = secrets();
-        let o = options(&s);
-        let v = build(&o).unwrap().verifier;
+        let o = options();
+        let v = build(&o, &s).unwrap().verifier;
         let (headers, body) = signed(&o, 1_700_000_000);
         assert_eq!(
             v.verify(&headers, &body, at(1_700_000_000)),
@@ -605,11 +632,11 @@ mod tests {
     #[test]
     fn explain_suggests_the_other_encoding() {
         let s = secrets();
-        let base64 = options(&s);
+        let base64 = options();
         let (headers, body) = signed(&base64, 1_700_000_000);
-        let mut hex_options = options(&s);
+        let mut hex_options = options();
         hex_options.encoding = Some(Encoding::Hex);
-        let hex = build(&hex_options).unwrap().verifier;
+        let hex = build(&hex_options, &s).unwrap().verifier;
         let out = hex.explain(&headers, &body, at(1_700_000_000));
         assert!(
             out.hints[0].contains("set encoding = \"base64\""),
@@ -621,12 +648,11 @@ mod tests {
     #[test]
     fn the_default_template_is_the_body_alone() {
         let s = secrets();
-        let o = SchemeOptions {
-            secrets: &s,
+        let o = Options {
             signature_header: Some(HeaderName::from_static("x-signature")),
-            ..SchemeOptions::default()
+            ..Options::default()
         };
-        let built = build(&o).unwrap();
+        let built = build(&o, &s).unwrap();
         assert!(built.dedupe_key.is_none());
         let mut headers = HeaderMap::new();
         let mut mac = hmac_key(SECRET.as_bytes());

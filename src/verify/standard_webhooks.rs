@@ -27,19 +27,39 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 
 use super::{
-    Built, Delivery, Explanation, HmacSha256, Keyring, LENIENT_BASE64, MAX_SIGNATURE_ENTRIES,
-    Scheme, SchemeOptions, Verifier, VerifyError, any_tag, base64_decode_32, check_freshness,
-    describe_age, header, hmac_key, parse_timestamp, preview, too_many_entries,
+    Built, DEFAULT_TOLERANCE, Delivery, Explanation, HmacSha256, KeyError, Keyring, LENIENT_BASE64,
+    MAX_SIGNATURE_ENTRIES, Scheme, SchemeOptions, SecretText, SignError, SignMessage,
+    SignedRequest, Verifier, VerifyError, any_tag, base64_decode_32, check_freshness, describe_age,
+    header, hmac_key, parse_timestamp, preview, random_hex, too_many_entries,
 };
 use crate::event::{Field, JsonPointer, is_valid_key};
-use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
 
-pub const SCHEME: Scheme = Scheme {
-    name: "standard-webhooks",
-    keys: &["tolerance", "provider"],
-    build,
-    sign: sign_message,
-};
+pub const SCHEME: Scheme = Scheme::new::<Options>("standard-webhooks");
+
+/// The keys a `scheme = "standard-webhooks"` source may set.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// Default `DEFAULT_TOLERANCE`.
+    #[serde(default, with = "humantime_serde")]
+    pub tolerance: Option<Duration>,
+    /// Who sends (`"openai"`): `hookgate check` then knows its event types (`provider.rs`).
+    pub provider: Option<String>,
+}
+
+impl SchemeOptions for Options {
+    fn build(&self, secrets: &[SecretText<'_>]) -> Result<Built, KeyError> {
+        build(self, secrets)
+    }
+
+    fn sign(&self, message: &SignMessage<'_>) -> Result<SignedRequest, SignError> {
+        sign_message(message)
+    }
+
+    fn provider(&self) -> Option<&str> {
+        self.provider.as_deref()
+    }
+}
 
 pub const ID: HeaderName = HeaderName::from_static("webhook-id");
 pub const TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
@@ -85,29 +105,31 @@ impl std::fmt::Debug for StandardWebhooks {
     }
 }
 
-fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
-    let keys = Keyring::build(options.secrets, parse_key)?;
+fn build(options: &Options, secrets: &[SecretText<'_>]) -> Result<Built, KeyError> {
+    let keys = Keyring::build(secrets, parse_key)?;
     let public = keys
         .all()
         .filter(|(_, key, _)| matches!(key, Key::Ed25519(_)))
         .count();
     if public > MAX_ED25519_CHECKS {
-        return Err(format!(
-            "secrets: {public} whpk_ public keys; at most {MAX_ED25519_CHECKS} \
-             (each v1a signature of a request is checked against each of them)"
+        return Err(KeyError::at(
+            "secrets",
+            format!(
+                "secrets: {public} whpk_ public keys; at most {MAX_ED25519_CHECKS} \
+                 (each v1a signature of a request is checked against each of them)"
+            ),
         ));
     }
-    let alternates = options
-        .secrets
+    let alternates = secrets
         .iter()
         .enumerate()
-        .filter_map(|(index, entry)| alternate(index, entry.secret.expose()))
+        .filter_map(|(index, secret)| alternate(index, secret.text))
         .collect();
     Ok(Built {
         verifier: Arc::new(StandardWebhooks {
             keys,
             alternates,
-            tolerance: options.tolerance(),
+            tolerance: options.tolerance.unwrap_or(DEFAULT_TOLERANCE),
         }),
         event_type: Field::Json(JsonPointer::parse("/type").expect("a valid pointer")),
         dedupe_key: Some(Field::Header(ID)),
@@ -557,7 +579,7 @@ impl Verifier for StandardWebhooks {
 
 /// `hookgate sign --scheme standard-webhooks`: OpenAI's body shape, `v1` with a secret,
 /// `v1a` with a `whsk_` private key.
-fn sign_message(_: &SchemeOptions<'_>, msg: &SignMessage<'_>) -> Result<SignedRequest, SignError> {
+fn sign_message(msg: &SignMessage<'_>) -> Result<SignedRequest, SignError> {
     let id = msg
         .id
         .map(str::to_owned)
@@ -590,8 +612,6 @@ fn sign_message(_: &SchemeOptions<'_>, msg: &SignMessage<'_>) -> Result<SignedRe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SecretEntry;
-    use crate::config::secret::Secret;
     use http::HeaderValue;
 
     // The Standard Webhooks specification's published vector (tests/vectors/
@@ -602,21 +622,13 @@ mod tests {
     const BODY: &[u8] = br#"{"test": 2432232314}"#;
     const SIG: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
 
-    fn entries(secrets: &[&str]) -> Vec<SecretEntry> {
-        secrets
-            .iter()
-            .map(|s| SecretEntry::from(Secret::from((*s).to_owned())))
-            .collect()
+    fn entries<'a>(secrets: &[&'a str]) -> Vec<SecretText<'a>> {
+        secrets.iter().map(|s| SecretText::new(s)).collect()
     }
 
     fn verifier(secrets: &[&str]) -> Arc<dyn Verifier> {
         let secrets = entries(secrets);
-        build(&SchemeOptions {
-            secrets: &secrets,
-            ..SchemeOptions::default()
-        })
-        .unwrap()
-        .verifier
+        build(&Options::default(), &secrets).unwrap().verifier
     }
 
     fn headers(id: &str, ts: &str, sig: &str) -> HeaderMap {
@@ -776,11 +788,11 @@ mod tests {
     #[test]
     fn build_names_the_bad_secret() {
         let secrets = entries(&[SECRET, "whsec_%%"]);
-        let options = SchemeOptions {
-            secrets: &secrets,
-            ..SchemeOptions::default()
-        };
-        assert!(build(&options).err().unwrap().starts_with("secrets[1]:"));
+        let e = build(&Options::default(), &secrets)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("secrets[1]:"));
     }
 
     // The asymmetric vector published with the Standard Webhooks Go library
@@ -876,12 +888,10 @@ mod tests {
             })
             .collect();
         let secrets = entries(&keys.iter().map(String::as_str).collect::<Vec<_>>());
-        let e = build(&SchemeOptions {
-            secrets: &secrets,
-            ..SchemeOptions::default()
-        })
-        .err()
-        .unwrap();
+        let e = build(&Options::default(), &secrets)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains(&format!("at most {MAX_ED25519_CHECKS}")), "{e}");
         let secrets = entries(
             &keys[..MAX_ED25519_CHECKS]
@@ -889,32 +899,22 @@ mod tests {
                 .map(String::as_str)
                 .collect::<Vec<_>>(),
         );
-        assert!(
-            build(&SchemeOptions {
-                secrets: &secrets,
-                ..SchemeOptions::default()
-            })
-            .is_ok()
-        );
+        assert!(build(&Options::default(), &secrets).is_ok());
     }
 
     #[test]
     fn a_private_key_in_the_config_is_refused() {
         let secrets = entries(&[V1A_SEED]);
-        let e = build(&SchemeOptions {
-            secrets: &secrets,
-            ..SchemeOptions::default()
-        })
-        .err()
-        .unwrap();
+        let e = build(&Options::default(), &secrets)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("secrets[0]: is a whsk_ private key"), "{e}");
         let secrets = entries(&["whpk_c2hvcnQ="]);
-        let e = build(&SchemeOptions {
-            secrets: &secrets,
-            ..SchemeOptions::default()
-        })
-        .err()
-        .unwrap();
+        let e = build(&Options::default(), &secrets)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("32-byte Ed25519 public key"), "{e}");
     }
 

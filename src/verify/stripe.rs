@@ -17,19 +17,42 @@ use hmac::Mac;
 use http::{HeaderMap, HeaderName};
 
 use super::{
-    Built, Delivery, Explanation, HmacSha256, Keyring, Scheme, SchemeOptions, Verifier,
-    VerifyError, any_tag, check_freshness, describe_age, header, hex_decode, hex_encode, hmac_key,
-    parse_timestamp, preview, too_many_entries,
+    Built, DEFAULT_TOLERANCE, Delivery, Explanation, HmacSha256, KeyError, Keyring, Scheme,
+    SchemeOptions, SecretText, SignError, SignMessage, SignedRequest, Verifier, VerifyError,
+    any_tag, check_freshness, describe_age, header, hex_decode, hex_encode, hmac_key,
+    optional_header_name, parse_timestamp, preview, random_hex, too_many_entries,
 };
 use crate::event::{Field, JsonPointer};
-use crate::sign::{SignError, SignMessage, SignedRequest, random_hex};
 
-pub const SCHEME: Scheme = Scheme {
-    name: "stripe",
-    keys: &["signature_header", "tolerance"],
-    build,
-    sign: sign_message,
-};
+pub const SCHEME: Scheme = Scheme::new::<Options>("stripe");
+
+/// The keys a `scheme = "stripe"` source may set.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// Default `Stripe-Signature`; senders that copied the scheme use their own.
+    #[serde(default, deserialize_with = "optional_header_name")]
+    pub signature_header: Option<HeaderName>,
+    /// Default `DEFAULT_TOLERANCE`.
+    #[serde(default, with = "humantime_serde")]
+    pub tolerance: Option<Duration>,
+}
+
+impl Options {
+    fn header(&self) -> HeaderName {
+        self.signature_header.clone().unwrap_or(SIGNATURE)
+    }
+}
+
+impl SchemeOptions for Options {
+    fn build(&self, secrets: &[SecretText<'_>]) -> Result<Built, KeyError> {
+        build(self, secrets)
+    }
+
+    fn sign(&self, message: &SignMessage<'_>) -> Result<SignedRequest, SignError> {
+        sign_message(self, message)
+    }
+}
 
 pub const SIGNATURE: HeaderName = HeaderName::from_static("stripe-signature");
 
@@ -48,29 +71,27 @@ impl std::fmt::Debug for Stripe {
     }
 }
 
-fn build(options: &SchemeOptions<'_>) -> Result<Built, String> {
-    let keys = Keyring::raw_hmac(options.secrets)?;
-    let decoded = options
-        .secrets
+fn build(options: &Options, secrets: &[SecretText<'_>]) -> Result<Built, KeyError> {
+    let keys = Keyring::raw_hmac(secrets)?;
+    let decoded = secrets
         .iter()
         .enumerate()
-        .filter_map(|(i, entry)| {
-            let key = super::standard_webhooks::key_from_secret(entry.secret.expose()).ok()?;
-            entry
-                .secret
-                .expose()
+        .filter_map(|(i, secret)| {
+            let key = super::standard_webhooks::key_from_secret(secret.text).ok()?;
+            secret
+                .text
                 .starts_with("whsec_")
                 .then(|| (i, hmac_key(&key)))
         })
         .collect();
-    let header = options.signature_header.clone().unwrap_or(SIGNATURE);
+    let header = options.header();
     Ok(Built {
         headers: vec![header.clone()],
         signed: Vec::new(), // the timestamp is inside the signature header
         verifier: Arc::new(Stripe {
             keys,
             header,
-            tolerance: options.tolerance(),
+            tolerance: options.tolerance.unwrap_or(DEFAULT_TOLERANCE),
             decoded,
         }),
         event_type: Field::Json(JsonPointer::parse("/type").expect("a valid pointer")),
@@ -233,10 +254,7 @@ impl Verifier for Stripe {
 }
 
 /// `hookgate sign --scheme stripe`: a Stripe event body, `t=...,v1=...`.
-fn sign_message(
-    options: &SchemeOptions<'_>,
-    msg: &SignMessage<'_>,
-) -> Result<SignedRequest, SignError> {
+fn sign_message(options: &Options, msg: &SignMessage<'_>) -> Result<SignedRequest, SignError> {
     if msg.secret.is_empty() {
         return Err(SignError::Secret("the secret is empty".to_owned()));
     }
@@ -251,7 +269,7 @@ fn sign_message(
         serde_json::Value::from(msg.event_type),
         msg.data,
     );
-    let header = options.signature_header.clone().unwrap_or(SIGNATURE);
+    let header = options.header();
     Ok(SignedRequest {
         headers: vec![
             (http::header::CONTENT_TYPE, "application/json".to_owned()),
@@ -265,8 +283,6 @@ fn sign_message(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SecretEntry;
-    use crate::config::secret::Secret;
     use http::HeaderValue;
 
     // The secret and body of stripe-go's webhook tests; the published-style vectors
@@ -276,17 +292,12 @@ mod tests {
     const BODY: &[u8] = b"{\n  \"id\": \"evt_test_webhook\",\n  \"object\": \"event\"\n}";
 
     fn verifier(secrets: &[&str], header: Option<&str>) -> Arc<dyn Verifier> {
-        let secrets: Vec<SecretEntry> = secrets
-            .iter()
-            .map(|s| SecretEntry::from(Secret::from((*s).to_owned())))
-            .collect();
-        build(&SchemeOptions {
-            secrets: &secrets,
+        let secrets: Vec<SecretText> = secrets.iter().map(|s| SecretText::new(s)).collect();
+        let options = Options {
             signature_header: header.map(|h| HeaderName::from_bytes(h.as_bytes()).unwrap()),
-            ..SchemeOptions::default()
-        })
-        .unwrap()
-        .verifier
+            ..Options::default()
+        };
+        build(&options, &secrets).unwrap().verifier
     }
 
     fn headers(name: &str, value: &str) -> HeaderMap {

@@ -10,8 +10,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use hookgate::sign::{SignInput, SignedRequest, build_with};
+use hookgate::verify;
 use hookgate::verify::standard_webhooks::{key_from_secret, sign};
-use hookgate::verify::{self, SchemeOptions};
 use http::{HeaderName, Request, Version};
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,8 +50,7 @@ fn github_source() -> String {
 /// GitHub's headers for `data` as the body, signed now.
 fn github_delivery(id: &str, event_type: &str, data: &str) -> SignedRequest {
     build_with(
-        verify::scheme("github").expect("github"),
-        &SchemeOptions::default(),
+        &verify::github::Options::default(),
         &SignInput {
             secret: GITHUB_SECRET,
             event_type,
@@ -75,14 +74,13 @@ fn hmac_source() -> String {
 
 fn hmac_delivery(id: &str, data: &str) -> SignedRequest {
     build_with(
-        verify::scheme("hmac").expect("hmac"),
-        &SchemeOptions {
+        &verify::hmac::Options {
             signature_header: Some(HeaderName::from_static("x-signature")),
             prefix: Some("sha256=".to_owned()),
             timestamp_header: Some(HeaderName::from_static("x-timestamp")),
             id_header: Some(HeaderName::from_static("x-delivery-id")),
             signed_content: Some("{timestamp}.{body}".to_owned()),
-            ..SchemeOptions::default()
+            ..verify::hmac::Options::default()
         },
         &SignInput {
             secret: HMAC_SECRET,
@@ -412,8 +410,7 @@ async fn a_body_with_a_key_twice_on_the_routing_path_is_refused_400_invalid_payl
     let two_types =
         signed_body(r#"{"type":"response.completed","data":{},"type":"batch.cancelled"}"#);
     let two_ids = build_with(
-        verify::scheme("stripe").expect("stripe"),
-        &SchemeOptions::default(),
+        &verify::stripe::Options::default(),
         &SignInput {
             secret: "whsec_c3RyaXBl",
             event_type: "invoice.paid",

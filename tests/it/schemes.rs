@@ -7,11 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::SystemTime;
 
-use hookgate::config::SecretEntry;
-use hookgate::config::secret::Secret;
 use hookgate::sign::{SignInput, SignedRequest, build_with};
 use hookgate::verify::standard_webhooks::{public_key, signing_key};
-use hookgate::verify::{self, SchemeOptions};
+use hookgate::verify::{self, SchemeOptions, SecretText};
 use http::HeaderName;
 
 use crate::support::*;
@@ -27,28 +25,26 @@ const HMAC_SECRET: &str = "in-house-secret";
 /// What the backends behind a `resign` route verify with.
 const BACKEND_SECRET: &str = "whsec_YmFja2VuZC1zZWNyZXQtZm9yLWludGVncmF0aW9u";
 
-/// How a test signs: a scheme, its options and a secret.
+/// How a test signs: a scheme's options and a secret.
 struct Sender<'a> {
-    scheme: &'static str,
-    options: SchemeOptions<'a>,
+    options: Box<dyn SchemeOptions>,
     secret: &'a str,
 }
 
 impl<'a> Sender<'a> {
+    /// `scheme` with none of its keys set.
     fn new(scheme: &'static str, secret: &'a str) -> Sender<'a> {
+        let scheme = verify::scheme(scheme).expect("a known scheme");
         Sender {
-            scheme,
-            options: SchemeOptions::default(),
+            options: (scheme.options)(Default::default()).expect("the scheme's defaults"),
             secret,
         }
     }
 
     /// `event_type` signed now (or at `timestamp`), with `id` or a fresh one.
     fn event(&self, event_type: &str, id: Option<&str>, timestamp: Option<i64>) -> SignedRequest {
-        let scheme = verify::scheme(self.scheme).expect("a known scheme");
         build_with(
-            scheme,
-            &self.options,
+            &*self.options,
             &SignInput {
                 secret: self.secret,
                 event_type,
@@ -80,16 +76,15 @@ fn github_source() -> String {
 
 fn hmac() -> Sender<'static> {
     Sender {
-        scheme: "hmac",
-        options: SchemeOptions {
+        options: Box::new(verify::hmac::Options {
             signature_header: Some(HeaderName::from_static("x-billing-signature")),
             encoding: Some(verify::hmac::Encoding::Base64),
             prefix: Some("sha256=".to_owned()),
             timestamp_header: Some(HeaderName::from_static("x-billing-timestamp")),
             id_header: Some(HeaderName::from_static("x-billing-delivery")),
             signed_content: Some("{timestamp}.{id}.{body}".to_owned()),
-            ..SchemeOptions::default()
-        },
+            ..verify::hmac::Options::default()
+        }),
         secret: HMAC_SECRET,
     }
 }
@@ -194,7 +189,10 @@ async fn a_sender_that_copied_stripes_format_under_its_own_header_is_verified() 
     )
     .await;
     let mut sender = stripe();
-    sender.options.signature_header = Some(HeaderName::from_static("openai-signature"));
+    sender.options = Box::new(verify::stripe::Options {
+        signature_header: Some(HeaderName::from_static("openai-signature")),
+        ..verify::stripe::Options::default()
+    });
 
     let reply = gw
         .post("/webhooks/copycat", &sender.event("thing.done", None, None))
@@ -335,11 +333,10 @@ async fn a_standard_webhooks_v1a_delivery_is_verified_with_the_senders_whpk_publ
 
 /// What a backend does with a re-signed delivery: Standard Webhooks with its own secret.
 fn backend_verifies(received: &Received) -> Result<(), String> {
-    let secrets = [SecretEntry::from(Secret::from(BACKEND_SECRET.to_owned()))];
-    let built = (verify::standard_webhooks::SCHEME.build)(&SchemeOptions {
-        secrets: &secrets,
-        ..SchemeOptions::default()
-    })?;
+    let secrets = [SecretText::new(BACKEND_SECRET)];
+    let built = verify::standard_webhooks::Options::default()
+        .build(&secrets)
+        .map_err(|e| e.to_string())?;
     built
         .verifier
         .verify(&received.headers, &received.body, SystemTime::now())

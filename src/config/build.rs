@@ -1,0 +1,910 @@
+//! From the parsed file to `Settings`: defaults settled, values checked against each
+//! other, certificates and CA files loaded. The sources are `source.rs`'s job.
+//!
+//! Every check names the key path it blames (`Invalid::at`), and its message names it
+//! too, so an error reads on its own and `ConfigError` can point at the key's line.
+
+use std::time::Duration;
+
+use super::error::Invalid;
+use super::file::{self, Delivery, FileConfig, OnError};
+use super::settings::{
+    ADMIN_PATHS, AdminAuth, DedupeSettings, Limits, PenaltyBoxSettings, QueueSettings,
+    RateLimitSettings, RedisSettings, RedisTarget, ServerSettings, Settings, StoreBackend,
+    StoreSettings, TlsSettings,
+};
+use super::source::sources;
+use crate::queue::policy::{BackoffPolicy, RetryOn};
+use crate::tls::{self, UpstreamTrust};
+
+/// Time a claim may stay in flight beyond the upstream timeout: covers the forward's
+/// own bookkeeping so a slow but successful request still commits its own claim.
+const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(5);
+
+pub(super) fn build(file: FileConfig, origin: &str) -> Result<Settings, Invalid> {
+    let limits = limits(&file.limits)?;
+    let dedupe = DedupeSettings {
+        ttl: positive("dedupe.ttl", file.dedupe.ttl)?,
+        in_flight_ttl: match file.dedupe.in_flight_ttl {
+            Some(ttl) => positive("dedupe.in_flight_ttl", ttl)?,
+            None => limits.upstream_timeout + IN_FLIGHT_MARGIN,
+        },
+    };
+    let rate_limit = rate_limit(&file.rate_limit)?;
+    if file.sources.is_empty() {
+        return Err(Invalid::whole(
+            "no [[sources]] are configured; every request would be answered 404",
+        ));
+    }
+    let (sources, source_warnings) = sources(&file.sources)?;
+    let store = store_settings(file.store.as_ref())?;
+    let queue = queue_settings(&file.queue)?;
+    let queued = sources.iter().any(|s| s.delivery == Delivery::Queue);
+    Ok(Settings {
+        origin: origin.to_owned(),
+        server: ServerSettings {
+            listen: file.server.listen,
+            tls: file.server.tls.as_ref().map(tls_settings).transpose()?,
+            shutdown_timeout: file.server.shutdown_timeout,
+        },
+        admin_listen: file.admin.listen,
+        admin_auth: admin_auth(&file.admin)?,
+        limits,
+        dedupe,
+        rate_limit,
+        trusted_proxies: file.rate_limit.trusted_proxies,
+        penalty_box: penalty_box(&file.penalty_box)?,
+        upstream_tls: upstream_trust(&file.upstream_tls)?,
+        store,
+        log_level: log_level(&file.log.level)?,
+        queue: queued.then_some(queue),
+        sources,
+        warnings: source_warnings
+            .into_iter()
+            .map(|w| format!("{origin}: {w}"))
+            .collect(),
+    })
+}
+
+fn log_level(level: &str) -> Result<String, Invalid> {
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| level.to_owned())
+        .map_err(|e| {
+            Invalid::at(
+                "log.level",
+                format!("log.level {level:?} is not a log filter ({e}); try \"info\" or \"warn\""),
+            )
+        })
+}
+
+fn queue_settings(file: &file::Queue) -> Result<QueueSettings, Invalid> {
+    if file.workers == 0 {
+        return Err(Invalid::at(
+            "queue.workers",
+            "queue.workers must be at least 1",
+        ));
+    }
+    if file.max_attempts == 0 {
+        return Err(Invalid::at(
+            "queue.max_attempts",
+            "queue.max_attempts must be at least 1",
+        ));
+    }
+    let initial = positive("queue.backoff.initial", file.backoff.initial)?;
+    if file.backoff.max < initial {
+        return Err(Invalid::at(
+            "queue.backoff.max",
+            format!(
+                "queue.backoff.max ({}) must not be shorter than queue.backoff.initial ({})",
+                humantime::format_duration(file.backoff.max),
+                humantime::format_duration(initial)
+            ),
+        ));
+    }
+    let retry_on = RetryOn::parse(&file.retry_on).map_err(|(i, e)| {
+        let key = format!("queue.retry_on[{i}]");
+        Invalid::at(&key, format!("{key} {e}"))
+    })?;
+    Ok(QueueSettings {
+        workers: file.workers as usize,
+        max_attempts: file.max_attempts,
+        backoff: BackoffPolicy {
+            initial,
+            max: file.backoff.max,
+            jitter: file.backoff.jitter,
+        },
+        max_age: positive("queue.max_age", file.max_age)?,
+        retention: positive("queue.retention", file.retention)?,
+        retry_on,
+        visibility_timeout: positive("queue.visibility_timeout", file.visibility_timeout)?,
+    })
+}
+
+fn positive(key: &str, value: Duration) -> Result<Duration, Invalid> {
+    if value.is_zero() {
+        return Err(Invalid::at(key, format!("{key} must be greater than zero")));
+    }
+    Ok(value)
+}
+
+fn at_least(key: &str, value: u32, min: u32) -> Result<u32, Invalid> {
+    if value < min {
+        return Err(Invalid::at(
+            key,
+            format!("{key} = {value} must be at least {min}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn limits(file: &file::Limits) -> Result<Limits, Invalid> {
+    let max_body_bytes = usize::try_from(file.max_body_bytes)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            Invalid::at(
+                "limits.max_body_bytes",
+                format!(
+                    "limits.max_body_bytes = {} must be between 1 and {}",
+                    file.max_body_bytes,
+                    usize::MAX
+                ),
+            )
+        })?;
+    let (max_buffered_body_bytes, max_buffered_body_bytes_per_ip) =
+        body_budget(file, max_body_bytes)?;
+    Ok(Limits {
+        max_body_bytes,
+        header_read_timeout: positive("limits.header_read_timeout", file.header_read_timeout)?,
+        body_read_timeout: positive("limits.body_read_timeout", file.body_read_timeout)?,
+        upstream_timeout: positive("limits.upstream_timeout", file.upstream_timeout)?,
+        idle_timeout: positive("limits.idle_timeout", file.idle_timeout)?,
+        max_connections: at_least("limits.max_connections", file.max_connections, 1)?,
+        max_connections_per_ip: file.max_connections_per_ip,
+        max_headers: at_least("limits.max_headers", file.max_headers, 8)? as usize,
+        max_header_bytes: at_least("limits.max_header_bytes", file.max_header_bytes, 1024)?
+            as usize,
+        http2_max_concurrent_streams: at_least(
+            "limits.http2_max_concurrent_streams",
+            file.http2_max_concurrent_streams,
+            1,
+        )?,
+        http2_max_resets: at_least("limits.http2_max_resets", file.http2_max_resets, 1)? as usize,
+        max_buffered_body_bytes,
+        max_buffered_body_bytes_per_ip,
+    })
+}
+
+/// `(max_buffered_body_bytes, max_buffered_body_bytes_per_ip)`: a body of the largest
+/// size must fit a client's share, and the share the process's.
+fn body_budget(file: &file::Limits, max_body_bytes: usize) -> Result<(usize, usize), Invalid> {
+    const PER_IP: &str = "limits.max_buffered_body_bytes_per_ip";
+    const ALL: &str = "limits.max_buffered_body_bytes";
+    let per_ip = file.max_buffered_body_bytes_per_ip;
+    let all = file.max_buffered_body_bytes;
+    if per_ip < max_body_bytes as u64 {
+        return Err(Invalid::at(
+            PER_IP,
+            format!(
+                "{PER_IP} = {per_ip} must be at least limits.max_body_bytes ({max_body_bytes}): \
+                 a body of the largest size could never be read"
+            ),
+        ));
+    }
+    if per_ip > u64::from(u32::MAX) {
+        return Err(Invalid::at(
+            PER_IP,
+            format!("{PER_IP} = {per_ip} must be at most {}", u32::MAX),
+        ));
+    }
+    if all < per_ip {
+        return Err(Invalid::at(
+            ALL,
+            format!("{ALL} = {all} must be at least {PER_IP} ({per_ip})"),
+        ));
+    }
+    let all = usize::try_from(all)
+        .ok()
+        .filter(|&n| n <= tokio::sync::Semaphore::MAX_PERMITS)
+        .ok_or_else(|| {
+            Invalid::at(
+                ALL,
+                format!(
+                    "{ALL} = {all} must be at most {}",
+                    tokio::sync::Semaphore::MAX_PERMITS
+                ),
+            )
+        })?;
+    Ok((all, per_ip as usize))
+}
+
+fn admin_auth(file: &file::Admin) -> Result<AdminAuth, Invalid> {
+    if let Some(token) = &file.token
+        && token.expose().is_empty()
+    {
+        return Err(Invalid::at("admin.token", "admin.token is empty"));
+    }
+    if file.token.is_none() && !file.listen.ip().is_loopback() {
+        return Err(Invalid::at(
+            "admin.listen",
+            format!(
+                "admin.listen {} is not a loopback address: set admin.token \
+                 (for example admin.token = \"${{HOOKGATE_ADMIN_TOKEN}}\") so that its paths need \
+                 `Authorization: Bearer <token>`; admin.public_paths = [\"/metrics\"] leaves \
+                 /metrics open",
+                file.listen
+            ),
+        ));
+    }
+    for (i, path) in file.public_paths.iter().enumerate() {
+        if !ADMIN_PATHS.contains(&path.as_str()) {
+            let key = format!("admin.public_paths[{i}]");
+            return Err(Invalid::at(
+                &key,
+                format!(
+                    "{key} {path:?} is not an admin path ({})",
+                    ADMIN_PATHS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(AdminAuth {
+        token: file.token.clone(),
+        public_paths: file.public_paths.clone(),
+    })
+}
+
+fn penalty_box(file: &file::PenaltyBox) -> Result<PenaltyBoxSettings, Invalid> {
+    Ok(PenaltyBoxSettings {
+        max_failures: file.max_failures,
+        window: positive("penalty_box.window", file.window)?,
+        cooldown: positive("penalty_box.cooldown", file.cooldown)?,
+        max_clients: at_least("penalty_box.max_clients", file.max_clients, 1)? as usize,
+    })
+}
+
+fn upstream_trust(file: &file::UpstreamTls) -> Result<UpstreamTrust, Invalid> {
+    match (&file.ca_file, file.insecure_skip_verify) {
+        (Some(_), true) => Err(Invalid::at(
+            "upstream_tls.insecure_skip_verify",
+            "upstream_tls: ca_file and insecure_skip_verify = true exclude each other",
+        )),
+        (None, true) => Ok(UpstreamTrust::InsecureSkipVerify),
+        (None, false) => Ok(UpstreamTrust::System),
+        (Some(path), false) => Ok(UpstreamTrust::CaFile {
+            certs: tls::load_ca_file(path).map_err(|e| {
+                Invalid::at("upstream_tls.ca_file", format!("upstream_tls.ca_file {e}"))
+            })?,
+            path: path.clone(),
+        }),
+    }
+}
+
+fn rate_limit(file: &file::RateLimit) -> Result<RateLimitSettings, Invalid> {
+    let rps = file.requests_per_second;
+    if !(rps.is_finite() && rps > 0.0 && rps <= 1e9) {
+        return Err(Invalid::at(
+            "rate_limit.requests_per_second",
+            format!("rate_limit.requests_per_second = {rps} must be a number above 0"),
+        ));
+    }
+    if file.burst == 0 {
+        return Err(Invalid::at(
+            "rate_limit.burst",
+            "rate_limit.burst must be at least 1",
+        ));
+    }
+    Ok(RateLimitSettings {
+        requests_per_second: rps,
+        burst: file.burst,
+    })
+}
+
+fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, Invalid> {
+    let Some(file) = file else {
+        return Ok(StoreSettings {
+            backend: StoreBackend::Memory,
+            on_error: OnError::Reject,
+        });
+    };
+    let target = match (&file.redis_url, file.cluster.as_slice()) {
+        (Some(url), []) => {
+            RedisTarget::Single(Box::new(redis_url("store.redis_url", url.expose())?))
+        }
+        (None, []) => {
+            return Err(Invalid::at(
+                "store",
+                "[store] needs redis_url (one server) or cluster (a list of node URLs); \
+                 remove [store] for the in-memory store",
+            ));
+        }
+        (None, nodes) => RedisTarget::Cluster(
+            nodes
+                .iter()
+                .enumerate()
+                .map(|(i, url)| redis_url(&format!("store.cluster[{i}]"), url.expose()))
+                .collect::<Result<_, _>>()?,
+        ),
+        (Some(_), _) => {
+            return Err(Invalid::at(
+                "store.cluster",
+                "store: set redis_url or cluster, not both",
+            ));
+        }
+    };
+    Ok(StoreSettings {
+        backend: StoreBackend::Redis(Box::new(RedisSettings {
+            target,
+            key_prefix: file.key_prefix.clone(),
+            timeout: positive("store.timeout", file.timeout)?,
+            connect_timeout: positive("store.connect_timeout", file.connect_timeout)?,
+        })),
+        on_error: file.on_error,
+    })
+}
+
+/// Parses a Redis URL without ever echoing it: it may hold a password.
+fn redis_url(key: &str, url: &str) -> Result<redis::ConnectionInfo, Invalid> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info().map_err(|_| {
+        Invalid::at(
+            key,
+            format!("{key} is not a valid Redis URL (redis://, rediss:// or redis+unix://)"),
+        )
+    })?;
+    redis::Client::open(info.clone()).map_err(|e| Invalid::at(key, format!("{key}: {e}")))?;
+    Ok(info)
+}
+
+fn tls_settings(file: &file::Tls) -> Result<TlsSettings, Invalid> {
+    let client_ca = file
+        .client_ca
+        .as_deref()
+        .map(|path| {
+            tls::load_ca_file(path).map_err(|e| {
+                Invalid::at("server.tls.client_ca", format!("server.tls.client_ca {e}"))
+            })
+        })
+        .transpose()?;
+    let (config, description) = match (file.self_signed, &file.cert, &file.key) {
+        (true, None, None) => (
+            tls::self_signed_config(client_ca).map_err(|e| {
+                Invalid::at(
+                    "server.tls.self_signed",
+                    format!("server.tls.self_signed: {e}"),
+                )
+            })?,
+            "self-signed for localhost, generated at start-up".to_owned(),
+        ),
+        (true, _, _) => {
+            return Err(Invalid::at(
+                "server.tls.self_signed",
+                "server.tls: self_signed = true cannot be combined with cert/key; use one or the other",
+            ));
+        }
+        (false, Some(cert), Some(key)) => (
+            // Its errors name server.tls.cert, server.tls.key or both.
+            tls::config_from_files(cert, key, client_ca)
+                .map_err(|e| Invalid::at("server.tls", e))?,
+            format!("{} (key {})", cert.display(), key.display()),
+        ),
+        (false, None, _) => {
+            return Err(Invalid::at(
+                "server.tls.cert",
+                "server.tls.cert is missing (or set server.tls.self_signed = true for development)",
+            ));
+        }
+        (false, Some(_), None) => {
+            return Err(Invalid::at("server.tls.key", "server.tls.key is missing"));
+        }
+    };
+    let description = match &file.client_ca {
+        Some(ca) => format!(
+            "{description}; client certificates required, issued by {}",
+            ca.display()
+        ),
+        None => description,
+    };
+    Ok(TlsSettings {
+        config,
+        handshake_timeout: positive("server.tls.handshake_timeout", file.handshake_timeout)?,
+        self_signed: file.self_signed,
+        description,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EMBEDDED_DEFAULT, parse};
+
+    const MINIMAL: &str = r#"
+[[sources]]
+name = "openai"
+path = "/webhooks/openai"
+scheme = "standard-webhooks"
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+[[sources.routes]]
+events = ["*"]
+upstream = "http://127.0.0.1:9001/hooks"
+"#;
+
+    fn error(text: &str) -> String {
+        parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let settings = parse(MINIMAL, "test.toml").unwrap();
+        assert_eq!(settings.server.listen.to_string(), "0.0.0.0:8443");
+        assert!(settings.server.tls.is_none());
+        assert_eq!(settings.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(settings.limits.max_body_bytes, 1_048_576);
+        assert_eq!(settings.dedupe.ttl, Duration::from_secs(72 * 3600));
+        assert_eq!(settings.dedupe.in_flight_ttl, Duration::from_secs(15));
+        assert_eq!(settings.rate_limit.burst, 100);
+        assert_eq!(
+            settings.sources[0].routes.iter().next().unwrap().name(),
+            "0"
+        );
+    }
+
+    #[test]
+    fn the_embedded_default_config_is_valid() {
+        let settings = parse(EMBEDDED_DEFAULT, "embedded").unwrap();
+        assert!(settings.server.tls.as_ref().unwrap().self_signed);
+    }
+
+    #[test]
+    fn errors_start_with_the_file_name() {
+        assert!(error("[server]\nlisten = 5").starts_with("test.toml: "));
+    }
+
+    #[test]
+    fn an_unknown_key_is_reported_with_its_line() {
+        let e = error(&format!("{MINIMAL}\nsurprise = 1"));
+        assert!(e.contains("unknown field `surprise`"), "{e}");
+        assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn an_invalid_duration_is_reported_with_its_line() {
+        let e = error(&format!(
+            "[limits]\nupstream_timeout = \"10 parsecs\"\n{MINIMAL}"
+        ));
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn an_unset_environment_variable_is_named() {
+        let e = error(&MINIMAL.replace(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "${HOOKGATE_TEST_SURELY_UNSET}",
+        ));
+        assert!(
+            e.contains("environment variable HOOKGATE_TEST_SURELY_UNSET is not set"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_source_without_secrets_is_rejected() {
+        let e =
+            error(&MINIMAL.replace("secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]", ""));
+        assert!(e.contains("sources[0].secrets"), "{e}");
+    }
+
+    #[test]
+    fn an_upstream_that_is_not_http_is_rejected() {
+        let e = error(&MINIMAL.replace("http://127.0.0.1:9001/hooks", "ftp://x/y"));
+        assert!(e.contains("sources[0].routes[0].upstream"), "{e}");
+    }
+
+    #[test]
+    fn two_sources_on_one_path_are_rejected() {
+        let second = MINIMAL.replace("name = \"openai\"", "name = \"other\"");
+        let e = error(&format!("{MINIMAL}{second}"));
+        assert!(
+            e.contains("sources[1].path \"/webhooks/openai\" is already used by sources[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_source_without_routes_is_rejected() {
+        let e = error(MINIMAL.split("[[sources.routes]]").next().unwrap());
+        assert!(
+            e.contains("sources[0] (\"openai\") has no [[sources.routes]]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_scheme_is_rejected_with_the_known_ones() {
+        let e = error(&MINIMAL.replace("standard-webhooks", "carrier-pigeon"));
+        assert!(e.contains("sources[0].scheme \"carrier-pigeon\""), "{e}");
+        assert!(e.contains("standard-webhooks"), "{e}");
+    }
+
+    #[test]
+    fn no_sources_is_an_error() {
+        assert!(error("").contains("no [[sources]]"));
+    }
+
+    #[test]
+    fn tls_needs_a_key_with_its_cert() {
+        let e = error(&format!("[server.tls]\ncert = \"a.pem\"\n{MINIMAL}"));
+        assert!(e.contains("server.tls.key is missing"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_certificate_file_is_named() {
+        let e = error(&format!(
+            "[server.tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n{MINIMAL}"
+        ));
+        assert!(e.contains("server.tls.cert"), "{e}");
+        assert!(e.contains("/nonexistent/c.pem"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_trusted_proxy_cidr_is_reported_with_its_line() {
+        let e = error(&format!(
+            "[rate_limit]\ntrusted_proxies = [\"10.0.0.0/33\"]\n{MINIMAL}"
+        ));
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn a_store_section_selects_redis_and_hides_the_password() {
+        let settings = parse(
+            &format!("[store]\nredis_url = \"redis://:hunter2@127.0.0.1:6390/2\"\non_error = \"allow\"\n{MINIMAL}"),
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(settings.store.on_error, OnError::Allow);
+        let StoreBackend::Redis(redis) = &settings.store.backend else {
+            panic!("expected redis");
+        };
+        assert_eq!(redis.key_prefix, "hookgate:");
+        let shown = format!("{settings:?} {}", settings.summary());
+        assert!(shown.contains("127.0.0.1:6390"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn store_errors_name_the_key_without_echoing_the_url() {
+        let e = error(&format!(
+            "[store]\nredis_url = \"http://:hunter2@x\"\n{MINIMAL}"
+        ));
+        assert!(
+            e.contains("store.redis_url is not a valid Redis URL"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = error(&format!("[store]\nkey_prefix = \"x\"\n{MINIMAL}"));
+        assert!(e.contains("needs redis_url"), "{e}");
+        let e = error(&format!(
+            "[store]\nredis_url = \"redis://a\"\ncluster = [\"redis://b\"]\n{MINIMAL}"
+        ));
+        assert!(e.contains("not both"), "{e}");
+        let e = error(&format!(
+            "[store]\nredis_url = \"redis://a\"\non_error = \"maybe\"\n{MINIMAL}"
+        ));
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    fn queued(extra: &str) -> String {
+        format!(
+            "{extra}\n{}",
+            MINIMAL.replace(
+                "scheme = \"standard-webhooks\"",
+                "scheme = \"standard-webhooks\"\ndelivery = \"queue\""
+            )
+        )
+    }
+
+    #[test]
+    fn sources_default_to_proxy_mode_and_need_no_queue() {
+        let settings = parse(MINIMAL, "test.toml").unwrap();
+        assert_eq!(settings.sources[0].delivery, Delivery::Proxy);
+        assert!(settings.queue.is_none());
+    }
+
+    #[test]
+    fn a_queue_source_gets_the_documented_queue_defaults() {
+        let settings = parse(&queued(""), "test.toml").unwrap();
+        assert_eq!(settings.sources[0].delivery, Delivery::Queue);
+        let queue = settings.queue.unwrap();
+        assert_eq!(queue.workers, 16);
+        assert_eq!(queue.max_attempts, 12);
+        assert_eq!(queue.backoff.initial, Duration::from_secs(1));
+        assert_eq!(queue.backoff.max, Duration::from_secs(3600));
+        assert!(queue.backoff.jitter);
+        assert_eq!(queue.max_age, Duration::from_secs(72 * 3600));
+        assert_eq!(queue.retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(queue.visibility_timeout, Duration::from_secs(30));
+        assert_eq!(
+            queue.retry_on.to_string(),
+            "[5xx, 408, 429, connect, timeout]"
+        );
+    }
+
+    #[test]
+    fn queue_keys_are_read_with_human_durations() {
+        let settings = parse(
+            &queued(
+                "[queue]\nworkers = 2\nmax_attempts = 4\nbackoff = { initial = \"250ms\", max = \"2s\", jitter = false }\nmax_age = \"1h\"\nretention = \"1d\"\nretry_on = [\"5xx\"]\nvisibility_timeout = \"3s\"",
+            )
+            .replace("upstream = \"http://127.0.0.1:9001/hooks\"", "upstream = \"http://127.0.0.1:9001/hooks\"\nmax_concurrency = 3"),
+            "test.toml",
+        )
+        .unwrap();
+        let queue = settings.queue.unwrap();
+        assert_eq!(queue.workers, 2);
+        assert_eq!(queue.backoff.initial, Duration::from_millis(250));
+        assert!(!queue.backoff.jitter);
+        assert_eq!(queue.retention, Duration::from_secs(86400));
+        let route = settings.sources[0].routes.iter().next().unwrap();
+        assert_eq!(route.max_concurrency().map(|n| n.get()), Some(3));
+    }
+
+    #[test]
+    fn queue_errors_name_the_key() {
+        let e = error(&queued("[queue]\nretry_on = [\"5xx\", \"sometimes\"]"));
+        assert!(e.contains("queue.retry_on[1] \"sometimes\""), "{e}");
+        let e = error(&queued(
+            "[queue]\nbackoff = { initial = \"10s\", max = \"1s\" }",
+        ));
+        assert!(e.contains("queue.backoff.max"), "{e}");
+        let e = error(&queued("[queue]\nworkers = 0"));
+        assert!(e.contains("queue.workers"), "{e}");
+        let e = error(&queued("[queue]\nmax_age = \"soon\""));
+        assert!(e.contains("line 2"), "{e}");
+        let e = error(&queued("[queue]\nsurprise = 1"));
+        assert!(e.contains("unknown field `surprise`"), "{e}");
+        let e = error(&MINIMAL.replace("scheme =", "delivery = \"later\"\nscheme ="));
+        assert!(e.contains("delivery"), "{e}");
+    }
+
+    #[test]
+    fn max_concurrency_needs_queue_mode_and_at_least_one() {
+        let limited = |text: &str, n: u32| {
+            text.replace(
+                "upstream = \"http://127.0.0.1:9001/hooks\"",
+                &format!("upstream = \"http://127.0.0.1:9001/hooks\"\nmax_concurrency = {n}"),
+            )
+        };
+        let e = error(&limited(MINIMAL, 2));
+        assert!(
+            e.contains("sources[0].routes[0].max_concurrency only applies to queue mode"),
+            "{e}"
+        );
+        let e = error(&limited(&queued(""), 0));
+        assert!(
+            e.contains("sources[0].routes[0].max_concurrency must be at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_error_summary_leaves_out_the_quoted_file_line() {
+        let e = parse(
+            "[[sources]]\nname = \"a\"\nsecrets = [\"whsec_literal\" oops]",
+            "test.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("whsec_literal"), "{e}");
+        let summary = e.summary();
+        assert!(
+            summary.starts_with("test.toml: TOML parse error at line 3"),
+            "{summary}"
+        );
+        assert!(!summary.contains("whsec_literal"), "{summary}");
+    }
+
+    #[test]
+    fn the_log_level_is_a_tracing_filter() {
+        let settings = parse(
+            &format!("[log]\nlevel = \"warn,hookgate::access=info\"\n{MINIMAL}"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(settings.log_level, "warn,hookgate::access=info");
+        assert_eq!(parse(MINIMAL, "t").unwrap().log_level, "info");
+        let e = error(&format!("[log]\nlevel = \"loud=[\"\n{MINIMAL}"));
+        assert!(e.contains("log.level"), "{e}");
+    }
+
+    #[test]
+    fn zero_rate_is_rejected() {
+        let e = error(&format!("[rate_limit]\nrequests_per_second = 0\n{MINIMAL}"));
+        assert!(e.contains("rate_limit.requests_per_second"), "{e}");
+    }
+
+    #[test]
+    fn the_hardening_defaults_are_the_documented_ones() {
+        let settings = parse(MINIMAL, "test.toml").unwrap();
+        let limits = settings.limits;
+        assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(limits.max_connections, 10_000);
+        assert_eq!(limits.max_connections_per_ip, 256);
+        assert_eq!(limits.max_headers, 100);
+        assert_eq!(limits.max_header_bytes, 16_384);
+        assert_eq!(limits.http2_max_concurrent_streams, 100);
+        assert_eq!(limits.http2_max_resets, 50);
+        assert_eq!(settings.penalty_box.max_failures, 20);
+        assert_eq!(settings.penalty_box.window, Duration::from_secs(60));
+        assert_eq!(settings.penalty_box.cooldown, Duration::from_secs(600));
+        assert_eq!(settings.penalty_box.max_clients, 100_000);
+        assert_eq!(limits.max_buffered_body_bytes, 128 * 1024 * 1024);
+        assert_eq!(limits.max_buffered_body_bytes_per_ip, 4 * 1024 * 1024);
+        assert!(matches!(settings.upstream_tls, UpstreamTrust::System));
+        assert!(settings.admin_auth.token.is_none());
+        assert!(settings.sources[0].allow_ips.is_empty());
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_needs_a_token() {
+        let e = error(&format!("[admin]\nlisten = \"0.0.0.0:9090\"\n{MINIMAL}"));
+        assert!(
+            e.contains("admin.listen 0.0.0.0:9090 is not a loopback address"),
+            "{e}"
+        );
+        assert!(e.contains("admin.token"), "{e}");
+        let with_token = format!("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"abc\"\n{MINIMAL}");
+        assert!(parse(&with_token, "test.toml").is_ok());
+        let e = error(&format!("[admin]\ntoken = \"\"\n{MINIMAL}"));
+        assert!(e.contains("admin.token is empty"), "{e}");
+        let e = error(&format!("[admin]\npublic_paths = [\"/metric\"]\n{MINIMAL}"));
+        assert!(e.contains("admin.public_paths[0] \"/metric\""), "{e}");
+    }
+
+    #[test]
+    fn secrets_and_tokens_never_show_in_debug_or_the_summary() {
+        let text = format!(
+            "[admin]\ntoken = \"admin-token-value\"\n{}",
+            MINIMAL.replace(
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "plain-secret-value"
+            )
+        );
+        let settings = parse(&text, "test.toml").unwrap();
+        let shown = format!("{settings:?}\n{}", settings.summary());
+        assert!(!shown.contains("admin-token-value"), "{shown}");
+        assert!(!shown.contains("plain-secret-value"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+    }
+
+    #[test]
+    fn upstream_tls_takes_a_ca_file_or_skips_verification_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, _) = tls::write_dev_cert(dir.path()).unwrap();
+        let ca = format!(
+            "[upstream_tls]\nca_file = {:?}\n{MINIMAL}",
+            cert.display().to_string()
+        );
+        let settings = parse(&ca, "test.toml").unwrap();
+        assert!(
+            matches!(settings.upstream_tls, UpstreamTrust::CaFile { ref certs, .. } if certs.len() == 1)
+        );
+        let insecure = format!("[upstream_tls]\ninsecure_skip_verify = true\n{MINIMAL}");
+        let settings = parse(&insecure, "test.toml").unwrap();
+        assert!(settings.summary().contains("NOT VERIFIED"));
+        let both = format!(
+            "[upstream_tls]\nca_file = {:?}\ninsecure_skip_verify = true\n{MINIMAL}",
+            cert.display().to_string()
+        );
+        assert!(error(&both).contains("exclude each other"));
+        let missing = format!("[upstream_tls]\nca_file = \"/nonexistent/ca.pem\"\n{MINIMAL}");
+        assert!(error(&missing).contains("upstream_tls.ca_file \"/nonexistent/ca.pem\""));
+    }
+
+    #[test]
+    fn a_client_ca_that_is_not_pem_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let e = error(&format!(
+            "[server.tls]\nself_signed = true\nclient_ca = {:?}\n{MINIMAL}",
+            junk.display().to_string()
+        ));
+        assert!(e.contains("server.tls.client_ca"), "{e}");
+    }
+
+    #[test]
+    fn hardening_limits_below_their_minimum_are_rejected() {
+        for (key, value) in [
+            ("max_connections", "0"),
+            ("max_headers", "2"),
+            ("max_header_bytes", "10"),
+            ("http2_max_concurrent_streams", "0"),
+            ("http2_max_resets", "0"),
+        ] {
+            let e = error(&format!("[limits]\n{key} = {value}\n{MINIMAL}"));
+            assert!(
+                e.contains(&format!("limits.{key} = {value} must be at least")),
+                "{e}"
+            );
+        }
+        let e = error(&format!("[limits]\nidle_timeout = \"0s\"\n{MINIMAL}"));
+        assert!(
+            e.contains("limits.idle_timeout must be greater than zero"),
+            "{e}"
+        );
+        let e = error(&format!("[penalty_box]\nmax_clients = 0\n{MINIMAL}"));
+        assert!(
+            e.contains("penalty_box.max_clients = 0 must be at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_body_budget_must_hold_a_body_of_the_largest_size() {
+        let e = error(&format!(
+            "[limits]\nmax_body_bytes = 2000000\nmax_buffered_body_bytes_per_ip = 1000000\n{MINIMAL}"
+        ));
+        assert!(
+            e.contains("limits.max_buffered_body_bytes_per_ip = 1000000 must be at least limits.max_body_bytes (2000000)"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "[limits]\nmax_buffered_body_bytes = 2000000\nmax_buffered_body_bytes_per_ip = 3000000\n{MINIMAL}"
+        ));
+        assert!(
+            e.contains("limits.max_buffered_body_bytes = 2000000 must be at least limits.max_buffered_body_bytes_per_ip (3000000)"),
+            "{e}"
+        );
+        let e = error(&format!(
+            "[limits]\nmax_buffered_body_bytes_per_ip = 5000000000\nmax_buffered_body_bytes = 9000000000\n{MINIMAL}"
+        ));
+        assert!(e.contains("must be at most 4294967295"), "{e}");
+        let fits = format!(
+            "[limits]\nmax_body_bytes = 65536\nmax_buffered_body_bytes_per_ip = 65536\nmax_buffered_body_bytes = 65536\n{MINIMAL}"
+        );
+        assert!(parse(&fits, "test.toml").is_ok());
+    }
+
+    #[test]
+    fn a_cross_field_error_carries_the_line_of_the_key_it_blames() {
+        let second = MINIMAL.replace("name = \"openai\"", "name = \"other\"");
+        let e = parse(&format!("{MINIMAL}{second}"), "test.toml").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sources[1].path"));
+        assert_eq!((e.line, e.column), (Some(13), Some(1)));
+        assert!(
+            e.to_string()
+                .ends_with("is already used by sources[0] (line 13, column 1)"),
+            "{e}"
+        );
+        let e = parse(&queued("[queue]\nretry_on = [\"5xx\", \"sometimes\"]"), "t").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(20)), "{e}");
+        let e = parse(&format!("[admin]\ntoken = \"\"\n{MINIMAL}"), "t").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn a_toml_error_keeps_its_excerpt_and_gives_its_position() {
+        let e = parse(
+            &format!("[limits]\nupstream_timeout = \"10 parsecs\"\n{MINIMAL}"),
+            "test.toml",
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(20)));
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("test.toml: TOML parse error at line 2, column 20\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("2 | upstream_timeout = \"10 parsecs\""),
+            "{shown}"
+        );
+        assert!(!shown.contains("(line 2"), "{shown}");
+        assert!(!e.message.contains(" | "), "{}", e.message);
+    }
+
+    #[test]
+    fn no_sources_is_an_error_without_a_position() {
+        let e = parse("", "test.toml").unwrap_err();
+        assert_eq!((e.key.as_deref(), e.line), (None, None));
+    }
+}

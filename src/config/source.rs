@@ -1,0 +1,843 @@
+//! From a `[[sources]]` section to a `Source`: its scheme's verifier, where the event
+//! type and the dedupe key come from, the headers it reads, its routes, and warnings
+//! about its secrets and its provider's event types.
+//!
+//! The scheme reads its own keys (`verify::Scheme::options`) and refuses the ones it
+//! does not read: a silently ignored `encoding` is a security bug waiting to happen. Every
+//! error names its key path (`sources[1].routes[0].upstream`) for `ConfigError` to locate.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderName;
+
+use super::error::Invalid;
+use super::file::{self, COMMON_SOURCE_KEYS, ContentEncoding, Delivery, FieldSpec, SecretEntry};
+use super::settings::Source;
+use crate::event::{Field, JsonPointer, KeyBinding};
+use crate::route::{EventPattern, Route, Routes};
+use crate::verify::{
+    self, KeyError, SCHEMES, Scheme, SecretText, Verifier, parse_header_name,
+    standard_webhooks::Resigner,
+};
+
+/// A secret expiring within this long is warned about by `check` and at start-up.
+const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The sources, and warnings about them (key paths, without the file).
+pub(super) fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String>), Invalid> {
+    let now = SystemTime::now();
+    let mut warnings = Vec::new();
+    let mut names = HashSet::new();
+    let mut paths: Vec<(&str, usize)> = Vec::new();
+    let mut out = Vec::with_capacity(files.len());
+    for (i, file) in files.iter().enumerate() {
+        let key = format!("sources[{i}]");
+        check_name(&format!("{key}.name"), &file.name)?;
+        if !names.insert(file.name.as_str()) {
+            return Err(Invalid::at(
+                format!("{key}.name"),
+                format!("{key}.name {:?} is already used", file.name),
+            ));
+        }
+        if !file.path.starts_with('/') {
+            return Err(Invalid::at(
+                format!("{key}.path"),
+                format!("{key}.path {:?} must start with '/'", file.path),
+            ));
+        }
+        if let Some((_, j)) = paths.iter().find(|(p, _)| *p == file.path) {
+            return Err(Invalid::at(
+                format!("{key}.path"),
+                format!("{key}.path {:?} is already used by sources[{j}]", file.path),
+            ));
+        }
+        paths.push((&file.path, i));
+        let built = verification(file, now).map_err(|e| e.under(&key))?;
+        warnings.extend(built.warnings.iter().map(|w| format!("{key}.{w}")));
+        if let Some(provider) = &built.provider {
+            let events: Vec<&[String]> = file.routes.iter().map(|r| r.events.as_slice()).collect();
+            let typos = crate::provider::typos(provider, &events).map_err(|e| {
+                Invalid::at(format!("{key}.provider"), format!("{key}.provider {e}"))
+            })?;
+            warnings.extend(typos.iter().map(|w| format!("{key}.{w}")));
+        }
+        if file.content_encoding == ContentEncoding::Pass
+            && let Some(Field::Json(pointer)) = [&built.event_type, &built.dedupe_key]
+                .into_iter()
+                .find(|field| matches!(field, Field::Json(_)))
+        {
+            return Err(Invalid::at(
+                format!("{key}.content_encoding"),
+                format!(
+                    "{key}.content_encoding = \"pass\" needs the event type and the dedupe key in \
+                     headers: hookgate does not decompress bodies, so it cannot read {pointer:?} \
+                     from an encoded one"
+                ),
+            ));
+        }
+        out.push(Source {
+            name: file.name.clone(),
+            path: file.path.clone(),
+            scheme: built.scheme,
+            verifier: built.verifier,
+            event_type: built.event_type,
+            dedupe_key: built.dedupe_key,
+            binding: built.binding,
+            reads: built.reads,
+            content_encoding: file.content_encoding,
+            secrets: built.secrets,
+            routes: routes(&key, file)?,
+            allow_ips: file.allow_ips.clone(),
+            delivery: file.delivery,
+        });
+    }
+    Ok((out, warnings))
+}
+
+/// A source's verification, resolved from its `[[sources]]` section.
+pub(super) struct SourceVerification {
+    pub scheme: &'static str,
+    pub verifier: Arc<dyn Verifier>,
+    pub event_type: Field,
+    pub dedupe_key: Field,
+    /// The headers the scheme, the event type and the dedupe key read: each must come
+    /// once, and reach the backend as it was verified.
+    pub reads: Vec<HeaderName>,
+    /// Whether the claim key must bind the dedupe key to the body.
+    pub binding: KeyBinding,
+    pub secrets: usize,
+    /// The sender named by `provider`, for the schemes that read it.
+    pub provider: Option<String>,
+    /// Key paths relative to the source (`secrets[1] ...`); the caller adds the rest.
+    pub warnings: Vec<String>,
+}
+
+/// The verifier of a `[[sources]]` section. Errors and warnings name the key relative to
+/// the source (`encoding ...`, `secrets[1] ...`); `now` dates the warnings about
+/// expiring secrets.
+pub(super) fn verification(
+    source: &file::Source,
+    now: SystemTime,
+) -> Result<SourceVerification, Invalid> {
+    let scheme = verify::scheme(&source.scheme).map_err(|e| Invalid::at("scheme", e))?;
+    let options = (scheme.options)(source.options.clone()).map_err(|e| refused(scheme, e))?;
+    let secrets: Vec<SecretText<'_>> = source.secrets.iter().map(secret_text).collect();
+    let built = options.build(&secrets).map_err(|e| refused(scheme, e))?;
+    let event_type = match &source.event_type {
+        Some(spec) => field("event_type", spec, TextIs::Pointer)?,
+        None => built.event_type,
+    };
+    let dedupe_key = match (&source.dedupe_key, built.dedupe_key) {
+        (Some(spec), _) => field("dedupe_key", spec, TextIs::Header)?,
+        (None, Some(default)) => default,
+        (None, None) => {
+            return Err(Invalid::at(
+                "dedupe_key",
+                format!(
+                    "dedupe_key is required: scheme {:?} has no delivery id of its own \
+                     (set id_header, or dedupe_key = {{ json = \"/id\" }} or {{ header = \"...\" }})",
+                    scheme.name
+                ),
+            ));
+        }
+    };
+    let mut reads = built.headers;
+    for field in [&event_type, &dedupe_key] {
+        if let Field::Header(name) = field
+            && !reads.contains(name)
+        {
+            reads.push(name.clone());
+        }
+    }
+    let signed = |field: &Field| match field {
+        Field::Json(_) => true, // every scheme signs the body
+        Field::Header(name) => built.signed.contains(name),
+    };
+    let binding = if signed(&dedupe_key) && signed(&event_type) {
+        KeyBinding::Id
+    } else {
+        KeyBinding::IdAndBody
+    };
+    Ok(SourceVerification {
+        scheme: scheme.name,
+        verifier: built.verifier,
+        event_type,
+        dedupe_key,
+        reads,
+        binding,
+        secrets: source.secrets.len(),
+        provider: options.provider().map(str::to_owned),
+        warnings: secret_warnings(&source.secrets, now),
+    })
+}
+
+fn secret_text(entry: &SecretEntry) -> SecretText<'_> {
+    SecretText {
+        text: entry.secret.expose(),
+        not_after: entry.not_after,
+    }
+}
+
+/// A scheme's refusal in the words of the config file: a key it does not read is named
+/// with the keys it does.
+fn refused(scheme: &Scheme, e: KeyError) -> Invalid {
+    let Some(key) = e.key else {
+        return Invalid::whole(e.message);
+    };
+    if !e.unknown {
+        return Invalid::at(key, e.message);
+    }
+    let read_by_another = SCHEMES.iter().any(|s| (s.keys)().contains(&key.as_str()));
+    let message = if read_by_another {
+        format!(
+            "{key} does not apply to scheme {:?} (its keys: {})",
+            scheme.name,
+            scheme_keys(scheme)
+        )
+    } else {
+        format!(
+            "{key} is unknown: every source takes {}; scheme {:?} also takes {}",
+            COMMON_SOURCE_KEYS.join(", "),
+            scheme.name,
+            match (scheme.keys)() {
+                [] => "nothing else".to_owned(),
+                keys => keys.join(", "),
+            }
+        )
+    };
+    Invalid::at(key, message)
+}
+
+fn scheme_keys(scheme: &Scheme) -> String {
+    let mut keys = vec!["secrets"];
+    keys.extend((scheme.keys)());
+    keys.join(", ")
+}
+
+/// How a plain string is read: `event_type = "/type"` is a pointer, `dedupe_key =
+/// "webhook-id"` a header (the spelling each is most often written in).
+#[derive(Clone, Copy)]
+enum TextIs {
+    Pointer,
+    Header,
+}
+
+fn field(key: &str, spec: &FieldSpec, text_is: TextIs) -> Result<Field, Invalid> {
+    let invalid = |message: String| Invalid::at(key, message);
+    match (spec, text_is) {
+        (FieldSpec::Json(pointer), _) => Ok(Field::Json(pointer.clone())),
+        (FieldSpec::Header(name), _) => Ok(Field::Header(name.clone())),
+        (FieldSpec::Text(text), TextIs::Pointer) => {
+            JsonPointer::parse(text).map(Field::Json).map_err(|e| {
+                invalid(format!(
+                    "{key} {text:?}: {e}; for a header write {key} = {{ header = {text:?} }}"
+                ))
+            })
+        }
+        (FieldSpec::Text(text), TextIs::Header) if text.starts_with('/') => Err(invalid(format!(
+            "{key} {text:?}: a plain string names a header; for a JSON pointer write \
+             {key} = {{ json = {text:?} }}"
+        ))),
+        (FieldSpec::Text(text), TextIs::Header) => parse_header_name(text)
+            .map(Field::Header)
+            .map_err(|e| invalid(format!("{key}: {e}"))),
+    }
+}
+
+/// Mistakes visible in the secrets themselves, and secrets about to expire.
+fn secret_warnings(secrets: &[SecretEntry], now: SystemTime) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (i, entry) in secrets.iter().enumerate() {
+        let text = entry.secret.expose();
+        if let Some(prefix) = ["v1,", "v1a,", "v1=", "sha256=", "t="]
+            .into_iter()
+            .find(|p| text.starts_with(p))
+        {
+            warnings.push(format!(
+                "secrets[{i}] starts with {prefix:?}, as signatures do: is a signature pasted instead of the secret?"
+            ));
+        }
+        if text.trim() != text {
+            warnings.push(format!(
+                "secrets[{i}] has leading or trailing whitespace (a newline from an env file?); it is used as written"
+            ));
+        }
+        if let Some(t) = entry.not_after {
+            let when = humantime::format_rfc3339_seconds(t);
+            match t.duration_since(now) {
+                Err(_) => warnings.push(format!(
+                    "secrets[{i}] is past its not_after ({when}) and is ignored; remove it"
+                )),
+                Ok(left) if left <= EXPIRY_WARNING => warnings.push(format!(
+                    "secrets[{i}] stops being accepted in {} (not_after {when}); \
+                     hookgate_verified_total{{secret=\"{i}\"}} shows whether the sender still uses it",
+                    humantime::format_duration(Duration::from_secs(left.as_secs()))
+                )),
+                Ok(_) => {}
+            }
+        }
+    }
+    if !secrets.is_empty() && secrets.iter().all(|e| e.not_after.is_some_and(|t| t < now)) {
+        warnings.push("every secret is past its not_after: every request will be refused".into());
+    }
+    warnings
+}
+
+fn routes(source_key: &str, file: &file::Source) -> Result<Routes, Invalid> {
+    if file.routes.is_empty() {
+        return Err(Invalid::at(
+            source_key,
+            format!(
+                "{source_key} ({:?}) has no [[sources.routes]]; add at least one (events = [\"*\"] catches all)",
+                file.name
+            ),
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut routes = Vec::with_capacity(file.routes.len());
+    for (j, route) in file.routes.iter().enumerate() {
+        let key = format!("{source_key}.routes[{j}]");
+        let name = match &route.name {
+            Some(name) => {
+                check_name(&format!("{key}.name"), name)?;
+                name.clone()
+            }
+            None => j.to_string(),
+        };
+        if !names.insert(name.clone()) {
+            return Err(Invalid::at(
+                format!("{key}.name"),
+                format!("{key}.name {name:?} is already used in this source"),
+            ));
+        }
+        let max_concurrency = match (route.max_concurrency, file.delivery) {
+            (None, _) => None,
+            (Some(0), _) => {
+                return Err(Invalid::at(
+                    format!("{key}.max_concurrency"),
+                    format!("{key}.max_concurrency must be at least 1"),
+                ));
+            }
+            (Some(n), Delivery::Queue) => NonZeroU32::new(n),
+            (Some(_), Delivery::Proxy) => {
+                return Err(Invalid::at(
+                    format!("{key}.max_concurrency"),
+                    format!(
+                        "{key}.max_concurrency only applies to queue mode; set delivery = \"queue\" on {source_key}"
+                    ),
+                ));
+            }
+        };
+        let mut compiled = Route::new(&file.name, &name, &route.events, &route.upstream)
+            .map_err(|e| Invalid::at(format!("{key}.{}", route_key(route)), format!("{key}.{e}")))?
+            .with_max_concurrency(max_concurrency);
+        if let Some(resign) = &route.resign {
+            let signer = Resigner::new(resign.secret.expose()).map_err(|e| {
+                Invalid::at(
+                    format!("{key}.resign.secret"),
+                    format!("{key}.resign.secret: {e}"),
+                )
+            })?;
+            compiled = compiled.with_resign(signer);
+        }
+        routes.push(compiled);
+    }
+    Ok(Routes::new(routes))
+}
+
+/// The key of a route that `Route::new` refused, in the order it checks them.
+fn route_key(route: &file::Route) -> String {
+    if route.events.is_empty() {
+        return "events".to_owned();
+    }
+    match route
+        .events
+        .iter()
+        .position(|e| EventPattern::parse(e).is_err())
+    {
+        Some(i) => format!("events[{i}]"),
+        None => "upstream".to_owned(),
+    }
+}
+
+/// Names end up in metric labels and store keys: keep them short and plain.
+fn check_name(key: &str, name: &str) -> Result<(), Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::at(
+            key,
+            format!(
+                "{key} {name:?} must be 1 to 64 characters of letters, digits, '_', '-' or '.'"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::secret::Secret;
+    use http::HeaderMap;
+
+    fn entry(secret: &str, not_after: Option<i64>) -> SecretEntry {
+        SecretEntry {
+            secret: Secret::from(secret.to_owned()),
+            not_after: not_after.map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t as u64)),
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn expiring_and_expired_secrets_are_warned_about() {
+        let week = 7 * 24 * 3600;
+        let now = at(10 * week);
+        let secrets = [
+            entry("a", Some(10 * week as i64 + 3600)),
+            entry("b", Some(10 * week as i64 - 1)),
+            entry("c", Some(20 * week as i64)),
+        ];
+        let warnings = secret_warnings(&secrets, now);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("secrets[0] stops being accepted in 1h"));
+        assert!(warnings[1].starts_with("secrets[1] is past its not_after"));
+
+        let all_gone = secret_warnings(&[entry("a", Some(1))], now);
+        assert!(all_gone.iter().any(|w| w.contains("every secret")));
+    }
+
+    #[test]
+    fn secrets_that_look_like_signatures_or_carry_whitespace_are_warned_about() {
+        let warnings = secret_warnings(&[entry("v1,abc", None), entry("whsec_x\n", None)], at(0));
+        assert!(warnings[0].contains("secrets[0] starts with \"v1,\""));
+        assert!(warnings[1].contains("secrets[1] has leading or trailing whitespace"));
+    }
+
+    fn config_error(source: &str) -> String {
+        crate::config::parse(&config(source), "test.toml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| panic!("accepted:\n{source}"))
+    }
+
+    fn config(source: &str) -> String {
+        format!(
+            "[[sources]]\nname = \"s\"\npath = \"/s\"\n{source}\n\
+             [[sources.routes]]\nevents = [\"*\"]\nupstream = \"http://127.0.0.1:9/\"\n"
+        )
+    }
+
+    fn parsed(source: &str) -> crate::config::Settings {
+        crate::config::parse(&config(source), "test.toml")
+            .unwrap_or_else(|e| panic!("{e}\n{source}"))
+    }
+
+    #[test]
+    fn each_source_knows_the_headers_it_reads_and_binds_unsigned_ids_to_the_body() {
+        let cases = [
+            (
+                "scheme = \"standard-webhooks\"\nsecrets = [\"raw\"]",
+                "webhook-id webhook-timestamp webhook-signature",
+                KeyBinding::Id,
+            ),
+            (
+                "scheme = \"standard-webhooks\"\nsecrets = [\"raw\"]\nevent_type = { header = \"X-Event\" }",
+                "webhook-id webhook-timestamp webhook-signature x-event",
+                KeyBinding::IdAndBody,
+            ),
+            (
+                "scheme = \"stripe\"\nsecrets = [\"x\"]",
+                "stripe-signature",
+                KeyBinding::Id,
+            ),
+            (
+                "scheme = \"stripe\"\nsecrets = [\"x\"]\ndedupe_key = \"Idempotency-Key\"",
+                "stripe-signature idempotency-key",
+                KeyBinding::IdAndBody,
+            ),
+            (
+                "scheme = \"github\"\nsecrets = [\"x\"]",
+                "x-hub-signature-256 x-github-event x-github-delivery",
+                KeyBinding::IdAndBody,
+            ),
+            (
+                "scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"X-Sig\"\nid_header = \"X-Id\"\n\
+                 timestamp_header = \"X-Ts\"\nsigned_content = \"{timestamp}.{id}.{body}\"",
+                "x-sig x-id x-ts",
+                KeyBinding::Id,
+            ),
+            (
+                "scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"X-Sig\"\nid_header = \"X-Id\"",
+                "x-sig x-id",
+                KeyBinding::IdAndBody,
+            ),
+            (
+                "scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"X-Sig\"\ndedupe_key = { json = \"/id\" }",
+                "x-sig",
+                KeyBinding::Id,
+            ),
+        ];
+        for (source, reads, binding) in cases {
+            let settings = parsed(source);
+            let got: Vec<&str> = settings.sources[0]
+                .reads
+                .iter()
+                .map(HeaderName::as_str)
+                .collect();
+            assert_eq!(got.join(" "), reads, "{source}");
+            assert_eq!(settings.sources[0].binding, binding, "{source}");
+        }
+    }
+
+    #[test]
+    fn content_encoding_pass_needs_the_event_type_and_dedupe_key_in_headers() {
+        let settings =
+            parsed("scheme = \"github\"\nsecrets = [\"x\"]\ncontent_encoding = \"pass\"");
+        assert_eq!(
+            settings.sources[0].content_encoding,
+            crate::config::ContentEncoding::Pass
+        );
+        assert!(settings.summary().contains("content_encoding pass"));
+        let e = config_error(
+            "scheme = \"standard-webhooks\"\nsecrets = [\"raw\"]\ncontent_encoding = \"pass\"",
+        );
+        assert!(
+            e.starts_with(
+                "test.toml: sources[0].content_encoding = \"pass\" needs the event type and the \
+                 dedupe key in headers"
+            ) && e.contains("\"/type\""),
+            "{e}"
+        );
+        let e = config_error("scheme = \"github\"\nsecrets = [\"x\"]\ncontent_encoding = \"gzip\"");
+        assert!(
+            e.contains("unknown variant `gzip`") && e.contains("line 6"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_that_does_not_apply_to_the_scheme_is_an_error_naming_it() {
+        let e = config_error("scheme = \"stripe\"\nsecrets = [\"whsec_x\"]\nencoding = \"base64\"");
+        assert!(
+            e.starts_with("test.toml: sources[0].encoding does not apply to scheme \"stripe\""),
+            "{e}"
+        );
+        assert!(
+            e.contains("its keys: secrets, signature_header, tolerance"),
+            "{e}"
+        );
+        let e = config_error("scheme = \"github\"\nsecrets = [\"x\"]\ntolerance = \"5m\"");
+        assert!(
+            e.contains("sources[0].tolerance does not apply to scheme \"github\""),
+            "{e}"
+        );
+        let e = config_error("scheme = \"stripe\"\nsecrets = [\"x\"]\nprovider = \"openai\"");
+        assert!(e.contains("sources[0].provider does not apply"), "{e}");
+    }
+
+    #[test]
+    fn scheme_keys_are_checked_with_their_key_paths() {
+        let e = config_error(
+            "scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"X-Sig\"\nencoding = \"base32\"",
+        );
+        assert!(e.contains("line 7"), "{e}");
+        let e =
+            config_error("scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"bad header\"");
+        assert!(
+            e.contains("\"bad header\" is not a valid header name"),
+            "{e}"
+        );
+        let e = config_error("scheme = \"hmac\"\nsecrets = [\"x\"]");
+        assert!(e.contains("sources[0].signature_header is required"), "{e}");
+        let e = config_error(
+            "scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"X-Sig\"\nsigned_content = \"{ts}.{body}\"",
+        );
+        assert!(
+            e.contains("sources[0].signed_content \"{ts}.{body}\": unknown placeholder {ts}"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn each_scheme_has_its_documented_defaults() {
+        let settings = parsed(
+            "scheme = \"standard-webhooks\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]",
+        );
+        assert_eq!(
+            settings.sources[0].dedupe_key.to_string(),
+            "header:webhook-id"
+        );
+        assert_eq!(settings.sources[0].event_type.to_string(), "/type");
+        let settings = parsed("scheme = \"stripe\"\nsecrets = [\"whsec_x\"]");
+        assert_eq!(settings.sources[0].dedupe_key.to_string(), "/id");
+        assert_eq!(settings.sources[0].event_type.to_string(), "/type");
+        let settings = parsed("scheme = \"github\"\nsecrets = [\"x\"]");
+        assert_eq!(
+            settings.sources[0].dedupe_key.to_string(),
+            "header:x-github-delivery"
+        );
+        assert_eq!(
+            settings.sources[0].event_type.to_string(),
+            "header:x-github-event"
+        );
+        let settings = parsed(
+            "scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"X-Sig\"\nid_header = \"X-Id\"",
+        );
+        assert_eq!(settings.sources[0].dedupe_key.to_string(), "header:x-id");
+        let e = config_error("scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"X-Sig\"");
+        assert!(e.contains("sources[0].dedupe_key is required"), "{e}");
+    }
+
+    #[test]
+    fn event_type_and_dedupe_key_take_strings_pointers_and_headers() {
+        let settings = parsed(
+            "scheme = \"standard-webhooks\"\nsecrets = [\"raw\"]\n\
+             event_type = { header = \"X-Event\" }\ndedupe_key = { json = \"/data/id\" }",
+        );
+        assert_eq!(settings.sources[0].event_type.to_string(), "header:x-event");
+        assert_eq!(settings.sources[0].dedupe_key.to_string(), "/data/id");
+        let settings = parsed(
+            "scheme = \"stripe\"\nsecrets = [\"x\"]\nevent_type = \"/data/type\"\ndedupe_key = \"Idempotency-Key\"",
+        );
+        assert_eq!(settings.sources[0].event_type.to_string(), "/data/type");
+        assert_eq!(
+            settings.sources[0].dedupe_key.to_string(),
+            "header:idempotency-key"
+        );
+
+        let e = config_error("scheme = \"stripe\"\nsecrets = [\"x\"]\ndedupe_key = \"/id\"");
+        assert!(e.contains("sources[0].dedupe_key \"/id\": a plain string names a header; for a JSON pointer write dedupe_key = { json = \"/id\" }"), "{e}");
+        let e = config_error("scheme = \"stripe\"\nsecrets = [\"x\"]\nevent_type = \"X-Event\"");
+        assert!(
+            e.contains("for a header write event_type = { header = \"X-Event\" }"),
+            "{e}"
+        );
+        let e = config_error(
+            "scheme = \"stripe\"\nsecrets = [\"x\"]\nevent_type = { json = \"/a\", header = \"b\" }",
+        );
+        assert!(
+            e.contains("set exactly one of json or header") && e.contains("line 6"),
+            "{e}"
+        );
+        let e =
+            config_error("scheme = \"stripe\"\nsecrets = [\"x\"]\nevent_type = { jsn = \"/a\" }");
+        assert!(e.contains("unknown field `jsn`"), "{e}");
+    }
+
+    #[test]
+    fn secrets_may_be_strings_or_tables_with_not_after() {
+        let settings = parsed(
+            "scheme = \"standard-webhooks\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", \
+             { secret = \"old-secret\", not_after = \"2999-12-31T00:00:00Z\" }]",
+        );
+        assert_eq!(settings.sources[0].secrets, 2);
+        assert!(
+            settings.sources[0]
+                .verifier
+                .describe()
+                .contains("secrets[1] until 2999-12-31T00:00:00Z"),
+            "{}",
+            settings.sources[0].verifier.describe()
+        );
+        assert!(settings.warnings.is_empty(), "{:?}", settings.warnings);
+
+        let settings = parsed(
+            "scheme = \"standard-webhooks\"\nsecrets = [\"new-secret\", \
+             { secret = \"old-secret\", not_after = \"2001-01-01T00:00:00Z\" }]",
+        );
+        assert_eq!(
+            settings.warnings,
+            vec![
+                "test.toml: sources[0].secrets[1] is past its not_after (2001-01-01T00:00:00Z) and is ignored; remove it"
+            ]
+        );
+        let e = config_error(
+            "scheme = \"github\"\nsecrets = [{ secret = \"x\", not_after = \"soon\" }]",
+        );
+        assert!(e.contains("line 5"), "{e}");
+        let e = config_error(
+            "scheme = \"github\"\nsecrets = [{ secret = \"x\", until = \"2030-01-01T00:00:00Z\" }]",
+        );
+        assert!(e.contains("unknown field `until`"), "{e}");
+    }
+
+    #[test]
+    fn provider_openai_warns_about_route_typos_and_unknown_providers_are_errors() {
+        let text = "[[sources]]\nname = \"openai\"\npath = \"/o\"\nscheme = \"standard-webhooks\"\n\
+                    secrets = [\"raw\"]\nprovider = \"openai\"\n\
+                    [[sources.routes]]\nevents = [\"response.complete\", \"batch.*\"]\nupstream = \"http://127.0.0.1:9/\"\n";
+        let settings = crate::config::parse(text, "test.toml").unwrap();
+        assert_eq!(
+            settings.warnings,
+            vec![
+                "test.toml: sources[0].routes[0].events[0] \"response.complete\" matches none of \
+                 OpenAI's published event types; did you mean \"response.completed\"?"
+            ]
+        );
+        let e = crate::config::parse(
+            &text.replace("\"openai\"\n[[", "\"opneai\"\n[["),
+            "test.toml",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("sources[0].provider \"opneai\" is unknown"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_route_resign_secret_is_checked() {
+        let text = config("scheme = \"github\"\nsecrets = [\"x\"]").replace(
+            "upstream = ",
+            "resign = { secret = \"whsec_%%\" }\nupstream = ",
+        );
+        let e = crate::config::parse(&text, "test.toml")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains(
+                "sources[0].routes[0].resign.secret: the part after whsec_ is not valid base64"
+            ),
+            "{e}"
+        );
+        let ok = config("scheme = \"github\"\nsecrets = [\"x\"]").replace(
+            "upstream = ",
+            "resign = { secret = \"backend-secret\" }\nupstream = ",
+        );
+        let settings = crate::config::parse(&ok, "test.toml").unwrap();
+        assert!(
+            settings
+                .summary()
+                .contains("(re-signed: standard-webhooks)")
+        );
+    }
+
+    /// A file of `tests/vectors/`.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Vectors {
+        source: file::Source,
+        case: Vec<Case>,
+    }
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Case {
+        name: String,
+        now: u64,
+        body: String,
+        expect: String,
+        headers: std::collections::BTreeMap<String, String>,
+    }
+
+    #[test]
+    fn vectors_of_every_scheme_give_their_expected_verdicts() {
+        for scheme in SCHEMES {
+            let path = format!(
+                "{}/tests/vectors/{}.toml",
+                env!("CARGO_MANIFEST_DIR"),
+                scheme.name
+            );
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert!(text.starts_with('#'), "{path} must cite its sources first");
+            let vectors: Vectors = toml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(vectors.source.scheme, scheme.name, "{path}");
+            assert!(vectors.case.len() >= 5, "{path}: too few cases");
+            for case in &vectors.case {
+                let built = verification(&vectors.source, at(case.now)).unwrap();
+                let mut headers = HeaderMap::new();
+                for (name, value) in &case.headers {
+                    headers.insert(
+                        HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                        value.parse().unwrap(),
+                    );
+                }
+                let verdict =
+                    match built
+                        .verifier
+                        .verify(&headers, case.body.as_bytes(), at(case.now))
+                    {
+                        Ok(delivery) => format!("ok secrets[{}]", delivery.secret_index),
+                        Err(e) => crate::reject::Reject::from(e).reason().to_owned(),
+                    };
+                assert_eq!(verdict, case.expect, "{path}: {}", case.name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_scheme_key_error_points_at_the_key_s_line() {
+        let e = crate::config::parse(
+            &config("scheme = \"stripe\"\nsecrets = [\"x\"]\n\nencoding = \"base64\""),
+            "test.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sources[0].encoding"));
+        assert_eq!((e.line, e.column), (Some(7), Some(1)));
+        assert!(e.to_string().ends_with("(line 7, column 1)"), "{e}");
+        let e = crate::config::parse(
+            &config("scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"X-Sig\"\n  encoding = \"base32\""),
+            "test.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sources[0].encoding"));
+        assert_eq!((e.line, e.column), (Some(7), Some(3)));
+        assert!(e.message.contains("unknown variant `base32`"), "{e}");
+    }
+
+    #[test]
+    fn a_key_no_scheme_reads_is_unknown_and_named_with_its_line() {
+        let e = crate::config::parse(
+            &config("scheme = \"github\"\nsecrets = [\"x\"]\nsecret = \"y\""),
+            "test.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sources[0].secret"));
+        assert_eq!(e.line, Some(6));
+        assert!(
+            e.message
+                .starts_with("sources[0].secret is unknown: every source takes name, path"),
+            "{e}"
+        );
+        assert!(
+            e.message
+                .ends_with("scheme \"github\" also takes nothing else"),
+            "{e}"
+        );
+        let e = config_error("scheme = \"stripe\"\nsecrets = [\"x\"]\nupstream = \"http://x/\"");
+        assert!(e.contains("sources[0].upstream is unknown"), "{e}");
+        assert!(e.contains("also takes signature_header, tolerance"), "{e}");
+    }
+
+    #[test]
+    fn a_scheme_s_refusal_to_build_points_at_its_key() {
+        let e = crate::config::parse(
+            &config("scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"X-Sig\"\nsigned_content = \"{ts}.{body}\""),
+            "test.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sources[0].signed_content"));
+        assert_eq!(e.line, Some(7));
+        let e = crate::config::parse(
+            &config("scheme = \"hmac\"\nsecrets = [\"x\", \"\"]\nsignature_header = \"X\""),
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sources[0].secrets[1]"));
+        assert_eq!((e.line, e.column), (Some(5), Some(17)), "{e}");
+    }
+}

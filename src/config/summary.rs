@@ -1,0 +1,172 @@
+//! `Settings::summary`: the one-screen description `hookgate check` prints and `serve`
+//! logs at start. It shows where each setting ended up, never a secret: tokens, Redis
+//! passwords and keys stay out, verifiers describe themselves (`Verifier::describe`).
+
+use super::duration;
+use super::file::{ContentEncoding, Delivery};
+use super::settings::{HTTP2_RESET_WINDOW, Settings, StoreBackend};
+use crate::event::KeyBinding;
+
+impl Settings {
+    /// A one-screen description for `hookgate check` and the start-up log.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(s, "config: {}", self.origin);
+        let tls = match &self.server.tls {
+            Some(tls) => format!("https (TLS: {})", tls.description),
+            None => "plain http (no [server.tls]: put a TLS-terminating proxy in front)".to_owned(),
+        };
+        let _ = writeln!(s, "listen: {} {tls}", self.server.listen);
+        let admin_auth = match (
+            &self.admin_auth.token,
+            self.admin_auth.public_paths.as_slice(),
+        ) {
+            (None, _) => "no token (loopback only)".to_owned(),
+            (Some(_), []) => "bearer token required".to_owned(),
+            (Some(_), open) => format!("bearer token required except {}", open.join(" ")),
+        };
+        let _ = writeln!(
+            s,
+            "admin:  {} (/metrics /healthz /readyz{}), {admin_auth}",
+            self.admin_listen,
+            if self.queue.is_some() {
+                " /deliveries"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            s,
+            "limits: body {} bytes ({} buffered per client IP, {} in all), header read {}, \
+             body read {}, upstream {}",
+            self.limits.max_body_bytes,
+            self.limits.max_buffered_body_bytes_per_ip,
+            self.limits.max_buffered_body_bytes,
+            humantime::format_duration(self.limits.header_read_timeout),
+            humantime::format_duration(self.limits.body_read_timeout),
+            humantime::format_duration(self.limits.upstream_timeout),
+        );
+        let _ = writeln!(
+            s,
+            "connections: {} in all, {} per client IP, idle {}; headers: {} fields, {} bytes; \
+             http2: {} streams, {} resets per {}",
+            self.limits.max_connections,
+            self.limits.max_connections_per_ip,
+            humantime::format_duration(self.limits.idle_timeout),
+            self.limits.max_headers,
+            self.limits.max_header_bytes,
+            self.limits.http2_max_concurrent_streams,
+            self.limits.http2_max_resets,
+            humantime::format_duration(HTTP2_RESET_WINDOW),
+        );
+        let penalty = if self.penalty_box.max_failures == 0 {
+            "off".to_owned()
+        } else {
+            format!(
+                "more than {} failed verifications in {} -> refused for {}; {} clients tracked at most",
+                self.penalty_box.max_failures,
+                humantime::format_duration(self.penalty_box.window),
+                humantime::format_duration(self.penalty_box.cooldown),
+                self.penalty_box.max_clients,
+            )
+        };
+        let _ = writeln!(s, "penalty box: {penalty}");
+        let _ = writeln!(s, "upstream TLS: {}", self.upstream_tls);
+        let _ = writeln!(
+            s,
+            "rate limit: {} req/s per client IP, burst {}, {} trusted proxies",
+            self.rate_limit.requests_per_second,
+            self.rate_limit.burst,
+            self.trusted_proxies.len()
+        );
+        let store = match &self.store.backend {
+            StoreBackend::Memory => "in-memory (this instance only)".to_owned(),
+            StoreBackend::Redis(redis) => format!(
+                "{} (key prefix {:?}, timeout {}, on_error = \"{}\")",
+                redis.target,
+                redis.key_prefix,
+                humantime::format_duration(redis.timeout),
+                self.store.on_error
+            ),
+        };
+        let _ = writeln!(
+            s,
+            "store:  {store}; dedupe ttl {}, in-flight {}",
+            duration::written(self.dedupe.ttl),
+            duration::written(self.dedupe.in_flight_ttl),
+        );
+        if let Some(queue) = &self.queue {
+            let durability = match self.store.backend {
+                StoreBackend::Memory => "in memory: NOT durable, lost on restart",
+                StoreBackend::Redis(_) => "Redis Streams, shared by every instance",
+            };
+            let _ = writeln!(
+                s,
+                "queue:  {durability}; {} workers, {} attempts, backoff {}..{}{}, max age {}, retention {}, retry on {}",
+                queue.workers,
+                queue.max_attempts,
+                duration::written(queue.backoff.initial),
+                duration::written(queue.backoff.max),
+                if queue.backoff.jitter {
+                    " with jitter"
+                } else {
+                    ""
+                },
+                duration::written(queue.max_age),
+                duration::written(queue.retention),
+                queue.retry_on,
+            );
+        }
+        let _ = writeln!(s, "sources:");
+        for source in &self.sources {
+            let delivery = match source.delivery {
+                Delivery::Proxy => "proxy",
+                Delivery::Queue => "queue",
+            };
+            let bound = match source.binding {
+                KeyBinding::Id => "",
+                KeyBinding::IdAndBody => " (unsigned: bound to the body's hash)",
+            };
+            let _ = writeln!(
+                s,
+                "  {} POST {} scheme={} event_type={} dedupe_key={}{bound} delivery={delivery}\n    verify {}",
+                source.name,
+                source.path,
+                source.scheme,
+                source.event_type,
+                source.dedupe_key,
+                source.verifier.describe()
+            );
+            if source.content_encoding == ContentEncoding::Pass {
+                let _ = writeln!(
+                    s,
+                    "    content_encoding pass (encoded bodies forwarded as received)"
+                );
+            }
+            if !source.allow_ips.is_empty() {
+                let nets: Vec<String> = source.allow_ips.iter().map(ToString::to_string).collect();
+                let _ = writeln!(s, "    allow_ips {}", nets.join(", "));
+            }
+            for route in source.routes.iter() {
+                let limit = route
+                    .max_concurrency()
+                    .map(|n| format!(" (max {n} at once)"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "    route {:<12} {:<40} -> {}{limit}{}",
+                    route.name(),
+                    route.patterns_display(),
+                    route.upstream(),
+                    if route.resign().is_some() {
+                        " (re-signed: standard-webhooks)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        s
+    }
+}
