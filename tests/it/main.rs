@@ -1,8 +1,5 @@
 //! hookgate's integration tests: one binary, the real server on loopback sockets.
 
-mod hardening_support;
-mod redis_support;
-mod skips;
 mod support;
 
 mod abuse;

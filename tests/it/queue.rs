@@ -1,8 +1,9 @@
 //! Queue mode end to end: real gateways (in-process, and as child processes to kill),
 //! real upstreams, real Redis. Shared bodies run on the in-memory queue and on Redis.
 //!
-//! Durations are short (backoff from 100 ms, visibility 1 s) and every wait is a poll
-//! with a deadline; the only timing assertions are lower bounds the design guarantees.
+//! Durations are short (backoff from 100 ms, visibility 1 s) and every wait is on a
+//! condition (`eventually`); the only timing assertions are lower bounds the design
+//! guarantees.
 
 use std::time::Duration;
 
@@ -109,14 +110,10 @@ async fn an_upstream_down_for_a_while_then_up_gets_every_event_exactly_once(stor
     }
     // Every delivery has failed at least twice while the upstream was down.
     for id in &ids {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while deliveries.record(id).await["attempts"].as_u64() < Some(2) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} was not retried"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(format!("{id} being retried"), async || {
+            deliveries.record(id).await["attempts"].as_u64() >= Some(2)
+        })
+        .await;
     }
 
     let upstream = Upstream::with_at(down, Answer::ok()).await;
@@ -508,15 +505,15 @@ async fn when_the_queue_cannot_store_a_delivery_ingress_answers_503_and_the_retr
     assert_eq!(refused.retry_after(), 5);
 
     redis.restart().await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let id = loop {
+    let id = eventually("the retry being queued", async || {
         let reply = gw.post(PATH, &event).await;
         if reply.status() == 202 {
-            break reply.json()["delivery_id"].as_str().unwrap().to_owned();
+            Ok(reply.json()["delivery_id"].as_str().unwrap().to_owned())
+        } else {
+            Err(format!("{reply:?}"))
         }
-        assert!(tokio::time::Instant::now() < deadline, "{reply:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     Deliveries::of(&gw).wait_for_state(&id, "processed").await;
     assert_eq!(upstream.received().len(), 1);
 }

@@ -30,26 +30,7 @@ async fn twenty_concurrent_copies_through_a_cluster_store_are_forwarded_exactly_
     let gw = Gateway::start(config().redis_cluster(&cluster).route("*", &upstream)).await;
     let event = signed_event("response.completed");
 
-    let copies: Vec<_> = (0..20)
-        .map(|_| {
-            let client = gw.client();
-            let event = event.clone();
-            tokio::spawn(async move { client.post(PATH, &event).await })
-        })
-        .collect();
-    let mut forwards = 0;
-    for copy in copies {
-        let reply = copy.await.unwrap();
-        match reply.status().as_u16() {
-            200 if reply.forwarded() => forwards += 1,
-            200 => assert_eq!(reply.json(), serde_json::json!({"duplicate": true})),
-            409 => assert_eq!(reply.error(), "in_flight"),
-            _ => panic!("unexpected answer {reply:?}"),
-        }
-    }
-
-    assert_eq!(forwards, 1);
-    assert_eq!(upstream.received().len(), 1);
+    assert_forwarded_exactly_once(&[gw.client()], &event, 20, &upstream).await;
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ fn redis_store(redis: &RedisServer) -> RedisStore {
 }
 
 fn redis_store_from(config: Config) -> RedisStore {
-    let text = config.route("*", "http://127.0.0.1:9/hooks").to_string();
+    let text = config.route("*", NOWHERE).to_string();
     let settings = hookgate::config::parse(&text, "test.toml").expect("a valid config");
     let StoreBackend::Redis(redis_settings) = &settings.store.backend else {
         panic!("[store] selects Redis");
@@ -39,19 +39,16 @@ fn redis_store_from(config: Config) -> RedisStore {
 
 /// Claims `key` for `token`, polling until the claim holding it now has expired.
 async fn claim_once_expired(store: &RedisStore, key: &str, token: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match store.claim(key, token, LONG).await.expect("redis answers") {
-            ClaimState::Won => return,
-            ClaimState::InFlight { .. } => {}
-            ClaimState::Done => panic!("{key} is done, not in flight"),
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the claim on {key} never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(format!("the claim on {key} expiring"), async || match store
+        .claim(key, token, LONG)
+        .await
+        .expect("redis answers")
+    {
+        ClaimState::Won => true,
+        ClaimState::InFlight { .. } => false,
+        ClaimState::Done => panic!("{key} is done, not in flight"),
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------
@@ -68,26 +65,7 @@ async fn a_hundred_copies_spread_over_two_instances_sharing_redis_are_forwarded_
     let b = Gateway::start(config().redis(&redis).route("*", &upstream)).await;
     let event = signed_event("response.completed");
 
-    let copies: Vec<_> = (0..100)
-        .map(|n| {
-            let client = if n % 2 == 0 { a.client() } else { b.client() };
-            let event = event.clone();
-            tokio::spawn(async move { client.post(PATH, &event).await })
-        })
-        .collect();
-    let mut forwards = 0;
-    for copy in copies {
-        let reply = copy.await.unwrap();
-        match reply.status().as_u16() {
-            200 if reply.forwarded() => forwards += 1,
-            200 => assert_eq!(reply.json(), serde_json::json!({"duplicate": true})),
-            409 => assert_eq!(reply.error(), "in_flight"),
-            _ => panic!("unexpected answer {reply:?}"),
-        }
-    }
-
-    assert_eq!(forwards, 1);
-    assert_eq!(upstream.received().len(), 1);
+    assert_forwarded_exactly_once(&[a.client(), b.client()], &event, 100, &upstream).await;
 }
 
 #[tokio::test]
