@@ -7,6 +7,7 @@ mod admin;
 mod bounds;
 mod config_cli;
 mod connections;
+mod contract;
 mod dedupe;
 mod examples;
 mod forwarding;

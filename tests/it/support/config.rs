@@ -261,6 +261,10 @@ impl Config {
         match store {
             TestStore::Memory => self,
             TestStore::Redis(redis) => self.redis(redis),
+            TestStore::SharedCluster { nodes, key_prefix } => {
+                let cluster = self.store_option("key_prefix", key_prefix);
+                cluster.cluster_nodes(nodes)
+            }
         }
     }
 
@@ -271,9 +275,13 @@ impl Config {
     }
 
     /// `[store] cluster` listing every node of `cluster`.
-    pub fn redis_cluster(mut self, cluster: &RedisCluster) -> Self {
-        self.store
-            .push(("cluster", format!("{:?}", cluster.urls())));
+    pub fn redis_cluster(self, cluster: &RedisCluster) -> Self {
+        self.cluster_nodes(&cluster.urls())
+    }
+
+    /// `[store] cluster` listing the nodes at `urls`.
+    fn cluster_nodes(mut self, urls: &[String]) -> Self {
+        self.store.push(("cluster", format!("{urls:?}")));
         self
     }
 

@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -294,6 +295,22 @@ impl RedisCluster {
         Some(RedisCluster::start().await)
     }
 
+    /// The nodes' URLs of the one cluster that tests keeping apart by key prefix share
+    /// (a cluster takes seconds to form), or `None` after saying why the test is skipped.
+    /// The first test that asks starts it; it is stopped when the test binary exits.
+    pub async fn shared_or_skip() -> Option<Vec<String>> {
+        if !installed_or_skip("redis-server", "redis-server")
+            || !installed_or_skip("redis-cli", "redis-tools")
+        {
+            return None;
+        }
+        let shared = SHARED_CLUSTER
+            .get_or_init(async || Mutex::new(Some(RedisCluster::start().await)))
+            .await;
+        let cluster = shared.lock().unwrap_or_else(|e| e.into_inner());
+        Some(cluster.as_ref().expect("the shared cluster runs").urls())
+    }
+
     pub async fn start() -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..3 {
@@ -347,5 +364,17 @@ impl RedisCluster {
     /// The nodes' URLs, for `[store] cluster`.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
+
+/// The cluster `RedisCluster::shared_or_skip` hands out; taken and dropped (its servers
+/// killed, its temp dirs removed) when the test binary exits.
+static SHARED_CLUSTER: tokio::sync::OnceCell<Mutex<Option<RedisCluster>>> =
+    tokio::sync::OnceCell::const_new();
+
+#[dtor::dtor(unsafe)]
+fn stop_the_shared_cluster_at_exit() {
+    if let Some(shared) = SHARED_CLUSTER.get() {
+        drop(shared.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 }

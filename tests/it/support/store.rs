@@ -1,12 +1,20 @@
 //! `TestStore`, the store a shared test body runs against, and `on_each_store!`, which
 //! runs one test body as two tests: on the in-memory store and on a Redis of its own.
 
-use super::RedisServer;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{RedisCluster, RedisServer};
 
 /// The store a shared test body runs against. A Redis server lives as long as this.
 pub enum TestStore {
     Memory,
     Redis(RedisServer),
+    /// The Redis Cluster the tests share (`RedisCluster::shared_or_skip`), under a key
+    /// prefix of this test's own.
+    SharedCluster {
+        nodes: Vec<String>,
+        key_prefix: String,
+    },
 }
 
 impl TestStore {
@@ -17,6 +25,15 @@ impl TestStore {
     /// A fresh `redis-server` for this test, or `None` when the test is skipped.
     pub async fn redis() -> Option<TestStore> {
         RedisServer::start_or_skip().await.map(TestStore::Redis)
+    }
+
+    /// The shared Redis Cluster under a fresh key prefix, or `None` when the test is
+    /// skipped.
+    pub async fn shared_cluster() -> Option<TestStore> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nodes = RedisCluster::shared_or_skip().await?;
+        let key_prefix = format!("test-{}:", NEXT.fetch_add(1, Ordering::Relaxed));
+        Some(TestStore::SharedCluster { nodes, key_prefix })
     }
 }
 
