@@ -520,13 +520,13 @@ async fn when_the_queue_cannot_store_a_delivery_ingress_answers_503_and_the_retr
 
 #[tokio::test]
 async fn a_queued_delivery_is_delivered_through_redis_cluster() {
-    let Some(cluster) = RedisCluster::start_or_skip().await else {
+    let Some(cluster) = TestStore::shared_cluster().await else {
         return;
     };
     let upstream = Upstream::start().await;
     let gw = Gateway::start(
         config()
-            .redis_cluster(&cluster)
+            .store(&cluster)
             .queued()
             .route("*", &upstream)
             .queue_option("backoff", BACKOFF),
@@ -618,72 +618,6 @@ async fn a_proxy_mode_gateway_has_no_deliveries_api() {
         .await;
     assert_eq!(reply.status(), 404);
     assert_eq!(reply.error(), "queue_not_configured");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopped_instances_holding_nothing_are_forgotten_but_not_one_holding_a_delivery() {
-    use std::sync::Arc;
-
-    use hookgate::config::StoreBackend;
-    use hookgate::queue::Queue;
-    use hookgate::queue::redis::RedisQueue;
-    use hookgate::store::redis::RedisConnection;
-
-    let Some(store) = TestStore::redis().await else {
-        return;
-    };
-    // An instance joins the group when it first takes a delivery: one that took one
-    // and stopped, and one that holds one now.
-    let fast = Upstream::start().await;
-    let mut stopped = Gateway::start(queue_config(&store, &fast)).await;
-    let id = enqueue(&stopped.client(), &signed_event("response.completed")).await;
-    Deliveries::of(&stopped)
-        .wait_for_state(&id, "processed")
-        .await;
-    tokio::time::timeout(PATIENCE, stopped.begin_shutdown())
-        .await
-        .expect("shutdown finishes")
-        .unwrap();
-    let upstream = Upstream::with(Answer::held()).await;
-    let holding = Gateway::start(queue_config(&store, &upstream)).await;
-    enqueue(&holding.client(), &signed_event("response.completed")).await;
-    upstream.wait_for(1).await;
-    let TestStore::Redis(redis) = &store else {
-        unreachable!()
-    };
-    let consumers = || async {
-        let info: Vec<Vec<::redis::Value>> = redis
-            .query(
-                ::redis::cmd("XINFO")
-                    .arg("CONSUMERS")
-                    .arg("hookgate:{queue}:ready")
-                    .arg("workers"),
-            )
-            .await;
-        info.len()
-    };
-    assert_eq!(consumers().await, 2);
-
-    let text = queue_config(&store, &upstream).to_string();
-    let settings = hookgate::config::parse(&text, "test.toml").expect("a valid config");
-    let StoreBackend::Redis(redis_settings) = &settings.store.backend else {
-        panic!("[store] selects Redis");
-    };
-    let metrics = Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
-    let connection = Arc::new(RedisConnection::new(redis_settings, metrics).unwrap());
-    let queue = RedisQueue::new(
-        connection,
-        "hookgate:",
-        settings.queue.as_ref().unwrap(),
-        "inspector",
-    );
-    assert_eq!(queue.prune(Duration::ZERO).await.unwrap(), 1);
-    assert_eq!(
-        consumers().await,
-        1,
-        "the instance holding a delivery stays"
-    );
-    upstream.release();
 }
 
 #[tokio::test]

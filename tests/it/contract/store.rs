@@ -78,6 +78,21 @@ async fn old_claim_replaced(store: &dyn Store) {
     );
 }
 
+/// Claims `key` for `token` (for `SHORT`) and waits until that claim has run out, with
+/// nobody else claiming the key meanwhile.
+async fn claim_and_let_run_out(store: &dyn Store, key: &str, token: &str) {
+    let (won, claimed) = timed(claim(store, key, token, SHORT)).await;
+    assert_eq!(won, ClaimState::Won);
+    sleep_until(claimed.end + SHORT + PAST).await;
+}
+
+/// After a commit with `DONE_TTL` made at `committed`: done, then free once it ran out.
+async fn assert_done_for_the_done_ttl(store: &dyn Store, committed: Moment) {
+    assert_eq!(claim(store, "k", "b", LONG).await, ClaimState::Done);
+    sleep_until(committed.end + DONE_TTL + PAST).await;
+    assert_eq!(claim(store, "k", "b", LONG).await, ClaimState::Won);
+}
+
 // ---------------------------------------------------------------------------------
 // Claims
 // ---------------------------------------------------------------------------------
@@ -91,9 +106,7 @@ pub async fn a_claim_holds_its_key_until_committed_then_done_holds_it_for_the_do
     let (applied, committed) = timed(store.commit("k", "a", DONE_TTL)).await;
 
     assert_eq!(applied.unwrap(), Settled::Applied);
-    assert_eq!(claim(store, "k", "b", LONG).await, ClaimState::Done);
-    sleep_until(committed.end + DONE_TTL + PAST).await;
-    assert_eq!(claim(store, "k", "b", LONG).await, ClaimState::Won);
+    assert_done_for_the_done_ttl(store, committed).await;
 }
 
 pub async fn a_released_claim_frees_its_key_for_the_next_claim(store: &dyn Store) {
@@ -165,9 +178,7 @@ pub async fn a_stale_claim_cannot_release_the_newer_claim_that_replaced_it(store
 }
 
 pub async fn a_late_commit_with_nobody_else_holding_the_key_still_marks_it_done(store: &dyn Store) {
-    let (won, claimed) = timed(claim(store, "k", "a", SHORT)).await;
-    assert_eq!(won, ClaimState::Won);
-    sleep_until(claimed.end + SHORT + PAST).await;
+    claim_and_let_run_out(store, "k", "a").await;
 
     let late = store.commit("k", "a", LONG).await.unwrap();
 
@@ -206,17 +217,13 @@ pub async fn an_unexpired_commit_marks_its_own_claim_done_for_the_done_ttl(store
     let (applied, committed) = timed(store.commit_unexpired("k", "a", DONE_TTL)).await;
 
     assert_eq!(applied.unwrap(), Settled::Applied);
-    assert_eq!(claim(store, "k", "b", LONG).await, ClaimState::Done);
     // The done TTL replaced the claim's.
-    sleep_until(committed.end + DONE_TTL + PAST).await;
-    assert_eq!(claim(store, "k", "b", LONG).await, ClaimState::Won);
+    assert_done_for_the_done_ttl(store, committed).await;
 }
 
 pub async fn an_unexpired_commit_whose_claim_ran_out_still_marks_the_key_done(store: &dyn Store) {
-    let (won, claimed) = timed(claim(store, "k", "a", SHORT)).await;
-    assert_eq!(won, ClaimState::Won);
     // As when the store lost the key (evicted, flushed): nothing holds it now.
-    sleep_until(claimed.end + SHORT + PAST).await;
+    claim_and_let_run_out(store, "k", "a").await;
 
     let settled = store.commit_unexpired("k", "a", LONG).await.unwrap();
 
