@@ -411,59 +411,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_delivery_moves_from_queued_through_a_retry_to_processed() {
-        let q = MemoryQueue::new(Duration::from_secs(60), "test");
-        let id = q.enqueue(delivery(1)).await.unwrap();
-        let leases = q.take(10, 2_000).await.unwrap();
-        assert_eq!(leases.len(), 1);
-        assert_eq!(leases[0].route, "openai/0");
-        let job = q.begin(&leases[0], 2_000).await.unwrap().unwrap();
-        assert_eq!(job.attempt, 1);
-        q.settle(&job, &attempt(&job, 500), Settlement::RetryAt(5_000), 2_001)
-            .await
-            .unwrap();
-        let shown = q.show(&id, false).await.unwrap().unwrap();
-        assert_eq!(shown.summary.state, State::FailedRetryable);
-        assert_eq!(shown.summary.next_attempt_at, Some(5_000));
-        assert!(q.take(10, 4_999).await.unwrap().is_empty(), "not due yet");
-        let leases = q.take(10, 5_000).await.unwrap();
-        let job = q.begin(&leases[0], 5_000).await.unwrap().unwrap();
-        assert_eq!(job.attempt, 2);
-        q.settle(&job, &attempt(&job, 200), Settlement::Processed, 5_001)
-            .await
-            .unwrap();
-        let shown = q.show(&id, false).await.unwrap().unwrap();
-        assert_eq!(shown.summary.state, State::Processed);
-        assert_eq!(shown.history.len(), 2);
-        assert_eq!(q.stats().await.unwrap().depth, 0);
-    }
-
-    #[tokio::test]
-    async fn only_final_deliveries_replay_and_then_start_counting_again() {
-        let q = MemoryQueue::new(Duration::from_secs(60), "test");
-        let id = q.enqueue(delivery(1)).await.unwrap();
-        assert!(matches!(
-            q.replay(&id, 2_000).await.unwrap(),
-            Replayed::NotReplayable(State::Queued)
-        ));
-        let lease = q.take(1, 2_000).await.unwrap().remove(0);
-        let job = q.begin(&lease, 2_000).await.unwrap().unwrap();
-        q.settle(&job, &attempt(&job, 400), Settlement::Final, 2_001)
-            .await
-            .unwrap();
-        assert_eq!(q.failed_since(0).await.unwrap(), vec![id.clone()]);
-        assert_eq!(
-            q.replay(&id, 3_000).await.unwrap(),
-            Replayed::Queued {
-                was: State::FailedFinal
-            }
-        );
-        let lease = q.take(1, 3_000).await.unwrap().remove(0);
-        assert_eq!(q.begin(&lease, 3_000).await.unwrap().unwrap().attempt, 1);
-        assert_eq!(q.replay("dlv_nope", 0).await.unwrap(), Replayed::NotFound);
-    }
-
-    #[tokio::test]
     async fn a_handed_back_delivery_is_taken_first_and_final_records_expire() {
         let q = MemoryQueue::new(Duration::from_millis(100), "test");
         let first = q.enqueue(delivery(1)).await.unwrap();

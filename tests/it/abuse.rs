@@ -1,7 +1,6 @@
 //! Abuse controls on the request path: a source's `allow_ips`, and the penalty box for
 //! clients that keep failing verification. Both answer before the body is read.
 
-use crate::hardening_support::*;
 use crate::support::*;
 
 #[tokio::test]

@@ -14,7 +14,6 @@ use http::Request;
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
-use crate::hardening_support::*;
 use crate::support::*;
 
 const MIB: usize = 1024 * 1024;

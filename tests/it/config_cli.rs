@@ -1,7 +1,7 @@
 //! The binary's command line: `check` and `serve` on bad configs (exit code, and a
 //! message that names the file and the key), `--version`, and `sign --send`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use crate::support::*;
@@ -9,48 +9,27 @@ use crate::support::*;
 const HOOKGATE: &str = env!("CARGO_BIN_EXE_hookgate");
 
 /// A valid config with two sources; each bad case changes one thing in it.
-const GOOD: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[limits]
-upstream_timeout = "10s"
-
-[[sources]]
-name = "openai"
-path = "/webhooks/openai"
-scheme = "standard-webhooks"
-secrets = ["whsec_aG9va2dhdGUtaW50ZWdyYXRpb24tdGVzdC1zZWNyZXQh"]
-
-[[sources.routes]]
-events = ["*"]
-upstream = "http://127.0.0.1:9001/hooks"
-
-[[sources]]
-name = "billing"
-path = "/webhooks/billing"
-scheme = "standard-webhooks"
-secrets = ["whsec_c29tZWJvZHktZWxzZXMtc2VjcmV0LWZvci10ZXN0cyE="]
-
-[[sources.routes]]
-events = ["invoice.*"]
-upstream = "http://127.0.0.1:9002/hooks"
-"#;
-
-/// A config file in its own temp dir (kept alive with the path).
-struct ConfigFile {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-fn write_config(text: &str) -> ConfigFile {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hookgate.toml");
-    std::fs::write(&path, text).unwrap();
-    ConfigFile { _dir: dir, path }
+fn good() -> String {
+    let standard_webhooks =
+        |secret: &str| format!("scheme = \"standard-webhooks\"\nsecrets = [{secret:?}]");
+    format!(
+        "\n[server]\nlisten = \"127.0.0.1:0\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n\
+         [limits]\nupstream_timeout = \"10s\"\n\n{}\n{}",
+        source_block(
+            SOURCE,
+            PATH,
+            &standard_webhooks(SECRET),
+            &["*"],
+            "http://127.0.0.1:9001/hooks"
+        ),
+        source_block(
+            "billing",
+            "/webhooks/billing",
+            &standard_webhooks(OTHER_SECRET),
+            &["invoice.*"],
+            "http://127.0.0.1:9002/hooks"
+        ),
+    )
 }
 
 fn hookgate(args: &[&str]) -> Command {
@@ -73,8 +52,8 @@ fn check(path: &Path) -> Output {
 /// Runs `hookgate check` on `text`; asserts it fails and that stderr names the file and
 /// every one of `mentions`.
 fn assert_rejected(text: &str, mentions: &[&str]) {
-    let file = write_config(text);
-    let output = check(&file.path);
+    let file = ConfigFile::new(text);
+    let output = check(&file.path());
     let stderr = String::from_utf8_lossy(&output.stderr);
 
     assert!(
@@ -83,7 +62,7 @@ fn assert_rejected(text: &str, mentions: &[&str]) {
         String::from_utf8_lossy(&output.stdout)
     );
     assert!(
-        stderr.contains(file.path.to_str().unwrap()),
+        stderr.contains(file.path().to_str().unwrap()),
         "the file is not named: {stderr}"
     );
     for mention in mentions {
@@ -94,18 +73,20 @@ fn assert_rejected(text: &str, mentions: &[&str]) {
     }
 }
 
-/// `GOOD` with the last `from` replaced by `to`: the second source's, where both have one.
+/// `good()` with the last `from` replaced by `to`: the second source's, where both have
+/// one.
 fn good_with(from: &str, to: &str) -> String {
-    assert!(GOOD.contains(from), "{from:?} is not in the good config");
-    let at = GOOD.rfind(from).unwrap();
-    format!("{}{to}{}", &GOOD[..at], &GOOD[at + from.len()..])
+    let good = good();
+    assert!(good.contains(from), "{from:?} is not in the good config");
+    let at = good.rfind(from).unwrap();
+    format!("{}{to}{}", &good[..at], &good[at + from.len()..])
 }
 
 #[test]
 fn check_accepts_a_good_config_and_prints_its_summary() {
-    let file = write_config(GOOD);
+    let file = ConfigFile::new(good());
 
-    let output = check(&file.path);
+    let output = check(&file.path());
 
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -113,7 +94,7 @@ fn check_accepts_a_good_config_and_prints_its_summary() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains(file.path.to_str().unwrap()), "{stdout}");
+    assert!(stdout.contains(file.path().to_str().unwrap()), "{stdout}");
     assert!(stdout.contains("openai POST /webhooks/openai"), "{stdout}");
     assert!(
         stdout.contains("billing POST /webhooks/billing"),
@@ -186,9 +167,10 @@ fn check_rejects_two_sources_on_one_path_naming_the_second() {
 
 #[test]
 fn check_rejects_a_source_without_routes_naming_it() {
-    let at = GOOD.rfind("[[sources.routes]]").unwrap();
+    let good = good();
+    let at = good.rfind("[[sources.routes]]").unwrap();
     assert_rejected(
-        &GOOD[..at],
+        &good[..at],
         &["sources[1] (\"billing\") has no [[sources.routes]]"],
     );
 }
@@ -223,11 +205,11 @@ async fn serve_exits_non_zero_on_a_bad_config_without_listening() {
         "scheme = \"standard-webhooks\"",
         "scheme = \"carrier-pigeon\"",
     );
-    let file = write_config(&text);
+    let file = ConfigFile::new(&text);
     let child = tokio::process::Command::from(hookgate(&[
         "serve",
         "--config",
-        file.path.to_str().unwrap(),
+        file.path().to_str().unwrap(),
     ]))
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -243,7 +225,7 @@ async fn serve_exits_non_zero_on_a_bad_config_without_listening() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("sources[1].scheme"), "{stderr}");
-    assert!(stderr.contains(file.path.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains(file.path().to_str().unwrap()), "{stderr}");
     assert!(!stderr.contains("listening"), "{stderr}");
 }
 

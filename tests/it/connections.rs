@@ -10,8 +10,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::hardening_support::*;
-use crate::skips;
 use crate::support::*;
 
 fn closed(scrape: &Scrape, reason: &str) -> u64 {

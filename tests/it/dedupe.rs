@@ -65,26 +65,7 @@ async fn fifty_concurrent_copies_of_one_delivery_are_forwarded_exactly_once(stor
     let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
     let event = signed_event("response.completed");
 
-    let copies: Vec<_> = (0..50)
-        .map(|_| {
-            let client = gw.client();
-            let event = event.clone();
-            tokio::spawn(async move { client.post(PATH, &event).await })
-        })
-        .collect();
-    let mut forwarded = 0;
-    for copy in copies {
-        let reply = copy.await.unwrap();
-        match reply.status().as_u16() {
-            200 if reply.json() == serde_json::json!({"ok": true}) => forwarded += 1,
-            200 => assert_eq!(reply.json(), serde_json::json!({"duplicate": true})),
-            409 => assert_eq!(reply.error(), "in_flight"),
-            _ => panic!("unexpected answer {reply:?}"),
-        }
-    }
-
-    assert_eq!(forwarded, 1);
-    assert_eq!(upstream.received().len(), 1);
+    assert_forwarded_exactly_once(&[gw.client()], &event, 50, &upstream).await;
 }
 
 on_each_store! {

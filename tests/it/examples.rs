@@ -11,7 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::skips;
 use crate::support::*;
 
 const REQUIRE: &str = "HOOKGATE_REQUIRE_EXAMPLES";

@@ -184,17 +184,17 @@ async fn sign_send_with_https_to_a_plain_listener_suggests_http() {
 async fn serve_on_a_port_in_use_names_the_key_and_the_file_and_prints_the_os_error_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hookgate.toml");
-    let text = config()
-        .route("*", "http://127.0.0.1:9/hooks")
-        .to_string()
-        .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1);
+    let text = config().route("*", NOWHERE).to_string().replacen(
+        "127.0.0.1:0",
+        &format!("127.0.0.1:{port}"),
+        1,
+    );
     assert!(
         text.contains(&format!("listen = \"127.0.0.1:{port}\"")),
         "{text}"
     );
-    std::fs::write(&path, &text).unwrap();
+    let file = ConfigFile::new(&text);
+    let path = file.path();
 
     let (ok, _, stderr) = hookgate_cli(&["serve", "--config", path.to_str().unwrap()]).await;
 
@@ -219,14 +219,18 @@ async fn serve_on_a_port_in_use_names_the_key_and_the_file_and_prints_the_os_err
 
 #[tokio::test]
 async fn check_names_every_unset_environment_variable_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hookgate.toml");
-    let text = "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${HOOKGATE_IT_UNSET_TOKEN}\"\n\n\
-         [store]\nredis_url = \"${HOOKGATE_IT_UNSET_REDIS}\"\n\n\
-         [[sources]]\nname = \"a\"\npath = \"/a\"\nscheme = \"standard-webhooks\"\n\
-         secrets = [\"${HOOKGATE_IT_UNSET_SECRET}\"]\n\n\
-         [[sources.routes]]\nevents = [\"*\"]\nupstream = \"http://127.0.0.1:9/\"\n";
-    std::fs::write(&path, text).unwrap();
+    let file = ConfigFile::new(format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"${{HOOKGATE_IT_UNSET_TOKEN}}\"\n\n\
+         [store]\nredis_url = \"${{HOOKGATE_IT_UNSET_REDIS}}\"\n\n{}",
+        source_block(
+            "a",
+            "/a",
+            "scheme = \"standard-webhooks\"\nsecrets = [\"${HOOKGATE_IT_UNSET_SECRET}\"]",
+            &["*"],
+            NOWHERE,
+        )
+    ));
+    let path = file.path();
 
     let (ok, _, stderr) = hookgate_cli(&["check", "--config", path.to_str().unwrap()]).await;
 

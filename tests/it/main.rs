@@ -1,8 +1,5 @@
 //! hookgate's integration tests: one binary, the real server on loopback sockets.
 
-mod hardening_support;
-mod redis_support;
-mod skips;
 mod support;
 
 mod abuse;
@@ -10,6 +7,7 @@ mod admin;
 mod bounds;
 mod config_cli;
 mod connections;
+mod contract;
 mod dedupe;
 mod examples;
 mod forwarding;

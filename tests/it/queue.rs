@@ -1,8 +1,9 @@
 //! Queue mode end to end: real gateways (in-process, and as child processes to kill),
 //! real upstreams, real Redis. Shared bodies run on the in-memory queue and on Redis.
 //!
-//! Durations are short (backoff from 100 ms, visibility 1 s) and every wait is a poll
-//! with a deadline; the only timing assertions are lower bounds the design guarantees.
+//! Durations are short (backoff from 100 ms, visibility 1 s) and every wait is on a
+//! condition (`eventually`); the only timing assertions are lower bounds the design
+//! guarantees.
 
 use std::time::Duration;
 
@@ -109,14 +110,10 @@ async fn an_upstream_down_for_a_while_then_up_gets_every_event_exactly_once(stor
     }
     // Every delivery has failed at least twice while the upstream was down.
     for id in &ids {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while deliveries.record(id).await["attempts"].as_u64() < Some(2) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} was not retried"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(format!("{id} being retried"), async || {
+            deliveries.record(id).await["attempts"].as_u64() >= Some(2)
+        })
+        .await;
     }
 
     let upstream = Upstream::with_at(down, Answer::ok()).await;
@@ -508,28 +505,28 @@ async fn when_the_queue_cannot_store_a_delivery_ingress_answers_503_and_the_retr
     assert_eq!(refused.retry_after(), 5);
 
     redis.restart().await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let id = loop {
+    let id = eventually("the retry being queued", async || {
         let reply = gw.post(PATH, &event).await;
         if reply.status() == 202 {
-            break reply.json()["delivery_id"].as_str().unwrap().to_owned();
+            Ok(reply.json()["delivery_id"].as_str().unwrap().to_owned())
+        } else {
+            Err(format!("{reply:?}"))
         }
-        assert!(tokio::time::Instant::now() < deadline, "{reply:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     Deliveries::of(&gw).wait_for_state(&id, "processed").await;
     assert_eq!(upstream.received().len(), 1);
 }
 
 #[tokio::test]
 async fn a_queued_delivery_is_delivered_through_redis_cluster() {
-    let Some(cluster) = RedisCluster::start_or_skip().await else {
+    let Some(cluster) = TestStore::shared_cluster().await else {
         return;
     };
     let upstream = Upstream::start().await;
     let gw = Gateway::start(
         config()
-            .redis_cluster(&cluster)
+            .store(&cluster)
             .queued()
             .route("*", &upstream)
             .queue_option("backoff", BACKOFF),
@@ -621,61 +618,6 @@ async fn a_proxy_mode_gateway_has_no_deliveries_api() {
         .await;
     assert_eq!(reply.status(), 404);
     assert_eq!(reply.error(), "queue_not_configured");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopped_instances_holding_nothing_are_forgotten_but_not_one_holding_a_delivery() {
-    use std::sync::Arc;
-
-    let Some(store) = TestStore::redis().await else {
-        return;
-    };
-    // An instance joins the group when it first takes a delivery: one that took one
-    // and stopped, and one that holds one now.
-    let fast = Upstream::start().await;
-    let mut stopped = Gateway::start(queue_config(&store, &fast)).await;
-    let id = enqueue(&stopped.client(), &signed_event("response.completed")).await;
-    Deliveries::of(&stopped)
-        .wait_for_state(&id, "processed")
-        .await;
-    tokio::time::timeout(PATIENCE, stopped.begin_shutdown())
-        .await
-        .expect("shutdown finishes")
-        .unwrap();
-    let upstream = Upstream::with(Answer::held()).await;
-    let holding = Gateway::start(queue_config(&store, &upstream)).await;
-    enqueue(&holding.client(), &signed_event("response.completed")).await;
-    upstream.wait_for(1).await;
-    let TestStore::Redis(redis) = &store else {
-        unreachable!()
-    };
-    let consumers = || async {
-        let info: Vec<Vec<::redis::Value>> = redis
-            .query(
-                ::redis::cmd("XINFO")
-                    .arg("CONSUMERS")
-                    .arg("hookgate:{queue}:ready")
-                    .arg("workers"),
-            )
-            .await;
-        info.len()
-    };
-    assert_eq!(consumers().await, 2);
-
-    let text = queue_config(&store, &upstream).to_string();
-    let settings = hookgate::config::parse(&text, "test.toml").expect("a valid config");
-    let metrics = Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
-    let (_store, backend) = hookgate::store::build(&settings, metrics.clone()).unwrap();
-    let queue = hookgate::queue::build(&settings, &backend, metrics, "inspector")
-        .expect("the queue is set up")
-        .expect("a queue source");
-    assert_eq!(queue.prune(Duration::ZERO).await.unwrap(), 1);
-    assert_eq!(
-        consumers().await,
-        1,
-        "the instance holding a delivery stays"
-    );
-    upstream.release();
 }
 
 #[tokio::test]

@@ -64,18 +64,10 @@ pub async fn twelve_at_once_let_exactly_the_burst_through(store_config: Config) 
     let upstream = Upstream::start().await;
     let gw = Gateway::start(store_config.rate_limit(RATE, BURST).route("*", &upstream)).await;
 
-    let requests: Vec<_> = (0..12)
-        .map(|_| {
-            let client = gw.client();
-            let event = signed_event("response.completed");
-            tokio::spawn(async move { client.post(PATH, &event).await })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for request in requests {
-        statuses.push(request.await.unwrap().status());
-    }
+    let requests = (0..12).map(|_| signed_event("response.completed"));
+    let replies = post_at_once(&[gw.client()], requests).await;
 
+    let mut statuses: Vec<_> = replies.iter().map(Reply::status).collect();
     statuses.sort();
     let mut expected = vec![200; BURST as usize];
     expected.resize(12, 429);

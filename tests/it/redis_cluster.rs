@@ -1,16 +1,17 @@
-//! The Redis store on a three-node Redis Cluster started by each test: dedupe and the
-//! rate limit work with keys spread over the nodes (each script touches one key, so
-//! the cluster routes it by that key).
+//! The Redis store on a three-node Redis Cluster: dedupe and the rate limit work with
+//! keys spread over the nodes (each script touches one key, so the cluster routes it by
+//! that key). The tests share one cluster, each under a key prefix of its own, except
+//! the one that reads every node's keys, which starts a cluster of its own.
 
 use crate::support::*;
 
 #[tokio::test]
 async fn a_replayed_delivery_through_a_cluster_store_is_answered_as_a_duplicate() {
-    let Some(cluster) = RedisCluster::start_or_skip().await else {
+    let Some(cluster) = TestStore::shared_cluster().await else {
         return;
     };
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(config().redis_cluster(&cluster).route("*", &upstream)).await;
+    let gw = Gateway::start(config().store(&cluster).route("*", &upstream)).await;
     let event = signed_event("response.completed");
 
     assert!(gw.post(PATH, &event).await.forwarded());
@@ -23,33 +24,14 @@ async fn a_replayed_delivery_through_a_cluster_store_is_answered_as_a_duplicate(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_copies_through_a_cluster_store_are_forwarded_exactly_once() {
-    let Some(cluster) = RedisCluster::start_or_skip().await else {
+    let Some(cluster) = TestStore::shared_cluster().await else {
         return;
     };
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(config().redis_cluster(&cluster).route("*", &upstream)).await;
+    let gw = Gateway::start(config().store(&cluster).route("*", &upstream)).await;
     let event = signed_event("response.completed");
 
-    let copies: Vec<_> = (0..20)
-        .map(|_| {
-            let client = gw.client();
-            let event = event.clone();
-            tokio::spawn(async move { client.post(PATH, &event).await })
-        })
-        .collect();
-    let mut forwards = 0;
-    for copy in copies {
-        let reply = copy.await.unwrap();
-        match reply.status().as_u16() {
-            200 if reply.forwarded() => forwards += 1,
-            200 => assert_eq!(reply.json(), serde_json::json!({"duplicate": true})),
-            409 => assert_eq!(reply.error(), "in_flight"),
-            _ => panic!("unexpected answer {reply:?}"),
-        }
-    }
-
-    assert_eq!(forwards, 1);
-    assert_eq!(upstream.received().len(), 1);
+    assert_forwarded_exactly_once(&[gw.client()], &event, 20, &upstream).await;
 }
 
 #[tokio::test]
@@ -93,13 +75,13 @@ async fn distinct_deliveries_through_a_cluster_store_are_forwarded_with_keys_on_
 
 #[tokio::test]
 async fn a_client_over_its_burst_is_answered_429_through_a_cluster_store() {
-    let Some(cluster) = RedisCluster::start_or_skip().await else {
+    let Some(cluster) = TestStore::shared_cluster().await else {
         return;
     };
     let upstream = Upstream::start().await;
     let gw = Gateway::start(
         config()
-            .redis_cluster(&cluster)
+            .store(&cluster)
             .rate_limit(0.01, 3)
             .route("*", &upstream),
     )
@@ -119,12 +101,9 @@ async fn a_client_over_its_burst_is_answered_429_through_a_cluster_store() {
 
 #[tokio::test]
 async fn a_burst_of_concurrent_requests_through_a_cluster_store_lets_exactly_the_burst_through() {
-    let Some(cluster) = RedisCluster::start_or_skip().await else {
+    let Some(cluster) = TestStore::shared_cluster().await else {
         return;
     };
     // Checks arriving together share one script run on the node holding the key.
-    crate::ratelimit::twelve_at_once_let_exactly_the_burst_through(
-        config().redis_cluster(&cluster),
-    )
-    .await;
+    crate::ratelimit::twelve_at_once_let_exactly_the_burst_through(config().store(&cluster)).await;
 }

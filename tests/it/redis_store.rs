@@ -1,6 +1,8 @@
-//! What only the Redis store does: dedupe shared by several gateway instances, stale
-//! claims that cannot settle over newer ones, Redis going away and coming back under a
-//! running gateway, and the key layout other tools rely on.
+//! What only the Redis store does: dedupe shared by several gateway instances, commits
+//! without a script, rate checks grouped into one script run, Redis going away and
+//! coming back under a running gateway, and the key layout other tools rely on. What
+//! every store does (claims, stale claims, expiry, rate limits) is the store contract
+//! (`contract::store`), run against Redis too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +14,6 @@ use hookgate::store::{ClaimState, RateDecision, Settled, Store};
 
 use crate::support::*;
 
-/// The in-flight TTL of a claim meant to go stale during the test.
-const SHORT: Duration = Duration::from_millis(200);
 /// In-flight and done TTLs that never run out during a test.
 const LONG: Duration = Duration::from_secs(600);
 const DONE: Duration = Duration::from_secs(3600);
@@ -24,7 +24,7 @@ fn redis_store(redis: &RedisServer) -> RedisStore {
 }
 
 fn redis_store_from(config: Config) -> RedisStore {
-    let text = config.route("*", "http://127.0.0.1:9/hooks").to_string();
+    let text = config.route("*", NOWHERE).to_string();
     let settings = hookgate::config::parse(&text, "test.toml").expect("a valid config");
     let StoreBackend::Redis(redis_settings) = &settings.store.backend else {
         panic!("[store] selects Redis");
@@ -35,23 +35,6 @@ fn redis_store_from(config: Config) -> RedisStore {
         Arc::new(Metrics::new([SOURCE])),
     )
     .expect("a Redis store")
-}
-
-/// Claims `key` for `token`, polling until the claim holding it now has expired.
-async fn claim_once_expired(store: &RedisStore, key: &str, token: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        match store.claim(key, token, LONG).await.expect("redis answers") {
-            ClaimState::Won => return,
-            ClaimState::InFlight { .. } => {}
-            ClaimState::Done => panic!("{key} is done, not in flight"),
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the claim on {key} never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -68,26 +51,7 @@ async fn a_hundred_copies_spread_over_two_instances_sharing_redis_are_forwarded_
     let b = Gateway::start(config().redis(&redis).route("*", &upstream)).await;
     let event = signed_event("response.completed");
 
-    let copies: Vec<_> = (0..100)
-        .map(|n| {
-            let client = if n % 2 == 0 { a.client() } else { b.client() };
-            let event = event.clone();
-            tokio::spawn(async move { client.post(PATH, &event).await })
-        })
-        .collect();
-    let mut forwards = 0;
-    for copy in copies {
-        let reply = copy.await.unwrap();
-        match reply.status().as_u16() {
-            200 if reply.forwarded() => forwards += 1,
-            200 => assert_eq!(reply.json(), serde_json::json!({"duplicate": true})),
-            409 => assert_eq!(reply.error(), "in_flight"),
-            _ => panic!("unexpected answer {reply:?}"),
-        }
-    }
-
-    assert_eq!(forwards, 1);
-    assert_eq!(upstream.received().len(), 1);
+    assert_forwarded_exactly_once(&[a.client(), b.client()], &event, 100, &upstream).await;
 }
 
 #[tokio::test]
@@ -108,89 +72,6 @@ async fn a_retry_after_an_upstream_failure_on_one_instance_is_forwarded_by_the_o
     assert!(retry.forwarded(), "{retry:?}");
     assert_eq!(again.json(), serde_json::json!({"duplicate": true}));
     assert_eq!(upstream.received().len(), 2);
-}
-
-// ---------------------------------------------------------------------------------
-// Stale claims, at the store
-// ---------------------------------------------------------------------------------
-
-#[tokio::test]
-async fn a_stale_claim_cannot_commit_over_the_newer_claim_that_replaced_it() {
-    let Some(redis) = RedisServer::start_or_skip().await else {
-        return;
-    };
-    let store = redis_store(&redis);
-    assert_eq!(
-        store.claim("k", "old", SHORT).await.unwrap(),
-        ClaimState::Won
-    );
-    claim_once_expired(&store, "k", "new").await;
-
-    let late = store.commit("k", "old", DONE).await.unwrap();
-
-    assert_eq!(late, Settled::Superseded);
-    assert_eq!(
-        redis.get("hookgate:dedupe:k").await.as_deref(),
-        Some("inflight:new")
-    );
-    assert!(matches!(
-        store.claim("k", "third", LONG).await.unwrap(),
-        ClaimState::InFlight { .. }
-    ));
-    assert_eq!(
-        store.commit("k", "new", DONE).await.unwrap(),
-        Settled::Applied
-    );
-}
-
-#[tokio::test]
-async fn a_stale_claim_cannot_release_the_newer_claim_that_replaced_it() {
-    let Some(redis) = RedisServer::start_or_skip().await else {
-        return;
-    };
-    let store = redis_store(&redis);
-    assert_eq!(
-        store.claim("k", "old", SHORT).await.unwrap(),
-        ClaimState::Won
-    );
-    claim_once_expired(&store, "k", "new").await;
-
-    let late = store.release("k", "old").await.unwrap();
-
-    assert_eq!(late, Settled::Superseded);
-    assert_eq!(
-        redis.get("hookgate:dedupe:k").await.as_deref(),
-        Some("inflight:new")
-    );
-    assert!(matches!(
-        store.claim("k", "third", LONG).await.unwrap(),
-        ClaimState::InFlight { .. }
-    ));
-    assert_eq!(store.release("k", "new").await.unwrap(), Settled::Applied);
-    assert_eq!(redis.get("hookgate:dedupe:k").await, None);
-}
-
-#[tokio::test]
-async fn a_late_commit_with_nobody_else_holding_the_key_still_marks_it_done() {
-    let Some(redis) = RedisServer::start_or_skip().await else {
-        return;
-    };
-    let store = redis_store(&redis);
-    assert_eq!(store.claim("k", "a", SHORT).await.unwrap(), ClaimState::Won);
-    let server = &redis;
-    eventually("the claim expires", || async move {
-        server.pttl("hookgate:dedupe:k").await == -2
-    })
-    .await;
-
-    let late = store.commit("k", "a", DONE).await.unwrap();
-
-    assert_eq!(late, Settled::Applied);
-    assert_eq!(
-        redis.get("hookgate:dedupe:k").await.as_deref(),
-        Some("done")
-    );
-    assert_eq!(store.claim("k", "b", LONG).await.unwrap(), ClaimState::Done);
 }
 
 // ---------------------------------------------------------------------------------

@@ -2,43 +2,11 @@
 //! apply without a restart; requests in progress finish; an invalid file changes nothing;
 //! what needs a restart is said so.
 
-use std::path::Path;
-
 use bytes::Bytes;
 use http::{Method, Request, Version};
 use http_body_util::Full;
 
 use crate::support::*;
-
-/// A config file in a temp dir that the test rewrites between reloads.
-struct ConfigFile {
-    dir: tempfile::TempDir,
-}
-
-impl ConfigFile {
-    fn new(config: impl std::fmt::Display) -> ConfigFile {
-        let file = ConfigFile {
-            dir: tempfile::tempdir().expect("a temp dir"),
-        };
-        file.write(config);
-        file
-    }
-
-    fn path(&self) -> std::path::PathBuf {
-        self.dir.path().join("hookgate.toml")
-    }
-
-    fn write(&self, config: impl std::fmt::Display) {
-        write_atomically(&self.path(), &config.to_string());
-    }
-}
-
-/// Rename over the old file, as editors and config managers do.
-fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write the config");
-    std::fs::rename(&tmp, path).expect("replace the config");
-}
 
 async fn post_reload(gw: &Gateway) -> Reply {
     let request = Request::builder()
@@ -247,12 +215,10 @@ async fn sighup_reloads_a_running_process() {
     let rotated = || signed_event_with(OTHER_SECRET, "response.completed");
     assert_eq!(client.post(PATH, &rotated()).await.status(), 400);
 
-    write_atomically(
-        &gw.config_path(),
-        &config()
+    gw.config_file().write(
+        config()
             .secrets(&[SECRET, OTHER_SECRET])
-            .route("*", &upstream)
-            .to_string(),
+            .route("*", &upstream),
     );
     gw.hangup();
 

@@ -592,23 +592,23 @@ fn hookgate_sign_refuses_an_option_the_scheme_does_not_read() {
 
 /// A config with a stripe source, and a directory for captures.
 struct Workspace {
-    dir: tempfile::TempDir,
+    file: ConfigFile,
     config: PathBuf,
 }
 
 fn workspace(extra: &str) -> Workspace {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("hookgate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[sources]]\nname = \"stripe\"\npath = \"{STRIPE_PATH}\"\n{}\n{extra}\n\
-             [[sources.routes]]\nevents = [\"invoice.*\"]\nupstream = \"http://127.0.0.1:9/hooks\"\n",
-            stripe_source()
-        ),
-    )
-    .unwrap();
-    Workspace { dir, config }
+    let scheme_keys = format!("{}\n{extra}", stripe_source());
+    let file = ConfigFile::new(source_block(
+        "stripe",
+        STRIPE_PATH,
+        &scheme_keys,
+        &["invoice.*"],
+        NOWHERE,
+    ));
+    Workspace {
+        config: file.path(),
+        file,
+    }
 }
 
 impl Workspace {
@@ -619,7 +619,7 @@ impl Workspace {
             raw.push_str(&format!("{name}: {value}\r\n"));
         }
         raw.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-        let path = self.dir.path().join("request.http");
+        let path = self.file.dir().join("request.http");
         std::fs::write(&path, raw).unwrap();
         path
     }
@@ -732,8 +732,8 @@ fn hookgate_verify_names_a_secret_pasted_with_its_signature_prefix() {
 fn hookgate_verify_reads_headers_and_body_from_separate_files() {
     let ws = workspace("");
     let delivery = stripe().event("invoice.paid", None, None);
-    let headers = ws.dir.path().join("headers.txt");
-    let body = ws.dir.path().join("body.json");
+    let headers = ws.file.dir().join("headers.txt");
+    let body = ws.file.dir().join("body.json");
     let lines: Vec<String> = delivery
         .headers
         .iter()
@@ -761,17 +761,14 @@ fn hookgate_verify_reads_headers_and_body_from_separate_files() {
 
 #[test]
 fn hookgate_check_warns_about_route_patterns_that_match_no_openai_event_type() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hookgate.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[[sources]]\nname = \"openai\"\npath = \"/webhooks/openai\"\nscheme = \"standard-webhooks\"\n\
-             secrets = [{SECRET:?}]\nprovider = \"openai\"\n\
-             [[sources.routes]]\nevents = [\"response.complete\", \"batch.*\"]\nupstream = \"http://127.0.0.1:9/\"\n"
-        ),
-    )
-    .unwrap();
+    let file = ConfigFile::new(source_block(
+        SOURCE,
+        PATH,
+        &format!("scheme = \"standard-webhooks\"\nsecrets = [{SECRET:?}]\nprovider = \"openai\""),
+        &["response.complete", "batch.*"],
+        NOWHERE,
+    ));
+    let path = file.path();
 
     let output = hookgate(&["check", "--config", path.to_str().unwrap()])
         .output()

@@ -4,7 +4,6 @@
 
 use http::Version;
 
-use crate::hardening_support::*;
 use crate::support::*;
 
 async fn mtls_gateway(cert: &DevCert, ca: &TestCa, upstream: &Upstream) -> Gateway {

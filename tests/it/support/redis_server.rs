@@ -1,7 +1,5 @@
 //! Real Redis for the integration tests: `RedisServer` (one `redis-server` child on a
-//! free loopback port), `RedisCluster` (three of them joined by `redis-cli`), and
-//! `TestStore` with `on_each_store!`, which runs one test body against the in-memory
-//! store and against Redis.
+//! free loopback port) and `RedisCluster` (three of them joined by `redis-cli`).
 //!
 //! Every server is started with `--save '' --appendonly no` in its own temp dir, bound to
 //! 127.0.0.1 on a port picked for it, and killed when dropped, so the machine's own Redis
@@ -11,13 +9,12 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use tokio::time::Instant;
 
-use crate::skips;
-use crate::support::PATIENCE;
+use super::{PATIENCE, eventually, skips};
 
 /// Set to `1` (as CI does) to fail, not skip, a test whose Redis binaries are missing.
 const REQUIRE_REDIS: &str = "HOOKGATE_REQUIRE_REDIS";
@@ -119,19 +116,19 @@ impl RedisServer {
             cluster,
             child: None,
         };
-        let deadline = Instant::now() + PATIENCE;
-        loop {
+        eventually("a free port for redis-server", async || {
             server.port = free_port(cluster);
             match server.launch().await {
-                Ok(()) => return server,
+                Ok(()) => true,
                 // Lost the race for the port: pick another.
-                Err(StartFailure::Taken) if Instant::now() < deadline => continue,
+                Err(StartFailure::Taken) => false,
                 Err(StartFailure::Exited(log)) => {
                     panic!("redis-server did not start; its log:\n{log}")
                 }
-                Err(StartFailure::Taken) => panic!("no free port for redis-server"),
             }
-        }
+        })
+        .await;
+        server
     }
 
     /// Spawns `redis-server` on `self.port` and waits until it answers as itself.
@@ -164,35 +161,30 @@ impl RedisServer {
             .expect("spawn redis-server");
         let pid = child.id();
         self.child = Some(child);
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child_mut().try_wait().expect("poll redis-server") {
-                self.child = None;
-                let log = self.log();
-                let log = log.get(log_start..).unwrap_or(&log);
-                if log.contains("already in use") {
-                    return Err(StartFailure::Taken);
+        let port = self.port;
+        eventually(
+            format!("redis-server answering on port {port}"),
+            async || {
+                if let Some(status) = self.child_mut().try_wait().expect("poll redis-server") {
+                    self.child = None;
+                    let log = self.log();
+                    let log = log.get(log_start..).unwrap_or(&log);
+                    if log.contains("already in use") {
+                        return Ok(Err(StartFailure::Taken));
+                    }
+                    return Ok(Err(StartFailure::Exited(format!("{status}\n{log}"))));
                 }
-                return Err(StartFailure::Exited(format!("{status}\n{log}")));
-            }
-            match tokio::time::timeout(Duration::from_secs(5), serving_pid(self.port)).await {
-                Ok(Some(serving)) if serving == pid => return Ok(()),
-                Ok(Some(_)) => {
-                    self.kill();
-                    return Err(StartFailure::Taken);
+                match tokio::time::timeout(Duration::from_secs(5), serving_pid(port)).await {
+                    Ok(Some(serving)) if serving == pid => Ok(Ok(())),
+                    Ok(Some(_)) => {
+                        self.kill();
+                        Ok(Err(StartFailure::Taken))
+                    }
+                    Ok(None) | Err(_) => Err(format!("no answer yet; its log:\n{}", self.log())),
                 }
-                Ok(None) | Err(_) => {}
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                return Err(StartFailure::Exited(format!(
-                    "no answer on port {} within {PATIENCE:?}\n{}",
-                    self.port,
-                    self.log()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            },
+        )
+        .await
     }
 
     fn child_mut(&mut self) -> &mut Child {
@@ -233,26 +225,20 @@ impl RedisServer {
     /// that know the address reconnect by themselves.
     pub async fn restart(&mut self) {
         self.kill();
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            match self.launch().await {
-                Ok(()) => return,
+        let port = self.port;
+        eventually(
+            format!("port {port} free again for redis-server"),
+            async || match self.launch().await {
+                Ok(()) => true,
                 // The old socket may linger a moment; someone else holding the port for
                 // longer than PATIENCE fails the test.
-                Err(StartFailure::Taken) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                Err(StartFailure::Taken) => false,
                 Err(StartFailure::Exited(log)) => {
-                    panic!(
-                        "redis-server did not restart on port {}; its log:\n{log}",
-                        self.port
-                    )
+                    panic!("redis-server did not restart on port {port}; its log:\n{log}")
                 }
-                Err(StartFailure::Taken) => {
-                    panic!("port {} was taken while redis-server was down", self.port)
-                }
-            }
-        }
+            },
+        )
+        .await;
     }
 
     /// A fresh connection for inspecting what the gateway wrote.
@@ -309,6 +295,22 @@ impl RedisCluster {
         Some(RedisCluster::start().await)
     }
 
+    /// The nodes' URLs of the one cluster that tests keeping apart by key prefix share
+    /// (a cluster takes seconds to form), or `None` after saying why the test is skipped.
+    /// The first test that asks starts it; it is stopped when the test binary exits.
+    pub async fn shared_or_skip() -> Option<Vec<String>> {
+        if !installed_or_skip("redis-server", "redis-server")
+            || !installed_or_skip("redis-cli", "redis-tools")
+        {
+            return None;
+        }
+        let shared = SHARED_CLUSTER
+            .get_or_init(async || Mutex::new(Some(RedisCluster::start().await)))
+            .await;
+        let cluster = shared.lock().unwrap_or_else(|e| e.into_inner());
+        Some(cluster.as_ref().expect("the shared cluster runs").urls())
+    }
+
     pub async fn start() -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..3 {
@@ -339,19 +341,18 @@ impl RedisCluster {
         );
         let cluster = RedisCluster { nodes };
         for node in &cluster.nodes {
-            let deadline = Instant::now() + PATIENCE;
-            loop {
-                let info: String = node.query(redis::cmd("CLUSTER").arg("INFO")).await;
-                if info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3") {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "node {} never reached cluster_state:ok:\n{info}",
-                    node.port()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            eventually(
+                format!("node {} reaching cluster_state:ok", node.port()),
+                async || {
+                    let info: String = node.query(redis::cmd("CLUSTER").arg("INFO")).await;
+                    if info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3") {
+                        Ok(())
+                    } else {
+                        Err(info)
+                    }
+                },
+            )
+            .await;
         }
         cluster
     }
@@ -366,49 +367,14 @@ impl RedisCluster {
     }
 }
 
-/// The store a shared test body runs against. A Redis server lives as long as this.
-pub enum TestStore {
-    Memory,
-    Redis(RedisServer),
-}
+/// The cluster `RedisCluster::shared_or_skip` hands out; taken and dropped (its servers
+/// killed, its temp dirs removed) when the test binary exits.
+static SHARED_CLUSTER: tokio::sync::OnceCell<Mutex<Option<RedisCluster>>> =
+    tokio::sync::OnceCell::const_new();
 
-impl TestStore {
-    pub fn memory() -> TestStore {
-        TestStore::Memory
-    }
-
-    /// A fresh `redis-server` for this test, or `None` when the test is skipped.
-    pub async fn redis() -> Option<TestStore> {
-        RedisServer::start_or_skip().await.map(TestStore::Redis)
+#[dtor::dtor(unsafe)]
+fn stop_the_shared_cluster_at_exit() {
+    if let Some(shared) = SHARED_CLUSTER.get() {
+        drop(shared.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 }
-
-/// Runs each named `async fn(TestStore)` in the calling module as two tests,
-/// `memory::<name>` and `redis::<name>`; an optional `(flavor = ...)` after a name is
-/// passed to `#[tokio::test]`.
-macro_rules! on_each_store {
-    ($($name:ident $(($($runtime:tt)*))?),+ $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test $(($($runtime)*))?]
-                async fn $name() {
-                    super::$name($crate::redis_support::TestStore::memory()).await
-                }
-            )+
-        }
-
-        mod redis {
-            $(
-                #[tokio::test $(($($runtime)*))?]
-                async fn $name() {
-                    let Some(store) = $crate::redis_support::TestStore::redis().await else {
-                        return;
-                    };
-                    super::$name(store).await
-                }
-            )+
-        }
-    };
-}
-
-pub(crate) use on_each_store;

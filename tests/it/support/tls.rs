@@ -1,103 +1,77 @@
-//! What the hardening tests need beyond `support`: raw connections from a chosen
-//! loopback address, a test certificate authority with client certificates (mTLS), and
-//! an https upstream. (The gateway as a separate process is `support::GatewayProcess`.)
+//! TLS for the tests: a dev certificate per test (`DevCert`), https clients that trust it
+//! and offer one protocol, a certificate authority issuing client certificates (mTLS),
+//! and an https upstream. Keys and certificates are generated into temp dirs, never
+//! committed.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http::{Request, Response, Version};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as LegacyClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::support::*;
-
-// ---------------------------------------------------------------------------------
-// Raw connections
-// ---------------------------------------------------------------------------------
-
-/// A TCP connection to `to` from `from` (any 127.x.y.z address works on Linux loopback),
-/// so one test can play several client IPs.
-pub async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let ip: IpAddr = from.parse().expect("a loopback address");
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(ip, 0))?;
-    socket.connect(to).await
+/// A certificate for localhost and 127.0.0.1 generated into a temp dir for this test.
+pub struct DevCert {
+    _dir: tempfile::TempDir,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub pem: Vec<u8>,
 }
 
-/// Reads until the peer closes the connection (end of file or reset) and returns what
-/// was read and when it ended; panics after `PATIENCE`.
-pub async fn read_until_closed(stream: &mut TcpStream) -> (Vec<u8>, Instant) {
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (received, Instant::now()),
-            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
-            Err(_) => panic!("the gateway kept the connection open for {PATIENCE:?}"),
+impl DevCert {
+    pub fn generate() -> DevCert {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (cert, key) = hookgate::tls::write_dev_cert(dir.path()).expect("write a dev cert");
+        let pem = std::fs::read(&cert).expect("read the cert back");
+        DevCert {
+            _dir: dir,
+            cert,
+            key,
+            pem,
         }
     }
 }
 
-/// Writes a request head, and nothing after it.
-pub async fn send_head(stream: &mut TcpStream, head: &str) {
-    stream
-        .write_all(head.as_bytes())
-        .await
-        .expect("write the head");
-}
+pub type HttpsClient = LegacyClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// A delivery's request head (its body is not sent), with `Content-Length` as declared.
-pub fn delivery_head(delivery: &hookgate::sign::SignedRequest) -> String {
-    let mut head = format!("POST {PATH} HTTP/1.1\r\nhost: gateway\r\n");
-    for (name, value) in &delivery.headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
+/// An https client that trusts exactly `pem` and offers exactly one protocol by
+/// ALPN: `Version::HTTP_11` or `Version::HTTP_2`.
+pub fn https_client(pem: &[u8], version: Version) -> HttpsClient {
+    let mut tls = hookgate::tls::client_config_trusting(pem).expect("a valid PEM");
+    if version == Version::HTTP_2 {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http2()
+            .build();
+        LegacyClient::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector)
+    } else {
+        // hyper-rustls' builder leaves ALPN empty for HTTP/1.1 only; offer it explicitly
+        // so the server really negotiates it.
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnector::from((http, tls));
+        LegacyClient::builder(TokioExecutor::new()).build(connector)
     }
-    head.push_str(&format!("content-length: {}\r\n\r\n", delivery.body.len()));
-    head
 }
-
-/// POSTs `delivery` over a fresh HTTP/1.1 connection from the loopback address `from`.
-pub async fn post_from(
-    from: &str,
-    gateway: SocketAddr,
-    delivery: &hookgate::sign::SignedRequest,
-) -> (http::StatusCode, String) {
-    let stream = connect_from(from, gateway).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP/1.1 handshake");
-    tokio::spawn(connection);
-    let request = delivery_request(PATH, delivery);
-    let (parts, body) = tokio::time::timeout(PATIENCE, sender.send_request(request))
-        .await
-        .expect("the gateway answers in time")
-        .expect("the gateway answers")
-        .into_parts();
-    let body = body.collect().await.expect("read the body").to_bytes();
-    (parts.status, String::from_utf8_lossy(&body).into_owned())
-}
-
-// ---------------------------------------------------------------------------------
-// Certificates
-// ---------------------------------------------------------------------------------
 
 /// A certificate authority generated for one test, which issues client certificates;
 /// its certificate is written to `ca_file` for `server.tls.client_ca`.
@@ -178,10 +152,6 @@ pub fn mtls_client(server_pem: &[u8], identity: Option<ClientIdentity>) -> Https
         .build(hyper_rustls::HttpsConnector::from((http, tls)))
 }
 
-// ---------------------------------------------------------------------------------
-// An https upstream
-// ---------------------------------------------------------------------------------
-
 /// An upstream behind TLS with `cert`, answering `200 {"ok":true}` and counting.
 pub struct TlsUpstream {
     addr: SocketAddr,
@@ -249,10 +219,4 @@ impl Drop for TlsUpstream {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// Waits out nothing: a named pause between the bytes of a slow client, which is the
-/// attack under test rather than a guess at timing.
-pub async fn trickle_pause() {
-    tokio::time::sleep(Duration::from_millis(200)).await;
 }

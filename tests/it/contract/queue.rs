@@ -1,0 +1,818 @@
+//! The `Queue` contract: what the workers, the admin API and `hookgate deliveries` rely
+//! on from any queue backend, through the trait only.
+//!
+//! A delivery is enqueued `queued`, taken under a lease, begun as an attempt
+//! (`processing`), and settled as processed, scheduled for a retry or final-failed; a
+//! lease can be handed back (shutdown), and renewed so that no other instance takes it
+//! over. Only final failures (dead letters) are replayed. Final records are kept for the
+//! retention. Times are the `now` each call is given, except what the trait leaves to
+//! the backend's clock (the age in `stats`, retention, the visibility timeout).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hookgate::queue::record::RecordBody;
+use hookgate::queue::{
+    Attempt, Detail, Job, Lease, ListFilter, NewDelivery, Queue, Replayed, Settlement, State,
+    UnixMillis, is_delivery_id, now_millis,
+};
+use http::header::{HeaderMap, HeaderValue};
+use tokio::time::{Instant, sleep};
+
+use super::{Backend, INSTANCE, QueueOptions, assert_within, timed};
+use crate::support::{SOURCE, eventually};
+
+/// `<source>/<route>` of the deliveries made here.
+const ROUTE_LABEL: &str = "openai/0";
+
+/// A delivery as ingress hands it over: headers as they are forwarded (one repeated),
+/// and a body that is not even UTF-8, since the queue must keep the exact bytes.
+fn delivery(source: &str, n: u64, received_at: UnixMillis) -> NewDelivery {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert("webhook-id", HeaderValue::from(n));
+    headers.append("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+    headers.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+    let mut body = format!(r#"{{"type":"response.completed","n":{n}}}"#).into_bytes();
+    body.push(0xff);
+    NewDelivery {
+        source: source.to_owned(),
+        route: "0".to_owned(),
+        webhook_id: format!("msg_contract_{n}"),
+        event_type: "response.completed".to_owned(),
+        headers,
+        body: Bytes::from(body),
+        received_at,
+    }
+}
+
+/// The attempt `job` made, as a worker records it once it ends (or is cut short).
+fn ended(job: &Job, started_at: UnixMillis, status: Option<u16>, result: &str) -> Attempt {
+    Attempt {
+        attempt: job.attempt,
+        started_at,
+        duration_ms: Some(5),
+        status,
+        error: match status {
+            Some(200..=299) => None,
+            Some(status) => Some(format!("upstream answered {status}")),
+            None => Some("upstream unreachable".to_owned()),
+        },
+        result: Some(result.to_owned()),
+        instance: INSTANCE.to_owned(),
+    }
+}
+
+fn all() -> ListFilter {
+    ListFilter {
+        limit: 100,
+        ..ListFilter::default()
+    }
+}
+
+async fn enqueue(queue: &dyn Queue, delivery: NewDelivery) -> String {
+    let id = queue.enqueue(delivery).await.expect("enqueued");
+    assert!(is_delivery_id(&id), "{id}");
+    id
+}
+
+/// Takes the one delivery that is ready at `now`.
+async fn take_one(queue: &dyn Queue, now: UnixMillis) -> Lease {
+    let mut leases = queue.take(10, now).await.expect("take");
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    leases.remove(0)
+}
+
+async fn begin(queue: &dyn Queue, lease: &Lease, now: UnixMillis) -> Job {
+    queue
+        .begin(lease, now)
+        .await
+        .expect("begin")
+        .unwrap_or_else(|| panic!("{} can be attempted", lease.delivery_id))
+}
+
+/// Ends `job`'s attempt at `now` as `settlement` says, with the status a worker would
+/// have seen; returns the attempt as recorded.
+async fn settle_as(
+    queue: &dyn Queue,
+    job: &Job,
+    now: UnixMillis,
+    settlement: Settlement,
+) -> Attempt {
+    let (status, result) = match settlement {
+        Settlement::Processed => (200, "processed"),
+        Settlement::RetryAt(_) => (503, "failed_retryable"),
+        Settlement::Final => (400, "failed_final"),
+    };
+    let attempt = ended(job, now, Some(status), result);
+    queue.settle(job, &attempt, settlement, now).await.unwrap();
+    attempt
+}
+
+/// Takes, begins and settles the one ready delivery; returns its id.
+async fn attempt_once(queue: &dyn Queue, now: UnixMillis, settlement: Settlement) -> String {
+    let lease = take_one(queue, now).await;
+    let job = begin(queue, &lease, now).await;
+    settle_as(queue, &job, now, settlement).await;
+    lease.delivery_id
+}
+
+async fn show(queue: &dyn Queue, id: &str) -> Detail {
+    queue
+        .show(id, false)
+        .await
+        .expect("show")
+        .unwrap_or_else(|| panic!("{id} has a record"))
+}
+
+async fn listed(queue: &dyn Queue, filter: ListFilter) -> Vec<String> {
+    let found = queue.list(&filter).await.expect("list");
+    found.into_iter().map(|summary| summary.id).collect()
+}
+
+// ---------------------------------------------------------------------------------
+// One instance
+// ---------------------------------------------------------------------------------
+
+pub async fn an_enqueued_delivery_is_shown_and_listed_as_queued_with_what_was_enqueued(
+    queue: &dyn Queue,
+) {
+    let t = now_millis();
+    let new = delivery(SOURCE, 1, t);
+
+    let id = enqueue(queue, new.clone()).await;
+
+    let shown = show(queue, &id).await;
+    let summary = &shown.summary;
+    assert_eq!(summary.id, id);
+    assert_eq!(summary.state, State::Queued);
+    assert_eq!(
+        (summary.source.as_str(), summary.route.as_str()),
+        (SOURCE, "0")
+    );
+    assert_eq!(summary.webhook_id, new.webhook_id);
+    assert_eq!(summary.event_type, new.event_type);
+    assert_eq!(summary.attempts, 0);
+    assert_eq!((summary.received_at, summary.updated_at), (t, t));
+    assert_eq!(summary.next_attempt_at, None);
+    assert_eq!((summary.last_status, &summary.last_error), (None, &None));
+    assert_eq!((shown.enqueued_at, shown.replays), (t, 0));
+    assert!(shown.history.is_empty());
+    let names: Vec<&str> = new.headers.keys().map(|n| n.as_str()).collect();
+    assert_eq!(shown.header_names, names);
+    assert_eq!(
+        (shown.headers, shown.body),
+        (None, None),
+        "no body unless asked"
+    );
+
+    let with_body = queue.show(&id, true).await.unwrap().unwrap();
+    let pairs: Vec<(String, String)> = new
+        .headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(with_body.headers, Some(pairs));
+    assert_eq!(with_body.body, Some(RecordBody::new(&new.body)));
+    assert_eq!(queue.list(&all()).await.unwrap(), [shown.summary]);
+    assert!(
+        queue
+            .show("dlv_000000000000ffffffffffffffff", false)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+pub async fn a_taken_delivery_begins_as_an_attempt_with_everything_it_was_enqueued_with(
+    queue: &dyn Queue,
+) {
+    let t = now_millis();
+    let new = delivery(SOURCE, 1, t);
+    let id = enqueue(queue, new.clone()).await;
+
+    let lease = take_one(queue, t + 1).await;
+    let job = begin(queue, &lease, t + 2).await;
+
+    assert_eq!(lease.delivery_id, id);
+    assert_eq!(lease.route, ROUTE_LABEL);
+    assert!(!lease.token.is_empty());
+    assert_eq!(job.lease, lease);
+    assert_eq!(
+        (job.delivery.source.as_str(), job.delivery.route.as_str()),
+        (SOURCE, "0")
+    );
+    assert_eq!(job.delivery.webhook_id, new.webhook_id);
+    assert_eq!(job.delivery.event_type, new.event_type);
+    assert_eq!(job.delivery.headers, new.headers);
+    assert_eq!(job.delivery.body, new.body, "the exact bytes");
+    assert_eq!((job.attempt, job.history_index, job.enqueued_at), (1, 0, t));
+    let shown = show(queue, &id).await;
+    assert_eq!(shown.summary.state, State::Processing);
+    assert_eq!(shown.summary.attempts, 1);
+    assert_eq!(shown.summary.updated_at, t + 2);
+    let opened = Attempt {
+        attempt: 1,
+        started_at: t + 2,
+        duration_ms: None,
+        status: None,
+        error: None,
+        result: None,
+        instance: INSTANCE.to_owned(),
+    };
+    assert_eq!(shown.history, [opened]);
+    assert!(
+        queue.take(10, t + 3).await.unwrap().is_empty(),
+        "taken once"
+    );
+}
+
+pub async fn deliveries_are_taken_oldest_first_and_at_most_as_many_as_asked(queue: &dyn Queue) {
+    let t = now_millis();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(enqueue(queue, delivery(SOURCE, n, t + n)).await);
+    }
+
+    let first = queue.take(2, t + 10).await.unwrap();
+    let rest = queue.take(10, t + 10).await.unwrap();
+
+    let taken: Vec<&str> = first
+        .iter()
+        .chain(&rest)
+        .map(|l| l.delivery_id.as_str())
+        .collect();
+    assert_eq!((first.len(), rest.len()), (2, 1));
+    assert_eq!(taken, ids);
+    assert!(queue.take(10, t + 10).await.unwrap().is_empty());
+    assert!(queue.take(0, t + 10).await.unwrap().is_empty());
+}
+
+pub async fn a_retry_is_taken_once_due_and_not_before_then_the_delivery_is_processed(
+    queue: &dyn Queue,
+) {
+    let t = now_millis();
+    let new = delivery(SOURCE, 1, t);
+    let id = enqueue(queue, new.clone()).await;
+    let job = begin(queue, &take_one(queue, t).await, t).await;
+    let failed = ended(&job, t, Some(503), "failed_retryable");
+
+    queue
+        .settle(&job, &failed, Settlement::RetryAt(t + 3_000), t + 5)
+        .await
+        .unwrap();
+
+    let shown = show(queue, &id).await;
+    assert_eq!(shown.summary.state, State::FailedRetryable);
+    assert_eq!(shown.summary.next_attempt_at, Some(t + 3_000));
+    assert_eq!(shown.summary.last_status, Some(503));
+    assert_eq!(shown.summary.last_error, failed.error);
+    assert_eq!(shown.summary.updated_at, t + 5);
+    assert_eq!(shown.history, std::slice::from_ref(&failed));
+    assert!(
+        queue.take(10, t + 2_999).await.unwrap().is_empty(),
+        "not due yet"
+    );
+    assert_eq!(queue.stats().await.unwrap().depth, 1);
+
+    let lease = take_one(queue, t + 3_000).await;
+    let job = begin(queue, &lease, t + 3_000).await;
+
+    assert_eq!(lease.delivery_id, id);
+    assert_eq!(lease.route, ROUTE_LABEL);
+    assert_eq!((job.attempt, job.history_index), (2, 1));
+    assert_eq!(
+        (&job.delivery.headers, &job.delivery.body),
+        (&new.headers, &new.body)
+    );
+    assert_eq!(show(queue, &id).await.summary.next_attempt_at, None);
+    let delivered = ended(&job, t + 3_000, Some(200), "processed");
+    queue
+        .settle(&job, &delivered, Settlement::Processed, t + 3_001)
+        .await
+        .unwrap();
+    let shown = show(queue, &id).await;
+    assert_eq!(shown.summary.state, State::Processed);
+    assert_eq!(shown.summary.attempts, 2);
+    assert_eq!(shown.summary.last_status, Some(200));
+    assert_eq!(shown.summary.last_error, None);
+    assert_eq!(shown.history, [failed, delivered]);
+    assert_eq!(queue.stats().await.unwrap().depth, 0);
+    assert!(queue.take(10, t + 10_000).await.unwrap().is_empty());
+}
+
+pub async fn a_processed_delivery_keeps_its_record_but_not_its_body_or_headers(queue: &dyn Queue) {
+    let t = now_millis();
+    enqueue(queue, delivery(SOURCE, 1, t)).await;
+
+    let id = attempt_once(queue, t, Settlement::Processed).await;
+
+    let shown = queue.show(&id, true).await.unwrap().unwrap();
+    assert_eq!(shown.summary.state, State::Processed);
+    assert_eq!(shown.body, Some(RecordBody::new(b"")));
+    assert_eq!(shown.headers, Some(Vec::new()));
+    assert!(shown.header_names.is_empty());
+    assert_eq!(listed(queue, all()).await, [id.as_str()]);
+}
+
+pub async fn a_final_failure_keeps_what_a_replay_needs_and_is_found_by_failed_since(
+    queue: &dyn Queue,
+) {
+    let t = now_millis();
+    let new = delivery(SOURCE, 1, t);
+    let first = enqueue(queue, new.clone()).await;
+    let second = enqueue(queue, delivery(SOURCE, 2, t)).await;
+    let leases = queue.take(10, t).await.unwrap();
+    assert_eq!(leases.len(), 2);
+
+    for (lease, failed_at) in leases.iter().zip([t + 5, t + 9]) {
+        let job = begin(queue, lease, t).await;
+        settle_as(queue, &job, failed_at, Settlement::Final).await;
+    }
+
+    let shown = queue.show(&first, true).await.unwrap().unwrap();
+    assert_eq!(shown.summary.state, State::FailedFinal);
+    assert_eq!(shown.summary.last_status, Some(400));
+    assert_eq!(shown.body, Some(RecordBody::new(&new.body)));
+    assert_eq!(shown.header_names.len(), new.headers.keys_len());
+    assert_eq!(
+        queue.failed_since(0).await.unwrap(),
+        [first.as_str(), second.as_str()]
+    );
+    assert_eq!(
+        queue.failed_since(t + 5).await.unwrap(),
+        [first.as_str(), second.as_str()]
+    );
+    assert_eq!(queue.failed_since(t + 6).await.unwrap(), [second.as_str()]);
+    assert!(queue.failed_since(t + 10).await.unwrap().is_empty());
+    assert_eq!(queue.stats().await.unwrap().depth, 0);
+}
+
+pub async fn only_a_final_failure_can_be_replayed_and_a_replay_starts_counting_again(
+    queue: &dyn Queue,
+) {
+    let t = now_millis();
+    let id = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    let other = enqueue(queue, delivery(SOURCE, 2, t + 5)).await;
+    let not_replayable = |state| Replayed::NotReplayable(state);
+    assert_eq!(
+        queue.replay(&id, t).await.unwrap(),
+        not_replayable(State::Queued)
+    );
+    let lease = take_one_of(queue, &id, t).await;
+    let job = begin(queue, &lease, t).await;
+    assert_eq!(
+        queue.replay(&id, t).await.unwrap(),
+        not_replayable(State::Processing)
+    );
+    let failed = ended(&job, t, Some(400), "failed_final");
+    queue
+        .settle(&job, &failed, Settlement::Final, t + 10)
+        .await
+        .unwrap();
+    assert_eq!(listed(queue, all()).await, [other.as_str(), id.as_str()]);
+
+    let replayed = queue.replay(&id, t + 20).await.unwrap();
+
+    assert_eq!(
+        replayed,
+        Replayed::Queued {
+            was: State::FailedFinal
+        }
+    );
+    let shown = show(queue, &id).await;
+    assert_eq!(shown.summary.state, State::Queued);
+    assert_eq!(shown.summary.attempts, 0);
+    assert_eq!(shown.summary.updated_at, t + 20);
+    assert_eq!(shown.summary.next_attempt_at, None);
+    assert_eq!((shown.enqueued_at, shown.replays), (t + 20, 1));
+    assert_eq!(
+        shown.summary.last_status,
+        Some(400),
+        "the last outcome stays"
+    );
+    assert_eq!(shown.history, [failed]);
+    assert!(queue.failed_since(0).await.unwrap().is_empty());
+    assert_eq!(
+        listed(queue, all()).await,
+        [id.as_str(), other.as_str()],
+        "newest first"
+    );
+    let lease = take_one_of(queue, &id, t + 21).await;
+    let job = begin(queue, &lease, t + 21).await;
+    assert_eq!(
+        (job.attempt, job.history_index, job.enqueued_at),
+        (1, 1, t + 20)
+    );
+    let delivered = ended(&job, t + 21, Some(200), "processed");
+    queue
+        .settle(&job, &delivered, Settlement::Processed, t + 22)
+        .await
+        .unwrap();
+    assert_eq!(
+        queue.replay(&id, t + 30).await.unwrap(),
+        not_replayable(State::Processed)
+    );
+    assert_eq!(
+        queue
+            .replay("dlv_000000000000ffffffffffffffff", t)
+            .await
+            .unwrap(),
+        Replayed::NotFound
+    );
+}
+
+/// Takes everything ready at `now` and hands back all but the lease on `id`.
+async fn take_one_of(queue: &dyn Queue, id: &str, now: UnixMillis) -> Lease {
+    let mut mine = None;
+    for lease in queue.take(10, now).await.unwrap() {
+        if lease.delivery_id == id {
+            mine = Some(lease);
+        } else {
+            queue.hand_back(&lease, None, now).await.unwrap();
+        }
+    }
+    mine.unwrap_or_else(|| panic!("{id} is ready at {now}"))
+}
+
+pub async fn a_handed_back_delivery_is_queued_again_at_once_with_the_attempt_closed(
+    queue: &dyn Queue,
+) {
+    let t = now_millis();
+    let id = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(queue, t + 1).await;
+    let job = begin(queue, &lease, t + 1).await;
+    let interrupted = ended(&job, t + 1, None, "handed_back");
+
+    queue
+        .hand_back(&lease, Some((&job, &interrupted)), t + 6)
+        .await
+        .unwrap();
+
+    let shown = show(queue, &id).await;
+    assert_eq!(shown.summary.state, State::Queued);
+    assert_eq!(shown.summary.updated_at, t + 6);
+    assert_eq!(shown.summary.attempts, 1);
+    assert_eq!(shown.history, [interrupted]);
+    let again = take_one(queue, t + 7).await;
+    assert_eq!(again.delivery_id, id);
+    let job = begin(queue, &again, t + 7).await;
+    assert_eq!((job.attempt, job.history_index), (2, 1));
+}
+
+pub async fn a_delivery_handed_back_before_its_attempt_began_keeps_its_count(queue: &dyn Queue) {
+    let t = now_millis();
+    let id = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(queue, t + 1).await;
+
+    queue.hand_back(&lease, None, t + 2).await.unwrap();
+
+    let shown = show(queue, &id).await;
+    assert_eq!(shown.summary.state, State::Queued);
+    assert_eq!(shown.summary.attempts, 0);
+    assert!(shown.history.is_empty());
+    let again = take_one(queue, t + 3).await;
+    assert_eq!(again.delivery_id, id);
+    let job = begin(queue, &again, t + 3).await;
+    assert_eq!((job.attempt, job.history_index), (1, 0));
+}
+
+pub async fn a_lease_on_a_delivery_that_became_final_begins_and_hands_back_nothing(
+    queue: &dyn Queue,
+) {
+    let t = now_millis();
+    let id = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(queue, t).await;
+    let job = begin(queue, &lease, t).await;
+    let failed = ended(&job, t, Some(400), "failed_final");
+    queue
+        .settle(&job, &failed, Settlement::Final, t + 2)
+        .await
+        .unwrap();
+
+    let begun = queue.begin(&lease, t + 3).await.unwrap();
+    queue.hand_back(&lease, None, t + 4).await.unwrap();
+
+    assert!(begun.is_none(), "{begun:?}");
+    let shown = show(queue, &id).await;
+    assert_eq!(shown.summary.state, State::FailedFinal);
+    assert_eq!(shown.summary.attempts, 1);
+    assert_eq!(shown.summary.updated_at, t + 2);
+    assert_eq!(shown.history, [failed]);
+    assert!(queue.take(10, t + 5).await.unwrap().is_empty());
+    assert_eq!(queue.stats().await.unwrap().depth, 0);
+}
+
+pub async fn listing_filters_by_state_and_source_newest_first_up_to_the_limit(queue: &dyn Queue) {
+    let t = now_millis();
+    let a = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    let b = enqueue(queue, delivery("billing", 2, t + 1)).await;
+    let c = enqueue(queue, delivery(SOURCE, 3, t + 2)).await;
+    let lease = take_one_of(queue, &a, t + 3).await;
+    let job = begin(queue, &lease, t + 3).await;
+    let failed = ended(&job, t + 3, Some(400), "failed_final");
+    queue
+        .settle(&job, &failed, Settlement::Final, t + 3)
+        .await
+        .unwrap();
+    let filter = |state: Option<State>, source: Option<&str>, limit: usize| ListFilter {
+        state,
+        source: source.map(str::to_owned),
+        limit,
+    };
+
+    assert_eq!(
+        listed(queue, all()).await,
+        [c.as_str(), b.as_str(), a.as_str()]
+    );
+    assert_eq!(
+        listed(queue, filter(None, None, 2)).await,
+        [c.as_str(), b.as_str()]
+    );
+    assert_eq!(
+        listed(queue, filter(None, Some(SOURCE), 10)).await,
+        [c.as_str(), a.as_str()]
+    );
+    let dead = filter(Some(State::FailedFinal), None, 10);
+    assert_eq!(listed(queue, dead).await, [a.as_str()]);
+    let waiting = filter(Some(State::Queued), Some("billing"), 10);
+    assert_eq!(listed(queue, waiting).await, [b.as_str()]);
+    let processed = filter(Some(State::Processed), None, 10);
+    assert!(listed(queue, processed).await.is_empty());
+    for summary in queue.list(&all()).await.unwrap() {
+        assert_eq!(summary, show(queue, &summary.id).await.summary);
+    }
+}
+
+pub async fn stats_count_the_deliveries_not_yet_final_and_the_oldest_waiting(queue: &dyn Queue) {
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.oldest_age), (0, Duration::ZERO));
+    let before = Instant::now();
+    let t = now_millis();
+    let a = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    enqueue(queue, delivery(SOURCE, 2, t)).await;
+    let enqueued = Instant::now();
+    sleep(Duration::from_millis(50)).await;
+
+    let (stats, asked) = timed(queue.stats()).await;
+
+    let stats = stats.unwrap();
+    assert_eq!(stats.depth, 2);
+    assert_within(
+        stats.oldest_age,
+        asked.start - enqueued,
+        asked.end - before,
+        "the age of the oldest waiting delivery",
+    );
+    // Taken, scheduled for a retry, processed, final: counted until final.
+    let lease = take_one_of(queue, &a, t).await;
+    let job = begin(queue, &lease, t).await;
+    assert_eq!(queue.stats().await.unwrap().depth, 2);
+    let failed = ended(&job, t, Some(503), "failed_retryable");
+    let retry_at = t + 60_000;
+    let retry = Settlement::RetryAt(retry_at);
+    queue.settle(&job, &failed, retry, t).await.unwrap();
+    assert_eq!(queue.stats().await.unwrap().depth, 2);
+    attempt_once(queue, t + 1, Settlement::Processed).await;
+    assert_eq!(queue.stats().await.unwrap().depth, 1);
+    attempt_once(queue, retry_at, Settlement::Final).await;
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.oldest_age), (0, Duration::ZERO));
+}
+
+pub async fn an_instance_renews_its_own_leases_and_never_prunes_itself(queue: &dyn Queue) {
+    let t = now_millis();
+    let id = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(queue, t).await;
+
+    queue
+        .keep_alive(std::slice::from_ref(&lease))
+        .await
+        .unwrap();
+    let job = begin(queue, &lease, t).await;
+    let delivered = ended(&job, t, Some(200), "processed");
+    queue
+        .settle(&job, &delivered, Settlement::Processed, t)
+        .await
+        .unwrap();
+
+    assert_eq!(show(queue, &id).await.summary.state, State::Processed);
+    assert_eq!(queue.prune(Duration::ZERO).await.unwrap(), 0);
+}
+
+// ---------------------------------------------------------------------------------
+// Retention
+// ---------------------------------------------------------------------------------
+
+pub async fn final_records_are_forgotten_after_the_retention_and_others_are_kept(
+    backend: &Backend,
+) {
+    const RETENTION: Duration = Duration::from_secs(1);
+    let queue = backend.queue(
+        INSTANCE,
+        QueueOptions {
+            retention: RETENTION,
+            ..QueueOptions::default()
+        },
+    );
+    let queue = &*queue;
+    let t = now_millis();
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(enqueue(queue, delivery(SOURCE, n, t)).await);
+    }
+    let [processed, failed, retrying, replayed] = &ids[..] else {
+        unreachable!()
+    };
+    let mut jobs = Vec::new();
+    for lease in queue.take(10, t).await.unwrap() {
+        jobs.push(begin(queue, &lease, t).await);
+    }
+    assert_eq!(jobs.len(), 4);
+    let (_, settled) = timed(async {
+        settle_as(queue, &jobs[0], now_millis(), Settlement::Processed).await;
+        settle_as(queue, &jobs[1], now_millis(), Settlement::Final).await;
+    })
+    .await;
+    let later = Settlement::RetryAt(t + 3_600_000);
+    settle_as(queue, &jobs[2], now_millis(), later).await;
+    settle_as(queue, &jobs[3], now_millis(), Settlement::Final).await;
+    queue.replay(replayed, now_millis()).await.unwrap();
+    assert!(queue.show(processed, false).await.unwrap().is_some());
+    assert!(queue.show(failed, false).await.unwrap().is_some());
+
+    eventually("the final records being forgotten", async || {
+        queue.list(&all()).await.unwrap();
+        queue.take(0, now_millis()).await.unwrap();
+        queue.show(processed, false).await.unwrap().is_none()
+            && queue.show(failed, false).await.unwrap().is_none()
+    })
+    .await;
+
+    // Clocks count whole milliseconds.
+    let kept_for = settled.start.elapsed() + Duration::from_millis(2);
+    assert!(kept_for >= RETENTION, "forgotten after {kept_for:?}");
+    assert_eq!(
+        listed(queue, all()).await,
+        [replayed.as_str(), retrying.as_str()]
+    );
+    assert_eq!(
+        show(queue, retrying).await.summary.state,
+        State::FailedRetryable
+    );
+    assert_eq!(show(queue, replayed).await.summary.state, State::Queued);
+}
+
+// ---------------------------------------------------------------------------------
+// Several instances on one backend
+// ---------------------------------------------------------------------------------
+
+pub async fn a_delivery_whose_lease_is_renewed_is_taken_over_once_renewals_stop(backend: &Backend) {
+    const VISIBILITY: Duration = Duration::from_secs(1);
+    let options = QueueOptions {
+        visibility_timeout: VISIBILITY,
+        ..QueueOptions::default()
+    };
+    let holder = backend.queue(INSTANCE, options);
+    let other = backend.queue("instance-b", options);
+    let t = now_millis();
+    let id = enqueue(&*holder, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(&*holder, t).await;
+    begin(&*holder, &lease, t).await;
+
+    // Renewed well within the visibility timeout, for longer than it: never taken over.
+    let renewing_until = Instant::now() + VISIBILITY * 3 / 2;
+    let mut renewed;
+    loop {
+        renewed = Instant::now();
+        holder
+            .keep_alive(std::slice::from_ref(&lease))
+            .await
+            .unwrap();
+        let taken = other.take(10, now_millis()).await.unwrap();
+        assert!(
+            taken.is_empty(),
+            "taken over {:?} after a renewal: {taken:?}",
+            renewed.elapsed()
+        );
+        if Instant::now() >= renewing_until {
+            break;
+        }
+        sleep(VISIBILITY / 10).await;
+    }
+
+    let taken = eventually("another instance taking the delivery over", async || {
+        let mut taken = other.take(10, now_millis()).await.unwrap();
+        taken.pop()
+    })
+    .await;
+
+    let idle = renewed.elapsed();
+    assert!(
+        idle >= VISIBILITY,
+        "taken over {idle:?} after the last renewal"
+    );
+    assert_eq!(taken.delivery_id, id);
+    let job = begin(&*other, &taken, now_millis()).await;
+    assert_eq!((job.attempt, job.history_index), (2, 1));
+    let history = show(&*holder, &id).await.history;
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].result, None, "the first attempt never ended");
+    assert_eq!(history[0].instance, INSTANCE);
+    assert_eq!(history[1].instance, "instance-b");
+}
+
+pub async fn a_delivery_handed_back_is_taken_by_another_instance_at_once(backend: &Backend) {
+    let leaving = backend.queue(INSTANCE, QueueOptions::default());
+    let staying = backend.queue("instance-b", QueueOptions::default());
+    let t = now_millis();
+    let id = enqueue(&*leaving, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(&*leaving, t).await;
+    let job = begin(&*leaving, &lease, t).await;
+    let interrupted = ended(&job, t, None, "handed_back");
+
+    leaving
+        .hand_back(&lease, Some((&job, &interrupted)), t + 1)
+        .await
+        .unwrap();
+
+    let taken = take_one(&*staying, t + 2).await;
+    assert_eq!(taken.delivery_id, id);
+    let job = begin(&*staying, &taken, t + 2).await;
+    assert_eq!((job.attempt, job.history_index), (2, 1));
+    let history = show(&*staying, &id).await.history;
+    assert_eq!(history[0], interrupted);
+    assert_eq!(history[1].instance, "instance-b");
+}
+
+pub async fn instances_taking_at_once_never_get_the_same_delivery(backend: &Backend) {
+    let (a, b) = (
+        backend.queue(INSTANCE, QueueOptions::default()),
+        backend.queue("instance-b", QueueOptions::default()),
+    );
+    let (a, b) = (&*a, &*b);
+    let t = now_millis();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(enqueue(a, delivery(SOURCE, n, t)).await);
+    }
+
+    let mut taken = Vec::new();
+    loop {
+        let (by_a, by_b) = tokio::join!(a.take(3, t), b.take(3, t));
+        let (by_a, by_b) = (by_a.unwrap(), by_b.unwrap());
+        if by_a.is_empty() && by_b.is_empty() {
+            break;
+        }
+        taken.extend(by_a.into_iter().map(|lease| (a, lease)));
+        taken.extend(by_b.into_iter().map(|lease| (b, lease)));
+    }
+
+    let mut got: Vec<&str> = taken.iter().map(|(_, l)| l.delivery_id.as_str()).collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids, "every delivery taken exactly once");
+    // Each instance settles what it took; both see every record.
+    for (queue, lease) in &taken {
+        let job = begin(*queue, lease, t + 1).await;
+        settle_as(*queue, &job, t + 2, Settlement::Processed).await;
+    }
+    for queue in [a, b] {
+        assert_eq!(queue.stats().await.unwrap().depth, 0);
+        let processed = ListFilter {
+            state: Some(State::Processed),
+            ..all()
+        };
+        assert_eq!(listed(queue, processed).await.len(), 20);
+    }
+}
+
+pub async fn stopped_instances_holding_nothing_are_pruned_but_not_one_holding_a_delivery(
+    backend: &Backend,
+) {
+    let stopped = backend.queue(INSTANCE, QueueOptions::default());
+    let holding = backend.queue("instance-b", QueueOptions::default());
+    let pruning = backend.queue("instance-c", QueueOptions::default());
+    let t = now_millis();
+    // An instance joins when it first takes a delivery: one took one and stopped, one
+    // holds one now.
+    enqueue(&*stopped, delivery(SOURCE, 1, t)).await;
+    attempt_once(&*stopped, t, Settlement::Processed).await;
+    enqueue(&*stopped, delivery(SOURCE, 2, t)).await;
+    let lease = take_one(&*holding, t).await;
+
+    assert_eq!(pruning.prune(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(
+        pruning.prune(Duration::ZERO).await.unwrap(),
+        0,
+        "the holder stays"
+    );
+
+    let job = begin(&*holding, &lease, t).await;
+    let delivered = ended(&job, t, Some(200), "processed");
+    holding
+        .settle(&job, &delivered, Settlement::Processed, t)
+        .await
+        .unwrap();
+    assert_eq!(pruning.prune(Duration::ZERO).await.unwrap(), 1);
+}

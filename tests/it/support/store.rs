@@ -1,0 +1,68 @@
+//! `TestStore`, the store a shared test body runs against, and `on_each_store!`, which
+//! runs one test body as two tests: on the in-memory store and on a Redis of its own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{RedisCluster, RedisServer};
+
+/// The store a shared test body runs against. A Redis server lives as long as this.
+pub enum TestStore {
+    Memory,
+    Redis(RedisServer),
+    /// The Redis Cluster the tests share (`RedisCluster::shared_or_skip`), under a key
+    /// prefix of this test's own.
+    SharedCluster {
+        nodes: Vec<String>,
+        key_prefix: String,
+    },
+}
+
+impl TestStore {
+    pub fn memory() -> TestStore {
+        TestStore::Memory
+    }
+
+    /// A fresh `redis-server` for this test, or `None` when the test is skipped.
+    pub async fn redis() -> Option<TestStore> {
+        RedisServer::start_or_skip().await.map(TestStore::Redis)
+    }
+
+    /// The shared Redis Cluster under a fresh key prefix, or `None` when the test is
+    /// skipped.
+    pub async fn shared_cluster() -> Option<TestStore> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nodes = RedisCluster::shared_or_skip().await?;
+        let key_prefix = format!("test-{}:", NEXT.fetch_add(1, Ordering::Relaxed));
+        Some(TestStore::SharedCluster { nodes, key_prefix })
+    }
+}
+
+/// Runs each named `async fn(TestStore)` in the calling module as two tests,
+/// `memory::<name>` and `redis::<name>`; an optional `(flavor = ...)` after a name is
+/// passed to `#[tokio::test]`.
+macro_rules! on_each_store {
+    ($($name:ident $(($($runtime:tt)*))?),+ $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test $(($($runtime)*))?]
+                async fn $name() {
+                    super::$name($crate::support::TestStore::memory()).await
+                }
+            )+
+        }
+
+        mod redis {
+            $(
+                #[tokio::test $(($($runtime)*))?]
+                async fn $name() {
+                    let Some(store) = $crate::support::TestStore::redis().await else {
+                        return;
+                    };
+                    super::$name(store).await
+                }
+            )+
+        }
+    };
+}
+
+pub(crate) use on_each_store;
