@@ -158,7 +158,7 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// The verdict and the account of it.
-pub struct Report {
+pub struct Diagnosis {
     pub verified: bool,
     pub text: String,
 }
@@ -169,7 +169,7 @@ pub fn diagnose(
     source: Option<&str>,
     capture: &Capture,
     now: SystemTime,
-) -> Result<Report, String> {
+) -> Result<Diagnosis, String> {
     let source = pick_source(settings, source, capture.path.as_deref())?;
     let mut out = String::new();
     let mut line = |text: String| {
@@ -249,7 +249,7 @@ pub fn diagnose(
             line(format!("  - config: {warning}"));
         }
     }
-    Ok(Report {
+    Ok(Diagnosis {
         verified,
         text: out,
     })
@@ -541,7 +541,7 @@ upstream = "http://127.0.0.1:9/"
         }
     }
 
-    fn report(capture: &Capture) -> Report {
+    fn report(capture: &Capture) -> Diagnosis {
         let settings = crate::config::parse(CONFIG, "t.toml").unwrap();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         diagnose(&settings, None, capture, at).unwrap()

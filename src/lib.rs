@@ -1,30 +1,30 @@
 //! hookgate: a webhook gateway in front of backends that should not each re-implement
 //! signature checks, replay protection, deduplication and rate limiting.
 //!
-//! A connection is admitted by `connections` (in all and per IP, inside the open-files
-//! limit), then `server` bounds its TLS handshake, head and idle time and its HTTP/2
-//! streams. A request travels `server` (TLS, HTTP/1.1 and HTTP/2) → `pipeline`, whose
-//! stages are: `client_ip` (socket peer, or a trusted proxy's `X-Forwarded-For`) → header
-//! limits → `penalty_box` (clients that keep failing verification) → the source's
-//! `allow_ips` → `ratelimit` (GCRA per client, before any body byte is read) → source by path → POST only → body under a
-//! size cap and the `body_budget` (bytes held per client and in all) → `verify` (the source's signature scheme from the registry in
-//! `verify::SCHEMES`: constant-time, freshness window, rotating secrets) → `event` (the
-//! dedupe key and the event type, by JSON pointer into the verified bytes or by header)
-//! → `route` (first matching pattern) → `dedupe` claim (two-phase, so a failure never
-//! marks a delivery done) → `forward` (pooled client, raw bytes; re-signed for the
-//! backend if the route says so) → dedupe commit or release → answer.
-//! A source in queue mode replaces `forward` with `queue` enqueue (answered 202); the
-//! `queue::worker` tasks then forward with retries, on Redis Streams or in memory.
+//! A request goes `server` (admission, TLS, HTTP/1.1 and HTTP/2) → `pipeline`, whose
+//! stages run cheapest refusal first: client IP, header limits, penalty box, `allow_ips`,
+//! rate limit, source and method, body (under its cap and the `body_budget`), signature
+//! (`verify`), dedupe key and event type (`event`), route, dedupe claim, then `forward`
+//! (proxy mode) or the queue's enqueue (queue mode, delivered later by `queue::worker`),
+//! then the claim's commit or release. `reject` alone decides what a sender sees.
 //!
-//! `reject` alone maps outcomes to statuses, reasons and metric labels. `store` holds
-//! the state shared by dedupe and rate limiting (in memory by default). `config` turns the
-//! TOML file into validated settings; `metrics` and `admin` expose Prometheus metrics and
-//! health on a separate listener (and the `/deliveries` API of queue mode, which
-//! `deliveries` calls for the CLI). `sign`, `diagnose` (`hookgate verify`), `provider`
-//! (senders' published event types, for `check`), `echo`, `tls` (dev certificates) and
-//! `cli_client` (the helpers' HTTP client: whom it trusts, what a failure means) serve the
-//! command line's helpers. `log_gate` keeps events a client can cause at will (failed TLS
-//! handshakes) from flooding the log. Nothing here logs bodies, secrets or signatures.
+//! The modules sit in floors and import only downward (`floors` below fails on a cycle):
+//!
+//! | floor | modules |
+//! |---|---|
+//! | entry points | `main.rs`, `cli`, the commands `sign`, `diagnose`, `deliveries`, `bench`, `echo`, `cli_client` |
+//! | wiring | `app`: builds every part from `Settings` and hands handlers to the listeners |
+//! | surfaces | `admin` (metrics, health, deliveries API), `reload` (the swappable request path) |
+//! | request path, workers | `pipeline`, `queue::worker` |
+//! | stages and mappings | `dedupe`, `ratelimit`, `reject` |
+//! | parts with state or I/O | `store` and `queue` backends (behind factories), `forward`, `body_budget`, `penalty_box`, `connections`, `server` |
+//! | settings | `config` (file mirror, validation, the `check` summary) |
+//! | vocabulary | `upstream`, `event`, `route`, `client_ip`, `verify` (one file per scheme), `tls`, `provider`, `metrics`, `queue::record`, `queue::policy`, `random`, `log_gate` |
+//!
+//! A new scheme is one file in `verify/` and a line in `verify::SCHEMES`; a new backend
+//! one file in `store/` (and in `queue/`) and an arm in each factory; a new stage one
+//! function in `pipeline` with its refusal in `reject`. Nothing here logs bodies, secrets
+//! or signatures.
 
 #![forbid(unsafe_code)]
 

@@ -29,7 +29,7 @@ use prometheus::IntCounter;
 
 use crate::body_budget::{BodyBudget, Reservation};
 use crate::client_ip::ClientIpResolver;
-use crate::config::{ContentEncoding, Delivery, Limits, Settings, Source};
+use crate::config::{ContentEncoding, DeliveryMode, Limits, Settings, Source};
 use crate::dedupe::{Claimed, Dedupe};
 use crate::event;
 use crate::forward::{self, ForwardContext, Forwarder};
@@ -100,8 +100,8 @@ impl Gateway {
     ) -> Self {
         let entry = |source: Source| Entry {
             handoff: match source.delivery {
-                Delivery::Proxy => Handoff::Forward,
-                Delivery::Queue => Handoff::Enqueue(
+                DeliveryMode::Proxy => Handoff::Forward,
+                DeliveryMode::Queue => Handoff::Enqueue(
                     queue
                         .clone()
                         .expect("a queue is built whenever a source uses queue mode"),

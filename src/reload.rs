@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::body_budget::BodyBudget;
-use crate::config::{self, AdminAuth, ConfigError, Delivery, Settings};
+use crate::config::{self, AdminAuth, ConfigError, DeliveryMode, Settings};
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
@@ -163,7 +163,7 @@ impl Live {
         let queued = settings
             .sources
             .iter()
-            .find(|s| s.delivery == Delivery::Queue);
+            .find(|s| s.delivery == DeliveryMode::Queue);
         match queued {
             Some(source) if self.shared.ingress.is_none() => Err(ConfigError::new(
                 settings.origin.clone(),

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::error::Invalid;
-use super::file::{self, Delivery, FileConfig, OnError};
+use super::file::{self, DeliveryMode, FileConfig, OnError};
 use super::settings::{
     ADMIN_PATHS, AdminAuth, DedupeSettings, Limits, PenaltyBoxSettings, QueueSettings,
     RateLimitSettings, RedisSettings, RedisTarget, ServerSettings, Settings, StoreBackend,
@@ -39,7 +39,7 @@ pub(super) fn build(file: FileConfig, origin: &str) -> Result<Settings, Invalid>
     let (sources, source_warnings) = sources(&file.sources)?;
     let store = store_settings(file.store.as_ref())?;
     let queue = queue_settings(&file.queue)?;
-    let queued = sources.iter().any(|s| s.delivery == Delivery::Queue);
+    let queued = sources.iter().any(|s| s.delivery == DeliveryMode::Queue);
     Ok(Settings {
         origin: origin.to_owned(),
         server: ServerSettings {
@@ -606,14 +606,14 @@ upstream = "http://127.0.0.1:9001/hooks"
     #[test]
     fn sources_default_to_proxy_mode_and_need_no_queue() {
         let settings = parse(MINIMAL, "test.toml").unwrap();
-        assert_eq!(settings.sources[0].delivery, Delivery::Proxy);
+        assert_eq!(settings.sources[0].delivery, DeliveryMode::Proxy);
         assert!(settings.queue.is_none());
     }
 
     #[test]
     fn a_queue_source_gets_the_documented_queue_defaults() {
         let settings = parse(&queued(""), "test.toml").unwrap();
-        assert_eq!(settings.sources[0].delivery, Delivery::Queue);
+        assert_eq!(settings.sources[0].delivery, DeliveryMode::Queue);
         let queue = settings.queue.unwrap();
         assert_eq!(queue.workers, 16);
         assert_eq!(queue.max_attempts, 12);

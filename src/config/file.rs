@@ -367,7 +367,7 @@ pub enum ContentEncoding {
 /// How a source's verified deliveries reach their upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Delivery {
+pub enum DeliveryMode {
     /// Forwarded while the sender waits; the upstream's answer is the sender's answer.
     #[default]
     Proxy,
@@ -399,7 +399,7 @@ pub struct Source {
     pub path: String,
     pub scheme: String,
     #[serde(default)]
-    pub delivery: Delivery,
+    pub delivery: DeliveryMode,
     #[serde(default)]
     pub secrets: Vec<SecretEntry>,
     /// Default per scheme (`/type`, or `X-GitHub-Event` for github).

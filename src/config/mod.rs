@@ -23,7 +23,7 @@ pub use crate::tls::UpstreamTrust;
 pub use crate::verify::parse_header_name;
 pub use error::ConfigError;
 pub use file::{
-    ContentEncoding, Delivery, FieldSpec, FileConfig, OnError, Route as RouteFile, SecretEntry,
+    ContentEncoding, DeliveryMode, FieldSpec, FileConfig, OnError, Route as RouteFile, SecretEntry,
     Source as SourceFile,
 };
 pub use secret::Secret;

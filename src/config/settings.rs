@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::file::{ContentEncoding, Delivery, OnError};
+use super::file::{ContentEncoding, DeliveryMode, OnError};
 use super::secret::Secret;
 use crate::event::{Field, KeyBinding};
 use crate::queue::policy::{BackoffPolicy, RetryOn, RetryPolicy};
@@ -241,7 +241,7 @@ pub struct Source {
     pub routes: Routes,
     /// Client IPs allowed to post here; empty allows any.
     pub allow_ips: Vec<IpNet>,
-    pub delivery: Delivery,
+    pub delivery: DeliveryMode,
 }
 
 #[cfg(test)]

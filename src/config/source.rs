@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime};
 use http::HeaderName;
 
 use super::error::Invalid;
-use super::file::{self, COMMON_SOURCE_KEYS, ContentEncoding, Delivery, FieldSpec, SecretEntry};
+use super::file::{
+    self, COMMON_SOURCE_KEYS, ContentEncoding, DeliveryMode, FieldSpec, SecretEntry,
+};
 use super::settings::Source;
 use crate::event::{Field, JsonPointer, KeyBinding};
 use crate::route::{EventPattern, Route, Routes};
@@ -321,8 +323,8 @@ fn routes(source_key: &str, file: &file::Source) -> Result<Routes, Invalid> {
                     format!("{key}.max_concurrency must be at least 1"),
                 ));
             }
-            (Some(n), Delivery::Queue) => NonZeroU32::new(n),
-            (Some(_), Delivery::Proxy) => {
+            (Some(n), DeliveryMode::Queue) => NonZeroU32::new(n),
+            (Some(_), DeliveryMode::Proxy) => {
                 return Err(Invalid::at(
                     format!("{key}.max_concurrency"),
                     format!(

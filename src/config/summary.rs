@@ -3,7 +3,7 @@
 //! passwords and keys stay out, verifiers describe themselves (`Verifier::describe`).
 
 use super::duration;
-use super::file::{ContentEncoding, Delivery};
+use super::file::{ContentEncoding, DeliveryMode};
 use super::settings::{HTTP2_RESET_WINDOW, Settings, StoreBackend};
 use crate::event::KeyBinding;
 
@@ -121,8 +121,8 @@ impl Settings {
         let _ = writeln!(s, "sources:");
         for source in &self.sources {
             let delivery = match source.delivery {
-                Delivery::Proxy => "proxy",
-                Delivery::Queue => "queue",
+                DeliveryMode::Proxy => "proxy",
+                DeliveryMode::Queue => "queue",
             };
             let bound = match source.binding {
                 KeyBinding::Id => "",

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{Attempt, Job, Lease, Queue, Settlement, Verdict, decide, jitter_sample, now_millis};
-use crate::config::{Delivery, QueueSettings, Settings};
+use crate::config::{DeliveryMode, QueueSettings, Settings};
 use crate::forward::{self, Forwarder};
 use crate::metrics::{DeliveryMetrics, Metrics, RouteMetrics};
 use crate::route::Route;
@@ -433,7 +433,7 @@ fn lanes(
     settings
         .sources
         .iter()
-        .filter(|s| s.delivery == Delivery::Queue)
+        .filter(|s| s.delivery == DeliveryMode::Queue)
         .flat_map(|s| s.routes.iter().map(move |route| (s.scheme, route)))
         .map(|(scheme, route)| {
             let limit = match current.get(route.label()) {

@@ -20,9 +20,9 @@ use hmac::Mac;
 use http::{HeaderMap, HeaderName};
 
 use super::{
-    Built, Delivery, Explanation, HmacSha256, KeyError, Keyring, Scheme, SchemeOptions, SecretText,
-    SignError, SignMessage, SignedRequest, Verifier, VerifyError, header, hex_decode, hex_encode,
-    hmac_key, preview, random_hex,
+    Built, Explanation, HmacSha256, KeyError, Keyring, Scheme, SchemeOptions, SecretText,
+    SignError, SignMessage, SignedRequest, Verified, Verifier, VerifyError, header, hex_decode,
+    hex_encode, hmac_key, preview, random_hex,
 };
 use crate::event::Field;
 
@@ -95,7 +95,7 @@ impl Verifier for GitHub {
         headers: &HeaderMap,
         body: &[u8],
         now: SystemTime,
-    ) -> Result<Delivery, VerifyError> {
+    ) -> Result<Verified, VerifyError> {
         let tag = parse(header(
             headers,
             &SIGNATURE,
@@ -208,7 +208,7 @@ mod tests {
         let now = SystemTime::now();
         assert_eq!(
             verifier(&[SECRET]).verify(&headers(SIG), BODY, now),
-            Ok(Delivery { secret_index: 0 })
+            Ok(Verified { secret_index: 0 })
         );
         // Upper-case hex is the same tag.
         let upper = format!("sha256={}", SIG["sha256=".len()..].to_uppercase());

@@ -19,8 +19,8 @@ use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderName};
 
 use super::{
-    Built, DEFAULT_TOLERANCE, Delivery, Explanation, HmacSha256, KeyError, Keyring, Scheme,
-    SchemeOptions, SecretText, SignError, SignMessage, SignedRequest, Verifier, VerifyError,
+    Built, DEFAULT_TOLERANCE, Explanation, HmacSha256, KeyError, Keyring, Scheme, SchemeOptions,
+    SecretText, SignError, SignMessage, SignedRequest, Verified, Verifier, VerifyError,
     base64_decode_32, check_freshness, describe_age, header, hex_decode, hex_encode, hmac_key,
     optional_header_name, parse_timestamp, preview, random_hex,
 };
@@ -344,7 +344,7 @@ impl Verifier for GenericHmac {
         headers: &HeaderMap,
         body: &[u8],
         now: SystemTime,
-    ) -> Result<Delivery, VerifyError> {
+    ) -> Result<Verified, VerifyError> {
         let parsed = self.parse(headers)?;
         if let (Some((_, timestamp)), Some((_, tolerance))) =
             (parsed.timestamp, &self.spec.timestamp)
@@ -592,7 +592,7 @@ mod tests {
         let (headers, body) = signed(&o, 1_700_000_000);
         assert_eq!(
             v.verify(&headers, &body, at(1_700_000_000)),
-            Ok(Delivery { secret_index: 0 })
+            Ok(Verified { secret_index: 0 })
         );
         assert_eq!(
             v.verify(&headers, b"{}", at(1_700_000_000)),

@@ -155,7 +155,7 @@ pub trait Verifier: Send + Sync + fmt::Debug {
         headers: &HeaderMap,
         body: &[u8],
         now: SystemTime,
-    ) -> Result<Delivery, VerifyError>;
+    ) -> Result<Verified, VerifyError>;
 
     /// A short description for `hookgate check`, never including key material.
     fn describe(&self) -> String;
@@ -168,7 +168,7 @@ pub trait Verifier: Send + Sync + fmt::Debug {
 
 /// What verification established about a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
+pub struct Verified {
     /// Which configured secret matched (its position): `hookgate_verified_total{secret}`.
     pub secret_index: usize,
 }
@@ -266,10 +266,10 @@ impl<K> Keyring<K> {
         &self,
         now: SystemTime,
         mut signs: impl FnMut(&K) -> bool,
-    ) -> Result<Delivery, VerifyError> {
+    ) -> Result<Verified, VerifyError> {
         self.active(now)
             .find(|(_, key)| signs(key))
-            .map(|(secret_index, _)| Delivery { secret_index })
+            .map(|(secret_index, _)| Verified { secret_index })
             .ok_or(VerifyError::InvalidSignature)
     }
 
@@ -670,7 +670,7 @@ mod tests {
                 let context = format!("{} seed {seed:#x}", scheme.name);
                 assert_eq!(
                     verifier.verify(&headers(&signed.headers), signed.body.as_bytes(), at_now),
-                    Ok(Delivery { secret_index: 0 }),
+                    Ok(Verified { secret_index: 0 }),
                     "{context}"
                 );
 

@@ -27,10 +27,10 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 
 use super::{
-    Built, DEFAULT_TOLERANCE, Delivery, Explanation, HmacSha256, KeyError, Keyring, LENIENT_BASE64,
+    Built, DEFAULT_TOLERANCE, Explanation, HmacSha256, KeyError, Keyring, LENIENT_BASE64,
     MAX_SIGNATURE_ENTRIES, Scheme, SchemeOptions, SecretText, SignError, SignMessage,
-    SignedRequest, Verifier, VerifyError, any_tag, base64_decode_32, check_freshness, describe_age,
-    header, hmac_key, parse_timestamp, preview, random_hex, too_many_entries,
+    SignedRequest, Verified, Verifier, VerifyError, any_tag, base64_decode_32, check_freshness,
+    describe_age, header, hmac_key, parse_timestamp, preview, random_hex, too_many_entries,
 };
 use crate::event::{Field, JsonPointer, is_valid_key};
 
@@ -457,7 +457,7 @@ impl Verifier for StandardWebhooks {
         headers: &HeaderMap,
         body: &[u8],
         now: SystemTime,
-    ) -> Result<Delivery, VerifyError> {
+    ) -> Result<Verified, VerifyError> {
         let parsed = parse(headers)?;
         self.check_ed25519_work(&parsed, now)?;
         // Freshness before any signature: a replay of an old capture costs no hashing.
@@ -643,7 +643,7 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
     }
 
-    fn check(sig: &str, body: &[u8], now: i64) -> Result<Delivery, VerifyError> {
+    fn check(sig: &str, body: &[u8], now: i64) -> Result<Verified, VerifyError> {
         verifier(&[SECRET]).verify(&headers(ID_VALUE, &TS.to_string(), sig), body, at(now))
     }
 
@@ -657,7 +657,7 @@ mod tests {
 
     #[test]
     fn the_published_vector_verifies() {
-        assert_eq!(check(SIG, BODY, TS), Ok(Delivery { secret_index: 0 }));
+        assert_eq!(check(SIG, BODY, TS), Ok(Verified { secret_index: 0 }));
     }
 
     #[test]
@@ -807,7 +807,7 @@ mod tests {
 
         let v = verifier(&[SECRET, &public_key(&pair)]);
         let h = headers(ID_VALUE, &TS.to_string(), V1A_SIG);
-        assert_eq!(v.verify(&h, BODY, at(TS)), Ok(Delivery { secret_index: 1 }));
+        assert_eq!(v.verify(&h, BODY, at(TS)), Ok(Verified { secret_index: 1 }));
         assert_eq!(
             v.verify(&h, br#"{"test": 2432232315}"#, at(TS)),
             Err(VerifyError::InvalidSignature)
@@ -854,7 +854,7 @@ mod tests {
         let one_key = verifier(&[&public_key(&pair)]);
         assert_eq!(
             one_key.verify(&h(MAX_ED25519_CHECKS - 1), BODY, at(TS)),
-            Ok(Delivery { secret_index: 0 })
+            Ok(Verified { secret_index: 0 })
         );
         // Had any entry been checked, the genuine one would have matched.
         assert_eq!(
@@ -865,7 +865,7 @@ mod tests {
         let two_keys = verifier(&[&other, &public_key(&pair)]);
         assert_eq!(
             two_keys.verify(&h(MAX_ED25519_CHECKS / 2 - 1), BODY, at(TS)),
-            Ok(Delivery { secret_index: 1 })
+            Ok(Verified { secret_index: 1 })
         );
         assert_eq!(
             two_keys.verify(&h(MAX_ED25519_CHECKS / 2), BODY, at(TS)),

@@ -17,10 +17,10 @@ use hmac::Mac;
 use http::{HeaderMap, HeaderName};
 
 use super::{
-    Built, DEFAULT_TOLERANCE, Delivery, Explanation, HmacSha256, KeyError, Keyring, Scheme,
-    SchemeOptions, SecretText, SignError, SignMessage, SignedRequest, Verifier, VerifyError,
-    any_tag, check_freshness, describe_age, header, hex_decode, hex_encode, hmac_key,
-    optional_header_name, parse_timestamp, preview, random_hex, too_many_entries,
+    Built, DEFAULT_TOLERANCE, Explanation, HmacSha256, KeyError, Keyring, Scheme, SchemeOptions,
+    SecretText, SignError, SignMessage, SignedRequest, Verified, Verifier, VerifyError, any_tag,
+    check_freshness, describe_age, header, hex_decode, hex_encode, hmac_key, optional_header_name,
+    parse_timestamp, preview, random_hex, too_many_entries,
 };
 use crate::event::{Field, JsonPointer};
 
@@ -174,7 +174,7 @@ impl Verifier for Stripe {
         headers: &HeaderMap,
         body: &[u8],
         now: SystemTime,
-    ) -> Result<Delivery, VerifyError> {
+    ) -> Result<Verified, VerifyError> {
         let value = header(headers, &self.header, VerifyError::MalformedSignature)?;
         let parsed = parse(value)?;
         // Freshness before the HMAC: a replay of an old capture costs no hashing.
@@ -313,7 +313,7 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
     }
 
-    fn check(value: &str, body: &[u8], now: i64) -> Result<Delivery, VerifyError> {
+    fn check(value: &str, body: &[u8], now: i64) -> Result<Verified, VerifyError> {
         verifier(&[SECRET], None).verify(&headers("Stripe-Signature", value), body, at(now))
     }
 
@@ -321,7 +321,7 @@ mod tests {
     fn signing_produces_t_and_v1() {
         let value = sign(SECRET, TS, BODY);
         assert!(value.starts_with("t=1700000000,v1="), "{value}");
-        assert_eq!(check(&value, BODY, TS), Ok(Delivery { secret_index: 0 }));
+        assert_eq!(check(&value, BODY, TS), Ok(Verified { secret_index: 0 }));
     }
 
     #[test]
