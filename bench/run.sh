@@ -7,6 +7,11 @@
 #   ROWS='nginx|hookgate memory$' bash bench/run.sh     # only rows matching this regex
 #   ROWS='hookgate (memory|redis)( queue)?$' bash bench/run.sh   # queue mode next to proxy mode
 #   REPEAT=12 ROWS='hookgate (memory|redis)$' bash bench/run.sh  # the Redis/memory ratio
+#   BASELINE=main REPEAT=5 ROWS='hookgate (memory|redis)' bash bench/run.sh  # a change against a commit
+#
+# BASELINE=<git revision> builds that revision too (a git worktree, its release build kept
+# in target/baseline) and runs every hookgate memory/redis run a second time on it, right
+# after the run on this tree, as rows named "... (baseline)", with the ratio of each pair.
 #
 # Rows: the sink directly; nginx (one worker, plain reverse proxy, no verification: the
 # cost floor of any proxy); hookgate with the in-memory store; hookgate with Redis;
@@ -48,8 +53,16 @@ PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    [ -n "${BASELINE:-}" ] && git worktree remove --force "$WORK/baseline" 2>/dev/null
     rm -rf "$WORK"
 }
+BASE_HG=""
+if [ -n "${BASELINE:-}" ]; then
+    git worktree add --detach -q "$WORK/baseline" "$BASELINE"
+    (cd "$WORK/baseline" && CARGO_TARGET_DIR="$OLDPWD/target/baseline" cargo build --release --locked -q)
+    BASE_HG=$PWD/target/baseline/release/hookgate
+fi
+GW_BIN=$HG   # the gateway binary run_gateway starts
 trap cleanup EXIT
 
 SINK_PORT=$BASE_PORT
@@ -211,7 +224,7 @@ run_gateway() { # run_gateway ROW STORE TLS BODY [load options...]
     shift 4
     [[ $row =~ $ROWS ]] || return 0
     gateway_config "$WORK/gw.toml" "$store" "$tls"
-    start gateway "$SUT_CPU" "$HG" serve --config "$WORK/gw.toml"
+    start gateway "$SUT_CPU" "$GW_BIN" serve --config "$WORK/gw.toml"
     local pid=$LAST_PID
     wait_port "$GW_PORT"
     local scheme=http
@@ -276,8 +289,12 @@ stop "$NGINX_PID"
 # Memory and Redis alternately, one run each time (each with a fresh gateway), so the
 # machine's drift between rows measured minutes apart stays out of their ratio.
 for _ in $(seq 1 "$REPEAT"); do
-    REPEAT=1 run_gateway "hookgate memory" memory plain "$BODY"
-    REPEAT=1 run_gateway "hookgate redis" redis plain "$BODY"
+    for store in memory redis; do
+        REPEAT=1 run_gateway "hookgate $store" "$store" plain "$BODY"
+        if [ -n "$BASE_HG" ]; then
+            GW_BIN=$BASE_HG REPEAT=1 run_gateway "hookgate $store (baseline)" "$store" plain "$BODY"
+        fi
+    done
 done
 run_queue_gateway "hookgate memory queue" memory
 run_queue_gateway "hookgate redis queue" redis
@@ -390,8 +407,9 @@ if "hookgate memory" in med and "hookgate redis" in med:
     # Each Redis run follows a memory run: the ratio of each such pair keeps the
     # machine's drift (minutes long) out of it; their spread shows the noise.
     order = [json.loads(line) for line in open(path)]
-    pairs = [(a, b) for a, b in zip(order, order[1:])
-             if a["row"] == "hookgate memory" and b["row"] == "hookgate redis"]
+    mem_runs = [r for r in order if r["row"] == "hookgate memory"]
+    red_runs = [r for r in order if r["row"] == "hookgate redis"]
+    pairs = list(zip(mem_runs, red_runs))
     if len(pairs) >= 3:
         rps = sorted(b["rps"] / a["rps"] for a, b in pairs)
         cpu = sorted(a["cpu_us"] / b["cpu_us"] for a, b in pairs)
@@ -399,6 +417,15 @@ if "hookgate memory" in med and "hookgate redis" in med:
         print(f"{len(pairs)} alternating pairs, Redis/memory: throughput median {statistics.median(rps):.2f}× "
               f"(quartiles {q(rps, 0.25):.2f}-{q(rps, 0.75):.2f}, range {rps[0]:.2f}-{rps[-1]:.2f}); "
               f"gateway CPU median {statistics.median(cpu):.2f}× (range {cpu[0]:.2f}-{cpu[-1]:.2f})")
+for store in ("memory", "redis"):
+    this, base = rows.get(f"hookgate {store}"), rows.get(f"hookgate {store} (baseline)")
+    if this and base:
+        rps = sorted(a["rps"] / b["rps"] for a, b in zip(this, base))
+        cpu = sorted(a["cpu_us"] / b["cpu_us"] for a, b in zip(this, base))
+        print()
+        print(f"{store}: this tree against the baseline, {len(rps)} alternating pairs: throughput median "
+              f"{statistics.median(rps):.2f}x (range {rps[0]:.2f}-{rps[-1]:.2f}x), CPU per request median "
+              f"{statistics.median(cpu):.2f}x (range {cpu[0]:.2f}-{cpu[-1]:.2f}x)")
 idle, flood = rows.get("hookgate memory, penalty box idle"), rows.get("hookgate memory, penalty box flood")
 if idle and flood:
     ratios = sorted(f["p99"] / i["p99"] for i, f in zip(idle, flood))
