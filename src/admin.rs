@@ -7,7 +7,9 @@
 //! would answer them all 503. Its body also says whether the queue is durable.
 //!
 //! `/deliveries` (JSON; what `hookgate deliveries` calls):
-//! - `GET /deliveries?status=S&source=N&limit=K`: records, newest first;
+//! - `GET /deliveries?status=S&source=N&route=R&event_type=E&search=Q&since=T&until=T&cursor=C&limit=K`:
+//!   one page of records, newest first, with `next` (pass it as `cursor`) when more may
+//!   match (`queue::record::list_filter` reads the parameters);
 //! - `GET /deliveries/<id>[?body=true]`: one record with its attempt history;
 //! - `POST /deliveries/<id>/replay`: queue a dead letter (`failed_final`) again;
 //! - `POST /deliveries/replay?status=failed_final[&since=T]`: replay every dead letter
@@ -31,10 +33,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::metrics::Metrics;
-use crate::queue::record::{ApiError, BulkReplayAnswer, DeliveryList, ReplayAnswer};
-use crate::queue::{
-    ListFilter, Queue, Replayed, State, UnixMillis, is_delivery_id, now_millis, unix_millis,
-};
+use crate::queue::record::{ApiError, BulkReplayAnswer, ReplayAnswer, list_filter, parse_time};
+use crate::queue::{Queue, Replayed, State, is_delivery_id, now_millis};
 use crate::reject::json_response;
 use crate::reload::Live;
 use crate::store::Store;
@@ -200,27 +200,10 @@ fn unavailable(e: impl std::fmt::Display) -> Reply {
 }
 
 async fn list(queue: &dyn Queue, query: &Query) -> Result<Reply, Reply> {
-    let state = match query.get("status") {
-        Some(text) => Some(
-            State::parse(text).ok_or_else(|| error(StatusCode::BAD_REQUEST, "unknown_status"))?,
-        ),
-        None => None,
-    };
-    let limit = match query.get("limit") {
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| error(StatusCode::BAD_REQUEST, "invalid_limit"))?,
-        None => DEFAULT_LIMIT,
-    };
-    let filter = ListFilter {
-        state,
-        source: query.get("source").map(str::to_owned),
-        limit,
-    };
-    let deliveries = queue.list(&filter).await.map_err(unavailable)?;
-    Ok(answer(&DeliveryList { deliveries }))
+    let filter = list_filter(|key| query.get(key), DEFAULT_LIMIT, MAX_LIMIT)
+        .map_err(|reason| error(StatusCode::BAD_REQUEST, reason))?;
+    let page = queue.list(&filter).await.map_err(unavailable)?;
+    Ok(answer(&page))
 }
 
 async fn show(queue: &dyn Queue, id: &str, with_body: bool) -> Result<Reply, Reply> {
@@ -296,27 +279,20 @@ async fn replay_failed(queue: &dyn Queue, query: &Query) -> Result<Reply, Reply>
     }))
 }
 
-/// RFC 3339 (`2026-11-20T10:00:00Z`) or Unix milliseconds.
-pub fn parse_time(text: &str) -> Option<UnixMillis> {
-    if let Ok(ms) = text.parse::<UnixMillis>() {
-        return Some(ms);
-    }
-    unix_millis(humantime::parse_rfc3339_weak(text).ok()?)
-}
-
-/// A decoded query string (`application/x-www-form-urlencoded`); later keys win.
-struct Query(Vec<(String, String)>);
+/// A decoded query string or form body (`application/x-www-form-urlencoded`); later
+/// keys win.
+pub struct Query(Vec<(String, String)>);
 
 impl Query {
-    fn parse(raw: &str) -> Query {
-        Query(
-            form_urlencoded::parse(raw.as_bytes())
-                .into_owned()
-                .collect(),
-        )
+    pub fn parse(raw: &str) -> Query {
+        Query::from_bytes(raw.as_bytes())
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    pub fn from_bytes(raw: &[u8]) -> Query {
+        Query(form_urlencoded::parse(raw).into_owned().collect())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .rev()
@@ -324,7 +300,7 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
-    fn flag(&self, key: &str) -> bool {
+    pub fn flag(&self, key: &str) -> bool {
         matches!(self.get(key), Some("" | "1" | "true"))
     }
 }
@@ -344,12 +320,5 @@ mod tests {
         assert_eq!(q.get("b"), Some("A%zz"));
         assert_eq!(q.get("c"), Some("x y"));
         assert_eq!(q.get("a"), Some("later"));
-    }
-
-    #[test]
-    fn times_are_rfc3339_or_unix_milliseconds() {
-        assert_eq!(parse_time("1700000000000"), Some(1_700_000_000_000));
-        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Some(1_700_000_000_000));
-        assert_eq!(parse_time("yesterday"), None);
     }
 }

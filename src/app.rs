@@ -4,7 +4,8 @@
 //! `start` binds both listeners first (a port in use fails before anything connects
 //! anywhere), then builds the metrics registry, the store and the queue from their
 //! factories, the forwarder, the queue workers, the reloadable request path (`reload`)
-//! and the admin surface (`admin`), and hands a handler to each listener (`server`).
+//! and the admin surfaces (`admin`, and `console` under `/ui/`), and hands a handler to
+//! each listener (`server`).
 //! Shutdown stops the listeners and the workers at the same moment; each gets
 //! `server.shutdown_timeout` to finish what it holds.
 
@@ -19,6 +20,7 @@ use crate::admin::Admin;
 use crate::body_budget::BodyBudget;
 use crate::config::{ConfigError, Settings};
 use crate::connections::Admission;
+use crate::console::{self, Console};
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::queue::record::instance_name;
@@ -129,6 +131,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         )))
     });
     let grace = settings.server.shutdown_timeout;
+    let admin_listen = settings.admin_listen;
     tracing::info!(store = %store.describe(), "store");
     match &queue {
         Some(queue) if !queue.durable() => tracing::warn!(
@@ -164,6 +167,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             workers: workers.clone(),
         },
     );
+    let console = Arc::new(Console::new(
+        metrics.clone(),
+        store.clone(),
+        queue.clone(),
+        live.clone(),
+        admin_listen,
+    ));
     let admin = Arc::new(Admin::new(metrics, store, queue, live.clone()));
 
     let serve_gateway = server::serve_listener(
@@ -186,6 +196,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     if let Some(workers) = workers {
         tasks.push(workers.start(stopped.clone(), grace));
     }
+    tasks.push(tokio::spawn(console.clone().sample(stopped.clone())));
     let serve_admin = server::serve_listener(
         admin_listener,
         None,
@@ -195,7 +206,15 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         grace,
         move |req, _peer| {
             let admin = admin.clone();
-            async move { admin.serve(req).await }
+            let console = console.clone();
+            async move {
+                // The console's pages log in with a form; the API takes the bearer token.
+                if console::owns(req.uri().path()) {
+                    console.serve(req).await
+                } else {
+                    admin.serve(req).await
+                }
+            }
         },
     );
     tracing::info!(%addr, %admin_addr, "listening");

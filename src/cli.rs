@@ -117,7 +117,7 @@ pub struct DeliveriesArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DeliveriesCommand {
-    /// Delivery records, newest first.
+    /// Delivery records, newest first (by when they were received or last replayed).
     List {
         /// Only this state: queued, processing, processed, failed_retryable, failed_final.
         #[arg(long)]
@@ -125,6 +125,25 @@ pub enum DeliveriesCommand {
         /// Only this source.
         #[arg(long)]
         source: Option<String>,
+        /// Only this route (its name; with --source, of that source).
+        #[arg(long)]
+        route: Option<String>,
+        /// Only this event type (exactly).
+        #[arg(long)]
+        event_type: Option<String>,
+        /// The delivery with this id, or the deliveries with this webhook id.
+        #[arg(long)]
+        search: Option<String>,
+        /// Only those queued since this time: RFC 3339 (2026-11-20T10:00:00Z) or a
+        /// duration ago (1h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only those queued before this time: RFC 3339 or a duration ago.
+        #[arg(long)]
+        until: Option<String>,
+        /// Continue where the previous page ended (the cursor it printed).
+        #[arg(long)]
+        cursor: Option<String>,
         /// At most this many (1 to 1000).
         #[arg(long, default_value_t = 50)]
         limit: usize,

@@ -19,7 +19,7 @@ use crate::cli::{DeliveriesArgs, DeliveriesCommand};
 use crate::cli_client::{self, Trust};
 use crate::forward::HttpClient;
 use crate::queue::record::{
-    ApiError, BulkReplayAnswer, DeliveryList, Detail, RecordBody, ReplayAnswer, UnixMillis,
+    ApiError, BulkReplayAnswer, DeliveryList, Detail, RecordBody, ReplayAnswer, Step, UnixMillis,
     unix_millis,
 };
 
@@ -33,7 +33,7 @@ pub enum DeliveriesError {
     CaCert(String),
     #[error("--admin {0}: needs http://host:port")]
     AdminUrl(String),
-    #[error("--since {0:?}: expected RFC 3339 (2026-11-20T10:00:00Z) or a duration (24h)")]
+    #[error("{0:?}: expected RFC 3339 (2026-11-20T10:00:00Z) or a duration ago (24h)")]
     Since(String),
     #[error("cannot reach the admin listener at {url}: {detail}")]
     Unreachable { url: String, detail: String },
@@ -60,11 +60,30 @@ pub async fn run(args: DeliveriesArgs) -> Result<String, DeliveriesError> {
         DeliveriesCommand::List {
             status,
             source,
+            route,
+            event_type,
+            search,
+            since,
+            until,
+            cursor,
             limit,
         } => {
+            let now = SystemTime::now();
+            let since = since.as_deref().map(|t| since_millis(t, now)).transpose()?;
+            let until = until.as_deref().map(|t| since_millis(t, now)).transpose()?;
             let mut query = vec![format!("limit={limit}")];
-            query.extend(status.as_ref().map(|s| format!("status={}", encode(s))));
-            query.extend(source.as_ref().map(|s| format!("source={}", encode(s))));
+            for (key, value) in [
+                ("status", status.clone()),
+                ("source", source.clone()),
+                ("route", route.clone()),
+                ("event_type", event_type.clone()),
+                ("search", search.clone()),
+                ("since", since.map(|ms| ms.to_string())),
+                ("until", until.map(|ms| ms.to_string())),
+                ("cursor", cursor.clone()),
+            ] {
+                query.extend(value.map(|v| format!("{key}={}", encode(&v))));
+            }
             let path = format!("/deliveries?{}", query.join("&"));
             (client.call(Method::GET, &path).await?, render_list)
         }
@@ -255,6 +274,9 @@ fn render_list(json: &Value) -> Result<String, DeliveriesError> {
         1 => "1 delivery".to_owned(),
         n => format!("{n} deliveries"),
     });
+    if let Some(next) = &list.next {
+        out.push_str(&format!("; more may match: --cursor {next}"));
+    }
     Ok(out)
 }
 
@@ -288,8 +310,12 @@ fn render_detail(json: &Value) -> Result<String, DeliveriesError> {
     out.push_str("history:\n");
     for a in &d.history {
         out.push_str(&format!(
-            "  #{:<3} {}  {:>7}  {:<6} {:<16} {}  {}\n",
+            "  #{:<3} {}{}  {:>7}  {:<6} {:<16} {}  {}\n",
             a.attempt,
+            match a.step {
+                Step::Fetch => "fetch  ",
+                Step::Deliver => "",
+            },
             time(a.started_at),
             a.duration_ms
                 .map_or("-".to_owned(), |ms| format!("{ms} ms")),
@@ -313,6 +339,9 @@ fn render_detail(json: &Value) -> Result<String, DeliveriesError> {
             out.push_str(&format!("body (base64, not UTF-8):\n{body}\n"))
         }
         None => {}
+    }
+    if let Some(object) = &d.object {
+        out.push_str(&format!("object (fetched, enrich):\n{object}\n"));
     }
     Ok(out.trim_end().to_owned())
 }
@@ -367,5 +396,35 @@ mod tests {
             "10.0.0.5:9090"
         );
         assert_eq!(encode("dlv_1/../x"), "dlv_1%2F..%2Fx");
+    }
+
+    #[test]
+    fn a_fetch_step_and_a_kept_object_are_shown_apart_from_attempts() {
+        let record = serde_json::json!({
+            "id": "dlv_1", "state": "failed_final", "source": "openai", "route": "0",
+            "webhook_id": "msg_1", "event_type": "response.completed", "attempts": 1,
+            "received_at": 0, "updated_at": 0, "enqueued_at": 0, "replays": 0,
+            "header_names": [], "headers": [], "body": "{}",
+            "object": "{\"id\":\"resp_1\"}",
+            "history": [
+                {"attempt": 1, "step": "fetch", "started_at": 0, "status": 200,
+                 "result": "fetched", "instance": "a"},
+                {"attempt": 1, "started_at": 0, "status": 400,
+                 "result": "failed_final", "instance": "a"}
+            ]
+        });
+        let shown = render_detail(&record).unwrap();
+        let history: Vec<&str> = shown
+            .lines()
+            .skip_while(|l| *l != "history:")
+            .skip(1)
+            .take(2)
+            .collect();
+        assert!(history[0].starts_with("  #1   fetch  1970-"), "{shown}");
+        assert!(history[1].starts_with("  #1   1970-"), "{shown}");
+        assert!(
+            shown.ends_with("object (fetched, enrich):\n{\"id\":\"resp_1\"}"),
+            "{shown}"
+        );
     }
 }

@@ -14,10 +14,10 @@
 //! |---|---|
 //! | entry points | `main.rs`, `cli`, the commands `sign`, `diagnose`, `deliveries`, `bench`, `echo`, `cli_client` |
 //! | wiring | `app`: builds every part from `Settings` and hands handlers to the listeners |
-//! | surfaces | `admin` (metrics, health, deliveries API), `reload` (the swappable request path) |
+//! | surfaces | `console` (the web pages on the admin listener), `admin` (metrics, health, deliveries API), `reload` (the swappable request path) |
 //! | request path, workers | `pipeline`, `queue::worker` |
 //! | stages and mappings | `dedupe`, `ratelimit`, `reject` |
-//! | parts with state or I/O | `store` and `queue` backends (behind factories), `forward`, `body_budget`, `penalty_box`, `connections`, `server` |
+//! | parts with state or I/O | `store` and `queue` backends (behind factories), `forward`, `enrich`, `body_budget`, `penalty_box`, `connections`, `server` |
 //! | settings | `config` (file mirror, validation, the `check` summary) |
 //! | vocabulary | `upstream`, `event`, `route`, `client_ip`, `verify` (one file per scheme), `tls`, `provider`, `metrics`, `queue::record`, `queue::policy`, `random`, `log_gate` |
 //!
@@ -37,10 +37,12 @@ pub mod cli_client;
 pub mod client_ip;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod dedupe;
 pub mod deliveries;
 pub mod diagnose;
 pub mod echo;
+pub mod enrich;
 pub mod event;
 pub mod forward;
 pub mod log_gate;

@@ -200,6 +200,75 @@ impl Closed {
     }
 }
 
+/// The `result` label of `hookgate_enrich_requests_total`: what one fetch of the object
+/// behind an event (`enrich`) came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrichResult {
+    /// The API answered the object.
+    Fetched,
+    /// 429: retried after `Retry-After` (at least the queue's backoff).
+    RateLimited,
+    /// 5xx, 408 or 409: retried with the queue's backoff.
+    ServerError,
+    /// No answer within `enrich.timeout`: retried.
+    Timeout,
+    /// No connection, or it broke before an answer: retried.
+    Unreachable,
+    /// A 2xx that was not the object (not JSON, cut short): retried.
+    InvalidAnswer,
+    /// 401 or 403: the API key (or its organization or project) was refused; final.
+    KeyRefused,
+    /// 404: the object expired or belongs to another project; final.
+    NotFound,
+    /// Any other answer (400, a redirect ...), or an event without an id to fetch; final.
+    Refused,
+}
+
+impl EnrichResult {
+    pub const ALL: [EnrichResult; 9] = [
+        EnrichResult::Fetched,
+        EnrichResult::RateLimited,
+        EnrichResult::ServerError,
+        EnrichResult::Timeout,
+        EnrichResult::Unreachable,
+        EnrichResult::InvalidAnswer,
+        EnrichResult::KeyRefused,
+        EnrichResult::NotFound,
+        EnrichResult::Refused,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            EnrichResult::Fetched => "fetched",
+            EnrichResult::RateLimited => "rate_limited",
+            EnrichResult::ServerError => "server_error",
+            EnrichResult::Timeout => "timeout",
+            EnrichResult::Unreachable => "unreachable",
+            EnrichResult::InvalidAnswer => "invalid_answer",
+            EnrichResult::KeyRefused => "key_refused",
+            EnrichResult::NotFound => "not_found",
+            EnrichResult::Refused => "refused",
+        }
+    }
+}
+
+/// Pre-resolved `enrich` series of one route.
+#[derive(Clone)]
+pub struct EnrichMetrics {
+    results: [IntCounter; EnrichResult::ALL.len()],
+    duration: Histogram,
+}
+
+impl EnrichMetrics {
+    /// One request to the API (none is made for an event without an id: not timed).
+    pub fn observe(&self, result: EnrichResult, elapsed: Option<Duration>) {
+        self.results[result as usize].inc();
+        if let Some(elapsed) = elapsed {
+            self.duration.observe(elapsed.as_secs_f64());
+        }
+    }
+}
+
 /// Pre-resolved connection series of one listener (`server` or `admin`).
 #[derive(Clone)]
 pub struct ConnectionMetrics {
@@ -249,6 +318,8 @@ pub struct Metrics {
     queue_oldest_age: Gauge,
     deliveries: IntCounterVec,
     delivery_attempts: HistogramVec,
+    enrich_requests: IntCounterVec,
+    enrich_duration: HistogramVec,
 }
 
 /// The `result` label values of `hookgate_deliveries_total`: the state an attempt left
@@ -403,6 +474,23 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let enrich_requests = IntCounterVec::new(
+            Opts::new(
+                "hookgate_enrich_requests_total",
+                "Queue mode, enrich routes: fetches of the object behind an event, by route and result.",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
+        let enrich_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "hookgate_enrich_duration_seconds",
+                "Queue mode, enrich routes: time the sender's API took to answer a fetch, by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "hookgate_build_info",
@@ -487,6 +575,8 @@ impl Metrics {
             Box::new(queue_oldest_age.clone()),
             Box::new(deliveries.clone()),
             Box::new(delivery_attempts.clone()),
+            Box::new(enrich_requests.clone()),
+            Box::new(enrich_duration.clone()),
             Box::new(build_info),
             Box::new(connections_open.clone()),
             Box::new(connections_refused.clone()),
@@ -546,6 +636,8 @@ impl Metrics {
             queue_oldest_age,
             deliveries,
             delivery_attempts,
+            enrich_requests,
+            enrich_duration,
         }
     }
 
@@ -600,6 +692,15 @@ impl Metrics {
             results: DELIVERY_RESULTS
                 .map(|r| self.deliveries.with_label_values(&[label, r.as_str()])),
             attempts: self.delivery_attempts.with_label_values(&[label]),
+        }
+    }
+
+    /// The `enrich` series of one route (`<source>/<route name>`), created at zero.
+    pub fn enrich(&self, label: &str) -> EnrichMetrics {
+        EnrichMetrics {
+            results: EnrichResult::ALL
+                .map(|r| self.enrich_requests.with_label_values(&[label, r.label()])),
+            duration: self.enrich_duration.with_label_values(&[label]),
         }
     }
 
@@ -701,6 +802,9 @@ mod tests {
         }
         for (i, reason) in Closed::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, i);
+        }
+        for (i, result) in EnrichResult::ALL.iter().enumerate() {
+            assert_eq!(*result as usize, i);
         }
         assert_eq!(UpstreamClass::of(http::StatusCode::GONE).label(), "4xx");
         assert_eq!(UpstreamClass::of(http::StatusCode::FOUND).label(), "3xx");

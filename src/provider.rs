@@ -2,10 +2,19 @@
 //! event types they publish, so `hookgate check` can warn about a route pattern that can
 //! never match (`response.complete`) instead of letting it answer 202 forever.
 //!
-//! The list is a snapshot of the event types in the OpenAI Python SDK
-//! (<https://github.com/openai/openai-python>, `src/openai/types/webhooks/`). A type it
-//! lacks causes a warning, never an error, and routing never consults it: a new event
-//! type OpenAI starts sending is routed like any other.
+//! The list is OpenAI's webhook event catalogue as published in December 2026: the API
+//! reference, <https://developers.openai.com/api/reference/resources/webhooks> (every
+//! event type with its `data` fields), which the SDKs generate their event unions from
+//! (openai-java `UnwrapWebhookEvent`, openai-python `src/openai/types/webhooks/`). The
+//! agents' session and environment events are also described in
+//! <https://developers.openai.com/api/docs/guides/agents-api/sessions/webhooks>, the
+//! organization-level `safety.*` notices in
+//! <https://developers.openai.com/api/docs/guides/safety-enforcement>. Not listed:
+//! `video.completed` and `video.failed` (the Videos API shut down on 2026-09-24) and
+//! `safety_identifier.blocked` (a class in the Python SDK only, in no event union and not
+//! in the reference). A type the list lacks causes a warning, never an error, and
+//! routing never consults it: a new event type OpenAI starts sending is routed like any
+//! other.
 
 use crate::route::EventPattern;
 
@@ -43,7 +52,6 @@ pub const OPENAI_EVENT_TYPES: &[&str] = &[
     "safety.deactivation_issued",
     "safety.org_alert.created",
     "safety.warning_issued",
-    "safety_identifier.blocked",
 ];
 
 /// Warnings (key paths relative to the source) for route patterns that match none of
@@ -133,6 +141,29 @@ mod tests {
         let warnings = typos("openai", &[route(&["fine_tune.*", "eval.run.*"])]).unwrap();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].starts_with("routes[0].events[0] \"fine_tune.*\""));
+    }
+
+    #[test]
+    fn today_s_catalogue_knows_agents_safety_notices_and_live_transports() {
+        let current = route(&[
+            "agent.session.*",
+            "agent.environment.*",
+            "safety.*",
+            "live.transport.incoming",
+            "live.call.incoming",
+            "realtime.call.incoming",
+        ]);
+        assert_eq!(typos("openai", &[current]).unwrap(), Vec::<String>::new());
+        let gone = typos(
+            "openai",
+            &[route(&["video.completed", "safety_identifier.blocked"])],
+        )
+        .unwrap();
+        assert_eq!(gone.len(), 2, "{gone:?}");
+        let mut sorted = OPENAI_EVENT_TYPES.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted, OPENAI_EVENT_TYPES, "sorted, each once");
     }
 
     #[test]

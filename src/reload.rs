@@ -10,6 +10,7 @@
 //! `[upstream_tls]` and `log.level`. A file that does not validate changes nothing.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
@@ -47,6 +48,42 @@ pub struct Live {
     fixed_limits: config::Limits,
     /// One reload at a time; a second waits for the first.
     reloading: tokio::sync::Mutex<()>,
+    /// What the running configuration is, for the console.
+    loaded: ArcSwap<Loaded>,
+}
+
+/// The running configuration as the console shows it: its summary (no secrets, as
+/// `hookgate check` prints it), its sources and routes, and when it was loaded.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub origin: String,
+    pub summary: String,
+    /// `(source, route name)` of every route, in the file's order.
+    pub routes: Vec<(String, String)>,
+    /// Start-up, or the last successful reload.
+    pub at: SystemTime,
+    /// Whether `at` is a reload rather than the start.
+    pub reloaded: bool,
+}
+
+impl Loaded {
+    fn of(settings: &Settings, reloaded: bool) -> Loaded {
+        Loaded {
+            origin: settings.origin.clone(),
+            summary: settings.summary(),
+            routes: settings
+                .sources
+                .iter()
+                .flat_map(|s| {
+                    s.routes
+                        .iter()
+                        .map(|r| (s.name.clone(), r.name().to_owned()))
+                })
+                .collect(),
+            at: SystemTime::now(),
+            reloaded,
+        }
+    }
 }
 
 /// What a successful reload reports.
@@ -68,6 +105,7 @@ impl Live {
         let fixed = Fixed::of(&settings);
         let fixed_limits = settings.limits;
         let admin_auth = ArcSwap::from_pointee(settings.admin_auth.clone());
+        let loaded = ArcSwap::from_pointee(Loaded::of(&settings, false));
         let gateway = ArcSwap::from_pointee(build_gateway(settings, &shared));
         Arc::new(Live {
             origin,
@@ -78,7 +116,13 @@ impl Live {
             fixed,
             fixed_limits,
             reloading: tokio::sync::Mutex::new(()),
+            loaded,
         })
+    }
+
+    /// The running configuration, for the console.
+    pub fn loaded(&self) -> Arc<Loaded> {
+        self.loaded.load_full()
     }
 
     /// The gateway new requests go to.
@@ -125,6 +169,7 @@ impl Live {
             workers.set_routes(&settings);
         }
         let warnings = settings.warnings.clone();
+        self.loaded.store(Arc::new(Loaded::of(&settings, true)));
         self.gateway
             .store(Arc::new(build_gateway(settings, &self.shared)));
         self.shared.metrics.config_reload(true);

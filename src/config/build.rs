@@ -251,6 +251,7 @@ fn admin_auth(file: &file::Admin) -> Result<AdminAuth, Invalid> {
     Ok(AdminAuth {
         token: file.token.clone(),
         public_paths: file.public_paths.clone(),
+        session_timeout: positive("admin.session_timeout", file.session_timeout)?,
     })
 }
 

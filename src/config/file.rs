@@ -112,6 +112,9 @@ pub struct Admin {
     /// Admin paths served without the token (for example `["/metrics"]`).
     #[serde(default)]
     pub public_paths: Vec<String>,
+    /// A console session ends after this long without a request.
+    #[serde(default = "default_session_timeout", with = "humantime_serde")]
+    pub session_timeout: Duration,
 }
 
 impl Default for Admin {
@@ -120,8 +123,13 @@ impl Default for Admin {
             listen: default_admin_listen(),
             token: None,
             public_paths: Vec::new(),
+            session_timeout: default_session_timeout(),
         }
     }
+}
+
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
 }
 
 #[derive(Debug, Deserialize)]
@@ -431,12 +439,37 @@ pub struct Route {
     pub resign: Option<Resign>,
     /// Queue mode only: at most this many deliveries to this route at once, per instance.
     pub max_concurrency: Option<u32>,
+    /// Queue mode with `resign` only: deliver `{"event", "object"}`, the object fetched
+    /// from the sender's API (`enrich`).
+    pub enrich: Option<Enrich>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Resign {
     pub secret: Secret,
+}
+
+/// `enrich = { provider = "openai", api_key = "${OPENAI_API_KEY}", ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enrich {
+    pub provider: EnrichProvider,
+    pub api_key: Secret,
+    /// Default per provider (`https://api.openai.com/v1`).
+    pub api_base: Option<String>,
+    pub organization: Option<String>,
+    pub project: Option<String>,
+    /// One fetch, connection included.
+    #[serde(default = "default_enrich_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// Whose API an `enrich` route fetches objects from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnrichProvider {
+    Openai,
 }
 
 fn default_listen() -> SocketAddr {
@@ -548,6 +581,9 @@ fn default_backoff_max() -> Duration {
 }
 fn default_true() -> bool {
     true
+}
+fn default_enrich_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// One entry of `secrets`: a string, or `{ secret = "...", not_after = "2026-12-31T00:00:00Z" }`

@@ -23,14 +23,14 @@ pub use crate::tls::UpstreamTrust;
 pub use crate::verify::parse_header_name;
 pub use error::ConfigError;
 pub use file::{
-    ContentEncoding, DeliveryMode, FieldSpec, FileConfig, OnError, Route as RouteFile, SecretEntry,
-    Source as SourceFile,
+    ContentEncoding, DeliveryMode, EnrichProvider, FieldSpec, FileConfig, OnError,
+    Route as RouteFile, SecretEntry, Source as SourceFile,
 };
 pub use secret::Secret;
 pub use settings::{
-    ADMIN_PATHS, AdminAuth, DedupeSettings, HTTP2_RESET_WINDOW, Limits, PenaltyBoxSettings,
-    QueueSettings, RateLimitSettings, RedisSettings, RedisTarget, ServerSettings, Settings, Source,
-    StoreBackend, StoreSettings, TlsSettings,
+    ADMIN_PATHS, AdminAuth, DedupeSettings, EnrichSettings, HTTP2_RESET_WINDOW, Limits,
+    PenaltyBoxSettings, QueueSettings, RateLimitSettings, RedisSettings, RedisTarget,
+    ServerSettings, Settings, Source, StoreBackend, StoreSettings, TlsSettings,
 };
 
 /// The embedded default configuration: the same text as `config/hookgate.toml`, so the

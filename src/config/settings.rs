@@ -2,6 +2,7 @@
 //! built (`config::build`). Data, not behaviour: parsed addresses, compiled routes,
 //! verifiers and loaded certificates, each field under the name of the key it comes from.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::file::{ContentEncoding, DeliveryMode, OnError};
+use super::file::{ContentEncoding, DeliveryMode, EnrichProvider, OnError};
 use super::secret::Secret;
 use crate::event::{Field, KeyBinding};
 use crate::queue::policy::{BackoffPolicy, RetryOn, RetryPolicy};
@@ -168,11 +169,24 @@ pub struct Limits {
 }
 
 /// Who may read the admin listener.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AdminAuth {
-    /// `Authorization: Bearer <token>` required on every path but `public_paths`.
+    /// `Authorization: Bearer <token>` required on every path but `public_paths`; the
+    /// console's login asks for it too.
     pub token: Option<Secret>,
     pub public_paths: Vec<String>,
+    /// A console session ends after this long without a request.
+    pub session_timeout: Duration,
+}
+
+impl Default for AdminAuth {
+    fn default() -> Self {
+        AdminAuth {
+            token: None,
+            public_paths: Vec::new(),
+            session_timeout: Duration::from_secs(30 * 60),
+        }
+    }
 }
 
 /// Paths `admin.public_paths` may open. `/deliveries` (which can replay deliveries) and
@@ -242,6 +256,22 @@ pub struct Source {
     /// Client IPs allowed to post here; empty allows any.
     pub allow_ips: Vec<IpNet>,
     pub delivery: DeliveryMode,
+    /// `enrich` of the routes that have it, by route name (queue mode only).
+    pub enrich: HashMap<String, Arc<EnrichSettings>>,
+}
+
+/// A route's `enrich`, validated: whose API the object behind a thin event is fetched
+/// from, and with which credentials. `Debug` shows the key as `***`.
+#[derive(Debug)]
+pub struct EnrichSettings {
+    pub provider: EnrichProvider,
+    pub api_key: Secret,
+    /// An http(s) URL without a trailing `/`: paths are appended to it.
+    pub api_base: String,
+    pub organization: Option<String>,
+    pub project: Option<String>,
+    /// One fetch, connection included.
+    pub timeout: Duration,
 }
 
 #[cfg(test)]
@@ -253,6 +283,7 @@ mod tests {
         let auth = AdminAuth {
             token: Some(Secret::from("t0ken".to_owned())),
             public_paths: vec!["/metrics".to_owned()],
+            ..AdminAuth::default()
         };
         assert!(auth.allows("/metrics", None));
         assert!(!auth.allows("/readyz", None));

@@ -6,7 +6,7 @@
 //! does not read: a silently ignored `encoding` is a security bug waiting to happen. Every
 //! error names its key path (`sources[1].routes[0].upstream`) for `ConfigError` to locate.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,7 +17,7 @@ use super::error::Invalid;
 use super::file::{
     self, COMMON_SOURCE_KEYS, ContentEncoding, DeliveryMode, FieldSpec, SecretEntry,
 };
-use super::settings::Source;
+use super::settings::{EnrichSettings, Source};
 use crate::event::{Field, JsonPointer, KeyBinding};
 use crate::route::{EventPattern, Route, Routes};
 use crate::verify::{
@@ -80,6 +80,7 @@ pub(super) fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String
                 ),
             ));
         }
+        let (routes, enrich) = routes(&key, file)?;
         out.push(Source {
             name: file.name.clone(),
             path: file.path.clone(),
@@ -91,9 +92,10 @@ pub(super) fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String
             reads: built.reads,
             content_encoding: file.content_encoding,
             secrets: built.secrets,
-            routes: routes(&key, file)?,
+            routes,
             allow_ips: file.allow_ips.clone(),
             delivery: file.delivery,
+            enrich,
         });
     }
     Ok((out, warnings))
@@ -288,7 +290,10 @@ fn secret_warnings(secrets: &[SecretEntry], now: SystemTime) -> Vec<String> {
     warnings
 }
 
-fn routes(source_key: &str, file: &file::Source) -> Result<Routes, Invalid> {
+/// A source's routes, and the `enrich` of those that have it (by route name).
+type BuiltRoutes = (Routes, HashMap<String, Arc<EnrichSettings>>);
+
+fn routes(source_key: &str, file: &file::Source) -> Result<BuiltRoutes, Invalid> {
     if file.routes.is_empty() {
         return Err(Invalid::at(
             source_key,
@@ -300,6 +305,7 @@ fn routes(source_key: &str, file: &file::Source) -> Result<Routes, Invalid> {
     }
     let mut names = HashSet::new();
     let mut routes = Vec::with_capacity(file.routes.len());
+    let mut enrich = HashMap::new();
     for (j, route) in file.routes.iter().enumerate() {
         let key = format!("{source_key}.routes[{j}]");
         let name = match &route.name {
@@ -345,9 +351,132 @@ fn routes(source_key: &str, file: &file::Source) -> Result<Routes, Invalid> {
             })?;
             compiled = compiled.with_resign(signer);
         }
+        if let Some(settings) = enrichment(&key, source_key, route, file)? {
+            enrich.insert(name, Arc::new(settings));
+        }
         routes.push(compiled);
     }
-    Ok(Routes::new(routes))
+    Ok((Routes::new(routes), enrich))
+}
+
+/// A route's `enrich`: only in queue mode (the fetch is slow and can fail, so the
+/// workers do it, with retries), only with `resign` (the backend gets a body the sender
+/// never signed), never on a body hookgate cannot read.
+fn enrichment(
+    key: &str,
+    source_key: &str,
+    route: &file::Route,
+    source: &file::Source,
+) -> Result<Option<EnrichSettings>, Invalid> {
+    let Some(enrich) = &route.enrich else {
+        return Ok(None);
+    };
+    let at = |sub: &str, message: String| Invalid::at(format!("{key}.enrich{sub}"), message);
+    if source.delivery != DeliveryMode::Queue {
+        return Err(at(
+            "",
+            format!(
+                "{key}.enrich only applies to queue mode; set delivery = \"queue\" on {source_key} \
+                 (the fetch is slow and can fail: the queue's workers do it, with retries)"
+            ),
+        ));
+    }
+    if route.resign.is_none() {
+        return Err(at(
+            "",
+            format!(
+                "{key}.enrich needs {key}.resign: the backend gets a new body \
+                 ({{\"event\": ..., \"object\": ...}}) that only hookgate's own signature covers; \
+                 add resign = {{ secret = \"${{BACKEND_SECRET}}\" }}"
+            ),
+        ));
+    }
+    if source.content_encoding == ContentEncoding::Pass {
+        return Err(at(
+            "",
+            format!(
+                "{key}.enrich needs to read the event's data.id, which {source_key}.content_encoding \
+                 = \"pass\" can leave encoded; remove one of them"
+            ),
+        ));
+    }
+    let api_key = enrich.api_key.expose();
+    if api_key.is_empty() {
+        return Err(at(".api_key", format!("{key}.enrich.api_key is empty")));
+    }
+    if api_key.trim() != api_key || !api_key.bytes().all(|b| b.is_ascii_graphic()) {
+        // Never the value: it is the key.
+        return Err(at(
+            ".api_key",
+            format!(
+                "{key}.enrich.api_key has whitespace or characters a header cannot carry \
+                 (a newline from an env file?)"
+            ),
+        ));
+    }
+    let api_base = match &enrich.api_base {
+        Some(text) => api_base(text)
+            .map_err(|e| at(".api_base", format!("{key}.enrich.api_base {text:?} {e}")))?,
+        None => "https://api.openai.com/v1".to_owned(),
+    };
+    for (name, value) in [
+        ("organization", &enrich.organization),
+        ("project", &enrich.project),
+    ] {
+        if let Some(value) = value
+            && (value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(at(
+                &format!(".{name}"),
+                format!(
+                    "{key}.enrich.{name} {value:?} must be an id of printable ASCII characters"
+                ),
+            ));
+        }
+    }
+    if enrich.timeout.is_zero() {
+        return Err(at(
+            ".timeout",
+            format!("{key}.enrich.timeout must be more than 0"),
+        ));
+    }
+    Ok(Some(EnrichSettings {
+        provider: enrich.provider,
+        api_key: enrich.api_key.clone(),
+        api_base,
+        organization: enrich.organization.clone(),
+        project: enrich.project.clone(),
+        timeout: enrich.timeout,
+    }))
+}
+
+/// `api_base` without its trailing `/`. Plain http only to a loopback address (a local
+/// proxy or a test's stand-in): anywhere else it would carry the API key unencrypted.
+fn api_base(text: &str) -> Result<String, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("is not a valid URL: {e}"))?;
+    let host = uri.host().unwrap_or_default();
+    if host.is_empty() || uri.query().is_some() {
+        return Err("must be an http(s) URL with a host and no query".to_owned());
+    }
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if loopback => {}
+        Some("http") => {
+            return Err(
+                "would carry the API key unencrypted: use https:// (http:// only to a loopback address)"
+                    .to_owned(),
+            );
+        }
+        _ => return Err("is not an http:// or https:// URL".to_owned()),
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }
 
 /// The key of a route that `Route::new` refused, in the order it checks them.
@@ -725,6 +854,166 @@ mod tests {
             settings
                 .summary()
                 .contains("(re-signed: standard-webhooks)")
+        );
+    }
+
+    /// A queue source whose one route has `route_keys` (one per line) before `upstream`.
+    fn enriched(source_keys: &str, route_keys: &str) -> String {
+        config(&format!(
+            "scheme = \"standard-webhooks\"\nsecrets = [\"raw\"]\n{source_keys}"
+        ))
+        .replace("upstream = ", &format!("{route_keys}\nupstream = "))
+    }
+
+    const RESIGN: &str = "resign = { secret = \"backend-secret\" }";
+    const ENRICH: &str = "enrich = { provider = \"openai\", api_key = \"sk-test-1234\" }";
+
+    fn enrich_error(text: &str) -> crate::config::ConfigError {
+        crate::config::parse(text, "test.toml")
+            .err()
+            .unwrap_or_else(|| panic!("accepted:\n{text}"))
+    }
+
+    #[test]
+    fn enrich_is_read_with_its_documented_defaults_and_shown_without_its_key() {
+        let settings = crate::config::parse(
+            &enriched("delivery = \"queue\"", &format!("{RESIGN}\n{ENRICH}")),
+            "test.toml",
+        )
+        .unwrap();
+        let enrich = &settings.sources[0].enrich["0"];
+        assert_eq!(enrich.provider, file::EnrichProvider::Openai);
+        assert_eq!(enrich.api_key.expose(), "sk-test-1234");
+        assert_eq!(enrich.api_base, "https://api.openai.com/v1");
+        assert_eq!(enrich.timeout, Duration::from_secs(30));
+        assert_eq!((&enrich.organization, &enrich.project), (&None, &None));
+        assert!(!format!("{enrich:?}").contains("sk-test"));
+        let summary = settings.summary();
+        assert!(
+            summary.contains(
+                "enrich openai: objects fetched from https://api.openai.com/v1 before the first \
+                 attempt (timeout 30s; API key not shown)"
+            ),
+            "{summary}"
+        );
+        assert!(!summary.contains("sk-test"), "{summary}");
+
+        let settings = crate::config::parse(
+            &enriched(
+                "delivery = \"queue\"",
+                &format!(
+                    "{RESIGN}\nenrich = {{ provider = \"openai\", api_key = \"sk-test-1234\", \
+                     api_base = \"http://127.0.0.1:9/v1/\", organization = \"org-1\", \
+                     project = \"proj_1\", timeout = \"2s\" }}"
+                ),
+            ),
+            "test.toml",
+        )
+        .unwrap();
+        let enrich = &settings.sources[0].enrich["0"];
+        assert_eq!(enrich.api_base, "http://127.0.0.1:9/v1");
+        assert_eq!(enrich.organization.as_deref(), Some("org-1"));
+        assert_eq!(enrich.project.as_deref(), Some("proj_1"));
+        assert_eq!(enrich.timeout, Duration::from_secs(2));
+        assert!(
+            settings
+                .summary()
+                .contains("(timeout 2s, organization org-1, project proj_1; API key not shown)")
+        );
+    }
+
+    #[test]
+    fn enrich_needs_queue_mode_and_resign_and_names_both_keys_with_the_line() {
+        let e = enrich_error(&enriched("", &format!("{RESIGN}\n{ENRICH}")));
+        assert_eq!(e.key.as_deref(), Some("sources[0].routes[0].enrich"));
+        assert_eq!(e.line, Some(10), "{e}");
+        assert!(
+            e.message.starts_with(
+                "sources[0].routes[0].enrich only applies to queue mode; set delivery = \"queue\" \
+                 on sources[0]"
+            ),
+            "{e}"
+        );
+
+        let e = enrich_error(&enriched("delivery = \"queue\"", ENRICH));
+        assert_eq!(e.key.as_deref(), Some("sources[0].routes[0].enrich"));
+        assert_eq!(e.line, Some(9), "{e}");
+        assert!(
+            e.message
+                .starts_with("sources[0].routes[0].enrich needs sources[0].routes[0].resign"),
+            "{e}"
+        );
+        assert!(e.to_string().ends_with("(line 9, column 1)"), "{e}");
+
+        let e = enrich_error(&enriched(
+            "delivery = \"queue\"\ncontent_encoding = \"pass\"\nevent_type = { header = \"X-Event\" }",
+            &format!("{RESIGN}\n{ENRICH}"),
+        ));
+        assert!(
+            e.message.contains("sources[0].content_encoding = \"pass\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn enrich_keys_are_checked_without_ever_printing_the_api_key() {
+        let with = |enrich: &str| {
+            enrich_error(&enriched(
+                "delivery = \"queue\"",
+                &format!("{RESIGN}\nenrich = {{ provider = \"openai\", {enrich} }}"),
+            ))
+        };
+        let e = with("api_key = \"sk-secret-value\\n\"");
+        assert_eq!(
+            e.key.as_deref(),
+            Some("sources[0].routes[0].enrich.api_key")
+        );
+        assert!(e.message.contains("whitespace"), "{e}");
+        assert!(!e.to_string().contains("sk-secret"), "{e}");
+        let e = with("api_key = \"\"");
+        assert!(e.message.ends_with("enrich.api_key is empty"), "{e}");
+        let e = with("api_key = \"k\", api_base = \"http://api.example.com/v1\"");
+        assert_eq!(
+            e.key.as_deref(),
+            Some("sources[0].routes[0].enrich.api_base")
+        );
+        assert!(e.message.contains("unencrypted"), "{e}");
+        let e = with("api_key = \"k\", api_base = \"ftp://api.example.com\"");
+        assert!(e.message.contains("not an http"), "{e}");
+        let e = with("api_key = \"k\", organization = \"org 1\"");
+        assert_eq!(
+            e.key.as_deref(),
+            Some("sources[0].routes[0].enrich.organization")
+        );
+        let e = with("api_key = \"k\", timeout = \"0s\"");
+        assert!(
+            e.message.contains("enrich.timeout must be more than 0"),
+            "{e}"
+        );
+        let e = enrich_error(&enriched(
+            "delivery = \"queue\"",
+            &format!("{RESIGN}\nenrich = {{ provider = \"opneai\", api_key = \"k\" }}"),
+        ));
+        assert!(e.to_string().contains("unknown variant `opneai`"), "{e}");
+        assert_eq!(e.line, Some(10), "{e}");
+        let e = enrich_error(&enriched(
+            "delivery = \"queue\"",
+            &format!(
+                "{RESIGN}\nenrich = {{ provider = \"openai\", api_key = \"k\", model = \"x\" }}"
+            ),
+        ));
+        assert!(e.to_string().contains("unknown field `model`"), "{e}");
+        let unset = enrich_error(&enriched(
+            "delivery = \"queue\"",
+            &format!(
+                "{RESIGN}\nenrich = {{ provider = \"openai\", api_key = \"${{HOOKGATE_TEST_UNSET_OPENAI_KEY}}\" }}"
+            ),
+        ));
+        assert!(
+            unset
+                .to_string()
+                .contains("environment variable HOOKGATE_TEST_UNSET_OPENAI_KEY is not set"),
+            "{unset}"
         );
     }
 

@@ -3,8 +3,8 @@
 //! passwords and keys stay out, verifiers describe themselves (`Verifier::describe`).
 
 use super::duration;
-use super::file::{ContentEncoding, DeliveryMode};
-use super::settings::{HTTP2_RESET_WINDOW, Settings, StoreBackend};
+use super::file::{ContentEncoding, DeliveryMode, EnrichProvider};
+use super::settings::{EnrichSettings, HTTP2_RESET_WINDOW, Settings, StoreBackend};
 use crate::event::KeyBinding;
 
 impl Settings {
@@ -165,8 +165,31 @@ impl Settings {
                         ""
                     }
                 );
+                if let Some(enrich) = source.enrich.get(route.name()) {
+                    let _ = writeln!(s, "      {}", enrich_line(enrich));
+                }
             }
         }
         s
     }
+}
+
+/// How a route's `enrich` reads in `check`: where the objects come from, never the key.
+fn enrich_line(enrich: &EnrichSettings) -> String {
+    let provider = match enrich.provider {
+        EnrichProvider::Openai => "openai",
+    };
+    let mut line = format!(
+        "enrich {provider}: objects fetched from {} before the first attempt (timeout {}",
+        enrich.api_base,
+        duration::written(enrich.timeout)
+    );
+    if let Some(organization) = &enrich.organization {
+        line.push_str(&format!(", organization {organization}"));
+    }
+    if let Some(project) = &enrich.project {
+        line.push_str(&format!(", project {project}"));
+    }
+    line.push_str("; API key not shown)");
+    line
 }

@@ -4,17 +4,22 @@
 //! (start-up, `hookgate check` and `/readyz` say so). It shares nothing with other
 //! instances, so there is nothing to take over and `keep_alive` has nothing to do.
 //! Final records are dropped `retention` after they became final.
+//!
+//! Listing narrows by an index per filtered field (`Facet`), each ordered like the
+//! list, so a selective filter over many records reads only what it shows.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::record::{IdGenerator, RecordBody, decode_headers, encode_headers, header_listing};
+use super::record::{
+    Cursor, DeliveryList, IdGenerator, RecordBody, decode_headers, encode_headers, header_listing,
+};
 use super::{
     Attempt, BoxFuture, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError, QueueStats,
-    Replayed, Settlement, State, Summary, UnixMillis, now_millis,
+    Replayed, Settlement, State, Step, Summary, UnixMillis, now_millis,
 };
 use crate::store::ready;
 
@@ -35,8 +40,11 @@ struct Record {
     /// As stored in Redis too: JSON pairs (`encode_headers`).
     headers: String,
     body: Bytes,
-    /// Position in `Inner::order`.
-    order_key: (UnixMillis, u64),
+    /// The object fetched for an `enrich` route; dropped with the body.
+    object: Option<Bytes>,
+    failed_fetches: u32,
+    /// Position in `Inner::order` and in every facet index: (queued at, id).
+    order_key: (UnixMillis, String),
     /// When a final record is forgotten.
     expires_at: Option<UnixMillis>,
 }
@@ -51,7 +59,9 @@ struct Inner {
     /// Taken and not yet settled: token → id.
     taken: HashMap<String, String>,
     /// Every id by (re)queue time, for listing newest first.
-    order: BTreeMap<(UnixMillis, u64), String>,
+    order: BTreeSet<(UnixMillis, String)>,
+    /// The same per value of each field a list can filter on.
+    facets: HashMap<Facet, BTreeSet<(UnixMillis, String)>>,
     /// Final ids by expiry.
     expiry: BTreeSet<(UnixMillis, String)>,
     next_token: u64,
@@ -73,14 +83,98 @@ impl MemoryQueue {
     }
 }
 
+/// A field value a list can filter on, with the index of the records that have it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Facet {
+    State(State),
+    Source(String),
+    Route(String),
+    EventType(String),
+    WebhookId(String),
+}
+
+impl Facet {
+    fn of(summary: &Summary) -> [Facet; 5] {
+        [
+            Facet::State(summary.state),
+            Facet::Source(summary.source.clone()),
+            Facet::Route(summary.route.clone()),
+            Facet::EventType(summary.event_type.clone()),
+            Facet::WebhookId(summary.webhook_id.clone()),
+        ]
+    }
+
+    /// The indexes that narrow `filter`; none means the whole order.
+    fn narrowing(filter: &ListFilter) -> Vec<Facet> {
+        let mut facets = Vec::new();
+        facets.extend(filter.state.map(Facet::State));
+        facets.extend(filter.source.clone().map(Facet::Source));
+        facets.extend(filter.route.clone().map(Facet::Route));
+        facets.extend(filter.event_type.clone().map(Facet::EventType));
+        facets
+    }
+}
+
+/// Records a page may look at before it ends early with a cursor: bounds the time the
+/// lock is held however selective the filter is.
+const LIST_SCAN_BUDGET: usize = 50_000;
+
 impl Inner {
-    fn reorder(&mut self, id: &str, at: UnixMillis) {
-        self.next_token += 1;
-        let key = (at, self.next_token);
-        if let Some(record) = self.records.get_mut(id) {
+    fn index(&mut self, facet: Facet, key: &(UnixMillis, String)) {
+        self.facets.entry(facet).or_default().insert(key.clone());
+    }
+
+    fn unindex(&mut self, facet: &Facet, key: &(UnixMillis, String)) {
+        if let Some(set) = self.facets.get_mut(facet) {
+            set.remove(key);
+            if set.is_empty() {
+                self.facets.remove(facet);
+            }
+        }
+    }
+
+    /// Files a new record under its position and every facet.
+    fn insert(&mut self, record: Record) {
+        let key = record.order_key.clone();
+        self.order.insert(key.clone());
+        for facet in Facet::of(&record.summary) {
+            self.index(facet, &key);
+        }
+        self.records.insert(key.1.clone(), record);
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(record) = self.records.remove(id) {
             self.order.remove(&record.order_key);
-            record.order_key = key;
-            self.order.insert(key, id.to_owned());
+            for facet in Facet::of(&record.summary) {
+                self.unindex(&facet, &record.order_key);
+            }
+        }
+    }
+
+    /// Moves a record to `state`, in its index too; returns the record.
+    fn set_state(&mut self, id: &str, state: State) -> Option<&mut Record> {
+        let record = self.records.get(id)?;
+        let (was, key) = (record.summary.state, record.order_key.clone());
+        if was != state {
+            self.unindex(&Facet::State(was), &key);
+            self.index(Facet::State(state), &key);
+        }
+        let record = self.records.get_mut(id)?;
+        record.summary.state = state;
+        Some(record)
+    }
+
+    /// Moves a record to the top of the order (a replay queues it again at `at`).
+    fn reorder(&mut self, id: &str, at: UnixMillis) {
+        if let Some(record) = self.records.remove(id) {
+            let mut record = record;
+            self.order.remove(&record.order_key);
+            for facet in Facet::of(&record.summary) {
+                self.unindex(&facet, &record.order_key);
+            }
+            record.order_key = (at, id.to_owned());
+            self.insert(record);
         }
     }
 
@@ -91,10 +185,70 @@ impl Inner {
                 .records
                 .get(&id)
                 .is_some_and(|r| r.expires_at.is_some_and(|e| e <= now));
-            if expired && let Some(record) = self.records.remove(&id) {
-                self.order.remove(&record.order_key);
+            if expired {
+                self.remove(&id);
             }
         }
+    }
+
+    /// One page: candidates from the smallest index that narrows the filter (or a
+    /// search's own few), newest first, from the cursor on.
+    fn list(&self, filter: &ListFilter) -> DeliveryList {
+        let upper = match (&filter.after, filter.until) {
+            (Some(c), Some(until)) if until <= c.queued_at => (until, String::new()),
+            (Some(c), _) => (c.queued_at, c.id.clone()),
+            (None, Some(until)) => (until, String::new()),
+            (None, None) => (UnixMillis::MAX, String::new()),
+        };
+        let lower = (filter.since.unwrap_or(0), String::new());
+        let searched: Vec<&(UnixMillis, String)>;
+        let candidates: Box<dyn Iterator<Item = &(UnixMillis, String)>> = match &filter.search {
+            Some(q) => {
+                let mut found: Vec<&(UnixMillis, String)> = self
+                    .facets
+                    .get(&Facet::WebhookId(q.clone()))
+                    .into_iter()
+                    .flatten()
+                    .chain(self.records.get(q).map(|r| &r.order_key))
+                    .filter(|key| **key < upper && **key >= lower)
+                    .collect();
+                found.sort_by(|a, b| b.cmp(a));
+                found.dedup();
+                searched = found;
+                Box::new(searched.iter().copied())
+            }
+            None => {
+                let narrowest = Facet::narrowing(filter)
+                    .iter()
+                    .map(|facet| self.facets.get(facet))
+                    .min_by_key(|set| set.map_or(0, BTreeSet::len));
+                let set = match narrowest {
+                    Some(None) => return DeliveryList::default(),
+                    Some(Some(set)) => set,
+                    None => &self.order,
+                };
+                Box::new(set.range(lower..upper).rev())
+            }
+        };
+        let mut page = DeliveryList::default();
+        let mut last_seen: Option<&(UnixMillis, String)> = None;
+        for (scanned, key) in candidates.enumerate() {
+            if page.deliveries.len() >= filter.limit || scanned >= LIST_SCAN_BUDGET {
+                // More remain: the next page starts after the last one looked at.
+                page.next = last_seen.map(|(queued_at, id)| Cursor {
+                    queued_at: *queued_at,
+                    id: id.clone(),
+                });
+                break;
+            }
+            last_seen = Some(key);
+            if let Some(record) = self.records.get(&key.1)
+                && filter.matches(&record.summary)
+            {
+                page.deliveries.push(record.summary.clone());
+            }
+        }
+        page
     }
 }
 
@@ -103,38 +257,34 @@ impl Queue for MemoryQueue {
         let now = delivery.received_at;
         let id = self.ids.next(now);
         let mut inner = self.lock();
-        inner.next_token += 1;
-        let order_key = (now, inner.next_token);
-        inner.order.insert(order_key, id.clone());
-        inner.records.insert(
-            id.clone(),
-            Record {
-                route_label: delivery.route_label(),
-                summary: Summary {
-                    id: id.clone(),
-                    state: State::Queued,
-                    source: delivery.source,
-                    route: delivery.route,
-                    webhook_id: delivery.webhook_id,
-                    event_type: delivery.event_type,
-                    attempts: 0,
-                    received_at: now,
-                    updated_at: now,
-                    next_attempt_at: None,
-                    last_status: None,
-                    last_error: None,
-                },
-                enqueued_at: now,
-                replays: 0,
-                history: Vec::new(),
-                // Compact copies: parsed header values and the body are slices of the
-                // connection's read buffer, which a record kept for `retention` would pin.
-                headers: encode_headers(&delivery.headers),
-                body: Bytes::copy_from_slice(&delivery.body),
-                order_key,
-                expires_at: None,
+        inner.insert(Record {
+            route_label: delivery.route_label(),
+            summary: Summary {
+                id: id.clone(),
+                state: State::Queued,
+                source: delivery.source,
+                route: delivery.route,
+                webhook_id: delivery.webhook_id,
+                event_type: delivery.event_type,
+                attempts: 0,
+                received_at: now,
+                updated_at: now,
+                next_attempt_at: None,
+                last_status: None,
+                last_error: None,
             },
-        );
+            enqueued_at: now,
+            replays: 0,
+            history: Vec::new(),
+            // Compact copies: parsed header values and the body are slices of the
+            // connection's read buffer, which a record kept for `retention` would pin.
+            headers: encode_headers(&delivery.headers),
+            body: Bytes::copy_from_slice(&delivery.body),
+            object: None,
+            failed_fetches: 0,
+            order_key: (now, id.clone()),
+            expires_at: None,
+        });
         inner.ready.push_back((id.clone(), now));
         ready(Ok(id))
     }
@@ -173,26 +323,25 @@ impl Queue for MemoryQueue {
         now: UnixMillis,
     ) -> BoxFuture<'a, Result<Option<Job>, QueueError>> {
         let mut inner = self.lock();
-        let record = match inner.records.get_mut(&lease.delivery_id) {
-            Some(record) if !record.summary.state.is_final() => record,
-            _ => {
-                inner.taken.remove(&lease.token);
-                return ready(Ok(None));
-            }
-        };
+        if inner
+            .records
+            .get(&lease.delivery_id)
+            .is_none_or(|r| r.summary.state.is_final())
+        {
+            inner.taken.remove(&lease.token);
+            return ready(Ok(None));
+        }
+        let record = inner
+            .set_state(&lease.delivery_id, State::Processing)
+            .expect("checked above");
         record.summary.attempts += 1;
-        record.summary.state = State::Processing;
         record.summary.updated_at = now;
         record.summary.next_attempt_at = None;
-        record.history.push(Attempt {
-            attempt: record.summary.attempts,
-            started_at: now,
-            duration_ms: None,
-            status: None,
-            error: None,
-            result: None,
-            instance: self.instance.clone(),
-        });
+        record.history.push(Attempt::opened(
+            record.summary.attempts,
+            now,
+            &self.instance,
+        ));
         let job = Job {
             lease: lease.clone(),
             delivery: NewDelivery {
@@ -207,6 +356,8 @@ impl Queue for MemoryQueue {
             attempt: record.summary.attempts,
             enqueued_at: record.enqueued_at,
             history_index: (record.history.len() - 1) as u64,
+            object: record.object.clone(),
+            failed_fetches: record.failed_fetches,
         };
         ready(Ok(Some(job)))
     }
@@ -222,10 +373,13 @@ impl Queue for MemoryQueue {
         inner.taken.remove(&job.lease.token);
         let id = &job.lease.delivery_id;
         let retention = self.retention.as_millis() as UnixMillis;
-        let Some(record) = inner.records.get_mut(id) else {
+        let Some(record) = inner.set_state(id, settlement.state()) else {
             return ready(Ok(()));
         };
-        record.summary.state = settlement.state();
+        if attempt.step == Step::Fetch {
+            record.summary.attempts = record.summary.attempts.saturating_sub(1);
+            record.failed_fetches += 1;
+        }
         record.summary.updated_at = now;
         record.summary.last_status = attempt.status;
         record.summary.last_error = attempt.error.clone();
@@ -242,12 +396,45 @@ impl Queue for MemoryQueue {
                     // Delivered: only dead letters keep what a replay needs.
                     record.body = Bytes::new();
                     record.headers = String::from("[]");
+                    record.object = None;
                 }
                 record.expires_at = Some(now + retention);
                 inner.expiry.insert((now + retention, id.clone()));
             }
         }
         ready(Ok(()))
+    }
+
+    fn attach<'a>(
+        &'a self,
+        job: &'a Job,
+        fetched: &'a Attempt,
+        object: Bytes,
+        now: UnixMillis,
+    ) -> BoxFuture<'a, Result<Job, QueueError>> {
+        let mut inner = self.lock();
+        let id = &job.lease.delivery_id;
+        let Some(record) = inner.records.get_mut(id) else {
+            return ready(Err(QueueError::Malformed {
+                id: id.clone(),
+                detail: "the record vanished during its attempt".to_owned(),
+            }));
+        };
+        // A compact copy: the object arrived in the HTTP client's buffers.
+        let object = Bytes::copy_from_slice(&object);
+        record.object = Some(object.clone());
+        record.summary.updated_at = now;
+        if let Some(entry) = record.history.get_mut(job.history_index as usize) {
+            *entry = fetched.clone();
+        }
+        record
+            .history
+            .push(Attempt::opened(job.attempt, now, &self.instance));
+        ready(Ok(Job {
+            history_index: (record.history.len() - 1) as u64,
+            object: Some(object),
+            ..job.clone()
+        }))
     }
 
     fn hand_back<'a>(
@@ -258,15 +445,19 @@ impl Queue for MemoryQueue {
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         let mut inner = self.lock();
         inner.taken.remove(&lease.token);
-        if let Some(record) = inner.records.get_mut(&lease.delivery_id)
-            && !record.summary.state.is_final()
-        {
-            record.summary.state = State::Queued;
+        let open = inner
+            .records
+            .get(&lease.delivery_id)
+            .is_some_and(|r| !r.summary.state.is_final());
+        if open && let Some(record) = inner.set_state(&lease.delivery_id, State::Queued) {
             record.summary.updated_at = now;
-            if let Some((job, attempt)) = interrupted
-                && let Some(entry) = record.history.get_mut(job.history_index as usize)
-            {
-                *entry = attempt.clone();
+            if let Some((job, attempt)) = interrupted {
+                if attempt.step == Step::Fetch {
+                    record.summary.attempts = record.summary.attempts.saturating_sub(1);
+                }
+                if let Some(entry) = record.history.get_mut(job.history_index as usize) {
+                    *entry = attempt.clone();
+                }
             }
             inner.ready.push_front((lease.delivery_id.clone(), now));
         }
@@ -284,20 +475,10 @@ impl Queue for MemoryQueue {
     fn list<'a>(
         &'a self,
         filter: &'a ListFilter,
-    ) -> BoxFuture<'a, Result<Vec<Summary>, QueueError>> {
+    ) -> BoxFuture<'a, Result<DeliveryList, QueueError>> {
         let mut inner = self.lock();
         inner.forget_expired(now_millis());
-        let found = inner
-            .order
-            .values()
-            .rev()
-            .filter_map(|id| inner.records.get(id))
-            .map(|r| &r.summary)
-            .filter(|s| filter.matches(s))
-            .take(filter.limit)
-            .cloned()
-            .collect();
-        ready(Ok(found))
+        ready(Ok(inner.list(filter)))
     }
 
     fn show<'a>(
@@ -317,6 +498,11 @@ impl Queue for MemoryQueue {
                 header_names,
                 headers,
                 body: with_body.then(|| RecordBody::new(&r.body)),
+                object: r
+                    .object
+                    .as_ref()
+                    .filter(|_| with_body)
+                    .map(|o| String::from_utf8_lossy(o).into_owned()),
             }
         });
         ready(Ok(detail))
@@ -328,18 +514,18 @@ impl Queue for MemoryQueue {
         now: UnixMillis,
     ) -> BoxFuture<'a, Result<Replayed, QueueError>> {
         let mut inner = self.lock();
-        let Some(record) = inner.records.get_mut(id) else {
+        let Some(was) = inner.records.get(id).map(|r| r.summary.state) else {
             return ready(Ok(Replayed::NotFound));
         };
-        let was = record.summary.state;
         if was != State::FailedFinal {
             return ready(Ok(Replayed::NotReplayable(was)));
         }
-        record.summary.state = State::Queued;
+        let record = inner.set_state(id, State::Queued).expect("found above");
         record.summary.attempts = 0;
         record.summary.updated_at = now;
         record.summary.next_attempt_at = None;
         record.enqueued_at = now;
+        record.failed_fetches = 0;
         record.replays += 1;
         record.expires_at = None;
         inner.reorder(id, now);
@@ -366,6 +552,10 @@ impl Queue for MemoryQueue {
         let stats = QueueStats {
             depth: (inner.ready.len() + inner.scheduled.len() + inner.taken.len()) as u64,
             oldest_age: Duration::from_millis(oldest.map_or(0, |at| now.saturating_sub(at))),
+            dead_letters: inner
+                .facets
+                .get(&Facet::State(State::FailedFinal))
+                .map_or(0, |set| set.len() as u64),
         };
         ready(Ok(stats))
     }
@@ -401,12 +591,14 @@ mod tests {
     fn attempt(job: &Job, status: u16) -> Attempt {
         Attempt {
             attempt: job.attempt,
+            step: Step::Deliver,
             started_at: 0,
             duration_ms: Some(1),
             status: Some(status),
             error: None,
             result: None,
             instance: "test".into(),
+            answer: None,
         }
     }
 

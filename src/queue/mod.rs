@@ -19,6 +19,7 @@ pub mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::config::{Settings, StoreBackend};
@@ -29,8 +30,9 @@ pub use policy::{
     BackoffPolicy, FinalReason, RetryOn, RetryPolicy, Verdict, decide, jitter_sample,
 };
 pub use record::{
-    Attempt, Detail, Job, Lease, ListFilter, NewDelivery, QueueStats, Replayed, Settlement, State,
-    Summary, UnixMillis, is_delivery_id, now_millis, unix_millis,
+    Attempt, Cursor, DeliveryList, Detail, Job, Lease, ListFilter, NewDelivery, QueueStats,
+    Replayed, Settlement, State, Step, Summary, UnixMillis, is_delivery_id, now_millis,
+    unix_millis,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -59,7 +61,9 @@ pub trait Queue: Send + Sync {
         now: UnixMillis,
     ) -> BoxFuture<'a, Result<Option<Job>, QueueError>>;
 
-    /// Records the attempt and moves the delivery on; releases the lease.
+    /// Records the attempt and moves the delivery on; releases the lease. When
+    /// `attempt` is a fetch (`Step::Fetch`) that failed, it is not an attempt: the count
+    /// `begin` made is taken back and the delivery's failed fetches counted instead.
     fn settle<'a>(
         &'a self,
         job: &'a Job,
@@ -68,8 +72,21 @@ pub trait Queue: Send + Sync {
         now: UnixMillis,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
+    /// Keeps `object`, fetched for the job's delivery (`enrich`), with its record for as
+    /// long as its body; records `fetched` (a `Step::Fetch`) at the job's history entry
+    /// and opens the entry of the attempt that follows. Returns the job as that attempt
+    /// sees it. The lease stays held.
+    fn attach<'a>(
+        &'a self,
+        job: &'a Job,
+        fetched: &'a Attempt,
+        object: Bytes,
+        now: UnixMillis,
+    ) -> BoxFuture<'a, Result<Job, QueueError>>;
+
     /// Makes a taken delivery available to any instance again at once (shutdown).
-    /// `interrupted` is the attempt that was cut short, if one had begun.
+    /// `interrupted` is the attempt that was cut short, if one had begun (a fetch cut
+    /// short is not counted as an attempt).
     fn hand_back<'a>(
         &'a self,
         lease: &'a Lease,
@@ -84,10 +101,13 @@ pub trait Queue: Send + Sync {
     /// (stopped ones); returns how many.
     fn prune(&self, idle: Duration) -> BoxFuture<'_, Result<u64, QueueError>>;
 
+    /// One page of the records `filter` matches, newest first, with where the next
+    /// page starts (see `ListFilter` for the order and what must stay fast, and
+    /// `DeliveryList::next` for when a page may end early).
     fn list<'a>(
         &'a self,
         filter: &'a ListFilter,
-    ) -> BoxFuture<'a, Result<Vec<Summary>, QueueError>>;
+    ) -> BoxFuture<'a, Result<DeliveryList, QueueError>>;
 
     fn show<'a>(
         &'a self,

@@ -31,7 +31,7 @@ pub fn unix_millis(at: SystemTime) -> Option<UnixMillis> {
 /// Where a delivery stands. A record is written `queued` together with its queue entry
 /// (one atomic step), so a delivery that was verified but could not be stored has no
 /// record at all: its sender was answered 503 and retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Stored and waiting for a worker.
@@ -125,12 +125,56 @@ pub struct Job {
     pub enqueued_at: UnixMillis,
     /// Position of this attempt in the record's history.
     pub history_index: u64,
+    /// The object an `enrich` route delivers with the event, once fetched: kept with the
+    /// record like its body, so later attempts do not fetch it again.
+    pub object: Option<Bytes>,
+    /// Fetches of that object that failed since the delivery was (re)queued: they space
+    /// the next fetch by the backoff, and are not attempts.
+    pub failed_fetches: u32,
 }
 
-/// One attempt as the record's history keeps it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// What an entry of a record's history records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// An attempt to deliver to the route's upstream, counted in `attempts`.
+    #[default]
+    Deliver,
+    /// The fetch of the object an `enrich` route delivers, before an attempt. Never
+    /// counted as an attempt: the count `begin` made is taken back when it fails.
+    Fetch,
+}
+
+impl Step {
+    pub fn is_deliver(&self) -> bool {
+        *self == Step::Deliver
+    }
+}
+
+impl Attempt {
+    /// Attempt number `attempt` as its history entry reads while it runs, from `now`.
+    pub fn opened(attempt: u32, now: UnixMillis, instance: &str) -> Attempt {
+        Attempt {
+            attempt,
+            step: Step::Deliver,
+            started_at: now,
+            duration_ms: None,
+            status: None,
+            error: None,
+            result: None,
+            instance: instance.to_owned(),
+            answer: None,
+        }
+    }
+}
+
+/// One attempt (or the fetch before it) as the record's history keeps it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Attempt {
     pub attempt: u32,
+    /// Absent for a delivery attempt (and in records written before steps existed).
+    #[serde(default, skip_serializing_if = "Step::is_deliver")]
+    pub step: Step,
     pub started_at: UnixMillis,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
@@ -142,6 +186,28 @@ pub struct Attempt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
     pub instance: String,
+    /// The start of the upstream's answer body, as it said it (control characters
+    /// removed, at most `ANSWER_START_CHARS`); absent when it answered nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+}
+
+/// How much of an upstream's answer an attempt keeps: enough to see why ("invalid
+/// customer id"), bounded so a record stays small.
+pub const ANSWER_START_CHARS: usize = 200;
+
+/// The start of an answer body as an attempt keeps it; `None` for an empty body.
+pub fn answer_start(body: &[u8]) -> Option<String> {
+    if body.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(ANSWER_START_CHARS * 4)]);
+    Some(
+        text.chars()
+            .filter(|c| !c.is_control())
+            .take(ANSWER_START_CHARS)
+            .collect(),
+    )
 }
 
 /// How an attempt ends for the record.
@@ -197,6 +263,10 @@ pub struct Detail {
     pub headers: Option<Vec<(String, String)>>,
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub body: Option<RecordBody>,
+    /// With the body: the object fetched for an `enrich` route (the API's JSON), while
+    /// the record keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
 }
 
 /// A stored body as the admin API shows it: `"body"` when it is UTF-8 text (webhook
@@ -219,10 +289,17 @@ impl RecordBody {
     }
 }
 
-/// `GET /deliveries`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One page of `Queue::list`, as `GET /deliveries` answers it: the matching records,
+/// newest first, and where the next page starts when there may be more.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryList {
     pub deliveries: Vec<Summary>,
+    /// Present when records past this page may match: pass it as `ListFilter::after`
+    /// (`cursor=` in the API). A page may hold fewer than `limit` records and still
+    /// have a `next` (a backend bounds the work one page may do); following `next`
+    /// until it is absent yields every match once, never one twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Cursor>,
 }
 
 /// `POST /deliveries/<id>/replay`, when the delivery was queued again.
@@ -249,17 +326,154 @@ pub struct ApiError {
     pub state: Option<State>,
 }
 
-#[derive(Debug, Clone, Default)]
+/// What `Queue::list` returns: records matching every field that is set, newest first.
+///
+/// "Newest" is by the time a delivery was queued: when it was received, or when it was
+/// last replayed (a replayed dead letter moves to the top); ties by id, descending.
+/// `since` and `until` bound that same time, so a window and the order agree and a
+/// backend can answer both from one index. Every filter is an exact match.
+///
+/// A backend must answer in bounded time with hundreds of thousands of records: it
+/// narrows by an index per field rather than reading every record, and may end a page
+/// early with a `next` cursor (see `DeliveryList::next`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListFilter {
     pub state: Option<State>,
     pub source: Option<String>,
+    /// A route's name (as `Summary::route`); with `source`, one route of one source.
+    pub route: Option<String>,
+    pub event_type: Option<String>,
+    /// A delivery id or a sender's webhook id (`Summary::webhook_id`): the records
+    /// whose either one is this.
+    pub search: Option<String>,
+    /// Queued at or after this time.
+    pub since: Option<UnixMillis>,
+    /// Queued before this time.
+    pub until: Option<UnixMillis>,
+    /// Continue after this position: the `next` of the previous page.
+    pub after: Option<Cursor>,
+    /// At most this many records (at least 1).
     pub limit: usize,
 }
 
 impl ListFilter {
+    /// Whether `summary` matches the fields of the filter that a summary carries (all
+    /// but the time window and the cursor, which are positions in the order).
     pub fn matches(&self, summary: &Summary) -> bool {
         self.state.is_none_or(|s| s == summary.state)
             && self.source.as_deref().is_none_or(|s| s == summary.source)
+            && self.route.as_deref().is_none_or(|r| r == summary.route)
+            && self
+                .event_type
+                .as_deref()
+                .is_none_or(|e| e == summary.event_type)
+            && self
+                .search
+                .as_deref()
+                .is_none_or(|q| q == summary.id || q == summary.webhook_id)
+    }
+
+    /// Whether a record at `position` in the order (queued at, id) lies after the
+    /// cursor and inside the time window.
+    pub fn admits(&self, queued_at: UnixMillis, id: &str) -> bool {
+        self.since.is_none_or(|since| queued_at >= since)
+            && self.until.is_none_or(|until| queued_at < until)
+            && self
+                .after
+                .as_ref()
+                .is_none_or(|c| (queued_at, id) < (c.queued_at, c.id.as_str()))
+    }
+}
+
+/// What a list request can carry as query parameters (`GET /deliveries`, the console's
+/// list), each an exact match and empty meaning "any": `status`, `source`, `route`,
+/// `event_type`, `search` (a delivery id or webhook id), `since` and `until` (RFC 3339
+/// or Unix milliseconds), `cursor` (a page's `next`) and `limit` (1 to `max_limit`,
+/// else `default_limit`). An error is the reason to answer 400 with.
+pub fn list_filter<'q>(
+    get: impl Fn(&str) -> Option<&'q str>,
+    default_limit: usize,
+    max_limit: usize,
+) -> Result<ListFilter, &'static str> {
+    let given = |key: &str| get(key).filter(|v| !v.is_empty());
+    let text = |key: &str| given(key).map(str::to_owned);
+    let state = match given("status") {
+        Some(text) => Some(State::parse(text).ok_or("unknown_status")?),
+        None => None,
+    };
+    let time = |key: &str, reason| match given(key) {
+        Some(text) => parse_time(text).map(Some).ok_or(reason),
+        None => Ok(None),
+    };
+    let after = match given("cursor") {
+        Some(text) => Some(Cursor::parse(text).ok_or("invalid_cursor")?),
+        None => None,
+    };
+    let limit = match given("limit") {
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max_limit).contains(n))
+            .ok_or("invalid_limit")?,
+        None => default_limit,
+    };
+    Ok(ListFilter {
+        state,
+        source: text("source"),
+        route: text("route"),
+        event_type: text("event_type"),
+        search: text("search"),
+        since: time("since", "invalid_since")?,
+        until: time("until", "invalid_until")?,
+        after,
+        limit,
+    })
+}
+
+/// RFC 3339 (`2026-11-20T10:00:00Z`) or Unix milliseconds.
+pub fn parse_time(text: &str) -> Option<UnixMillis> {
+    if let Ok(ms) = text.parse::<UnixMillis>() {
+        return Some(ms);
+    }
+    unix_millis(humantime::parse_rfc3339_weak(text).ok()?)
+}
+
+/// A position in the list's order: the last record a page looked at. Written
+/// `<queued at ms>-<delivery id>` (what the API's `next` and `cursor=` carry).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cursor {
+    pub queued_at: UnixMillis,
+    pub id: String,
+}
+
+impl Cursor {
+    pub fn parse(text: &str) -> Option<Cursor> {
+        let (at, id) = text.split_once('-')?;
+        let queued_at = at.parse().ok()?;
+        is_delivery_id(id).then(|| Cursor {
+            queued_at,
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.queued_at, self.id)
+    }
+}
+
+impl From<Cursor> for String {
+    fn from(cursor: Cursor) -> String {
+        cursor.to_string()
+    }
+}
+
+impl TryFrom<String> for Cursor {
+    type Error = String;
+    fn try_from(text: String) -> Result<Cursor, String> {
+        Cursor::parse(&text).ok_or_else(|| format!("not a list cursor: {text:?}"))
     }
 }
 
@@ -280,6 +494,8 @@ pub struct QueueStats {
     pub depth: u64,
     /// How long the oldest delivery in the ready queue has been waiting there.
     pub oldest_age: Duration,
+    /// `failed_final` records kept (within the retention): the dead letters.
+    pub dead_letters: u64,
 }
 
 /// A name for this process among the workers sharing a queue: host, pid and a random part.
@@ -398,6 +614,117 @@ mod tests {
     }
 
     #[test]
+    fn times_are_rfc3339_or_unix_milliseconds() {
+        assert_eq!(parse_time("1700000000000"), Some(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Some(1_700_000_000_000));
+        assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn a_list_query_becomes_a_filter_or_names_what_is_wrong() {
+        let query = |pairs: &'static [(&'static str, &'static str)]| {
+            list_filter(
+                |key| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v),
+                50,
+                1000,
+            )
+        };
+        let filter = query(&[
+            ("status", "failed_final"),
+            ("source", "openai"),
+            ("route", ""),
+            ("event_type", "invoice.paid"),
+            ("search", "msg_1"),
+            ("since", "2023-11-14T22:13:20Z"),
+            ("until", "1700000001000"),
+            ("cursor", "1700000000500-dlv_0000000000010000000000000001"),
+            ("limit", "7"),
+        ])
+        .unwrap();
+        assert_eq!(filter.state, Some(State::FailedFinal));
+        assert_eq!(filter.source.as_deref(), Some("openai"));
+        assert_eq!(filter.route, None, "empty is any");
+        assert_eq!(filter.event_type.as_deref(), Some("invoice.paid"));
+        assert_eq!(filter.search.as_deref(), Some("msg_1"));
+        assert_eq!(
+            (filter.since, filter.until),
+            (Some(1_700_000_000_000), Some(1_700_000_001_000))
+        );
+        assert_eq!(filter.after.unwrap().queued_at, 1_700_000_000_500);
+        assert_eq!(filter.limit, 7);
+        assert_eq!(query(&[]).unwrap().limit, 50);
+        assert_eq!(query(&[("status", "lost")]), Err("unknown_status"));
+        assert_eq!(query(&[("since", "yesterday")]), Err("invalid_since"));
+        assert_eq!(query(&[("until", "soon")]), Err("invalid_until"));
+        assert_eq!(query(&[("cursor", "dlv_1")]), Err("invalid_cursor"));
+        assert_eq!(query(&[("limit", "0")]), Err("invalid_limit"));
+        assert_eq!(query(&[("limit", "1001")]), Err("invalid_limit"));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_what_is_not_one() {
+        let cursor = Cursor {
+            queued_at: 1_700_000_000_000,
+            id: "dlv_0000000000010000000000000001".to_owned(),
+        };
+        let text = cursor.to_string();
+        assert_eq!(text, "1700000000000-dlv_0000000000010000000000000001");
+        assert_eq!(Cursor::parse(&text), Some(cursor.clone()));
+        let json = serde_json::to_value(&cursor).unwrap();
+        assert_eq!(json, text.as_str());
+        assert_eq!(serde_json::from_value::<Cursor>(json).unwrap(), cursor);
+        for bad in [
+            "",
+            "1700",
+            "x-dlv_0000000000010000000000000001",
+            "1-msg_1",
+            "1-dlv_../x",
+        ] {
+            assert_eq!(Cursor::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_filter_admits_what_lies_after_the_cursor_inside_the_window() {
+        let id = |n: u8| format!("dlv_00000000000{n}0000000000000000");
+        let filter = ListFilter {
+            since: Some(10),
+            until: Some(20),
+            after: Some(Cursor {
+                queued_at: 15,
+                id: id(5),
+            }),
+            ..ListFilter::default()
+        };
+        assert!(filter.admits(15, &id(4)));
+        assert!(
+            !filter.admits(15, &id(5)),
+            "the cursor's own record was shown"
+        );
+        assert!(!filter.admits(15, &id(6)));
+        assert!(filter.admits(10, &id(9)));
+        assert!(!filter.admits(9, &id(1)));
+        assert!(!filter.admits(16, &id(1)));
+        let window = ListFilter {
+            until: Some(20),
+            ..ListFilter::default()
+        };
+        assert!(window.admits(19, &id(1)) && !window.admits(20, &id(1)));
+    }
+
+    #[test]
+    fn an_answer_keeps_its_start_without_control_characters() {
+        assert_eq!(answer_start(b""), None);
+        assert_eq!(answer_start(b"ok\r\n").as_deref(), Some("ok"));
+        let long = "x".repeat(1000);
+        assert_eq!(
+            answer_start(long.as_bytes()).unwrap().len(),
+            ANSWER_START_CHARS
+        );
+        assert_eq!(answer_start(b"\xff!").as_deref(), Some("\u{fffd}!"));
+    }
+
+    #[test]
     fn headers_survive_storage() {
         let mut h = HeaderMap::new();
         h.insert("webhook-id", HeaderValue::from_static("msg_1"));
@@ -408,6 +735,32 @@ mod tests {
         assert_eq!(back["webhook-id"], "msg_1");
         assert_eq!(back.get_all("x-multi").iter().count(), 2);
         assert!(back.get("x-binary").is_none());
+    }
+
+    #[test]
+    fn a_fetch_step_says_so_and_an_attempt_reads_as_before() {
+        let fetch = Attempt {
+            attempt: 1,
+            step: Step::Fetch,
+            started_at: 5,
+            duration_ms: Some(3),
+            status: Some(429),
+            error: Some("the OpenAI API answered 429".into()),
+            result: Some("failed_retryable".into()),
+            instance: "i".into(),
+            answer: None,
+        };
+        let json = serde_json::to_value(&fetch).unwrap();
+        assert_eq!(json["step"], "fetch");
+        assert_eq!(serde_json::from_value::<Attempt>(json).unwrap(), fetch);
+        let written_before_steps = r#"{"attempt":2,"started_at":7,"instance":"i"}"#;
+        let attempt: Attempt = serde_json::from_str(written_before_steps).unwrap();
+        assert_eq!(attempt.step, Step::Deliver);
+        assert_eq!(
+            serde_json::to_string(&attempt).unwrap(),
+            written_before_steps,
+            "no step written for an attempt"
+        );
     }
 
     #[test]
@@ -440,6 +793,7 @@ mod tests {
                 headers: body
                     .as_ref()
                     .map(|_| vec![("webhook-id".into(), "msg_1".into())]),
+                object: body.as_ref().map(|_| r#"{"id":"resp_1"}"#.into()),
                 body,
             };
             let json = serde_json::to_value(&detail).unwrap();
@@ -456,6 +810,7 @@ mod tests {
                 header_names: Vec::new(),
                 headers: None,
                 body: Some(RecordBody::new(b"\xff")),
+                object: None,
             })
             .unwrap()["body_base64"],
             "/w=="

@@ -11,6 +11,10 @@
 //! slot; attempts in flight get `server.shutdown_timeout` to finish, then are cut short
 //! and handed back (the next instance attempts them again, with the same `webhook-id`).
 //! Each attempt is one log line (target `hookgate::delivery`), never with the body.
+//!
+//! On an `enrich` route the object behind the event is fetched before the attempt
+//! (`before_attempt`), once: a fetch is a step of its own in the history (and its own
+//! log line), a failed one is retried with the backoff without counting as an attempt.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -22,8 +26,12 @@ use http::header::{HeaderName, HeaderValue};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::{Attempt, Job, Lease, Queue, Settlement, Verdict, decide, jitter_sample, now_millis};
+use super::record::answer_start;
+use super::{
+    Attempt, Job, Lease, Queue, Settlement, Step, Verdict, decide, jitter_sample, now_millis,
+};
 use crate::config::{DeliveryMode, QueueSettings, Settings};
+use crate::enrich::{self, Enricher, FetchVerdict, Plan};
 use crate::forward::{self, Forwarder};
 use crate::metrics::{DeliveryMetrics, Metrics, RouteMetrics};
 use crate::route::Route;
@@ -58,6 +66,8 @@ struct Lane {
     deliveries: DeliveryMetrics,
     /// `max_concurrency` slots, shared by this instance's workers.
     limit: Option<Arc<Semaphore>>,
+    /// `enrich`: the object behind the event, fetched before the first attempt.
+    enrich: Option<Enricher>,
 }
 
 pub struct Workers {
@@ -295,38 +305,44 @@ impl Workers {
                 return self.release(&lease);
             }
         };
+        let Some((job, body, enriched_by)) = self.before_attempt(lane, job, &mut cut_short).await
+        else {
+            return;
+        };
         let started_at = now_millis();
         let started = Instant::now();
         let delivery = &job.delivery;
         let (outcome, error) = match lane {
             Some(lane) => {
                 let mut headers = attempt_headers(&job);
+                if let Some(provider) = enriched_by {
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    headers.insert(
+                        enrich::X_HOOKGATE_ENRICHED,
+                        HeaderValue::from_static(provider),
+                    );
+                }
                 forward::prepare(
                     &lane.route,
                     &mut headers,
                     &delivery.webhook_id,
                     lane.scheme,
-                    &delivery.body,
+                    &body,
                     std::time::SystemTime::now(),
                 );
-                let send =
-                    self.forward
-                        .send(&lane.route, &lane.upstream, headers, delivery.body.clone());
+                let send = self
+                    .forward
+                    .send(&lane.route, &lane.upstream, headers, body.clone());
                 tokio::select! {
                     outcome = send => {
                         let error = failure(&lease.route, &outcome);
                         (outcome, error)
                     }
                     _ = until(&mut cut_short) => {
-                        let attempt = Attempt {
-                            attempt: job.attempt,
-                            started_at,
-                            duration_ms: Some(started.elapsed().as_millis() as u64),
-                            status: None,
-                            error: Some("interrupted: the instance shut down; handed back".to_owned()),
-                            result: Some("handed_back".to_owned()),
-                            instance: self.instance.clone(),
-                        };
+                        let attempt = self.interrupted(&job, Step::Deliver, started_at, started);
                         self.hand_back(&lease, Some((&job, &attempt))).await;
                         return;
                     }
@@ -364,12 +380,17 @@ impl Workers {
         };
         let attempt = Attempt {
             attempt: job.attempt,
+            step: Step::Deliver,
             started_at,
             duration_ms: Some(started.elapsed().as_millis() as u64),
             status,
             error,
             result: Some(settlement.state().as_str().to_owned()),
             instance: self.instance.clone(),
+            answer: match &outcome {
+                UpstreamOutcome::Answered(reply) => answer_start(&reply.body),
+                _ => None,
+            },
         };
         self.settle(&job, &attempt, settlement).await;
         if let Some(lane) = lane {
@@ -390,6 +411,143 @@ impl Workers {
             error = attempt.error.as_deref(),
         );
         self.release(&lease);
+    }
+
+    /// The body of the attempt: the event as received, or on an `enrich` route `{"event",
+    /// "object"}` with the object the record keeps, fetched first if it has none (then
+    /// also the provider that enriched it). `None` when there is no attempt now: the
+    /// fetch failed (and was settled as a retry or a final failure), the instance is
+    /// shutting down (handed back), or the object could not be stored (left to be taken
+    /// over, as when a settlement cannot be recorded).
+    async fn before_attempt(
+        &self,
+        lane: Option<&Arc<Lane>>,
+        job: Job,
+        cut_short: &mut watch::Receiver<bool>,
+    ) -> Option<(Job, Bytes, Option<&'static str>)> {
+        let Some((lane, enricher)) = lane.and_then(|l| Some((l, l.enrich.as_ref()?))) else {
+            let body = job.delivery.body.clone();
+            return Some((job, body, None));
+        };
+        let enriched_by = Some(enricher.provider());
+        let delivery = &job.delivery;
+        let object = match enricher.plan(&delivery.event_type, &delivery.body, job.object.as_ref())
+        {
+            Plan::AsReceived => {
+                let body = job.delivery.body.clone();
+                return Some((job, body, None));
+            }
+            Plan::Ready(body) => return Some((job, body, enriched_by)),
+            Plan::Fetch(object) => object,
+            Plan::Unfetchable(failure) => {
+                self.fetch_failed(lane, &job, now_millis(), Duration::ZERO, failure)
+                    .await;
+                return None;
+            }
+        };
+        let started_at = now_millis();
+        let started = Instant::now();
+        let fetched = tokio::select! {
+            fetched = enricher.fetch(&object) => fetched,
+            _ = until(cut_short) => {
+                let step = self.interrupted(&job, Step::Fetch, started_at, started);
+                self.hand_back(&job.lease, Some((&job, &step))).await;
+                return None;
+            }
+        };
+        let (status, fetched) = match fetched {
+            Ok(fetched) => fetched,
+            Err(failure) => {
+                self.fetch_failed(lane, &job, started_at, started.elapsed(), failure)
+                    .await;
+                return None;
+            }
+        };
+        let step = Attempt {
+            attempt: job.attempt,
+            step: Step::Fetch,
+            started_at,
+            duration_ms: Some(started.elapsed().as_millis() as u64),
+            status: Some(status),
+            error: None,
+            result: Some("fetched".to_owned()),
+            instance: self.instance.clone(),
+            answer: None,
+        };
+        log_fetch(&job, &step, None);
+        match self.queue.attach(&job, &step, fetched, now_millis()).await {
+            Ok(job) => {
+                let object = job.object.clone().unwrap_or_default();
+                let body = enrich::enriched_body(&job.delivery.body, &object);
+                Some((job, body, enriched_by))
+            }
+            Err(e) => {
+                tracing::warn!(delivery_id = %job.lease.delivery_id, error = %e, "queue: cannot keep a fetched object");
+                self.release(&job.lease);
+                None
+            }
+        }
+    }
+
+    /// A step of `job` that shutdown cut short, as its history entry records it.
+    fn interrupted(&self, job: &Job, step: Step, started_at: u64, started: Instant) -> Attempt {
+        Attempt {
+            attempt: job.attempt,
+            step,
+            started_at,
+            duration_ms: Some(started.elapsed().as_millis() as u64),
+            status: None,
+            error: Some("interrupted: the instance shut down; handed back".to_owned()),
+            result: Some("handed_back".to_owned()),
+            instance: self.instance.clone(),
+            answer: None,
+        }
+    }
+
+    /// Settles a failed fetch as `enrich::after_failure` says: a retry that is not an
+    /// attempt, or a final failure.
+    async fn fetch_failed(
+        &self,
+        lane: &Lane,
+        job: &Job,
+        started_at: u64,
+        took: Duration,
+        failure: enrich::FetchFailure,
+    ) {
+        let now = now_millis();
+        let age = Duration::from_millis(now.saturating_sub(job.enqueued_at));
+        let verdict = enrich::after_failure(
+            &failure,
+            &self.policy.retry_policy(),
+            job.failed_fetches,
+            age,
+            jitter_sample(),
+        );
+        let (settlement, error) = match verdict {
+            FetchVerdict::Retry { delay } => (
+                Settlement::RetryAt(now + delay.as_millis() as u64),
+                failure.detail,
+            ),
+            FetchVerdict::Final(why) => (Settlement::Final, format!("{}; {why}", failure.detail)),
+        };
+        let step = Attempt {
+            attempt: job.attempt,
+            step: Step::Fetch,
+            started_at,
+            duration_ms: Some(took.as_millis() as u64),
+            status: failure.status,
+            error: Some(error),
+            result: Some(settlement.state().as_str().to_owned()),
+            instance: self.instance.clone(),
+            answer: None,
+        };
+        self.settle(job, &step, settlement).await;
+        if settlement == Settlement::Final {
+            lane.deliveries
+                .observe(settlement.state(), job.attempt.saturating_sub(1));
+        }
+        log_fetch(job, &step, Some(settlement));
+        self.release(&job.lease);
     }
 
     /// Records the attempt, retrying briefly while the store fails. If it never
@@ -418,6 +576,26 @@ impl Workers {
     }
 }
 
+/// The log line of a fetch step, like an attempt's with `step = "fetch"`.
+fn log_fetch(job: &Job, step: &Attempt, settlement: Option<Settlement>) {
+    let delivery = &job.delivery;
+    tracing::info!(
+        target: "hookgate::delivery",
+        source = %delivery.source,
+        route = %delivery.route,
+        delivery_id = %job.lease.delivery_id,
+        webhook_id = %delivery.webhook_id,
+        event_type = %delivery.event_type,
+        step = "fetch",
+        attempt = job.attempt,
+        status = step.status,
+        result = step.result.as_deref(),
+        next_attempt_at = match settlement { Some(Settlement::RetryAt(at)) => Some(at), _ => None },
+        duration_ms = step.duration_ms,
+        error = step.error.as_deref(),
+    );
+}
+
 /// Resolves once `flag` is true (or its sender is gone), holding no borrow of it.
 async fn until(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
@@ -434,8 +612,8 @@ fn lanes(
         .sources
         .iter()
         .filter(|s| s.delivery == DeliveryMode::Queue)
-        .flat_map(|s| s.routes.iter().map(move |route| (s.scheme, route)))
-        .map(|(scheme, route)| {
+        .flat_map(|s| s.routes.iter().map(move |route| (s, route)))
+        .map(|(source, route)| {
             let limit = match current.get(route.label()) {
                 Some(lane) if lane.route.max_concurrency() == route.max_concurrency() => {
                     lane.limit.clone()
@@ -445,10 +623,17 @@ fn lanes(
                     .map(|n| Arc::new(Semaphore::new(n.get() as usize))),
             };
             let lane = Lane {
-                scheme,
+                scheme: source.scheme,
                 upstream: metrics.route(route.label()),
                 deliveries: metrics.delivery(route.label()),
                 limit,
+                enrich: source.enrich.get(route.name()).map(|settings| {
+                    Enricher::new(
+                        settings.clone(),
+                        metrics.enrich(route.label()),
+                        route.label(),
+                    )
+                }),
                 route: route.clone(),
             };
             (route.label().to_owned(), Arc::new(lane))

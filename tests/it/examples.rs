@@ -16,7 +16,8 @@ use crate::support::*;
 const REQUIRE: &str = "HOOKGATE_REQUIRE_EXAMPLES";
 
 /// One example backend child process, killed on drop; its stdout lines arrive on `lines`.
-struct Example {
+/// Also runs the README's backend code (`enrich.rs`).
+pub struct Example {
     child: Child,
     port: u16,
     lines: mpsc::Receiver<String>,
@@ -28,50 +29,63 @@ impl Example {
         Example::spawn(program, &[&script])
     }
 
-    /// `program` with `args`, once it prints `listening`.
-    fn spawn(program: &'static str, args: &[&str]) -> Option<Example> {
+    /// `program` with `args`, once it prints `listening`. The port is picked free, then
+    /// bound by the child: when another test takes it in between, the child exits and
+    /// another port is tried.
+    pub fn spawn(program: &'static str, args: &[&str]) -> Option<Example> {
         // The Debian package that installs it.
         let package = if program == "node" { "nodejs" } else { program };
         if !skips::installed_or_skip(program, package, REQUIRE) {
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut child = Command::new(program)
-            .args(args)
-            .env("WEBHOOK_SECRET", SECRET)
-            .env("PORT", port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the example backend");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let mut child = Command::new(program)
+                .args(args)
+                .env("WEBHOOK_SECRET", SECRET)
+                .env("PORT", port.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start the example backend");
+            let stdout = child.stdout.take().expect("piped stdout");
+            let (tx, lines) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+            let example = Example { child, port, lines };
+            if example.next_line_with("listening").is_some() {
+                return Some(example);
             }
-        });
-        let example = Example { child, port, lines };
-        example.expect_line("listening");
-        Some(example)
+        }
+        panic!("{program} {args:?} never printed a line with \"listening\"");
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hooks", self.port)
     }
 
     /// The next stdout line containing `text`, or a failure after `PATIENCE`.
-    fn expect_line(&self, text: &str) -> String {
+    pub fn expect_line(&self, text: &str) -> String {
+        self.next_line_with(text)
+            .unwrap_or_else(|| panic!("the example never printed a line with {text:?}"))
+    }
+
+    /// The next stdout line containing `text`; `None` once the child has closed its
+    /// stdout (it exited) or after `PATIENCE`.
+    fn next_line_with(&self, text: &str) -> Option<String> {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left.max(Duration::from_millis(1))) {
-                Ok(line) if line.contains(text) => return line,
+                Ok(line) if line.contains(text) => return Some(line),
                 Ok(_) => continue,
-                Err(_) => panic!("the example never printed a line with {text:?}"),
+                Err(_) => return None,
             }
         }
     }

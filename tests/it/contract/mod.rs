@@ -179,8 +179,14 @@ macro_rules! contract_tests {
                     a_delivery_handed_back_before_its_attempt_began_keeps_its_count,
                     a_lease_on_a_delivery_that_became_final_begins_and_hands_back_nothing,
                     listing_filters_by_state_and_source_newest_first_up_to_the_limit,
+                    listing_filters_by_route_event_type_and_time_window,
+                    a_search_finds_a_delivery_by_its_id_or_by_the_senders_webhook_id,
+                    pages_follow_their_cursor_through_every_match_once_newest_first,
+                    a_replayed_dead_letter_moves_to_the_top_of_every_list_it_is_in,
                     stats_count_the_deliveries_not_yet_final_and_the_oldest_waiting,
                     an_instance_renews_its_own_leases_and_never_prunes_itself,
+                    a_fetched_object_is_kept_for_every_later_attempt_and_a_failed_fetch_is_no_attempt,
+                    a_fetch_that_fails_for_good_or_is_cut_short_is_no_attempt,
                 );
                 contract_tests!(@backend $make;
                     final_records_are_forgotten_after_the_retention_and_others_are_kept,

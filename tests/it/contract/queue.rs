@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hookgate::queue::record::RecordBody;
 use hookgate::queue::{
-    Attempt, Detail, Job, Lease, ListFilter, NewDelivery, Queue, Replayed, Settlement, State,
+    Attempt, Detail, Job, Lease, ListFilter, NewDelivery, Queue, Replayed, Settlement, State, Step,
     UnixMillis, is_delivery_id, now_millis,
 };
 use http::header::{HeaderMap, HeaderValue};
@@ -50,6 +50,7 @@ fn delivery(source: &str, n: u64, received_at: UnixMillis) -> NewDelivery {
 fn ended(job: &Job, started_at: UnixMillis, status: Option<u16>, result: &str) -> Attempt {
     Attempt {
         attempt: job.attempt,
+        step: Step::Deliver,
         started_at,
         duration_ms: Some(5),
         status,
@@ -60,6 +61,7 @@ fn ended(job: &Job, started_at: UnixMillis, status: Option<u16>, result: &str) -
         },
         result: Some(result.to_owned()),
         instance: INSTANCE.to_owned(),
+        answer: status.map(|status| format!("{{\"status\":{status}}}")),
     }
 }
 
@@ -127,7 +129,11 @@ async fn show(queue: &dyn Queue, id: &str) -> Detail {
 
 async fn listed(queue: &dyn Queue, filter: ListFilter) -> Vec<String> {
     let found = queue.list(&filter).await.expect("list");
-    found.into_iter().map(|summary| summary.id).collect()
+    found
+        .deliveries
+        .into_iter()
+        .map(|summary| summary.id)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------
@@ -174,7 +180,10 @@ pub async fn an_enqueued_delivery_is_shown_and_listed_as_queued_with_what_was_en
         .collect();
     assert_eq!(with_body.headers, Some(pairs));
     assert_eq!(with_body.body, Some(RecordBody::new(&new.body)));
-    assert_eq!(queue.list(&all()).await.unwrap(), [shown.summary]);
+    assert_eq!(
+        queue.list(&all()).await.unwrap().deliveries,
+        [shown.summary]
+    );
     assert!(
         queue
             .show("dlv_000000000000ffffffffffffffff", false)
@@ -207,20 +216,12 @@ pub async fn a_taken_delivery_begins_as_an_attempt_with_everything_it_was_enqueu
     assert_eq!(job.delivery.headers, new.headers);
     assert_eq!(job.delivery.body, new.body, "the exact bytes");
     assert_eq!((job.attempt, job.history_index, job.enqueued_at), (1, 0, t));
+    assert_eq!((&job.object, job.failed_fetches), (&None, 0));
     let shown = show(queue, &id).await;
     assert_eq!(shown.summary.state, State::Processing);
     assert_eq!(shown.summary.attempts, 1);
     assert_eq!(shown.summary.updated_at, t + 2);
-    let opened = Attempt {
-        attempt: 1,
-        started_at: t + 2,
-        duration_ms: None,
-        status: None,
-        error: None,
-        result: None,
-        instance: INSTANCE.to_owned(),
-    };
-    assert_eq!(shown.history, [opened]);
+    assert_eq!(shown.history, [opened(1, t + 2)]);
     assert!(
         queue.take(10, t + 3).await.unwrap().is_empty(),
         "taken once"
@@ -345,7 +346,8 @@ pub async fn a_final_failure_keeps_what_a_replay_needs_and_is_found_by_failed_si
     );
     assert_eq!(queue.failed_since(t + 6).await.unwrap(), [second.as_str()]);
     assert!(queue.failed_since(t + 10).await.unwrap().is_empty());
-    assert_eq!(queue.stats().await.unwrap().depth, 0);
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.depth, stats.dead_letters), (0, 2));
 }
 
 pub async fn only_a_final_failure_can_be_replayed_and_a_replay_starts_counting_again(
@@ -503,6 +505,146 @@ pub async fn a_lease_on_a_delivery_that_became_final_begins_and_hands_back_nothi
     assert_eq!(queue.stats().await.unwrap().depth, 0);
 }
 
+/// The fetch before `job`'s attempt (an `enrich` route), as a worker records it.
+fn fetch_step(job: &Job, started_at: UnixMillis, status: Option<u16>, result: &str) -> Attempt {
+    Attempt {
+        step: Step::Fetch,
+        error: (status != Some(200)).then(|| "the OpenAI API answered 429".to_owned()),
+        ..ended(job, started_at, status, result)
+    }
+}
+
+/// Attempt `attempt` as `begin` opens it at `now`, before it ends.
+fn opened(attempt: u32, now: UnixMillis) -> Attempt {
+    Attempt::opened(attempt, now, INSTANCE)
+}
+
+/// What `show` gives with the body: the object the record keeps, if any.
+async fn kept_object(queue: &dyn Queue, id: &str) -> Option<String> {
+    queue.show(id, true).await.unwrap().unwrap().object
+}
+
+pub async fn a_fetched_object_is_kept_for_every_later_attempt_and_a_failed_fetch_is_no_attempt(
+    queue: &dyn Queue,
+) {
+    const OBJECT: &[u8] = br#"{"id":"resp_1","object":"response","status":"completed"}"#;
+    let t = now_millis();
+    let id = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    let job = begin(queue, &take_one(queue, t).await, t).await;
+    let throttled = fetch_step(&job, t, Some(429), "failed_retryable");
+
+    queue
+        .settle(&job, &throttled, Settlement::RetryAt(t + 1_000), t + 1)
+        .await
+        .unwrap();
+
+    let shown = show(queue, &id).await;
+    assert_eq!(shown.summary.state, State::FailedRetryable);
+    assert_eq!(
+        shown.summary.attempts, 0,
+        "a failed fetch is not an attempt"
+    );
+    assert_eq!(shown.summary.last_status, Some(429));
+    assert_eq!(shown.history, std::slice::from_ref(&throttled));
+    let job = begin(queue, &take_one(queue, t + 1_000).await, t + 1_000).await;
+    assert_eq!((job.attempt, job.history_index), (1, 1));
+    assert_eq!((&job.object, job.failed_fetches), (&None, 1));
+
+    let fetched = fetch_step(&job, t + 1_000, Some(200), "fetched");
+    let job = queue
+        .attach(&job, &fetched, Bytes::from_static(OBJECT), t + 1_002)
+        .await
+        .unwrap();
+
+    assert_eq!((job.attempt, job.history_index), (1, 2));
+    assert_eq!(job.object.as_deref(), Some(OBJECT));
+    let shown = show(queue, &id).await;
+    assert_eq!(shown.summary.state, State::Processing);
+    assert_eq!(shown.summary.attempts, 1);
+    assert_eq!(shown.summary.updated_at, t + 1_002);
+    assert_eq!(shown.object, None, "no object unless asked, like the body");
+    assert_eq!(&shown.history[..2], [throttled.clone(), fetched.clone()]);
+    assert_eq!(
+        (
+            shown.history[2].step,
+            shown.history[2].attempt,
+            shown.history[2].started_at
+        ),
+        (Step::Deliver, 1, t + 1_002),
+        "the attempt after the fetch is open"
+    );
+    assert_eq!(
+        kept_object(queue, &id).await.as_deref(),
+        std::str::from_utf8(OBJECT).ok()
+    );
+    let refused = ended(&job, t + 1_002, Some(503), "failed_retryable");
+    queue
+        .settle(&job, &refused, Settlement::RetryAt(t + 2_000), t + 1_003)
+        .await
+        .unwrap();
+
+    // The retry to the backend has the object: nothing is fetched again.
+    let job = begin(queue, &take_one(queue, t + 2_000).await, t + 2_000).await;
+    assert_eq!((job.attempt, job.history_index), (2, 3));
+    assert_eq!(job.object.as_deref(), Some(OBJECT));
+    assert_eq!(
+        show(queue, &id).await.history,
+        [throttled, fetched, refused, opened(2, t + 2_000)]
+    );
+    // A dead letter keeps it, so a replay delivers the same object; processed drops it.
+    settle_as(queue, &job, t + 2_001, Settlement::Final).await;
+    assert!(kept_object(queue, &id).await.is_some());
+    queue.replay(&id, t + 3_000).await.unwrap();
+    let job = begin(queue, &take_one(queue, t + 3_000).await, t + 3_000).await;
+    assert_eq!((job.attempt, job.failed_fetches), (1, 0));
+    assert_eq!(job.object.as_deref(), Some(OBJECT));
+    settle_as(queue, &job, t + 3_001, Settlement::Processed).await;
+    let shown = queue.show(&id, true).await.unwrap().unwrap();
+    assert_eq!(
+        (shown.object, shown.body),
+        (None, Some(RecordBody::new(b"")))
+    );
+}
+
+pub async fn a_fetch_that_fails_for_good_or_is_cut_short_is_no_attempt(queue: &dyn Queue) {
+    let t = now_millis();
+    let id = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(queue, t).await;
+    let job = begin(queue, &lease, t).await;
+    let cut_short = fetch_step(&job, t, None, "handed_back");
+
+    queue
+        .hand_back(&lease, Some((&job, &cut_short)), t + 1)
+        .await
+        .unwrap();
+
+    let shown = show(queue, &id).await;
+    assert_eq!(
+        (shown.summary.state, shown.summary.attempts),
+        (State::Queued, 0)
+    );
+    assert_eq!(shown.history, std::slice::from_ref(&cut_short));
+    let job = begin(queue, &take_one(queue, t + 2).await, t + 2).await;
+    assert_eq!((job.attempt, job.history_index), (1, 1));
+    let not_found = Attempt {
+        status: Some(404),
+        error: Some("the OpenAI API answered 404".to_owned()),
+        ..fetch_step(&job, t + 2, Some(404), "failed_final")
+    };
+    queue
+        .settle(&job, &not_found, Settlement::Final, t + 3)
+        .await
+        .unwrap();
+    let shown = show(queue, &id).await;
+    assert_eq!(
+        (shown.summary.state, shown.summary.attempts),
+        (State::FailedFinal, 0)
+    );
+    assert_eq!(shown.summary.last_error, not_found.error);
+    assert_eq!(shown.history, [cut_short, not_found]);
+    assert_eq!(queue.failed_since(0).await.unwrap(), [id.as_str()]);
+}
+
 pub async fn listing_filters_by_state_and_source_newest_first_up_to_the_limit(queue: &dyn Queue) {
     let t = now_millis();
     let a = enqueue(queue, delivery(SOURCE, 1, t)).await;
@@ -519,6 +661,7 @@ pub async fn listing_filters_by_state_and_source_newest_first_up_to_the_limit(qu
         state,
         source: source.map(str::to_owned),
         limit,
+        ..ListFilter::default()
     };
 
     assert_eq!(
@@ -539,9 +682,224 @@ pub async fn listing_filters_by_state_and_source_newest_first_up_to_the_limit(qu
     assert_eq!(listed(queue, waiting).await, [b.as_str()]);
     let processed = filter(Some(State::Processed), None, 10);
     assert!(listed(queue, processed).await.is_empty());
-    for summary in queue.list(&all()).await.unwrap() {
+    for summary in queue.list(&all()).await.unwrap().deliveries {
         assert_eq!(summary, show(queue, &summary.id).await.summary);
     }
+}
+
+/// A delivery of `n` on `route` with event type `event_type`, received at `at`.
+fn routed(n: u64, route: &str, event_type: &str, at: UnixMillis) -> NewDelivery {
+    NewDelivery {
+        route: route.to_owned(),
+        event_type: event_type.to_owned(),
+        ..delivery(SOURCE, n, at)
+    }
+}
+
+/// Every page of `filter`'s list, following `next` until there is none (at most 1000).
+async fn every_page(queue: &dyn Queue, filter: ListFilter) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut filter = filter;
+    for _ in 0..1000 {
+        let page = queue.list(&filter).await.expect("list");
+        assert!(page.deliveries.len() <= filter.limit, "{page:?}");
+        pages.push(page.deliveries.into_iter().map(|s| s.id).collect());
+        match page.next {
+            Some(next) => filter.after = Some(next),
+            None => return pages,
+        }
+    }
+    panic!("the cursor never ended")
+}
+
+pub async fn listing_filters_by_route_event_type_and_time_window(queue: &dyn Queue) {
+    let t = now_millis();
+    let a = enqueue(queue, routed(1, "0", "response.completed", t)).await;
+    let b = enqueue(queue, routed(2, "billing", "invoice.paid", t + 10)).await;
+    let c = enqueue(queue, routed(3, "billing", "invoice.failed", t + 20)).await;
+    let d = enqueue(queue, routed(4, "0", "invoice.paid", t + 30)).await;
+    let filter = |f: fn(&mut ListFilter)| {
+        let mut filter = all();
+        f(&mut filter);
+        filter
+    };
+
+    let billing = filter(|f| f.route = Some("billing".into()));
+    assert_eq!(listed(queue, billing).await, [c.as_str(), b.as_str()]);
+    let paid = filter(|f| f.event_type = Some("invoice.paid".into()));
+    assert_eq!(listed(queue, paid).await, [d.as_str(), b.as_str()]);
+    let both = filter(|f| {
+        f.route = Some("billing".into());
+        f.event_type = Some("invoice.paid".into());
+        f.source = Some(SOURCE.into());
+    });
+    assert_eq!(listed(queue, both).await, [b.as_str()]);
+    let nowhere = filter(|f| f.event_type = Some("never.sent".into()));
+    assert!(listed(queue, nowhere).await.is_empty());
+    let window = ListFilter {
+        since: Some(t + 10),
+        until: Some(t + 30),
+        ..all()
+    };
+    assert_eq!(
+        listed(queue, window).await,
+        [c.as_str(), b.as_str()],
+        "since is inclusive, until exclusive"
+    );
+    let since = ListFilter {
+        since: Some(t + 1),
+        route: Some("0".into()),
+        ..all()
+    };
+    assert_eq!(listed(queue, since).await, [d.as_str()]);
+    let until = ListFilter {
+        until: Some(t + 1),
+        ..all()
+    };
+    assert_eq!(listed(queue, until).await, [a.as_str()]);
+}
+
+pub async fn a_search_finds_a_delivery_by_its_id_or_by_the_senders_webhook_id(queue: &dyn Queue) {
+    let t = now_millis();
+    let first = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    // The sender sent the same webhook id again (after the dedupe TTL, say).
+    let again = enqueue(queue, delivery(SOURCE, 1, t + 1)).await;
+    let other = enqueue(queue, delivery(SOURCE, 2, t + 2)).await;
+    let search = |q: &str| ListFilter {
+        search: Some(q.to_owned()),
+        ..all()
+    };
+
+    assert_eq!(
+        listed(queue, search("msg_contract_1")).await,
+        [again.as_str(), first.as_str()]
+    );
+    assert_eq!(listed(queue, search(&other)).await, [other.as_str()]);
+    assert!(listed(queue, search("msg_contract_9")).await.is_empty());
+    assert!(
+        listed(queue, search("dlv_000000000000ffffffffffffffff"))
+            .await
+            .is_empty()
+    );
+    let narrowed = ListFilter {
+        state: Some(State::Processed),
+        ..search("msg_contract_1")
+    };
+    assert!(
+        listed(queue, narrowed).await.is_empty(),
+        "every filter holds"
+    );
+    let windowed = ListFilter {
+        since: Some(t + 1),
+        ..search("msg_contract_1")
+    };
+    assert_eq!(listed(queue, windowed).await, [again.as_str()]);
+    let paged = every_page(
+        queue,
+        ListFilter {
+            limit: 1,
+            ..search("msg_contract_1")
+        },
+    )
+    .await;
+    assert_eq!(paged.concat(), [again.as_str(), first.as_str()]);
+}
+
+pub async fn pages_follow_their_cursor_through_every_match_once_newest_first(queue: &dyn Queue) {
+    let t = now_millis();
+    let mut ids = Vec::new();
+    for n in 0..23 {
+        // Three to a millisecond: ties in time are ordered by id.
+        let route = if n % 3 == 0 { "billing" } else { "0" };
+        ids.push(enqueue(queue, routed(n, route, "response.completed", t + n / 3)).await);
+    }
+    let newest_first = |ids: &[String]| {
+        let mut ids = ids.to_vec();
+        ids.reverse();
+        ids
+    };
+    let page_of = |limit: usize| ListFilter { limit, ..all() };
+
+    for limit in [1, 4, 23, 100] {
+        let pages = every_page(queue, page_of(limit)).await;
+        assert_eq!(pages.concat(), newest_first(&ids), "pages of {limit}");
+        assert!(pages.iter().all(|p| p.len() <= limit));
+    }
+    let billing: Vec<String> = ids.iter().step_by(3).cloned().collect();
+    let filtered = every_page(
+        queue,
+        ListFilter {
+            route: Some("billing".into()),
+            limit: 2,
+            ..all()
+        },
+    )
+    .await;
+    assert_eq!(filtered.concat(), newest_first(&billing));
+    let first = queue.list(&page_of(5)).await.unwrap();
+    let next = first.next.expect("more than one page");
+    let windowed = ListFilter {
+        after: Some(next),
+        since: Some(t + 2),
+        ..page_of(100)
+    };
+    let rest: Vec<String> = newest_first(&ids)[5..]
+        .iter()
+        .filter(|id| ids.iter().position(|i| i == *id).unwrap() >= 6)
+        .cloned()
+        .collect();
+    assert_eq!(
+        listed(queue, windowed).await,
+        rest,
+        "a cursor inside a window"
+    );
+}
+
+pub async fn a_replayed_dead_letter_moves_to_the_top_of_every_list_it_is_in(queue: &dyn Queue) {
+    let t = now_millis();
+    let dead = enqueue(queue, routed(1, "billing", "invoice.failed", t)).await;
+    let later = enqueue(queue, routed(2, "billing", "invoice.failed", t + 5)).await;
+    let lease = take_one_of(queue, &dead, t + 6).await;
+    let job = begin(queue, &lease, t + 6).await;
+    settle_as(queue, &job, t + 7, Settlement::Final).await;
+    let dead_letters = ListFilter {
+        state: Some(State::FailedFinal),
+        ..all()
+    };
+    assert_eq!(listed(queue, dead_letters.clone()).await, [dead.as_str()]);
+    assert_eq!(queue.stats().await.unwrap().dead_letters, 1);
+
+    queue.replay(&dead, t + 10).await.unwrap();
+
+    assert!(listed(queue, dead_letters).await.is_empty());
+    assert_eq!(queue.stats().await.unwrap().dead_letters, 0);
+    for filter in [
+        all(),
+        ListFilter {
+            state: Some(State::Queued),
+            ..all()
+        },
+        ListFilter {
+            route: Some("billing".into()),
+            ..all()
+        },
+        ListFilter {
+            event_type: Some("invoice.failed".into()),
+            source: Some(SOURCE.into()),
+            ..all()
+        },
+    ] {
+        assert_eq!(
+            listed(queue, filter.clone()).await,
+            [dead.as_str(), later.as_str()],
+            "{filter:?}"
+        );
+    }
+    let replayed_since = ListFilter {
+        since: Some(t + 10),
+        ..all()
+    };
+    assert_eq!(listed(queue, replayed_since).await, [dead.as_str()]);
 }
 
 pub async fn stats_count_the_deliveries_not_yet_final_and_the_oldest_waiting(queue: &dyn Queue) {

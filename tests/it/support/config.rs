@@ -48,6 +48,8 @@ struct RouteBlock {
     /// `resign = { secret = ... }`.
     resign: Option<String>,
     max_concurrency: Option<u32>,
+    /// `enrich = ...`, its TOML inline table as written.
+    enrich: Option<String>,
 }
 
 /// Config text for tests: loopback listeners on port 0, a rate limit nobody reaches,
@@ -106,6 +108,7 @@ impl Config {
             upstream: to.target_url(),
             resign: None,
             max_concurrency: None,
+            enrich: None,
         });
         self
     }
@@ -119,6 +122,7 @@ impl Config {
             upstream: to.target_url(),
             resign: Some(secret.to_owned()),
             max_concurrency: None,
+            enrich: None,
         });
         self
     }
@@ -144,6 +148,7 @@ impl Config {
             upstream: to.target_url(),
             resign: None,
             max_concurrency: None,
+            enrich: None,
         });
         self
     }
@@ -192,6 +197,17 @@ impl Config {
     /// `delivery = "queue"` on the last source.
     pub fn queued(mut self) -> Self {
         self.last_source().queue = true;
+        self
+    }
+
+    /// `enrich` on the last route, its TOML inline table as written:
+    /// `{ provider = "openai", api_key = "...", api_base = "..." }`.
+    pub fn enrich(mut self, toml: &str) -> Self {
+        self.last_source()
+            .routes
+            .last_mut()
+            .expect("a route to enrich")
+            .enrich = Some(toml.to_owned());
         self
     }
 
@@ -395,6 +411,9 @@ impl fmt::Display for Config {
                 }
                 if let Some(limit) = route.max_concurrency {
                     writeln!(f, "max_concurrency = {limit}")?;
+                }
+                if let Some(enrich) = &route.enrich {
+                    writeln!(f, "enrich = {enrich}")?;
                 }
             }
         }

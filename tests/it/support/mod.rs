@@ -13,19 +13,24 @@
 //! | `redis_server.rs` | `RedisServer` and `RedisCluster`: real `redis-server`s the test starts |
 //! | `store.rs` | `TestStore` and `on_each_store!`: one test body on the in-memory store and on Redis |
 //! | `metrics.rs` | `Scrape`: one read of `/metrics` |
+//! | `openai_api.rs` | `OpenAiApi`: a stand-in of the OpenAI API (its wire format), for `enrich` routes |
 //! | `raw.rs` | raw connections from chosen loopback addresses, for the hardening tests |
 //! | `eventually.rs` | `eventually`: the one way a test waits for a condition |
+//! | `browser.rs` | `Browser`: Debian's Chromium through `chromedriver`, for the console's pages |
 //! | `skips.rs` | tests that cannot run here say so (or fail, under `HOOKGATE_REQUIRE_*`) |
 //!
-//! Everything talks over real loopback sockets; nothing is mocked. Waiting is done on
+//! Everything talks over real loopback sockets; nothing is mocked but the OpenAI API,
+//! which cannot be reached from here (its stand-in speaks its wire format). Waiting is done on
 //! conditions (a watch channel, `eventually`), never on a guessed sleep.
 
+mod browser;
 mod config;
 mod copies;
 mod deliveries;
 mod eventually;
 mod gateway;
 mod metrics;
+mod openai_api;
 mod process;
 mod raw;
 mod redis_server;
@@ -37,12 +42,14 @@ mod upstream;
 
 use std::time::Duration;
 
+pub use browser::*;
 pub use config::*;
 pub use copies::*;
 pub use deliveries::*;
 pub use eventually::*;
 pub use gateway::*;
 pub use metrics::*;
+pub use openai_api::*;
 pub use process::*;
 pub use raw::*;
 pub use redis_server::*;

@@ -239,17 +239,30 @@ impl Drop for Upstream {
 }
 
 async fn serve_upstream(listener: TcpListener, recorder: Arc<Recorder>) {
+    serve_http(listener, move |req| {
+        let recorder = recorder.clone();
+        async move { record_and_answer(req, &recorder).await }
+    })
+    .await
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on `listener` for ever, each request answered by `answer`.
+pub(super) async fn serve_http<F, A>(listener: TcpListener, answer: F)
+where
+    F: Fn(Request<Incoming>) -> A + Clone + Send + Sync + 'static,
+    A: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let recorder = recorder.clone();
+        let answer = answer.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let recorder = recorder.clone();
-                async move { Ok::<_, Infallible>(record_and_answer(req, &recorder).await) }
+                let answered = answer(req);
+                async move { Ok::<_, Infallible>(answered.await) }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)

@@ -8,11 +8,18 @@
 //! - `hookgate:{queue}:scheduled`: sorted set of ids by next attempt (ms), promoted into
 //!   `ready` by `TAKE` once due;
 //! - `hookgate:{queue}:d:<id>`: hash, the delivery record (state, attempts, timestamps,
-//!   last status and error, stored headers and raw body); expires `retention` after it
+//!   last status and error, stored headers and raw body, and for an `enrich` route the
+//!   fetched `object` and the count of failed `fetches`); expires `retention` after it
 //!   becomes final;
 //! - `hookgate:{queue}:h:<id>`: list, the attempt history (JSON per attempt), same expiry;
 //! - `hookgate:{queue}:index`: sorted set of every id by (re)queue time, for listing;
-//! - `hookgate:{queue}:dead`: sorted set of `failed_final` ids by failure time, for replay.
+//! - `hookgate:{queue}:dead`: sorted set of `failed_final` ids by failure time, for replay;
+//! - `hookgate:{queue}:x:<field>:<value>`: sorted sets of ids by (re)queue time, like
+//!   `index`, one per value of each field a list filters on (`state`, `source`, `route`,
+//!   `event`, `webhook`): `LIST` reads the smallest that narrows its filter instead of the
+//!   whole index. The state sets follow every transition (`processed`, where most
+//!   records end, has none: `index` serves it); the others are written at enqueue and
+//!   replay, trimmed like `index` and expire when no longer written.
 //!
 //! An instance renews its hold on the entries it took (`KEEP`, only if still its own);
 //! entries of an instance that stopped renewing them (it died) are taken over by another
@@ -25,10 +32,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use redis::Script;
 
-use super::record::{IdGenerator, RecordBody, decode_headers, encode_headers, header_listing};
+use super::record::{
+    DeliveryList, IdGenerator, RecordBody, decode_headers, encode_headers, header_listing,
+};
 use super::{
     Attempt, BoxFuture, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError, QueueStats,
-    Replayed, Settlement, State, Summary, UnixMillis,
+    Replayed, Settlement, State, Step, UnixMillis,
 };
 use crate::config::{QueueSettings, RedisSettings};
 use crate::metrics::Metrics;
@@ -38,12 +47,13 @@ use crate::store::redis::{RedisConnection, millis};
 /// The consumer group every instance's workers join.
 pub const GROUP: &str = "workers";
 
-/// How many index entries `list` examines at most when filtering.
-const LIST_SCAN_LIMIT: usize = 10_000;
+mod list;
+
+use list::{FACETS, LIST, SUMMARY_FIELDS, summary};
 
 /// Creates the record and appends it to `ready`, in one step.
 /// KEYS: record, ready, index. ARGV: id, now, index trim bound, source, route label,
-/// route, webhook id, event type, headers, body.
+/// route, webhook id, event type, headers, body, key base, index horizon ms.
 const ENQUEUE: &str = r"
 redis.call('HSET', KEYS[1], 'state', 'queued', 'source', ARGV[4], 'route', ARGV[6],
   'webhook_id', ARGV[7], 'event_type', ARGV[8], 'headers', ARGV[9], 'body', ARGV[10],
@@ -52,6 +62,10 @@ redis.call('HSET', KEYS[1], 'state', 'queued', 'source', ARGV[4], 'route', ARGV[
 redis.call('XADD', KEYS[2], '*', 'd', ARGV[1], 'r', ARGV[5])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[3])
+local queued = ARGV[11] .. 'x:state:queued'
+redis.call('ZADD', queued, ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', queued, '-inf', '(' .. ARGV[3])
+filed(ARGV[11], ARGV[1], ARGV[2], ARGV[4], ARGV[6], ARGV[8], ARGV[7], ARGV[3], ARGV[12])
 return 1
 ";
 
@@ -102,7 +116,7 @@ return out
 
 /// Marks the record `processing`, counts the attempt, opens its history entry and
 /// returns what the attempt needs; a final or vanished record just drops the entry.
-/// KEYS: record, history, ready. ARGV: now, consumer, entry id, group.
+/// KEYS: record, history, ready. ARGV: now, consumer, entry id, group, key base, id.
 const BEGIN: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'processed' or state == 'failed_final' then
@@ -110,23 +124,45 @@ if not state or state == 'processed' or state == 'failed_final' then
   redis.call('XDEL', KEYS[3], ARGV[3])
   return false
 end
+restate(ARGV[5], KEYS[1], ARGV[6], state, 'processing')
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', 'processing', 'instance', ARGV[2], 'updated_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
 local entry = cjson.encode({attempt = attempt, started_at = tonumber(ARGV[1]), instance = ARGV[2]})
 local index = redis.call('RPUSH', KEYS[2], entry) - 1
-local f = redis.call('HMGET', KEYS[1], 'source', 'route', 'webhook_id', 'event_type', 'headers', 'body', 'enqueued_at', 'received_at')
-return {attempt, index, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]}
+local f = redis.call('HMGET', KEYS[1], 'source', 'route', 'webhook_id', 'event_type', 'headers', 'body', 'enqueued_at', 'received_at', 'object', 'fetches')
+return {attempt, index, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10]}
+";
+
+/// Keeps the object fetched for an `enrich` route with the record, closes the fetch
+/// step in the history and opens the entry of the attempt that follows; returns its
+/// index (-1 when the record is gone). KEYS: record, history. ARGV: object, history
+/// index, fetch step entry, next entry, now.
+const ATTACH: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], 'object', ARGV[1], 'updated_at', ARGV[5])
+redis.pcall('LSET', KEYS[2], ARGV[2], ARGV[3])
+return redis.call('RPUSH', KEYS[2], ARGV[4]) - 1
 ";
 
 /// Records a settled attempt and moves the delivery on: processed or final-failed
-/// (kept for `retention`; a processed one without its body and headers), or scheduled
-/// for its retry. Acks and deletes the entry.
+/// (kept for `retention`; a processed one without its body, headers and object), or
+/// scheduled for its retry. A failed fetch is not an attempt: its count is taken back.
+/// Acks and deletes the entry.
 /// KEYS: record, history, ready, scheduled, dead. ARGV: group, entry id, now, new state,
 /// next attempt ms, last status, last error, history index, history entry, retention ms,
-/// delivery id.
+/// delivery id, key base, index trim bound, '1' for a fetch.
 const SETTLE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then
+local was = redis.call('HGET', KEYS[1], 'state')
+if was then
+  if ARGV[14] == '1' then
+    redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+    redis.call('HINCRBY', KEYS[1], 'fetches', 1)
+  end
+  restate(ARGV[12], KEYS[1], ARGV[11], was, ARGV[4])
+  if ARGV[4] == 'failed_final' then
+    redis.call('ZREMRANGEBYSCORE', ARGV[12] .. 'x:state:' .. ARGV[4], '-inf', '(' .. ARGV[13])
+  end
   redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_at', ARGV[3])
   if ARGV[6] == '' then redis.call('HDEL', KEYS[1], 'last_status') else redis.call('HSET', KEYS[1], 'last_status', ARGV[6]) end
   if ARGV[7] == '' then redis.call('HDEL', KEYS[1], 'last_error') else redis.call('HSET', KEYS[1], 'last_error', ARGV[7]) end
@@ -137,7 +173,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   else
     if ARGV[4] == 'processed' then
       -- Delivered: only dead letters keep what a replay needs.
-      redis.call('HDEL', KEYS[1], 'body', 'headers')
+      redis.call('HDEL', KEYS[1], 'body', 'headers', 'object')
     end
     redis.call('PEXPIRE', KEYS[1], ARGV[10])
     redis.call('PEXPIRE', KEYS[2], ARGV[10])
@@ -153,17 +189,19 @@ return 1
 ";
 
 /// Gives a taken delivery back at once: a fresh `ready` entry, state `queued`, and the
-/// interrupted attempt (if any) closed in the history.
+/// interrupted attempt (if any) closed in the history (a fetch cut short not counted).
 /// KEYS: record, history, ready. ARGV: group, entry id, now, delivery id, history index
-/// or '', history entry, route label.
+/// or '', history entry, route label, key base, '1' for a fetch.
 const HAND_BACK: &str = r"
 redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or state == 'processed' or state == 'failed_final' then return 0 end
+restate(ARGV[8], KEYS[1], ARGV[4], state, 'queued')
 redis.call('XADD', KEYS[3], '*', 'd', ARGV[4], 'r', ARGV[7])
 redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_at', ARGV[3])
 if ARGV[5] ~= '' then redis.pcall('LSET', KEYS[2], ARGV[5], ARGV[6]) end
+if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
 return 1
 ";
 
@@ -199,14 +237,19 @@ end
 return removed
 ";
 
-/// Queues a dead letter again with a fresh attempt count and `max_age`.
-/// KEYS: record, history, ready, dead, index. ARGV: id, now.
+/// Queues a dead letter again with a fresh attempt count and `max_age`, at the top of
+/// the list. KEYS: record, history, ready, dead, index. ARGV: id, now, key base, index
+/// trim bound, index horizon ms.
 /// Returns {1, previous state} replayed, {0, ''} not found, {2, state} not a dead letter.
 const REPLAY: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {0, ''} end
 if state ~= 'failed_final' then return {2, state} end
-redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
+redis.call('ZREM', ARGV[3] .. 'x:state:failed_final', ARGV[1])
+redis.call('ZADD', ARGV[3] .. 'x:state:queued', ARGV[2], ARGV[1])
+local f = redis.call('HMGET', KEYS[1], 'source', 'route', 'event_type', 'webhook_id')
+filed(ARGV[3], ARGV[1], ARGV[2], f[1] or '', f[2] or '', f[3] or '', f[4] or '', ARGV[4], ARGV[5])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'fetches', 0, 'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'replays', 1)
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
 redis.call('PERSIST', KEYS[1])
@@ -217,46 +260,25 @@ redis.call('XADD', KEYS[3], '*', 'd', ARGV[1], 'r', redis.call('HGET', KEYS[1], 
 return {1, state}
 ";
 
-/// Newest first, filtered by state and source; stops at ARGV[4] matches or after
-/// ARGV[5] index entries. KEYS: index. ARGV: record key prefix, state or '', source or
-/// '', limit, scan limit. Returns 12 values per record (id, then `SUMMARY_FIELDS`).
-const LIST: &str = r"
-local out = {}
-local found, offset, batch = 0, 0, 256
-local limit, cap = tonumber(ARGV[4]), tonumber(ARGV[5])
-while found < limit and offset < cap do
-  local ids = redis.call('ZREVRANGE', KEYS[1], offset, offset + batch - 1)
-  if #ids == 0 then break end
-  for _, id in ipairs(ids) do
-    local f = redis.call('HMGET', ARGV[1] .. id, 'state', 'source', 'route', 'webhook_id',
-      'event_type', 'attempts', 'received_at', 'updated_at', 'next_attempt_at', 'last_status', 'last_error')
-    if f[1] and (ARGV[2] == '' or f[1] == ARGV[2]) and (ARGV[3] == '' or f[2] == ARGV[3]) then
-      table.insert(out, id)
-      for i = 1, 11 do table.insert(out, f[i] or '') end
-      found = found + 1
-      if found >= limit then break end
-    end
-  end
-  offset = offset + batch
-end
-return out
-";
-
-/// Depth and the age of the oldest ready entry, on Redis' clock (stream ids are).
-/// KEYS: ready, scheduled. Returns {XLEN, ZCARD, oldest entry ms or -1, now ms}.
+/// Depth, the age of the oldest ready entry and the dead letters within the
+/// retention, on Redis' clock (stream ids are).
+/// KEYS: ready, scheduled, dead. ARGV: retention ms.
+/// Returns {XLEN, ZCARD, oldest entry ms or -1, now ms, dead letters}.
 const STATS: &str = r"
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 local oldest = -1
 if #first == 1 then oldest = tonumber(string.match(first[1][1], '^(%d+)')) end
 local t = redis.call('TIME')
-return {redis.call('XLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), oldest,
-  tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {redis.call('XLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), oldest, now,
+  redis.call('ZCOUNT', KEYS[3], now - tonumber(ARGV[1]), '+inf')}
 ";
 
 struct Scripts {
     enqueue: Script,
     take: Script,
     begin: Script,
+    attach: Script,
     settle: Script,
     hand_back: Script,
     keep: Script,
@@ -326,14 +348,15 @@ impl RedisQueue {
             claim_cursor: Mutex::new("0-0".to_owned()),
             ids: IdGenerator::default(),
             scripts: Scripts {
-                enqueue: Script::new(ENQUEUE),
+                enqueue: Script::new(&[FACETS, ENQUEUE].concat()),
                 take: Script::new(TAKE),
-                begin: Script::new(BEGIN),
-                settle: Script::new(SETTLE),
-                hand_back: Script::new(HAND_BACK),
+                begin: Script::new(&[FACETS, BEGIN].concat()),
+                attach: Script::new(ATTACH),
+                settle: Script::new(&[FACETS, SETTLE].concat()),
+                hand_back: Script::new(&[FACETS, HAND_BACK].concat()),
                 keep: Script::new(KEEP),
                 prune: Script::new(PRUNE),
-                replay: Script::new(REPLAY),
+                replay: Script::new(&[FACETS, REPLAY].concat()),
                 list: Script::new(LIST),
                 stats: Script::new(STATS),
             },
@@ -348,12 +371,22 @@ impl RedisQueue {
         [self.base.as_str(), "h:", id].concat()
     }
 
+    /// Index entries older than this belong to forgotten records.
+    fn index_bound(&self, now: UnixMillis) -> UnixMillis {
+        now.saturating_sub(millis(self.index_horizon))
+    }
+
     fn cursor(&self) -> String {
         self.claim_cursor
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// The scripts' flag for a step that is a fetch, not an attempt.
+fn fetch_flag(attempt: &Attempt) -> &'static str {
+    if attempt.step == Step::Fetch { "1" } else { "" }
 }
 
 fn malformed(id: &str, detail: impl Into<String>) -> QueueError {
@@ -377,51 +410,23 @@ fn text(value: Option<&redis::Value>) -> String {
 }
 
 fn bytes(value: Option<&redis::Value>) -> Bytes {
+    present(value).unwrap_or_default()
+}
+
+/// A field's bytes, `None` when the hash has no such field.
+fn present(value: Option<&redis::Value>) -> Option<Bytes> {
     match value {
-        Some(redis::Value::BulkString(bytes)) => Bytes::from(bytes.clone()),
-        _ => Bytes::new(),
+        Some(redis::Value::BulkString(bytes)) => Some(Bytes::from(bytes.clone())),
+        _ => None,
     }
 }
-
-fn summary(id: String, f: &[String]) -> Result<Summary, QueueError> {
-    let state = State::parse(&f[0]).ok_or_else(|| malformed(&id, format!("state {:?}", f[0])))?;
-    Ok(Summary {
-        state,
-        source: f[1].clone(),
-        route: f[2].clone(),
-        webhook_id: f[3].clone(),
-        event_type: f[4].clone(),
-        attempts: number(&f[5]).unwrap_or(0),
-        received_at: number(&f[6]).unwrap_or(0),
-        updated_at: number(&f[7]).unwrap_or(0),
-        next_attempt_at: number(&f[8]),
-        last_status: number(&f[9]),
-        last_error: Some(f[10].clone()).filter(|e| !e.is_empty()),
-        id,
-    })
-}
-
-/// The record fields `LIST` returns after the id, in order.
-const SUMMARY_FIELDS: [&str; 11] = [
-    "state",
-    "source",
-    "route",
-    "webhook_id",
-    "event_type",
-    "attempts",
-    "received_at",
-    "updated_at",
-    "next_attempt_at",
-    "last_status",
-    "last_error",
-];
 
 impl Queue for RedisQueue {
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>> {
         Box::pin(async move {
             let now = delivery.received_at;
             let id = self.ids.next(now);
-            let horizon = now.saturating_sub(millis(self.index_horizon));
+            let horizon = self.index_bound(now);
             let label = delivery.route_label();
             let mut invocation = self.scripts.enqueue.prepare_invoke();
             invocation
@@ -437,7 +442,9 @@ impl Queue for RedisQueue {
                 .arg(&delivery.webhook_id)
                 .arg(&delivery.event_type)
                 .arg(encode_headers(&delivery.headers))
-                .arg(delivery.body.as_ref());
+                .arg(delivery.body.as_ref())
+                .arg(&self.base)
+                .arg(millis(self.index_horizon));
             let _: i64 = self.ingress.script("enqueue", invocation).await?;
             Ok(id)
         })
@@ -487,10 +494,12 @@ impl Queue for RedisQueue {
                 .arg(now)
                 .arg(&self.consumer)
                 .arg(&lease.token)
-                .arg(GROUP);
+                .arg(GROUP)
+                .arg(&self.base)
+                .arg(id);
             let reply: Option<Vec<redis::Value>> = self.redis.script("begin", invocation).await?;
             let Some(f) = reply else { return Ok(None) };
-            if f.len() != 10 {
+            if f.len() != 12 {
                 return Err(malformed(id, format!("begin returned {} values", f.len())));
             }
             let headers = decode_headers(&text(f.get(6))).map_err(|e| malformed(id, e))?;
@@ -508,6 +517,8 @@ impl Queue for RedisQueue {
                     received_at: number(&text(f.get(9))).unwrap_or(now),
                 },
                 enqueued_at: number(&text(f.get(8))).unwrap_or(now),
+                object: present(f.get(10)),
+                failed_fetches: number(&text(f.get(11))).unwrap_or(0),
             }))
         })
     }
@@ -542,9 +553,42 @@ impl Queue for RedisQueue {
                 .arg(job.history_index)
                 .arg(serde_json::to_string(attempt).expect("an attempt serializes"))
                 .arg(millis(self.retention))
-                .arg(id);
+                .arg(id)
+                .arg(&self.base)
+                .arg(self.index_bound(now))
+                .arg(fetch_flag(attempt));
             let _: i64 = self.redis.script("settle", invocation).await?;
             Ok(())
+        })
+    }
+
+    fn attach<'a>(
+        &'a self,
+        job: &'a Job,
+        fetched: &'a Attempt,
+        object: Bytes,
+        now: UnixMillis,
+    ) -> BoxFuture<'a, Result<Job, QueueError>> {
+        Box::pin(async move {
+            let id = &job.lease.delivery_id;
+            let next = Attempt::opened(job.attempt, now, &self.consumer);
+            let mut invocation = self.scripts.attach.prepare_invoke();
+            invocation
+                .key(self.record_key(id))
+                .key(self.history_key(id))
+                .arg(object.as_ref())
+                .arg(job.history_index)
+                .arg(serde_json::to_string(fetched).expect("an attempt serializes"))
+                .arg(serde_json::to_string(&next).expect("an attempt serializes"))
+                .arg(now);
+            let index: i64 = self.redis.script("attach", invocation).await?;
+            let history_index = u64::try_from(index)
+                .map_err(|_| malformed(id, "the record vanished during its attempt"))?;
+            Ok(Job {
+                history_index,
+                object: Some(object),
+                ..job.clone()
+            })
         })
     }
 
@@ -556,12 +600,13 @@ impl Queue for RedisQueue {
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
             let id = &lease.delivery_id;
-            let (index, entry) = match interrupted {
+            let (index, entry, fetch) = match interrupted {
                 Some((job, attempt)) => (
                     job.history_index.to_string(),
                     serde_json::to_string(attempt).expect("an attempt serializes"),
+                    fetch_flag(attempt),
                 ),
-                None => (String::new(), String::new()),
+                None => (String::new(), String::new(), ""),
             };
             let mut invocation = self.scripts.hand_back.prepare_invoke();
             invocation
@@ -574,7 +619,9 @@ impl Queue for RedisQueue {
                 .arg(id)
                 .arg(index)
                 .arg(entry)
-                .arg(&lease.route);
+                .arg(&lease.route)
+                .arg(&self.base)
+                .arg(fetch);
             let _: i64 = self.redis.script("hand_back", invocation).await?;
             Ok(())
         })
@@ -612,22 +659,8 @@ impl Queue for RedisQueue {
     fn list<'a>(
         &'a self,
         filter: &'a ListFilter,
-    ) -> BoxFuture<'a, Result<Vec<Summary>, QueueError>> {
-        Box::pin(async move {
-            let mut invocation = self.scripts.list.prepare_invoke();
-            invocation
-                .key(&self.keys.index)
-                .arg(&self.keys.records)
-                .arg(filter.state.map(State::as_str).unwrap_or(""))
-                .arg(filter.source.as_deref().unwrap_or(""))
-                .arg(filter.limit)
-                .arg(LIST_SCAN_LIMIT);
-            let reply: Vec<String> = self.redis.script("list", invocation).await?;
-            reply
-                .chunks_exact(1 + SUMMARY_FIELDS.len())
-                .map(|c| summary(c[0].clone(), &c[1..]))
-                .collect()
-        })
+    ) -> BoxFuture<'a, Result<DeliveryList, QueueError>> {
+        Box::pin(self.page(filter))
     }
 
     fn show<'a>(
@@ -642,7 +675,7 @@ impl Queue for RedisQueue {
             pipe.cmd("HMGET")
                 .arg(&record)
                 .arg(&SUMMARY_FIELDS[..])
-                .arg(&["enqueued_at", "replays", "headers", "body"]);
+                .arg(&["enqueued_at", "replays", "headers", "body", "object"]);
             pipe.cmd("LRANGE").arg(&history).arg(0).arg(-1);
             let (fields, entries): (Vec<redis::Value>, Vec<String>) = self
                 .redis
@@ -667,6 +700,9 @@ impl Queue for RedisQueue {
                 header_names,
                 headers: header_values,
                 body: with_body.then(|| RecordBody::new(&bytes(fields.get(14)))),
+                object: present(fields.get(15))
+                    .filter(|_| with_body)
+                    .map(|o| String::from_utf8_lossy(&o).into_owned()),
             }))
         })
     }
@@ -685,7 +721,10 @@ impl Queue for RedisQueue {
                 .key(&self.keys.dead)
                 .key(&self.keys.index)
                 .arg(id)
-                .arg(now);
+                .arg(now)
+                .arg(&self.base)
+                .arg(self.index_bound(now))
+                .arg(millis(self.index_horizon));
             let (code, state): (i64, String) = self.redis.script("replay", invocation).await?;
             let state = State::parse(&state);
             Ok(match (code, state) {
@@ -716,9 +755,13 @@ impl Queue for RedisQueue {
     fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
         Box::pin(async move {
             let mut invocation = self.scripts.stats.prepare_invoke();
-            invocation.key(&self.keys.ready).key(&self.keys.scheduled);
+            invocation
+                .key(&self.keys.ready)
+                .key(&self.keys.scheduled)
+                .key(&self.keys.dead)
+                .arg(millis(self.retention));
             let reply: Vec<i64> = self.redis.script("queue_stats", invocation).await?;
-            let [ready, scheduled, oldest, now] = reply[..] else {
+            let [ready, scheduled, oldest, now, dead] = reply[..] else {
                 return Err(QueueError::Store(StoreError::Unavailable(format!(
                     "unexpected stats reply {reply:?}"
                 ))));
@@ -731,6 +774,7 @@ impl Queue for RedisQueue {
             Ok(QueueStats {
                 depth: (ready + scheduled).max(0) as u64,
                 oldest_age,
+                dead_letters: dead.max(0) as u64,
             })
         })
     }
@@ -757,10 +801,16 @@ mod tests {
         // built inside TAKE and LIST) must hash to the same slot, which the `{queue}` tag
         // guarantees. Nothing may reach outside KEYS and the tagged prefix.
         for script in [
-            ENQUEUE, TAKE, BEGIN, SETTLE, HAND_BACK, KEEP, PRUNE, REPLAY, LIST, STATS,
+            ENQUEUE, TAKE, BEGIN, ATTACH, SETTLE, HAND_BACK, KEEP, PRUNE, REPLAY, LIST, STATS,
         ] {
             assert!(script.contains("KEYS[1]"));
             assert!(!script.contains("KEYS[6]"));
+        }
+        // The index keys built inside the scripts start with the tagged base, passed in.
+        for script in [FACETS, ENQUEUE, BEGIN, SETTLE, HAND_BACK, REPLAY] {
+            for (at, _) in script.match_indices("'x:") {
+                assert!(script[..at].ends_with(" .. "), "{}", &script[at..]);
+            }
         }
     }
 }

@@ -1,0 +1,233 @@
+//! Listing the queue's records (`Queue::list`): the indexes it reads (`x:<field>:<value>`
+//! sorted sets, kept by the scripts that move a record, which `FACETS` is prepended to)
+//! and the `LIST` script that answers one page from them. See the key layout in
+//! `mod.rs`.
+
+use super::{RedisQueue, malformed, number};
+use crate::queue::record::{Cursor, DeliveryList};
+use crate::queue::{ListFilter, QueueError, State, Summary, UnixMillis};
+
+/// Candidates a page of `LIST` may look at before it ends early with a cursor: one call
+/// holds Redis for a few milliseconds at most, however selective the filter.
+const LIST_SCAN_BUDGET: usize = 2_000;
+
+/// The list's indexes, for the scripts that move a record (prepended to them).
+/// `filed(base, id, at, source, route, event, webhook, bound, ttl)` files `id` at `at`
+/// under those four values, trimming entries older than `bound` and renewing each set's
+/// expiry to `ttl` ms; `restate(base, record, id, from, to)` moves
+/// it from one state's set to another's, at its queue time. `processed` has no set: most
+/// records end there, so its set would be the index itself at the memory of one more
+/// entry per record; a list of processed deliveries reads `index` instead.
+pub(super) const FACETS: &str = r"
+local function filed(base, id, at, source, route, event, webhook, bound, ttl)
+  for _, key in ipairs({base .. 'x:source:' .. source, base .. 'x:route:' .. route,
+      base .. 'x:event:' .. event, base .. 'x:webhook:' .. webhook}) do
+    redis.call('ZADD', key, at, id)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. bound)
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+local function restate(base, record, id, from, to)
+  if from == to then return end
+  if from and from ~= 'processed' then redis.call('ZREM', base .. 'x:state:' .. from, id) end
+  local at = redis.call('HGET', record, 'enqueued_at')
+  if at and to ~= 'processed' then redis.call('ZADD', base .. 'x:state:' .. to, at, id) end
+end
+";
+
+/// One page of the list, newest first (queue time, then id, descending): candidates
+/// from the smallest of the indexes given (KEYS[2..], each already narrowing the
+/// filter; none: the whole index KEYS[1]), or for a search the webhook id's set
+/// (KEYS[2]) and the delivery of that id. A candidate must be in the other indexes
+/// given too (`ZSCORE`, cheaper than reading the record); then its record is read and
+/// matched against every filter. Stops before a candidate once the page is full or the
+/// budget of candidates is spent, and then returns where it stopped.
+/// ARGV: record key prefix, state, source, route, event type, search (each '' for any),
+/// since ms, until ms, cursor ms, cursor id ('' for none), limit, budget, 'search' or
+/// 'scan'. Returns {cursor ms or '', cursor id or '', then per record its id and the
+/// 11 `SUMMARY_FIELDS`}.
+pub(super) const LIST: &str = r"
+local want = {ARGV[2], ARGV[3], ARGV[4], ARGV[5]}
+local search, since, till, cscore, cid = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local limit, budget = tonumber(ARGV[11]), tonumber(ARGV[12])
+local function admits(score, id)
+  local s = tonumber(score)
+  if since ~= '' and s < tonumber(since) then return false end
+  if till ~= '' and s >= tonumber(till) then return false end
+  if cscore ~= '' then
+    local c = tonumber(cscore)
+    if s > c or (s == c and id >= cid) then return false end
+  end
+  return true
+end
+local out = {'', ''}
+local found, scanned, last_score, last_id = 0, 0, nil, nil
+local others = {}
+local function consider(id, score)
+  if found >= limit or scanned >= budget then
+    if last_id then out[1], out[2] = last_score, last_id end
+    return true
+  end
+  scanned = scanned + 1
+  last_score, last_id = score, id
+  for _, other in ipairs(others) do
+    if not redis.call('ZSCORE', other, id) then return false end
+  end
+  local f = redis.call('HMGET', ARGV[1] .. id, 'state', 'source', 'route', 'webhook_id',
+    'event_type', 'attempts', 'received_at', 'updated_at', 'next_attempt_at', 'last_status', 'last_error')
+  if f[1] and (want[1] == '' or f[1] == want[1]) and (want[2] == '' or f[2] == want[2])
+      and (want[3] == '' or f[3] == want[3]) and (want[4] == '' or f[5] == want[4])
+      and (search == '' or id == search or f[4] == search) then
+    table.insert(out, id)
+    for i = 1, 11 do table.insert(out, f[i] or '') end
+    found = found + 1
+  end
+  return false
+end
+if ARGV[13] == 'search' then
+  local cands = {}
+  local got = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, budget)
+  for i = 1, #got, 2 do table.insert(cands, {got[i + 1], got[i]}) end
+  local own = redis.call('ZSCORE', KEYS[1], search)
+  if own then table.insert(cands, {own, search}) end
+  table.sort(cands, function(a, b)
+    local x, y = tonumber(a[1]), tonumber(b[1])
+    if x ~= y then return x > y end
+    return a[2] > b[2]
+  end)
+  local previous = nil
+  for _, c in ipairs(cands) do
+    if c[2] ~= previous and admits(c[1], c[2]) and consider(c[2], c[1]) then break end
+    previous = c[2]
+  end
+  return out
+end
+local min = since == '' and '-inf' or since
+local max = till == '' and '+inf' or ('(' .. till)
+if cscore ~= '' and (till == '' or tonumber(cscore) < tonumber(till)) then max = cscore end
+local key, smallest = KEYS[1], nil
+for i = 2, #KEYS do
+  local n = redis.call('ZCOUNT', KEYS[i], min, max)
+  if not smallest or n < smallest then key, smallest = KEYS[i], n end
+end
+if smallest == 0 then return out end
+for i = 2, #KEYS do
+  if KEYS[i] ~= key then table.insert(others, KEYS[i]) end
+end
+local offset = 0
+while true do
+  local batch = redis.call('ZREVRANGEBYSCORE', key, max, min, 'WITHSCORES', 'LIMIT', offset, 256)
+  if #batch == 0 then break end
+  local stop = false
+  for i = 1, #batch, 2 do
+    if admits(batch[i + 1], batch[i]) and consider(batch[i], batch[i + 1]) then
+      stop = true
+      break
+    end
+  end
+  if stop then break end
+  offset = offset + #batch / 2
+end
+return out
+";
+
+pub(super) fn summary(id: String, f: &[String]) -> Result<Summary, QueueError> {
+    let state = State::parse(&f[0]).ok_or_else(|| malformed(&id, format!("state {:?}", f[0])))?;
+    Ok(Summary {
+        state,
+        source: f[1].clone(),
+        route: f[2].clone(),
+        webhook_id: f[3].clone(),
+        event_type: f[4].clone(),
+        attempts: number(&f[5]).unwrap_or(0),
+        received_at: number(&f[6]).unwrap_or(0),
+        updated_at: number(&f[7]).unwrap_or(0),
+        next_attempt_at: number(&f[8]),
+        last_status: number(&f[9]),
+        last_error: Some(f[10].clone()).filter(|e| !e.is_empty()),
+        id,
+    })
+}
+
+/// The record fields `LIST` returns after the id, in order.
+pub(super) const SUMMARY_FIELDS: [&str; 11] = [
+    "state",
+    "source",
+    "route",
+    "webhook_id",
+    "event_type",
+    "attempts",
+    "received_at",
+    "updated_at",
+    "next_attempt_at",
+    "last_status",
+    "last_error",
+];
+
+impl RedisQueue {
+    /// The index of the records whose `field` is `value` (as `FACETS` names it).
+    fn facet_key(&self, field: &str, value: &str) -> String {
+        [self.base.as_str(), "x:", field, ":", value].concat()
+    }
+
+    /// One page of `filter`'s list (`LIST`).
+    pub(super) async fn page(&self, filter: &ListFilter) -> Result<DeliveryList, QueueError> {
+        let mut invocation = self.scripts.list.prepare_invoke();
+        invocation.key(&self.keys.index);
+        match &filter.search {
+            Some(q) => {
+                invocation.key(self.facet_key("webhook", q));
+            }
+            None => {
+                // `processed` has no set of its own (see `FACETS`).
+                let state = filter.state.filter(|s| *s != State::Processed);
+                let facets = [
+                    ("state", state.map(State::as_str)),
+                    ("source", filter.source.as_deref()),
+                    ("route", filter.route.as_deref()),
+                    ("event", filter.event_type.as_deref()),
+                ];
+                for (field, value) in facets {
+                    if let Some(value) = value {
+                        invocation.key(self.facet_key(field, value));
+                    }
+                }
+            }
+        }
+        let text = |n: Option<UnixMillis>| n.map(|n| n.to_string()).unwrap_or_default();
+        invocation
+            .arg(&self.keys.records)
+            .arg(filter.state.map(State::as_str).unwrap_or(""))
+            .arg(filter.source.as_deref().unwrap_or(""))
+            .arg(filter.route.as_deref().unwrap_or(""))
+            .arg(filter.event_type.as_deref().unwrap_or(""))
+            .arg(filter.search.as_deref().unwrap_or(""))
+            .arg(text(filter.since))
+            .arg(text(filter.until))
+            .arg(text(filter.after.as_ref().map(|c| c.queued_at)))
+            .arg(filter.after.as_ref().map_or("", |c| c.id.as_str()))
+            .arg(filter.limit)
+            .arg(LIST_SCAN_BUDGET)
+            .arg(if filter.search.is_some() {
+                "search"
+            } else {
+                "scan"
+            });
+        let reply: Vec<String> = self.redis.script("list", invocation).await?;
+        let [cursor_at, cursor_id, rows @ ..] = &reply[..] else {
+            return Err(malformed("list", format!("{} values", reply.len())));
+        };
+        let next = match (cursor_at.parse::<f64>(), cursor_id.is_empty()) {
+            (Ok(at), false) => Some(Cursor {
+                queued_at: at as UnixMillis,
+                id: cursor_id.clone(),
+            }),
+            _ => None,
+        };
+        let deliveries = rows
+            .chunks_exact(1 + SUMMARY_FIELDS.len())
+            .map(|c| summary(c[0].clone(), &c[1..]))
+            .collect::<Result<_, _>>()?;
+        Ok(DeliveryList { deliveries, next })
+    }
+}
