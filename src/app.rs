@@ -39,6 +39,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
+    #[error("store schema: {0}")]
+    Schema(#[from] store::postgres::SchemaError),
 }
 
 /// A started gateway: its bound addresses and the handle to stop it.
@@ -97,6 +99,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new(
         settings.sources.iter().map(|s| s.name.as_str()),
     ));
+    store::prepare(&settings).await?;
     let (store, backend) = store::build(&settings, metrics.clone())?;
     let instance = instance_name();
     let queue = queue::build(&settings, &backend, metrics.clone(), &instance)?;

@@ -12,6 +12,7 @@
 
 pub mod memory;
 pub mod policy;
+pub mod postgres;
 pub mod record;
 pub mod redis;
 pub mod worker;
@@ -151,6 +152,9 @@ pub fn build(
     let built: Arc<dyn Queue> = match (&backend.0, &settings.store.backend) {
         (Shared::Redis(connection), StoreBackend::Redis(redis)) => Arc::new(
             self::redis::RedisQueue::connect(connection.clone(), redis, queue, instance, metrics)?,
+        ),
+        (Shared::Postgres(pool), StoreBackend::Postgres(_)) => Arc::new(
+            self::postgres::PostgresQueue::new(pool.clone(), queue, instance),
         ),
         _ => Arc::new(memory::MemoryQueue::new(queue.retention, instance)),
     };

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{RedisCluster, RedisServer};
+use super::{PostgresServer, RedisCluster, RedisServer, fresh_schema};
 
 /// The store a shared test body runs against. A Redis server lives as long as this.
 pub enum TestStore {
@@ -14,6 +14,12 @@ pub enum TestStore {
     SharedCluster {
         nodes: Vec<String>,
         key_prefix: String,
+    },
+    /// The PostgreSQL server the tests share (`PostgresServer::shared_or_skip`), under a
+    /// schema of this test's own.
+    Postgres {
+        url: String,
+        schema: String,
     },
 }
 
@@ -34,6 +40,16 @@ impl TestStore {
         let nodes = RedisCluster::shared_or_skip().await?;
         let key_prefix = format!("test-{}:", NEXT.fetch_add(1, Ordering::Relaxed));
         Some(TestStore::SharedCluster { nodes, key_prefix })
+    }
+
+    /// The shared PostgreSQL server under a fresh schema, or `None` when the test is
+    /// skipped.
+    pub fn postgres() -> Option<TestStore> {
+        let url = PostgresServer::shared_or_skip()?;
+        Some(TestStore::Postgres {
+            url,
+            schema: fresh_schema(),
+        })
     }
 }
 
