@@ -284,22 +284,30 @@ impl Gateway {
             // A route that re-signs is re-signed by the worker at each attempt, so the
             // backend always sees a fresh timestamp.
             Handoff::Enqueue(queue) => {
-                let stored = queue
-                    .enqueue(NewDelivery {
-                        source: source.name.clone(),
-                        route: route.name().to_owned(),
-                        webhook_id: dedupe_key.to_owned(),
-                        event_type: event_type.to_owned(),
-                        headers,
-                        body,
-                        received_at: now_millis(),
-                    })
-                    .await
-                    .map(|delivery_id| {
+                let delivery = NewDelivery {
+                    source: source.name.clone(),
+                    route: route.name().to_owned(),
+                    webhook_id: dedupe_key.to_owned(),
+                    event_type: event_type.to_owned(),
+                    headers,
+                    body,
+                    received_at: now_millis(),
+                };
+                let stored = match self.dedupe.done_with(&claim) {
+                    Some(done) => queue.enqueue_claimed(delivery, done).await,
+                    None => queue.enqueue(delivery).await.map(|id| (id, false)),
+                };
+                let (stored, settled) = match stored {
+                    Ok((delivery_id, settled)) => {
                         trace.delivery_id = Some(delivery_id.clone());
-                        Answer::Queued { delivery_id }
-                    })
-                    .map_err(Reject::from);
+                        (Ok(Answer::Queued { delivery_id }), settled)
+                    }
+                    Err(e) => (Err(Reject::from(e)), false),
+                };
+                // Stored with its dedupe key done in one transaction: nothing to settle.
+                if settled {
+                    return stored;
+                }
                 let stored_ok = stored.is_ok();
                 (stored, stored_ok)
             }

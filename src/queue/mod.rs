@@ -50,6 +50,18 @@ pub trait Queue: Send + Sync {
     /// Stores the delivery and its `queued` record in one step; returns its id.
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>>;
 
+    /// `enqueue`, and where the backend also holds the dedupe claims (PostgreSQL), marks
+    /// `claim` done in the same transaction, so a delivery is stored with its key done
+    /// or neither happens. Returns the id and whether the claim was settled here; when
+    /// it was not, the caller commits it as usual.
+    fn enqueue_claimed<'a>(
+        &'a self,
+        delivery: NewDelivery,
+        _claim: ClaimDone<'a>,
+    ) -> BoxFuture<'a, Result<(String, bool), QueueError>> {
+        Box::pin(async move { Ok((self.enqueue(delivery).await?, false)) })
+    }
+
     /// Takes up to `max` deliveries for this instance: due retries, deliveries another
     /// instance took and stopped renewing, and new ones.
     fn take(&self, max: usize, now: UnixMillis) -> BoxFuture<'_, Result<Vec<Lease>, QueueError>>;
@@ -161,6 +173,15 @@ pub fn build(
     Ok(Some(built))
 }
 
+/// A won dedupe claim, for `Queue::enqueue_claimed` to mark done: the store's key, the
+/// claim's token and how long the key then stays done.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimDone<'a> {
+    pub key: &'a str,
+    pub token: &'a str,
+    pub ttl: Duration,
+}
+
 /// Ingress' handle: enqueue, then wake this instance's workers so a delivery does not
 /// wait for their next poll.
 #[derive(Clone)]
@@ -174,5 +195,17 @@ impl Ingress {
         let id = self.queue.enqueue(delivery).await?;
         self.wake.notify_one();
         Ok(id)
+    }
+
+    /// `enqueue` with the claim marked done in the same step where the backend can
+    /// (`Queue::enqueue_claimed`).
+    pub async fn enqueue_claimed(
+        &self,
+        delivery: NewDelivery,
+        claim: ClaimDone<'_>,
+    ) -> Result<(String, bool), QueueError> {
+        let stored = self.queue.enqueue_claimed(delivery, claim).await?;
+        self.wake.notify_one();
+        Ok(stored)
     }
 }

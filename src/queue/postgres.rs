@@ -24,8 +24,8 @@ use super::record::{
     Cursor, DeliveryList, IdGenerator, RecordBody, decode_headers, encode_headers, header_listing,
 };
 use super::{
-    Attempt, BoxFuture, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError, QueueStats,
-    Replayed, Settlement, State, Step, Summary, UnixMillis, now_millis,
+    Attempt, BoxFuture, ClaimDone, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError,
+    QueueStats, Replayed, Settlement, State, Step, Summary, UnixMillis, now_millis,
 };
 use crate::config::QueueSettings;
 use crate::store::postgres::PgPool;
@@ -34,6 +34,17 @@ const ENQUEUE: &str = "INSERT INTO deliveries (id, state, source, route, webhook
      event_type, received_at, queued_at, updated_at, due_at, headers, body) \
      VALUES ($1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
      $7::text::jsonb, $8)";
+
+/// `ENQUEUE`, marking the dedupe claim `$9` of token `$10` done for `$11` seconds in
+/// the same statement (one transaction); returns whether the claim was still held.
+const ENQUEUE_CLAIMED: &str = "WITH done AS ( \
+       UPDATE dedupe SET token = NULL, expires_at = now() + make_interval(secs => $11) \
+       WHERE key = $9 AND token = $10 AND expires_at > now() RETURNING 1) \
+     INSERT INTO deliveries (id, state, source, route, webhook_id, \
+     event_type, received_at, queued_at, updated_at, due_at, headers, body) \
+     VALUES ($1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
+     $7::text::jsonb, $8) \
+     RETURNING EXISTS (SELECT 1 FROM done)";
 
 /// Leases up to `$2` due deliveries to `$3` for `$4` seconds. Rows come back unordered.
 const TAKE: &str = "WITH due AS ( \
@@ -339,6 +350,45 @@ impl Queue for PostgresQueue {
                 })
                 .await?;
             Ok(id)
+        })
+    }
+
+    fn enqueue_claimed<'a>(
+        &'a self,
+        delivery: NewDelivery,
+        claim: ClaimDone<'a>,
+    ) -> BoxFuture<'a, Result<(String, bool), QueueError>> {
+        Box::pin(async move {
+            let now = delivery.received_at as i64;
+            let id = self.ids.next(delivery.received_at);
+            let headers = encode_headers(&delivery.headers);
+            let body: &[u8] = &delivery.body;
+            let ttl = claim.ttl.as_secs_f64();
+            let row = self
+                .pool
+                .call("enqueue", async |client| {
+                    let statement = client.prepare_cached(ENQUEUE_CLAIMED).await?;
+                    client
+                        .query_one(
+                            &statement,
+                            &[
+                                &id,
+                                &delivery.source,
+                                &delivery.route,
+                                &delivery.webhook_id,
+                                &delivery.event_type,
+                                &now,
+                                &headers,
+                                &body,
+                                &claim.key,
+                                &claim.token,
+                                &ttl,
+                            ],
+                        )
+                        .await
+                })
+                .await?;
+            Ok((id, row.get(0)))
         })
     }
 

@@ -17,6 +17,7 @@ mod guidance;
 mod integrity;
 mod metrics;
 mod packaging;
+mod postgres;
 mod queue;
 mod ratelimit;
 mod redis_cluster;
