@@ -384,3 +384,89 @@ async fn rate_limits_on_postgres_are_kept_in_memory_by_each_instance() {
     );
     let _ = postgres_settings(&stored);
 }
+
+/// The ```sql blocks of the README's "PostgreSQL" section, in order.
+fn readme_queries() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("\n## PostgreSQL\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a PostgreSQL section");
+    section
+        .split("```sql\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_queries_answer_what_the_readme_says() {
+    let queries = readme_queries();
+    assert_eq!(queries.len(), 4, "{queries:#?}");
+    let Some(server) = PostgresServer::start_or_skip() else {
+        return;
+    };
+    // The first delivery is accepted, the second refused for good (a dead letter).
+    let upstream = Upstream::with(Behaviour::sequence([
+        Answer::ok(),
+        Answer::status(400).body(r#"{"error":"unknown customer"}"#),
+    ]))
+    .await;
+    let gw = Gateway::start(queue_config(&server.url(), "hookgate", &upstream)).await;
+    let deliveries = Deliveries::of(&gw);
+    let (delivered, refused) = (
+        signed_event("response.completed"),
+        signed_event("response.failed"),
+    );
+    let delivered_id = enqueue(&gw.client(), &delivered).await;
+    deliveries.wait_for_state(&delivered_id, "processed").await;
+    let refused_id = enqueue(&gw.client(), &refused).await;
+    deliveries.wait_for_state(&refused_id, "failed_final").await;
+
+    // One delivery's history: the record with its one attempt, answered 200.
+    let webhook_id = delivered.header("webhook-id");
+    let rows = server.psql(&[("webhook_id", webhook_id)], &queries[0]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row: Vec<&str> = rows[0].split('|').collect();
+    assert_eq!(row[0], delivered_id);
+    assert_eq!(
+        (row[1], row[2], row[3], row[4], row[6]),
+        ("processed", SOURCE, "0", "response.completed", "1")
+    );
+    assert_eq!(
+        (row[7], row[8], row[10], row[11]),
+        ("0", "deliver", "200", "processed")
+    );
+
+    // Dead letters of the last day: the refused one, with what the backend said.
+    let rows = server.psql(&[], &queries[1]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row: Vec<&str> = rows[0].split('|').collect();
+    assert_eq!(
+        (row[0], row[2], row[3]),
+        (refused_id.as_str(), "0", "response.failed")
+    );
+    assert_eq!((row[5], row[6]), ("1", "400"));
+
+    // Per route and state.
+    let rows = server.psql(&[], &queries[2]);
+    assert_eq!(rows, ["openai/0|failed_final|1", "openai/0|processed|1"]);
+
+    // One sender in a window: both, oldest first; none in an earlier window.
+    let window = [
+        ("source", SOURCE),
+        ("since", "2000-01-01 00:00+00"),
+        ("until", "2100-01-01 00:00+00"),
+    ];
+    let rows = server.psql(&window, &queries[3]);
+    let ids: Vec<&str> = rows.iter().map(|r| r.split('|').next().unwrap()).collect();
+    assert_eq!(ids, [delivered_id.as_str(), refused_id.as_str()]);
+    let before = [
+        ("source", SOURCE),
+        ("since", "2000-01-01 00:00+00"),
+        ("until", "2001-01-01 00:00+00"),
+    ];
+    assert!(server.psql(&before, &queries[3]).is_empty());
+}

@@ -190,6 +190,42 @@ impl PostgresServer {
         )
     }
 
+    /// Runs `sql` through `psql` (as a user would paste it), with `vars` as `-v`
+    /// variables; returns the rows, columns separated by `|`.
+    pub fn psql(&self, vars: &[(&str, &str)], sql: &str) -> Vec<String> {
+        use std::io::Write;
+        let mut command = Command::new(self.bin.join("psql"));
+        command
+            .arg(self.url())
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
+        for (name, value) in vars {
+            command.arg("-v").arg(format!("{name}={value}"));
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run psql");
+        child
+            .stdin
+            .take()
+            .expect("psql's stdin")
+            .write_all(sql.as_bytes())
+            .expect("write to psql");
+        let output = child.wait_with_output().expect("psql finishes");
+        assert!(
+            output.status.success(),
+            "psql failed on:\n{sql}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Stops the server at once (`immediate`: as a crash would, no checkpoint).
     pub fn stop(&mut self) {
         assert!(self.running, "postgres is not running");
