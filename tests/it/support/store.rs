@@ -1,5 +1,5 @@
 //! `TestStore`, the store a shared test body runs against, and `on_each_store!`, which
-//! runs one test body as two tests: on the in-memory store and on a Redis of its own.
+//! runs one test body on the in-memory store, on a Redis of its own and on PostgreSQL.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -53,8 +53,8 @@ impl TestStore {
     }
 }
 
-/// Runs each named `async fn(TestStore)` in the calling module as two tests,
-/// `memory::<name>` and `redis::<name>`; an optional `(flavor = ...)` after a name is
+/// Runs each named `async fn(TestStore)` in the calling module as three tests,
+/// `memory::<name>`, `redis::<name>` and `postgres::<name>`; an optional `(flavor = ...)` after a name is
 /// passed to `#[tokio::test]`.
 macro_rules! on_each_store {
     ($($name:ident $(($($runtime:tt)*))?),+ $(,)?) => {
@@ -72,6 +72,18 @@ macro_rules! on_each_store {
                 #[tokio::test $(($($runtime)*))?]
                 async fn $name() {
                     let Some(store) = $crate::support::TestStore::redis().await else {
+                        return;
+                    };
+                    super::$name(store).await
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test $(($($runtime)*))?]
+                async fn $name() {
+                    let Some(store) = $crate::support::TestStore::postgres() else {
                         return;
                     };
                     super::$name(store).await
