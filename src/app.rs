@@ -147,6 +147,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
 
     let (stop, stopped) = watch::channel(false);
     let wake = Arc::new(Notify::new());
+    if let Some(queue) = &queue {
+        queue.wake_on(wake.clone());
+    }
     let workers = queue.as_ref().and_then(|queue| {
         Workers::new(
             &settings,

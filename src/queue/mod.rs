@@ -139,6 +139,11 @@ pub trait Queue: Send + Sync {
 
     fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>>;
 
+    /// Wakes `wake` (this instance's idle workers) when another instance enqueues, where
+    /// the backend can tell (PostgreSQL's `LISTEN`/`NOTIFY`); the workers' polling covers
+    /// the other backends and any notification lost.
+    fn wake_on(&self, _wake: Arc<Notify>) {}
+
     /// False for the in-memory queue: everything in it is lost when the process ends.
     fn durable(&self) -> bool;
 

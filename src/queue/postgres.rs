@@ -8,7 +8,9 @@
 //! LOCKED`, so instances taking at once never get the same one, and holds each under a
 //! lease (`lease_token`, `lease_until` on the database's clock) that `keep_alive`
 //! renews; a lease that ran out (its instance died) lets another instance take the
-//! delivery after `queue.visibility_timeout`. Final rows keep `final_at` and are
+//! delivery after `queue.visibility_timeout`. Every enqueue `NOTIFY`s the schema's
+//! channel in its transaction, and each instance `LISTEN`s on a connection of its own
+//! to wake its idle workers at once (`wake_on`); polling stays as the fallback. Final rows keep `final_at` and are
 //! deleted `queue.retention` later in small batches (`take` sweeps at most once a
 //! second); processed rows drop their headers, body and object at once.
 
@@ -28,12 +30,13 @@ use super::{
     QueueStats, Replayed, Settlement, State, Step, Summary, UnixMillis, now_millis,
 };
 use crate::config::QueueSettings;
-use crate::store::postgres::PgPool;
+use crate::store::postgres::{PgPool, channel, listen_forever};
 
 const ENQUEUE: &str = "INSERT INTO deliveries (id, state, source, route, webhook_id, \
      event_type, received_at, queued_at, updated_at, due_at, headers, body) \
      VALUES ($1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
-     $7::text::jsonb, $8)";
+     $7::text::jsonb, $8) \
+     RETURNING (SELECT 1 FROM pg_notify($9, ''))";
 
 /// `ENQUEUE`, marking the dedupe claim `$9` of token `$10` done for `$11` seconds in
 /// the same statement (one transaction); returns whether the claim was still held.
@@ -44,7 +47,7 @@ const ENQUEUE_CLAIMED: &str = "WITH done AS ( \
      event_type, received_at, queued_at, updated_at, due_at, headers, body) \
      VALUES ($1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
      $7::text::jsonb, $8) \
-     RETURNING EXISTS (SELECT 1 FROM done)";
+     RETURNING EXISTS (SELECT 1 FROM done), (SELECT 1 FROM pg_notify($12, ''))";
 
 /// Leases up to `$2` due deliveries to `$3` for `$4` seconds. Rows come back unordered.
 const TAKE: &str = "WITH due AS ( \
@@ -152,6 +155,8 @@ pub struct PostgresQueue {
     retention: Duration,
     /// When `take` last swept final records past the retention (ms).
     swept_at: AtomicU64,
+    /// `NOTIFY`'s channel for new deliveries (`wake_on`).
+    channel: String,
     description: String,
     sql: Sql,
 }
@@ -171,6 +176,7 @@ impl PostgresQueue {
             pool.schema
         );
         PostgresQueue {
+            channel: channel(&pool.schema),
             pool,
             instance: instance.to_owned(),
             ids: IdGenerator::default(),
@@ -344,6 +350,7 @@ impl Queue for PostgresQueue {
                                 &now,
                                 &headers,
                                 &body,
+                                &self.channel,
                             ],
                         )
                         .await
@@ -383,6 +390,7 @@ impl Queue for PostgresQueue {
                                 &claim.key,
                                 &claim.token,
                                 &ttl,
+                                &self.channel,
                             ],
                         )
                         .await
@@ -840,6 +848,10 @@ impl Queue for PostgresQueue {
                 dead_letters: row.get::<_, i64>(2).max(0) as u64,
             })
         })
+    }
+
+    fn wake_on(&self, wake: Arc<tokio::sync::Notify>) {
+        tokio::spawn(listen_forever(Arc::downgrade(&self.pool), wake));
     }
 
     fn durable(&self) -> bool {

@@ -470,3 +470,45 @@ async fn readme_queries_answer_what_the_readme_says() {
     ];
     assert!(server.psql(&before, &queries[3]).is_empty());
 }
+
+#[tokio::test]
+async fn an_enqueue_on_one_instance_wakes_the_idle_workers_of_another_at_once() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let settings = settings(&queue_config(&url, &fresh_schema(), "http://127.0.0.1:9/"));
+    hookgate::store::prepare(&settings).await.unwrap();
+    let queue = |instance: &str| {
+        let metrics = std::sync::Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
+        let (_, backend) = hookgate::store::build(&settings, metrics.clone()).unwrap();
+        hookgate::queue::build(&settings, &backend, metrics, instance)
+            .unwrap()
+            .unwrap()
+    };
+    let (a, b) = (queue("instance-a"), queue("instance-b"));
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    b.wake_on(wake.clone());
+    // Once listening, it wakes the workers once (for what came while it was not).
+    tokio::time::timeout(PATIENCE, wake.notified())
+        .await
+        .expect("listening");
+
+    let id = a
+        .enqueue(hookgate::queue::NewDelivery {
+            source: SOURCE.to_owned(),
+            route: "0".to_owned(),
+            webhook_id: "msg_wake".to_owned(),
+            event_type: "response.completed".to_owned(),
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::from_static(b"{}"),
+            received_at: hookgate::queue::now_millis(),
+        })
+        .await
+        .unwrap();
+
+    tokio::time::timeout(Duration::from_secs(2), wake.notified())
+        .await
+        .expect("woken by the other instance's enqueue");
+    let taken = b.take(10, hookgate::queue::now_millis()).await.unwrap();
+    assert_eq!(taken[0].delivery_id, id);
+}

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-pub(crate) use self::pool::PgPool;
+pub(crate) use self::pool::{PgPool, channel, listen_forever};
 pub use self::schema::{Migrated, SCHEMA_VERSION, SchemaError, migrate, status};
 use super::memory::MemoryStore;
 use super::{BoxFuture, ClaimState, RateDecision, Settled, Store, StoreError};

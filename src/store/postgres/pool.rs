@@ -20,6 +20,9 @@ pub(crate) struct PgPool {
     /// The longest one operation may take, waiting for a connection included.
     deadline: Duration,
     pub(crate) schema: String,
+    /// For connections of their own, outside the pool (`listen`).
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
 }
 
 /// The client config with the schema as `search_path`.
@@ -59,6 +62,8 @@ impl PgPool {
             metrics,
             deadline: settings.connect_timeout + settings.timeout,
             schema: settings.schema.clone(),
+            config: client_config(settings),
+            tls: tls(settings),
         })
     }
 
@@ -82,6 +87,65 @@ impl PgPool {
             tracing::warn!(op, error = %e, "postgres store operation failed");
         }
         result
+    }
+}
+
+/// The channel `NOTIFY` announces new deliveries on: one per schema.
+pub(crate) fn channel(schema: &str) -> String {
+    format!("hookgate_{schema}")
+}
+
+/// Wakes `wake` whenever a delivery is enqueued in this schema by any instance (`LISTEN`
+/// on a connection of its own, reconnecting after a failure), until `pool` is dropped.
+pub(crate) async fn listen_forever(pool: std::sync::Weak<PgPool>, wake: Arc<tokio::sync::Notify>) {
+    const RECONNECT: Duration = Duration::from_secs(1);
+    const CHECK: Duration = Duration::from_secs(5);
+    loop {
+        let Some((config, tls, channel, deadline)) = pool.upgrade().map(|p| {
+            (
+                p.config.clone(),
+                p.tls.clone(),
+                channel(&p.schema),
+                p.deadline,
+            )
+        }) else {
+            return;
+        };
+        let connected = tokio::time::timeout(deadline, config.connect(tls)).await;
+        let Ok(Ok((client, mut connection))) = connected else {
+            tokio::time::sleep(RECONNECT).await;
+            continue;
+        };
+        let statement = format!("LISTEN {channel}");
+        let listen = client.batch_execute(&statement);
+        // The connection must be polled for the LISTEN to be answered.
+        let listened = tokio::select! {
+            result = listen => result.is_ok(),
+            _ = std::future::poll_fn(|cx| connection.poll_message(cx)) => false,
+        };
+        if !listened {
+            tokio::time::sleep(RECONNECT).await;
+            continue;
+        }
+        // A delivery enqueued while not listening is found by the workers' polling.
+        wake.notify_one();
+        loop {
+            let message = tokio::select! {
+                message = std::future::poll_fn(|cx| connection.poll_message(cx)) => message,
+                _ = tokio::time::sleep(CHECK) => {
+                    if pool.strong_count() == 0 {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match message {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wake.notify_one(),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+        tokio::time::sleep(RECONNECT).await;
     }
 }
 
