@@ -512,3 +512,42 @@ async fn an_enqueue_on_one_instance_wakes_the_idle_workers_of_another_at_once() 
     let taken = b.take(10, hookgate::queue::now_millis()).await.unwrap();
     assert_eq!(taken[0].delivery_id, id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_is_verified_against_the_configured_ca_file_or_the_system_roots() {
+    let cert = DevCert::generate();
+    let Some(server) = PostgresServer::start_with_tls_or_skip(&cert.cert, &cert.key) else {
+        return;
+    };
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=require",
+        server.port()
+    );
+    let upstream = Upstream::start().await;
+    let trusting = queue_config(&url, "hookgate", &upstream)
+        .store_option("ca_file", cert.cert.to_str().expect("a UTF-8 path"));
+
+    let gw = Gateway::start(trusting).await;
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    Deliveries::of(&gw).wait_for_state(&id, "processed").await;
+
+    let encrypted = sql(
+        &server.url(),
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s \
+         JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'hookgate'",
+    )
+    .await;
+    let (tls, all) = (
+        encrypted[0][0].clone().unwrap(),
+        encrypted[0][1].clone().unwrap(),
+    );
+    assert_eq!(tls, all, "every hookgate connection uses TLS");
+    assert_ne!(all, "0");
+    // The dev certificate is in no system store: without the CA file, no connection.
+    let refused = hookgate::start(settings(&queue_config(&url, "hookgate", &upstream)))
+        .await
+        .err()
+        .expect("refused");
+    let said = refused.to_string();
+    assert!(said.contains("cannot reach PostgreSQL"), "{said}");
+}

@@ -96,6 +96,8 @@ pub struct PostgresServer {
     dir: tempfile::TempDir,
     port: u16,
     running: bool,
+    /// More `-c` settings for the server (TLS).
+    options: String,
 }
 
 impl PostgresServer {
@@ -104,11 +106,36 @@ impl PostgresServer {
         let initdb = initdb_or_skip()?;
         Some(PostgresServer::start(
             initdb.parent().unwrap_or(Path::new("")).to_owned(),
+            None,
         ))
     }
 
-    fn start(bin: PathBuf) -> PostgresServer {
+    /// A server of this test's own that offers TLS with this certificate and key (PEM),
+    /// or `None` after saying why the test is skipped.
+    pub fn start_with_tls_or_skip(cert: &Path, key: &Path) -> Option<PostgresServer> {
+        let initdb = initdb_or_skip()?;
+        Some(PostgresServer::start(
+            initdb.parent().unwrap_or(Path::new("")).to_owned(),
+            Some((cert, key)),
+        ))
+    }
+
+    fn start(bin: PathBuf, tls: Option<(&Path, &Path)>) -> PostgresServer {
         let dir = tempfile::tempdir().expect("a temp dir for postgres");
+        let mut options = String::new();
+        if let Some((cert, key)) = tls {
+            let (to_cert, to_key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::copy(cert, &to_cert).expect("copy the server certificate");
+            std::fs::copy(key, &to_key).expect("copy the server key");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&to_key, std::fs::Permissions::from_mode(0o600))
+                .expect("the key private");
+            options = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                to_cert.display(),
+                to_key.display()
+            );
+        }
         if is_root() {
             run(
                 {
@@ -134,6 +161,7 @@ impl PostgresServer {
             dir,
             port: 0,
             running: false,
+            options,
         };
         for _ in 0..5 {
             server.port = free_port();
@@ -155,9 +183,10 @@ impl PostgresServer {
         // synchronous: what a commit acknowledged must survive `stop`.
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c full_page_writes=off -c max_connections=300",
+             -c full_page_writes=off -c max_connections=300{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.options
         );
         let status = command(&self.bin.join("pg_ctl"))
             .arg("-D")
@@ -180,6 +209,10 @@ impl PostgresServer {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The URL of the `postgres` database, without TLS.
@@ -262,7 +295,7 @@ impl PostgresServer {
         let initdb = initdb_or_skip()?;
         let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
         let server = shared.get_or_insert_with(|| {
-            PostgresServer::start(initdb.parent().unwrap_or(Path::new("")).to_owned())
+            PostgresServer::start(initdb.parent().unwrap_or(Path::new("")).to_owned(), None)
         });
         Some(server.url())
     }
