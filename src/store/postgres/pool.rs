@@ -161,6 +161,16 @@ fn pool_error(e: PoolError) -> StoreError {
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => StoreError::Unavailable(format!("{}: {}", db.code().code(), db.message())),
-        None => StoreError::Unavailable(e.to_string()),
+        // The client's own words are general ("error connecting to server"): the cause
+        // ("Connection refused", a certificate rejected) follows.
+        None => {
+            let mut said = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                said = format!("{said}: {cause}");
+                source = cause.source();
+            }
+            StoreError::Unavailable(said)
+        }
     }
 }
