@@ -91,13 +91,8 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<Exi
             for warning in &settings.warnings {
                 eprintln!("warning: {warning}");
             }
-            match &settings.store.backend {
-                StoreBackend::Postgres(pg) => println!("{}", postgres_schema_line(pg).await),
-                StoreBackend::Redis(redis) if settings.queue.is_some() => println!(
-                    "{}",
-                    hookgate::queue::redis::persistence::check(redis).await
-                ),
-                _ => {}
+            if let StoreBackend::Postgres(pg) = &settings.store.backend {
+                println!("{}", postgres_schema_line(pg).await);
             }
             println!("ok");
             Ok(ExitCode::SUCCESS)

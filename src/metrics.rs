@@ -316,7 +316,6 @@ pub struct Metrics {
     verified: IntCounterVec,
     queue_depth: IntGauge,
     queue_oldest_age: Gauge,
-    queue_durable: IntGauge,
     deliveries: IntCounterVec,
     delivery_attempts: HistogramVec,
     enrich_requests: IntCounterVec,
@@ -453,14 +452,6 @@ impl Metrics {
             "Queue mode: deliveries not yet final (waiting, being attempted, or scheduled for a retry).",
         )
         .expect("valid metric");
-        let queue_durable = IntGauge::new(
-            "hookgate_queue_durable",
-            "Queue mode on Redis: 1 when Redis' persistence keeps an accepted (202) delivery \
-             through a restart of Redis (appendonly yes, appendfsync always), 0 when a restart \
-             or a machine crash could lose it, -1 when Redis would not say (CONFIG refused).",
-        )
-        .expect("valid metric");
-        queue_durable.set(-1);
         let queue_oldest_age = Gauge::new(
             "hookgate_queue_oldest_age_seconds",
             "Queue mode: how long the oldest delivery ready for an attempt has been waiting.",
@@ -582,7 +573,6 @@ impl Metrics {
             Box::new(store_fail_open.clone()),
             Box::new(queue_depth.clone()),
             Box::new(queue_oldest_age.clone()),
-            Box::new(queue_durable.clone()),
             Box::new(deliveries.clone()),
             Box::new(delivery_attempts.clone()),
             Box::new(enrich_requests.clone()),
@@ -644,7 +634,6 @@ impl Metrics {
             verified,
             queue_depth,
             queue_oldest_age,
-            queue_durable,
             deliveries,
             delivery_attempts,
             enrich_requests,
@@ -713,11 +702,6 @@ impl Metrics {
                 .map(|r| self.enrich_requests.with_label_values(&[label, r.label()])),
             duration: self.enrich_duration.with_label_values(&[label]),
         }
-    }
-
-    /// `hookgate_queue_durable`: 1 durable, 0 could lose deliveries, -1 unknown.
-    pub fn queue_durable(&self, value: i64) {
-        self.queue_durable.set(value);
     }
 
     pub fn queue_stats(&self, depth: u64, oldest_age: Duration) {

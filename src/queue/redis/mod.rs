@@ -48,9 +48,6 @@ use crate::store::redis::{RedisConnection, millis};
 pub const GROUP: &str = "workers";
 
 mod list;
-pub mod persistence;
-
-use persistence::Persistence;
 
 use list::{FACETS, LIST, SUMMARY_FIELDS, summary};
 
@@ -291,31 +288,6 @@ struct Scripts {
     stats: Script,
 }
 
-/// Reads Redis' persistence once it answers, then says loudly whether an accepted
-/// delivery survives a Redis restart (log, `hookgate_queue_durable`, `/readyz`).
-async fn read_persistence(
-    redis: std::sync::Weak<RedisConnection>,
-    into: Arc<Mutex<Persistence>>,
-    metrics: Arc<Metrics>,
-) {
-    loop {
-        let Some(connection) = redis.upgrade() else {
-            return;
-        };
-        if let Ok(found) = persistence::read(&connection).await {
-            *into.lock().unwrap_or_else(|e| e.into_inner()) = found;
-            metrics.queue_durable(found.gauge());
-            match found {
-                Persistence::Durable => tracing::info!("{}", found.says()),
-                _ => tracing::warn!("queue: {}", found.says()),
-            }
-            return;
-        }
-        drop(connection);
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
-}
-
 /// `<prefix>{queue}:` followed by `ready`, `scheduled`, `dead`, `index`, and `d:`
 /// (where records' keys start).
 struct Keys {
@@ -344,8 +316,6 @@ pub struct RedisQueue {
     claim_cursor: Mutex<String>,
     ids: IdGenerator,
     scripts: Scripts,
-    /// Redis' persistence, read once it answers (`persistence`).
-    persistence: Arc<Mutex<Persistence>>,
 }
 
 impl RedisQueue {
@@ -360,19 +330,9 @@ impl RedisQueue {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let base = format!("{}{{queue}}:", redis.key_prefix);
-        let connection = Arc::new(RedisConnection::new(redis, metrics.clone())?);
-        let persistence = Arc::new(Mutex::new(Persistence::Unknown));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(read_persistence(
-                Arc::downgrade(&connection),
-                persistence.clone(),
-                metrics,
-            ));
-        }
         Ok(RedisQueue {
-            persistence,
             ingress: store,
-            redis: connection,
+            redis: Arc::new(RedisConnection::new(redis, metrics)?),
             base: base.clone(),
             keys: Keys {
                 ready: format!("{base}ready"),
@@ -425,12 +385,6 @@ impl RedisQueue {
 }
 
 /// The scripts' flag for a step that is a fetch, not an attempt.
-impl RedisQueue {
-    fn persistence(&self) -> Persistence {
-        *self.persistence.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 fn fetch_flag(attempt: &Attempt) -> &'static str {
     if attempt.step == Step::Fetch { "1" } else { "" }
 }
@@ -825,18 +779,14 @@ impl Queue for RedisQueue {
         })
     }
 
-    /// False once Redis said it keeps no append-only file: a restart would lose
-    /// accepted deliveries.
     fn durable(&self) -> bool {
-        !self.persistence().loses_on_restart()
+        true
     }
 
     fn describe(&self) -> String {
         format!(
-            "Redis Streams ({}ready, group {GROUP:?}, consumer {:?}), shared by every instance; {}",
-            self.base,
-            self.consumer,
-            self.persistence().says()
+            "Redis Streams ({}ready, group {GROUP:?}, consumer {:?}); durable and shared by every instance",
+            self.base, self.consumer
         )
     }
 }
