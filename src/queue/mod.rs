@@ -7,7 +7,7 @@
 //! the vocabulary (states, records, leases, the admin API's answers), `policy.rs` the
 //! retry policy as pure functions that take time as a value (`BackoffPolicy::delay`,
 //! `RetryOn`, `decide`), and this file the `Queue` trait every backend implements
-//! (`memory.rs`, `redis.rs`, chosen in `build`). It does not know HTTP: the admin API
+//! (`memory.rs`, `redis/`, `postgres.rs`, chosen in `build`). It does not know HTTP: the admin API
 //! and the CLI render what it returns.
 
 pub mod memory;
@@ -45,7 +45,8 @@ pub enum QueueError {
 }
 
 /// A queue backend. Every method is one short store operation; policy lives in the
-/// caller. Implementations: `memory::MemoryQueue`, `redis::RedisQueue`.
+/// caller. Implementations: `memory::MemoryQueue`, `redis::RedisQueue`,
+/// `postgres::PostgresQueue`.
 pub trait Queue: Send + Sync {
     /// Stores the delivery and its `queued` record in one step; returns its id.
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>>;
@@ -151,7 +152,8 @@ pub trait Queue: Send + Sync {
 }
 
 /// The queue the settings ask for, on the store's backend (`store::build` hands over
-/// what the two share): Redis Streams, shared by every instance, or in memory. `None`
+/// what the two share): Redis Streams or PostgreSQL tables, shared by every instance, or
+/// in memory. `None`
 /// without queue sources. Does not connect: a Redis that is down at start-up makes
 /// enqueues fail (503) until it comes up.
 ///
