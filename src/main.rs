@@ -88,6 +88,9 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<Exi
         Command::Check { config } => {
             let settings = hookgate::config::load_or_default(config.as_deref())?;
             print!("{}", settings.summary());
+            if let Some(persistence) = hookgate::queue::redis_persistence(&settings).await {
+                println!("queue persistence: {persistence}");
+            }
             for warning in &settings.warnings {
                 eprintln!("warning: {warning}");
             }

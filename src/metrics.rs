@@ -316,6 +316,7 @@ pub struct Metrics {
     verified: IntCounterVec,
     queue_depth: IntGauge,
     queue_oldest_age: Gauge,
+    queue_persistence: IntGaugeVec,
     deliveries: IntCounterVec,
     delivery_attempts: HistogramVec,
     enrich_requests: IntCounterVec,
@@ -452,6 +453,14 @@ impl Metrics {
             "Queue mode: deliveries not yet final (waiting, being attempted, or scheduled for a retry).",
         )
         .expect("valid metric");
+        let queue_persistence = IntGaugeVec::new(
+            Opts::new(
+                "hookgate_queue_persistence",
+                "Queue mode: what the queue's backend promises for a delivery answered 202: 0 lost on a restart of the backend, 1 survives a restart, 2 survives a host crash too, -1 unknown.",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
         let queue_oldest_age = Gauge::new(
             "hookgate_queue_oldest_age_seconds",
             "Queue mode: how long the oldest delivery ready for an attempt has been waiting.",
@@ -573,6 +582,7 @@ impl Metrics {
             Box::new(store_fail_open.clone()),
             Box::new(queue_depth.clone()),
             Box::new(queue_oldest_age.clone()),
+            Box::new(queue_persistence.clone()),
             Box::new(deliveries.clone()),
             Box::new(delivery_attempts.clone()),
             Box::new(enrich_requests.clone()),
@@ -634,6 +644,7 @@ impl Metrics {
             verified,
             queue_depth,
             queue_oldest_age,
+            queue_persistence,
             deliveries,
             delivery_attempts,
             enrich_requests,
@@ -702,6 +713,12 @@ impl Metrics {
                 .map(|r| self.enrich_requests.with_label_values(&[label, r.label()])),
             duration: self.enrich_duration.with_label_values(&[label]),
         }
+    }
+
+    pub fn queue_persistence(&self, backend: &str, level: i64) {
+        self.queue_persistence
+            .with_label_values(&[backend])
+            .set(level);
     }
 
     pub fn queue_stats(&self, depth: u64, oldest_age: Duration) {

@@ -157,6 +157,22 @@ pub fn build(
     Ok(Some(built))
 }
 
+/// For `hookgate check`: what Redis' own settings promise for a delivery answered `202`,
+/// read from the server (within `connect_timeout + timeout`). `None` unless the queue
+/// runs on Redis; an unreachable Redis is reported, not an error.
+pub async fn redis_persistence(settings: &Settings) -> Option<String> {
+    settings.queue.as_ref()?;
+    let StoreBackend::Redis(redis) = &settings.store.backend else {
+        return None;
+    };
+    let metrics = Arc::new(Metrics::new(std::iter::empty()));
+    let persistence = match crate::store::redis::RedisConnection::new(redis, metrics) {
+        Ok(connection) => self::redis::persistence::read(&connection).await,
+        Err(e) => self::redis::Persistence::Unknown(e.to_string()),
+    };
+    Some(persistence.to_string())
+}
+
 /// Ingress' handle: enqueue, then wake this instance's workers so a delivery does not
 /// wait for their next poll.
 #[derive(Clone)]

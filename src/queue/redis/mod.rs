@@ -48,8 +48,10 @@ use crate::store::redis::{RedisConnection, millis};
 pub const GROUP: &str = "workers";
 
 mod list;
+pub(crate) mod persistence;
 
 use list::{FACETS, LIST, SUMMARY_FIELDS, summary};
+pub use persistence::Persistence;
 
 /// Creates the record and appends it to `ready`, in one step.
 /// KEYS: record, ready, index. ARGV: id, now, index trim bound, source, route label,
@@ -316,6 +318,8 @@ pub struct RedisQueue {
     claim_cursor: Mutex<String>,
     ids: IdGenerator,
     scripts: Scripts,
+    /// Redis' persistence settings, as last read by `watch_persistence`.
+    persistence: Arc<Mutex<Persistence>>,
 }
 
 impl RedisQueue {
@@ -330,9 +334,20 @@ impl RedisQueue {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let base = format!("{}{{queue}}:", redis.key_prefix);
+        let connection = Arc::new(RedisConnection::new(redis, metrics.clone())?);
+        let persistence = Arc::new(Mutex::new(Persistence::Unknown(
+            "not read yet: Redis has not answered since the start".into(),
+        )));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(watch_persistence(
+                connection.clone(),
+                Arc::downgrade(&persistence),
+                metrics,
+            ));
+        }
         Ok(RedisQueue {
             ingress: store,
-            redis: Arc::new(RedisConnection::new(redis, metrics)?),
+            redis: connection,
             base: base.clone(),
             keys: Keys {
                 ready: format!("{base}ready"),
@@ -347,6 +362,7 @@ impl RedisQueue {
             index_horizon: settings.max_age + settings.retention,
             claim_cursor: Mutex::new("0-0".to_owned()),
             ids: IdGenerator::default(),
+            persistence,
             scripts: Scripts {
                 enqueue: Script::new(&[FACETS, ENQUEUE].concat()),
                 take: Script::new(TAKE),
@@ -361,6 +377,10 @@ impl RedisQueue {
                 stats: Script::new(STATS),
             },
         })
+    }
+
+    fn persistence(&self) -> Persistence {
+        self.persistence.lock().expect("not poisoned").clone()
     }
 
     fn record_key(&self, id: &str) -> String {
@@ -780,14 +800,44 @@ impl Queue for RedisQueue {
     }
 
     fn durable(&self) -> bool {
-        true
+        !matches!(self.persistence(), Persistence::Snapshots)
     }
 
     fn describe(&self) -> String {
         format!(
-            "Redis Streams ({}ready, group {GROUP:?}, consumer {:?}); durable and shared by every instance",
-            self.base, self.consumer
+            "Redis Streams ({}ready, group {GROUP:?}, consumer {:?}), shared by every instance; {}",
+            self.base,
+            self.consumer,
+            self.persistence()
         )
+    }
+}
+
+/// Reads Redis' persistence settings at start (again every 5 s until Redis answers) and
+/// then every minute, since `CONFIG SET` can change them at run time; says so loudly
+/// whenever a 202 could be lost on a Redis restart. Ends with the queue.
+async fn watch_persistence(
+    redis: Arc<RedisConnection>,
+    state: std::sync::Weak<Mutex<Persistence>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut said: Option<Persistence> = None;
+    loop {
+        let now = persistence::read(&redis).await;
+        let Some(state) = state.upgrade() else { return };
+        metrics.queue_persistence("redis", now.gauge());
+        let unanswered = matches!(now, Persistence::Unknown(_));
+        if said.as_ref() != Some(&now) {
+            match &now {
+                p if p.survives_restart() => tracing::info!(persistence = %p, "redis queue"),
+                p => tracing::warn!(persistence = %p, "redis queue"),
+            }
+            said = Some(now.clone());
+        }
+        *state.lock().expect("not poisoned") = now;
+        drop(state);
+        let pause = if unanswered { 5 } else { 60 };
+        tokio::time::sleep(Duration::from_secs(pause)).await;
     }
 }
 
