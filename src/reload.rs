@@ -7,7 +7,7 @@
 //! token, and `[server.tls]` certificates (files are read again; new connections use
 //! them). Needing a restart, logged and otherwise left as they are: the listen addresses,
 //! turning TLS on or off, connection and upstream limits, the body budget, `[store]`, `[queue]`,
-//! `[upstream_tls]` and `log.level`. A file that does not validate changes nothing.
+//! `[upstream_tls]`, `log.level` and `[telemetry]`. A file that does not validate changes nothing.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -280,6 +280,7 @@ impl Fixed {
             ("[queue]", format!("{:?}", s.queue)),
             ("[upstream_tls]", format!("{:?}", s.upstream_tls)),
             ("log.level", s.log_level.clone()),
+            ("[telemetry]", format!("{:?}", s.telemetry)),
         ])
     }
 
