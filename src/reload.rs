@@ -22,6 +22,7 @@ use crate::pipeline::Gateway;
 use crate::queue::Ingress;
 use crate::queue::worker::Workers;
 use crate::store::Store;
+use crate::telemetry::Telemetry;
 use crate::tls::Handshake;
 
 /// What a reload keeps from the running gateway.
@@ -32,6 +33,7 @@ pub(crate) struct Shared {
     pub forward: Arc<Forwarder>,
     pub ingress: Option<Ingress>,
     pub workers: Option<Arc<Workers>>,
+    pub telemetry: Telemetry,
 }
 
 /// The parts of a running gateway that a reload replaces.
@@ -231,6 +233,7 @@ fn build_gateway(settings: Settings, shared: &Shared) -> Gateway {
         shared.forward.clone(),
         shared.ingress.clone(),
         shared.body_budget.clone(),
+        shared.telemetry.clone(),
     )
 }
 
