@@ -29,6 +29,7 @@ use crate::queue::{self, Ingress, QueueError};
 use crate::reload::{Live, Reloaded, Shared};
 use crate::server::{self, BindError, ConnectionPolicy};
 use crate::store::{self, StoreError};
+use crate::telemetry::{Telemetry, TelemetryError};
 use crate::tls::Handshake;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
 }
 
 /// A started gateway: its bound addresses and the handle to stop it.
@@ -48,6 +51,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     live: Arc<Live>,
+    telemetry: Telemetry,
 }
 
 impl Running {
@@ -66,11 +70,13 @@ impl Running {
         self.wait().await;
     }
 
-    /// Returns once both listeners (and the queue workers) have stopped.
+    /// Returns once both listeners (and the queue workers) have stopped, and the spans
+    /// of what they finished are exported (bounded by `telemetry.export_timeout`).
     pub async fn wait(self) {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.telemetry.flush().await;
     }
 
     /// Reads the configuration file again and applies what can change (see `reload`).
@@ -97,6 +103,11 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new(
         settings.sources.iter().map(|s| s.name.as_str()),
     ));
+    let telemetry = Telemetry::start(
+        settings.telemetry.as_ref(),
+        &settings.upstream_tls,
+        &metrics,
+    )?;
     let (store, backend) = store::build(&settings, metrics.clone())?;
     let instance = instance_name();
     let queue = queue::build(&settings, &backend, metrics.clone(), &instance)?;
@@ -152,6 +163,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             metrics.clone(),
             instance,
             wake.clone(),
+            telemetry.clone(),
         )
     });
     let ingress = queue.clone().map(|queue| Ingress { queue, wake });
@@ -165,6 +177,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             forward,
             ingress,
             workers: workers.clone(),
+            telemetry: telemetry.clone(),
         },
     );
     let console = Arc::new(Console::new(
@@ -226,5 +239,6 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         stop,
         tasks,
         live,
+        telemetry,
     })
 }

@@ -59,6 +59,7 @@ pub mod route;
 pub mod server;
 pub mod sign;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod verify;

@@ -321,6 +321,7 @@ pub struct Metrics {
     delivery_attempts: HistogramVec,
     enrich_requests: IntCounterVec,
     enrich_duration: HistogramVec,
+    telemetry_spans_dropped: IntCounter,
 }
 
 /// The `result` label values of `hookgate_deliveries_total`: the state an attempt left
@@ -570,8 +571,15 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let telemetry_spans_dropped = IntCounter::new(
+            "hookgate_telemetry_spans_dropped_total",
+            "Trace spans not exported: the export queue was full or the collector failed or was too slow.",
+        )
+        .expect("valid metric");
+
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(telemetry_spans_dropped.clone()),
             Box::new(config_reloads.clone()),
             Box::new(verified.clone()),
             Box::new(request_duration.clone()),
@@ -649,6 +657,7 @@ impl Metrics {
             delivery_attempts,
             enrich_requests,
             enrich_duration,
+            telemetry_spans_dropped,
         }
     }
 
@@ -691,6 +700,11 @@ impl Metrics {
     pub fn config_reload(&self, success: bool) {
         let result = if success { "success" } else { "error" };
         self.config_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// `hookgate_telemetry_spans_dropped_total`, for the span exporter.
+    pub fn telemetry_spans_dropped(&self) -> IntCounter {
+        self.telemetry_spans_dropped.clone()
     }
 
     pub fn admin_unauthorized(&self) {

@@ -44,8 +44,58 @@ pub struct FileConfig {
     pub upstream_tls: UpstreamTls,
     #[serde(default)]
     pub log: Log,
+    /// `[telemetry]`: OpenTelemetry traces; absent means tracing is off.
+    pub telemetry: Option<Telemetry>,
     #[serde(default)]
     pub sources: Vec<Source>,
+}
+
+/// `[telemetry]`: where spans go (OTLP over HTTP, protobuf) and how traces start.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// The collector's base URL; spans are POSTed to `{otlp_endpoint}/v1/traces`.
+    pub otlp_endpoint: String,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Head sampling of new traces, 0.0 to 1.0.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// `true`: continue the sender's trace; `false`: start a new one linked to it.
+    #[serde(default)]
+    pub trust_incoming_traceparent: bool,
+    /// Sent with every export (a collector's token); values may use `${VAR}`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Secret>,
+    /// How long spans wait in the export queue before a batch is sent.
+    #[serde(default = "default_export_interval", with = "humantime_serde")]
+    pub export_interval: Duration,
+    /// One export may take this long; then its spans are dropped.
+    #[serde(default = "default_export_timeout", with = "humantime_serde")]
+    pub export_timeout: Duration,
+    /// Spans waiting for export at most; more are dropped (and counted).
+    #[serde(default = "default_max_queued_spans")]
+    pub max_queued_spans: usize,
+}
+
+fn default_service_name() -> String {
+    "hookgate".to_owned()
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+fn default_export_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_export_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_max_queued_spans() -> usize {
+    4096
 }
 
 /// `[log]`: the level when `RUST_LOG` is not set.

@@ -30,7 +30,7 @@ pub use secret::Secret;
 pub use settings::{
     ADMIN_PATHS, AdminAuth, DedupeSettings, EnrichSettings, HTTP2_RESET_WINDOW, Limits,
     PenaltyBoxSettings, QueueSettings, RateLimitSettings, RedisSettings, RedisTarget,
-    ServerSettings, Settings, Source, StoreBackend, StoreSettings, TlsSettings,
+    ServerSettings, Settings, Source, StoreBackend, StoreSettings, TelemetrySettings, TlsSettings,
 };
 
 /// The embedded default configuration: the same text as `config/hookgate.toml`, so the

@@ -96,6 +96,31 @@ impl Settings {
             duration::written(self.dedupe.ttl),
             duration::written(self.dedupe.in_flight_ttl),
         );
+        let telemetry = match &self.telemetry {
+            None => "off (no [telemetry])".to_owned(),
+            Some(t) => format!(
+                "OTLP/HTTP to {} as {:?}, sampling {}% of new traces, incoming traceparent {}{}; \
+                 export every {}, timeout {}, at most {} spans queued",
+                t.traces_url,
+                t.service_name,
+                t.sample_ratio * 100.0,
+                if t.trust_incoming_traceparent {
+                    "continued"
+                } else {
+                    "linked (a new trace)"
+                },
+                if t.headers.is_empty() {
+                    String::new()
+                } else {
+                    let names: Vec<&str> = t.headers.iter().map(|(n, _)| n.as_str()).collect();
+                    format!(", headers {} (values hidden)", names.join(" "))
+                },
+                duration::written(t.export_interval),
+                duration::written(t.export_timeout),
+                t.max_queued_spans,
+            ),
+        };
+        let _ = writeln!(s, "telemetry: {telemetry}");
         if let Some(queue) = &self.queue {
             let durability = match self.store.backend {
                 StoreBackend::Memory => "in memory: NOT durable, lost on restart",

@@ -43,6 +43,8 @@ struct Record {
     /// The object fetched for an `enrich` route; dropped with the body.
     object: Option<Bytes>,
     failed_fetches: u32,
+    /// `NewDelivery::trace_context`.
+    trace_context: Option<String>,
     /// Position in `Inner::order` and in every facet index: (queued at, id).
     order_key: (UnixMillis, String),
     /// When a final record is forgotten.
@@ -282,6 +284,7 @@ impl Queue for MemoryQueue {
             body: Bytes::copy_from_slice(&delivery.body),
             object: None,
             failed_fetches: 0,
+            trace_context: delivery.trace_context,
             order_key: (now, id.clone()),
             expires_at: None,
         });
@@ -352,6 +355,7 @@ impl Queue for MemoryQueue {
                 headers: decode_headers(&record.headers).unwrap_or_default(),
                 body: record.body.clone(),
                 received_at: record.summary.received_at,
+                trace_context: record.trace_context.clone(),
             },
             attempt: record.summary.attempts,
             enqueued_at: record.enqueued_at,
@@ -585,6 +589,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: Bytes::from_static(b"{}"),
             received_at: 1_000 + n,
+            trace_context: None,
         }
     }
 
@@ -599,6 +604,7 @@ mod tests {
             result: None,
             instance: "test".into(),
             answer: None,
+            trace_id: None,
         }
     }
 

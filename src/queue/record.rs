@@ -93,6 +93,9 @@ pub struct NewDelivery {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub received_at: UnixMillis,
+    /// The W3C `traceparent` of the request that stored it, when tracing was on: every
+    /// attempt, by any instance, is a span in that trace. Kept with the record as is.
+    pub trace_context: Option<String>,
 }
 
 impl NewDelivery {
@@ -164,6 +167,7 @@ impl Attempt {
             result: None,
             instance: instance.to_owned(),
             answer: None,
+            trace_id: None,
         }
     }
 }
@@ -190,6 +194,9 @@ pub struct Attempt {
     /// removed, at most `ANSWER_START_CHARS`); absent when it answered nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// The trace the attempt's span is in, when tracing is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// How much of an upstream's answer an attempt keeps: enough to see why ("invalid
@@ -749,6 +756,7 @@ mod tests {
             result: Some("failed_retryable".into()),
             instance: "i".into(),
             answer: None,
+            trace_id: None,
         };
         let json = serde_json::to_value(&fetch).unwrap();
         assert_eq!(json["step"], "fetch");

@@ -35,6 +35,7 @@ use crate::enrich::{self, Enricher, FetchVerdict, Plan};
 use crate::forward::{self, Forwarder};
 use crate::metrics::{DeliveryMetrics, Metrics, RouteMetrics};
 use crate::route::Route;
+use crate::telemetry::{Span, Telemetry};
 use crate::upstream::UpstreamOutcome;
 
 /// How often the queue is asked for work when there was none (a local enqueue wakes the
@@ -85,6 +86,7 @@ pub struct Workers {
     freed: Notify,
     /// Ingress enqueued something.
     wake: Arc<Notify>,
+    telemetry: Telemetry,
 }
 
 impl Workers {
@@ -95,6 +97,7 @@ impl Workers {
         metrics: Arc<Metrics>,
         instance: String,
         wake: Arc<Notify>,
+        telemetry: Telemetry,
     ) -> Option<Arc<Workers>> {
         let policy = settings.queue.clone()?;
         let lanes = lanes(settings, &metrics, &HashMap::new());
@@ -109,6 +112,7 @@ impl Workers {
             held: Mutex::new(HashSet::new()),
             freed: Notify::new(),
             wake,
+            telemetry,
         }))
     }
 
@@ -305,6 +309,7 @@ impl Workers {
                 return self.release(&lease);
             }
         };
+        let span = self.attempt_span(&job).await;
         let Some((job, body, enriched_by)) = self.before_attempt(lane, job, &mut cut_short).await
         else {
             return;
@@ -333,11 +338,15 @@ impl Workers {
                     &body,
                     std::time::SystemTime::now(),
                 );
+                let call = span.upstream_call(lane.route.upstream());
+                call.inject(&mut headers);
                 let send = self
                     .forward
                     .send(&lane.route, &lane.upstream, headers, body.clone());
                 tokio::select! {
                     outcome = send => {
+                        call.upstream(&outcome);
+                        call.end();
                         let error = failure(&lease.route, &outcome);
                         (outcome, error)
                     }
@@ -391,8 +400,17 @@ impl Workers {
                 UpstreamOutcome::Answered(reply) => answer_start(&reply.body),
                 _ => None,
             },
+            trace_id: span.trace_id(),
         };
         self.settle(&job, &attempt, settlement).await;
+        span.set("hookgate.attempt.result", settlement.state().as_str());
+        if let Some(status) = status {
+            span.set("http.response.status_code", i64::from(status));
+        }
+        if settlement != Settlement::Processed {
+            span.fail(settlement.state().as_str());
+        }
+        span.end();
         if let Some(lane) = lane {
             lane.deliveries.observe(settlement.state(), job.attempt);
         }
@@ -473,6 +491,7 @@ impl Workers {
             result: Some("fetched".to_owned()),
             instance: self.instance.clone(),
             answer: None,
+            trace_id: None,
         };
         log_fetch(&job, &step, None);
         match self.queue.attach(&job, &step, fetched, now_millis()).await {
@@ -501,6 +520,7 @@ impl Workers {
             result: Some("handed_back".to_owned()),
             instance: self.instance.clone(),
             answer: None,
+            trace_id: None,
         }
     }
 
@@ -540,6 +560,7 @@ impl Workers {
             result: Some(settlement.state().as_str().to_owned()),
             instance: self.instance.clone(),
             answer: None,
+            trace_id: None,
         };
         self.settle(job, &step, settlement).await;
         if settlement == Settlement::Final {
@@ -548,6 +569,43 @@ impl Workers {
         }
         log_fetch(job, &step, Some(settlement));
         self.release(&job.lease);
+    }
+
+    /// The span of the attempt `job` begins, in the trace its delivery was stored with:
+    /// its number, its delivery and route, this instance, and the wait before it (since
+    /// the delivery was queued, or since the attempt before it ended, which is read
+    /// from the record's history only when the span is sampled).
+    async fn attempt_span(&self, job: &Job) -> Span {
+        let span = self
+            .telemetry
+            .attempt(job.delivery.trace_context.as_deref());
+        if !span.is_recording() {
+            return span;
+        }
+        let now = now_millis();
+        span.set("hookgate.attempt", i64::from(job.attempt));
+        span.set("hookgate.delivery_id", job.lease.delivery_id.clone());
+        span.set("hookgate.route", job.lease.route.clone());
+        span.set("hookgate.webhook_id", job.delivery.webhook_id.clone());
+        span.set("hookgate.event_type", job.delivery.event_type.clone());
+        span.set("hookgate.instance", self.instance.clone());
+        let since = if job.attempt <= 1 {
+            Some(job.enqueued_at)
+        } else {
+            match self.queue.show(&job.lease.delivery_id, false).await {
+                Ok(Some(record)) => record
+                    .history
+                    .iter()
+                    .rev()
+                    .filter(|a| a.step.is_deliver() && a.attempt + 1 == job.attempt)
+                    .find_map(|a| Some(a.started_at + a.duration_ms?)),
+                _ => None,
+            }
+        };
+        if let Some(since) = since {
+            span.set("hookgate.attempt.wait_ms", now.saturating_sub(since) as i64);
+        }
+        span
     }
 
     /// Records the attempt, retrying briefly while the store fails. If it never

@@ -25,6 +25,7 @@ mod rejects;
 mod reload;
 mod schemes;
 mod shutdown;
+mod telemetry;
 mod tls;
 mod tls_trust;
 mod upstream;

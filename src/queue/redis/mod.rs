@@ -9,7 +9,8 @@
 //!   `ready` by `TAKE` once due;
 //! - `hookgate:{queue}:d:<id>`: hash, the delivery record (state, attempts, timestamps,
 //!   last status and error, stored headers and raw body, and for an `enrich` route the
-//!   fetched `object` and the count of failed `fetches`); expires `retention` after it
+//!   fetched `object` and the count of failed `fetches`; the `trace_context`, a W3C
+//!   `traceparent`, when tracing was on at ingress); expires `retention` after it
 //!   becomes final;
 //! - `hookgate:{queue}:h:<id>`: list, the attempt history (JSON per attempt), same expiry;
 //! - `hookgate:{queue}:index`: sorted set of every id by (re)queue time, for listing;
@@ -55,12 +56,14 @@ pub use persistence::Persistence;
 
 /// Creates the record and appends it to `ready`, in one step.
 /// KEYS: record, ready, index. ARGV: id, now, index trim bound, source, route label,
-/// route, webhook id, event type, headers, body, key base, index horizon ms.
+/// route, webhook id, event type, headers, body, key base, index horizon ms, trace
+/// context (empty: none).
 const ENQUEUE: &str = r"
 redis.call('HSET', KEYS[1], 'state', 'queued', 'source', ARGV[4], 'route', ARGV[6],
   'webhook_id', ARGV[7], 'event_type', ARGV[8], 'headers', ARGV[9], 'body', ARGV[10],
   'route_label', ARGV[5], 'attempts', 0, 'replays', 0, 'received_at', ARGV[2],
   'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
+if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'trace_context', ARGV[13]) end
 redis.call('XADD', KEYS[2], '*', 'd', ARGV[1], 'r', ARGV[5])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[3])
@@ -132,8 +135,8 @@ redis.call('HSET', KEYS[1], 'state', 'processing', 'instance', ARGV[2], 'updated
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
 local entry = cjson.encode({attempt = attempt, started_at = tonumber(ARGV[1]), instance = ARGV[2]})
 local index = redis.call('RPUSH', KEYS[2], entry) - 1
-local f = redis.call('HMGET', KEYS[1], 'source', 'route', 'webhook_id', 'event_type', 'headers', 'body', 'enqueued_at', 'received_at', 'object', 'fetches')
-return {attempt, index, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10]}
+local f = redis.call('HMGET', KEYS[1], 'source', 'route', 'webhook_id', 'event_type', 'headers', 'body', 'enqueued_at', 'received_at', 'object', 'fetches', 'trace_context')
+return {attempt, index, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11]}
 ";
 
 /// Keeps the object fetched for an `enrich` route with the record, closes the fetch
@@ -464,7 +467,8 @@ impl Queue for RedisQueue {
                 .arg(encode_headers(&delivery.headers))
                 .arg(delivery.body.as_ref())
                 .arg(&self.base)
-                .arg(millis(self.index_horizon));
+                .arg(millis(self.index_horizon))
+                .arg(delivery.trace_context.as_deref().unwrap_or(""));
             let _: i64 = self.ingress.script("enqueue", invocation).await?;
             Ok(id)
         })
@@ -519,7 +523,7 @@ impl Queue for RedisQueue {
                 .arg(id);
             let reply: Option<Vec<redis::Value>> = self.redis.script("begin", invocation).await?;
             let Some(f) = reply else { return Ok(None) };
-            if f.len() != 12 {
+            if f.len() != 13 {
                 return Err(malformed(id, format!("begin returned {} values", f.len())));
             }
             let headers = decode_headers(&text(f.get(6))).map_err(|e| malformed(id, e))?;
@@ -535,6 +539,7 @@ impl Queue for RedisQueue {
                     headers,
                     body: bytes(f.get(7)),
                     received_at: number(&text(f.get(9))).unwrap_or(now),
+                    trace_context: Some(text(f.get(12))).filter(|t| !t.is_empty()),
                 },
                 enqueued_at: number(&text(f.get(8))).unwrap_or(now),
                 object: present(f.get(10)),

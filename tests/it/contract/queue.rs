@@ -43,6 +43,7 @@ fn delivery(source: &str, n: u64, received_at: UnixMillis) -> NewDelivery {
         headers,
         body: Bytes::from(body),
         received_at,
+        trace_context: None,
     }
 }
 
@@ -62,6 +63,7 @@ fn ended(job: &Job, started_at: UnixMillis, status: Option<u16>, result: &str) -
         result: Some(result.to_owned()),
         instance: INSTANCE.to_owned(),
         answer: status.map(|status| format!("{{\"status\":{status}}}")),
+        trace_id: None,
     }
 }
 
@@ -225,6 +227,42 @@ pub async fn a_taken_delivery_begins_as_an_attempt_with_everything_it_was_enqueu
     assert!(
         queue.take(10, t + 3).await.unwrap().is_empty(),
         "taken once"
+    );
+}
+
+/// Tracing: the context ingress stored comes back with every attempt, retries too, and
+/// an attempt's `trace_id` stays in the history; a delivery stored without one has none.
+pub async fn the_trace_context_comes_back_with_every_attempt_and_the_history_keeps_trace_ids(
+    queue: &dyn Queue,
+) {
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let t = now_millis();
+    let traced = NewDelivery {
+        trace_context: Some(TRACEPARENT.to_owned()),
+        ..delivery(SOURCE, 1, t)
+    };
+    let id = enqueue(queue, traced).await;
+    let job = begin(queue, &take_one(queue, t + 1).await, t + 1).await;
+    assert_eq!(job.delivery.trace_context.as_deref(), Some(TRACEPARENT));
+    let failed = Attempt {
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
+        ..ended(&job, t + 1, Some(503), "failed_retryable")
+    };
+    queue
+        .settle(&job, &failed, Settlement::RetryAt(t + 10), t + 2)
+        .await
+        .unwrap();
+    let retry = begin(queue, &take_one(queue, t + 10).await, t + 10).await;
+    assert_eq!(retry.attempt, 2);
+    assert_eq!(retry.delivery.trace_context.as_deref(), Some(TRACEPARENT));
+    assert_eq!(show(queue, &id).await.history[0], failed);
+
+    let plain = enqueue(queue, delivery(SOURCE, 2, t + 20)).await;
+    let lease = take_one(queue, t + 21).await;
+    assert_eq!(lease.delivery_id, plain);
+    assert_eq!(
+        begin(queue, &lease, t + 21).await.delivery.trace_context,
+        None
     );
 }
 
