@@ -251,7 +251,7 @@ impl Gateway {
         )?;
         let dedupe_key: &str = trace.webhook_id.insert(dedupe_key.into_owned());
         let event_type: &str = trace.event_type.insert(event_type.into_owned());
-        let Some((route_index, route)) = source.routes.first_match(event_type) else {
+        let Some((route_index, route)) = source.routes.first_match(event_type, &body) else {
             return Ok(Answer::Unrouted);
         };
         trace.route = Some(route.name());

@@ -1,4 +1,6 @@
-//! Routes: which upstream receives an event type. The first matching route wins.
+//! Routes: which upstream receives an event. The first applicable route wins: its event
+//! type matches one of its patterns and every one of its `match` conditions holds
+//! (`condition`: tests on the verified body, never on headers).
 //!
 //! Patterns are an exact type (`response.completed`), a prefix ending in `*`
 //! (`batch.*` matches `batch.completed`, not `batch`), or `*` alone for everything.
@@ -10,6 +12,10 @@ use std::num::NonZeroU32;
 use http::Uri;
 
 use crate::verify::standard_webhooks::Resigner;
+
+pub mod condition;
+
+pub use condition::{Condition, Payload, Test};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventPattern {
@@ -66,6 +72,8 @@ pub struct Route {
     /// `<source>/<route name>`: unique across the config, used as the metric label.
     label: String,
     patterns: Vec<EventPattern>,
+    /// All must hold (on top of a pattern) for the route to apply.
+    conditions: Vec<Condition>,
     upstream: Uri,
     /// hookgate's own Standard Webhooks signature for this upstream, if configured.
     resign: Option<Resigner>,
@@ -93,6 +101,7 @@ impl Route {
             name: name.to_owned(),
             label: format!("{source}/{name}"),
             patterns,
+            conditions: Vec::new(),
             upstream: parse_upstream(upstream)
                 .map_err(|msg| format!("upstream {upstream:?} {msg}"))?,
             resign: None,
@@ -119,6 +128,15 @@ impl Route {
         self.max_concurrency
     }
 
+    pub fn with_conditions(mut self, conditions: Vec<Condition>) -> Self {
+        self.conditions = conditions;
+        self
+    }
+
+    pub fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -133,6 +151,12 @@ impl Route {
 
     pub fn matches(&self, event_type: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(event_type))
+    }
+
+    /// Whether this route takes the event: a pattern matches its type and every
+    /// condition holds for its body.
+    pub fn applies(&self, event_type: &str, payload: &Payload<'_>) -> bool {
+        self.matches(event_type) && self.conditions.iter().all(|c| c.holds(payload))
     }
 
     pub fn patterns_display(&self) -> String {
@@ -163,13 +187,15 @@ impl Routes {
         Routes(routes)
     }
 
-    /// The first route, in file order, with a pattern matching `event_type`, and its
-    /// position (which indexes per-route state such as metrics).
-    pub fn first_match(&self, event_type: &str) -> Option<(usize, &Route)> {
+    /// The first route, in file order, that applies to the event (`Route::applies`),
+    /// and its position (which indexes per-route state such as metrics). `body` is the
+    /// verified body; it is parsed only if a route with conditions is reached.
+    pub fn first_match(&self, event_type: &str, body: &[u8]) -> Option<(usize, &Route)> {
+        let payload = Payload::new(body);
         self.0
             .iter()
             .enumerate()
-            .find(|(_, route)| route.matches(event_type))
+            .find(|(_, route)| route.applies(event_type, &payload))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
@@ -180,6 +206,12 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn matched<'r>(routes: &'r Routes, event_type: &str, body: &str) -> Option<&'r str> {
+        routes
+            .first_match(event_type, body.as_bytes())
+            .map(|(_, route)| route.name())
+    }
 
     fn route(name: &str, events: &[&str]) -> Route {
         let events: Vec<String> = events.iter().map(|e| e.to_string()).collect();
@@ -220,24 +252,48 @@ mod tests {
             route("batch", &["batch.*"]),
             route("rest", &["*"]),
         ]);
-        assert_eq!(
-            routes.first_match("response.failed").unwrap().1.name(),
-            "responses"
-        );
-        assert_eq!(
-            routes.first_match("batch.expired").unwrap().1.name(),
-            "batch"
-        );
-        assert_eq!(
-            routes.first_match("eval.run.succeeded").unwrap().1.name(),
-            "rest"
-        );
+        assert_eq!(matched(&routes, "response.failed", "{}"), Some("responses"));
+        assert_eq!(matched(&routes, "batch.expired", "{}"), Some("batch"));
+        assert_eq!(matched(&routes, "eval.run.succeeded", "{}"), Some("rest"));
     }
 
     #[test]
     fn no_match_without_a_catch_all() {
         let routes = Routes::new(vec![route("responses", &["response.*"])]);
-        assert!(routes.first_match("batch.completed").is_none());
+        assert!(matched(&routes, "batch.completed", "{}").is_none());
+    }
+
+    #[test]
+    fn a_route_whose_conditions_fail_gives_way_to_the_next_applicable_one() {
+        let tenant = |value: &str| {
+            Condition::new(
+                crate::event::JsonPointer::parse("/data/tenant").unwrap(),
+                Test::Equals(serde_json::json!(value)),
+            )
+        };
+        let routes = Routes::new(vec![
+            route("acme", &["response.*"]).with_conditions(vec![tenant("acme")]),
+            route("globex", &["*"]).with_conditions(vec![tenant("globex")]),
+            route("rest", &["response.*"]),
+        ]);
+        let body = |t: &str| format!(r#"{{"data":{{"tenant":"{t}"}}}}"#);
+        assert_eq!(
+            matched(&routes, "response.completed", &body("acme")),
+            Some("acme")
+        );
+        assert_eq!(
+            matched(&routes, "response.completed", &body("globex")),
+            Some("globex")
+        );
+        assert_eq!(matched(&routes, "batch.completed", &body("acme")), None);
+        assert_eq!(
+            matched(&routes, "response.completed", &body("initech")),
+            Some("rest")
+        );
+        assert_eq!(
+            matched(&routes, "response.completed", "not json"),
+            Some("rest")
+        );
     }
 
     #[test]

@@ -434,6 +434,9 @@ pub struct Route {
     pub name: Option<String>,
     #[serde(default)]
     pub events: Vec<String>,
+    /// Conditions on the verified body; all must hold for the route to apply.
+    #[serde(default, rename = "match")]
+    pub conditions: Vec<Condition>,
     pub upstream: String,
     /// Forward with hookgate's own Standard Webhooks signature instead of the sender's.
     pub resign: Option<Resign>,
@@ -442,6 +445,19 @@ pub struct Route {
     /// Queue mode with `resign` only: deliver `{"event", "object"}`, the object fetched
     /// from the sender's API (`enrich`).
     pub enrich: Option<Enrich>,
+}
+
+/// `{ pointer = "/data/status", in = ["completed", "incomplete"] }`: a pointer and
+/// exactly one operator (`config::source` checks that, naming the key).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    pub pointer: String,
+    pub equals: Option<toml::Value>,
+    #[serde(rename = "in")]
+    pub one_of: Option<Vec<toml::Value>>,
+    pub exists: Option<bool>,
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -65,6 +65,21 @@ pub(super) fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String
                 Invalid::at(format!("{key}.provider"), format!("{key}.provider {e}"))
             })?;
             warnings.extend(typos.iter().map(|w| format!("{key}.{w}")));
+            for (j, route) in file.routes.iter().enumerate() {
+                for (c, condition) in route.conditions.iter().enumerate() {
+                    let Ok(pointer) = JsonPointer::parse(&condition.pointer) else {
+                        continue; // reported with the routes
+                    };
+                    if let Some(why) =
+                        crate::provider::absent_field(provider, &route.events, &pointer)
+                    {
+                        warnings.push(format!(
+                            "{key}.routes[{j}].match[{c}].pointer {:?} {why}",
+                            condition.pointer
+                        ));
+                    }
+                }
+            }
         }
         if file.content_encoding == ContentEncoding::Pass
             && let Some(Field::Json(pointer)) = [&built.event_type, &built.dedupe_key]
@@ -341,7 +356,8 @@ fn routes(source_key: &str, file: &file::Source) -> Result<BuiltRoutes, Invalid>
         };
         let mut compiled = Route::new(&file.name, &name, &route.events, &route.upstream)
             .map_err(|e| Invalid::at(format!("{key}.{}", route_key(route)), format!("{key}.{e}")))?
-            .with_max_concurrency(max_concurrency);
+            .with_max_concurrency(max_concurrency)
+            .with_conditions(super::controls::conditions(&key, &route.conditions)?);
         if let Some(resign) = &route.resign {
             let signer = Resigner::new(resign.secret.expose()).map_err(|e| {
                 Invalid::at(

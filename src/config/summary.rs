@@ -165,6 +165,11 @@ impl Settings {
                         ""
                     }
                 );
+                if !route.conditions().is_empty() {
+                    let conditions: Vec<String> =
+                        route.conditions().iter().map(ToString::to_string).collect();
+                    let _ = writeln!(s, "      match {}", conditions.join(" and "));
+                }
                 if let Some(enrich) = source.enrich.get(route.name()) {
                     let _ = writeln!(s, "      {}", enrich_line(enrich));
                 }

@@ -15,6 +15,7 @@ mod examples;
 mod forwarding;
 mod guidance;
 mod integrity;
+mod matching;
 mod metrics;
 mod packaging;
 mod queue;

@@ -1,0 +1,99 @@
+//! A route's delivery controls, from the file to the types the program uses: `match`
+//! conditions (and later fan-out, breakers and rates). Every error names its key path
+//! (`sources[0].routes[1].match[2].in`) for `ConfigError` to locate.
+
+use serde_json::Value;
+
+use super::error::Invalid;
+use super::file;
+use crate::event::JsonPointer;
+use crate::route::{Condition, Test};
+
+const OPERATORS: &str = "equals, in, exists or prefix";
+
+/// A route's `match` list; `key` is the route's key path (`sources[0].routes[1]`).
+pub(super) fn conditions(key: &str, file: &[file::Condition]) -> Result<Vec<Condition>, Invalid> {
+    file.iter()
+        .enumerate()
+        .map(|(i, condition)| one_condition(&format!("{key}.match[{i}]"), condition))
+        .collect()
+}
+
+fn one_condition(key: &str, file: &file::Condition) -> Result<Condition, Invalid> {
+    let pointer = JsonPointer::parse(&file.pointer).map_err(|e| {
+        Invalid::at(
+            format!("{key}.pointer"),
+            format!("{key}.pointer {:?}: {e}", file.pointer),
+        )
+    })?;
+    if pointer.tokens().is_empty() {
+        return Err(Invalid::at(
+            format!("{key}.pointer"),
+            format!(
+                "{key}.pointer is empty: name a field of the body (for example \"/data/status\")"
+            ),
+        ));
+    }
+    let mut tests = Vec::new();
+    if let Some(value) = &file.equals {
+        tests.push(Test::Equals(scalar(&format!("{key}.equals"), value)?));
+    }
+    if let Some(values) = &file.one_of {
+        if values.is_empty() {
+            return Err(Invalid::at(
+                format!("{key}.in"),
+                format!(
+                    "{key}.in is empty: the condition could never hold; list at least one value"
+                ),
+            ));
+        }
+        let values = values
+            .iter()
+            .enumerate()
+            .map(|(j, value)| scalar(&format!("{key}.in[{j}]"), value))
+            .collect::<Result<Vec<_>, _>>()?;
+        tests.push(Test::In(values));
+    }
+    if let Some(exists) = file.exists {
+        tests.push(Test::Exists(exists));
+    }
+    if let Some(prefix) = &file.prefix {
+        tests.push(Test::Prefix(prefix.clone()));
+    }
+    match tests.len() {
+        1 => Ok(Condition::new(pointer, tests.remove(0))),
+        0 => Err(Invalid::at(
+            key,
+            format!("{key} has no operator; give it one of {OPERATORS}"),
+        )),
+        _ => Err(Invalid::at(
+            key,
+            format!(
+                "{key} has {} operators; give each condition exactly one of {OPERATORS} \
+                 (write several conditions to need several)",
+                tests.len()
+            ),
+        )),
+    }
+}
+
+/// A string, number or boolean as JSON; anything else is an error naming `key`.
+fn scalar(key: &str, value: &toml::Value) -> Result<Value, Invalid> {
+    let refused = |what: &str| {
+        Invalid::at(
+            key,
+            format!("{key} is {what}; a condition compares strings, numbers or booleans"),
+        )
+    };
+    match value {
+        toml::Value::String(s) => Ok(Value::String(s.clone())),
+        toml::Value::Integer(n) => Ok(Value::from(*n)),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .ok_or_else(|| refused("not a finite number")),
+        toml::Value::Boolean(b) => Ok(Value::Bool(*b)),
+        toml::Value::Datetime(_) => Err(refused("a date")),
+        toml::Value::Array(_) => Err(refused("a list (use in = [...] for one of several)")),
+        toml::Value::Table(_) => Err(refused("a table")),
+    }
+}
