@@ -282,22 +282,29 @@ impl Gateway {
             // Done once stored: the sender's retries are duplicates from here on. If the
             // store fails, the claim is released and the sender told to retry (503).
             // A route that re-signs is re-signed by the worker at each attempt, so the
-            // backend always sees a fresh timestamp.
+            // backend always sees a fresh timestamp. A fan-out route stores one copy per
+            // upstream, all in one step: the 202 means every copy is stored.
             Handoff::Enqueue(queue) => {
-                let stored = queue
-                    .enqueue(NewDelivery {
+                let received_at = now_millis();
+                let copies = route
+                    .upstreams()
+                    .iter()
+                    .map(|upstream| NewDelivery {
                         source: source.name.clone(),
-                        route: route.name().to_owned(),
+                        route: upstream.delivery_route.clone(),
                         webhook_id: dedupe_key.to_owned(),
                         event_type: event_type.to_owned(),
-                        headers,
-                        body,
-                        received_at: now_millis(),
+                        headers: headers.clone(),
+                        body: body.clone(),
+                        received_at,
                     })
+                    .collect();
+                let stored = queue
+                    .enqueue_all(copies)
                     .await
-                    .map(|delivery_id| {
-                        trace.delivery_id = Some(delivery_id.clone());
-                        Answer::Queued { delivery_id }
+                    .map(|delivery_ids| {
+                        trace.delivery_id = Some(delivery_ids.join(","));
+                        Answer::Queued { delivery_ids }
                     })
                     .map_err(Reject::from);
                 let stored_ok = stored.is_ok();

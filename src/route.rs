@@ -66,6 +66,20 @@ impl fmt::Display for EventPattern {
     }
 }
 
+/// One upstream of a route. A route with several (fan-out, queue mode only) gives each
+/// its own delivery, whose record names the route `<route>/<key>`: that name is how
+/// the queue, the workers, `deliveries list` and the metrics tell the copies apart.
+#[derive(Debug, Clone)]
+pub struct RouteUpstream {
+    /// Its `name`, else its index in `upstreams` (`"0"` for a route's one `upstream`):
+    /// the `upstream` label of its breaker metrics. Never the URL.
+    pub key: String,
+    pub uri: Uri,
+    /// The route name its deliveries are stored under: the route's own name when it has
+    /// one upstream, else `<route>/<key>`.
+    pub delivery_route: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Route {
     name: String,
@@ -74,7 +88,12 @@ pub struct Route {
     patterns: Vec<EventPattern>,
     /// All must hold (on top of a pattern) for the route to apply.
     conditions: Vec<Condition>,
+    /// The first of `upstreams`: the one a proxy-mode route forwards to.
     upstream: Uri,
+    /// At least one; more only in queue mode (fan-out).
+    upstreams: Vec<RouteUpstream>,
+    /// The label of the route this one was cut from (`copies`); else `label`.
+    base_label: String,
     /// hookgate's own Standard Webhooks signature for this upstream, if configured.
     resign: Option<Resigner>,
     /// Queue mode: deliveries to this route at once, per instance; `None` = no limit.
@@ -97,16 +116,85 @@ impl Route {
             .enumerate()
             .map(|(i, e)| EventPattern::parse(e).map_err(|msg| format!("events[{i}] {msg}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let upstream =
+            parse_upstream(upstream).map_err(|msg| format!("upstream {upstream:?} {msg}"))?;
+        let label = format!("{source}/{name}");
         Ok(Route {
             name: name.to_owned(),
-            label: format!("{source}/{name}"),
+            base_label: label.clone(),
+            label,
             patterns,
             conditions: Vec::new(),
-            upstream: parse_upstream(upstream)
-                .map_err(|msg| format!("upstream {upstream:?} {msg}"))?,
+            upstreams: vec![RouteUpstream {
+                key: "0".to_owned(),
+                uri: upstream.clone(),
+                delivery_route: name.to_owned(),
+            }],
+            upstream,
             resign: None,
             max_concurrency: None,
         })
+    }
+
+    /// Replaces the route's upstreams (`(name, URL)`, at least one; the URLs checked by
+    /// `parse_upstream`). With more than one, each gets its own deliveries.
+    pub fn with_upstreams(mut self, upstreams: Vec<(Option<String>, Uri)>) -> Self {
+        let fanout = upstreams.len() > 1;
+        self.upstreams = upstreams
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, uri))| {
+                let key = name.unwrap_or_else(|| i.to_string());
+                RouteUpstream {
+                    delivery_route: if fanout {
+                        format!("{}/{key}", self.name)
+                    } else {
+                        self.name.clone()
+                    },
+                    key,
+                    uri,
+                }
+            })
+            .collect();
+        if let Some(first) = self.upstreams.first() {
+            self.upstream = first.uri.clone();
+        }
+        self
+    }
+
+    pub fn upstreams(&self) -> &[RouteUpstream] {
+        &self.upstreams
+    }
+
+    /// The route as each upstream's deliveries see it: for a fan-out route one route
+    /// per upstream, named and labelled `<route>/<key>`, with that upstream alone; else
+    /// the route itself.
+    pub fn copies(&self) -> Vec<Route> {
+        if self.upstreams.len() == 1 {
+            return vec![self.clone()];
+        }
+        self.upstreams
+            .iter()
+            .map(|upstream| {
+                let mut copy = self.clone();
+                copy.label = format!("{}/{}", self.base_label, upstream.key);
+                copy.name = upstream.delivery_route.clone();
+                copy.upstream = upstream.uri.clone();
+                copy.upstreams = vec![upstream.clone()];
+                copy
+            })
+            .collect()
+    }
+
+    /// The key of the one upstream this route (or copy) delivers to (`RouteUpstream::key`).
+    pub fn upstream_key(&self) -> &str {
+        self.upstreams.first().map_or("0", |u| u.key.as_str())
+    }
+
+    /// The label of the route as configured (a copy's is its route's): the `route` label
+    /// of per-upstream metrics such as the breaker's.
+    pub fn base_label(&self) -> &str {
+        &self.base_label
     }
 
     /// Forwards with hookgate's own signature (`resign = { secret = ... }`).
@@ -165,7 +253,8 @@ impl Route {
     }
 }
 
-fn parse_upstream(text: &str) -> Result<Uri, String> {
+/// An upstream URL: http or https, with a host.
+pub fn parse_upstream(text: &str) -> Result<Uri, String> {
     let uri: Uri = text
         .parse()
         .map_err(|e| format!("is not a valid URL: {e}"))?;
@@ -294,6 +383,32 @@ mod tests {
             matched(&routes, "response.completed", "not json"),
             Some("rest")
         );
+    }
+
+    #[test]
+    fn a_fanout_route_is_cut_into_one_copy_per_upstream() {
+        let uri = |u: &str| u.parse::<Uri>().unwrap();
+        let route = route("batches", &["batch.*"]).with_upstreams(vec![
+            (None, uri("http://billing/")),
+            (Some("audit".to_owned()), uri("http://audit/")),
+        ]);
+        let names: Vec<&str> = route
+            .upstreams()
+            .iter()
+            .map(|u| u.delivery_route.as_str())
+            .collect();
+        assert_eq!(names, ["batches/0", "batches/audit"]);
+        let copies = route.copies();
+        assert_eq!(copies[1].name(), "batches/audit");
+        assert_eq!(copies[1].label(), "src/batches/audit");
+        assert_eq!(copies[1].base_label(), "src/batches");
+        assert_eq!(copies[1].upstream_key(), "audit");
+        assert_eq!(copies[1].upstream(), &uri("http://audit/"));
+        let single = route
+            .clone()
+            .with_upstreams(vec![(None, uri("http://one/"))]);
+        assert_eq!(single.copies()[0].name(), "batches");
+        assert_eq!(single.upstream_key(), "0");
     }
 
     #[test]

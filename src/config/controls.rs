@@ -1,13 +1,74 @@
 //! A route's delivery controls, from the file to the types the program uses: `match`
-//! conditions (and later fan-out, breakers and rates). Every error names its key path
-//! (`sources[0].routes[1].match[2].in`) for `ConfigError` to locate.
+//! conditions, fan-out to several `upstreams`, breakers and rates. Every error names
+//! its key path (`sources[0].routes[1].match[2].in`) for `ConfigError` to locate.
 
+use std::collections::HashSet;
+
+use http::Uri;
 use serde_json::Value;
 
 use super::error::Invalid;
-use super::file;
+use super::file::{self, DeliveryMode};
 use crate::event::JsonPointer;
-use crate::route::{Condition, Test};
+use crate::route::{Condition, Test, parse_upstream};
+
+/// A route's upstreams: the text of the first (for `Route::new`) and every one with its
+/// name. `key` is the route's key path, `source_key` its source's.
+pub(super) fn upstreams(
+    key: &str,
+    source_key: &str,
+    route: &file::Route,
+    delivery: DeliveryMode,
+) -> Result<(String, Vec<(Option<String>, Uri)>), Invalid> {
+    let entries = match (&route.upstream, route.upstreams.as_slice()) {
+        (Some(url), []) => return Ok((url.clone(), Vec::new())),
+        (None, []) => {
+            return Err(Invalid::at(
+                key,
+                format!(
+                    "{key} has no upstream; add upstream = \"http://...\" (or upstreams = [...] \
+                     to send each event to several)"
+                ),
+            ));
+        }
+        (Some(_), _) => {
+            return Err(Invalid::at(
+                format!("{key}.upstreams"),
+                format!("{key} has both upstream and upstreams; keep one"),
+            ));
+        }
+        (None, entries) => entries,
+    };
+    if entries.len() > 1 && delivery != DeliveryMode::Queue {
+        return Err(Invalid::at(
+            format!("{key}.upstreams"),
+            format!(
+                "{key}.upstreams: fan-out needs delivery = \"queue\" on {source_key} (each upstream \
+                 gets its own stored delivery and retries; in proxy mode the sender waits for one \
+                 answer); with one upstream, write upstream = \"...\""
+            ),
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("{key}.upstreams[{i}]");
+        let uri = parse_upstream(&entry.url)
+            .map_err(|e| Invalid::at(at.clone(), format!("{at} {:?} {e}", entry.url)))?;
+        if let Some(name) = &entry.name {
+            super::source::check_name(&format!("{at}.name"), name)?;
+        }
+        let name_or_index = entry.name.clone().unwrap_or_else(|| i.to_string());
+        if !names.insert(name_or_index.clone()) {
+            return Err(Invalid::at(
+                format!("{at}.name"),
+                format!("{at}.name {name_or_index:?} is already used in this route"),
+            ));
+        }
+        out.push((entry.name.clone(), uri));
+    }
+    Ok((entries[0].url.clone(), out))
+}
 
 const OPERATORS: &str = "equals, in, exists or prefix";
 

@@ -354,10 +354,15 @@ fn routes(source_key: &str, file: &file::Source) -> Result<BuiltRoutes, Invalid>
                 ));
             }
         };
-        let mut compiled = Route::new(&file.name, &name, &route.events, &route.upstream)
+        let (first, upstreams) =
+            super::controls::upstreams(&key, source_key, route, file.delivery)?;
+        let mut compiled = Route::new(&file.name, &name, &route.events, &first)
             .map_err(|e| Invalid::at(format!("{key}.{}", route_key(route)), format!("{key}.{e}")))?
             .with_max_concurrency(max_concurrency)
             .with_conditions(super::controls::conditions(&key, &route.conditions)?);
+        if !upstreams.is_empty() {
+            compiled = compiled.with_upstreams(upstreams);
+        }
         if let Some(resign) = &route.resign {
             let signer = Resigner::new(resign.secret.expose()).map_err(|e| {
                 Invalid::at(
@@ -511,7 +516,7 @@ fn route_key(route: &file::Route) -> String {
 }
 
 /// Names end up in metric labels and store keys: keep them short and plain.
-fn check_name(key: &str, name: &str) -> Result<(), Invalid> {
+pub(super) fn check_name(key: &str, name: &str) -> Result<(), Invalid> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

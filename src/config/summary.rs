@@ -153,18 +153,32 @@ impl Settings {
                     .max_concurrency()
                     .map(|n| format!(" (max {n} at once)"))
                     .unwrap_or_default();
+                let fanout = route.upstreams().len() > 1;
                 let _ = writeln!(
                     s,
                     "    route {:<12} {:<40} -> {}{limit}{}",
                     route.name(),
                     route.patterns_display(),
-                    route.upstream(),
+                    if fanout {
+                        format!("fan-out to {} upstreams", route.upstreams().len())
+                    } else {
+                        route.upstream().to_string()
+                    },
                     if route.resign().is_some() {
                         " (re-signed: standard-webhooks)"
                     } else {
                         ""
                     }
                 );
+                if fanout {
+                    for upstream in route.upstreams() {
+                        let _ = writeln!(
+                            s,
+                            "      upstream {} -> {} (deliveries listed as route {})",
+                            upstream.key, upstream.uri, upstream.delivery_route
+                        );
+                    }
+                }
                 if !route.conditions().is_empty() {
                     let conditions: Vec<String> =
                         route.conditions().iter().map(ToString::to_string).collect();

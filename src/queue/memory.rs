@@ -81,6 +81,42 @@ impl MemoryQueue {
         // Every operation leaves the maps consistent before it can panic.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Stores one new delivery `queued` and ready; returns its id.
+    fn insert_new(&self, inner: &mut Inner, delivery: NewDelivery) -> String {
+        let now = delivery.received_at;
+        let id = self.ids.next(now);
+        inner.insert(Record {
+            route_label: delivery.route_label(),
+            summary: Summary {
+                id: id.clone(),
+                state: State::Queued,
+                source: delivery.source,
+                route: delivery.route,
+                webhook_id: delivery.webhook_id,
+                event_type: delivery.event_type,
+                attempts: 0,
+                received_at: now,
+                updated_at: now,
+                next_attempt_at: None,
+                last_status: None,
+                last_error: None,
+            },
+            enqueued_at: now,
+            replays: 0,
+            history: Vec::new(),
+            // Compact copies: parsed header values and the body are slices of the
+            // connection's read buffer, which a record kept for `retention` would pin.
+            headers: encode_headers(&delivery.headers),
+            body: Bytes::copy_from_slice(&delivery.body),
+            object: None,
+            failed_fetches: 0,
+            order_key: (now, id.clone()),
+            expires_at: None,
+        });
+        inner.ready.push_back((id.clone(), now));
+        id
+    }
 }
 
 /// A field value a list can filter on, with the index of the records that have it.
@@ -254,39 +290,21 @@ impl Inner {
 
 impl Queue for MemoryQueue {
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>> {
-        let now = delivery.received_at;
-        let id = self.ids.next(now);
         let mut inner = self.lock();
-        inner.insert(Record {
-            route_label: delivery.route_label(),
-            summary: Summary {
-                id: id.clone(),
-                state: State::Queued,
-                source: delivery.source,
-                route: delivery.route,
-                webhook_id: delivery.webhook_id,
-                event_type: delivery.event_type,
-                attempts: 0,
-                received_at: now,
-                updated_at: now,
-                next_attempt_at: None,
-                last_status: None,
-                last_error: None,
-            },
-            enqueued_at: now,
-            replays: 0,
-            history: Vec::new(),
-            // Compact copies: parsed header values and the body are slices of the
-            // connection's read buffer, which a record kept for `retention` would pin.
-            headers: encode_headers(&delivery.headers),
-            body: Bytes::copy_from_slice(&delivery.body),
-            object: None,
-            failed_fetches: 0,
-            order_key: (now, id.clone()),
-            expires_at: None,
-        });
-        inner.ready.push_back((id.clone(), now));
-        ready(Ok(id))
+        ready(Ok(self.insert_new(&mut inner, delivery)))
+    }
+
+    fn enqueue_all(
+        &self,
+        deliveries: Vec<NewDelivery>,
+    ) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
+        // One lock for all: no take sees some copies before the others are stored.
+        let mut inner = self.lock();
+        let ids = deliveries
+            .into_iter()
+            .map(|delivery| self.insert_new(&mut inner, delivery))
+            .collect();
+        ready(Ok(ids))
     }
 
     fn take(&self, max: usize, now: UnixMillis) -> BoxFuture<'_, Result<Vec<Lease>, QueueError>> {

@@ -612,8 +612,17 @@ fn lanes(
         .sources
         .iter()
         .filter(|s| s.delivery == DeliveryMode::Queue)
-        .flat_map(|s| s.routes.iter().map(move |route| (s, route)))
-        .map(|(source, route)| {
+        // A fan-out route has a lane per upstream, keyed `<source>/<route>/<upstream>`
+        // as its copies' records are (`Route::copies`).
+        .flat_map(|s| {
+            s.routes.iter().flat_map(move |configured| {
+                configured
+                    .copies()
+                    .into_iter()
+                    .map(move |route| (s, configured.name(), route))
+            })
+        })
+        .map(|(source, configured, route)| {
             let limit = match current.get(route.label()) {
                 Some(lane) if lane.route.max_concurrency() == route.max_concurrency() => {
                     lane.limit.clone()
@@ -627,7 +636,7 @@ fn lanes(
                 upstream: metrics.route(route.label()),
                 deliveries: metrics.delivery(route.label()),
                 limit,
-                enrich: source.enrich.get(route.name()).map(|settings| {
+                enrich: source.enrich.get(configured).map(|settings| {
                     Enricher::new(
                         settings.clone(),
                         metrics.enrich(route.label()),

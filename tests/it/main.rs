@@ -12,6 +12,7 @@ mod contract;
 mod dedupe;
 mod enrich;
 mod examples;
+mod fanout;
 mod forwarding;
 mod guidance;
 mod integrity;

@@ -51,22 +51,28 @@ mod list;
 
 use list::{FACETS, LIST, SUMMARY_FIELDS, summary};
 
-/// Creates the record and appends it to `ready`, in one step.
-/// KEYS: record, ready, index. ARGV: id, now, index trim bound, source, route label,
-/// route, webhook id, event type, headers, body, key base, index horizon ms.
+/// Creates the records of one or more deliveries (a fan-out route's copies) and appends
+/// them to `ready`, all in one step: either every copy is stored or none is.
+/// KEYS: ready, index, then one record key per delivery. ARGV: now, index trim bound,
+/// key base, index horizon ms, then per delivery (in KEYS order) 8 values: id, source,
+/// route label, route, webhook id, event type, headers, body.
 const ENQUEUE: &str = r"
-redis.call('HSET', KEYS[1], 'state', 'queued', 'source', ARGV[4], 'route', ARGV[6],
-  'webhook_id', ARGV[7], 'event_type', ARGV[8], 'headers', ARGV[9], 'body', ARGV[10],
-  'route_label', ARGV[5], 'attempts', 0, 'replays', 0, 'received_at', ARGV[2],
-  'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
-redis.call('XADD', KEYS[2], '*', 'd', ARGV[1], 'r', ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[3])
-local queued = ARGV[11] .. 'x:state:queued'
-redis.call('ZADD', queued, ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', queued, '-inf', '(' .. ARGV[3])
-filed(ARGV[11], ARGV[1], ARGV[2], ARGV[4], ARGV[6], ARGV[8], ARGV[7], ARGV[3], ARGV[12])
-return 1
+local queued = ARGV[3] .. 'x:state:queued'
+for i = 3, #KEYS do
+  local a = 4 + (i - 3) * 8
+  local id = ARGV[a + 1]
+  redis.call('HSET', KEYS[i], 'state', 'queued', 'source', ARGV[a + 2], 'route', ARGV[a + 4],
+    'webhook_id', ARGV[a + 5], 'event_type', ARGV[a + 6], 'headers', ARGV[a + 7], 'body', ARGV[a + 8],
+    'route_label', ARGV[a + 3], 'attempts', 0, 'replays', 0, 'received_at', ARGV[1],
+    'enqueued_at', ARGV[1], 'updated_at', ARGV[1])
+  redis.call('XADD', KEYS[1], '*', 'd', id, 'r', ARGV[a + 3])
+  redis.call('ZADD', KEYS[2], ARGV[1], id)
+  redis.call('ZADD', queued, ARGV[1], id)
+  filed(ARGV[3], id, ARGV[1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 6], ARGV[a + 5], ARGV[2], ARGV[4])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
+redis.call('ZREMRANGEBYSCORE', queued, '-inf', '(' .. ARGV[2])
+return #KEYS - 2
 ";
 
 /// Promotes due retries into `ready`, then takes up to ARGV[3] entries for this
@@ -424,29 +430,47 @@ fn present(value: Option<&redis::Value>) -> Option<Bytes> {
 impl Queue for RedisQueue {
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>> {
         Box::pin(async move {
-            let now = delivery.received_at;
-            let id = self.ids.next(now);
+            let mut ids = self.enqueue_all(vec![delivery]).await?;
+            ids.pop()
+                .ok_or_else(|| malformed("enqueue", "no id for the delivery"))
+        })
+    }
+
+    fn enqueue_all(
+        &self,
+        deliveries: Vec<NewDelivery>,
+    ) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
+        Box::pin(async move {
+            let Some(first) = deliveries.first() else {
+                return Ok(Vec::new());
+            };
+            // One received_at for all: the copies of one sender delivery.
+            let now = first.received_at;
+            let ids: Vec<String> = deliveries.iter().map(|_| self.ids.next(now)).collect();
             let horizon = self.index_bound(now);
-            let label = delivery.route_label();
             let mut invocation = self.scripts.enqueue.prepare_invoke();
+            invocation.key(&self.keys.ready).key(&self.keys.index);
+            for id in &ids {
+                invocation.key(self.record_key(id));
+            }
             invocation
-                .key(self.record_key(&id))
-                .key(&self.keys.ready)
-                .key(&self.keys.index)
-                .arg(&id)
                 .arg(now)
                 .arg(horizon)
-                .arg(&delivery.source)
-                .arg(&label)
-                .arg(&delivery.route)
-                .arg(&delivery.webhook_id)
-                .arg(&delivery.event_type)
-                .arg(encode_headers(&delivery.headers))
-                .arg(delivery.body.as_ref())
                 .arg(&self.base)
                 .arg(millis(self.index_horizon));
+            for (id, delivery) in ids.iter().zip(&deliveries) {
+                invocation
+                    .arg(id)
+                    .arg(&delivery.source)
+                    .arg(delivery.route_label())
+                    .arg(&delivery.route)
+                    .arg(&delivery.webhook_id)
+                    .arg(&delivery.event_type)
+                    .arg(encode_headers(&delivery.headers))
+                    .arg(delivery.body.as_ref());
+            }
             let _: i64 = self.ingress.script("enqueue", invocation).await?;
-            Ok(id)
+            Ok(ids)
         })
     }
 
