@@ -28,6 +28,7 @@ use hyper::body::Body;
 use prometheus::IntCounter;
 
 use crate::body_budget::{BodyBudget, Reservation};
+use crate::breaker::Admission;
 use crate::client_ip::ClientIpResolver;
 use crate::config::{ContentEncoding, DeliveryMode, Limits, Settings, Source};
 use crate::dedupe::{Claimed, Dedupe};
@@ -263,22 +264,30 @@ impl Gateway {
         };
         let mut headers = self.upstream_headers(parts, peer, entry, event_type);
         let (answer, delivered) = match &entry.handoff {
-            Handoff::Forward => {
-                forward::prepare(
-                    route,
-                    &mut headers,
-                    dedupe_key,
-                    source.scheme,
-                    &body,
-                    SystemTime::now(),
-                );
-                let outcome = self
-                    .forward
-                    .send(route, &entry.routes[route_index], headers, body)
-                    .await;
-                let delivered = outcome.is_delivered();
-                (reject::answer(route.label(), outcome), delivered)
-            }
+            // An open breaker sends nothing and releases the claim: the sender's retry
+            // after `Retry-After` is forwarded once the upstream is back.
+            Handoff::Forward => match self.forward.admit(route, tokio::time::Instant::now()) {
+                Admission::Open { retry_after } => {
+                    (Err(Reject::CircuitOpen { retry_after }), false)
+                }
+                Admission::Pass(pass) => {
+                    forward::prepare(
+                        route,
+                        &mut headers,
+                        dedupe_key,
+                        source.scheme,
+                        &body,
+                        SystemTime::now(),
+                    );
+                    let outcome = self
+                        .forward
+                        .send(route, &entry.routes[route_index], headers, body)
+                        .await;
+                    pass.record(&outcome, tokio::time::Instant::now());
+                    let delivered = outcome.is_delivered();
+                    (reject::answer(route.label(), outcome), delivered)
+                }
+            },
             // Done once stored: the sender's retries are duplicates from here on. If the
             // store fails, the claim is released and the sender told to retry (503).
             // A route that re-signs is re-signed by the worker at each attempt, so the

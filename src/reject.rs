@@ -78,6 +78,10 @@ pub enum Reject {
     RateLimited { retry_after: Duration },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Proxy mode: the route's upstream failed `breaker.failures` times in a row and is
+    /// left alone for the rest of its cooldown; nothing was sent.
+    #[error("the circuit breaker of the route's upstream is open")]
+    CircuitOpen { retry_after: Duration },
     /// Queue mode: the delivery could not be stored; the sender must retry.
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
@@ -121,9 +125,10 @@ impl Reject {
             Reject::UnsupportedContentEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::InFlight { .. } => StatusCode::CONFLICT,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Reject::Store(_) | Reject::Queue(_) | Reject::BodyBufferFull(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Reject::Store(_)
+            | Reject::Queue(_)
+            | Reject::BodyBufferFull(_)
+            | Reject::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Reject::Upstream {
                 outcome: UpstreamOutcome::Timeout,
                 ..
@@ -171,6 +176,7 @@ impl Reject {
             Reject::RateLimited { .. } => "rate_limited",
             Reject::Store(_) => "store_unavailable",
             Reject::Queue(_) => "queue_unavailable",
+            Reject::CircuitOpen { .. } => "upstream_circuit_open",
             Reject::Upstream { outcome, .. } => match outcome {
                 UpstreamOutcome::Timeout => "upstream_timeout",
                 UpstreamOutcome::Unreachable(_) => "upstream_unreachable",
@@ -203,6 +209,7 @@ impl Reject {
             Reject::RateLimited { .. } => Outcome::RateLimited,
             Reject::Store(_) => Outcome::StoreError,
             Reject::Queue(_) => Outcome::QueueError,
+            Reject::CircuitOpen { .. } => Outcome::CircuitOpen,
             Reject::Upstream {
                 outcome: UpstreamOutcome::Timeout,
                 ..
@@ -215,7 +222,8 @@ impl Reject {
         match self {
             Reject::InFlight { retry_after }
             | Reject::RateLimited { retry_after }
-            | Reject::PenaltyBox { retry_after } => Some(*retry_after),
+            | Reject::PenaltyBox { retry_after }
+            | Reject::CircuitOpen { retry_after } => Some(*retry_after),
             Reject::Store(_) | Reject::Queue(_) => Some(STORE_RETRY_AFTER),
             Reject::BodyBufferFull(_) => Some(body_budget::RETRY_AFTER),
             _ => None,
@@ -358,6 +366,14 @@ mod tests {
                 429,
                 "penalty_box",
                 "penalty_box",
+            ),
+            (
+                Reject::CircuitOpen {
+                    retry_after: Duration::from_millis(2500),
+                },
+                503,
+                "upstream_circuit_open",
+                "circuit_open",
             ),
             (Reject::NotFound, 404, "not_found", "not_found"),
             (

@@ -66,6 +66,22 @@ impl fmt::Display for EventPattern {
     }
 }
 
+/// `breaker = { failures, cooldown }`: open after `failures` failed attempts in a row
+/// to one upstream, for `cooldown`; then one probe decides (`breaker::Breaker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerPolicy {
+    pub failures: NonZeroU32,
+    pub cooldown: std::time::Duration,
+}
+
+/// `rate = { per_second, burst }`: queue mode, deliveries started per second to each
+/// upstream of the route.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RatePolicy {
+    pub per_second: f64,
+    pub burst: NonZeroU32,
+}
+
 /// One upstream of a route. A route with several (fan-out, queue mode only) gives each
 /// its own delivery, whose record names the route `<route>/<key>`: that name is how
 /// the queue, the workers, `deliveries list` and the metrics tell the copies apart.
@@ -98,6 +114,10 @@ pub struct Route {
     resign: Option<Resigner>,
     /// Queue mode: deliveries to this route at once, per instance; `None` = no limit.
     max_concurrency: Option<NonZeroU32>,
+    /// Per upstream.
+    breaker: Option<BreakerPolicy>,
+    /// Queue mode, per upstream.
+    rate: Option<RatePolicy>,
 }
 
 impl Route {
@@ -133,6 +153,8 @@ impl Route {
             upstream,
             resign: None,
             max_concurrency: None,
+            breaker: None,
+            rate: None,
         })
     }
 
@@ -214,6 +236,24 @@ impl Route {
 
     pub fn max_concurrency(&self) -> Option<NonZeroU32> {
         self.max_concurrency
+    }
+
+    pub fn with_breaker(mut self, breaker: Option<BreakerPolicy>) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    pub fn breaker(&self) -> Option<BreakerPolicy> {
+        self.breaker
+    }
+
+    pub fn with_rate(mut self, rate: Option<RatePolicy>) -> Self {
+        self.rate = rate;
+        self
+    }
+
+    pub fn rate(&self) -> Option<RatePolicy> {
+        self.rate
     }
 
     pub fn with_conditions(mut self, conditions: Vec<Condition>) -> Self {

@@ -10,7 +10,72 @@ use serde_json::Value;
 use super::error::Invalid;
 use super::file::{self, DeliveryMode};
 use crate::event::JsonPointer;
-use crate::route::{Condition, Test, parse_upstream};
+use crate::route::{BreakerPolicy, Condition, RatePolicy, Test, parse_upstream};
+
+/// A route's `breaker`.
+pub(super) fn breaker(
+    key: &str,
+    file: Option<&file::Breaker>,
+) -> Result<Option<BreakerPolicy>, Invalid> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    let failures = std::num::NonZeroU32::new(file.failures).ok_or_else(|| {
+        Invalid::at(
+            format!("{key}.breaker.failures"),
+            format!("{key}.breaker.failures must be at least 1"),
+        )
+    })?;
+    if file.cooldown.is_zero() {
+        return Err(Invalid::at(
+            format!("{key}.breaker.cooldown"),
+            format!("{key}.breaker.cooldown must be more than 0"),
+        ));
+    }
+    Ok(Some(BreakerPolicy {
+        failures,
+        cooldown: file.cooldown,
+    }))
+}
+
+/// A route's `rate`: queue mode only (in proxy mode the sender's own rate governs).
+pub(super) fn rate(
+    key: &str,
+    source_key: &str,
+    file: Option<&file::Rate>,
+    delivery: DeliveryMode,
+) -> Result<Option<RatePolicy>, Invalid> {
+    let Some(file) = file else {
+        return Ok(None);
+    };
+    if delivery != DeliveryMode::Queue {
+        return Err(Invalid::at(
+            format!("{key}.rate"),
+            format!(
+                "{key}.rate only applies to queue mode; set delivery = \"queue\" on {source_key} \
+                 (in proxy mode each delivery is sent while its sender waits: the sender's own \
+                 rate governs)"
+            ),
+        ));
+    }
+    if !file.per_second.is_finite() || file.per_second <= 0.0 || file.per_second > 1e6 {
+        return Err(Invalid::at(
+            format!("{key}.rate.per_second"),
+            format!("{key}.rate.per_second must be more than 0 (and at most 1000000)"),
+        ));
+    }
+    let burst = file.burst.unwrap_or(file.per_second.ceil() as u32);
+    let burst = std::num::NonZeroU32::new(burst).ok_or_else(|| {
+        Invalid::at(
+            format!("{key}.rate.burst"),
+            format!("{key}.rate.burst must be at least 1"),
+        )
+    })?;
+    Ok(Some(RatePolicy {
+        per_second: file.per_second,
+        burst,
+    }))
+}
 
 /// A route's upstreams: the text of the first (for `Route::new`) and every one with its
 /// name. `key` is the route's key path, `source_key` its source's.

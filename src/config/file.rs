@@ -446,9 +446,30 @@ pub struct Route {
     pub resign: Option<Resign>,
     /// Queue mode only: at most this many deliveries to this route at once, per instance.
     pub max_concurrency: Option<u32>,
+    /// Per upstream: stop sending after this many failures in a row, for a cooldown.
+    pub breaker: Option<Breaker>,
+    /// Queue mode only: deliveries started per second to each upstream.
+    pub rate: Option<Rate>,
     /// Queue mode with `resign` only: deliver `{"event", "object"}`, the object fetched
     /// from the sender's API (`enrich`).
     pub enrich: Option<Enrich>,
+}
+
+/// `breaker = { failures = 5, cooldown = "30s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Breaker {
+    pub failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+/// `rate = { per_second = 20, burst = 20 }`; `burst` defaults to `per_second` rounded up.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: Option<u32>,
 }
 
 /// One of a route's `upstreams`: a URL, or `{ url = "...", name = "audit" }` (the name

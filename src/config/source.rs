@@ -363,6 +363,14 @@ fn routes(source_key: &str, file: &file::Source) -> Result<BuiltRoutes, Invalid>
         if !upstreams.is_empty() {
             compiled = compiled.with_upstreams(upstreams);
         }
+        compiled = compiled
+            .with_breaker(super::controls::breaker(&key, route.breaker.as_ref())?)
+            .with_rate(super::controls::rate(
+                &key,
+                source_key,
+                route.rate.as_ref(),
+                file.delivery,
+            )?);
         if let Some(resign) = &route.resign {
             let signer = Resigner::new(resign.secret.expose()).map_err(|e| {
                 Invalid::at(

@@ -179,6 +179,21 @@ impl Settings {
                         );
                     }
                 }
+                if let Some(breaker) = route.breaker() {
+                    let _ = writeln!(
+                        s,
+                        "      breaker: open after {} failed attempts in a row to an upstream, for {} (per instance)",
+                        breaker.failures,
+                        duration::written(breaker.cooldown)
+                    );
+                }
+                if let Some(rate) = route.rate() {
+                    let _ = writeln!(
+                        s,
+                        "      rate: {} deliveries started per second to each upstream, burst {}",
+                        rate.per_second, rate.burst
+                    );
+                }
                 if !route.conditions().is_empty() {
                     let conditions: Vec<String> =
                         route.conditions().iter().map(ToString::to_string).collect();

@@ -482,6 +482,23 @@ impl Queue for MemoryQueue {
         ready(Ok(()))
     }
 
+    fn defer<'a>(
+        &'a self,
+        lease: &'a Lease,
+        until: UnixMillis,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        let mut inner = self.lock();
+        inner.taken.remove(&lease.token);
+        let id = &lease.delivery_id;
+        if let Some(record) = inner.records.get_mut(id)
+            && !record.summary.state.is_final()
+        {
+            record.summary.next_attempt_at = Some(until);
+            inner.scheduled.insert((until, id.clone()));
+        }
+        ready(Ok(()))
+    }
+
     fn keep_alive<'a>(&'a self, _leases: &'a [Lease]) -> BoxFuture<'a, Result<(), QueueError>> {
         ready(Ok(()))
     }

@@ -103,6 +103,15 @@ pub trait Queue: Send + Sync {
         now: UnixMillis,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
+    /// Gives a taken delivery back to wait until `until` without an attempt (its
+    /// upstream's circuit breaker is open): no attempt is counted, its state stays what
+    /// it was, `next_attempt_at` says when it is taken again (by any instance).
+    fn defer<'a>(
+        &'a self,
+        lease: &'a Lease,
+        until: UnixMillis,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
     /// Renews this instance's hold on `leases`, so no other instance takes them over.
     fn keep_alive<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<(), QueueError>>;
 

@@ -211,6 +211,19 @@ if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
 return 1
 ";
 
+/// Gives a taken entry back to wait in `scheduled` until ARGV[3], without an attempt: the
+/// record keeps its state, `next_attempt_at` is set; `TAKE` promotes it once due.
+/// KEYS: record, ready, scheduled. ARGV: group, entry id, until, id.
+const DEFER: &str = r"
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'processed' or state == 'failed_final' then return 0 end
+redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+";
+
 /// Renews this consumer's hold on each entry it still owns (an entry another instance
 /// took over meanwhile is left alone). KEYS: ready. ARGV: group, consumer, entry ids...
 const KEEP: &str = r"
@@ -287,6 +300,7 @@ struct Scripts {
     attach: Script,
     settle: Script,
     hand_back: Script,
+    defer: Script,
     keep: Script,
     prune: Script,
     replay: Script,
@@ -360,6 +374,7 @@ impl RedisQueue {
                 attach: Script::new(ATTACH),
                 settle: Script::new(&[FACETS, SETTLE].concat()),
                 hand_back: Script::new(&[FACETS, HAND_BACK].concat()),
+                defer: Script::new(DEFER),
                 keep: Script::new(KEEP),
                 prune: Script::new(PRUNE),
                 replay: Script::new(&[FACETS, REPLAY].concat()),
@@ -651,6 +666,27 @@ impl Queue for RedisQueue {
         })
     }
 
+    fn defer<'a>(
+        &'a self,
+        lease: &'a Lease,
+        until: UnixMillis,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let id = &lease.delivery_id;
+            let mut invocation = self.scripts.defer.prepare_invoke();
+            invocation
+                .key(self.record_key(id))
+                .key(&self.keys.ready)
+                .key(&self.keys.scheduled)
+                .arg(GROUP)
+                .arg(&lease.token)
+                .arg(until)
+                .arg(id);
+            let _: i64 = self.redis.script("defer", invocation).await?;
+            Ok(())
+        })
+    }
+
     fn keep_alive<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
             for chunk in leases.chunks(256) {
@@ -825,7 +861,8 @@ mod tests {
         // built inside TAKE and LIST) must hash to the same slot, which the `{queue}` tag
         // guarantees. Nothing may reach outside KEYS and the tagged prefix.
         for script in [
-            ENQUEUE, TAKE, BEGIN, ATTACH, SETTLE, HAND_BACK, KEEP, PRUNE, REPLAY, LIST, STATS,
+            ENQUEUE, TAKE, BEGIN, ATTACH, SETTLE, HAND_BACK, DEFER, KEEP, PRUNE, REPLAY, LIST,
+            STATS,
         ] {
             assert!(script.contains("KEYS[1]"));
             assert!(!script.contains("KEYS[6]"));
