@@ -5,6 +5,7 @@ mod support;
 mod abuse;
 mod admin;
 mod bounds;
+mod breaker;
 mod config_cli;
 mod connections;
 mod console;
