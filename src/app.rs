@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::body_budget::BodyBudget;
+use crate::breaker::Breakers;
 use crate::config::{ConfigError, Settings};
 use crate::connections::Admission;
 use crate::console::{self, Console};
@@ -111,10 +112,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (store, backend) = store::build(&settings, metrics.clone())?;
     let instance = instance_name();
     let queue = queue::build(&settings, &backend, metrics.clone(), &instance)?;
-    let forward = Arc::new(Forwarder::new(
-        settings.limits.upstream_timeout,
-        &settings.upstream_tls,
-    ));
+    let forward = Arc::new(
+        Forwarder::new(settings.limits.upstream_timeout, &settings.upstream_tls)
+            .with_breakers(Arc::new(Breakers::new(metrics.clone()))),
+    );
     let limits = settings.limits;
     let builder = server::gateway_http_builder(&limits);
     let server_policy = ConnectionPolicy::new(

@@ -40,11 +40,13 @@ pub enum Outcome {
     QueueError,
     /// The client's or the process's body budget stayed full, answered 503.
     BodyBufferFull,
+    /// Proxy mode: the upstream's circuit breaker is open, answered 503.
+    CircuitOpen,
 }
 
 impl Outcome {
     /// Every outcome, pre-created at zero so a dashboard's `rate()` works from the first event.
-    pub const ALL: [Outcome; 21] = [
+    pub const ALL: [Outcome; 22] = [
         Outcome::Forwarded,
         Outcome::Duplicate,
         Outcome::InFlight,
@@ -66,6 +68,7 @@ impl Outcome {
         Outcome::Queued,
         Outcome::QueueError,
         Outcome::BodyBufferFull,
+        Outcome::CircuitOpen,
     ];
 
     pub fn label(self) -> &'static str {
@@ -91,6 +94,7 @@ impl Outcome {
             Outcome::Queued => "queued",
             Outcome::QueueError => "queue_error",
             Outcome::BodyBufferFull => "body_buffer_full",
+            Outcome::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -322,7 +326,21 @@ pub struct Metrics {
     enrich_requests: IntCounterVec,
     enrich_duration: HistogramVec,
     telemetry_spans_dropped: IntCounter,
+    breaker_state: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
 }
+
+/// The series of one upstream's circuit breaker (`breaker::Breaker`).
+#[derive(Clone)]
+pub struct BreakerMetrics {
+    /// 0 closed, 1 open, 2 half-open.
+    pub state: IntGauge,
+    /// Transitions to closed, open, half-open (in that order).
+    pub transitions: [IntCounter; 3],
+}
+
+/// The `to` label values of `hookgate_breaker_transitions_total`, in `BreakerMetrics` order.
+pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
 
 /// The `result` label values of `hookgate_deliveries_total`: the state an attempt left
 /// its delivery in.
@@ -577,9 +595,27 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "hookgate_breaker_state",
+                "Circuit breaker of each upstream of a route with a breaker: 0 closed, 1 open, 2 half-open (this instance).",
+            ),
+            &["route", "upstream"],
+        )
+        .expect("valid metric");
+        let breaker_transitions = IntCounterVec::new(
+            Opts::new(
+                "hookgate_breaker_transitions_total",
+                "Circuit breaker transitions by route, upstream and the state entered.",
+            ),
+            &["route", "upstream", "to"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(telemetry_spans_dropped.clone()),
+            Box::new(breaker_state.clone()),
+            Box::new(breaker_transitions.clone()),
             Box::new(config_reloads.clone()),
             Box::new(verified.clone()),
             Box::new(request_duration.clone()),
@@ -658,6 +694,20 @@ impl Metrics {
             enrich_requests,
             enrich_duration,
             telemetry_spans_dropped,
+            breaker_state,
+            breaker_transitions,
+        }
+    }
+
+    /// The breaker series of one upstream of a route: `upstream` is its name or index,
+    /// never its URL.
+    pub fn breaker(&self, route: &str, upstream: &str) -> BreakerMetrics {
+        BreakerMetrics {
+            state: self.breaker_state.with_label_values(&[route, upstream]),
+            transitions: BREAKER_STATES.map(|to| {
+                self.breaker_transitions
+                    .with_label_values(&[route, upstream, to])
+            }),
         }
     }
 

@@ -28,6 +28,7 @@ use hyper::body::Body;
 use prometheus::IntCounter;
 
 use crate::body_budget::{BodyBudget, Reservation};
+use crate::breaker::Admission;
 use crate::client_ip::ClientIpResolver;
 use crate::config::{ContentEncoding, DeliveryMode, Limits, Settings, Source};
 use crate::dedupe::{Claimed, Dedupe};
@@ -275,7 +276,7 @@ impl Gateway {
         )?;
         let dedupe_key: &str = trace.webhook_id.insert(dedupe_key.into_owned());
         let event_type: &str = trace.event_type.insert(event_type.into_owned());
-        let Some((route_index, route)) = source.routes.first_match(event_type) else {
+        let Some((route_index, route)) = source.routes.first_match(event_type, &body) else {
             return Ok(Answer::Unrouted);
         };
         trace.route = Some(route.name());
@@ -293,47 +294,62 @@ impl Gateway {
         };
         let mut headers = self.upstream_headers(parts, peer, entry, event_type);
         let (answer, delivered) = match &entry.handoff {
-            Handoff::Forward => {
-                forward::prepare(
-                    route,
-                    &mut headers,
-                    dedupe_key,
-                    source.scheme,
-                    &body,
-                    SystemTime::now(),
-                );
-                let call = trace.span.upstream_call(route.upstream());
-                call.inject(&mut headers);
-                let outcome = self
-                    .forward
-                    .send(route, &entry.routes[route_index], headers, body)
-                    .await;
-                call.upstream(&outcome);
-                call.end();
-                let delivered = outcome.is_delivered();
-                (reject::answer(route.label(), outcome), delivered)
-            }
+            // An open breaker sends nothing and releases the claim: the sender's retry
+            // after `Retry-After` is forwarded once the upstream is back.
+            Handoff::Forward => match self.forward.admit(route, tokio::time::Instant::now()) {
+                Admission::Open { retry_after } => {
+                    (Err(Reject::CircuitOpen { retry_after }), false)
+                }
+                Admission::Pass(pass) => {
+                    forward::prepare(
+                        route,
+                        &mut headers,
+                        dedupe_key,
+                        source.scheme,
+                        &body,
+                        SystemTime::now(),
+                    );
+                    let call = trace.span.upstream_call(route.upstream());
+                    call.inject(&mut headers);
+                    let outcome = self
+                        .forward
+                        .send(route, &entry.routes[route_index], headers, body)
+                        .await;
+                    call.upstream(&outcome);
+                    call.end();
+                    pass.record(&outcome, tokio::time::Instant::now());
+                    let delivered = outcome.is_delivered();
+                    (reject::answer(route.label(), outcome), delivered)
+                }
+            },
             // Done once stored: the sender's retries are duplicates from here on. If the
             // store fails, the claim is released and the sender told to retry (503).
             // A route that re-signs is re-signed by the worker at each attempt, so the
-            // backend always sees a fresh timestamp.
+            // backend always sees a fresh timestamp. A fan-out route stores one copy per
+            // upstream, all in one step: the 202 means every copy is stored.
             Handoff::Enqueue(queue) => {
-                let enqueue = queue.enqueue(NewDelivery {
-                    source: source.name.clone(),
-                    route: route.name().to_owned(),
-                    webhook_id: dedupe_key.to_owned(),
-                    event_type: event_type.to_owned(),
-                    headers,
-                    body,
-                    received_at: now_millis(),
-                    trace_context: trace.span.traceparent(),
-                });
+                let received_at = now_millis();
+                let trace_context = trace.span.traceparent();
+                let copies = route
+                    .upstreams()
+                    .iter()
+                    .map(|upstream| NewDelivery {
+                        source: source.name.clone(),
+                        route: upstream.delivery_route.clone(),
+                        webhook_id: dedupe_key.to_owned(),
+                        event_type: event_type.to_owned(),
+                        headers: headers.clone(),
+                        body: body.clone(),
+                        received_at,
+                        trace_context: trace_context.clone(),
+                    })
+                    .collect();
                 let stored = (trace.span)
-                    .stage("hookgate.enqueue", enqueue)
+                    .stage("hookgate.enqueue", queue.enqueue_all(copies))
                     .await
-                    .map(|delivery_id| {
-                        trace.delivery_id = Some(delivery_id.clone());
-                        Answer::Queued { delivery_id }
+                    .map(|delivery_ids| {
+                        trace.delivery_id = Some(delivery_ids.join(","));
+                        Answer::Queued { delivery_ids }
                     })
                     .map_err(Reject::from);
                 let stored_ok = stored.is_ok();

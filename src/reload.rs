@@ -77,9 +77,13 @@ impl Loaded {
                 .sources
                 .iter()
                 .flat_map(|s| {
-                    s.routes
-                        .iter()
-                        .map(|r| (s.name.clone(), r.name().to_owned()))
+                    // A fan-out route's deliveries are stored per upstream
+                    // (`<route>/<upstream>`): list those, as the records name them.
+                    s.routes.iter().flat_map(|r| {
+                        r.upstreams()
+                            .iter()
+                            .map(|u| (s.name.clone(), u.delivery_route.clone()))
+                    })
                 })
                 .collect(),
             at: SystemTime::now(),

@@ -178,18 +178,52 @@ impl Settings {
                     .max_concurrency()
                     .map(|n| format!(" (max {n} at once)"))
                     .unwrap_or_default();
+                let fanout = route.upstreams().len() > 1;
                 let _ = writeln!(
                     s,
                     "    route {:<12} {:<40} -> {}{limit}{}",
                     route.name(),
                     route.patterns_display(),
-                    route.upstream(),
+                    if fanout {
+                        format!("fan-out to {} upstreams", route.upstreams().len())
+                    } else {
+                        route.upstream().to_string()
+                    },
                     if route.resign().is_some() {
                         " (re-signed: standard-webhooks)"
                     } else {
                         ""
                     }
                 );
+                if fanout {
+                    for upstream in route.upstreams() {
+                        let _ = writeln!(
+                            s,
+                            "      upstream {} -> {} (deliveries listed as route {})",
+                            upstream.key, upstream.uri, upstream.delivery_route
+                        );
+                    }
+                }
+                if let Some(breaker) = route.breaker() {
+                    let _ = writeln!(
+                        s,
+                        "      breaker: open after {} failed attempts in a row to an upstream, for {} (per instance)",
+                        breaker.failures,
+                        duration::written(breaker.cooldown)
+                    );
+                }
+                if let Some(rate) = route.rate() {
+                    let _ = writeln!(
+                        s,
+                        "      rate: {} deliveries started per second to each upstream, burst {}",
+                        rate.per_second, rate.burst
+                    );
+                }
+                if !route.conditions().is_empty() {
+                    let conditions: Vec<String> =
+                        route.conditions().iter().map(ToString::to_string).collect();
+                    let _ = writeln!(s, "      match {}", conditions.join(" and "));
+                }
                 if let Some(enrich) = source.enrich.get(route.name()) {
                     let _ = writeln!(s, "      {}", enrich_line(enrich));
                 }

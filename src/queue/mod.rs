@@ -49,6 +49,15 @@ pub trait Queue: Send + Sync {
     /// Stores the delivery and its `queued` record in one step; returns its id.
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>>;
 
+    /// Stores several deliveries (the copies of one sender delivery for a fan-out
+    /// route, one per upstream) in one step: all are stored, or none is, so the sender's
+    /// 202 means every copy is stored and its retry after a 503 stores no copy twice.
+    /// Returns their ids in order.
+    fn enqueue_all(
+        &self,
+        deliveries: Vec<NewDelivery>,
+    ) -> BoxFuture<'_, Result<Vec<String>, QueueError>>;
+
     /// Takes up to `max` deliveries for this instance: due retries, deliveries another
     /// instance took and stopped renewing, and new ones.
     fn take(&self, max: usize, now: UnixMillis) -> BoxFuture<'_, Result<Vec<Lease>, QueueError>>;
@@ -92,6 +101,15 @@ pub trait Queue: Send + Sync {
         lease: &'a Lease,
         interrupted: Option<(&'a Job, &'a Attempt)>,
         now: UnixMillis,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Gives a taken delivery back to wait until `until` without an attempt (its
+    /// upstream's circuit breaker is open): no attempt is counted, its state stays what
+    /// it was, `next_attempt_at` says when it is taken again (by any instance).
+    fn defer<'a>(
+        &'a self,
+        lease: &'a Lease,
+        until: UnixMillis,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Renews this instance's hold on `leases`, so no other instance takes them over.
@@ -186,5 +204,15 @@ impl Ingress {
         let id = self.queue.enqueue(delivery).await?;
         self.wake.notify_one();
         Ok(id)
+    }
+
+    /// The copies of a fan-out delivery, stored together (`Queue::enqueue_all`).
+    pub async fn enqueue_all(
+        &self,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Vec<String>, QueueError> {
+        let ids = self.queue.enqueue_all(deliveries).await?;
+        self.wake.notify_one();
+        Ok(ids)
     }
 }

@@ -393,7 +393,8 @@ impl ListFilter {
 }
 
 /// What a list request can carry as query parameters (`GET /deliveries`, the console's
-/// list), each an exact match and empty meaning "any": `status`, `source`, `route`,
+/// list), each an exact match and empty meaning "any": `status`, `source`, `route`
+/// (with `upstream`, one upstream's copies of a fan-out route: `<route>/<upstream>`),
 /// `event_type`, `search` (a delivery id or webhook id), `since` and `until` (RFC 3339
 /// or Unix milliseconds), `cursor` (a page's `next`) and `limit` (1 to `max_limit`,
 /// else `default_limit`). An error is the reason to answer 400 with.
@@ -424,10 +425,16 @@ pub fn list_filter<'q>(
             .ok_or("invalid_limit")?,
         None => default_limit,
     };
+    // A fan-out route's copies are stored as `<route>/<upstream>` (`Route::copies`).
+    let route = match (text("route"), given("upstream")) {
+        (Some(route), Some(upstream)) => Some(format!("{route}/{upstream}")),
+        (None, Some(_)) => return Err("upstream_needs_route"),
+        (route, None) => route,
+    };
     Ok(ListFilter {
         state,
         source: text("source"),
-        route: text("route"),
+        route,
         event_type: text("event_type"),
         search: text("search"),
         since: time("since", "invalid_since")?,
@@ -666,6 +673,14 @@ mod tests {
         assert_eq!(query(&[("cursor", "dlv_1")]), Err("invalid_cursor"));
         assert_eq!(query(&[("limit", "0")]), Err("invalid_limit"));
         assert_eq!(query(&[("limit", "1001")]), Err("invalid_limit"));
+        assert_eq!(
+            query(&[("route", "batches"), ("upstream", "audit")])
+                .unwrap()
+                .route
+                .as_deref(),
+            Some("batches/audit")
+        );
+        assert_eq!(query(&[("upstream", "audit")]), Err("upstream_needs_route"));
     }
 
     #[test]

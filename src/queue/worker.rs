@@ -30,6 +30,7 @@ use super::record::answer_start;
 use super::{
     Attempt, Job, Lease, Queue, Settlement, Step, Verdict, decide, jitter_sample, now_millis,
 };
+use crate::breaker::Admission;
 use crate::config::{DeliveryMode, QueueSettings, Settings};
 use crate::enrich::{self, Enricher, FetchVerdict, Plan};
 use crate::forward::{self, Forwarder};
@@ -287,6 +288,19 @@ impl Workers {
     ) {
         let lanes = self.lanes.load_full();
         let lane = lanes.get(&lease.route);
+        // An open breaker: the delivery waits in the queue, no attempt spent, and this
+        // worker moves on to other upstreams' deliveries.
+        let pass = match lane.map(|l| self.forward.admit(&l.route, tokio::time::Instant::now())) {
+            Some(Admission::Open { retry_after }) => {
+                let until = now_millis() + retry_after.as_millis().max(1) as u64;
+                if let Err(e) = self.queue.defer(&lease, until).await {
+                    tracing::warn!(delivery_id = %lease.delivery_id, error = %e, "queue: cannot defer a delivery while its upstream's breaker is open");
+                }
+                return self.release(&lease);
+            }
+            Some(Admission::Pass(pass)) => Some(pass),
+            None => None,
+        };
         let _route_slot: Option<OwnedSemaphorePermit> = match lane.and_then(|l| l.limit.clone()) {
             Some(limit) => tokio::select! {
                 permit = limit.acquire_owned() => permit.ok(),
@@ -364,6 +378,9 @@ impl Workers {
                 (UpstreamOutcome::Unreachable(missing.clone()), Some(missing))
             }
         };
+        if let Some(pass) = pass {
+            pass.record(&outcome, tokio::time::Instant::now());
+        }
         let status = outcome.status().map(|s| s.as_u16());
         let now = now_millis();
         let age = Duration::from_millis(now.saturating_sub(job.enqueued_at));
@@ -670,8 +687,17 @@ fn lanes(
         .sources
         .iter()
         .filter(|s| s.delivery == DeliveryMode::Queue)
-        .flat_map(|s| s.routes.iter().map(move |route| (s, route)))
-        .map(|(source, route)| {
+        // A fan-out route has a lane per upstream, keyed `<source>/<route>/<upstream>`
+        // as its copies' records are (`Route::copies`).
+        .flat_map(|s| {
+            s.routes.iter().flat_map(move |configured| {
+                configured
+                    .copies()
+                    .into_iter()
+                    .map(move |route| (s, configured.name(), route))
+            })
+        })
+        .map(|(source, configured, route)| {
             let limit = match current.get(route.label()) {
                 Some(lane) if lane.route.max_concurrency() == route.max_concurrency() => {
                     lane.limit.clone()
@@ -685,7 +711,7 @@ fn lanes(
                 upstream: metrics.route(route.label()),
                 deliveries: metrics.delivery(route.label()),
                 limit,
-                enrich: source.enrich.get(route.name()).map(|settings| {
+                enrich: source.enrich.get(configured).map(|settings| {
                     Enricher::new(
                         settings.clone(),
                         metrics.enrich(route.label()),

@@ -266,6 +266,52 @@ pub async fn the_trace_context_comes_back_with_every_attempt_and_the_history_kee
     );
 }
 
+/// A fan-out route's copies of one sender delivery: one per upstream, stored together.
+pub async fn enqueue_all_stores_every_copy_with_its_own_record_and_lease(queue: &dyn Queue) {
+    let t = now_millis();
+    let copies: Vec<NewDelivery> = ["batches/0", "batches/audit", "batches/2"]
+        .into_iter()
+        .map(|route| NewDelivery {
+            route: route.to_owned(),
+            ..delivery(SOURCE, 7, t)
+        })
+        .collect();
+
+    let ids = queue.enqueue_all(copies.clone()).await.expect("enqueued");
+
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|id| is_delivery_id(id)), "{ids:?}");
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{ids:?}");
+    for (id, copy) in ids.iter().zip(&copies) {
+        let shown = show(queue, id).await.summary;
+        assert_eq!(shown.state, State::Queued);
+        assert_eq!(shown.route, copy.route);
+        assert_eq!(shown.webhook_id, copy.webhook_id);
+    }
+    let audit = ListFilter {
+        route: Some("batches/audit".to_owned()),
+        ..all()
+    };
+    let listed = queue.list(&audit).await.unwrap().deliveries;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, ids[1]);
+    let mut leases = queue.take(10, t + 1).await.unwrap();
+    leases.sort_by(|a, b| a.route.cmp(&b.route));
+    let routes: Vec<&str> = leases.iter().map(|l| l.route.as_str()).collect();
+    assert_eq!(
+        routes,
+        [
+            "openai/batches/0",
+            "openai/batches/2",
+            "openai/batches/audit"
+        ]
+    );
+    assert!(queue.enqueue_all(Vec::new()).await.unwrap().is_empty());
+}
+
 pub async fn deliveries_are_taken_oldest_first_and_at_most_as_many_as_asked(queue: &dyn Queue) {
     let t = now_millis();
     let mut ids = Vec::new();
