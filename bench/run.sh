@@ -8,6 +8,7 @@
 #   ROWS='hookgate (memory|redis)( queue)?$' bash bench/run.sh   # queue mode next to proxy mode
 #   REPEAT=12 ROWS='hookgate (memory|redis)$' bash bench/run.sh  # the Redis/memory ratio
 #   BASELINE=main REPEAT=5 ROWS='hookgate (memory|redis)' bash bench/run.sh  # a change against a commit
+#   LAYOUT=shared bash bench/run.sh   # the upstream sink shares the system under test's core
 #
 # BASELINE=<git revision> builds that revision too (a git worktree, its release build kept
 # in target/baseline) and runs every hookgate memory/redis run a second time on it, right
@@ -24,6 +25,11 @@
 # runs alone on SUT_CPU; its environment (the load generator `hookgate bench load`, the
 # upstream sink the proxies forward to, and Redis) shares LOAD_CPU. So a row measures the
 # proxy itself, not its neighbours; CPU spent in Redis is reported separately.
+# LAYOUT=shared moves the upstream sink onto SUT_CPU too, as on a busy host where the
+# gateway shares its core with the backend; LAYOUT=alone (the default) is the above.
+# The ", access log" rows run nginx (a second server block of the same worker) and the
+# in-memory gateway with their access logs on, written to a file; every other row runs
+# both with their access logs off (hookgate with RUST_LOG=warn).
 # CPU µs per request is the system-under-test process's on-CPU time (sum over its threads
 # of /proc/PID/task/*/schedstat) divided by the requests it served; peak RSS is its VmHWM.
 # Needs: nginx (Debian's nginx-light), redis-server, python3, taskset.
@@ -37,6 +43,12 @@ BIG_BODY=${BIG_BODY:-65536}
 REPEAT=${REPEAT:-3}      # runs per row; medians are reported
 LOAD_CPU=${LOAD_CPU:-0}
 SUT_CPU=${SUT_CPU:-1}
+LAYOUT=${LAYOUT:-alone}  # alone | shared: where the upstream sink runs
+case $LAYOUT in
+    alone) SINK_CPU=$LOAD_CPU ;;
+    shared) SINK_CPU=$SUT_CPU ;;
+    *) echo "LAYOUT must be alone or shared, not $LAYOUT" >&2; exit 1 ;;
+esac
 BASE_PORT=${BASE_PORT:-18400}
 ROWS=${ROWS:-.}          # regex: which rows to run
 QUEUE_WORKERS=${QUEUE_WORKERS:-64}   # queue.workers in the queue-mode rows
@@ -71,6 +83,7 @@ GW_PORT=$((BASE_PORT + 2))
 ADMIN_PORT=$((BASE_PORT + 3))
 REDIS_PORT=$((BASE_PORT + 4))
 DIRECT_PORT=$((BASE_PORT + 5))
+NGINX_LOG_PORT=$((BASE_PORT + 6))
 
 wait_port() {
     for _ in $(seq 1 100); do
@@ -107,7 +120,7 @@ start direct-sink "$SUT_CPU" "$HG" bench sink --listen "127.0.0.1:$DIRECT_PORT"
 DIRECT_PID=$LAST_PID
 wait_port "$DIRECT_PORT"
 # The upstream the proxies forward to, and Redis: environment, on the load core.
-start sink "$LOAD_CPU" "$HG" bench sink --listen "127.0.0.1:$SINK_PORT"
+start sink "$SINK_CPU" "$HG" bench sink --listen "127.0.0.1:$SINK_PORT"
 wait_port "$SINK_PORT"
 start redis "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK"
 REDIS_PID=$LAST_PID
@@ -129,6 +142,16 @@ http {
     server {
         listen 127.0.0.1:$NGINX_PORT;
         keepalive_requests 1000000;
+        location / {
+            proxy_pass http://sink;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+    server {
+        listen 127.0.0.1:$NGINX_LOG_PORT;
+        keepalive_requests 1000000;
+        access_log $WORK/nginx-access.log;
         location / {
             proxy_pass http://sink;
             proxy_http_version 1.1;
@@ -224,7 +247,7 @@ run_gateway() { # run_gateway ROW STORE TLS BODY [load options...]
     shift 4
     [[ $row =~ $ROWS ]] || return 0
     gateway_config "$WORK/gw.toml" "$store" "$tls"
-    start gateway "$SUT_CPU" "$GW_BIN" serve --config "$WORK/gw.toml"
+    RUST_LOG=${GW_LOG:-warn} start gateway "$SUT_CPU" "$GW_BIN" serve --config "$WORK/gw.toml"
     local pid=$LAST_PID
     wait_port "$GW_PORT"
     local scheme=http
@@ -274,7 +297,7 @@ run_queue_gateway() { # run_queue_gateway ROW STORE
     stop "$pid"
 }
 
-echo "hookgate bench: N=$N C=$C body=${BODY}B repeat=$REPEAT load on CPU $LOAD_CPU, system under test on CPU $SUT_CPU" >&2
+echo "hookgate bench: N=$N C=$C body=${BODY}B repeat=$REPEAT layout=$LAYOUT: load on CPU $LOAD_CPU, system under test on CPU $SUT_CPU, upstream sink on CPU $SINK_CPU" >&2
 
 measure "direct (sink)" "http://127.0.0.1:$DIRECT_PORT/sink" "$DIRECT_PID" "$BODY"
 
@@ -284,6 +307,7 @@ wait_port "$NGINX_PORT"
 # nginx's worker is the process that does the work; its master only supervises.
 NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1)
 measure "nginx proxy" "http://127.0.0.1:$NGINX_PORT/sink" "$NGINX_WORKER" "$BODY"
+measure "nginx proxy, access log" "http://127.0.0.1:$NGINX_LOG_PORT/sink" "$NGINX_WORKER" "$BODY"
 stop "$NGINX_PID"
 
 # Memory and Redis alternately, one run each time (each with a fresh gateway), so the
@@ -295,6 +319,7 @@ for _ in $(seq 1 "$REPEAT"); do
             GW_BIN=$BASE_HG REPEAT=1 run_gateway "hookgate $store (baseline)" "$store" plain "$BODY"
         fi
     done
+    GW_LOG=info REPEAT=1 run_gateway "hookgate memory, access log" memory plain "$BODY"
 done
 run_queue_gateway "hookgate memory queue" memory
 run_queue_gateway "hookgate redis queue" redis
@@ -372,9 +397,9 @@ if [[ "idle connections" =~ $ROWS ]]; then
     stop "$IDLE_GW_PID"
 fi
 
-python3 - "$WORK/results.jsonl" "$N" "$C" "$BODY" "$REPEAT" "$LOAD_CPU" "$SUT_CPU" <<'PY'
+python3 - "$WORK/results.jsonl" "$N" "$C" "$BODY" "$REPEAT" "$LOAD_CPU" "$SUT_CPU" "$SINK_CPU" <<'PY'
 import json, statistics, sys, collections, platform, datetime, os
-path, n, c, body, repeat, load_cpu, sut_cpu = sys.argv[1:]
+path, n, c, body, repeat, load_cpu, sut_cpu, sink_cpu = sys.argv[1:]
 rows = collections.OrderedDict()
 for line in open(path):
     r = json.loads(line)
@@ -384,7 +409,9 @@ med = {name: {k: statistics.median(x[k] for x in runs) for k in ("rps", "p50", "
        for name, runs in rows.items()}
 model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"{datetime.date.today()} · {model} · {os.cpu_count()} CPUs · load generator pinned to CPU {load_cpu}, "
-      f"system under test alone on CPU {sut_cpu} (upstream sink and Redis share CPU {load_cpu}) · {n} requests × {repeat} runs per row, "
+      + (f"system under test alone on CPU {sut_cpu} (upstream sink and Redis share CPU {load_cpu})" if sink_cpu == load_cpu
+         else f"system under test and the upstream sink share CPU {sut_cpu} (Redis on CPU {load_cpu})")
+      + f" · {n} requests × {repeat} runs per row, "
       f"{c} connections, HTTP/1.1 unless noted, {body}-byte bodies unless noted; medians")
 print()
 print("| row | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | CPU µs/req | Redis CPU µs/req | vs nginx | vs direct | 2xx/sent |")
@@ -426,6 +453,13 @@ for store in ("memory", "redis"):
         print(f"{store}: this tree against the baseline, {len(rps)} alternating pairs: throughput median "
               f"{statistics.median(rps):.2f}x (range {rps[0]:.2f}-{rps[-1]:.2f}x), CPU per request median "
               f"{statistics.median(cpu):.2f}x (range {cpu[0]:.2f}-{cpu[-1]:.2f}x)")
+logged = [(name, med.get(name), med.get(f"{name}, access log")) for name in ("hookgate memory", "nginx proxy")]
+logged = [(name, off, on) for name, off, on in logged if off and on]
+if logged:
+    print()
+    print("Access log on against off (CPU per request, medians): " + "; ".join(
+        f"{name} +{on['cpu_us'] - off['cpu_us']:.1f} µs/req ({on['rps'] / off['rps']:.2f}× the throughput)"
+        for name, off, on in logged))
 idle, flood = rows.get("hookgate memory, penalty box idle"), rows.get("hookgate memory, penalty box flood")
 if idle and flood:
     ratios = sorted(f["p99"] / i["p99"] for i, f in zip(idle, flood))

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::body_budget::BodyBudget;
+use crate::breaker::Breakers;
 use crate::config::{ConfigError, Settings};
 use crate::connections::Admission;
 use crate::console::{self, Console};
@@ -29,6 +30,7 @@ use crate::queue::{self, Ingress, QueueError};
 use crate::reload::{Live, Reloaded, Shared};
 use crate::server::{self, BindError, ConnectionPolicy};
 use crate::store::{self, StoreError};
+use crate::telemetry::{Telemetry, TelemetryError};
 use crate::tls::Handshake;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,8 @@ pub enum StartError {
     Queue(#[from] QueueError),
     #[error("store schema: {0}")]
     Schema(#[from] store::postgres::SchemaError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
 }
 
 /// A started gateway: its bound addresses and the handle to stop it.
@@ -50,6 +54,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     live: Arc<Live>,
+    telemetry: Telemetry,
 }
 
 impl Running {
@@ -68,11 +73,13 @@ impl Running {
         self.wait().await;
     }
 
-    /// Returns once both listeners (and the queue workers) have stopped.
+    /// Returns once both listeners (and the queue workers) have stopped, and the spans
+    /// of what they finished are exported (bounded by `telemetry.export_timeout`).
     pub async fn wait(self) {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.telemetry.flush().await;
     }
 
     /// Reads the configuration file again and applies what can change (see `reload`).
@@ -100,13 +107,18 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         settings.sources.iter().map(|s| s.name.as_str()),
     ));
     store::prepare(&settings).await?;
+    let telemetry = Telemetry::start(
+        settings.telemetry.as_ref(),
+        &settings.upstream_tls,
+        &metrics,
+    )?;
     let (store, backend) = store::build(&settings, metrics.clone())?;
     let instance = instance_name();
     let queue = queue::build(&settings, &backend, metrics.clone(), &instance)?;
-    let forward = Arc::new(Forwarder::new(
-        settings.limits.upstream_timeout,
-        &settings.upstream_tls,
-    ));
+    let forward = Arc::new(
+        Forwarder::new(settings.limits.upstream_timeout, &settings.upstream_tls)
+            .with_breakers(Arc::new(Breakers::new(metrics.clone()))),
+    );
     let limits = settings.limits;
     let builder = server::gateway_http_builder(&limits);
     let server_policy = ConnectionPolicy::new(
@@ -158,6 +170,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             metrics.clone(),
             instance,
             wake.clone(),
+            telemetry.clone(),
         )
     });
     let ingress = queue.clone().map(|queue| Ingress { queue, wake });
@@ -171,6 +184,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             forward,
             ingress,
             workers: workers.clone(),
+            telemetry: telemetry.clone(),
         },
     );
     let console = Arc::new(Console::new(
@@ -232,5 +246,6 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         stop,
         tasks,
         live,
+        telemetry,
     })
 }

@@ -135,6 +135,9 @@ pub enum DeliveriesCommand {
         /// Only this route (its name; with --source, of that source).
         #[arg(long)]
         route: Option<String>,
+        /// Only this upstream of a fan-out route (its name or index; needs --route).
+        #[arg(long, requires = "route")]
+        upstream: Option<String>,
         /// Only this event type (exactly).
         #[arg(long)]
         event_type: Option<String>,

@@ -61,6 +61,7 @@ pub async fn run(args: DeliveriesArgs) -> Result<String, DeliveriesError> {
             status,
             source,
             route,
+            upstream,
             event_type,
             search,
             since,
@@ -76,6 +77,7 @@ pub async fn run(args: DeliveriesArgs) -> Result<String, DeliveriesError> {
                 ("status", status.clone()),
                 ("source", source.clone()),
                 ("route", route.clone()),
+                ("upstream", upstream.clone()),
                 ("event_type", event_type.clone()),
                 ("search", search.clone()),
                 ("since", since.map(|ms| ms.to_string())),
@@ -310,7 +312,7 @@ fn render_detail(json: &Value) -> Result<String, DeliveriesError> {
     out.push_str("history:\n");
     for a in &d.history {
         out.push_str(&format!(
-            "  #{:<3} {}{}  {:>7}  {:<6} {:<16} {}  {}\n",
+            "  #{:<3} {}{}  {:>7}  {:<6} {:<16} {}  {}{}\n",
             a.attempt,
             match a.step {
                 Step::Fetch => "fetch  ",
@@ -325,6 +327,9 @@ fn render_detail(json: &Value) -> Result<String, DeliveriesError> {
                 .unwrap_or("(no result: the instance stopped)"),
             a.instance,
             a.error.as_deref().unwrap_or(""),
+            a.trace_id
+                .as_ref()
+                .map_or(String::new(), |t| format!("  trace {t}")),
         ));
     }
     if let Some(pairs) = &d.headers {
@@ -410,7 +415,8 @@ mod tests {
                 {"attempt": 1, "step": "fetch", "started_at": 0, "status": 200,
                  "result": "fetched", "instance": "a"},
                 {"attempt": 1, "started_at": 0, "status": 400,
-                 "result": "failed_final", "instance": "a"}
+                 "result": "failed_final", "instance": "a",
+                 "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}
             ]
         });
         let shown = render_detail(&record).unwrap();
@@ -422,6 +428,11 @@ mod tests {
             .collect();
         assert!(history[0].starts_with("  #1   fetch  1970-"), "{shown}");
         assert!(history[1].starts_with("  #1   1970-"), "{shown}");
+        assert!(
+            history[1].ends_with("  trace 4bf92f3577b34da6a3ce929d0e0e4736"),
+            "an attempt names its trace: {shown}"
+        );
+        assert!(!history[0].contains("trace"), "{shown}");
         assert!(
             shown.ends_with("object (fetched, enrich):\n{\"id\":\"resp_1\"}"),
             "{shown}"

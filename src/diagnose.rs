@@ -318,7 +318,7 @@ fn after_verification(source: &Source, capture: &Capture) -> (Vec<String>, Optio
         Ok(event_type) => {
             let route = source
                 .routes
-                .first_match(&event_type)
+                .first_match(&event_type, &capture.body)
                 .map(|(_, route)| format!("route {} -> {}", route.name(), route.upstream()))
                 .unwrap_or_else(|| "no route matches: 202, not forwarded".to_owned());
             out.push(format!(

@@ -54,6 +54,28 @@ impl JsonPointer {
             tokens,
         })
     }
+
+    /// The unescaped reference tokens (`/a~1b/c` is `["a/b", "c"]`).
+    pub fn tokens(&self) -> &[String] {
+        &self.tokens
+    }
+
+    /// The value this pointer names in `document`, as RFC 6901 reads it (array indexes
+    /// are decimal without leading zeros).
+    pub fn resolve<'v>(&self, document: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
+        self.tokens
+            .iter()
+            .try_fold(document, |value, token| match value {
+                serde_json::Value::Object(map) => map.get(token),
+                serde_json::Value::Array(items) => {
+                    let canonical = token.bytes().all(|b| b.is_ascii_digit())
+                        && (token == "0" || !token.starts_with('0'));
+                    let index = token.parse::<usize>().ok().filter(|_| canonical)?;
+                    items.get(index)
+                }
+                _ => None,
+            })
+    }
 }
 
 impl fmt::Display for JsonPointer {

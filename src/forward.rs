@@ -9,6 +9,7 @@
 //! `X_Forwarded_For` and `X-Forwarded-For` as one variable, and merge the two. Success is
 //! decided by the upstream's status alone.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::breaker::{Admission, Breakers, Pass};
 use crate::config::UpstreamTrust;
 use crate::metrics::{RouteMetrics, UpstreamClass};
 use crate::route::Route;
@@ -227,6 +229,9 @@ pub fn http_client(tls: rustls::ClientConfig, connect_timeout: Duration) -> Http
 pub struct Forwarder {
     client: HttpClient,
     timeout: Duration,
+    /// The upstreams' circuit breakers: consulted by the pipeline and the workers
+    /// before a send (`breaker`), kept here because both share this forwarder.
+    breakers: Option<Arc<Breakers>>,
 }
 
 impl Forwarder {
@@ -235,6 +240,20 @@ impl Forwarder {
         Forwarder {
             client: http_client(tls::upstream_client_config_for(trust), timeout),
             timeout,
+            breakers: None,
+        }
+    }
+
+    pub fn with_breakers(mut self, breakers: Arc<Breakers>) -> Self {
+        self.breakers = Some(breakers);
+        self
+    }
+
+    /// Whether `route`'s upstream may be sent to now (always, without breakers).
+    pub fn admit(&self, route: &Route, now: tokio::time::Instant) -> Admission {
+        match &self.breakers {
+            Some(breakers) => breakers.admit(route, now),
+            None => Admission::Pass(Pass::none()),
         }
     }
 

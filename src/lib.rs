@@ -17,7 +17,7 @@
 //! | surfaces | `console` (the web pages on the admin listener), `admin` (metrics, health, deliveries API), `reload` (the swappable request path) |
 //! | request path, workers | `pipeline`, `queue::worker` |
 //! | stages and mappings | `dedupe`, `ratelimit`, `reject` |
-//! | parts with state or I/O | `store` and `queue` backends (behind factories), `forward`, `enrich`, `body_budget`, `penalty_box`, `connections`, `server` |
+//! | parts with state or I/O | `store` and `queue` backends (behind factories), `forward`, `breaker`, `enrich`, `body_budget`, `penalty_box`, `connections`, `server` |
 //! | settings | `config` (file mirror, validation, the `check` summary) |
 //! | vocabulary | `upstream`, `event`, `route`, `client_ip`, `verify` (one file per scheme), `tls`, `provider`, `metrics`, `queue::record`, `queue::policy`, `random`, `log_gate` |
 //!
@@ -32,6 +32,7 @@ pub mod admin;
 pub mod app;
 pub mod bench;
 pub mod body_budget;
+pub mod breaker;
 pub mod cli;
 pub mod cli_client;
 pub mod client_ip;
@@ -59,6 +60,7 @@ pub mod route;
 pub mod server;
 pub mod sign;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod verify;

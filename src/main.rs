@@ -13,6 +13,7 @@ use hookgate::diagnose;
 use hookgate::sign::{self, SignInput};
 use hookgate::verify::{self, KeyError};
 use http::StatusCode;
+use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than the system allocator: the request path allocates many small,
@@ -36,12 +37,23 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr. `RUST_LOG` wins over `level` (`log.level` for `serve`).
-fn init_logging(format: LogFormat, level: &str) {
+///
+/// Lines are written by a thread of their own through a buffer, so a request's access
+/// line costs its formatting, not a `write(2)` in the request's task. The writer is not
+/// lossy: when stderr cannot keep up with a full buffer, logging waits rather than drops
+/// a line. Dropping the returned guard flushes what is buffered, so a clean shutdown
+/// loses no line.
+fn init_logging(format: LogFormat, level: &str) -> WorkerGuard {
     use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("hookgate-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let json = match format {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
         LogFormat::Text => false,
@@ -52,6 +64,7 @@ fn init_logging(format: LogFormat, level: &str) {
     } else {
         builder.init();
     }
+    guard
 }
 
 /// What `hookgate check` says of the database's schema: its version against this
@@ -72,15 +85,21 @@ async fn postgres_schema_line(pg: &hookgate::config::PostgresSettings) -> String
         Err(e) => format!("schema: unknown ({e})"),
     }
 }
+/// Lines waiting for the log thread before logging waits: a quarter of a second at
+/// 30,000 requests per second, a few MiB at most, and small enough that the guard's
+/// flush on shutdown finishes well inside its one-second wait.
+const LOG_BUFFER_LINES: usize = 8_192;
 
 async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> {
+    // Held until the command returns: dropping it flushes the log.
+    let mut _log_guard = None;
     if !matches!(command, Command::Serve { .. }) {
-        init_logging(log_format, "info");
+        _log_guard = Some(init_logging(log_format, "info"));
     }
     match command {
         Command::Serve { config } => {
             let settings = hookgate::config::load_or_default(config.as_deref())?;
-            init_logging(log_format, &settings.log_level);
+            _log_guard = Some(init_logging(log_format, &settings.log_level));
             tracing::info!(config = %settings.origin, "configuration loaded");
             hookgate::run(settings).await?;
             Ok(ExitCode::SUCCESS)
@@ -88,6 +107,9 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<Exi
         Command::Check { config } => {
             let settings = hookgate::config::load_or_default(config.as_deref())?;
             print!("{}", settings.summary());
+            if let Some(persistence) = hookgate::queue::redis_persistence(&settings).await {
+                println!("queue persistence: {persistence}");
+            }
             for warning in &settings.warnings {
                 eprintln!("warning: {warning}");
             }

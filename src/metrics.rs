@@ -40,11 +40,13 @@ pub enum Outcome {
     QueueError,
     /// The client's or the process's body budget stayed full, answered 503.
     BodyBufferFull,
+    /// Proxy mode: the upstream's circuit breaker is open, answered 503.
+    CircuitOpen,
 }
 
 impl Outcome {
     /// Every outcome, pre-created at zero so a dashboard's `rate()` works from the first event.
-    pub const ALL: [Outcome; 21] = [
+    pub const ALL: [Outcome; 22] = [
         Outcome::Forwarded,
         Outcome::Duplicate,
         Outcome::InFlight,
@@ -66,6 +68,7 @@ impl Outcome {
         Outcome::Queued,
         Outcome::QueueError,
         Outcome::BodyBufferFull,
+        Outcome::CircuitOpen,
     ];
 
     pub fn label(self) -> &'static str {
@@ -91,6 +94,7 @@ impl Outcome {
             Outcome::Queued => "queued",
             Outcome::QueueError => "queue_error",
             Outcome::BodyBufferFull => "body_buffer_full",
+            Outcome::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -316,11 +320,27 @@ pub struct Metrics {
     verified: IntCounterVec,
     queue_depth: IntGauge,
     queue_oldest_age: Gauge,
+    queue_persistence: IntGaugeVec,
     deliveries: IntCounterVec,
     delivery_attempts: HistogramVec,
     enrich_requests: IntCounterVec,
     enrich_duration: HistogramVec,
+    telemetry_spans_dropped: IntCounter,
+    breaker_state: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
 }
+
+/// The series of one upstream's circuit breaker (`breaker::Breaker`).
+#[derive(Clone)]
+pub struct BreakerMetrics {
+    /// 0 closed, 1 open, 2 half-open.
+    pub state: IntGauge,
+    /// Transitions to closed, open, half-open (in that order).
+    pub transitions: [IntCounter; 3],
+}
+
+/// The `to` label values of `hookgate_breaker_transitions_total`, in `BreakerMetrics` order.
+pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
 
 /// The `result` label values of `hookgate_deliveries_total`: the state an attempt left
 /// its delivery in.
@@ -452,6 +472,14 @@ impl Metrics {
             "Queue mode: deliveries not yet final (waiting, being attempted, or scheduled for a retry).",
         )
         .expect("valid metric");
+        let queue_persistence = IntGaugeVec::new(
+            Opts::new(
+                "hookgate_queue_persistence",
+                "Queue mode: what the queue's backend promises for a delivery answered 202: 0 lost on a restart of the backend, 1 survives a restart, 2 survives a host crash too, -1 unknown.",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
         let queue_oldest_age = Gauge::new(
             "hookgate_queue_oldest_age_seconds",
             "Queue mode: how long the oldest delivery ready for an attempt has been waiting.",
@@ -561,8 +589,33 @@ impl Metrics {
         )
         .expect("valid metric");
 
+        let telemetry_spans_dropped = IntCounter::new(
+            "hookgate_telemetry_spans_dropped_total",
+            "Trace spans not exported: the export queue was full or the collector failed or was too slow.",
+        )
+        .expect("valid metric");
+
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "hookgate_breaker_state",
+                "Circuit breaker of each upstream of a route with a breaker: 0 closed, 1 open, 2 half-open (this instance).",
+            ),
+            &["route", "upstream"],
+        )
+        .expect("valid metric");
+        let breaker_transitions = IntCounterVec::new(
+            Opts::new(
+                "hookgate_breaker_transitions_total",
+                "Circuit breaker transitions by route, upstream and the state entered.",
+            ),
+            &["route", "upstream", "to"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(telemetry_spans_dropped.clone()),
+            Box::new(breaker_state.clone()),
+            Box::new(breaker_transitions.clone()),
             Box::new(config_reloads.clone()),
             Box::new(verified.clone()),
             Box::new(request_duration.clone()),
@@ -573,6 +626,7 @@ impl Metrics {
             Box::new(store_fail_open.clone()),
             Box::new(queue_depth.clone()),
             Box::new(queue_oldest_age.clone()),
+            Box::new(queue_persistence.clone()),
             Box::new(deliveries.clone()),
             Box::new(delivery_attempts.clone()),
             Box::new(enrich_requests.clone()),
@@ -634,10 +688,26 @@ impl Metrics {
             verified,
             queue_depth,
             queue_oldest_age,
+            queue_persistence,
             deliveries,
             delivery_attempts,
             enrich_requests,
             enrich_duration,
+            telemetry_spans_dropped,
+            breaker_state,
+            breaker_transitions,
+        }
+    }
+
+    /// The breaker series of one upstream of a route: `upstream` is its name or index,
+    /// never its URL.
+    pub fn breaker(&self, route: &str, upstream: &str) -> BreakerMetrics {
+        BreakerMetrics {
+            state: self.breaker_state.with_label_values(&[route, upstream]),
+            transitions: BREAKER_STATES.map(|to| {
+                self.breaker_transitions
+                    .with_label_values(&[route, upstream, to])
+            }),
         }
     }
 
@@ -682,6 +752,11 @@ impl Metrics {
         self.config_reloads.with_label_values(&[result]).inc();
     }
 
+    /// `hookgate_telemetry_spans_dropped_total`, for the span exporter.
+    pub fn telemetry_spans_dropped(&self) -> IntCounter {
+        self.telemetry_spans_dropped.clone()
+    }
+
     pub fn admin_unauthorized(&self) {
         self.admin_unauthorized.inc();
     }
@@ -702,6 +777,12 @@ impl Metrics {
                 .map(|r| self.enrich_requests.with_label_values(&[label, r.label()])),
             duration: self.enrich_duration.with_label_values(&[label]),
         }
+    }
+
+    pub fn queue_persistence(&self, backend: &str, level: i64) {
+        self.queue_persistence
+            .with_label_values(&[backend])
+            .set(level);
     }
 
     pub fn queue_stats(&self, depth: u64, oldest_age: Duration) {

@@ -28,6 +28,7 @@ use hyper::body::Body;
 use prometheus::IntCounter;
 
 use crate::body_budget::{BodyBudget, Reservation};
+use crate::breaker::Admission;
 use crate::client_ip::ClientIpResolver;
 use crate::config::{ContentEncoding, DeliveryMode, Limits, Settings, Source};
 use crate::dedupe::{Claimed, Dedupe};
@@ -39,6 +40,7 @@ use crate::queue::{Ingress, NewDelivery, now_millis};
 use crate::ratelimit::RateLimit;
 use crate::reject::{self, Answer, Reject, json_response};
 use crate::store::Store;
+use crate::telemetry::{Span, Telemetry};
 
 pub struct Gateway {
     /// By path.
@@ -55,6 +57,7 @@ pub struct Gateway {
     /// Shared by every gateway a reload builds: bodies in flight keep their bytes.
     body_budget: Arc<BodyBudget>,
     tls: bool,
+    telemetry: Telemetry,
 }
 
 /// A source with what the request path needs of it, resolved once.
@@ -86,6 +89,8 @@ struct Trace<'g> {
     event_type: Option<String>,
     /// Queue mode: the id of the stored delivery.
     delivery_id: Option<String>,
+    /// `hookgate.request`, parent of the stages' spans (nothing when tracing is off).
+    span: Span,
 }
 
 impl Gateway {
@@ -97,6 +102,7 @@ impl Gateway {
         forward: Arc<Forwarder>,
         queue: Option<Ingress>,
         body_budget: Arc<BodyBudget>,
+        telemetry: Telemetry,
     ) -> Self {
         let entry = |source: Source| Entry {
             handoff: match source.delivery {
@@ -133,6 +139,7 @@ impl Gateway {
             limits: settings.limits,
             body_budget,
             tls: settings.server.tls.is_some(),
+            telemetry,
             sources: settings
                 .sources
                 .into_iter()
@@ -171,7 +178,12 @@ impl Gateway {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
-        let mut trace = Trace::default();
+        let mut trace = Trace {
+            span: self
+                .telemetry
+                .request(req.method(), req.uri().path(), req.headers()),
+            ..Trace::default()
+        };
         let (outcome, detail, response) = match self.handle(req, peer, &mut trace).await {
             Ok(answer) => (answer.outcome(), answer.detail(), answer.into_response()),
             Err(reject) => (
@@ -186,12 +198,18 @@ impl Gateway {
             None => (NO_SOURCE, &self.unmatched),
         };
         metrics.observe(outcome, elapsed);
+        let status = response.status().as_u16();
+        let trace_id = trace.span.trace_id();
+        if trace.span.is_recording() {
+            trace.annotate(source, outcome.label(), status);
+        }
+        trace.span.end();
         tracing::info!(
             target: "hookgate::access",
             source,
             route = trace.route,
             outcome = outcome.label(),
-            status = response.status().as_u16(),
+            status,
             // Whole microseconds: `elapsed * 1000.0` logs as 0.21756999999999999.
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
             webhook_id = trace.webhook_id.as_deref(),
@@ -199,6 +217,7 @@ impl Gateway {
             delivery_id = trace.delivery_id.as_deref(),
             client_ip = trace.client.map(tracing::field::display),
             detail = detail.as_deref(),
+            trace_id = trace_id.as_deref(),
         );
         response
     }
@@ -224,7 +243,10 @@ impl Gateway {
         if let Some(entry) = entry {
             check_allowed(ip, &entry.source)?;
         }
-        self.ratelimit.check(ip).await?; // a store round trip: after the free refusals
+        // A store round trip: after the free refusals.
+        (trace.span)
+            .stage("hookgate.rate_limit", self.ratelimit.check(ip))
+            .await?;
         let entry = entry.ok_or(Reject::NotFound)?;
         let source = &entry.source;
         require_post(req.method())?;
@@ -235,9 +257,12 @@ impl Gateway {
         // the signature is checked: unsigned bodies are what a flood would hold.
         let mut reservation = self.body_budget.reserve(ip);
         let body = read_body(body, &self.limits, &mut reservation).await?;
-        let delivery = source
-            .verifier
-            .verify(&parts.headers, &body, SystemTime::now())
+        let delivery = (trace.span)
+            .stage_sync("hookgate.verify", || {
+                source
+                    .verifier
+                    .verify(&parts.headers, &body, SystemTime::now())
+            })
             .inspect_err(|_| self.verification_failed(ip))?;
         drop(reservation);
         if let Some(verified) = entry.verified.get(delivery.secret_index) {
@@ -251,56 +276,87 @@ impl Gateway {
         )?;
         let dedupe_key: &str = trace.webhook_id.insert(dedupe_key.into_owned());
         let event_type: &str = trace.event_type.insert(event_type.into_owned());
-        let Some((route_index, route)) = source.routes.first_match(event_type) else {
+        let Some((route_index, route)) = source.routes.first_match(event_type, &body) else {
             return Ok(Answer::Unrouted);
         };
         trace.route = Some(route.name());
         // Claim only after verification: an unsigned request must never occupy a real id.
         let claim_key = source.binding.claim_key(dedupe_key, event_type, &body);
-        let claim = match self.dedupe.claim(&source.name, &claim_key).await? {
+        let claim = match (trace.span)
+            .stage(
+                "hookgate.dedupe.claim",
+                self.dedupe.claim(&source.name, &claim_key),
+            )
+            .await?
+        {
             Claimed::Won(claim) => claim,
             Claimed::AlreadyDone => return Ok(Answer::Duplicate),
         };
         let mut headers = self.upstream_headers(parts, peer, entry, event_type);
         let (answer, delivered) = match &entry.handoff {
-            Handoff::Forward => {
-                forward::prepare(
-                    route,
-                    &mut headers,
-                    dedupe_key,
-                    source.scheme,
-                    &body,
-                    SystemTime::now(),
-                );
-                let outcome = self
-                    .forward
-                    .send(route, &entry.routes[route_index], headers, body)
-                    .await;
-                let delivered = outcome.is_delivered();
-                (reject::answer(route.label(), outcome), delivered)
-            }
+            // An open breaker sends nothing and releases the claim: the sender's retry
+            // after `Retry-After` is forwarded once the upstream is back.
+            Handoff::Forward => match self.forward.admit(route, tokio::time::Instant::now()) {
+                Admission::Open { retry_after } => {
+                    (Err(Reject::CircuitOpen { retry_after }), false)
+                }
+                Admission::Pass(pass) => {
+                    forward::prepare(
+                        route,
+                        &mut headers,
+                        dedupe_key,
+                        source.scheme,
+                        &body,
+                        SystemTime::now(),
+                    );
+                    let call = trace.span.upstream_call(route.upstream());
+                    call.inject(&mut headers);
+                    let outcome = self
+                        .forward
+                        .send(route, &entry.routes[route_index], headers, body)
+                        .await;
+                    call.upstream(&outcome);
+                    call.end();
+                    pass.record(&outcome, tokio::time::Instant::now());
+                    let delivered = outcome.is_delivered();
+                    (reject::answer(route.label(), outcome), delivered)
+                }
+            },
             // Done once stored: the sender's retries are duplicates from here on. If the
             // store fails, the claim is released and the sender told to retry (503).
             // A route that re-signs is re-signed by the worker at each attempt, so the
-            // backend always sees a fresh timestamp.
+            // backend always sees a fresh timestamp. A fan-out route stores one copy per
+            // upstream, all in one step: the 202 means every copy is stored.
             Handoff::Enqueue(queue) => {
-                let delivery = NewDelivery {
-                    source: source.name.clone(),
-                    route: route.name().to_owned(),
-                    webhook_id: dedupe_key.to_owned(),
-                    event_type: event_type.to_owned(),
-                    headers,
-                    body,
-                    received_at: now_millis(),
+                let received_at = now_millis();
+                let trace_context = trace.span.traceparent();
+                let copies = route
+                    .upstreams()
+                    .iter()
+                    .map(|upstream| NewDelivery {
+                        source: source.name.clone(),
+                        route: upstream.delivery_route.clone(),
+                        webhook_id: dedupe_key.to_owned(),
+                        event_type: event_type.to_owned(),
+                        headers: headers.clone(),
+                        body: body.clone(),
+                        received_at,
+                        trace_context: trace_context.clone(),
+                    })
+                    .collect();
+                // Where the queue also holds the dedupe claims (PostgreSQL), the copies
+                // are stored with the claim marked done in one transaction.
+                let storing = async {
+                    match self.dedupe.done_with(&claim) {
+                        Some(done) => queue.enqueue_all_claimed(copies, done).await,
+                        None => queue.enqueue_all(copies).await.map(|ids| (ids, false)),
+                    }
                 };
-                let stored = match self.dedupe.done_with(&claim) {
-                    Some(done) => queue.enqueue_claimed(delivery, done).await,
-                    None => queue.enqueue(delivery).await.map(|id| (id, false)),
-                };
-                let (stored, settled) = match stored {
-                    Ok((delivery_id, settled)) => {
-                        trace.delivery_id = Some(delivery_id.clone());
-                        (Ok(Answer::Queued { delivery_id }), settled)
+                let (stored, settled) = match (trace.span).stage("hookgate.enqueue", storing).await
+                {
+                    Ok((delivery_ids, settled)) => {
+                        trace.delivery_id = Some(delivery_ids.join(","));
+                        (Ok(Answer::Queued { delivery_ids }), settled)
                     }
                     Err(e) => (Err(Reject::from(e)), false),
                 };
@@ -312,7 +368,12 @@ impl Gateway {
                 (stored, stored_ok)
             }
         };
-        self.dedupe.settle(claim, delivered).await;
+        (trace.span)
+            .stage(
+                "hookgate.dedupe.settle",
+                self.dedupe.settle(claim, delivered),
+            )
+            .await;
         answer
     }
 
@@ -335,6 +396,30 @@ impl Gateway {
                 event_type,
             },
         )
+    }
+}
+
+impl Trace<'_> {
+    /// The request span's attributes, set once its outcome is known: names and ids, never
+    /// a body, a signature, a secret or the client's address.
+    fn annotate(&self, source: &str, outcome: &'static str, status: u16) {
+        let span = &self.span;
+        span.set("hookgate.source", source.to_owned());
+        span.set("hookgate.outcome", outcome);
+        span.set("http.response.status_code", i64::from(status));
+        for (key, value) in [
+            ("hookgate.route", self.route),
+            ("hookgate.webhook_id", self.webhook_id.as_deref()),
+            ("hookgate.event_type", self.event_type.as_deref()),
+            ("hookgate.delivery_id", self.delivery_id.as_deref()),
+        ] {
+            if let Some(value) = value {
+                span.set(key, value.to_owned());
+            }
+        }
+        if status >= 500 {
+            span.fail(outcome);
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 //! routing never consults it: a new event type OpenAI starts sending is routed like any
 //! other.
 
+use crate::event::JsonPointer;
 use crate::route::EventPattern;
 
 /// Every provider hookgate knows, by its `provider = "..."` name.
@@ -91,6 +92,50 @@ pub fn typos<R: AsRef<[String]>>(provider: &str, routes: &[R]) -> Result<Vec<Str
     Ok(warnings)
 }
 
+/// The top-level fields of every OpenAI event (the webhook reference's event objects).
+const OPENAI_EVENT_FIELDS: &[&str] = &["id", "object", "created_at", "type", "data"];
+
+/// The OpenAI event families whose `data` holds only the object's `id` (thin events:
+/// the reference, and `enrich::openai`'s sources).
+const OPENAI_THIN_FAMILIES: &[&str] = &["response.", "batch.", "fine_tuning.job.", "eval.run."];
+
+/// Why a `match` pointer can never name a field of `provider`'s events routed by
+/// `events`, when that is known: a top-level field OpenAI events lack, or a `data` field
+/// other than `id` where every event type the route can take is a thin one. `None` for
+/// an unknown provider (reported by `typos`) or when the field may exist.
+pub fn absent_field(provider: &str, events: &[String], pointer: &JsonPointer) -> Option<String> {
+    if provider != "openai" {
+        return None;
+    }
+    let tokens = pointer.tokens();
+    let first = tokens.first()?;
+    if !OPENAI_EVENT_FIELDS.contains(&first.as_str()) {
+        return Some(format!(
+            "names a field no OpenAI event has (they have {}); did you mean \"/data/{first}\"?",
+            OPENAI_EVENT_FIELDS.join(", ")
+        ));
+    }
+    let (Some(field), "data") = (tokens.get(1), first.as_str()) else {
+        return None;
+    };
+    let patterns: Vec<EventPattern> = events
+        .iter()
+        .filter_map(|e| EventPattern::parse(e).ok())
+        .collect();
+    let types: Vec<&str> = OPENAI_EVENT_TYPES
+        .iter()
+        .copied()
+        .filter(|t| patterns.iter().any(|p| p.matches(t)))
+        .collect();
+    let all_thin = !types.is_empty()
+        && types
+            .iter()
+            .all(|t| OPENAI_THIN_FAMILIES.iter().any(|f| t.starts_with(f)));
+    (field != "id" && all_thin).then(|| {
+        "can never exist: the OpenAI events this route takes carry only data.id".to_owned()
+    })
+}
+
 /// Levenshtein distance, for "did you mean".
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -115,6 +160,30 @@ mod tests {
 
     fn route(events: &[&str]) -> Vec<String> {
         events.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn match_pointers_openai_events_never_have_are_named() {
+        let p = |text: &str| JsonPointer::parse(text).unwrap();
+        let responses = route(&["response.*"]);
+        assert!(
+            absent_field("openai", &responses, &p("/tenant"))
+                .unwrap()
+                .contains("/data/tenant")
+        );
+        assert!(
+            absent_field("openai", &responses, &p("/data/metadata/tenant"))
+                .unwrap()
+                .contains("only data.id")
+        );
+        assert_eq!(absent_field("openai", &responses, &p("/data/id")), None);
+        assert_eq!(absent_field("openai", &responses, &p("/type")), None);
+        // realtime.call.incoming carries more than the id: no warning where it may exist.
+        assert_eq!(
+            absent_field("openai", &route(&["*"]), &p("/data/call_id")),
+            None
+        );
+        assert_eq!(absent_field("github", &responses, &p("/tenant")), None);
     }
 
     #[test]

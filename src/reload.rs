@@ -7,7 +7,7 @@
 //! token, and `[server.tls]` certificates (files are read again; new connections use
 //! them). Needing a restart, logged and otherwise left as they are: the listen addresses,
 //! turning TLS on or off, connection and upstream limits, the body budget, `[store]`, `[queue]`,
-//! `[upstream_tls]` and `log.level`. A file that does not validate changes nothing.
+//! `[upstream_tls]`, `log.level` and `[telemetry]`. A file that does not validate changes nothing.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -22,6 +22,7 @@ use crate::pipeline::Gateway;
 use crate::queue::Ingress;
 use crate::queue::worker::Workers;
 use crate::store::Store;
+use crate::telemetry::Telemetry;
 use crate::tls::Handshake;
 
 /// What a reload keeps from the running gateway.
@@ -32,6 +33,7 @@ pub(crate) struct Shared {
     pub forward: Arc<Forwarder>,
     pub ingress: Option<Ingress>,
     pub workers: Option<Arc<Workers>>,
+    pub telemetry: Telemetry,
 }
 
 /// The parts of a running gateway that a reload replaces.
@@ -75,9 +77,13 @@ impl Loaded {
                 .sources
                 .iter()
                 .flat_map(|s| {
-                    s.routes
-                        .iter()
-                        .map(|r| (s.name.clone(), r.name().to_owned()))
+                    // A fan-out route's deliveries are stored per upstream
+                    // (`<route>/<upstream>`): list those, as the records name them.
+                    s.routes.iter().flat_map(|r| {
+                        r.upstreams()
+                            .iter()
+                            .map(|u| (s.name.clone(), u.delivery_route.clone()))
+                    })
                 })
                 .collect(),
             at: SystemTime::now(),
@@ -231,6 +237,7 @@ fn build_gateway(settings: Settings, shared: &Shared) -> Gateway {
         shared.forward.clone(),
         shared.ingress.clone(),
         shared.body_budget.clone(),
+        shared.telemetry.clone(),
     )
 }
 
@@ -280,6 +287,7 @@ impl Fixed {
             ("[queue]", format!("{:?}", s.queue)),
             ("[upstream_tls]", format!("{:?}", s.upstream_tls)),
             ("log.level", s.log_level.clone()),
+            ("[telemetry]", format!("{:?}", s.telemetry)),
         ])
     }
 

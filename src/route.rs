@@ -1,4 +1,6 @@
-//! Routes: which upstream receives an event type. The first matching route wins.
+//! Routes: which upstream receives an event. The first applicable route wins: its event
+//! type matches one of its patterns and every one of its `match` conditions holds
+//! (`condition`: tests on the verified body, never on headers).
 //!
 //! Patterns are an exact type (`response.completed`), a prefix ending in `*`
 //! (`batch.*` matches `batch.completed`, not `batch`), or `*` alone for everything.
@@ -10,6 +12,10 @@ use std::num::NonZeroU32;
 use http::Uri;
 
 use crate::verify::standard_webhooks::Resigner;
+
+pub mod condition;
+
+pub use condition::{Condition, Payload, Test};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventPattern {
@@ -60,17 +66,58 @@ impl fmt::Display for EventPattern {
     }
 }
 
+/// `breaker = { failures, cooldown }`: open after `failures` failed attempts in a row
+/// to one upstream, for `cooldown`; then one probe decides (`breaker::Breaker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerPolicy {
+    pub failures: NonZeroU32,
+    pub cooldown: std::time::Duration,
+}
+
+/// `rate = { per_second, burst }`: queue mode, deliveries started per second to each
+/// upstream of the route.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RatePolicy {
+    pub per_second: f64,
+    pub burst: NonZeroU32,
+}
+
+/// One upstream of a route. A route with several (fan-out, queue mode only) gives each
+/// its own delivery, whose record names the route `<route>/<key>`: that name is how
+/// the queue, the workers, `deliveries list` and the metrics tell the copies apart.
+#[derive(Debug, Clone)]
+pub struct RouteUpstream {
+    /// Its `name`, else its index in `upstreams` (`"0"` for a route's one `upstream`):
+    /// the `upstream` label of its breaker metrics. Never the URL.
+    pub key: String,
+    pub uri: Uri,
+    /// The route name its deliveries are stored under: the route's own name when it has
+    /// one upstream, else `<route>/<key>`.
+    pub delivery_route: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Route {
     name: String,
     /// `<source>/<route name>`: unique across the config, used as the metric label.
     label: String,
     patterns: Vec<EventPattern>,
+    /// All must hold (on top of a pattern) for the route to apply.
+    conditions: Vec<Condition>,
+    /// The first of `upstreams`: the one a proxy-mode route forwards to.
     upstream: Uri,
+    /// At least one; more only in queue mode (fan-out).
+    upstreams: Vec<RouteUpstream>,
+    /// The label of the route this one was cut from (`copies`); else `label`.
+    base_label: String,
     /// hookgate's own Standard Webhooks signature for this upstream, if configured.
     resign: Option<Resigner>,
     /// Queue mode: deliveries to this route at once, per instance; `None` = no limit.
     max_concurrency: Option<NonZeroU32>,
+    /// Per upstream.
+    breaker: Option<BreakerPolicy>,
+    /// Queue mode, per upstream.
+    rate: Option<RatePolicy>,
 }
 
 impl Route {
@@ -89,15 +136,87 @@ impl Route {
             .enumerate()
             .map(|(i, e)| EventPattern::parse(e).map_err(|msg| format!("events[{i}] {msg}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let upstream =
+            parse_upstream(upstream).map_err(|msg| format!("upstream {upstream:?} {msg}"))?;
+        let label = format!("{source}/{name}");
         Ok(Route {
             name: name.to_owned(),
-            label: format!("{source}/{name}"),
+            base_label: label.clone(),
+            label,
             patterns,
-            upstream: parse_upstream(upstream)
-                .map_err(|msg| format!("upstream {upstream:?} {msg}"))?,
+            conditions: Vec::new(),
+            upstreams: vec![RouteUpstream {
+                key: "0".to_owned(),
+                uri: upstream.clone(),
+                delivery_route: name.to_owned(),
+            }],
+            upstream,
             resign: None,
             max_concurrency: None,
+            breaker: None,
+            rate: None,
         })
+    }
+
+    /// Replaces the route's upstreams (`(name, URL)`, at least one; the URLs checked by
+    /// `parse_upstream`). With more than one, each gets its own deliveries.
+    pub fn with_upstreams(mut self, upstreams: Vec<(Option<String>, Uri)>) -> Self {
+        let fanout = upstreams.len() > 1;
+        self.upstreams = upstreams
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, uri))| {
+                let key = name.unwrap_or_else(|| i.to_string());
+                RouteUpstream {
+                    delivery_route: if fanout {
+                        format!("{}/{key}", self.name)
+                    } else {
+                        self.name.clone()
+                    },
+                    key,
+                    uri,
+                }
+            })
+            .collect();
+        if let Some(first) = self.upstreams.first() {
+            self.upstream = first.uri.clone();
+        }
+        self
+    }
+
+    pub fn upstreams(&self) -> &[RouteUpstream] {
+        &self.upstreams
+    }
+
+    /// The route as each upstream's deliveries see it: for a fan-out route one route
+    /// per upstream, named and labelled `<route>/<key>`, with that upstream alone; else
+    /// the route itself.
+    pub fn copies(&self) -> Vec<Route> {
+        if self.upstreams.len() == 1 {
+            return vec![self.clone()];
+        }
+        self.upstreams
+            .iter()
+            .map(|upstream| {
+                let mut copy = self.clone();
+                copy.label = format!("{}/{}", self.base_label, upstream.key);
+                copy.name = upstream.delivery_route.clone();
+                copy.upstream = upstream.uri.clone();
+                copy.upstreams = vec![upstream.clone()];
+                copy
+            })
+            .collect()
+    }
+
+    /// The key of the one upstream this route (or copy) delivers to (`RouteUpstream::key`).
+    pub fn upstream_key(&self) -> &str {
+        self.upstreams.first().map_or("0", |u| u.key.as_str())
+    }
+
+    /// The label of the route as configured (a copy's is its route's): the `route` label
+    /// of per-upstream metrics such as the breaker's.
+    pub fn base_label(&self) -> &str {
+        &self.base_label
     }
 
     /// Forwards with hookgate's own signature (`resign = { secret = ... }`).
@@ -119,6 +238,33 @@ impl Route {
         self.max_concurrency
     }
 
+    pub fn with_breaker(mut self, breaker: Option<BreakerPolicy>) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    pub fn breaker(&self) -> Option<BreakerPolicy> {
+        self.breaker
+    }
+
+    pub fn with_rate(mut self, rate: Option<RatePolicy>) -> Self {
+        self.rate = rate;
+        self
+    }
+
+    pub fn rate(&self) -> Option<RatePolicy> {
+        self.rate
+    }
+
+    pub fn with_conditions(mut self, conditions: Vec<Condition>) -> Self {
+        self.conditions = conditions;
+        self
+    }
+
+    pub fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -135,13 +281,20 @@ impl Route {
         self.patterns.iter().any(|p| p.matches(event_type))
     }
 
+    /// Whether this route takes the event: a pattern matches its type and every
+    /// condition holds for its body.
+    pub fn applies(&self, event_type: &str, payload: &Payload<'_>) -> bool {
+        self.matches(event_type) && self.conditions.iter().all(|c| c.holds(payload))
+    }
+
     pub fn patterns_display(&self) -> String {
         let parts: Vec<String> = self.patterns.iter().map(ToString::to_string).collect();
         format!("[{}]", parts.join(", "))
     }
 }
 
-fn parse_upstream(text: &str) -> Result<Uri, String> {
+/// An upstream URL: http or https, with a host.
+pub fn parse_upstream(text: &str) -> Result<Uri, String> {
     let uri: Uri = text
         .parse()
         .map_err(|e| format!("is not a valid URL: {e}"))?;
@@ -163,13 +316,15 @@ impl Routes {
         Routes(routes)
     }
 
-    /// The first route, in file order, with a pattern matching `event_type`, and its
-    /// position (which indexes per-route state such as metrics).
-    pub fn first_match(&self, event_type: &str) -> Option<(usize, &Route)> {
+    /// The first route, in file order, that applies to the event (`Route::applies`),
+    /// and its position (which indexes per-route state such as metrics). `body` is the
+    /// verified body; it is parsed only if a route with conditions is reached.
+    pub fn first_match(&self, event_type: &str, body: &[u8]) -> Option<(usize, &Route)> {
+        let payload = Payload::new(body);
         self.0
             .iter()
             .enumerate()
-            .find(|(_, route)| route.matches(event_type))
+            .find(|(_, route)| route.applies(event_type, &payload))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
@@ -180,6 +335,12 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn matched<'r>(routes: &'r Routes, event_type: &str, body: &str) -> Option<&'r str> {
+        routes
+            .first_match(event_type, body.as_bytes())
+            .map(|(_, route)| route.name())
+    }
 
     fn route(name: &str, events: &[&str]) -> Route {
         let events: Vec<String> = events.iter().map(|e| e.to_string()).collect();
@@ -220,24 +381,74 @@ mod tests {
             route("batch", &["batch.*"]),
             route("rest", &["*"]),
         ]);
-        assert_eq!(
-            routes.first_match("response.failed").unwrap().1.name(),
-            "responses"
-        );
-        assert_eq!(
-            routes.first_match("batch.expired").unwrap().1.name(),
-            "batch"
-        );
-        assert_eq!(
-            routes.first_match("eval.run.succeeded").unwrap().1.name(),
-            "rest"
-        );
+        assert_eq!(matched(&routes, "response.failed", "{}"), Some("responses"));
+        assert_eq!(matched(&routes, "batch.expired", "{}"), Some("batch"));
+        assert_eq!(matched(&routes, "eval.run.succeeded", "{}"), Some("rest"));
     }
 
     #[test]
     fn no_match_without_a_catch_all() {
         let routes = Routes::new(vec![route("responses", &["response.*"])]);
-        assert!(routes.first_match("batch.completed").is_none());
+        assert!(matched(&routes, "batch.completed", "{}").is_none());
+    }
+
+    #[test]
+    fn a_route_whose_conditions_fail_gives_way_to_the_next_applicable_one() {
+        let tenant = |value: &str| {
+            Condition::new(
+                crate::event::JsonPointer::parse("/data/tenant").unwrap(),
+                Test::Equals(serde_json::json!(value)),
+            )
+        };
+        let routes = Routes::new(vec![
+            route("acme", &["response.*"]).with_conditions(vec![tenant("acme")]),
+            route("globex", &["*"]).with_conditions(vec![tenant("globex")]),
+            route("rest", &["response.*"]),
+        ]);
+        let body = |t: &str| format!(r#"{{"data":{{"tenant":"{t}"}}}}"#);
+        assert_eq!(
+            matched(&routes, "response.completed", &body("acme")),
+            Some("acme")
+        );
+        assert_eq!(
+            matched(&routes, "response.completed", &body("globex")),
+            Some("globex")
+        );
+        assert_eq!(matched(&routes, "batch.completed", &body("acme")), None);
+        assert_eq!(
+            matched(&routes, "response.completed", &body("initech")),
+            Some("rest")
+        );
+        assert_eq!(
+            matched(&routes, "response.completed", "not json"),
+            Some("rest")
+        );
+    }
+
+    #[test]
+    fn a_fanout_route_is_cut_into_one_copy_per_upstream() {
+        let uri = |u: &str| u.parse::<Uri>().unwrap();
+        let route = route("batches", &["batch.*"]).with_upstreams(vec![
+            (None, uri("http://billing/")),
+            (Some("audit".to_owned()), uri("http://audit/")),
+        ]);
+        let names: Vec<&str> = route
+            .upstreams()
+            .iter()
+            .map(|u| u.delivery_route.as_str())
+            .collect();
+        assert_eq!(names, ["batches/0", "batches/audit"]);
+        let copies = route.copies();
+        assert_eq!(copies[1].name(), "batches/audit");
+        assert_eq!(copies[1].label(), "src/batches/audit");
+        assert_eq!(copies[1].base_label(), "src/batches");
+        assert_eq!(copies[1].upstream_key(), "audit");
+        assert_eq!(copies[1].upstream(), &uri("http://audit/"));
+        let single = route
+            .clone()
+            .with_upstreams(vec![(None, uri("http://one/"))]);
+        assert_eq!(single.copies()[0].name(), "batches");
+        assert_eq!(single.upstream_key(), "0");
     }
 
     #[test]

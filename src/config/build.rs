@@ -11,7 +11,7 @@ use super::file::{self, DeliveryMode, FileConfig, OnError};
 use super::settings::{
     ADMIN_PATHS, AdminAuth, DedupeSettings, Limits, PenaltyBoxSettings, PostgresSettings,
     QueueSettings, RateLimitSettings, RedisSettings, RedisTarget, ServerSettings, Settings,
-    StoreBackend, StoreSettings, TlsSettings,
+    StoreBackend, StoreSettings, TelemetrySettings, TlsSettings,
 };
 use super::source::sources;
 use crate::queue::policy::{BackoffPolicy, RetryOn};
@@ -58,6 +58,7 @@ pub(super) fn build(file: FileConfig, origin: &str) -> Result<Settings, Invalid>
         store,
         log_level: log_level(&file.log.level)?,
         queue: queued.then_some(queue),
+        telemetry: file.telemetry.as_ref().map(telemetry).transpose()?,
         sources,
         warnings: source_warnings
             .into_iter()
@@ -75,6 +76,75 @@ fn log_level(level: &str) -> Result<String, Invalid> {
                 format!("log.level {level:?} is not a log filter ({e}); try \"info\" or \"warn\""),
             )
         })
+}
+
+fn telemetry(file: &file::Telemetry) -> Result<TelemetrySettings, Invalid> {
+    let endpoint = file.otlp_endpoint.trim_end_matches('/');
+    let traces_url: http::Uri = format!("{endpoint}/v1/traces").parse().map_err(|e| {
+        Invalid::at(
+            "telemetry.otlp_endpoint",
+            format!(
+                "telemetry.otlp_endpoint {endpoint:?} is not a URL ({e}); write an http:// or \
+                 https:// URL, such as \"http://otel-collector:4318\""
+            ),
+        )
+    })?;
+    if !matches!(traces_url.scheme_str(), Some("http" | "https")) || traces_url.host().is_none() {
+        return Err(Invalid::at(
+            "telemetry.otlp_endpoint",
+            format!(
+                "telemetry.otlp_endpoint {endpoint:?} must be an http:// or https:// URL, \
+                 such as \"http://otel-collector:4318\""
+            ),
+        ));
+    }
+    if !(0.0..=1.0).contains(&file.sample_ratio) {
+        return Err(Invalid::at(
+            "telemetry.sample_ratio",
+            format!(
+                "telemetry.sample_ratio = {} must be between 0.0 and 1.0",
+                file.sample_ratio
+            ),
+        ));
+    }
+    if file.service_name.trim().is_empty() {
+        return Err(Invalid::at(
+            "telemetry.service_name",
+            "telemetry.service_name must not be empty",
+        ));
+    }
+    if file.max_queued_spans == 0 {
+        return Err(Invalid::at(
+            "telemetry.max_queued_spans",
+            "telemetry.max_queued_spans must be at least 1",
+        ));
+    }
+    let headers = file
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let key = format!("telemetry.headers.{name}");
+            let header = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| Invalid::at(&key, format!("{key}: {name:?} is not a header name")))?;
+            http::HeaderValue::from_str(value.expose()).map_err(|_| {
+                Invalid::at(
+                    &key,
+                    format!("{key}: the value is not a valid header value"),
+                )
+            })?;
+            Ok((header, value.clone()))
+        })
+        .collect::<Result<_, Invalid>>()?;
+    Ok(TelemetrySettings {
+        traces_url,
+        service_name: file.service_name.clone(),
+        sample_ratio: file.sample_ratio,
+        trust_incoming_traceparent: file.trust_incoming_traceparent,
+        headers,
+        export_interval: positive("telemetry.export_interval", file.export_interval)?,
+        export_timeout: positive("telemetry.export_timeout", file.export_timeout)?,
+        max_queued_spans: file.max_queued_spans,
+    })
 }
 
 fn queue_settings(file: &file::Queue) -> Result<QueueSettings, Invalid> {
@@ -977,6 +1047,80 @@ upstream = "http://127.0.0.1:9001/hooks"
             "{e}"
         );
         assert!(!e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn tracing_is_off_without_a_telemetry_section_and_defaults_fill_one() {
+        assert!(parse(MINIMAL, "t").unwrap().telemetry.is_none());
+        let text = format!(
+            "[telemetry]\notlp_endpoint = \"http://collector:4318/\"\n\
+             headers = {{ authorization = \"Bearer ${{HOME}}\" }}\n{MINIMAL}"
+        );
+        let settings = parse(&text, "t").unwrap();
+        let t = settings.telemetry.as_ref().unwrap();
+        assert_eq!(t.traces_url, "http://collector:4318/v1/traces");
+        assert_eq!(t.service_name, "hookgate");
+        assert_eq!(t.sample_ratio, 1.0);
+        assert!(!t.trust_incoming_traceparent);
+        assert_eq!(t.headers[0].0, "authorization");
+        let home = std::env::var("HOME").unwrap();
+        assert_eq!(t.headers[0].1.expose(), format!("Bearer {home}"));
+        let summary = settings.summary();
+        assert!(
+            summary.contains(
+                "telemetry: OTLP/HTTP to http://collector:4318/v1/traces as \"hookgate\", \
+                 sampling 100% of new traces, incoming traceparent linked (a new trace), \
+                 headers authorization (values hidden)"
+            ),
+            "{summary}"
+        );
+        assert!(!summary.contains(&home), "{summary}");
+        assert!(
+            parse(MINIMAL, "t")
+                .unwrap()
+                .summary()
+                .contains("telemetry: off")
+        );
+    }
+
+    #[test]
+    fn telemetry_errors_name_the_key_and_its_line() {
+        for (section, key, says) in [
+            (
+                "otlp_endpoint = \"collector:4318\"",
+                "telemetry.otlp_endpoint",
+                "http://",
+            ),
+            (
+                "otlp_endpoint = \"http://c:4318\"\nsample_ratio = 1.5",
+                "telemetry.sample_ratio",
+                "between 0.0 and 1.0",
+            ),
+            (
+                "otlp_endpoint = \"http://c:4318\"\nheaders = { \"bad name\" = \"x\" }",
+                "telemetry.headers.bad name",
+                "not a header name",
+            ),
+            (
+                "otlp_endpoint = \"http://c:4318\"\nservice_name = \" \"",
+                "telemetry.service_name",
+                "must not be empty",
+            ),
+        ] {
+            let e = parse(&format!("[telemetry]\n{section}\n{MINIMAL}"), "t").unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+            assert!(e.line.is_some_and(|l| l >= 2), "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        let e = error(&format!(
+            "[telemetry]\notlp_endpoint = \"http://c:4318\"\nheaders = {{ x = \"${{HOOKGATE_UNSET_OTEL}}\" }}\n{MINIMAL}"
+        ));
+        assert!(
+            e.contains("HOOKGATE_UNSET_OTEL") && e.contains("line 3"),
+            "{e}"
+        );
+        let e = error(&format!("[telemetry]\nsample_ratio = 0.5\n{MINIMAL}"));
+        assert!(e.contains("otlp_endpoint") && e.contains("line 1"), "{e}");
     }
 
     #[test]

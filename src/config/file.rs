@@ -44,8 +44,58 @@ pub struct FileConfig {
     pub upstream_tls: UpstreamTls,
     #[serde(default)]
     pub log: Log,
+    /// `[telemetry]`: OpenTelemetry traces; absent means tracing is off.
+    pub telemetry: Option<Telemetry>,
     #[serde(default)]
     pub sources: Vec<Source>,
+}
+
+/// `[telemetry]`: where spans go (OTLP over HTTP, protobuf) and how traces start.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// The collector's base URL; spans are POSTed to `{otlp_endpoint}/v1/traces`.
+    pub otlp_endpoint: String,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Head sampling of new traces, 0.0 to 1.0.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// `true`: continue the sender's trace; `false`: start a new one linked to it.
+    #[serde(default)]
+    pub trust_incoming_traceparent: bool,
+    /// Sent with every export (a collector's token); values may use `${VAR}`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Secret>,
+    /// How long spans wait in the export queue before a batch is sent.
+    #[serde(default = "default_export_interval", with = "humantime_serde")]
+    pub export_interval: Duration,
+    /// One export may take this long; then its spans are dropped.
+    #[serde(default = "default_export_timeout", with = "humantime_serde")]
+    pub export_timeout: Duration,
+    /// Spans waiting for export at most; more are dropped (and counted).
+    #[serde(default = "default_max_queued_spans")]
+    pub max_queued_spans: usize,
+}
+
+fn default_service_name() -> String {
+    "hookgate".to_owned()
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+fn default_export_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_export_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_max_queued_spans() -> usize {
+    4096
 }
 
 /// `[log]`: the level when `RUST_LOG` is not set.
@@ -447,14 +497,95 @@ pub struct Route {
     pub name: Option<String>,
     #[serde(default)]
     pub events: Vec<String>,
-    pub upstream: String,
+    /// Conditions on the verified body; all must hold for the route to apply.
+    #[serde(default, rename = "match")]
+    pub conditions: Vec<Condition>,
+    /// One of `upstream` and `upstreams` (`config::controls` says which is missing).
+    pub upstream: Option<String>,
+    /// Fan-out (queue mode only): each upstream gets its own delivery.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamEntry>,
     /// Forward with hookgate's own Standard Webhooks signature instead of the sender's.
     pub resign: Option<Resign>,
     /// Queue mode only: at most this many deliveries to this route at once, per instance.
     pub max_concurrency: Option<u32>,
+    /// Per upstream: stop sending after this many failures in a row, for a cooldown.
+    pub breaker: Option<Breaker>,
+    /// Queue mode only: deliveries started per second to each upstream.
+    pub rate: Option<Rate>,
     /// Queue mode with `resign` only: deliver `{"event", "object"}`, the object fetched
     /// from the sender's API (`enrich`).
     pub enrich: Option<Enrich>,
+}
+
+/// `breaker = { failures = 5, cooldown = "30s" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Breaker {
+    pub failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+/// `rate = { per_second = 20, burst = 20 }`; `burst` defaults to `per_second` rounded up.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: Option<u32>,
+}
+
+/// One of a route's `upstreams`: a URL, or `{ url = "...", name = "audit" }` (the name
+/// is what `deliveries list` and the metrics call it; else its index).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamEntry {
+    pub url: String,
+    pub name: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for UpstreamEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            url: String,
+            name: Option<String>,
+        }
+        struct Entry;
+        impl<'de> Visitor<'de> for Entry {
+            type Value = UpstreamEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a URL, or { url = \"http://...\", name = \"...\" }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<UpstreamEntry, E> {
+                Ok(UpstreamEntry {
+                    url: v.to_owned(),
+                    name: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<UpstreamEntry, A::Error> {
+                let table = Table::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(UpstreamEntry {
+                    url: table.url,
+                    name: table.name,
+                })
+            }
+        }
+        d.deserialize_any(Entry)
+    }
+}
+
+/// `{ pointer = "/data/status", in = ["completed", "incomplete"] }`: a pointer and
+/// exactly one operator (`config::source` checks that, naming the key).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    pub pointer: String,
+    pub equals: Option<toml::Value>,
+    #[serde(rename = "in")]
+    pub one_of: Option<Vec<toml::Value>>,
+    pub exists: Option<bool>,
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,9 +6,11 @@
 //! its own keys); `summary.rs` describes the result for `check`; `error.rs` is
 //! `ConfigError`, which starts with the file, names the key path and gives its line, so a
 //! user never has to guess which of three sources is wrong. `secret.rs` is `Secret`
-//! (`${VAR}`, never printed), `duration.rs` writes durations back as a file would.
+//! (`${VAR}`, never printed), `duration.rs` writes durations back as a file would,
+//! `controls.rs` builds a route's delivery controls (`match`, fan-out, breaker, rate).
 
 mod build;
+mod controls;
 pub mod duration;
 mod error;
 mod file;
@@ -30,7 +32,8 @@ pub use secret::Secret;
 pub use settings::{
     ADMIN_PATHS, AdminAuth, DedupeSettings, EnrichSettings, HTTP2_RESET_WINDOW, Limits,
     PenaltyBoxSettings, PostgresSettings, QueueSettings, RateLimitSettings, RedisSettings,
-    RedisTarget, ServerSettings, Settings, Source, StoreBackend, StoreSettings, TlsSettings,
+    RedisTarget, ServerSettings, Settings, Source, StoreBackend, StoreSettings, TelemetrySettings,
+    TlsSettings,
 };
 
 /// The embedded default configuration: the same text as `config/hookgate.toml`, so the

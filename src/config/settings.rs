@@ -36,10 +36,27 @@ pub struct Settings {
     pub log_level: String,
     /// Present when at least one source has `delivery = "queue"`.
     pub queue: Option<QueueSettings>,
+    /// `[telemetry]`; `None`: tracing is off.
+    pub telemetry: Option<TelemetrySettings>,
     pub sources: Vec<Source>,
     /// Things that work but are probably wrong (an expiring secret, a typo in an event
     /// pattern), each starting with the file: `check` prints them, `serve` logs them.
     pub warnings: Vec<String>,
+}
+
+/// `[telemetry]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetrySettings {
+    /// `{otlp_endpoint}/v1/traces`: where the spans are POSTed.
+    pub traces_url: http::Uri,
+    pub service_name: String,
+    pub sample_ratio: f64,
+    pub trust_incoming_traceparent: bool,
+    /// Header names as written (lower case); values are secrets.
+    pub headers: Vec<(http::HeaderName, Secret)>,
+    pub export_interval: Duration,
+    pub export_timeout: Duration,
+    pub max_queued_spans: usize,
 }
 
 /// `[queue]`, validated: how queue-mode deliveries are attempted, retried and kept.

@@ -65,6 +65,21 @@ pub(super) fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String
                 Invalid::at(format!("{key}.provider"), format!("{key}.provider {e}"))
             })?;
             warnings.extend(typos.iter().map(|w| format!("{key}.{w}")));
+            for (j, route) in file.routes.iter().enumerate() {
+                for (c, condition) in route.conditions.iter().enumerate() {
+                    let Ok(pointer) = JsonPointer::parse(&condition.pointer) else {
+                        continue; // reported with the routes
+                    };
+                    if let Some(why) =
+                        crate::provider::absent_field(provider, &route.events, &pointer)
+                    {
+                        warnings.push(format!(
+                            "{key}.routes[{j}].match[{c}].pointer {:?} {why}",
+                            condition.pointer
+                        ));
+                    }
+                }
+            }
         }
         if file.content_encoding == ContentEncoding::Pass
             && let Some(Field::Json(pointer)) = [&built.event_type, &built.dedupe_key]
@@ -339,9 +354,23 @@ fn routes(source_key: &str, file: &file::Source) -> Result<BuiltRoutes, Invalid>
                 ));
             }
         };
-        let mut compiled = Route::new(&file.name, &name, &route.events, &route.upstream)
+        let (first, upstreams) =
+            super::controls::upstreams(&key, source_key, route, file.delivery)?;
+        let mut compiled = Route::new(&file.name, &name, &route.events, &first)
             .map_err(|e| Invalid::at(format!("{key}.{}", route_key(route)), format!("{key}.{e}")))?
-            .with_max_concurrency(max_concurrency);
+            .with_max_concurrency(max_concurrency)
+            .with_conditions(super::controls::conditions(&key, &route.conditions)?);
+        if !upstreams.is_empty() {
+            compiled = compiled.with_upstreams(upstreams);
+        }
+        compiled = compiled
+            .with_breaker(super::controls::breaker(&key, route.breaker.as_ref())?)
+            .with_rate(super::controls::rate(
+                &key,
+                source_key,
+                route.rate.as_ref(),
+                file.delivery,
+            )?);
         if let Some(resign) = &route.resign {
             let signer = Resigner::new(resign.secret.expose()).map_err(|e| {
                 Invalid::at(
@@ -495,7 +524,7 @@ fn route_key(route: &file::Route) -> String {
 }
 
 /// Names end up in metric labels and store keys: keep them short and plain.
-fn check_name(key: &str, name: &str) -> Result<(), Invalid> {
+pub(super) fn check_name(key: &str, name: &str) -> Result<(), Invalid> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

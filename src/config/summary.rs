@@ -103,6 +103,31 @@ impl Settings {
             duration::written(self.dedupe.ttl),
             duration::written(self.dedupe.in_flight_ttl),
         );
+        let telemetry = match &self.telemetry {
+            None => "off (no [telemetry])".to_owned(),
+            Some(t) => format!(
+                "OTLP/HTTP to {} as {:?}, sampling {}% of new traces, incoming traceparent {}{}; \
+                 export every {}, timeout {}, at most {} spans queued",
+                t.traces_url,
+                t.service_name,
+                t.sample_ratio * 100.0,
+                if t.trust_incoming_traceparent {
+                    "continued"
+                } else {
+                    "linked (a new trace)"
+                },
+                if t.headers.is_empty() {
+                    String::new()
+                } else {
+                    let names: Vec<&str> = t.headers.iter().map(|(n, _)| n.as_str()).collect();
+                    format!(", headers {} (values hidden)", names.join(" "))
+                },
+                duration::written(t.export_interval),
+                duration::written(t.export_timeout),
+                t.max_queued_spans,
+            ),
+        };
+        let _ = writeln!(s, "telemetry: {telemetry}");
         if let Some(queue) = &self.queue {
             let durability = match self.store.backend {
                 StoreBackend::Memory => "in memory: NOT durable, lost on restart",
@@ -161,18 +186,52 @@ impl Settings {
                     .max_concurrency()
                     .map(|n| format!(" (max {n} at once)"))
                     .unwrap_or_default();
+                let fanout = route.upstreams().len() > 1;
                 let _ = writeln!(
                     s,
                     "    route {:<12} {:<40} -> {}{limit}{}",
                     route.name(),
                     route.patterns_display(),
-                    route.upstream(),
+                    if fanout {
+                        format!("fan-out to {} upstreams", route.upstreams().len())
+                    } else {
+                        route.upstream().to_string()
+                    },
                     if route.resign().is_some() {
                         " (re-signed: standard-webhooks)"
                     } else {
                         ""
                     }
                 );
+                if fanout {
+                    for upstream in route.upstreams() {
+                        let _ = writeln!(
+                            s,
+                            "      upstream {} -> {} (deliveries listed as route {})",
+                            upstream.key, upstream.uri, upstream.delivery_route
+                        );
+                    }
+                }
+                if let Some(breaker) = route.breaker() {
+                    let _ = writeln!(
+                        s,
+                        "      breaker: open after {} failed attempts in a row to an upstream, for {} (per instance)",
+                        breaker.failures,
+                        duration::written(breaker.cooldown)
+                    );
+                }
+                if let Some(rate) = route.rate() {
+                    let _ = writeln!(
+                        s,
+                        "      rate: {} deliveries started per second to each upstream, burst {}",
+                        rate.per_second, rate.burst
+                    );
+                }
+                if !route.conditions().is_empty() {
+                    let conditions: Vec<String> =
+                        route.conditions().iter().map(ToString::to_string).collect();
+                    let _ = writeln!(s, "      match {}", conditions.join(" and "));
+                }
                 if let Some(enrich) = source.enrich.get(route.name()) {
                     let _ = writeln!(s, "      {}", enrich_line(enrich));
                 }

@@ -496,6 +496,7 @@ mod tests {
                 result: Some("failed_final".into()),
                 instance: "host-1".into(),
                 answer: Some("<svg onload=alert(1)>".into()),
+                trace_id: None,
             }],
             header_names: vec!["x-evil\"><script>".into()],
             headers: Some(vec![(

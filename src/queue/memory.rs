@@ -43,6 +43,8 @@ struct Record {
     /// The object fetched for an `enrich` route; dropped with the body.
     object: Option<Bytes>,
     failed_fetches: u32,
+    /// `NewDelivery::trace_context`.
+    trace_context: Option<String>,
     /// Position in `Inner::order` and in every facet index: (queued at, id).
     order_key: (UnixMillis, String),
     /// When a final record is forgotten.
@@ -80,6 +82,43 @@ impl MemoryQueue {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every operation leaves the maps consistent before it can panic.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores one new delivery `queued` and ready; returns its id.
+    fn insert_new(&self, inner: &mut Inner, delivery: NewDelivery) -> String {
+        let now = delivery.received_at;
+        let id = self.ids.next(now);
+        inner.insert(Record {
+            route_label: delivery.route_label(),
+            summary: Summary {
+                id: id.clone(),
+                state: State::Queued,
+                source: delivery.source,
+                route: delivery.route,
+                webhook_id: delivery.webhook_id,
+                event_type: delivery.event_type,
+                attempts: 0,
+                received_at: now,
+                updated_at: now,
+                next_attempt_at: None,
+                last_status: None,
+                last_error: None,
+            },
+            enqueued_at: now,
+            replays: 0,
+            history: Vec::new(),
+            // Compact copies: parsed header values and the body are slices of the
+            // connection's read buffer, which a record kept for `retention` would pin.
+            headers: encode_headers(&delivery.headers),
+            body: Bytes::copy_from_slice(&delivery.body),
+            object: None,
+            failed_fetches: 0,
+            trace_context: delivery.trace_context,
+            order_key: (now, id.clone()),
+            expires_at: None,
+        });
+        inner.ready.push_back((id.clone(), now));
+        id
     }
 }
 
@@ -254,39 +293,21 @@ impl Inner {
 
 impl Queue for MemoryQueue {
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>> {
-        let now = delivery.received_at;
-        let id = self.ids.next(now);
         let mut inner = self.lock();
-        inner.insert(Record {
-            route_label: delivery.route_label(),
-            summary: Summary {
-                id: id.clone(),
-                state: State::Queued,
-                source: delivery.source,
-                route: delivery.route,
-                webhook_id: delivery.webhook_id,
-                event_type: delivery.event_type,
-                attempts: 0,
-                received_at: now,
-                updated_at: now,
-                next_attempt_at: None,
-                last_status: None,
-                last_error: None,
-            },
-            enqueued_at: now,
-            replays: 0,
-            history: Vec::new(),
-            // Compact copies: parsed header values and the body are slices of the
-            // connection's read buffer, which a record kept for `retention` would pin.
-            headers: encode_headers(&delivery.headers),
-            body: Bytes::copy_from_slice(&delivery.body),
-            object: None,
-            failed_fetches: 0,
-            order_key: (now, id.clone()),
-            expires_at: None,
-        });
-        inner.ready.push_back((id.clone(), now));
-        ready(Ok(id))
+        ready(Ok(self.insert_new(&mut inner, delivery)))
+    }
+
+    fn enqueue_all(
+        &self,
+        deliveries: Vec<NewDelivery>,
+    ) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
+        // One lock for all: no take sees some copies before the others are stored.
+        let mut inner = self.lock();
+        let ids = deliveries
+            .into_iter()
+            .map(|delivery| self.insert_new(&mut inner, delivery))
+            .collect();
+        ready(Ok(ids))
     }
 
     fn take(&self, max: usize, now: UnixMillis) -> BoxFuture<'_, Result<Vec<Lease>, QueueError>> {
@@ -352,6 +373,7 @@ impl Queue for MemoryQueue {
                 headers: decode_headers(&record.headers).unwrap_or_default(),
                 body: record.body.clone(),
                 received_at: record.summary.received_at,
+                trace_context: record.trace_context.clone(),
             },
             attempt: record.summary.attempts,
             enqueued_at: record.enqueued_at,
@@ -460,6 +482,23 @@ impl Queue for MemoryQueue {
                 }
             }
             inner.ready.push_front((lease.delivery_id.clone(), now));
+        }
+        ready(Ok(()))
+    }
+
+    fn defer<'a>(
+        &'a self,
+        lease: &'a Lease,
+        until: UnixMillis,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        let mut inner = self.lock();
+        inner.taken.remove(&lease.token);
+        let id = &lease.delivery_id;
+        if let Some(record) = inner.records.get_mut(id)
+            && !record.summary.state.is_final()
+        {
+            record.summary.next_attempt_at = Some(until);
+            inner.scheduled.insert((until, id.clone()));
         }
         ready(Ok(()))
     }
@@ -585,6 +624,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: Bytes::from_static(b"{}"),
             received_at: 1_000 + n,
+            trace_context: None,
         }
     }
 
@@ -599,6 +639,7 @@ mod tests {
             result: None,
             instance: "test".into(),
             answer: None,
+            trace_id: None,
         }
     }
 

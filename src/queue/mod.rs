@@ -51,16 +51,25 @@ pub trait Queue: Send + Sync {
     /// Stores the delivery and its `queued` record in one step; returns its id.
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>>;
 
-    /// `enqueue`, and where the backend also holds the dedupe claims (PostgreSQL), marks
-    /// `claim` done in the same transaction, so a delivery is stored with its key done
-    /// or neither happens. Returns the id and whether the claim was settled here; when
-    /// it was not, the caller commits it as usual.
-    fn enqueue_claimed<'a>(
+    /// Stores several deliveries (the copies of one sender delivery for a fan-out
+    /// route, one per upstream) in one step: all are stored, or none is, so the sender's
+    /// 202 means every copy is stored and its retry after a 503 stores no copy twice.
+    /// Returns their ids in order.
+    fn enqueue_all(
+        &self,
+        deliveries: Vec<NewDelivery>,
+    ) -> BoxFuture<'_, Result<Vec<String>, QueueError>>;
+
+    /// `enqueue_all`, and where the backend also holds the dedupe claims (PostgreSQL),
+    /// marks `claim` done in the same transaction, so the deliveries are stored with
+    /// their key done or nothing happens. Returns the ids and whether the claim was
+    /// settled here; when it was not, the caller commits it as usual.
+    fn enqueue_all_claimed<'a>(
         &'a self,
-        delivery: NewDelivery,
+        deliveries: Vec<NewDelivery>,
         _claim: ClaimDone<'a>,
-    ) -> BoxFuture<'a, Result<(String, bool), QueueError>> {
-        Box::pin(async move { Ok((self.enqueue(delivery).await?, false)) })
+    ) -> BoxFuture<'a, Result<(Vec<String>, bool), QueueError>> {
+        Box::pin(async move { Ok((self.enqueue_all(deliveries).await?, false)) })
     }
 
     /// Takes up to `max` deliveries for this instance: due retries, deliveries another
@@ -106,6 +115,15 @@ pub trait Queue: Send + Sync {
         lease: &'a Lease,
         interrupted: Option<(&'a Job, &'a Attempt)>,
         now: UnixMillis,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Gives a taken delivery back to wait until `until` without an attempt (its
+    /// upstream's circuit breaker is open): no attempt is counted, its state stays what
+    /// it was, `next_attempt_at` says when it is taken again (by any instance).
+    fn defer<'a>(
+        &'a self,
+        lease: &'a Lease,
+        until: UnixMillis,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Renews this instance's hold on `leases`, so no other instance takes them over.
@@ -180,13 +198,29 @@ pub fn build(
     Ok(Some(built))
 }
 
-/// A won dedupe claim, for `Queue::enqueue_claimed` to mark done: the store's key, the
+/// A won dedupe claim, for `Queue::enqueue_all_claimed` to mark done: the store's key, the
 /// claim's token and how long the key then stays done.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimDone<'a> {
     pub key: &'a str,
     pub token: &'a str,
     pub ttl: Duration,
+}
+
+/// For `hookgate check`: what Redis' own settings promise for a delivery answered `202`,
+/// read from the server (within `connect_timeout + timeout`). `None` unless the queue
+/// runs on Redis; an unreachable Redis is reported, not an error.
+pub async fn redis_persistence(settings: &Settings) -> Option<String> {
+    settings.queue.as_ref()?;
+    let StoreBackend::Redis(redis) = &settings.store.backend else {
+        return None;
+    };
+    let metrics = Arc::new(Metrics::new(std::iter::empty()));
+    let persistence = match crate::store::redis::RedisConnection::new(redis, metrics) {
+        Ok(connection) => self::redis::persistence::read(&connection).await,
+        Err(e) => self::redis::Persistence::Unknown(e.to_string()),
+    };
+    Some(persistence.to_string())
 }
 
 /// Ingress' handle: enqueue, then wake this instance's workers so a delivery does not
@@ -204,14 +238,24 @@ impl Ingress {
         Ok(id)
     }
 
-    /// `enqueue` with the claim marked done in the same step where the backend can
-    /// (`Queue::enqueue_claimed`).
-    pub async fn enqueue_claimed(
+    /// The copies of a fan-out delivery, stored together (`Queue::enqueue_all`).
+    pub async fn enqueue_all(
         &self,
-        delivery: NewDelivery,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Vec<String>, QueueError> {
+        let ids = self.queue.enqueue_all(deliveries).await?;
+        self.wake.notify_one();
+        Ok(ids)
+    }
+
+    /// `enqueue_all` with the claim marked done in the same step where the backend can
+    /// (`Queue::enqueue_all_claimed`).
+    pub async fn enqueue_all_claimed(
+        &self,
+        deliveries: Vec<NewDelivery>,
         claim: ClaimDone<'_>,
-    ) -> Result<(String, bool), QueueError> {
-        let stored = self.queue.enqueue_claimed(delivery, claim).await?;
+    ) -> Result<(Vec<String>, bool), QueueError> {
+        let stored = self.queue.enqueue_all_claimed(deliveries, claim).await?;
         self.wake.notify_one();
         Ok(stored)
     }

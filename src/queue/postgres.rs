@@ -33,10 +33,15 @@ use crate::config::QueueSettings;
 use crate::store::postgres::{PgPool, channel, listen_forever};
 
 const ENQUEUE: &str = "INSERT INTO deliveries (id, state, source, route, webhook_id, \
-     event_type, received_at, queued_at, updated_at, due_at, headers, body) \
+     event_type, received_at, queued_at, updated_at, due_at, headers, body, trace_context) \
      VALUES ($1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
-     $7::text::jsonb, $8) \
+     $7::text::jsonb, $8, $10) \
      RETURNING (SELECT 1 FROM pg_notify($9, ''))";
+
+/// Marks the dedupe claim `$1` of token `$2` done for `$3` seconds, if still held.
+const CLAIM_DONE: &str = "UPDATE dedupe SET token = NULL, \
+     expires_at = now() + make_interval(secs => $3) \
+     WHERE key = $1 AND token = $2 AND expires_at > now()";
 
 /// `ENQUEUE`, marking the dedupe claim `$9` of token `$10` done for `$11` seconds in
 /// the same statement (one transaction); returns whether the claim was still held.
@@ -44,9 +49,9 @@ const ENQUEUE_CLAIMED: &str = "WITH done AS ( \
        UPDATE dedupe SET token = NULL, expires_at = now() + make_interval(secs => $11) \
        WHERE key = $9 AND token = $10 AND expires_at > now() RETURNING 1) \
      INSERT INTO deliveries (id, state, source, route, webhook_id, \
-     event_type, received_at, queued_at, updated_at, due_at, headers, body) \
+     event_type, received_at, queued_at, updated_at, due_at, headers, body, trace_context) \
      VALUES ($1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
-     $7::text::jsonb, $8) \
+     $7::text::jsonb, $8, $13) \
      RETURNING EXISTS (SELECT 1 FROM done), (SELECT 1 FROM pg_notify($12, ''))";
 
 /// Leases up to `$2` due deliveries to `$3` for `$4` seconds. Rows come back unordered.
@@ -68,19 +73,19 @@ const BEGIN: &str = "WITH d AS ( \
        WHERE id = $1 AND state NOT IN ('processed', 'failed_final') \
        RETURNING id, attempts, history_len - 1 AS idx, source, route, webhook_id, \
          event_type, coalesce(headers::text, ''), coalesce(body, ''::bytea), \
-         ts_ms(queued_at), ts_ms(received_at), object, failed_fetches), \
+         ts_ms(queued_at), ts_ms(received_at), object, failed_fetches, trace_context), \
      h AS (INSERT INTO attempts (delivery_id, idx, attempt, started_at, instance) \
        SELECT id, idx, attempts, ms_ts($2), $3 FROM d) \
      SELECT * FROM d";
 
 /// The columns of an `attempts` row from `$n..$n+8`, as `UPDATE ... SET (..) = (..)`.
 const ENTRY_COLUMNS: &str =
-    "(attempt, step, started_at, duration_ms, status, error, result, instance, answer)";
+    "(attempt, step, started_at, duration_ms, status, error, result, instance, answer, trace_id)";
 
 fn entry_values(first: usize) -> String {
     let p = |i: usize| format!("${}", first + i);
     format!(
-        "({}, {}, ms_ts({}), {}, {}, {}, {}, {}, {})",
+        "({}, {}, ms_ts({}), {}, {}, {}, {}, {}, {}, {})",
         p(0),
         p(1),
         p(2),
@@ -89,7 +94,8 @@ fn entry_values(first: usize) -> String {
         p(5),
         p(6),
         p(7),
-        p(8)
+        p(8),
+        p(9)
     )
 }
 
@@ -104,6 +110,7 @@ struct EntryParams {
     result: Option<String>,
     instance: String,
     answer: Option<String>,
+    trace_id: Option<String>,
 }
 
 impl EntryParams {
@@ -118,10 +125,11 @@ impl EntryParams {
             result: a.result.clone(),
             instance: a.instance.clone(),
             answer: a.answer.clone(),
+            trace_id: a.trace_id.clone(),
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 10] {
         [
             &self.attempt,
             &self.step,
@@ -132,6 +140,7 @@ impl EntryParams {
             &self.result,
             &self.instance,
             &self.answer,
+            &self.trace_id,
         ]
     }
 }
@@ -238,6 +247,103 @@ impl PostgresQueue {
         }
     }
 
+    /// One delivery stored with `claim` marked done, in one statement.
+    async fn enqueue_claimed(
+        &self,
+        delivery: NewDelivery,
+        claim: ClaimDone<'_>,
+    ) -> Result<(String, bool), QueueError> {
+        let now = delivery.received_at as i64;
+        let id = self.ids.next(delivery.received_at);
+        let headers = encode_headers(&delivery.headers);
+        let body: &[u8] = &delivery.body;
+        let ttl = claim.ttl.as_secs_f64();
+        let row = self
+            .pool
+            .call("enqueue", async |client| {
+                let statement = client.prepare_cached(ENQUEUE_CLAIMED).await?;
+                client
+                    .query_one(
+                        &statement,
+                        &[
+                            &id,
+                            &delivery.source,
+                            &delivery.route,
+                            &delivery.webhook_id,
+                            &delivery.event_type,
+                            &now,
+                            &headers,
+                            &body,
+                            &claim.key,
+                            &claim.token,
+                            &ttl,
+                            &self.channel,
+                            &delivery.trace_context,
+                        ],
+                    )
+                    .await
+            })
+            .await?;
+        Ok((id, row.get(0)))
+    }
+
+    /// Several deliveries (a fan-out's copies) in one transaction, with `claim` marked
+    /// done in it when given.
+    async fn store_together(
+        &self,
+        deliveries: Vec<NewDelivery>,
+        claim: Option<ClaimDone<'_>>,
+    ) -> Result<(Vec<String>, bool), QueueError> {
+        let rows: Vec<(String, String, i64)> = deliveries
+            .iter()
+            .map(|d| {
+                (
+                    self.ids.next(d.received_at),
+                    encode_headers(&d.headers),
+                    d.received_at as i64,
+                )
+            })
+            .collect();
+        let settled = self
+            .pool
+            .call("enqueue", async |client| {
+                let tx = client.transaction().await?;
+                let mut settled = false;
+                if let Some(claim) = &claim {
+                    let statement = tx.prepare_cached(CLAIM_DONE).await?;
+                    let ttl = claim.ttl.as_secs_f64();
+                    settled = tx
+                        .execute(&statement, &[&claim.key, &claim.token, &ttl])
+                        .await?
+                        == 1;
+                }
+                let statement = tx.prepare_cached(ENQUEUE).await?;
+                for (delivery, (id, headers, now)) in deliveries.iter().zip(&rows) {
+                    let body: &[u8] = &delivery.body;
+                    tx.execute(
+                        &statement,
+                        &[
+                            id,
+                            &delivery.source,
+                            &delivery.route,
+                            &delivery.webhook_id,
+                            &delivery.event_type,
+                            now,
+                            headers,
+                            &body,
+                            &self.channel,
+                            &delivery.trace_context,
+                        ],
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(settled)
+            })
+            .await?;
+        Ok((rows.into_iter().map(|(id, _, _)| id).collect(), settled))
+    }
+
     /// Deletes final records past the retention, a small batch at a time, at most
     /// once a second per instance.
     async fn sweep(&self) -> Result<(), QueueError> {
@@ -325,6 +431,7 @@ fn attempt_of(row: &Row) -> Attempt {
         result: row.get(6),
         instance: row.get(7),
         answer: row.get(8),
+        trace_id: row.get(9),
     }
 }
 
@@ -351,6 +458,7 @@ impl Queue for PostgresQueue {
                                 &headers,
                                 &body,
                                 &self.channel,
+                                &delivery.trace_context,
                             ],
                         )
                         .await
@@ -360,43 +468,58 @@ impl Queue for PostgresQueue {
         })
     }
 
-    fn enqueue_claimed<'a>(
-        &'a self,
-        delivery: NewDelivery,
-        claim: ClaimDone<'a>,
-    ) -> BoxFuture<'a, Result<(String, bool), QueueError>> {
+    fn enqueue_all(
+        &self,
+        deliveries: Vec<NewDelivery>,
+    ) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
         Box::pin(async move {
-            let now = delivery.received_at as i64;
-            let id = self.ids.next(delivery.received_at);
-            let headers = encode_headers(&delivery.headers);
-            let body: &[u8] = &delivery.body;
-            let ttl = claim.ttl.as_secs_f64();
-            let row = self
-                .pool
-                .call("enqueue", async |client| {
-                    let statement = client.prepare_cached(ENQUEUE_CLAIMED).await?;
-                    client
-                        .query_one(
-                            &statement,
-                            &[
-                                &id,
-                                &delivery.source,
-                                &delivery.route,
-                                &delivery.webhook_id,
-                                &delivery.event_type,
-                                &now,
-                                &headers,
-                                &body,
-                                &claim.key,
-                                &claim.token,
-                                &ttl,
-                                &self.channel,
-                            ],
+            if deliveries.len() == 1 {
+                let delivery = deliveries.into_iter().next().expect("one delivery");
+                return Ok(vec![self.enqueue(delivery).await?]);
+            }
+            Ok(self.store_together(deliveries, None).await?.0)
+        })
+    }
+
+    fn enqueue_all_claimed<'a>(
+        &'a self,
+        deliveries: Vec<NewDelivery>,
+        claim: ClaimDone<'a>,
+    ) -> BoxFuture<'a, Result<(Vec<String>, bool), QueueError>> {
+        Box::pin(async move {
+            if deliveries.len() == 1 {
+                let delivery = deliveries.into_iter().next().expect("one delivery");
+                let (id, settled) = self.enqueue_claimed(delivery, claim).await?;
+                return Ok((vec![id], settled));
+            }
+            self.store_together(deliveries, Some(claim)).await
+        })
+    }
+
+    fn defer<'a>(
+        &'a self,
+        lease: &'a Lease,
+        until: UnixMillis,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let until = until as i64;
+            self.pool
+                .call("defer", async |client| {
+                    let statement = client
+                        .prepare_cached(
+                            "UPDATE deliveries SET next_attempt_at = ms_ts($3), \
+                             due_at = ms_ts($3), lease_token = NULL, lease_owner = NULL, \
+                             lease_until = NULL \
+                             WHERE id = $1 AND lease_token = $2 \
+                               AND state NOT IN ('processed', 'failed_final')",
                         )
+                        .await?;
+                    client
+                        .execute(&statement, &[&lease.delivery_id, &lease.token, &until])
                         .await
                 })
                 .await?;
-            Ok((id, row.get(0)))
+            Ok(())
         })
     }
 
@@ -477,6 +600,7 @@ impl Queue for PostgresQueue {
                     headers: decode_headers(&headers).map_err(|e| malformed(id, e))?,
                     body: Bytes::from(body),
                     received_at: millis(row.get(10)).unwrap_or(0),
+                    trace_context: row.get(13),
                 },
                 attempt: row.get::<_, i32>(1).max(0) as u32,
                 enqueued_at: millis(row.get(9)).unwrap_or(0),
@@ -735,7 +859,7 @@ impl Queue for PostgresQueue {
                     let history = client
                         .prepare_cached(
                             "SELECT attempt, step, ts_ms(started_at), duration_ms, status, \
-                             error, result, instance, answer FROM attempts \
+                             error, result, instance, answer, trace_id FROM attempts \
                              WHERE delivery_id = $1 ORDER BY idx",
                         )
                         .await?;

@@ -93,6 +93,9 @@ pub struct NewDelivery {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub received_at: UnixMillis,
+    /// The W3C `traceparent` of the request that stored it, when tracing was on: every
+    /// attempt, by any instance, is a span in that trace. Kept with the record as is.
+    pub trace_context: Option<String>,
 }
 
 impl NewDelivery {
@@ -164,6 +167,7 @@ impl Attempt {
             result: None,
             instance: instance.to_owned(),
             answer: None,
+            trace_id: None,
         }
     }
 }
@@ -190,6 +194,9 @@ pub struct Attempt {
     /// removed, at most `ANSWER_START_CHARS`); absent when it answered nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// The trace the attempt's span is in, when tracing is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// How much of an upstream's answer an attempt keeps: enough to see why ("invalid
@@ -386,7 +393,8 @@ impl ListFilter {
 }
 
 /// What a list request can carry as query parameters (`GET /deliveries`, the console's
-/// list), each an exact match and empty meaning "any": `status`, `source`, `route`,
+/// list), each an exact match and empty meaning "any": `status`, `source`, `route`
+/// (with `upstream`, one upstream's copies of a fan-out route: `<route>/<upstream>`),
 /// `event_type`, `search` (a delivery id or webhook id), `since` and `until` (RFC 3339
 /// or Unix milliseconds), `cursor` (a page's `next`) and `limit` (1 to `max_limit`,
 /// else `default_limit`). An error is the reason to answer 400 with.
@@ -417,10 +425,16 @@ pub fn list_filter<'q>(
             .ok_or("invalid_limit")?,
         None => default_limit,
     };
+    // A fan-out route's copies are stored as `<route>/<upstream>` (`Route::copies`).
+    let route = match (text("route"), given("upstream")) {
+        (Some(route), Some(upstream)) => Some(format!("{route}/{upstream}")),
+        (None, Some(_)) => return Err("upstream_needs_route"),
+        (route, None) => route,
+    };
     Ok(ListFilter {
         state,
         source: text("source"),
-        route: text("route"),
+        route,
         event_type: text("event_type"),
         search: text("search"),
         since: time("since", "invalid_since")?,
@@ -659,6 +673,14 @@ mod tests {
         assert_eq!(query(&[("cursor", "dlv_1")]), Err("invalid_cursor"));
         assert_eq!(query(&[("limit", "0")]), Err("invalid_limit"));
         assert_eq!(query(&[("limit", "1001")]), Err("invalid_limit"));
+        assert_eq!(
+            query(&[("route", "batches"), ("upstream", "audit")])
+                .unwrap()
+                .route
+                .as_deref(),
+            Some("batches/audit")
+        );
+        assert_eq!(query(&[("upstream", "audit")]), Err("upstream_needs_route"));
     }
 
     #[test]
@@ -749,6 +771,7 @@ mod tests {
             result: Some("failed_retryable".into()),
             instance: "i".into(),
             answer: None,
+            trace_id: None,
         };
         let json = serde_json::to_value(&fetch).unwrap();
         assert_eq!(json["step"], "fetch");

@@ -30,11 +30,13 @@ use super::record::answer_start;
 use super::{
     Attempt, Job, Lease, Queue, Settlement, Step, Verdict, decide, jitter_sample, now_millis,
 };
+use crate::breaker::Admission;
 use crate::config::{DeliveryMode, QueueSettings, Settings};
 use crate::enrich::{self, Enricher, FetchVerdict, Plan};
 use crate::forward::{self, Forwarder};
 use crate::metrics::{DeliveryMetrics, Metrics, RouteMetrics};
 use crate::route::Route;
+use crate::telemetry::{Span, Telemetry};
 use crate::upstream::UpstreamOutcome;
 
 /// How often the queue is asked for work when there was none (a local enqueue wakes the
@@ -85,6 +87,7 @@ pub struct Workers {
     freed: Notify,
     /// Ingress enqueued something.
     wake: Arc<Notify>,
+    telemetry: Telemetry,
 }
 
 impl Workers {
@@ -95,6 +98,7 @@ impl Workers {
         metrics: Arc<Metrics>,
         instance: String,
         wake: Arc<Notify>,
+        telemetry: Telemetry,
     ) -> Option<Arc<Workers>> {
         let policy = settings.queue.clone()?;
         let lanes = lanes(settings, &metrics, &HashMap::new());
@@ -109,6 +113,7 @@ impl Workers {
             held: Mutex::new(HashSet::new()),
             freed: Notify::new(),
             wake,
+            telemetry,
         }))
     }
 
@@ -283,6 +288,19 @@ impl Workers {
     ) {
         let lanes = self.lanes.load_full();
         let lane = lanes.get(&lease.route);
+        // An open breaker: the delivery waits in the queue, no attempt spent, and this
+        // worker moves on to other upstreams' deliveries.
+        let pass = match lane.map(|l| self.forward.admit(&l.route, tokio::time::Instant::now())) {
+            Some(Admission::Open { retry_after }) => {
+                let until = now_millis() + retry_after.as_millis().max(1) as u64;
+                if let Err(e) = self.queue.defer(&lease, until).await {
+                    tracing::warn!(delivery_id = %lease.delivery_id, error = %e, "queue: cannot defer a delivery while its upstream's breaker is open");
+                }
+                return self.release(&lease);
+            }
+            Some(Admission::Pass(pass)) => Some(pass),
+            None => None,
+        };
         let _route_slot: Option<OwnedSemaphorePermit> = match lane.and_then(|l| l.limit.clone()) {
             Some(limit) => tokio::select! {
                 permit = limit.acquire_owned() => permit.ok(),
@@ -305,6 +323,7 @@ impl Workers {
                 return self.release(&lease);
             }
         };
+        let span = self.attempt_span(&job).await;
         let Some((job, body, enriched_by)) = self.before_attempt(lane, job, &mut cut_short).await
         else {
             return;
@@ -333,11 +352,15 @@ impl Workers {
                     &body,
                     std::time::SystemTime::now(),
                 );
+                let call = span.upstream_call(lane.route.upstream());
+                call.inject(&mut headers);
                 let send = self
                     .forward
                     .send(&lane.route, &lane.upstream, headers, body.clone());
                 tokio::select! {
                     outcome = send => {
+                        call.upstream(&outcome);
+                        call.end();
                         let error = failure(&lease.route, &outcome);
                         (outcome, error)
                     }
@@ -355,6 +378,9 @@ impl Workers {
                 (UpstreamOutcome::Unreachable(missing.clone()), Some(missing))
             }
         };
+        if let Some(pass) = pass {
+            pass.record(&outcome, tokio::time::Instant::now());
+        }
         let status = outcome.status().map(|s| s.as_u16());
         let now = now_millis();
         let age = Duration::from_millis(now.saturating_sub(job.enqueued_at));
@@ -391,8 +417,17 @@ impl Workers {
                 UpstreamOutcome::Answered(reply) => answer_start(&reply.body),
                 _ => None,
             },
+            trace_id: span.trace_id(),
         };
         self.settle(&job, &attempt, settlement).await;
+        span.set("hookgate.attempt.result", settlement.state().as_str());
+        if let Some(status) = status {
+            span.set("http.response.status_code", i64::from(status));
+        }
+        if settlement != Settlement::Processed {
+            span.fail(settlement.state().as_str());
+        }
+        span.end();
         if let Some(lane) = lane {
             lane.deliveries.observe(settlement.state(), job.attempt);
         }
@@ -473,6 +508,7 @@ impl Workers {
             result: Some("fetched".to_owned()),
             instance: self.instance.clone(),
             answer: None,
+            trace_id: None,
         };
         log_fetch(&job, &step, None);
         match self.queue.attach(&job, &step, fetched, now_millis()).await {
@@ -501,6 +537,7 @@ impl Workers {
             result: Some("handed_back".to_owned()),
             instance: self.instance.clone(),
             answer: None,
+            trace_id: None,
         }
     }
 
@@ -540,6 +577,7 @@ impl Workers {
             result: Some(settlement.state().as_str().to_owned()),
             instance: self.instance.clone(),
             answer: None,
+            trace_id: None,
         };
         self.settle(job, &step, settlement).await;
         if settlement == Settlement::Final {
@@ -548,6 +586,43 @@ impl Workers {
         }
         log_fetch(job, &step, Some(settlement));
         self.release(&job.lease);
+    }
+
+    /// The span of the attempt `job` begins, in the trace its delivery was stored with:
+    /// its number, its delivery and route, this instance, and the wait before it (since
+    /// the delivery was queued, or since the attempt before it ended, which is read
+    /// from the record's history only when the span is sampled).
+    async fn attempt_span(&self, job: &Job) -> Span {
+        let span = self
+            .telemetry
+            .attempt(job.delivery.trace_context.as_deref());
+        if !span.is_recording() {
+            return span;
+        }
+        let now = now_millis();
+        span.set("hookgate.attempt", i64::from(job.attempt));
+        span.set("hookgate.delivery_id", job.lease.delivery_id.clone());
+        span.set("hookgate.route", job.lease.route.clone());
+        span.set("hookgate.webhook_id", job.delivery.webhook_id.clone());
+        span.set("hookgate.event_type", job.delivery.event_type.clone());
+        span.set("hookgate.instance", self.instance.clone());
+        let since = if job.attempt <= 1 {
+            Some(job.enqueued_at)
+        } else {
+            match self.queue.show(&job.lease.delivery_id, false).await {
+                Ok(Some(record)) => record
+                    .history
+                    .iter()
+                    .rev()
+                    .filter(|a| a.step.is_deliver() && a.attempt + 1 == job.attempt)
+                    .find_map(|a| Some(a.started_at + a.duration_ms?)),
+                _ => None,
+            }
+        };
+        if let Some(since) = since {
+            span.set("hookgate.attempt.wait_ms", now.saturating_sub(since) as i64);
+        }
+        span
     }
 
     /// Records the attempt, retrying briefly while the store fails. If it never
@@ -612,8 +687,17 @@ fn lanes(
         .sources
         .iter()
         .filter(|s| s.delivery == DeliveryMode::Queue)
-        .flat_map(|s| s.routes.iter().map(move |route| (s, route)))
-        .map(|(source, route)| {
+        // A fan-out route has a lane per upstream, keyed `<source>/<route>/<upstream>`
+        // as its copies' records are (`Route::copies`).
+        .flat_map(|s| {
+            s.routes.iter().flat_map(move |configured| {
+                configured
+                    .copies()
+                    .into_iter()
+                    .map(move |route| (s, configured.name(), route))
+            })
+        })
+        .map(|(source, configured, route)| {
             let limit = match current.get(route.label()) {
                 Some(lane) if lane.route.max_concurrency() == route.max_concurrency() => {
                     lane.limit.clone()
@@ -627,7 +711,7 @@ fn lanes(
                 upstream: metrics.route(route.label()),
                 deliveries: metrics.delivery(route.label()),
                 limit,
-                enrich: source.enrich.get(route.name()).map(|settings| {
+                enrich: source.enrich.get(configured).map(|settings| {
                     Enricher::new(
                         settings.clone(),
                         metrics.enrich(route.label()),

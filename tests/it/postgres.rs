@@ -502,6 +502,7 @@ async fn an_enqueue_on_one_instance_wakes_the_idle_workers_of_another_at_once() 
             headers: http::HeaderMap::new(),
             body: bytes::Bytes::from_static(b"{}"),
             received_at: hookgate::queue::now_millis(),
+            trace_context: None,
         })
         .await
         .unwrap();

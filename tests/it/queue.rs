@@ -557,15 +557,72 @@ async fn the_in_memory_queue_says_in_readyz_that_it_is_not_durable() {
     );
 }
 
+/// A 202 from the Redis queue is only as durable as Redis' append-only file: without
+/// one (Redis' default, and the test servers'), `hookgate check`, `/readyz`, the log and
+/// a gauge say that a Redis restart loses acknowledged deliveries; with one, that it
+/// does not.
 #[tokio::test]
-async fn the_redis_queue_says_in_readyz_that_it_is_durable() {
-    let Some(store) = TestStore::redis().await else {
+async fn the_redis_queue_reads_redis_persistence_and_says_when_a_202_is_not_durable() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
         return;
     };
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(queue_config(&store, &upstream)).await;
-    let ready = gw.admin("/readyz").await;
-    assert_eq!(ready.json()["queue"]["durable"], true, "{ready:?}");
+    let config = config().redis(&redis).queued().route("*", &upstream);
+    let file = ConfigFile::new(&config);
+    let path = file.path().display().to_string();
+    let persistence = "hookgate_queue_persistence{backend=\"redis\"}";
+
+    let (ok, out, err) = hookgate_cli(&["check", "--config", &path]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("queue persistence: NOT durable") && out.contains("appendonly no"),
+        "{out}"
+    );
+    let gw = GatewayProcess::spawn(&config).await;
+    eventually("readyz says the queue is not durable", async || {
+        let ready = gw
+            .client()
+            .get(&format!("http://{}/readyz", gw.admin_addr))
+            .await;
+        ready.json()["queue"]["durable"] == false
+            && ready.json()["queue"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("appendonly no"))
+    })
+    .await;
+    assert_eq!(gw.metrics().await.value(persistence), Some(0.0));
+    assert!(
+        gw.log()
+            .contains("a Redis restart loses every delivery acknowledged"),
+        "a warning in the log: {}",
+        gw.log()
+    );
+    drop(gw);
+
+    let _: () = redis
+        .query(
+            ::redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("appendonly")
+                .arg("yes"),
+        )
+        .await;
+    let (ok, out, err) = hookgate_cli(&["check", "--config", &path]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("queue persistence: durable across Redis restarts (appendonly yes, appendfsync everysec)"),
+        "{out}"
+    );
+    let gw = Gateway::start(config).await;
+    eventually("readyz says the queue is durable", async || {
+        let ready = gw.admin("/readyz").await;
+        ready.json()["queue"]["durable"] == true
+            && ready.json()["queue"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("appendonly yes"))
+    })
+    .await;
+    assert_eq!(gw.metrics().await.value(persistence), Some(1.0));
 }
 
 #[tokio::test]

@@ -107,3 +107,21 @@ async fn a_burst_of_concurrent_requests_through_a_cluster_store_lets_exactly_the
     // Checks arriving together share one script run on the node holding the key.
     crate::ratelimit::twelve_at_once_let_exactly_the_burst_through(config().store(&cluster)).await;
 }
+
+/// Every primary of a cluster is asked; the test cluster's nodes run without an
+/// append-only file, so a 202 from a queue on it is reported as not durable.
+#[tokio::test]
+async fn hookgate_check_reads_the_persistence_of_every_cluster_primary() {
+    let Some(store) = TestStore::shared_cluster().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let file = ConfigFile::new(config().store(&store).queued().route("*", &upstream));
+    let (ok, out, err) =
+        hookgate_cli(&["check", "--config", &file.path().display().to_string()]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("queue persistence: NOT durable") && out.contains("appendonly no"),
+        "{out}"
+    );
+}

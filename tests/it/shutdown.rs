@@ -40,3 +40,52 @@ async fn a_delivery_in_flight_at_shutdown_completes_and_new_connections_are_refu
     assert!(refuses_connections(&gw).await);
     assert_eq!(upstream.received().len(), 1);
 }
+
+/// The access log is written by a thread of its own through a buffer; a clean shutdown
+/// must still leave one line per answered request, also for the requests answered while
+/// the gateway was already shutting down.
+#[tokio::test]
+async fn a_clean_shutdown_flushes_every_access_log_line() {
+    const ANSWERED: usize = 300;
+    const IN_FLIGHT: usize = 20;
+    let fast = Upstream::start().await;
+    let held = Upstream::with(Answer::held()).await;
+    let mut gw = GatewayProcess::spawn(
+        config()
+            .route("response.completed", &fast)
+            .route("*", &held),
+    )
+    .await;
+    let send = |client: TestClient, event: &'static str| async move {
+        client.post(PATH, &signed_event(event)).await
+    };
+    for _ in 0..ANSWERED / 20 {
+        let wave = (0..20).map(|_| send(gw.client(), "response.completed"));
+        for reply in futures_util::future::join_all(wave).await {
+            assert_eq!(reply.status(), 200, "{reply:?}");
+        }
+    }
+    let in_flight: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| tokio::spawn(send(gw.client(), "response.failed")))
+        .collect();
+    held.wait_for(IN_FLIGHT).await;
+    gw.terminate();
+    held.release();
+    for reply in in_flight {
+        let reply = reply.await.unwrap();
+        assert_eq!(reply.status(), 200, "{reply:?}");
+    }
+    let exit = gw.wait_exit();
+    assert!(exit.success(), "hookgate exits cleanly on SIGTERM: {exit}");
+    let access_lines = gw
+        .log()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["target"] == "hookgate::access")
+        .count();
+    assert_eq!(
+        access_lines,
+        ANSWERED + IN_FLIGHT,
+        "one access line per request"
+    );
+}

@@ -9,7 +9,8 @@
 //!   `ready` by `TAKE` once due;
 //! - `hookgate:{queue}:d:<id>`: hash, the delivery record (state, attempts, timestamps,
 //!   last status and error, stored headers and raw body, and for an `enrich` route the
-//!   fetched `object` and the count of failed `fetches`); expires `retention` after it
+//!   fetched `object` and the count of failed `fetches`; the `trace_context`, a W3C
+//!   `traceparent`, when tracing was on at ingress); expires `retention` after it
 //!   becomes final;
 //! - `hookgate:{queue}:h:<id>`: list, the attempt history (JSON per attempt), same expiry;
 //! - `hookgate:{queue}:index`: sorted set of every id by (re)queue time, for listing;
@@ -48,25 +49,34 @@ use crate::store::redis::{RedisConnection, millis};
 pub const GROUP: &str = "workers";
 
 mod list;
+pub(crate) mod persistence;
 
 use list::{FACETS, LIST, SUMMARY_FIELDS, summary};
+pub use persistence::Persistence;
 
-/// Creates the record and appends it to `ready`, in one step.
-/// KEYS: record, ready, index. ARGV: id, now, index trim bound, source, route label,
-/// route, webhook id, event type, headers, body, key base, index horizon ms.
+/// Creates the records of one or more deliveries (a fan-out route's copies) and appends
+/// them to `ready`, all in one step: either every copy is stored or none is.
+/// KEYS: ready, index, then one record key per delivery. ARGV: now, index trim bound,
+/// key base, index horizon ms, then per delivery (in KEYS order) 9 values: id, source,
+/// route label, route, webhook id, event type, headers, body, trace context (empty: none).
 const ENQUEUE: &str = r"
-redis.call('HSET', KEYS[1], 'state', 'queued', 'source', ARGV[4], 'route', ARGV[6],
-  'webhook_id', ARGV[7], 'event_type', ARGV[8], 'headers', ARGV[9], 'body', ARGV[10],
-  'route_label', ARGV[5], 'attempts', 0, 'replays', 0, 'received_at', ARGV[2],
-  'enqueued_at', ARGV[2], 'updated_at', ARGV[2])
-redis.call('XADD', KEYS[2], '*', 'd', ARGV[1], 'r', ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[3])
-local queued = ARGV[11] .. 'x:state:queued'
-redis.call('ZADD', queued, ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', queued, '-inf', '(' .. ARGV[3])
-filed(ARGV[11], ARGV[1], ARGV[2], ARGV[4], ARGV[6], ARGV[8], ARGV[7], ARGV[3], ARGV[12])
-return 1
+local queued = ARGV[3] .. 'x:state:queued'
+for i = 3, #KEYS do
+  local a = 4 + (i - 3) * 9
+  local id = ARGV[a + 1]
+  redis.call('HSET', KEYS[i], 'state', 'queued', 'source', ARGV[a + 2], 'route', ARGV[a + 4],
+    'webhook_id', ARGV[a + 5], 'event_type', ARGV[a + 6], 'headers', ARGV[a + 7], 'body', ARGV[a + 8],
+    'route_label', ARGV[a + 3], 'attempts', 0, 'replays', 0, 'received_at', ARGV[1],
+    'enqueued_at', ARGV[1], 'updated_at', ARGV[1])
+  if ARGV[a + 9] ~= '' then redis.call('HSET', KEYS[i], 'trace_context', ARGV[a + 9]) end
+  redis.call('XADD', KEYS[1], '*', 'd', id, 'r', ARGV[a + 3])
+  redis.call('ZADD', KEYS[2], ARGV[1], id)
+  redis.call('ZADD', queued, ARGV[1], id)
+  filed(ARGV[3], id, ARGV[1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 6], ARGV[a + 5], ARGV[2], ARGV[4])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
+redis.call('ZREMRANGEBYSCORE', queued, '-inf', '(' .. ARGV[2])
+return #KEYS - 2
 ";
 
 /// Promotes due retries into `ready`, then takes up to ARGV[3] entries for this
@@ -130,8 +140,8 @@ redis.call('HSET', KEYS[1], 'state', 'processing', 'instance', ARGV[2], 'updated
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
 local entry = cjson.encode({attempt = attempt, started_at = tonumber(ARGV[1]), instance = ARGV[2]})
 local index = redis.call('RPUSH', KEYS[2], entry) - 1
-local f = redis.call('HMGET', KEYS[1], 'source', 'route', 'webhook_id', 'event_type', 'headers', 'body', 'enqueued_at', 'received_at', 'object', 'fetches')
-return {attempt, index, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10]}
+local f = redis.call('HMGET', KEYS[1], 'source', 'route', 'webhook_id', 'event_type', 'headers', 'body', 'enqueued_at', 'received_at', 'object', 'fetches', 'trace_context')
+return {attempt, index, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11]}
 ";
 
 /// Keeps the object fetched for an `enrich` route with the record, closes the fetch
@@ -202,6 +212,19 @@ redis.call('XADD', KEYS[3], '*', 'd', ARGV[4], 'r', ARGV[7])
 redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_at', ARGV[3])
 if ARGV[5] ~= '' then redis.pcall('LSET', KEYS[2], ARGV[5], ARGV[6]) end
 if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
+return 1
+";
+
+/// Gives a taken entry back to wait in `scheduled` until ARGV[3], without an attempt: the
+/// record keeps its state, `next_attempt_at` is set; `TAKE` promotes it once due.
+/// KEYS: record, ready, scheduled. ARGV: group, entry id, until, id.
+const DEFER: &str = r"
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[2], ARGV[2])
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'processed' or state == 'failed_final' then return 0 end
+redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return 1
 ";
 
@@ -281,6 +304,7 @@ struct Scripts {
     attach: Script,
     settle: Script,
     hand_back: Script,
+    defer: Script,
     keep: Script,
     prune: Script,
     replay: Script,
@@ -316,6 +340,8 @@ pub struct RedisQueue {
     claim_cursor: Mutex<String>,
     ids: IdGenerator,
     scripts: Scripts,
+    /// Redis' persistence settings, as last read by `watch_persistence`.
+    persistence: Arc<Mutex<Persistence>>,
 }
 
 impl RedisQueue {
@@ -330,9 +356,20 @@ impl RedisQueue {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let base = format!("{}{{queue}}:", redis.key_prefix);
+        let connection = Arc::new(RedisConnection::new(redis, metrics.clone())?);
+        let persistence = Arc::new(Mutex::new(Persistence::Unknown(
+            "not read yet: Redis has not answered since the start".into(),
+        )));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(watch_persistence(
+                connection.clone(),
+                Arc::downgrade(&persistence),
+                metrics,
+            ));
+        }
         Ok(RedisQueue {
             ingress: store,
-            redis: Arc::new(RedisConnection::new(redis, metrics)?),
+            redis: connection,
             base: base.clone(),
             keys: Keys {
                 ready: format!("{base}ready"),
@@ -347,6 +384,7 @@ impl RedisQueue {
             index_horizon: settings.max_age + settings.retention,
             claim_cursor: Mutex::new("0-0".to_owned()),
             ids: IdGenerator::default(),
+            persistence,
             scripts: Scripts {
                 enqueue: Script::new(&[FACETS, ENQUEUE].concat()),
                 take: Script::new(TAKE),
@@ -354,6 +392,7 @@ impl RedisQueue {
                 attach: Script::new(ATTACH),
                 settle: Script::new(&[FACETS, SETTLE].concat()),
                 hand_back: Script::new(&[FACETS, HAND_BACK].concat()),
+                defer: Script::new(DEFER),
                 keep: Script::new(KEEP),
                 prune: Script::new(PRUNE),
                 replay: Script::new(&[FACETS, REPLAY].concat()),
@@ -361,6 +400,10 @@ impl RedisQueue {
                 stats: Script::new(STATS),
             },
         })
+    }
+
+    fn persistence(&self) -> Persistence {
+        self.persistence.lock().expect("not poisoned").clone()
     }
 
     fn record_key(&self, id: &str) -> String {
@@ -424,29 +467,48 @@ fn present(value: Option<&redis::Value>) -> Option<Bytes> {
 impl Queue for RedisQueue {
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>> {
         Box::pin(async move {
-            let now = delivery.received_at;
-            let id = self.ids.next(now);
+            let mut ids = self.enqueue_all(vec![delivery]).await?;
+            ids.pop()
+                .ok_or_else(|| malformed("enqueue", "no id for the delivery"))
+        })
+    }
+
+    fn enqueue_all(
+        &self,
+        deliveries: Vec<NewDelivery>,
+    ) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
+        Box::pin(async move {
+            let Some(first) = deliveries.first() else {
+                return Ok(Vec::new());
+            };
+            // One received_at for all: the copies of one sender delivery.
+            let now = first.received_at;
+            let ids: Vec<String> = deliveries.iter().map(|_| self.ids.next(now)).collect();
             let horizon = self.index_bound(now);
-            let label = delivery.route_label();
             let mut invocation = self.scripts.enqueue.prepare_invoke();
+            invocation.key(&self.keys.ready).key(&self.keys.index);
+            for id in &ids {
+                invocation.key(self.record_key(id));
+            }
             invocation
-                .key(self.record_key(&id))
-                .key(&self.keys.ready)
-                .key(&self.keys.index)
-                .arg(&id)
                 .arg(now)
                 .arg(horizon)
-                .arg(&delivery.source)
-                .arg(&label)
-                .arg(&delivery.route)
-                .arg(&delivery.webhook_id)
-                .arg(&delivery.event_type)
-                .arg(encode_headers(&delivery.headers))
-                .arg(delivery.body.as_ref())
                 .arg(&self.base)
                 .arg(millis(self.index_horizon));
+            for (id, delivery) in ids.iter().zip(&deliveries) {
+                invocation
+                    .arg(id)
+                    .arg(&delivery.source)
+                    .arg(delivery.route_label())
+                    .arg(&delivery.route)
+                    .arg(&delivery.webhook_id)
+                    .arg(&delivery.event_type)
+                    .arg(encode_headers(&delivery.headers))
+                    .arg(delivery.body.as_ref())
+                    .arg(delivery.trace_context.as_deref().unwrap_or(""));
+            }
             let _: i64 = self.ingress.script("enqueue", invocation).await?;
-            Ok(id)
+            Ok(ids)
         })
     }
 
@@ -499,7 +561,7 @@ impl Queue for RedisQueue {
                 .arg(id);
             let reply: Option<Vec<redis::Value>> = self.redis.script("begin", invocation).await?;
             let Some(f) = reply else { return Ok(None) };
-            if f.len() != 12 {
+            if f.len() != 13 {
                 return Err(malformed(id, format!("begin returned {} values", f.len())));
             }
             let headers = decode_headers(&text(f.get(6))).map_err(|e| malformed(id, e))?;
@@ -515,6 +577,7 @@ impl Queue for RedisQueue {
                     headers,
                     body: bytes(f.get(7)),
                     received_at: number(&text(f.get(9))).unwrap_or(now),
+                    trace_context: Some(text(f.get(12))).filter(|t| !t.is_empty()),
                 },
                 enqueued_at: number(&text(f.get(8))).unwrap_or(now),
                 object: present(f.get(10)),
@@ -623,6 +686,27 @@ impl Queue for RedisQueue {
                 .arg(&self.base)
                 .arg(fetch);
             let _: i64 = self.redis.script("hand_back", invocation).await?;
+            Ok(())
+        })
+    }
+
+    fn defer<'a>(
+        &'a self,
+        lease: &'a Lease,
+        until: UnixMillis,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let id = &lease.delivery_id;
+            let mut invocation = self.scripts.defer.prepare_invoke();
+            invocation
+                .key(self.record_key(id))
+                .key(&self.keys.ready)
+                .key(&self.keys.scheduled)
+                .arg(GROUP)
+                .arg(&lease.token)
+                .arg(until)
+                .arg(id);
+            let _: i64 = self.redis.script("defer", invocation).await?;
             Ok(())
         })
     }
@@ -780,14 +864,44 @@ impl Queue for RedisQueue {
     }
 
     fn durable(&self) -> bool {
-        true
+        !matches!(self.persistence(), Persistence::Snapshots)
     }
 
     fn describe(&self) -> String {
         format!(
-            "Redis Streams ({}ready, group {GROUP:?}, consumer {:?}); durable and shared by every instance",
-            self.base, self.consumer
+            "Redis Streams ({}ready, group {GROUP:?}, consumer {:?}), shared by every instance; {}",
+            self.base,
+            self.consumer,
+            self.persistence()
         )
+    }
+}
+
+/// Reads Redis' persistence settings at start (again every 5 s until Redis answers) and
+/// then every minute, since `CONFIG SET` can change them at run time; says so loudly
+/// whenever a 202 could be lost on a Redis restart. Ends with the queue.
+async fn watch_persistence(
+    redis: Arc<RedisConnection>,
+    state: std::sync::Weak<Mutex<Persistence>>,
+    metrics: Arc<Metrics>,
+) {
+    let mut said: Option<Persistence> = None;
+    loop {
+        let now = persistence::read(&redis).await;
+        let Some(state) = state.upgrade() else { return };
+        metrics.queue_persistence("redis", now.gauge());
+        let unanswered = matches!(now, Persistence::Unknown(_));
+        if said.as_ref() != Some(&now) {
+            match &now {
+                p if p.survives_restart() => tracing::info!(persistence = %p, "redis queue"),
+                p => tracing::warn!(persistence = %p, "redis queue"),
+            }
+            said = Some(now.clone());
+        }
+        *state.lock().expect("not poisoned") = now;
+        drop(state);
+        let pause = if unanswered { 5 } else { 60 };
+        tokio::time::sleep(Duration::from_secs(pause)).await;
     }
 }
 
@@ -801,7 +915,8 @@ mod tests {
         // built inside TAKE and LIST) must hash to the same slot, which the `{queue}` tag
         // guarantees. Nothing may reach outside KEYS and the tagged prefix.
         for script in [
-            ENQUEUE, TAKE, BEGIN, ATTACH, SETTLE, HAND_BACK, KEEP, PRUNE, REPLAY, LIST, STATS,
+            ENQUEUE, TAKE, BEGIN, ATTACH, SETTLE, HAND_BACK, DEFER, KEEP, PRUNE, REPLAY, LIST,
+            STATS,
         ] {
             assert!(script.contains("KEYS[1]"));
             assert!(!script.contains("KEYS[6]"));

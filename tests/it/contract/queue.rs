@@ -43,6 +43,7 @@ fn delivery(source: &str, n: u64, received_at: UnixMillis) -> NewDelivery {
         headers,
         body: Bytes::from(body),
         received_at,
+        trace_context: None,
     }
 }
 
@@ -62,6 +63,7 @@ fn ended(job: &Job, started_at: UnixMillis, status: Option<u16>, result: &str) -
         result: Some(result.to_owned()),
         instance: INSTANCE.to_owned(),
         answer: status.map(|status| format!("{{\"status\":{status}}}")),
+        trace_id: None,
     }
 }
 
@@ -226,6 +228,88 @@ pub async fn a_taken_delivery_begins_as_an_attempt_with_everything_it_was_enqueu
         queue.take(10, t + 3).await.unwrap().is_empty(),
         "taken once"
     );
+}
+
+/// Tracing: the context ingress stored comes back with every attempt, retries too, and
+/// an attempt's `trace_id` stays in the history; a delivery stored without one has none.
+pub async fn the_trace_context_comes_back_with_every_attempt_and_the_history_keeps_trace_ids(
+    queue: &dyn Queue,
+) {
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let t = now_millis();
+    let traced = NewDelivery {
+        trace_context: Some(TRACEPARENT.to_owned()),
+        ..delivery(SOURCE, 1, t)
+    };
+    let id = enqueue(queue, traced).await;
+    let job = begin(queue, &take_one(queue, t + 1).await, t + 1).await;
+    assert_eq!(job.delivery.trace_context.as_deref(), Some(TRACEPARENT));
+    let failed = Attempt {
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
+        ..ended(&job, t + 1, Some(503), "failed_retryable")
+    };
+    queue
+        .settle(&job, &failed, Settlement::RetryAt(t + 10), t + 2)
+        .await
+        .unwrap();
+    let retry = begin(queue, &take_one(queue, t + 10).await, t + 10).await;
+    assert_eq!(retry.attempt, 2);
+    assert_eq!(retry.delivery.trace_context.as_deref(), Some(TRACEPARENT));
+    assert_eq!(show(queue, &id).await.history[0], failed);
+
+    let plain = enqueue(queue, delivery(SOURCE, 2, t + 20)).await;
+    let lease = take_one(queue, t + 21).await;
+    assert_eq!(lease.delivery_id, plain);
+    assert_eq!(
+        begin(queue, &lease, t + 21).await.delivery.trace_context,
+        None
+    );
+}
+
+/// A fan-out route's copies of one sender delivery: one per upstream, stored together.
+pub async fn enqueue_all_stores_every_copy_with_its_own_record_and_lease(queue: &dyn Queue) {
+    let t = now_millis();
+    let copies: Vec<NewDelivery> = ["batches/0", "batches/audit", "batches/2"]
+        .into_iter()
+        .map(|route| NewDelivery {
+            route: route.to_owned(),
+            ..delivery(SOURCE, 7, t)
+        })
+        .collect();
+
+    let ids = queue.enqueue_all(copies.clone()).await.expect("enqueued");
+
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|id| is_delivery_id(id)), "{ids:?}");
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{ids:?}");
+    for (id, copy) in ids.iter().zip(&copies) {
+        let shown = show(queue, id).await.summary;
+        assert_eq!(shown.state, State::Queued);
+        assert_eq!(shown.route, copy.route);
+        assert_eq!(shown.webhook_id, copy.webhook_id);
+    }
+    let audit = ListFilter {
+        route: Some("batches/audit".to_owned()),
+        ..all()
+    };
+    let listed = queue.list(&audit).await.unwrap().deliveries;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, ids[1]);
+    let mut leases = queue.take(10, t + 1).await.unwrap();
+    leases.sort_by(|a, b| a.route.cmp(&b.route));
+    let routes: Vec<&str> = leases.iter().map(|l| l.route.as_str()).collect();
+    assert_eq!(
+        routes,
+        [
+            "openai/batches/0",
+            "openai/batches/2",
+            "openai/batches/audit"
+        ]
+    );
+    assert!(queue.enqueue_all(Vec::new()).await.unwrap().is_empty());
 }
 
 pub async fn deliveries_are_taken_oldest_first_and_at_most_as_many_as_asked(queue: &dyn Queue) {

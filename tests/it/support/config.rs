@@ -50,6 +50,8 @@ struct RouteBlock {
     max_concurrency: Option<u32>,
     /// `enrich = ...`, its TOML inline table as written.
     enrich: Option<String>,
+    /// More `key = value` lines (`match = [...]`, `breaker = {...}`), as written.
+    extra: Vec<String>,
 }
 
 /// Config text for tests: loopback listeners on port 0, a rate limit nobody reaches,
@@ -109,6 +111,7 @@ impl Config {
             resign: None,
             max_concurrency: None,
             enrich: None,
+            extra: Vec::new(),
         });
         self
     }
@@ -123,6 +126,7 @@ impl Config {
             resign: Some(secret.to_owned()),
             max_concurrency: None,
             enrich: None,
+            extra: Vec::new(),
         });
         self
     }
@@ -149,6 +153,7 @@ impl Config {
             resign: None,
             max_concurrency: None,
             enrich: None,
+            extra: Vec::new(),
         });
         self
     }
@@ -186,6 +191,14 @@ impl Config {
         self
     }
 
+    /// Any key on the last source, its value written as TOML:
+    /// `.source_option("event_type", r#"{ header = "x-event-type" }"#)`.
+    pub fn source_option(mut self, key: &str, toml: &str) -> Self {
+        let line = format!("{key} = {toml}");
+        self.source_extra.push((self.sources.len() - 1, line));
+        self
+    }
+
     /// The `extra` lines of `table`.
     fn extra_lines(&self, f: &mut fmt::Formatter<'_>, table: &str) -> fmt::Result {
         for (_, key, value) in self.extra.iter().filter(|(t, _, _)| *t == table) {
@@ -208,6 +221,19 @@ impl Config {
             .last_mut()
             .expect("a route to enrich")
             .enrich = Some(toml.to_owned());
+        self
+    }
+
+    /// Any key on the last route, its value written as TOML:
+    /// `.route_option("match", r#"[{ pointer = "/data/tenant", equals = "acme" }]"#)`.
+    /// `upstreams` replaces the route's `upstream`.
+    pub fn route_option(mut self, key: &str, toml: &str) -> Self {
+        self.last_source()
+            .routes
+            .last_mut()
+            .expect("a route to set a key on")
+            .extra
+            .push(format!("{key} = {toml}"));
         self
     }
 
@@ -409,11 +435,17 @@ impl fmt::Display for Config {
                 if let Some(name) = &route.name {
                     writeln!(f, "name = {name:?}")?;
                 }
-                writeln!(
-                    f,
-                    "events = [{:?}]\nupstream = {:?}",
-                    route.events, route.upstream
-                )?;
+                writeln!(f, "events = [{:?}]", route.events)?;
+                if !route
+                    .extra
+                    .iter()
+                    .any(|line| line.starts_with("upstreams ="))
+                {
+                    writeln!(f, "upstream = {:?}", route.upstream)?;
+                }
+                for line in &route.extra {
+                    writeln!(f, "{line}")?;
+                }
                 if let Some(secret) = &route.resign {
                     writeln!(f, "resign = {{ secret = {secret:?} }}")?;
                 }

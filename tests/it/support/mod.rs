@@ -14,6 +14,7 @@
 //! | `redis_server.rs` | `RedisServer` and `RedisCluster`: real `redis-server`s the test starts |
 //! | `store.rs` | `TestStore` and `on_each_store!`: one test body on the in-memory store and on Redis |
 //! | `metrics.rs` | `Scrape`: one read of `/metrics` |
+//! | `collector.rs` | `Collector`: a real OTLP/HTTP receiver decoding the spans hookgate exports |
 //! | `openai_api.rs` | `OpenAiApi`: a stand-in of the OpenAI API (its wire format), for `enrich` routes |
 //! | `raw.rs` | raw connections from chosen loopback addresses, for the hardening tests |
 //! | `eventually.rs` | `eventually`: the one way a test waits for a condition |
@@ -25,6 +26,7 @@
 //! conditions (a watch channel, `eventually`), never on a guessed sleep.
 
 mod browser;
+mod collector;
 mod config;
 mod copies;
 mod deliveries;
@@ -45,6 +47,7 @@ mod upstream;
 use std::time::Duration;
 
 pub use browser::*;
+pub use collector::*;
 pub use config::*;
 pub use copies::*;
 pub use deliveries::*;

@@ -36,6 +36,7 @@ pub struct GatewayProcess {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl GatewayProcess {
@@ -61,7 +62,7 @@ impl GatewayProcess {
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (listening_tx, listening) = std::sync::mpsc::channel();
-        std::thread::spawn({
+        let reader = std::thread::spawn({
             let log = log.clone();
             move || {
                 for line in std::io::BufReader::new(stderr).lines() {
@@ -94,6 +95,7 @@ impl GatewayProcess {
             addr,
             admin_addr,
             log,
+            reader: Some(reader),
         }
     }
 
@@ -118,6 +120,24 @@ impl GatewayProcess {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -HUP failed");
+    }
+
+    /// SIGTERM: begins a clean shutdown; `wait_exit` waits for its end.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits until the process has exited and its log is read to the end.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let exit = self.child.wait().expect("wait for hookgate");
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the log reader");
+        }
+        exit
     }
 
     /// SIGKILL: no shutdown, no hand back; waits until the process is gone.

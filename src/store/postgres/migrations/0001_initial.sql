@@ -45,6 +45,8 @@ CREATE TABLE deliveries (
   -- The raw body, and an `enrich` route's fetched object; NULL once processed.
   body            bytea,
   object          bytea,
+  -- The W3C traceparent of the request that brought it (tracing), if any.
+  trace_context   text,
   -- When a worker may take it; NULL once final.
   due_at          timestamptz,
   lease_token     text,
@@ -75,6 +77,8 @@ CREATE TABLE attempts (
   result      text,
   instance    text NOT NULL,
   answer      text,
+  -- The trace the attempt's span belongs to (tracing), if any.
+  trace_id    text,
   PRIMARY KEY (delivery_id, idx)
 );
 

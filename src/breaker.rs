@@ -1,0 +1,367 @@
+//! Circuit breakers: stop sending to an upstream that keeps failing, then probe it.
+//!
+//! One breaker per upstream of a route with `breaker = { failures, cooldown }`, keyed by
+//! the route's label and the upstream's name or index. Closed, it counts failed attempts
+//! in a row (no connection, a timeout, a broken exchange, a 5xx; never a 4xx or any
+//! other answer: the backend is up and said no); at `failures` it opens for `cooldown`.
+//! Open, nothing is sent (the pipeline answers 503 `upstream_circuit_open`, the workers
+//! defer the delivery without an attempt). Once the cooldown is over, the next request
+//! is let through as the one probe (half-open): its success closes the breaker, its
+//! failure opens it for another cooldown; others wait meanwhile.
+//!
+//! State is per instance, in memory: it is decided on every attempt, and a shared one
+//! would cost a store round trip each time and a way to agree on one probe across
+//! instances. Each instance learns of an outage from its own `failures` attempts, so a
+//! dead upstream gets at most `failures` attempts per instance, then one probe per
+//! instance per cooldown. Time is passed in (`now`, tokio's clock), never read here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::metrics::{BreakerMetrics, Metrics};
+use crate::route::{BreakerPolicy, Route};
+use crate::upstream::UpstreamOutcome;
+
+/// How long a request waits for a probe in flight to decide, at most.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+
+/// The breakers of this instance, kept across reloads (a reload that keeps a route's
+/// breaker keeps its state; a changed policy applies from the next decision).
+pub struct Breakers {
+    by_upstream: Mutex<HashMap<(String, String), Arc<Breaker>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// What `Breakers::admit` decided.
+pub enum Admission {
+    /// Send; tell the pass what happened (`Pass::record`).
+    Pass(Pass),
+    /// Do not send: the breaker is open (or a probe is deciding) for about this long.
+    Open { retry_after: Duration },
+}
+
+impl Breakers {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Breakers {
+            by_upstream: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Whether `route` (one upstream: a route, or a fan-out route's copy) may be sent to
+    /// now. A route without a breaker always passes.
+    pub fn admit(&self, route: &Route, now: Instant) -> Admission {
+        let Some(policy) = route.breaker() else {
+            return Admission::Pass(Pass(None));
+        };
+        let breaker = self.breaker(route, policy);
+        breaker.admit(now)
+    }
+
+    fn breaker(&self, route: &Route, policy: BreakerPolicy) -> Arc<Breaker> {
+        let key = (
+            route.base_label().to_owned(),
+            route.upstream_key().to_owned(),
+        );
+        let mut map = self.by_upstream.lock().unwrap_or_else(|p| p.into_inner());
+        let breaker = map.entry(key).or_insert_with(|| {
+            let metrics = self
+                .metrics
+                .breaker(route.base_label(), route.upstream_key());
+            metrics.state.set(0);
+            Arc::new(Breaker {
+                inner: Mutex::new(Inner {
+                    policy,
+                    state: State::Closed { failures: 0 },
+                }),
+                metrics,
+            })
+        });
+        breaker.lock().policy = policy;
+        breaker.clone()
+    }
+}
+
+/// One upstream's breaker.
+struct Breaker {
+    inner: Mutex<Inner>,
+    metrics: BreakerMetrics,
+}
+
+struct Inner {
+    policy: BreakerPolicy,
+    state: State,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// The probe is out.
+    HalfOpen,
+}
+
+impl State {
+    fn gauge(self) -> i64 {
+        match self {
+            State::Closed { .. } => 0,
+            State::Open { .. } => 1,
+            State::HalfOpen => 2,
+        }
+    }
+}
+
+impl Breaker {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admit(self: Arc<Self>, now: Instant) -> Admission {
+        let mut inner = self.lock();
+        match inner.state {
+            State::Closed { .. } => {
+                drop(inner);
+                Admission::Pass(Pass(Some((self, false))))
+            }
+            State::Open { until } if now < until => Admission::Open {
+                retry_after: until - now,
+            },
+            State::Open { .. } => {
+                self.enter(&mut inner, State::HalfOpen);
+                drop(inner);
+                Admission::Pass(Pass(Some((self, true))))
+            }
+            State::HalfOpen => Admission::Open {
+                retry_after: PROBE_WAIT.min(inner.policy.cooldown),
+            },
+        }
+    }
+
+    fn record(&self, failed: bool, probe: bool, now: Instant) {
+        let mut inner = self.lock();
+        let cooldown = inner.policy.cooldown;
+        match (inner.state, failed) {
+            (State::HalfOpen, false) if probe => {
+                self.enter(&mut inner, State::Closed { failures: 0 })
+            }
+            (State::HalfOpen, true) if probe => self.enter(
+                &mut inner,
+                State::Open {
+                    until: now + cooldown,
+                },
+            ),
+            (State::Closed { .. }, false) => inner.state = State::Closed { failures: 0 },
+            (State::Closed { failures }, true) => {
+                let failures = failures + 1;
+                if failures >= inner.policy.failures.get() {
+                    self.enter(
+                        &mut inner,
+                        State::Open {
+                            until: now + cooldown,
+                        },
+                    );
+                } else {
+                    inner.state = State::Closed { failures };
+                }
+            }
+            // An attempt let through before the breaker opened, ending late: the
+            // breaker already decided.
+            _ => {}
+        }
+    }
+
+    /// The probe ended without an outcome (the attempt was handed back): the next
+    /// request may probe at once.
+    fn abandon_probe(&self, now: Instant) {
+        let mut inner = self.lock();
+        if inner.state == State::HalfOpen {
+            self.enter(&mut inner, State::Open { until: now });
+        }
+    }
+
+    fn enter(&self, inner: &mut Inner, state: State) {
+        inner.state = state;
+        self.metrics.state.set(state.gauge());
+        let index = match state {
+            State::Closed { .. } => 0,
+            State::Open { .. } => 1,
+            State::HalfOpen => 2,
+        };
+        self.metrics.transitions[index].inc();
+    }
+}
+
+/// Leave to send once; `record` tells the breaker the outcome. Dropped without a
+/// record, a probe is given back (the next request probes).
+pub struct Pass(Option<(Arc<Breaker>, bool)>);
+
+impl Pass {
+    /// A pass no breaker watches.
+    pub fn none() -> Pass {
+        Pass(None)
+    }
+
+    pub fn record(mut self, outcome: &UpstreamOutcome, now: Instant) {
+        if let Some((breaker, probe)) = self.0.take() {
+            breaker.record(is_failure(outcome), probe, now);
+        }
+    }
+
+    pub fn is_probe(&self) -> bool {
+        self.0.as_ref().is_some_and(|(_, probe)| *probe)
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        if let Some((breaker, true)) = self.0.take() {
+            breaker.abandon_probe(Instant::now());
+        }
+    }
+}
+
+/// What counts against an upstream: no answer, or a 5xx. A 4xx (and a redirect or 410)
+/// is the backend answering: it is up.
+pub fn is_failure(outcome: &UpstreamOutcome) -> bool {
+    match outcome {
+        UpstreamOutcome::Answered(reply) => reply.status.is_server_error(),
+        UpstreamOutcome::Redirect(_) | UpstreamOutcome::Gone => false,
+        UpstreamOutcome::Timeout | UpstreamOutcome::Unreachable(_) | UpstreamOutcome::Broken(_) => {
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use bytes::Bytes;
+    use http::StatusCode;
+
+    use super::*;
+    use crate::upstream::UpstreamReply;
+
+    fn route(failures: u32, cooldown_ms: u64) -> Route {
+        Route::new("src", "r", &["*".to_owned()], "http://127.0.0.1:9/")
+            .unwrap()
+            .with_breaker(Some(BreakerPolicy {
+                failures: NonZeroU32::new(failures).unwrap(),
+                cooldown: Duration::from_millis(cooldown_ms),
+            }))
+    }
+
+    fn answered(status: u16) -> UpstreamOutcome {
+        UpstreamOutcome::Answered(UpstreamReply {
+            status: StatusCode::from_u16(status).unwrap(),
+            content_type: None,
+            body: Bytes::new(),
+        })
+    }
+
+    fn pass(breakers: &Breakers, route: &Route, now: Instant) -> Pass {
+        match breakers.admit(route, now) {
+            Admission::Pass(pass) => pass,
+            Admission::Open { retry_after } => panic!("open for {retry_after:?}"),
+        }
+    }
+
+    fn open_for(breakers: &Breakers, route: &Route, now: Instant) -> Duration {
+        match breakers.admit(route, now) {
+            Admission::Pass(_) => panic!("passed"),
+            Admission::Open { retry_after } => retry_after,
+        }
+    }
+
+    fn gauge(metrics: &Metrics) -> String {
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&metrics.registry().gather())
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("hookgate_breaker"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn consecutive_failures_open_it_then_one_probe_closes_it() {
+        let metrics = Arc::new(Metrics::new([]));
+        let breakers = Breakers::new(metrics.clone());
+        let route = route(3, 1000);
+        let t = Instant::now();
+        for failure in [answered(500), UpstreamOutcome::Timeout] {
+            pass(&breakers, &route, t).record(&failure, t);
+        }
+        // A success resets the count; 4xx are answers, not failures.
+        pass(&breakers, &route, t).record(&answered(404), t);
+        for _ in 0..2 {
+            pass(&breakers, &route, t).record(&answered(503), t);
+        }
+        assert!(matches!(breakers.admit(&route, t), Admission::Pass(_)));
+        pass(&breakers, &route, t).record(&UpstreamOutcome::Unreachable("x".into()), t);
+
+        assert_eq!(
+            open_for(&breakers, &route, t + Duration::from_millis(400)),
+            Duration::from_millis(600)
+        );
+        let probe = pass(&breakers, &route, t + Duration::from_millis(1000));
+        assert!(probe.is_probe());
+        assert_eq!(
+            open_for(&breakers, &route, t + Duration::from_millis(1001)),
+            Duration::from_secs(1)
+        );
+        assert!(
+            gauge(&metrics).contains(r#"hookgate_breaker_state{route="src/r",upstream="0"} 2"#)
+        );
+        probe.record(&answered(200), t + Duration::from_millis(1002));
+        assert!(!pass(&breakers, &route, t + Duration::from_millis(1003)).is_probe());
+        let text = gauge(&metrics);
+        assert!(
+            text.contains(r#"hookgate_breaker_state{route="src/r",upstream="0"} 0"#),
+            "{text}"
+        );
+        for to in ["open", "half_open", "closed"] {
+            assert!(
+                text.contains(&format!(
+                    r#"hookgate_breaker_transitions_total{{route="src/r",to="{to}",upstream="0"}} 1"#
+                )),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_probe_opens_it_for_another_cooldown_and_an_abandoned_one_frees_the_probe() {
+        let breakers = Breakers::new(Arc::new(Metrics::new([])));
+        let route = route(1, 1000);
+        let t = Instant::now();
+        pass(&breakers, &route, t).record(&answered(502), t);
+        let later = t + Duration::from_millis(1500);
+        pass(&breakers, &route, later).record(&UpstreamOutcome::Timeout, later);
+        assert_eq!(
+            open_for(&breakers, &route, later),
+            Duration::from_millis(1000)
+        );
+
+        let after = later + Duration::from_millis(1000);
+        drop(pass(&breakers, &route, after));
+        assert!(pass(&breakers, &route, Instant::now().max(after)).is_probe());
+    }
+
+    #[test]
+    fn a_route_without_a_breaker_always_passes() {
+        let breakers = Breakers::new(Arc::new(Metrics::new([])));
+        let route = Route::new("s", "r", &["*".to_owned()], "http://127.0.0.1:9/").unwrap();
+        let t = Instant::now();
+        for _ in 0..10 {
+            pass(&breakers, &route, t).record(&UpstreamOutcome::Timeout, t);
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Whether a `202` from the Redis queue survives a Redis restart. hookgate answers a
+//! sender once Redis has the delivery, and a sender never retries a delivery it got a
+//! `202` for; with Redis' defaults (RDB snapshots, no append-only file) a restart of
+//! Redis loses every delivery acknowledged since the last snapshot. Redis' own settings
+//! decide this, so they are read (`CONFIG GET append*`, on every primary of a cluster)
+//! and said out loud: a log line, `hookgate check`, `/readyz` and a gauge.
+
+use std::collections::HashMap;
+
+use redis::Value;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+
+use crate::store::redis::{Conn, RedisConnection};
+
+/// What Redis' persistence settings promise for an acknowledged write, worst first.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Persistence {
+    /// `appendonly no`: a Redis restart loses what was written since the last snapshot.
+    Snapshots,
+    /// The settings could not be read (many managed services refuse `CONFIG`), or not yet.
+    Unknown(String),
+    /// `appendonly yes` with `appendfsync everysec` or `no`: a restart of Redis, even a
+    /// `kill -9`, loses nothing (Redis writes the file before it answers), a crash of the
+    /// host up to one second (`everysec`) or ~30 seconds (`no`) of writes.
+    AppendOnly { fsync: String },
+    /// `appendonly yes` and `appendfsync always`: every acknowledged write is on disk.
+    Fsynced,
+}
+
+impl Persistence {
+    /// From one server's `CONFIG GET append*` answer.
+    fn from_config(config: &HashMap<String, String>) -> Persistence {
+        match (
+            config.get("appendonly").map(String::as_str),
+            config.get("appendfsync").map(String::as_str),
+        ) {
+            (Some("yes"), Some("always")) => Persistence::Fsynced,
+            (Some("yes"), fsync) => Persistence::AppendOnly {
+                fsync: fsync.unwrap_or("unknown").to_owned(),
+            },
+            (Some(_), _) => Persistence::Snapshots,
+            (None, _) => Persistence::Unknown("CONFIG GET answered without appendonly".into()),
+        }
+    }
+
+    /// False when an acknowledged delivery can be lost on a Redis restart.
+    pub fn survives_restart(&self) -> bool {
+        matches!(self, Persistence::AppendOnly { .. } | Persistence::Fsynced)
+    }
+
+    /// `hookgate_queue_redis_persistence`: 0 lost on a restart, 1 survives a restart,
+    /// 2 survives a host crash too, -1 unknown.
+    pub fn gauge(&self) -> i64 {
+        match self {
+            Persistence::Snapshots => 0,
+            Persistence::Unknown(_) => -1,
+            Persistence::AppendOnly { .. } => 1,
+            Persistence::Fsynced => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Persistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Persistence::Snapshots => f.write_str(
+                "NOT durable: Redis runs without an append-only file (appendonly no), so a Redis restart loses every delivery acknowledged since its last snapshot; set appendonly yes",
+            ),
+            Persistence::Unknown(why) => write!(
+                f,
+                "unknown: Redis' persistence settings could not be read ({why}); a 202 is only as durable as its appendonly setting"
+            ),
+            Persistence::AppendOnly { fsync } => write!(
+                f,
+                "durable across Redis restarts (appendonly yes, appendfsync {fsync}); a crash of Redis' host can lose the last {} of deliveries",
+                if fsync == "no" { "~30 s" } else { "second" }
+            ),
+            Persistence::Fsynced => {
+                f.write_str("durable (appendonly yes, appendfsync always): every 202 is on disk")
+            }
+        }
+    }
+}
+
+/// Reads the settings of Redis, or of every primary of a cluster (the worst one counts:
+/// a partition on a snapshot-only node loses its deliveries).
+pub async fn read(redis: &RedisConnection) -> Persistence {
+    let answers = redis
+        .call("config_get", async |conn| {
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("GET").arg("append*");
+            match conn {
+                Conn::Single(_) => Ok(vec![cmd.query_async::<Value>(conn).await?]),
+                Conn::Cluster(cluster) => {
+                    let routing =
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                    match cluster.route_command(cmd, routing).await? {
+                        Value::Map(nodes) => Ok(nodes.into_iter().map(|(_, v)| v).collect()),
+                        other => Ok(vec![other]),
+                    }
+                }
+            }
+        })
+        .await;
+    match answers {
+        Err(e) => Persistence::Unknown(e.to_string()),
+        Ok(answers) => answers
+            .into_iter()
+            .map(|answer| match answer {
+                Value::ServerError(e) => Persistence::Unknown(format!("CONFIG GET refused: {e:?}")),
+                answer => match redis::from_redis_value::<HashMap<String, String>>(answer) {
+                    Ok(config) => Persistence::from_config(&config),
+                    Err(e) => Persistence::Unknown(format!("CONFIG GET answered {e}")),
+                },
+            })
+            .min()
+            .unwrap_or_else(|| Persistence::Unknown("no primary answered".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn only_an_append_only_file_survives_a_restart() {
+        let defaults = config(&[("appendonly", "no"), ("appendfsync", "everysec")]);
+        assert_eq!(Persistence::from_config(&defaults), Persistence::Snapshots);
+        assert!(!Persistence::Snapshots.survives_restart());
+        let aof = Persistence::from_config(&config(&[
+            ("appendonly", "yes"),
+            ("appendfsync", "everysec"),
+        ]));
+        assert!(aof.survives_restart(), "{aof}");
+        assert_eq!(
+            Persistence::from_config(&config(&[("appendonly", "yes"), ("appendfsync", "always")])),
+            Persistence::Fsynced
+        );
+    }
+
+    #[test]
+    fn the_worst_primary_decides() {
+        let nodes = [
+            Persistence::Fsynced,
+            Persistence::Snapshots,
+            Persistence::AppendOnly {
+                fsync: "everysec".into(),
+            },
+        ];
+        assert_eq!(nodes.into_iter().min(), Some(Persistence::Snapshots));
+        assert!(
+            Persistence::Unknown(String::new()) < Persistence::AppendOnly { fsync: "no".into() }
+        );
+    }
+}

@@ -1,0 +1,542 @@
+//! OpenTelemetry traces: one trace per delivery, from the sender's request through every
+//! attempt to the backend, exported over OTLP/HTTP (protobuf) to `[telemetry]`.
+//!
+//! `Telemetry` makes the spans; `Span` is one of them, or nothing at all when tracing is
+//! off (no `[telemetry]`): then every method returns at once, allocating nothing, so the
+//! request path pays a branch per stage. The protocol is the OpenTelemetry crates' work:
+//! the SDK makes and samples spans, `TraceContextPropagator` reads and writes W3C
+//! `traceparent`/`tracestate`, the OTLP exporter encodes and POSTs the batches through
+//! opentelemetry-http's hyper client (rustls, trusting what `[upstream_tls]` trusts).
+//!
+//! The one part written here is the batching: the SDK's batch processor exports from a
+//! thread of its own, outside tokio (where the hyper client cannot run), and counts its
+//! drops where no metric can see them. `Batcher` hands each ended span to a bounded
+//! queue with `try_send` (never waiting) and a tokio task exports what it holds every
+//! `export_interval`, each export bounded by `export_timeout`. A full queue or a failed
+//! or late export drops those spans and counts them (`hookgate_telemetry_spans_dropped_total`),
+//! with a warning at most once a minute: a collector that is down or slow never slows a
+//! request. Nothing here records a body, a signature, a secret or a client IP.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use http::header::HeaderName;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{
+    Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor,
+};
+use prometheus::IntCounter;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{TelemetrySettings, UpstreamTrust};
+use crate::log_gate::LogGate;
+use crate::metrics::Metrics;
+use crate::upstream::UpstreamOutcome;
+
+/// Spans in one export request at most.
+const MAX_BATCH: usize = 512;
+/// The warning about dropped spans comes at most this often.
+const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry: cannot build the OTLP exporter: {0}")]
+pub struct TelemetryError(String);
+
+/// Makes the spans of this process; `Telemetry::off()` makes none.
+#[derive(Clone, Default)]
+pub struct Telemetry {
+    on: Option<Arc<On>>,
+}
+
+struct On {
+    tracer: SdkTracer,
+    /// Kept so the tracer's processor lives as long as the tracer.
+    _provider: SdkTracerProvider,
+    propagator: TraceContextPropagator,
+    trust_incoming_traceparent: bool,
+    flush: mpsc::Sender<oneshot::Sender<()>>,
+    export_timeout: Duration,
+}
+
+impl Telemetry {
+    pub fn off() -> Telemetry {
+        Telemetry::default()
+    }
+
+    /// Starts the exporter task (inside a tokio runtime) when `settings` is present.
+    pub fn start(
+        settings: Option<&TelemetrySettings>,
+        trust: &UpstreamTrust,
+        metrics: &Metrics,
+    ) -> Result<Telemetry, TelemetryError> {
+        let Some(settings) = settings else {
+            return Ok(Telemetry::off());
+        };
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(settings.export_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(crate::tls::upstream_client_config_for(trust))
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector);
+        let client =
+            opentelemetry_http::hyper::HyperClient::new(connector, settings.export_timeout, None);
+        let headers = settings
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.expose().to_owned()))
+            .collect();
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(client)
+            .with_endpoint(settings.traces_url.to_string())
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_timeout(settings.export_timeout)
+            .with_headers(headers)
+            // Dropped and counted instead: a retry would hold spans a down collector
+            // will not take, while new ones queue up behind them.
+            .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
+            .build()
+            .map_err(|e| TelemetryError(e.to_string()))?;
+        let resource = Resource::builder_empty()
+            .with_service_name(settings.service_name.clone())
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build();
+        exporter.set_resource(&resource);
+
+        let (spans, queued) = mpsc::channel(settings.max_queued_spans);
+        let (flush, flushes) = mpsc::channel(1);
+        let dropped = Dropped {
+            counter: metrics.telemetry_spans_dropped(),
+            gate: Arc::new(LogGate::new(DROP_WARNING_INTERVAL)),
+        };
+        tokio::spawn(export_forever(
+            queued,
+            flushes,
+            exporter,
+            settings.export_interval,
+            settings.export_timeout,
+            dropped.clone(),
+        ));
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(Batcher { spans, dropped })
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                settings.sample_ratio,
+            ))))
+            .with_resource(resource)
+            .build();
+        Ok(Telemetry {
+            on: Some(Arc::new(On {
+                tracer: provider.tracer("hookgate"),
+                _provider: provider,
+                propagator: TraceContextPropagator::new(),
+                trust_incoming_traceparent: settings.trust_incoming_traceparent,
+                flush,
+                export_timeout: settings.export_timeout,
+            })),
+        })
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on.is_some()
+    }
+
+    /// The server span of one request (`hookgate.request`). A sender's well-formed
+    /// `traceparent` is its parent when `trust_incoming_traceparent` is set, else a link
+    /// from a new trace; a malformed one is ignored.
+    pub fn request(&self, method: &http::Method, path: &str, headers: &HeaderMap) -> Span {
+        let Some(on) = &self.on else {
+            return Span::none();
+        };
+        let incoming = on.propagator.extract(&HeaderExtractor(headers));
+        let sender = incoming.span().span_context().clone();
+        let (parent, links) = match (sender.is_valid(), on.trust_incoming_traceparent) {
+            (true, true) => (incoming, Vec::new()),
+            (true, false) => (Context::new(), vec![Link::with_context(sender)]),
+            (false, _) => (Context::new(), Vec::new()),
+        };
+        let span = on
+            .tracer
+            .span_builder("hookgate.request")
+            .with_kind(SpanKind::Server)
+            .with_links(links)
+            .with_attributes([
+                KeyValue::new("http.request.method", method.as_str().to_owned()),
+                KeyValue::new("url.path", path.to_owned()),
+            ])
+            .start_with_context(&on.tracer, &parent);
+        Span::started(on, parent.with_span(span))
+    }
+
+    /// The span of one queued attempt (`hookgate.attempt`), in the trace whose context
+    /// the delivery was stored with (`stored`, a W3C `traceparent`); a new trace when
+    /// it has none (tracing was off at ingress) or it does not parse.
+    pub fn attempt(&self, stored: Option<&str>) -> Span {
+        let Some(on) = &self.on else {
+            return Span::none();
+        };
+        let parent = match stored {
+            Some(traceparent) => {
+                let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+                on.propagator.extract(&carrier)
+            }
+            None => Context::new(),
+        };
+        let span = on
+            .tracer
+            .span_builder("hookgate.attempt")
+            .with_kind(SpanKind::Consumer)
+            .start_with_context(&on.tracer, &parent);
+        Span::started(on, parent.with_span(span))
+    }
+
+    /// Exports what is queued (at shutdown), waiting at most the export timeout.
+    pub async fn flush(&self) {
+        let Some(on) = &self.on else { return };
+        let (done, exported) = oneshot::channel();
+        if on.flush.send(done).await.is_ok() {
+            let _ = tokio::time::timeout(on.export_timeout * 2, exported).await;
+        }
+    }
+}
+
+/// One span, or none (tracing off). Ends when `end` is called or when dropped.
+#[derive(Default)]
+pub struct Span {
+    on: Option<(Arc<On>, Context)>,
+}
+
+impl Span {
+    /// The span of nothing: every method is a no-op.
+    pub fn none() -> Span {
+        Span::default()
+    }
+
+    fn started(on: &Arc<On>, cx: Context) -> Span {
+        Span {
+            on: Some((on.clone(), cx)),
+        }
+    }
+
+    /// A child span, internal or (`SpanKind::Client`) a call to another service.
+    pub fn child(&self, name: &'static str, kind: SpanKind) -> Span {
+        let Some((on, cx)) = &self.on else {
+            return Span::none();
+        };
+        let span = on
+            .tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .start_with_context(&on.tracer, cx);
+        Span::started(on, cx.with_span(span))
+    }
+
+    /// Runs one stage of the request path in a child span of its own; an `Err` marks
+    /// the span failed (without its text: only the stage's name says what failed).
+    pub async fn stage<F>(&self, name: &'static str, stage: F) -> F::Output
+    where
+        F: Future,
+        F::Output: Failed,
+    {
+        if self.on.is_none() {
+            return stage.await;
+        }
+        let span = self.child(name, SpanKind::Internal);
+        let result = stage.await;
+        if result.failed() {
+            span.fail("");
+        }
+        span.end();
+        result
+    }
+
+    /// `stage` for a stage that does no I/O.
+    pub fn stage_sync<R: Failed>(&self, name: &'static str, stage: impl FnOnce() -> R) -> R {
+        if self.on.is_none() {
+            return stage();
+        }
+        let span = self.child(name, SpanKind::Internal);
+        let result = stage();
+        if result.failed() {
+            span.fail("");
+        }
+        span.end();
+        result
+    }
+
+    /// The client span of a request to `upstream` (`hookgate.upstream`), named by its
+    /// host and port only: a URL may carry credentials or a token in its query.
+    pub fn upstream_call(&self, upstream: &http::Uri) -> Span {
+        if self.on.is_none() {
+            return Span::none();
+        }
+        let span = self.child("hookgate.upstream", SpanKind::Client);
+        let (host, port) = server_address(upstream);
+        span.set("http.request.method", "POST");
+        span.set("server.address", host);
+        span.set("server.port", port);
+        span
+    }
+
+    /// Whether this span is sampled: attributes set on any other are thrown away.
+    pub fn is_recording(&self) -> bool {
+        self.on
+            .as_ref()
+            .is_some_and(|(_, cx)| cx.span().is_recording())
+    }
+
+    pub fn set(&self, key: &'static str, value: impl Into<Value>) {
+        if let Some((_, cx)) = &self.on {
+            cx.span().set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// Marks the span failed; `why` must hold no body, secret or signature.
+    pub fn fail(&self, why: &str) {
+        if let Some((_, cx)) = &self.on {
+            cx.span().set_status(Status::error(why.to_owned()));
+        }
+    }
+
+    pub fn end(&self) {
+        if let Some((_, cx)) = &self.on {
+            cx.span().end();
+        }
+    }
+
+    /// Sets `traceparent` (and `tracestate`, when there is one) to this span's, in
+    /// place of whatever the sender sent.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        if let Some((on, cx)) = &self.on {
+            headers.remove(TRACEPARENT);
+            headers.remove(TRACESTATE);
+            on.propagator
+                .inject_context(cx, &mut HeaderInjector(headers));
+        }
+    }
+
+    /// This span's W3C `traceparent`, for a queued delivery's record.
+    pub fn traceparent(&self) -> Option<String> {
+        let (on, cx) = self.on.as_ref()?;
+        let mut headers = HeaderMap::new();
+        on.propagator
+            .inject_context(cx, &mut HeaderInjector(&mut headers));
+        headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    /// The trace id (32 hex digits) for log lines and attempt records.
+    pub fn trace_id(&self) -> Option<String> {
+        let (_, cx) = self.on.as_ref()?;
+        let span = cx.span();
+        let context: &SpanContext = span.span_context();
+        context.is_valid().then(|| context.trace_id().to_string())
+    }
+
+    /// The upstream's answer, on a client span: its status, or how the exchange failed.
+    pub fn upstream(&self, outcome: &UpstreamOutcome) {
+        if self.on.is_none() {
+            return;
+        }
+        if let Some(status) = outcome.status() {
+            self.set("http.response.status_code", i64::from(status.as_u16()));
+        }
+        let failed = match outcome {
+            UpstreamOutcome::Answered(reply) if reply.status.is_success() => None,
+            UpstreamOutcome::Answered(_) | UpstreamOutcome::Redirect(_) | UpstreamOutcome::Gone => {
+                Some("refused")
+            }
+            UpstreamOutcome::Timeout => Some("timeout"),
+            UpstreamOutcome::Unreachable(_) => Some("unreachable"),
+            UpstreamOutcome::Broken(_) => Some("broken"),
+        };
+        if let Some(kind) = failed {
+            self.set("error.type", kind);
+            self.fail(kind);
+        }
+    }
+}
+
+/// What a stage's result says about whether it failed, for its span.
+pub trait Failed {
+    fn failed(&self) -> bool;
+}
+
+impl<T, E> Failed for Result<T, E> {
+    fn failed(&self) -> bool {
+        self.is_err()
+    }
+}
+
+impl Failed for () {
+    fn failed(&self) -> bool {
+        false
+    }
+}
+
+/// The address of an upstream, for a client span: host and port only (a URL may carry
+/// credentials or a token in its query).
+pub fn server_address(uri: &http::Uri) -> (String, i64) {
+    let host = uri.host().unwrap_or_default().to_owned();
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    (host, i64::from(port))
+}
+
+/// What counts and reports dropped spans.
+#[derive(Clone)]
+struct Dropped {
+    counter: IntCounter,
+    gate: Arc<LogGate>,
+}
+
+impl Dropped {
+    fn count(&self, spans: usize, why: &str) {
+        self.counter.inc_by(spans as u64);
+        if let Some(held_back) = self.gate.admit(Instant::now()) {
+            tracing::warn!(
+                spans,
+                warnings_held_back = held_back,
+                dropped_total = self.counter.get(),
+                "telemetry: trace spans dropped ({why}); see hookgate_telemetry_spans_dropped_total"
+            );
+        }
+    }
+}
+
+/// Hands ended spans to the export task without ever waiting (module doc).
+struct Batcher {
+    spans: mpsc::Sender<SpanData>,
+    dropped: Dropped,
+}
+
+impl fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Batcher")
+    }
+}
+
+impl SpanProcessor for Batcher {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if self.spans.try_send(span).is_err() {
+            self.dropped
+                .count(1, "the export queue is full: the collector is down or slow");
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// Every `interval` (or when asked to flush), exports what is queued in batches of
+/// `MAX_BATCH`, each bounded by `timeout`.
+async fn export_forever(
+    mut queued: mpsc::Receiver<SpanData>,
+    mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
+    exporter: opentelemetry_otlp::SpanExporter,
+    interval: Duration,
+    timeout: Duration,
+    dropped: Dropped,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let flushed = tokio::select! {
+            _ = tick.tick() => None,
+            asked = flushes.recv() => asked,
+        };
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < MAX_BATCH {
+                match queued.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let spans = batch.len();
+            match tokio::time::timeout(timeout, exporter.export(batch)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => dropped.count(spans, &format!("export failed: {e}")),
+                Err(_) => dropped.count(spans, "the collector did not answer in time"),
+            }
+        }
+        if let Some(done) = flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn value(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn with_tracing_off_a_span_is_nothing_and_headers_stay_as_sent() {
+        let telemetry = Telemetry::off();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        let span = telemetry.request(&http::Method::POST, "/x", &headers);
+        span.inject(&mut headers);
+        assert_eq!(span.trace_id(), None);
+        assert_eq!(span.traceparent(), None);
+        assert_eq!(
+            value(&headers, &TRACEPARENT).as_deref(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+        assert!(telemetry.attempt(Some("junk")).trace_id().is_none());
+    }
+
+    #[test]
+    fn upstream_addresses_keep_only_host_and_port() {
+        let uri: http::Uri = "https://user:pw@backend.example/hook?token=s3cret"
+            .parse()
+            .unwrap();
+        assert_eq!(server_address(&uri), ("backend.example".to_owned(), 443));
+        let uri: http::Uri = "http://127.0.0.1:9001/x".parse().unwrap();
+        assert_eq!(server_address(&uri), ("127.0.0.1".to_owned(), 9001));
+    }
+}

@@ -1,0 +1,245 @@
+//! Circuit breakers (`breaker = { failures, cooldown }`) with real upstreams: proxy mode
+//! answers 503 without sending while open; queue mode lets deliveries wait without an
+//! attempt, on the in-memory queue and on Redis; one probe decides.
+
+use crate::support::*;
+
+/// A proxy-mode gateway whose one route to `upstream` opens after 2 failures for 1 s.
+async fn proxy_gateway(upstream: &Upstream) -> Gateway {
+    Gateway::start(
+        config()
+            .named_route("fragile", "*", upstream)
+            .route_option("breaker", r#"{ failures = 2, cooldown = "1s" }"#),
+    )
+    .await
+}
+
+const STATE: &str = r#"hookgate_breaker_state{route="openai/fragile",upstream="0"}"#;
+
+fn transitions(scrape: &Scrape, route: &str, upstream: &str, to: &str) -> f64 {
+    scrape
+        .value(&format!(
+            r#"hookgate_breaker_transitions_total{{route="{route}",to="{to}",upstream="{upstream}"}}"#
+        ))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn proxy_mode_answers_503_with_retry_after_and_sends_nothing_while_open_then_a_probe_closes_it()
+ {
+    let upstream = Upstream::with(Behaviour::sequence([
+        Answer::status(500),
+        Answer::status(502),
+        Answer::ok(),
+    ]))
+    .await;
+    let gw = proxy_gateway(&upstream).await;
+
+    assert_eq!(gw.post(PATH, &signed_event("a")).await.status(), 500);
+    assert_eq!(gw.post(PATH, &signed_event("a")).await.status(), 502);
+    assert_eq!(gw.metrics().await.value(STATE), Some(1.0));
+    let event = signed_event("batch.completed");
+    let refused = gw.post(PATH, &event).await;
+
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.error(), "upstream_circuit_open");
+    assert_eq!(refused.retry_after(), 1);
+    // The claim was released: the same delivery is refused again, not held in flight.
+    assert_eq!(gw.post(PATH, &event).await.error(), "upstream_circuit_open");
+    assert_eq!(upstream.received().len(), 2, "nothing sent while open");
+
+    // After the cooldown the sender's retry is the probe; its 200 closes the breaker.
+    let delivered = eventually("the probe after the cooldown", async || {
+        let reply = gw.post(PATH, &event).await;
+        if reply.status() == 503 {
+            Err(reply.error())
+        } else {
+            Ok(reply)
+        }
+    })
+    .await;
+    assert_eq!(delivered.status(), 200);
+    assert_eq!(upstream.received().len(), 3);
+    assert_eq!(gw.post(PATH, &signed_event("b")).await.status(), 200);
+    let scrape = gw.metrics().await;
+    assert_eq!(scrape.value(STATE), Some(0.0));
+    for to in ["open", "half_open", "closed"] {
+        assert_eq!(transitions(&scrape, "openai/fragile", "0", to), 1.0, "{to}");
+    }
+    assert!(scrape.requests(SOURCE, "circuit_open") >= 2);
+}
+
+#[tokio::test]
+async fn a_failed_probe_opens_the_breaker_for_another_cooldown() {
+    let upstream = Upstream::with(Answer::status(503)).await;
+    let gw = proxy_gateway(&upstream).await;
+    for _ in 0..2 {
+        assert_eq!(gw.post(PATH, &signed_event("a")).await.status(), 503);
+    }
+    let event = signed_event("batch.completed");
+    assert_eq!(gw.post(PATH, &event).await.error(), "upstream_circuit_open");
+
+    // The probe reaches the upstream and fails: open again, nothing more sent.
+    let probed = eventually("the probe after the cooldown", async || {
+        let reply = gw.post(PATH, &event).await;
+        if reply.header("retry-after").is_some() && upstream.received().len() == 2 {
+            Err(reply.error())
+        } else {
+            Ok(reply)
+        }
+    })
+    .await;
+    assert_eq!(probed.status(), 503);
+    assert_eq!(upstream.received().len(), 3);
+    let again = gw.post(PATH, &event).await;
+    assert_eq!(again.error(), "upstream_circuit_open");
+    assert_eq!(again.retry_after(), 1);
+    assert_eq!(upstream.received().len(), 3);
+    let scrape = gw.metrics().await;
+    assert_eq!(scrape.value(STATE), Some(1.0));
+    assert_eq!(transitions(&scrape, "openai/fragile", "0", "open"), 2.0);
+    assert_eq!(transitions(&scrape, "openai/fragile", "0", "closed"), 0.0);
+}
+
+#[tokio::test]
+async fn a_4xx_is_an_answer_and_never_opens_the_breaker() {
+    let upstream = Upstream::with(Answer::status(422)).await;
+    let gw = proxy_gateway(&upstream).await;
+    for _ in 0..5 {
+        assert_eq!(gw.post(PATH, &signed_event("a")).await.status(), 422);
+    }
+    assert_eq!(upstream.received().len(), 5);
+    assert_eq!(gw.metrics().await.value(STATE), Some(0.0));
+}
+
+on_each_store!(
+    queue_mode_deliveries_wait_without_an_attempt_while_open_and_other_upstreams_are_unaffected
+);
+
+async fn queue_mode_deliveries_wait_without_an_attempt_while_open_and_other_upstreams_are_unaffected(
+    store: TestStore,
+) {
+    let up = Upstream::start().await;
+    let down = closed_port().await;
+    let gw = Gateway::start(
+        config()
+            .store(&store)
+            .queued()
+            .named_route("batches", "*", NOWHERE)
+            .route_option(
+                "upstreams",
+                &format!(r#"["http://{down}/hooks", "{}"]"#, up.url("/hooks")),
+            )
+            .route_option("breaker", r#"{ failures = 2, cooldown = "1s" }"#)
+            .upstream_timeout("5s")
+            .queue_option("workers", "4")
+            .queue_option(
+                "backoff",
+                r#"{ initial = "50ms", max = "100ms", jitter = false }"#,
+            )
+            .queue_option("max_attempts", "1000")
+            .queue_option("visibility_timeout", r#""1s""#),
+    )
+    .await;
+    let deliveries = Deliveries::of(&gw);
+    let state = r#"hookgate_breaker_state{route="openai/batches",upstream="0"}"#;
+
+    let first = copies(&gw).await;
+    deliveries.wait_for_state(&first[1], "processed").await;
+    eventually("the breaker of upstream 0 opening", async || {
+        gw.metrics().await.value(state) == Some(1.0)
+    })
+    .await;
+    let failed = deliveries.record(&first[0]).await["attempts"]
+        .as_u64()
+        .unwrap();
+
+    let second = copies(&gw).await;
+    deliveries.wait_for_state(&second[1], "processed").await;
+    // Taken and put back to wait for the breaker: no attempt.
+    let waiting = eventually("the second copy waiting for the breaker", async || {
+        let record = deliveries.record(&second[0]).await;
+        if record["next_attempt_at"].is_u64() {
+            Ok(record)
+        } else {
+            Err(format!("{record:#}"))
+        }
+    })
+    .await;
+    assert_eq!(waiting["attempts"], 0, "{waiting:#}");
+    assert_eq!(waiting["state"], "queued", "{waiting:#}");
+    let before_probe = deliveries.record(&first[0]).await["attempts"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        before_probe <= failed + 1,
+        "at most the probe: {before_probe} vs {failed}"
+    );
+
+    let recovered = Upstream::with_at(down, Answer::ok()).await;
+    let first0 = deliveries.wait_for_state(&first[0], "processed").await;
+    let second0 = deliveries.wait_for_state(&second[0], "processed").await;
+    assert_eq!(second0["attempts"], 1, "{second0:#}");
+    assert!(first0["attempts"].as_u64() >= Some(3), "{first0:#}");
+    assert_eq!(recovered.received().len(), 2);
+    assert_eq!(up.received().len(), 2);
+    let scrape = gw.metrics().await;
+    assert_eq!(scrape.value(state), Some(0.0));
+    assert!(transitions(&scrape, "openai/batches", "0", "closed") >= 1.0);
+    assert_eq!(
+        scrape.value(r#"hookgate_breaker_state{route="openai/batches",upstream="1"}"#),
+        Some(0.0)
+    );
+}
+
+async fn copies(gw: &Gateway) -> Vec<String> {
+    let reply = gw.post(PATH, &signed_event("batch.completed")).await;
+    assert_eq!(reply.status(), 202, "{reply:?}");
+    reply.json()["delivery_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn bad_breakers_are_config_errors_naming_their_key_and_line() {
+    for (toml, key) in [
+        (
+            r#"{ failures = 0, cooldown = "1s" }"#,
+            "sources[0].routes[0].breaker.failures",
+        ),
+        (
+            r#"{ failures = 1, cooldown = "0s" }"#,
+            "sources[0].routes[0].breaker.cooldown",
+        ),
+    ] {
+        let text = config()
+            .route("*", NOWHERE)
+            .route_option("breaker", toml)
+            .to_string();
+        let e = hookgate::config::parse(&text, "test.toml").expect_err("refused");
+        assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        assert!(e.line.is_some(), "{e}");
+    }
+    let text = config()
+        .route("*", NOWHERE)
+        .route_option("breaker", r#"{ failures = 1 }"#)
+        .to_string();
+    let e = hookgate::config::parse(&text, "test.toml").expect_err("refused");
+    assert!(e.to_string().contains("cooldown"), "{e}");
+    let text = config()
+        .route("*", NOWHERE)
+        .route_option("breaker", r#"{ failures = 5, cooldown = "30s" }"#)
+        .to_string();
+    let summary = hookgate::config::parse(&text, "test.toml")
+        .unwrap()
+        .summary();
+    assert!(
+        summary.contains(
+            "breaker: open after 5 failed attempts in a row to an upstream, for 30s (per instance)"
+        ),
+        "{summary}"
+    );
+}

@@ -1,0 +1,410 @@
+//! OpenTelemetry tracing end to end: a real gateway exporting over OTLP/HTTP to a real
+//! receiver in the test (`Collector`, decoding the protobuf with opentelemetry-proto),
+//! real upstreams, real Redis for the multi-instance case.
+
+use std::time::{Duration, Instant};
+
+use hookgate::sign::SignedRequest;
+use http::HeaderName;
+
+use crate::support::*;
+
+const SENDER_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+const SENDER_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+const SENDER_SPAN_ID: &str = "b7ad6b7169203331";
+const COLLECTOR_TOKEN: &str = "otel-token-8d1f0c2b77";
+
+/// `event` as a sender that traces would send it, with its own `traceparent`.
+fn with_traceparent(mut event: SignedRequest, traceparent: &str) -> SignedRequest {
+    event.headers.push((
+        HeaderName::from_static("traceparent"),
+        traceparent.to_owned(),
+    ));
+    event
+}
+
+fn one<'a>(spans: &'a [CollectedSpan], name: &str) -> &'a CollectedSpan {
+    let found: Vec<&CollectedSpan> = spans.iter().filter(|s| s.name == name).collect();
+    assert_eq!(found.len(), 1, "one {name} span: {spans:#?}");
+    found[0]
+}
+
+#[tokio::test]
+async fn a_forwarded_delivery_is_one_trace_a_server_span_with_its_stages_and_the_upstream_call() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(telemetry(
+        config().route("*", &upstream),
+        collector.endpoint(),
+    ))
+    .await;
+    let event = signed_event("response.completed");
+
+    assert_eq!(gw.post(PATH, &event).await.status(), 200);
+    let spans = collector.wait_for("hookgate.request", 1).await;
+
+    let request = one(&spans, "hookgate.request");
+    assert_eq!(request.kind, 2, "a server span");
+    assert_eq!(request.parent_span_id, "", "a new trace: {request:#?}");
+    assert_eq!(request.service, "hookgate");
+    assert_eq!(request.attr("hookgate.source"), Some(SOURCE));
+    assert_eq!(request.attr("hookgate.route"), Some("0"));
+    assert_eq!(request.attr("hookgate.outcome"), Some("forwarded"));
+    assert_eq!(request.attr("http.response.status_code"), Some("200"));
+    assert_eq!(request.attr("hookgate.webhook_id"), Some(event.id.as_str()));
+    assert_eq!(
+        request.attr("hookgate.event_type"),
+        Some("response.completed")
+    );
+    let children: Vec<&str> = {
+        let mut c: Vec<&CollectedSpan> = spans
+            .iter()
+            .filter(|s| s.parent_span_id == request.span_id)
+            .collect();
+        c.sort_by_key(|s| s.start_unix_nano);
+        c.iter().map(|s| s.name.as_str()).collect()
+    };
+    assert_eq!(
+        children,
+        [
+            "hookgate.rate_limit",
+            "hookgate.verify",
+            "hookgate.dedupe.claim",
+            "hookgate.upstream",
+            "hookgate.dedupe.settle"
+        ]
+    );
+    assert!(spans.iter().all(|s| s.trace_id == request.trace_id));
+    let call = one(&spans, "hookgate.upstream");
+    assert_eq!(call.kind, 3, "a client span");
+    assert_eq!(call.attr("http.response.status_code"), Some("200"));
+    assert_eq!(call.attr("server.address"), Some("127.0.0.1"));
+    assert!(call.start_unix_nano >= request.start_unix_nano);
+    assert!(call.end_unix_nano <= request.end_unix_nano);
+    // The backend continues hookgate's trace from its client span.
+    assert_eq!(upstream.only().header("traceparent"), call.traceparent());
+}
+
+#[tokio::test]
+async fn a_senders_traceparent_is_linked_from_a_new_trace_by_default() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(telemetry(
+        config().route("*", &upstream),
+        collector.endpoint(),
+    ))
+    .await;
+    let event = with_traceparent(signed_event("response.completed"), SENDER_TRACEPARENT);
+
+    assert_eq!(gw.post(PATH, &event).await.status(), 200);
+    let spans = collector.wait_for("hookgate.request", 1).await;
+
+    let request = one(&spans, "hookgate.request");
+    assert_ne!(request.trace_id, SENDER_TRACE_ID, "a trace of its own");
+    assert_eq!(request.parent_span_id, "");
+    assert_eq!(
+        request.links,
+        [(SENDER_TRACE_ID.to_owned(), SENDER_SPAN_ID.to_owned())]
+    );
+    let call = one(&spans, "hookgate.upstream");
+    assert_eq!(upstream.only().header("traceparent"), call.traceparent());
+}
+
+#[tokio::test]
+async fn a_senders_traceparent_is_continued_when_trust_incoming_traceparent_is_set() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        telemetry(config().route("*", &upstream), collector.endpoint()).set(
+            "telemetry",
+            "trust_incoming_traceparent",
+            "true",
+        ),
+    )
+    .await;
+    let event = with_traceparent(signed_event("response.completed"), SENDER_TRACEPARENT);
+
+    assert_eq!(gw.post(PATH, &event).await.status(), 200);
+    let spans = collector.wait_for("hookgate.request", 1).await;
+
+    let request = one(&spans, "hookgate.request");
+    assert_eq!(request.trace_id, SENDER_TRACE_ID, "the sender's trace");
+    assert_eq!(request.parent_span_id, SENDER_SPAN_ID);
+    assert!(request.links.is_empty());
+    let call = one(&spans, "hookgate.upstream");
+    assert_eq!(call.trace_id, SENDER_TRACE_ID);
+    assert_eq!(upstream.only().header("traceparent"), call.traceparent());
+}
+
+#[tokio::test]
+async fn a_malformed_traceparent_is_ignored_whether_trusted_or_not() {
+    for trust in ["false", "true"] {
+        let collector = Collector::start().await;
+        let upstream = Upstream::start().await;
+        let gw = Gateway::start(
+            telemetry(config().route("*", &upstream), collector.endpoint()).set(
+                "telemetry",
+                "trust_incoming_traceparent",
+                trust,
+            ),
+        )
+        .await;
+        let event = with_traceparent(
+            signed_event("response.completed"),
+            "00-0af7651916cd43dd8448eb211c80319c-zzzz6b7169203331-01",
+        );
+
+        assert_eq!(gw.post(PATH, &event).await.status(), 200);
+        let spans = collector.wait_for("hookgate.request", 1).await;
+
+        let request = one(&spans, "hookgate.request");
+        assert_eq!(request.parent_span_id, "", "trust = {trust}");
+        assert!(request.links.is_empty(), "trust = {trust}");
+        assert_ne!(request.trace_id, SENDER_TRACE_ID);
+        let call = one(&spans, "hookgate.upstream");
+        assert_eq!(upstream.only().header("traceparent"), call.traceparent());
+    }
+}
+
+on_each_store!(
+    a_queued_delivery_failing_twice_then_delivered_is_one_trace_with_three_attempt_spans
+);
+
+async fn a_queued_delivery_failing_twice_then_delivered_is_one_trace_with_three_attempt_spans(
+    store: TestStore,
+) {
+    let collector = Collector::start().await;
+    let upstream = Upstream::with(Behaviour::sequence([
+        Answer::status(500),
+        Answer::status(503),
+        Answer::ok(),
+    ]))
+    .await;
+    let config = config()
+        .store(&store)
+        .queued()
+        .route("*", &upstream)
+        .queue_option(
+            "backoff",
+            r#"{ initial = "50ms", max = "100ms", jitter = false }"#,
+        );
+    let gw = Gateway::start(telemetry(config, collector.endpoint())).await;
+    let deliveries = Deliveries::of(&gw);
+
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    let record = deliveries.wait_for_state(&id, "processed").await;
+    let spans = collector.wait_for("hookgate.attempt", 3).await;
+
+    let request = one(&spans, "hookgate.request");
+    assert_eq!(request.attr("hookgate.outcome"), Some("queued"));
+    assert_eq!(request.attr("hookgate.delivery_id"), Some(id.as_str()));
+    one(&spans, "hookgate.enqueue");
+    let mut attempts: Vec<&CollectedSpan> = spans
+        .iter()
+        .filter(|s| s.name == "hookgate.attempt")
+        .collect();
+    attempts.sort_by_key(|s| s.start_unix_nano);
+    let described: Vec<(Option<&str>, Option<&str>, Option<&str>)> = attempts
+        .iter()
+        .map(|a| {
+            (
+                a.attr("hookgate.attempt"),
+                a.attr("hookgate.attempt.result"),
+                a.attr("http.response.status_code"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        described,
+        [
+            (Some("1"), Some("failed_retryable"), Some("500")),
+            (Some("2"), Some("failed_retryable"), Some("503")),
+            (Some("3"), Some("processed"), Some("200")),
+        ]
+    );
+    for attempt in &attempts {
+        assert_eq!(attempt.trace_id, request.trace_id, "one trace");
+        assert_eq!(attempt.parent_span_id, request.span_id);
+        assert_eq!(attempt.kind, 5, "a consumer span");
+        assert_eq!(attempt.attr("hookgate.delivery_id"), Some(id.as_str()));
+        let wait: u64 = attempt
+            .attr("hookgate.attempt.wait_ms")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(wait < 10_000, "{attempt:#?}");
+    }
+    // The retries waited at least the backoff (50 ms, then 100 ms).
+    let waits: Vec<u64> = attempts[1..]
+        .iter()
+        .map(|a| a.attr("hookgate.attempt.wait_ms").unwrap().parse().unwrap())
+        .collect();
+    assert!(waits[0] >= 45 && waits[1] >= 95, "{waits:?}");
+    // Each attempt's request carried the traceparent of its own client span.
+    let calls: Vec<&CollectedSpan> = spans
+        .iter()
+        .filter(|s| s.name == "hookgate.upstream")
+        .collect();
+    assert_eq!(calls.len(), 3);
+    for (received, attempt) in upstream.received().iter().zip(&attempts) {
+        let call = calls
+            .iter()
+            .find(|c| c.traceparent() == received.header("traceparent"))
+            .unwrap_or_else(|| panic!("a client span for {received:?}"));
+        assert_eq!(call.parent_span_id, attempt.span_id);
+    }
+    // The record's history names the trace of every attempt.
+    let history = record["history"].as_array().unwrap();
+    assert_eq!(history.len(), 3, "{record:#}");
+    assert!(
+        history.iter().all(|a| a["trace_id"] == request.trace_id),
+        "{record:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_taken_over_by_a_second_instance_after_a_kill_is_in_the_same_trace() {
+    let Some(store) = TestStore::redis().await else {
+        return;
+    };
+    let collector = Collector::start().await;
+    // The first attempt hangs (the instance holding it is killed); the next is answered.
+    let upstream = Upstream::with(Behaviour::sequence([Answer::held(), Answer::ok()])).await;
+    let config = || {
+        telemetry(
+            config()
+                .store(&store)
+                .queued()
+                .route("*", &upstream)
+                .queue_option("visibility_timeout", r#""1s""#),
+            collector.endpoint(),
+        )
+    };
+    let mut doomed = GatewayProcess::spawn(config()).await;
+    let id = enqueue(&doomed.client(), &signed_event("response.completed")).await;
+    upstream.wait_for(1).await;
+    let spans = collector.wait_for("hookgate.request", 1).await;
+    let request = one(&spans, "hookgate.request").clone();
+
+    let survivor = GatewayProcess::spawn(config()).await;
+    doomed.kill();
+    let record = Deliveries::at(survivor.admin_addr)
+        .wait_for_state(&id, "processed")
+        .await;
+    let spans = collector.wait_for("hookgate.attempt", 1).await;
+
+    // The killed attempt never ended, so its span never left; the survivor's is in the
+    // trace the first instance started.
+    let attempt = one(&spans, "hookgate.attempt");
+    assert_eq!(attempt.attr("hookgate.attempt"), Some("2"));
+    assert_eq!(attempt.trace_id, request.trace_id);
+    assert_eq!(attempt.parent_span_id, request.span_id);
+    assert_eq!(record["history"][1]["trace_id"], request.trace_id);
+    assert_eq!(
+        attempt.attr("hookgate.instance"),
+        record["history"][1]["instance"].as_str()
+    );
+    let call = one(&spans, "hookgate.upstream");
+    assert_eq!(
+        upstream.received()[1].header("traceparent"),
+        call.traceparent()
+    );
+    // The access log line of the first instance names the trace.
+    let access = doomed
+        .log()
+        .lines()
+        .find(|l| l.contains("hookgate::access"))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("an access log line:\n{}", doomed.log()));
+    assert!(access.contains(&request.trace_id), "{access}");
+    upstream.release();
+}
+
+#[tokio::test]
+async fn a_collector_that_is_down_or_hangs_changes_no_answer_and_the_dropped_spans_are_counted() {
+    let down = format!("http://{}", closed_port().await);
+    let hanging = Upstream::with(Answer::held()).await;
+    for endpoint in [down, hanging.url("")] {
+        let upstream = Upstream::start().await;
+        let gw = Gateway::start(
+            telemetry(config().route("*", &upstream), &endpoint)
+                .set("telemetry", "export_timeout", "\"200ms\"")
+                .set("telemetry", "max_queued_spans", "8"),
+        )
+        .await;
+        for _ in 0..20 {
+            let started = Instant::now();
+            let reply = gw.post(PATH, &signed_event("response.completed")).await;
+            assert_eq!(reply.status(), 200, "{endpoint}");
+            assert!(reply.forwarded());
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{endpoint}: {:?}",
+                started.elapsed()
+            );
+        }
+        assert_eq!(upstream.received().len(), 20);
+        let dropped = eventually(format!("dropped spans counted ({endpoint})"), async || {
+            let value = gw
+                .metrics()
+                .await
+                .value("hookgate_telemetry_spans_dropped_total")
+                .unwrap_or(0.0);
+            (value >= 20.0).then_some(value)
+        })
+        .await;
+        assert!(dropped <= 20.0 * 6.0, "at most every span: {dropped}");
+    }
+    hanging.release();
+}
+
+#[tokio::test]
+async fn no_span_attribute_holds_a_body_a_signature_or_a_secret() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        telemetry(config().route("*", &upstream), collector.endpoint()).set(
+            "telemetry",
+            "headers",
+            &format!("{{ authorization = \"Bearer {COLLECTOR_TOKEN}\" }}"),
+        ),
+    )
+    .await;
+    let event = signed_body(r#"{"type":"response.completed","data":{"marker":"body-only-7f3a"}}"#);
+    let signature = event.header("webhook-signature").to_owned();
+    assert_eq!(gw.post(PATH, &event).await.status(), 200);
+    let unsigned = signed_raw(OTHER_SECRET, &fresh_id(), now_unix(), r#"{"type":"x"}"#);
+    assert_eq!(gw.post(PATH, &unsigned).await.status(), 400);
+    let spans = collector.wait_for("hookgate.request", 2).await;
+
+    let signature_value = signature.trim_start_matches("v1,");
+    for span in &spans {
+        for (key, value) in &span.attributes {
+            for secret in [
+                "body-only-7f3a",
+                signature_value,
+                SECRET,
+                COLLECTOR_TOKEN,
+                "127.0.0.1:",
+            ] {
+                assert!(
+                    !value.contains(secret),
+                    "{}: {key} = {value} holds {secret}",
+                    span.name
+                );
+            }
+        }
+    }
+    // The collector's token went with the exports, never into a span.
+    assert!(collector.export_headers().iter().all(|h| {
+        h.get("authorization").and_then(|v| v.to_str().ok())
+            == Some(&*format!("Bearer {COLLECTOR_TOKEN}"))
+    }));
+    let failed = spans
+        .iter()
+        .find(|s| s.name == "hookgate.verify" && s.status_code == 2);
+    assert!(
+        failed.is_some(),
+        "the failed verification is marked: {spans:#?}"
+    );
+}
