@@ -19,7 +19,7 @@
 //! | stages and mappings | `dedupe`, `ratelimit`, `reject` |
 //! | parts with state or I/O | `store` and `queue` backends (behind factories), `forward`, `breaker`, `enrich`, `body_budget`, `penalty_box`, `connections`, `server` |
 //! | settings | `config` (file mirror, validation, the `check` summary) |
-//! | vocabulary | `upstream`, `event`, `route`, `client_ip`, `verify` (one file per scheme), `tls`, `provider`, `metrics`, `queue::record`, `queue::policy`, `random`, `log_gate` |
+//! | vocabulary | `upstream`, `event`, `route`, `client_ip`, `verify` (one file per scheme), `tls`, `provider`, `metrics`, `queue::record`, `queue::policy`, `random`, `log_gate`, `log_writer` |
 //!
 //! A new scheme is one file in `verify/` and a line in `verify::SCHEMES`; a new backend
 //! one file in `store/` (and in `queue/`) and an arm in each factory; a new stage one
@@ -47,6 +47,7 @@ pub mod enrich;
 pub mod event;
 pub mod forward;
 pub mod log_gate;
+pub mod log_writer;
 pub mod metrics;
 pub mod penalty_box;
 pub mod pipeline;
