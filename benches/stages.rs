@@ -158,7 +158,7 @@ fn route_match(bencher: divan::Bencher, event_type: &str) {
     bencher.bench(|| {
         source
             .routes
-            .first_match(black_box(event_type))
+            .first_match(black_box(event_type), black_box(b"{}"))
             .map(|(i, _)| i)
     });
 }
