@@ -124,7 +124,7 @@ pub(super) fn upstreams(
         let uri = parse_upstream(&entry.url)
             .map_err(|e| Invalid::at(at.clone(), format!("{at} {:?} {e}", entry.url)))?;
         if let Some(name) = &entry.name {
-            super::source::check_name(&format!("{at}.name"), name)?;
+            super::name::check_name(&format!("{at}.name"), name)?;
         }
         let name_or_index = entry.name.clone().unwrap_or_else(|| i.to_string());
         if !names.insert(name_or_index.clone()) {
