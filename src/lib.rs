@@ -17,7 +17,7 @@
 //! | surfaces | `console` (the web pages on the admin listener), `admin` (metrics, health, deliveries API), `reload` (the swappable request path) |
 //! | request path, workers | `pipeline`, `queue::worker` |
 //! | stages and mappings | `dedupe`, `ratelimit`, `reject` |
-//! | parts with state or I/O | `store` and `queue` backends (behind factories), `forward`, `breaker`, `enrich`, `body_budget`, `penalty_box`, `connections`, `server` |
+//! | parts with state or I/O | `store` and `queue` backends (behind factories), `forward`, `breaker`, `enrich`, `body_budget`, `penalty_box`, `connections`, `server`, `telemetry` |
 //! | settings | `config` (file mirror, validation, the `check` summary) |
 //! | vocabulary | `upstream`, `event`, `route`, `client_ip`, `verify` (one file per scheme), `tls`, `provider`, `metrics`, `queue::record`, `queue::policy`, `random`, `log_gate`, `log_writer` |
 //!

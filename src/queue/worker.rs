@@ -384,6 +384,7 @@ impl Workers {
                     _ = until(&mut cut_short) => {
                         let attempt = self.interrupted(&job, Step::Deliver, started_at, started);
                         self.hand_back(&lease, Some((&job, &attempt))).await;
+                        span.set("hookgate.attempt.result", "handed_back");
                         return;
                     }
                 }
