@@ -9,6 +9,7 @@
 #   REPEAT=12 ROWS='hookgate (memory|redis)$' bash bench/run.sh  # the Redis/memory ratio
 #   BASELINE=main REPEAT=5 ROWS='hookgate (memory|redis)' bash bench/run.sh  # a change against a commit
 #   LAYOUT=shared bash bench/run.sh   # the upstream sink shares the system under test's core
+#   REPEAT=5 ROWS='hookgate memory($|, tracing)' bash bench/run.sh  # tracing off, on at 1.0 and at 0.01
 #
 # BASELINE=<git revision> builds that revision too (a git worktree, its release build kept
 # in target/baseline) and runs every hookgate memory/redis run a second time on it, right
@@ -20,7 +21,10 @@
 # mode (in memory and on Redis): ingress as for the other rows, plus the end-to-end drain
 # rate, from the first request sent until the sink has received every delivery; and the
 # flood rows (penalty box idle/flood, v1a flood: see where they run), e.g.
-# ROWS='penalty box|v1a flood' bash bench/run.sh.
+# ROWS='penalty box|v1a flood' bash bench/run.sh; and hookgate in memory with OpenTelemetry
+# tracing on (`[telemetry]`, spans exported to the sink, which answers them 200 like a
+# collector) at sample_ratio 1.0 and 0.01, alternating with the tracing-off row, e.g.
+# ROWS='hookgate memory($|, tracing)' bash bench/run.sh.
 # Pinning (taskset): the system under test (the direct sink, nginx's worker, or hookgate)
 # runs alone on SUT_CPU; its environment (the load generator `hookgate bench load`, the
 # upstream sink the proxies forward to, and Redis) shares LOAD_CPU. So a row measures the
@@ -187,6 +191,11 @@ gateway_config() { # gateway_config FILE STORE(memory|redis) TLS(plain|tls) [DEL
             echo "[queue]"
             echo "workers = $QUEUE_WORKERS"
         fi
+        if [ -n "${TRACING:-}" ]; then   # a sample ratio: spans go to the sink
+            echo "[telemetry]"
+            echo "otlp_endpoint = \"http://127.0.0.1:$SINK_PORT\""
+            echo "sample_ratio = $TRACING"
+        fi
         cat <<EOF
 [[sources]]
 name = "openai"
@@ -320,6 +329,9 @@ for _ in $(seq 1 "$REPEAT"); do
         fi
     done
     GW_LOG=info REPEAT=1 run_gateway "hookgate memory, access log" memory plain "$BODY"
+    for ratio in 1.0 0.01; do
+        TRACING=$ratio REPEAT=1 run_gateway "hookgate memory, tracing $ratio" memory plain "$BODY"
+    done
 done
 run_queue_gateway "hookgate memory queue" memory
 run_queue_gateway "hookgate redis queue" redis
@@ -460,6 +472,15 @@ if logged:
     print("Access log on against off (CPU per request, medians): " + "; ".join(
         f"{name} +{on['cpu_us'] - off['cpu_us']:.1f} µs/req ({on['rps'] / off['rps']:.2f}× the throughput)"
         for name, off, on in logged))
+for ratio in ("1.0", "0.01"):
+    off, on = rows.get("hookgate memory"), rows.get(f"hookgate memory, tracing {ratio}")
+    if off and on:
+        rps = sorted(b["rps"] / a["rps"] for a, b in zip(off, on))
+        cpu = sorted(b["cpu_us"] / a["cpu_us"] for a, b in zip(off, on))
+        print()
+        print(f"tracing at sample_ratio {ratio} against tracing off, {len(rps)} alternating pairs: throughput "
+              f"median {statistics.median(rps):.2f}x (range {rps[0]:.2f}-{rps[-1]:.2f}x), CPU per request "
+              f"median {statistics.median(cpu):.2f}x (range {cpu[0]:.2f}-{cpu[-1]:.2f}x)")
 idle, flood = rows.get("hookgate memory, penalty box idle"), rows.get("hookgate memory, penalty box flood")
 if idle and flood:
     ratios = sorted(f["p99"] / i["p99"] for i, f in zip(idle, flood))

@@ -319,7 +319,14 @@ fn after_verification(source: &Source, capture: &Capture) -> (Vec<String>, Optio
             let route = source
                 .routes
                 .first_match(&event_type, &capture.body)
-                .map(|(_, route)| format!("route {} -> {}", route.name(), route.upstream()))
+                .map(|(_, route)| {
+                    let to: Vec<String> = route
+                        .upstreams()
+                        .iter()
+                        .map(|u| u.uri.to_string())
+                        .collect();
+                    format!("route {} -> {}", route.name(), to.join(", "))
+                })
                 .unwrap_or_else(|| "no route matches: 202, not forwarded".to_owned());
             out.push(format!(
                 "event type ({}): {event_type} -> {route}",

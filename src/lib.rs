@@ -17,9 +17,9 @@
 //! | surfaces | `console` (the web pages on the admin listener), `admin` (metrics, health, deliveries API), `reload` (the swappable request path) |
 //! | request path, workers | `pipeline`, `queue::worker` |
 //! | stages and mappings | `dedupe`, `ratelimit`, `reject` |
-//! | parts with state or I/O | `store` and `queue` backends (behind factories), `forward`, `breaker`, `enrich`, `body_budget`, `penalty_box`, `connections`, `server` |
+//! | parts with state or I/O | `store` and `queue` backends (behind factories), `forward`, `breaker`, `enrich`, `body_budget`, `penalty_box`, `connections`, `server`, `telemetry` |
 //! | settings | `config` (file mirror, validation, the `check` summary) |
-//! | vocabulary | `upstream`, `event`, `route`, `client_ip`, `verify` (one file per scheme), `tls`, `provider`, `metrics`, `queue::record`, `queue::policy`, `random`, `log_gate` |
+//! | vocabulary | `upstream`, `event`, `route`, `client_ip`, `verify` (one file per scheme), `tls`, `provider`, `metrics`, `queue::record`, `queue::policy`, `random`, `log_gate`, `log_writer` |
 //!
 //! A new scheme is one file in `verify/` and a line in `verify::SCHEMES`; a new backend
 //! one file in `store/` (and in `queue/`) and an arm in each factory; a new stage one
@@ -47,6 +47,7 @@ pub mod enrich;
 pub mod event;
 pub mod forward;
 pub mod log_gate;
+pub mod log_writer;
 pub mod metrics;
 pub mod penalty_box;
 pub mod pipeline;

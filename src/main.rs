@@ -10,10 +10,10 @@ use hookgate::cli::{BenchCommand, Cli, Command, LogFormat, SignArgs, VerifyArgs}
 use hookgate::cli_client::Trust;
 use hookgate::config::StoreBackend;
 use hookgate::diagnose;
+use hookgate::log_writer::{BatchedWriter, FlushGuard};
 use hookgate::sign::{self, SignInput};
 use hookgate::verify::{self, KeyError};
 use http::StatusCode;
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than the system allocator: the request path allocates many small,
@@ -37,20 +37,12 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr. `RUST_LOG` wins over `level` (`log.level` for `serve`).
-///
-/// Lines are written by a thread of their own through a buffer, so a request's access
-/// line costs its formatting, not a `write(2)` in the request's task. The writer is not
-/// lossy: when stderr cannot keep up with a full buffer, logging waits rather than drops
-/// a line. Dropping the returned guard flushes what is buffered, so a clean shutdown
-/// loses no line.
-fn init_logging(format: LogFormat, level: &str) -> WorkerGuard {
+/// Lines are batched in memory and written by a thread of their own (`log_writer`);
+/// dropping the returned guard writes what waits, so a clean shutdown loses no line.
+fn init_logging(format: LogFormat, level: &str) -> FlushGuard {
     use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_BUFFER_LINES)
-        .thread_name("hookgate-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = BatchedWriter::new(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
@@ -85,10 +77,6 @@ async fn postgres_schema_line(pg: &hookgate::config::PostgresSettings) -> String
         Err(e) => format!("schema: unknown ({e})"),
     }
 }
-/// Lines waiting for the log thread before logging waits: a quarter of a second at
-/// 30,000 requests per second, a few MiB at most, and small enough that the guard's
-/// flush on shutdown finishes well inside its one-second wait.
-const LOG_BUFFER_LINES: usize = 8_192;
 
 async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     // Held until the command returns: dropping it flushes the log.

@@ -14,6 +14,10 @@
 //! upstream has answered, or, in queue mode, once the delivery is stored: `enqueue`
 //! replaces `forward` as the stage after the claim, and the workers (`queue::worker`)
 //! forward it later.
+//!
+//! With tracing on, the request is a span (`Trace::span`) and each stage that costs
+//! time (a store round trip, verification, the upstream, the enqueue) runs in a child
+//! span of its own (`telemetry::Span::stage`); with it off those wrappers are a branch.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -251,13 +251,14 @@ impl Span {
     }
 
     /// Runs one stage of the request path in a child span of its own; an `Err` marks
-    /// the span failed (without its text: only the stage's name says what failed).
+    /// the span failed (without its text: only the stage's name says what failed). In a
+    /// trace sampled out, the stage just runs: its span would record nothing.
     pub async fn stage<F>(&self, name: &'static str, stage: F) -> F::Output
     where
         F: Future,
         F::Output: Failed,
     {
-        if self.on.is_none() {
+        if !self.is_recording() {
             return stage.await;
         }
         let span = self.child(name, SpanKind::Internal);
@@ -271,7 +272,7 @@ impl Span {
 
     /// `stage` for a stage that does no I/O.
     pub fn stage_sync<R: Failed>(&self, name: &'static str, stage: impl FnOnce() -> R) -> R {
-        if self.on.is_none() {
+        if !self.is_recording() {
             return stage();
         }
         let span = self.child(name, SpanKind::Internal);
@@ -285,9 +286,14 @@ impl Span {
 
     /// The client span of a request to `upstream` (`hookgate.upstream`), named by its
     /// host and port only: a URL may carry credentials or a token in its query.
+    ///
+    /// In a trace sampled out, no span is made: the upstream gets this span's context
+    /// (sampled flag off), which is all a backend does anything with.
     pub fn upstream_call(&self, upstream: &http::Uri) -> Span {
-        if self.on.is_none() {
-            return Span::none();
+        if !self.is_recording() {
+            return Span {
+                on: self.on.clone(),
+            };
         }
         let span = self.child("hookgate.upstream", SpanKind::Client);
         let (host, port) = server_address(upstream);

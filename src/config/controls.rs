@@ -77,6 +77,9 @@ pub(super) fn rate(
     }))
 }
 
+/// Each upstream's `name` (if any) and URL, in order.
+type NamedUpstreams = Vec<(Option<String>, Uri)>;
+
 /// A route's upstreams: the text of the first (for `Route::new`) and every one with its
 /// name. `key` is the route's key path, `source_key` its source's.
 pub(super) fn upstreams(
@@ -84,7 +87,7 @@ pub(super) fn upstreams(
     source_key: &str,
     route: &file::Route,
     delivery: DeliveryMode,
-) -> Result<(String, Vec<(Option<String>, Uri)>), Invalid> {
+) -> Result<(String, NamedUpstreams), Invalid> {
     let entries = match (&route.upstream, route.upstreams.as_slice()) {
         (Some(url), []) => return Ok((url.clone(), Vec::new())),
         (None, []) => {
@@ -121,7 +124,7 @@ pub(super) fn upstreams(
         let uri = parse_upstream(&entry.url)
             .map_err(|e| Invalid::at(at.clone(), format!("{at} {:?} {e}", entry.url)))?;
         if let Some(name) = &entry.name {
-            super::source::check_name(&format!("{at}.name"), name)?;
+            super::name::check_name(&format!("{at}.name"), name)?;
         }
         let name_or_index = entry.name.clone().unwrap_or_else(|| i.to_string());
         if !names.insert(name_or_index.clone()) {

@@ -14,6 +14,7 @@ mod controls;
 pub mod duration;
 mod error;
 mod file;
+mod name;
 pub mod secret;
 mod settings;
 mod source;

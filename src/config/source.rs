@@ -17,6 +17,7 @@ use super::error::Invalid;
 use super::file::{
     self, COMMON_SOURCE_KEYS, ContentEncoding, DeliveryMode, FieldSpec, SecretEntry,
 };
+use super::name::check_name;
 use super::settings::{EnrichSettings, Source};
 use crate::event::{Field, JsonPointer, KeyBinding};
 use crate::route::{EventPattern, Route, Routes};
@@ -520,25 +521,6 @@ fn route_key(route: &file::Route) -> String {
     {
         Some(i) => format!("events[{i}]"),
         None => "upstream".to_owned(),
-    }
-}
-
-/// Names end up in metric labels and store keys: keep them short and plain.
-pub(super) fn check_name(key: &str, name: &str) -> Result<(), Invalid> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Invalid::at(
-            key,
-            format!(
-                "{key} {name:?} must be 1 to 64 characters of letters, digits, '_', '-' or '.'"
-            ),
-        ))
     }
 }
 

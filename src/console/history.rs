@@ -199,8 +199,15 @@ pub fn breakers(registry: &Registry) -> Option<(String, Vec<Breaker>)> {
             Some(_) => {
                 found.entry(name).or_default();
             }
+            // hookgate's own gauge: 0 closed, 1 open, 2 half-open (`breaker`).
             None => {
-                found.insert(name, format!("{value}"));
+                let state = match value {
+                    0.0 => "closed".to_owned(),
+                    1.0 => "open".to_owned(),
+                    2.0 => "half-open".to_owned(),
+                    other => format!("{other}"),
+                };
+                found.insert(name, state);
             }
         }
     }
@@ -300,6 +307,30 @@ mod tests {
                     name: "route=openai/1".into(),
                     state: "closed".into()
                 },
+            ]
+        );
+    }
+
+    #[test]
+    fn breakers_read_hookgates_numeric_states() {
+        let (registry, _) = registry();
+        let states =
+            IntGaugeVec::new(Opts::new(BREAKERS, "states"), &["route", "upstream"]).unwrap();
+        registry.register(Box::new(states.clone())).unwrap();
+        states.with_label_values(&["openai/b", "0"]).set(0);
+        states.with_label_values(&["openai/b", "audit"]).set(1);
+        states.with_label_values(&["openai/c", "0"]).set(2);
+        let (_, found) = breakers(&registry).unwrap();
+        let states: Vec<(&str, &str)> = found
+            .iter()
+            .map(|b| (b.name.as_str(), b.state.as_str()))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("route=openai/b upstream=0", "closed"),
+                ("route=openai/b upstream=audit", "open"),
+                ("route=openai/c upstream=0", "half-open"),
             ]
         );
     }

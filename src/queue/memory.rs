@@ -21,9 +21,12 @@ use super::{
     Attempt, BoxFuture, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError, QueueStats,
     Replayed, Settlement, State, Step, Summary, UnixMillis, now_millis,
 };
+use crate::route::RatePolicy;
 use crate::store::ready;
 
 pub struct MemoryQueue {
+    /// GCRA theoretical arrival times by `pace` key (one per upstream with a `rate`).
+    paces: Mutex<HashMap<String, tokio::time::Instant>>,
     inner: Mutex<Inner>,
     retention: Duration,
     instance: String,
@@ -72,6 +75,7 @@ struct Inner {
 impl MemoryQueue {
     pub fn new(retention: Duration, instance: &str) -> Self {
         MemoryQueue {
+            paces: Mutex::default(),
             inner: Mutex::new(Inner::default()),
             retention,
             instance: instance.to_owned(),
@@ -501,6 +505,23 @@ impl Queue for MemoryQueue {
             inner.scheduled.insert((until, id.clone()));
         }
         ready(Ok(()))
+    }
+
+    fn pace<'a>(
+        &'a self,
+        key: &'a str,
+        rate: RatePolicy,
+    ) -> BoxFuture<'a, Result<Option<Duration>, QueueError>> {
+        let mut paces = self.paces.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        let (interval, tolerance) = crate::store::gcra(rate.per_second, rate.burst.get());
+        let tat = paces.get(key).copied().unwrap_or(now).max(now);
+        let ahead = tat - now;
+        if ahead > tolerance {
+            return ready(Ok(Some(ahead - tolerance)));
+        }
+        paces.insert(key.to_owned(), tat + interval);
+        ready(Ok(None))
     }
 
     fn keep_alive<'a>(&'a self, _leases: &'a [Lease]) -> BoxFuture<'a, Result<(), QueueError>> {

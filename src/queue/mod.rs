@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 
 use crate::config::{Settings, StoreBackend};
 use crate::metrics::Metrics;
+use crate::route::RatePolicy;
 use crate::store::{Backend, BoxFuture, Shared, StoreError};
 
 pub use policy::{
@@ -125,6 +126,16 @@ pub trait Queue: Send + Sync {
         lease: &'a Lease,
         until: UnixMillis,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Takes one start from the GCRA bucket `key` (a route's upstream, `<source>/<route>`
+    /// as a lease names it) at `rate` (`route.rate`): `None` to start now, else how long
+    /// to wait. Shared by every instance on a shared backend (Redis: the store's GCRA
+    /// script on Redis' clock); per instance in memory.
+    fn pace<'a>(
+        &'a self,
+        key: &'a str,
+        rate: RatePolicy,
+    ) -> BoxFuture<'a, Result<Option<Duration>, QueueError>>;
 
     /// Renews this instance's hold on `leases`, so no other instance takes them over.
     fn keep_alive<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<(), QueueError>>;

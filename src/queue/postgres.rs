@@ -30,6 +30,7 @@ use super::{
     QueueStats, Replayed, Settlement, State, Step, Summary, UnixMillis, now_millis,
 };
 use crate::config::QueueSettings;
+use crate::route::RatePolicy;
 use crate::store::postgres::{PgPool, channel, listen_forever};
 
 const ENQUEUE: &str = "INSERT INTO deliveries (id, state, source, route, webhook_id, \
@@ -37,6 +38,18 @@ const ENQUEUE: &str = "INSERT INTO deliveries (id, state, source, route, webhook
      VALUES ($1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
      $7::text::jsonb, $8, $10) \
      RETURNING (SELECT 1 FROM pg_notify($9, ''))";
+
+/// Takes one start from the GCRA bucket `$1` (interval `$2`, tolerance `$3` seconds, on
+/// the database's clock); a row comes back when allowed.
+const PACE: &str = "INSERT INTO paces AS p (key, tat) \
+     VALUES ($1, now() + make_interval(secs => $2)) \
+     ON CONFLICT (key) DO UPDATE SET tat = greatest(p.tat, now()) + make_interval(secs => $2) \
+     WHERE greatest(p.tat, now()) - now() <= make_interval(secs => $3) \
+     RETURNING 1";
+
+/// How long a denied start waits: past the tolerance, in seconds.
+const PACE_WAIT: &str = "SELECT greatest(extract(epoch FROM tat - now())::float8 - $2, 0) \
+     FROM paces WHERE key = $1";
 
 /// Marks the dedupe claim `$1` of token `$2` done for `$3` seconds, if still held.
 const CLAIM_DONE: &str = "UPDATE dedupe SET token = NULL, \
@@ -707,6 +720,35 @@ impl Queue for PostgresQueue {
                 })
                 .await?;
             Ok(())
+        })
+    }
+
+    /// Shared by every instance: the bucket is a row of `paces`, on the database's clock.
+    fn pace<'a>(
+        &'a self,
+        key: &'a str,
+        rate: RatePolicy,
+    ) -> BoxFuture<'a, Result<Option<Duration>, QueueError>> {
+        Box::pin(async move {
+            let (interval, tolerance) = crate::store::gcra(rate.per_second, rate.burst.get());
+            let (interval, tolerance) = (interval.as_secs_f64(), tolerance.as_secs_f64());
+            let wait = self
+                .pool
+                .call("pace", async |client| {
+                    let statement = client.prepare_cached(PACE).await?;
+                    if client
+                        .query_opt(&statement, &[&key, &interval, &tolerance])
+                        .await?
+                        .is_some()
+                    {
+                        return Ok(None);
+                    }
+                    let statement = client.prepare_cached(PACE_WAIT).await?;
+                    let row = client.query_opt(&statement, &[&key, &tolerance]).await?;
+                    Ok(Some(row.map_or(0.0, |row| row.get::<_, f64>(0))))
+                })
+                .await?;
+            Ok(wait.map(Duration::from_secs_f64))
         })
     }
 

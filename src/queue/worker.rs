@@ -278,6 +278,17 @@ impl Workers {
         self.release(lease);
     }
 
+    /// Puts a taken delivery back to wait `wait` without an attempt (`Queue::defer`).
+    async fn defer(&self, lease: &Lease, wait: Duration) {
+        let until = now_millis() + wait.as_millis().max(1) as u64;
+        if let Err(e) = self.queue.defer(lease, until).await {
+            // Still pending under this instance: it is taken over after the
+            // visibility timeout, like a hand back that failed.
+            tracing::warn!(delivery_id = %lease.delivery_id, error = %e, "queue: cannot defer a delivery");
+        }
+        self.release(lease);
+    }
+
     /// One delivery, from its lease to its settlement.
     async fn deliver(
         self: Arc<Self>,
@@ -291,13 +302,7 @@ impl Workers {
         // An open breaker: the delivery waits in the queue, no attempt spent, and this
         // worker moves on to other upstreams' deliveries.
         let pass = match lane.map(|l| self.forward.admit(&l.route, tokio::time::Instant::now())) {
-            Some(Admission::Open { retry_after }) => {
-                let until = now_millis() + retry_after.as_millis().max(1) as u64;
-                if let Err(e) = self.queue.defer(&lease, until).await {
-                    tracing::warn!(delivery_id = %lease.delivery_id, error = %e, "queue: cannot defer a delivery while its upstream's breaker is open");
-                }
-                return self.release(&lease);
-            }
+            Some(Admission::Open { retry_after }) => return self.defer(&lease, retry_after).await,
             Some(Admission::Pass(pass)) => Some(pass),
             None => None,
         };
@@ -314,6 +319,18 @@ impl Workers {
         if *stopping.borrow() {
             self.hand_back(&lease, None).await;
             return;
+        }
+        // `rate`: a start now would exceed the upstream's rate (counted across every
+        // instance on a shared queue): the delivery waits in the queue, no attempt spent.
+        if let Some(rate) = lane.and_then(|l| l.route.rate()) {
+            match self.queue.pace(&lease.route, rate).await {
+                Ok(None) => {}
+                Ok(Some(wait)) => return self.defer(&lease, wait).await,
+                Err(e) => {
+                    tracing::warn!(delivery_id = %lease.delivery_id, error = %e, "queue: cannot check the route's rate");
+                    return self.defer(&lease, Duration::from_secs(1)).await;
+                }
+            }
         }
         let job = match self.queue.begin(&lease, now_millis()).await {
             Ok(Some(job)) => job,
@@ -367,6 +384,7 @@ impl Workers {
                     _ = until(&mut cut_short) => {
                         let attempt = self.interrupted(&job, Step::Deliver, started_at, started);
                         self.hand_back(&lease, Some((&job, &attempt))).await;
+                        span.set("hookgate.attempt.result", "handed_back");
                         return;
                     }
                 }

@@ -111,6 +111,14 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// GCRA's emission interval (1 / `per_second`, at least 1 µs) and burst tolerance
+/// (`burst - 1` intervals): the parameters of every bucket here, the client rate limit's
+/// and queue mode's `rate`.
+pub fn gcra(per_second: f64, burst: u32) -> (Duration, Duration) {
+    let interval = Duration::from_secs_f64(1.0 / per_second).max(Duration::from_micros(1));
+    (interval, interval * burst.saturating_sub(1))
+}
+
 /// The store the settings ask for, and what its backend holds open, for the queue on
 /// the same backend to share (`queue::build`). Does not connect: a store that is down
 /// at start-up makes `/readyz` fail and requests follow `store.on_error`, until it

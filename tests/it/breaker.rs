@@ -243,3 +243,25 @@ fn bad_breakers_are_config_errors_naming_their_key_and_line() {
         "{summary}"
     );
 }
+
+#[tokio::test]
+async fn the_console_overview_lists_the_breaker_with_its_state() {
+    let upstream = Upstream::with(Answer::status(500)).await;
+    let gw = proxy_gateway(&upstream).await;
+    for _ in 0..2 {
+        gw.post(PATH, &signed_event("a")).await;
+    }
+
+    let request = http::Request::get(gw.admin_url("/ui/"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let overview = gw.send(request).await;
+
+    assert_eq!(overview.status(), 200);
+    let text = overview.text();
+    assert!(text.contains("Circuit breakers"), "{text}");
+    assert!(
+        text.contains(r#"<span class="chip warn">open</span> route=openai/fragile upstream=0"#),
+        "{text}"
+    );
+}

@@ -11,6 +11,7 @@ mod connections;
 mod console;
 mod contract;
 mod dedupe;
+mod delivery_rate;
 mod enrich;
 mod examples;
 mod fanout;

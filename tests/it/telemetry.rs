@@ -408,3 +408,41 @@ async fn no_span_attribute_holds_a_body_a_signature_or_a_secret() {
         "the failed verification is marked: {spans:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_trace_sampled_out_exports_nothing_and_the_upstream_sees_it_unsampled() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        telemetry(config().route("*", &upstream), collector.endpoint())
+            .set("telemetry", "sample_ratio", "0.0")
+            .set("telemetry", "trust_incoming_traceparent", "true"),
+    )
+    .await;
+
+    // A new trace, sampled out by the ratio; then a continued one the sender sampled.
+    assert_eq!(
+        gw.post(PATH, &signed_event("response.completed"))
+            .await
+            .status(),
+        200
+    );
+    let sampled = with_traceparent(signed_event("response.completed"), SENDER_TRACEPARENT);
+    assert_eq!(gw.post(PATH, &sampled).await.status(), 200);
+    let spans = collector.wait_for("hookgate.request", 1).await;
+
+    assert!(
+        spans.iter().all(|s| s.trace_id == SENDER_TRACE_ID),
+        "nothing of the sampled-out request: {spans:#?}"
+    );
+    let received = upstream.received();
+    let unsampled = received[0].header("traceparent");
+    assert!(
+        unsampled.len() == 55 && unsampled.ends_with("-00"),
+        "{unsampled}"
+    );
+    assert_eq!(
+        received[1].header("traceparent"),
+        one(&spans, "hookgate.upstream").traceparent()
+    );
+}

@@ -22,6 +22,10 @@
 //!   records end, has none: `index` serves it); the others are written at enqueue and
 //!   replay, trimmed like `index` and expire when no longer written.
 //!
+//! - `hookgate:{queue}:pace:<source>/<route>[/<upstream>]`: a route upstream's `rate`
+//!   bucket, the GCRA theoretical arrival time (the store's `RATE` script, on Redis'
+//!   clock, so every instance shares it); expires once the bucket is full again.
+//!
 //! An instance renews its hold on the entries it took (`KEEP`, only if still its own);
 //! entries of an instance that stopped renewing them (it died) are taken over by another
 //! with `XAUTOCLAIM` after `queue.visibility_timeout`.
@@ -40,10 +44,12 @@ use super::{
     Attempt, BoxFuture, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError, QueueStats,
     Replayed, Settlement, State, Step, UnixMillis,
 };
+use crate::config::RateLimitSettings;
 use crate::config::{QueueSettings, RedisSettings};
 use crate::metrics::Metrics;
+use crate::route::RatePolicy;
 use crate::store::StoreError;
-use crate::store::redis::{RedisConnection, millis};
+use crate::store::redis::{RATE, RedisConnection, gcra_parameters, millis};
 
 /// The consumer group every instance's workers join.
 pub const GROUP: &str = "workers";
@@ -305,6 +311,7 @@ struct Scripts {
     settle: Script,
     hand_back: Script,
     defer: Script,
+    pace: Script,
     keep: Script,
     prune: Script,
     replay: Script,
@@ -393,6 +400,7 @@ impl RedisQueue {
                 settle: Script::new(&[FACETS, SETTLE].concat()),
                 hand_back: Script::new(&[FACETS, HAND_BACK].concat()),
                 defer: Script::new(DEFER),
+                pace: Script::new(RATE),
                 keep: Script::new(KEEP),
                 prune: Script::new(PRUNE),
                 replay: Script::new(&[FACETS, REPLAY].concat()),
@@ -708,6 +716,27 @@ impl Queue for RedisQueue {
                 .arg(id);
             let _: i64 = self.redis.script("defer", invocation).await?;
             Ok(())
+        })
+    }
+
+    fn pace<'a>(
+        &'a self,
+        key: &'a str,
+        rate: RatePolicy,
+    ) -> BoxFuture<'a, Result<Option<Duration>, QueueError>> {
+        Box::pin(async move {
+            let (interval_us, tolerance_us) = gcra_parameters(RateLimitSettings {
+                requests_per_second: rate.per_second,
+                burst: rate.burst.get(),
+            });
+            let mut invocation = self.scripts.pace.prepare_invoke();
+            invocation
+                .key(format!("{}pace:{key}", self.base))
+                .arg(interval_us)
+                .arg(tolerance_us)
+                .arg(1);
+            let wait_us: i64 = self.redis.script("pace", invocation).await?;
+            Ok((wait_us > 0).then(|| Duration::from_micros(wait_us as u64)))
         })
     }
 

@@ -76,7 +76,7 @@ return 0
 /// A denial leaves the bucket as it is, so every denied request of the group waits the
 /// same. `%d` because Lua's own number to string conversion keeps 14 digits, and
 /// microseconds since 1970 have 16.
-const RATE: &str = r"
+pub(crate) const RATE: &str = r"
 local time = redis.call('TIME')
 local now = time[1] * 1000000 + time[2]
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
@@ -447,9 +447,8 @@ impl RateReply {
 }
 
 /// GCRA's emission interval (1 / rate) and burst tolerance, in microseconds.
-fn gcra_parameters(rate: RateLimitSettings) -> (u64, u64) {
-    let interval = Duration::from_secs_f64(1.0 / rate.requests_per_second);
-    let interval_us = (interval.as_micros() as u64).max(1);
+pub(crate) fn gcra_parameters(rate: RateLimitSettings) -> (u64, u64) {
+    let interval_us = (super::gcra(rate.requests_per_second, 1).0.as_micros() as u64).max(1);
     (
         interval_us,
         interval_us * u64::from(rate.burst.saturating_sub(1)),

@@ -172,6 +172,8 @@ macro_rules! contract_tests {
                     a_taken_delivery_begins_as_an_attempt_with_everything_it_was_enqueued_with,
                     the_trace_context_comes_back_with_every_attempt_and_the_history_keeps_trace_ids,
                     enqueue_all_stores_every_copy_with_its_own_record_and_lease,
+                    pace_allows_the_burst_then_one_start_per_interval_per_key,
+                    a_deferred_delivery_waits_until_its_time_without_an_attempt,
                     deliveries_are_taken_oldest_first_and_at_most_as_many_as_asked,
                     a_retry_is_taken_once_due_and_not_before_then_the_delivery_is_processed,
                     a_processed_delivery_keeps_its_record_but_not_its_body_or_headers,

@@ -312,6 +312,60 @@ pub async fn enqueue_all_stores_every_copy_with_its_own_record_and_lease(queue: 
     assert!(queue.enqueue_all(Vec::new()).await.unwrap().is_empty());
 }
 
+/// A breaker or a rate puts a taken delivery back to wait, without an attempt.
+pub async fn a_deferred_delivery_waits_until_its_time_without_an_attempt(queue: &dyn Queue) {
+    let t = now_millis();
+    let id = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(queue, t + 1).await;
+
+    queue.defer(&lease, t + 5_000).await.unwrap();
+
+    let shown = show(queue, &id).await.summary;
+    assert_eq!(shown.state, State::Queued);
+    assert_eq!(shown.attempts, 0);
+    assert_eq!(shown.next_attempt_at, Some(t + 5_000));
+    assert!(
+        queue.take(10, t + 4_999).await.unwrap().is_empty(),
+        "not before its time"
+    );
+    let again = take_one(queue, t + 5_000).await;
+    assert_eq!(again.delivery_id, id);
+    let job = begin(queue, &again, t + 5_001).await;
+    assert_eq!(job.attempt, 1, "the wait was no attempt");
+}
+
+/// `rate`: a bucket per key allows its burst at once, then one start per interval.
+pub async fn pace_allows_the_burst_then_one_start_per_interval_per_key(queue: &dyn Queue) {
+    let rate = hookgate::route::RatePolicy {
+        per_second: 2.0,
+        burst: std::num::NonZeroU32::new(2).unwrap(),
+    };
+    for _ in 0..2 {
+        assert_eq!(queue.pace("openai/r/0", rate).await.unwrap(), None);
+    }
+    let wait = queue
+        .pace("openai/r/0", rate)
+        .await
+        .unwrap()
+        .expect("over the burst");
+    assert!(
+        wait > Duration::from_millis(300) && wait <= Duration::from_millis(500),
+        "{wait:?}"
+    );
+    // A denial takes nothing: the wait does not grow.
+    let again = queue
+        .pace("openai/r/0", rate)
+        .await
+        .unwrap()
+        .expect("still over");
+    assert!(again <= wait, "{again:?} after {wait:?}");
+    assert_eq!(
+        queue.pace("openai/r/1", rate).await.unwrap(),
+        None,
+        "another key"
+    );
+}
+
 pub async fn deliveries_are_taken_oldest_first_and_at_most_as_many_as_asked(queue: &dyn Queue) {
     let t = now_millis();
     let mut ids = Vec::new();

@@ -82,6 +82,13 @@ CREATE TABLE attempts (
   PRIMARY KEY (delivery_id, idx)
 );
 
+-- Delivery rates (`route.rate`): the GCRA theoretical arrival time of each key
+-- (`<source>/<route>`), shared by every instance.
+CREATE TABLE paces (
+  key text PRIMARY KEY,
+  tat timestamptz NOT NULL
+);
+
 -- Instances that took deliveries, for `prune`.
 CREATE TABLE instances (
   name      text PRIMARY KEY,

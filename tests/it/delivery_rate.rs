@@ -1,0 +1,139 @@
+//! `rate = { per_second, burst }` in queue mode: deliveries started per second to each
+//! upstream, measured at the upstream; across two instances sharing one Redis.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+fn rated(store: &TestStore, to: impl Target, rate: &str) -> Config {
+    config()
+        .store(store)
+        .queued()
+        .route("*", to)
+        .route_option("rate", rate)
+        .upstream_timeout("5s")
+        .queue_option("workers", "8")
+        .queue_option("visibility_timeout", r#""1s""#)
+}
+
+/// The gaps between the arrivals the upstream saw, in order.
+fn spans(upstream: &Upstream) -> (usize, Duration) {
+    let mut at: Vec<_> = upstream.received().into_iter().map(|r| r.at).collect();
+    at.sort();
+    (at.len(), at[at.len() - 1] - at[0])
+}
+
+#[tokio::test]
+async fn rate_is_honoured_at_the_upstream_across_two_instances_sharing_redis() {
+    let Some(store) = TestStore::redis().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let rate = r#"{ per_second = 10, burst = 2 }"#;
+    let a = Gateway::start(rated(&store, &upstream, rate)).await;
+    let b = Gateway::start(rated(&store, &upstream, rate)).await;
+    let deliveries = Deliveries::of(&a);
+
+    for i in 0..20 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        enqueue(&gw.client(), &signed_event("batch.completed")).await;
+    }
+    upstream.wait_for(20).await;
+    deliveries.wait_for_count("processed", 20).await;
+
+    // 10/s with a burst of 2: the first 2 at once, then one per 100 ms: 20 take >= 1.8 s.
+    let (count, span) = spans(&upstream);
+    assert_eq!(count, 20);
+    assert!(span >= Duration::from_millis(1700), "{span:?}");
+    // No attempt was spent on waiting: every delivery took one.
+    for record in deliveries.list("status=processed").await {
+        assert_eq!(record["attempts"], 1, "{record:#}");
+    }
+    // Both instances delivered some: the bucket is shared, not one per instance.
+    let mut instances = std::collections::HashSet::new();
+    for record in deliveries.list("status=processed").await {
+        let id = record["id"].as_str().unwrap().to_owned();
+        let detail = deliveries.record(&id).await;
+        instances.insert(
+            detail["history"][0]["instance"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(instances.len(), 2, "{instances:?}");
+}
+
+on_each_store!(rate_spaces_deliveries_to_one_upstream_and_spends_no_attempt_waiting);
+
+async fn rate_spaces_deliveries_to_one_upstream_and_spends_no_attempt_waiting(store: TestStore) {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(rated(
+        &store,
+        &upstream,
+        r#"{ per_second = 20, burst = 1 }"#,
+    ))
+    .await;
+    let deliveries = Deliveries::of(&gw);
+    for _ in 0..10 {
+        enqueue(&gw.client(), &signed_event("batch.completed")).await;
+    }
+    deliveries.wait_for_count("processed", 10).await;
+
+    let (count, span) = spans(&upstream);
+    assert_eq!(count, 10);
+    assert!(
+        span >= Duration::from_millis(400),
+        "9 gaps of 50 ms at least: {span:?}"
+    );
+    for record in deliveries.list("status=processed").await {
+        assert_eq!(record["attempts"], 1, "{record:#}");
+    }
+}
+
+#[test]
+fn rate_in_proxy_mode_and_bad_rates_are_config_errors_naming_the_key_and_line() {
+    let text = config()
+        .route("*", NOWHERE)
+        .route_option("rate", r#"{ per_second = 5 }"#)
+        .to_string();
+    let e = hookgate::config::parse(&text, "test.toml").expect_err("refused");
+    assert_eq!(e.key.as_deref(), Some("sources[0].routes[0].rate"));
+    assert!(e.message.contains("only applies to queue mode"), "{e}");
+    assert!(e.line.is_some(), "{e}");
+    for (toml, key) in [
+        (
+            r#"{ per_second = 0 }"#,
+            "sources[0].routes[0].rate.per_second",
+        ),
+        (
+            r#"{ per_second = -1.5 }"#,
+            "sources[0].routes[0].rate.per_second",
+        ),
+        (
+            r#"{ per_second = 5, burst = 0 }"#,
+            "sources[0].routes[0].rate.burst",
+        ),
+    ] {
+        let text = config()
+            .queued()
+            .route("*", NOWHERE)
+            .route_option("rate", toml)
+            .to_string();
+        let e = hookgate::config::parse(&text, "test.toml").expect_err("refused");
+        assert_eq!(e.key.as_deref(), Some(key), "{toml}: {e}");
+        assert!(e.line.is_some(), "{e}");
+    }
+    let text = config()
+        .queued()
+        .route("*", NOWHERE)
+        .route_option("rate", r#"{ per_second = 2.5 }"#)
+        .to_string();
+    let summary = hookgate::config::parse(&text, "test.toml")
+        .unwrap()
+        .summary();
+    assert!(
+        summary.contains("rate: 2.5 deliveries started per second to each upstream, burst 3"),
+        "{summary}"
+    );
+}
