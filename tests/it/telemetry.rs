@@ -287,6 +287,8 @@ async fn an_attempt_taken_over_by_a_second_instance_after_a_kill_is_in_the_same_
     let request = one(&spans, "hookgate.request").clone();
 
     let survivor = GatewayProcess::spawn(config()).await;
+    // Its access line is written (lines leave in batches) before it is killed.
+    doomed.log_containing("hookgate::access").await;
     doomed.kill();
     let record = Deliveries::at(survivor.admin_addr)
         .wait_for_state(&id, "processed")
