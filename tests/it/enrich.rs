@@ -596,7 +596,7 @@ async fn the_api_key_never_appears_in_logs_records_or_the_upstream_request_and_a
     deliveries.wait_for_state(&id, "processed").await;
     ids.push(id);
 
-    let log = gw.log();
+    let log = gw.log_containing("REFUSED THE API KEY").await;
     let loud: Vec<&str> = log
         .lines()
         .filter(|line| line.contains("REFUSED THE API KEY"))

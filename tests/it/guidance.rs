@@ -94,7 +94,7 @@ async fn failed_handshakes_are_logged_at_debug_with_peer_and_reason_at_most_once
         gw.metrics().await.value(HANDSHAKE_FAILED) == Some(5.0)
     })
     .await;
-    let log = gw.log();
+    let log = gw.log_containing("TLS handshake failed").await;
     let lines: Vec<serde_json::Value> = log
         .lines()
         .filter_map(|line| serde_json::from_str(line).ok())

@@ -287,6 +287,8 @@ async fn an_attempt_taken_over_by_a_second_instance_after_a_kill_is_in_the_same_
     let request = one(&spans, "hookgate.request").clone();
 
     let survivor = GatewayProcess::spawn(config()).await;
+    // Its access line is written (lines leave in batches) before it is killed.
+    doomed.log_containing("hookgate::access").await;
     doomed.kill();
     let record = Deliveries::at(survivor.admin_addr)
         .wait_for_state(&id, "processed")
@@ -444,5 +446,50 @@ async fn a_trace_sampled_out_exports_nothing_and_the_upstream_sees_it_unsampled(
     assert_eq!(
         received[1].header("traceparent"),
         one(&spans, "hookgate.upstream").traceparent()
+    );
+}
+
+#[tokio::test]
+async fn spans_still_queued_at_shutdown_are_exported_before_it_returns() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::start().await;
+    let mut gw = Gateway::start(
+        config()
+            .route("*", &upstream)
+            .set(
+                "telemetry",
+                "otlp_endpoint",
+                &format!("{:?}", collector.endpoint()),
+            )
+            .set("telemetry", "export_interval", "\"1h\""),
+    )
+    .await;
+    assert_eq!(
+        gw.post(PATH, &signed_event("response.completed"))
+            .await
+            .status(),
+        200
+    );
+
+    tokio::time::timeout(PATIENCE, gw.begin_shutdown())
+        .await
+        .expect("shuts down in time")
+        .expect("the shutdown task");
+
+    // The first tick of the export task may have come before the request; the rest
+    // waited for the shutdown's flush.
+    let spans = collector.spans();
+    assert_eq!(
+        spans
+            .iter()
+            .filter(|s| s.name == "hookgate.request")
+            .count(),
+        1,
+        "{spans:#?}"
+    );
+    assert_eq!(
+        spans.len(),
+        6,
+        "the request and its five stages: {spans:#?}"
     );
 }

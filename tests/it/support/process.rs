@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use super::{ConfigFile, PATIENCE, Scrape, TestClient};
+use super::{ConfigFile, PATIENCE, Scrape, TestClient, eventually};
 
 /// Runs the built `hookgate` binary with `args` and returns (success, stdout, stderr).
 pub async fn hookgate_cli(args: &[&str]) -> (bool, String, String) {
@@ -148,6 +148,16 @@ impl GatewayProcess {
 
     pub fn log(&self) -> String {
         self.log.lock().expect("not poisoned").join("\n")
+    }
+
+    /// The log, once a line containing `text` is in it: lines reach stderr in batches,
+    /// up to 50 ms after they were logged (`log_writer`).
+    pub async fn log_containing(&self, text: &str) -> String {
+        eventually(format!("a log line containing {text:?}"), || {
+            std::future::ready(self.log().contains(text))
+        })
+        .await;
+        self.log()
     }
 
     pub async fn metrics(&self) -> Scrape {
