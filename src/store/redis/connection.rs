@@ -5,6 +5,7 @@
 //! scheduler tick leave in one pipelined write (`Batcher`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -134,6 +135,50 @@ impl RedisConnection {
         self.call(op, async |conn| invocation.invoke_async(conn).await)
             .await
     }
+
+    /// `script`, saying too whether a failure proves the script never ran: no
+    /// connection could be made, the node refused it, or the cluster answered that no
+    /// node serves the slot. A caller may then do the same elsewhere without doing it
+    /// twice; after a timeout or a dropped connection it may have run, so it must not.
+    pub async fn script_or_unsent<T: redis::FromRedisValue>(
+        &self,
+        op: &str,
+        invocation: ScriptInvocation<'_>,
+    ) -> Result<T, (StoreError, Unsent)> {
+        let reached = AtomicBool::new(false);
+        let refused = AtomicBool::new(false);
+        self.call(op, async |conn| {
+            reached.store(true, Ordering::Relaxed);
+            let result = invocation.invoke_async(conn).await;
+            if result.as_ref().is_err_and(never_ran) {
+                refused.store(true, Ordering::Relaxed);
+            }
+            result
+        })
+        .await
+        .map_err(|e| {
+            let unsent = !reached.load(Ordering::Relaxed) || refused.load(Ordering::Relaxed);
+            (e, Unsent(unsent))
+        })
+    }
+}
+
+/// Whether a failed call certainly did nothing on Redis (`script_or_unsent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unsent(pub bool);
+
+fn never_ran(e: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::ClusterDown
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::MasterDown
+                )
+        )
 }
 
 /// A connection for one request: the shared batcher, or a cheap clone of the cluster
