@@ -57,6 +57,7 @@ async fn six_hundred_queued_events_are_delivered_once_with_each_node_serving_its
     let after = commands(&cluster).await;
     let served: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     let total: u64 = served.iter().sum();
+    eprintln!("commands served by each node: {served:?} of {total}");
     for (node, n) in served.iter().enumerate() {
         let share = *n as f64 / total as f64;
         assert!(
