@@ -1,7 +1,11 @@
 //! The durable queue on Redis Streams, shared by every instance using the same Redis.
 //!
-//! Keys (default prefix `hookgate:`), all with the hash tag `{queue}` so they live in one
-//! Redis Cluster slot and every script below may touch several of them atomically:
+//! The queue is split into `queue.partitions` partitions (`partition.rs`), each a whole
+//! queue under a hash tag of its own, so that a Redis Cluster spreads them over its
+//! primaries while every script below still touches one slot. Keys of partition 0
+//! (default prefix `hookgate:`), all with its hash tag `{queue}` so they live in one
+//! Redis Cluster slot and every script may touch several of them atomically; partition
+//! `i > 0` has the same keys under `{queue:i}`:
 //! - `hookgate:{queue}:ready`: stream of deliveries ready for an attempt (`d` = id,
 //!   `r` = `<source>/<route>`), consumed by the group `workers`; an entry is acked and
 //!   deleted when its attempt settles, so its length counts waiting plus in-flight work;
@@ -24,7 +28,8 @@
 //!
 //! - `hookgate:{queue}:pace:<source>/<route>[/<upstream>]`: a route upstream's `rate`
 //!   bucket, the GCRA theoretical arrival time (the store's `RATE` script, on Redis'
-//!   clock, so every instance shares it); expires once the bucket is full again.
+//!   clock, so every instance shares it); expires once the bucket is full again. Only in
+//!   partition 0: one bucket per upstream whatever the partition of the delivery.
 //!
 //! An instance renews its hold on the entries it took (`KEEP`, only if still its own);
 //! entries of an instance that stopped renewing them (it died) are taken over by another
@@ -1032,8 +1037,8 @@ mod tests {
     #[test]
     fn every_script_names_its_keys_under_one_hash_tag() {
         // Redis Cluster routes a script by its first key; the others (and the record keys
-        // built inside TAKE and LIST) must hash to the same slot, which the `{queue}` tag
-        // guarantees. Nothing may reach outside KEYS and the tagged prefix.
+        // built inside TAKE and LIST) must hash to the same slot, which the partition's
+        // tag (`{queue}` or `{queue:i}`, `partition.rs`) guarantees. Nothing may reach outside KEYS and the tagged prefix.
         for script in [
             ENQUEUE, TAKE, BEGIN, ATTACH, SETTLE, HAND_BACK, DEFER, KEEP, PRUNE, REPLAY, LIST,
             STATS,
