@@ -173,3 +173,53 @@ async fn node_holding(cluster: &RedisCluster, pattern: &str) -> usize {
     }
     panic!("no node holds {pattern}");
 }
+
+/// Ingress' side alone (no workers to notice the node first): each enqueue whose
+/// partition's node refuses is stored in another partition, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_whose_partition_node_is_down_is_stored_once_in_another_partition() {
+    let Some(mut cluster) = RedisCluster::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let text = partitioned(&cluster, &upstream)
+        .store_option("timeout", "500ms")
+        .store_option("connect_timeout", "500ms")
+        .to_string();
+    let settings = hookgate::config::parse(&text, "partitions.toml").expect("a valid config");
+    let metrics = || std::sync::Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
+    let (_, backend) = hookgate::store::build(&settings, metrics()).expect("the store builds");
+    let queue = hookgate::queue::build(&settings, &backend, metrics(), "instance-a")
+        .expect("the queue builds")
+        .expect("a queue source makes a queue");
+    let now = hookgate::queue::now_millis();
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        let delivery = crate::contract::queue::delivery(SOURCE, n, now);
+        ids.push(queue.enqueue(delivery).await.expect("stored"));
+    }
+    let down = node_holding(&cluster, "hookgate:{queue:3}:*").await;
+    cluster.node_mut(down).save().await;
+    cluster.node_mut(down).stop();
+
+    for n in 8..24 {
+        let delivery = crate::contract::queue::delivery(SOURCE, n, now);
+        let id = queue.enqueue(delivery).await.expect("stored elsewhere");
+        assert!(!id.ends_with("_p3") && !id.ends_with("_p7"), "{id}");
+        ids.push(id);
+    }
+
+    cluster.node_mut(down).restart().await;
+    let filter = hookgate::queue::ListFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    let listed = eventually("the list of every partition again", async || {
+        queue.list(&filter).await.map_err(|e| e.to_string())
+    })
+    .await;
+    let mut listed: Vec<String> = listed.deliveries.into_iter().map(|s| s.id).collect();
+    listed.sort();
+    ids.sort();
+    assert_eq!(listed, ids, "every delivery stored once");
+}
