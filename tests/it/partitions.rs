@@ -223,3 +223,25 @@ async fn an_enqueue_whose_partition_node_is_down_is_stored_once_in_another_parti
     ids.sort();
     assert_eq!(listed, ids, "every delivery stored once");
 }
+
+#[tokio::test]
+async fn hookgate_check_names_the_queues_partitions() {
+    let Some(store) = TestStore::shared_cluster().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let file = ConfigFile::new(
+        config()
+            .store(&store)
+            .queued()
+            .route("*", &upstream)
+            .queue_option("partitions", PARTITIONS),
+    );
+    let (ok, out, err) =
+        hookgate_cli(&["check", "--config", &file.path().display().to_string()]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("queue:  Redis Streams in 8 partitions, shared by every instance"),
+        "{out}"
+    );
+}
