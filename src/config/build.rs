@@ -9,9 +9,9 @@ use std::time::Duration;
 use super::error::Invalid;
 use super::file::{self, DeliveryMode, FileConfig, OnError};
 use super::settings::{
-    ADMIN_PATHS, AdminAuth, DedupeSettings, Limits, PenaltyBoxSettings, PostgresSettings,
-    QueueSettings, RateLimitSettings, RedisSettings, RedisTarget, ServerSettings, Settings,
-    StoreBackend, StoreSettings, TelemetrySettings, TlsSettings,
+    ADMIN_PATHS, AdminAuth, DedupeSettings, Limits, MAX_QUEUE_PARTITIONS, PenaltyBoxSettings,
+    PostgresSettings, QueueSettings, RateLimitSettings, RedisSettings, RedisTarget, ServerSettings,
+    Settings, StoreBackend, StoreSettings, TelemetrySettings, TlsSettings,
 };
 use super::source::sources;
 use crate::queue::policy::{BackoffPolicy, RetryOn};
@@ -175,6 +175,15 @@ fn queue_settings(file: &file::Queue) -> Result<QueueSettings, Invalid> {
         let key = format!("queue.retry_on[{i}]");
         Invalid::at(&key, format!("{key} {e}"))
     })?;
+    if !(1..=MAX_QUEUE_PARTITIONS).contains(&file.partitions) {
+        return Err(Invalid::at(
+            "queue.partitions",
+            format!(
+                "queue.partitions = {} must be between 1 and {MAX_QUEUE_PARTITIONS}",
+                file.partitions
+            ),
+        ));
+    }
     Ok(QueueSettings {
         workers: file.workers as usize,
         max_attempts: file.max_attempts,
@@ -187,6 +196,7 @@ fn queue_settings(file: &file::Queue) -> Result<QueueSettings, Invalid> {
         retention: positive("queue.retention", file.retention)?,
         retry_on,
         visibility_timeout: positive("queue.visibility_timeout", file.visibility_timeout)?,
+        partitions: file.partitions as usize,
     })
 }
 
@@ -752,6 +762,7 @@ upstream = "http://127.0.0.1:9001/hooks"
         assert_eq!(queue.max_age, Duration::from_secs(72 * 3600));
         assert_eq!(queue.retention, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(queue.visibility_timeout, Duration::from_secs(30));
+        assert_eq!(queue.partitions, 1);
         assert_eq!(
             queue.retry_on.to_string(),
             "[5xx, 408, 429, connect, timeout]"
@@ -787,6 +798,19 @@ upstream = "http://127.0.0.1:9001/hooks"
         assert!(e.contains("queue.backoff.max"), "{e}");
         let e = error(&queued("[queue]\nworkers = 0"));
         assert!(e.contains("queue.workers"), "{e}");
+        for wrong in [0, 1025] {
+            let e = error(&queued(&format!(
+                "[queue]\nworkers = 2\npartitions = {wrong}"
+            )));
+            assert!(
+                e.contains(&format!(
+                    "queue.partitions = {wrong} must be between 1 and 1024"
+                )) && e.contains("(line "),
+                "{e}"
+            );
+        }
+        let six = parse(&queued("[queue]\npartitions = 6"), "test.toml").unwrap();
+        assert_eq!(six.queue.unwrap().partitions, 6);
         let e = error(&queued("[queue]\nmax_age = \"soon\""));
         assert!(e.contains("line 2"), "{e}");
         let e = error(&queued("[queue]\nsurprise = 1"));

@@ -383,6 +383,10 @@ pub struct Queue {
     /// waits before another instance takes it over.
     #[serde(default = "default_visibility_timeout", with = "humantime_serde")]
     pub visibility_timeout: Duration,
+    /// How many parts the Redis queue is split into, each under its own hash tag so a
+    /// Redis Cluster spreads them over its primaries.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
 }
 
 impl Default for Queue {
@@ -395,6 +399,7 @@ impl Default for Queue {
             retention: default_retention(),
             retry_on: default_retry_on(),
             visibility_timeout: default_visibility_timeout(),
+            partitions: default_partitions(),
         }
     }
 }
@@ -722,6 +727,10 @@ fn default_retry_on() -> Vec<String> {
         .map(str::to_owned)
         .to_vec()
 }
+fn default_partitions() -> u32 {
+    1
+}
+
 fn default_visibility_timeout() -> Duration {
     Duration::from_secs(30)
 }

@@ -74,7 +74,14 @@ pub struct QueueSettings {
     pub retry_on: RetryOn,
     /// A delivery held by an instance that stopped renewing it is taken over after this.
     pub visibility_timeout: Duration,
+    /// Parts of the Redis queue, each in one Redis Cluster slot of its own (1 to
+    /// `MAX_QUEUE_PARTITIONS`); the in-memory queue has one whatever this says.
+    pub partitions: usize,
 }
+
+/// Partitions are addressed by a number in each delivery id and each needs its own
+/// scripts run per admin listing: a thousand is far beyond any cluster's primaries.
+pub const MAX_QUEUE_PARTITIONS: u32 = 1024;
 
 impl QueueSettings {
     /// What `queue::decide` reads of these settings.

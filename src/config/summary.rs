@@ -131,6 +131,10 @@ impl Settings {
         if let Some(queue) = &self.queue {
             let durability = match self.store.backend {
                 StoreBackend::Memory => "in memory: NOT durable, lost on restart",
+                StoreBackend::Redis(_) if queue.partitions > 1 => &format!(
+                    "Redis Streams in {} partitions, shared by every instance",
+                    queue.partitions
+                ),
                 StoreBackend::Redis(_) => "Redis Streams, shared by every instance",
                 StoreBackend::Postgres(_) => "PostgreSQL tables, shared by every instance",
             };

@@ -550,11 +550,48 @@ impl IdGenerator {
         let unique = self.base.wrapping_add(n);
         format!("dlv_{:012x}{unique:016x}", now & 0xffff_ffff_ffff)
     }
+
+    /// An id for a delivery stored in `partition` of a partitioned queue (Redis with
+    /// `queue.partitions` > 1): partition 0's ids are those of `next`, so records
+    /// written before partitions existed are partition 0's; the others end with
+    /// `_p<partition>`, so the id alone says where its record lives (`partition_of`).
+    pub fn next_in(&self, now: UnixMillis, partition: usize) -> String {
+        let id = self.next(now);
+        if partition == 0 {
+            id
+        } else {
+            format!("{id}_p{partition}")
+        }
+    }
 }
+
+/// The highest partition an id may name (`queue.partitions` is at most 1024).
+const MAX_PARTITION: usize = 1023;
 
 /// Ids are generated here; anything else is not one of ours (admin API input).
 pub fn is_delivery_id(text: &str) -> bool {
-    text.len() == 32 && text.starts_with("dlv_") && text[4..].bytes().all(|b| b.is_ascii_hexdigit())
+    text.len() >= 32
+        && text.starts_with("dlv_")
+        && text[4..32].bytes().all(|b| b.is_ascii_hexdigit())
+        && (text.len() == 32 || partition_suffix(&text[32..]).is_some())
+}
+
+/// The partition a delivery id (`IdGenerator::next_in`) names: 0 without a suffix.
+pub fn partition_of(id: &str) -> usize {
+    id.get(32..).and_then(partition_suffix).unwrap_or(0)
+}
+
+/// `_p<n>` with 1 <= n <= `MAX_PARTITION`, written as `next_in` writes it (no leading
+/// zero), so one partition has one spelling.
+fn partition_suffix(suffix: &str) -> Option<usize> {
+    let digits = suffix.strip_prefix("_p")?;
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_PARTITION).contains(n))
 }
 
 // ---------------------------------------------------------------------------------
@@ -625,6 +662,24 @@ mod tests {
         assert!(is_delivery_id(&a), "{a}");
         assert!(!is_delivery_id("dlv_../../etc"));
         assert!(!is_delivery_id("msg_1"));
+    }
+
+    #[test]
+    fn an_id_names_its_partition_and_partition_zero_ids_are_unchanged() {
+        let ids = IdGenerator::default();
+        let zero = ids.next_in(1_000, 0);
+        assert_eq!(zero.len(), 32);
+        assert_eq!(partition_of(&zero), 0);
+        for partition in [1, 5, 1023] {
+            let id = ids.next_in(1_000, partition);
+            assert!(is_delivery_id(&id), "{id}");
+            assert_eq!(partition_of(&id), partition);
+            assert_eq!(Cursor::parse(&format!("7-{id}")).map(|c| c.id), Some(id));
+        }
+        for wrong in ["_p0", "_p01", "_p1024", "_p", "_px", "_q1", "_p1_p2"] {
+            let id = format!("{zero}{wrong}");
+            assert!(!is_delivery_id(&id), "{id}");
+        }
     }
 
     #[test]

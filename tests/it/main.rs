@@ -21,6 +21,7 @@ mod integrity;
 mod matching;
 mod metrics;
 mod packaging;
+mod partitions;
 mod postgres;
 mod queue;
 mod ratelimit;

@@ -3,7 +3,7 @@
 //! and the `LIST` script that answers one page from them. See the key layout in
 //! `mod.rs`.
 
-use super::{RedisQueue, malformed, number};
+use super::{Partition, RedisQueue, malformed, number};
 use crate::queue::record::{Cursor, DeliveryList};
 use crate::queue::{ListFilter, QueueError, State, Summary, UnixMillis};
 
@@ -44,8 +44,9 @@ end
 /// budget of candidates is spent, and then returns where it stopped.
 /// ARGV: record key prefix, state, source, route, event type, search (each '' for any),
 /// since ms, until ms, cursor ms, cursor id ('' for none), limit, budget, 'search' or
-/// 'scan'. Returns {cursor ms or '', cursor id or '', then per record its id and the
-/// 11 `SUMMARY_FIELDS`}.
+/// 'scan'. Returns {cursor ms or '', cursor id or '', then per record its id, its queue
+/// time (the index score, by which pages of several partitions merge) and the 11
+/// `SUMMARY_FIELDS`}.
 pub(super) const LIST: &str = r"
 local want = {ARGV[2], ARGV[3], ARGV[4], ARGV[5]}
 local search, since, till, cscore, cid = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
@@ -79,6 +80,7 @@ local function consider(id, score)
       and (want[3] == '' or f[3] == want[3]) and (want[4] == '' or f[5] == want[4])
       and (search == '' or id == search or f[4] == search) then
     table.insert(out, id)
+    table.insert(out, score)
     for i = 1, 11 do table.insert(out, f[i] or '') end
     found = found + 1
   end
@@ -165,18 +167,26 @@ pub(super) const SUMMARY_FIELDS: [&str; 11] = [
 ];
 
 impl RedisQueue {
-    /// The index of the records whose `field` is `value` (as `FACETS` names it).
-    fn facet_key(&self, field: &str, value: &str) -> String {
-        [self.base.as_str(), "x:", field, ":", value].concat()
+    /// One page of `filter`'s list over every partition: each partition's page (`LIST`),
+    /// merged (`merge`).
+    pub(super) async fn page(&self, filter: &ListFilter) -> Result<DeliveryList, QueueError> {
+        let mut pages = Vec::with_capacity(self.partitions.len());
+        for p in self.partitions.all() {
+            pages.push(self.page_in(p, filter).await?);
+        }
+        Ok(merge(pages, filter.limit))
     }
 
-    /// One page of `filter`'s list (`LIST`).
-    pub(super) async fn page(&self, filter: &ListFilter) -> Result<DeliveryList, QueueError> {
+    /// One page of `filter`'s list in partition `p`, each record with its position.
+    async fn page_in(&self, p: &Partition, filter: &ListFilter) -> Result<Page, QueueError> {
+        // The index of the records whose `field` is `value` (as `FACETS` names it).
+        let facet_key =
+            |field: &str, value: &str| [p.base.as_str(), "x:", field, ":", value].concat();
         let mut invocation = self.scripts.list.prepare_invoke();
-        invocation.key(&self.keys.index);
+        invocation.key(&p.list_index);
         match &filter.search {
             Some(q) => {
-                invocation.key(self.facet_key("webhook", q));
+                invocation.key(facet_key("webhook", q));
             }
             None => {
                 // `processed` has no set of its own (see `FACETS`).
@@ -189,14 +199,14 @@ impl RedisQueue {
                 ];
                 for (field, value) in facets {
                     if let Some(value) = value {
-                        invocation.key(self.facet_key(field, value));
+                        invocation.key(facet_key(field, value));
                     }
                 }
             }
         }
         let text = |n: Option<UnixMillis>| n.map(|n| n.to_string()).unwrap_or_default();
         invocation
-            .arg(&self.keys.records)
+            .arg(&p.records)
             .arg(filter.state.map(State::as_str).unwrap_or(""))
             .arg(filter.source.as_deref().unwrap_or(""))
             .arg(filter.route.as_deref().unwrap_or(""))
@@ -224,10 +234,139 @@ impl RedisQueue {
             }),
             _ => None,
         };
-        let deliveries = rows
-            .chunks_exact(1 + SUMMARY_FIELDS.len())
-            .map(|c| summary(c[0].clone(), &c[1..]))
-            .collect::<Result<_, _>>()?;
-        Ok(DeliveryList { deliveries, next })
+        let rows = rows
+            .chunks_exact(2 + SUMMARY_FIELDS.len())
+            .map(|c| {
+                let at = c[1]
+                    .parse::<f64>()
+                    .map_err(|_| malformed(&c[0], "list score"))?;
+                Ok((at as UnixMillis, summary(c[0].clone(), &c[2..])?))
+            })
+            .collect::<Result<_, QueueError>>()?;
+        Ok(Page { rows, next })
+    }
+}
+
+/// One partition's page: its records with their queue time, newest first, and where it
+/// stopped (`DeliveryList::next`).
+struct Page {
+    rows: Vec<(UnixMillis, Summary)>,
+    next: Option<Cursor>,
+}
+
+/// The pages of every partition for one filter as one page in the list's order.
+///
+/// A partition that ended early (`next`) has looked at everything down to its cursor
+/// (the last record it looked at) and nothing below it, so the merged page may only
+/// hold records down to the highest such cursor (where the least progress was made);
+/// records below it are dropped here and found again on the next page, which starts
+/// there. Within that, the newest `limit`
+/// records are the page, and the last of them is the cursor when there were more.
+/// Following `next` thus still yields every match once, never one twice.
+fn merge(pages: Vec<Page>, limit: usize) -> DeliveryList {
+    let position = |c: &Cursor| (c.queued_at, c.id.clone());
+    let bound = pages
+        .iter()
+        .filter_map(|p| p.next.as_ref())
+        .max_by_key(|c| position(c))
+        .cloned();
+    let mut rows: Vec<(UnixMillis, Summary)> = pages
+        .into_iter()
+        .flat_map(|p| p.rows)
+        .filter(|(at, s)| {
+            bound
+                .as_ref()
+                .is_none_or(|b| (*at, s.id.as_str()) >= (b.queued_at, b.id.as_str()))
+        })
+        .collect();
+    rows.sort_by(|(a, x), (b, y)| (b, &y.id).cmp(&(a, &x.id)));
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|(at, s)| Cursor {
+            queued_at: *at,
+            id: s.id.clone(),
+        })
+    } else {
+        bound
+    };
+    DeliveryList {
+        deliveries: rows.into_iter().map(|(_, s)| s).collect(),
+        next,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(at: UnixMillis, id: &str) -> (UnixMillis, Summary) {
+        let fields: Vec<String> = ["queued", "s", "r", "w", "e", "0", "0", "0", "", "", ""]
+            .map(str::to_owned)
+            .to_vec();
+        (at, summary(id.to_owned(), &fields).expect("a summary"))
+    }
+
+    fn ids(list: &DeliveryList) -> Vec<&str> {
+        list.deliveries.iter().map(|s| s.id.as_str()).collect()
+    }
+
+    #[test]
+    fn pages_of_partitions_merge_newest_first_and_the_cursor_is_the_last_record_shown() {
+        let a = Page {
+            rows: vec![row(9, "a9"), row(5, "a5"), row(1, "a1")],
+            next: None,
+        };
+        let b = Page {
+            rows: vec![row(8, "b8"), row(5, "b5")],
+            next: None,
+        };
+        let merged = merge(vec![a, b], 3);
+        assert_eq!(ids(&merged), ["a9", "b8", "b5"]);
+        let next = merged.next.expect("more records");
+        assert_eq!((next.queued_at, next.id.as_str()), (5, "b5"));
+    }
+
+    #[test]
+    fn a_record_at_the_cursor_of_its_own_partition_is_on_the_page() {
+        // Each partition stopped after its newest record, which is its cursor.
+        let at_own_cursor = |at, id: &str| Page {
+            rows: vec![row(at, id)],
+            next: Some(Cursor {
+                queued_at: at,
+                id: id.into(),
+            }),
+        };
+        let merged = merge(vec![at_own_cursor(9, "a9"), at_own_cursor(8, "b8")], 1);
+        assert_eq!(ids(&merged), ["a9"]);
+        assert_eq!(merged.next.map(|c| c.id), Some("a9".to_owned()));
+    }
+
+    #[test]
+    fn a_partition_that_ended_early_bounds_the_merged_page_at_its_cursor() {
+        // Partition b looked at everything down to 6 and stopped: records of a below 6
+        // wait for the next page, which starts there.
+        let a = Page {
+            rows: vec![row(9, "a9"), row(5, "a5")],
+            next: None,
+        };
+        let b = Page {
+            rows: vec![row(8, "b8")],
+            next: Some(Cursor {
+                queued_at: 6,
+                id: "b6".into(),
+            }),
+        };
+        let merged = merge(vec![a, b], 10);
+        assert_eq!(ids(&merged), ["a9", "b8"]);
+        assert_eq!(merged.next.map(|c| c.id), Some("b6".to_owned()));
+        let done = merge(
+            vec![Page {
+                rows: vec![row(1, "a1")],
+                next: None,
+            }],
+            10,
+        );
+        assert_eq!(ids(&done), ["a1"]);
+        assert_eq!(done.next, None);
     }
 }

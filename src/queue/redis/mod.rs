@@ -1,7 +1,11 @@
 //! The durable queue on Redis Streams, shared by every instance using the same Redis.
 //!
-//! Keys (default prefix `hookgate:`), all with the hash tag `{queue}` so they live in one
-//! Redis Cluster slot and every script below may touch several of them atomically:
+//! The queue is split into `queue.partitions` partitions (`partition.rs`), each a whole
+//! queue under a hash tag of its own, so that a Redis Cluster spreads them over its
+//! primaries while every script below still touches one slot. Keys of partition 0
+//! (default prefix `hookgate:`), all with its hash tag `{queue}` so they live in one
+//! Redis Cluster slot and every script may touch several of them atomically; partition
+//! `i > 0` has the same keys under `{queue:i}`:
 //! - `hookgate:{queue}:ready`: stream of deliveries ready for an attempt (`d` = id,
 //!   `r` = `<source>/<route>`), consumed by the group `workers`; an entry is acked and
 //!   deleted when its attempt settles, so its length counts waiting plus in-flight work;
@@ -24,12 +28,14 @@
 //!
 //! - `hookgate:{queue}:pace:<source>/<route>[/<upstream>]`: a route upstream's `rate`
 //!   bucket, the GCRA theoretical arrival time (the store's `RATE` script, on Redis'
-//!   clock, so every instance shares it); expires once the bucket is full again.
+//!   clock, so every instance shares it); expires once the bucket is full again. Only in
+//!   partition 0: one bucket per upstream whatever the partition of the delivery.
 //!
 //! An instance renews its hold on the entries it took (`KEEP`, only if still its own);
 //! entries of an instance that stopped renewing them (it died) are taken over by another
 //! with `XAUTOCLAIM` after `queue.visibility_timeout`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -39,6 +45,7 @@ use redis::Script;
 
 use super::record::{
     DeliveryList, IdGenerator, RecordBody, decode_headers, encode_headers, header_listing,
+    partition_of,
 };
 use super::{
     Attempt, BoxFuture, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError, QueueStats,
@@ -49,15 +56,17 @@ use crate::config::{QueueSettings, RedisSettings};
 use crate::metrics::Metrics;
 use crate::route::RatePolicy;
 use crate::store::StoreError;
-use crate::store::redis::{RATE, RedisConnection, gcra_parameters, millis};
+use crate::store::redis::{RATE, RedisConnection, Unsent, gcra_parameters, millis};
 
 /// The consumer group every instance's workers join.
 pub const GROUP: &str = "workers";
 
 mod list;
+mod partition;
 pub(crate) mod persistence;
 
 use list::{FACETS, LIST, SUMMARY_FIELDS, summary};
+use partition::{Partition, Partitions, Turn};
 pub use persistence::Persistence;
 
 /// Creates the records of one or more deliveries (a fan-out route's copies) and appends
@@ -319,32 +328,19 @@ struct Scripts {
     stats: Script,
 }
 
-/// `<prefix>{queue}:` followed by `ready`, `scheduled`, `dead`, `index`, and `d:`
-/// (where records' keys start).
-struct Keys {
-    ready: String,
-    scheduled: String,
-    dead: String,
-    index: String,
-    records: String,
-}
-
 pub struct RedisQueue {
     /// Ingress' connection (the store's): an enqueue never waits behind worker traffic.
     ingress: Arc<RedisConnection>,
     /// Everything else: the workers and the admin API.
     redis: Arc<RedisConnection>,
-    /// `<prefix>{queue}:`
-    base: String,
-    /// The fixed keys, named once rather than at each call.
-    keys: Keys,
+    /// Each partition's keys (named once rather than at each call), and which one is
+    /// tried first.
+    partitions: Partitions,
     consumer: String,
     visibility: Duration,
     retention: Duration,
     /// Index entries older than `max_age + retention` belong to forgotten records.
     index_horizon: Duration,
-    /// Where the next `XAUTOCLAIM` scan of the pending entries resumes.
-    claim_cursor: Mutex<String>,
     ids: IdGenerator,
     scripts: Scripts,
     /// Redis' persistence settings, as last read by `watch_persistence`.
@@ -362,7 +358,6 @@ impl RedisQueue {
         instance: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let base = format!("{}{{queue}}:", redis.key_prefix);
         let connection = Arc::new(RedisConnection::new(redis, metrics.clone())?);
         let persistence = Arc::new(Mutex::new(Persistence::Unknown(
             "not read yet: Redis has not answered since the start".into(),
@@ -377,19 +372,11 @@ impl RedisQueue {
         Ok(RedisQueue {
             ingress: store,
             redis: connection,
-            base: base.clone(),
-            keys: Keys {
-                ready: format!("{base}ready"),
-                scheduled: format!("{base}scheduled"),
-                dead: format!("{base}dead"),
-                index: format!("{base}index"),
-                records: format!("{base}d:"),
-            },
+            partitions: Partitions::new(&redis.key_prefix, settings.partitions),
             consumer: instance.to_owned(),
             visibility: settings.visibility_timeout,
             retention: settings.retention,
             index_horizon: settings.max_age + settings.retention,
-            claim_cursor: Mutex::new("0-0".to_owned()),
             ids: IdGenerator::default(),
             persistence,
             scripts: Scripts {
@@ -414,24 +401,99 @@ impl RedisQueue {
         self.persistence.lock().expect("not poisoned").clone()
     }
 
-    fn record_key(&self, id: &str) -> String {
-        [self.keys.records.as_str(), id].concat()
+    /// Stores `deliveries` (one sender delivery's copies) in partition `p` (`ENQUEUE`).
+    async fn enqueue_in(
+        &self,
+        p: &Partition,
+        deliveries: &[NewDelivery],
+    ) -> Result<Vec<String>, (StoreError, Unsent)> {
+        // One received_at for all: the copies of one sender delivery.
+        let now = deliveries.first().map_or(0, |d| d.received_at);
+        let ids: Vec<String> = deliveries
+            .iter()
+            .map(|_| self.ids.next_in(now, p.index))
+            .collect();
+        let horizon = self.index_bound(now);
+        let mut invocation = self.scripts.enqueue.prepare_invoke();
+        invocation.key(&p.ready).key(&p.list_index);
+        for id in &ids {
+            invocation.key(p.record_key(id));
+        }
+        invocation
+            .arg(now)
+            .arg(horizon)
+            .arg(&p.base)
+            .arg(millis(self.index_horizon));
+        for (id, delivery) in ids.iter().zip(deliveries) {
+            invocation
+                .arg(id)
+                .arg(&delivery.source)
+                .arg(delivery.route_label())
+                .arg(&delivery.route)
+                .arg(&delivery.webhook_id)
+                .arg(&delivery.event_type)
+                .arg(encode_headers(&delivery.headers))
+                .arg(delivery.body.as_ref())
+                .arg(delivery.trace_context.as_deref().unwrap_or(""));
+        }
+        let _: i64 = self.ingress.script_or_unsent("enqueue", invocation).await?;
+        Ok(ids)
     }
 
-    fn history_key(&self, id: &str) -> String {
-        [self.base.as_str(), "h:", id].concat()
+    /// Takes up to `max` deliveries from one partition (`TAKE`).
+    async fn take_from(
+        &self,
+        partition: usize,
+        max: usize,
+        now: UnixMillis,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let p = &self.partitions.all()[partition];
+        let mut invocation = self.scripts.take.prepare_invoke();
+        invocation
+            .key(&p.ready)
+            .key(&p.scheduled)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(max)
+            .arg(now)
+            .arg(millis(self.visibility))
+            .arg(self.partitions.claim_cursor(partition))
+            .arg(&p.records);
+        let reply: Vec<String> = self.redis.script("take", invocation).await?;
+        let Some((cursor, rest)) = reply.split_first() else {
+            return Ok(Vec::new());
+        };
+        self.partitions.set_claim_cursor(partition, cursor.clone());
+        Ok(rest
+            .chunks_exact(3)
+            .map(|c| Lease {
+                delivery_id: c[0].clone(),
+                route: c[1].clone(),
+                token: c[2].clone(),
+            })
+            .collect())
+    }
+
+    /// One partition's depth, oldest ready entry (ms, Redis' clock, -1: none), Redis'
+    /// clock now and dead letters (`STATS`).
+    async fn stats_of(&self, p: &Partition) -> Result<[i64; 5], QueueError> {
+        let mut invocation = self.scripts.stats.prepare_invoke();
+        invocation
+            .key(&p.ready)
+            .key(&p.scheduled)
+            .key(&p.dead)
+            .arg(millis(self.retention));
+        let reply: Vec<i64> = self.redis.script("queue_stats", invocation).await?;
+        reply.try_into().map_err(|reply| {
+            QueueError::Store(StoreError::Unavailable(format!(
+                "unexpected stats reply {reply:?}"
+            )))
+        })
     }
 
     /// Index entries older than this belong to forgotten records.
     fn index_bound(&self, now: UnixMillis) -> UnixMillis {
         now.saturating_sub(millis(self.index_horizon))
-    }
-
-    fn cursor(&self) -> String {
-        self.claim_cursor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 }
 
@@ -486,66 +548,63 @@ impl Queue for RedisQueue {
         deliveries: Vec<NewDelivery>,
     ) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
         Box::pin(async move {
-            let Some(first) = deliveries.first() else {
+            if deliveries.is_empty() {
                 return Ok(Vec::new());
-            };
-            // One received_at for all: the copies of one sender delivery.
-            let now = first.received_at;
-            let ids: Vec<String> = deliveries.iter().map(|_| self.ids.next(now)).collect();
-            let horizon = self.index_bound(now);
-            let mut invocation = self.scripts.enqueue.prepare_invoke();
-            invocation.key(&self.keys.ready).key(&self.keys.index);
-            for id in &ids {
-                invocation.key(self.record_key(id));
             }
-            invocation
-                .arg(now)
-                .arg(horizon)
-                .arg(&self.base)
-                .arg(millis(self.index_horizon));
-            for (id, delivery) in ids.iter().zip(&deliveries) {
-                invocation
-                    .arg(id)
-                    .arg(&delivery.source)
-                    .arg(delivery.route_label())
-                    .arg(&delivery.route)
-                    .arg(&delivery.webhook_id)
-                    .arg(&delivery.event_type)
-                    .arg(encode_headers(&delivery.headers))
-                    .arg(delivery.body.as_ref())
-                    .arg(delivery.trace_context.as_deref().unwrap_or(""));
+            // All copies in one partition, so one script stores all or none. A partition
+            // whose node refused (so nothing was stored) hands over to the next; after a
+            // failure that may have stored them (a timeout), the sender gets its 503.
+            let mut failure = None;
+            for partition in self.partitions.order(Turn::Enqueue) {
+                let p = &self.partitions.all()[partition];
+                match self.enqueue_in(p, &deliveries).await {
+                    Ok(ids) => {
+                        self.partitions.record(partition, true);
+                        return Ok(ids);
+                    }
+                    Err((e, Unsent(unsent))) => {
+                        self.partitions.record(partition, false);
+                        failure = Some(e);
+                        if !unsent {
+                            break;
+                        }
+                    }
+                }
             }
-            let _: i64 = self.ingress.script("enqueue", invocation).await?;
-            Ok(ids)
+            Err(failure.expect("at least one partition").into())
         })
     }
 
     fn take(&self, max: usize, now: UnixMillis) -> BoxFuture<'_, Result<Vec<Lease>, QueueError>> {
         Box::pin(async move {
-            let mut invocation = self.scripts.take.prepare_invoke();
-            invocation
-                .key(&self.keys.ready)
-                .key(&self.keys.scheduled)
-                .arg(GROUP)
-                .arg(&self.consumer)
-                .arg(max)
-                .arg(now)
-                .arg(millis(self.visibility))
-                .arg(self.cursor())
-                .arg(&self.keys.records);
-            let reply: Vec<String> = self.redis.script("take", invocation).await?;
-            let Some((cursor, rest)) = reply.split_first() else {
-                return Ok(Vec::new());
-            };
-            *self.claim_cursor.lock().unwrap_or_else(|p| p.into_inner()) = cursor.clone();
-            Ok(rest
-                .chunks_exact(3)
-                .map(|c| Lease {
-                    delivery_id: c[0].clone(),
-                    route: c[1].clone(),
-                    token: c[2].clone(),
-                })
-                .collect())
+            // From each partition in turn until `max` are taken; a partition that just
+            // failed is skipped while it rests, unless all do.
+            let order = self.partitions.order(Turn::Take);
+            let all_resting = order.iter().all(|&p| self.partitions.resting(p));
+            let (mut leases, mut answered, mut failure) = (Vec::new(), false, None);
+            for partition in order {
+                if leases.len() >= max {
+                    break;
+                }
+                if self.partitions.resting(partition) && !all_resting {
+                    continue;
+                }
+                match self.take_from(partition, max - leases.len(), now).await {
+                    Ok(taken) => {
+                        self.partitions.record(partition, true);
+                        answered = true;
+                        leases.extend(taken);
+                    }
+                    Err(e) => {
+                        self.partitions.record(partition, false);
+                        failure = Some(e);
+                    }
+                }
+            }
+            match failure {
+                Some(e) if !answered => Err(e),
+                _ => Ok(leases),
+            }
         })
     }
 
@@ -556,16 +615,17 @@ impl Queue for RedisQueue {
     ) -> BoxFuture<'a, Result<Option<Job>, QueueError>> {
         Box::pin(async move {
             let id = &lease.delivery_id;
+            let p = self.partitions.of(id);
             let mut invocation = self.scripts.begin.prepare_invoke();
             invocation
-                .key(self.record_key(id))
-                .key(self.history_key(id))
-                .key(&self.keys.ready)
+                .key(p.record_key(id))
+                .key(p.history_key(id))
+                .key(&p.ready)
                 .arg(now)
                 .arg(&self.consumer)
                 .arg(&lease.token)
                 .arg(GROUP)
-                .arg(&self.base)
+                .arg(&p.base)
                 .arg(id);
             let reply: Option<Vec<redis::Value>> = self.redis.script("begin", invocation).await?;
             let Some(f) = reply else { return Ok(None) };
@@ -603,17 +663,18 @@ impl Queue for RedisQueue {
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
             let id = &job.lease.delivery_id;
+            let p = self.partitions.of(id);
             let next = match settlement {
                 Settlement::RetryAt(at) => at.to_string(),
                 _ => String::new(),
             };
             let mut invocation = self.scripts.settle.prepare_invoke();
             invocation
-                .key(self.record_key(id))
-                .key(self.history_key(id))
-                .key(&self.keys.ready)
-                .key(&self.keys.scheduled)
-                .key(&self.keys.dead)
+                .key(p.record_key(id))
+                .key(p.history_key(id))
+                .key(&p.ready)
+                .key(&p.scheduled)
+                .key(&p.dead)
                 .arg(GROUP)
                 .arg(&job.lease.token)
                 .arg(now)
@@ -625,7 +686,7 @@ impl Queue for RedisQueue {
                 .arg(serde_json::to_string(attempt).expect("an attempt serializes"))
                 .arg(millis(self.retention))
                 .arg(id)
-                .arg(&self.base)
+                .arg(&p.base)
                 .arg(self.index_bound(now))
                 .arg(fetch_flag(attempt));
             let _: i64 = self.redis.script("settle", invocation).await?;
@@ -642,11 +703,12 @@ impl Queue for RedisQueue {
     ) -> BoxFuture<'a, Result<Job, QueueError>> {
         Box::pin(async move {
             let id = &job.lease.delivery_id;
+            let p = self.partitions.of(id);
             let next = Attempt::opened(job.attempt, now, &self.consumer);
             let mut invocation = self.scripts.attach.prepare_invoke();
             invocation
-                .key(self.record_key(id))
-                .key(self.history_key(id))
+                .key(p.record_key(id))
+                .key(p.history_key(id))
                 .arg(object.as_ref())
                 .arg(job.history_index)
                 .arg(serde_json::to_string(fetched).expect("an attempt serializes"))
@@ -671,6 +733,7 @@ impl Queue for RedisQueue {
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
             let id = &lease.delivery_id;
+            let p = self.partitions.of(id);
             let (index, entry, fetch) = match interrupted {
                 Some((job, attempt)) => (
                     job.history_index.to_string(),
@@ -681,9 +744,9 @@ impl Queue for RedisQueue {
             };
             let mut invocation = self.scripts.hand_back.prepare_invoke();
             invocation
-                .key(self.record_key(id))
-                .key(self.history_key(id))
-                .key(&self.keys.ready)
+                .key(p.record_key(id))
+                .key(p.history_key(id))
+                .key(&p.ready)
                 .arg(GROUP)
                 .arg(&lease.token)
                 .arg(now)
@@ -691,7 +754,7 @@ impl Queue for RedisQueue {
                 .arg(index)
                 .arg(entry)
                 .arg(&lease.route)
-                .arg(&self.base)
+                .arg(&p.base)
                 .arg(fetch);
             let _: i64 = self.redis.script("hand_back", invocation).await?;
             Ok(())
@@ -705,11 +768,12 @@ impl Queue for RedisQueue {
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
             let id = &lease.delivery_id;
+            let p = self.partitions.of(id);
             let mut invocation = self.scripts.defer.prepare_invoke();
             invocation
-                .key(self.record_key(id))
-                .key(&self.keys.ready)
-                .key(&self.keys.scheduled)
+                .key(p.record_key(id))
+                .key(&p.ready)
+                .key(&p.scheduled)
                 .arg(GROUP)
                 .arg(&lease.token)
                 .arg(until)
@@ -731,7 +795,9 @@ impl Queue for RedisQueue {
             });
             let mut invocation = self.scripts.pace.prepare_invoke();
             invocation
-                .key(format!("{}pace:{key}", self.base))
+                // One bucket per upstream for every partition (else the rate would be
+                // multiplied by their number): partition 0's, the key of old.
+                .key(format!("{}pace:{key}", self.partitions.all()[0].base))
                 .arg(interval_us)
                 .arg(tolerance_us)
                 .arg(1);
@@ -742,30 +808,52 @@ impl Queue for RedisQueue {
 
     fn keep_alive<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            for chunk in leases.chunks(256) {
-                let mut invocation = self.scripts.keep.prepare_invoke();
-                invocation
-                    .key(&self.keys.ready)
-                    .arg(GROUP)
-                    .arg(&self.consumer);
-                for lease in chunk {
-                    invocation.arg(&lease.token);
-                }
-                let _: i64 = self.redis.script("keep_alive", invocation).await?;
+            // Each partition's leases in its own stream; one partition failing does not
+            // keep the others' from being renewed.
+            let mut by_partition: BTreeMap<usize, Vec<&Lease>> = BTreeMap::new();
+            for lease in leases {
+                by_partition
+                    .entry(partition_of(&lease.delivery_id))
+                    .or_default()
+                    .push(lease);
             }
-            Ok(())
+            let mut failure = None;
+            for (partition, leases) in by_partition {
+                let p = self.partitions.of(&leases[0].delivery_id);
+                for chunk in leases.chunks(256) {
+                    let mut invocation = self.scripts.keep.prepare_invoke();
+                    invocation.key(&p.ready).arg(GROUP).arg(&self.consumer);
+                    for lease in chunk {
+                        invocation.arg(&lease.token);
+                    }
+                    let kept: Result<i64, _> = self.redis.script("keep_alive", invocation).await;
+                    if let Err(e) = kept {
+                        self.partitions.record(partition, false);
+                        failure = Some(e.into());
+                        break;
+                    }
+                }
+            }
+            failure.map_or(Ok(()), Err)
         })
     }
 
     fn prune(&self, idle: Duration) -> BoxFuture<'_, Result<u64, QueueError>> {
         Box::pin(async move {
-            let mut invocation = self.scripts.prune.prepare_invoke();
-            invocation
-                .key(&self.keys.ready)
-                .arg(GROUP)
-                .arg(millis(idle))
-                .arg(&self.consumer);
-            Ok(self.redis.script("prune", invocation).await?)
+            let (mut removed, mut failure) = (0, None);
+            for p in self.partitions.all() {
+                let mut invocation = self.scripts.prune.prepare_invoke();
+                invocation
+                    .key(&p.ready)
+                    .arg(GROUP)
+                    .arg(millis(idle))
+                    .arg(&self.consumer);
+                match self.redis.script::<u64>("prune", invocation).await {
+                    Ok(n) => removed += n,
+                    Err(e) => failure = Some(e.into()),
+                }
+            }
+            failure.map_or(Ok(removed), Err)
         })
     }
 
@@ -782,8 +870,9 @@ impl Queue for RedisQueue {
         with_body: bool,
     ) -> BoxFuture<'a, Result<Option<Detail>, QueueError>> {
         Box::pin(async move {
-            let record = self.record_key(id);
-            let history = self.history_key(id);
+            let p = self.partitions.of(id);
+            let record = p.record_key(id);
+            let history = p.history_key(id);
             let mut pipe = redis::pipe();
             pipe.cmd("HMGET")
                 .arg(&record)
@@ -826,16 +915,17 @@ impl Queue for RedisQueue {
         now: UnixMillis,
     ) -> BoxFuture<'a, Result<Replayed, QueueError>> {
         Box::pin(async move {
+            let p = self.partitions.of(id);
             let mut invocation = self.scripts.replay.prepare_invoke();
             invocation
-                .key(self.record_key(id))
-                .key(self.history_key(id))
-                .key(&self.keys.ready)
-                .key(&self.keys.dead)
-                .key(&self.keys.index)
+                .key(p.record_key(id))
+                .key(p.history_key(id))
+                .key(&p.ready)
+                .key(&p.dead)
+                .key(&p.list_index)
                 .arg(id)
                 .arg(now)
-                .arg(&self.base)
+                .arg(&p.base)
                 .arg(self.index_bound(now))
                 .arg(millis(self.index_horizon));
             let (code, state): (i64, String) = self.redis.script("replay", invocation).await?;
@@ -850,45 +940,47 @@ impl Queue for RedisQueue {
 
     fn failed_since(&self, since: UnixMillis) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
         Box::pin(async move {
-            let dead = &self.keys.dead;
-            Ok(self
-                .redis
-                .call("replay", async |conn| {
-                    redis::cmd("ZRANGEBYSCORE")
-                        .arg(dead)
-                        .arg(since)
-                        .arg("+inf")
-                        .query_async(conn)
-                        .await
-                })
-                .await?)
+            let mut failed: Vec<(u64, String)> = Vec::new();
+            for p in self.partitions.all() {
+                let dead = &p.dead;
+                let some: Vec<(String, u64)> = self
+                    .redis
+                    .call("replay", async |conn| {
+                        redis::cmd("ZRANGEBYSCORE")
+                            .arg(dead)
+                            .arg(since)
+                            .arg("+inf")
+                            .arg("WITHSCORES")
+                            .query_async(conn)
+                            .await
+                    })
+                    .await?;
+                failed.extend(some.into_iter().map(|(id, at)| (at, id)));
+            }
+            // Oldest first over every partition, as one sorted set would answer.
+            failed.sort();
+            Ok(failed.into_iter().map(|(_, id)| id).collect())
         })
     }
 
     fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
         Box::pin(async move {
-            let mut invocation = self.scripts.stats.prepare_invoke();
-            invocation
-                .key(&self.keys.ready)
-                .key(&self.keys.scheduled)
-                .key(&self.keys.dead)
-                .arg(millis(self.retention));
-            let reply: Vec<i64> = self.redis.script("queue_stats", invocation).await?;
-            let [ready, scheduled, oldest, now, dead] = reply[..] else {
-                return Err(QueueError::Store(StoreError::Unavailable(format!(
-                    "unexpected stats reply {reply:?}"
-                ))));
+            let mut stats = QueueStats {
+                depth: 0,
+                oldest_age: Duration::ZERO,
+                dead_letters: 0,
             };
-            let oldest_age = if oldest < 0 {
-                Duration::ZERO
-            } else {
-                Duration::from_millis(now.saturating_sub(oldest).max(0) as u64)
-            };
-            Ok(QueueStats {
-                depth: (ready + scheduled).max(0) as u64,
-                oldest_age,
-                dead_letters: dead.max(0) as u64,
-            })
+            for p in self.partitions.all() {
+                let [ready, scheduled, oldest, now, dead] = self.stats_of(p).await?;
+                stats.depth += (ready + scheduled).max(0) as u64;
+                stats.dead_letters += dead.max(0) as u64;
+                // Each partition's age on its own node's clock; the oldest over all.
+                if oldest >= 0 {
+                    let age = Duration::from_millis(now.saturating_sub(oldest).max(0) as u64);
+                    stats.oldest_age = stats.oldest_age.max(age);
+                }
+            }
+            Ok(stats)
         })
     }
 
@@ -898,8 +990,12 @@ impl Queue for RedisQueue {
 
     fn describe(&self) -> String {
         format!(
-            "Redis Streams ({}ready, group {GROUP:?}, consumer {:?}), shared by every instance; {}",
-            self.base,
+            "Redis Streams ({}ready{}, group {GROUP:?}, consumer {:?}), shared by every instance; {}",
+            self.partitions.all()[0].base,
+            match self.partitions.len() {
+                1 => String::new(),
+                n => format!(" and {} more partitions", n - 1),
+            },
             self.consumer,
             self.persistence()
         )
@@ -941,8 +1037,8 @@ mod tests {
     #[test]
     fn every_script_names_its_keys_under_one_hash_tag() {
         // Redis Cluster routes a script by its first key; the others (and the record keys
-        // built inside TAKE and LIST) must hash to the same slot, which the `{queue}` tag
-        // guarantees. Nothing may reach outside KEYS and the tagged prefix.
+        // built inside TAKE and LIST) must hash to the same slot, which the partition's
+        // tag (`{queue}` or `{queue:i}`, `partition.rs`) guarantees. Nothing may reach outside KEYS and the tagged prefix.
         for script in [
             ENQUEUE, TAKE, BEGIN, ATTACH, SETTLE, HAND_BACK, DEFER, KEEP, PRUNE, REPLAY, LIST,
             STATS,

@@ -5,6 +5,7 @@
 //! scheduler tick leave in one pipelined write (`Batcher`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -60,6 +61,13 @@ impl RedisConnection {
                     .response_timeout(settings.timeout)
                     .connection_timeout(settings.connect_timeout)
                     .retries(2)
+                    // Short waits between retries (the client's default is over a second
+                    // each): a retry later than `deadline` is never seen, and a node that
+                    // refuses connections is then reported as refusing, not as a timeout,
+                    // which lets the queue store a delivery in another partition at once
+                    // (`script_or_unsent`).
+                    .min_retry_wait(10)
+                    .max_retry_wait(100)
                     .build()
                     .map_err(unavailable)?,
                 connection: Mutex::new(None),
@@ -134,6 +142,53 @@ impl RedisConnection {
         self.call(op, async |conn| invocation.invoke_async(conn).await)
             .await
     }
+
+    /// `script`, saying too whether a failure proves the script never ran: no
+    /// connection could be made, the node refused it, or a node answered that another
+    /// serves the slot (the redirect the client could not follow: its node is down) or
+    /// that none does. A caller may then do the same elsewhere without doing it
+    /// twice; after a timeout or a dropped connection it may have run, so it must not.
+    pub async fn script_or_unsent<T: redis::FromRedisValue>(
+        &self,
+        op: &str,
+        invocation: ScriptInvocation<'_>,
+    ) -> Result<T, (StoreError, Unsent)> {
+        let reached = AtomicBool::new(false);
+        let refused = AtomicBool::new(false);
+        self.call(op, async |conn| {
+            reached.store(true, Ordering::Relaxed);
+            let result = invocation.invoke_async(conn).await;
+            if result.as_ref().is_err_and(never_ran) {
+                refused.store(true, Ordering::Relaxed);
+            }
+            result
+        })
+        .await
+        .map_err(|e| {
+            let unsent = !reached.load(Ordering::Relaxed) || refused.load(Ordering::Relaxed);
+            (e, Unsent(unsent))
+        })
+    }
+}
+
+/// Whether a failed call certainly did nothing on Redis (`script_or_unsent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unsent(pub bool);
+
+fn never_ran(e: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::ClusterDown
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                )
+        )
 }
 
 /// A connection for one request: the shared batcher, or a cheap clone of the cluster
@@ -360,4 +415,22 @@ fn store_error(e: RedisError) -> StoreError {
 /// least 1 (`PX 0` is an error).
 pub(crate) fn millis(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_or_a_redirect_proves_a_call_never_ran() {
+        let io = |kind| RedisError::from(std::io::Error::from(kind));
+        assert!(never_ran(&io(std::io::ErrorKind::ConnectionRefused)));
+        // The request may have been sent before the connection broke or the time ran out.
+        assert!(!never_ran(&io(std::io::ErrorKind::ConnectionReset)));
+        assert!(!never_ran(&io(std::io::ErrorKind::TimedOut)));
+        let reply = |kind| RedisError::from((redis::ErrorKind::Server(kind), "reply"));
+        assert!(never_ran(&reply(redis::ServerErrorKind::Moved)));
+        assert!(never_ran(&reply(redis::ServerErrorKind::ClusterDown)));
+        assert!(!never_ran(&reply(redis::ServerErrorKind::ResponseError)));
+    }
 }

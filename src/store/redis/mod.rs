@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use redis::{ErrorKind, Script, ScriptInvocation, ServerErrorKind};
 
-pub(crate) use self::connection::{Conn, RedisConnection, millis};
+pub(crate) use self::connection::{Conn, RedisConnection, Unsent, millis};
 use super::coalesce::{Groups, Seal};
 use super::{BoxFuture, ClaimState, RateDecision, Settled, Store, StoreError};
 use crate::config::{RateLimitSettings, RedisSettings};

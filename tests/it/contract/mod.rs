@@ -36,6 +36,8 @@ pub const INSTANCE: &str = "instance-a";
 /// A backend for one test: where its state lives, kept as long as this.
 pub struct Backend {
     place: TestStore,
+    /// `queue.partitions` (Redis: each partition under a hash tag of its own).
+    partitions: usize,
 }
 
 /// What a contract test's queue is opened with; everything else is hookgate's default.
@@ -57,7 +59,10 @@ impl Default for QueueOptions {
 
 impl Backend {
     fn on(place: TestStore) -> Backend {
-        Backend { place }
+        Backend {
+            place,
+            partitions: 1,
+        }
     }
 
     /// The settings a gateway using this backend runs with, with a queue source.
@@ -69,6 +74,7 @@ impl Backend {
             .route("*", NOWHERE)
             .queue_option("retention", &millis(queue.retention))
             .queue_option("visibility_timeout", &millis(queue.visibility_timeout))
+            .queue_option("partitions", &self.partitions.to_string())
             .to_string();
         hookgate::config::parse(&text, "contract.toml")
             .unwrap_or_else(|e| panic!("invalid contract config: {e}\n{text}"))
@@ -242,6 +248,7 @@ contract_tests! {
     redis(shared) => redis().await,
     redis_cluster(shared) => redis_cluster().await,
     postgres(shared) => postgres().await,
+    redis_cluster_partitioned(shared) => redis_cluster_partitioned().await,
 }
 
 /// Nothing to start: the in-memory store and queue of this process.
@@ -269,4 +276,12 @@ async fn postgres() -> Option<Backend> {
 /// The shared three-node Redis Cluster, under a key prefix of this test's own.
 async fn redis_cluster() -> Option<Backend> {
     TestStore::shared_cluster().await.map(Backend::on)
+}
+
+/// The shared Redis Cluster, its queue in six partitions (two per node, as far as the
+/// slots of their hash tags fall so), under a key prefix of this test's own.
+async fn redis_cluster_partitioned() -> Option<Backend> {
+    let mut backend = redis_cluster().await?;
+    backend.partitions = 6;
+    Some(backend)
 }

@@ -27,7 +27,7 @@ const ROUTE_LABEL: &str = "openai/0";
 
 /// A delivery as ingress hands it over: headers as they are forwarded (one repeated),
 /// and a body that is not even UTF-8, since the queue must keep the exact bytes.
-fn delivery(source: &str, n: u64, received_at: UnixMillis) -> NewDelivery {
+pub fn delivery(source: &str, n: u64, received_at: UnixMillis) -> NewDelivery {
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     headers.insert("webhook-id", HeaderValue::from(n));

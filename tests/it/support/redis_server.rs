@@ -150,6 +150,9 @@ impl RedisServer {
             let nodes = self.dir.path().join(format!("nodes-{}.conf", self.port));
             command
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                // The nodes still up keep serving their own slots while one is down (no
+                // replicas here to fail over to), as a partitioned queue expects.
+                .args(["--cluster-require-full-coverage", "no"])
                 .arg("--cluster-config-file")
                 .arg(nodes);
         }
@@ -265,6 +268,35 @@ impl RedisServer {
         self.query(redis::cmd("PTTL").arg(key)).await
     }
 
+    /// Commands this server has run since it started (or since `CONFIG RESETSTAT`), by
+    /// `INFO commandstats`, leaving out what tests and cluster clients ask to inspect
+    /// (`info`, `cluster`, `ping`, `config`, `keys`, `command`, `client`, `hello`,
+    /// `save`).
+    pub async fn data_commands(&self) -> u64 {
+        const INSPECTION: [&str; 9] = [
+            "info", "cluster", "ping", "config", "keys", "command", "client", "hello", "save",
+        ];
+        let stats: String = self.query(redis::cmd("INFO").arg("commandstats")).await;
+        stats
+            .lines()
+            .filter_map(|line| line.strip_prefix("cmdstat_"))
+            .filter_map(|line| {
+                let (name, fields) = line.split_once(':')?;
+                let command = name.split('|').next().unwrap_or(name);
+                if INSPECTION.contains(&command) {
+                    return None;
+                }
+                let calls = fields.split(',').find_map(|f| f.strip_prefix("calls="))?;
+                calls.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
+    /// Writes the data to the server's dump file, which `restart` loads back.
+    pub async fn save(&self) {
+        let _: String = self.query(&redis::cmd("SAVE")).await;
+    }
+
     /// The keys matching `pattern` on this server (on a cluster node: its own keys only).
     pub async fn keys(&self, pattern: &str) -> Vec<String> {
         let mut keys: Vec<String> = self.query(redis::cmd("KEYS").arg(pattern)).await;
@@ -359,6 +391,11 @@ impl RedisCluster {
 
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+
+    /// One node, to stop and restart.
+    pub fn node_mut(&mut self, index: usize) -> &mut RedisServer {
+        &mut self.nodes[index]
     }
 
     /// The nodes' URLs, for `[store] cluster`.

@@ -1,0 +1,247 @@
+//! The Redis queue in partitions on a three-node Redis Cluster of each test's own: the
+//! partitions spread the queue's work over the nodes, and a node that is down delays
+//! only its own partitions' deliveries.
+//!
+//! With `redis-cli --cluster create`'s even split of the slots, the hash tags `{queue}`
+//! and `{queue:1}` .. `{queue:7}` of eight partitions fall 3, 2 and 3 on the three nodes.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Eight partitions: 3/8, 2/8 and 3/8 of the queue on the three nodes (see above).
+const PARTITIONS: &str = "8";
+
+/// A queue-mode gateway on `cluster` in `PARTITIONS` partitions, delivering to `to`.
+fn partitioned(cluster: &RedisCluster, to: &Upstream) -> Config {
+    config()
+        .redis_cluster(cluster)
+        .queued()
+        .route("*", to)
+        .queue_option("partitions", PARTITIONS)
+        .queue_option("workers", "16")
+        .queue_option("visibility_timeout", r#""2s""#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_hundred_queued_events_are_delivered_once_with_each_node_serving_its_share() {
+    let Some(cluster) = RedisCluster::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(partitioned(&cluster, &upstream)).await;
+    let before = commands(&cluster).await;
+
+    let client = gw.client();
+    let mut senders = tokio::task::JoinSet::new();
+    for sender in 0..8 {
+        let client = client.clone();
+        senders.spawn(async move {
+            for n in 0..75 {
+                let event = signed_raw(
+                    SECRET,
+                    &format!("msg_spread_{sender}_{n}"),
+                    now_unix(),
+                    r#"{"type":"response.completed"}"#,
+                );
+                enqueue(&client, &event).await;
+            }
+        });
+    }
+    senders.join_all().await;
+    upstream.wait_for(600).await;
+
+    let counts = upstream.count_by_webhook_id();
+    assert_eq!(counts.len(), 600);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    let after = commands(&cluster).await;
+    let served: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let total: u64 = served.iter().sum();
+    eprintln!("commands served by each node: {served:?} of {total}");
+    for (node, n) in served.iter().enumerate() {
+        let share = *n as f64 / total as f64;
+        assert!(
+            (0.20..=0.47).contains(&share),
+            "node {node} served {n} of {total} commands ({:.0}%); all: {served:?}",
+            share * 100.0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_down_delays_only_its_own_partitions_and_ingress_keeps_answering_202() {
+    let Some(mut cluster) = RedisCluster::start_or_skip().await else {
+        return;
+    };
+    // The first attempt of each of the first 24 deliveries fails, so they wait in their
+    // partitions (retried after 4 s) while a node is taken down; everything after that
+    // is answered 200.
+    let mut answers = vec![Answer::status(503); 24];
+    answers.push(Answer::ok());
+    let upstream = Upstream::with(Behaviour::sequence(answers)).await;
+    let gw = Gateway::start(
+        partitioned(&cluster, &upstream)
+            .queue_option(
+                "backoff",
+                r#"{ initial = "4s", max = "4s", jitter = false }"#,
+            )
+            // The dedupe keys on the node that is down are the store's concern, not the
+            // queue's: with `allow`, a sender whose key lives there is still answered.
+            .store_option("on_error", "allow")
+            .store_option("timeout", "500ms")
+            .store_option("connect_timeout", "500ms"),
+    )
+    .await;
+    let deliveries = Deliveries::of(&gw);
+    let client = gw.client();
+    let mut first = Vec::new();
+    for _ in 0..24 {
+        first.push(enqueue(&client, &signed_event("response.completed")).await);
+    }
+    deliveries.wait_for_count("failed_retryable", 24).await;
+
+    // The node holding partition 3 (and, by the slots, partition 7): saved, then
+    // stopped, so that it comes back with what it held.
+    let down = node_holding(&cluster, "hookgate:{queue:3}:*").await;
+    let stranded: Vec<String> = first
+        .iter()
+        .filter(|id| id.ends_with("_p3") || id.ends_with("_p7"))
+        .cloned()
+        .collect();
+    assert!(!stranded.is_empty(), "{first:?}");
+    cluster.node_mut(down).save().await;
+    cluster.node_mut(down).stop();
+
+    // New senders are answered 202 (stored in a partition whose node is up) and
+    // delivered, and the retries of the other partitions are delivered meanwhile.
+    let mut later = Vec::new();
+    for _ in 0..12 {
+        let reply = client.post(PATH, &signed_event("response.completed")).await;
+        assert_eq!(reply.status(), 202, "{reply:?}");
+        later.push(reply.json()["delivery_id"].as_str().unwrap().to_owned());
+    }
+    let elsewhere = first.len() - stranded.len();
+    let expected = 24 + elsewhere + later.len();
+    upstream.wait_for(expected).await;
+    // Their retries were due as the others' were: nothing of the stopped node's
+    // partitions arrives while it is down.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(upstream.received().len(), expected);
+    assert!(
+        later
+            .iter()
+            .all(|id| !id.ends_with("_p3") && !id.ends_with("_p7")),
+        "{later:?}"
+    );
+
+    cluster.node_mut(down).restart().await;
+    for id in &stranded {
+        // 503 until the gateway's cluster connection reaches the node again.
+        eventually(
+            format!("{id} processed after the node came back"),
+            async || {
+                let reply = deliveries
+                    .request(http::Method::GET, &format!("/deliveries/{id}"))
+                    .await;
+                if reply.status() == 200 && reply.json()["state"] == "processed" {
+                    Ok(())
+                } else {
+                    Err(format!("{reply:?}"))
+                }
+            },
+        )
+        .await;
+    }
+    assert_eq!(upstream.received().len(), expected + stranded.len());
+}
+
+/// Every node's `data_commands`, in the cluster's order.
+async fn commands(cluster: &RedisCluster) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for node in cluster.nodes() {
+        counts.push(node.data_commands().await);
+    }
+    counts
+}
+
+/// The index of the node holding keys matching `pattern`.
+async fn node_holding(cluster: &RedisCluster, pattern: &str) -> usize {
+    for (index, node) in cluster.nodes().iter().enumerate() {
+        if !node.keys(pattern).await.is_empty() {
+            return index;
+        }
+    }
+    panic!("no node holds {pattern}");
+}
+
+/// Ingress' side alone (no workers to notice the node first): each enqueue whose
+/// partition's node refuses is stored in another partition, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_whose_partition_node_is_down_is_stored_once_in_another_partition() {
+    let Some(mut cluster) = RedisCluster::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let text = partitioned(&cluster, &upstream)
+        .store_option("timeout", "500ms")
+        .store_option("connect_timeout", "500ms")
+        .to_string();
+    let settings = hookgate::config::parse(&text, "partitions.toml").expect("a valid config");
+    let metrics = || std::sync::Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
+    let (_, backend) = hookgate::store::build(&settings, metrics()).expect("the store builds");
+    let queue = hookgate::queue::build(&settings, &backend, metrics(), "instance-a")
+        .expect("the queue builds")
+        .expect("a queue source makes a queue");
+    let now = hookgate::queue::now_millis();
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        let delivery = crate::contract::queue::delivery(SOURCE, n, now);
+        ids.push(queue.enqueue(delivery).await.expect("stored"));
+    }
+    let down = node_holding(&cluster, "hookgate:{queue:3}:*").await;
+    cluster.node_mut(down).save().await;
+    cluster.node_mut(down).stop();
+
+    for n in 8..24 {
+        let delivery = crate::contract::queue::delivery(SOURCE, n, now);
+        let id = queue.enqueue(delivery).await.expect("stored elsewhere");
+        assert!(!id.ends_with("_p3") && !id.ends_with("_p7"), "{id}");
+        ids.push(id);
+    }
+
+    cluster.node_mut(down).restart().await;
+    let filter = hookgate::queue::ListFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    let listed = eventually("the list of every partition again", async || {
+        queue.list(&filter).await.map_err(|e| e.to_string())
+    })
+    .await;
+    let mut listed: Vec<String> = listed.deliveries.into_iter().map(|s| s.id).collect();
+    listed.sort();
+    ids.sort();
+    assert_eq!(listed, ids, "every delivery stored once");
+}
+
+#[tokio::test]
+async fn hookgate_check_names_the_queues_partitions() {
+    let Some(store) = TestStore::shared_cluster().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let file = ConfigFile::new(
+        config()
+            .store(&store)
+            .queued()
+            .route("*", &upstream)
+            .queue_option("partitions", PARTITIONS),
+    );
+    let (ok, out, err) =
+        hookgate_cli(&["check", "--config", &file.path().display().to_string()]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("queue:  Redis Streams in 8 partitions, shared by every instance"),
+        "{out}"
+    );
+}
