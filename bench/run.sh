@@ -36,7 +36,13 @@
 # both with their access logs off (hookgate with RUST_LOG=warn).
 # CPU µs per request is the system-under-test process's on-CPU time (sum over its threads
 # of /proc/PID/task/*/schedstat) divided by the requests it served; peak RSS is its VmHWM.
-# Needs: nginx (Debian's nginx-light), redis-server, python3, taskset.
+# The "hookgate postgres queue" row runs queue mode on a PostgreSQL of its own (initdb +
+# pg_ctl from /usr/lib/postgresql/*/bin, as the postgres user when run as root; default,
+# durable settings), on the load CPU like Redis; its store CPU is the postmaster's and
+# every backend's. PG_OPTIONS adds server settings (PG_OPTIONS='-c synchronous_commit=off'
+# shows what the commits' WAL flushes cost).
+# Needs: nginx (Debian's nginx-light), redis-server, python3, taskset; postgresql for
+# the PostgreSQL row.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,6 +76,7 @@ cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     [ -n "${BASELINE:-}" ] && git worktree remove --force "$WORK/baseline" 2>/dev/null
+    [ -n "${PG_BIN:-}" ] && as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -m immediate -w stop >/dev/null 2>&1
     rm -rf "$WORK"
 }
 BASE_HG=""
@@ -88,6 +95,7 @@ ADMIN_PORT=$((BASE_PORT + 3))
 REDIS_PORT=$((BASE_PORT + 4))
 DIRECT_PORT=$((BASE_PORT + 5))
 NGINX_LOG_PORT=$((BASE_PORT + 6))
+PG_PORT=$((BASE_PORT + 7))
 
 wait_port() {
     for _ in $(seq 1 100); do
@@ -111,6 +119,20 @@ stop() {
     wait "$1" 2>/dev/null || true
 }
 
+as_postgres() { # PostgreSQL refuses to run as root
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# store_cpu_ns STORE: the on-CPU time of the store's server (PostgreSQL: the postmaster
+# and every backend; the backends of the gateway's pool live as long as the gateway).
+store_cpu_ns() {
+    if [ "$1" = postgres ]; then
+        for p in "$PG_PID" $(pgrep -P "$PG_PID"); do cpu_ns "$p"; echo; done | awk '{s += $1} END {printf "%d", s}'
+    else
+        cpu_ns "$REDIS_PID"
+    fi
+}
+
 cpu_ns() { # total on-CPU nanoseconds of every thread of a process
     cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'
 }
@@ -129,6 +151,20 @@ wait_port "$SINK_PORT"
 start redis "$LOAD_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK"
 REDIS_PID=$LAST_PID
 wait_port "$REDIS_PORT"
+PG_BIN=""
+if [[ "hookgate postgres queue" =~ $ROWS ]]; then
+    PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    [ -x "$PG_BIN/initdb" ] || { echo "the PostgreSQL row needs postgresql (apt-get install postgresql)" >&2; exit 1; }
+    mkdir -p "$WORK/pg"
+    if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$WORK" "$WORK/pg"; fi
+    as_postgres "$PG_BIN/initdb" -D "$WORK/pg/data" -U postgres --auth=trust >/dev/null
+    PG_CTL=("$PG_BIN/pg_ctl")
+    if [ "$(id -u)" = 0 ]; then PG_CTL=(runuser -u postgres -- "$PG_BIN/pg_ctl"); fi
+    taskset -c "$LOAD_CPU" "${PG_CTL[@]}" -D "$WORK/pg/data" -l "$WORK/pg/log" -w \
+        -o "-p $PG_PORT -k $WORK/pg -c listen_addresses=127.0.0.1 ${PG_OPTIONS:-}" start >/dev/null
+    PG_PID=$(head -1 "$WORK/pg/data/postmaster.pid")
+    wait_port "$PG_PORT"
+fi
 
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1;
@@ -186,6 +222,10 @@ gateway_config() { # gateway_config FILE STORE(memory|redis) TLS(plain|tls) [DEL
         if [ "$2" = redis ]; then
             echo "[store]"
             echo "redis_url = \"redis://127.0.0.1:$REDIS_PORT/0\""
+        fi
+        if [ "$2" = postgres ]; then
+            echo "[store]"
+            echo "postgres_url = \"postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable\""
         fi
         if [ "${4:-proxy}" = queue ]; then
             echo "[queue]"
@@ -294,13 +334,13 @@ run_queue_gateway() { # run_queue_gateway ROW STORE
         local before after redis_before redis_after started drained
         curl -s -X POST "http://127.0.0.1:$SINK_PORT/reset" >/dev/null
         before=$(cpu_ns "$pid")
-        redis_before=$(cpu_ns "$REDIS_PID")
+        redis_before=$(store_cpu_ns "$store")
         started=$(date +%s%N)
         taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n "$N" -c "$C" --body-size "$BODY" --json >"$WORK/run.json"
         wait_sink "$N"
         drained=$(date +%s%N)
         after=$(cpu_ns "$pid")
-        redis_after=$(cpu_ns "$REDIS_PID")
+        redis_after=$(store_cpu_ns "$store")
         record "$row" "$run" "$before" "$after" "$redis_before" "$redis_after" "$pid" "$started" "$drained"
     done
     stop "$pid"
@@ -335,6 +375,7 @@ for _ in $(seq 1 "$REPEAT"); do
 done
 run_queue_gateway "hookgate memory queue" memory
 run_queue_gateway "hookgate redis queue" redis
+run_queue_gateway "hookgate postgres queue" postgres
 run_gateway "hookgate memory TLS" memory tls "$BODY" --insecure
 run_gateway "hookgate memory TLS h2" memory tls "$BODY" --insecure --http2
 measure "direct (sink) 64KiB" "http://127.0.0.1:$DIRECT_PORT/sink" "$DIRECT_PID" "$BIG_BODY"
@@ -426,7 +467,7 @@ print(f"{datetime.date.today()} · {model} · {os.cpu_count()} CPUs · load gene
       + f" · {n} requests × {repeat} runs per row, "
       f"{c} connections, HTTP/1.1 unless noted, {body}-byte bodies unless noted; medians")
 print()
-print("| row | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | CPU µs/req | Redis CPU µs/req | vs nginx | vs direct | 2xx/sent |")
+print("| row | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | CPU µs/req | store CPU µs/req | vs nginx | vs direct | 2xx/sent |")
 # Queue rows: req/s and latency are ingress (202 answers); CPU covers ingress and delivery.
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 if not med:

@@ -41,6 +41,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
+    #[error("store schema: {0}")]
+    Schema(#[from] store::postgres::SchemaError),
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
 }
@@ -104,6 +106,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new(
         settings.sources.iter().map(|s| s.name.as_str()),
     ));
+    store::prepare(&settings).await?;
     let telemetry = Telemetry::start(
         settings.telemetry.as_ref(),
         &settings.upstream_tls,
@@ -156,6 +159,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
 
     let (stop, stopped) = watch::channel(false);
     let wake = Arc::new(Notify::new());
+    if let Some(queue) = &queue {
+        queue.wake_on(wake.clone());
+    }
     let workers = queue.as_ref().and_then(|queue| {
         Workers::new(
             &settings,

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `sign`, `verify`, `dev-cert`, `echo`, `bench`,
+//! The command line: `serve`, `check`, `migrate`, `sign`, `verify`, `dev-cert`, `echo`, `bench`,
 //! `deliveries`.
 
 use std::net::SocketAddr;
@@ -45,6 +45,13 @@ pub enum Command {
     },
     /// Validate a configuration file and print a summary; exit 1 if it is invalid.
     Check {
+        /// Configuration file (TOML); default as for `serve`.
+        #[arg(long, short, env = "HOOKGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Bring the PostgreSQL schema of `[store] postgres_url` to this binary's version
+    /// (what `serve` does at start), for example ahead of a deploy; exit 1 if it fails.
+    Migrate {
         /// Configuration file (TOML); default as for `serve`.
         #[arg(long, short, env = "HOOKGATE_CONFIG")]
         config: Option<PathBuf>,

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use crate::config::{DedupeSettings, OnError};
 use crate::metrics::Metrics;
+use crate::queue::ClaimDone;
 use crate::reject::Reject;
 use crate::store::{ClaimState, Settled, Store};
 
@@ -122,6 +123,16 @@ impl Dedupe {
     /// decided by the upstream, so a store failure here is logged, not returned: a
     /// failed commit can at worst let a later retry through again, a failed release
     /// only delays the retry until the claim expires.
+    /// The claim for a queue that marks it done as it stores the delivery
+    /// (`Queue::enqueue_claimed`); `None` when it is not held (nothing to settle).
+    pub fn done_with<'a>(&self, claim: &'a Claim) -> Option<ClaimDone<'a>> {
+        claim.held.then_some(ClaimDone {
+            key: &claim.key,
+            token: &claim.token,
+            ttl: self.settings.ttl,
+        })
+    }
+
     pub async fn settle(&self, claim: Claim, success: bool) {
         if !claim.held {
             return;

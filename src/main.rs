@@ -8,6 +8,7 @@ use clap::Parser;
 use hookgate::bench::LoadOptions;
 use hookgate::cli::{BenchCommand, Cli, Command, LogFormat, SignArgs, VerifyArgs};
 use hookgate::cli_client::Trust;
+use hookgate::config::StoreBackend;
 use hookgate::diagnose;
 use hookgate::log_writer::{BatchedWriter, FlushGuard};
 use hookgate::sign::{self, SignInput};
@@ -58,6 +59,25 @@ fn init_logging(format: LogFormat, level: &str) -> FlushGuard {
     guard
 }
 
+/// What `hookgate check` says of the database's schema: its version against this
+/// binary's, or why it could not be read (the configuration itself is still valid).
+async fn postgres_schema_line(pg: &hookgate::config::PostgresSettings) -> String {
+    use hookgate::store::postgres::{SCHEMA_VERSION, status};
+    match status(pg).await {
+        Ok(0) => format!(
+            "schema: no hookgate schema yet (serve or `hookgate migrate` creates version {SCHEMA_VERSION})"
+        ),
+        Ok(found) if found == SCHEMA_VERSION => format!("schema: version {found} (current)"),
+        Ok(found) if found < SCHEMA_VERSION => format!(
+            "schema: version {found}; serve or `hookgate migrate` brings it to {SCHEMA_VERSION}"
+        ),
+        Ok(found) => format!(
+            "schema: version {found}, NEWER than this binary's {SCHEMA_VERSION}: serve refuses to start"
+        ),
+        Err(e) => format!("schema: unknown ({e})"),
+    }
+}
+
 async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     // Held until the command returns: dropping it flushes the log.
     let mut _log_guard = None;
@@ -81,7 +101,24 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<Exi
             for warning in &settings.warnings {
                 eprintln!("warning: {warning}");
             }
+            if let StoreBackend::Postgres(pg) = &settings.store.backend {
+                println!("{}", postgres_schema_line(pg).await);
+            }
             println!("ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { config } => {
+            let settings = hookgate::config::load_or_default(config.as_deref())?;
+            let StoreBackend::Postgres(pg) = &settings.store.backend else {
+                bail!("hookgate migrate needs [store] postgres_url in the configuration");
+            };
+            let migrated = hookgate::store::postgres::migrate(pg).await?;
+            println!(
+                "{}: schema version {} (was {})",
+                pg.target(),
+                migrated.to,
+                migrated.from
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Sign(args) => sign_command(args).await,

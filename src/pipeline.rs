@@ -348,14 +348,26 @@ impl Gateway {
                         trace_context: trace_context.clone(),
                     })
                     .collect();
-                let stored = (trace.span)
-                    .stage("hookgate.enqueue", queue.enqueue_all(copies))
-                    .await
-                    .map(|delivery_ids| {
+                // Where the queue also holds the dedupe claims (PostgreSQL), the copies
+                // are stored with the claim marked done in one transaction.
+                let storing = async {
+                    match self.dedupe.done_with(&claim) {
+                        Some(done) => queue.enqueue_all_claimed(copies, done).await,
+                        None => queue.enqueue_all(copies).await.map(|ids| (ids, false)),
+                    }
+                };
+                let (stored, settled) = match (trace.span).stage("hookgate.enqueue", storing).await
+                {
+                    Ok((delivery_ids, settled)) => {
                         trace.delivery_id = Some(delivery_ids.join(","));
-                        Answer::Queued { delivery_ids }
-                    })
-                    .map_err(Reject::from);
+                        (Ok(Answer::Queued { delivery_ids }), settled)
+                    }
+                    Err(e) => (Err(Reject::from(e)), false),
+                };
+                // Stored with its dedupe key done in one transaction: nothing to settle.
+                if settled {
+                    return stored;
+                }
                 let stored_ok = stored.is_ok();
                 (stored, stored_ok)
             }

@@ -10,8 +10,8 @@ use super::error::Invalid;
 use super::file::{self, DeliveryMode, FileConfig, OnError};
 use super::settings::{
     ADMIN_PATHS, AdminAuth, DedupeSettings, Limits, MAX_QUEUE_PARTITIONS, PenaltyBoxSettings,
-    QueueSettings, RateLimitSettings, RedisSettings, RedisTarget, ServerSettings, Settings,
-    StoreBackend, StoreSettings, TelemetrySettings, TlsSettings,
+    PostgresSettings, QueueSettings, RateLimitSettings, RedisSettings, RedisTarget, ServerSettings,
+    Settings, StoreBackend, StoreSettings, TelemetrySettings, TlsSettings,
 };
 use super::source::sources;
 use crate::queue::policy::{BackoffPolicy, RetryOn};
@@ -388,6 +388,19 @@ fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, Invalid> 
             on_error: OnError::Reject,
         });
     };
+    if let Some(url) = &file.postgres_url {
+        if file.redis_url.is_some() || !file.cluster.is_empty() {
+            return Err(Invalid::at(
+                "store.postgres_url",
+                "store: set postgres_url or redis_url/cluster, not both \
+                 (PostgreSQL holds dedupe and the queue; rate limits stay in memory)",
+            ));
+        }
+        return Ok(StoreSettings {
+            backend: StoreBackend::Postgres(Box::new(postgres_settings(file, url.expose())?)),
+            on_error: file.on_error,
+        });
+    }
     let target = match (&file.redis_url, file.cluster.as_slice()) {
         (Some(url), []) => {
             RedisTarget::Single(Box::new(redis_url("store.redis_url", url.expose())?))
@@ -421,6 +434,51 @@ fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, Invalid> 
             connect_timeout: positive("store.connect_timeout", file.connect_timeout)?,
         })),
         on_error: file.on_error,
+    })
+}
+
+fn postgres_settings(file: &file::Store, url: &str) -> Result<PostgresSettings, Invalid> {
+    // Never echoes the URL: it may hold a password.
+    let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
+        Invalid::at(
+            "store.postgres_url",
+            "store.postgres_url is not a valid PostgreSQL URL \
+             (postgres://user:password@host:5432/database?sslmode=require)",
+        )
+    })?;
+    let connect_timeout = positive("store.connect_timeout", file.connect_timeout)?;
+    config.connect_timeout(connect_timeout);
+    if config.get_application_name().is_none() {
+        config.application_name("hookgate");
+    }
+    let plain = |c: char| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit();
+    let schema = &file.schema;
+    if schema.is_empty()
+        || schema.len() > 63
+        || !schema.chars().all(plain)
+        || schema.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(Invalid::at(
+            "store.schema",
+            "store.schema must be a plain lowercase identifier (a-z, 0-9, _), \
+             at most 63 characters",
+        ));
+    }
+    let trust = match &file.ca_file {
+        None => UpstreamTrust::System,
+        Some(path) => UpstreamTrust::CaFile {
+            certs: tls::load_ca_file(path)
+                .map_err(|e| Invalid::at("store.ca_file", format!("store.ca_file {e}")))?,
+            path: path.clone(),
+        },
+    };
+    Ok(PostgresSettings {
+        config,
+        schema: schema.clone(),
+        pool_size: at_least("store.pool_size", file.pool_size, 1)? as usize,
+        timeout: positive("store.timeout", file.timeout)?,
+        connect_timeout,
+        trust,
     })
 }
 
@@ -974,6 +1032,45 @@ upstream = "http://127.0.0.1:9001/hooks"
         assert_eq!((e.line, e.column), (Some(2), Some(20)), "{e}");
         let e = parse(&format!("[admin]\ntoken = \"\"\n{MINIMAL}"), "t").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn postgres_settings_have_defaults_and_exclude_redis_naming_the_line() {
+        let settings = parse(
+            &format!(
+                "[store]\npostgres_url = \"postgres://hookgate:hunter2@db:5433/events?sslmode=require\"\n{MINIMAL}"
+            ),
+            "t",
+        )
+        .unwrap();
+        let StoreBackend::Postgres(pg) = &settings.store.backend else {
+            panic!("{:?}", settings.store.backend)
+        };
+        assert_eq!((pg.schema.as_str(), pg.pool_size), ("hookgate", 16));
+        assert_eq!(
+            pg.target(),
+            "postgres db:5433 db \"events\" schema \"hookgate\""
+        );
+        assert!(!format!("{pg:?}").contains("hunter2"));
+        assert!(!settings.summary().contains("hunter2"));
+        let both = format!(
+            "[store]\nredis_url = \"redis://127.0.0.1\"\npostgres_url = \"postgres://h@db/x\"\n{MINIMAL}"
+        );
+        let e = parse(&both, "t").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("store.postgres_url"));
+        assert_eq!(e.line, Some(3), "{e}");
+        let bad = format!(
+            "[store]\npostgres_url = \"postgres://secret@db/x\"\nschema = \"Bad-Name\"\n{MINIMAL}"
+        );
+        assert!(error(&bad).contains("store.schema"));
+        let e = error(&format!(
+            "[store]\npostgres_url = \"mysql:://hunter2@x\"\n{MINIMAL}"
+        ));
+        assert!(
+            e.contains("store.postgres_url is not a valid PostgreSQL URL"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -312,7 +312,8 @@ impl Default for RateLimit {
     }
 }
 
-/// `[store]`: present means Redis (one server or a cluster); absent means in memory.
+/// `[store]`: present means Redis (one server or a cluster) or PostgreSQL; absent means
+/// in memory.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Store {
@@ -320,6 +321,18 @@ pub struct Store {
     pub redis_url: Option<Secret>,
     #[serde(default)]
     pub cluster: Vec<Secret>,
+    /// `postgres://user:pass@host:5432/db?sslmode=require`; excludes `redis_url` and
+    /// `cluster`.
+    pub postgres_url: Option<Secret>,
+    /// PostgreSQL: connections this instance keeps at most.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// PostgreSQL: the schema hookgate's tables live in (created by the migrations).
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// PostgreSQL over TLS: trust exactly the CAs in this PEM file instead of the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
     #[serde(default)]
@@ -680,6 +693,14 @@ fn default_requests_per_second() -> f64 {
 fn default_burst() -> u32 {
     100
 }
+fn default_pool_size() -> u32 {
+    16
+}
+
+fn default_schema() -> String {
+    "hookgate".to_owned()
+}
+
 fn default_key_prefix() -> String {
     "hookgate:".to_owned()
 }

@@ -32,8 +32,9 @@ pub use file::{
 pub use secret::Secret;
 pub use settings::{
     ADMIN_PATHS, AdminAuth, DedupeSettings, EnrichSettings, HTTP2_RESET_WINDOW, Limits,
-    PenaltyBoxSettings, QueueSettings, RateLimitSettings, RedisSettings, RedisTarget,
-    ServerSettings, Settings, Source, StoreBackend, StoreSettings, TelemetrySettings, TlsSettings,
+    PenaltyBoxSettings, PostgresSettings, QueueSettings, RateLimitSettings, RedisSettings,
+    RedisTarget, ServerSettings, Settings, Source, StoreBackend, StoreSettings, TelemetrySettings,
+    TlsSettings,
 };
 
 /// The embedded default configuration: the same text as `config/hookgate.toml`, so the

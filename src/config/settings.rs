@@ -105,6 +105,44 @@ pub struct StoreSettings {
 pub enum StoreBackend {
     Memory,
     Redis(Box<RedisSettings>),
+    Postgres(Box<PostgresSettings>),
+}
+
+/// `[store] postgres_url` and what goes with it. `Debug` never shows the password
+/// (`tokio_postgres::Config` redacts it).
+#[derive(Debug)]
+pub struct PostgresSettings {
+    pub config: tokio_postgres::Config,
+    /// Checked to be a plain identifier, so it can be written into SQL.
+    pub schema: String,
+    pub pool_size: usize,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Whom a TLS connection trusts: the system's roots or a CA file.
+    pub trust: crate::tls::UpstreamTrust,
+}
+
+impl PostgresSettings {
+    /// Host(s), port and database, for logs and `hookgate check`: never the password.
+    pub fn target(&self) -> String {
+        use tokio_postgres::config::Host;
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!(
+            "postgres {}:{port} db {:?} schema {:?}",
+            hosts.join(","),
+            self.config.get_dbname().unwrap_or(""),
+            self.schema
+        )
+    }
 }
 
 #[derive(Debug)]

@@ -89,6 +89,13 @@ impl Settings {
                 humantime::format_duration(redis.timeout),
                 self.store.on_error
             ),
+            StoreBackend::Postgres(pg) => format!(
+                "{} (pool {}, timeout {}, on_error = \"{}\"; rate limits in memory per instance)",
+                pg.target(),
+                pg.pool_size,
+                humantime::format_duration(pg.timeout),
+                self.store.on_error,
+            ),
         };
         let _ = writeln!(
             s,
@@ -129,6 +136,7 @@ impl Settings {
                     queue.partitions
                 ),
                 StoreBackend::Redis(_) => "Redis Streams, shared by every instance",
+                StoreBackend::Postgres(_) => "PostgreSQL tables, shared by every instance",
             };
             let _ = writeln!(
                 s,

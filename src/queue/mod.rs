@@ -7,11 +7,12 @@
 //! the vocabulary (states, records, leases, the admin API's answers), `policy.rs` the
 //! retry policy as pure functions that take time as a value (`BackoffPolicy::delay`,
 //! `RetryOn`, `decide`), and this file the `Queue` trait every backend implements
-//! (`memory.rs`, `redis.rs`, chosen in `build`). It does not know HTTP: the admin API
+//! (`memory.rs`, `redis/`, `postgres.rs`, chosen in `build`). It does not know HTTP: the admin API
 //! and the CLI render what it returns.
 
 pub mod memory;
 pub mod policy;
+pub mod postgres;
 pub mod record;
 pub mod redis;
 pub mod worker;
@@ -45,7 +46,8 @@ pub enum QueueError {
 }
 
 /// A queue backend. Every method is one short store operation; policy lives in the
-/// caller. Implementations: `memory::MemoryQueue`, `redis::RedisQueue`.
+/// caller. Implementations: `memory::MemoryQueue`, `redis::RedisQueue`,
+/// `postgres::PostgresQueue`.
 pub trait Queue: Send + Sync {
     /// Stores the delivery and its `queued` record in one step; returns its id.
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>>;
@@ -58,6 +60,18 @@ pub trait Queue: Send + Sync {
         &self,
         deliveries: Vec<NewDelivery>,
     ) -> BoxFuture<'_, Result<Vec<String>, QueueError>>;
+
+    /// `enqueue_all`, and where the backend also holds the dedupe claims (PostgreSQL),
+    /// marks `claim` done in the same transaction, so the deliveries are stored with
+    /// their key done or nothing happens. Returns the ids and whether the claim was
+    /// settled here; when it was not, the caller commits it as usual.
+    fn enqueue_all_claimed<'a>(
+        &'a self,
+        deliveries: Vec<NewDelivery>,
+        _claim: ClaimDone<'a>,
+    ) -> BoxFuture<'a, Result<(Vec<String>, bool), QueueError>> {
+        Box::pin(async move { Ok((self.enqueue_all(deliveries).await?, false)) })
+    }
 
     /// Takes up to `max` deliveries for this instance: due retries, deliveries another
     /// instance took and stopped renewing, and new ones.
@@ -155,6 +169,11 @@ pub trait Queue: Send + Sync {
 
     fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>>;
 
+    /// Wakes `wake` (this instance's idle workers) when another instance enqueues, where
+    /// the backend can tell (PostgreSQL's `LISTEN`/`NOTIFY`); the workers' polling covers
+    /// the other backends and any notification lost.
+    fn wake_on(&self, _wake: Arc<Notify>) {}
+
     /// False for the in-memory queue: everything in it is lost when the process ends.
     fn durable(&self) -> bool;
 
@@ -162,7 +181,8 @@ pub trait Queue: Send + Sync {
 }
 
 /// The queue the settings ask for, on the store's backend (`store::build` hands over
-/// what the two share): Redis Streams, shared by every instance, or in memory. `None`
+/// what the two share): Redis Streams or PostgreSQL tables, shared by every instance, or
+/// in memory. `None`
 /// without queue sources. Does not connect: a Redis that is down at start-up makes
 /// enqueues fail (503) until it comes up.
 ///
@@ -181,9 +201,21 @@ pub fn build(
         (Shared::Redis(connection), StoreBackend::Redis(redis)) => Arc::new(
             self::redis::RedisQueue::connect(connection.clone(), redis, queue, instance, metrics)?,
         ),
+        (Shared::Postgres(pool), StoreBackend::Postgres(_)) => Arc::new(
+            self::postgres::PostgresQueue::new(pool.clone(), queue, instance),
+        ),
         _ => Arc::new(memory::MemoryQueue::new(queue.retention, instance)),
     };
     Ok(Some(built))
+}
+
+/// A won dedupe claim, for `Queue::enqueue_all_claimed` to mark done: the store's key, the
+/// claim's token and how long the key then stays done.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimDone<'a> {
+    pub key: &'a str,
+    pub token: &'a str,
+    pub ttl: Duration,
 }
 
 /// For `hookgate check`: what Redis' own settings promise for a delivery answered `202`,
@@ -225,5 +257,17 @@ impl Ingress {
         let ids = self.queue.enqueue_all(deliveries).await?;
         self.wake.notify_one();
         Ok(ids)
+    }
+
+    /// `enqueue_all` with the claim marked done in the same step where the backend can
+    /// (`Queue::enqueue_all_claimed`).
+    pub async fn enqueue_all_claimed(
+        &self,
+        deliveries: Vec<NewDelivery>,
+        claim: ClaimDone<'_>,
+    ) -> Result<(Vec<String>, bool), QueueError> {
+        let stored = self.queue.enqueue_all_claimed(deliveries, claim).await?;
+        self.wake.notify_one();
+        Ok(stored)
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod coalesce;
 pub mod memory;
+pub mod postgres;
 pub mod redis;
 
 use std::future::Future;
@@ -142,7 +143,27 @@ pub fn build(
             let shared = Backend(Shared::Redis(store.connection()));
             (Arc::new(store), shared)
         }
+        StoreBackend::Postgres(pg) => {
+            let store = self::postgres::PostgresStore::new(pg, settings.rate_limit, metrics)?;
+            let shared = Backend(Shared::Postgres(store.pool()));
+            (Arc::new(store), shared)
+        }
     })
+}
+
+/// What a backend needs done before serving: on PostgreSQL, the schema brought to this
+/// binary's version (`hookgate migrate` does the same ahead of a deploy).
+pub async fn prepare(settings: &Settings) -> Result<(), self::postgres::SchemaError> {
+    if let StoreBackend::Postgres(pg) = &settings.store.backend {
+        let migrated = self::postgres::migrate(pg).await?;
+        tracing::info!(
+            from = migrated.from,
+            to = migrated.to,
+            "postgres schema version {}",
+            migrated.to
+        );
+    }
+    Ok(())
 }
 
 /// What a store's backend holds open (a connection, a pool), handed to the queue on the
@@ -153,4 +174,5 @@ pub struct Backend(pub(crate) Shared);
 pub(crate) enum Shared {
     Memory,
     Redis(Arc<self::redis::RedisConnection>),
+    Postgres(Arc<self::postgres::PgPool>),
 }

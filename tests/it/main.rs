@@ -22,6 +22,7 @@ mod matching;
 mod metrics;
 mod packaging;
 mod partitions;
+mod postgres;
 mod queue;
 mod ratelimit;
 mod redis_cluster;

@@ -247,6 +247,7 @@ contract_tests! {
     memory => memory(),
     redis(shared) => redis().await,
     redis_cluster(shared) => redis_cluster().await,
+    postgres(shared) => postgres().await,
     redis_cluster_partitioned(shared) => redis_cluster_partitioned().await,
 }
 
@@ -258,6 +259,18 @@ fn memory() -> Option<Backend> {
 /// A `redis-server` of this test's own.
 async fn redis() -> Option<Backend> {
     TestStore::redis().await.map(Backend::on)
+}
+
+/// The shared PostgreSQL server, in a schema of this test's own; the schema is made by
+/// the migrations, as `hookgate serve` makes it.
+async fn postgres() -> Option<Backend> {
+    let store = TestStore::postgres()?;
+    let backend = Backend::on(store);
+    let settings = backend.settings(QueueOptions::default());
+    hookgate::store::prepare(&settings)
+        .await
+        .expect("the migrations apply");
+    Some(backend)
 }
 
 /// The shared three-node Redis Cluster, under a key prefix of this test's own.

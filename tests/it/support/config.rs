@@ -307,7 +307,15 @@ impl Config {
                 let cluster = self.store_option("key_prefix", key_prefix);
                 cluster.cluster_nodes(nodes)
             }
+            TestStore::Postgres { url, schema } => self.postgres(url, schema),
         }
+    }
+
+    /// `[store] postgres_url` pointing at `url`, in `schema`.
+    pub fn postgres(mut self, url: &str, schema: &str) -> Self {
+        self.store.push(("postgres_url", format!("{url:?}")));
+        self.store.push(("schema", format!("{schema:?}")));
+        self
     }
 
     /// `[store] redis_url` pointing at `redis`.

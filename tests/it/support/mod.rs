@@ -10,6 +10,7 @@
 //! | `copies.rs` | `post_at_once`, `assert_forwarded_exactly_once`: many requests in the same instant |
 //! | `signing.rs` | signed deliveries (`signed_event`, `signed_raw`) and `Edit` to break them |
 //! | `tls.rs` | dev certificates, https and mTLS clients, a test CA, an https upstream |
+//! | `postgres_server.rs` | `PostgresServer`: a real PostgreSQL (`initdb` + `pg_ctl`) the tests start |
 //! | `redis_server.rs` | `RedisServer` and `RedisCluster`: real `redis-server`s the test starts |
 //! | `store.rs` | `TestStore` and `on_each_store!`: one test body on the in-memory store and on Redis |
 //! | `metrics.rs` | `Scrape`: one read of `/metrics` |
@@ -33,6 +34,7 @@ mod eventually;
 mod gateway;
 mod metrics;
 mod openai_api;
+mod postgres_server;
 mod process;
 mod raw;
 mod redis_server;
@@ -53,6 +55,7 @@ pub use eventually::*;
 pub use gateway::*;
 pub use metrics::*;
 pub use openai_api::*;
+pub use postgres_server::*;
 pub use process::*;
 pub use raw::*;
 pub use redis_server::*;

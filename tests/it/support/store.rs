@@ -1,9 +1,9 @@
 //! `TestStore`, the store a shared test body runs against, and `on_each_store!`, which
-//! runs one test body as two tests: on the in-memory store and on a Redis of its own.
+//! runs one test body on the in-memory store, on a Redis of its own and on PostgreSQL.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{RedisCluster, RedisServer};
+use super::{PostgresServer, RedisCluster, RedisServer, fresh_schema};
 
 /// The store a shared test body runs against. A Redis server lives as long as this.
 pub enum TestStore {
@@ -14,6 +14,12 @@ pub enum TestStore {
     SharedCluster {
         nodes: Vec<String>,
         key_prefix: String,
+    },
+    /// The PostgreSQL server the tests share (`PostgresServer::shared_or_skip`), under a
+    /// schema of this test's own.
+    Postgres {
+        url: String,
+        schema: String,
     },
 }
 
@@ -35,10 +41,20 @@ impl TestStore {
         let key_prefix = format!("test-{}:", NEXT.fetch_add(1, Ordering::Relaxed));
         Some(TestStore::SharedCluster { nodes, key_prefix })
     }
+
+    /// The shared PostgreSQL server under a fresh schema, or `None` when the test is
+    /// skipped.
+    pub fn postgres() -> Option<TestStore> {
+        let url = PostgresServer::shared_or_skip()?;
+        Some(TestStore::Postgres {
+            url,
+            schema: fresh_schema(),
+        })
+    }
 }
 
-/// Runs each named `async fn(TestStore)` in the calling module as two tests,
-/// `memory::<name>` and `redis::<name>`; an optional `(flavor = ...)` after a name is
+/// Runs each named `async fn(TestStore)` in the calling module as three tests,
+/// `memory::<name>`, `redis::<name>` and `postgres::<name>`; an optional `(flavor = ...)` after a name is
 /// passed to `#[tokio::test]`.
 macro_rules! on_each_store {
     ($($name:ident $(($($runtime:tt)*))?),+ $(,)?) => {
@@ -56,6 +72,18 @@ macro_rules! on_each_store {
                 #[tokio::test $(($($runtime)*))?]
                 async fn $name() {
                     let Some(store) = $crate::support::TestStore::redis().await else {
+                        return;
+                    };
+                    super::$name(store).await
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test $(($($runtime)*))?]
+                async fn $name() {
+                    let Some(store) = $crate::support::TestStore::postgres() else {
                         return;
                     };
                     super::$name(store).await

@@ -1,0 +1,225 @@
+//! The PostgreSQL store: dedupe claims in the `dedupe` table of hookgate's schema,
+//! shared by every instance using the same database, with the same two-phase claim /
+//! commit / release semantics as Redis (each one statement, atomic by itself: an
+//! `INSERT ... ON CONFLICT DO UPDATE ... WHERE` that only replaces an expired row).
+//!
+//! Rate limits stay in memory, per instance (`memory::MemoryStore`'s GCRA buckets):
+//! PostgreSQL is a poor place for a counter every request writes. With several
+//! instances behind a load balancer, a client may get up to `burst` (and the rate) from
+//! each instance it reaches.
+//!
+//! Times (claim expiry) are the database's clock, so instances' clocks may differ.
+//! Expired rows are deleted in small batches by a background sweep.
+
+mod pool;
+pub mod schema;
+
+use std::net::IpAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+pub(crate) use self::pool::{PgPool, channel, listen_forever};
+pub use self::schema::{Migrated, SCHEMA_VERSION, SchemaError, migrate, status};
+use super::memory::MemoryStore;
+use super::{BoxFuture, ClaimState, RateDecision, Settled, Store, StoreError};
+use crate::config::{PostgresSettings, RateLimitSettings};
+use crate::metrics::Metrics;
+
+/// Claims `$1` for `$2` for `$3` seconds unless a live row holds it; returns a row
+/// only when won.
+const CLAIM: &str = "INSERT INTO dedupe (key, token, expires_at) \
+     VALUES ($1, $2, now() + make_interval(secs => $3)) \
+     ON CONFLICT (key) DO UPDATE SET token = EXCLUDED.token, expires_at = EXCLUDED.expires_at \
+     WHERE dedupe.expires_at <= now() \
+     RETURNING 1";
+
+/// What holds `$1` now: done (no token) or in flight for so many seconds.
+const HOLDER: &str = "SELECT token IS NULL, \
+     greatest(extract(epoch FROM expires_at - now()), 0)::float8 \
+     FROM dedupe WHERE key = $1 AND expires_at > now()";
+
+/// Marks `$1` done for `$3` seconds if it holds `$2`, has expired or is absent.
+const COMMIT: &str = "INSERT INTO dedupe (key, token, expires_at) \
+     VALUES ($1, NULL, now() + make_interval(secs => $3)) \
+     ON CONFLICT (key) DO UPDATE SET token = NULL, expires_at = EXCLUDED.expires_at \
+     WHERE dedupe.token = $2 OR dedupe.expires_at <= now() \
+     RETURNING 1";
+
+/// Deletes `$1` only if its live claim is `$2`'s.
+const RELEASE: &str = "DELETE FROM dedupe WHERE key = $1 AND token = $2 AND expires_at > now()";
+
+/// One batch of the sweep of expired claims: small, so no long lock.
+const SWEEP: &str = "DELETE FROM dedupe WHERE key IN \
+     (SELECT key FROM dedupe WHERE expires_at < now() LIMIT 1000)";
+
+/// How often expired dedupe rows are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+pub struct PostgresStore {
+    pool: Arc<PgPool>,
+    /// Rate limits: in memory, per instance (see the module doc).
+    rate: MemoryStore,
+    description: String,
+}
+
+impl PostgresStore {
+    /// Creates the store on its own pool, without connecting (the schema is applied
+    /// before, by `migrate`).
+    pub fn new(
+        settings: &PostgresSettings,
+        rate: RateLimitSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let pool = Arc::new(PgPool::new(settings, metrics)?);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep_forever(Arc::downgrade(&pool)));
+        }
+        Ok(PostgresStore {
+            pool,
+            rate: MemoryStore::new(rate),
+            description: format!(
+                "{} (dedupe shared by every instance using it; rate limits in memory, \
+                 per instance)",
+                settings.target()
+            ),
+        })
+    }
+
+    /// The pool, for the queue on the same database (`store::Backend`).
+    pub(crate) fn pool(&self) -> Arc<PgPool> {
+        self.pool.clone()
+    }
+}
+
+/// Deletes expired claims until the store is dropped.
+async fn sweep_forever(pool: Weak<PgPool>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        loop {
+            let deleted = pool
+                .call("sweep", async |client| {
+                    let statement = client.prepare_cached(SWEEP).await?;
+                    client.execute(&statement, &[]).await
+                })
+                .await;
+            if !matches!(deleted, Ok(1000)) {
+                break;
+            }
+        }
+    }
+}
+
+fn seconds(ttl: Duration) -> f64 {
+    ttl.as_secs_f64()
+}
+
+impl Store for PostgresStore {
+    fn claim<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<ClaimState, StoreError>> {
+        Box::pin(async move {
+            let won = self
+                .pool
+                .call("claim", async |client| {
+                    let statement = client.prepare_cached(CLAIM).await?;
+                    client
+                        .query_opt(&statement, &[&key, &token, &seconds(ttl)])
+                        .await
+                })
+                .await?;
+            if won.is_some() {
+                return Ok(ClaimState::Won);
+            }
+            // Held by someone (rare): by whom, asked only now.
+            let holder = self
+                .pool
+                .call("claim", async |client| {
+                    let statement = client.prepare_cached(HOLDER).await?;
+                    client.query_opt(&statement, &[&key]).await
+                })
+                .await?;
+            Ok(match holder {
+                Some(row) if row.get::<_, bool>(0) => ClaimState::Done,
+                Some(row) => ClaimState::InFlight {
+                    remaining: Duration::from_secs_f64(row.get::<_, f64>(1)),
+                },
+                // It ended in between: the sender may retry at once.
+                None => ClaimState::InFlight {
+                    remaining: Duration::ZERO,
+                },
+            })
+        })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Settled, StoreError>> {
+        Box::pin(async move {
+            let applied = self
+                .pool
+                .call("commit", async |client| {
+                    let statement = client.prepare_cached(COMMIT).await?;
+                    client
+                        .query_opt(&statement, &[&key, &token, &seconds(ttl)])
+                        .await
+                })
+                .await?;
+            Ok(settled(applied.is_some()))
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<Settled, StoreError>> {
+        Box::pin(async move {
+            let deleted = self
+                .pool
+                .call("release", async |client| {
+                    let statement = client.prepare_cached(RELEASE).await?;
+                    client.execute(&statement, &[&key, &token]).await
+                })
+                .await?;
+            Ok(settled(deleted == 1))
+        })
+    }
+
+    fn rate_check(&self, client: IpAddr) -> BoxFuture<'_, Result<RateDecision, StoreError>> {
+        self.rate.rate_check(client)
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.pool
+                .call("ping", async |client| client.simple_query("SELECT 1").await)
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn set_rate(&self, rate: RateLimitSettings) {
+        self.rate.set_rate(rate);
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}
+
+fn settled(applied: bool) -> Settled {
+    if applied {
+        Settled::Applied
+    } else {
+        Settled::Superseded
+    }
+}

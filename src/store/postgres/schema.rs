@@ -1,0 +1,140 @@
+//! hookgate's schema: versioned migrations embedded in the binary, applied under an
+//! advisory lock (instances starting together apply each once), recorded in
+//! `schema_version`. A database whose version is newer than this binary's is refused.
+
+use tokio_postgres::Client;
+
+use super::pool::{client_config, tls};
+use crate::config::PostgresSettings;
+
+/// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+
+/// The schema version this binary writes and reads.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("cannot reach PostgreSQL: {0}")]
+    Unreachable(String),
+    #[error(
+        "the database's hookgate schema is at version {found}, newer than this binary's \
+         {known}: run a newer hookgate (or restore the database)"
+    )]
+    Newer { found: i32, known: i32 },
+    #[error("migration to schema version {version} failed: {detail}")]
+    Failed { version: i32, detail: String },
+}
+
+/// Where the schema stood and stands after `migrate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    pub from: i32,
+    pub to: i32,
+}
+
+async fn connect(settings: &PostgresSettings) -> Result<Client, SchemaError> {
+    let config = client_config(settings);
+    let connecting = config.connect(tls(settings));
+    let (client, connection) =
+        tokio::time::timeout(settings.connect_timeout + settings.timeout, connecting)
+            .await
+            .map_err(|_| SchemaError::Unreachable("timed out".to_owned()))?
+            .map_err(|e| SchemaError::Unreachable(super::pool::pg_error(e).to_string()))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres migration connection ended");
+        }
+    });
+    Ok(client)
+}
+
+fn unreachable(e: tokio_postgres::Error) -> SchemaError {
+    SchemaError::Unreachable(super::pool::pg_error(e).to_string())
+}
+
+/// The schema version in the database (0 before the first migration).
+async fn version(client: &Client, schema: &str) -> Result<i32, SchemaError> {
+    let exists = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{schema}.schema_version")],
+        )
+        .await
+        .map_err(unreachable)?
+        .get::<_, bool>(0);
+    if !exists {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {schema}.schema_version"),
+            &[],
+        )
+        .await
+        .map_err(unreachable)?;
+    Ok(row.get(0))
+}
+
+/// The database's schema version, for `hookgate check`.
+pub async fn status(settings: &PostgresSettings) -> Result<i32, SchemaError> {
+    let client = connect(settings).await?;
+    version(&client, &settings.schema).await
+}
+
+/// Brings the schema to `SCHEMA_VERSION`, each missing migration in its own
+/// transaction, under a session advisory lock: instances that start together wait for
+/// the first, then find nothing left to do.
+pub async fn migrate(settings: &PostgresSettings) -> Result<Migrated, SchemaError> {
+    let client = connect(settings).await?;
+    let schema = &settings.schema;
+    let lock_key = format!("hookgate migrations {schema}");
+    client
+        .execute("SELECT pg_advisory_lock(hashtext($1))", &[&lock_key])
+        .await
+        .map_err(unreachable)?;
+    let result = apply(&client, schema).await;
+    // Closing the session would release it too; say so explicitly while it is open.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&lock_key])
+        .await;
+    result
+}
+
+async fn apply(client: &Client, schema: &str) -> Result<Migrated, SchemaError> {
+    let from = version(client, schema).await?;
+    if from > SCHEMA_VERSION {
+        return Err(SchemaError::Newer {
+            found: from,
+            known: SCHEMA_VERSION,
+        });
+    }
+    for version in from + 1..=SCHEMA_VERSION {
+        let failed = |e: tokio_postgres::Error| SchemaError::Failed {
+            version,
+            detail: super::pool::pg_error(e).to_string(),
+        };
+        let sql = MIGRATIONS[(version - 1) as usize];
+        let script = format!(
+            "BEGIN;\n\
+             CREATE SCHEMA IF NOT EXISTS {schema};\n\
+             SET LOCAL search_path = {schema};\n\
+             CREATE TABLE IF NOT EXISTS schema_version (\n\
+               version integer PRIMARY KEY,\n\
+               applied_at timestamptz NOT NULL DEFAULT now()\n\
+             );\n\
+             {sql}\n\
+             INSERT INTO schema_version (version) VALUES ({version});\n\
+             COMMIT;"
+        );
+        if let Err(e) = client.batch_execute(&script).await {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(failed(e));
+        }
+        tracing::info!(schema, version, "postgres schema migrated");
+    }
+    Ok(Migrated {
+        from,
+        to: SCHEMA_VERSION,
+    })
+}

@@ -1,0 +1,554 @@
+//! PostgreSQL end to end: the schema's migrations, several instances sharing one
+//! database, an instance killed mid-delivery, the database stopped and started under
+//! load, and rate limits (in memory per instance). A real PostgreSQL each time: the
+//! shared test server under a schema of the test's own, or a server of the test's own
+//! where the test stops it. The `Store` and `Queue` contracts run on PostgreSQL in
+//! `contract`; the SQL the README documents runs in `readme_queries_*`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// A queue-mode gateway config on PostgreSQL at `url` in `schema`, delivering to `to`.
+fn queue_config(url: &str, schema: &str, to: impl Target) -> Config {
+    config()
+        .postgres(url, schema)
+        .queued()
+        .route("*", to)
+        .upstream_timeout("5s")
+        .queue_option("workers", "4")
+        .queue_option(
+            "backoff",
+            r#"{ initial = "100ms", max = "400ms", jitter = false }"#,
+        )
+        .queue_option("visibility_timeout", r#""1s""#)
+}
+
+fn settings(config: &Config) -> hookgate::Settings {
+    hookgate::config::parse(&config.to_string(), "postgres.toml").expect("a valid config")
+}
+
+fn postgres_settings(settings: &hookgate::Settings) -> &hookgate::config::PostgresSettings {
+    match &settings.store.backend {
+        hookgate::config::StoreBackend::Postgres(pg) => pg,
+        other => panic!("not postgres: {other:?}"),
+    }
+}
+
+/// A connection to the shared server for looking at what hookgate wrote.
+async fn sql(url: &str, query: &str) -> Vec<Vec<Option<String>>> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test postgres");
+    tokio::spawn(connection);
+    client
+        .simple_query(query)
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn one(rows: &[Vec<Option<String>>]) -> String {
+    rows[0][0].clone().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_starting_at_once_apply_the_migrations_once() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let upstream = Upstream::start().await;
+    let config = queue_config(&url, &schema, &upstream);
+
+    let text = config.to_string();
+    let (a, b) = tokio::join!(Gateway::start(&text), Gateway::start(&text));
+
+    let versions = sql(
+        &url,
+        &format!("SELECT version FROM {schema}.schema_version"),
+    )
+    .await;
+    assert_eq!(versions, [[Some("1".to_owned())]]);
+    let id = enqueue(&a.client(), &signed_event("response.completed")).await;
+    Deliveries::of(&b).wait_for_state(&id, "processed").await;
+    // Both report themselves ready and durable.
+    let ready = b.admin("/readyz").await;
+    assert_eq!(ready.status(), 200, "{ready:?}");
+    assert_eq!(ready.json()["queue"]["durable"], true);
+}
+
+#[tokio::test]
+async fn a_schema_newer_than_the_binary_is_refused_at_start_and_named_by_check() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let config = queue_config(&url, &schema, "http://127.0.0.1:9/hooks");
+    let file = ConfigFile::new(&config);
+    let path = file.path();
+    let path = path.to_str().expect("a UTF-8 temp path");
+    let (ok, out, err) = hookgate_cli(&["check", "--config", path]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("schema: no hookgate schema yet"), "{out}");
+
+    let (ok, out, err) = hookgate_cli(&["migrate", "--config", path]).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("schema version 1 (was 0)"), "{out}");
+    let (_, out, _) = hookgate_cli(&["check", "--config", path]).await;
+    assert!(out.contains("schema: version 1 (current)"), "{out}");
+    assert!(out.contains(&format!("schema \"{schema}\"")), "{out}");
+
+    sql(
+        &url,
+        &format!("INSERT INTO {schema}.schema_version VALUES (99)"),
+    )
+    .await;
+    let (_, out, _) = hookgate_cli(&["check", "--config", path]).await;
+    assert!(
+        out.contains("version 99, NEWER than this binary's 1"),
+        "{out}"
+    );
+    let refused = hookgate::start(settings(&config))
+        .await
+        .err()
+        .expect("refused");
+    let said = refused.to_string();
+    assert!(
+        said.contains("schema is at version 99, newer than this binary's 1"),
+        "{said}"
+    );
+}
+
+#[tokio::test]
+async fn a_queued_delivery_is_stored_with_its_dedupe_key_done_in_one_step() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let upstream = Upstream::with(Answer::held()).await;
+    let gw = Gateway::start(queue_config(&url, &schema, &upstream)).await;
+    let event = signed_event("response.completed");
+
+    let id = enqueue(&gw.client(), &event).await;
+
+    let rows = sql(
+        &url,
+        &format!(
+            "SELECT d.state IN ('queued', 'processing'), k.token IS NULL \
+             FROM {schema}.deliveries d JOIN {schema}.dedupe k \
+             ON k.key = d.source || ':' || d.webhook_id WHERE d.id = '{id}'"
+        ),
+    )
+    .await;
+    assert_eq!(rows, [[Some("t".to_owned()), Some("t".to_owned())]]);
+    let repeat = gw.post(PATH, &event).await;
+    assert_eq!(repeat.status(), 200, "{repeat:?}");
+    assert_eq!(repeat.json()["duplicate"], true);
+    upstream.release();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_events_through_two_instances_on_one_database_are_each_delivered_once() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let upstream = Upstream::start().await;
+    let config = || queue_config(&url, &schema, &upstream).queue_option("workers", "16");
+    let a = Gateway::start(config()).await;
+    let b = Gateway::start(config()).await;
+
+    let senders: Vec<_> = (0..16)
+        .map(|sender| {
+            let client = if sender % 2 == 0 {
+                a.client()
+            } else {
+                b.client()
+            };
+            tokio::spawn(async move {
+                for _ in 0..1000 / 16 + usize::from(sender < 1000 % 16) {
+                    enqueue(&client, &signed_event("response.completed")).await;
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    upstream.wait_for(1000).await;
+    Deliveries::of(&a).wait_for_count("processed", 1000).await;
+
+    let left = sql(
+        &url,
+        &format!("SELECT count(*) FROM {schema}.deliveries WHERE due_at IS NOT NULL"),
+    )
+    .await;
+    assert_eq!(one(&left), "0", "nothing left to deliver");
+    let counts = upstream.count_by_webhook_id();
+    assert_eq!(counts.len(), 1000);
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a webhook-id was delivered twice"
+    );
+    let processed = |s: &Scrape| {
+        s.value(r#"hookgate_deliveries_total{result="processed",route="openai/0"}"#)
+            .unwrap_or(0.0)
+    };
+    let (scrape_a, scrape_b) = (a.metrics().await, b.metrics().await);
+    assert_eq!(processed(&scrape_a) + processed(&scrape_b), 1000.0);
+    assert!(processed(&scrape_a) > 0.0 && processed(&scrape_b) > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_with_sigkill_mid_delivery_is_replaced_after_the_visibility_timeout() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    // The first attempt hangs (the instance holding it is killed); the next is answered.
+    let upstream = Upstream::with(Behaviour::sequence([Answer::held(), Answer::ok()])).await;
+    let mut doomed = GatewayProcess::spawn(queue_config(&url, &schema, &upstream)).await;
+    let id = enqueue(&doomed.client(), &signed_event("response.completed")).await;
+    upstream.wait_for(1).await;
+
+    let survivor = GatewayProcess::spawn(queue_config(&url, &schema, &upstream)).await;
+    doomed.kill();
+    let killed = std::time::Instant::now();
+    upstream.wait_for(2).await;
+    let deliveries = Deliveries::at(survivor.admin_addr);
+    let record = deliveries.wait_for_state(&id, "processed").await;
+
+    assert!(
+        killed.elapsed() >= Duration::from_millis(500),
+        "taken over too early"
+    );
+    let received = upstream.received();
+    assert_eq!(received.len(), 2, "{}", survivor.log());
+    assert_eq!(
+        received[0].header("webhook-id"),
+        received[1].header("webhook-id")
+    );
+    let history = record["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{record:#}");
+    assert!(history[0].get("result").is_none(), "{record:#}");
+    assert_ne!(history[0]["instance"], history[1]["instance"]);
+    assert_eq!(history[1]["result"], "processed");
+    upstream.release();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_for_seconds_loses_no_accepted_delivery_and_answers_503_meanwhile() {
+    let Some(mut server) = PostgresServer::start_or_skip() else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        queue_config(&server.url(), "hookgate", &upstream)
+            .store_option("timeout", "300ms")
+            .store_option("connect_timeout", "300ms"),
+    )
+    .await;
+    let client = gw.client();
+    // Senders that keep posting new events, each retrying its event until accepted,
+    // as webhook senders do; they record what was accepted and every 503.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, stopped) = (client.clone(), stopped.clone());
+            tokio::spawn(async move {
+                let (mut accepted, mut refused) = (Vec::new(), 0);
+                while !*stopped.borrow() {
+                    let event = signed_event("response.completed");
+                    loop {
+                        let reply = client.post(PATH, &event).await;
+                        match reply.status().as_u16() {
+                            202 => break accepted.push(event.header("webhook-id").to_owned()),
+                            // Stored by an attempt whose answer was lost with the database:
+                            // done as far as the sender is concerned.
+                            200 if reply.json()["duplicate"] == true => {
+                                break accepted.push(event.header("webhook-id").to_owned());
+                            }
+                            503 => refused += 1,
+                            // Claimed by an attempt whose claim could not be released
+                            // while the database was down: retry when told to.
+                            409 => {
+                                let wait = Duration::from_secs(reply.retry_after());
+                                tokio::time::sleep(wait).await;
+                            }
+                            other => panic!("unexpected {other}: {reply:?}"),
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                (accepted, refused)
+            })
+        })
+        .collect();
+    let upstream = &upstream;
+    eventually("deliveries accepted", async || {
+        upstream.received().len() >= 20
+    })
+    .await;
+
+    server.stop();
+    let gw_ref = &gw;
+    eventually("/readyz answering 503", async || {
+        gw_ref.admin("/readyz").await.status() == 503
+    })
+    .await;
+    let down = gw.post(PATH, &signed_event("response.completed")).await;
+    assert_eq!(down.status(), 503, "{down:?}");
+    assert!(down.retry_after() >= 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.restart();
+    eventually("/readyz answering 200 again", async || {
+        gw_ref.admin("/readyz").await.status() == 200
+    })
+    .await;
+    let received_at_restart = upstream.received().len();
+    eventually("new deliveries after the restart", async || {
+        upstream.received().len() >= received_at_restart + 20
+    })
+    .await;
+    stop.send(true).unwrap();
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    for sender in senders {
+        let (a, r) = sender.await.unwrap();
+        accepted.extend(a);
+        refused += r;
+    }
+    assert!(refused > 0, "no 503 while PostgreSQL was down");
+    eventually("every accepted delivery delivered", async || {
+        let got: HashSet<String> = upstream.count_by_webhook_id().into_keys().collect();
+        accepted.iter().all(|id| got.contains(id))
+    })
+    .await;
+    // At least once: an attempt that was in flight as the database went away (its
+    // result could not be recorded) is made again, so at most one per worker arrives
+    // twice, with the same webhook-id and delivery id for the backend to dedupe on.
+    let counts = upstream.count_by_webhook_id();
+    let twice: Vec<_> = counts.iter().filter(|&(_, &n)| n > 1).collect();
+    assert!(twice.len() <= 4, "delivered more than once: {twice:?}");
+    assert!(counts.values().all(|&n| n <= 2), "{twice:?}");
+    assert_eq!(counts.len(), accepted.len());
+}
+
+#[tokio::test]
+async fn rate_limits_on_postgres_are_kept_in_memory_by_each_instance() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let upstream = Upstream::start().await;
+    let config = || {
+        config()
+            .postgres(&url, &schema)
+            .rate_limit(0.1, 2)
+            .route("*", &upstream)
+    };
+    let a = Gateway::start(config()).await;
+    let b = Gateway::start(config()).await;
+
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(a.post(PATH, &signed_event("a.b")).await.status().as_u16());
+    }
+    // The other instance has a bucket of its own for the same client.
+    statuses.push(b.post(PATH, &signed_event("a.b")).await.status().as_u16());
+
+    assert_eq!(statuses, [200, 200, 429, 200]);
+    let rows = sql(
+        &url,
+        &format!("SELECT count(*) FROM {schema}.dedupe WHERE token IS NULL"),
+    )
+    .await;
+    assert_eq!(one(&rows), "3", "dedupe is shared in PostgreSQL");
+    let stored = settings(&config());
+    assert!(
+        stored
+            .summary()
+            .contains("rate limits in memory per instance"),
+        "{}",
+        stored.summary()
+    );
+    let _ = postgres_settings(&stored);
+}
+
+/// The ```sql blocks of the README's "PostgreSQL" section, in order.
+fn readme_queries() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("\n## PostgreSQL\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a PostgreSQL section");
+    section
+        .split("```sql\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_queries_answer_what_the_readme_says() {
+    let queries = readme_queries();
+    assert_eq!(queries.len(), 4, "{queries:#?}");
+    let Some(server) = PostgresServer::start_or_skip() else {
+        return;
+    };
+    // The first delivery is accepted, the second refused for good (a dead letter).
+    let upstream = Upstream::with(Behaviour::sequence([
+        Answer::ok(),
+        Answer::status(400).body(r#"{"error":"unknown customer"}"#),
+    ]))
+    .await;
+    let gw = Gateway::start(queue_config(&server.url(), "hookgate", &upstream)).await;
+    let deliveries = Deliveries::of(&gw);
+    let (delivered, refused) = (
+        signed_event("response.completed"),
+        signed_event("response.failed"),
+    );
+    let delivered_id = enqueue(&gw.client(), &delivered).await;
+    deliveries.wait_for_state(&delivered_id, "processed").await;
+    let refused_id = enqueue(&gw.client(), &refused).await;
+    deliveries.wait_for_state(&refused_id, "failed_final").await;
+
+    // One delivery's history: the record with its one attempt, answered 200.
+    let webhook_id = delivered.header("webhook-id");
+    let rows = server.psql(&[("webhook_id", webhook_id)], &queries[0]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row: Vec<&str> = rows[0].split('|').collect();
+    assert_eq!(row[0], delivered_id);
+    assert_eq!(
+        (row[1], row[2], row[3], row[4], row[6]),
+        ("processed", SOURCE, "0", "response.completed", "1")
+    );
+    assert_eq!(
+        (row[7], row[8], row[10], row[11]),
+        ("0", "deliver", "200", "processed")
+    );
+
+    // Dead letters of the last day: the refused one, with what the backend said.
+    let rows = server.psql(&[], &queries[1]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row: Vec<&str> = rows[0].split('|').collect();
+    assert_eq!(
+        (row[0], row[2], row[3]),
+        (refused_id.as_str(), "0", "response.failed")
+    );
+    assert_eq!((row[5], row[6]), ("1", "400"));
+
+    // Per route and state.
+    let rows = server.psql(&[], &queries[2]);
+    assert_eq!(rows, ["openai/0|failed_final|1", "openai/0|processed|1"]);
+
+    // One sender in a window: both, oldest first; none in an earlier window.
+    let window = [
+        ("source", SOURCE),
+        ("since", "2000-01-01 00:00+00"),
+        ("until", "2100-01-01 00:00+00"),
+    ];
+    let rows = server.psql(&window, &queries[3]);
+    let ids: Vec<&str> = rows.iter().map(|r| r.split('|').next().unwrap()).collect();
+    assert_eq!(ids, [delivered_id.as_str(), refused_id.as_str()]);
+    let before = [
+        ("source", SOURCE),
+        ("since", "2000-01-01 00:00+00"),
+        ("until", "2001-01-01 00:00+00"),
+    ];
+    assert!(server.psql(&before, &queries[3]).is_empty());
+}
+
+#[tokio::test]
+async fn an_enqueue_on_one_instance_wakes_the_idle_workers_of_another_at_once() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let settings = settings(&queue_config(&url, &fresh_schema(), "http://127.0.0.1:9/"));
+    hookgate::store::prepare(&settings).await.unwrap();
+    let queue = |instance: &str| {
+        let metrics = std::sync::Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
+        let (_, backend) = hookgate::store::build(&settings, metrics.clone()).unwrap();
+        hookgate::queue::build(&settings, &backend, metrics, instance)
+            .unwrap()
+            .unwrap()
+    };
+    let (a, b) = (queue("instance-a"), queue("instance-b"));
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    b.wake_on(wake.clone());
+    // Once listening, it wakes the workers once (for what came while it was not).
+    tokio::time::timeout(PATIENCE, wake.notified())
+        .await
+        .expect("listening");
+
+    let id = a
+        .enqueue(hookgate::queue::NewDelivery {
+            source: SOURCE.to_owned(),
+            route: "0".to_owned(),
+            webhook_id: "msg_wake".to_owned(),
+            event_type: "response.completed".to_owned(),
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::from_static(b"{}"),
+            received_at: hookgate::queue::now_millis(),
+            trace_context: None,
+        })
+        .await
+        .unwrap();
+
+    tokio::time::timeout(Duration::from_secs(2), wake.notified())
+        .await
+        .expect("woken by the other instance's enqueue");
+    let taken = b.take(10, hookgate::queue::now_millis()).await.unwrap();
+    assert_eq!(taken[0].delivery_id, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_is_verified_against_the_configured_ca_file_or_the_system_roots() {
+    let cert = DevCert::generate();
+    let Some(server) = PostgresServer::start_with_tls_or_skip(&cert.cert, &cert.key) else {
+        return;
+    };
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=require",
+        server.port()
+    );
+    let upstream = Upstream::start().await;
+    let trusting = queue_config(&url, "hookgate", &upstream)
+        .store_option("ca_file", cert.cert.to_str().expect("a UTF-8 path"));
+
+    let gw = Gateway::start(trusting).await;
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    Deliveries::of(&gw).wait_for_state(&id, "processed").await;
+
+    let encrypted = sql(
+        &server.url(),
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s \
+         JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'hookgate'",
+    )
+    .await;
+    let (tls, all) = (
+        encrypted[0][0].clone().unwrap(),
+        encrypted[0][1].clone().unwrap(),
+    );
+    assert_eq!(tls, all, "every hookgate connection uses TLS");
+    assert_ne!(all, "0");
+    // The dev certificate is in no system store: without the CA file, no connection.
+    let refused = hookgate::start(settings(&queue_config(&url, "hookgate", &upstream)))
+        .await
+        .err()
+        .expect("refused");
+    let said = refused.to_string();
+    assert!(said.contains("cannot reach PostgreSQL"), "{said}");
+}
