@@ -61,6 +61,10 @@ use crate::store::redis::{RATE, RedisConnection, Unsent, gcra_parameters, millis
 /// The consumer group every instance's workers join.
 pub const GROUP: &str = "workers";
 
+/// Scans of the pending entries (`XAUTOCLAIM`) per visibility timeout: an entry of an
+/// instance that died is taken over at most `visibility_timeout / CLAIM_SCANS` late.
+const CLAIM_SCANS: u32 = 8;
+
 mod list;
 mod partition;
 pub(crate) mod persistence;
@@ -95,10 +99,10 @@ return #KEYS - 2
 ";
 
 /// Promotes due retries into `ready`, then takes up to ARGV[3] entries for this
-/// consumer: first ones idle longer than the visibility timeout (their instance died),
-/// then new ones. Creates the group (and stream) the first time.
+/// consumer: first (when ARGV[8] is '1') ones idle longer than the visibility timeout
+/// (their instance died), then new ones. Creates the group (and stream) the first time.
 /// KEYS: ready, scheduled. ARGV: group, consumer, count, now, visibility ms, claim cursor,
-/// record key prefix. Returns {next cursor, id1, route1, token1, id2, ...}.
+/// record key prefix, '1' to scan the pending entries. Returns {next cursor, id1, route1, token1, id2, ...}.
 const TAKE: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 256)
 for _, id in ipairs(due) do
@@ -123,17 +127,25 @@ local function collect(entries)
   end
 end
 if count <= 0 then return out end
-local claimed = redis.pcall('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[5], ARGV[6], 'COUNT', count)
-if claimed.err then
-  if not string.find(claimed.err, 'NOGROUP') then return redis.error_reply(claimed.err) end
+local function grouped(reply)
+  if type(reply) ~= 'table' or not reply.err then return true end
+  if not string.find(reply.err, 'NOGROUP') then error(reply) end
   redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
-else
-  out[1] = claimed[1]
-  collect(claimed[2])
+  return false
+end
+if ARGV[8] == '1' then
+  local claimed = redis.pcall('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[5], ARGV[6], 'COUNT', count)
+  if grouped(claimed) then
+    out[1] = claimed[1]
+    collect(claimed[2])
+  end
 end
 local left = count - (#out - 1) / 3
 if left > 0 then
-  local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left, 'STREAMS', KEYS[1], '>')
+  local read = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left, 'STREAMS', KEYS[1], '>')
+  if not grouped(read) then
+    read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left, 'STREAMS', KEYS[1], '>')
+  end
   if read then collect(read[1][2]) end
 end
 return out
@@ -458,7 +470,17 @@ impl RedisQueue {
             .arg(now)
             .arg(millis(self.visibility))
             .arg(self.partitions.claim_cursor(partition))
-            .arg(&p.records);
+            .arg(&p.records)
+            .arg(
+                if self
+                    .partitions
+                    .claim_due(partition, self.visibility / CLAIM_SCANS)
+                {
+                    "1"
+                } else {
+                    ""
+                },
+            );
         let reply: Vec<String> = self.redis.script("take", invocation).await?;
         let Some((cursor, rest)) = reply.split_first() else {
             return Ok(Vec::new());
