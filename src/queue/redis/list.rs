@@ -13,8 +13,9 @@ const LIST_SCAN_BUDGET: usize = 2_000;
 
 /// The list's indexes, for the scripts that move a record (prepended to them).
 /// `filed(base, id, at, source, route, event, webhook, bound, ttl)` files `id` at `at`
-/// under those four values, trimming entries older than `bound` and renewing each set's
-/// expiry to `ttl` ms; `restate(base, record, id, from, to)` moves
+/// under those four values, trimming entries older than `bound` ('': not this time) and
+/// renewing each set's expiry to `ttl` ms (on every write: a set must outlive its newest
+/// entry); `restate(base, record, id, from, to)` moves
 /// it from one state's set to another's, at its queue time. `processed` has no set: most
 /// records end there, so its set would be the index itself at the memory of one more
 /// entry per record; a list of processed deliveries reads `index` instead.
@@ -23,7 +24,7 @@ local function filed(base, id, at, source, route, event, webhook, bound, ttl)
   for _, key in ipairs({base .. 'x:source:' .. source, base .. 'x:route:' .. route,
       base .. 'x:event:' .. event, base .. 'x:webhook:' .. webhook}) do
     redis.call('ZADD', key, at, id)
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. bound)
+    if bound ~= '' then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. bound) end
     redis.call('PEXPIRE', key, ttl)
   end
 end

@@ -38,6 +38,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -65,6 +66,12 @@ pub const GROUP: &str = "workers";
 /// instance that died is taken over at most `visibility_timeout / CLAIM_SCANS` late.
 const CLAIM_SCANS: u32 = 8;
 
+/// One enqueue in this many trims the list indexes it writes of entries past the
+/// horizon (`ENQUEUE`); the others only add. Each index is still trimmed on average
+/// once per `TRIM_EVERY` of its own writes, so it holds at most about that many stale
+/// entries more.
+const TRIM_EVERY: u64 = 64;
+
 mod list;
 mod partition;
 pub(crate) mod persistence;
@@ -75,8 +82,8 @@ pub use persistence::Persistence;
 
 /// Creates the records of one or more deliveries (a fan-out route's copies) and appends
 /// them to `ready`, all in one step: either every copy is stored or none is.
-/// KEYS: ready, index, then one record key per delivery. ARGV: now, index trim bound,
-/// key base, index horizon ms, then per delivery (in KEYS order) 9 values: id, source,
+/// KEYS: ready, index, then one record key per delivery. ARGV: now, index trim bound
+/// ('': no trimming this time, see `TRIM_EVERY`), key base, index horizon ms, then per delivery (in KEYS order) 9 values: id, source,
 /// route label, route, webhook id, event type, headers, body, trace context (empty: none).
 const ENQUEUE: &str = r"
 local queued = ARGV[3] .. 'x:state:queued'
@@ -93,8 +100,10 @@ for i = 3, #KEYS do
   redis.call('ZADD', queued, ARGV[1], id)
   filed(ARGV[3], id, ARGV[1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 6], ARGV[a + 5], ARGV[2], ARGV[4])
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
-redis.call('ZREMRANGEBYSCORE', queued, '-inf', '(' .. ARGV[2])
+if ARGV[2] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', queued, '-inf', '(' .. ARGV[2])
+end
 return #KEYS - 2
 ";
 
@@ -354,6 +363,8 @@ pub struct RedisQueue {
     /// Index entries older than `max_age + retention` belong to forgotten records.
     index_horizon: Duration,
     ids: IdGenerator,
+    /// Enqueues so far, for `TRIM_EVERY`.
+    enqueues: AtomicU64,
     scripts: Scripts,
     /// Redis' persistence settings, as last read by `watch_persistence`.
     persistence: Arc<Mutex<Persistence>>,
@@ -390,6 +401,7 @@ impl RedisQueue {
             retention: settings.retention,
             index_horizon: settings.max_age + settings.retention,
             ids: IdGenerator::default(),
+            enqueues: AtomicU64::new(0),
             persistence,
             scripts: Scripts {
                 enqueue: Script::new(&[FACETS, ENQUEUE].concat()),
@@ -425,7 +437,14 @@ impl RedisQueue {
             .iter()
             .map(|_| self.ids.next_in(now, p.index))
             .collect();
-        let horizon = self.index_bound(now);
+        // Entries past the horizon are only memory (a listing skips ids whose record
+        // is gone), so trimming them on every enqueue cost Redis time for nothing.
+        let trim = self.enqueues.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == 0;
+        let horizon = if trim {
+            self.index_bound(now).to_string()
+        } else {
+            String::new()
+        };
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation.key(&p.ready).key(&p.list_index);
         for id in &ids {
