@@ -15,8 +15,9 @@ const LIST_SCAN_BUDGET: usize = 2_000;
 /// `filed(base, id, at, source, route, event, webhook, bound, ttl)` files `id` at `at`
 /// under those four values, trimming entries older than `bound` ('': not this time) and
 /// renewing each set's expiry to `ttl` ms (on every write: a set must outlive its newest
-/// entry); `restate(base, record, id, from, to)` moves
-/// it from one state's set to another's, at its queue time. `processed` has no set: most
+/// entry); `restate(base, record, id, from, to[, at])` moves
+/// it from one state's set to another's, at its queue time (`at`, read from the record
+/// when not given). `processed` has no set: most
 /// records end there, so its set would be the index itself at the memory of one more
 /// entry per record; a list of processed deliveries reads `index` instead.
 pub(super) const FACETS: &str = r"
@@ -28,10 +29,10 @@ local function filed(base, id, at, source, route, event, webhook, bound, ttl)
     redis.call('PEXPIRE', key, ttl)
   end
 end
-local function restate(base, record, id, from, to)
+local function restate(base, record, id, from, to, at)
   if from == to then return end
   if from and from ~= 'processed' then redis.call('ZREM', base .. 'x:state:' .. from, id) end
-  local at = redis.call('HGET', record, 'enqueued_at')
+  if not at and to ~= 'processed' then at = redis.call('HGET', record, 'enqueued_at') end
   if at and to ~= 'processed' then redis.call('ZADD', base .. 'x:state:' .. to, at, id) end
 end
 ";

@@ -164,20 +164,21 @@ return out
 /// returns what the attempt needs; a final or vanished record just drops the entry.
 /// KEYS: record, history, ready. ARGV: now, consumer, entry id, group, key base, id.
 const BEGIN: &str = r"
-local state = redis.call('HGET', KEYS[1], 'state')
+local f = redis.call('HMGET', KEYS[1], 'state', 'source', 'route', 'webhook_id', 'event_type', 'headers',
+  'body', 'enqueued_at', 'received_at', 'object', 'fetches', 'trace_context', 'attempts', 'next_attempt_at')
+local state = f[1]
 if not state or state == 'processed' or state == 'failed_final' then
   redis.call('XACK', KEYS[3], ARGV[4], ARGV[3])
   redis.call('XDEL', KEYS[3], ARGV[3])
   return false
 end
-restate(ARGV[5], KEYS[1], ARGV[6], state, 'processing')
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'state', 'processing', 'instance', ARGV[2], 'updated_at', ARGV[1])
-redis.call('HDEL', KEYS[1], 'next_attempt_at')
+restate(ARGV[5], KEYS[1], ARGV[6], state, 'processing', f[8])
+local attempt = (tonumber(f[13]) or 0) + 1
+redis.call('HSET', KEYS[1], 'attempts', attempt, 'state', 'processing', 'instance', ARGV[2], 'updated_at', ARGV[1])
+if f[14] then redis.call('HDEL', KEYS[1], 'next_attempt_at') end
 local entry = cjson.encode({attempt = attempt, started_at = tonumber(ARGV[1]), instance = ARGV[2]})
 local index = redis.call('RPUSH', KEYS[2], entry) - 1
-local f = redis.call('HMGET', KEYS[1], 'source', 'route', 'webhook_id', 'event_type', 'headers', 'body', 'enqueued_at', 'received_at', 'object', 'fetches', 'trace_context')
-return {attempt, index, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11]}
+return {attempt, index, f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12]}
 ";
 
 /// Keeps the object fetched for an `enrich` route with the record, closes the fetch
@@ -199,28 +200,34 @@ return redis.call('RPUSH', KEYS[2], ARGV[4]) - 1
 /// next attempt ms, last status, last error, history index, history entry, retention ms,
 /// delivery id, key base, index trim bound, '1' for a fetch.
 const SETTLE: &str = r"
-local was = redis.call('HGET', KEYS[1], 'state')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'enqueued_at')
+local was = cur[1]
 if was then
   if ARGV[14] == '1' then
     redis.call('HINCRBY', KEYS[1], 'attempts', -1)
     redis.call('HINCRBY', KEYS[1], 'fetches', 1)
   end
-  restate(ARGV[12], KEYS[1], ARGV[11], was, ARGV[4])
+  restate(ARGV[12], KEYS[1], ARGV[11], was, ARGV[4], cur[2])
   if ARGV[4] == 'failed_final' then
     redis.call('ZREMRANGEBYSCORE', ARGV[12] .. 'x:state:' .. ARGV[4], '-inf', '(' .. ARGV[13])
   end
-  redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_at', ARGV[3])
-  if ARGV[6] == '' then redis.call('HDEL', KEYS[1], 'last_status') else redis.call('HSET', KEYS[1], 'last_status', ARGV[6]) end
-  if ARGV[7] == '' then redis.call('HDEL', KEYS[1], 'last_error') else redis.call('HSET', KEYS[1], 'last_error', ARGV[7]) end
+  -- One HSET and at most one HDEL for every field that changes.
+  local set, gone = {'state', ARGV[4], 'updated_at', ARGV[3]}, {}
+  if ARGV[6] == '' then table.insert(gone, 'last_status') else table.insert(set, 'last_status') table.insert(set, ARGV[6]) end
+  if ARGV[7] == '' then table.insert(gone, 'last_error') else table.insert(set, 'last_error') table.insert(set, ARGV[7]) end
+  if ARGV[4] == 'failed_retryable' then
+    table.insert(set, 'next_attempt_at')
+    table.insert(set, ARGV[5])
+  elseif ARGV[4] == 'processed' then
+    -- Delivered: only dead letters keep what a replay needs.
+    for _, field in ipairs({'body', 'headers', 'object'}) do table.insert(gone, field) end
+  end
+  redis.call('HSET', KEYS[1], unpack(set))
+  if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
   redis.pcall('LSET', KEYS[2], ARGV[8], ARGV[9])
   if ARGV[4] == 'failed_retryable' then
-    redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[5])
     redis.call('ZADD', KEYS[4], ARGV[5], ARGV[11])
   else
-    if ARGV[4] == 'processed' then
-      -- Delivered: only dead letters keep what a replay needs.
-      redis.call('HDEL', KEYS[1], 'body', 'headers', 'object')
-    end
     redis.call('PEXPIRE', KEYS[1], ARGV[10])
     redis.call('PEXPIRE', KEYS[2], ARGV[10])
     if ARGV[4] == 'failed_final' then
