@@ -14,19 +14,19 @@ const LIST_SCAN_BUDGET: usize = 2_000;
 /// The list's indexes, for the scripts that move a record (prepended to them).
 /// `filed(base, id, at, source, route, event, webhook, bound, ttl)` files `id` at `at`
 /// under those four values, trimming entries older than `bound` ('': not this time) and
-/// renewing each set's expiry to `ttl` ms (on every write: a set must outlive its newest
-/// entry); `restate(base, record, id, from, to[, at])` moves
+/// renewing the expiry to `ttl` ms of each set whose flag in `renew` (source, route,
+/// event, webhook; each '1' or '0', nil: all) is '1' (see `Renewals`); `restate(base, record, id, from, to[, at])` moves
 /// it from one state's set to another's, at its queue time (`at`, read from the record
 /// when not given). `processed` has no set: most
 /// records end there, so its set would be the index itself at the memory of one more
 /// entry per record; a list of processed deliveries reads `index` instead.
 pub(super) const FACETS: &str = r"
-local function filed(base, id, at, source, route, event, webhook, bound, ttl)
-  for _, key in ipairs({base .. 'x:source:' .. source, base .. 'x:route:' .. route,
+local function filed(base, id, at, source, route, event, webhook, bound, ttl, renew)
+  for i, key in ipairs({base .. 'x:source:' .. source, base .. 'x:route:' .. route,
       base .. 'x:event:' .. event, base .. 'x:webhook:' .. webhook}) do
     redis.call('ZADD', key, at, id)
     if bound ~= '' then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. bound) end
-    redis.call('PEXPIRE', key, ttl)
+    if not renew or string.sub(renew, i, i) == '1' then redis.call('PEXPIRE', key, ttl) end
   end
 end
 local function restate(base, record, id, from, to, at)

@@ -83,12 +83,13 @@ pub use persistence::Persistence;
 /// Creates the records of one or more deliveries (a fan-out route's copies) and appends
 /// them to `ready`, all in one step: either every copy is stored or none is.
 /// KEYS: ready, index, then one record key per delivery. ARGV: now, index trim bound
-/// ('': no trimming this time, see `TRIM_EVERY`), key base, index horizon ms, then per delivery (in KEYS order) 9 values: id, source,
-/// route label, route, webhook id, event type, headers, body, trace context (empty: none).
+/// ('': no trimming this time, see `TRIM_EVERY`), key base, index sets' expiry ms, then per delivery (in KEYS order) 10 values: id,
+/// source, route label, route, webhook id, event type, headers, body, trace context
+/// (empty: none), which of its index sets to renew the expiry of (`filed`'s `renew`).
 const ENQUEUE: &str = r"
 local queued = ARGV[3] .. 'x:state:queued'
 for i = 3, #KEYS do
-  local a = 4 + (i - 3) * 9
+  local a = 4 + (i - 3) * 10
   local id = ARGV[a + 1]
   redis.call('HSET', KEYS[i], 'state', 'queued', 'source', ARGV[a + 2], 'route', ARGV[a + 4],
     'webhook_id', ARGV[a + 5], 'event_type', ARGV[a + 6], 'headers', ARGV[a + 7], 'body', ARGV[a + 8],
@@ -98,7 +99,7 @@ for i = 3, #KEYS do
   redis.call('XADD', KEYS[1], '*', 'd', id, 'r', ARGV[a + 3])
   redis.call('ZADD', KEYS[2], ARGV[1], id)
   redis.call('ZADD', queued, ARGV[1], id)
-  filed(ARGV[3], id, ARGV[1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 6], ARGV[a + 5], ARGV[2], ARGV[4])
+  filed(ARGV[3], id, ARGV[1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 6], ARGV[a + 5], ARGV[2], ARGV[4], ARGV[a + 10])
 end
 if ARGV[2] ~= '' then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
@@ -372,6 +373,7 @@ pub struct RedisQueue {
     ids: IdGenerator,
     /// Enqueues so far, for `TRIM_EVERY`.
     enqueues: AtomicU64,
+    renewals: Renewals,
     scripts: Scripts,
     /// Redis' persistence settings, as last read by `watch_persistence`.
     persistence: Arc<Mutex<Persistence>>,
@@ -409,6 +411,7 @@ impl RedisQueue {
             index_horizon: settings.max_age + settings.retention,
             ids: IdGenerator::default(),
             enqueues: AtomicU64::new(0),
+            renewals: Renewals::default(),
             persistence,
             scripts: Scripts {
                 enqueue: Script::new(&[FACETS, ENQUEUE].concat()),
@@ -461,8 +464,23 @@ impl RedisQueue {
             .arg(now)
             .arg(horizon)
             .arg(&p.base)
-            .arg(millis(self.index_horizon));
+            .arg(millis(self.index_ttl()));
         for (id, delivery) in ids.iter().zip(deliveries) {
+            let renew: String = [&delivery.source, &delivery.route, &delivery.event_type]
+                .iter()
+                .enumerate()
+                .map(|(facet, value)| {
+                    if self
+                        .renewals
+                        .due(p.index, facet, value, self.index_horizon / 2)
+                    {
+                        '1'
+                    } else {
+                        '0'
+                    }
+                })
+                .chain(['1'])
+                .collect();
             invocation
                 .arg(id)
                 .arg(&delivery.source)
@@ -472,9 +490,14 @@ impl RedisQueue {
                 .arg(&delivery.event_type)
                 .arg(encode_headers(&delivery.headers))
                 .arg(delivery.body.as_ref())
-                .arg(delivery.trace_context.as_deref().unwrap_or(""));
+                .arg(delivery.trace_context.as_deref().unwrap_or(""))
+                .arg(renew);
         }
-        let _: i64 = self.ingress.script_or_unsent("enqueue", invocation).await?;
+        let _: i64 = self
+            .ingress
+            .script_or_unsent("enqueue", invocation)
+            .await
+            .inspect_err(|_| self.renewals.forget())?;
         Ok(ids)
     }
 
@@ -539,9 +562,52 @@ impl RedisQueue {
         })
     }
 
+    /// The expiry an index set gets when written: half a horizon more than its newest
+    /// entry needs, so that `Renewals` may skip renewing it for half a horizon.
+    fn index_ttl(&self) -> Duration {
+        self.index_horizon + self.index_horizon / 2
+    }
+
     /// Index entries older than this belong to forgotten records.
     fn index_bound(&self, now: UnixMillis) -> UnixMillis {
         now.saturating_sub(millis(self.index_horizon))
+    }
+}
+
+/// When this instance last renewed the expiry of each source, route and event type
+/// index set (`filed`): one of them is written by most enqueues, and renewing it every
+/// time cost a Redis call per set and delivery. A set is given `index_ttl`, half a
+/// horizon more than its newest entry needs, and renewed once that half has passed;
+/// the webhook id's set, new with nearly every delivery, is renewed every time.
+#[derive(Default)]
+struct Renewals(Mutex<std::collections::HashMap<(usize, usize, String), std::time::Instant>>);
+
+impl Renewals {
+    /// Sets remembered at most: past it, every set is renewed again once.
+    const CAPACITY: usize = 4096;
+
+    /// Whether the set of `value` for `facet` in `partition` is to be renewed now (and
+    /// if so, notes that it is).
+    fn due(&self, partition: usize, facet: usize, value: &str, every: Duration) -> bool {
+        let mut renewed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let key = (partition, facet, value.to_owned());
+        if renewed
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < every)
+        {
+            return false;
+        }
+        if renewed.len() >= Self::CAPACITY {
+            renewed.clear();
+        }
+        renewed.insert(key, now);
+        true
+    }
+
+    /// After an enqueue that may not have run: every set is renewed again next time.
+    fn forget(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -975,7 +1041,7 @@ impl Queue for RedisQueue {
                 .arg(now)
                 .arg(&p.base)
                 .arg(self.index_bound(now))
-                .arg(millis(self.index_horizon));
+                .arg(millis(self.index_ttl()));
             let (code, state): (i64, String) = self.redis.script("replay", invocation).await?;
             let state = State::parse(&state);
             Ok(match (code, state) {
@@ -1100,5 +1166,18 @@ mod tests {
                 assert!(script[..at].ends_with(" .. "), "{}", &script[at..]);
             }
         }
+    }
+
+    #[test]
+    fn an_index_set_is_renewed_once_per_interval_and_again_after_a_failed_enqueue() {
+        let renewals = Renewals::default();
+        let hour = Duration::from_secs(3600);
+        assert!(renewals.due(0, 0, "github", hour));
+        assert!(!renewals.due(0, 0, "github", hour));
+        assert!(renewals.due(1, 0, "github", hour), "per partition");
+        assert!(renewals.due(0, 1, "github", hour), "per facet");
+        assert!(renewals.due(0, 0, "github", Duration::ZERO));
+        renewals.forget();
+        assert!(renewals.due(0, 0, "github", hour));
     }
 }
