@@ -56,6 +56,7 @@ esac
 BASE_PORT=${BASE_PORT:-18400}
 ROWS=${ROWS:-.}          # regex: which rows to run
 QUEUE_WORKERS=${QUEUE_WORKERS:-64}   # queue.workers in the queue-mode rows
+REDIS_STATS=${REDIS_STATS:-}        # 1: also list Redis' commands per event of each Redis row (needs redis-cli)
 export RUST_LOG=warn
 
 for tool in nginx redis-server python3 taskset; do
