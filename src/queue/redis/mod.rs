@@ -76,7 +76,7 @@ mod list;
 mod partition;
 pub(crate) mod persistence;
 
-use list::{FACETS, LIST, SUMMARY_FIELDS, summary};
+use list::{FACETS, LIST, Renewals, SUMMARY_FIELDS, summary};
 use partition::{Partition, Partitions, Turn};
 pub use persistence::Persistence;
 
@@ -571,43 +571,6 @@ impl RedisQueue {
     /// Index entries older than this belong to forgotten records.
     fn index_bound(&self, now: UnixMillis) -> UnixMillis {
         now.saturating_sub(millis(self.index_horizon))
-    }
-}
-
-/// When this instance last renewed the expiry of each source, route and event type
-/// index set (`filed`): one of them is written by most enqueues, and renewing it every
-/// time cost a Redis call per set and delivery. A set is given `index_ttl`, half a
-/// horizon more than its newest entry needs, and renewed once that half has passed;
-/// the webhook id's set, new with nearly every delivery, is renewed every time.
-#[derive(Default)]
-struct Renewals(Mutex<std::collections::HashMap<(usize, usize, String), std::time::Instant>>);
-
-impl Renewals {
-    /// Sets remembered at most: past it, every set is renewed again once.
-    const CAPACITY: usize = 4096;
-
-    /// Whether the set of `value` for `facet` in `partition` is to be renewed now (and
-    /// if so, notes that it is).
-    fn due(&self, partition: usize, facet: usize, value: &str, every: Duration) -> bool {
-        let mut renewed = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        let key = (partition, facet, value.to_owned());
-        if renewed
-            .get(&key)
-            .is_some_and(|at| now.duration_since(*at) < every)
-        {
-            return false;
-        }
-        if renewed.len() >= Self::CAPACITY {
-            renewed.clear();
-        }
-        renewed.insert(key, now);
-        true
-    }
-
-    /// After an enqueue that may not have run: every set is renewed again next time.
-    fn forget(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -1166,18 +1129,5 @@ mod tests {
                 assert!(script[..at].ends_with(" .. "), "{}", &script[at..]);
             }
         }
-    }
-
-    #[test]
-    fn an_index_set_is_renewed_once_per_interval_and_again_after_a_failed_enqueue() {
-        let renewals = Renewals::default();
-        let hour = Duration::from_secs(3600);
-        assert!(renewals.due(0, 0, "github", hour));
-        assert!(!renewals.due(0, 0, "github", hour));
-        assert!(renewals.due(1, 0, "github", hour), "per partition");
-        assert!(renewals.due(0, 1, "github", hour), "per facet");
-        assert!(renewals.due(0, 0, "github", Duration::ZERO));
-        renewals.forget();
-        assert!(renewals.due(0, 0, "github", hour));
     }
 }
