@@ -62,6 +62,7 @@ esac
 BASE_PORT=${BASE_PORT:-18400}
 ROWS=${ROWS:-.}          # regex: which rows to run
 QUEUE_WORKERS=${QUEUE_WORKERS:-64}   # queue.workers in the queue-mode rows
+REDIS_STATS=${REDIS_STATS:-}        # 1: also list Redis' commands per event of each Redis row (needs redis-cli)
 export RUST_LOG=warn
 
 for tool in nginx redis-server python3 taskset; do
@@ -135,6 +136,25 @@ store_cpu_ns() {
 
 cpu_ns() { # total on-CPU nanoseconds of every thread of a process
     cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%d", s}'
+}
+
+# REDIS_STATS=1: Redis' own count of each command per event of a Redis row (INFO
+# commandstats; a script's calls count under their own names as well as in EVALSHA).
+redis_reset() {
+    [ -n "${REDIS_STATS:-}" ] && redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+    return 0
+}
+redis_stats() { # redis_stats ROW: Redis' commandstats since redis_reset, per event of the run
+    [ -n "${REDIS_STATS:-}" ] || return 0
+    redis-cli -p "$REDIS_PORT" info commandstats | python3 -c '
+import json, re, sys
+row, n = sys.argv[1], json.load(open(sys.argv[2]))["requests"]
+stats = {}
+for line in sys.stdin:
+    m = re.match(r"cmdstat_([^:]+):calls=(\d+),usec=(\d+)", line)
+    if m and m.group(1) not in ("config", "info"):
+        stats[m.group(1)] = [int(m.group(2)) / n, int(m.group(3)) / n]
+print(json.dumps({"row": row, "stats": stats}))' "$1" "$WORK/run.json" >>"$WORK/redis_stats.jsonl"
 }
 
 peak_rss_kib() {
@@ -284,9 +304,11 @@ measure() {
         local before after redis_before redis_after
         before=$(cpu_ns "$pid")
         redis_before=$(cpu_ns "$REDIS_PID")
+        redis_reset
         taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n "$N" -c "$C" --body-size "$body" --json "$@" >"$WORK/run.json"
         after=$(cpu_ns "$pid")
         redis_after=$(cpu_ns "$REDIS_PID")
+        [[ $row =~ redis ]] && redis_stats "$row"
         record "$row" "$run" "$before" "$after" "$redis_before" "$redis_after" "$pid"
     done
 }
@@ -335,12 +357,14 @@ run_queue_gateway() { # run_queue_gateway ROW STORE
         curl -s -X POST "http://127.0.0.1:$SINK_PORT/reset" >/dev/null
         before=$(cpu_ns "$pid")
         redis_before=$(store_cpu_ns "$store")
+        redis_reset
         started=$(date +%s%N)
         taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n "$N" -c "$C" --body-size "$BODY" --json >"$WORK/run.json"
         wait_sink "$N"
         drained=$(date +%s%N)
         after=$(cpu_ns "$pid")
         redis_after=$(store_cpu_ns "$store")
+        [ "$store" = redis ] && redis_stats "$row"
         record "$row" "$run" "$before" "$after" "$redis_before" "$redis_after" "$pid" "$started" "$drained"
     done
     stop "$pid"
@@ -537,6 +561,28 @@ if drains:
     for name, rate in drains.items():
         print(f"| {name} | {rate:.0f} |")
 PY
+if [ -s "$WORK/redis_stats.jsonl" ]; then
+    echo
+    python3 - "$WORK/redis_stats.jsonl" <<'PY'
+import json, statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    rows.setdefault(r["row"], []).append(r["stats"])
+print("| row | Redis command | calls per event | Redis µs per event | µs per call |")
+print("|---|---|---:|---:|---:|")
+for row, runs in rows.items():
+    names = sorted({c for run in runs for c in run}, key=lambda c: -statistics.median(run.get(c, [0, 0])[1] for run in runs))
+    total_calls = 0
+    for c in names:
+        calls = statistics.median(run.get(c, [0, 0])[0] for run in runs)
+        us = statistics.median(run.get(c, [0, 0])[1] for run in runs)
+        total_calls += calls
+        print(f"| {row} | {c} | {calls:.2f} | {us:.1f} | {us / calls if calls else 0:.1f} |")
+    # A script's own calls count under their names and again in its EVALSHA's time.
+    print(f"| {row} | all commands, scripts' own included | {total_calls:.2f} | | |")
+PY
+fi
 [ -n "$IDLE_LINE" ] && { echo; echo "$IDLE_LINE"; }
 [ -n "$V1A_LINE" ] && { echo; echo "$V1A_LINE"; }
 exit 0

@@ -3,6 +3,10 @@
 //! and the `LIST` script that answers one page from them. See the key layout in
 //! `mod.rs`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use super::{Partition, RedisQueue, malformed, number};
 use crate::queue::record::{Cursor, DeliveryList};
 use crate::queue::{ListFilter, QueueError, State, Summary, UnixMillis};
@@ -13,24 +17,26 @@ const LIST_SCAN_BUDGET: usize = 2_000;
 
 /// The list's indexes, for the scripts that move a record (prepended to them).
 /// `filed(base, id, at, source, route, event, webhook, bound, ttl)` files `id` at `at`
-/// under those four values, trimming entries older than `bound` and renewing each set's
-/// expiry to `ttl` ms; `restate(base, record, id, from, to)` moves
-/// it from one state's set to another's, at its queue time. `processed` has no set: most
+/// under those four values, trimming entries older than `bound` ('': not this time) and
+/// renewing the expiry to `ttl` ms of each set whose flag in `renew` (source, route,
+/// event, webhook; each '1' or '0', nil: all) is '1' (see `Renewals`); `restate(base, record, id, from, to[, at])` moves
+/// it from one state's set to another's, at its queue time (`at`, read from the record
+/// when not given). `processed` has no set: most
 /// records end there, so its set would be the index itself at the memory of one more
 /// entry per record; a list of processed deliveries reads `index` instead.
 pub(super) const FACETS: &str = r"
-local function filed(base, id, at, source, route, event, webhook, bound, ttl)
-  for _, key in ipairs({base .. 'x:source:' .. source, base .. 'x:route:' .. route,
+local function filed(base, id, at, source, route, event, webhook, bound, ttl, renew)
+  for i, key in ipairs({base .. 'x:source:' .. source, base .. 'x:route:' .. route,
       base .. 'x:event:' .. event, base .. 'x:webhook:' .. webhook}) do
     redis.call('ZADD', key, at, id)
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. bound)
-    redis.call('PEXPIRE', key, ttl)
+    if bound ~= '' then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. bound) end
+    if not renew or string.sub(renew, i, i) == '1' then redis.call('PEXPIRE', key, ttl) end
   end
 end
-local function restate(base, record, id, from, to)
+local function restate(base, record, id, from, to, at)
   if from == to then return end
   if from and from ~= 'processed' then redis.call('ZREM', base .. 'x:state:' .. from, id) end
-  local at = redis.call('HGET', record, 'enqueued_at')
+  if not at and to ~= 'processed' then at = redis.call('HGET', record, 'enqueued_at') end
   if at and to ~= 'processed' then redis.call('ZADD', base .. 'x:state:' .. to, at, id) end
 end
 ";
@@ -132,6 +138,43 @@ while true do
 end
 return out
 ";
+
+/// When this instance last renewed the expiry of each source, route and event type
+/// index set (`filed`): one of them is written by most enqueues, and renewing it every
+/// time cost a Redis call per set and delivery. A set is given `index_ttl`, half a
+/// horizon more than its newest entry needs, and renewed once that half has passed;
+/// the webhook id's set, new with nearly every delivery, is renewed every time.
+#[derive(Default)]
+pub(super) struct Renewals(Mutex<HashMap<(usize, usize, String), Instant>>);
+
+impl Renewals {
+    /// Sets remembered at most: past it, every set is renewed again once.
+    const CAPACITY: usize = 4096;
+
+    /// Whether the set of `value` for `facet` in `partition` is to be renewed now (and
+    /// if so, notes that it is).
+    pub(super) fn due(&self, partition: usize, facet: usize, value: &str, every: Duration) -> bool {
+        let mut renewed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let key = (partition, facet, value.to_owned());
+        if renewed
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < every)
+        {
+            return false;
+        }
+        if renewed.len() >= Self::CAPACITY {
+            renewed.clear();
+        }
+        renewed.insert(key, now);
+        true
+    }
+
+    /// After an enqueue that may not have run: every set is renewed again next time.
+    pub(super) fn forget(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
 
 pub(super) fn summary(id: String, f: &[String]) -> Result<Summary, QueueError> {
     let state = State::parse(&f[0]).ok_or_else(|| malformed(&id, format!("state {:?}", f[0])))?;
@@ -368,5 +411,18 @@ mod tests {
         );
         assert_eq!(ids(&done), ["a1"]);
         assert_eq!(done.next, None);
+    }
+
+    #[test]
+    fn an_index_set_is_renewed_once_per_interval_and_again_after_a_failed_enqueue() {
+        let renewals = Renewals::default();
+        let hour = Duration::from_secs(3600);
+        assert!(renewals.due(0, 0, "github", hour));
+        assert!(!renewals.due(0, 0, "github", hour));
+        assert!(renewals.due(1, 0, "github", hour), "per partition");
+        assert!(renewals.due(0, 1, "github", hour), "per facet");
+        assert!(renewals.due(0, 0, "github", Duration::ZERO));
+        renewals.forget();
+        assert!(renewals.due(0, 0, "github", hour));
     }
 }

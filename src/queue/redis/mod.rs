@@ -38,6 +38,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,23 +62,34 @@ use crate::store::redis::{RATE, RedisConnection, Unsent, gcra_parameters, millis
 /// The consumer group every instance's workers join.
 pub const GROUP: &str = "workers";
 
+/// Scans of the pending entries (`XAUTOCLAIM`) per visibility timeout: an entry of an
+/// instance that died is taken over at most `visibility_timeout / CLAIM_SCANS` late.
+const CLAIM_SCANS: u32 = 8;
+
+/// One enqueue in this many trims the list indexes it writes of entries past the
+/// horizon (`ENQUEUE`); the others only add. Each index is still trimmed on average
+/// once per `TRIM_EVERY` of its own writes, so it holds at most about that many stale
+/// entries more.
+const TRIM_EVERY: u64 = 64;
+
 mod list;
 mod partition;
 pub(crate) mod persistence;
 
-use list::{FACETS, LIST, SUMMARY_FIELDS, summary};
+use list::{FACETS, LIST, Renewals, SUMMARY_FIELDS, summary};
 use partition::{Partition, Partitions, Turn};
 pub use persistence::Persistence;
 
 /// Creates the records of one or more deliveries (a fan-out route's copies) and appends
 /// them to `ready`, all in one step: either every copy is stored or none is.
-/// KEYS: ready, index, then one record key per delivery. ARGV: now, index trim bound,
-/// key base, index horizon ms, then per delivery (in KEYS order) 9 values: id, source,
-/// route label, route, webhook id, event type, headers, body, trace context (empty: none).
+/// KEYS: ready, index, then one record key per delivery. ARGV: now, index trim bound
+/// ('': no trimming this time, see `TRIM_EVERY`), key base, index sets' expiry ms, then per delivery (in KEYS order) 10 values: id,
+/// source, route label, route, webhook id, event type, headers, body, trace context
+/// (empty: none), which of its index sets to renew the expiry of (`filed`'s `renew`).
 const ENQUEUE: &str = r"
 local queued = ARGV[3] .. 'x:state:queued'
 for i = 3, #KEYS do
-  local a = 4 + (i - 3) * 9
+  local a = 4 + (i - 3) * 10
   local id = ARGV[a + 1]
   redis.call('HSET', KEYS[i], 'state', 'queued', 'source', ARGV[a + 2], 'route', ARGV[a + 4],
     'webhook_id', ARGV[a + 5], 'event_type', ARGV[a + 6], 'headers', ARGV[a + 7], 'body', ARGV[a + 8],
@@ -87,18 +99,20 @@ for i = 3, #KEYS do
   redis.call('XADD', KEYS[1], '*', 'd', id, 'r', ARGV[a + 3])
   redis.call('ZADD', KEYS[2], ARGV[1], id)
   redis.call('ZADD', queued, ARGV[1], id)
-  filed(ARGV[3], id, ARGV[1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 6], ARGV[a + 5], ARGV[2], ARGV[4])
+  filed(ARGV[3], id, ARGV[1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 6], ARGV[a + 5], ARGV[2], ARGV[4], ARGV[a + 10])
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
-redis.call('ZREMRANGEBYSCORE', queued, '-inf', '(' .. ARGV[2])
+if ARGV[2] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', queued, '-inf', '(' .. ARGV[2])
+end
 return #KEYS - 2
 ";
 
 /// Promotes due retries into `ready`, then takes up to ARGV[3] entries for this
-/// consumer: first ones idle longer than the visibility timeout (their instance died),
-/// then new ones. Creates the group (and stream) the first time.
+/// consumer: first (when ARGV[8] is '1') ones idle longer than the visibility timeout
+/// (their instance died), then new ones. Creates the group (and stream) the first time.
 /// KEYS: ready, scheduled. ARGV: group, consumer, count, now, visibility ms, claim cursor,
-/// record key prefix. Returns {next cursor, id1, route1, token1, id2, ...}.
+/// record key prefix, '1' to scan the pending entries. Returns {next cursor, id1, route1, token1, id2, ...}.
 const TAKE: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 256)
 for _, id in ipairs(due) do
@@ -123,17 +137,25 @@ local function collect(entries)
   end
 end
 if count <= 0 then return out end
-local claimed = redis.pcall('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[5], ARGV[6], 'COUNT', count)
-if claimed.err then
-  if not string.find(claimed.err, 'NOGROUP') then return redis.error_reply(claimed.err) end
+local function grouped(reply)
+  if type(reply) ~= 'table' or not reply.err then return true end
+  if not string.find(reply.err, 'NOGROUP') then error(reply) end
   redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
-else
-  out[1] = claimed[1]
-  collect(claimed[2])
+  return false
+end
+if ARGV[8] == '1' then
+  local claimed = redis.pcall('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[5], ARGV[6], 'COUNT', count)
+  if grouped(claimed) then
+    out[1] = claimed[1]
+    collect(claimed[2])
+  end
 end
 local left = count - (#out - 1) / 3
 if left > 0 then
-  local read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left, 'STREAMS', KEYS[1], '>')
+  local read = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left, 'STREAMS', KEYS[1], '>')
+  if not grouped(read) then
+    read = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', left, 'STREAMS', KEYS[1], '>')
+  end
   if read then collect(read[1][2]) end
 end
 return out
@@ -143,20 +165,21 @@ return out
 /// returns what the attempt needs; a final or vanished record just drops the entry.
 /// KEYS: record, history, ready. ARGV: now, consumer, entry id, group, key base, id.
 const BEGIN: &str = r"
-local state = redis.call('HGET', KEYS[1], 'state')
+local f = redis.call('HMGET', KEYS[1], 'state', 'source', 'route', 'webhook_id', 'event_type', 'headers',
+  'body', 'enqueued_at', 'received_at', 'object', 'fetches', 'trace_context', 'attempts', 'next_attempt_at')
+local state = f[1]
 if not state or state == 'processed' or state == 'failed_final' then
   redis.call('XACK', KEYS[3], ARGV[4], ARGV[3])
   redis.call('XDEL', KEYS[3], ARGV[3])
   return false
 end
-restate(ARGV[5], KEYS[1], ARGV[6], state, 'processing')
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'state', 'processing', 'instance', ARGV[2], 'updated_at', ARGV[1])
-redis.call('HDEL', KEYS[1], 'next_attempt_at')
+restate(ARGV[5], KEYS[1], ARGV[6], state, 'processing', f[8])
+local attempt = (tonumber(f[13]) or 0) + 1
+redis.call('HSET', KEYS[1], 'attempts', attempt, 'state', 'processing', 'instance', ARGV[2], 'updated_at', ARGV[1])
+if f[14] then redis.call('HDEL', KEYS[1], 'next_attempt_at') end
 local entry = cjson.encode({attempt = attempt, started_at = tonumber(ARGV[1]), instance = ARGV[2]})
 local index = redis.call('RPUSH', KEYS[2], entry) - 1
-local f = redis.call('HMGET', KEYS[1], 'source', 'route', 'webhook_id', 'event_type', 'headers', 'body', 'enqueued_at', 'received_at', 'object', 'fetches', 'trace_context')
-return {attempt, index, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11]}
+return {attempt, index, f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12]}
 ";
 
 /// Keeps the object fetched for an `enrich` route with the record, closes the fetch
@@ -178,28 +201,34 @@ return redis.call('RPUSH', KEYS[2], ARGV[4]) - 1
 /// next attempt ms, last status, last error, history index, history entry, retention ms,
 /// delivery id, key base, index trim bound, '1' for a fetch.
 const SETTLE: &str = r"
-local was = redis.call('HGET', KEYS[1], 'state')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'enqueued_at')
+local was = cur[1]
 if was then
   if ARGV[14] == '1' then
     redis.call('HINCRBY', KEYS[1], 'attempts', -1)
     redis.call('HINCRBY', KEYS[1], 'fetches', 1)
   end
-  restate(ARGV[12], KEYS[1], ARGV[11], was, ARGV[4])
+  restate(ARGV[12], KEYS[1], ARGV[11], was, ARGV[4], cur[2])
   if ARGV[4] == 'failed_final' then
     redis.call('ZREMRANGEBYSCORE', ARGV[12] .. 'x:state:' .. ARGV[4], '-inf', '(' .. ARGV[13])
   end
-  redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_at', ARGV[3])
-  if ARGV[6] == '' then redis.call('HDEL', KEYS[1], 'last_status') else redis.call('HSET', KEYS[1], 'last_status', ARGV[6]) end
-  if ARGV[7] == '' then redis.call('HDEL', KEYS[1], 'last_error') else redis.call('HSET', KEYS[1], 'last_error', ARGV[7]) end
+  -- One HSET and at most one HDEL for every field that changes.
+  local set, gone = {'state', ARGV[4], 'updated_at', ARGV[3]}, {}
+  if ARGV[6] == '' then table.insert(gone, 'last_status') else table.insert(set, 'last_status') table.insert(set, ARGV[6]) end
+  if ARGV[7] == '' then table.insert(gone, 'last_error') else table.insert(set, 'last_error') table.insert(set, ARGV[7]) end
+  if ARGV[4] == 'failed_retryable' then
+    table.insert(set, 'next_attempt_at')
+    table.insert(set, ARGV[5])
+  elseif ARGV[4] == 'processed' then
+    -- Delivered: only dead letters keep what a replay needs.
+    for _, field in ipairs({'body', 'headers', 'object'}) do table.insert(gone, field) end
+  end
+  redis.call('HSET', KEYS[1], unpack(set))
+  if #gone > 0 then redis.call('HDEL', KEYS[1], unpack(gone)) end
   redis.pcall('LSET', KEYS[2], ARGV[8], ARGV[9])
   if ARGV[4] == 'failed_retryable' then
-    redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[5])
     redis.call('ZADD', KEYS[4], ARGV[5], ARGV[11])
   else
-    if ARGV[4] == 'processed' then
-      -- Delivered: only dead letters keep what a replay needs.
-      redis.call('HDEL', KEYS[1], 'body', 'headers', 'object')
-    end
     redis.call('PEXPIRE', KEYS[1], ARGV[10])
     redis.call('PEXPIRE', KEYS[2], ARGV[10])
     if ARGV[4] == 'failed_final' then
@@ -342,6 +371,9 @@ pub struct RedisQueue {
     /// Index entries older than `max_age + retention` belong to forgotten records.
     index_horizon: Duration,
     ids: IdGenerator,
+    /// Enqueues so far, for `TRIM_EVERY`.
+    enqueues: AtomicU64,
+    renewals: Renewals,
     scripts: Scripts,
     /// Redis' persistence settings, as last read by `watch_persistence`.
     persistence: Arc<Mutex<Persistence>>,
@@ -378,6 +410,8 @@ impl RedisQueue {
             retention: settings.retention,
             index_horizon: settings.max_age + settings.retention,
             ids: IdGenerator::default(),
+            enqueues: AtomicU64::new(0),
+            renewals: Renewals::default(),
             persistence,
             scripts: Scripts {
                 enqueue: Script::new(&[FACETS, ENQUEUE].concat()),
@@ -413,7 +447,14 @@ impl RedisQueue {
             .iter()
             .map(|_| self.ids.next_in(now, p.index))
             .collect();
-        let horizon = self.index_bound(now);
+        // Entries past the horizon are only memory (a listing skips ids whose record
+        // is gone), so trimming them on every enqueue cost Redis time for nothing.
+        let trim = self.enqueues.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == 0;
+        let horizon = if trim {
+            self.index_bound(now).to_string()
+        } else {
+            String::new()
+        };
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation.key(&p.ready).key(&p.list_index);
         for id in &ids {
@@ -423,8 +464,23 @@ impl RedisQueue {
             .arg(now)
             .arg(horizon)
             .arg(&p.base)
-            .arg(millis(self.index_horizon));
+            .arg(millis(self.index_ttl()));
         for (id, delivery) in ids.iter().zip(deliveries) {
+            let renew: String = [&delivery.source, &delivery.route, &delivery.event_type]
+                .iter()
+                .enumerate()
+                .map(|(facet, value)| {
+                    if self
+                        .renewals
+                        .due(p.index, facet, value, self.index_horizon / 2)
+                    {
+                        '1'
+                    } else {
+                        '0'
+                    }
+                })
+                .chain(['1'])
+                .collect();
             invocation
                 .arg(id)
                 .arg(&delivery.source)
@@ -434,9 +490,14 @@ impl RedisQueue {
                 .arg(&delivery.event_type)
                 .arg(encode_headers(&delivery.headers))
                 .arg(delivery.body.as_ref())
-                .arg(delivery.trace_context.as_deref().unwrap_or(""));
+                .arg(delivery.trace_context.as_deref().unwrap_or(""))
+                .arg(renew);
         }
-        let _: i64 = self.ingress.script_or_unsent("enqueue", invocation).await?;
+        let _: i64 = self
+            .ingress
+            .script_or_unsent("enqueue", invocation)
+            .await
+            .inspect_err(|_| self.renewals.forget())?;
         Ok(ids)
     }
 
@@ -458,7 +519,17 @@ impl RedisQueue {
             .arg(now)
             .arg(millis(self.visibility))
             .arg(self.partitions.claim_cursor(partition))
-            .arg(&p.records);
+            .arg(&p.records)
+            .arg(
+                if self
+                    .partitions
+                    .claim_due(partition, self.visibility / CLAIM_SCANS)
+                {
+                    "1"
+                } else {
+                    ""
+                },
+            );
         let reply: Vec<String> = self.redis.script("take", invocation).await?;
         let Some((cursor, rest)) = reply.split_first() else {
             return Ok(Vec::new());
@@ -489,6 +560,12 @@ impl RedisQueue {
                 "unexpected stats reply {reply:?}"
             )))
         })
+    }
+
+    /// The expiry an index set gets when written: half a horizon more than its newest
+    /// entry needs, so that `Renewals` may skip renewing it for half a horizon.
+    fn index_ttl(&self) -> Duration {
+        self.index_horizon + self.index_horizon / 2
     }
 
     /// Index entries older than this belong to forgotten records.
@@ -927,7 +1004,7 @@ impl Queue for RedisQueue {
                 .arg(now)
                 .arg(&p.base)
                 .arg(self.index_bound(now))
-                .arg(millis(self.index_horizon));
+                .arg(millis(self.index_ttl()));
             let (code, state): (i64, String) = self.redis.script("replay", invocation).await?;
             let state = State::parse(&state);
             Ok(match (code, state) {

@@ -73,6 +73,8 @@ pub(super) struct Partitions {
     all: Vec<Partition>,
     /// Where the next `XAUTOCLAIM` scan of each partition's pending entries resumes.
     claim_cursors: Vec<Mutex<String>>,
+    /// Per partition: when (ms after `started`) its last `XAUTOCLAIM` scan began; 0: never.
+    claim_started: Vec<AtomicU64>,
     /// The partition ingress tries first next, and the one the workers take from first.
     next_enqueue: AtomicUsize,
     next_take: AtomicUsize,
@@ -97,6 +99,7 @@ impl Partitions {
             prefix: prefix.to_owned(),
             all: (0..count).map(|i| Partition::new(prefix, i)).collect(),
             claim_cursors: (0..count).map(|_| Mutex::new("0-0".to_owned())).collect(),
+            claim_started: (0..count).map(|_| AtomicU64::new(0)).collect(),
             next_enqueue: AtomicUsize::new(0),
             next_take: AtomicUsize::new(0),
             resting_until: (0..count).map(|_| AtomicU64::new(0)).collect(),
@@ -167,6 +170,25 @@ impl Partitions {
             .clone()
     }
 
+    /// Whether a take from `partition` scans its pending entries (`XAUTOCLAIM`): always
+    /// while a scan is under way (its cursor is not back at the start), else once
+    /// `every` has passed since the last scan began. A scan costs Redis about as much as
+    /// the rest of a take, and an entry is only taken over once idle for the whole
+    /// visibility timeout, so scanning on every take bought nothing but Redis time.
+    pub fn claim_due(&self, partition: usize, every: Duration) -> bool {
+        let now = self.elapsed_ms();
+        if self.claim_cursor(partition) != "0-0" {
+            return true;
+        }
+        let last = &self.claim_started[partition];
+        let was = last.load(Ordering::Relaxed);
+        if was != 0 && now.saturating_sub(was) < every.as_millis() as u64 {
+            return false;
+        }
+        last.compare_exchange(was, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
     pub fn set_claim_cursor(&self, partition: usize, cursor: String) {
         *self.claim_cursors[partition]
             .lock()
@@ -222,5 +244,19 @@ mod tests {
         partitions.record(1, true);
         assert!(!partitions.resting(1));
         assert_eq!(partitions.order(Turn::Take), [2, 0, 1]);
+    }
+
+    #[test]
+    fn pending_entries_are_scanned_once_per_interval_and_a_scan_under_way_goes_on() {
+        let partitions = Partitions::new("p:", 2);
+        let every = Duration::from_secs(3600);
+        assert!(partitions.claim_due(0, every), "the first take scans");
+        assert!(!partitions.claim_due(0, every));
+        assert!(partitions.claim_due(1, every), "each partition has its own");
+        partitions.set_claim_cursor(0, "5-0".into());
+        assert!(partitions.claim_due(0, every), "a scan under way goes on");
+        partitions.set_claim_cursor(0, "0-0".into());
+        assert!(!partitions.claim_due(0, every));
+        assert!(partitions.claim_due(0, Duration::ZERO));
     }
 }
