@@ -8,9 +8,11 @@
 //! LOCKED`, so instances taking at once never get the same one, and holds each under a
 //! lease (`lease_token`, `lease_until` on the database's clock) that `keep_alive`
 //! renews; a lease that ran out (its instance died) lets another instance take the
-//! delivery after `queue.visibility_timeout`. Every enqueue `NOTIFY`s the schema's
-//! channel in its transaction, and each instance `LISTEN`s on a connection of its own
-//! to wake its idle workers at once (`wake_on`); polling stays as the fallback. Final rows keep `final_at` and are
+//! delivery after `queue.visibility_timeout`. After an enqueue commits, the instance
+//! `NOTIFY`s the schema's channel from a task of its own (`Announcer`: one `NOTIFY` in
+//! flight at a time, covering every enqueue committed before it), and each instance
+//! `LISTEN`s on a connection of its own to wake its idle workers at once (`wake_on`);
+//! polling stays as the fallback. Final rows keep `final_at` and are
 //! deleted `queue.retention` later in small batches (`take` sweeps at most once a
 //! second); processed rows drop their headers, body and object at once.
 
@@ -36,8 +38,7 @@ use crate::store::postgres::{PgPool, channel, listen_forever};
 const ENQUEUE: &str = "INSERT INTO deliveries (id, state, source, route, webhook_id, \
      event_type, received_at, queued_at, updated_at, due_at, headers, body, trace_context) \
      VALUES ($1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
-     $7::text::jsonb, $8, $10) \
-     RETURNING (SELECT 1 FROM pg_notify($9, ''))";
+     $7::text::jsonb, $8, $9)";
 
 /// Takes one start from the GCRA bucket `$1` (interval `$2`, tolerance `$3` seconds, on
 /// the database's clock); a row comes back when allowed.
@@ -58,14 +59,15 @@ const CLAIM_DONE: &str = "UPDATE dedupe SET token = NULL, \
 
 /// `ENQUEUE`, marking the dedupe claim `$9` of token `$10` done for `$11` seconds in
 /// the same statement (one transaction); returns whether the claim was still held.
+/// Neither `NOTIFY`s: see `Announcer`.
 const ENQUEUE_CLAIMED: &str = "WITH done AS ( \
        UPDATE dedupe SET token = NULL, expires_at = now() + make_interval(secs => $11) \
        WHERE key = $9 AND token = $10 AND expires_at > now() RETURNING 1) \
      INSERT INTO deliveries (id, state, source, route, webhook_id, \
      event_type, received_at, queued_at, updated_at, due_at, headers, body, trace_context) \
      VALUES ($1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
-     $7::text::jsonb, $8, $13) \
-     RETURNING EXISTS (SELECT 1 FROM done), (SELECT 1 FROM pg_notify($12, ''))";
+     $7::text::jsonb, $8, $12) \
+     RETURNING EXISTS (SELECT 1 FROM done)";
 
 /// Leases up to `$2` due deliveries to `$3` for `$4` seconds. Rows come back unordered.
 const TAKE: &str = "WITH due AS ( \
@@ -179,9 +181,62 @@ pub struct PostgresQueue {
     swept_at: AtomicU64,
     /// `NOTIFY`'s channel for new deliveries (`wake_on`).
     channel: String,
+    announcer: Announcer,
+    /// When `take` last recorded this instance's `last_seen` (ms).
+    seen_at: AtomicU64,
     description: String,
     sql: Sql,
 }
+
+/// Tells other instances' idle workers about new deliveries, outside the enqueues'
+/// transactions: a `NOTIFY` makes its transaction's commit take a lock that every
+/// notifying transaction shares, for the length of its WAL flush, so one per enqueue
+/// queued the ingresses' commits behind each other. Here one task sends them, one at a
+/// time, each after the enqueues that asked for it committed; enqueues committed while
+/// one is in flight share the next. (This instance's own workers are woken in process
+/// by `queue::Ingress`.)
+#[derive(Default)]
+struct Announcer {
+    wanted: Arc<tokio::sync::Notify>,
+    started: std::sync::OnceLock<()>,
+}
+
+impl Announcer {
+    /// After an enqueue committed: asks for one `NOTIFY` on `channel` (starting the task
+    /// on the first call; it ends when `pool` is dropped).
+    fn announce(&self, pool: &Arc<PgPool>, channel: &str) {
+        self.started.get_or_init(|| {
+            let (pool, channel, wanted) = (
+                Arc::downgrade(pool),
+                channel.to_owned(),
+                self.wanted.clone(),
+            );
+            tokio::spawn(async move {
+                const CHECK: Duration = Duration::from_secs(5);
+                loop {
+                    let asked = tokio::select! {
+                        _ = wanted.notified() => true,
+                        _ = tokio::time::sleep(CHECK) => false,
+                    };
+                    let Some(pool) = pool.upgrade() else { return };
+                    if !asked {
+                        continue;
+                    }
+                    // A failure is logged by `call`; the workers' polling covers it.
+                    let _ = pool
+                        .call("notify", async |client| {
+                            let statement = client.prepare_cached(NOTIFY).await?;
+                            client.execute(&statement, &[&channel]).await
+                        })
+                        .await;
+                }
+            });
+        });
+        self.wanted.notify_one();
+    }
+}
+
+const NOTIFY: &str = "SELECT pg_notify($1, '')";
 
 /// Statements that depend on nothing but are too long to write inline.
 struct Sql {
@@ -205,6 +260,8 @@ impl PostgresQueue {
             visibility: settings.visibility_timeout,
             retention: settings.retention,
             swept_at: AtomicU64::new(0),
+            announcer: Announcer::default(),
+            seen_at: AtomicU64::new(0),
             description,
             sql: Sql {
                 // $1 id, $2 state, $3 1 for a failed fetch, $4 now, $5 status, $6 error,
@@ -290,13 +347,13 @@ impl PostgresQueue {
                             &claim.key,
                             &claim.token,
                             &ttl,
-                            &self.channel,
                             &delivery.trace_context,
                         ],
                     )
                     .await
             })
             .await?;
+        self.announcer.announce(&self.pool, &self.channel);
         Ok((id, row.get(0)))
     }
 
@@ -344,7 +401,6 @@ impl PostgresQueue {
                             now,
                             headers,
                             &body,
-                            &self.channel,
                             &delivery.trace_context,
                         ],
                     )
@@ -354,6 +410,7 @@ impl PostgresQueue {
                 Ok(settled)
             })
             .await?;
+        self.announcer.announce(&self.pool, &self.channel);
         Ok((rows.into_iter().map(|(id, _, _)| id).collect(), settled))
     }
 
@@ -470,13 +527,13 @@ impl Queue for PostgresQueue {
                                 &now,
                                 &headers,
                                 &body,
-                                &self.channel,
                                 &delivery.trace_context,
                             ],
                         )
                         .await
                 })
                 .await?;
+            self.announcer.announce(&self.pool, &self.channel);
             Ok(id)
         })
     }
@@ -556,12 +613,22 @@ impl Queue for PostgresQueue {
             if rows.is_empty() {
                 return Ok(Vec::new());
             }
-            self.pool
-                .call("take", async |client| {
-                    let statement = client.prepare_cached(SEEN).await?;
-                    client.execute(&statement, &[&self.instance]).await
-                })
-                .await?;
+            // `last_seen` only matters by the hour (`prune`): once a second is plenty.
+            let now = now_millis();
+            let seen = self.seen_at.load(Ordering::Relaxed);
+            if now.saturating_sub(seen) >= 1_000
+                && self
+                    .seen_at
+                    .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.pool
+                    .call("take", async |client| {
+                        let statement = client.prepare_cached(SEEN).await?;
+                        client.execute(&statement, &[&self.instance]).await
+                    })
+                    .await?;
+            }
             let mut taken: Vec<(i64, Lease)> = rows
                 .iter()
                 .map(|row| {

@@ -54,7 +54,9 @@ CREATE TABLE deliveries (
   lease_until     timestamptz,
   -- When it became final: retention counts from here.
   final_at        timestamptz
-);
+-- Room on each page for a row's new version: a take or a lease renewal (which change
+-- no indexed column) then updates in place (HOT), without new index entries.
+) WITH (fillfactor = 80);
 CREATE INDEX deliveries_due ON deliveries (due_at, id) WHERE due_at IS NOT NULL;
 CREATE INDEX deliveries_queued ON deliveries (queued_at DESC, id DESC);
 CREATE INDEX deliveries_state ON deliveries (state, queued_at DESC, id DESC);
