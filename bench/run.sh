@@ -10,10 +10,20 @@
 #   BASELINE=main REPEAT=5 ROWS='hookgate (memory|redis)' bash bench/run.sh  # a change against a commit
 #   LAYOUT=shared bash bench/run.sh   # the upstream sink shares the system under test's core
 #   REPEAT=5 ROWS='hookgate memory($|, tracing)' bash bench/run.sh  # tracing off, on at 1.0 and at 0.01
+#   INSTRUCTIONS=1 N=3000 REPEAT=3 ROWS='hookgate memory($|, tracing)' bash bench/run.sh  # counted by callgrind
+#
+# INSTRUCTIONS=1 runs each gateway of the hookgate rows under valgrind's callgrind and
+# adds the instructions the gateway executed per request (all its threads, exporters
+# included; the warm-up left out): a count that does not move with the machine's load,
+# unlike req/s and CPU time, so it shows small differences on a busy machine. The
+# gateway runs some 50 times slower under callgrind: use a small N, and read req/s,
+# latency and CPU of such a run as meaningless.
 #
 # BASELINE=<git revision> builds that revision too (a git worktree, its release build kept
 # in target/baseline) and runs every hookgate memory/redis run a second time on it, right
 # after the run on this tree, as rows named "... (baseline)", with the ratio of each pair.
+# HG_BIN=<binary> and BASELINE_BIN=<binary> use builds made elsewhere instead (e.g. of
+# `cargo build --profile profiling`, whose symbols perf and callgrind can name).
 #
 # Rows: the sink directly; nginx (one worker, plain reverse proxy, no verification: the
 # cost floor of any proxy); hookgate with the in-memory store; hookgate with Redis;
@@ -63,14 +73,22 @@ BASE_PORT=${BASE_PORT:-18400}
 ROWS=${ROWS:-.}          # regex: which rows to run
 QUEUE_WORKERS=${QUEUE_WORKERS:-64}   # queue.workers in the queue-mode rows
 REDIS_STATS=${REDIS_STATS:-}        # 1: also list Redis' commands per event of each Redis row (needs redis-cli)
+INSTRUCTIONS=${INSTRUCTIONS:-}      # 1: count the gateway's instructions per request (needs valgrind)
 export RUST_LOG=warn
 
-for tool in nginx redis-server python3 taskset; do
+tools="nginx redis-server python3 taskset"
+[ -n "$INSTRUCTIONS" ] && tools="$tools valgrind callgrind_control"
+for tool in $tools; do
     command -v "$tool" >/dev/null || { echo "bench/run.sh needs $tool (nginx: apt-get install nginx-light)" >&2; exit 1; }
 done
 
-cargo build --release --locked -q
-HG=$PWD/target/release/hookgate
+# HG_BIN=path runs that binary instead of building this tree's release build.
+if [ -n "${HG_BIN:-}" ]; then
+    HG=$(realpath "$HG_BIN")
+else
+    cargo build --release --locked -q
+    HG=$PWD/target/release/hookgate
+fi
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -80,7 +98,7 @@ cleanup() {
     [ -n "${PG_BIN:-}" ] && as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -m immediate -w stop >/dev/null 2>&1
     rm -rf "$WORK"
 }
-BASE_HG=""
+BASE_HG=${BASELINE_BIN:+$(realpath "$BASELINE_BIN")}   # a prebuilt baseline instead of BASELINE
 if [ -n "${BASELINE:-}" ]; then
     git worktree add --detach -q "$WORK/baseline" "$BASELINE"
     (cd "$WORK/baseline" && CARGO_TARGET_DIR="$OLDPWD/target/baseline" cargo build --release --locked -q)
@@ -277,7 +295,7 @@ EOF
 # in ns, are given).
 record() {
     python3 - "$1" "$2" "$3" "$4" "$5" "$6" "$(peak_rss_kib "$7")" "$WORK/run.json" "${8:-}" "${9:-}" >>"$WORK/results.jsonl" <<'PY'
-import json, sys
+import json, os, sys
 row, run, before, after, redis_before, redis_after, rss, path, started, drained = sys.argv[1:]
 r = json.load(open(path))
 ok = sum(c for s, c in r["statuses"].items() if s.startswith("2"))
@@ -287,6 +305,8 @@ line = {"row": row, "run": int(run), "rps": r["requests_per_second"],
     "cpu_us": (int(after) - int(before)) / 1000 / n,
     "redis_us": (int(redis_after) - int(redis_before)) / 1000 / n,
     "rss_mib": int(rss) / 1024, "ok": ok, "requests": r["requests"], "errors": r["errors"]}
+if os.environ.get("INSTR"):
+    line["instr"] = int(os.environ["INSTR"]) / n
 if started and drained:
     line["drain_rps"] = n / ((int(drained) - int(started)) / 1e9)
 print(json.dumps(line))
@@ -305,12 +325,20 @@ measure() {
         before=$(cpu_ns "$pid")
         redis_before=$(cpu_ns "$REDIS_PID")
         redis_reset
+        counted=""
+        [ "$pid" = "${CALLGRIND_PID:-}" ] && { callgrind_control -z "$pid" >/dev/null 2>&1; counted=1; }
         taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n "$N" -c "$C" --body-size "$body" --json "$@" >"$WORK/run.json"
         after=$(cpu_ns "$pid")
         redis_after=$(cpu_ns "$REDIS_PID")
         [[ $row =~ redis ]] && redis_stats "$row"
-        record "$row" "$run" "$before" "$after" "$redis_before" "$redis_after" "$pid"
+        INSTR=${counted:+$(instructions "$pid")} record "$row" "$run" "$before" "$after" "$redis_before" "$redis_after" "$pid"
     done
+}
+
+# instructions PID: what callgrind counted in PID (run by run_gateway) since it was zeroed.
+instructions() {
+    callgrind_control -d "$1" >/dev/null 2>&1
+    awk '/^(summary|totals):/ {print $2; exit}' "$(ls -t "$WORK"/callgrind.out."$1".* | head -1)"
 }
 
 run_gateway() { # run_gateway ROW STORE TLS BODY [load options...]
@@ -318,8 +346,11 @@ run_gateway() { # run_gateway ROW STORE TLS BODY [load options...]
     shift 4
     [[ $row =~ $ROWS ]] || return 0
     gateway_config "$WORK/gw.toml" "$store" "$tls"
-    RUST_LOG=${GW_LOG:-warn} start gateway "$SUT_CPU" "$GW_BIN" serve --config "$WORK/gw.toml"
+    local under=()
+    [ -n "$INSTRUCTIONS" ] && under=(valgrind -q --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p")
+    RUST_LOG=${GW_LOG:-warn} start gateway "$SUT_CPU" "${under[@]}" "$GW_BIN" serve --config "$WORK/gw.toml"
     local pid=$LAST_PID
+    [ -n "$INSTRUCTIONS" ] && CALLGRIND_PID=$pid
     wait_port "$GW_PORT"
     local scheme=http
     [ "$tls" = tls ] && scheme=https
@@ -546,6 +577,14 @@ for ratio in ("1.0", "0.01"):
         print(f"tracing at sample_ratio {ratio} against tracing off, {len(rps)} alternating pairs: throughput "
               f"median {statistics.median(rps):.2f}x (range {rps[0]:.2f}-{rps[-1]:.2f}x), CPU per request "
               f"median {statistics.median(cpu):.2f}x (range {cpu[0]:.2f}-{cpu[-1]:.2f}x)")
+counted = {name: statistics.median(x["instr"] for x in runs) for name, runs in rows.items() if "instr" in runs[0]}
+if counted:
+    print()
+    print("| row | gateway instructions per request (callgrind; median of runs) | vs hookgate memory |")
+    print("|---|---:|---:|")
+    for name, instr in counted.items():
+        base = counted.get("hookgate memory")
+        print(f"| {name} | {instr:,.0f} | {f'{instr / base:.3f}×' if base else '–'} |")
 idle, flood = rows.get("hookgate memory, penalty box idle"), rows.get("hookgate memory, penalty box flood")
 if idle and flood:
     ratios = sorted(f["p99"] / i["p99"] for i, f in zip(idle, flood))
