@@ -923,7 +923,9 @@ impl Queue for RedisQueue {
                 invocation
                     .key(&p.ready)
                     .arg(GROUP)
-                    .arg(millis(idle))
+                    // Not `millis`, which makes 0 (an invalid TTL) 1: idle for 0 ms is
+                    // everyone, also a consumer seen this millisecond.
+                    .arg(idle.as_millis() as u64)
                     .arg(&self.consumer);
                 match self.redis.script::<u64>("prune", invocation).await {
                     Ok(n) => removed += n,
