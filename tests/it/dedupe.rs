@@ -1,6 +1,6 @@
 //! Deduplication by webhook-id: forwarded once, answered as a duplicate afterwards,
-//! refused while a copy is in flight, and exactly once under a burst of copies; each
-//! against the in-memory store and against Redis.
+//! refused while a copy is in flight, exactly once under a burst of copies, and settled
+//! when the sender hangs up mid-forward; each against every store.
 
 use crate::support::*;
 
@@ -68,7 +68,36 @@ async fn fifty_concurrent_copies_of_one_delivery_are_forwarded_exactly_once(stor
     assert_forwarded_exactly_once(&[gw.client()], &event, 50, &upstream).await;
 }
 
+/// A sender that hangs up while its delivery is at the upstream cancels nothing: the
+/// forward finishes, its outcome is settled, and the sender's retry is a duplicate
+/// rather than a second forward (or a 409 until the claim expires).
+async fn a_sender_hanging_up_mid_forward_still_gets_its_delivery_settled(store: TestStore) {
+    let upstream = Upstream::with(Answer::held()).await;
+    let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+    let mut hanging = connect_from("127.0.0.1", gw.addr()).await.unwrap();
+    send_head(&mut hanging, &delivery_head(&event)).await;
+    tokio::io::AsyncWriteExt::write_all(&mut hanging, event.body.as_bytes())
+        .await
+        .unwrap();
+    upstream.wait_for(1).await;
+
+    drop(hanging);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    upstream.release();
+
+    eventually("the hung-up delivery is settled", || async {
+        gw.metrics().await.requests(SOURCE, "forwarded") == 1
+    })
+    .await;
+    let retry = gw.post(PATH, &event).await;
+    assert_eq!(retry.status(), 200, "{retry:?}");
+    assert_eq!(retry.json(), serde_json::json!({"duplicate": true}));
+    assert_eq!(upstream.received().len(), 1);
+}
+
 on_each_store! {
+    a_sender_hanging_up_mid_forward_still_gets_its_delivery_settled,
     replayed_delivery_is_answered_200_and_not_forwarded,
     a_copy_arriving_while_the_first_is_in_flight_is_answered_409_with_retry_after,
     the_same_id_from_another_source_is_a_different_delivery,
