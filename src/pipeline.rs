@@ -203,7 +203,6 @@ impl Gateway {
         };
         metrics.observe(outcome, elapsed);
         let status = response.status().as_u16();
-        let trace_id = trace.span.trace_id();
         if trace.span.is_recording() {
             trace.annotate(source, outcome.label(), status);
         }
@@ -221,7 +220,8 @@ impl Gateway {
             delivery_id = trace.delivery_id.as_deref(),
             client_ip = trace.client.map(tracing::field::display),
             detail = detail.as_deref(),
-            trace_id = trace_id.as_deref(),
+            // Formatted only when the line is written (the macro's fields are lazy).
+            trace_id = trace.span.trace_id().as_deref(),
         );
         response
     }

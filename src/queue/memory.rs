@@ -441,10 +441,10 @@ impl Queue for MemoryQueue {
         let mut inner = self.lock();
         let id = &job.lease.delivery_id;
         let Some(record) = inner.records.get_mut(id) else {
-            return ready(Err(QueueError::Malformed {
-                id: id.clone(),
-                detail: "the record vanished during its attempt".to_owned(),
-            }));
+            return ready(Err(QueueError::malformed(
+                id,
+                "the record vanished during its attempt",
+            )));
         };
         // A compact copy: the object arrived in the HTTP client's buffers.
         let object = Bytes::copy_from_slice(&object);

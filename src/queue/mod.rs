@@ -45,6 +45,15 @@ pub enum QueueError {
     Malformed { id: String, detail: String },
 }
 
+impl QueueError {
+    pub fn malformed(id: &str, detail: impl Into<String>) -> Self {
+        QueueError::Malformed {
+            id: id.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
 /// A queue backend. Every method is one short store operation; policy lives in the
 /// caller. Implementations: `memory::MemoryQueue`, `redis::RedisQueue`,
 /// `postgres::PostgresQueue`.

@@ -40,6 +40,42 @@ const ENQUEUE: &str = "INSERT INTO deliveries (id, state, source, route, webhook
      VALUES ($1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
      $7::text::jsonb, $8, $9)";
 
+/// One delivery as `ENQUEUE` stores it: its new id and the values of `$1` to `$9`.
+struct NewRow<'a> {
+    id: String,
+    delivery: &'a NewDelivery,
+    received_at: i64,
+    headers: String,
+    body: &'a [u8],
+}
+
+impl<'a> NewRow<'a> {
+    fn of(ids: &IdGenerator, delivery: &'a NewDelivery) -> Self {
+        NewRow {
+            id: ids.next(delivery.received_at),
+            delivery,
+            received_at: delivery.received_at as i64,
+            headers: encode_headers(&delivery.headers),
+            body: &delivery.body,
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+        let d = self.delivery;
+        [
+            &self.id,
+            &d.source,
+            &d.route,
+            &d.webhook_id,
+            &d.event_type,
+            &self.received_at,
+            &self.headers,
+            &self.body,
+            &d.trace_context,
+        ]
+    }
+}
+
 /// Takes one start from the GCRA bucket `$1` (interval `$2`, tolerance `$3` seconds, on
 /// the database's clock); a row comes back when allowed.
 const PACE: &str = "INSERT INTO paces AS p (key, tat) \
@@ -57,16 +93,16 @@ const CLAIM_DONE: &str = "UPDATE dedupe SET token = NULL, \
      expires_at = now() + make_interval(secs => $3) \
      WHERE key = $1 AND token = $2 AND expires_at > now()";
 
-/// `ENQUEUE`, marking the dedupe claim `$9` of token `$10` done for `$11` seconds in
-/// the same statement (one transaction); returns whether the claim was still held.
-/// Neither `NOTIFY`s: see `Announcer`.
+/// `ENQUEUE` ($1 to $9, `NewRow::params`), marking the dedupe claim `$10` of token `$11`
+/// done for `$12` seconds in the same statement (one transaction); returns whether the
+/// claim was still held. Neither `NOTIFY`s: see `Announcer`.
 const ENQUEUE_CLAIMED: &str = "WITH done AS ( \
-       UPDATE dedupe SET token = NULL, expires_at = now() + make_interval(secs => $11) \
-       WHERE key = $9 AND token = $10 AND expires_at > now() RETURNING 1) \
+       UPDATE dedupe SET token = NULL, expires_at = now() + make_interval(secs => $12) \
+       WHERE key = $10 AND token = $11 AND expires_at > now() RETURNING 1) \
      INSERT INTO deliveries (id, state, source, route, webhook_id, \
      event_type, received_at, queued_at, updated_at, due_at, headers, body, trace_context) \
      VALUES ($1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
-     $7::text::jsonb, $8, $12) \
+     $7::text::jsonb, $8, $9) \
      RETURNING EXISTS (SELECT 1 FROM done)";
 
 /// Leases up to `$2` due deliveries to `$3` for `$4` seconds. Rows come back unordered.
@@ -323,38 +359,19 @@ impl PostgresQueue {
         delivery: NewDelivery,
         claim: ClaimDone<'_>,
     ) -> Result<(String, bool), QueueError> {
-        let now = delivery.received_at as i64;
-        let id = self.ids.next(delivery.received_at);
-        let headers = encode_headers(&delivery.headers);
-        let body: &[u8] = &delivery.body;
+        let row = NewRow::of(&self.ids, &delivery);
         let ttl = claim.ttl.as_secs_f64();
-        let row = self
+        let mut params = row.params().to_vec();
+        params.extend([&claim.key as &(dyn ToSql + Sync), &claim.token, &ttl]);
+        let stored = self
             .pool
             .call("enqueue", async |client| {
                 let statement = client.prepare_cached(ENQUEUE_CLAIMED).await?;
-                client
-                    .query_one(
-                        &statement,
-                        &[
-                            &id,
-                            &delivery.source,
-                            &delivery.route,
-                            &delivery.webhook_id,
-                            &delivery.event_type,
-                            &now,
-                            &headers,
-                            &body,
-                            &claim.key,
-                            &claim.token,
-                            &ttl,
-                            &delivery.trace_context,
-                        ],
-                    )
-                    .await
+                client.query_one(&statement, &params).await
             })
             .await?;
         self.announcer.announce(&self.pool, &self.channel);
-        Ok((id, row.get(0)))
+        Ok((row.id, stored.get(0)))
     }
 
     /// Several deliveries (a fan-out's copies) in one transaction, with `claim` marked
@@ -364,15 +381,9 @@ impl PostgresQueue {
         deliveries: Vec<NewDelivery>,
         claim: Option<ClaimDone<'_>>,
     ) -> Result<(Vec<String>, bool), QueueError> {
-        let rows: Vec<(String, String, i64)> = deliveries
+        let rows: Vec<NewRow> = deliveries
             .iter()
-            .map(|d| {
-                (
-                    self.ids.next(d.received_at),
-                    encode_headers(&d.headers),
-                    d.received_at as i64,
-                )
-            })
+            .map(|d| NewRow::of(&self.ids, d))
             .collect();
         let settled = self
             .pool
@@ -388,30 +399,15 @@ impl PostgresQueue {
                         == 1;
                 }
                 let statement = tx.prepare_cached(ENQUEUE).await?;
-                for (delivery, (id, headers, now)) in deliveries.iter().zip(&rows) {
-                    let body: &[u8] = &delivery.body;
-                    tx.execute(
-                        &statement,
-                        &[
-                            id,
-                            &delivery.source,
-                            &delivery.route,
-                            &delivery.webhook_id,
-                            &delivery.event_type,
-                            now,
-                            headers,
-                            &body,
-                            &delivery.trace_context,
-                        ],
-                    )
-                    .await?;
+                for row in &rows {
+                    tx.execute(&statement, &row.params()).await?;
                 }
                 tx.commit().await?;
                 Ok(settled)
             })
             .await?;
         self.announcer.announce(&self.pool, &self.channel);
-        Ok((rows.into_iter().map(|(id, _, _)| id).collect(), settled))
+        Ok((rows.into_iter().map(|row| row.id).collect(), settled))
     }
 
     /// Deletes final records past the retention, a small batch at a time, at most
@@ -451,13 +447,6 @@ impl PostgresQueue {
     }
 }
 
-fn malformed(id: &str, detail: impl Into<String>) -> QueueError {
-    QueueError::Malformed {
-        id: id.to_owned(),
-        detail: detail.into(),
-    }
-}
-
 fn millis(value: Option<i64>) -> Option<UnixMillis> {
     value.map(|v| v.max(0) as UnixMillis)
 }
@@ -465,7 +454,8 @@ fn millis(value: Option<i64>) -> Option<UnixMillis> {
 fn summary(row: &Row) -> Result<(Summary, UnixMillis), QueueError> {
     let id: String = row.get(0);
     let state: String = row.get(1);
-    let state = State::parse(&state).ok_or_else(|| malformed(&id, format!("state {state:?}")))?;
+    let state = State::parse(&state)
+        .ok_or_else(|| QueueError::malformed(&id, format!("state {state:?}")))?;
     Ok((
         Summary {
             state,
@@ -508,33 +498,15 @@ fn attempt_of(row: &Row) -> Attempt {
 impl Queue for PostgresQueue {
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>> {
         Box::pin(async move {
-            let now = delivery.received_at as i64;
-            let id = self.ids.next(delivery.received_at);
-            let headers = encode_headers(&delivery.headers);
-            let body: &[u8] = &delivery.body;
+            let row = NewRow::of(&self.ids, &delivery);
             self.pool
                 .call("enqueue", async |client| {
                     let statement = client.prepare_cached(ENQUEUE).await?;
-                    client
-                        .execute(
-                            &statement,
-                            &[
-                                &id,
-                                &delivery.source,
-                                &delivery.route,
-                                &delivery.webhook_id,
-                                &delivery.event_type,
-                                &now,
-                                &headers,
-                                &body,
-                                &delivery.trace_context,
-                            ],
-                        )
-                        .await
+                    client.execute(&statement, &row.params()).await
                 })
                 .await?;
             self.announcer.announce(&self.pool, &self.channel);
-            Ok(id)
+            Ok(row.id)
         })
     }
 
@@ -677,7 +649,7 @@ impl Queue for PostgresQueue {
                     route: row.get(4),
                     webhook_id: row.get(5),
                     event_type: row.get(6),
-                    headers: decode_headers(&headers).map_err(|e| malformed(id, e))?,
+                    headers: decode_headers(&headers).map_err(|e| QueueError::malformed(id, e))?,
                     body: Bytes::from(body),
                     received_at: millis(row.get(10)).unwrap_or(0),
                     trace_context: row.get(13),
@@ -755,7 +727,9 @@ impl Queue for PostgresQueue {
                     client.query_opt(&statement, &params).await
                 })
                 .await?;
-            let row = row.ok_or_else(|| malformed(id, "the record vanished during its attempt"))?;
+            let row = row.ok_or_else(|| {
+                QueueError::malformed(id, "the record vanished during its attempt")
+            })?;
             Ok(Job {
                 history_index: row.get::<_, i32>(0).max(0) as u64,
                 object: Some(Bytes::copy_from_slice(&object)),
@@ -981,7 +955,7 @@ impl Queue for PostgresQueue {
             };
             let (summary, queued_at) = summary(&row)?;
             let headers: String = row.get(14);
-            let stored = decode_headers(&headers).map_err(|e| malformed(id, e))?;
+            let stored = decode_headers(&headers).map_err(|e| QueueError::malformed(id, e))?;
             let (header_names, headers) = header_listing(&stored, with_body);
             let body: Option<Vec<u8>> = row.get(15);
             let object: Option<Vec<u8>> = row.get(16);
@@ -1028,7 +1002,8 @@ impl Queue for PostgresQueue {
                 return Ok(Replayed::NotFound);
             };
             let was: String = row.get(0);
-            let was = State::parse(&was).ok_or_else(|| malformed(id, format!("state {was:?}")))?;
+            let was = State::parse(&was)
+                .ok_or_else(|| QueueError::malformed(id, format!("state {was:?}")))?;
             Ok(if row.get::<_, bool>(1) {
                 Replayed::Queued { was }
             } else {

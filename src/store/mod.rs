@@ -44,6 +44,17 @@ pub enum Settled {
     Superseded,
 }
 
+impl Settled {
+    /// `Applied` when the store changed the claim, else `Superseded`.
+    pub fn of(applied: bool) -> Self {
+        if applied {
+            Settled::Applied
+        } else {
+            Settled::Superseded
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateDecision {
     Allow,

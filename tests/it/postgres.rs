@@ -169,23 +169,7 @@ async fn a_thousand_events_through_two_instances_on_one_database_are_each_delive
     let a = Gateway::start(config()).await;
     let b = Gateway::start(config()).await;
 
-    let senders: Vec<_> = (0..16)
-        .map(|sender| {
-            let client = if sender % 2 == 0 {
-                a.client()
-            } else {
-                b.client()
-            };
-            tokio::spawn(async move {
-                for _ in 0..1000 / 16 + usize::from(sender < 1000 % 16) {
-                    enqueue(&client, &signed_event("response.completed")).await;
-                }
-            })
-        })
-        .collect();
-    for sender in senders {
-        sender.await.unwrap();
-    }
+    enqueue_through_both(&a, &b, 1000).await;
     upstream.wait_for(1000).await;
     Deliveries::of(&a).wait_for_count("processed", 1000).await;
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Partition, RedisQueue, malformed, number};
+use super::{Partition, RedisQueue, number};
 use crate::queue::record::{Cursor, DeliveryList};
 use crate::queue::{ListFilter, QueueError, State, Summary, UnixMillis};
 
@@ -177,7 +177,8 @@ impl Renewals {
 }
 
 pub(super) fn summary(id: String, f: &[String]) -> Result<Summary, QueueError> {
-    let state = State::parse(&f[0]).ok_or_else(|| malformed(&id, format!("state {:?}", f[0])))?;
+    let state = State::parse(&f[0])
+        .ok_or_else(|| QueueError::malformed(&id, format!("state {:?}", f[0])))?;
     Ok(Summary {
         state,
         source: f[1].clone(),
@@ -268,7 +269,10 @@ impl RedisQueue {
             });
         let reply: Vec<String> = self.redis.script("list", invocation).await?;
         let [cursor_at, cursor_id, rows @ ..] = &reply[..] else {
-            return Err(malformed("list", format!("{} values", reply.len())));
+            return Err(QueueError::malformed(
+                "list",
+                format!("{} values", reply.len()),
+            ));
         };
         let next = match (cursor_at.parse::<f64>(), cursor_id.is_empty()) {
             (Ok(at), false) => Some(Cursor {
@@ -282,7 +286,7 @@ impl RedisQueue {
             .map(|c| {
                 let at = c[1]
                     .parse::<f64>()
-                    .map_err(|_| malformed(&c[0], "list score"))?;
+                    .map_err(|_| QueueError::malformed(&c[0], "list score"))?;
                 Ok((at as UnixMillis, summary(c[0].clone(), &c[2..])?))
             })
             .collect::<Result<_, QueueError>>()?;

@@ -579,13 +579,6 @@ fn fetch_flag(attempt: &Attempt) -> &'static str {
     if attempt.step == Step::Fetch { "1" } else { "" }
 }
 
-fn malformed(id: &str, detail: impl Into<String>) -> QueueError {
-    QueueError::Malformed {
-        id: id.to_owned(),
-        detail: detail.into(),
-    }
-}
-
 fn number<T: std::str::FromStr>(text: &str) -> Option<T> {
     text.parse().ok()
 }
@@ -616,7 +609,7 @@ impl Queue for RedisQueue {
         Box::pin(async move {
             let mut ids = self.enqueue_all(vec![delivery]).await?;
             ids.pop()
-                .ok_or_else(|| malformed("enqueue", "no id for the delivery"))
+                .ok_or_else(|| QueueError::malformed("enqueue", "no id for the delivery"))
         })
     }
 
@@ -707,9 +700,13 @@ impl Queue for RedisQueue {
             let reply: Option<Vec<redis::Value>> = self.redis.script("begin", invocation).await?;
             let Some(f) = reply else { return Ok(None) };
             if f.len() != 13 {
-                return Err(malformed(id, format!("begin returned {} values", f.len())));
+                return Err(QueueError::malformed(
+                    id,
+                    format!("begin returned {} values", f.len()),
+                ));
             }
-            let headers = decode_headers(&text(f.get(6))).map_err(|e| malformed(id, e))?;
+            let headers =
+                decode_headers(&text(f.get(6))).map_err(|e| QueueError::malformed(id, e))?;
             Ok(Some(Job {
                 lease: lease.clone(),
                 attempt: number(&text(f.first())).unwrap_or(1),
@@ -793,7 +790,7 @@ impl Queue for RedisQueue {
                 .arg(now);
             let index: i64 = self.redis.script("attach", invocation).await?;
             let history_index = u64::try_from(index)
-                .map_err(|_| malformed(id, "the record vanished during its attempt"))?;
+                .map_err(|_| QueueError::malformed(id, "the record vanished during its attempt"))?;
             Ok(Job {
                 history_index,
                 object: Some(object),
@@ -967,11 +964,13 @@ impl Queue for RedisQueue {
             }
             let texts: Vec<String> = fields.iter().take(14).map(|v| text(Some(v))).collect();
             let summary = summary(id.to_owned(), &texts[..11])?;
-            let headers = decode_headers(&texts[13]).map_err(|e| malformed(id, e))?;
+            let headers = decode_headers(&texts[13]).map_err(|e| QueueError::malformed(id, e))?;
             let (header_names, header_values) = header_listing(&headers, with_body);
             let history = entries
                 .iter()
-                .map(|e| serde_json::from_str(e).map_err(|e| malformed(id, e.to_string())))
+                .map(|e| {
+                    serde_json::from_str(e).map_err(|e| QueueError::malformed(id, e.to_string()))
+                })
                 .collect::<Result<Vec<Attempt>, _>>()?;
             Ok(Some(Detail {
                 summary,

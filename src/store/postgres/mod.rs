@@ -173,7 +173,7 @@ impl Store for PostgresStore {
                         .await
                 })
                 .await?;
-            Ok(settled(applied.is_some()))
+            Ok(Settled::of(applied.is_some()))
         })
     }
 
@@ -190,7 +190,7 @@ impl Store for PostgresStore {
                     client.execute(&statement, &[&key, &token]).await
                 })
                 .await?;
-            Ok(settled(deleted == 1))
+            Ok(Settled::of(deleted == 1))
         })
     }
 
@@ -213,13 +213,5 @@ impl Store for PostgresStore {
 
     fn describe(&self) -> String {
         self.description.clone()
-    }
-}
-
-fn settled(applied: bool) -> Settled {
-    if applied {
-        Settled::Applied
-    } else {
-        Settled::Superseded
     }
 }

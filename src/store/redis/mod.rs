@@ -306,7 +306,7 @@ impl Store for RedisStore {
                 .arg(in_flight(token))
                 .arg(millis(ttl));
             let applied: i64 = self.script("commit", invocation).await?;
-            Ok(settled(applied))
+            Ok(Settled::of(applied == 1))
         })
     }
 
@@ -351,7 +351,7 @@ impl Store for RedisStore {
             let mut invocation = self.scripts.release.prepare_invoke();
             invocation.key(self.dedupe_key(key)).arg(in_flight(token));
             let applied: i64 = self.script("release", invocation).await?;
-            Ok(settled(applied))
+            Ok(Settled::of(applied == 1))
         })
     }
 
@@ -453,14 +453,6 @@ pub(crate) fn gcra_parameters(rate: RateLimitSettings) -> (u64, u64) {
         interval_us,
         interval_us * u64::from(rate.burst.saturating_sub(1)),
     )
-}
-
-fn settled(applied: i64) -> Settled {
-    if applied == 1 {
-        Settled::Applied
-    } else {
-        Settled::Superseded
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use hookgate::sign::SignedRequest;
 use http::{Method, Request};
 use http_body_util::Full;
 
-use super::{Gateway, PATH, Reply, TestClient, eventually};
+use super::{Gateway, PATH, Reply, TestClient, eventually, signed_event};
 
 /// The `/deliveries` API of a gateway's admin listener (in-process or a child).
 #[derive(Clone)]
@@ -110,4 +110,27 @@ pub async fn enqueue(client: &TestClient, delivery: &SignedRequest) -> String {
         .as_str()
         .expect("a delivery id")
         .to_owned()
+}
+
+/// Queues `n` fresh `response.completed` events from 16 senders at once, the senders
+/// taking the two gateways in turn.
+pub async fn enqueue_through_both(a: &Gateway, b: &Gateway, n: usize) {
+    const SENDERS: usize = 16;
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|sender| {
+            let client = if sender % 2 == 0 {
+                a.client()
+            } else {
+                b.client()
+            };
+            tokio::spawn(async move {
+                for _ in 0..n / SENDERS + usize::from(sender < n % SENDERS) {
+                    enqueue(&client, &signed_event("response.completed")).await;
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
 }
