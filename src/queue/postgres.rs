@@ -411,7 +411,7 @@ impl PostgresQueue {
     }
 
     /// Deletes final records past the retention, a small batch at a time, at most
-    /// once a second per instance.
+    /// once a second per instance, oldest first, through `deliveries_final` (`on_indexes`).
     async fn sweep(&self) -> Result<(), QueueError> {
         const BATCH: i64 = 500;
         const MAX_BATCHES: usize = 20;
@@ -430,13 +430,17 @@ impl PostgresQueue {
             let deleted = self
                 .pool
                 .call("retention", async |client| {
-                    let statement = client
+                    let tx = on_indexes(client).await?;
+                    let statement = tx
                         .prepare_cached(
                             "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries \
-                             WHERE final_at < now() - make_interval(secs => $1) LIMIT $2)",
+                             WHERE final_at < now() - make_interval(secs => $1) \
+                             ORDER BY final_at LIMIT $2)",
                         )
                         .await?;
-                    client.execute(&statement, &[&retention, &BATCH]).await
+                    let deleted = tx.execute(&statement, &[&retention, &BATCH]).await?;
+                    tx.commit().await?;
+                    Ok(deleted)
                 })
                 .await?;
             if deleted < BATCH as u64 {
@@ -445,6 +449,21 @@ impl PostgresQueue {
         }
         Ok(())
     }
+}
+
+/// A transaction in which the planner may not read a table in full: for the statements
+/// an instance runs by itself every second (retention, stats), whose cost must follow
+/// the queue's size, not the table's. Left to its estimates, PostgreSQL read all of
+/// `deliveries` for them: its statistics lag a table whose rows change state within
+/// seconds, and a prepared statement's generic plan guesses that a third of the rows
+/// are past a bound it does not know (measured in the benchmark: 43 ms a sweep and
+/// 50 ms a stats query at 22,000 rows, every second).
+async fn on_indexes(
+    client: &mut deadpool_postgres::Client,
+) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL enable_seqscan = off").await?;
+    Ok(tx)
 }
 
 fn millis(value: Option<i64>) -> Option<UnixMillis> {
@@ -830,7 +849,7 @@ impl Queue for PostgresQueue {
                             "DELETE FROM instances i WHERE name <> $1 \
                              AND last_seen <= now() - make_interval(secs => $2) \
                              AND NOT EXISTS (SELECT 1 FROM deliveries d \
-                               WHERE d.lease_owner = i.name)",
+                               WHERE d.due_at IS NOT NULL AND d.lease_owner = i.name)",
                         )
                         .await?;
                     client.execute(&statement, &[&self.instance, &idle]).await
@@ -1036,7 +1055,8 @@ impl Queue for PostgresQueue {
             let row = self
                 .pool
                 .call("stats", async |client| {
-                    let statement = client
+                    let tx = on_indexes(client).await?;
+                    let statement = tx
                         .prepare_cached(
                             "SELECT \
                                (SELECT count(*) FROM deliveries WHERE due_at IS NOT NULL), \
@@ -1047,7 +1067,9 @@ impl Queue for PostgresQueue {
                                (SELECT count(*) FROM deliveries WHERE state = 'failed_final')",
                         )
                         .await?;
-                    client.query_one(&statement, &[]).await
+                    let row = tx.query_one(&statement, &[]).await?;
+                    tx.commit().await?;
+                    Ok(row)
                 })
                 .await?;
             Ok(QueueStats {
