@@ -118,8 +118,12 @@ async fn apply(client: &Client, schema: &str) -> Result<Migrated, SchemaError> {
             detail: super::pool::pg_error(e).to_string(),
         };
         let sql = MIGRATIONS[(version - 1) as usize];
+        // Every migration after the first finds the schema and `schema_version` there:
+        // `client_min_messages` keeps PostgreSQL's "already exists, skipping" notices
+        // out of the log.
         let script = format!(
             "BEGIN;\n\
+             SET LOCAL client_min_messages = warning;\n\
              CREATE SCHEMA IF NOT EXISTS {schema};\n\
              SET LOCAL search_path = {schema};\n\
              CREATE TABLE IF NOT EXISTS schema_version (\n\
