@@ -48,10 +48,11 @@ const COMMIT: &str = "INSERT INTO dedupe (key, token, expires_at) \
 /// Deletes `$1` only if its live claim is `$2`'s.
 const RELEASE: &str = "DELETE FROM dedupe WHERE key = $1 AND token = $2 AND expires_at > now()";
 
-/// One batch of the sweep of expired claims: small, so no long lock. `ORDER BY` makes it
-/// walk `dedupe_expires_at` from the oldest: `now()` is unknown when the plan is made, so
-/// without it PostgreSQL guesses a third of the rows match and reads the table until it
-/// finds 1,000, which is all of it when few have expired.
+/// One batch of the sweep of expired claims: small, so no long lock. Oldest first, so
+/// that on a large table the planner walks `dedupe_expires_at` for the first 1,000:
+/// `now()` is unknown when the plan is made, and without an order it guesses that a third
+/// of the rows match and reads the table until it finds 1,000, which is all of it when
+/// few have expired. (Every 30 s, so a small table may still be read whole.)
 const SWEEP: &str = "DELETE FROM dedupe WHERE key IN \
      (SELECT key FROM dedupe WHERE expires_at < now() ORDER BY expires_at LIMIT 1000)";
 
