@@ -43,10 +43,17 @@ use crate::upstream::UpstreamOutcome;
 /// workers at once; this bounds the wait for deliveries enqueued by other instances
 /// and for retries coming due).
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// How often `hookgate_queue_depth` and `hookgate_queue_oldest_age_seconds` are refreshed.
+/// How often `hookgate_queue_depth` and `hookgate_queue_oldest_age_seconds` are refreshed
+/// when asking is cheap. Where the answer costs the store more as the queue grows
+/// (PostgreSQL counts the due rows through their index, one by one), every instance asking
+/// every second would keep a database core busy with gauges during the very backlog they
+/// report; so the pause after each refresh is `STATS_BUDGET` times what it took, within
+/// `STATS_INTERVAL..=STATS_MAX_INTERVAL`: the gauges take at most 1 % of the time.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+const STATS_BUDGET: u32 = 100;
+const STATS_MAX_INTERVAL: Duration = Duration::from_secs(60);
 /// How often stopped instances are forgotten, and how long one must have been idle.
-const PRUNE_EVERY_STATS_TICKS: u32 = 600;
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 const PRUNE_IDLE: Duration = Duration::from_secs(3600);
 /// Waits between tries to record an attempt's result while the store is failing.
 const SETTLE_RETRIES: [Duration; 4] = [
@@ -250,22 +257,25 @@ impl Workers {
         }
     }
 
-    /// Refreshes the queue gauges every second; now and then forgets stopped instances.
+    /// Refreshes the queue gauges (every second while that is cheap: `stats_pause`); now
+    /// and then forgets stopped instances.
     async fn stats_forever(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(STATS_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for n in 0u32.. {
-            tick.tick().await;
+        let mut pruned = tokio::time::Instant::now();
+        loop {
+            let asked = tokio::time::Instant::now();
             if let Ok(stats) = self.queue.stats().await {
                 self.metrics.queue_stats(stats.depth, stats.oldest_age);
             }
-            if n % PRUNE_EVERY_STATS_TICKS == PRUNE_EVERY_STATS_TICKS - 1 {
+            let pause = stats_pause(asked.elapsed());
+            if pruned.elapsed() >= PRUNE_EVERY {
+                pruned = tokio::time::Instant::now();
                 match self.queue.prune(PRUNE_IDLE).await {
                     Ok(0) => {}
                     Ok(removed) => tracing::info!(removed, "queue: forgot stopped instances"),
                     Err(e) => tracing::warn!(error = %e, "queue: cannot prune stopped instances"),
                 }
             }
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -690,6 +700,11 @@ fn log_fetch(job: &Job, step: &Attempt, settlement: Option<Settlement>) {
 }
 
 /// Resolves once `flag` is true (or its sender is gone), holding no borrow of it.
+/// The pause before the next refresh of the queue gauges, after one that took `took`.
+fn stats_pause(took: Duration) -> Duration {
+    (took * STATS_BUDGET).clamp(STATS_INTERVAL, STATS_MAX_INTERVAL)
+}
+
 async fn until(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
 }
@@ -810,5 +825,13 @@ mod tests {
             failure("openai/0", &UpstreamOutcome::Gone).unwrap(),
             "upstream of route openai/0: answered 410 Gone"
         );
+    }
+
+    #[test]
+    fn the_gauges_are_refreshed_every_second_while_asking_is_cheap_and_less_often_when_not() {
+        for (took_ms, pause_s) in [(0, 1), (10, 1), (50, 5), (200, 20), (3_000, 60)] {
+            let took = Duration::from_millis(took_ms);
+            assert_eq!(stats_pause(took), Duration::from_secs(pause_s), "{took:?}");
+        }
     }
 }
