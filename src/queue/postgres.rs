@@ -33,7 +33,7 @@ use super::{
 };
 use crate::config::QueueSettings;
 use crate::route::RatePolicy;
-use crate::store::postgres::{PgPool, channel, listen_forever};
+use crate::store::postgres::{PgPool, channel, listen_forever, on_indexes};
 
 const ENQUEUE: &str = "INSERT INTO deliveries (id, state, source, route, webhook_id, \
      event_type, received_at, queued_at, updated_at, due_at, headers, body, trace_context) \
@@ -451,21 +451,6 @@ impl PostgresQueue {
     }
 }
 
-/// A transaction in which the planner may not read a table in full: for the statements
-/// an instance runs by itself every second (retention, stats), whose cost must follow
-/// the queue's size, not the table's. Left to its estimates, PostgreSQL read all of
-/// `deliveries` for them: its statistics lag a table whose rows change state within
-/// seconds, and a prepared statement's generic plan guesses that a third of the rows
-/// are past a bound it does not know (measured in the benchmark: 43 ms a sweep and
-/// 50 ms a stats query at 22,000 rows, every second).
-async fn on_indexes(
-    client: &mut deadpool_postgres::Client,
-) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    tx.batch_execute("SET LOCAL enable_seqscan = off").await?;
-    Ok(tx)
-}
-
 fn millis(value: Option<i64>) -> Option<UnixMillis> {
     value.map(|v| v.max(0) as UnixMillis)
 }
@@ -816,8 +801,8 @@ impl Queue for PostgresQueue {
         Box::pin(async move {
             // By id (the primary key): nothing indexes the lease columns, and a renewal
             // by token alone read the whole table every third of the visibility timeout
-            // (58 ms a renewal in the benchmark). A token names one lease, so the two lists need not
-            // be paired.
+            // (58 ms a renewal in the benchmark). A token names one lease, so the two
+            // lists need not be paired.
             let ids: Vec<&str> = leases.iter().map(|l| l.delivery_id.as_str()).collect();
             let tokens: Vec<&str> = leases.iter().map(|l| l.token.as_str()).collect();
             let visibility = self.visibility.as_secs_f64();

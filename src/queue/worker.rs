@@ -699,12 +699,12 @@ fn log_fetch(job: &Job, step: &Attempt, settlement: Option<Settlement>) {
     );
 }
 
-/// Resolves once `flag` is true (or its sender is gone), holding no borrow of it.
 /// The pause before the next refresh of the queue gauges, after one that took `took`.
 fn stats_pause(took: Duration) -> Duration {
     (took * STATS_BUDGET).clamp(STATS_INTERVAL, STATS_MAX_INTERVAL)
 }
 
+/// Resolves once `flag` is true (or its sender is gone), holding no borrow of it.
 async fn until(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
 }

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-pub(crate) use self::pool::{PgPool, channel, listen_forever};
+pub(crate) use self::pool::{PgPool, channel, listen_forever, on_indexes};
 pub use self::schema::{Migrated, SCHEMA_VERSION, SchemaError, migrate, status};
 use super::memory::MemoryStore;
 use super::{BoxFuture, ClaimState, RateDecision, Settled, Store, StoreError};
@@ -48,11 +48,8 @@ const COMMIT: &str = "INSERT INTO dedupe (key, token, expires_at) \
 /// Deletes `$1` only if its live claim is `$2`'s.
 const RELEASE: &str = "DELETE FROM dedupe WHERE key = $1 AND token = $2 AND expires_at > now()";
 
-/// One batch of the sweep of expired claims: small, so no long lock. Oldest first, so
-/// that on a large table the planner walks `dedupe_expires_at` for the first 1,000:
-/// `now()` is unknown when the plan is made, and without an order it guesses that a third
-/// of the rows match and reads the table until it finds 1,000, which is all of it when
-/// few have expired. (Every 30 s, so a small table may still be read whole.)
+/// One batch of the sweep of expired claims: small, so no long lock; oldest first,
+/// through `dedupe_expires_at` (`on_indexes`).
 const SWEEP: &str = "DELETE FROM dedupe WHERE key IN \
      (SELECT key FROM dedupe WHERE expires_at < now() ORDER BY expires_at LIMIT 1000)";
 
@@ -105,8 +102,11 @@ async fn sweep_forever(pool: Weak<PgPool>) {
         loop {
             let deleted = pool
                 .call("sweep", async |client| {
-                    let statement = client.prepare_cached(SWEEP).await?;
-                    client.execute(&statement, &[]).await
+                    let tx = on_indexes(client).await?;
+                    let statement = tx.prepare_cached(SWEEP).await?;
+                    let deleted = tx.execute(&statement, &[]).await?;
+                    tx.commit().await?;
+                    Ok(deleted)
                 })
                 .await;
             if !matches!(deleted, Ok(1000)) {
