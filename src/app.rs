@@ -121,15 +121,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     );
     let limits = settings.limits;
     let builder = server::gateway_http_builder(&limits);
-    let server_policy = ConnectionPolicy::new(
-        &limits,
-        Admission::new(
-            server::max_connections(limits.max_connections),
-            limits.max_connections_per_ip,
-            settings.trusted_proxies.clone(),
-            metrics.connections("server"),
-        ),
+    let admission = Admission::new(
+        server::max_connections(limits.max_connections),
+        limits.max_connections_per_ip,
+        settings.trusted_proxies.clone(),
+        metrics.connections("server"),
     );
+    let server_policy = ConnectionPolicy::new(&limits, admission.clone());
     let admin_policy = ConnectionPolicy::new(
         &limits,
         Admission::new(
@@ -185,6 +183,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             ingress,
             workers: workers.clone(),
             telemetry: telemetry.clone(),
+            admission,
         },
     );
     let console = Arc::new(Console::new(

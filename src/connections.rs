@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -26,7 +27,8 @@ pub struct Admission {
     max: u32,
     per_ip_max: u32,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
-    exempt: Vec<IpNet>,
+    /// `rate_limit.trusted_proxies`, swapped by a reload like the client-IP resolver's.
+    exempt: ArcSwap<Vec<IpNet>>,
     metrics: ConnectionMetrics,
 }
 
@@ -51,9 +53,15 @@ impl Admission {
             max,
             per_ip_max,
             per_ip: Mutex::new(HashMap::new()),
-            exempt,
+            exempt: ArcSwap::from_pointee(exempt),
             metrics,
         })
+    }
+
+    /// Peers exempt from the per-IP limit from now on (a reload); connections already
+    /// admitted keep what they were counted as.
+    pub fn set_exempt(&self, exempt: Vec<IpNet>) {
+        self.exempt.store(Arc::new(exempt));
     }
 
     /// The counters of the listener this admits to.
@@ -71,19 +79,20 @@ impl Admission {
             return refuse(Refused::MaxConnections);
         };
         let peer = peer.to_canonical();
-        let key = if self.per_ip_max == 0 || self.exempt.iter().any(|net| net.contains(&peer)) {
-            None
-        } else {
-            let key = rate_key(peer);
-            let mut per_ip = self.per_ip.lock().expect("not poisoned");
-            let count = per_ip.entry(key).or_insert(0);
-            if *count >= self.per_ip_max {
-                drop(per_ip);
-                return refuse(Refused::PerIpLimit);
-            }
-            *count += 1;
-            Some(key)
-        };
+        let key =
+            if self.per_ip_max == 0 || self.exempt.load().iter().any(|net| net.contains(&peer)) {
+                None
+            } else {
+                let key = rate_key(peer);
+                let mut per_ip = self.per_ip.lock().expect("not poisoned");
+                let count = per_ip.entry(key).or_insert(0);
+                if *count >= self.per_ip_max {
+                    drop(per_ip);
+                    return refuse(Refused::PerIpLimit);
+                }
+                *count += 1;
+                Some(key)
+            };
         self.metrics.open.inc();
         Ok(Admitted {
             admission: self.clone(),

@@ -3,11 +3,12 @@
 //! request in progress is dropped (it finishes on the configuration it started with).
 //!
 //! Applied at once: sources, routes, schemes, secrets, `allow_ips`, `resign`, the rate
-//! limit, the penalty box (which starts empty), dedupe TTLs, the body limits, the admin
+//! limit (its `trusted_proxies` also for the per-IP connection limit), the penalty box (which starts empty), dedupe TTLs, the body limits, the admin
 //! token, and `[server.tls]` certificates (files are read again; new connections use
 //! them). Needing a restart, logged and otherwise left as they are: the listen addresses,
 //! turning TLS on or off, connection and upstream limits, the body budget, `[store]`, `[queue]`,
-//! `[upstream_tls]`, `log.level` and `[telemetry]`. A file that does not validate changes nothing.
+//! `[upstream_tls]`, `log.level` and `[telemetry]` (the gateway's own header-count and size
+//! checks keep the running limits too). A file that does not validate changes nothing.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -16,6 +17,7 @@ use arc_swap::ArcSwap;
 
 use crate::body_budget::BodyBudget;
 use crate::config::{self, AdminAuth, ConfigError, DeliveryMode, Settings};
+use crate::connections::Admission;
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
@@ -34,6 +36,8 @@ pub(crate) struct Shared {
     pub ingress: Option<Ingress>,
     pub workers: Option<Arc<Workers>>,
     pub telemetry: Telemetry,
+    /// The gateway listener's connection admission (its trusted proxies follow a reload).
+    pub admission: Arc<Admission>,
 }
 
 /// The parts of a running gateway that a reload replaces.
@@ -163,6 +167,8 @@ impl Live {
             }
         };
         let restart_needed = self.fixed.differences(&Fixed::of(&settings));
+        let mut settings = settings;
+        settings.limits = running_limits(settings.limits, &self.fixed_limits);
         if let (Some(current), Some(tls)) = (&self.tls, &settings.server.tls) {
             current.store(Arc::new(Handshake::new(
                 tls.config.clone(),
@@ -171,6 +177,9 @@ impl Live {
         }
         self.admin_auth.store(Arc::new(settings.admin_auth.clone()));
         self.shared.store.set_rate(settings.rate_limit);
+        self.shared
+            .admission
+            .set_exempt(settings.trusted_proxies.clone());
         if let Some(workers) = &self.shared.workers {
             workers.set_routes(&settings);
         }
@@ -226,6 +235,18 @@ impl Live {
             )),
             _ => Ok(settings),
         }
+    }
+}
+
+/// The limits a reloaded gateway runs with: the new body limits, and the running values
+/// of every limit `Fixed` reports as needing a restart. The listeners keep enforcing
+/// those; the gateway's own checks (the 431 on `max_headers` and `max_header_bytes`)
+/// must agree with them, not half-apply a new value.
+fn running_limits(new: config::Limits, running: &config::Limits) -> config::Limits {
+    config::Limits {
+        max_body_bytes: new.max_body_bytes,
+        body_read_timeout: new.body_read_timeout,
+        ..*running
     }
 }
 

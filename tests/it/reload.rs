@@ -234,3 +234,64 @@ async fn sighup_reloads_a_running_process() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_lowered_header_limit_keeps_its_running_value_until_a_restart() {
+    let upstream = Upstream::start().await;
+    let file = ConfigFile::new(config().route("*", &upstream));
+    let gw = Gateway::start_file(&file.path()).await;
+
+    file.write(
+        config()
+            .route("*", &upstream)
+            .set("limits", "max_headers", "8"),
+    );
+    let reloaded = gw.reload().await.expect("a valid file");
+    let mut request = delivery_request(&gw.url(PATH), &signed_event("response.completed"));
+    for i in 0..10 {
+        let name = http::HeaderName::try_from(format!("x-extra-{i}")).unwrap();
+        request
+            .headers_mut()
+            .insert(name, http::HeaderValue::from_static("1"));
+    }
+    let reply = gw.send(request).await;
+
+    assert_eq!(
+        reloaded.restart_needed,
+        vec!["limits (connection, header-parser and upstream limits)"]
+    );
+    // The listener's parser still takes 100 headers: the gateway's own check agrees.
+    assert_eq!(reply.status(), 200, "{reply:?}");
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[tokio::test]
+async fn trusted_proxies_added_by_a_reload_are_exempt_from_the_per_ip_connection_limit() {
+    let upstream = Upstream::start().await;
+    let one_per_ip = || {
+        config()
+            .set("limits", "max_connections_per_ip", "1")
+            .route("*", &upstream)
+    };
+    let file = ConfigFile::new(one_per_ip());
+    let gw = Gateway::start_file(&file.path()).await;
+    let _held = connect_from("127.0.0.2", gw.addr()).await.unwrap();
+    eventually("the first connection is admitted", || async {
+        gw.metrics()
+            .await
+            .value(r#"hookgate_connections_open{listener="server"}"#)
+            == Some(1.0)
+    })
+    .await;
+
+    file.write(one_per_ip().set("rate_limit", "trusted_proxies", r#"["127.0.0.2/32"]"#));
+    let reloaded = gw.reload().await.expect("a valid file");
+    let (status, _) = post_from("127.0.0.2", gw.addr(), &signed_event("response.completed")).await;
+
+    assert_eq!(reloaded.restart_needed, Vec::<&str>::new());
+    assert_eq!(
+        status, 200,
+        "a second connection from a now trusted proxy is admitted"
+    );
+    assert_eq!(upstream.received().len(), 1);
+}
