@@ -23,14 +23,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::HeaderMap;
 use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
-    Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState,
+    Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue, Value};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderExtractor;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -45,6 +46,7 @@ use crate::config::{TelemetrySettings, UpstreamTrust};
 use crate::log_gate::LogGate;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamOutcome;
+use crate::verify::{hex_encode, push_hex};
 
 /// Spans in one export request at most.
 const MAX_BATCH: usize = 512;
@@ -167,23 +169,32 @@ impl Telemetry {
         let Some(on) = &self.on else {
             return Span::none();
         };
-        let incoming = on.propagator.extract(&HeaderExtractor(headers));
+        // Most senders send none: then there is nothing to parse.
+        let incoming = if headers.contains_key(TRACEPARENT) {
+            on.propagator.extract(&HeaderExtractor(headers))
+        } else {
+            Context::new()
+        };
         let sender = incoming.span().span_context().clone();
         let (parent, links) = match (sender.is_valid(), on.trust_incoming_traceparent) {
             (true, true) => (incoming, Vec::new()),
             (true, false) => (Context::new(), vec![Link::with_context(sender)]),
             (false, _) => (Context::new(), Vec::new()),
         };
-        let span = on
+        let mut span = on
             .tracer
             .span_builder("hookgate.request")
             .with_kind(SpanKind::Server)
             .with_links(links)
-            .with_attributes([
-                KeyValue::new("http.request.method", method.as_str().to_owned()),
-                KeyValue::new("url.path", path.to_owned()),
-            ])
             .start_with_context(&on.tracer, &parent);
+        // Set after the sampler decided, so a trace sampled out copies nothing.
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new(
+                "http.request.method",
+                method.as_str().to_owned(),
+            ));
+            span.set_attribute(KeyValue::new("url.path", path.to_owned()));
+        }
         Span::started(on, parent.with_span(span))
     }
 
@@ -223,6 +234,9 @@ impl Telemetry {
 #[derive(Default)]
 pub struct Span {
     on: Option<(Arc<On>, Context)>,
+    /// Whether the span is sampled, read once: asking the SDK's span takes its lock,
+    /// and every stage asks.
+    recording: bool,
 }
 
 impl Span {
@@ -233,6 +247,7 @@ impl Span {
 
     fn started(on: &Arc<On>, cx: Context) -> Span {
         Span {
+            recording: cx.span().is_recording(),
             on: Some((on.clone(), cx)),
         }
     }
@@ -293,6 +308,7 @@ impl Span {
         if !self.is_recording() {
             return Span {
                 on: self.on.clone(),
+                recording: false,
             };
         }
         let span = self.child("hookgate.upstream", SpanKind::Client);
@@ -305,26 +321,31 @@ impl Span {
 
     /// Whether this span is sampled: attributes set on any other are thrown away.
     pub fn is_recording(&self) -> bool {
-        self.on
-            .as_ref()
-            .is_some_and(|(_, cx)| cx.span().is_recording())
+        self.recording
     }
 
     pub fn set(&self, key: &'static str, value: impl Into<Value>) {
-        if let Some((_, cx)) = &self.on {
+        if let Some((_, cx)) = &self.on
+            && self.recording
+        {
             cx.span().set_attribute(KeyValue::new(key, value));
         }
     }
 
     /// Marks the span failed; `why` must hold no body, secret or signature.
     pub fn fail(&self, why: &str) {
-        if let Some((_, cx)) = &self.on {
+        if let Some((_, cx)) = &self.on
+            && self.recording
+        {
             cx.span().set_status(Status::error(why.to_owned()));
         }
     }
 
+    /// Ends the span (a span sampled out has nothing to end or export).
     pub fn end(&self) {
-        if let Some((_, cx)) = &self.on {
+        if let Some((_, cx)) = &self.on
+            && self.recording
+        {
             cx.span().end();
         }
     }
@@ -332,24 +353,28 @@ impl Span {
     /// Sets `traceparent` (and `tracestate`, when there is one) to this span's, in
     /// place of whatever the sender sent.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        if let Some((on, cx)) = &self.on {
-            headers.remove(TRACEPARENT);
-            headers.remove(TRACESTATE);
-            on.propagator
-                .inject_context(cx, &mut HeaderInjector(headers));
+        let Some((_, cx)) = &self.on else { return };
+        headers.remove(TRACEPARENT);
+        headers.remove(TRACESTATE);
+        let span = cx.span();
+        let context = span.span_context();
+        let Some(traceparent) = traceparent_of(context) else {
+            return;
+        };
+        if let Ok(value) = HeaderValue::try_from(traceparent) {
+            headers.insert(TRACEPARENT, value);
+        }
+        if *context.trace_state() != TraceState::NONE
+            && let Ok(value) = HeaderValue::try_from(context.trace_state().header())
+        {
+            headers.insert(TRACESTATE, value);
         }
     }
 
     /// This span's W3C `traceparent`, for a queued delivery's record.
     pub fn traceparent(&self) -> Option<String> {
-        let (on, cx) = self.on.as_ref()?;
-        let mut headers = HeaderMap::new();
-        on.propagator
-            .inject_context(cx, &mut HeaderInjector(&mut headers));
-        headers
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+        let (_, cx) = self.on.as_ref()?;
+        traceparent_of(cx.span().span_context())
     }
 
     /// The trace id (32 hex digits) for log lines and attempt records.
@@ -357,12 +382,14 @@ impl Span {
         let (_, cx) = self.on.as_ref()?;
         let span = cx.span();
         let context: &SpanContext = span.span_context();
-        context.is_valid().then(|| context.trace_id().to_string())
+        context
+            .is_valid()
+            .then(|| hex_encode(&context.trace_id().to_bytes()))
     }
 
     /// The upstream's answer, on a client span: its status, or how the exchange failed.
     pub fn upstream(&self, outcome: &UpstreamOutcome) {
-        if self.on.is_none() {
+        if !self.recording {
             return;
         }
         if let Some(status) = outcome.status() {
@@ -382,6 +409,25 @@ impl Span {
             self.fail(kind);
         }
     }
+}
+
+/// The W3C `traceparent` of `context`, as the SDK's `TraceContextPropagator` writes it
+/// (version `00`, only the sampled flag), written straight into one string: on every
+/// forwarded request, sampled or not, the propagator's `format!` and its header parsing
+/// were most of what tracing cost a trace sampled out. `None` for an invalid context.
+fn traceparent_of(context: &SpanContext) -> Option<String> {
+    if !context.is_valid() {
+        return None;
+    }
+    let flags = context.trace_flags() & TraceFlags::SAMPLED;
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    push_hex(&mut out, &context.trace_id().to_bytes());
+    out.push('-');
+    push_hex(&mut out, &context.span_id().to_bytes());
+    out.push('-');
+    push_hex(&mut out, &[flags.to_u8()]);
+    Some(out)
 }
 
 /// What a stage's result says about whether it failed, for its span.
@@ -508,7 +554,8 @@ async fn export_forever(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use opentelemetry::trace::{SpanId, TraceId};
+    use opentelemetry_http::HeaderInjector;
 
     fn value(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
         headers
@@ -534,6 +581,26 @@ mod tests {
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         );
         assert!(telemetry.attempt(Some("junk")).trace_id().is_none());
+    }
+
+    #[test]
+    fn traceparent_is_written_as_the_sdk_propagator_writes_it() {
+        let propagator = TraceContextPropagator::new();
+        let trace_id = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
+        let span_id = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        let state = TraceState::from_key_value([("vendor", "value")]).unwrap();
+        for (flags, state) in [
+            (TraceFlags::SAMPLED, TraceState::NONE),
+            (TraceFlags::NOT_SAMPLED, TraceState::NONE),
+            (TraceFlags::new(0xff), state.clone()),
+        ] {
+            let context = SpanContext::new(trace_id, span_id, flags, true, state.clone());
+            let cx = Context::new().with_remote_span_context(context.clone());
+            let mut expected = HeaderMap::new();
+            propagator.inject_context(&cx, &mut HeaderInjector(&mut expected));
+            assert_eq!(traceparent_of(&context), value(&expected, &TRACEPARENT));
+        }
+        assert_eq!(traceparent_of(&SpanContext::NONE), None);
     }
 
     #[test]
