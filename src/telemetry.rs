@@ -4,9 +4,11 @@
 //! `Telemetry` makes the spans; `Span` is one of them, or nothing at all when tracing is
 //! off (no `[telemetry]`): then every method returns at once, allocating nothing, so the
 //! request path pays a branch per stage. The protocol is the OpenTelemetry crates' work:
-//! the SDK makes and samples spans, `TraceContextPropagator` reads and writes W3C
+//! the SDK makes and samples spans, `TraceContextPropagator` reads a sender's W3C
 //! `traceparent`/`tracestate`, the OTLP exporter encodes and POSTs the batches through
 //! opentelemetry-http's hyper client (rustls, trusting what `[upstream_tls]` trusts).
+//! The `traceparent` hookgate sends is written here (`traceparent_of`), byte for byte as
+//! the propagator writes it, without its formatting: every forwarded request carries one.
 //!
 //! The one part written here is the batching: the SDK's batch processor exports from a
 //! thread of its own, outside tokio (where the hyper client cannot run), and counts its
