@@ -17,6 +17,20 @@ async fn post_reload(gw: &Gateway) -> Reply {
     gw.client().send(request).await
 }
 
+/// A gateway started on a file that routes everything to `upstream`, then reloaded with
+/// `[limits] key = value` added (the file must outlive the gateway).
+async fn reloaded_with_limit(
+    upstream: &Upstream,
+    key: &'static str,
+    value: &str,
+) -> (ConfigFile, Gateway, hookgate::reload::Reloaded) {
+    let file = ConfigFile::new(config().route("*", upstream));
+    let gw = Gateway::start_file(&file.path()).await;
+    file.write(config().route("*", upstream).set("limits", key, value));
+    let reloaded = gw.reload().await.expect("a valid file");
+    (file, gw, reloaded)
+}
+
 #[tokio::test]
 async fn a_reload_sends_new_deliveries_to_a_new_route_while_one_in_progress_finishes() {
     let before = Upstream::with(Answer::held()).await;
@@ -118,15 +132,7 @@ async fn a_rotated_secret_and_a_new_rate_limit_apply_after_a_reload() {
 #[tokio::test]
 async fn a_change_that_needs_a_restart_is_reported_and_the_rest_still_applies() {
     let upstream = Upstream::start().await;
-    let file = ConfigFile::new(config().route("*", &upstream));
-    let gw = Gateway::start_file(&file.path()).await;
-
-    file.write(
-        config()
-            .route("*", &upstream)
-            .set("limits", "upstream_timeout", "\"3s\""),
-    );
-    let reloaded = gw.reload().await.expect("a valid file");
+    let (_file, gw, reloaded) = reloaded_with_limit(&upstream, "upstream_timeout", "\"3s\"").await;
 
     assert_eq!(
         reloaded.restart_needed,
@@ -238,15 +244,7 @@ async fn sighup_reloads_a_running_process() {
 #[tokio::test]
 async fn a_lowered_header_limit_keeps_its_running_value_until_a_restart() {
     let upstream = Upstream::start().await;
-    let file = ConfigFile::new(config().route("*", &upstream));
-    let gw = Gateway::start_file(&file.path()).await;
-
-    file.write(
-        config()
-            .route("*", &upstream)
-            .set("limits", "max_headers", "8"),
-    );
-    let reloaded = gw.reload().await.expect("a valid file");
+    let (_file, gw, reloaded) = reloaded_with_limit(&upstream, "max_headers", "8").await;
     let mut request = delivery_request(&gw.url(PATH), &signed_event("response.completed"));
     for i in 0..10 {
         let name = http::HeaderName::try_from(format!("x-extra-{i}")).unwrap();
