@@ -9,7 +9,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::{DedupeSettings, OnError};
 use crate::metrics::Metrics;
@@ -71,6 +71,12 @@ impl Dedupe {
         key.push(':');
         key.push_str(id);
         key
+    }
+
+    /// The store key of a delivery and how long it stays done, for a queue that writes
+    /// the key as it stores a first delivery (`Queue::enqueue_all_first`).
+    pub fn done_key(&self, source: &str, id: &str) -> (String, Duration) {
+        (Self::key(source, id), self.settings.ttl)
     }
 
     /// A token no other claim, in this process or another, will hold: the instance's

@@ -13,7 +13,9 @@
 //! unsigned request must never occupy a real delivery id) and settled only once the
 //! upstream has answered, or, in queue mode, once the delivery is stored: `enqueue`
 //! replaces `forward` as the stage after the claim, and the workers (`queue::worker`)
-//! forward it later.
+//! forward it later. Where the queue holds the dedupe keys too (PostgreSQL), a first
+//! delivery's key is written done by the enqueue itself, in one statement, still after
+//! verification; only a key something holds is claimed first.
 //!
 //! With tracing on, the request is a span (`Trace::span`) and each stage that costs
 //! time (a store round trip, verification, the upstream, the enqueue) runs in a child
@@ -43,6 +45,7 @@ use crate::penalty_box::{PenaltyBox, Recorded};
 use crate::queue::{Ingress, NewDelivery, now_millis};
 use crate::ratelimit::RateLimit;
 use crate::reject::{self, Answer, Reject, json_response};
+use crate::route::Route;
 use crate::store::Store;
 use crate::telemetry::{Span, Telemetry};
 
@@ -286,6 +289,38 @@ impl Gateway {
         trace.route = Some(route.name());
         // Claim only after verification: an unsigned request must never occupy a real id.
         let claim_key = source.binding.claim_key(dedupe_key, event_type, &body);
+        let mut headers = self.upstream_headers(parts, peer, entry, event_type);
+        let copies = match &entry.handoff {
+            Handoff::Enqueue(_) => copies_of(
+                source,
+                route,
+                dedupe_key,
+                event_type,
+                &headers,
+                &body,
+                &trace.span,
+            ),
+            Handoff::Forward => Vec::new(),
+        };
+        // Where the queue holds the dedupe keys too (PostgreSQL), a first delivery is
+        // stored with its key written done in one statement, with no claim before it;
+        // a key something holds is claimed below as on every other store.
+        if let Handoff::Enqueue(queue) = &entry.handoff
+            && queue.queue.dedupe_in_enqueue()
+        {
+            let (key, ttl) = self.dedupe.done_key(&source.name, &claim_key);
+            let stored = (trace.span)
+                .stage(
+                    "hookgate.enqueue",
+                    queue.enqueue_all_first(&copies, &key, ttl),
+                )
+                .await
+                .map_err(Reject::from)?;
+            if let Some(delivery_ids) = stored {
+                trace.delivery_id = Some(delivery_ids.join(","));
+                return Ok(Answer::Queued { delivery_ids });
+            }
+        }
         let claim = match (trace.span)
             .stage(
                 "hookgate.dedupe.claim",
@@ -296,7 +331,6 @@ impl Gateway {
             Claimed::Won(claim) => claim,
             Claimed::AlreadyDone => return Ok(Answer::Duplicate),
         };
-        let mut headers = self.upstream_headers(parts, peer, entry, event_type);
         let (answer, delivered) = match &entry.handoff {
             // An open breaker sends nothing and releases the claim: the sender's retry
             // after `Retry-After` is forwarded once the upstream is back.
@@ -332,22 +366,6 @@ impl Gateway {
             // backend always sees a fresh timestamp. A fan-out route stores one copy per
             // upstream, all in one step: the 202 means every copy is stored.
             Handoff::Enqueue(queue) => {
-                let received_at = now_millis();
-                let trace_context = trace.span.traceparent();
-                let copies = route
-                    .upstreams()
-                    .iter()
-                    .map(|upstream| NewDelivery {
-                        source: source.name.clone(),
-                        route: upstream.delivery_route.clone(),
-                        webhook_id: dedupe_key.to_owned(),
-                        event_type: event_type.to_owned(),
-                        headers: headers.clone(),
-                        body: body.clone(),
-                        received_at,
-                        trace_context: trace_context.clone(),
-                    })
-                    .collect();
                 // Where the queue also holds the dedupe claims (PostgreSQL), the copies
                 // are stored with the claim marked done in one transaction.
                 let storing = async {
@@ -438,6 +456,36 @@ impl Gateway {
 }
 
 /// `limits.max_headers` and `limits.max_header_bytes` (names plus values).
+/// The queued copies of one verified delivery: one per upstream of its route (a fan-out
+/// route has several), each with the headers the upstream gets and the request span's
+/// trace context.
+fn copies_of(
+    source: &Source,
+    route: &Route,
+    webhook_id: &str,
+    event_type: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    span: &Span,
+) -> Vec<NewDelivery> {
+    let received_at = now_millis();
+    let trace_context = span.traceparent();
+    route
+        .upstreams()
+        .iter()
+        .map(|upstream| NewDelivery {
+            source: source.name.clone(),
+            route: upstream.delivery_route.clone(),
+            webhook_id: webhook_id.to_owned(),
+            event_type: event_type.to_owned(),
+            headers: headers.clone(),
+            body: body.clone(),
+            received_at,
+            trace_context: trace_context.clone(),
+        })
+        .collect()
+}
+
 fn check_header_limits(headers: &HeaderMap, limits: &Limits) -> Result<(), Reject> {
     if headers.len() > limits.max_headers {
         return Err(Reject::HeadersTooLarge);

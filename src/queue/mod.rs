@@ -82,6 +82,26 @@ pub trait Queue: Send + Sync {
         Box::pin(async move { Ok((self.enqueue_all(deliveries).await?, false)) })
     }
 
+    /// Whether `enqueue_all_first` can store a delivery and write its dedupe key in one
+    /// step (the backend holds the dedupe keys too: PostgreSQL).
+    fn dedupe_in_enqueue(&self) -> bool {
+        false
+    }
+
+    /// Stores the deliveries with the dedupe key `key` written done for `ttl`, in one
+    /// step, if nothing holds `key` (no claim in flight, not done, or only expired
+    /// ones): the usual first delivery then needs no claim before it. `None` when
+    /// something holds it, or the backend cannot (`dedupe_in_enqueue`): nothing is
+    /// stored, and the caller claims the key as usual to learn what holds it.
+    fn enqueue_all_first<'a>(
+        &'a self,
+        _deliveries: &'a [NewDelivery],
+        _key: &'a str,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, QueueError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Takes up to `max` deliveries for this instance: due retries, deliveries another
     /// instance took and stopped renewing, and new ones.
     fn take(&self, max: usize, now: UnixMillis) -> BoxFuture<'_, Result<Vec<Lease>, QueueError>>;
@@ -266,6 +286,20 @@ impl Ingress {
         let ids = self.queue.enqueue_all(deliveries).await?;
         self.wake.notify_one();
         Ok(ids)
+    }
+
+    /// `Queue::enqueue_all_first`: stored with the dedupe key done, or `None`.
+    pub async fn enqueue_all_first(
+        &self,
+        deliveries: &[NewDelivery],
+        key: &str,
+        ttl: Duration,
+    ) -> Result<Option<Vec<String>>, QueueError> {
+        let stored = self.queue.enqueue_all_first(deliveries, key, ttl).await?;
+        if stored.is_some() {
+            self.wake.notify_one();
+        }
+        Ok(stored)
     }
 
     /// `enqueue_all` with the claim marked done in the same step where the backend can

@@ -105,6 +105,28 @@ const ENQUEUE_CLAIMED: &str = "WITH done AS ( \
      $7::text::jsonb, $8, $9) \
      RETURNING EXISTS (SELECT 1 FROM done)";
 
+/// Writes the dedupe key `$1` done for `$2` seconds if it is free (absent, or only an
+/// expired claim or done mark holds it); a row comes back when it was.
+const CLAIM_FIRST: &str = "INSERT INTO dedupe (key, token, expires_at) \
+     VALUES ($1, NULL, now() + make_interval(secs => $2)) \
+     ON CONFLICT (key) DO UPDATE SET token = NULL, expires_at = EXCLUDED.expires_at \
+     WHERE dedupe.expires_at <= now() \
+     RETURNING 1";
+
+/// `ENQUEUE` ($1 to $9, `NewRow::params`) only if `CLAIM_FIRST` writes the dedupe key
+/// `$10` done for `$11` seconds, in one statement; a row comes back when stored.
+const ENQUEUE_FIRST: &str = "WITH claim AS ( \
+       INSERT INTO dedupe (key, token, expires_at) \
+       VALUES ($10, NULL, now() + make_interval(secs => $11)) \
+       ON CONFLICT (key) DO UPDATE SET token = NULL, expires_at = EXCLUDED.expires_at \
+       WHERE dedupe.expires_at <= now() \
+       RETURNING 1) \
+     INSERT INTO deliveries (id, state, source, route, webhook_id, \
+     event_type, received_at, queued_at, updated_at, due_at, headers, body, trace_context) \
+     SELECT $1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
+     $7::text::jsonb, $8, $9 FROM claim \
+     RETURNING 1";
+
 /// Leases up to `$2` due deliveries to `$3` for `$4` seconds. Rows come back unordered.
 const TAKE: &str = "WITH due AS ( \
        SELECT id FROM deliveries \
@@ -539,6 +561,53 @@ impl Queue for PostgresQueue {
                 return Ok((vec![id], settled));
             }
             self.store_together(deliveries, Some(claim)).await
+        })
+    }
+
+    fn dedupe_in_enqueue(&self) -> bool {
+        true
+    }
+
+    fn enqueue_all_first<'a>(
+        &'a self,
+        deliveries: &'a [NewDelivery],
+        key: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, QueueError>> {
+        Box::pin(async move {
+            let rows: Vec<NewRow> = deliveries
+                .iter()
+                .map(|d| NewRow::of(&self.ids, d))
+                .collect();
+            let ttl = ttl.as_secs_f64();
+            let stored = self
+                .pool
+                .call("enqueue", async |client| {
+                    if let [row] = rows.as_slice() {
+                        let statement = client.prepare_cached(ENQUEUE_FIRST).await?;
+                        let mut params = row.params().to_vec();
+                        params.extend([&key as &(dyn ToSql + Sync), &ttl]);
+                        return Ok(client.query_opt(&statement, &params).await?.is_some());
+                    }
+                    // A fan-out's copies: the key, then every copy, in one transaction.
+                    let tx = client.transaction().await?;
+                    let statement = tx.prepare_cached(CLAIM_FIRST).await?;
+                    if tx.query_opt(&statement, &[&key, &ttl]).await?.is_none() {
+                        return Ok(false);
+                    }
+                    let statement = tx.prepare_cached(ENQUEUE).await?;
+                    for row in &rows {
+                        tx.execute(&statement, &row.params()).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(true)
+                })
+                .await?;
+            if !stored {
+                return Ok(None);
+            }
+            self.announcer.announce(&self.pool, &self.channel);
+            Ok(Some(rows.into_iter().map(|row| row.id).collect()))
         })
     }
 

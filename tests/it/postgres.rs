@@ -206,6 +206,74 @@ async fn a_queued_delivery_is_stored_with_its_dedupe_key_done_in_one_step() {
     upstream.release();
 }
 
+/// A first delivery is stored with its key in one statement, without a claim before
+/// it; a key something holds (a claim in flight elsewhere, a done mark) is claimed as
+/// on every other store, and an expired one is free again.
+#[tokio::test]
+async fn a_first_delivery_needs_no_claim_and_a_held_key_is_claimed_as_usual() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let upstream = Upstream::with(Answer::held()).await;
+    let gw = Gateway::start(queue_config(&url, &schema, &upstream)).await;
+    let claims = |scrape: &Scrape| {
+        scrape
+            .value(r#"hookgate_store_duration_seconds_count{op="claim"}"#)
+            .unwrap_or(0.0)
+    };
+    let stored = async |id: &str| {
+        one(&sql(
+            &url,
+            &format!("SELECT count(*) FROM {schema}.deliveries WHERE webhook_id = '{id}'"),
+        )
+        .await)
+    };
+
+    let first = signed_event("response.completed");
+    enqueue(&gw.client(), &first).await;
+    let claims_after_first = claims(&gw.metrics().await);
+    let repeat = gw.post(PATH, &first).await;
+    let claims_after_repeat = claims(&gw.metrics().await);
+
+    let elsewhere = signed_event("response.completed");
+    sql(
+        &url,
+        &format!(
+            "INSERT INTO {schema}.dedupe VALUES ('{SOURCE}:{}', 'another-instance', \
+             now() + interval '30 seconds')",
+            elsewhere.id
+        ),
+    )
+    .await;
+    let in_flight = gw.post(PATH, &elsewhere).await;
+    let stored_while_held = stored(&elsewhere.id).await;
+    sql(
+        &url,
+        &format!(
+            "UPDATE {schema}.dedupe SET expires_at = now() - interval '1 second' \
+             WHERE key = '{SOURCE}:{}'",
+            elsewhere.id
+        ),
+    )
+    .await;
+    let after_expiry = gw.post(PATH, &elsewhere).await;
+
+    assert_eq!(claims_after_first, 0.0, "no claim before a first delivery");
+    assert_eq!(repeat.json()["duplicate"], true, "{repeat:?}");
+    // (The claim of a held key, then the look at what holds it: both count as `claim`.)
+    assert!(
+        claims_after_repeat > 0.0,
+        "a held key is claimed to learn what holds it"
+    );
+    assert_eq!(in_flight.status(), 409, "{in_flight:?}");
+    assert_eq!(in_flight.error(), "in_flight");
+    assert_eq!(stored_while_held, "0");
+    assert_eq!(after_expiry.status(), 202, "{after_expiry:?}");
+    assert_eq!(stored(&elsewhere.id).await, "1");
+    upstream.release();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_events_through_two_instances_on_one_database_are_each_delivered_once() {
     let Some(url) = PostgresServer::shared_or_skip() else {

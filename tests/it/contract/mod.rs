@@ -178,6 +178,7 @@ macro_rules! contract_tests {
                     a_taken_delivery_begins_as_an_attempt_with_everything_it_was_enqueued_with,
                     the_trace_context_comes_back_with_every_attempt_and_the_history_keeps_trace_ids,
                     enqueue_all_stores_every_copy_with_its_own_record_and_lease,
+                    enqueue_all_first_stores_a_delivery_only_while_its_key_is_free,
                     pace_allows_the_burst_then_one_start_per_interval_per_key,
                     a_deferred_delivery_waits_until_its_time_without_an_attempt,
                     deliveries_are_taken_oldest_first_and_at_most_as_many_as_asked,

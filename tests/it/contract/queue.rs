@@ -312,6 +312,61 @@ pub async fn enqueue_all_stores_every_copy_with_its_own_record_and_lease(queue: 
     assert!(queue.enqueue_all(Vec::new()).await.unwrap().is_empty());
 }
 
+/// Where the queue holds the dedupe keys (`dedupe_in_enqueue`), a first delivery is
+/// stored with its key in one step and a second one under the same key is not stored;
+/// elsewhere nothing is stored and the caller claims as usual.
+pub async fn enqueue_all_first_stores_a_delivery_only_while_its_key_is_free(queue: &dyn Queue) {
+    let t = now_millis();
+    let ttl = Duration::from_secs(60);
+    let one = [delivery(SOURCE, 21, t)];
+    let copies: Vec<NewDelivery> = ["a", "b"]
+        .into_iter()
+        .map(|route| NewDelivery {
+            route: route.to_owned(),
+            ..delivery(SOURCE, 22, t)
+        })
+        .collect();
+
+    let first = queue
+        .enqueue_all_first(&one, "openai:msg_21", ttl)
+        .await
+        .unwrap();
+    let again = queue
+        .enqueue_all_first(&one, "openai:msg_21", ttl)
+        .await
+        .unwrap();
+    let fanned = queue
+        .enqueue_all_first(&copies, "openai:msg_22", ttl)
+        .await
+        .unwrap();
+    let fanned_again = queue
+        .enqueue_all_first(&copies, "openai:msg_22", ttl)
+        .await
+        .unwrap();
+
+    let listed = queue.list(&all()).await.unwrap().deliveries;
+    if !queue.dedupe_in_enqueue() {
+        assert_eq!((first, fanned), (None, None));
+        assert!(listed.is_empty(), "{listed:?}");
+        return;
+    }
+    let first = first.expect("stored while its key was free");
+    let fanned = fanned.expect("every copy stored while its key was free");
+    assert_eq!(
+        (again, fanned_again),
+        (None, None),
+        "a held key stores nothing"
+    );
+    assert_eq!(first.len(), 1);
+    assert_eq!(fanned.len(), 2);
+    let mut stored: Vec<String> = listed.into_iter().map(|d| d.id).collect();
+    stored.sort();
+    let mut expected = [first, fanned].concat();
+    expected.sort();
+    assert_eq!(stored, expected);
+    assert_eq!(show(queue, &expected[0]).await.summary.state, State::Queued);
+}
+
 /// A breaker or a rate puts a taken delivery back to wait, without an attempt.
 pub async fn a_deferred_delivery_waits_until_its_time_without_an_attempt(queue: &dyn Queue) {
     let t = now_millis();
