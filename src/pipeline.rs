@@ -455,7 +455,6 @@ impl Gateway {
     }
 }
 
-/// `limits.max_headers` and `limits.max_header_bytes` (names plus values).
 /// The queued copies of one verified delivery: one per upstream of its route (a fan-out
 /// route has several), each with the headers the upstream gets and the request span's
 /// trace context.
@@ -486,6 +485,7 @@ fn copies_of(
         .collect()
 }
 
+/// `limits.max_headers` and `limits.max_header_bytes` (names plus values).
 fn check_header_limits(headers: &HeaderMap, limits: &Limits) -> Result<(), Reject> {
     if headers.len() > limits.max_headers {
         return Err(Reject::HeadersTooLarge);
