@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::queue::ClaimDone;
 use crate::reject::Reject;
 use crate::store::{ClaimState, Settled, Store};
+use crate::verify::push_hex;
 
 pub struct Dedupe {
     store: Arc<dyn Store>,
@@ -85,10 +86,7 @@ impl Dedupe {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut token = String::with_capacity(32);
         for word in [self.instance, n] {
-            for shift in (0..16).rev() {
-                let digit = ((word >> (shift * 4)) & 0xf) as u32;
-                token.push(char::from_digit(digit, 16).expect("a hex digit"));
-            }
+            push_hex(&mut token, &word.to_be_bytes());
         }
         token
     }

@@ -26,7 +26,7 @@ pub fn hex(bytes: usize) -> String {
     SystemRandom::new()
         .fill(&mut raw)
         .expect("the operating system's random generator works");
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+    crate::verify::hex_encode(&raw)
 }
 
 #[cfg(test)]

@@ -3,12 +3,14 @@
 //! request in progress is dropped (it finishes on the configuration it started with).
 //!
 //! Applied at once: sources, routes, schemes, secrets, `allow_ips`, `resign`, the rate
-//! limit (its `trusted_proxies` also for the per-IP connection limit), the penalty box (which starts empty), dedupe TTLs, the body limits, the admin
-//! token, and `[server.tls]` certificates (files are read again; new connections use
-//! them). Needing a restart, logged and otherwise left as they are: the listen addresses,
-//! turning TLS on or off, connection and upstream limits, the body budget, `[store]`, `[queue]`,
-//! `[upstream_tls]`, `log.level` and `[telemetry]` (the gateway's own header-count and size
-//! checks keep the running limits too). A file that does not validate changes nothing.
+//! limit (its `trusted_proxies` also for the per-IP connection limit), the penalty box
+//! (which starts empty), dedupe TTLs, the body limits, the admin token, and
+//! `[server.tls]` certificates (files are read again; new connections use them). Needing
+//! a restart, logged and otherwise left as they are: the listen addresses, turning TLS on
+//! or off, connection and upstream limits, the body budget, `[store]`, `[queue]`,
+//! `[upstream_tls]`, `log.level` and `[telemetry]` (the gateway's own header-count and
+//! size checks keep the running limits too). A file that does not validate changes
+//! nothing.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -158,7 +160,7 @@ impl Live {
                 ))
             })
             .and_then(|settings| self.admissible(settings));
-        let settings = match loaded {
+        let mut settings = match loaded {
             Ok(settings) => settings,
             Err(e) => {
                 self.shared.metrics.config_reload(false);
@@ -167,7 +169,6 @@ impl Live {
             }
         };
         let restart_needed = self.fixed.differences(&Fixed::of(&settings));
-        let mut settings = settings;
         settings.limits = running_limits(settings.limits, &self.fixed_limits);
         if let (Some(current), Some(tls)) = (&self.tls, &settings.server.tls) {
             current.store(Arc::new(Handshake::new(

@@ -326,28 +326,30 @@ impl Span {
         self.recording
     }
 
+    /// The span's context when it is sampled: nothing is recorded on any other.
+    fn recorded(&self) -> Option<&Context> {
+        self.on
+            .as_ref()
+            .filter(|_| self.recording)
+            .map(|(_, cx)| cx)
+    }
+
     pub fn set(&self, key: &'static str, value: impl Into<Value>) {
-        if let Some((_, cx)) = &self.on
-            && self.recording
-        {
+        if let Some(cx) = self.recorded() {
             cx.span().set_attribute(KeyValue::new(key, value));
         }
     }
 
     /// Marks the span failed; `why` must hold no body, secret or signature.
     pub fn fail(&self, why: &str) {
-        if let Some((_, cx)) = &self.on
-            && self.recording
-        {
+        if let Some(cx) = self.recorded() {
             cx.span().set_status(Status::error(why.to_owned()));
         }
     }
 
     /// Ends the span (a span sampled out has nothing to end or export).
     pub fn end(&self) {
-        if let Some((_, cx)) = &self.on
-            && self.recording
-        {
+        if let Some(cx) = self.recorded() {
             cx.span().end();
         }
     }

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::config::QueueSettings;
 use crate::route::RatePolicy;
-use crate::store::postgres::{PgPool, channel, listen_forever, on_indexes};
+use crate::store::postgres::{CLAIM, PgPool, channel, listen_forever, on_indexes};
 
 const ENQUEUE: &str = "INSERT INTO deliveries (id, state, source, route, webhook_id, \
      event_type, received_at, queued_at, updated_at, due_at, headers, body, trace_context) \
@@ -104,28 +104,6 @@ const ENQUEUE_CLAIMED: &str = "WITH done AS ( \
      VALUES ($1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
      $7::text::jsonb, $8, $9) \
      RETURNING EXISTS (SELECT 1 FROM done)";
-
-/// Writes the dedupe key `$1` done for `$2` seconds if it is free (absent, or only an
-/// expired claim or done mark holds it); a row comes back when it was.
-const CLAIM_FIRST: &str = "INSERT INTO dedupe (key, token, expires_at) \
-     VALUES ($1, NULL, now() + make_interval(secs => $2)) \
-     ON CONFLICT (key) DO UPDATE SET token = NULL, expires_at = EXCLUDED.expires_at \
-     WHERE dedupe.expires_at <= now() \
-     RETURNING 1";
-
-/// `ENQUEUE` ($1 to $9, `NewRow::params`) only if `CLAIM_FIRST` writes the dedupe key
-/// `$10` done for `$11` seconds, in one statement; a row comes back when stored.
-const ENQUEUE_FIRST: &str = "WITH claim AS ( \
-       INSERT INTO dedupe (key, token, expires_at) \
-       VALUES ($10, NULL, now() + make_interval(secs => $11)) \
-       ON CONFLICT (key) DO UPDATE SET token = NULL, expires_at = EXCLUDED.expires_at \
-       WHERE dedupe.expires_at <= now() \
-       RETURNING 1) \
-     INSERT INTO deliveries (id, state, source, route, webhook_id, \
-     event_type, received_at, queued_at, updated_at, due_at, headers, body, trace_context) \
-     SELECT $1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
-     $7::text::jsonb, $8, $9 FROM claim \
-     RETURNING 1";
 
 /// Leases up to `$2` due deliveries to `$3` for `$4` seconds. Rows come back unordered.
 const TAKE: &str = "WITH due AS ( \
@@ -298,6 +276,7 @@ const NOTIFY: &str = "SELECT pg_notify($1, '')";
 
 /// Statements that depend on nothing but are too long to write inline.
 struct Sql {
+    enqueue_first: String,
     settle: String,
     attach: String,
     hand_back: String,
@@ -322,6 +301,18 @@ impl PostgresQueue {
             seen_at: AtomicU64::new(0),
             description,
             sql: Sql {
+                // The store's `CLAIM` of the dedupe key ($1, a NULL token $2 so it is
+                // written done, $3 seconds), then `ENQUEUE` of $4.. (`NewRow::params`)
+                // only if it won: one statement; a row comes back when stored.
+                enqueue_first: format!(
+                    "WITH claim AS ({CLAIM}) \
+                     INSERT INTO deliveries (id, state, source, route, webhook_id, \
+                     event_type, received_at, queued_at, updated_at, due_at, headers, body, \
+                     trace_context) \
+                     SELECT $4, 'queued', $5, $6, $7, $8, ms_ts($9), ms_ts($9), ms_ts($9), \
+                     ms_ts($9), $10::text::jsonb, $11, $12 FROM claim \
+                     RETURNING 1"
+                ),
                 // $1 id, $2 state, $3 1 for a failed fetch, $4 now, $5 status, $6 error,
                 // $7 next attempt (retry) or NULL, $8 token, $9 history index, $10.. entry.
                 settle: format!(
@@ -580,19 +571,20 @@ impl Queue for PostgresQueue {
                 .map(|d| NewRow::of(&self.ids, d))
                 .collect();
             let ttl = ttl.as_secs_f64();
+            let done: Option<&str> = None;
+            let claim: [&(dyn ToSql + Sync); 3] = [&key, &done, &ttl];
             let stored = self
                 .pool
                 .call("enqueue", async |client| {
                     if let [row] = rows.as_slice() {
-                        let statement = client.prepare_cached(ENQUEUE_FIRST).await?;
-                        let mut params = row.params().to_vec();
-                        params.extend([&key as &(dyn ToSql + Sync), &ttl]);
+                        let statement = client.prepare_cached(&self.sql.enqueue_first).await?;
+                        let params: Vec<_> = claim.iter().copied().chain(row.params()).collect();
                         return Ok(client.query_opt(&statement, &params).await?.is_some());
                     }
                     // A fan-out's copies: the key, then every copy, in one transaction.
                     let tx = client.transaction().await?;
-                    let statement = tx.prepare_cached(CLAIM_FIRST).await?;
-                    if tx.query_opt(&statement, &[&key, &ttl]).await?.is_none() {
+                    let statement = tx.prepare_cached(CLAIM).await?;
+                    if tx.query_opt(&statement, &claim).await?.is_none() {
                         return Ok(false);
                     }
                     let statement = tx.prepare_cached(ENQUEUE).await?;

@@ -26,8 +26,9 @@ use crate::config::{PostgresSettings, RateLimitSettings};
 use crate::metrics::Metrics;
 
 /// Claims `$1` for `$2` for `$3` seconds unless a live row holds it; returns a row
-/// only when won.
-const CLAIM: &str = "INSERT INTO dedupe (key, token, expires_at) \
+/// only when won. A NULL `$2` writes the key done at once (the queue's first
+/// deliveries, `Queue::enqueue_all_first`).
+pub(crate) const CLAIM: &str = "INSERT INTO dedupe (key, token, expires_at) \
      VALUES ($1, $2, now() + make_interval(secs => $3)) \
      ON CONFLICT (key) DO UPDATE SET token = EXCLUDED.token, expires_at = EXCLUDED.expires_at \
      WHERE dedupe.expires_at <= now() \
