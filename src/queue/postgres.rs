@@ -411,10 +411,7 @@ impl PostgresQueue {
                         .await?
                         == 1;
                 }
-                let statement = tx.prepare_cached(ENQUEUE).await?;
-                for row in &rows {
-                    tx.execute(&statement, &row.params()).await?;
-                }
+                insert_rows(&tx, &rows).await?;
                 tx.commit().await?;
                 Ok(settled)
             })
@@ -462,6 +459,18 @@ impl PostgresQueue {
         }
         Ok(())
     }
+}
+
+/// `ENQUEUE` of every row in `tx` (a fan-out's copies, stored together).
+async fn insert_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[NewRow<'_>],
+) -> Result<(), tokio_postgres::Error> {
+    let statement = tx.prepare_cached(ENQUEUE).await?;
+    for row in rows {
+        tx.execute(&statement, &row.params()).await?;
+    }
+    Ok(())
 }
 
 fn millis(value: Option<i64>) -> Option<UnixMillis> {
@@ -587,10 +596,7 @@ impl Queue for PostgresQueue {
                     if tx.query_opt(&statement, &claim).await?.is_none() {
                         return Ok(false);
                     }
-                    let statement = tx.prepare_cached(ENQUEUE).await?;
-                    for row in &rows {
-                        tx.execute(&statement, &row.params()).await?;
-                    }
+                    insert_rows(&tx, &rows).await?;
                     tx.commit().await?;
                     Ok(true)
                 })
