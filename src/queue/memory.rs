@@ -348,6 +348,9 @@ impl Queue for MemoryQueue {
         now: UnixMillis,
     ) -> BoxFuture<'a, Result<Option<Job>, QueueError>> {
         let mut inner = self.lock();
+        if !inner.taken.contains_key(&lease.token) {
+            return ready(Ok(None));
+        }
         if inner
             .records
             .get(&lease.delivery_id)
@@ -396,7 +399,9 @@ impl Queue for MemoryQueue {
         now: UnixMillis,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         let mut inner = self.lock();
-        inner.taken.remove(&job.lease.token);
+        if inner.taken.remove(&job.lease.token).is_none() {
+            return ready(Ok(()));
+        }
         let id = &job.lease.delivery_id;
         let retention = self.retention.as_millis() as UnixMillis;
         let Some(record) = inner.set_state(id, settlement.state()) else {
@@ -440,11 +445,11 @@ impl Queue for MemoryQueue {
     ) -> BoxFuture<'a, Result<Job, QueueError>> {
         let mut inner = self.lock();
         let id = &job.lease.delivery_id;
+        if !inner.taken.contains_key(&job.lease.token) {
+            return ready(Err(QueueError::lease_lost(id)));
+        }
         let Some(record) = inner.records.get_mut(id) else {
-            return ready(Err(QueueError::malformed(
-                id,
-                "the record vanished during its attempt",
-            )));
+            return ready(Err(QueueError::lease_lost(id)));
         };
         // A compact copy: the object arrived in the HTTP client's buffers.
         let object = Bytes::copy_from_slice(&object);
@@ -470,7 +475,9 @@ impl Queue for MemoryQueue {
         now: UnixMillis,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         let mut inner = self.lock();
-        inner.taken.remove(&lease.token);
+        if inner.taken.remove(&lease.token).is_none() {
+            return ready(Ok(()));
+        }
         let open = inner
             .records
             .get(&lease.delivery_id)
@@ -496,7 +503,9 @@ impl Queue for MemoryQueue {
         until: UnixMillis,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         let mut inner = self.lock();
-        inner.taken.remove(&lease.token);
+        if inner.taken.remove(&lease.token).is_none() {
+            return ready(Ok(()));
+        }
         let id = &lease.delivery_id;
         if let Some(record) = inner.records.get_mut(id)
             && !record.summary.state.is_final()

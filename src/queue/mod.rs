@@ -43,6 +43,10 @@ pub enum QueueError {
     Store(#[from] StoreError),
     #[error("queue record {id} is malformed: {detail}")]
     Malformed { id: String, detail: String },
+    /// The lease is no longer this instance's: taken over by another instance after
+    /// the visibility timeout, or the record is gone.
+    #[error("delivery {id} is no longer held by this instance (taken over, or gone)")]
+    LeaseLost { id: String },
 }
 
 impl QueueError {
@@ -52,10 +56,21 @@ impl QueueError {
             detail: detail.into(),
         }
     }
+
+    pub fn lease_lost(id: &str) -> Self {
+        QueueError::LeaseLost { id: id.to_owned() }
+    }
 }
 
 /// A queue backend. Every method is one short store operation; policy lives in the
-/// caller. Implementations: `memory::MemoryQueue`, `redis::RedisQueue`,
+/// caller.
+///
+/// `begin`, `settle`, `attach`, `hand_back` and `defer` act on a delivery only while
+/// the lease they are given still holds it: after another instance took it over (this
+/// one stopped renewing it for the visibility timeout), or after the same call already
+/// went through (a worker retries a settle whose answer it never saw), they change
+/// nothing but the attempt's own history entry. Otherwise a late settle could reopen a
+/// delivery another worker has processed since, without its body. Implementations: `memory::MemoryQueue`, `redis::RedisQueue`,
 /// `postgres::PostgresQueue`.
 pub trait Queue: Send + Sync {
     /// Stores the delivery and its `queued` record in one step; returns its id.

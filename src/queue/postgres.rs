@@ -121,7 +121,7 @@ const SEEN: &str = "INSERT INTO instances (name, last_seen) VALUES ($1, now()) \
 const BEGIN: &str = "WITH d AS ( \
        UPDATE deliveries SET state = 'processing', attempts = attempts + 1, \
          history_len = history_len + 1, updated_at = ms_ts($2), next_attempt_at = NULL \
-       WHERE id = $1 AND state NOT IN ('processed', 'failed_final') \
+       WHERE id = $1 AND lease_token = $4 AND state NOT IN ('processed', 'failed_final') \
        RETURNING id, attempts, history_len - 1 AS idx, source, route, webhook_id, \
          event_type, coalesce(headers::text, ''), coalesce(body, ''::bytea), \
          ts_ms(queued_at), ts_ms(received_at), object, failed_fetches, trace_context), \
@@ -315,6 +315,9 @@ impl PostgresQueue {
                 ),
                 // $1 id, $2 state, $3 1 for a failed fetch, $4 now, $5 status, $6 error,
                 // $7 next attempt (retry) or NULL, $8 token, $9 history index, $10.. entry.
+                // The delivery moves on only while the lease is still this one (not
+                // taken over, not settled already by an earlier try of the same
+                // settle); the attempt's own history entry is written either way.
                 settle: format!(
                     "WITH d AS ( \
                        UPDATE deliveries SET state = $2, \
@@ -326,21 +329,19 @@ impl PostgresQueue {
                          headers = CASE WHEN $2 = 'processed' THEN NULL ELSE headers END, \
                          body = CASE WHEN $2 = 'processed' THEN NULL ELSE body END, \
                          object = CASE WHEN $2 = 'processed' THEN NULL ELSE object END, \
-                         lease_owner = CASE WHEN lease_token = $8 THEN NULL ELSE lease_owner END, \
-                         lease_until = CASE WHEN lease_token = $8 THEN NULL ELSE lease_until END, \
-                         lease_token = CASE WHEN lease_token = $8 THEN NULL ELSE lease_token END \
-                       WHERE id = $1 RETURNING id) \
+                         lease_owner = NULL, lease_until = NULL, lease_token = NULL \
+                       WHERE id = $1 AND lease_token = $8 RETURNING id) \
                      UPDATE attempts SET {ENTRY_COLUMNS} = {} \
-                     WHERE delivery_id = $1 AND idx = $9 AND EXISTS (SELECT 1 FROM d)",
+                     WHERE delivery_id = $1 AND idx = $9",
                     entry_values(10)
                 ),
                 // $1 id, $2 object, $3 now, $4 history index, $5 next attempt number,
-                // $6 instance, $7.. the fetch entry.
+                // $6 instance, $7.. the fetch entry, $17 token.
                 attach: format!(
                     "WITH d AS ( \
                        UPDATE deliveries SET object = $2, updated_at = ms_ts($3), \
                          history_len = history_len + 1 \
-                       WHERE id = $1 RETURNING history_len - 1 AS idx), \
+                       WHERE id = $1 AND lease_token = $17 RETURNING history_len - 1 AS idx), \
                      closed AS (UPDATE attempts SET {ENTRY_COLUMNS} = {} \
                        WHERE delivery_id = $1 AND idx = $4 AND EXISTS (SELECT 1 FROM d)), \
                      opened AS (INSERT INTO attempts (delivery_id, idx, attempt, started_at, instance) \
@@ -355,11 +356,11 @@ impl PostgresQueue {
                        UPDATE deliveries SET state = 'queued', updated_at = ms_ts($2), \
                          due_at = ms_ts($2), attempts = greatest(attempts - $3, 0), \
                          lease_token = NULL, lease_owner = NULL, lease_until = NULL \
-                       WHERE id = $1 AND state NOT IN ('processed', 'failed_final') \
-                         AND (lease_token = $4 OR lease_token IS NULL) \
+                       WHERE id = $1 AND lease_token = $4 \
+                         AND state NOT IN ('processed', 'failed_final') \
                        RETURNING id) \
                      UPDATE attempts SET {ENTRY_COLUMNS} = {} \
-                     WHERE delivery_id = $1 AND idx = $5 AND EXISTS (SELECT 1 FROM d)",
+                     WHERE delivery_id = $1 AND idx = $5",
                     entry_values(6)
                 ),
             },
@@ -702,7 +703,10 @@ impl Queue for PostgresQueue {
                 .call("begin", async |client| {
                     let statement = client.prepare_cached(BEGIN).await?;
                     client
-                        .query_opt(&statement, &[&lease.delivery_id, &now, &self.instance])
+                        .query_opt(
+                            &statement,
+                            &[&lease.delivery_id, &now, &self.instance, &lease.token],
+                        )
                         .await
                 })
                 .await?;
@@ -791,6 +795,7 @@ impl Queue for PostgresQueue {
             let mut params: Vec<&(dyn ToSql + Sync)> =
                 vec![id, &stored, &now, &index, &next, &self.instance];
             params.extend(entry.params());
+            params.push(&job.lease.token);
             let row = self
                 .pool
                 .call("attach", async |client| {
@@ -798,9 +803,7 @@ impl Queue for PostgresQueue {
                     client.query_opt(&statement, &params).await
                 })
                 .await?;
-            let row = row.ok_or_else(|| {
-                QueueError::malformed(id, "the record vanished during its attempt")
-            })?;
+            let row = row.ok_or_else(|| QueueError::lease_lost(id))?;
             Ok(Job {
                 history_index: row.get::<_, i32>(0).max(0) as u64,
                 object: Some(Bytes::copy_from_slice(&object)),

@@ -161,10 +161,21 @@ end
 return out
 ";
 
+/// Whether `entry` of `stream` is still pending to `consumer`: not taken over by
+/// another instance (`XAUTOCLAIM`), not acked by an earlier run of the same settle.
+/// Prepended to the scripts that act on a lease (see `Queue`'s doc).
+const OWNED: &str = r"
+local function owned(stream, group, entry, consumer)
+  return #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) == 1
+end
+";
+
 /// Marks the record `processing`, counts the attempt, opens its history entry and
 /// returns what the attempt needs; a final or vanished record just drops the entry.
+/// Nothing when the entry is no longer this consumer's.
 /// KEYS: record, history, ready. ARGV: now, consumer, entry id, group, key base, id.
 const BEGIN: &str = r"
+if not owned(KEYS[3], ARGV[4], ARGV[3], ARGV[2]) then return false end
 local f = redis.call('HMGET', KEYS[1], 'state', 'source', 'route', 'webhook_id', 'event_type', 'headers',
   'body', 'enqueued_at', 'received_at', 'object', 'fetches', 'trace_context', 'attempts', 'next_attempt_at')
 local state = f[1]
@@ -184,9 +195,11 @@ return {attempt, index, f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f
 
 /// Keeps the object fetched for an `enrich` route with the record, closes the fetch
 /// step in the history and opens the entry of the attempt that follows; returns its
-/// index (-1 when the record is gone). KEYS: record, history. ARGV: object, history
-/// index, fetch step entry, next entry, now.
+/// index (-1 when the record is gone or the entry no longer this consumer's).
+/// KEYS: record, history, ready. ARGV: object, history index, fetch step entry, next
+/// entry, now, group, entry id, consumer.
 const ATTACH: &str = r"
+if not owned(KEYS[3], ARGV[6], ARGV[7], ARGV[8]) then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 redis.call('HSET', KEYS[1], 'object', ARGV[1], 'updated_at', ARGV[5])
 redis.pcall('LSET', KEYS[2], ARGV[2], ARGV[3])
@@ -196,11 +209,16 @@ return redis.call('RPUSH', KEYS[2], ARGV[4]) - 1
 /// Records a settled attempt and moves the delivery on: processed or final-failed
 /// (kept for `retention`; a processed one without its body, headers and object), or
 /// scheduled for its retry. A failed fetch is not an attempt: its count is taken back.
-/// Acks and deletes the entry.
+/// Acks and deletes the entry. An entry no longer this consumer's moves nothing on:
+/// only the attempt's own history entry is written.
 /// KEYS: record, history, ready, scheduled, dead. ARGV: group, entry id, now, new state,
 /// next attempt ms, last status, last error, history index, history entry, retention ms,
-/// delivery id, key base, index trim bound, '1' for a fetch.
+/// delivery id, key base, index trim bound, '1' for a fetch, consumer.
 const SETTLE: &str = r"
+if not owned(KEYS[3], ARGV[1], ARGV[2], ARGV[15]) then
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.pcall('LSET', KEYS[2], ARGV[8], ARGV[9]) end
+  return 0
+end
 local cur = redis.call('HMGET', KEYS[1], 'state', 'enqueued_at')
 local was = cur[1]
 if was then
@@ -244,9 +262,14 @@ return 1
 
 /// Gives a taken delivery back at once: a fresh `ready` entry, state `queued`, and the
 /// interrupted attempt (if any) closed in the history (a fetch cut short not counted).
+/// Nothing but that history entry when the entry is no longer this consumer's.
 /// KEYS: record, history, ready. ARGV: group, entry id, now, delivery id, history index
-/// or '', history entry, route label, key base, '1' for a fetch.
+/// or '', history entry, route label, key base, '1' for a fetch, consumer.
 const HAND_BACK: &str = r"
+if not owned(KEYS[3], ARGV[1], ARGV[2], ARGV[10]) then
+  if ARGV[5] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then redis.pcall('LSET', KEYS[2], ARGV[5], ARGV[6]) end
+  return 0
+end
 redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -261,8 +284,10 @@ return 1
 
 /// Gives a taken entry back to wait in `scheduled` until ARGV[3], without an attempt: the
 /// record keeps its state, `next_attempt_at` is set; `TAKE` promotes it once due.
-/// KEYS: record, ready, scheduled. ARGV: group, entry id, until, id.
+/// Nothing when the entry is no longer this consumer's.
+/// KEYS: record, ready, scheduled. ARGV: group, entry id, until, id, consumer.
 const DEFER: &str = r"
+if not owned(KEYS[2], ARGV[1], ARGV[2], ARGV[5]) then return 0 end
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[2])
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -416,11 +441,11 @@ impl RedisQueue {
             scripts: Scripts {
                 enqueue: Script::new(&[FACETS, ENQUEUE].concat()),
                 take: Script::new(TAKE),
-                begin: Script::new(&[FACETS, BEGIN].concat()),
-                attach: Script::new(ATTACH),
-                settle: Script::new(&[FACETS, SETTLE].concat()),
-                hand_back: Script::new(&[FACETS, HAND_BACK].concat()),
-                defer: Script::new(DEFER),
+                begin: Script::new(&[OWNED, FACETS, BEGIN].concat()),
+                attach: Script::new(&[OWNED, ATTACH].concat()),
+                settle: Script::new(&[OWNED, FACETS, SETTLE].concat()),
+                hand_back: Script::new(&[OWNED, FACETS, HAND_BACK].concat()),
+                defer: Script::new(&[OWNED, DEFER].concat()),
                 pace: Script::new(RATE),
                 keep: Script::new(KEEP),
                 prune: Script::new(PRUNE),
@@ -762,7 +787,8 @@ impl Queue for RedisQueue {
                 .arg(id)
                 .arg(&p.base)
                 .arg(self.index_bound(now))
-                .arg(fetch_flag(attempt));
+                .arg(fetch_flag(attempt))
+                .arg(&self.consumer);
             let _: i64 = self.redis.script("settle", invocation).await?;
             Ok(())
         })
@@ -783,14 +809,17 @@ impl Queue for RedisQueue {
             invocation
                 .key(p.record_key(id))
                 .key(p.history_key(id))
+                .key(&p.ready)
                 .arg(object.as_ref())
                 .arg(job.history_index)
                 .arg(serde_json::to_string(fetched).expect("an attempt serializes"))
                 .arg(serde_json::to_string(&next).expect("an attempt serializes"))
-                .arg(now);
+                .arg(now)
+                .arg(GROUP)
+                .arg(&job.lease.token)
+                .arg(&self.consumer);
             let index: i64 = self.redis.script("attach", invocation).await?;
-            let history_index = u64::try_from(index)
-                .map_err(|_| QueueError::malformed(id, "the record vanished during its attempt"))?;
+            let history_index = u64::try_from(index).map_err(|_| QueueError::lease_lost(id))?;
             Ok(Job {
                 history_index,
                 object: Some(object),
@@ -829,7 +858,8 @@ impl Queue for RedisQueue {
                 .arg(entry)
                 .arg(&lease.route)
                 .arg(&p.base)
-                .arg(fetch);
+                .arg(fetch)
+                .arg(&self.consumer);
             let _: i64 = self.redis.script("hand_back", invocation).await?;
             Ok(())
         })
@@ -851,7 +881,8 @@ impl Queue for RedisQueue {
                 .arg(GROUP)
                 .arg(&lease.token)
                 .arg(until)
-                .arg(id);
+                .arg(id)
+                .arg(&self.consumer);
             let _: i64 = self.redis.script("defer", invocation).await?;
             Ok(())
         })

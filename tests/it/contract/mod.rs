@@ -198,6 +198,8 @@ macro_rules! contract_tests {
                     an_instance_renews_its_own_leases_and_never_prunes_itself,
                     a_fetched_object_is_kept_for_every_later_attempt_and_a_failed_fetch_is_no_attempt,
                     a_fetch_that_fails_for_good_or_is_cut_short_is_no_attempt,
+                    a_settle_repeated_after_it_went_through_changes_nothing,
+                    a_failed_fetch_settled_twice_is_counted_once,
                 );
                 contract_tests!(@backend $make;
                     final_records_are_forgotten_after_the_retention_and_others_are_kept,
@@ -210,6 +212,7 @@ macro_rules! contract_tests {
                     contract_tests!(@backend $make;
                         a_delivery_whose_lease_is_renewed_is_taken_over_once_renewals_stop,
                         a_delivery_handed_back_is_taken_by_another_instance_at_once,
+                        a_lease_taken_over_by_another_instance_can_no_longer_move_the_delivery,
                         instances_taking_at_once_never_get_the_same_delivery,
                         stopped_instances_holding_nothing_are_pruned_but_not_one_holding_a_delivery,
                     );

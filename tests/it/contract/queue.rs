@@ -698,6 +698,59 @@ pub async fn a_lease_on_a_delivery_that_became_final_begins_and_hands_back_nothi
     assert_eq!(queue.stats().await.unwrap().depth, 0);
 }
 
+/// A worker that never saw the answer to its settle tries it again; by then the
+/// delivery has been retried and processed by another attempt. The repeat (and a hand
+/// back or deferral on the old lease) must not reopen it: a processed delivery has no
+/// body left, so a reopened one would be attempted with an empty one.
+pub async fn a_settle_repeated_after_it_went_through_changes_nothing(queue: &dyn Queue) {
+    let t = now_millis();
+    let id = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(queue, t).await;
+    let first = begin(queue, &lease, t).await;
+    let failed = settle_as(queue, &first, t + 1, Settlement::RetryAt(t + 10)).await;
+    let again = take_one(queue, t + 10).await;
+    let second = begin(queue, &again, t + 10).await;
+    let delivered = settle_as(queue, &second, t + 11, Settlement::Processed).await;
+
+    queue
+        .settle(&first, &failed, Settlement::RetryAt(t + 20), t + 12)
+        .await
+        .unwrap();
+    queue.hand_back(&lease, None, t + 13).await.unwrap();
+    queue.defer(&lease, t + 20).await.unwrap();
+    assert!(queue.begin(&lease, t + 14).await.unwrap().is_none());
+
+    let shown = show(queue, &id).await;
+    assert_eq!(shown.summary.state, State::Processed);
+    assert_eq!(shown.summary.attempts, 2);
+    assert_eq!(shown.summary.updated_at, t + 11);
+    assert_eq!(shown.summary.next_attempt_at, None);
+    assert_eq!(shown.history, [failed, delivered]);
+    assert!(queue.take(10, t + 30).await.unwrap().is_empty());
+    assert_eq!(queue.stats().await.unwrap().depth, 0);
+}
+
+/// A failed fetch is no attempt; settled twice (the first answer lost), it still
+/// takes back one attempt and counts one failed fetch.
+pub async fn a_failed_fetch_settled_twice_is_counted_once(queue: &dyn Queue) {
+    let t = now_millis();
+    let id = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(queue, t).await;
+    let job = begin(queue, &lease, t).await;
+    let fetch = fetch_step(&job, t, Some(503), "failed_retryable");
+    for _ in 0..2 {
+        queue
+            .settle(&job, &fetch, Settlement::RetryAt(t + 10), t + 1)
+            .await
+            .unwrap();
+    }
+
+    assert_eq!(show(queue, &id).await.summary.attempts, 0);
+    let again = take_one(queue, t + 10).await;
+    let job = begin(queue, &again, t + 10).await;
+    assert_eq!((job.attempt, job.failed_fetches), (1, 1));
+}
+
 /// The fetch before `job`'s attempt (an `enrich` route), as a worker records it.
 fn fetch_step(job: &Job, started_at: UnixMillis, status: Option<u16>, result: &str) -> Attempt {
     Attempt {
@@ -1271,6 +1324,75 @@ pub async fn a_delivery_whose_lease_is_renewed_is_taken_over_once_renewals_stop(
     assert_eq!(history[0].result, None, "the first attempt never ended");
     assert_eq!(history[0].instance, INSTANCE);
     assert_eq!(history[1].instance, "instance-b");
+}
+
+/// An instance whose lease lapsed (it stopped renewing, say its connection to the
+/// backend was cut for longer than the visibility timeout) and was taken over finishes
+/// its attempt late: its settle, hand back, deferral and fetched object change nothing
+/// of the delivery the other instance now holds (its attempt is still recorded in its
+/// own history entry), and the other instance settles it as usual.
+pub async fn a_lease_taken_over_by_another_instance_can_no_longer_move_the_delivery(
+    backend: &Backend,
+) {
+    const VISIBILITY: Duration = Duration::from_secs(1);
+    let options = QueueOptions {
+        visibility_timeout: VISIBILITY,
+        ..QueueOptions::default()
+    };
+    let late = backend.queue(INSTANCE, options);
+    let other = backend.queue("instance-b", options);
+    let t = now_millis();
+    let id = enqueue(&*late, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(&*late, t).await;
+    let stale = begin(&*late, &lease, t).await;
+    let taken = eventually("another instance taking the delivery over", async || {
+        other.take(10, now_millis()).await.unwrap().pop()
+    })
+    .await;
+    let now = now_millis();
+    let current = begin(&*other, &taken, now).await;
+    assert_eq!(current.attempt, 2);
+
+    let outcome = ended(&stale, now, Some(400), "failed_final");
+    late.settle(&stale, &outcome, Settlement::Final, now + 1)
+        .await
+        .unwrap();
+    late.hand_back(&lease, None, now + 2).await.unwrap();
+    late.defer(&lease, now + 60_000).await.unwrap();
+    let fetched = fetch_step(&stale, now, Some(200), "fetched");
+    let attached = late
+        .attach(&stale, &fetched, Bytes::from_static(b"{}"), now + 3)
+        .await;
+    assert!(attached.is_err(), "{attached:?}");
+    assert!(late.begin(&lease, now + 4).await.unwrap().is_none());
+
+    let shown = show(&*other, &id).await;
+    assert_eq!(shown.summary.state, State::Processing);
+    assert_eq!(shown.summary.attempts, 2);
+    assert_eq!(shown.history.len(), 2);
+    assert_eq!(
+        shown.history[0], outcome,
+        "the late attempt is still recorded"
+    );
+    assert_eq!(shown.history[1].instance, "instance-b");
+
+    let delivered = settle_as(&*other, &current, now + 5, Settlement::Processed).await;
+    let shown = show(&*other, &id).await;
+    assert_eq!(shown.summary.state, State::Processed);
+    assert_eq!(shown.history, [outcome, delivered]);
+    assert!(
+        late.take(10, now_millis() + 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        other
+            .take(10, now_millis() + 60_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn a_delivery_handed_back_is_taken_by_another_instance_at_once(backend: &Backend) {
