@@ -183,6 +183,7 @@ mod tests {
             DedupeSettings {
                 ttl: Duration::from_secs(60),
                 in_flight_ttl: Duration::from_secs(5),
+                in_flight_ttl_derived: false,
             },
             OnError::Reject,
             Arc::new(Metrics::new([])),

@@ -165,7 +165,15 @@ impl Field {
                 let [key] = strings_at(body, [pointer])?;
                 key.unwrap_or_default()
             }
-            Field::Header(name) => Cow::Borrowed(header_text(headers, name)?),
+            Field::Header(name) => {
+                // A header that is there names the key: empty or not printable, it is
+                // a malformed one (`malformed_id`), not a missing one.
+                let key = header_text(headers, name)?;
+                if !is_valid_key(key) {
+                    return Err(PayloadError::MalformedDedupeKey);
+                }
+                Cow::Borrowed(key)
+            }
         };
         checked_key(key)
     }
@@ -663,6 +671,17 @@ mod tests {
         assert_eq!(key(&long), Err(PayloadError::MalformedDedupeKey));
         assert_eq!(key(r#"{"id":""}"#), Err(PayloadError::NoDedupeKey));
         assert_eq!(key(r#"{"id":7}"#), Err(PayloadError::NoDedupeKey));
+
+        let name = HeaderName::from_static("x-github-delivery");
+        for value in [&b""[..], b"\xe9vt", b"a b"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(&name, http::HeaderValue::from_bytes(value).unwrap());
+            assert_eq!(
+                Field::Header(name.clone()).dedupe_key(&headers, b"{}"),
+                Err(PayloadError::MalformedDedupeKey),
+                "{value:?}"
+            );
+        }
     }
 
     #[test]

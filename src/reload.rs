@@ -4,13 +4,15 @@
 //!
 //! Applied at once: sources, routes, schemes, secrets, `allow_ips`, `resign`, the rate
 //! limit (its `trusted_proxies` also for the per-IP connection limit), the penalty box
-//! (which starts empty), dedupe TTLs, the body limits, the admin token, and
-//! `[server.tls]` certificates (files are read again; new connections use them). Needing
-//! a restart, logged and otherwise left as they are: the listen addresses, turning TLS on
-//! or off, connection and upstream limits, the body budget, `[store]`, `[queue]`,
-//! `[upstream_tls]`, `log.level` and `[telemetry]` (the gateway's own header-count and
-//! size checks keep the running limits too). A file that does not validate changes
-//! nothing.
+//! (which starts empty), dedupe TTLs, the body limits, `store.on_error`, the admin token,
+//! and `[server.tls]` certificates (files are read again; new connections use them).
+//! Needing a restart, logged and otherwise left as they are: the listen addresses,
+//! turning TLS on or off, connection and upstream limits, the body budget, `[store]`,
+//! `[queue]`, `[upstream_tls]`, `log.level` and `[telemetry]`. Where the gateway reads
+//! one of those, it keeps the running value too (the header-count and size checks, the
+//! in-flight TTL derived from the upstream timeout, `X-Forwarded-Proto`), and a file
+//! that would drop the admin token while the running admin listener is public is
+//! refused. A file that does not validate changes nothing.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -48,7 +50,12 @@ pub struct Live {
     origin: String,
     gateway: ArcSwap<Gateway>,
     tls: Option<Arc<ArcSwap<Handshake>>>,
+    /// The listener's TLS settings at start: a file that turns TLS off still runs with
+    /// TLS on until a restart, and the gateway must keep saying so (`X-Forwarded-Proto`).
+    started_tls: Option<config::TlsSettings>,
     admin_auth: ArcSwap<AdminAuth>,
+    /// Where the admin listener listens: a reload cannot move it.
+    admin_listen: std::net::SocketAddr,
     shared: Shared,
     /// The running values of what needs a restart, to tell the operator.
     fixed: Fixed,
@@ -117,13 +124,17 @@ impl Live {
         let fixed = Fixed::of(&settings);
         let fixed_limits = settings.limits;
         let admin_auth = ArcSwap::from_pointee(settings.admin_auth.clone());
+        let admin_listen = settings.admin_listen;
+        let started_tls = settings.server.tls.clone();
         let loaded = ArcSwap::from_pointee(Loaded::of(&settings, false));
         let gateway = ArcSwap::from_pointee(build_gateway(settings, &shared));
         Arc::new(Live {
             origin,
             gateway,
             tls,
+            started_tls,
             admin_auth,
+            admin_listen,
             shared,
             fixed,
             fixed_limits,
@@ -170,11 +181,20 @@ impl Live {
         };
         let restart_needed = self.fixed.differences(&Fixed::of(&settings));
         settings.limits = running_limits(settings.limits, &self.fixed_limits);
-        if let (Some(current), Some(tls)) = (&self.tls, &settings.server.tls) {
-            current.store(Arc::new(Handshake::new(
+        if settings.dedupe.in_flight_ttl_derived {
+            settings.dedupe.in_flight_ttl =
+                config::in_flight_ttl_for(settings.limits.upstream_timeout);
+        }
+        match (&self.tls, &settings.server.tls) {
+            (Some(current), Some(tls)) => current.store(Arc::new(Handshake::new(
                 tls.config.clone(),
                 tls.handshake_timeout,
-            )));
+            ))),
+            // Turning TLS on or off needs a restart; until then the listener speaks what
+            // it spoke, and the gateway says so.
+            (None, Some(_)) => settings.server.tls = None,
+            (Some(_), None) => settings.server.tls = self.started_tls.clone(),
+            (None, None) => {}
         }
         self.admin_auth.store(Arc::new(settings.admin_auth.clone()));
         self.shared.store.set_rate(settings.rate_limit);
@@ -210,6 +230,21 @@ impl Live {
     /// Refuses what cannot be applied at all: queue mode where the running gateway
     /// has no queue, or a body size that the running body budget could never hold.
     fn admissible(&self, settings: Settings) -> Result<Settings, ConfigError> {
+        // The file's own check held the token against the file's `admin.listen`; the
+        // listener stays where it is until a restart, so hold it against that too.
+        if settings.admin_auth.token.is_none() && !self.admin_listen.ip().is_loopback() {
+            let mut e = ConfigError::new(
+                settings.origin.clone(),
+                format!(
+                    "admin.token is not set, but the running admin listener {} is not on a \
+                     loopback address (admin.listen needs a restart): keep admin.token until \
+                     the restart that moves it",
+                    self.admin_listen
+                ),
+            );
+            e.key = Some("admin.token".to_owned());
+            return Err(e);
+        }
         let share = self.fixed_limits.max_buffered_body_bytes_per_ip;
         if settings.limits.max_body_bytes > share {
             return Err(ConfigError::new(

@@ -11,15 +11,11 @@ use super::file::{self, DeliveryMode, FileConfig, OnError};
 use super::settings::{
     ADMIN_PATHS, AdminAuth, DedupeSettings, Limits, MAX_QUEUE_PARTITIONS, PenaltyBoxSettings,
     PostgresSettings, QueueSettings, RateLimitSettings, RedisSettings, RedisTarget, ServerSettings,
-    Settings, StoreBackend, StoreSettings, TelemetrySettings, TlsSettings,
+    Settings, StoreBackend, StoreSettings, TelemetrySettings, TlsSettings, in_flight_ttl_for,
 };
 use super::source::sources;
 use crate::queue::policy::{BackoffPolicy, RetryOn};
 use crate::tls::{self, UpstreamTrust};
-
-/// Time a claim may stay in flight beyond the upstream timeout: covers the forward's
-/// own bookkeeping so a slow but successful request still commits its own claim.
-const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(5);
 
 pub(super) fn build(file: FileConfig, origin: &str) -> Result<Settings, Invalid> {
     let limits = limits(&file.limits)?;
@@ -27,8 +23,9 @@ pub(super) fn build(file: FileConfig, origin: &str) -> Result<Settings, Invalid>
         ttl: positive("dedupe.ttl", file.dedupe.ttl)?,
         in_flight_ttl: match file.dedupe.in_flight_ttl {
             Some(ttl) => positive("dedupe.in_flight_ttl", ttl)?,
-            None => limits.upstream_timeout + IN_FLIGHT_MARGIN,
+            None => in_flight_ttl_for(limits.upstream_timeout),
         },
+        in_flight_ttl_derived: file.dedupe.in_flight_ttl.is_none(),
     };
     let rate_limit = rate_limit(&file.rate_limit)?;
     if file.sources.is_empty() {
@@ -36,7 +33,17 @@ pub(super) fn build(file: FileConfig, origin: &str) -> Result<Settings, Invalid>
             "no [[sources]] are configured; every request would be answered 404",
         ));
     }
-    let (sources, source_warnings) = sources(&file.sources)?;
+    let (sources, mut warnings) = sources(&file.sources)?;
+    if dedupe.in_flight_ttl < limits.upstream_timeout {
+        warnings.push(format!(
+            "dedupe.in_flight_ttl ({}) is shorter than limits.upstream_timeout ({}): a \
+             forward still waiting on a slow upstream loses its claim, and a copy of the \
+             delivery arriving then is forwarded again; leave it out to get the upstream \
+             timeout + 5s",
+            super::duration::written(dedupe.in_flight_ttl),
+            super::duration::written(limits.upstream_timeout)
+        ));
+    }
     let store = store_settings(file.store.as_ref())?;
     let queue = queue_settings(&file.queue)?;
     let queued = sources.iter().any(|s| s.delivery == DeliveryMode::Queue);
@@ -60,7 +67,7 @@ pub(super) fn build(file: FileConfig, origin: &str) -> Result<Settings, Invalid>
         queue: queued.then_some(queue),
         telemetry: file.telemetry.as_ref().map(telemetry).transpose()?,
         sources,
-        warnings: source_warnings
+        warnings: warnings
             .into_iter()
             .map(|w| format!("{origin}: {w}"))
             .collect(),
@@ -853,6 +860,53 @@ upstream = "http://127.0.0.1:9001/hooks"
             "{summary}"
         );
         assert!(!summary.contains("whsec_literal"), "{summary}");
+    }
+
+    /// serde quotes the value it could not take: a secret written with the wrong shape
+    /// (a string where a list belongs) must not reach the log or `POST /reload`'s answer.
+    #[test]
+    fn an_error_summary_leaves_out_a_value_of_the_wrong_type() {
+        for text in [
+            MINIMAL.replace(
+                r#"["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]"#,
+                r#""whsec_c2VjcmV0""#,
+            ),
+            format!("[store]\ncluster = \"redis://:hunter2@10.0.0.1:6379\"\n{MINIMAL}"),
+        ] {
+            let e = parse(&text, "test.toml").unwrap_err();
+            let summary = e.summary();
+            assert!(summary.contains("invalid type"), "{summary}");
+            for secret in ["whsec_c2VjcmV0", "hunter2"] {
+                assert!(!summary.contains(secret), "{summary}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_in_flight_ttl_shorter_than_the_upstream_timeout_is_warned_about() {
+        let short = parse(
+            &format!(
+                "[limits]\nupstream_timeout = \"30s\"\n[dedupe]\nin_flight_ttl = \"10s\"\n{MINIMAL}"
+            ),
+            "t",
+        )
+        .unwrap();
+        assert!(
+            short.warnings.iter().any(|w| w.contains(
+                "dedupe.in_flight_ttl (10s) is shorter than limits.upstream_timeout (30s)"
+            )),
+            "{:?}",
+            short.warnings
+        );
+        assert!(!short.dedupe.in_flight_ttl_derived);
+        let derived = parse(
+            &format!("[limits]\nupstream_timeout = \"30s\"\n{MINIMAL}"),
+            "t",
+        )
+        .unwrap();
+        assert!(derived.warnings.is_empty(), "{:?}", derived.warnings);
+        assert!(derived.dedupe.in_flight_ttl_derived);
+        assert_eq!(derived.dedupe.in_flight_ttl, Duration::from_secs(35));
     }
 
     #[test]

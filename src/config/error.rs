@@ -119,7 +119,10 @@ impl ConfigError {
             .lines()
             .filter(|line| !line.trim().is_empty())
             .collect();
-        let message = lines.join("; ");
+        let mut message = lines.join("; ");
+        if self.report.is_some() {
+            message = without_quoted_values(&message);
+        }
         match (&self.report, self.line, self.column) {
             (Some(_), Some(line), Some(column)) => format!(
                 "{}: TOML parse error at line {line}, column {column}; {message}",
@@ -136,6 +139,32 @@ impl ConfigError {
             _ => String::new(),
         }
     }
+}
+
+/// toml's message with every double-quoted value replaced by `"…"`: serde quotes the
+/// value it could not take (`invalid type: string "whsec_…", expected a sequence`), which
+/// is a secret when someone wrote one into the file with the wrong shape. Key names are
+/// quoted with backticks and stay.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..=open]);
+        let mut escaped = false;
+        let close = rest[open + 1..].char_indices().find_map(|(i, c)| {
+            let closes = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            closes.then_some(open + 1 + i)
+        });
+        let Some(close) = close else {
+            out.push('…');
+            return out;
+        };
+        out.push_str("…\"");
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl fmt::Display for ConfigError {
@@ -295,6 +324,19 @@ mod tests {
         assert_eq!(e.summary(), e.to_string());
         assert_eq!((e.line, e.column), (Some(11), Some(3)));
         assert_eq!(e.key.as_deref(), Some("sources[1].path"));
+    }
+
+    #[test]
+    fn quoted_values_are_left_out_and_key_names_kept() {
+        assert_eq!(
+            without_quoted_values(r#"invalid type: string "whsec_\"x", expected a sequence"#),
+            r#"invalid type: string "…", expected a sequence"#
+        );
+        assert_eq!(
+            without_quoted_values("unknown field `secret`, expected `secrets`"),
+            "unknown field `secret`, expected `secrets`"
+        );
+        assert_eq!(without_quoted_values(r#"a "b" c "d"#), r#"a "…" c "…"#);
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub use settings::{
     ADMIN_PATHS, AdminAuth, DedupeSettings, EnrichSettings, HTTP2_RESET_WINDOW, Limits,
     PenaltyBoxSettings, PostgresSettings, QueueSettings, RateLimitSettings, RedisSettings,
     RedisTarget, ServerSettings, Settings, Source, StoreBackend, StoreSettings, TelemetrySettings,
-    TlsSettings,
+    TlsSettings, in_flight_ttl_for,
 };
 
 /// The embedded default configuration: the same text as `config/hookgate.toml`, so the

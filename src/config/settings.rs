@@ -186,6 +186,7 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
 }
 
+#[derive(Clone)]
 pub struct TlsSettings {
     /// Offers h2 and http/1.1; TLS 1.2 and 1.3 only; verifies client certificates
     /// when `server.tls.client_ca` is set.
@@ -288,6 +289,19 @@ pub const HTTP2_RESET_WINDOW: Duration = Duration::from_secs(10);
 pub struct DedupeSettings {
     pub ttl: Duration,
     pub in_flight_ttl: Duration,
+    /// `dedupe.in_flight_ttl` was not set: it is `in_flight_ttl_for` the upstream
+    /// timeout, and follows the running one across a reload (`limits.upstream_timeout`
+    /// needs a restart, and a claim must outlive the forward it protects).
+    pub in_flight_ttl_derived: bool,
+}
+
+/// Time a claim may stay in flight beyond the upstream timeout: covers the forward's
+/// own bookkeeping so a slow but successful request still commits its own claim.
+const IN_FLIGHT_MARGIN: Duration = Duration::from_secs(5);
+
+/// The default `dedupe.in_flight_ttl` for an upstream timeout.
+pub fn in_flight_ttl_for(upstream_timeout: Duration) -> Duration {
+    upstream_timeout + IN_FLIGHT_MARGIN
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

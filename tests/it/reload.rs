@@ -293,3 +293,117 @@ async fn trusted_proxies_added_by_a_reload_are_exempt_from_the_per_ip_connection
     );
     assert_eq!(upstream.received().len(), 1);
 }
+
+/// The file's own check holds `admin.token` against the file's `admin.listen`; the
+/// listener cannot move without a restart, so a reload that drops the token while
+/// moving `admin.listen` to loopback would leave the running, public listener open.
+#[tokio::test]
+async fn a_reload_cannot_drop_the_admin_token_while_the_admin_listener_is_public() {
+    let upstream = Upstream::start().await;
+    let public = config()
+        .route("*", &upstream)
+        .set("admin", "listen", "\"0.0.0.0:0\"")
+        .admin_token("s3cret-admin-token");
+    let file = ConfigFile::new(public);
+    let gw = Gateway::start_file(&file.path()).await;
+    assert_eq!(post_reload(&gw).await.status(), 401);
+
+    file.write(
+        config()
+            .route("*", &upstream)
+            .set("admin", "listen", "\"127.0.0.1:0\""),
+    );
+    let refused = gw
+        .reload()
+        .await
+        .expect_err("a public listener without a token");
+
+    assert_eq!(refused.key.as_deref(), Some("admin.token"), "{refused}");
+    assert!(
+        refused.message.contains("is not on a loopback address"),
+        "{refused}"
+    );
+    assert_eq!(
+        post_reload(&gw).await.status(),
+        401,
+        "still needs the token"
+    );
+}
+
+/// `limits.upstream_timeout` needs a restart, so forwards keep waiting as long as they
+/// did; a claim's default in-flight TTL (upstream timeout + 5 s) must keep following the
+/// running timeout, or a copy arriving while a slow forward still runs would win the
+/// expired claim and be forwarded again.
+#[tokio::test]
+async fn a_reload_shortening_the_upstream_timeout_keeps_claims_as_long_as_forwards_run() {
+    let upstream = Upstream::with(Answer::held()).await;
+    let file = ConfigFile::new(config().upstream_timeout("60s").route("*", &upstream));
+    let gw = Gateway::start_file(&file.path()).await;
+    file.write(config().upstream_timeout("10s").route("*", &upstream));
+    let reloaded = gw.reload().await.expect("a valid file");
+    assert!(
+        reloaded
+            .restart_needed
+            .iter()
+            .any(|key| key.contains("upstream limits")),
+        "{reloaded:?}"
+    );
+
+    let event = signed_event("response.completed");
+    let first = tokio::spawn({
+        let client = gw.client();
+        let event = event.clone();
+        async move { client.post(PATH, &event).await }
+    });
+    upstream.wait_for(1).await;
+    let copy = gw.post(PATH, &event).await;
+
+    assert_eq!(copy.status(), 409, "{copy:?}");
+    assert!(
+        copy.retry_after() > 30,
+        "the claim lasts the running 60s timeout + 5s: {copy:?}"
+    );
+    upstream.release();
+    assert_eq!(first.await.unwrap().status(), 200);
+    assert_eq!(upstream.received().len(), 1);
+}
+
+/// Turning `[server.tls]` on or off needs a restart: until then the listener speaks what
+/// it spoke, and `X-Forwarded-Proto` at the upstream must keep saying that.
+#[tokio::test]
+async fn forwarded_proto_follows_the_running_listener_when_a_reload_turns_tls_on_or_off() {
+    let upstream = Upstream::start().await;
+    let cert = DevCert::generate();
+    let plain = ConfigFile::new(config().route("*", &upstream));
+    let gw = Gateway::start_file(&plain.path()).await;
+    plain.write(config().tls(&cert).route("*", &upstream));
+    let reloaded = gw.reload().await.expect("a valid file");
+    assert!(
+        reloaded
+            .restart_needed
+            .contains(&"[server.tls] (on or off)"),
+        "{reloaded:?}"
+    );
+    assert_eq!(gw.post(PATH, &signed_event("a.b")).await.status(), 200);
+    assert_eq!(upstream.only().header("x-forwarded-proto"), "http");
+
+    let upstream = Upstream::start().await;
+    let tls = ConfigFile::new(config().tls(&cert).route("*", &upstream));
+    let gw = Gateway::start_file(&tls.path()).await;
+    tls.write(config().route("*", &upstream));
+    gw.reload().await.expect("a valid file");
+    let delivery = signed_event("a.b");
+    let mut request = Request::post(format!("https://localhost:{}{PATH}", gw.addr().port()));
+    for (name, value) in &delivery.headers {
+        request = request.header(name, value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(delivery.body.clone())))
+        .unwrap();
+    let reply = https_client(&cert.pem, Version::HTTP_11)
+        .request(request)
+        .await
+        .expect("the listener still speaks TLS");
+    assert_eq!(reply.status(), 200);
+    assert_eq!(upstream.only().header("x-forwarded-proto"), "https");
+}
