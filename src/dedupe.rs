@@ -123,10 +123,6 @@ impl Dedupe {
         }
     }
 
-    /// Commits on success, releases otherwise. The answer to the sender is already
-    /// decided by the upstream, so a store failure here is logged, not returned: a
-    /// failed commit can at worst let a later retry through again, a failed release
-    /// only delays the retry until the claim expires.
     /// The claim for a queue that marks it done as it stores the delivery
     /// (`Queue::enqueue_claimed`); `None` when it is not held (nothing to settle).
     pub fn done_with<'a>(&self, claim: &'a Claim) -> Option<ClaimDone<'a>> {
@@ -137,6 +133,10 @@ impl Dedupe {
         })
     }
 
+    /// Commits on success, releases otherwise. The answer to the sender is already
+    /// decided by the upstream, so a store failure here is logged, not returned: a
+    /// failed commit can at worst let a later retry through again, a failed release
+    /// only delays the retry until the claim expires.
     pub async fn settle(&self, claim: Claim, success: bool) {
         if !claim.held {
             return;
@@ -161,6 +161,34 @@ impl Dedupe {
                 "dedupe claim expired before the upstream answered; raise dedupe.in_flight_ttl"
             ),
             Err(e) => tracing::error!(key = %claim.key, phase, error = %e, "dedupe store failed"),
+        }
+    }
+
+    /// Settles `claim` once `stored` can tell whether what it guarded was stored (a
+    /// queue whose store timed out after the delivery was sent: `QueueError::
+    /// MaybeStored`): committed if it was, so the sender's retry is a duplicate,
+    /// released if not, so the retry is stored. Until then the claim stays in flight
+    /// and retries get 409; asked every `POLL` for as long as the claim lasts, after
+    /// which it is left to expire.
+    pub async fn settle_when_known<E, F>(&self, claim: Claim, mut stored: impl FnMut() -> F)
+    where
+        E: std::fmt::Display,
+        F: Future<Output = Result<bool, E>>,
+    {
+        const POLL: Duration = Duration::from_millis(500);
+        let until = Instant::now() + self.settings.in_flight_ttl;
+        loop {
+            match stored().await {
+                Ok(stored) => {
+                    tracing::info!(key = %claim.key, stored, "dedupe: an uncertain enqueue is settled");
+                    return self.settle(claim, stored).await;
+                }
+                Err(e) if Instant::now() + POLL >= until => {
+                    tracing::warn!(key = %claim.key, error = %e, "dedupe: cannot tell whether an uncertain enqueue stored its delivery; its claim expires");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(POLL).await,
+            }
         }
     }
 }

@@ -42,7 +42,7 @@ use crate::event;
 use crate::forward::{self, ForwardContext, Forwarder};
 use crate::metrics::{Metrics, NO_SOURCE, RouteMetrics, SourceMetrics};
 use crate::penalty_box::{PenaltyBox, Recorded};
-use crate::queue::{Ingress, NewDelivery, now_millis};
+use crate::queue::{Ingress, NewDelivery, QueueError, now_millis};
 use crate::ratelimit::RateLimit;
 use crate::reject::{self, Answer, Reject, json_response};
 use crate::route::Route;
@@ -58,7 +58,8 @@ pub struct Gateway {
     penalty_box: PenaltyBox,
     metrics: Arc<Metrics>,
     ratelimit: RateLimit,
-    dedupe: Dedupe,
+    /// Shared with the tasks that settle a claim after the request (`settle_when_known`).
+    dedupe: Arc<Dedupe>,
     forward: Arc<Forwarder>,
     limits: Limits,
     /// Shared by every gateway a reload builds: bodies in flight keep their bytes.
@@ -136,12 +137,12 @@ impl Gateway {
             penalty_box: PenaltyBox::new(settings.penalty_box, metrics.penalty_box_clients()),
             metrics: metrics.clone(),
             ratelimit: RateLimit::new(store.clone(), settings.store.on_error, metrics.clone()),
-            dedupe: Dedupe::new(
+            dedupe: Arc::new(Dedupe::new(
                 store,
                 settings.dedupe,
                 settings.store.on_error,
                 metrics.clone(),
-            ),
+            )),
             forward,
             limits: settings.limits,
             body_budget,
@@ -361,7 +362,10 @@ impl Gateway {
                 }
             },
             // Done once stored: the sender's retries are duplicates from here on. If the
-            // store fails, the claim is released and the sender told to retry (503).
+            // store fails, the claim is released and the sender told to retry (503); if
+            // it failed after the delivery was sent (it may be stored), the claim stays
+            // in flight until the queue can say, so a retry is neither stored twice nor
+            // lost.
             // A route that re-signs is re-signed by the worker at each attempt, so the
             // backend always sees a fresh timestamp. A fan-out route stores one copy per
             // upstream, all in one step: the 202 means every copy is stored.
@@ -379,6 +383,18 @@ impl Gateway {
                     Ok((delivery_ids, settled)) => {
                         trace.delivery_id = Some(delivery_ids.join(","));
                         (Ok(Answer::Queued { delivery_ids }), settled)
+                    }
+                    Err(QueueError::MaybeStored { ids, error }) => {
+                        let (dedupe, queue) = (self.dedupe.clone(), queue.queue.clone());
+                        let ids = Arc::new(ids);
+                        tokio::spawn(async move {
+                            let stored = || {
+                                let (queue, ids) = (queue.clone(), ids.clone());
+                                async move { queue.stored(&ids).await }
+                            };
+                            dedupe.settle_when_known(claim, stored).await;
+                        });
+                        return Err(Reject::from(QueueError::Store(error)));
                     }
                     Err(e) => (Err(Reject::from(e)), false),
                 };

@@ -43,6 +43,11 @@ pub enum QueueError {
     Store(#[from] StoreError),
     #[error("queue record {id} is malformed: {detail}")]
     Malformed { id: String, detail: String },
+    /// The store failed after the deliveries were sent to it (a timeout, a dropped
+    /// connection): they may be stored or not. `ids` are the ids they were sent under,
+    /// for `Queue::stored` to tell once the store answers again.
+    #[error("{error} (the delivery may have been stored)")]
+    MaybeStored { ids: Vec<String>, error: StoreError },
     /// The lease is no longer this instance's: taken over by another instance after
     /// the visibility timeout, or the record is gone.
     #[error("delivery {id} is no longer held by this instance (taken over, or gone)")]
@@ -63,15 +68,15 @@ impl QueueError {
 }
 
 /// A queue backend. Every method is one short store operation; policy lives in the
-/// caller.
+/// caller. Implementations: `memory::MemoryQueue`, `redis::RedisQueue`,
+/// `postgres::PostgresQueue`.
 ///
 /// `begin`, `settle`, `attach`, `hand_back` and `defer` act on a delivery only while
 /// the lease they are given still holds it: after another instance took it over (this
 /// one stopped renewing it for the visibility timeout), or after the same call already
 /// went through (a worker retries a settle whose answer it never saw), they change
 /// nothing but the attempt's own history entry. Otherwise a late settle could reopen a
-/// delivery another worker has processed since, without its body. Implementations: `memory::MemoryQueue`, `redis::RedisQueue`,
-/// `postgres::PostgresQueue`.
+/// delivery another worker has processed since, without its body.
 pub trait Queue: Send + Sync {
     /// Stores the delivery and its `queued` record in one step; returns its id.
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>>;
@@ -116,6 +121,10 @@ pub trait Queue: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<Vec<String>>, QueueError>> {
         Box::pin(async { Ok(None) })
     }
+
+    /// Whether deliveries an enqueue answered `QueueError::MaybeStored` for were stored
+    /// (all copies of one enqueue are stored together, or none).
+    fn stored<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<bool, QueueError>>;
 
     /// Takes up to `max` deliveries for this instance: due retries, deliveries another
     /// instance took and stopped renewing, and new ones.

@@ -502,6 +502,66 @@ async fn when_the_queue_cannot_store_a_delivery_ingress_answers_503_and_the_retr
     assert_eq!(upstream.received().len(), 1);
 }
 
+/// An enqueue whose answer comes after the store's deadline: the sender gets its 503,
+/// yet Redis may still run it (here: a proxy holds it back past the deadline, then
+/// passes it on). Releasing the claim at once, as for a failure that stored nothing,
+/// let the sender's retry store the delivery a second time. The claim now stays in
+/// flight (409) until the queue says whether the record exists, and a "no" fences the
+/// late enqueue off: either way the delivery is stored, and delivered, once.
+#[tokio::test]
+async fn an_enqueue_that_redis_ran_after_its_deadline_is_not_stored_again_by_the_retry() {
+    const HELD: Duration = Duration::from_millis(900);
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let target = format!("127.0.0.1:{}", redis.port()).parse().unwrap();
+    let proxy = DelayingProxy::start(target, b"hold-me-back", HELD).await;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        config()
+            .store_option("redis_url", &proxy.redis_url())
+            .store_option("timeout", "300ms")
+            .queued()
+            .route("*", &upstream),
+    )
+    .await;
+    // Redis learns the enqueue script first: the held one must find it loaded, as it
+    // would on any running Redis, or it would only fail with NOSCRIPT.
+    assert_eq!(gw.post(PATH, &signed_event("a.b")).await.status(), 202);
+    upstream.wait_for(1).await;
+    let event = signed_body(r#"{"type":"response.completed","note":"hold-me-back"}"#);
+
+    let refused = gw.post(PATH, &event).await;
+    assert_eq!(refused.status(), 503, "{refused:?}");
+    assert_eq!(refused.error(), "queue_unavailable");
+
+    let retried = eventually("the retry being answered", async || {
+        let reply = gw.post(PATH, &event).await;
+        match reply.status().as_u16() {
+            200 | 202 => Ok(reply),
+            // 503 while Redis is still slow; 409 while the first claim waits for the
+            // first enqueue's fate.
+            409 | 503 => Err(format!("{reply:?}")),
+            _ => panic!("{reply:?}"),
+        }
+    })
+    .await;
+    // Stored by the first enqueue (the retry is a duplicate), or by the retry alone.
+    if retried.status() == 200 {
+        assert_eq!(retried.json(), serde_json::json!({"duplicate": true}));
+    }
+    upstream.wait_for(2).await;
+    // Long enough for the held enqueue to have reached Redis and run (or been fenced).
+    tokio::time::sleep(HELD * 2).await;
+    let listed = Deliveries::of(&gw).list("").await;
+    assert_eq!(
+        listed.len(),
+        2,
+        "the first delivery and this one: {listed:?}"
+    );
+    assert_eq!(upstream.received().len(), 2);
+}
+
 #[tokio::test]
 async fn a_queued_delivery_is_delivered_through_redis_cluster() {
     let Some(cluster) = TestStore::shared_cluster().await else {

@@ -86,7 +86,10 @@ pub use persistence::Persistence;
 /// ('': no trimming this time, see `TRIM_EVERY`), key base, index sets' expiry ms, then per delivery (in KEYS order) 10 values: id,
 /// source, route label, route, webhook id, event type, headers, body, trace context
 /// (empty: none), which of its index sets to renew the expiry of (`filed`'s `renew`).
+/// Stores nothing when `STORED` has fenced the first id: it arrived after ingress was
+/// told it had not run.
 const ENQUEUE: &str = r"
+if redis.call('EXISTS', ARGV[3] .. 'fence:' .. ARGV[5]) == 1 then return 0 end
 local queued = ARGV[3] .. 'x:state:queued'
 for i = 3, #KEYS do
   local a = 4 + (i - 3) * 10
@@ -107,6 +110,20 @@ if ARGV[2] ~= '' then
 end
 return #KEYS - 2
 ";
+
+/// Whether an enqueue that timed out stored its deliveries (1) or not (0); when not,
+/// fences its first id for ARGV[1] ms, so that the enqueue, should it still reach
+/// Redis after all (held in a buffer, a proxy), stores nothing: the answer stays true.
+/// KEYS: the first delivery's record, its fence.
+const STORED: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return 0
+";
+
+/// How long a fence (`STORED`) outlives the enqueue it stops: far longer than any
+/// command stays in transit.
+const FENCE_TTL: Duration = Duration::from_secs(3600);
 
 /// Promotes due retries into `ready`, then takes up to ARGV[3] entries for this
 /// consumer: first (when ARGV[8] is '1') ones idle longer than the visibility timeout
@@ -368,6 +385,7 @@ return {redis.call('XLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), oldest, now,
 
 struct Scripts {
     enqueue: Script,
+    stored: Script,
     take: Script,
     begin: Script,
     attach: Script,
@@ -440,6 +458,7 @@ impl RedisQueue {
             persistence,
             scripts: Scripts {
                 enqueue: Script::new(&[FACETS, ENQUEUE].concat()),
+                stored: Script::new(STORED),
                 take: Script::new(TAKE),
                 begin: Script::new(&[OWNED, FACETS, BEGIN].concat()),
                 attach: Script::new(&[OWNED, ATTACH].concat()),
@@ -465,7 +484,7 @@ impl RedisQueue {
         &self,
         p: &Partition,
         deliveries: &[NewDelivery],
-    ) -> Result<Vec<String>, (StoreError, Unsent)> {
+    ) -> Result<Vec<String>, (StoreError, Unsent, Vec<String>)> {
         // One received_at for all: the copies of one sender delivery.
         let now = deliveries.first().map_or(0, |d| d.received_at);
         let ids: Vec<String> = deliveries
@@ -518,12 +537,14 @@ impl RedisQueue {
                 .arg(delivery.trace_context.as_deref().unwrap_or(""))
                 .arg(renew);
         }
-        let _: i64 = self
-            .ingress
-            .script_or_unsent("enqueue", invocation)
-            .await
-            .inspect_err(|_| self.renewals.forget())?;
-        Ok(ids)
+        let stored: Result<i64, _> = self.ingress.script_or_unsent("enqueue", invocation).await;
+        match stored {
+            Ok(_) => Ok(ids),
+            Err((e, unsent)) => {
+                self.renewals.forget();
+                Err((e, unsent, ids))
+            }
+        }
     }
 
     /// Takes up to `max` deliveries from one partition (`TAKE`).
@@ -648,7 +669,8 @@ impl Queue for RedisQueue {
             }
             // All copies in one partition, so one script stores all or none. A partition
             // whose node refused (so nothing was stored) hands over to the next; after a
-            // failure that may have stored them (a timeout), the sender gets its 503.
+            // failure that may have stored them (a timeout), the sender gets its 503 and
+            // the ingress learns later whether they were (`stored`).
             let mut failure = None;
             for partition in self.partitions.order(Turn::Enqueue) {
                 let p = &self.partitions.all()[partition];
@@ -657,16 +679,34 @@ impl Queue for RedisQueue {
                         self.partitions.record(partition, true);
                         return Ok(ids);
                     }
-                    Err((e, Unsent(unsent))) => {
+                    Err((e, Unsent(true), _)) => {
                         self.partitions.record(partition, false);
                         failure = Some(e);
-                        if !unsent {
-                            break;
-                        }
+                    }
+                    Err((error, Unsent(false), ids)) => {
+                        self.partitions.record(partition, false);
+                        return Err(QueueError::MaybeStored { ids, error });
                     }
                 }
             }
             Err(failure.expect("at least one partition").into())
+        })
+    }
+
+    fn stored<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<bool, QueueError>> {
+        Box::pin(async move {
+            let Some(id) = ids.first() else {
+                return Ok(false);
+            };
+            // One script stored every copy or none, in the first one's partition.
+            let p = self.partitions.of(id);
+            let mut invocation = self.scripts.stored.prepare_invoke();
+            invocation
+                .key(p.record_key(id))
+                .key(format!("{}fence:{id}", p.base))
+                .arg(millis(FENCE_TTL));
+            let stored: i64 = self.ingress.script("stored", invocation).await?;
+            Ok(stored == 1)
         })
     }
 
@@ -1149,8 +1189,8 @@ mod tests {
         // built inside TAKE and LIST) must hash to the same slot, which the partition's
         // tag (`{queue}` or `{queue:i}`, `partition.rs`) guarantees. Nothing may reach outside KEYS and the tagged prefix.
         for script in [
-            ENQUEUE, TAKE, BEGIN, ATTACH, SETTLE, HAND_BACK, DEFER, KEEP, PRUNE, REPLAY, LIST,
-            STATS,
+            ENQUEUE, STORED, TAKE, BEGIN, ATTACH, SETTLE, HAND_BACK, DEFER, KEEP, PRUNE, REPLAY,
+            LIST, STATS,
         ] {
             assert!(script.contains("KEYS[1]"));
             assert!(!script.contains("KEYS[6]"));

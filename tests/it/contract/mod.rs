@@ -200,6 +200,7 @@ macro_rules! contract_tests {
                     a_fetch_that_fails_for_good_or_is_cut_short_is_no_attempt,
                     a_settle_repeated_after_it_went_through_changes_nothing,
                     a_failed_fetch_settled_twice_is_counted_once,
+                    stored_says_whether_an_enqueue_stored_its_deliveries,
                 );
                 contract_tests!(@backend $make;
                     final_records_are_forgotten_after_the_retention_and_others_are_kept,

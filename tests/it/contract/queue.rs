@@ -698,6 +698,19 @@ pub async fn a_lease_on_a_delivery_that_became_final_begins_and_hands_back_nothi
     assert_eq!(queue.stats().await.unwrap().depth, 0);
 }
 
+/// What ingress asks after an enqueue whose answer it never got (`MaybeStored`).
+pub async fn stored_says_whether_an_enqueue_stored_its_deliveries(queue: &dyn Queue) {
+    let t = now_millis();
+    let id = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    let mut absent = id.clone();
+    let last = absent.pop().expect("a non-empty id");
+    absent.push(if last == '0' { '1' } else { '0' });
+
+    assert!(queue.stored(std::slice::from_ref(&id)).await.unwrap());
+    assert!(!queue.stored(std::slice::from_ref(&absent)).await.unwrap());
+    assert!(!queue.stored(&[]).await.unwrap());
+}
+
 /// A worker that never saw the answer to its settle tries it again; by then the
 /// delivery has been retried and processed by another attempt. The repeat (and a hand
 /// back or deferral on the old lease) must not reopen it: a processed delivery has no

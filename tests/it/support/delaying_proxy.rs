@@ -1,0 +1,71 @@
+//! A TCP proxy that makes one command reach its server late: the client's deadline
+//! passes, yet the server still runs it. What a store that times out after the
+//! request was sent looks like, for a test to make it happen on cue.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+pub struct DelayingProxy {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl DelayingProxy {
+    /// Forwards every connection to `target`; the first chunk a client sends that
+    /// contains `marker` is held back for `delay` (and what follows it on that
+    /// connection with it, so the order holds). Later ones pass at once.
+    pub async fn start(target: SocketAddr, marker: &'static [u8], delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("an address");
+        let armed = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let armed = armed.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match client_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buf[..n];
+                        if chunk.windows(marker.len()).any(|w| w == marker)
+                            && armed.swap(false, Ordering::SeqCst)
+                        {
+                            tokio::time::sleep(delay).await;
+                        }
+                        if server_write.write_all(chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        DelayingProxy { addr, task }
+    }
+
+    /// `redis://` at the proxy.
+    pub fn redis_url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+impl Drop for DelayingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
