@@ -584,6 +584,39 @@ mod tests {
         );
     }
 
+    /// With `{id}` right before `{timestamp}`, moving the id's last digit onto the
+    /// timestamp as a leading zero signs the same bytes with the same time: a replay
+    /// under a new dedupe key. One spelling per timestamp closes it.
+    #[test]
+    fn a_timestamp_with_a_leading_zero_is_malformed() {
+        let s = secrets();
+        let mut o = options();
+        o.signed_content = Some("{id}{timestamp}{body}".to_owned());
+        let v = build(&o, &s).unwrap().verifier;
+        let msg = SignMessage {
+            secret: SECRET,
+            event_type: "order.paid",
+            data: "{}",
+            id: Some("evt_10"),
+            timestamp: Some(1_700_000_000),
+            now: 1_700_000_000,
+        };
+        let request = sign_message(&o, &msg).unwrap();
+        let mut headers = HeaderMap::new();
+        for (name, value) in request.headers {
+            headers.insert(name, HeaderValue::from_str(&value).unwrap());
+        }
+        let body = request.body.into_bytes();
+        assert!(v.verify(&headers, &body, at(1_700_000_000)).is_ok());
+
+        headers.insert("x-request-id", HeaderValue::from_static("evt_1"));
+        headers.insert("x-timestamp", HeaderValue::from_static("01700000000"));
+        assert_eq!(
+            v.verify(&headers, &body, at(1_700_000_000)),
+            Err(VerifyError::MalformedTimestamp)
+        );
+    }
+
     #[test]
     fn a_signed_request_verifies_and_each_failure_is_told_apart() {
         let s = secrets();

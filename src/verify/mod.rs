@@ -384,9 +384,16 @@ pub fn unix_seconds(time: SystemTime) -> i64 {
     }
 }
 
-/// Decimal seconds only: no sign, no spaces, no fractions (the signed text must be exact).
+/// Decimal seconds only: no sign, no spaces, no fractions, no leading zeros (the signed
+/// text must be exact, and one value must have one spelling: where an `hmac` template
+/// puts `{id}` right before `{timestamp}`, `evt_10` at `T` and `evt_1` at `0T` sign the
+/// same bytes, and the second would pass as a new delivery).
 pub fn parse_timestamp(text: &str) -> Result<i64, VerifyError> {
-    if text.is_empty() || text.len() > 18 || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty()
+        || text.len() > 18
+        || !text.bytes().all(|b| b.is_ascii_digit())
+        || (text.len() > 1 && text.starts_with('0'))
+    {
         return Err(VerifyError::MalformedTimestamp);
     }
     text.parse().map_err(|_| VerifyError::MalformedTimestamp)
