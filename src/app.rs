@@ -236,7 +236,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             }
         },
     );
-    tracing::info!(%addr, %admin_addr, "listening");
+    // `threads`: the runtime's worker threads (1 on one CPU: see `main.rs`).
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(%addr, %admin_addr, threads, "listening");
     tasks.push(tokio::spawn(serve_gateway));
     tasks.push(tokio::spawn(serve_admin));
     Ok(Running {

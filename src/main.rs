@@ -23,7 +23,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = runtime_builder()
         .enable_all()
         .build()
         .expect("the tokio runtime starts");
@@ -33,6 +33,19 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// With one CPU to run on (a container limited to one, a process pinned to one core)
+/// every task runs on the main thread, as an nginx worker is one event loop: a worker
+/// thread beside it would only add cross-thread wake-ups and work-stealing bookkeeping.
+/// `TOKIO_WORKER_THREADS`, when set, still asks for the multi-threaded runtime.
+fn runtime_builder() -> tokio::runtime::Builder {
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    if one_cpu && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
     }
 }
 

@@ -89,3 +89,50 @@ async fn a_clean_shutdown_flushes_every_access_log_line() {
         "one access line per request"
     );
 }
+
+/// Given one CPU, the gateway runs every task on its main thread (a current-thread
+/// runtime, `main.rs`): requests, the upstream client, timers and the shutdown must all
+/// still make progress there, with nothing waiting on a thread that does not exist.
+#[tokio::test]
+async fn a_gateway_given_one_cpu_runs_on_one_thread_and_still_drains_on_shutdown() {
+    const ANSWERED: usize = 200;
+    const IN_FLIGHT: usize = 10;
+    let fast = Upstream::start().await;
+    let held = Upstream::with(Answer::held()).await;
+    let mut gw = GatewayProcess::spawn_on_one_cpu(
+        config()
+            .route("response.completed", &fast)
+            .route("*", &held),
+    )
+    .await;
+    let listening = gw
+        .log()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["message"] == "listening")
+        .expect("a listening line");
+    assert_eq!(listening["threads"], 1, "{listening}");
+
+    let send = |client: TestClient, event: &'static str| async move {
+        client.post(PATH, &signed_event(event)).await
+    };
+    for _ in 0..ANSWERED / 20 {
+        let wave = (0..20).map(|_| send(gw.client(), "response.completed"));
+        for reply in futures_util::future::join_all(wave).await {
+            assert_eq!(reply.status(), 200, "{reply:?}");
+        }
+    }
+    assert_eq!(fast.received().len(), ANSWERED);
+    let in_flight: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| tokio::spawn(send(gw.client(), "response.failed")))
+        .collect();
+    held.wait_for(IN_FLIGHT).await;
+    gw.terminate();
+    held.release();
+    for reply in in_flight {
+        let reply = reply.await.unwrap();
+        assert_eq!(reply.status(), 200, "{reply:?}");
+    }
+    let exit = gw.wait_exit();
+    assert!(exit.success(), "hookgate exits cleanly on SIGTERM: {exit}");
+}

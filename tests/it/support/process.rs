@@ -47,9 +47,25 @@ impl GatewayProcess {
 
     /// `spawn` with `RUST_LOG=filter` (for example "info,hookgate::server=debug").
     pub async fn spawn_logging(config: impl fmt::Display, filter: &str) -> GatewayProcess {
+        let command = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"));
+        GatewayProcess::spawn_command(command, config, filter).await
+    }
+
+    /// `spawn` allowed to run on CPU 0 only (`taskset`), as in a container given one CPU.
+    pub async fn spawn_on_one_cpu(config: impl fmt::Display) -> GatewayProcess {
+        let mut command = std::process::Command::new("taskset");
+        command.args(["-c", "0", env!("CARGO_BIN_EXE_hookgate")]);
+        GatewayProcess::spawn_command(command, config, "info").await
+    }
+
+    async fn spawn_command(
+        mut command: std::process::Command,
+        config: impl fmt::Display,
+        filter: &str,
+    ) -> GatewayProcess {
         use std::io::BufRead;
         let config = ConfigFile::new(config);
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        let mut child = command
             .args(["--log-format", "json", "serve", "--config"])
             .arg(config.path())
             .env("RUST_LOG", filter)
