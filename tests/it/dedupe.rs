@@ -23,11 +23,7 @@ async fn a_copy_arriving_while_the_first_is_in_flight_is_answered_409_with_retry
     let upstream = Upstream::with(Answer::held()).await;
     let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
     let event = signed_event("response.completed");
-    let first = tokio::spawn({
-        let client = gw.client();
-        let event = event.clone();
-        async move { client.post(PATH, &event).await }
-    });
+    let first = gw.client().post_in_background(PATH, &event);
     upstream.wait_for(1).await;
 
     let copy = gw.post(PATH, &event).await;

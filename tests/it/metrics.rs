@@ -87,11 +87,7 @@ async fn a_copy_refused_while_in_flight_counts_as_in_flight(store: TestStore) {
     let upstream = Upstream::with(Answer::held()).await;
     let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
     let event = signed_event("response.completed");
-    let first = tokio::spawn({
-        let client = gw.client();
-        let event = event.clone();
-        async move { client.post(PATH, &event).await }
-    });
+    let first = gw.client().post_in_background(PATH, &event);
     upstream.wait_for(1).await;
 
     counts_once(&gw, SOURCE, "in_flight", async {

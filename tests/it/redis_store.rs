@@ -400,11 +400,7 @@ async fn a_delivery_in_flight_holds_its_key_as_inflight_for_the_in_flight_ttl() 
     )
     .await;
     let event = signed_event("response.completed");
-    let first = tokio::spawn({
-        let client = gw.client();
-        let event = event.clone();
-        async move { client.post(PATH, &event).await }
-    });
+    let first = gw.client().post_in_background(PATH, &event);
     upstream.wait_for(1).await;
 
     let key = format!("hookgate:dedupe:{SOURCE}:{}", event.header("webhook-id"));

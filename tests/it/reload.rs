@@ -37,10 +37,9 @@ async fn a_reload_sends_new_deliveries_to_a_new_route_while_one_in_progress_fini
     let after = Upstream::start().await;
     let file = ConfigFile::new(config().route("*", &before));
     let gw = Gateway::start_file(&file.path()).await;
-    let first = tokio::spawn({
-        let client = gw.client();
-        async move { client.post(PATH, &signed_event("response.completed")).await }
-    });
+    let first = gw
+        .client()
+        .post_in_background(PATH, &signed_event("response.completed"));
     before.wait_for(1).await;
 
     file.write(config().route("*", &after));
@@ -350,11 +349,7 @@ async fn a_reload_shortening_the_upstream_timeout_keeps_claims_as_long_as_forwar
     );
 
     let event = signed_event("response.completed");
-    let first = tokio::spawn({
-        let client = gw.client();
-        let event = event.clone();
-        async move { client.post(PATH, &event).await }
-    });
+    let first = gw.client().post_in_background(PATH, &event);
     upstream.wait_for(1).await;
     let copy = gw.post(PATH, &event).await;
 

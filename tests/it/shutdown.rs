@@ -17,10 +17,9 @@ async fn refuses_connections(gw: &Gateway) -> bool {
 async fn a_delivery_in_flight_at_shutdown_completes_and_new_connections_are_refused() {
     let upstream = Upstream::with(Answer::held()).await;
     let mut gw = Gateway::start(config().route("*", &upstream)).await;
-    let in_flight = tokio::spawn({
-        let client = gw.client();
-        async move { client.post(PATH, &signed_event("response.completed")).await }
-    });
+    let in_flight = gw
+        .client()
+        .post_in_background(PATH, &signed_event("response.completed"));
     upstream.wait_for(1).await;
 
     let stopping = gw.begin_shutdown();
@@ -41,6 +40,58 @@ async fn a_delivery_in_flight_at_shutdown_completes_and_new_connections_are_refu
     assert_eq!(upstream.received().len(), 1);
 }
 
+/// A gateway process routing `response.completed` to an upstream that answers at once
+/// and everything else to one that holds its answers.
+struct Draining {
+    fast: Upstream,
+    held: Upstream,
+}
+
+impl Draining {
+    async fn start() -> (Draining, Config) {
+        let draining = Draining {
+            fast: Upstream::start().await,
+            held: Upstream::with(Answer::held()).await,
+        };
+        let config = config()
+            .route("response.completed", &draining.fast)
+            .route("*", &draining.held);
+        (draining, config)
+    }
+
+    /// `answered` deliveries answered 200 in waves of 20, then `in_flight` held at the
+    /// upstream while SIGTERM arrives: every one is answered 200 and the process exits 0.
+    async fn answer_then_drain(&self, gw: &mut GatewayProcess, answered: usize, in_flight: usize) {
+        let send = |event: &'static str| gw.client().post_in_background(PATH, &signed_event(event));
+        for _ in 0..answered / 20 {
+            let wave = (0..20).map(|_| send("response.completed"));
+            for reply in futures_util::future::join_all(wave).await {
+                let reply = reply.unwrap();
+                assert_eq!(reply.status(), 200, "{reply:?}");
+            }
+        }
+        assert_eq!(self.fast.received().len(), answered);
+        let held: Vec<_> = (0..in_flight).map(|_| send("response.failed")).collect();
+        self.held.wait_for(in_flight).await;
+        gw.terminate();
+        self.held.release();
+        for reply in held {
+            let reply = reply.await.unwrap();
+            assert_eq!(reply.status(), 200, "{reply:?}");
+        }
+        let exit = gw.wait_exit();
+        assert!(exit.success(), "hookgate exits cleanly on SIGTERM: {exit}");
+    }
+}
+
+/// The log's JSON lines.
+fn log_events(gw: &GatewayProcess) -> Vec<serde_json::Value> {
+    gw.log()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
 /// The access log is written by a thread of its own through a buffer; a clean shutdown
 /// must still leave one line per answered request, also for the requests answered while
 /// the gateway was already shutting down.
@@ -48,39 +99,15 @@ async fn a_delivery_in_flight_at_shutdown_completes_and_new_connections_are_refu
 async fn a_clean_shutdown_flushes_every_access_log_line() {
     const ANSWERED: usize = 300;
     const IN_FLIGHT: usize = 20;
-    let fast = Upstream::start().await;
-    let held = Upstream::with(Answer::held()).await;
-    let mut gw = GatewayProcess::spawn(
-        config()
-            .route("response.completed", &fast)
-            .route("*", &held),
-    )
-    .await;
-    let send = |client: TestClient, event: &'static str| async move {
-        client.post(PATH, &signed_event(event)).await
-    };
-    for _ in 0..ANSWERED / 20 {
-        let wave = (0..20).map(|_| send(gw.client(), "response.completed"));
-        for reply in futures_util::future::join_all(wave).await {
-            assert_eq!(reply.status(), 200, "{reply:?}");
-        }
-    }
-    let in_flight: Vec<_> = (0..IN_FLIGHT)
-        .map(|_| tokio::spawn(send(gw.client(), "response.failed")))
-        .collect();
-    held.wait_for(IN_FLIGHT).await;
-    gw.terminate();
-    held.release();
-    for reply in in_flight {
-        let reply = reply.await.unwrap();
-        assert_eq!(reply.status(), 200, "{reply:?}");
-    }
-    let exit = gw.wait_exit();
-    assert!(exit.success(), "hookgate exits cleanly on SIGTERM: {exit}");
-    let access_lines = gw
-        .log()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+    let (draining, config) = Draining::start().await;
+    let mut gw = GatewayProcess::spawn(config).await;
+
+    draining
+        .answer_then_drain(&mut gw, ANSWERED, IN_FLIGHT)
+        .await;
+
+    let access_lines = log_events(&gw)
+        .iter()
         .filter(|event| event["target"] == "hookgate::access")
         .count();
     assert_eq!(
@@ -95,44 +122,13 @@ async fn a_clean_shutdown_flushes_every_access_log_line() {
 /// still make progress there, with nothing waiting on a thread that does not exist.
 #[tokio::test]
 async fn a_gateway_given_one_cpu_runs_on_one_thread_and_still_drains_on_shutdown() {
-    const ANSWERED: usize = 200;
-    const IN_FLIGHT: usize = 10;
-    let fast = Upstream::start().await;
-    let held = Upstream::with(Answer::held()).await;
-    let mut gw = GatewayProcess::spawn_on_one_cpu(
-        config()
-            .route("response.completed", &fast)
-            .route("*", &held),
-    )
-    .await;
-    let listening = gw
-        .log()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+    let (draining, config) = Draining::start().await;
+    let mut gw = GatewayProcess::spawn_on_one_cpu(config).await;
+    let listening = log_events(&gw)
+        .into_iter()
         .find(|event| event["message"] == "listening")
         .expect("a listening line");
     assert_eq!(listening["threads"], 1, "{listening}");
 
-    let send = |client: TestClient, event: &'static str| async move {
-        client.post(PATH, &signed_event(event)).await
-    };
-    for _ in 0..ANSWERED / 20 {
-        let wave = (0..20).map(|_| send(gw.client(), "response.completed"));
-        for reply in futures_util::future::join_all(wave).await {
-            assert_eq!(reply.status(), 200, "{reply:?}");
-        }
-    }
-    assert_eq!(fast.received().len(), ANSWERED);
-    let in_flight: Vec<_> = (0..IN_FLIGHT)
-        .map(|_| tokio::spawn(send(gw.client(), "response.failed")))
-        .collect();
-    held.wait_for(IN_FLIGHT).await;
-    gw.terminate();
-    held.release();
-    for reply in in_flight {
-        let reply = reply.await.unwrap();
-        assert_eq!(reply.status(), 200, "{reply:?}");
-    }
-    let exit = gw.wait_exit();
-    assert!(exit.success(), "hookgate exits cleanly on SIGTERM: {exit}");
+    draining.answer_then_drain(&mut gw, 200, 10).await;
 }

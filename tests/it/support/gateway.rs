@@ -124,6 +124,12 @@ impl TestClient {
         format!("{}{path}", self.base)
     }
 
+    /// `post` in a task of its own: a delivery left in flight while the test goes on.
+    pub fn post_in_background(&self, path: &str, delivery: &SignedRequest) -> JoinHandle<Reply> {
+        let (client, path, delivery) = (self.clone(), path.to_owned(), delivery.clone());
+        tokio::spawn(async move { client.post(&path, &delivery).await })
+    }
+
     /// POSTs a signed delivery as the sender would.
     pub async fn post(&self, path: &str, delivery: &SignedRequest) -> Reply {
         self.post_url(&self.url(path), delivery).await
