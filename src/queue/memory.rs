@@ -18,8 +18,8 @@ use super::record::{
     Cursor, DeliveryList, IdGenerator, RecordBody, decode_headers, encode_headers, header_listing,
 };
 use super::{
-    Attempt, BoxFuture, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError, QueueStats,
-    Replayed, Settlement, State, Step, Summary, UnixMillis, now_millis,
+    Attempt, BoxFuture, Deferred, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError,
+    QueueStats, Replayed, Settlement, State, Step, Summary, UnixMillis, now_millis,
 };
 use crate::route::RatePolicy;
 use crate::store::ready;
@@ -29,6 +29,8 @@ pub struct MemoryQueue {
     paces: Mutex<HashMap<String, tokio::time::Instant>>,
     inner: Mutex<Inner>,
     retention: Duration,
+    /// A deferral past this after the delivery was queued dead-letters it (`defer`).
+    max_age: Duration,
     instance: String,
     ids: IdGenerator,
 }
@@ -73,11 +75,12 @@ struct Inner {
 }
 
 impl MemoryQueue {
-    pub fn new(retention: Duration, instance: &str) -> Self {
+    pub fn new(retention: Duration, max_age: Duration, instance: &str) -> Self {
         MemoryQueue {
             paces: Mutex::default(),
             inner: Mutex::new(Inner::default()),
             retention,
+            max_age,
             instance: instance.to_owned(),
             ids: IdGenerator::default(),
         }
@@ -507,19 +510,35 @@ impl Queue for MemoryQueue {
         &'a self,
         lease: &'a Lease,
         until: UnixMillis,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        now: UnixMillis,
+        why: &'a str,
+    ) -> BoxFuture<'a, Result<Deferred, QueueError>> {
         let mut inner = self.lock();
         if inner.taken.remove(&lease.token).is_none() {
-            return ready(Ok(()));
+            return ready(Ok(Deferred::Waiting));
         }
         let id = &lease.delivery_id;
-        if let Some(record) = inner.records.get_mut(id)
-            && !record.summary.state.is_final()
-        {
+        let Some(record) = inner.records.get_mut(id) else {
+            return ready(Ok(Deferred::Waiting));
+        };
+        if record.summary.state.is_final() {
+            return ready(Ok(Deferred::Waiting));
+        }
+        if until <= record.enqueued_at + self.max_age.as_millis() as UnixMillis {
             record.summary.next_attempt_at = Some(until);
             inner.scheduled.insert((until, id.clone()));
+            return ready(Ok(Deferred::Waiting));
         }
-        ready(Ok(()))
+        let expires_at = now + self.retention.as_millis() as UnixMillis;
+        let record = inner
+            .set_state(id, State::FailedFinal)
+            .expect("checked above");
+        record.summary.updated_at = now;
+        record.summary.next_attempt_at = None;
+        record.summary.last_error = Some(why.to_owned());
+        record.expires_at = Some(expires_at);
+        inner.expiry.insert((expires_at, id.clone()));
+        ready(Ok(Deferred::DeadLettered))
     }
 
     fn pace<'a>(
@@ -681,7 +700,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_handed_back_delivery_is_taken_first_and_final_records_expire() {
-        let q = MemoryQueue::new(Duration::from_millis(100), "test");
+        let q = MemoryQueue::new(
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+            "test",
+        );
         let first = q.enqueue(delivery(1)).await.unwrap();
         q.enqueue(delivery(2)).await.unwrap();
         let lease = q.take(1, 2_000).await.unwrap().remove(0);

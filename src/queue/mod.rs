@@ -32,8 +32,8 @@ pub use policy::{
     BackoffPolicy, FinalReason, RetryOn, RetryPolicy, Verdict, decide, jitter_sample,
 };
 pub use record::{
-    Attempt, Cursor, DeliveryList, Detail, Job, Lease, ListFilter, NewDelivery, QueueStats,
-    Replayed, Settlement, State, Step, Summary, UnixMillis, is_delivery_id, now_millis,
+    Attempt, Cursor, Deferred, DeliveryList, Detail, Job, Lease, ListFilter, NewDelivery,
+    QueueStats, Replayed, Settlement, State, Step, Summary, UnixMillis, is_delivery_id, now_millis,
     unix_millis,
 };
 
@@ -172,13 +172,18 @@ pub trait Queue: Send + Sync {
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Gives a taken delivery back to wait until `until` without an attempt (its
-    /// upstream's circuit breaker is open): no attempt is counted, its state stays what
-    /// it was, `next_attempt_at` says when it is taken again (by any instance).
+    /// upstream's circuit breaker is open, or its route's `rate` says wait): no attempt
+    /// is counted, its state stays what it was, `next_attempt_at` says when it is taken
+    /// again (by any instance). Unless `until` is past `queue.max_age` after it was
+    /// queued: then it is dead-lettered at `now` with `why` as its last error, as a retry
+    /// that would start past `max_age` is, still without an attempt.
     fn defer<'a>(
         &'a self,
         lease: &'a Lease,
         until: UnixMillis,
-    ) -> BoxFuture<'a, Result<(), QueueError>>;
+        now: UnixMillis,
+        why: &'a str,
+    ) -> BoxFuture<'a, Result<Deferred, QueueError>>;
 
     /// Takes one start from the GCRA bucket `key` (a route's upstream, `<source>/<route>`
     /// as a lease names it) at `rate` (`route.rate`): `None` to start now, else how long
@@ -257,7 +262,11 @@ pub fn build(
         (Shared::Postgres(pool), StoreBackend::Postgres(_)) => Arc::new(
             self::postgres::PostgresQueue::new(pool.clone(), queue, instance),
         ),
-        _ => Arc::new(memory::MemoryQueue::new(queue.retention, instance)),
+        _ => Arc::new(memory::MemoryQueue::new(
+            queue.retention,
+            queue.max_age,
+            instance,
+        )),
     };
     Ok(Some(built))
 }

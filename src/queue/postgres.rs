@@ -28,8 +28,8 @@ use super::record::{
     Cursor, DeliveryList, IdGenerator, RecordBody, decode_headers, encode_headers, header_listing,
 };
 use super::{
-    Attempt, BoxFuture, ClaimDone, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError,
-    QueueStats, Replayed, Settlement, State, Step, Summary, UnixMillis, now_millis,
+    Attempt, BoxFuture, ClaimDone, Deferred, Detail, Job, Lease, ListFilter, NewDelivery, Queue,
+    QueueError, QueueStats, Replayed, Settlement, State, Step, Summary, UnixMillis, now_millis,
 };
 use crate::config::QueueSettings;
 use crate::route::RatePolicy;
@@ -114,6 +114,23 @@ const TAKE: &str = "WITH due AS ( \
        lease_until = now() + make_interval(secs => $4) \
      FROM due WHERE d.id = due.id \
      RETURNING d.id, d.source || '/' || d.route, d.lease_token, ts_ms(d.due_at)";
+
+/// Puts the leased delivery `$1` (token `$2`) back to wait until `$3` without an
+/// attempt, or, when `$3` is past `$4` seconds after it was queued, dead-letters it at
+/// `$5` with the last error `$6`; returns whether it was dead-lettered.
+const DEFER: &str = "WITH d AS ( \
+       SELECT id, ms_ts($3) > queued_at + make_interval(secs => $4) AS gone FROM deliveries \
+       WHERE id = $1 AND lease_token = $2 AND state NOT IN ('processed', 'failed_final') \
+       FOR UPDATE) \
+     UPDATE deliveries t SET \
+       state = CASE WHEN d.gone THEN 'failed_final' ELSE t.state END, \
+       next_attempt_at = CASE WHEN d.gone THEN NULL ELSE ms_ts($3) END, \
+       due_at = CASE WHEN d.gone THEN NULL ELSE ms_ts($3) END, \
+       final_at = CASE WHEN d.gone THEN ms_ts($5) END, \
+       updated_at = CASE WHEN d.gone THEN ms_ts($5) ELSE t.updated_at END, \
+       last_error = CASE WHEN d.gone THEN $6 ELSE t.last_error END, \
+       lease_token = NULL, lease_owner = NULL, lease_until = NULL \
+     FROM d WHERE t.id = d.id RETURNING d.gone";
 
 const SEEN: &str = "INSERT INTO instances (name, last_seen) VALUES ($1, now()) \
      ON CONFLICT (name) DO UPDATE SET last_seen = now()";
@@ -213,6 +230,8 @@ pub struct PostgresQueue {
     ids: IdGenerator,
     visibility: Duration,
     retention: Duration,
+    /// A deferral past this after the delivery was queued dead-letters it (`defer`).
+    max_age: Duration,
     /// When `take` last swept final records past the retention (ms).
     swept_at: AtomicU64,
     /// `NOTIFY`'s channel for new deliveries (`wake_on`).
@@ -296,6 +315,7 @@ impl PostgresQueue {
             ids: IdGenerator::default(),
             visibility: settings.visibility_timeout,
             retention: settings.retention,
+            max_age: settings.max_age,
             swept_at: AtomicU64::new(0),
             announcer: Announcer::default(),
             seen_at: AtomicU64::new(0),
@@ -614,26 +634,35 @@ impl Queue for PostgresQueue {
         &'a self,
         lease: &'a Lease,
         until: UnixMillis,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        now: UnixMillis,
+        why: &'a str,
+    ) -> BoxFuture<'a, Result<Deferred, QueueError>> {
         Box::pin(async move {
-            let until = until as i64;
-            self.pool
+            let (until, now) = (until as i64, now as i64);
+            let max_age = self.max_age.as_secs_f64();
+            let row = self
+                .pool
                 .call("defer", async |client| {
-                    let statement = client
-                        .prepare_cached(
-                            "UPDATE deliveries SET next_attempt_at = ms_ts($3), \
-                             due_at = ms_ts($3), lease_token = NULL, lease_owner = NULL, \
-                             lease_until = NULL \
-                             WHERE id = $1 AND lease_token = $2 \
-                               AND state NOT IN ('processed', 'failed_final')",
-                        )
-                        .await?;
+                    let statement = client.prepare_cached(DEFER).await?;
                     client
-                        .execute(&statement, &[&lease.delivery_id, &lease.token, &until])
+                        .query_opt(
+                            &statement,
+                            &[
+                                &lease.delivery_id,
+                                &lease.token,
+                                &until,
+                                &max_age,
+                                &now,
+                                &why,
+                            ],
+                        )
                         .await
                 })
                 .await?;
-            Ok(())
+            Ok(match row {
+                Some(row) if row.get::<_, bool>(0) => Deferred::DeadLettered,
+                _ => Deferred::Waiting,
+            })
         })
     }
 

@@ -217,6 +217,15 @@ pub fn answer_start(body: &[u8]) -> Option<String> {
     )
 }
 
+/// What `Queue::defer` did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferred {
+    /// It waits for its time (or was not this instance's to defer any more).
+    Waiting,
+    /// Its time was past `queue.max_age`: dead-lettered without an attempt.
+    DeadLettered,
+}
+
 /// How an attempt ends for the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settlement {

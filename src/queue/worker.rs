@@ -28,7 +28,8 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::record::answer_start;
 use super::{
-    Attempt, Job, Lease, Queue, Settlement, Step, Verdict, decide, jitter_sample, now_millis,
+    Attempt, Deferred, Job, Lease, Queue, Settlement, State, Step, Verdict, decide, jitter_sample,
+    now_millis,
 };
 use crate::breaker::Admission;
 use crate::config::{DeliveryMode, QueueSettings, Settings};
@@ -288,13 +289,25 @@ impl Workers {
         self.release(lease);
     }
 
-    /// Puts a taken delivery back to wait `wait` without an attempt (`Queue::defer`).
-    async fn defer(&self, lease: &Lease, wait: Duration) {
-        let until = now_millis() + wait.as_millis().max(1) as u64;
-        if let Err(e) = self.queue.defer(lease, until).await {
+    /// Puts a taken delivery back to wait `wait` without an attempt (`Queue::defer`),
+    /// `why` (for the record's last error should the wait reach past `max_age`).
+    async fn defer(&self, lane: Option<&Arc<Lane>>, lease: &Lease, wait: Duration, why: &str) {
+        let now = now_millis();
+        let until = now + wait.as_millis().max(1) as u64;
+        let why = format!("{why} until past queue.max_age; not attempted");
+        match self.queue.defer(lease, until, now, &why).await {
+            Ok(Deferred::Waiting) => {}
+            Ok(Deferred::DeadLettered) => {
+                tracing::warn!(delivery_id = %lease.delivery_id, route = %lease.route, error = %why, "queue: dead-lettered without an attempt");
+                if let Some(lane) = lane {
+                    lane.deliveries.observe(State::FailedFinal, 0);
+                }
+            }
             // Still pending under this instance: it is taken over after the
             // visibility timeout, like a hand back that failed.
-            tracing::warn!(delivery_id = %lease.delivery_id, error = %e, "queue: cannot defer a delivery");
+            Err(e) => {
+                tracing::warn!(delivery_id = %lease.delivery_id, error = %e, "queue: cannot defer a delivery");
+            }
         }
         self.release(lease);
     }
@@ -312,7 +325,10 @@ impl Workers {
         // An open breaker: the delivery waits in the queue, no attempt spent, and this
         // worker moves on to other upstreams' deliveries.
         let pass = match lane.map(|l| self.forward.admit(&l.route, tokio::time::Instant::now())) {
-            Some(Admission::Open { retry_after }) => return self.defer(&lease, retry_after).await,
+            Some(Admission::Open { retry_after }) => {
+                let why = "the upstream's circuit breaker stayed open";
+                return self.defer(lane, &lease, retry_after, why).await;
+            }
             Some(Admission::Pass(pass)) => Some(pass),
             None => None,
         };
@@ -335,10 +351,14 @@ impl Workers {
         if let Some(rate) = lane.and_then(|l| l.route.rate()) {
             match self.queue.pace(&lease.route, rate).await {
                 Ok(None) => {}
-                Ok(Some(wait)) => return self.defer(&lease, wait).await,
+                Ok(Some(wait)) => {
+                    let why = "the route's rate kept it waiting";
+                    return self.defer(lane, &lease, wait, why).await;
+                }
                 Err(e) => {
                     tracing::warn!(delivery_id = %lease.delivery_id, error = %e, "queue: cannot check the route's rate");
-                    return self.defer(&lease, Duration::from_secs(1)).await;
+                    let why = "the route's rate could not be checked";
+                    return self.defer(lane, &lease, Duration::from_secs(1), why).await;
                 }
             }
         }

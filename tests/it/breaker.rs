@@ -113,7 +113,8 @@ async fn a_4xx_is_an_answer_and_never_opens_the_breaker() {
 }
 
 on_each_store!(
-    queue_mode_deliveries_wait_without_an_attempt_while_open_and_other_upstreams_are_unaffected
+    queue_mode_deliveries_wait_without_an_attempt_while_open_and_other_upstreams_are_unaffected,
+    a_delivery_the_breaker_keeps_waiting_past_max_age_is_dead_lettered_without_an_attempt,
 );
 
 async fn queue_mode_deliveries_wait_without_an_attempt_while_open_and_other_upstreams_are_unaffected(
@@ -263,5 +264,42 @@ async fn the_console_overview_lists_the_breaker_with_its_state() {
     assert!(
         text.contains(r#"<span class="chip warn">open</span> route=openai/fragile upstream=0"#),
         "{text}"
+    );
+}
+
+/// `max_age` ends a wait behind an open breaker as it ends retries: a deferral that
+/// would reach past it dead-letters the delivery (no attempt spent on it), and the
+/// record says why.
+async fn a_delivery_the_breaker_keeps_waiting_past_max_age_is_dead_lettered_without_an_attempt(
+    store: TestStore,
+) {
+    let down = closed_port().await;
+    let gw = Gateway::start(
+        config()
+            .store(&store)
+            .queued()
+            .route("*", format!("http://{down}/hooks"))
+            .route_option("breaker", r#"{ failures = 1, cooldown = "30s" }"#)
+            .queue_option(
+                "backoff",
+                r#"{ initial = "50ms", max = "100ms", jitter = false }"#,
+            )
+            .queue_option("max_age", r#""3s""#),
+    )
+    .await;
+
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+
+    let record = Deliveries::of(&gw)
+        .wait_for_state(&id, "failed_final")
+        .await;
+    assert_eq!(
+        record["attempts"], 1,
+        "the failed one; the wait was none: {record:#}"
+    );
+    let error = record["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("circuit breaker stayed open until past queue.max_age"),
+        "{record:#}"
     );
 }

@@ -49,8 +49,8 @@ use super::record::{
     partition_of,
 };
 use super::{
-    Attempt, BoxFuture, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError, QueueStats,
-    Replayed, Settlement, State, Step, UnixMillis,
+    Attempt, BoxFuture, Deferred, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError,
+    QueueStats, Replayed, Settlement, State, Step, UnixMillis,
 };
 use crate::config::RateLimitSettings;
 use crate::config::{QueueSettings, RedisSettings};
@@ -300,18 +300,33 @@ return 1
 ";
 
 /// Gives a taken entry back to wait in `scheduled` until ARGV[3], without an attempt: the
-/// record keeps its state, `next_attempt_at` is set; `TAKE` promotes it once due.
+/// record keeps its state, `next_attempt_at` is set; `TAKE` promotes it once due. When
+/// ARGV[3] is past `max_age` (ARGV[7] ms) after it was queued, dead-letters it instead
+/// (as `SETTLE` does a final failure, without a history entry) and returns 2.
 /// Nothing when the entry is no longer this consumer's.
-/// KEYS: record, ready, scheduled. ARGV: group, entry id, until, id, consumer.
+/// KEYS: record, ready, scheduled, history, dead. ARGV: group, entry id, until, id,
+/// consumer, now, max_age ms, retention ms, last error, key base, index trim bound.
 const DEFER: &str = r"
 if not owned(KEYS[2], ARGV[1], ARGV[2], ARGV[5]) then return 0 end
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[2])
-local state = redis.call('HGET', KEYS[1], 'state')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'enqueued_at')
+local state = cur[1]
 if not state or state == 'processed' or state == 'failed_final' then return 0 end
-redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-return 1
+if tonumber(ARGV[3]) <= (tonumber(cur[2]) or 0) + tonumber(ARGV[7]) then
+  redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[3])
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+  return 1
+end
+restate(ARGV[10], KEYS[1], ARGV[4], state, 'failed_final', cur[2])
+redis.call('ZREMRANGEBYSCORE', ARGV[10] .. 'x:state:failed_final', '-inf', '(' .. ARGV[11])
+redis.call('HSET', KEYS[1], 'state', 'failed_final', 'updated_at', ARGV[6], 'last_error', ARGV[9])
+redis.call('HDEL', KEYS[1], 'next_attempt_at')
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
+redis.call('PEXPIRE', KEYS[4], ARGV[8])
+redis.call('ZADD', KEYS[5], ARGV[6], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (tonumber(ARGV[6]) - tonumber(ARGV[8])))
+return 2
 ";
 
 /// Renews this consumer's hold on each entry it still owns (an entry another instance
@@ -411,6 +426,8 @@ pub struct RedisQueue {
     consumer: String,
     visibility: Duration,
     retention: Duration,
+    /// A deferral past this after the delivery was queued dead-letters it (`DEFER`).
+    max_age: Duration,
     /// Index entries older than `max_age + retention` belong to forgotten records.
     index_horizon: Duration,
     ids: IdGenerator,
@@ -451,6 +468,7 @@ impl RedisQueue {
             consumer: instance.to_owned(),
             visibility: settings.visibility_timeout,
             retention: settings.retention,
+            max_age: settings.max_age,
             index_horizon: settings.max_age + settings.retention,
             ids: IdGenerator::default(),
             enqueues: AtomicU64::new(0),
@@ -464,7 +482,7 @@ impl RedisQueue {
                 attach: Script::new(&[OWNED, ATTACH].concat()),
                 settle: Script::new(&[OWNED, FACETS, SETTLE].concat()),
                 hand_back: Script::new(&[OWNED, FACETS, HAND_BACK].concat()),
-                defer: Script::new(&[OWNED, DEFER].concat()),
+                defer: Script::new(&[OWNED, FACETS, DEFER].concat()),
                 pace: Script::new(RATE),
                 keep: Script::new(KEEP),
                 prune: Script::new(PRUNE),
@@ -909,7 +927,9 @@ impl Queue for RedisQueue {
         &'a self,
         lease: &'a Lease,
         until: UnixMillis,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        now: UnixMillis,
+        why: &'a str,
+    ) -> BoxFuture<'a, Result<Deferred, QueueError>> {
         Box::pin(async move {
             let id = &lease.delivery_id;
             let p = self.partitions.of(id);
@@ -918,13 +938,25 @@ impl Queue for RedisQueue {
                 .key(p.record_key(id))
                 .key(&p.ready)
                 .key(&p.scheduled)
+                .key(p.history_key(id))
+                .key(&p.dead)
                 .arg(GROUP)
                 .arg(&lease.token)
                 .arg(until)
                 .arg(id)
-                .arg(&self.consumer);
-            let _: i64 = self.redis.script("defer", invocation).await?;
-            Ok(())
+                .arg(&self.consumer)
+                .arg(now)
+                .arg(millis(self.max_age))
+                .arg(millis(self.retention))
+                .arg(why)
+                .arg(&p.base)
+                .arg(self.index_bound(now));
+            let done: i64 = self.redis.script("defer", invocation).await?;
+            Ok(if done == 2 {
+                Deferred::DeadLettered
+            } else {
+                Deferred::Waiting
+            })
         })
     }
 
@@ -1196,7 +1228,7 @@ mod tests {
             assert!(!script.contains("KEYS[6]"));
         }
         // The index keys built inside the scripts start with the tagged base, passed in.
-        for script in [FACETS, ENQUEUE, BEGIN, SETTLE, HAND_BACK, REPLAY] {
+        for script in [FACETS, ENQUEUE, BEGIN, SETTLE, HAND_BACK, DEFER, REPLAY] {
             for (at, _) in script.match_indices("'x:") {
                 assert!(script[..at].ends_with(" .. "), "{}", &script[at..]);
             }

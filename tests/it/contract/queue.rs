@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use hookgate::queue::record::RecordBody;
 use hookgate::queue::{
-    Attempt, Detail, Job, Lease, ListFilter, NewDelivery, Queue, Replayed, Settlement, State, Step,
-    UnixMillis, is_delivery_id, now_millis,
+    Attempt, Deferred, Detail, Job, Lease, ListFilter, NewDelivery, Queue, Replayed, Settlement,
+    State, Step, UnixMillis, is_delivery_id, now_millis,
 };
 use http::header::{HeaderMap, HeaderValue};
 use tokio::time::{Instant, sleep};
@@ -373,8 +373,9 @@ pub async fn a_deferred_delivery_waits_until_its_time_without_an_attempt(queue: 
     let id = enqueue(queue, delivery(SOURCE, 1, t)).await;
     let lease = take_one(queue, t + 1).await;
 
-    queue.defer(&lease, t + 5_000).await.unwrap();
+    let deferred = queue.defer(&lease, t + 5_000, t + 1, WHY).await.unwrap();
 
+    assert_eq!(deferred, Deferred::Waiting);
     let shown = show(queue, &id).await.summary;
     assert_eq!(shown.state, State::Queued);
     assert_eq!(shown.attempts, 0);
@@ -387,6 +388,52 @@ pub async fn a_deferred_delivery_waits_until_its_time_without_an_attempt(queue: 
     assert_eq!(again.delivery_id, id);
     let job = begin(queue, &again, t + 5_001).await;
     assert_eq!(job.attempt, 1, "the wait was no attempt");
+}
+
+/// The last error of a deferral that reaches past `max_age`, as a worker words it.
+const WHY: &str = "the upstream's circuit breaker stayed open until past queue.max_age";
+
+/// `queue.max_age` of the contract's queues: hookgate's default.
+const MAX_AGE_MS: UnixMillis = 72 * 3600 * 1000;
+
+/// A wait that would end past `max_age` after the delivery was queued ends it now, as
+/// a retry that would start past `max_age` does: dead-lettered (replayable), still
+/// without an attempt, its last error saying why.
+pub async fn a_deferral_past_max_age_dead_letters_the_delivery_without_an_attempt(
+    queue: &dyn Queue,
+) {
+    let t = now_millis();
+    let id = enqueue(queue, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(queue, t + 1).await;
+    let within = queue
+        .defer(&lease, t + MAX_AGE_MS, t + 1, WHY)
+        .await
+        .unwrap();
+    assert_eq!(within, Deferred::Waiting, "up to max_age it still waits");
+    let lease = take_one(queue, t + MAX_AGE_MS).await;
+
+    let past = queue
+        .defer(&lease, t + MAX_AGE_MS + 1, t + 2, WHY)
+        .await
+        .unwrap();
+
+    assert_eq!(past, Deferred::DeadLettered);
+    let shown = show(queue, &id).await;
+    assert_eq!(shown.summary.state, State::FailedFinal);
+    assert_eq!(shown.summary.attempts, 0);
+    assert_eq!(shown.summary.last_error.as_deref(), Some(WHY));
+    assert_eq!(shown.summary.next_attempt_at, None);
+    assert_eq!(shown.summary.updated_at, t + 2);
+    assert!(shown.history.is_empty(), "{:?}", shown.history);
+    assert_eq!(queue.failed_since(t).await.unwrap(), [id.clone()]);
+    assert!(queue.take(10, t + 3).await.unwrap().is_empty());
+    assert_eq!(queue.stats().await.unwrap().depth, 0);
+    assert_eq!(
+        queue.replay(&id, t + 4).await.unwrap(),
+        Replayed::Queued {
+            was: State::FailedFinal
+        }
+    );
 }
 
 /// `rate`: a bucket per key allows its burst at once, then one start per interval.
@@ -730,7 +777,7 @@ pub async fn a_settle_repeated_after_it_went_through_changes_nothing(queue: &dyn
         .await
         .unwrap();
     queue.hand_back(&lease, None, t + 13).await.unwrap();
-    queue.defer(&lease, t + 20).await.unwrap();
+    queue.defer(&lease, t + 20, t + 14, WHY).await.unwrap();
     assert!(queue.begin(&lease, t + 14).await.unwrap().is_none());
 
     let shown = show(queue, &id).await;
@@ -1371,7 +1418,9 @@ pub async fn a_lease_taken_over_by_another_instance_can_no_longer_move_the_deliv
         .await
         .unwrap();
     late.hand_back(&lease, None, now + 2).await.unwrap();
-    late.defer(&lease, now + 60_000).await.unwrap();
+    late.defer(&lease, now + 60_000, now + 2, WHY)
+        .await
+        .unwrap();
     let fetched = fetch_step(&stale, now, Some(200), "fetched");
     let attached = late
         .attach(&stale, &fetched, Bytes::from_static(b"{}"), now + 3)
