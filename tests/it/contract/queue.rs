@@ -425,7 +425,10 @@ pub async fn a_deferral_past_max_age_dead_letters_the_delivery_without_an_attemp
     assert_eq!(shown.summary.next_attempt_at, None);
     assert_eq!(shown.summary.updated_at, t + 2);
     assert!(shown.history.is_empty(), "{:?}", shown.history);
-    assert_eq!(queue.failed_since(t).await.unwrap(), [id.clone()]);
+    assert_eq!(
+        queue.failed_since(t).await.unwrap(),
+        std::slice::from_ref(&id)
+    );
     assert!(queue.take(10, t + 3).await.unwrap().is_empty());
     assert_eq!(queue.stats().await.unwrap().depth, 0);
     assert_eq!(
