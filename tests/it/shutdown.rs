@@ -124,6 +124,8 @@ async fn a_clean_shutdown_flushes_every_access_log_line() {
 async fn a_gateway_given_one_cpu_runs_on_one_thread_and_still_drains_on_shutdown() {
     let (draining, config) = Draining::start().await;
     let mut gw = GatewayProcess::spawn_on_one_cpu(config).await;
+    // The line reaches the log just after the address reached `spawn`.
+    gw.log_containing(r#""message":"listening""#).await;
     let listening = log_events(&gw)
         .into_iter()
         .find(|event| event["message"] == "listening")
