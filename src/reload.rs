@@ -228,7 +228,8 @@ impl Live {
     }
 
     /// Refuses what cannot be applied at all: queue mode where the running gateway
-    /// has no queue, or a body size that the running body budget could never hold.
+    /// has no queue, a body size that the running body budget could never hold, or a
+    /// running admin listener off loopback left without its token.
     fn admissible(&self, settings: Settings) -> Result<Settings, ConfigError> {
         // The file's own check held the token against the file's `admin.listen`; the
         // listener stays where it is until a restart, so hold it against that too.
