@@ -168,26 +168,31 @@ impl Dedupe {
     /// queue whose store timed out after the delivery was sent: `QueueError::
     /// MaybeStored`): committed if it was, so the sender's retry is a duplicate,
     /// released if not, so the retry is stored. Until then the claim stays in flight
-    /// and retries get 409; asked every `POLL` for as long as the claim lasts, after
-    /// which it is left to expire.
+    /// and retries get 409. Asked at once, then after pauses that double from 500 ms to
+    /// 5 s (a store slow enough to time enqueues out is not asked the more for it), for
+    /// as long as the claim lasts, after which it is left to expire.
     pub async fn settle_when_known<E, F>(&self, claim: Claim, mut stored: impl FnMut() -> F)
     where
         E: std::fmt::Display,
         F: Future<Output = Result<bool, E>>,
     {
-        const POLL: Duration = Duration::from_millis(500);
-        let until = Instant::now() + self.settings.in_flight_ttl;
+        // tokio's clock, as the pauses are.
+        let until = tokio::time::Instant::now() + self.settings.in_flight_ttl;
+        let mut pause = Duration::from_millis(500);
         loop {
             match stored().await {
                 Ok(stored) => {
                     tracing::info!(key = %claim.key, stored, "dedupe: an uncertain enqueue is settled");
                     return self.settle(claim, stored).await;
                 }
-                Err(e) if Instant::now() + POLL >= until => {
+                Err(e) if tokio::time::Instant::now() + pause >= until => {
                     tracing::warn!(key = %claim.key, error = %e, "dedupe: cannot tell whether an uncertain enqueue stored its delivery; its claim expires");
                     return;
                 }
-                Err(_) => tokio::time::sleep(POLL).await,
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }
@@ -200,13 +205,12 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use std::time::Duration;
 
-    #[tokio::test]
-    async fn tokens_are_distinct_fixed_width_hex() {
+    fn dedupe() -> Dedupe {
         let store = Arc::new(MemoryStore::new(RateLimitSettings {
             requests_per_second: 1.0,
             burst: 1,
         }));
-        let dedupe = Dedupe::new(
+        Dedupe::new(
             store,
             DedupeSettings {
                 ttl: Duration::from_secs(60),
@@ -215,7 +219,53 @@ mod tests {
             },
             OnError::Reject,
             Arc::new(Metrics::new([])),
-        );
+        )
+    }
+
+    async fn won(dedupe: &Dedupe, id: &str) -> Claim {
+        match dedupe.claim("s", id).await {
+            Ok(Claimed::Won(claim)) => claim,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_whose_enqueue_is_uncertain_is_settled_by_what_the_queue_says() {
+        let dedupe = dedupe();
+
+        let mut asks = 0;
+        let claim = won(&dedupe, "stored").await;
+        let stored = || {
+            asks += 1;
+            let answer = if asks < 3 { Err("slow") } else { Ok(true) };
+            async move { answer }
+        };
+        dedupe.settle_when_known(claim, stored).await;
+        assert_eq!(asks, 3, "asked until it could say");
+        assert!(matches!(
+            dedupe.claim("s", "stored").await,
+            Ok(Claimed::AlreadyDone)
+        ));
+
+        let claim = won(&dedupe, "lost").await;
+        dedupe
+            .settle_when_known(claim, || async { Ok::<_, &str>(false) })
+            .await;
+        won(&dedupe, "lost").await;
+
+        let claim = won(&dedupe, "unknown").await;
+        dedupe
+            .settle_when_known(claim, || async { Err::<bool, _>("down") })
+            .await;
+        assert!(matches!(
+            dedupe.claim("s", "unknown").await,
+            Err(Reject::InFlight { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn tokens_are_distinct_fixed_width_hex() {
+        let dedupe = dedupe();
         let (a, b) = (dedupe.token(), dedupe.token());
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
