@@ -317,12 +317,6 @@ impl Queue for MemoryQueue {
         ready(Ok(ids))
     }
 
-    /// An enqueue here never fails, so never answers `MaybeStored`; answered anyway.
-    fn stored<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<bool, QueueError>> {
-        let inner = self.lock();
-        ready(Ok(ids.iter().any(|id| inner.records.contains_key(id))))
-    }
-
     fn take(&self, max: usize, now: UnixMillis) -> BoxFuture<'_, Result<Vec<Lease>, QueueError>> {
         let mut inner = self.lock();
         inner.forget_expired(now);

@@ -123,8 +123,16 @@ pub trait Queue: Send + Sync {
     }
 
     /// Whether deliveries an enqueue answered `QueueError::MaybeStored` for were stored
-    /// (all copies of one enqueue are stored together, or none).
-    fn stored<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<bool, QueueError>>;
+    /// (all copies of one enqueue are stored together, or none): whether the first has
+    /// a record. Redis, whose enqueue may still arrive after the answer, also fences it.
+    fn stored<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<bool, QueueError>> {
+        Box::pin(async move {
+            match ids.first() {
+                Some(id) => Ok(self.show(id, false).await?.is_some()),
+                None => Ok(false),
+            }
+        })
+    }
 
     /// Takes up to `max` deliveries for this instance: due retries, deliveries another
     /// instance took and stopped renewing, and new ones.

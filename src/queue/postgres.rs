@@ -666,25 +666,6 @@ impl Queue for PostgresQueue {
         })
     }
 
-    /// A statement is one transaction: after a commit whose answer was lost, the rows
-    /// are there or not.
-    fn stored<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<bool, QueueError>> {
-        Box::pin(async move {
-            let row = self
-                .pool
-                .call("stored", async |client| {
-                    let statement = client
-                        .prepare_cached(
-                            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE id = ANY($1))",
-                        )
-                        .await?;
-                    client.query_one(&statement, &[&ids]).await
-                })
-                .await?;
-            Ok(row.get(0))
-        })
-    }
-
     fn take(&self, max: usize, now: UnixMillis) -> BoxFuture<'_, Result<Vec<Lease>, QueueError>> {
         Box::pin(async move {
             self.sweep().await?;

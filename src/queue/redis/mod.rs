@@ -187,6 +187,21 @@ local function owned(stream, group, entry, consumer)
 end
 ";
 
+/// A record that became final (`SETTLE`, or `DEFER` past `max_age`): kept with its
+/// history for `retention` ms; a dead letter is also listed in `dead` (entries older
+/// than the retention trimmed) and its state set trimmed to the index bound.
+const FINISHED: &str = r"
+local function finished(base, record, history, dead, id, state, now, retention, bound)
+  redis.call('PEXPIRE', record, retention)
+  redis.call('PEXPIRE', history, retention)
+  if state == 'failed_final' then
+    redis.call('ZREMRANGEBYSCORE', base .. 'x:state:failed_final', '-inf', '(' .. bound)
+    redis.call('ZADD', dead, now, id)
+    redis.call('ZREMRANGEBYSCORE', dead, '-inf', '(' .. (tonumber(now) - tonumber(retention)))
+  end
+end
+";
+
 /// Marks the record `processing`, counts the attempt, opens its history entry and
 /// returns what the attempt needs; a final or vanished record just drops the entry.
 /// Nothing when the entry is no longer this consumer's.
@@ -244,9 +259,6 @@ if was then
     redis.call('HINCRBY', KEYS[1], 'fetches', 1)
   end
   restate(ARGV[12], KEYS[1], ARGV[11], was, ARGV[4], cur[2])
-  if ARGV[4] == 'failed_final' then
-    redis.call('ZREMRANGEBYSCORE', ARGV[12] .. 'x:state:' .. ARGV[4], '-inf', '(' .. ARGV[13])
-  end
   -- One HSET and at most one HDEL for every field that changes.
   local set, gone = {'state', ARGV[4], 'updated_at', ARGV[3]}, {}
   if ARGV[6] == '' then table.insert(gone, 'last_status') else table.insert(set, 'last_status') table.insert(set, ARGV[6]) end
@@ -264,12 +276,7 @@ if was then
   if ARGV[4] == 'failed_retryable' then
     redis.call('ZADD', KEYS[4], ARGV[5], ARGV[11])
   else
-    redis.call('PEXPIRE', KEYS[1], ARGV[10])
-    redis.call('PEXPIRE', KEYS[2], ARGV[10])
-    if ARGV[4] == 'failed_final' then
-      redis.call('ZADD', KEYS[5], ARGV[3], ARGV[11])
-      redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (tonumber(ARGV[3]) - tonumber(ARGV[10])))
-    end
+    finished(ARGV[12], KEYS[1], KEYS[2], KEYS[5], ARGV[11], ARGV[4], ARGV[3], ARGV[10], ARGV[13])
   end
 end
 redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
@@ -319,13 +326,9 @@ if tonumber(ARGV[3]) <= (tonumber(cur[2]) or 0) + tonumber(ARGV[7]) then
   return 1
 end
 restate(ARGV[10], KEYS[1], ARGV[4], state, 'failed_final', cur[2])
-redis.call('ZREMRANGEBYSCORE', ARGV[10] .. 'x:state:failed_final', '-inf', '(' .. ARGV[11])
 redis.call('HSET', KEYS[1], 'state', 'failed_final', 'updated_at', ARGV[6], 'last_error', ARGV[9])
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
-redis.call('PEXPIRE', KEYS[1], ARGV[8])
-redis.call('PEXPIRE', KEYS[4], ARGV[8])
-redis.call('ZADD', KEYS[5], ARGV[6], ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (tonumber(ARGV[6]) - tonumber(ARGV[8])))
+finished(ARGV[10], KEYS[1], KEYS[4], KEYS[5], ARGV[4], 'failed_final', ARGV[6], ARGV[8], ARGV[11])
 return 2
 ";
 
@@ -480,9 +483,9 @@ impl RedisQueue {
                 take: Script::new(TAKE),
                 begin: Script::new(&[OWNED, FACETS, BEGIN].concat()),
                 attach: Script::new(&[OWNED, ATTACH].concat()),
-                settle: Script::new(&[OWNED, FACETS, SETTLE].concat()),
+                settle: Script::new(&[OWNED, FACETS, FINISHED, SETTLE].concat()),
                 hand_back: Script::new(&[OWNED, FACETS, HAND_BACK].concat()),
-                defer: Script::new(&[OWNED, FACETS, DEFER].concat()),
+                defer: Script::new(&[OWNED, FACETS, FINISHED, DEFER].concat()),
                 pace: Script::new(RATE),
                 keep: Script::new(KEEP),
                 prune: Script::new(PRUNE),
@@ -1228,7 +1231,9 @@ mod tests {
             assert!(!script.contains("KEYS[6]"));
         }
         // The index keys built inside the scripts start with the tagged base, passed in.
-        for script in [FACETS, ENQUEUE, BEGIN, SETTLE, HAND_BACK, DEFER, REPLAY] {
+        for script in [
+            FACETS, FINISHED, ENQUEUE, BEGIN, SETTLE, HAND_BACK, DEFER, REPLAY,
+        ] {
             for (at, _) in script.match_indices("'x:") {
                 assert!(script[..at].ends_with(" .. "), "{}", &script[at..]);
             }
