@@ -127,7 +127,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         settings.trusted_proxies.clone(),
         metrics.connections("server"),
     );
-    let server_policy = ConnectionPolicy::new(&limits, admission.clone());
+    let requests = tokio_util::task::TaskTracker::new();
+    let server_policy =
+        ConnectionPolicy::new(&limits, admission.clone()).waiting_for(requests.clone());
     let admin_policy = ConnectionPolicy::new(
         &limits,
         Admission::new(
@@ -184,6 +186,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             workers: workers.clone(),
             telemetry: telemetry.clone(),
             admission,
+            requests,
         },
     );
     let console = Arc::new(Console::new(

@@ -7,7 +7,8 @@
 //! Open, nothing is sent (the pipeline answers 503 `upstream_circuit_open`, the workers
 //! defer the delivery without an attempt). Once the cooldown is over, the next request
 //! is let through as the one probe (half-open): its success closes the breaker, its
-//! failure opens it for another cooldown; others wait meanwhile.
+//! failure opens it for another cooldown; others wait meanwhile. A probe given back
+//! without an outcome leaves it half-open for the next request to probe.
 //!
 //! State is per instance, in memory: it is decided on every attempt, and a shared one
 //! would cost a store round trip each time and a way to agree on one probe across
@@ -83,6 +84,27 @@ impl Breakers {
         breaker.lock().policy = policy;
         breaker.clone()
     }
+
+    /// Forgets the breakers (and their series) of upstreams that `routes` (every route
+    /// of a reloaded configuration) no longer has, or has without a breaker: a removed
+    /// route's last state would otherwise stay on the gauge and its alert for good, and
+    /// come back with the route.
+    pub fn keep_only<'a>(&self, routes: impl IntoIterator<Item = &'a Route>) {
+        let kept: std::collections::HashSet<(String, String)> = routes
+            .into_iter()
+            .flat_map(Route::copies)
+            .filter(|copy| copy.breaker().is_some())
+            .map(|copy| (copy.base_label().to_owned(), copy.upstream_key().to_owned()))
+            .collect();
+        let mut map = self.by_upstream.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|key, _| {
+            let keep = kept.contains(key);
+            if !keep {
+                self.metrics.forget_breaker(&key.0, &key.1);
+            }
+            keep
+        });
+    }
 }
 
 /// One upstream's breaker.
@@ -104,8 +126,11 @@ enum State {
     Open {
         until: Instant,
     },
-    /// The probe is out.
-    HalfOpen,
+    /// The cooldown is over: one probe decides. `probing` while it is out; a probe
+    /// given back without an outcome leaves the next request to probe.
+    HalfOpen {
+        probing: bool,
+    },
 }
 
 impl State {
@@ -113,7 +138,7 @@ impl State {
         match self {
             State::Closed { .. } => 0,
             State::Open { .. } => 1,
-            State::HalfOpen => 2,
+            State::HalfOpen { .. } => 2,
         }
     }
 }
@@ -134,11 +159,16 @@ impl Breaker {
                 retry_after: until - now,
             },
             State::Open { .. } => {
-                self.enter(&mut inner, State::HalfOpen);
+                self.enter(&mut inner, State::HalfOpen { probing: true });
                 drop(inner);
                 Admission::Pass(Pass(Some((self, true))))
             }
-            State::HalfOpen => Admission::Open {
+            State::HalfOpen { probing: false } => {
+                inner.state = State::HalfOpen { probing: true };
+                drop(inner);
+                Admission::Pass(Pass(Some((self, true))))
+            }
+            State::HalfOpen { probing: true } => Admission::Open {
                 retry_after: PROBE_WAIT.min(inner.policy.cooldown),
             },
         }
@@ -148,10 +178,10 @@ impl Breaker {
         let mut inner = self.lock();
         let cooldown = inner.policy.cooldown;
         match (inner.state, failed) {
-            (State::HalfOpen, false) if probe => {
+            (State::HalfOpen { .. }, false) if probe => {
                 self.enter(&mut inner, State::Closed { failures: 0 })
             }
-            (State::HalfOpen, true) if probe => self.enter(
+            (State::HalfOpen { .. }, true) if probe => self.enter(
                 &mut inner,
                 State::Open {
                     until: now + cooldown,
@@ -177,24 +207,20 @@ impl Breaker {
         }
     }
 
-    /// The probe ended without an outcome (the attempt was handed back): the next
-    /// request may probe at once.
-    fn abandon_probe(&self, now: Instant) {
+    /// The probe ended without an outcome (the attempt was handed back, deferred by
+    /// the route's rate, or its fetch failed): the next request probes at once. No
+    /// transition: the upstream neither failed nor answered.
+    fn abandon_probe(&self) {
         let mut inner = self.lock();
-        if inner.state == State::HalfOpen {
-            self.enter(&mut inner, State::Open { until: now });
+        if inner.state == (State::HalfOpen { probing: true }) {
+            inner.state = State::HalfOpen { probing: false };
         }
     }
 
     fn enter(&self, inner: &mut Inner, state: State) {
         inner.state = state;
         self.metrics.state.set(state.gauge());
-        let index = match state {
-            State::Closed { .. } => 0,
-            State::Open { .. } => 1,
-            State::HalfOpen => 2,
-        };
-        self.metrics.transitions[index].inc();
+        self.metrics.transitions[state.gauge() as usize].inc();
     }
 }
 
@@ -222,7 +248,7 @@ impl Pass {
 impl Drop for Pass {
     fn drop(&mut self) {
         if let Some((breaker, true)) = self.0.take() {
-            breaker.abandon_probe(Instant::now());
+            breaker.abandon_probe();
         }
     }
 }
@@ -353,6 +379,70 @@ mod tests {
         let after = later + Duration::from_millis(1000);
         drop(pass(&breakers, &route, after));
         assert!(pass(&breakers, &route, Instant::now().max(after)).is_probe());
+    }
+
+    /// A probe given back (deferred by the route's rate, a failed fetch, a shutdown)
+    /// is no transition: it once counted an `open` and a `half_open` each time.
+    #[test]
+    fn a_probe_given_back_leaves_it_half_open_without_a_transition() {
+        let metrics = Arc::new(Metrics::new([]));
+        let breakers = Breakers::new(metrics.clone());
+        let route = route(1, 1000);
+        let t = Instant::now();
+        pass(&breakers, &route, t).record(&answered(500), t);
+        let after = t + Duration::from_millis(1000);
+        for _ in 0..3 {
+            let probe = pass(&breakers, &route, after);
+            assert!(probe.is_probe());
+            open_for(&breakers, &route, after);
+            drop(probe);
+        }
+        let text = gauge(&metrics);
+        for (to, times) in [("open", 1), ("half_open", 1), ("closed", 0)] {
+            assert!(
+                text.contains(&format!(
+                    r#"hookgate_breaker_transitions_total{{route="src/r",to="{to}",upstream="0"}} {times}"#
+                )),
+                "{text}"
+            );
+        }
+        assert!(text.contains(r#"hookgate_breaker_state{route="src/r",upstream="0"} 2"#));
+        pass(&breakers, &route, after).record(&answered(204), after);
+        assert!(!pass(&breakers, &route, after).is_probe());
+    }
+
+    /// A reload that removes a route (or its breaker) ends its series: an open
+    /// breaker's gauge once stayed at 1, and its alert firing, until a restart.
+    #[test]
+    fn a_reload_without_the_route_forgets_its_breaker_and_its_series() {
+        let metrics = Arc::new(Metrics::new([]));
+        let breakers = Breakers::new(metrics.clone());
+        let kept = route(1, 60_000);
+        let gone = Route::new("src", "gone", &["*".to_owned()], "http://127.0.0.1:9/")
+            .unwrap()
+            .with_breaker(kept.breaker());
+        let t = Instant::now();
+        for route in [&kept, &gone] {
+            pass(&breakers, route, t).record(&UpstreamOutcome::Timeout, t);
+        }
+        assert!(
+            gauge(&metrics).contains(r#"hookgate_breaker_state{route="src/gone",upstream="0"} 1"#)
+        );
+
+        breakers.keep_only([&kept]);
+        let text = gauge(&metrics);
+        assert!(!text.contains("src/gone"), "{text}");
+        assert!(
+            text.contains(r#"hookgate_breaker_state{route="src/r",upstream="0"} 1"#),
+            "{text}"
+        );
+        open_for(&breakers, &kept, t);
+        // Back in a later reload, it starts closed.
+        assert!(!pass(&breakers, &gone, t).is_probe());
+        breakers.keep_only([
+            &Route::new("src", "r", &["*".to_owned()], "http://127.0.0.1:9/").unwrap(),
+        ]);
+        assert!(!gauge(&metrics).contains("breaker_state"));
     }
 
     #[test]

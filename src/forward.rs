@@ -257,6 +257,14 @@ impl Forwarder {
         }
     }
 
+    /// Drops the breakers of upstreams that `routes` (a reloaded configuration's) no
+    /// longer has (`Breakers::keep_only`).
+    pub fn keep_breakers_of<'a>(&self, routes: impl IntoIterator<Item = &'a Route>) {
+        if let Some(breakers) = &self.breakers {
+            breakers.keep_only(routes);
+        }
+    }
+
     /// POSTs `body` to the route's upstream and tells what happened. Only a 2xx
     /// answer delivered it (`UpstreamOutcome::is_delivered`).
     pub async fn send(

@@ -711,6 +711,16 @@ impl Metrics {
         }
     }
 
+    /// Ends the breaker series of an upstream a reload removed (`Breakers::keep_only`).
+    pub fn forget_breaker(&self, route: &str, upstream: &str) {
+        let _ = self.breaker_state.remove_label_values(&[route, upstream]);
+        for to in BREAKER_STATES {
+            let _ = self
+                .breaker_transitions
+                .remove_label_values(&[route, upstream, to]);
+        }
+    }
+
     /// The connection series of one listener (`server` or `admin`), resolved once.
     pub fn connections(&self, listener: &str) -> ConnectionMetrics {
         ConnectionMetrics {

@@ -32,6 +32,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use prometheus::IntCounter;
+use tokio_util::task::TaskTracker;
 
 use crate::body_budget::{BodyBudget, Reservation};
 use crate::breaker::Admission;
@@ -66,6 +67,9 @@ pub struct Gateway {
     body_budget: Arc<BodyBudget>,
     tls: bool,
     telemetry: Telemetry,
+    /// Every request's pipeline task, waited for at shutdown: a sender that hung up
+    /// ends its connection, which then no longer holds the shutdown back.
+    requests: TaskTracker,
 }
 
 /// A source with what the request path needs of it, resolved once.
@@ -148,12 +152,20 @@ impl Gateway {
             body_budget,
             tls: settings.server.tls.is_some(),
             telemetry,
+            requests: TaskTracker::new(),
             sources: settings
                 .sources
                 .into_iter()
                 .map(|source| (source.path.clone(), entry(source)))
                 .collect(),
         }
+    }
+
+    /// Requests are tracked in `requests` (shared by every gateway a reload builds, so a
+    /// shutdown waits for all of them).
+    pub fn with_requests(mut self, requests: TaskTracker) -> Self {
+        self.requests = requests;
+        self
     }
 
     /// Answers one request. The pipeline runs in its own task, so a sender that hangs
@@ -168,7 +180,11 @@ impl Gateway {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        match tokio::spawn(async move { self.respond(req, peer).await }).await {
+        let requests = self.requests.clone();
+        match requests
+            .spawn(async move { self.respond(req, peer).await })
+            .await
+        {
             Ok(response) => response,
             Err(e) => {
                 tracing::error!(error = %e, "request task failed");

@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub telemetry: Telemetry,
     /// The gateway listener's connection admission (its trusted proxies follow a reload).
     pub admission: Arc<Admission>,
+    /// Every request's pipeline, whichever gateway it started on (`Gateway::with_requests`).
+    pub requests: tokio_util::task::TaskTracker,
 }
 
 /// The parts of a running gateway that a reload replaces.
@@ -204,6 +206,9 @@ impl Live {
         if let Some(workers) = &self.shared.workers {
             workers.set_routes(&settings);
         }
+        self.shared
+            .forward
+            .keep_breakers_of(settings.sources.iter().flat_map(|s| s.routes.iter()));
         let warnings = settings.warnings.clone();
         self.loaded.store(Arc::new(Loaded::of(&settings, true)));
         self.gateway
@@ -297,6 +302,7 @@ fn build_gateway(settings: Settings, shared: &Shared) -> Gateway {
         shared.body_budget.clone(),
         shared.telemetry.clone(),
     )
+    .with_requests(shared.requests.clone())
 }
 
 /// The values a reload cannot change, each under the key an operator would look for.
@@ -341,11 +347,23 @@ impl Fixed {
                     (l.max_buffered_body_bytes, l.max_buffered_body_bytes_per_ip)
                 ),
             ),
-            ("[store]", format!("{:?}", s.store.backend)),
+            (
+                "[store]",
+                with_credentials(&s.store.backend, store_credentials(s)),
+            ),
             ("[queue]", format!("{:?}", s.queue)),
             ("[upstream_tls]", format!("{:?}", s.upstream_tls)),
             ("log.level", s.log_level.clone()),
-            ("[telemetry]", format!("{:?}", s.telemetry)),
+            (
+                "[telemetry]",
+                with_credentials(
+                    &s.telemetry,
+                    s.telemetry
+                        .iter()
+                        .flat_map(|t| &t.headers)
+                        .map(|(_, v)| Some(v.expose().as_bytes())),
+                ),
+            ),
         ])
     }
 
@@ -356,6 +374,61 @@ impl Fixed {
             .filter(|(old, new)| old.1 != new.1)
             .map(|(old, _)| old.0)
             .collect()
+    }
+}
+
+/// `Debug` of `shown` plus a digest of what its `Debug` hides (passwords, tokens): a
+/// credential changed in the file needs a restart as much as an address does, and the
+/// digest never shows it.
+fn with_credentials<'a>(
+    shown: &impl std::fmt::Debug,
+    credentials: impl IntoIterator<Item = Option<&'a [u8]>>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for credential in credentials {
+        match credential {
+            Some(bytes) => {
+                digest.update([1]);
+                digest.update((bytes.len() as u64).to_be_bytes());
+                digest.update(bytes);
+            }
+            None => digest.update([0]),
+        }
+    }
+    let digest: String = digest
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{shown:?} {digest}")
+}
+
+/// The store's user names, passwords and TLS choices, which `StoreBackend`'s `Debug`
+/// leaves out (Redis' addresses print without their scheme).
+fn store_credentials(s: &Settings) -> Vec<Option<&[u8]>> {
+    use config::{RedisTarget, StoreBackend};
+    match &s.store.backend {
+        StoreBackend::Memory => Vec::new(),
+        StoreBackend::Redis(redis) => {
+            let nodes: Vec<&redis::ConnectionInfo> = match &redis.target {
+                RedisTarget::Single(info) => vec![info.as_ref()],
+                RedisTarget::Cluster(nodes) => nodes.iter().collect(),
+            };
+            nodes
+                .into_iter()
+                .flat_map(|info| {
+                    let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+                    let settings = info.redis_settings();
+                    [
+                        Some(if tls { &b"tls"[..] } else { &b"plain"[..] }),
+                        settings.username().map(str::as_bytes),
+                        settings.password().map(str::as_bytes),
+                    ]
+                })
+                .collect()
+        }
+        StoreBackend::Postgres(pg) => vec![pg.config.get_password()],
     }
 }
 
@@ -399,5 +472,41 @@ upstream = "http://127.0.0.1:9001/hooks"
             base.differences(&fixed(&budget)),
             vec!["limits.max_buffered_body_bytes, limits.max_buffered_body_bytes_per_ip"]
         );
+    }
+
+    /// `Debug` hides passwords and tokens, so a change of nothing but a credential
+    /// once compared equal and the reload claimed the running store used the new one.
+    #[test]
+    fn a_credential_changed_alone_is_reported_as_needing_a_restart() {
+        let with = |store: &str| fixed(&format!("{store}\n{BASE}"));
+        let redis = with("[store]\nredis_url = \"redis://:one@127.0.0.1:6390/0\"");
+        let cases = [
+            ("redis://:two@127.0.0.1:6390/0", "[store]"),
+            ("redis://other:one@127.0.0.1:6390/0", "[store]"),
+            ("rediss://:one@127.0.0.1:6390/0", "[store]"),
+        ];
+        for (url, key) in cases {
+            let changed = with(&format!("[store]\nredis_url = \"{url}\""));
+            assert_eq!(redis.differences(&changed), vec![key], "{url}");
+        }
+        let same = with("[store]\nredis_url = \"redis://:one@127.0.0.1:6390/0\"");
+        assert!(redis.differences(&same).is_empty());
+
+        let pg = |password: &str| {
+            with(&format!(
+                "[store]\npostgres_url = \"postgres://hg:{password}@127.0.0.1:5439/hg\""
+            ))
+        };
+        assert_eq!(pg("one").differences(&pg("two")), vec!["[store]"]);
+        assert!(pg("one").differences(&pg("one")).is_empty());
+
+        let otel = |token: &str| {
+            with(&format!(
+                "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n\
+                 headers = {{ authorization = \"Bearer {token}\" }}"
+            ))
+        };
+        assert_eq!(otel("one").differences(&otel("two")), vec!["[telemetry]"]);
+        assert!(otel("one").differences(&otel("one")).is_empty());
     }
 }

@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{HTTP2_RESET_WINDOW, Limits};
 use crate::connections::{self, Admission};
@@ -172,6 +173,9 @@ pub struct ConnectionPolicy {
     idle_timeout: Option<Duration>,
     /// Requests a client may cancel within `HTTP2_RESET_WINDOW` (HTTP/2 rapid reset).
     max_resets: Option<usize>,
+    /// Tasks the drain at shutdown waits for besides the connections: the pipelines of
+    /// requests whose sender hung up, which no connection holds any more.
+    requests: Option<TaskTracker>,
 }
 
 impl ConnectionPolicy {
@@ -182,7 +186,14 @@ impl ConnectionPolicy {
             first_request_timeout: Some(limits.header_read_timeout),
             idle_timeout: Some(limits.idle_timeout),
             max_resets: Some(limits.http2_max_resets),
+            requests: None,
         }
+    }
+
+    /// The drain at shutdown waits for `requests` too.
+    pub fn waiting_for(mut self, requests: TaskTracker) -> ConnectionPolicy {
+        self.requests = Some(requests);
+        self
     }
 }
 
@@ -204,12 +215,14 @@ pub(crate) async fn accept_loop<H, F>(
         first_request_timeout: None,
         idle_timeout: None,
         max_resets: None,
+        requests: None,
     };
     let handler = move |req: Request<RequestBody>, peer| handler(req.map(|body| body.inner), peer);
     serve_listener(listener, None, builder, policy, stopped, grace, handler).await;
 }
 
-/// Accepts and serves connections until `stopped`, then drains them for up to `grace`.
+/// Accepts and serves connections until `stopped`, then drains them for up to `grace`
+/// (and the policy's `requests` with them).
 pub async fn serve_listener<H, F>(
     listener: TcpListener,
     tls: Option<SharedTls>,
@@ -275,10 +288,14 @@ pub async fn serve_listener<H, F>(
     if open > 0 {
         tracing::info!(open, "draining open connections");
     }
-    if tokio::time::timeout(grace, policy.admission.drained())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        policy.admission.drained().await;
+        if let Some(requests) = &policy.requests {
+            requests.close();
+            requests.wait().await;
+        }
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
             grace_ms = grace.as_millis() as u64,
             "shutdown timeout reached; closing remaining connections"

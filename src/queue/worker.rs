@@ -324,9 +324,10 @@ impl Workers {
         let lane = lanes.get(&lease.route);
         // An open breaker: the delivery waits in the queue, no attempt spent, and this
         // worker moves on to other upstreams' deliveries.
-        let pass = match lane.map(|l| self.forward.admit(&l.route, tokio::time::Instant::now())) {
+        let why = "the upstream's circuit breaker stayed open";
+        let mut pass = match lane.map(|l| self.forward.admit(&l.route, tokio::time::Instant::now()))
+        {
             Some(Admission::Open { retry_after }) => {
-                let why = "the upstream's circuit breaker stayed open";
                 return self.defer(lane, &lease, retry_after, why).await;
             }
             Some(Admission::Pass(pass)) => Some(pass),
@@ -342,6 +343,20 @@ impl Workers {
             },
             None => None,
         };
+        // The wait for a slot lasts as long as the attempts ahead of it, which are what
+        // opens a breaker: a pass from before it is asked again (a probe is kept), so
+        // the workers queued behind a dying upstream do not all send anyway.
+        if let (Some(lane), Some(first)) = (lane, &pass)
+            && lane.limit.is_some()
+            && !first.is_probe()
+        {
+            match self.forward.admit(&lane.route, tokio::time::Instant::now()) {
+                Admission::Open { retry_after } => {
+                    return self.defer(Some(lane), &lease, retry_after, why).await;
+                }
+                Admission::Pass(fresh) => pass = Some(fresh),
+            }
+        }
         if *stopping.borrow() {
             self.hand_back(&lease, None).await;
             return;

@@ -193,6 +193,48 @@ async fn queue_mode_deliveries_wait_without_an_attempt_while_open_and_other_upst
     );
 }
 
+/// Workers queued for a `max_concurrency` slot behind the attempts that open the
+/// breaker are asked again once they get the slot: they once sent on a pass from
+/// before the wait, so a dying upstream got every waiting worker's attempt.
+#[tokio::test]
+async fn workers_waiting_for_a_slot_do_not_send_once_the_attempts_ahead_opened_the_breaker() {
+    let upstream = Upstream::with(Behaviour::always(
+        Answer::status(500).after(std::time::Duration::from_millis(300)),
+    ))
+    .await;
+    let gw = Gateway::start(
+        config()
+            .queued()
+            .named_route("fragile", "*", &upstream)
+            .max_concurrency(2)
+            .route_option("breaker", r#"{ failures = 2, cooldown = "1m" }"#)
+            .queue_option("workers", "8"),
+    )
+    .await;
+    let client = gw.client();
+    let events: Vec<_> = (0..8).map(|_| signed_event("response.completed")).collect();
+    let ids = futures_util::future::join_all(events.iter().map(|e| enqueue(&client, e))).await;
+
+    eventually("the breaker opening", async || {
+        gw.metrics().await.value(STATE) == Some(1.0)
+    })
+    .await;
+    let deliveries = Deliveries::of(&gw);
+    for id in &ids {
+        eventually("every delivery attempted or waiting", async || {
+            let record = deliveries.record(id).await;
+            record["attempts"] == 1 || record["next_attempt_at"].is_u64()
+        })
+        .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        upstream.received().len(),
+        2,
+        "the two attempts that opened it, none after"
+    );
+}
+
 async fn copies(gw: &Gateway) -> Vec<String> {
     let reply = gw.post(PATH, &signed_event("batch.completed")).await;
     assert_eq!(reply.status(), 202, "{reply:?}");

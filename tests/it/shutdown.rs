@@ -40,6 +40,44 @@ async fn a_delivery_in_flight_at_shutdown_completes_and_new_connections_are_refu
     assert_eq!(upstream.received().len(), 1);
 }
 
+/// A sender that hung up left its pipeline running (so its forward is still settled),
+/// but no connection holds it: the shutdown must still wait for it, or the process exits
+/// mid-forward with the claim never settled and the access line never written.
+#[tokio::test]
+async fn shutdown_waits_for_the_delivery_of_a_sender_that_hung_up() {
+    let upstream = Upstream::with(Answer::held()).await;
+    let mut gw = Gateway::start(config().route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+    let mut hanging = connect_from("127.0.0.1", gw.addr()).await.unwrap();
+    send_head(&mut hanging, &delivery_head(&event)).await;
+    tokio::io::AsyncWriteExt::write_all(&mut hanging, event.body.as_bytes())
+        .await
+        .unwrap();
+    upstream.wait_for(1).await;
+    drop(hanging);
+    eventually("the connection is gone", || async {
+        gw.metrics()
+            .await
+            .value(r#"hookgate_connections_open{listener="server"}"#)
+            == Some(0.0)
+    })
+    .await;
+
+    let stopping = gw.begin_shutdown();
+    eventually("the listener closes", || refuses_connections(&gw)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !stopping.is_finished(),
+        "shutdown must wait for the forward still in progress"
+    );
+    upstream.release();
+    tokio::time::timeout(PATIENCE, stopping)
+        .await
+        .expect("shutdown finishes once the forward is answered")
+        .unwrap();
+    assert_eq!(upstream.received().len(), 1);
+}
+
 /// A gateway process routing `response.completed` to an upstream that answers at once
 /// and everything else to one that holds its answers.
 struct Draining {
