@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN, WWW_AUTHENTICATE};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 use serde_json::json;
@@ -76,6 +76,69 @@ fn to_json(body: &impl Serialize) -> String {
         .to_string()
 }
 
+/// The host a request names: its `Host`, or HTTP/2's `:authority`.
+pub(crate) fn requested_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
+    match headers.get(HOST) {
+        Some(host) => host.to_str().ok(),
+        None => uri.authority().map(http::uri::Authority::as_str),
+    }
+}
+
+/// Whether the host a browser asked for is loopback (`localhost`, 127.0.0.0/8,
+/// `[::1]`), as it is when nobody rebound a name to this machine.
+pub(crate) fn names_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    if name.eq_ignore_ascii_case("localhost") || name.eq_ignore_ascii_case("localhost.") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether a POST comes from the console's own pages, as far as the browser says:
+/// `Sec-Fetch-Site: same-origin` where the browser sends it (every current one does);
+/// else an `Origin` of this host. `Origin: null` is what a same-origin form sends under
+/// `Referrer-Policy: no-referrer`, so it proves nothing either way; older clients send
+/// neither. The CSRF token and the `SameSite=Strict` cookie hold in every case.
+pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site == "same-origin";
+    }
+    match (headers.get(ORIGIN), headers.get(HOST)) {
+        (None, _) => true,
+        (Some(origin), _) if origin == "null" => true,
+        (Some(origin), Some(host)) => {
+            let origin = origin.as_bytes();
+            [b"http://".as_slice(), b"https://"]
+                .iter()
+                .any(|scheme| origin.strip_prefix(*scheme) == Some(host.as_bytes()))
+        }
+        (Some(_), None) => false,
+    }
+}
+
+/// Whether a browser sent this request from a page of another site (CSRF): its
+/// `Sec-Fetch-Site`, or, from a browser too old to send that, an `Origin` not of this
+/// host. Command-line clients send neither.
+fn from_another_site(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site != "same-origin" && site != "none";
+    }
+    match (headers.get(ORIGIN), headers.get(HOST)) {
+        (None, _) => false,
+        (Some(origin), Some(host)) => {
+            let origin = origin.as_bytes();
+            ![b"http://".as_slice(), b"https://"]
+                .iter()
+                .any(|scheme| origin.strip_prefix(*scheme) == Some(host.as_bytes()))
+        }
+        (Some(_), None) => true,
+    }
+}
+
 impl Admin {
     pub fn new(
         metrics: Arc<Metrics>,
@@ -104,6 +167,20 @@ impl Admin {
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return response;
+        }
+        // Without a token nothing but the listener's loopback address guards the API:
+        // a page elsewhere must not reach it through DNS rebinding (its own host name
+        // resolving here) nor make the operator's browser send its POSTs (CSRF).
+        if self.live.admin_auth().token.is_none() {
+            if requested_host(req.headers(), req.uri()).is_some_and(|h| !names_loopback(h)) {
+                return error(StatusCode::FORBIDDEN, "host_not_loopback");
+            }
+            if req.method() != Method::GET
+                && req.method() != Method::HEAD
+                && from_another_site(req.headers())
+            {
+                return error(StatusCode::FORBIDDEN, "cross_site");
+            }
         }
         let path = req.uri().path();
         if path == "/deliveries" || path.starts_with("/deliveries/") {
@@ -308,6 +385,97 @@ impl Query {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn only_loopback_names_pass_without_a_token() {
+        for host in [
+            "localhost:9090",
+            "127.0.0.1:9090",
+            "127.1.2.3",
+            "[::1]:9090",
+            "LOCALHOST",
+        ] {
+            assert!(names_loopback(host), "{host}");
+        }
+        for host in [
+            "evil.example:9090",
+            "10.0.0.1:9090",
+            "localhost.evil.example",
+            "[::2]:1",
+        ] {
+            assert!(!names_loopback(host), "{host}");
+        }
+        let uri: http::Uri = "http://127.0.0.1:9090/metrics".parse().unwrap();
+        assert_eq!(requested_host(&headers(&[]), &uri), Some("127.0.0.1:9090"));
+        let uri: http::Uri = "/metrics".parse().unwrap();
+        assert_eq!(requested_host(&headers(&[]), &uri), None);
+        assert_eq!(
+            requested_host(&headers(&[("host", "evil.example")]), &uri),
+            Some("evil.example")
+        );
+    }
+
+    #[test]
+    fn a_post_from_another_site_is_told_apart() {
+        assert!(same_origin(&headers(&[("host", "127.0.0.1:9090")])));
+        assert!(same_origin(&headers(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://127.0.0.1:9090"),
+            ("sec-fetch-site", "same-origin"),
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://evil.example"),
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "127.0.0.1:9090"),
+            ("sec-fetch-site", "cross-site"),
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://127.0.0.1:9090"),
+            ("sec-fetch-site", "same-site"),
+        ])));
+        // What a same-origin form sends under Referrer-Policy: no-referrer.
+        assert!(same_origin(&headers(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "null"),
+            ("sec-fetch-site", "same-origin"),
+        ])));
+    }
+
+    /// The API without a token takes POSTs from command-line clients and its own
+    /// host's pages, never from a page elsewhere (`Origin: null` included: a sandboxed
+    /// frame sends it).
+    #[test]
+    fn an_api_post_from_another_site_is_refused_without_a_token() {
+        let host = ("host", "127.0.0.1:9090");
+        assert!(!from_another_site(&headers(&[host])));
+        assert!(!from_another_site(&headers(&[
+            host,
+            ("origin", "http://127.0.0.1:9090")
+        ])));
+        assert!(!from_another_site(&headers(&[
+            host,
+            ("sec-fetch-site", "none")
+        ])));
+        for bad in [
+            ("origin", "http://evil.example"),
+            ("origin", "null"),
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-site", "same-site"),
+        ] {
+            assert!(from_another_site(&headers(&[host, bad])), "{bad:?}");
+        }
+    }
 
     #[test]
     fn queries_are_decoded() {

@@ -34,7 +34,10 @@ impl ClientIpResolver {
         }
         let mut client = peer;
         for hop in forwarded_hops(headers).rev() {
-            let Ok(ip) = hop.parse::<IpAddr>() else {
+            let Some(ip) = std::str::from_utf8(hop)
+                .ok()
+                .and_then(|h| h.parse::<IpAddr>().ok())
+            else {
                 // An unparsable hop ends what we can believe; the last good one stands.
                 break;
             };
@@ -49,18 +52,17 @@ impl ClientIpResolver {
     /// The `X-Forwarded-For` value to send upstream: the believed chain plus the peer.
     pub fn forwarded_for(&self, peer: SocketAddr, headers: &HeaderMap) -> HeaderValue {
         let peer_ip = peer.ip().to_canonical();
-        let chain: Vec<&str> = if self.is_trusted(peer_ip) {
-            forwarded_hops(headers).collect()
-        } else {
-            Vec::new()
-        };
-        let mut value = String::with_capacity(16);
-        for hop in chain {
-            value.push_str(hop);
-            value.push_str(", ");
+        let mut value = Vec::with_capacity(16);
+        if self.is_trusted(peer_ip) {
+            for hop in forwarded_hops(headers) {
+                value.extend_from_slice(hop);
+                value.extend_from_slice(b", ");
+            }
         }
-        push_ip(&mut value, peer_ip);
-        HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        let mut peer = String::with_capacity(15);
+        push_ip(&mut peer, peer_ip);
+        value.extend_from_slice(peer.as_bytes());
+        HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
     }
 }
 
@@ -88,14 +90,15 @@ fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
-/// Every hop of every `X-Forwarded-For` header, in order, trimmed.
-fn forwarded_hops(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
+/// Every hop of every `X-Forwarded-For` header, in order, trimmed. Bytes, not text: a
+/// line holding a byte a client wrote outside ASCII still ends in the hops the proxies
+/// appended (dropping the whole line made the trusted proxy itself the client).
+fn forwarded_hops(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = &[u8]> {
     headers
         .get_all(X_FORWARDED_FOR)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|hop| !hop.is_empty())
         .collect::<Vec<_>>()
         .into_iter()
@@ -131,6 +134,28 @@ mod tests {
 
     fn resolver(trusted: &[&str]) -> ClientIpResolver {
         ClientIpResolver::new(trusted.iter().map(|n| n.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn a_client_byte_outside_ascii_does_not_hide_the_hop_the_proxy_appended() {
+        let r = resolver(&["10.0.0.0/8"]);
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"\x80, 203.0.113.9").unwrap(),
+        );
+        assert_eq!(r.resolve(peer("10.0.0.5"), &h).to_string(), "203.0.113.9");
+        assert_eq!(
+            r.forwarded_for(peer("10.0.0.5"), &h).as_bytes(),
+            b"\x80, 203.0.113.9, 10.0.0.5"
+        );
+        // Read from the right, the client's junk is where the walk would end anyway.
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"198.51.100.1, \xff, 10.0.0.7").unwrap(),
+        );
+        assert_eq!(r.resolve(peer("10.0.0.5"), &h).to_string(), "10.0.0.7");
     }
 
     #[test]

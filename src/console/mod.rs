@@ -31,15 +31,15 @@ use std::time::{Duration, Instant};
 use askama::Template;
 use bytes::Bytes;
 use http::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST, HeaderName, HeaderValue, LOCATION,
-    ORIGIN, REFERRER_POLICY, SET_COOKIE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderName, HeaderValue, LOCATION,
+    REFERRER_POLICY, SET_COOKIE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use tokio::sync::watch;
 
-use crate::admin::Query;
+use crate::admin::{Query, names_loopback, requested_host, same_origin};
 use crate::config::AdminAuth;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
@@ -154,7 +154,10 @@ impl Console {
             _ => {}
         }
         let auth = self.live.admin_auth();
-        if auth.token.is_none() && !(self.loopback && names_loopback(&parts.headers)) {
+        if auth.token.is_none()
+            && !(self.loopback
+                && requested_host(&parts.headers, &parts.uri).is_some_and(names_loopback))
+        {
             return message(
                 StatusCode::FORBIDDEN,
                 "Not served here",
@@ -389,45 +392,6 @@ fn over_tls(parts: &http::request::Parts) -> bool {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
-/// Whether the `Host` the browser asked for is loopback (`localhost`, 127.0.0.0/8,
-/// `[::1]`), as it is when nobody rebound a name to this machine.
-fn names_loopback(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    if name.eq_ignore_ascii_case("localhost") || name.eq_ignore_ascii_case("localhost.") {
-        return true;
-    }
-    name.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Whether a POST comes from the console's own pages, as far as the browser says:
-/// `Sec-Fetch-Site: same-origin` where the browser sends it (every current one does);
-/// else an `Origin` of this host. `Origin: null` is what a same-origin form sends under
-/// `Referrer-Policy: no-referrer`, so it proves nothing either way; older clients send
-/// neither. The CSRF token and the `SameSite=Strict` cookie hold in every case.
-fn same_origin(headers: &HeaderMap) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        return site == "same-origin";
-    }
-    match (headers.get(ORIGIN), headers.get(HOST)) {
-        (None, _) => true,
-        (Some(origin), _) if origin == "null" => true,
-        (Some(origin), Some(host)) => {
-            let origin = origin.as_bytes();
-            [b"http://".as_slice(), b"https://"]
-                .iter()
-                .any(|scheme| origin.strip_prefix(*scheme) == Some(host.as_bytes()))
-        }
-        (Some(_), None) => false,
-    }
-}
-
 async fn read_form<B>(body: B) -> Option<Query>
 where
     B: Body,
@@ -517,65 +481,6 @@ fn asset(text: &'static str, content_type: &'static str) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(*name, HeaderValue::from_static(value));
-        }
-        headers
-    }
-
-    #[test]
-    fn only_loopback_names_pass_without_a_token() {
-        for host in [
-            "localhost:9090",
-            "127.0.0.1:9090",
-            "127.1.2.3",
-            "[::1]:9090",
-            "LOCALHOST",
-        ] {
-            assert!(names_loopback(&headers(&[("host", host)])), "{host}");
-        }
-        for host in [
-            "evil.example:9090",
-            "10.0.0.1:9090",
-            "localhost.evil.example",
-            "[::2]:1",
-        ] {
-            assert!(!names_loopback(&headers(&[("host", host)])), "{host}");
-        }
-        assert!(!names_loopback(&headers(&[])));
-    }
-
-    #[test]
-    fn a_post_from_another_site_is_told_apart() {
-        assert!(same_origin(&headers(&[("host", "127.0.0.1:9090")])));
-        assert!(same_origin(&headers(&[
-            ("host", "127.0.0.1:9090"),
-            ("origin", "http://127.0.0.1:9090"),
-            ("sec-fetch-site", "same-origin"),
-        ])));
-        assert!(!same_origin(&headers(&[
-            ("host", "127.0.0.1:9090"),
-            ("origin", "http://evil.example"),
-        ])));
-        assert!(!same_origin(&headers(&[
-            ("host", "127.0.0.1:9090"),
-            ("sec-fetch-site", "cross-site"),
-        ])));
-        assert!(!same_origin(&headers(&[
-            ("host", "127.0.0.1:9090"),
-            ("origin", "http://127.0.0.1:9090"),
-            ("sec-fetch-site", "same-site"),
-        ])));
-        // What a same-origin form sends under Referrer-Policy: no-referrer.
-        assert!(same_origin(&headers(&[
-            ("host", "127.0.0.1:9090"),
-            ("origin", "null"),
-            ("sec-fetch-site", "same-origin"),
-        ])));
-    }
 
     #[test]
     fn login_only_sends_the_browser_on_to_console_paths() {

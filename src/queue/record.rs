@@ -579,10 +579,14 @@ const MAX_PARTITION: usize = 1023;
 
 /// Ids are generated here; anything else is not one of ours (admin API input).
 pub fn is_delivery_id(text: &str) -> bool {
-    text.len() >= 32
-        && text.starts_with("dlv_")
-        && text[4..32].bytes().all(|b| b.is_ascii_hexdigit())
-        && (text.len() == 32 || partition_suffix(&text[32..]).is_some())
+    // Bytes first: a character of several bytes across byte 32 must not be sliced (a
+    // cursor or path of the admin API ended its connection with a panic). Once bytes
+    // 4..32 are ASCII, byte 32 begins a character.
+    let bytes = text.as_bytes();
+    bytes.len() >= 32
+        && bytes.starts_with(b"dlv_")
+        && bytes[4..32].iter().all(u8::is_ascii_hexdigit)
+        && (bytes.len() == 32 || partition_suffix(&text[32..]).is_some())
 }
 
 /// The partition a delivery id (`IdGenerator::next_in`) names: 0 without a suffix.
@@ -765,6 +769,9 @@ mod tests {
             "x-dlv_0000000000010000000000000001",
             "1-msg_1",
             "1-dlv_../x",
+            // A character of two bytes across byte 32 of the id.
+            "1-dlv_000000000000000000000000000\u{e9}",
+            "1-dlv_\u{e9}00000000000000000000000000",
         ] {
             assert_eq!(Cursor::parse(bad), None, "{bad}");
         }

@@ -89,3 +89,51 @@ async fn an_admin_listener_on_loopback_without_a_token_is_open() {
 
     assert_eq!(admin_get(&gw, "/metrics", None).await.status(), 200);
 }
+
+/// Without a token only the loopback address guards the API: a page elsewhere once
+/// reached it through DNS rebinding (its own name resolving to 127.0.0.1: bodies read)
+/// or through the operator's browser (a no-cors POST: every dead letter replayed).
+#[tokio::test]
+async fn without_a_token_the_api_refuses_other_hosts_and_posts_from_other_sites() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().queued().route("*", &upstream)).await;
+    let port = gw.admin_addr().port();
+    let send = |method: &str, path: &str, headers: &[(&str, String)]| {
+        let mut request = Request::builder().method(method).uri(gw.admin_url(path));
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        gw.send(request.body(Full::new(Bytes::new())).unwrap())
+    };
+
+    let rebound = send(
+        "GET",
+        "/deliveries",
+        &[("host", format!("rebind.evil.example:{port}"))],
+    )
+    .await;
+    assert_eq!(rebound.status(), 403, "{rebound:?}");
+    assert_eq!(rebound.error(), "host_not_loopback");
+    let forged = send(
+        "POST",
+        "/deliveries/replay?status=failed_final",
+        &[("origin", "https://evil.example".to_owned())],
+    )
+    .await;
+    assert_eq!(forged.status(), 403, "{forged:?}");
+    assert_eq!(forged.error(), "cross_site");
+    let forged = send(
+        "POST",
+        "/reload",
+        &[("sec-fetch-site", "cross-site".to_owned())],
+    )
+    .await;
+    assert_eq!(forged.error(), "cross_site");
+
+    // What the CLI, curl and Prometheus send still works.
+    assert_eq!(send("GET", "/deliveries", &[]).await.status(), 200);
+    let local = send("GET", "/metrics", &[("host", format!("localhost:{port}"))]).await;
+    assert_eq!(local.status(), 200);
+    let replay = send("POST", "/deliveries/replay?status=failed_final", &[]).await;
+    assert_eq!(replay.status(), 200, "{replay:?}");
+}
