@@ -146,21 +146,62 @@ impl ConfigError {
 /// is a secret when someone wrote one into the file with the wrong shape. Key names are
 /// quoted with backticks and stay.
 fn without_quoted_values(message: &str) -> String {
+    without_quoted(message, '"')
+}
+
+/// toml's report (an excerpt of the file around the error, then its message) with the
+/// quoted values of both left out: `check` and a `serve` that cannot start print it,
+/// and a secret written into the file with the wrong shape sits on the excerpt's line
+/// (in either kind of TOML quotes) and in the message.
+fn without_quoted_report(report: &str) -> String {
+    let lines: Vec<String> = report
+        .lines()
+        .map(|line| {
+            let excerpt = line
+                .trim_start()
+                .split_once(" |")
+                .is_some_and(|(number, _)| number.bytes().all(|b| b.is_ascii_digit()));
+            match line.split_once('|') {
+                Some((gutter, text)) if excerpt => {
+                    format!(
+                        "{gutter}|{}",
+                        without_quoted(&without_quoted(text, '"'), '\'')
+                    )
+                }
+                _ => without_quoted_values(line),
+            }
+        })
+        .collect();
+    lines.join("\n")
+}
+
+/// `text` with every value between two `quote`s replaced by `…`. What is in backticks
+/// (key names, the token toml expected) is kept as written.
+fn without_quoted(message: &str, quote: char) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
-    while let Some(open) = rest.find('"') {
+    while let Some(open) = rest.find([quote, '`']) {
+        if rest[open..].starts_with('`') {
+            let end = rest[open + 1..]
+                .find('`')
+                .map_or(rest.len(), |i| open + 2 + i);
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
+            continue;
+        }
         out.push_str(&rest[..=open]);
         let mut escaped = false;
         let close = rest[open + 1..].char_indices().find_map(|(i, c)| {
-            let closes = c == '"' && !escaped;
-            escaped = c == '\\' && !escaped;
+            let closes = c == quote && !escaped;
+            escaped = quote == '"' && c == '\\' && !escaped;
             closes.then_some(open + 1 + i)
         });
         let Some(close) = close else {
             out.push('…');
             return out;
         };
-        out.push_str("…\"");
+        out.push('…');
+        out.push(quote);
         rest = &rest[close + 1..];
     }
     out.push_str(rest);
@@ -170,7 +211,7 @@ fn without_quoted_values(message: &str) -> String {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.report {
-            Some(report) => write!(f, "{}: {report}", self.origin),
+            Some(report) => write!(f, "{}: {}", self.origin, without_quoted_report(report)),
             None => write!(f, "{}: {}{}", self.origin, self.message, self.at()),
         }
     }
@@ -337,6 +378,37 @@ mod tests {
             "unknown field `secret`, expected `secrets`"
         );
         assert_eq!(without_quoted_values(r#"a "b" c "d"#), r#"a "…" c "…"#);
+        assert_eq!(
+            without_quoted_values(r#"invalid basic string, expected `"`"#),
+            r#"invalid basic string, expected `"`"#
+        );
+    }
+
+    /// `check` and a `serve` that cannot start print the whole report: its excerpt of
+    /// the file and its message once showed a secret given the wrong shape.
+    #[test]
+    fn the_printed_report_leaves_out_the_values_on_its_excerpt_too() {
+        for text in [
+            "[admin]\ntoken = \"x\"\n[[sources]]\nsecrets = \"whsec_abc\"\n",
+            "[admin]\ntoken = \"x\"\n[[sources]]\nsecrets = 'whsec_abc'\n",
+        ] {
+            #[derive(Debug, serde::Deserialize)]
+            #[allow(dead_code)]
+            struct File {
+                admin: toml::Table,
+                sources: Vec<Source>,
+            }
+            #[derive(Debug, serde::Deserialize)]
+            #[allow(dead_code)]
+            struct Source {
+                secrets: Vec<String>,
+            }
+            let e = toml::from_str::<File>(text).unwrap_err();
+            let printed = ConfigError::parse("t.toml", text, &e, "").to_string();
+            assert!(!printed.contains("whsec_abc"), "{printed}");
+            assert!(printed.contains("secrets = "), "{printed}");
+            assert!(printed.contains("line 4"), "{printed}");
+        }
     }
 
     #[test]

@@ -668,6 +668,30 @@ mod tests {
         );
     }
 
+    /// Timestamps are whole seconds: a tolerance under one second once passed `check`
+    /// and then refused nearly every delivery as stale.
+    #[test]
+    fn a_tolerance_under_a_second_is_an_error_naming_it() {
+        for scheme in [
+            "scheme = \"standard-webhooks\"\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]",
+            "scheme = \"stripe\"\nsecrets = [\"whsec_x\"]",
+            "scheme = \"hmac\"\nsecrets = [\"x\"]\nsignature_header = \"x-sig\"\n\
+             timestamp_header = \"x-ts\"\nsigned_content = \"{timestamp}.{body}\"\n\
+             dedupe_key = { json = \"/id\" }",
+        ] {
+            for short in ["0s", "500ms"] {
+                let e = config_error(&format!("{scheme}\ntolerance = \"{short}\""));
+                assert!(
+                    e.contains("sources[0].tolerance = \"") && e.contains("must be at least 1s"),
+                    "{e}"
+                );
+                assert!(e.contains("(line "), "{e}");
+            }
+            let ok = config(&format!("{scheme}\ntolerance = \"1s\""));
+            assert!(crate::config::parse(&ok, "test.toml").is_ok(), "{ok}");
+        }
+    }
+
     #[test]
     fn a_key_that_does_not_apply_to_the_scheme_is_an_error_naming_it() {
         let e = config_error("scheme = \"stripe\"\nsecrets = [\"whsec_x\"]\nencoding = \"base64\"");

@@ -19,10 +19,10 @@ use base64::engine::general_purpose::STANDARD;
 use http::{HeaderMap, HeaderName};
 
 use super::{
-    Built, DEFAULT_TOLERANCE, Explanation, HmacSha256, KeyError, Keyring, Scheme, SchemeOptions,
-    SecretText, SignError, SignMessage, SignedRequest, Verified, Verifier, VerifyError,
-    base64_decode_32, check_freshness, describe_age, header, hex_decode, hex_encode, hmac_key,
-    optional_header_name, parse_timestamp, preview, random_hex,
+    Built, Explanation, HmacSha256, KeyError, Keyring, Scheme, SchemeOptions, SecretText,
+    SignError, SignMessage, SignedRequest, Verified, Verifier, VerifyError, base64_decode_32,
+    check_freshness, describe_age, header, hex_decode, hex_encode, hmac_key, optional_header_name,
+    parse_timestamp, preview, random_hex, tolerance,
 };
 use crate::event::{Field, JsonPointer, is_valid_key};
 
@@ -220,10 +220,10 @@ impl Spec {
             signature_header,
             encoding: options.encoding.unwrap_or_default(),
             prefix: options.prefix.clone().unwrap_or_default(),
-            timestamp: options
-                .timestamp_header
-                .clone()
-                .map(|name| (name, options.tolerance.unwrap_or(DEFAULT_TOLERANCE))),
+            timestamp: match options.timestamp_header.clone() {
+                Some(name) => Some((name, tolerance(options.tolerance)?)),
+                None => None,
+            },
             id_header: options.id_header.clone(),
             template,
             template_text,

@@ -46,6 +46,23 @@ pub const SCHEMES: &[Scheme] = &[
 /// Accepted timestamp skew, both ways, when a source does not set `tolerance`.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
+/// A source's `tolerance`, or the default. Timestamps are whole seconds, compared in
+/// whole seconds: under one second (`"0s"`, `"500ms"`) only a request signed in the
+/// current second would pass, and every sender's delivery would be refused as stale.
+pub fn tolerance(configured: Option<Duration>) -> Result<Duration, KeyError> {
+    match configured {
+        None => Ok(DEFAULT_TOLERANCE),
+        Some(t) if t < Duration::from_secs(1) => Err(KeyError::at(
+            "tolerance",
+            format!(
+                "tolerance = {:?} must be at least 1s: timestamps are whole seconds",
+                humantime::format_duration(t).to_string()
+            ),
+        )),
+        Some(t) => Ok(t),
+    }
+}
+
 /// Signature entries one signature header may carry: Standard Webhooks' space-separated
 /// entries, Stripe's elements other than `t=`. Senders send one per active secret (two
 /// while they rotate; a Standard Webhooks sender may put `v1` and `v1a` side by side),

@@ -27,10 +27,10 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 
 use super::{
-    Built, DEFAULT_TOLERANCE, Explanation, HmacSha256, KeyError, Keyring, LENIENT_BASE64,
-    MAX_SIGNATURE_ENTRIES, Scheme, SchemeOptions, SecretText, SignError, SignMessage,
-    SignedRequest, Verified, Verifier, VerifyError, any_tag, base64_decode_32, check_freshness,
-    describe_age, header, hmac_key, parse_timestamp, preview, random_hex, too_many_entries,
+    Built, Explanation, HmacSha256, KeyError, Keyring, LENIENT_BASE64, MAX_SIGNATURE_ENTRIES,
+    Scheme, SchemeOptions, SecretText, SignError, SignMessage, SignedRequest, Verified, Verifier,
+    VerifyError, any_tag, base64_decode_32, check_freshness, describe_age, header, hmac_key,
+    parse_timestamp, preview, random_hex, tolerance, too_many_entries,
 };
 use crate::event::{Field, JsonPointer, is_valid_key};
 
@@ -129,7 +129,7 @@ fn build(options: &Options, secrets: &[SecretText<'_>]) -> Result<Built, KeyErro
         verifier: Arc::new(StandardWebhooks {
             keys,
             alternates,
-            tolerance: options.tolerance.unwrap_or(DEFAULT_TOLERANCE),
+            tolerance: tolerance(options.tolerance)?,
         }),
         event_type: Field::Json(JsonPointer::parse("/type").expect("a valid pointer")),
         dedupe_key: Some(Field::Header(ID)),

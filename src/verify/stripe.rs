@@ -17,10 +17,10 @@ use hmac::Mac;
 use http::{HeaderMap, HeaderName};
 
 use super::{
-    Built, DEFAULT_TOLERANCE, Explanation, HmacSha256, KeyError, Keyring, Scheme, SchemeOptions,
-    SecretText, SignError, SignMessage, SignedRequest, Verified, Verifier, VerifyError, any_tag,
+    Built, Explanation, HmacSha256, KeyError, Keyring, Scheme, SchemeOptions, SecretText,
+    SignError, SignMessage, SignedRequest, Verified, Verifier, VerifyError, any_tag,
     check_freshness, describe_age, header, hex_decode, hex_encode, hmac_key, optional_header_name,
-    parse_timestamp, preview, random_hex, too_many_entries,
+    parse_timestamp, preview, random_hex, tolerance, too_many_entries,
 };
 use crate::event::{Field, JsonPointer};
 
@@ -91,7 +91,7 @@ fn build(options: &Options, secrets: &[SecretText<'_>]) -> Result<Built, KeyErro
         verifier: Arc::new(Stripe {
             keys,
             header,
-            tolerance: options.tolerance.unwrap_or(DEFAULT_TOLERANCE),
+            tolerance: tolerance(options.tolerance)?,
             decoded,
         }),
         event_type: Field::Json(JsonPointer::parse("/type").expect("a valid pointer")),
