@@ -133,7 +133,7 @@ pub struct Reservation<'b> {
 
 impl Reservation<'_> {
     /// Makes the body hold `total` bytes in all (never fewer than it holds), waiting up
-    /// to `WAIT` for the client's share and then the process's. `total` must not
+    /// to `WAIT` in all for the client's share and then the process's. `total` must not
     /// exceed `limits.max_body_bytes`: the caller refuses larger bodies first.
     pub async fn hold(&mut self, total: usize) -> Result<(), Full> {
         let total = u32::try_from(total).unwrap_or(u32::MAX);
@@ -145,11 +145,14 @@ impl Reservation<'_> {
             budget.refused[scope as usize].inc();
             Err(Full(scope))
         };
-        match tokio::time::timeout(WAIT, self.share.acquire_many(more)).await {
+        // One wait of `WAIT` for both: the client's share and then the process's each
+        // waiting `WAIT` kept a body up to twice what the README promises.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        match tokio::time::timeout_at(deadline, self.share.acquire_many(more)).await {
             Ok(Ok(permit)) => permit.forget(),
             _ => return refuse(Scope::Client),
         }
-        match tokio::time::timeout(WAIT, budget.process.acquire_many(more)).await {
+        match tokio::time::timeout_at(deadline, budget.process.acquire_many(more)).await {
             Ok(Ok(permit)) => permit.forget(),
             _ => {
                 self.share.add_permits(more as usize);
@@ -235,6 +238,27 @@ mod tests {
         drop(held);
         third.hold(1000).await.unwrap();
         assert_eq!(b.held.get(), 1000);
+    }
+
+    /// A body that waited for its client's share has only what is left of `WAIT` for
+    /// the process's: it once waited `WAIT` for each.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_waits_at_most_wait_in_all_for_both_shares() {
+        let (b, _) = budget(1000, 1500);
+        let mut other = b.reserve(ip("192.0.2.2"));
+        other.hold(1000).await.unwrap();
+        let mut first = b.reserve(ip("192.0.2.1"));
+        first.hold(500).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let waiting = {
+            let b = b.clone();
+            tokio::spawn(async move { b.reserve(ip("192.0.2.1")).hold(800).await })
+        };
+        // The client's share frees up at 0.9 s; the process stays full.
+        tokio::time::sleep(WAIT * 9 / 10).await;
+        drop(first);
+        assert_eq!(waiting.await.unwrap(), Err(Full(Scope::Process)));
+        assert!(started.elapsed() <= WAIT, "{:?}", started.elapsed());
     }
 
     #[tokio::test(start_paused = true)]

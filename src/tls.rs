@@ -212,13 +212,16 @@ pub fn write_dev_cert_files(cert: &Path, key: &Path) -> std::io::Result<(PathBuf
 #[cfg(unix)]
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)?;
+    // `mode` applies only to a file it creates: an existing key file keeps its mode
+    // unless it is set, and the new key must not be left readable by others.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     file.write_all(bytes)
 }
 
@@ -419,6 +422,21 @@ mod tests {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
         assert!(client_config_trusting(&std::fs::read(&cert).unwrap()).is_ok());
+    }
+
+    /// The key is written 0600 also over an existing file (a world-readable one kept
+    /// its mode, and the new private key with it).
+    #[cfg(unix)]
+    #[test]
+    fn the_dev_key_is_private_also_when_it_replaces_a_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("dev-key.pem");
+        std::fs::write(&key, "old").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_dev_cert(dir.path()).unwrap();
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 
     #[test]

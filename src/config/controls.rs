@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use http::Uri;
 use serde_json::Value;
 
-use super::error::Invalid;
+use super::error::{Invalid, positive};
 use super::file::{self, DeliveryMode};
 use crate::event::JsonPointer;
 use crate::route::{BreakerPolicy, Condition, RatePolicy, Test, parse_upstream};
@@ -26,15 +26,9 @@ pub(super) fn breaker(
             format!("{key}.breaker.failures must be at least 1"),
         )
     })?;
-    if file.cooldown.is_zero() {
-        return Err(Invalid::at(
-            format!("{key}.breaker.cooldown"),
-            format!("{key}.breaker.cooldown must be more than 0"),
-        ));
-    }
     Ok(Some(BreakerPolicy {
         failures,
-        cooldown: file.cooldown,
+        cooldown: positive(&format!("{key}.breaker.cooldown"), file.cooldown)?,
     }))
 }
 

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
@@ -37,6 +38,22 @@ pub struct ConfigError {
 pub struct Invalid {
     pub key: Option<String>,
     pub message: String,
+}
+
+/// The longest duration any key takes: far beyond every sensible value, and far enough
+/// from the clock's end that adding it to the time now cannot overflow (humantime reads
+/// `"300000000000y"`, and a connection timer set that far panicked every connection).
+const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `value` if it is more than zero and at most 100 years, else an error naming `key`.
+pub(super) fn positive(key: &str, value: Duration) -> Result<Duration, Invalid> {
+    if value.is_zero() {
+        return Err(Invalid::at(key, format!("{key} must be greater than zero")));
+    }
+    if value > LONGEST {
+        return Err(Invalid::at(key, format!("{key} must be at most 100 years")));
+    }
+    Ok(value)
 }
 
 impl Invalid {

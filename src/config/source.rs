@@ -464,12 +464,7 @@ fn enrichment(
             ));
         }
     }
-    if enrich.timeout.is_zero() {
-        return Err(at(
-            ".timeout",
-            format!("{key}.enrich.timeout must be more than 0"),
-        ));
-    }
+    super::error::positive(&format!("{key}.enrich.timeout"), enrich.timeout)?;
     Ok(Some(EnrichSettings {
         provider: enrich.provider,
         api_key: enrich.api_key.clone(),
@@ -1022,7 +1017,8 @@ mod tests {
         );
         let e = with("api_key = \"k\", timeout = \"0s\"");
         assert!(
-            e.message.contains("enrich.timeout must be more than 0"),
+            e.message
+                .contains("enrich.timeout must be greater than zero"),
             "{e}"
         );
         let e = enrich_error(&enriched(
