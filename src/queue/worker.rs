@@ -35,6 +35,7 @@ use crate::breaker::Admission;
 use crate::config::{DeliveryMode, QueueSettings, Settings};
 use crate::enrich::{self, Enricher, FetchVerdict, Plan};
 use crate::forward::{self, Forwarder};
+use crate::log_gate::LogGate;
 use crate::metrics::{DeliveryMetrics, Metrics, RouteMetrics};
 use crate::route::Route;
 use crate::telemetry::{Span, Telemetry};
@@ -44,6 +45,9 @@ use crate::upstream::UpstreamOutcome;
 /// workers at once; this bounds the wait for deliveries enqueued by other instances
 /// and for retries coming due).
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a delivery waits, without an attempt, when this instance has no such route.
+const ROUTE_MISSING_WAIT: Duration = Duration::from_secs(30);
 /// How often `hookgate_queue_depth` and `hookgate_queue_oldest_age_seconds` are refreshed
 /// when asking is cheap. Where the answer costs the store more as the queue grows
 /// (PostgreSQL counts the due rows through their index, one by one), every instance asking
@@ -96,6 +100,8 @@ pub struct Workers {
     /// Ingress enqueued something.
     wake: Arc<Notify>,
     telemetry: Telemetry,
+    /// Deliveries to a route this instance lacks are logged at most once a minute.
+    unrouted: LogGate,
 }
 
 impl Workers {
@@ -122,6 +128,7 @@ impl Workers {
             freed: Notify::new(),
             wake,
             telemetry,
+            unrouted: LogGate::new(Duration::from_secs(60)),
         }))
     }
 
@@ -321,19 +328,27 @@ impl Workers {
         mut cut_short: watch::Receiver<bool>,
     ) {
         let lanes = self.lanes.load_full();
-        let lane = lanes.get(&lease.route);
+        // A route this instance does not have (added on the instances already updated
+        // in a rolling deploy, or removed here by a reload): nothing can be sent, so no
+        // attempt is spent; the delivery waits for an instance that has it, and
+        // `max_age` ends the wait.
+        let Some(lane) = lanes.get(&lease.route) else {
+            if let Some(held_back) = self.unrouted.admit(std::time::Instant::now()) {
+                tracing::warn!(delivery_id = %lease.delivery_id, route = %lease.route, held_back, "queue: the delivery's route is not configured on this instance; it waits for one that has it, without an attempt");
+            }
+            let why = format!("route {} is not configured on this instance", lease.route);
+            return self.defer(None, &lease, ROUTE_MISSING_WAIT, &why).await;
+        };
         // An open breaker: the delivery waits in the queue, no attempt spent, and this
         // worker moves on to other upstreams' deliveries.
         let why = "the upstream's circuit breaker stayed open";
-        let mut pass = match lane.map(|l| self.forward.admit(&l.route, tokio::time::Instant::now()))
-        {
-            Some(Admission::Open { retry_after }) => {
-                return self.defer(lane, &lease, retry_after, why).await;
+        let mut pass = match self.forward.admit(&lane.route, tokio::time::Instant::now()) {
+            Admission::Open { retry_after } => {
+                return self.defer(Some(lane), &lease, retry_after, why).await;
             }
-            Some(Admission::Pass(pass)) => Some(pass),
-            None => None,
+            Admission::Pass(pass) => pass,
         };
-        let _route_slot: Option<OwnedSemaphorePermit> = match lane.and_then(|l| l.limit.clone()) {
+        let _route_slot: Option<OwnedSemaphorePermit> = match lane.limit.clone() {
             Some(limit) => tokio::select! {
                 permit = limit.acquire_owned() => permit.ok(),
                 _ = until(&mut stopping) => {
@@ -346,15 +361,12 @@ impl Workers {
         // The wait for a slot lasts as long as the attempts ahead of it, which are what
         // opens a breaker: a pass from before it is asked again (a probe is kept), so
         // the workers queued behind a dying upstream do not all send anyway.
-        if let (Some(lane), Some(first)) = (lane, &pass)
-            && lane.limit.is_some()
-            && !first.is_probe()
-        {
+        if lane.limit.is_some() && !pass.is_probe() {
             match self.forward.admit(&lane.route, tokio::time::Instant::now()) {
                 Admission::Open { retry_after } => {
                     return self.defer(Some(lane), &lease, retry_after, why).await;
                 }
-                Admission::Pass(fresh) => pass = Some(fresh),
+                Admission::Pass(fresh) => pass = fresh,
             }
         }
         if *stopping.borrow() {
@@ -363,17 +375,19 @@ impl Workers {
         }
         // `rate`: a start now would exceed the upstream's rate (counted across every
         // instance on a shared queue): the delivery waits in the queue, no attempt spent.
-        if let Some(rate) = lane.and_then(|l| l.route.rate()) {
+        if let Some(rate) = lane.route.rate() {
             match self.queue.pace(&lease.route, rate).await {
                 Ok(None) => {}
                 Ok(Some(wait)) => {
                     let why = "the route's rate kept it waiting";
-                    return self.defer(lane, &lease, wait, why).await;
+                    return self.defer(Some(lane), &lease, wait, why).await;
                 }
                 Err(e) => {
                     tracing::warn!(delivery_id = %lease.delivery_id, error = %e, "queue: cannot check the route's rate");
                     let why = "the route's rate could not be checked";
-                    return self.defer(lane, &lease, Duration::from_secs(1), why).await;
+                    return self
+                        .defer(Some(lane), &lease, Duration::from_secs(1), why)
+                        .await;
                 }
             }
         }
@@ -393,57 +407,45 @@ impl Workers {
         let started_at = now_millis();
         let started = Instant::now();
         let delivery = &job.delivery;
-        let (outcome, error) = match lane {
-            Some(lane) => {
-                let mut headers = attempt_headers(&job);
-                if let Some(provider) = enriched_by {
-                    headers.insert(
-                        http::header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                    headers.insert(
-                        enrich::X_HOOKGATE_ENRICHED,
-                        HeaderValue::from_static(provider),
-                    );
-                }
-                forward::prepare(
-                    &lane.route,
-                    &mut headers,
-                    &delivery.webhook_id,
-                    lane.scheme,
-                    &body,
-                    std::time::SystemTime::now(),
-                );
-                let call = span.upstream_call(lane.route.upstream());
-                call.inject(&mut headers);
-                let send = self
-                    .forward
-                    .send(&lane.route, &lane.upstream, headers, body.clone());
-                tokio::select! {
-                    outcome = send => {
-                        call.upstream(&outcome);
-                        call.end();
-                        let error = failure(&lease.route, &outcome);
-                        (outcome, error)
-                    }
-                    _ = until(&mut cut_short) => {
-                        let attempt = self.interrupted(&job, Step::Deliver, started_at, started);
-                        self.hand_back(&lease, Some((&job, &attempt))).await;
-                        span.set("hookgate.attempt.result", "handed_back");
-                        return;
-                    }
-                }
+        let mut headers = attempt_headers(&job);
+        if let Some(provider) = enriched_by {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert(
+                enrich::X_HOOKGATE_ENRICHED,
+                HeaderValue::from_static(provider),
+            );
+        }
+        forward::prepare(
+            &lane.route,
+            &mut headers,
+            &delivery.webhook_id,
+            lane.scheme,
+            &body,
+            std::time::SystemTime::now(),
+        );
+        let call = span.upstream_call(lane.route.upstream());
+        call.inject(&mut headers);
+        let send = self
+            .forward
+            .send(&lane.route, &lane.upstream, headers, body.clone());
+        let (outcome, error) = tokio::select! {
+            outcome = send => {
+                call.upstream(&outcome);
+                call.end();
+                let error = failure(&lease.route, &outcome);
+                (outcome, error)
             }
-            // Retried like an upstream nobody answers for: another instance (or this
-            // one after a reload) may have the route.
-            None => {
-                let missing = format!("route {} is not configured on this instance", lease.route);
-                (UpstreamOutcome::Unreachable(missing.clone()), Some(missing))
+            _ = until(&mut cut_short) => {
+                let attempt = self.interrupted(&job, Step::Deliver, started_at, started);
+                self.hand_back(&lease, Some((&job, &attempt))).await;
+                span.set("hookgate.attempt.result", "handed_back");
+                return;
             }
         };
-        if let Some(pass) = pass {
-            pass.record(&outcome, tokio::time::Instant::now());
-        }
+        pass.record(&outcome, tokio::time::Instant::now());
         let status = outcome.status().map(|s| s.as_u16());
         let now = now_millis();
         let age = Duration::from_millis(now.saturating_sub(job.enqueued_at));
@@ -491,9 +493,7 @@ impl Workers {
             span.fail(settlement.state().as_str());
         }
         span.end();
-        if let Some(lane) = lane {
-            lane.deliveries.observe(settlement.state(), job.attempt);
-        }
+        lane.deliveries.observe(settlement.state(), job.attempt);
         tracing::info!(
             target: "hookgate::delivery",
             source = %delivery.source,
@@ -519,11 +519,11 @@ impl Workers {
     /// over, as when a settlement cannot be recorded).
     async fn before_attempt(
         &self,
-        lane: Option<&Arc<Lane>>,
+        lane: &Arc<Lane>,
         job: Job,
         cut_short: &mut watch::Receiver<bool>,
     ) -> Option<(Job, Bytes, Option<&'static str>)> {
-        let Some((lane, enricher)) = lane.and_then(|l| Some((l, l.enrich.as_ref()?))) else {
+        let Some(enricher) = lane.enrich.as_ref() else {
             let body = job.delivery.body.clone();
             return Some((job, body, None));
         };

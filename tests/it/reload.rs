@@ -402,3 +402,50 @@ async fn forwarded_proto_follows_the_running_listener_when_a_reload_turns_tls_on
     assert_eq!(reply.status(), 200);
     assert_eq!(upstream.only().header("x-forwarded-proto"), "https");
 }
+
+/// A queued delivery whose route this instance lacks (a reload removed it, or the
+/// instances already updated in a rolling deploy added it) cannot be sent here: it
+/// waits for an instance that has the route, without spending attempts as it once did.
+#[tokio::test]
+async fn a_queued_delivery_whose_route_this_instance_lacks_waits_without_an_attempt() {
+    let upstream = Upstream::with(Answer::status(503)).await;
+    let queued = |name: &str| {
+        config()
+            .queued()
+            .named_route(name, "*", &upstream)
+            .queue_option(
+                "backoff",
+                r#"{ initial = "50ms", max = "50ms", jitter = false }"#,
+            )
+            .queue_option("max_attempts", "1000")
+    };
+    let file = ConfigFile::new(queued("first"));
+    let gw = Gateway::start_file(&file.path()).await;
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    let deliveries = Deliveries::of(&gw);
+    eventually("a few failed attempts", async || {
+        deliveries.record(&id).await["attempts"].as_u64() >= Some(2)
+    })
+    .await;
+
+    file.write(queued("second"));
+    gw.reload().await.expect("a valid file");
+    let waiting = eventually("the delivery waiting for its route", async || {
+        let record = deliveries.record(&id).await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        match record["next_attempt_at"].as_u64() {
+            Some(next) if next > now + 20_000 => Ok(record),
+            _ => Err(format!("{record:#}")),
+        }
+    })
+    .await;
+    let sent = upstream.received().len();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let record = deliveries.record(&id).await;
+    assert_eq!(record["attempts"], waiting["attempts"], "{record:#}");
+    assert_eq!(record["state"], "failed_retryable", "{record:#}");
+    assert_eq!(upstream.received().len(), sent);
+}
