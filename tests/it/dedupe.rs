@@ -71,11 +71,7 @@ async fn a_sender_hanging_up_mid_forward_still_gets_its_delivery_settled(store: 
     let upstream = Upstream::with(Answer::held()).await;
     let gw = Gateway::start(config().store(&store).route("*", &upstream)).await;
     let event = signed_event("response.completed");
-    let mut hanging = connect_from("127.0.0.1", gw.addr()).await.unwrap();
-    send_head(&mut hanging, &delivery_head(&event)).await;
-    tokio::io::AsyncWriteExt::write_all(&mut hanging, event.body.as_bytes())
-        .await
-        .unwrap();
+    let hanging = sent_without_waiting(gw.addr(), &event).await;
     upstream.wait_for(1).await;
 
     drop(hanging);

@@ -48,11 +48,7 @@ async fn shutdown_waits_for_the_delivery_of_a_sender_that_hung_up() {
     let upstream = Upstream::with(Answer::held()).await;
     let mut gw = Gateway::start(config().route("*", &upstream)).await;
     let event = signed_event("response.completed");
-    let mut hanging = connect_from("127.0.0.1", gw.addr()).await.unwrap();
-    send_head(&mut hanging, &delivery_head(&event)).await;
-    tokio::io::AsyncWriteExt::write_all(&mut hanging, event.body.as_bytes())
-        .await
-        .unwrap();
+    let hanging = sent_without_waiting(gw.addr(), &event).await;
     upstream.wait_for(1).await;
     drop(hanging);
     eventually("the connection is gone", || async {

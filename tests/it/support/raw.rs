@@ -55,6 +55,21 @@ pub fn delivery_head(delivery: &hookgate::sign::SignedRequest) -> String {
     head
 }
 
+/// Sends `delivery` whole over a fresh HTTP/1.1 connection and returns the connection
+/// without reading the answer: dropping it is a sender hanging up mid-request.
+pub async fn sent_without_waiting(
+    gateway: SocketAddr,
+    delivery: &hookgate::sign::SignedRequest,
+) -> TcpStream {
+    let mut stream = connect_from("127.0.0.1", gateway).await.expect("connect");
+    send_head(&mut stream, &delivery_head(delivery)).await;
+    stream
+        .write_all(delivery.body.as_bytes())
+        .await
+        .expect("write the body");
+    stream
+}
+
 /// POSTs `delivery` over a fresh HTTP/1.1 connection from the loopback address `from`.
 pub async fn post_from(
     from: &str,
