@@ -200,7 +200,17 @@ pub fn diagnose(
     }
     let verdict = source.verifier.verify(&capture.headers, &capture.body, now);
     let mut hints = explanation.hints.clone();
+    let refused_first = crate::pipeline::check_headers(&capture.headers, source).err();
     let verified = match &verdict {
+        // The gateway refuses these before it reads the body, whatever the signature.
+        _ if let Some(reject) = &refused_first => {
+            line(format!(
+                "verdict: REFUSED before the signature is checked: {} {{\"error\":\"{}\"}}: {reject}",
+                reject.status().as_u16(),
+                reject.reason()
+            ));
+            false
+        }
         Ok(delivery) => {
             let (lines, refused) = after_verification(source, capture);
             match &refused {
@@ -586,6 +596,35 @@ upstream = "http://127.0.0.1:9/"
             "{}",
             report.text
         );
+    }
+
+    /// What the gateway refuses before it checks the signature (a read header sent
+    /// twice, a compressed body) was once called VERIFIED here.
+    #[test]
+    fn a_request_refused_before_verification_is_not_called_verified() {
+        let body = r#"{"id":"evt_1","type":"a.b"}"#;
+        let mut twice = stripe_capture(body, body);
+        let signature = twice.headers["stripe-signature"].clone();
+        twice.headers.append("stripe-signature", signature);
+        let mut gzipped = stripe_capture(body, body);
+        gzipped
+            .headers
+            .insert("content-encoding", HeaderValue::from_static("gzip"));
+        for (capture, expected) in [
+            (twice, "400 {\"error\":\"duplicate_header\"}"),
+            (gzipped, "415 {\"error\":\"unsupported_content_encoding\"}"),
+        ] {
+            let report = report(&capture);
+            assert!(!report.verified, "{}", report.text);
+            assert!(
+                report.text.contains(&format!(
+                    "verdict: REFUSED before the signature is checked: {expected}"
+                )),
+                "{}",
+                report.text
+            );
+        }
+        assert!(report(&stripe_capture(body, body)).verified);
     }
 
     #[test]

@@ -274,8 +274,7 @@ impl Gateway {
         let entry = entry.ok_or(Reject::NotFound)?;
         let source = &entry.source;
         require_post(req.method())?;
-        check_read_headers(req.headers(), &source.reads)?;
-        check_content_encoding(req.headers(), source.content_encoding)?;
+        check_headers(req.headers(), source)?;
         let (parts, body) = req.into_parts();
         // The body's bytes count against the client's and the process's budget until
         // the signature is checked: unsigned bodies are what a flood would hold.
@@ -539,6 +538,14 @@ fn check_allowed(ip: IpAddr, source: &Source) -> Result<(), Reject> {
     } else {
         Err(Reject::IpNotAllowed)
     }
+}
+
+/// The checks of a request's headers before its body is read: the headers `source`
+/// reads (`check_read_headers`) and its `Content-Encoding`. `hookgate verify` runs them
+/// too, so it cannot call VERIFIED what the gateway refuses first.
+pub fn check_headers(headers: &HeaderMap, source: &Source) -> Result<(), Reject> {
+    check_read_headers(headers, &source.reads)?;
+    check_content_encoding(headers, source.content_encoding)
 }
 
 /// Each header the source reads comes at most once, counting spellings with `_` (which
