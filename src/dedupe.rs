@@ -15,7 +15,7 @@ use crate::config::{DedupeSettings, OnError};
 use crate::metrics::Metrics;
 use crate::queue::ClaimDone;
 use crate::reject::Reject;
-use crate::store::{ClaimState, Settled, Store};
+use crate::store::{ClaimState, Settled, Store, StoreError};
 use crate::verify::push_hex;
 
 pub struct Dedupe {
@@ -136,10 +136,11 @@ impl Dedupe {
     /// Commits on success, releases otherwise. The answer to the sender is already
     /// decided by the upstream, so a store failure here is logged, not returned: a
     /// failed commit can at worst let a later retry through again, a failed release
-    /// only delays the retry until the claim expires.
-    pub async fn settle(&self, claim: Claim, success: bool) {
+    /// only delays the retry until the claim expires. The error is returned for the
+    /// stage's span, which says the store failed.
+    pub async fn settle(&self, claim: Claim, success: bool) -> Result<(), StoreError> {
         if !claim.held {
-            return;
+            return Ok(());
         }
         let result = if success && Instant::now() < claim.unexpired_until {
             self.store
@@ -154,13 +155,19 @@ impl Dedupe {
         };
         let phase = if success { "commit" } else { "release" };
         match result {
-            Ok(Settled::Applied) => {}
-            Ok(Settled::Superseded) => tracing::warn!(
-                key = %claim.key,
-                phase,
-                "dedupe claim expired before the upstream answered; raise dedupe.in_flight_ttl"
-            ),
-            Err(e) => tracing::error!(key = %claim.key, phase, error = %e, "dedupe store failed"),
+            Ok(Settled::Applied) => Ok(()),
+            Ok(Settled::Superseded) => {
+                tracing::warn!(
+                    key = %claim.key,
+                    phase,
+                    "dedupe claim expired before the upstream answered; raise dedupe.in_flight_ttl"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(key = %claim.key, phase, error = %e, "dedupe store failed");
+                Err(e)
+            }
         }
     }
 
@@ -183,7 +190,9 @@ impl Dedupe {
             match stored().await {
                 Ok(stored) => {
                     tracing::info!(key = %claim.key, stored, "dedupe: an uncertain enqueue is settled");
-                    return self.settle(claim, stored).await;
+                    // Logged by `settle`; the claim expires if the store failed.
+                    let _ = self.settle(claim, stored).await;
+                    return;
                 }
                 Err(e) if tokio::time::Instant::now() + pause >= until => {
                     tracing::warn!(key = %claim.key, error = %e, "dedupe: cannot tell whether an uncertain enqueue stored its delivery; its claim expires");

@@ -421,7 +421,8 @@ impl Gateway {
                 (stored, stored_ok)
             }
         };
-        (trace.span)
+        // Logged by `settle`: the answer was decided by the upstream.
+        let _ = (trace.span)
             .stage(
                 "hookgate.dedupe.settle",
                 self.dedupe.settle(claim, delivered),

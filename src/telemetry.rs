@@ -445,12 +445,6 @@ impl<T, E> Failed for Result<T, E> {
     }
 }
 
-impl Failed for () {
-    fn failed(&self) -> bool {
-        false
-    }
-}
-
 /// The address of an upstream, for a client span: host and port only (a URL may carry
 /// credentials or a token in its query).
 pub fn server_address(uri: &http::Uri) -> (String, i64) {

@@ -400,8 +400,10 @@ impl Workers {
             }
         };
         let span = self.attempt_span(&job).await;
-        let Some((job, body, enriched_by)) = self.before_attempt(lane, job, &mut cut_short).await
+        let Some((job, body, enriched_by)) =
+            self.before_attempt(lane, job, &span, &mut cut_short).await
         else {
+            span.end();
             return;
         };
         let started_at = now_millis();
@@ -517,10 +519,12 @@ impl Workers {
     /// fetch failed (and was settled as a retry or a final failure), the instance is
     /// shutting down (handed back), or the object could not be stored (left to be taken
     /// over, as when a settlement cannot be recorded).
+    /// `span` (the attempt's) says what became of an attempt that ends here.
     async fn before_attempt(
         &self,
         lane: &Arc<Lane>,
         job: Job,
+        span: &Span,
         cut_short: &mut watch::Receiver<bool>,
     ) -> Option<(Job, Bytes, Option<&'static str>)> {
         let Some(enricher) = lane.enrich.as_ref() else {
@@ -538,7 +542,7 @@ impl Workers {
             Plan::Ready(body) => return Some((job, body, enriched_by)),
             Plan::Fetch(object) => object,
             Plan::Unfetchable(failure) => {
-                self.fetch_failed(lane, &job, now_millis(), Duration::ZERO, failure)
+                self.fetch_failed(lane, &job, span, now_millis(), Duration::ZERO, failure)
                     .await;
                 return None;
             }
@@ -550,13 +554,14 @@ impl Workers {
             _ = until(cut_short) => {
                 let step = self.interrupted(&job, Step::Fetch, started_at, started);
                 self.hand_back(&job.lease, Some((&job, &step))).await;
+                span.set("hookgate.attempt.result", "handed_back");
                 return None;
             }
         };
         let (status, fetched) = match fetched {
             Ok(fetched) => fetched,
             Err(failure) => {
-                self.fetch_failed(lane, &job, started_at, started.elapsed(), failure)
+                self.fetch_failed(lane, &job, span, started_at, started.elapsed(), failure)
                     .await;
                 return None;
             }
@@ -582,6 +587,7 @@ impl Workers {
             }
             Err(e) => {
                 tracing::warn!(delivery_id = %job.lease.delivery_id, error = %e, "queue: cannot keep a fetched object");
+                span.fail("the fetched object could not be stored");
                 self.release(&job.lease);
                 None
             }
@@ -610,6 +616,7 @@ impl Workers {
         &self,
         lane: &Lane,
         job: &Job,
+        span: &Span,
         started_at: u64,
         took: Duration,
         failure: enrich::FetchFailure,
@@ -648,6 +655,11 @@ impl Workers {
                 .observe(settlement.state(), job.attempt.saturating_sub(1));
         }
         log_fetch(job, &step, Some(settlement));
+        span.set("hookgate.attempt.result", settlement.state().as_str());
+        span.fail(&format!(
+            "fetching the object failed: {}",
+            settlement.state().as_str()
+        ));
         self.release(&job.lease);
     }
 

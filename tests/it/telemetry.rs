@@ -493,3 +493,72 @@ async fn spans_still_queued_at_shutdown_are_exported_before_it_returns() {
         "the request and its five stages: {spans:#?}"
     );
 }
+
+/// An attempt that ends before its send (an `enrich` fetch refused for good) once left
+/// its span without a result and with an OK status: the trace never showed the outcome.
+#[tokio::test]
+async fn an_attempt_ended_by_its_fetch_says_so_in_its_span() {
+    let collector = Collector::start().await;
+    let api = OpenAiApi::with_key("sk-proj-someOtherProjectsKey").await;
+    let backend = Upstream::start().await;
+    let config = config()
+        .queued()
+        .resigned_route(
+            "*",
+            &backend,
+            "whsec_ZW5yaWNoLWJhY2tlbmQtc2VjcmV0LWZvci10ZXN0cyE=",
+        )
+        .enrich(&format!(
+            "{{ provider = \"openai\", api_key = \"{OPENAI_KEY}\", api_base = \"{}\" }}",
+            api.api_base()
+        ));
+    let gw = Gateway::start(telemetry(config, collector.endpoint())).await;
+    let event = signed_body(&format!(
+        r#"{{"id":"evt_t1","object":"event","created_at":{},"type":"response.completed","data":{{"id":"resp_t1"}}}}"#,
+        now_unix()
+    ));
+
+    let id = enqueue(&gw.client(), &event).await;
+    Deliveries::of(&gw)
+        .wait_for_state(&id, "failed_final")
+        .await;
+    let spans = collector.wait_for("hookgate.attempt", 1).await;
+
+    let attempt = one(&spans, "hookgate.attempt");
+    assert_eq!(
+        attempt.attr("hookgate.attempt.result"),
+        Some("failed_final"),
+        "{attempt:#?}"
+    );
+    assert_eq!(attempt.status_code, 2, "an error: {attempt:#?}");
+    assert!(backend.received().is_empty());
+}
+
+/// A commit the store failed once left `hookgate.dedupe.settle` OK: only the log said.
+#[tokio::test]
+async fn a_settle_the_store_failed_is_an_error_span() {
+    let Some(mut redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let collector = Collector::start().await;
+    let upstream = Upstream::with(Answer::held()).await;
+    let config = config()
+        .redis(&redis)
+        .store_option("timeout", "300ms")
+        .store_option("connect_timeout", "300ms")
+        .route("*", &upstream);
+    let gw = Gateway::start(telemetry(config, collector.endpoint())).await;
+    let in_flight = gw
+        .client()
+        .post_in_background(PATH, &signed_event("response.completed"));
+    upstream.wait_for(1).await;
+
+    redis.stop();
+    upstream.release();
+    assert_eq!(in_flight.await.unwrap().status(), 200);
+    let spans = collector.wait_for("hookgate.request", 1).await;
+
+    assert_eq!(one(&spans, "hookgate.dedupe.claim").status_code, 0);
+    let settle = one(&spans, "hookgate.dedupe.settle");
+    assert_eq!(settle.status_code, 2, "the store failed: {settle:#?}");
+}
