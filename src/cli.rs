@@ -313,10 +313,12 @@ pub struct SignArgs {
     /// `hookgate verify --request` reads.
     #[arg(long, conflicts_with = "send")]
     pub raw: bool,
-    /// Accept any TLS certificate (a dev listener with a self-signed certificate).
-    #[arg(long)]
+    /// Accept any TLS certificate (a dev listener with a self-signed certificate):
+    /// `--send`, or `-k` in the printed curl command.
+    #[arg(long, conflicts_with = "raw")]
     pub insecure: bool,
-    /// Trust exactly the certificates in this PEM file (for example certs/dev-cert.pem).
-    #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
+    /// Trust exactly the certificates in this PEM file (for example certs/dev-cert.pem):
+    /// `--send`, or `--cacert` in the printed curl command.
+    #[arg(long, value_name = "PEM", conflicts_with_all = ["insecure", "raw"])]
     pub cacert: Option<PathBuf>,
 }

@@ -259,16 +259,16 @@ async fn sign_command(args: SignArgs) -> anyhow::Result<ExitCode> {
         },
         SystemTime::now(),
     )?;
+    let trust = Trust::from_flags(args.cacert.as_deref(), args.insecure);
     let Some(url) = args.send else {
         if args.raw {
             let raw = sign::raw_request(&request, &args.url).map_err(|e| anyhow!("--url: {e}"))?;
             std::io::Write::write_all(&mut std::io::stdout(), raw.as_bytes())?;
         } else {
-            println!("{}", sign::curl_command(&request, &args.url, args.insecure));
+            println!("{}", sign::curl_command(&request, &args.url, &trust));
         }
         return Ok(ExitCode::SUCCESS);
     };
-    let trust = Trust::from_flags(args.cacert.as_deref(), args.insecure);
     let (status, body) = sign::send(&request, &url, &trust).await?;
     let label = match scheme.name {
         "standard-webhooks" => "webhook-id",

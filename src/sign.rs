@@ -63,10 +63,17 @@ pub fn build_with(
 
 /// A copy-pasteable curl command for a POSIX shell. `-w '\n'` ends the output with a
 /// newline: the gateway's JSON answers have none, and the prompt would follow the body.
-pub fn curl_command(request: &SignedRequest, url: &str, insecure: bool) -> String {
+pub fn curl_command(request: &SignedRequest, url: &str, trust: &Trust) -> String {
     let mut out = String::from(r"curl -sS -i -w '\n'");
-    if insecure {
-        out.push_str(" -k");
+    match trust {
+        Trust::Anything => out.push_str(" -k"),
+        Trust::CaFile(pem) => {
+            out.push_str(&format!(
+                " --cacert {}",
+                shell_quote(&pem.to_string_lossy())
+            ));
+        }
+        Trust::PublicRoots => {}
     }
     out.push_str(&format!(" -X POST {}", shell_quote(url)));
     for (name, value) in &request.headers {
@@ -253,11 +260,22 @@ mod tests {
     #[test]
     fn the_curl_command_quotes_for_the_shell() {
         let req = build(&input(Some(r#"{"note":"it's"}"#)), SystemTime::now()).unwrap();
-        let cmd = curl_command(&req, "https://localhost:8443/webhooks/openai", true);
+        let cmd = curl_command(
+            &req,
+            "https://localhost:8443/webhooks/openai",
+            &Trust::Anything,
+        );
         assert!(cmd.starts_with(
             r"curl -sS -i -w '\n' -k -X POST 'https://localhost:8443/webhooks/openai'"
         ));
         assert!(cmd.contains(r#"it'\''s"#), "{cmd}");
         assert!(cmd.contains("-H 'webhook-id: msg_1'"));
+        // `--cacert` was once dropped from the command, which then failed in curl.
+        let pem = std::path::PathBuf::from("certs/dev cert.pem");
+        let cmd = curl_command(&req, "https://localhost:8443/x", &Trust::CaFile(pem));
+        assert!(
+            cmd.starts_with(r"curl -sS -i -w '\n' --cacert 'certs/dev cert.pem' -X POST"),
+            "{cmd}"
+        );
     }
 }
