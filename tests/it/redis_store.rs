@@ -460,6 +460,50 @@ async fn the_script_claim_for_redis_before_7_keeps_the_same_contract() {
     assert_eq!(store.claim("k", "c", LONG).await.unwrap(), ClaimState::Done);
 }
 
+/// Before 6.2 Redis has no `SET ... GET`: a server that needed the claim script once
+/// still got the usual commit as `SET XX PX GET`, which failed on every delivery (the
+/// key was never marked done). Redis here is newer, so the test reads which commands ran.
+#[tokio::test]
+async fn with_script_claims_the_usual_commit_is_the_script_too() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let store = redis_store(&redis);
+    store.use_script_claims();
+    assert_eq!(store.claim("k", "a", LONG).await.unwrap(), ClaimState::Won);
+    let _: () = redis.query(&redis::cmd("CONFIG").arg("RESETSTAT")).await;
+
+    assert_eq!(
+        store.commit_unexpired("k", "a", DONE).await.unwrap(),
+        Settled::Applied
+    );
+    // The script's own commands count too: what tells is that it ran.
+    let stats: String = redis.query(redis::cmd("INFO").arg("commandstats")).await;
+    assert!(stats.contains("cmdstat_evalsha:"), "{stats}");
+    assert_eq!(store.claim("k", "b", LONG).await.unwrap(), ClaimState::Done);
+}
+
+/// A claim that finds another in flight asks how long it has left in the same step:
+/// asked apart, a commit landing in between made it answer 409 with the done key's
+/// 72 h as `Retry-After` instead of "duplicate".
+#[tokio::test]
+async fn a_claim_finding_another_in_flight_is_answered_in_one_step() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let store = redis_store(&redis);
+    assert_eq!(store.claim("k", "a", LONG).await.unwrap(), ClaimState::Won);
+    let _: () = redis.query(&redis::cmd("CONFIG").arg("RESETSTAT")).await;
+
+    let ClaimState::InFlight { remaining } = store.claim("k", "b", LONG).await.unwrap() else {
+        panic!("a second claim must find the first in flight");
+    };
+    assert!(remaining <= LONG && !remaining.is_zero(), "{remaining:?}");
+    // The claim script (its `PTTL` inside it), not a `PTTL` of its own.
+    let stats: String = redis.query(redis::cmd("INFO").arg("commandstats")).await;
+    assert!(stats.contains("cmdstat_evalsha:"), "{stats}");
+}
+
 #[tokio::test]
 async fn concurrent_operations_batched_into_one_write_each_get_their_own_reply() {
     let Some(redis) = RedisServer::start_or_skip().await else {

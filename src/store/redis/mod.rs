@@ -253,20 +253,11 @@ impl Store for RedisStore {
                 match reply {
                     Ok(None) => return Ok(ClaimState::Won),
                     Ok(Some(previous)) if previous == b"done" => return Ok(ClaimState::Done),
-                    // In flight elsewhere (rare): how long that claim has left, asked
-                    // only now so the common case stays one command. If the claim
-                    // ended in between, PTTL answers -2 and the sender is told to
-                    // retry at once.
-                    Ok(Some(_)) => {
-                        let pttl: i64 = self
-                            .call("claim", async |conn| {
-                                redis::cmd("PTTL").arg(&key).query_async(conn).await
-                            })
-                            .await?;
-                        return Ok(ClaimState::InFlight {
-                            remaining: Duration::from_millis(pttl.max(0) as u64),
-                        });
-                    }
+                    // In flight elsewhere (rare): the script below asks again in one
+                    // step, answering how long that claim has left, or that it was
+                    // committed meanwhile (a separate PTTL then read the done key's
+                    // 72 h as a claim's), or claiming it if it was released.
+                    Ok(Some(_)) => {}
                     // Redis before 7.0 refuses NX together with GET: use the script.
                     Err(StoreError::Unavailable(e)) if e.contains("syntax error") => {
                         tracing::info!("Redis before 7.0: claims use a Lua script");
@@ -320,6 +311,11 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Settled, StoreError>> {
         Box::pin(async move {
+            // `SET ... GET` needs Redis 6.2; a server that refused `SET NX GET` (before
+            // 7.0) commits through the script, as does one that refuses this.
+            if self.legacy_claim.load(Ordering::Relaxed) {
+                return self.commit(key, token, ttl).await;
+            }
             let mut set = redis::cmd("SET");
             set.arg(self.dedupe_key(key))
                 .arg("done")
@@ -327,9 +323,16 @@ impl Store for RedisStore {
                 .arg("PX")
                 .arg(millis(ttl))
                 .arg("GET");
-            let previous: Option<Vec<u8>> = self
+            let previous: Option<Vec<u8>> = match self
                 .call("commit", async |conn| set.query_async(conn).await)
-                .await?;
+                .await
+            {
+                Err(StoreError::Unavailable(e)) if e.contains("syntax error") => {
+                    self.legacy_claim.store(true, Ordering::Relaxed);
+                    return self.commit(key, token, ttl).await;
+                }
+                reply => reply?,
+            };
             match previous {
                 Some(previous)
                     if previous.strip_prefix(IN_FLIGHT.as_bytes()) == Some(token.as_bytes()) =>
