@@ -726,3 +726,76 @@ async fn tls_to_postgres_is_verified_against_the_configured_ca_file_or_the_syste
     let said = refused.to_string();
     assert!(said.contains("cannot reach PostgreSQL"), "{said}");
 }
+
+/// The sweep of expired dedupe keys once deleted a key that a claim renewed while the
+/// sweep waited for its row lock (READ COMMITTED checks an updated row again against
+/// the statement's condition, which named only the key): the live claim was lost, and
+/// a copy arriving then was forwarded a second time.
+#[tokio::test]
+async fn the_dedupe_sweep_never_deletes_a_claim_renewed_while_it_waited() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    // Starting applies the schema; its own sweep runs only every 30 s.
+    let _gw = Gateway::start(&queue_config(&url, &schema, NOWHERE).to_string()).await;
+    let connect = async || {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test postgres");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("SET search_path TO {schema}"))
+            .await
+            .unwrap();
+        client
+    };
+    let claimer = connect().await;
+    let sweeper = connect().await;
+    claimer
+        .batch_execute(
+            "INSERT INTO dedupe (key, token, expires_at) \
+             VALUES ('k', 'expired', now() - interval '1 minute')",
+        )
+        .await
+        .unwrap();
+    // A claim renewing the expired key, not committed yet.
+    claimer
+        .batch_execute(
+            "BEGIN; \
+             UPDATE dedupe SET token = 'live', expires_at = now() + interval '1 hour' \
+             WHERE key = 'k'",
+        )
+        .await
+        .unwrap();
+
+    let pid: i32 = sweeper
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let sweep = tokio::spawn(async move {
+        sweeper
+            .execute(hookgate::store::postgres::SWEEP, &[])
+            .await
+            .unwrap()
+    });
+    eventually("the sweep waiting for the claim's row lock", async || {
+        let waiting = sql(
+            &url,
+            &format!("SELECT count(*) FROM pg_locks WHERE pid = {pid} AND NOT granted"),
+        )
+        .await;
+        one(&waiting) != "0"
+    })
+    .await;
+    claimer.batch_execute("COMMIT").await.unwrap();
+
+    assert_eq!(sweep.await.unwrap(), 0, "nothing expired is left to delete");
+    let kept = sql(
+        &url,
+        &format!("SELECT token FROM {schema}.dedupe WHERE key = 'k'"),
+    )
+    .await;
+    assert_eq!(kept, [[Some("live".to_owned())]]);
+}

@@ -50,8 +50,11 @@ const COMMIT: &str = "INSERT INTO dedupe (key, token, expires_at) \
 const RELEASE: &str = "DELETE FROM dedupe WHERE key = $1 AND token = $2 AND expires_at > now()";
 
 /// One batch of the sweep of expired claims: small, so no long lock; oldest first,
-/// through `dedupe_expires_at` (`on_indexes`).
-const SWEEP: &str = "DELETE FROM dedupe WHERE key IN \
+/// through `dedupe_expires_at` (`on_indexes`). The outer condition is repeated: a row
+/// a claim or commit renewed after the subquery picked it is checked again as it now
+/// is (READ COMMITTED re-reads an updated row against the `WHERE`, not the subquery),
+/// so a live claim is never deleted. Public for the test that races it.
+pub const SWEEP: &str = "DELETE FROM dedupe WHERE expires_at < now() AND key IN \
      (SELECT key FROM dedupe WHERE expires_at < now() ORDER BY expires_at LIMIT 1000)";
 
 /// How often expired dedupe rows are swept.
