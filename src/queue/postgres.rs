@@ -293,6 +293,15 @@ impl Announcer {
 
 const NOTIFY: &str = "SELECT pg_notify($1, '')";
 
+/// One batch of the retention sweep: final records `$1` seconds past final, `$2` at
+/// most, oldest first. The condition is repeated outside the subquery: a dead letter
+/// replayed while the sweep waited for its row lock is checked again as it now is
+/// (READ COMMITTED re-reads an updated row against the `WHERE`, not the subquery),
+/// so a delivery just queued again is never deleted. Public for the test that races it.
+pub const RETENTION: &str = "DELETE FROM deliveries \
+     WHERE final_at < now() - make_interval(secs => $1) AND id IN (SELECT id FROM deliveries \
+       WHERE final_at < now() - make_interval(secs => $1) ORDER BY final_at LIMIT $2)";
+
 /// Statements that depend on nothing but are too long to write inline.
 struct Sql {
     enqueue_first: String,
@@ -462,13 +471,7 @@ impl PostgresQueue {
                 .pool
                 .call("retention", async |client| {
                     let tx = on_indexes(client).await?;
-                    let statement = tx
-                        .prepare_cached(
-                            "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries \
-                             WHERE final_at < now() - make_interval(secs => $1) \
-                             ORDER BY final_at LIMIT $2)",
-                        )
-                        .await?;
+                    let statement = tx.prepare_cached(RETENTION).await?;
                     let deleted = tx.execute(&statement, &[&retention, &BATCH]).await?;
                     tx.commit().await?;
                     Ok(deleted)

@@ -739,19 +739,8 @@ async fn the_dedupe_sweep_never_deletes_a_claim_renewed_while_it_waited() {
     let schema = fresh_schema();
     // Starting applies the schema; its own sweep runs only every 30 s.
     let _gw = Gateway::start(&queue_config(&url, &schema, NOWHERE).to_string()).await;
-    let connect = async || {
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("connect to the test postgres");
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("SET search_path TO {schema}"))
-            .await
-            .unwrap();
-        client
-    };
-    let claimer = connect().await;
-    let sweeper = connect().await;
+    let claimer = session(&url, &schema).await;
+    let sweeper = session(&url, &schema).await;
     claimer
         .batch_execute(
             "INSERT INTO dedupe (key, token, expires_at) \
@@ -769,26 +758,7 @@ async fn the_dedupe_sweep_never_deletes_a_claim_renewed_while_it_waited() {
         .await
         .unwrap();
 
-    let pid: i32 = sweeper
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let sweep = tokio::spawn(async move {
-        sweeper
-            .execute(hookgate::store::postgres::SWEEP, &[])
-            .await
-            .unwrap()
-    });
-    eventually("the sweep waiting for the claim's row lock", async || {
-        let waiting = sql(
-            &url,
-            &format!("SELECT count(*) FROM pg_locks WHERE pid = {pid} AND NOT granted"),
-        )
-        .await;
-        one(&waiting) != "0"
-    })
-    .await;
+    let sweep = waiting_for_a_lock(&url, sweeper, hookgate::store::postgres::SWEEP, vec![]).await;
     claimer.batch_execute("COMMIT").await.unwrap();
 
     assert_eq!(sweep.await.unwrap(), 0, "nothing expired is left to delete");
@@ -798,4 +768,92 @@ async fn the_dedupe_sweep_never_deletes_a_claim_renewed_while_it_waited() {
     )
     .await;
     assert_eq!(kept, [[Some("live".to_owned())]]);
+}
+
+/// A connection of its own to `url`, working in `schema`.
+async fn session(url: &str, schema: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test postgres");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("SET search_path TO {schema}"))
+        .await
+        .unwrap();
+    client
+}
+
+/// Runs `statement` on `client` in a task, and returns once it waits for a row lock
+/// another session holds; the task answers the rows it changed.
+async fn waiting_for_a_lock(
+    url: &str,
+    client: tokio_postgres::Client,
+    statement: &'static str,
+    params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>,
+) -> tokio::task::JoinHandle<u64> {
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let running = tokio::spawn(async move {
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p.as_ref() as _).collect();
+        client.execute(statement, &params).await.unwrap()
+    });
+    eventually("the statement waiting for a row lock", async || {
+        let waiting = sql(
+            url,
+            &format!("SELECT count(*) FROM pg_locks WHERE pid = {pid} AND NOT granted"),
+        )
+        .await;
+        one(&waiting) != "0"
+    })
+    .await;
+    running
+}
+
+/// The retention sweep once deleted a dead letter that was replayed while the sweep
+/// waited for its row lock (the same READ COMMITTED recheck as the dedupe sweep's):
+/// the replay answered "queued" and the delivery was gone.
+#[tokio::test]
+async fn the_retention_sweep_never_deletes_a_dead_letter_replayed_while_it_waited() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let upstream = Upstream::with(Answer::status(400)).await;
+    let gw = Gateway::start(&queue_config(&url, &schema, &upstream).to_string()).await;
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    Deliveries::of(&gw)
+        .wait_for_state(&id, "failed_final")
+        .await;
+    let replayer = session(&url, &schema).await;
+    let sweeper = session(&url, &schema).await;
+    // A replay of the dead letter (as `Queue::replay` writes it), not committed yet.
+    replayer
+        .batch_execute(&format!(
+            "BEGIN; UPDATE deliveries SET state = 'queued', final_at = NULL, \
+             due_at = now() + interval '1 hour' WHERE id = '{id}'"
+        ))
+        .await
+        .unwrap();
+
+    let past_retention = vec![Box::new(0.0f64) as _, Box::new(500i64) as _];
+    let sweep = waiting_for_a_lock(
+        &url,
+        sweeper,
+        hookgate::queue::postgres::RETENTION,
+        past_retention,
+    )
+    .await;
+    replayer.batch_execute("COMMIT").await.unwrap();
+
+    assert_eq!(sweep.await.unwrap(), 0, "nothing final is left to delete");
+    let kept = sql(
+        &url,
+        &format!("SELECT state FROM {schema}.deliveries WHERE id = '{id}'"),
+    )
+    .await;
+    assert_eq!(kept, [[Some("queued".to_owned())]]);
 }
