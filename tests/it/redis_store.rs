@@ -471,7 +471,7 @@ async fn with_script_claims_the_usual_commit_is_the_script_too() {
     let store = redis_store(&redis);
     store.use_script_claims();
     assert_eq!(store.claim("k", "a", LONG).await.unwrap(), ClaimState::Won);
-    let _: () = redis.query(&redis::cmd("CONFIG").arg("RESETSTAT")).await;
+    let _: () = redis.query(redis::cmd("CONFIG").arg("RESETSTAT")).await;
 
     assert_eq!(
         store.commit_unexpired("k", "a", DONE).await.unwrap(),
@@ -493,7 +493,7 @@ async fn a_claim_finding_another_in_flight_is_answered_in_one_step() {
     };
     let store = redis_store(&redis);
     assert_eq!(store.claim("k", "a", LONG).await.unwrap(), ClaimState::Won);
-    let _: () = redis.query(&redis::cmd("CONFIG").arg("RESETSTAT")).await;
+    let _: () = redis.query(redis::cmd("CONFIG").arg("RESETSTAT")).await;
 
     let ClaimState::InFlight { remaining } = store.claim("k", "b", LONG).await.unwrap() else {
         panic!("a second claim must find the first in flight");
