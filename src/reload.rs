@@ -182,10 +182,19 @@ impl Live {
             }
         };
         let restart_needed = self.fixed.differences(&Fixed::of(&settings));
+        let filed_upstream_timeout = settings.limits.upstream_timeout;
         settings.limits = running_limits(settings.limits, &self.fixed_limits);
+        let running_upstream_timeout = settings.limits.upstream_timeout;
         if settings.dedupe.in_flight_ttl_derived {
-            settings.dedupe.in_flight_ttl =
-                config::in_flight_ttl_for(settings.limits.upstream_timeout);
+            settings.dedupe.in_flight_ttl = config::in_flight_ttl_for(running_upstream_timeout);
+        } else {
+            // Warned about against the timeout forwards run with, not the file's.
+            let ttl = settings.dedupe.in_flight_ttl;
+            let filed = config::in_flight_ttl_warning(ttl, filed_upstream_timeout);
+            settings.warnings.retain(|w| Some(w) != filed.as_ref());
+            settings
+                .warnings
+                .extend(config::in_flight_ttl_warning(ttl, running_upstream_timeout));
         }
         match (&self.tls, &settings.server.tls) {
             (Some(current), Some(tls)) => current.store(Arc::new(Handshake::new(

@@ -10,6 +10,7 @@ use super::settings::{
     ADMIN_PATHS, AdminAuth, DedupeSettings, Limits, MAX_QUEUE_PARTITIONS, PenaltyBoxSettings,
     PostgresSettings, QueueSettings, RateLimitSettings, RedisSettings, RedisTarget, ServerSettings,
     Settings, StoreBackend, StoreSettings, TelemetrySettings, TlsSettings, in_flight_ttl_for,
+    in_flight_ttl_warning,
 };
 use super::source::sources;
 use crate::queue::policy::{BackoffPolicy, RetryOn};
@@ -32,16 +33,10 @@ pub(super) fn build(file: FileConfig, origin: &str) -> Result<Settings, Invalid>
         ));
     }
     let (sources, mut warnings) = sources(&file.sources)?;
-    if dedupe.in_flight_ttl < limits.upstream_timeout {
-        warnings.push(format!(
-            "dedupe.in_flight_ttl ({}) is shorter than limits.upstream_timeout ({}): a \
-             forward still waiting on a slow upstream loses its claim, and a copy of the \
-             delivery arriving then is forwarded again; leave it out to get the upstream \
-             timeout + 5s",
-            super::duration::written(dedupe.in_flight_ttl),
-            super::duration::written(limits.upstream_timeout)
-        ));
-    }
+    warnings.extend(in_flight_ttl_warning(
+        dedupe.in_flight_ttl,
+        limits.upstream_timeout,
+    ));
     let store = store_settings(file.store.as_ref())?;
     let queue = queue_settings(&file.queue)?;
     let queued = sources.iter().any(|s| s.delivery == DeliveryMode::Queue);

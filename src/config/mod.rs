@@ -34,7 +34,7 @@ pub use settings::{
     ADMIN_PATHS, AdminAuth, DedupeSettings, EnrichSettings, HTTP2_RESET_WINDOW, Limits,
     PenaltyBoxSettings, PostgresSettings, QueueSettings, RateLimitSettings, RedisSettings,
     RedisTarget, ServerSettings, Settings, Source, StoreBackend, StoreSettings, TelemetrySettings,
-    TlsSettings, in_flight_ttl_for,
+    TlsSettings, in_flight_ttl_for, in_flight_ttl_warning,
 };
 
 /// The embedded default configuration: the same text as `config/hookgate.toml`, so the

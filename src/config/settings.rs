@@ -304,6 +304,24 @@ pub fn in_flight_ttl_for(upstream_timeout: Duration) -> Duration {
     upstream_timeout + IN_FLIGHT_MARGIN
 }
 
+/// The warning for an explicit `dedupe.in_flight_ttl` shorter than the upstream timeout
+/// in force: a forward still waiting on a slow upstream loses its claim.
+pub fn in_flight_ttl_warning(
+    in_flight_ttl: Duration,
+    upstream_timeout: Duration,
+) -> Option<String> {
+    (in_flight_ttl < upstream_timeout).then(|| {
+        format!(
+            "dedupe.in_flight_ttl ({}) is shorter than limits.upstream_timeout ({}): a \
+             forward still waiting on a slow upstream loses its claim, and a copy of the \
+             delivery arriving then is forwarded again; leave it out to get the upstream \
+             timeout + 5s",
+            super::duration::written(in_flight_ttl),
+            super::duration::written(upstream_timeout)
+        )
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimitSettings {
     pub requests_per_second: f64,

@@ -449,3 +449,30 @@ async fn a_queued_delivery_whose_route_this_instance_lacks_waits_without_an_atte
     assert_eq!(record["state"], "failed_retryable", "{record:#}");
     assert_eq!(upstream.received().len(), sent);
 }
+
+/// An explicit `in_flight_ttl` is held against the upstream timeout forwards run with:
+/// a file shortening both (the timeout needs a restart) once passed without a warning
+/// while claims lasted less than the running forwards.
+#[tokio::test]
+async fn a_reload_warns_about_an_in_flight_ttl_shorter_than_the_running_upstream_timeout() {
+    let upstream = Upstream::start().await;
+    let file = ConfigFile::new(config().upstream_timeout("30s").route("*", &upstream));
+    let gw = Gateway::start_file(&file.path()).await;
+    file.write(
+        config()
+            .upstream_timeout("5s")
+            .set("dedupe", "in_flight_ttl", "\"10s\"")
+            .route("*", &upstream),
+    );
+    let reloaded = gw.reload().await.expect("a valid file");
+    let warned: Vec<&String> = reloaded
+        .warnings
+        .iter()
+        .filter(|w| w.starts_with("dedupe.in_flight_ttl"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{reloaded:?}");
+    assert!(
+        warned[0].contains("shorter than limits.upstream_timeout (30s)"),
+        "{reloaded:?}"
+    );
+}

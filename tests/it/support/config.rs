@@ -383,6 +383,7 @@ impl fmt::Display for Config {
             writeln!(f, "{key} = {value}")?;
         }
         writeln!(f, "[dedupe]")?;
+        self.extra_lines(f, "dedupe")?;
         for (key, value) in &self.dedupe {
             writeln!(f, "{key} = {value}")?;
         }
@@ -392,7 +393,7 @@ impl fmt::Display for Config {
             "[rate_limit]\nrequests_per_second = {rps:?}\nburst = {burst}"
         )?;
         self.extra_lines(f, "rate_limit")?;
-        let known = ["server", "server.tls", "admin", "limits", "rate_limit"];
+        let known = ["server", "server.tls", "admin", "limits", "dedupe", "rate_limit"];
         let mut others: Vec<&str> = self
             .extra
             .iter()
