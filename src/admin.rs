@@ -107,36 +107,33 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
         return site == "same-origin";
     }
-    match (headers.get(ORIGIN), headers.get(HOST)) {
-        (None, _) => true,
-        (Some(origin), _) if origin == "null" => true,
-        (Some(origin), Some(host)) => {
-            let origin = origin.as_bytes();
-            [b"http://".as_slice(), b"https://"]
-                .iter()
-                .any(|scheme| origin.strip_prefix(*scheme) == Some(host.as_bytes()))
-        }
-        (Some(_), None) => false,
+    match origin_is_this_host(headers) {
+        None => true,
+        Some(_) if headers.get(ORIGIN).is_some_and(|o| o == "null") => true,
+        Some(this_host) => this_host,
     }
 }
 
 /// Whether a browser sent this request from a page of another site (CSRF): its
 /// `Sec-Fetch-Site`, or, from a browser too old to send that, an `Origin` not of this
-/// host. Command-line clients send neither.
+/// host (`null` included: a sandboxed frame sends it). Command-line clients send
+/// neither.
 fn from_another_site(headers: &HeaderMap) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
         return site != "same-origin" && site != "none";
     }
-    match (headers.get(ORIGIN), headers.get(HOST)) {
-        (None, _) => false,
-        (Some(origin), Some(host)) => {
-            let origin = origin.as_bytes();
-            ![b"http://".as_slice(), b"https://"]
-                .iter()
-                .any(|scheme| origin.strip_prefix(*scheme) == Some(host.as_bytes()))
-        }
-        (Some(_), None) => true,
-    }
+    origin_is_this_host(headers) == Some(false)
+}
+
+/// Whether the `Origin` is this request's `Host` (over http or https); `None` without
+/// an `Origin`.
+fn origin_is_this_host(headers: &HeaderMap) -> Option<bool> {
+    let origin = headers.get(ORIGIN)?.as_bytes();
+    Some(headers.get(HOST).is_some_and(|host| {
+        [b"http://".as_slice(), b"https://"]
+            .iter()
+            .any(|scheme| origin.strip_prefix(*scheme) == Some(host.as_bytes()))
+    }))
 }
 
 impl Admin {
