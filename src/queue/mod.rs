@@ -52,6 +52,11 @@ pub enum QueueError {
     /// the visibility timeout, or the record is gone.
     #[error("delivery {id} is no longer held by this instance (taken over, or gone)")]
     LeaseLost { id: String },
+    /// The dedupe claim the deliveries were to be stored under was no longer held
+    /// (released after a timeout, or expired): nothing was stored, as a copy stored by
+    /// whoever holds the key now would otherwise be stored twice.
+    #[error("the dedupe claim was no longer held; nothing was stored")]
+    ClaimLost,
 }
 
 impl QueueError {
@@ -92,8 +97,9 @@ pub trait Queue: Send + Sync {
 
     /// `enqueue_all`, and where the backend also holds the dedupe claims (PostgreSQL),
     /// marks `claim` done in the same transaction, so the deliveries are stored with
-    /// their key done or nothing happens. Returns the ids and whether the claim was
-    /// settled here; when it was not, the caller commits it as usual.
+    /// their key done or nothing happens (`QueueError::ClaimLost` when the claim is no
+    /// longer held). Returns the ids and whether the claim was settled here; when it
+    /// was not, the caller commits it as usual.
     fn enqueue_all_claimed<'a>(
         &'a self,
         deliveries: Vec<NewDelivery>,

@@ -93,17 +93,19 @@ const CLAIM_DONE: &str = "UPDATE dedupe SET token = NULL, \
      expires_at = now() + make_interval(secs => $3) \
      WHERE key = $1 AND token = $2 AND expires_at > now()";
 
-/// `ENQUEUE` ($1 to $9, `NewRow::params`), marking the dedupe claim `$10` of token `$11`
-/// done for `$12` seconds in the same statement (one transaction); returns whether the
-/// claim was still held. Neither `NOTIFY`s: see `Announcer`.
+/// `ENQUEUE` ($1 to $9, `NewRow::params`) only if the dedupe claim `$10` of token `$11`
+/// is still held, marking it done for `$12` seconds in the same statement (one
+/// transaction); a row comes back when stored. A claim released meanwhile (its enqueue
+/// timed out, and this statement ran late) or expired stores nothing: the key's new
+/// holder may store the delivery itself. Neither `NOTIFY`s: see `Announcer`.
 const ENQUEUE_CLAIMED: &str = "WITH done AS ( \
        UPDATE dedupe SET token = NULL, expires_at = now() + make_interval(secs => $12) \
        WHERE key = $10 AND token = $11 AND expires_at > now() RETURNING 1) \
      INSERT INTO deliveries (id, state, source, route, webhook_id, \
      event_type, received_at, queued_at, updated_at, due_at, headers, body, trace_context) \
-     VALUES ($1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
-     $7::text::jsonb, $8, $9) \
-     RETURNING EXISTS (SELECT 1 FROM done)";
+     SELECT $1, 'queued', $2, $3, $4, $5, ms_ts($6), ms_ts($6), ms_ts($6), ms_ts($6), \
+     $7::text::jsonb, $8, $9 FROM done \
+     RETURNING 1";
 
 /// Leases up to `$2` due deliveries to `$3` for `$4` seconds. Rows come back unordered.
 const TAKE: &str = "WITH due AS ( \
@@ -410,15 +412,19 @@ impl PostgresQueue {
             .pool
             .call("enqueue", async |client| {
                 let statement = client.prepare_cached(ENQUEUE_CLAIMED).await?;
-                client.query_one(&statement, &params).await
+                client.execute(&statement, &params).await
             })
             .await?;
+        if stored == 0 {
+            return Err(QueueError::ClaimLost);
+        }
         self.announcer.announce(&self.pool, &self.channel);
-        Ok((row.id, stored.get(0)))
+        Ok((row.id, true))
     }
 
     /// Several deliveries (a fan-out's copies) in one transaction, with `claim` marked
-    /// done in it when given.
+    /// done in it when given, and stored only if that claim is still held (as
+    /// `ENQUEUE_CLAIMED`).
     async fn store_together(
         &self,
         deliveries: Vec<NewDelivery>,
@@ -428,26 +434,34 @@ impl PostgresQueue {
             .iter()
             .map(|d| NewRow::of(&self.ids, d))
             .collect();
-        let settled = self
+        let held = self
             .pool
             .call("enqueue", async |client| {
                 let tx = client.transaction().await?;
-                let mut settled = false;
                 if let Some(claim) = &claim {
                     let statement = tx.prepare_cached(CLAIM_DONE).await?;
                     let ttl = claim.ttl.as_secs_f64();
-                    settled = tx
+                    let done = tx
                         .execute(&statement, &[&claim.key, &claim.token, &ttl])
-                        .await?
-                        == 1;
+                        .await?;
+                    if done == 0 {
+                        // Dropped, the transaction rolls back: nothing stored.
+                        return Ok(false);
+                    }
                 }
                 insert_rows(&tx, &rows).await?;
                 tx.commit().await?;
-                Ok(settled)
+                Ok(true)
             })
             .await?;
+        if !held {
+            return Err(QueueError::ClaimLost);
+        }
         self.announcer.announce(&self.pool, &self.channel);
-        Ok((rows.into_iter().map(|row| row.id).collect(), settled))
+        Ok((
+            rows.into_iter().map(|row| row.id).collect(),
+            claim.is_some(),
+        ))
     }
 
     /// Deletes final records past the retention, a small batch at a time, at most
@@ -1106,7 +1120,17 @@ impl Queue for PostgresQueue {
                              SELECT old.state, EXISTS (SELECT 1 FROM replayed) FROM old",
                         )
                         .await?;
-                    client.query_opt(&statement, &[&id, &now]).await
+                    let row = client.query_opt(&statement, &[&id, &now]).await?;
+                    if row.as_ref().is_none_or(|row| row.get::<_, bool>(1)) {
+                        return Ok(row);
+                    }
+                    // Not replayed: `old` read the state from before the statement, and
+                    // a replay or retention delete that committed while it waited for
+                    // the row is only seen by a statement of its own.
+                    let now_state = client
+                        .prepare_cached("SELECT state, false FROM deliveries WHERE id = $1")
+                        .await?;
+                    client.query_opt(&now_state, &[&id]).await
                 })
                 .await?;
             let Some(row) = row else {

@@ -857,3 +857,101 @@ async fn the_retention_sweep_never_deletes_a_dead_letter_replayed_while_it_waite
     .await;
     assert_eq!(kept, [[Some("queued".to_owned())]]);
 }
+
+/// A statement that ran past `store.timeout` was only abandoned by the client: the
+/// server went on and committed it later (a delivery stored after its sender was told
+/// 503), and the connection went back to the pool still busy with it. It is cancelled
+/// on the server now, and the connection is not reused.
+#[tokio::test]
+async fn a_statement_past_the_store_timeout_is_cancelled_not_committed_later() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let upstream = Upstream::start().await;
+    let config = queue_config(&url, &schema, &upstream)
+        .store_option("timeout", "300ms")
+        .store_option("connect_timeout", "300ms");
+    let gw = Gateway::start(&config.to_string()).await;
+    let event = signed_event("response.completed");
+    // Another transaction writing the delivery's key: the enqueue's insert of it waits
+    // for that transaction to end (past parsing, so the statement is running).
+    let locker = session(&url, &schema).await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO dedupe (key, token, expires_at) \
+             VALUES ('{SOURCE}:{}', 'other', now() - interval '1 minute')",
+            event.header("webhook-id")
+        ))
+        .await
+        .unwrap();
+
+    let refused = gw.post(PATH, &event).await;
+    assert_eq!(refused.status(), 503, "{refused:?}");
+    // What still holds it ends a little later (a statement finishing between the
+    // timeout and the cancel's arrival still commits: the cancel narrows that window
+    // to the cancel's round trip).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let stored = sql(&url, &format!("SELECT count(*) FROM {schema}.deliveries")).await;
+    assert_eq!(
+        one(&stored),
+        "0",
+        "the refused delivery was stored after all"
+    );
+    let waiting = sql(&url, &format!("SELECT count(*) FROM {schema}.dedupe")).await;
+    assert_eq!(one(&waiting), "0", "nor its key written done");
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    Deliveries::of(&gw).wait_for_state(&id, "processed").await;
+}
+
+/// A replay that waited for a dead letter another replay was queuing again answered
+/// 409 with the state from before it waited (`failed_final`): the state it reports now
+/// is the delivery's as it is.
+#[tokio::test]
+async fn a_replay_that_lost_the_race_to_another_reports_the_state_it_found() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let upstream = Upstream::with(Answer::status(400)).await;
+    let gw = Gateway::start(&queue_config(&url, &schema, &upstream).to_string()).await;
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    let deliveries = Deliveries::of(&gw);
+    deliveries.wait_for_state(&id, "failed_final").await;
+    let other = session(&url, &schema).await;
+    // Another replay (as `Queue::replay` writes it), not committed yet.
+    other
+        .batch_execute(&format!(
+            "BEGIN; UPDATE deliveries SET state = 'queued', final_at = NULL, \
+             due_at = now() + interval '1 hour' WHERE id = '{id}'"
+        ))
+        .await
+        .unwrap();
+
+    let replay = {
+        let deliveries = Deliveries::of(&gw);
+        let path = format!("/deliveries/{id}/replay");
+        tokio::spawn(async move { deliveries.request(http::Method::POST, &path).await })
+    };
+    eventually("the replay waiting for the row", async || {
+        let waiting = sql(
+            &url,
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE '%replayed AS%'",
+        )
+        .await;
+        one(&waiting) != "0"
+    })
+    .await;
+    other.batch_execute("COMMIT").await.unwrap();
+
+    let answer = replay.await.unwrap();
+    assert_eq!(answer.status(), 409, "{answer:?}");
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({"error": "not_replayable", "state": "queued"})
+    );
+}

@@ -75,18 +75,44 @@ impl PgPool {
         request: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let attempt = async {
-            let mut client = self.pool.get().await.map_err(pool_error)?;
-            request(&mut client).await.map_err(pg_error)
+        let deadline = tokio::time::Instant::now() + self.deadline;
+        let result = match tokio::time::timeout_at(deadline, self.pool.get()).await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Err(e)) => Err(pool_error(e)),
+            Ok(Ok(mut client)) => {
+                match tokio::time::timeout_at(deadline, request(&mut client)).await {
+                    Ok(result) => result.map_err(pg_error),
+                    Err(_) => {
+                        self.abandon(client);
+                        Err(StoreError::Timeout)
+                    }
+                }
+            }
         };
-        let result = tokio::time::timeout(self.deadline, attempt)
-            .await
-            .unwrap_or(Err(StoreError::Timeout));
         self.metrics.store_op(op, started.elapsed(), result.is_ok());
         if let Err(e) = &result {
             tracing::warn!(op, error = %e, "postgres store operation failed");
         }
         result
+    }
+
+    /// A client whose statement ran past the deadline: dropping the future left it
+    /// running on the server, where it would still commit (an enqueue the sender was
+    /// told failed, a take leasing rows nobody holds) and hold the connection for
+    /// whoever got it next. It is cancelled on the server, and the connection leaves
+    /// the pool, closed only once the cancel was sent (closing first lets a statement
+    /// in progress finish).
+    fn abandon(&self, client: deadpool_postgres::Client) {
+        let client = deadpool_postgres::Object::take(client);
+        let cancel = client.cancel_token();
+        let tls = self.tls.clone();
+        let deadline = self.deadline;
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = tokio::time::timeout(deadline, cancel.cancel_query(tls)).await {
+                tracing::warn!(error = %pg_error(e), "postgres: cannot cancel a statement that timed out");
+            }
+            drop(client);
+        });
     }
 }
 

@@ -179,6 +179,7 @@ macro_rules! contract_tests {
                     the_trace_context_comes_back_with_every_attempt_and_the_history_keeps_trace_ids,
                     enqueue_all_stores_every_copy_with_its_own_record_and_lease,
                     enqueue_all_first_stores_a_delivery_only_while_its_key_is_free,
+                    enqueue_all_claimed_stores_nothing_under_a_claim_no_longer_held,
                     pace_allows_the_burst_then_one_start_per_interval_per_key,
                     a_deferred_delivery_waits_until_its_time_without_an_attempt,
                     a_deferral_past_max_age_dead_letters_the_delivery_without_an_attempt,

@@ -367,6 +367,39 @@ pub async fn enqueue_all_first_stores_a_delivery_only_while_its_key_is_free(queu
     assert_eq!(show(queue, &expected[0]).await.summary.state, State::Queued);
 }
 
+/// Where the queue holds the dedupe keys, deliveries stored under a claim are stored
+/// only while that claim is held: an enqueue that ran late, after its claim was
+/// released on a timeout (or expired) and the key perhaps won by the sender's retry,
+/// once stored a second copy. Elsewhere the claim is the store's, not the queue's.
+pub async fn enqueue_all_claimed_stores_nothing_under_a_claim_no_longer_held(queue: &dyn Queue) {
+    if !queue.dedupe_in_enqueue() {
+        return;
+    }
+    let t = now_millis();
+    let released = hookgate::queue::ClaimDone {
+        key: "openai:msg_31",
+        token: "a-released-claim",
+        ttl: Duration::from_secs(60),
+    };
+    let one = vec![delivery(SOURCE, 31, t)];
+    let copies: Vec<NewDelivery> = ["a", "b"]
+        .into_iter()
+        .map(|route| NewDelivery {
+            route: route.to_owned(),
+            ..delivery(SOURCE, 31, t)
+        })
+        .collect();
+    for deliveries in [one, copies] {
+        let e = queue
+            .enqueue_all_claimed(deliveries, released)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, hookgate::queue::QueueError::ClaimLost), "{e}");
+    }
+    let listed = queue.list(&all()).await.unwrap().deliveries;
+    assert!(listed.is_empty(), "nothing stored: {listed:?}");
+}
+
 /// A breaker or a rate puts a taken delivery back to wait, without an attempt.
 pub async fn a_deferred_delivery_waits_until_its_time_without_an_attempt(queue: &dyn Queue) {
     let t = now_millis();

@@ -393,7 +393,14 @@ impl fmt::Display for Config {
             "[rate_limit]\nrequests_per_second = {rps:?}\nburst = {burst}"
         )?;
         self.extra_lines(f, "rate_limit")?;
-        let known = ["server", "server.tls", "admin", "limits", "dedupe", "rate_limit"];
+        let known = [
+            "server",
+            "server.tls",
+            "admin",
+            "limits",
+            "dedupe",
+            "rate_limit",
+        ];
         let mut others: Vec<&str> = self
             .extra
             .iter()
