@@ -133,8 +133,11 @@ const FENCE_TTL: Duration = Duration::from_secs(3600);
 const TAKE: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 256)
 for _, id in ipairs(due) do
-  redis.call('ZREM', KEYS[2], id)
+  -- Read before anything is written: a record this node cannot read (its slot being
+  -- migrated) aborts the script with nothing changed, not with the id out of
+  -- `scheduled` and never in the stream.
   local route = redis.call('HGET', ARGV[7] .. id, 'route_label')
+  redis.call('ZREM', KEYS[2], id)
   redis.call('XADD', KEYS[1], '*', 'd', id, 'r', route or '')
 end
 local count = tonumber(ARGV[3])

@@ -60,14 +60,14 @@ impl RedisConnection {
                 client: ClusterClient::builder(nodes.iter().cloned())
                     .response_timeout(settings.timeout)
                     .connection_timeout(settings.connect_timeout)
-                    .retries(2)
-                    // Short waits between retries (the client's default is over a second
-                    // each): a retry later than `deadline` is never seen, and a node that
-                    // refuses connections is then reported as refusing, not as a timeout,
-                    // which lets the queue store a delivery in another partition at once
-                    // (`script_or_unsent`).
-                    .min_retry_wait(10)
-                    .max_retry_wait(100)
+                    // No retries by the client: it re-sends a command whose connection
+                    // dropped before the answer, which may have run, and the queue's
+                    // scripts must run once (an enqueue run twice stored a second stream
+                    // entry, attempted twice, under one 202). A redirect or a refused
+                    // node is then the caller's to handle: the slot map is refreshed for
+                    // the next command, the queue stores a delivery a node refused in
+                    // another partition (`script_or_unsent`), and the rest fails once.
+                    .retries(0)
                     .build()
                     .map_err(unavailable)?,
                 connection: Mutex::new(None),
