@@ -432,3 +432,95 @@ async fn the_compose_senders_command_delivers_a_signed_event() {
     assert!(stdout.contains("HTTP 200 OK"), "{stdout}");
     assert_eq!(upstream.received().len(), 1);
 }
+
+/// The systemd unit's install steps, run as its header writes them with `/etc/hookgate`
+/// moved under a temporary root and its `hookgate` group played by `nogroup`: the unit's
+/// user can then read the config and the TLS key, which it must, as hookgate reads them
+/// itself (a `DynamicUser` could read neither, and the unit never started). Runs as root
+/// only, as the steps do (CI runs as root).
+#[test]
+fn the_systemd_units_install_steps_let_its_user_read_the_config_and_key() {
+    use std::process::Command;
+    let unit = repo_file("config/hookgate.service");
+    let euid = Command::new("id").arg("-u").output().expect("run id");
+    if String::from_utf8_lossy(&euid.stdout).trim() != "0" {
+        eprintln!("the systemd unit's install steps need root: not run");
+        return;
+    }
+    let user = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("User="))
+        .expect("the unit names its User");
+    assert!(
+        unit.lines()
+            .any(|l| l.starts_with("#   useradd --system") && l.ends_with(&format!(" {user}"))),
+        "the install steps create the unit's user {user}"
+    );
+    assert!(
+        !unit.lines().any(|l| l.starts_with("DynamicUser=")),
+        "a DynamicUser cannot read the key"
+    );
+
+    let root = tempfile::tempdir().unwrap();
+    let etc = root.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    for dir in [root.path(), etc.as_path()] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let moved = format!("{}/etc/hookgate", root.path().display());
+    let bin = env!("CARGO_BIN_EXE_hookgate");
+    // Every command line of the header but those that install the binary, the user and
+    // the unit itself into the system.
+    let steps: Vec<String> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   "))
+        .filter(|l| {
+            !["/usr/local/bin", "useradd", "systemctl"]
+                .iter()
+                .any(|s| l.contains(s))
+        })
+        .map(|l| {
+            l.replace("/etc/hookgate", &moved)
+                .replace(&format!("-g {user} "), "-g nogroup ")
+                .replace(&format!("chgrp {user} "), "chgrp nogroup ")
+                .replace("hookgate dev-cert", &format!("{bin} dev-cert"))
+        })
+        .collect();
+    assert_eq!(steps.len(), 5, "{steps:#?}");
+    for step in &steps {
+        let ran = Command::new("sh")
+            .args(["-c", step])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run sh");
+        assert!(
+            ran.status.success(),
+            "{step}: {}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+    }
+    // The installed config's TLS paths, moved as well (as root: mode and group stay).
+    let config = format!("{moved}/hookgate.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("/etc/hookgate", &moved)).unwrap();
+
+    let checked = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", bin])
+        .args(["check", "--config", &config])
+        .env(
+            "OPENAI_WEBHOOK_SECRET",
+            "whsec_aG9va2dhdGUtZGVtby1zZWNyZXQtZG8tbm90LXVzZSE=",
+        )
+        .env_remove("HOOKGATE_CONFIG")
+        .output()
+        .expect("run setpriv");
+    assert!(
+        checked.status.success(),
+        "hookgate check as the unit's user: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let env_file = std::fs::metadata(format!("{moved}/env")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(env_file.permissions().mode() & 0o777, 0o600);
+}
