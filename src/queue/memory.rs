@@ -247,6 +247,11 @@ impl Inner {
             (None, None) => (UnixMillis::MAX, String::new()),
         };
         let lower = (filter.since.unwrap_or(0), String::new());
+        // An empty window (`since` at or past `until` or the cursor): `range` would
+        // panic on bounds the wrong way round.
+        if lower >= upper {
+            return DeliveryList::default();
+        }
         let searched: Vec<&(UnixMillis, String)>;
         let candidates: Box<dyn Iterator<Item = &(UnixMillis, String)>> = match &filter.search {
             Some(q) => {

@@ -26,11 +26,15 @@ impl BackoffPolicy {
     /// The wait after failed attempt number `failed` (1 for the first). `sample` is a
     /// uniform random number in [0, 1), used only with jitter.
     pub fn delay(&self, failed: u32, sample: f64) -> Duration {
-        let doublings = failed.saturating_sub(1).min(32);
-        let full = self
-            .initial
-            .checked_mul(1u32 << doublings.min(31))
-            .unwrap_or(self.max)
+        // `initial × 2^(failed−1)`, at most `max`: past 2^63 it is `max` in any case.
+        let doublings = failed.saturating_sub(1);
+        let full = 1u64
+            .checked_shl(doublings)
+            .filter(|_| doublings < 64)
+            .and_then(|factor| self.initial.as_nanos().checked_mul(u128::from(factor)))
+            .map_or(self.max, |nanos| {
+                Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+            })
             .min(self.max);
         if !self.jitter {
             return full;
@@ -104,7 +108,13 @@ impl RetryOn {
         match (outcome, outcome.status()) {
             (_, Some(status)) => {
                 let code = status.as_u16();
-                self.codes.contains(&code) || self.classes[usize::from(code / 100).min(5)]
+                // Only 1xx to 5xx are classes; a code from 600 to 999 (the HTTP crate
+                // takes them) is retried only when listed itself.
+                self.codes.contains(&code)
+                    || self
+                        .classes
+                        .get(usize::from(code / 100))
+                        .is_some_and(|retried| *retried)
             }
             (UpstreamOutcome::Timeout, None) => self.timeout,
             (_, None) => self.connect,
@@ -248,6 +258,15 @@ mod tests {
         let secs: Vec<u64> = (1..=8).map(|n| b.delay(n, 0.5).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(b.delay(1000, 0.5), Duration::from_secs(60));
+        // It went on doubling past 32 failures too (it stopped at 2^31 × initial).
+        let long = BackoffPolicy {
+            initial: Duration::from_millis(1),
+            max: Duration::from_secs(30 * 86_400),
+            jitter: false,
+        };
+        assert_eq!(long.delay(32, 0.5), Duration::from_millis(1 << 31));
+        assert_eq!(long.delay(33, 0.5), long.max);
+        assert_eq!(long.delay(u32::MAX, 0.5), long.max);
     }
 
     #[test]
@@ -276,6 +295,11 @@ mod tests {
         assert!(!on.retries(&status(410)));
         assert!(!on.retries(&status(302)));
         assert!(!on.retries(&status(200)));
+        // Codes past 599 are no class: final unless listed (they were retried as 5xx).
+        assert!(!on.retries(&status(600)));
+        assert!(!on.retries(&status(999)));
+        let listed = RetryOn::parse(&strings(&["5xx", "599"])).unwrap();
+        assert!(listed.retries(&status(599)));
         assert!(on.retries(&UpstreamOutcome::Broken("reset".into())));
         let none = RetryOn::parse(&[]).unwrap();
         assert!(!none.retries(&connect()));

@@ -1088,6 +1088,21 @@ pub async fn listing_filters_by_route_event_type_and_time_window(queue: &dyn Que
         [c.as_str(), b.as_str()],
         "since is inclusive, until exclusive"
     );
+    // A window the wrong way round (times swapped, or the console's "within" window
+    // moved past `until`) is empty: the in-memory queue panicked on it.
+    let inverted = ListFilter {
+        since: Some(t + 30),
+        until: Some(t + 10),
+        ..all()
+    };
+    assert!(listed(queue, inverted).await.is_empty());
+    let searched = ListFilter {
+        since: Some(t + 30),
+        until: Some(t + 10),
+        search: Some(b.clone()),
+        ..all()
+    };
+    assert!(listed(queue, searched).await.is_empty());
     let since = ListFilter {
         since: Some(t + 1),
         route: Some("0".into()),
