@@ -289,6 +289,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             content_type: None,
             body: Bytes::new(),
+            retry_after: None,
         })
     }
 

@@ -323,10 +323,15 @@ impl Forwarder {
             Some(_) => parts.headers.get(header::CONTENT_TYPE).cloned(),
             None => None,
         };
+        let retry_after = match parts.status.is_success() {
+            true => None,
+            false => crate::upstream::retry_after(&parts.headers, std::time::SystemTime::now()),
+        };
         Ok(UpstreamReply {
             status: parts.status,
             content_type,
             body: body.unwrap_or_default(),
+            retry_after,
         })
     }
 }

@@ -341,6 +341,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             content_type: None,
             body: Bytes::from_static(b"upstream says no"),
+            retry_after: None,
         }
     }
 

@@ -5,10 +5,11 @@
 //! queued delivery is tried again. Nothing here decides either.
 
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::StatusCode;
-use http::header::HeaderValue;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// What the upstream answered: its status and the start of its body.
 #[derive(Debug, Clone)]
@@ -19,6 +20,37 @@ pub struct UpstreamReply {
     /// At most `forward::MAX_REPLY_BYTES` (2xx) or `forward::MAX_ERROR_REPLY_BYTES`;
     /// empty when the body was longer, stalled or broke.
     pub body: Bytes,
+    /// How long a refusing upstream asked to be left alone (`retry_after`): a queued
+    /// delivery's retry waits at least that long.
+    pub retry_after: Option<Duration>,
+}
+
+/// OpenAI's header for it, in milliseconds; others send only `Retry-After`.
+const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+
+/// How long an answer asks to wait: `retry-after-ms`, else `Retry-After` as seconds
+/// (fractions allowed, as OpenAI's SDKs read it) or an HTTP date.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let seconds = |text: &str, scale: f64| {
+        text.parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite() && *n >= 0.0)
+            .and_then(|n| Duration::try_from_secs_f64(n / scale).ok())
+    };
+    if let Some(ms) = text(RETRY_AFTER_MS).and_then(|t| seconds(t, 1000.0)) {
+        return Some(ms);
+    }
+    let after = text(http::header::RETRY_AFTER)?;
+    seconds(after, 1.0).or_else(|| {
+        let at = httpdate::parse_http_date(after).ok()?;
+        Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -76,11 +108,45 @@ impl fmt::Display for UpstreamOutcome {
 mod tests {
     use super::*;
 
+    #[test]
+    fn retry_after_is_read_in_milliseconds_seconds_or_as_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        let read = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            retry_after(&headers, now)
+        };
+        assert_eq!(read(&[("retry-after", "3")]), Some(Duration::from_secs(3)));
+        assert_eq!(
+            read(&[("retry-after", "1.5")]),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            read(&[("retry-after-ms", "250"), ("retry-after", "3")]),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            read(&[("retry-after", "Wed, 21 Oct 2015 07:28:10 GMT")]),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            read(&[("retry-after", "Wed, 21 Oct 2015 07:27:00 GMT")]),
+            Some(Duration::ZERO),
+            "a date in the past: at once"
+        );
+        assert_eq!(read(&[("retry-after", "-1")]), None);
+        assert_eq!(read(&[("retry-after", "soon")]), None);
+        assert_eq!(read(&[]), None);
+    }
+
     fn answered(status: u16) -> UpstreamOutcome {
         UpstreamOutcome::Answered(UpstreamReply {
             status: StatusCode::from_u16(status).unwrap(),
             content_type: None,
             body: Bytes::new(),
+            retry_after: None,
         })
     }
 

@@ -31,7 +31,7 @@
 //!
 //! The API's error `message` is never kept: for a refused key it quotes part of the key.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -40,6 +40,7 @@ use serde::Deserialize;
 
 use super::{FetchFailure, ObjectRef, Plan};
 use crate::metrics::EnrichResult;
+use crate::upstream::retry_after;
 
 /// Where the API is unless `api_base` says otherwise.
 pub const DEFAULT_API_BASE: &str = "https://api.openai.com/v1";
@@ -58,7 +59,6 @@ const MAX_ID_LEN: usize = 256;
 pub const ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
 pub const PROJECT: HeaderName = HeaderName::from_static("openai-project");
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
 
 /// What to do with an event of `event_type` whose body is `body`.
 pub fn plan(event_type: &str, body: &[u8]) -> Plan {
@@ -230,33 +230,10 @@ fn token(text: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-/// How long the API asks to wait: `retry-after-ms`, else `Retry-After` as seconds
-/// (fractions allowed, as the SDKs do) or an HTTP date.
-pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    let seconds = |text: &str, scale: f64| {
-        text.parse::<f64>()
-            .ok()
-            .filter(|n| n.is_finite() && *n >= 0.0)
-            .and_then(|n| Duration::try_from_secs_f64(n / scale).ok())
-    };
-    if let Some(ms) = text(RETRY_AFTER_MS).and_then(|t| seconds(t, 1000.0)) {
-        return Some(ms);
-    }
-    let after = text(http::header::RETRY_AFTER)?;
-    seconds(after, 1.0).or_else(|| {
-        let at = httpdate::parse_http_date(after).ok()?;
-        Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use http::HeaderValue;
 
@@ -488,33 +465,6 @@ mod tests {
             failure.detail,
             "the OpenAI API answered 429 (requests, rate_limit_exceeded)"
         );
-    }
-
-    #[test]
-    fn retry_after_is_read_in_milliseconds_seconds_or_as_a_date() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
-        let read = |pairs: &[(&'static str, &'static str)]| retry_after(&headers(pairs), now);
-        assert_eq!(read(&[("retry-after", "3")]), Some(Duration::from_secs(3)));
-        assert_eq!(
-            read(&[("retry-after", "1.5")]),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            read(&[("retry-after-ms", "250"), ("retry-after", "3")]),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(
-            read(&[("retry-after", "Wed, 21 Oct 2015 07:28:10 GMT")]),
-            Some(Duration::from_secs(10))
-        );
-        assert_eq!(
-            read(&[("retry-after", "Wed, 21 Oct 2015 07:27:00 GMT")]),
-            Some(Duration::ZERO),
-            "a date in the past: at once"
-        );
-        assert_eq!(read(&[("retry-after", "-1")]), None);
-        assert_eq!(read(&[("retry-after", "soon")]), None);
-        assert_eq!(read(&[]), None);
     }
 
     #[test]

@@ -181,7 +181,13 @@ pub fn decide(
     if attempt >= policy.max_attempts {
         return Verdict::Final(FinalReason::MaxAttempts);
     }
-    let delay = policy.backoff.delay(attempt, sample);
+    // An upstream that asked for a pause (`Retry-After` on a 429 or 503) gets it, never
+    // a retry sooner than the backoff.
+    let backoff = policy.backoff.delay(attempt, sample);
+    let delay = match outcome {
+        UpstreamOutcome::Answered(reply) => reply.retry_after.map_or(backoff, |a| a.max(backoff)),
+        _ => backoff,
+    };
     if age + delay > policy.max_age {
         return Verdict::Final(FinalReason::MaxAge);
     }
@@ -207,6 +213,7 @@ mod tests {
                 status: StatusCode::from_u16(code).unwrap(),
                 content_type: None,
                 body: bytes::Bytes::new(),
+                retry_after: None,
             }),
         }
     }
@@ -349,6 +356,38 @@ mod tests {
         assert_eq!(
             decide(&p, 1, &connect(), Duration::from_secs(3600), 0.0),
             Verdict::Final(FinalReason::MaxAge)
+        );
+    }
+
+    /// A 429 or 503 with `Retry-After` was retried on the backoff alone, inside the
+    /// pause the backend asked for.
+    #[test]
+    fn a_retry_waits_at_least_what_the_upstream_asked_for() {
+        let owned = policy(5, false);
+        let p = owned.retry();
+        let asking = |code: u16, secs: u64| match status(code) {
+            UpstreamOutcome::Answered(reply) => UpstreamOutcome::Answered(UpstreamReply {
+                retry_after: Some(Duration::from_secs(secs)),
+                ..reply
+            }),
+            other => other,
+        };
+        let young = Duration::from_secs(10);
+        let retry = |delay: u64| Verdict::Retry {
+            delay: Duration::from_secs(delay),
+        };
+        assert_eq!(decide(&p, 1, &asking(429, 30), young, 0.0), retry(30));
+        // Never sooner than the backoff (4 s after the third failure).
+        assert_eq!(decide(&p, 3, &asking(503, 1), young, 0.0), retry(4));
+        // Past max_age (1 h): final now.
+        assert_eq!(
+            decide(&p, 1, &asking(503, 7200), young, 0.0),
+            Verdict::Final(FinalReason::MaxAge)
+        );
+        // A pause asked with a final answer changes nothing.
+        assert_eq!(
+            decide(&p, 1, &asking(400, 30), young, 0.0),
+            Verdict::Final(FinalReason::NotRetryable)
         );
     }
 }

@@ -853,6 +853,7 @@ mod tests {
             status: StatusCode::from_u16(status).unwrap(),
             content_type: None,
             body: Bytes::from_static(body.as_bytes()),
+            retry_after: None,
         })
     }
 

@@ -755,3 +755,40 @@ async fn a_resigning_route_in_queue_mode_signs_each_attempt_afresh_for_the_backe
         assert!((now_unix() - timestamp).abs() <= 5, "a fresh timestamp");
     }
 }
+
+/// A backend answering 429 (or 503) with `Retry-After` is left alone that long: the
+/// retry once came on the backoff alone (here 50 ms), inside the pause it asked for.
+#[tokio::test]
+async fn a_retry_waits_for_the_backends_retry_after() {
+    let upstream = Upstream::with(Behaviour::sequence([
+        Answer::status(429).header("retry-after", "2"),
+        Answer::ok(),
+    ]))
+    .await;
+    let gw = Gateway::start(
+        config()
+            .queued()
+            .route("*", &upstream)
+            .queue_option(
+                "backoff",
+                r#"{ initial = "50ms", max = "100ms", jitter = false }"#,
+            ),
+    )
+    .await;
+
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    let record = Deliveries::of(&gw).wait_for_state(&id, "processed").await;
+
+    let started: Vec<u64> = record["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["started_at"].as_u64().unwrap())
+        .collect();
+    assert_eq!(started.len(), 2, "{record:#}");
+    assert!(
+        started[1] - started[0] >= 1_900,
+        "the retry came {} ms later",
+        started[1] - started[0]
+    );
+}
