@@ -765,15 +765,10 @@ async fn a_retry_waits_for_the_backends_retry_after() {
         Answer::ok(),
     ]))
     .await;
-    let gw = Gateway::start(
-        config()
-            .queued()
-            .route("*", &upstream)
-            .queue_option(
-                "backoff",
-                r#"{ initial = "50ms", max = "100ms", jitter = false }"#,
-            ),
-    )
+    let gw = Gateway::start(config().queued().route("*", &upstream).queue_option(
+        "backoff",
+        r#"{ initial = "50ms", max = "100ms", jitter = false }"#,
+    ))
     .await;
 
     let id = enqueue(&gw.client(), &signed_event("response.completed")).await;

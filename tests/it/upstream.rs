@@ -132,3 +132,24 @@ on_each_store! {
     an_upstream_410_is_answered_502_so_the_sender_does_not_disable_the_endpoint,
     an_upstream_slower_than_the_timeout_is_answered_504_and_the_retry_is_forwarded,
 }
+
+/// A 2xx body is relayed up to 64 KiB; past that the sender gets the status alone (no
+/// body, no `Content-Type`), as the README's status table says.
+#[tokio::test]
+async fn a_2xx_body_over_64_kib_is_relayed_as_the_status_alone() {
+    let long: &'static str = Box::leak("x".repeat(80 * 1024).into_boxed_str());
+    let fits: &'static str = Box::leak("y".repeat(60 * 1024).into_boxed_str());
+    for (body, relayed) in [(long, ""), (fits, fits)] {
+        let upstream =
+            Upstream::with(Answer::ok().body(body).header("content-type", "text/plain")).await;
+        let gw = Gateway::start(config().route("*", &upstream)).await;
+        let reply = gw.post(PATH, &signed_event("response.completed")).await;
+        assert_eq!(reply.status(), 200);
+        assert_eq!(reply.text(), relayed);
+        assert_eq!(
+            reply.header("content-type").is_some(),
+            !relayed.is_empty(),
+            "{reply:?}"
+        );
+    }
+}
