@@ -536,8 +536,9 @@ impl Queue for MemoryQueue {
         record.summary.next_attempt_at = None;
         record.summary.last_error = Some(why.to_owned());
         record.expires_at = Some(expires_at);
+        let attempts = record.summary.attempts;
         inner.expiry.insert((expires_at, id.clone()));
-        ready(Ok(Deferred::DeadLettered))
+        ready(Ok(Deferred::DeadLettered { attempts }))
     }
 
     fn pace<'a>(

@@ -132,7 +132,7 @@ const DEFER: &str = "WITH d AS ( \
        updated_at = CASE WHEN d.gone THEN ms_ts($5) ELSE t.updated_at END, \
        last_error = CASE WHEN d.gone THEN $6 ELSE t.last_error END, \
        lease_token = NULL, lease_owner = NULL, lease_until = NULL \
-     FROM d WHERE t.id = d.id RETURNING d.gone";
+     FROM d WHERE t.id = d.id RETURNING d.gone, t.attempts";
 
 const SEEN: &str = "INSERT INTO instances (name, last_seen) VALUES ($1, now()) \
      ON CONFLICT (name) DO UPDATE SET last_seen = now()";
@@ -677,7 +677,9 @@ impl Queue for PostgresQueue {
                 })
                 .await?;
             Ok(match row {
-                Some(row) if row.get::<_, bool>(0) => Deferred::DeadLettered,
+                Some(row) if row.get::<_, bool>(0) => Deferred::DeadLettered {
+                    attempts: u32::try_from(row.get::<_, i32>(1)).unwrap_or(0),
+                },
                 _ => Deferred::Waiting,
             })
         })

@@ -222,8 +222,9 @@ pub fn answer_start(body: &[u8]) -> Option<String> {
 pub enum Deferred {
     /// It waits for its time (or was not this instance's to defer any more).
     Waiting,
-    /// Its time was past `queue.max_age`: dead-lettered without an attempt.
-    DeadLettered,
+    /// Its time was past `queue.max_age`: dead-lettered without an attempt, after
+    /// `attempts` earlier ones (for `hookgate_delivery_attempts`).
+    DeadLettered { attempts: u32 },
 }
 
 /// How an attempt ends for the record.

@@ -304,10 +304,10 @@ impl Workers {
         let why = format!("{why} until past queue.max_age; not attempted");
         match self.queue.defer(lease, until, now, &why).await {
             Ok(Deferred::Waiting) => {}
-            Ok(Deferred::DeadLettered) => {
+            Ok(Deferred::DeadLettered { attempts }) => {
                 tracing::warn!(delivery_id = %lease.delivery_id, route = %lease.route, error = %why, "queue: dead-lettered without an attempt");
                 if let Some(lane) = lane {
-                    lane.deliveries.observe(State::FailedFinal, 0);
+                    lane.deliveries.observe(State::FailedFinal, attempts);
                 }
             }
             // Still pending under this instance: it is taken over after the

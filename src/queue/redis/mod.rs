@@ -312,27 +312,27 @@ return 1
 /// Gives a taken entry back to wait in `scheduled` until ARGV[3], without an attempt: the
 /// record keeps its state, `next_attempt_at` is set; `TAKE` promotes it once due. When
 /// ARGV[3] is past `max_age` (ARGV[7] ms) after it was queued, dead-letters it instead
-/// (as `SETTLE` does a final failure, without a history entry) and returns 2.
-/// Nothing when the entry is no longer this consumer's.
+/// (as `SETTLE` does a final failure, without a history entry) and returns {2, its
+/// attempts so far}. Nothing ({0}) when the entry is no longer this consumer's.
 /// KEYS: record, ready, scheduled, history, dead. ARGV: group, entry id, until, id,
 /// consumer, now, max_age ms, retention ms, last error, key base, index trim bound.
 const DEFER: &str = r"
-if not owned(KEYS[2], ARGV[1], ARGV[2], ARGV[5]) then return 0 end
+if not owned(KEYS[2], ARGV[1], ARGV[2], ARGV[5]) then return {0} end
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[2])
-local cur = redis.call('HMGET', KEYS[1], 'state', 'enqueued_at')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'enqueued_at', 'attempts')
 local state = cur[1]
-if not state or state == 'processed' or state == 'failed_final' then return 0 end
+if not state or state == 'processed' or state == 'failed_final' then return {0} end
 if tonumber(ARGV[3]) <= (tonumber(cur[2]) or 0) + tonumber(ARGV[7]) then
   redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[3])
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-  return 1
+  return {1}
 end
 restate(ARGV[10], KEYS[1], ARGV[4], state, 'failed_final', cur[2])
 redis.call('HSET', KEYS[1], 'state', 'failed_final', 'updated_at', ARGV[6], 'last_error', ARGV[9])
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
 finished(ARGV[10], KEYS[1], KEYS[4], KEYS[5], ARGV[4], 'failed_final', ARGV[6], ARGV[8], ARGV[11])
-return 2
+return {2, tonumber(cur[3]) or 0}
 ";
 
 /// Renews this consumer's hold on each entry it still owns (an entry another instance
@@ -957,11 +957,12 @@ impl Queue for RedisQueue {
                 .arg(why)
                 .arg(&p.base)
                 .arg(self.index_bound(now));
-            let done: i64 = self.redis.script("defer", invocation).await?;
-            Ok(if done == 2 {
-                Deferred::DeadLettered
-            } else {
-                Deferred::Waiting
+            let done: Vec<i64> = self.redis.script("defer", invocation).await?;
+            Ok(match done.as_slice() {
+                [2, attempts] => Deferred::DeadLettered {
+                    attempts: u32::try_from(*attempts).unwrap_or(0),
+                },
+                _ => Deferred::Waiting,
             })
         })
     }

@@ -183,6 +183,7 @@ macro_rules! contract_tests {
                     pace_allows_the_burst_then_one_start_per_interval_per_key,
                     a_deferred_delivery_waits_until_its_time_without_an_attempt,
                     a_deferral_past_max_age_dead_letters_the_delivery_without_an_attempt,
+                    a_deferral_past_max_age_tells_the_attempts_the_delivery_had,
                     deliveries_are_taken_oldest_first_and_at_most_as_many_as_asked,
                     a_retry_is_taken_once_due_and_not_before_then_the_delivery_is_processed,
                     a_processed_delivery_keeps_its_record_but_not_its_body_or_headers,

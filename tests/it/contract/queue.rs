@@ -450,7 +450,7 @@ pub async fn a_deferral_past_max_age_dead_letters_the_delivery_without_an_attemp
         .await
         .unwrap();
 
-    assert_eq!(past, Deferred::DeadLettered);
+    assert_eq!(past, Deferred::DeadLettered { attempts: 0 });
     let shown = show(queue, &id).await;
     assert_eq!(shown.summary.state, State::FailedFinal);
     assert_eq!(shown.summary.attempts, 0);
@@ -470,6 +470,22 @@ pub async fn a_deferral_past_max_age_dead_letters_the_delivery_without_an_attemp
             was: State::FailedFinal
         }
     );
+}
+
+/// A delivery dead-lettered by a deferral says how many attempts it had (for
+/// `hookgate_delivery_attempts`, which once recorded 0 for every such delivery).
+pub async fn a_deferral_past_max_age_tells_the_attempts_the_delivery_had(queue: &dyn Queue) {
+    let t = now_millis();
+    enqueue(queue, delivery(SOURCE, 1, t)).await;
+    attempt_once(queue, t + 1, Settlement::RetryAt(t + 2)).await;
+    let lease = take_one(queue, t + 2).await;
+
+    let past = queue
+        .defer(&lease, t + MAX_AGE_MS + 1, t + 3, WHY)
+        .await
+        .unwrap();
+
+    assert_eq!(past, Deferred::DeadLettered { attempts: 1 });
 }
 
 /// `rate`: a bucket per key allows its burst at once, then one start per interval.
