@@ -201,44 +201,45 @@ pub fn diagnose(
     let verdict = source.verifier.verify(&capture.headers, &capture.body, now);
     let mut hints = explanation.hints.clone();
     let refused_first = crate::pipeline::check_headers(&capture.headers, source).err();
-    let verified = match &verdict {
-        // The gateway refuses these before it reads the body, whatever the signature.
-        _ if let Some(reject) = &refused_first => {
-            line(format!(
-                "verdict: REFUSED before the signature is checked: {} {{\"error\":\"{}\"}}: {reject}",
-                reject.status().as_u16(),
-                reject.reason()
-            ));
-            false
-        }
-        Ok(delivery) => {
-            let (lines, refused) = after_verification(source, capture);
-            match &refused {
-                None => line(format!(
-                    "verdict: VERIFIED with secrets[{}]",
-                    delivery.secret_index
-                )),
-                Some(reject) => line(format!(
-                    "verdict: signature VERIFIED with secrets[{}], but REFUSED: {} {{\"error\":\"{}\"}}",
-                    delivery.secret_index,
+    // The gateway refuses these before it reads the body, whatever the signature.
+    let verified = if let Some(reject) = &refused_first {
+        line(format!(
+            "verdict: REFUSED before the signature is checked: {} {{\"error\":\"{}\"}}: {reject}",
+            reject.status().as_u16(),
+            reject.reason()
+        ));
+        false
+    } else {
+        match &verdict {
+            Ok(delivery) => {
+                let (lines, refused) = after_verification(source, capture);
+                match &refused {
+                    None => line(format!(
+                        "verdict: VERIFIED with secrets[{}]",
+                        delivery.secret_index
+                    )),
+                    Some(reject) => line(format!(
+                        "verdict: signature VERIFIED with secrets[{}], but REFUSED: {} {{\"error\":\"{}\"}}",
+                        delivery.secret_index,
+                        reject.status().as_u16(),
+                        reject.reason()
+                    )),
+                }
+                for text in lines {
+                    line(format!("  {text}"));
+                }
+                refused.is_none()
+            }
+            Err(e) => {
+                let reject = Reject::from(e.clone());
+                line(format!(
+                    "verdict: REFUSED: {} {{\"error\":\"{}\"}}: {e}",
                     reject.status().as_u16(),
                     reject.reason()
-                )),
+                ));
+                hints.extend(likely_causes(source, capture, e, explanation.matched, now));
+                false
             }
-            for text in lines {
-                line(format!("  {text}"));
-            }
-            refused.is_none()
-        }
-        Err(e) => {
-            let reject = Reject::from(e.clone());
-            line(format!(
-                "verdict: REFUSED: {} {{\"error\":\"{}\"}}: {e}",
-                reject.status().as_u16(),
-                reject.reason()
-            ));
-            hints.extend(likely_causes(source, capture, e, explanation.matched, now));
-            false
         }
     };
     let warnings: Vec<&String> = settings

@@ -323,9 +323,10 @@ impl Forwarder {
             Some(_) => parts.headers.get(header::CONTENT_TYPE).cloned(),
             None => None,
         };
-        let retry_after = match parts.status.is_success() {
-            true => None,
-            false => crate::upstream::retry_after(&parts.headers, std::time::SystemTime::now()),
+        let retry_after = if parts.status.is_success() {
+            None
+        } else {
+            crate::upstream::retry_after(&parts.headers, std::time::SystemTime::now())
         };
         Ok(UpstreamReply {
             status: parts.status,

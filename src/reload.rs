@@ -405,12 +405,9 @@ fn with_credentials<'a>(
             None => digest.update([0]),
         }
     }
-    let digest: String = digest
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{shown:?} {digest}")
+    let mut text = format!("{shown:?} ");
+    crate::verify::push_hex(&mut text, &digest.finalize());
+    text
 }
 
 /// The store's user names, passwords and TLS choices, which `StoreBackend`'s `Debug`

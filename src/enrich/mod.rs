@@ -119,12 +119,10 @@ pub fn after_failure(
             _ => "not retried",
         });
     }
-    let backoff = policy
-        .backoff
-        .delay(failed_before.saturating_add(1), sample);
-    let delay = failure
-        .retry_after
-        .map_or(backoff, |asked| asked.max(backoff));
+    let delay =
+        policy
+            .backoff
+            .delay_at_least(failed_before.saturating_add(1), sample, failure.retry_after);
     if age.saturating_add(delay) > policy.max_age {
         return FetchVerdict::Final("queue.max_age reached");
     }

@@ -30,7 +30,6 @@ impl BackoffPolicy {
         let doublings = failed.saturating_sub(1);
         let full = 1u64
             .checked_shl(doublings)
-            .filter(|_| doublings < 64)
             .and_then(|factor| self.initial.as_nanos().checked_mul(u128::from(factor)))
             .map_or(self.max, |nanos| {
                 Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
@@ -41,6 +40,13 @@ impl BackoffPolicy {
         }
         let half = full / 2;
         half + (full - half).mul_f64(sample.clamp(0.0, 1.0))
+    }
+
+    /// `delay`, or the pause an upstream asked for (`Retry-After`) when that is longer:
+    /// never sooner than either.
+    pub fn delay_at_least(&self, failed: u32, sample: f64, asked: Option<Duration>) -> Duration {
+        let backoff = self.delay(failed, sample);
+        asked.map_or(backoff, |asked| asked.max(backoff))
     }
 }
 
@@ -183,11 +189,11 @@ pub fn decide(
     }
     // An upstream that asked for a pause (`Retry-After` on a 429 or 503) gets it, never
     // a retry sooner than the backoff.
-    let backoff = policy.backoff.delay(attempt, sample);
-    let delay = match outcome {
-        UpstreamOutcome::Answered(reply) => reply.retry_after.map_or(backoff, |a| a.max(backoff)),
-        _ => backoff,
+    let asked = match outcome {
+        UpstreamOutcome::Answered(reply) => reply.retry_after,
+        _ => None,
     };
+    let delay = policy.backoff.delay_at_least(attempt, sample, asked);
     if age + delay > policy.max_age {
         return Verdict::Final(FinalReason::MaxAge);
     }

@@ -118,6 +118,17 @@ struct Scripts {
 }
 
 impl RedisStore {
+    /// Whether `error` is a server too old for `SET ... GET` refusing it (`NX GET` before
+    /// 7.0, `GET` at all before 6.2); remembered, so claims and commits go through the
+    /// scripts from then on.
+    fn refuses_set_get(&self, error: &StoreError) -> bool {
+        let refused = matches!(error, StoreError::Unavailable(e) if e.contains("syntax error"));
+        if refused && !self.legacy_claim.swap(true, Ordering::Relaxed) {
+            tracing::info!("Redis before 7.0: claims and commits use Lua scripts");
+        }
+        refused
+    }
+
     /// Creates the store on its own connection, without connecting.
     pub fn new(
         settings: &RedisSettings,
@@ -259,10 +270,7 @@ impl Store for RedisStore {
                     // 72 h as a claim's), or claiming it if it was released.
                     Ok(Some(_)) => {}
                     // Redis before 7.0 refuses NX together with GET: use the script.
-                    Err(StoreError::Unavailable(e)) if e.contains("syntax error") => {
-                        tracing::info!("Redis before 7.0: claims use a Lua script");
-                        self.legacy_claim.store(true, Ordering::Relaxed);
-                    }
+                    Err(e) if self.refuses_set_get(&e) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -327,10 +335,7 @@ impl Store for RedisStore {
                 .call("commit", async |conn| set.query_async(conn).await)
                 .await
             {
-                Err(StoreError::Unavailable(e)) if e.contains("syntax error") => {
-                    self.legacy_claim.store(true, Ordering::Relaxed);
-                    return self.commit(key, token, ttl).await;
-                }
+                Err(e) if self.refuses_set_get(&e) => return self.commit(key, token, ttl).await,
                 reply => reply?,
             };
             match previous {
