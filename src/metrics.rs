@@ -111,10 +111,12 @@ pub enum UpstreamClass {
     Error,
     /// No answer within `limits.upstream_timeout`.
     Timeout,
+    /// A status from 600 to 999: no class of HTTP's.
+    Other,
 }
 
 impl UpstreamClass {
-    const ALL: [UpstreamClass; 7] = [
+    const ALL: [UpstreamClass; 8] = [
         UpstreamClass::Informational,
         UpstreamClass::Success,
         UpstreamClass::Redirect,
@@ -122,6 +124,7 @@ impl UpstreamClass {
         UpstreamClass::ServerError,
         UpstreamClass::Error,
         UpstreamClass::Timeout,
+        UpstreamClass::Other,
     ];
 
     pub fn of(status: http::StatusCode) -> Self {
@@ -130,7 +133,8 @@ impl UpstreamClass {
             300..=399 => UpstreamClass::Redirect,
             400..=499 => UpstreamClass::ClientError,
             500..=599 => UpstreamClass::ServerError,
-            _ => UpstreamClass::Informational,
+            100..=199 => UpstreamClass::Informational,
+            _ => UpstreamClass::Other,
         }
     }
 
@@ -143,6 +147,7 @@ impl UpstreamClass {
             UpstreamClass::ServerError => "5xx",
             UpstreamClass::Error => "error",
             UpstreamClass::Timeout => "timeout",
+            UpstreamClass::Other => "other",
         }
     }
 }

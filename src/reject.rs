@@ -87,7 +87,7 @@ pub enum Reject {
     Queue(#[from] QueueError),
     /// The upstream did not answer in a way the sender may see: a redirect or 410 (a
     /// sender could disable the endpoint), a timeout, no connection, a broken exchange.
-    /// Never `UpstreamOutcome::Answered`: `answer` relays those.
+    /// `UpstreamOutcome::Answered` only with a status past 599: `answer` relays the others.
     #[error("upstream of route {route}: {outcome}")]
     Upstream {
         route: String,
@@ -96,10 +96,13 @@ pub enum Reject {
 }
 
 /// What the sender gets for the upstream's answer (proxy mode): an answer it may see is
-/// relayed; everything else is the gateway's own 502 or 504.
+/// relayed; everything else is the gateway's own 502 or 504. A status from 600 to 999
+/// (the HTTP crate takes them) is no HTTP status a sender knows what to do with: 502.
 pub fn answer(route: &str, outcome: UpstreamOutcome) -> Result<Answer, Reject> {
     match outcome {
-        UpstreamOutcome::Answered(reply) => Ok(Answer::Relayed(reply)),
+        UpstreamOutcome::Answered(reply) if reply.status.as_u16() < 600 => {
+            Ok(Answer::Relayed(reply))
+        }
         outcome => Err(Reject::Upstream {
             route: route.to_owned(),
             outcome,

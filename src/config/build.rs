@@ -45,7 +45,7 @@ pub(super) fn build(file: FileConfig, origin: &str) -> Result<Settings, Invalid>
         server: ServerSettings {
             listen: file.server.listen,
             tls: file.server.tls.as_ref().map(tls_settings).transpose()?,
-            shutdown_timeout: file.server.shutdown_timeout,
+            shutdown_timeout: positive("server.shutdown_timeout", file.server.shutdown_timeout)?,
         },
         admin_listen: file.admin.listen,
         admin_auth: admin_auth(&file.admin)?,
@@ -1075,6 +1075,19 @@ upstream = "http://127.0.0.1:9001/hooks"
         );
         let ok = format!("[limits]\nmax_headers = 1000\nidle_timeout = \"3650d\"\n{MINIMAL}");
         assert!(crate::config::parse(&ok, "t").is_ok());
+        // The shutdown's grace is a timeout like the others (it was taken as written).
+        for (value, says) in [
+            ("0s", "greater than zero"),
+            ("500years", "at most 100 years"),
+        ] {
+            let e = error(&format!(
+                "[server]\nshutdown_timeout = \"{value}\"\n{MINIMAL}"
+            ));
+            assert!(
+                e.contains(&format!("server.shutdown_timeout must be {says}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl RetryOn {
                     on.classes[usize::from(bytes[0] - b'0')] = true;
                 }
                 _ => match entry.parse::<u16>() {
-                    Ok(code) if (100..=599).contains(&code) && entry.len() == 3 => {
+                    Ok(code) if (100..=999).contains(&code) && entry.len() == 3 => {
                         if (200..300).contains(&code) {
                             return Err((i, format!("{entry:?}: a 2xx answer is a success")));
                         }
@@ -311,8 +311,12 @@ mod tests {
         // Codes past 599 are no class: final unless listed (they were retried as 5xx).
         assert!(!on.retries(&status(600)));
         assert!(!on.retries(&status(999)));
-        let listed = RetryOn::parse(&strings(&["5xx", "599"])).unwrap();
+        let listed = RetryOn::parse(&strings(&["5xx", "599", "600"])).unwrap();
         assert!(listed.retries(&status(599)));
+        // ... and can be listed (they could not be, though the README said so).
+        assert!(listed.retries(&status(600)));
+        assert!(!listed.retries(&status(601)));
+        assert!(RetryOn::parse(&strings(&["1000"])).is_err());
         assert!(on.retries(&UpstreamOutcome::Broken("reset".into())));
         let none = RetryOn::parse(&[]).unwrap();
         assert!(!none.retries(&connect()));

@@ -83,6 +83,20 @@ impl Attack {
     }
 }
 
+/// The statuses the attacks' streams were answered, once `expected` have arrived (or
+/// `PATIENCE` has passed): the refusals are counted before their answers travel back.
+async fn answers(attacks: &mut [Attack], expected: usize) -> Vec<u16> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut statuses = Vec::new();
+    loop {
+        statuses.extend(attacks.iter_mut().flat_map(Attack::answered));
+        if statuses.len() >= expected || tokio::time::Instant::now() >= deadline {
+            return statuses;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// `VmRSS` or `VmHWM` of a process, in bytes.
 fn memory_bytes(pid: u32, field: &str) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process runs");
@@ -152,7 +166,7 @@ async fn http2_bodies_that_never_finish_pin_no_more_than_the_clients_share() {
     const SHARE: usize = 4 * MIB;
     let (_upstream, gw, before) = gateway_with_budget(SHARE, 64 * MIB).await;
 
-    let mut attack = Attack::pin_bodies_over_http2("127.0.0.2", gw.addr, CONNECTIONS).await;
+    let mut attack = [Attack::pin_bodies_over_http2("127.0.0.2", gw.addr, CONNECTIONS).await];
     let held = SHARE / ATTACK_BODY_BYTES;
     let refused = CONNECTIONS * ATTACK_STREAMS - held;
     eventually("every stream beyond the share is refused", || async {
@@ -166,7 +180,7 @@ async fn http2_bodies_that_never_finish_pin_no_more_than_the_clients_share() {
 
     assert_grown_within(&gw, before, SHARE, CONNECTIONS);
     let scrape = gw.metrics().await;
-    let statuses = attack.answered();
+    let statuses = answers(&mut attack, refused).await;
     assert_eq!(during.status(), 200, "{during:?}");
     assert_eq!(statuses.len(), refused);
     assert!(statuses.iter().all(|&s| s == 503), "{statuses:?}");
@@ -200,7 +214,7 @@ async fn bodies_of_many_clients_together_stay_under_the_process_ceiling() {
 
     assert_grown_within(&gw, before, CEILING, CLIENTS.len() * CONNECTIONS);
     let scrape = gw.metrics().await;
-    let statuses: Vec<u16> = attacks.iter_mut().flat_map(Attack::answered).collect();
+    let statuses = answers(&mut attacks, refused).await;
     assert_eq!(statuses.len(), refused);
     assert!(statuses.iter().all(|&s| s == 503), "{statuses:?}");
     assert_eq!(

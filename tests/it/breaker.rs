@@ -4,12 +4,13 @@
 
 use crate::support::*;
 
-/// A proxy-mode gateway whose one route to `upstream` opens after 2 failures for 1 s.
+/// A proxy-mode gateway whose one route to `upstream` opens after 2 failures for 3 s: long
+/// enough for the checks while it is open to finish on a slow machine.
 async fn proxy_gateway(upstream: &Upstream) -> Gateway {
     Gateway::start(
         config()
             .named_route("fragile", "*", upstream)
-            .route_option("breaker", r#"{ failures = 2, cooldown = "1s" }"#),
+            .route_option("breaker", r#"{ failures = 2, cooldown = "3s" }"#),
     )
     .await
 }
@@ -43,7 +44,7 @@ async fn proxy_mode_answers_503_with_retry_after_and_sends_nothing_while_open_th
 
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.error(), "upstream_circuit_open");
-    assert_eq!(refused.retry_after(), 1);
+    assert_eq!(refused.retry_after(), 3);
     // The claim was released: the same delivery is refused again, not held in flight.
     assert_eq!(gw.post(PATH, &event).await.error(), "upstream_circuit_open");
     assert_eq!(upstream.received().len(), 2, "nothing sent while open");
@@ -93,7 +94,7 @@ async fn a_failed_probe_opens_the_breaker_for_another_cooldown() {
     assert_eq!(upstream.received().len(), 3);
     let again = gw.post(PATH, &event).await;
     assert_eq!(again.error(), "upstream_circuit_open");
-    assert_eq!(again.retry_after(), 1);
+    assert_eq!(again.retry_after(), 3);
     assert_eq!(upstream.received().len(), 3);
     let scrape = gw.metrics().await;
     assert_eq!(scrape.value(STATE), Some(1.0));

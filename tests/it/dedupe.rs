@@ -75,7 +75,13 @@ async fn a_sender_hanging_up_mid_forward_still_gets_its_delivery_settled(store: 
     upstream.wait_for(1).await;
 
     drop(hanging);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    eventually("the gateway saw the sender hang up", || async {
+        gw.metrics()
+            .await
+            .value(r#"hookgate_connections_open{listener="server"}"#)
+            == Some(0.0)
+    })
+    .await;
     upstream.release();
 
     eventually("the hung-up delivery is settled", || async {

@@ -45,6 +45,18 @@ async fn rate_is_honoured_at_the_upstream_across_two_instances_sharing_redis() {
     let (count, span) = spans(&upstream);
     assert_eq!(count, 20);
     assert!(span >= Duration::from_millis(1700), "{span:?}");
+    // However the enqueues were spread in time: no 5 arrivals in a row within 300 ms
+    // (2 at once and one per 100 ms), which a bucket per instance (20/s together)
+    // would let through. 100 ms of slack for the machine's scheduling.
+    let mut at: Vec<_> = upstream.received().into_iter().map(|r| r.at).collect();
+    at.sort();
+    for five in at.windows(5) {
+        let within = five[4] - five[0];
+        assert!(
+            within >= Duration::from_millis(200),
+            "5 arrivals within {within:?}"
+        );
+    }
     // No attempt was spent on waiting: every delivery took one.
     for record in deliveries.list("status=processed").await {
         assert_eq!(record["attempts"], 1, "{record:#}");

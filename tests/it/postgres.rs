@@ -886,14 +886,29 @@ async fn a_statement_past_the_store_timeout_is_cancelled_not_committed_later() {
         .await
         .unwrap();
 
+    let locker_pid: i32 = locker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+
     let refused = gw.post(PATH, &event).await;
     assert_eq!(refused.status(), 503, "{refused:?}");
-    // What still holds it ends a little later (a statement finishing between the
-    // timeout and the cancel's arrival still commits: the cancel narrows that window
-    // to the cancel's round trip).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The enqueue no longer waits behind the locker: cancelled (abandoned, it would
+    // wait until the locker ends, then commit). Only then does what held it end.
+    eventually("the enqueue cancelled on the server", async || {
+        let blocked = sql(
+            &url,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE {locker_pid} = ANY(pg_blocking_pids(pid))"
+            ),
+        )
+        .await;
+        one(&blocked) == "0"
+    })
+    .await;
     locker.batch_execute("ROLLBACK").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let stored = sql(&url, &format!("SELECT count(*) FROM {schema}.deliveries")).await;
     assert_eq!(

@@ -7,8 +7,12 @@ use tokio::net::TcpStream;
 use crate::support::*;
 
 async fn refuses_connections(gw: &Gateway) -> bool {
+    refused(gw.addr()).await
+}
+
+async fn refused(addr: std::net::SocketAddr) -> bool {
     matches!(
-        TcpStream::connect(gw.addr()).await,
+        TcpStream::connect(addr).await,
         Err(e) if e.kind() == ErrorKind::ConnectionRefused
     )
 }
@@ -108,6 +112,9 @@ impl Draining {
         let held: Vec<_> = (0..in_flight).map(|_| send("response.failed")).collect();
         self.held.wait_for(in_flight).await;
         gw.terminate();
+        // Released only once shutdown has begun, so these are answered while draining.
+        let addr = gw.addr;
+        eventually("the listener closes", || refused(addr)).await;
         self.held.release();
         for reply in held {
             let reply = reply.await.unwrap();

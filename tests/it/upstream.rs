@@ -65,6 +65,30 @@ async fn an_upstream_redirect_is_answered_502_and_never_passed_through() {
     assert_eq!(upstream.received().len(), 1);
 }
 
+/// A status from 600 to 999 is no HTTP status a sender knows: the gateway's own 502, and
+/// counted as such (it was relayed, and counted under `1xx`).
+#[tokio::test]
+async fn an_upstream_status_past_599_is_answered_502_and_counted_as_no_class() {
+    let upstream = Upstream::with(Answer::status(600).body("weird")).await;
+    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+
+    let reply = gw.post(PATH, &event).await;
+
+    assert_eq!(reply.status(), 502);
+    assert_eq!(reply.error(), "upstream_failed");
+    let scrape = gw.metrics().await;
+    let class = |class: &str| {
+        scrape.value(&format!(
+            r#"hookgate_upstream_responses_total{{class="{class}",route="openai/0"}}"#
+        ))
+    };
+    assert_eq!((class("other"), class("1xx")), (Some(1.0), Some(0.0)));
+    // The claim was released: the retry is forwarded again.
+    assert_eq!(gw.post(PATH, &event).await.status(), 502);
+    assert_eq!(upstream.received().len(), 2);
+}
+
 async fn an_upstream_410_is_answered_502_so_the_sender_does_not_disable_the_endpoint(
     store: TestStore,
 ) {

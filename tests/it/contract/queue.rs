@@ -315,7 +315,10 @@ pub async fn enqueue_all_stores_every_copy_with_its_own_record_and_lease(queue: 
 /// Where the queue holds the dedupe keys (`dedupe_in_enqueue`), a first delivery is
 /// stored with its key in one step and a second one under the same key is not stored;
 /// elsewhere nothing is stored and the caller claims as usual.
-pub async fn enqueue_all_first_stores_a_delivery_only_while_its_key_is_free(queue: &dyn Queue) {
+pub async fn enqueue_all_first_stores_a_delivery_only_while_its_key_is_free(backend: &Backend) {
+    let queue = backend.queue(INSTANCE, QueueOptions::default());
+    let queue = &*queue;
+    assert_eq!(queue.dedupe_in_enqueue(), backend.holds_dedupe_keys());
     let t = now_millis();
     let ttl = Duration::from_secs(60);
     let one = [delivery(SOURCE, 21, t)];
@@ -370,11 +373,12 @@ pub async fn enqueue_all_first_stores_a_delivery_only_while_its_key_is_free(queu
 /// Where the queue holds the dedupe keys, deliveries stored under a claim are stored
 /// only while that claim is held: an enqueue that ran late, after its claim was
 /// released on a timeout (or expired) and the key perhaps won by the sender's retry,
-/// once stored a second copy. Elsewhere the claim is the store's, not the queue's.
-pub async fn enqueue_all_claimed_stores_nothing_under_a_claim_no_longer_held(queue: &dyn Queue) {
-    if !queue.dedupe_in_enqueue() {
-        return;
-    }
+/// once stored a second copy. Elsewhere the claim is the store's, not the queue's: the
+/// deliveries are stored and the claim is left for the caller to commit.
+pub async fn enqueue_all_claimed_stores_nothing_under_a_claim_no_longer_held(backend: &Backend) {
+    let queue = backend.queue(INSTANCE, QueueOptions::default());
+    let queue = &*queue;
+    assert_eq!(queue.dedupe_in_enqueue(), backend.holds_dedupe_keys());
     let t = now_millis();
     let released = hookgate::queue::ClaimDone {
         key: "openai:msg_31",
@@ -389,6 +393,23 @@ pub async fn enqueue_all_claimed_stores_nothing_under_a_claim_no_longer_held(que
             ..delivery(SOURCE, 31, t)
         })
         .collect();
+    if !queue.dedupe_in_enqueue() {
+        let (ids, settled) = queue.enqueue_all_claimed(copies, released).await.unwrap();
+        assert!(!settled, "the claim is the store's: the caller commits it");
+        let mut listed: Vec<String> = queue
+            .list(&all())
+            .await
+            .unwrap()
+            .deliveries
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        listed.sort();
+        let mut ids = ids;
+        ids.sort();
+        assert_eq!((listed, ids.len()), (ids, 2), "every copy stored");
+        return;
+    }
     for deliveries in [one, copies] {
         let e = queue
             .enqueue_all_claimed(deliveries, released)
@@ -490,21 +511,24 @@ pub async fn a_deferral_past_max_age_tells_the_attempts_the_delivery_had(queue: 
 
 /// `rate`: a bucket per key allows its burst at once, then one start per interval.
 pub async fn pace_allows_the_burst_then_one_start_per_interval_per_key(queue: &dyn Queue) {
+    // One start per 5 s: nothing refills while the test runs, however slow the machine.
+    const INTERVAL: Duration = Duration::from_secs(5);
     let rate = hookgate::route::RatePolicy {
-        per_second: 2.0,
+        per_second: 0.2,
         burst: std::num::NonZeroU32::new(2).unwrap(),
     };
-    for _ in 0..2 {
-        assert_eq!(queue.pace("openai/r/0", rate).await.unwrap(), None);
-    }
-    let wait = queue
-        .pace("openai/r/0", rate)
-        .await
-        .unwrap()
-        .expect("over the burst");
-    assert!(
-        wait > Duration::from_millis(300) && wait <= Duration::from_millis(500),
-        "{wait:?}"
+    let (allowed, first) = timed(queue.pace("openai/r/0", rate)).await;
+    assert_eq!(allowed.unwrap(), None);
+    assert_eq!(queue.pace("openai/r/0", rate).await.unwrap(), None);
+    let (wait, asked) = timed(queue.pace("openai/r/0", rate)).await;
+    let wait = wait.unwrap().expect("over the burst");
+    // The burst's first start took the bucket's first interval: the third may start one
+    // interval after it.
+    assert_within(
+        wait,
+        INTERVAL.saturating_sub(asked.end - first.start),
+        INTERVAL.saturating_sub(asked.start - first.end),
+        "the wait past the burst",
     );
     // A denial takes nothing: the wait does not grow.
     let again = queue

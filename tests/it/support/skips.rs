@@ -17,6 +17,9 @@ use std::sync::Mutex;
 /// Set to `1` (as CI does) to fail, not skip, a test that needs a raised open-files limit.
 pub const REQUIRE_OPEN_FILES: &str = "HOOKGATE_REQUIRE_OPEN_FILES";
 
+/// Set to `1` (as CI does) to fail, not skip, a test that needs to run as root.
+pub const REQUIRE_ROOT: &str = "HOOKGATE_REQUIRE_ROOT";
+
 /// What the skipped tests of this run were missing.
 struct Skipped {
     tests: BTreeSet<String>,
@@ -25,6 +28,8 @@ struct Skipped {
     packages: BTreeSet<&'static str>,
     /// The open-files limit a test needed and the one in force.
     open_files: Option<(u64, u64)>,
+    /// A test needed root.
+    root: bool,
 }
 
 static SKIPPED: Mutex<Skipped> = Mutex::new(Skipped {
@@ -32,6 +37,7 @@ static SKIPPED: Mutex<Skipped> = Mutex::new(Skipped {
     programs: BTreeSet::new(),
     packages: BTreeSet::new(),
     open_files: None,
+    root: false,
 });
 
 fn current_test() -> String {
@@ -104,6 +110,29 @@ pub fn open_files_or_skip(needed: u64) -> bool {
     false
 }
 
+/// Whether this process runs as root. When it does not, the test fails under
+/// `HOOKGATE_REQUIRE_ROOT=1`, or is recorded as skipped (the caller returns).
+pub fn root_or_skip() -> bool {
+    let euid = Command::new("id").arg("-u").output().expect("run id");
+    if String::from_utf8_lossy(&euid.stdout).trim() == "0" {
+        return true;
+    }
+    if required(REQUIRE_ROOT) {
+        panic!(
+            "this test needs to run as root and {REQUIRE_ROOT}=1: run it as root or unset {REQUIRE_ROOT}"
+        );
+    }
+    let test = current_test();
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs root (set {REQUIRE_ROOT}=1 to fail instead)"
+    );
+    let mut skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+    skipped.tests.insert(test);
+    skipped.root = true;
+    false
+}
+
 /// The one line printed at exit, or `None` when nothing was skipped.
 fn summary(skipped: &Skipped) -> Option<String> {
     let count = skipped.tests.len();
@@ -125,6 +154,9 @@ fn summary(skipped: &Skipped) -> Option<String> {
             "open-files limit {limit}, {needed} needed: ulimit -n {needed} (as root, or after \
              raising the hard limit)"
         ));
+    }
+    if skipped.root {
+        todo.push("not run as root: run the tests as root".to_owned());
     }
     let tests = if count == 1 { "test" } else { "tests" };
     Some(format!(
@@ -149,6 +181,7 @@ fn the_summary_names_the_count_and_one_install_command() {
         programs: BTreeSet::new(),
         packages: BTreeSet::new(),
         open_files: None,
+        root: false,
     };
     assert_eq!(summary(&skipped), None);
     skipped.tests.extend(["a".to_owned(), "b".to_owned()]);
@@ -164,5 +197,13 @@ fn the_summary_names_the_count_and_one_install_command() {
         "SKIPPED 2 tests (counted as passed above): node, redis-cli, redis-server not \
          installed: apt-get install -y nodejs redis-server redis-tools; open-files limit \
          1024, 11000 needed: ulimit -n 11000 (as root, or after raising the hard limit)"
+    );
+    skipped.root = true;
+    assert!(
+        summary(&skipped)
+            .unwrap()
+            .ends_with("; not run as root: run the tests as root"),
+        "{:?}",
+        summary(&skipped)
     );
 }
