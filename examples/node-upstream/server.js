@@ -3,7 +3,9 @@
 //
 // hookgate forwards the sender's webhook-* headers and the exact body bytes, so a
 // backend can re-check the Standard Webhooks signature with the same secret. Node's
-// standard library only.
+// standard library only. WEBHOOK_SECRET may list several secrets separated by spaces
+// (the new one and the old one, while a secret is rotated); a signature made with any
+// of them is accepted.
 //
 //   WEBHOOK_SECRET=whsec_... PORT=9002 node examples/node-upstream/server.js
 'use strict';
@@ -11,17 +13,20 @@
 const crypto = require('node:crypto');
 const http = require('node:http');
 
-const SECRET = process.env.WEBHOOK_SECRET || '';
+const SECRETS = (process.env.WEBHOOK_SECRET || '').split(' ').filter(Boolean);
 const TOLERANCE_SECONDS = 5 * 60;
 
-// whsec_<base64> is the key's base64; anything else is used as its UTF-8 bytes.
+// whsec_<base64> (padded or not) is the key's base64; anything else is used as its UTF-8
+// bytes, as hookgate reads a secret.
 function keyFromSecret(secret) {
   return secret.startsWith('whsec_')
     ? Buffer.from(secret.slice('whsec_'.length), 'base64')
     : Buffer.from(secret, 'utf8');
 }
 
-// Returns "ok" or why the request is not signed with SECRET.
+const KEYS = SECRETS.map(keyFromSecret);
+
+// Returns "ok" or why the request is not signed with any of the secrets.
 function verify(headers, body) {
   const id = headers['webhook-id'];
   const timestamp = headers['webhook-timestamp'];
@@ -30,16 +35,14 @@ function verify(headers, body) {
   if (!/^\d+$/.test(timestamp) || Math.abs(Date.now() / 1000 - Number(timestamp)) > TOLERANCE_SECONDS) {
     return 'stale timestamp';
   }
-  const expected = crypto
-    .createHmac('sha256', keyFromSecret(SECRET))
-    .update(`${id}.${timestamp}.`)
-    .update(body)
-    .digest();
-  for (const entry of signatures.split(' ')) {
-    const [version, signature] = entry.split(',', 2);
-    if (version !== 'v1' || !signature) continue;
-    const given = Buffer.from(signature, 'base64');
-    if (given.length === expected.length && crypto.timingSafeEqual(given, expected)) return 'ok';
+  for (const key of KEYS) {
+    const expected = crypto.createHmac('sha256', key).update(`${id}.${timestamp}.`).update(body).digest();
+    for (const entry of signatures.split(' ')) {
+      const [version, signature] = entry.split(',', 2);
+      if (version !== 'v1' || !signature) continue;
+      const given = Buffer.from(signature, 'base64');
+      if (given.length === expected.length && crypto.timingSafeEqual(given, expected)) return 'ok';
+    }
   }
   return 'invalid signature';
 }
@@ -61,7 +64,7 @@ const server = http.createServer((req, res) => {
   });
 });
 
-if (!SECRET) {
+if (SECRETS.length === 0) {
   console.error('set WEBHOOK_SECRET to the source\'s signing secret');
   process.exit(1);
 }

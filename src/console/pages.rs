@@ -35,10 +35,11 @@ const WINDOWS: [(&str, &str); 6] = [
     ("30d", "last 30 days"),
 ];
 /// The filter's keys, in the order links carry them.
-const FILTER_KEYS: [&str; 8] = [
+const FILTER_KEYS: [&str; 9] = [
     "status",
     "source",
     "route",
+    "upstream",
     "event_type",
     "search",
     "window",
@@ -153,7 +154,7 @@ impl Console {
         match queue.list(&filter).await {
             Ok(list) => {
                 page.rows = list.deliveries.iter().map(Row::of).collect();
-                let keep = carried(q, &FILTER_KEYS);
+                let keep = pinned(q, &FILTER_KEYS, &filter);
                 page.next_href = list.next.map(|next| {
                     let mut pairs = keep.clone();
                     pairs.push(("cursor".to_owned(), next.to_string()));
@@ -163,7 +164,7 @@ impl Console {
                     page.first_href = Some(href("/ui/deliveries", &keep));
                 }
                 if filter.state == Some(State::FailedFinal) && !page.rows.is_empty() {
-                    let mut pairs = carried(q, &FILTER_KEYS[1..]);
+                    let mut pairs = pinned(q, &FILTER_KEYS[1..], &filter);
                     pairs.retain(|(k, _)| k != "status");
                     page.replay_href = Some(href("/ui/replay", &pairs));
                 }
@@ -236,13 +237,13 @@ impl Console {
             Ok(filter) => filter,
             Err(reason) => return message(StatusCode::BAD_REQUEST, "Bad filter", &reason),
         };
+        let pairs = pinned(&visit.query, &FILTER_KEYS[1..], &filter);
         let as_of = now_millis();
         let count = match matching(queue.as_ref(), filter, as_of, MAX_BULK + 1).await {
             Ok(ids) => ids.len(),
             Err(e) => return unavailable(e),
         };
-        let pairs = carried(&visit.query, &FILTER_KEYS[1..]);
-        let criteria = pairs
+        let criteria = carried(&visit.query, &FILTER_KEYS[1..])
             .iter()
             .filter(|(k, _)| k != "status")
             .map(|(k, v)| (k.replace('_', " "), v.clone()))
@@ -479,8 +480,10 @@ fn filter_of(q: &Query, limit: usize) -> Result<ListFilter, String> {
     filter.until = until;
     if let Some(window) = q.get("window").filter(|w| !w.is_empty()) {
         let ago = humantime::parse_duration(window)
-            .map_err(|_| format!("window {window:?} is not a duration"))?;
-        let from = now_millis().saturating_sub(ago.as_millis() as UnixMillis);
+            .ok()
+            .and_then(|ago| UnixMillis::try_from(ago.as_millis()).ok())
+            .ok_or_else(|| format!("window {window:?} is not a duration"))?;
+        let from = now_millis().saturating_sub(ago);
         filter.since = Some(filter.since.map_or(from, |s| s.max(from)));
     }
     Ok(filter)
@@ -533,6 +536,20 @@ fn local_input(text: &str) -> String {
         Some(ms) => Time::millis(ms).iso[..19].to_owned(),
         None => String::new(),
     }
+}
+
+/// `carried`, with a `window` turned into the `since` it stood for when this page was
+/// made: the next page, or the replay this page confirms, then covers the deliveries
+/// this page did, not a window that moved on meanwhile (dropping the oldest).
+fn pinned(q: &Query, keys: &[&str], filter: &ListFilter) -> Vec<(String, String)> {
+    let mut pairs = carried(q, keys);
+    if pairs.iter().any(|(k, _)| k == "window") {
+        pairs.retain(|(k, _)| k != "window" && k != "since");
+        if let Some(since) = filter.since {
+            pairs.push(("since".to_owned(), since.to_string()));
+        }
+    }
+    pairs
 }
 
 /// The non-empty values of `keys` in `q`, to carry into a link.
@@ -602,6 +619,13 @@ mod tests {
             "2023-11-14T22:13:20"
         );
         assert_eq!(local_input(""), "");
+        // Past the year 9999 a time is refused, not formatted (that panicked).
+        assert_eq!(local_input("253402300800000"), "");
+        assert!(
+            filter_of(&Query::parse("since=253402300800000"), 50)
+                .unwrap_err()
+                .contains("since")
+        );
     }
 
     #[test]
@@ -623,6 +647,12 @@ mod tests {
                 .unwrap_err()
                 .contains("window")
         );
+        // Too long to be a window (it wrapped to an arbitrary `since`).
+        assert!(
+            filter_of(&Query::parse("window=500000000000000h"), 50)
+                .unwrap_err()
+                .contains("window")
+        );
         assert!(
             filter_of(&Query::parse("status=lost"), 50)
                 .unwrap_err()
@@ -639,6 +669,35 @@ mod tests {
             "/ui/deliveries?status=failed_final&search=a%26b"
         );
         assert_eq!(href("/ui/deliveries", &[]), "/ui/deliveries");
+        // A fan-out route's upstream stays in the links (page 2 lost it).
+        let q = Query::parse("route=r&upstream=a");
+        assert_eq!(
+            href("/ui/deliveries", &carried(&q, &FILTER_KEYS)),
+            "/ui/deliveries?route=r&upstream=a"
+        );
+    }
+
+    /// The next page and the replay confirmed cover what this page did: a window is
+    /// carried as the `since` it stood for (it moved on with each request, so a replay
+    /// confirmed a while ago dropped its oldest dead letters).
+    #[test]
+    fn links_carry_a_window_as_the_since_it_stood_for() {
+        let q = Query::parse("status=failed_final&window=1h&since=5&source=openai");
+        let filter = filter_of(&q, 50).unwrap();
+        let since = filter.since.unwrap().to_string();
+        assert_eq!(
+            pinned(&q, &FILTER_KEYS, &filter),
+            [
+                ("status".to_owned(), "failed_final".to_owned()),
+                ("source".to_owned(), "openai".to_owned()),
+                ("since".to_owned(), since),
+            ]
+        );
+        let without = Query::parse("since=5");
+        assert_eq!(
+            pinned(&without, &FILTER_KEYS, &filter_of(&without, 50).unwrap()),
+            [("since".to_owned(), "5".to_owned())]
+        );
     }
 
     #[test]

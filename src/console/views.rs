@@ -274,15 +274,70 @@ pub struct BodyView {
     pub text: String,
 }
 
+/// Valid JSON `text` laid out two spaces per level, its tokens exactly as sent: a
+/// value parsed and written again would sort its keys, keep one of two equal keys and
+/// round big numbers, and this page is where an operator reads what the sender sent.
+fn indented(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut depth = 0usize;
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.extend(std::iter::repeat_n("  ", depth));
+    };
+    let mut chars = text.chars().peekable();
+    let (mut in_string, mut escaped) = (false, false);
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                out.push(c);
+                while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
+                if let Some(close) = chars.next_if(|&n| n == '}' || n == ']') {
+                    out.push(close);
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_ascii_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 impl BodyView {
     /// JSON pretty-printed; other text as it is; anything else as base64.
     pub fn of(body: &RecordBody) -> BodyView {
         match body {
-            RecordBody::Text(text) => match serde_json::from_str::<serde_json::Value>(text) {
-                Ok(json) => BodyView {
+            RecordBody::Text(text) => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                Ok(_) => BodyView {
                     kind: "JSON",
                     bytes: text.len(),
-                    text: serde_json::to_string_pretty(&json).expect("a JSON value serializes"),
+                    text: indented(text),
                 },
                 Err(_) => BodyView {
                     kind: "text",
@@ -292,7 +347,8 @@ impl BodyView {
             },
             RecordBody::Base64(encoded) => BodyView {
                 kind: "not UTF-8, shown as base64",
-                bytes: encoded.len() / 4 * 3,
+                bytes: encoded.len() / 4 * 3
+                    - encoded.bytes().rev().take_while(|&b| b == b'=').count(),
                 text: encoded.clone(),
             },
         }
@@ -580,6 +636,23 @@ mod tests {
         assert_eq!((text.kind, text.text.as_str()), ("text", "a=1"));
         let binary = BodyView::of(&RecordBody::new(b"\xff\xfe\xfd"));
         assert_eq!((binary.text.as_str(), binary.bytes), ("//79", 3));
+        // Padding is no byte (1 byte was shown as 3).
+        let one = BodyView::of(&RecordBody::new(b"\xff"));
+        assert_eq!((one.text.as_str(), one.bytes), ("/w==", 1));
+    }
+
+    /// The body as the sender sent it, only laid out: key order, both of two equal keys,
+    /// numbers' digits, escapes and empty containers kept.
+    #[test]
+    fn a_json_body_is_laid_out_with_its_tokens_as_sent() {
+        let sent = r#"{"z":12345678901234567890123,"a":1.10,"a":[],"s":"x\"y,{:}", "o":{ },"l":[1, {"k":null}]}"#;
+        let shown = BodyView::of(&RecordBody::new(sent.as_bytes())).text;
+        assert_eq!(
+            shown,
+            "{\n  \"z\": 12345678901234567890123,\n  \"a\": 1.10,\n  \"a\": [],\n  \
+             \"s\": \"x\\\"y,{:}\",\n  \"o\": {},\n  \"l\": [\n    1,\n    {\n      \
+             \"k\": null\n    }\n  ]\n}"
+        );
     }
 
     #[test]

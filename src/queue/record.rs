@@ -454,12 +454,24 @@ pub fn list_filter<'q>(
     })
 }
 
-/// RFC 3339 (`2026-11-20T10:00:00Z`) or Unix milliseconds.
+/// The last millisecond of the year 9999: RFC 3339 writes no later time, so a page could
+/// not show one.
+pub const LATEST_TIME: UnixMillis = 253_402_300_799_999;
+
+/// RFC 3339 (`2026-11-20T10:00:00Z`, `2026-11-20T12:00:00+02:00`; also with a space
+/// for the `T`) or Unix milliseconds, from 1970 to the end of the year 9999.
 pub fn parse_time(text: &str) -> Option<UnixMillis> {
-    if let Ok(ms) = text.parse::<UnixMillis>() {
-        return Some(ms);
-    }
-    unix_millis(humantime::parse_rfc3339_weak(text).ok()?)
+    let ms = match text.parse::<UnixMillis>() {
+        Ok(ms) => ms,
+        Err(_) => {
+            match time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            {
+                Ok(at) => UnixMillis::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()?,
+                Err(_) => unix_millis(humantime::parse_rfc3339_weak(text).ok()?)?,
+            }
+        }
+    };
+    (ms <= LATEST_TIME).then_some(ms)
 }
 
 /// A position in the list's order: the last record a page looked at. Written
@@ -701,6 +713,19 @@ mod tests {
         assert_eq!(parse_time("1700000000000"), Some(1_700_000_000_000));
         assert_eq!(parse_time("2023-11-14T22:13:20Z"), Some(1_700_000_000_000));
         assert_eq!(parse_time("yesterday"), None);
+        // Any offset, not only `Z` (the README says RFC 3339).
+        assert_eq!(
+            parse_time("2023-11-15T00:13:20+02:00"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            parse_time("2023-11-14 22:13:20.5Z"),
+            Some(1_700_000_000_500)
+        );
+        // Past the year 9999 no page can write it (the console panicked).
+        assert_eq!(parse_time("253402300799999"), Some(LATEST_TIME));
+        assert_eq!(parse_time("253402300800000"), None);
+        assert_eq!(parse_time("1969-12-31T23:59:59Z"), None);
     }
 
     #[test]

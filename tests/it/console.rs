@@ -272,8 +272,8 @@ async fn events_carrying_html_and_script_show_as_text_and_nothing_runs() {
         "{shown}"
     );
     assert!(
-        shown.starts_with("{\n  \"data\""),
-        "pretty-printed JSON: {shown}"
+        shown.starts_with("{\n  \"") && shown.contains("\n  \"data\": "),
+        "laid-out JSON: {shown}"
     );
     assert!(browser.text("table.headers").await.contains(webhook_id));
     assert_eq!(browser.run(PWNED).await, serde_json::Value::Null);

@@ -668,15 +668,17 @@ fn readme_backend(file: &str) -> String {
 }
 
 /// The README's backend code in `file`, run by `program` behind a gateway whose route
-/// enriches events and re-signs them with `SECRET` (the backend's `WEBHOOK_SECRET`).
+/// enriches events and re-signs them with `secret` (the backend's `WEBHOOK_SECRET`).
 async fn the_readme_backend_reads_the_object_after_checking_hookgates_signature(
     program: &'static str,
     file: &str,
+    secret: &str,
 ) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let script = dir.path().join(file);
     std::fs::write(&script, readme_backend(file)).expect("write the README's code");
-    let Some(backend) = crate::examples::Example::spawn(program, &[&script.display().to_string()])
+    let script = script.display().to_string();
+    let Some(backend) = crate::examples::Example::spawn_with_secret(program, &[&script], secret)
     else {
         return;
     };
@@ -685,7 +687,7 @@ async fn the_readme_backend_reads_the_object_after_checking_hookgates_signature(
     let gw = Gateway::start(
         config()
             .queued()
-            .resigned_route("*", backend.url().as_str(), SECRET)
+            .resigned_route("*", backend.url().as_str(), secret)
             .enrich(&format!(
                 "{{ provider = \"openai\", api_key = \"{OPENAI_KEY}\", api_base = \"{}\" }}",
                 api.api_base()
@@ -726,6 +728,32 @@ async fn the_readme_python_backend_reads_the_object_after_checking_hookgates_sig
     the_readme_backend_reads_the_object_after_checking_hookgates_signature(
         "python3",
         "enriched_backend.py",
+        SECRET,
+    )
+    .await;
+}
+
+/// The README's code reads a secret as hookgate does: text that is not `whsec_` is its
+/// own bytes (both blocks refused every delivery with such a secret, or crashed), and
+/// `whsec_` base64 may come without padding.
+#[tokio::test]
+async fn the_readme_backends_read_a_secret_as_hookgate_does() {
+    the_readme_backend_reads_the_object_after_checking_hookgates_signature(
+        "python3",
+        "enriched_backend.py",
+        "a raw backend secret",
+    )
+    .await;
+    the_readme_backend_reads_the_object_after_checking_hookgates_signature(
+        "node",
+        "enriched-backend.js",
+        "whsec_bmV3LWJhY2tlbmQtc2VjcmV0LXVucGFkZGVkIQ",
+    )
+    .await;
+    the_readme_backend_reads_the_object_after_checking_hookgates_signature(
+        "python3",
+        "enriched_backend.py",
+        "whsec_bmV3LWJhY2tlbmQtc2VjcmV0LXVucGFkZGVkIQ",
     )
     .await;
 }
@@ -735,6 +763,7 @@ async fn the_readme_node_backend_reads_the_object_after_checking_hookgates_signa
     the_readme_backend_reads_the_object_after_checking_hookgates_signature(
         "node",
         "enriched-backend.js",
+        SECRET,
     )
     .await;
 }

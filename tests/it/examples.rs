@@ -33,6 +33,15 @@ impl Example {
     /// bound by the child: when another test takes it in between, the child exits and
     /// another port is tried.
     pub fn spawn(program: &'static str, args: &[&str]) -> Option<Example> {
+        Example::spawn_with_secret(program, args, SECRET)
+    }
+
+    /// `spawn` with `secret` as its `WEBHOOK_SECRET`.
+    pub fn spawn_with_secret(
+        program: &'static str,
+        args: &[&str],
+        secret: &str,
+    ) -> Option<Example> {
         // The Debian package that installs it.
         let package = if program == "node" { "nodejs" } else { program };
         if !skips::installed_or_skip(program, package, REQUIRE) {
@@ -45,7 +54,7 @@ impl Example {
                 .port();
             let mut child = Command::new(program)
                 .args(args)
-                .env("WEBHOOK_SECRET", SECRET)
+                .env("WEBHOOK_SECRET", secret)
                 .env("PORT", port.to_string())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -115,6 +124,52 @@ async fn a_backend_behind_the_gateway_verifies_what_it_receives(
     let line = example.expect_line("response.completed");
     assert!(line.contains(": ok "), "{line}");
     assert!(line.contains("source=openai"), "{line}");
+}
+
+/// A secret as hookgate reads it (`whsec_` with or without base64 padding, or any other
+/// text as its bytes), and two of them while a `resign` secret is rotated: the backend
+/// takes a delivery signed with either. (The first with a raw secret answered 401 to
+/// every delivery, or crashed on an unpadded one.)
+async fn a_backend_given_two_secrets_takes_deliveries_resigned_with_either(
+    program: &'static str,
+    script: &str,
+) {
+    const NEW: &str = "whsec_bmV3LWJhY2tlbmQtc2VjcmV0LXVucGFkZGVkIQ"; // no padding
+    const OLD: &str = "old-backend-secret";
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/").to_owned() + script;
+    let both = format!("{NEW} {OLD}");
+    let Some(example) = Example::spawn_with_secret(program, &[&script], &both) else {
+        return;
+    };
+    for secret in [OLD, NEW] {
+        let gw = Gateway::start(config().resigned_route("*", example.url().as_str(), secret)).await;
+
+        let reply = gw.post(PATH, &signed_event("response.completed")).await;
+
+        assert_eq!(reply.status(), 200, "{secret}: {}", reply.text());
+        assert_eq!(reply.json()["verdict"], "ok");
+    }
+    let gw = Gateway::start(config().resigned_route("*", example.url().as_str(), "another")).await;
+    let reply = gw.post(PATH, &signed_event("response.completed")).await;
+    assert_eq!(reply.status(), 401, "{}", reply.text());
+}
+
+#[tokio::test]
+async fn the_python_backend_given_two_secrets_takes_deliveries_resigned_with_either() {
+    a_backend_given_two_secrets_takes_deliveries_resigned_with_either(
+        "python3",
+        "python-upstream/app.py",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_node_backend_given_two_secrets_takes_deliveries_resigned_with_either() {
+    a_backend_given_two_secrets_takes_deliveries_resigned_with_either(
+        "node",
+        "node-upstream/server.js",
+    )
+    .await;
 }
 
 async fn a_forged_request_sent_straight_to_the_backend_is_refused(
