@@ -268,3 +268,94 @@ async fn hookgate_check_names_the_queues_partitions() {
         "{out}"
     );
 }
+
+/// Every partition's list indexes are trimmed of the entries of forgotten records. One
+/// count of enqueues for all partitions decided the trims (one in 64), and enqueues go
+/// to the partitions in turn: with 6 partitions, the trims always fell on partitions 0,
+/// 2 and 4, and the others' indexes grew for good.
+#[tokio::test]
+async fn every_partitions_indexes_are_trimmed_of_forgotten_records() {
+    const PARTITIONS: usize = 6;
+    let Some(store) = TestStore::redis().await else {
+        return;
+    };
+    let text = config()
+        .store(&store)
+        .queued()
+        .route("*", NOWHERE)
+        .queue_option("max_age", r#""1s""#)
+        .queue_option("retention", r#""1s""#)
+        .queue_option("partitions", &PARTITIONS.to_string())
+        .to_string();
+    let settings = hookgate::config::parse(&text, "partitions.toml").unwrap();
+    let metrics = std::sync::Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
+    let (_, backend) = hookgate::store::build(&settings, metrics.clone()).unwrap();
+    let queue = hookgate::queue::build(&settings, &backend, metrics, "trims")
+        .unwrap()
+        .unwrap();
+    let old = hookgate::queue::now_millis() - 600_000;
+    for n in 0..60 {
+        queue
+            .enqueue(crate::contract::queue::delivery(SOURCE, n, old + n))
+            .await
+            .unwrap();
+    }
+    // Each processed, so forgotten a second later.
+    let now = hookgate::queue::now_millis();
+    let mut processed = 0;
+    while processed < 60 {
+        let leases = queue.take(60, now).await.unwrap();
+        assert!(!leases.is_empty(), "only {processed} of 60 taken");
+        for lease in leases {
+            let job = queue.begin(&lease, now).await.unwrap().unwrap();
+            let attempt = hookgate::queue::Attempt {
+                attempt: job.attempt,
+                step: hookgate::queue::Step::Deliver,
+                started_at: now,
+                duration_ms: Some(1),
+                status: Some(200),
+                error: None,
+                result: Some("processed".to_owned()),
+                instance: "trims".to_owned(),
+                answer: None,
+                trace_id: None,
+            };
+            let done = hookgate::queue::Settlement::Processed;
+            queue.settle(&job, &attempt, done, now).await.unwrap();
+            processed += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let now = hookgate::queue::now_millis();
+    for n in 0..(64 * PARTITIONS as u64 + PARTITIONS as u64) {
+        queue
+            .enqueue(crate::contract::queue::delivery(SOURCE, 1000 + n, now + n))
+            .await
+            .unwrap();
+    }
+
+    let TestStore::Redis(redis) = &store else {
+        unreachable!()
+    };
+    let mut left = Vec::new();
+    for i in 0..PARTITIONS {
+        let base = match i {
+            0 => "hookgate:{queue}:".to_owned(),
+            i => format!("hookgate:{{queue:{i}}}:"),
+        };
+        for index in ["index", "x:source:openai"] {
+            let key = format!("{base}{index}");
+            let stale: u64 = redis
+                .query(::redis::cmd("ZCOUNT").arg(&key).arg("-inf").arg(old + 1000))
+                .await;
+            if stale > 0 {
+                left.push((key, stale));
+            }
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "entries of forgotten records left: {left:?}"
+    );
+}

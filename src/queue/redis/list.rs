@@ -16,8 +16,13 @@ use crate::queue::{ListFilter, QueueError, State, Summary, UnixMillis};
 const LIST_SCAN_BUDGET: usize = 2_000;
 
 /// The list's indexes, for the scripts that move a record (prepended to them).
-/// `filed(base, id, at, source, route, event, webhook, bound, ttl)` files `id` at `at`
-/// under those four values, trimming entries older than `bound` ('': not this time) and
+/// `trim(base, key, bound)` removes from the index set `key` the entries older than
+/// `bound` whose record is gone (up to `TRIM_BATCH` of the oldest at a time): an entry
+/// is only ever older than the horizon because its record was forgotten, unless the
+/// delivery waited past `max_age` for its first attempt or ended late, and that one's
+/// record still lives and must stay listed. `filed(base, id, at, source, route, event,
+/// webhook, bound, ttl)` files `id` at `at` under those four values, trimming
+/// (`trim`) with `bound` ('': not this time) and
 /// renewing the expiry to `ttl` ms of each set whose flag in `renew` (source, route,
 /// event, webhook; each '1' or '0', nil: all) is '1' (see `Renewals`); `restate(base, record, id, from, to[, at])` moves
 /// it from one state's set to another's, at its queue time (`at`, read from the record
@@ -25,11 +30,19 @@ const LIST_SCAN_BUDGET: usize = 2_000;
 /// records end there, so its set would be the index itself at the memory of one more
 /// entry per record; a list of processed deliveries reads `index` instead.
 pub(super) const FACETS: &str = r"
+local function trim(base, key, bound)
+  if bound == '' then return end
+  local gone = {}
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. bound, 'LIMIT', 0, 200)) do
+    if redis.call('EXISTS', base .. 'd:' .. id) == 0 then gone[#gone + 1] = id end
+  end
+  if #gone > 0 then redis.call('ZREM', key, unpack(gone)) end
+end
 local function filed(base, id, at, source, route, event, webhook, bound, ttl, renew)
   for i, key in ipairs({base .. 'x:source:' .. source, base .. 'x:route:' .. route,
       base .. 'x:event:' .. event, base .. 'x:webhook:' .. webhook}) do
     redis.call('ZADD', key, at, id)
-    if bound ~= '' then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. bound) end
+    trim(base, key, bound)
     if not renew or string.sub(renew, i, i) == '1' then redis.call('PEXPIRE', key, ttl) end
   end
 end

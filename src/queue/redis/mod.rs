@@ -66,10 +66,10 @@ pub const GROUP: &str = "workers";
 /// instance that died is taken over at most `visibility_timeout / CLAIM_SCANS` late.
 const CLAIM_SCANS: u32 = 8;
 
-/// One enqueue in this many trims the list indexes it writes of entries past the
-/// horizon (`ENQUEUE`); the others only add. Each index is still trimmed on average
-/// once per `TRIM_EVERY` of its own writes, so it holds at most about that many stale
-/// entries more.
+/// One enqueue in this many, in each partition, trims the list indexes it writes of
+/// entries past the horizon (`ENQUEUE`); the others only add. Each index is still
+/// trimmed on average once per `TRIM_EVERY` of its own writes, so it holds at most
+/// about that many stale entries more.
 const TRIM_EVERY: u64 = 64;
 
 mod list;
@@ -104,10 +104,8 @@ for i = 3, #KEYS do
   redis.call('ZADD', queued, ARGV[1], id)
   filed(ARGV[3], id, ARGV[1], ARGV[a + 2], ARGV[a + 4], ARGV[a + 6], ARGV[a + 5], ARGV[2], ARGV[4], ARGV[a + 10])
 end
-if ARGV[2] ~= '' then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
-  redis.call('ZREMRANGEBYSCORE', queued, '-inf', '(' .. ARGV[2])
-end
+-- `queued` needs no trim: it holds exactly the records in that state.
+trim(ARGV[3], KEYS[2], ARGV[2])
 return #KEYS - 2
 ";
 
@@ -192,13 +190,13 @@ end
 
 /// A record that became final (`SETTLE`, or `DEFER` past `max_age`): kept with its
 /// history for `retention` ms; a dead letter is also listed in `dead` (entries older
-/// than the retention trimmed) and its state set trimmed to the index bound.
+/// than the retention trimmed) and its state set trimmed (`trim`) to the index bound.
 const FINISHED: &str = r"
 local function finished(base, record, history, dead, id, state, now, retention, bound)
   redis.call('PEXPIRE', record, retention)
   redis.call('PEXPIRE', history, retention)
   if state == 'failed_final' then
-    redis.call('ZREMRANGEBYSCORE', base .. 'x:state:failed_final', '-inf', '(' .. bound)
+    trim(base, base .. 'x:state:failed_final', bound)
     redis.call('ZADD', dead, now, id)
     redis.call('ZREMRANGEBYSCORE', dead, '-inf', '(' .. (tonumber(now) - tonumber(retention)))
   end
@@ -437,8 +435,10 @@ pub struct RedisQueue {
     /// Index entries older than `max_age + retention` belong to forgotten records.
     index_horizon: Duration,
     ids: IdGenerator,
-    /// Enqueues so far, for `TRIM_EVERY`.
-    enqueues: AtomicU64,
+    /// Enqueues so far in each partition, for `TRIM_EVERY`: counted per partition, as
+    /// enqueues go to the partitions in turn (with one count for all, the trims fell on
+    /// some partitions only, and the others' indexes grew for good).
+    enqueues: Vec<AtomicU64>,
     renewals: Renewals,
     scripts: Scripts,
     /// Redis' persistence settings, as last read by `watch_persistence`.
@@ -477,7 +477,9 @@ impl RedisQueue {
             max_age: settings.max_age,
             index_horizon: settings.max_age + settings.retention,
             ids: IdGenerator::default(),
-            enqueues: AtomicU64::new(0),
+            enqueues: (0..settings.partitions)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             renewals: Renewals::default(),
             persistence,
             scripts: Scripts {
@@ -517,7 +519,7 @@ impl RedisQueue {
             .collect();
         // Entries past the horizon are only memory (a listing skips ids whose record
         // is gone), so trimming them on every enqueue cost Redis time for nothing.
-        let trim = self.enqueues.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == 0;
+        let trim = self.enqueues[p.index].fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == 0;
         let horizon = if trim {
             self.index_bound(now).to_string()
         } else {

@@ -37,7 +37,7 @@ pub const INSTANCE: &str = "instance-a";
 pub struct Backend {
     place: TestStore,
     /// `queue.partitions` (Redis: each partition under a hash tag of its own).
-    partitions: usize,
+    pub partitions: usize,
 }
 
 /// What a contract test's queue is opened with; everything else is hookgate's default.
@@ -45,6 +45,8 @@ pub struct Backend {
 pub struct QueueOptions {
     pub retention: Duration,
     pub visibility_timeout: Duration,
+    /// `queue.max_age`; `None`: hookgate's default.
+    pub max_age: Option<Duration>,
 }
 
 impl Default for QueueOptions {
@@ -53,6 +55,7 @@ impl Default for QueueOptions {
         QueueOptions {
             retention: Duration::from_secs(3600),
             visibility_timeout: Duration::from_secs(30),
+            max_age: None,
         }
     }
 }
@@ -68,14 +71,17 @@ impl Backend {
     /// The settings a gateway using this backend runs with, with a queue source.
     fn settings(&self, queue: QueueOptions) -> hookgate::Settings {
         let millis = |d: Duration| format!("\"{}ms\"", d.as_millis());
-        let text = config()
+        let mut text = config()
             .store(&self.place)
             .queued()
             .route("*", NOWHERE)
             .queue_option("retention", &millis(queue.retention))
             .queue_option("visibility_timeout", &millis(queue.visibility_timeout))
-            .queue_option("partitions", &self.partitions.to_string())
-            .to_string();
+            .queue_option("partitions", &self.partitions.to_string());
+        if let Some(max_age) = queue.max_age {
+            text = text.queue_option("max_age", &millis(max_age));
+        }
+        let text = text.to_string();
         hookgate::config::parse(&text, "contract.toml")
             .unwrap_or_else(|e| panic!("invalid contract config: {e}\n{text}"))
     }
@@ -214,6 +220,7 @@ macro_rules! contract_tests {
                     enqueue_all_first_stores_a_delivery_only_while_its_key_is_free,
                     enqueue_all_claimed_stores_nothing_under_a_claim_no_longer_held,
                     final_records_are_forgotten_after_the_retention_and_others_are_kept,
+                    a_delivery_past_max_age_and_retention_stays_listed_while_its_record_lives,
                 );
             }
 

@@ -1642,3 +1642,82 @@ pub async fn stopped_instances_holding_nothing_are_pruned_but_not_one_holding_a_
         .unwrap();
     assert_eq!(pruning.prune(Duration::ZERO).await.unwrap(), 1);
 }
+
+/// A delivery first attempted long after it was queued (a backlog, a short `max_age`)
+/// is listed, by every filter, as long as its record lives: queued, and then as a dead
+/// letter. Redis trims its list indexes of entries older than `max_age + retention`,
+/// which was only right for deliveries that end within `max_age`: this one was dropped
+/// from every list while still queued, and its dead letter at once.
+pub async fn a_delivery_past_max_age_and_retention_stays_listed_while_its_record_lives(
+    backend: &Backend,
+) {
+    let queue = backend.queue(
+        INSTANCE,
+        QueueOptions {
+            max_age: Some(Duration::from_secs(1)),
+            retention: Duration::from_secs(3600),
+            ..QueueOptions::default()
+        },
+    );
+    let queue = &*queue;
+    let now = now_millis();
+    let old = enqueue(queue, delivery(SOURCE, 1, now - 2 * 3600 * 1000)).await;
+    // Enough enqueues after it for every partition's indexes to be trimmed.
+    let others = 64 * backend.partitions as u64 + 1;
+    let listed_everywhere = async |state: State| {
+        let filters = [
+            all(),
+            ListFilter {
+                state: Some(state),
+                ..all()
+            },
+            ListFilter {
+                source: Some(SOURCE.to_owned()),
+                ..all()
+            },
+            ListFilter {
+                search: Some(old.clone()),
+                ..all()
+            },
+        ];
+        for filter in filters {
+            let mut found = false;
+            let mut filter = ListFilter {
+                limit: 1000,
+                ..filter
+            };
+            loop {
+                let page = queue.list(&filter).await.unwrap();
+                found |= page.deliveries.iter().any(|d| d.id == old);
+                match page.next {
+                    Some(next) if !found => filter.after = Some(next),
+                    _ => break,
+                }
+            }
+            assert!(found, "{old} ({state:?}) is not listed by {filter:?}");
+        }
+    };
+    for n in 0..others {
+        enqueue(queue, delivery(SOURCE, 100 + n, now + n)).await;
+    }
+    listed_everywhere(State::Queued).await;
+
+    let lease = loop {
+        let leases = queue.take(10, now + others).await.unwrap();
+        assert!(!leases.is_empty(), "{old} was never taken");
+        let (mine, rest): (Vec<Lease>, Vec<Lease>) =
+            leases.into_iter().partition(|l| l.delivery_id == old);
+        for lease in rest {
+            queue.hand_back(&lease, None, now + others).await.unwrap();
+        }
+        if let Some(lease) = mine.into_iter().next() {
+            break lease;
+        }
+    };
+    let job = begin(queue, &lease, now + others).await;
+    settle_as(queue, &job, now + others, Settlement::Final).await;
+    for n in 0..others {
+        enqueue(queue, delivery(SOURCE, 1000 + n, now + others + n)).await;
+    }
+    listed_everywhere(State::FailedFinal).await;
+}
