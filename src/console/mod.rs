@@ -190,7 +190,7 @@ impl Console {
         if path == "/ui/login" {
             return match *method {
                 Method::POST => self.log_in(&parts.headers, &auth, &form, secure).await,
-                _ => self.login_form(&auth, &query, None, secure),
+                _ => self.login_form(&parts.headers, &auth, &query, None, secure),
             };
         }
         let now = Instant::now();
@@ -290,6 +290,7 @@ impl Console {
 
     fn login_form(
         &self,
+        headers: &HeaderMap,
         auth: &AdminAuth,
         query: &Query,
         error: Option<String>,
@@ -298,7 +299,15 @@ impl Console {
         if auth.token.is_none() {
             return redirect("/ui/");
         }
-        let csrf = crate::random::hex(32);
+        // The browser's login token, if it has one of ours: a second login form (another
+        // tab whose session ended too) then leaves the first one valid, where a new
+        // token made the first always refused as stale.
+        let csrf = match session::cookie(headers, LOGIN_COOKIE) {
+            Some(held) if held.len() == 64 && held.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                held.to_owned()
+            }
+            _ => crate::random::hex(32),
+        };
         let page = LoginPage {
             chrome: Chrome::new("Log in", "login"),
             csrf: csrf.clone(),
@@ -346,6 +355,7 @@ impl Console {
                     .collect::<String>()
             ));
             return self.login_form(
+                headers,
                 auth,
                 &query,
                 Some("That is not the admin token.".to_owned()),

@@ -550,6 +550,47 @@ async fn with_a_token_every_page_asks_for_a_login_and_the_api_keeps_its_bearer_t
     assert_eq!(wrong.status(), 403, "no login form cookie: a forged form");
 }
 
+/// Two login forms open (two tabs whose session ended): the first still logs in. Each
+/// form made a new login token, so the first was always refused as stale.
+#[tokio::test]
+async fn of_two_login_forms_open_the_first_still_logs_in() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().queued().admin_token(TOKEN).route("*", &upstream)).await;
+    let token_of = |reply: &Reply| {
+        let cookie = reply.header("set-cookie").expect("a login cookie");
+        let value = cookie
+            .strip_prefix("hookgate_login=")
+            .and_then(|rest| rest.split(';').next())
+            .expect("hookgate_login=...")
+            .to_owned();
+        assert!(
+            reply.text().contains(&format!(r#"value="{value}""#)),
+            "the form carries its cookie's token"
+        );
+        value
+    };
+    let first = token_of(&get(&gw, "/ui/login", &[]).await);
+    let cookie = format!("hookgate_login={first}");
+    let second = token_of(&get(&gw, "/ui/login", &[("cookie", &cookie)]).await);
+    assert_eq!(second, first, "the browser's token is kept");
+
+    let login = gw
+        .send(
+            Request::post(gw.admin_url("/ui/login"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", &cookie)
+                .body(Full::new(Bytes::from(format!(
+                    "token={TOKEN}&csrf={first}&next=%2Fui%2F"
+                ))))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(login.status(), 303, "{}", login.text());
+    // Anything else in the cookie is no token of ours: a new one.
+    let made = token_of(&get(&gw, "/ui/login", &[("cookie", "hookgate_login=x")]).await);
+    assert_eq!(made.len(), 64);
+}
+
 #[tokio::test]
 async fn without_a_token_the_console_is_open_on_loopback_to_loopback_names_only() {
     let upstream = Upstream::start().await;
