@@ -75,13 +75,7 @@ async fn a_sender_hanging_up_mid_forward_still_gets_its_delivery_settled(store: 
     upstream.wait_for(1).await;
 
     drop(hanging);
-    eventually("the gateway saw the sender hang up", || async {
-        gw.metrics()
-            .await
-            .value(r#"hookgate_connections_open{listener="server"}"#)
-            == Some(0.0)
-    })
-    .await;
+    gw.wait_for_open_connections(0).await;
     upstream.release();
 
     eventually("the hung-up delivery is settled", || async {

@@ -273,13 +273,7 @@ async fn trusted_proxies_added_by_a_reload_are_exempt_from_the_per_ip_connection
     let file = ConfigFile::new(one_per_ip());
     let gw = Gateway::start_file(&file.path()).await;
     let _held = connect_from("127.0.0.2", gw.addr()).await.unwrap();
-    eventually("the first connection is admitted", || async {
-        gw.metrics()
-            .await
-            .value(r#"hookgate_connections_open{listener="server"}"#)
-            == Some(1.0)
-    })
-    .await;
+    gw.wait_for_open_connections(1).await;
 
     file.write(one_per_ip().set("rate_limit", "trusted_proxies", r#"["127.0.0.2/32"]"#));
     let reloaded = gw.reload().await.expect("a valid file");

@@ -55,13 +55,7 @@ async fn shutdown_waits_for_the_delivery_of_a_sender_that_hung_up() {
     let hanging = sent_without_waiting(gw.addr(), &event).await;
     upstream.wait_for(1).await;
     drop(hanging);
-    eventually("the connection is gone", || async {
-        gw.metrics()
-            .await
-            .value(r#"hookgate_connections_open{listener="server"}"#)
-            == Some(0.0)
-    })
-    .await;
+    gw.wait_for_open_connections(0).await;
 
     let stopping = gw.begin_shutdown();
     eventually("the listener closes", || refuses_connections(&gw)).await;

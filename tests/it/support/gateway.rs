@@ -22,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use super::{PATIENCE, Scrape};
+use super::{PATIENCE, Scrape, eventually};
 
 /// What the test client got back, body read in full.
 #[derive(Debug)]
@@ -257,6 +257,18 @@ impl Gateway {
         let reply = self.admin("/metrics").await;
         assert_eq!(reply.status(), 200, "{reply:?}");
         Scrape(reply.text())
+    }
+
+    /// Waits until the webhook listener counts `n` open connections: it admitted one,
+    /// or saw a client hang up.
+    pub async fn wait_for_open_connections(&self, n: u64) {
+        eventually(format!("{n} open connections"), || async {
+            self.metrics()
+                .await
+                .value(r#"hookgate_connections_open{listener="server"}"#)
+                == Some(n as f64)
+        })
+        .await;
     }
 
     /// Requests a graceful shutdown in the background; the handle ends once it is done.
