@@ -439,12 +439,31 @@ fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, Invalid> 
             ));
         }
     };
+    // Taken as written and ignored, it left a private-CA Redis failing every
+    // handshake, seen only as timeouts.
+    let ca = match &file.ca_file {
+        Some(path) => {
+            if !target.is_tls() {
+                return Err(Invalid::at(
+                    "store.ca_file",
+                    "store.ca_file verifies TLS connections: use rediss:// URLs with it",
+                ));
+            }
+            tls::load_ca_file(path)
+                .map_err(|e| Invalid::at("store.ca_file", format!("store.ca_file {e}")))?;
+            Some(std::fs::read(path).map_err(|e| {
+                Invalid::at("store.ca_file", format!("store.ca_file {path:?}: {e}"))
+            })?)
+        }
+        None => None,
+    };
     Ok(StoreSettings {
         backend: StoreBackend::Redis(Box::new(RedisSettings {
             target,
             key_prefix: file.key_prefix.clone(),
             timeout: positive("store.timeout", file.timeout)?,
             connect_timeout: positive("store.connect_timeout", file.connect_timeout)?,
+            ca,
         })),
         on_error: file.on_error,
     })

@@ -151,6 +151,9 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// `store.ca_file` as PEM: `rediss://` servers are verified against exactly these
+    /// CAs; `None`: against the bundled Mozilla roots.
+    pub ca: Option<Vec<u8>>,
 }
 
 /// Where Redis is. `Debug` and `Display` show addresses only, never a password.
@@ -163,12 +166,29 @@ impl fmt::Display for RedisTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RedisTarget::Single(info) => {
-                write!(f, "redis {} db {}", info.addr(), info.redis_settings().db())
+                write!(f, "redis {} db {}", info.addr(), info.redis_settings().db())?;
             }
             RedisTarget::Cluster(nodes) => {
                 let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
-                write!(f, "redis cluster {}", addrs.join(", "))
+                write!(f, "redis cluster {}", addrs.join(", "))?;
             }
+        }
+        if self.is_tls() {
+            f.write_str(" over TLS")?;
+        }
+        Ok(())
+    }
+}
+
+impl RedisTarget {
+    /// Whether every connection is `rediss://`.
+    pub fn is_tls(&self) -> bool {
+        let tls = |info: &redis::ConnectionInfo| {
+            matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. })
+        };
+        match self {
+            RedisTarget::Single(info) => tls(info),
+            RedisTarget::Cluster(nodes) => nodes.iter().all(tls),
         }
     }
 }

@@ -173,3 +173,59 @@ async fn insecure_skip_verify_forwards_to_an_upstream_with_any_certificate() {
     assert_eq!(reply.status(), 200, "{reply:?}");
     assert_eq!(upstream.received(), 1);
 }
+
+/// A Redis served over TLS with a certificate of a private CA: `store.ca_file` trusts
+/// it (the key was accepted with Redis and ignored, and every request then timed out
+/// against a handshake that failed); without it, the bundled roots refuse the server.
+#[tokio::test]
+async fn a_redis_over_tls_is_verified_against_store_ca_file() {
+    let ca = TestCa::generate("hookgate test Redis CA");
+    let (cert, key) = ca.issue_server_files("localhost");
+    let Some(redis) = RedisServer::start_tls_or_skip(cert, key).await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let on_redis = |ca_file: Option<&std::path::Path>| {
+        let config = config()
+            .set("store", "redis_url", &format!("{:?}", redis.tls_url()))
+            .set("store", "timeout", r#""500ms""#)
+            .route("*", &upstream);
+        match ca_file {
+            Some(path) => config.set(
+                "store",
+                "ca_file",
+                &format!("{:?}", path.display().to_string()),
+            ),
+            None => config,
+        }
+    };
+
+    let trusted = Gateway::start(on_redis(Some(&ca.ca_file))).await;
+    let reply = trusted
+        .post(PATH, &signed_event("response.completed"))
+        .await;
+    assert!(reply.forwarded(), "{reply:?}");
+    let untrusted = Gateway::start(on_redis(None)).await;
+    let reply = untrusted
+        .post(PATH, &signed_event("response.completed"))
+        .await;
+    assert_eq!(reply.status(), 503, "{reply:?}");
+    assert_eq!(reply.error(), "store_unavailable");
+    assert_eq!(upstream.received().len(), 1);
+}
+
+#[test]
+fn store_ca_file_with_a_plain_redis_url_is_refused() {
+    let text = config()
+        .set("store", "redis_url", r#""redis://127.0.0.1:6390""#)
+        .set("store", "ca_file", r#""/etc/hookgate/ca.pem""#)
+        .route("*", NOWHERE)
+        .to_string();
+    let e = hookgate::config::parse(&text, "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("store.ca_file") && e.contains("rediss://"),
+        "{e}"
+    );
+}

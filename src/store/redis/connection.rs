@@ -41,12 +41,24 @@ struct ClusterSlot {
     connection: Mutex<Option<ClusterConnection>>,
 }
 
+/// TLS that trusts exactly the CAs in `ca` (PEM), presenting no client certificate.
+fn trusting(ca: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca.to_vec()),
+    }
+}
+
 impl RedisConnection {
     /// Sets up the connection without connecting: Redis may come up after hookgate.
     pub fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
         let connection = match &settings.target {
             RedisTarget::Single(info) => {
-                let client = redis::Client::open((**info).clone()).map_err(unavailable)?;
+                let client = match &settings.ca {
+                    Some(ca) => redis::Client::build_with_tls((**info).clone(), trusting(ca)),
+                    None => redis::Client::open((**info).clone()),
+                }
+                .map_err(unavailable)?;
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(settings.timeout))
                     .set_connection_timeout(Some(settings.connect_timeout))
@@ -57,19 +69,22 @@ impl RedisConnection {
                 ))
             }
             RedisTarget::Cluster(nodes) => Connection::Cluster(Box::new(ClusterSlot {
-                client: ClusterClient::builder(nodes.iter().cloned())
-                    .response_timeout(settings.timeout)
-                    .connection_timeout(settings.connect_timeout)
-                    // No retries by the client: it re-sends a command whose connection
-                    // dropped before the answer, which may have run, and the queue's
-                    // scripts must run once (an enqueue run twice stored a second stream
-                    // entry, attempted twice, under one 202). A redirect or a refused
-                    // node is then the caller's to handle: the slot map is refreshed for
-                    // the next command, the queue stores a delivery a node refused in
-                    // another partition (`script_or_unsent`), and the rest fails once.
-                    .retries(0)
-                    .build()
-                    .map_err(unavailable)?,
+                client: match &settings.ca {
+                    Some(ca) => ClusterClient::builder(nodes.iter().cloned()).certs(trusting(ca)),
+                    None => ClusterClient::builder(nodes.iter().cloned()),
+                }
+                .response_timeout(settings.timeout)
+                .connection_timeout(settings.connect_timeout)
+                // No retries by the client: it re-sends a command whose connection
+                // dropped before the answer, which may have run, and the queue's
+                // scripts must run once (an enqueue run twice stored a second stream
+                // entry, attempted twice, under one 202). A redirect or a refused
+                // node is then the caller's to handle: the slot map is refreshed for
+                // the next command, the queue stores a delivery a node refused in
+                // another partition (`script_or_unsent`), and the rest fails once.
+                .retries(0)
+                .build()
+                .map_err(unavailable)?,
                 connection: Mutex::new(None),
             })),
         };

@@ -91,6 +91,14 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     cluster: bool,
     child: Option<Child>,
+    tls: Option<RedisTls>,
+}
+
+/// A TLS port beside the plain one (which the tests' own checks use).
+struct RedisTls {
+    cert: PathBuf,
+    key: PathBuf,
+    port: u16,
 }
 
 impl RedisServer {
@@ -105,16 +113,33 @@ impl RedisServer {
 
     /// Starts a server on a free port and returns once it answers; panics if it cannot.
     pub async fn start() -> RedisServer {
-        RedisServer::start_node(false).await
+        RedisServer::start_node(false, None).await
     }
 
-    async fn start_node(cluster: bool) -> RedisServer {
+    /// `start_or_skip`, also serving TLS (`tls_url`) with the certificate `cert` and its
+    /// key `key` (PEM files).
+    pub async fn start_tls_or_skip(cert: PathBuf, key: PathBuf) -> Option<RedisServer> {
+        if !installed_or_skip("redis-server", "redis-server") {
+            return None;
+        }
+        let tls = RedisTls { cert, key, port: 0 };
+        Some(RedisServer::start_node(false, Some(tls)).await)
+    }
+
+    /// `rediss://localhost:<TLS port>` (after `start_tls_or_skip`).
+    pub fn tls_url(&self) -> String {
+        let tls = self.tls.as_ref().expect("started with TLS");
+        format!("rediss://localhost:{}", tls.port)
+    }
+
+    async fn start_node(cluster: bool, tls: Option<RedisTls>) -> RedisServer {
         let dir = tempfile::tempdir().expect("a temp dir for redis-server");
         let mut server = RedisServer {
             port: 0,
             dir,
             cluster,
             child: None,
+            tls,
         };
         eventually("a free port for redis-server", async || {
             server.port = free_port(cluster);
@@ -146,6 +171,23 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path());
+        if let Some(tls) = &mut self.tls {
+            tls.port = free_port(false);
+            command
+                .args([
+                    "--tls-port",
+                    &tls.port.to_string(),
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                // Redis wants CAs even when it asks clients for no certificate.
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.cert);
+        }
         if self.cluster {
             let nodes = self.dir.path().join(format!("nodes-{}.conf", self.port));
             command
@@ -346,7 +388,7 @@ impl RedisCluster {
     pub async fn start() -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            nodes.push(RedisServer::start_node(true).await);
+            nodes.push(RedisServer::start_node(true, None).await);
         }
         let addresses: Vec<String> = nodes
             .iter()

@@ -110,6 +110,30 @@ impl TestCa {
         }
     }
 
+    /// A server certificate for `name` (and 127.0.0.1), issued by this CA, written as
+    /// PEM files beside the CA's: returns the certificate's path and the key's.
+    pub fn issue_server_files(&self, name: &str) -> (PathBuf, PathBuf) {
+        let mut params =
+            rcgen::CertificateParams::new(vec![name.to_owned(), "127.0.0.1".to_owned()])
+                .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = rcgen::KeyPair::generate().expect("a server key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("a server certificate");
+        let dir = self.ca_file.parent().expect("the CA's directory");
+        let (cert_file, key_file) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_file, cert.pem()).expect("write the certificate");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write the key");
+        (cert_file, key_file)
+    }
+
     /// A client certificate for `name`, issued by this CA.
     pub fn issue_client(&self, name: &str) -> ClientIdentity {
         let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
