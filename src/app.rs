@@ -140,6 +140,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         ),
     );
     let tls = settings.server.tls.as_ref().map(|tls| {
+        metrics.tls_certificate_expires(tls.expires_at);
         Arc::new(ArcSwap::from_pointee(Handshake::new(
             tls.config.clone(),
             tls.handshake_timeout,

@@ -320,6 +320,7 @@ pub struct Metrics {
     connections_closed: IntCounterVec,
     penalty_box: IntCounter,
     penalty_box_clients: IntGauge,
+    tls_certificate_expiry: IntGaugeVec,
     admin_unauthorized: IntCounter,
     config_reloads: IntCounterVec,
     verified: IntCounterVec,
@@ -564,6 +565,16 @@ impl Metrics {
             "Times a client IP was put in the penalty box for failing verification too often.",
         )
         .expect("valid metric");
+        // A vector without labels: its one series exists only once a certificate is
+        // loaded, so a gateway without TLS has none (a 0 would read as long expired).
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "hookgate_tls_certificate_expiry_timestamp_seconds",
+                "When the webhook listener's TLS certificate expires (its notAfter, Unix seconds), as loaded at start or by the last reload.",
+            ),
+            &[],
+        )
+        .expect("valid metric");
         let penalty_box_clients = IntGauge::new(
             "hookgate_penalty_box_clients",
             "Client IPs the penalty box tracks now, counting failures or boxed (at most penalty_box.max_clients).",
@@ -642,6 +653,7 @@ impl Metrics {
             Box::new(connections_closed.clone()),
             Box::new(penalty_box.clone()),
             Box::new(penalty_box_clients.clone()),
+            Box::new(tls_certificate_expiry.clone()),
             Box::new(admin_unauthorized.clone()),
         ] {
             registry
@@ -688,6 +700,7 @@ impl Metrics {
             connections_closed,
             penalty_box,
             penalty_box_clients,
+            tls_certificate_expiry,
             admin_unauthorized,
             config_reloads,
             verified,
@@ -744,6 +757,16 @@ impl Metrics {
     /// A client IP was put in the penalty box.
     pub fn penalty_boxed(&self) {
         self.penalty_box.inc();
+    }
+
+    /// The webhook listener's certificate now served expires at `at`.
+    pub fn tls_certificate_expires(&self, at: std::time::SystemTime) {
+        let seconds = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.tls_certificate_expiry
+            .with_label_values::<&str>(&[])
+            .set(i64::try_from(seconds).unwrap_or(i64::MAX));
     }
 
     /// `hookgate_penalty_box_clients`, for the penalty box of the gateway being built

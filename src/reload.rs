@@ -197,10 +197,13 @@ impl Live {
                 .extend(config::in_flight_ttl_warning(ttl, running_upstream_timeout));
         }
         match (&self.tls, &settings.server.tls) {
-            (Some(current), Some(tls)) => current.store(Arc::new(Handshake::new(
-                tls.config.clone(),
-                tls.handshake_timeout,
-            ))),
+            (Some(current), Some(tls)) => {
+                current.store(Arc::new(Handshake::new(
+                    tls.config.clone(),
+                    tls.handshake_timeout,
+                )));
+                self.shared.metrics.tls_certificate_expires(tls.expires_at);
+            }
             // Turning TLS on or off needs a restart; until then the listener speaks what
             // it spoke, and the gateway says so.
             (None, Some(_)) => settings.server.tls = None,

@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -84,7 +85,9 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // http/1.0 too: a client offering only that (curl --http1.0) was refused the
+    // handshake, though hyper serves HTTP/1.0.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -106,30 +109,59 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
     Ok(certs)
 }
 
-/// Loads PEM files; errors name the config key and the path.
+/// When a certificate (DER) is valid: from, until.
+pub fn validity(cert: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), String> {
+    use x509_cert::der::Decode;
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref())
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let valid = &parsed.tbs_certificate.validity;
+    Ok((
+        valid.not_before.to_system_time(),
+        valid.not_after.to_system_time(),
+    ))
+}
+
+/// A server config from PEM files and when its certificate expires; errors name the
+/// config key and the path. A certificate outside its validity is refused: served, it
+/// fails every sender's handshake, and a reload would have swapped it in for the last
+/// good one.
 pub fn config_from_files(
     cert: &Path,
     key: &Path,
     client_ca: Option<Vec<CertificateDer<'static>>>,
-) -> Result<Arc<ServerConfig>, String> {
+) -> Result<(Arc<ServerConfig>, SystemTime), String> {
+    let shown = cert.display().to_string();
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("server.tls.cert {:?}: {e}", cert.display().to_string()))?;
-    if chain.is_empty() {
+        .map_err(|e| format!("server.tls.cert {shown:?}: {e}"))?;
+    let Some(leaf) = chain.first() else {
         return Err(format!(
-            "server.tls.cert {:?}: no PEM certificate in the file",
-            cert.display().to_string()
+            "server.tls.cert {shown:?}: no PEM certificate in the file"
+        ));
+    };
+    let (from, until) = validity(leaf).map_err(|e| format!("server.tls.cert {shown:?}: {e}"))?;
+    let now = SystemTime::now();
+    if now >= until {
+        return Err(format!(
+            "server.tls.cert {shown:?}: the certificate expired at {}",
+            humantime::format_rfc3339_seconds(until)
+        ));
+    }
+    if now < from {
+        return Err(format!(
+            "server.tls.cert {shown:?}: the certificate is not valid before {}",
+            humantime::format_rfc3339_seconds(from)
         ));
     }
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("server.tls.key {:?}: {e}", key.display().to_string()))?;
-    server_config(chain, private, client_ca).map_err(|e| {
+    let config = server_config(chain, private, client_ca).map_err(|e| {
         format!(
-            "server.tls: certificate {:?} and key {:?} do not form a usable pair: {e}",
-            cert.display().to_string(),
+            "server.tls: certificate {shown:?} and key {:?} do not form a usable pair: {e}",
             key.display().to_string()
         )
-    })
+    })?;
+    Ok((config, until))
 }
 
 /// Whether a connection to a TLS listener opened with plain HTTP: a TLS client's first
@@ -182,12 +214,14 @@ pub fn generate_dev_cert() -> Result<DevCert, rcgen::Error> {
 /// `self_signed = true`: a fresh certificate for localhost, in memory, every start.
 pub fn self_signed_config(
     client_ca: Option<Vec<CertificateDer<'static>>>,
-) -> Result<Arc<ServerConfig>, String> {
+) -> Result<(Arc<ServerConfig>, SystemTime), String> {
     let dev = generate_dev_cert().map_err(|e| e.to_string())?;
-    let chain =
-        vec![CertificateDer::from_pem_slice(dev.cert_pem.as_bytes()).map_err(|e| e.to_string())?];
+    let leaf =
+        CertificateDer::from_pem_slice(dev.cert_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let (_, until) = validity(&leaf)?;
     let key = PrivateKeyDer::from_pem_slice(dev.key_pem.as_bytes()).map_err(|e| e.to_string())?;
-    server_config(chain, key, client_ca).map_err(|e| e.to_string())
+    let config = server_config(vec![leaf], key, client_ca).map_err(|e| e.to_string())?;
+    Ok((config, until))
 }
 
 /// Writes `dev-cert.pem` and `dev-key.pem` (mode 0600) into `dir`.
@@ -416,12 +450,46 @@ mod tests {
     fn a_dev_certificate_round_trips_through_files() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = write_dev_cert(dir.path()).unwrap();
-        let config = config_from_files(&cert, &key, None).unwrap();
+        let (config, expires_at) = config_from_files(&cert, &key, None).unwrap();
         assert_eq!(
             config.alpn_protocols,
-            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+            vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()]
         );
+        assert!(expires_at > SystemTime::now());
         assert!(client_config_trusting(&std::fs::read(&cert).unwrap()).is_ok());
+    }
+
+    /// A certificate outside its validity is refused, naming the file and the date: a
+    /// reload swapped an expired one in for the last good one, and every handshake
+    /// failed.
+    #[test]
+    fn a_certificate_outside_its_validity_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (from, until, says) in [
+            (
+                (2019, 1, 1),
+                (2020, 2, 1),
+                "expired at 2020-02-01T00:00:00Z",
+            ),
+            (
+                (3000, 1, 1),
+                (3001, 1, 1),
+                "not valid before 3000-01-01T00:00:00Z",
+            ),
+        ] {
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+            params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            let (cert_file, key_file) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+            std::fs::write(&cert_file, cert.pem()).unwrap();
+            std::fs::write(&key_file, key.serialize_pem()).unwrap();
+
+            let e = config_from_files(&cert_file, &key_file, None).unwrap_err();
+
+            assert!(e.starts_with("server.tls.cert ") && e.contains(says), "{e}");
+        }
     }
 
     /// The key is written 0600 also over an existing file (a world-readable one kept

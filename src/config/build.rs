@@ -537,7 +537,7 @@ fn tls_settings(file: &file::Tls) -> Result<TlsSettings, Invalid> {
             })
         })
         .transpose()?;
-    let (config, description) = match (file.self_signed, &file.cert, &file.key) {
+    let ((config, expires_at), description) = match (file.self_signed, &file.cert, &file.key) {
         (true, None, None) => (
             tls::self_signed_config(client_ca).map_err(|e| {
                 Invalid::at(
@@ -576,8 +576,13 @@ fn tls_settings(file: &file::Tls) -> Result<TlsSettings, Invalid> {
         ),
         None => description,
     };
+    let description = format!(
+        "{description}; valid until {}",
+        humantime::format_rfc3339_seconds(expires_at)
+    );
     Ok(TlsSettings {
         config,
+        expires_at,
         handshake_timeout: positive("server.tls.handshake_timeout", file.handshake_timeout)?,
         self_signed: file.self_signed,
         description,

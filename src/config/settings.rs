@@ -211,6 +211,8 @@ pub struct TlsSettings {
     /// Offers h2 and http/1.1; TLS 1.2 and 1.3 only; verifies client certificates
     /// when `server.tls.client_ca` is set.
     pub config: Arc<rustls::ServerConfig>,
+    /// When the certificate expires (`hookgate_tls_certificate_expiry_timestamp_seconds`).
+    pub expires_at: std::time::SystemTime,
     pub handshake_timeout: Duration,
     /// True when the certificate was generated at start-up (dev only).
     pub self_signed: bool,

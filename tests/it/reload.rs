@@ -210,6 +210,30 @@ async fn renewed_certificate_files_are_served_to_new_connections_after_a_reload(
         post(old_pem).await.is_err(),
         "a client trusting only the old certificate is refused"
     );
+    let expiry = "hookgate_tls_certificate_expiry_timestamp_seconds";
+    let expires = gw.metrics().await.value(expiry).expect("the expiry gauge");
+    assert!(
+        expires > hookgate::queue::now_millis() as f64 / 1000.0,
+        "{expires}"
+    );
+
+    // An expired certificate (a stale copy deployed by mistake) is refused, and the
+    // running one kept: swapped in, every sender's handshake failed.
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 2, 1);
+    let stale_key = rcgen::KeyPair::generate().unwrap();
+    let stale = params.self_signed(&stale_key).unwrap();
+    write_atomically(&cert.cert, &stale.pem());
+    write_atomically(&cert.key, &stale_key.serialize_pem());
+    let refused = gw
+        .reload()
+        .await
+        .expect_err("an expired certificate")
+        .to_string();
+    assert!(refused.contains("expired at 2020-02-01"), "{refused}");
+    assert_eq!(post(renewed.pem.clone()).await.unwrap(), 200);
+    assert_eq!(gw.metrics().await.value(expiry), Some(expires));
 }
 
 #[tokio::test]
