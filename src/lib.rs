@@ -69,13 +69,16 @@ pub mod verify;
 pub use app::{Running, StartError, start};
 pub use config::{ConfigError, Settings};
 
-/// Serves until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn run(settings: Settings) -> Result<(), StartError> {
+/// Serves until SIGTERM or SIGINT, then shuts down gracefully; reloads on each SIGHUP
+/// `hangups` receives (`reload_signals`; one that arrived while starting, once started).
+pub async fn run(
+    settings: Settings,
+    mut hangups: tokio::signal::unix::Signal,
+) -> Result<(), StartError> {
     warn_about_dev_settings(&settings);
     let running = start(settings).await?;
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    let mut hangups = reload_signals();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -115,7 +118,8 @@ fn warn_about_dev_settings(settings: &Settings) {
 }
 
 /// SIGHUP: read the configuration again.
-fn reload_signals() -> tokio::signal::unix::Signal {
+/// SIGHUP, caught from now on (its default action ends the process).
+pub fn reload_signals() -> tokio::signal::unix::Signal {
     use tokio::signal::unix::{SignalKind, signal};
     signal(SignalKind::hangup()).expect("SIGHUP handler can be installed")
 }

@@ -99,10 +99,13 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<Exi
     }
     match command {
         Command::Serve { config } => {
+            // First: SIGHUP's default action ends the process, and a reload right
+            // after a (re)start (a config-management handler) must not.
+            let hangups = hookgate::reload_signals();
             let settings = hookgate::config::load_or_default(config.as_deref())?;
             _log_guard = Some(init_logging(log_format, &settings.log_level));
             tracing::info!(config = %settings.origin, "configuration loaded");
-            hookgate::run(settings).await?;
+            hookgate::run(settings, hangups).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {

@@ -494,3 +494,54 @@ async fn a_reload_warns_about_an_in_flight_ttl_shorter_than_the_running_upstream
         "{reloaded:?}"
     );
 }
+
+/// A SIGHUP that arrives while the process is still starting (here: waiting for its
+/// PostgreSQL store, which a listener that never answers stands in for) is no reason to
+/// end it. SIGHUP's default action ended it (exit by signal), as a reload right after a
+/// restart from a config-management handler would.
+#[tokio::test]
+async fn a_sighup_while_starting_does_not_end_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "postgres://hookgate@{}/hookgate?sslmode=disable",
+        silent.local_addr().unwrap()
+    );
+    let file = ConfigFile::new(
+        config()
+            .set("store", "postgres_url", &format!("{url:?}"))
+            .set("store", "connect_timeout", r#""20s""#)
+            .set("store", "timeout", r#""20s""#)
+            .route("*", NOWHERE),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["serve", "--config"])
+        .arg(file.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start hookgate");
+    // Started: it has connected to the store and waits for its answer.
+    let (held, _) = tokio::time::timeout(PATIENCE, silent.accept())
+        .await
+        .expect("hookgate connects to its store")
+        .unwrap();
+
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the process while it was starting"
+    );
+    // The store goes away: the start fails, and the process says so and exits 1.
+    drop((held, silent));
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((exit.signal(), exit.code()), (None, Some(1)), "{exit}");
+}
