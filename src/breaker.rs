@@ -1,7 +1,8 @@
 //! Circuit breakers: stop sending to an upstream that keeps failing, then probe it.
 //!
 //! One breaker per upstream of a route with `breaker = { failures, cooldown }`, keyed by
-//! the route's label and the upstream's name or index. Closed, it counts failed attempts
+//! the route's label and the upstream's name or index, and holding the upstream's URL:
+//! a reload that points the key at another URL starts it afresh. Closed, it counts failed attempts
 //! in a row (no connection, a timeout, a broken exchange, a 5xx; never a 4xx or any
 //! other answer: the backend is up and said no); at `failures` it opens for `cooldown`.
 //! Open, nothing is sent (the pipeline answers 503 `upstream_circuit_open`, the workers
@@ -33,6 +34,12 @@ const PROBE_WAIT: Duration = Duration::from_secs(1);
 /// breaker keeps its state; a changed policy applies from the next decision).
 pub struct Breakers {
     by_upstream: Mutex<HashMap<(String, String), Arc<Breaker>>>,
+    /// Once a reload set it (`keep_only`): the upstream URL each key stands for in the
+    /// running configuration. A request or attempt still running on the configuration
+    /// before gets no breaker for a key that now means another upstream, or none: it
+    /// would record the old upstream's outcome in the new one's breaker, or bring a
+    /// removed route's breaker and its series back.
+    running: Mutex<Option<HashMap<(String, String), String>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -48,6 +55,7 @@ impl Breakers {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Breakers {
             by_upstream: Mutex::new(HashMap::new()),
+            running: Mutex::new(None),
             metrics,
         }
     }
@@ -58,15 +66,24 @@ impl Breakers {
         let Some(policy) = route.breaker() else {
             return Admission::Pass(Pass(None));
         };
-        let breaker = self.breaker(route, policy);
-        breaker.admit(now)
+        match self.breaker(route, policy) {
+            Some(breaker) => breaker.admit(now),
+            None => Admission::Pass(Pass(None)),
+        }
     }
 
-    fn breaker(&self, route: &Route, policy: BreakerPolicy) -> Arc<Breaker> {
+    /// `None` for a route of a configuration a reload replaced whose key now stands for
+    /// another upstream, or for none.
+    fn breaker(&self, route: &Route, policy: BreakerPolicy) -> Option<Arc<Breaker>> {
         let key = (
             route.base_label().to_owned(),
             route.upstream_key().to_owned(),
         );
+        let url = route.upstream().to_string();
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.as_ref().is_some_and(|r| r.get(&key) != Some(&url)) {
+            return None;
+        }
         let mut map = self.by_upstream.lock().unwrap_or_else(|p| p.into_inner());
         let breaker = map.entry(key).or_insert_with(|| {
             let metrics = self
@@ -74,6 +91,7 @@ impl Breakers {
                 .breaker(route.base_label(), route.upstream_key());
             metrics.state.set(0);
             Arc::new(Breaker {
+                url: url.clone(),
                 inner: Mutex::new(Inner {
                     policy,
                     state: State::Closed { failures: 0 },
@@ -81,34 +99,46 @@ impl Breakers {
                 metrics,
             })
         });
+        if breaker.url != url {
+            return None;
+        }
         breaker.lock().policy = policy;
-        breaker.clone()
+        Some(breaker.clone())
     }
 
     /// Forgets the breakers (and their series) of upstreams that `routes` (every route
-    /// of a reloaded configuration) no longer has, or has without a breaker: a removed
-    /// route's last state would otherwise stay on the gauge and its alert for good, and
-    /// come back with the route.
+    /// of a reloaded configuration) no longer has, or has without a breaker, or under
+    /// the same key but another URL: a removed route's last state would otherwise stay
+    /// on the gauge and its alert for good, and come back with the route; and a route
+    /// pointed away from a dead upstream stayed open (an unnamed upstream's key is its
+    /// position, so removing one fan-out upstream moved its state onto the next).
     pub fn keep_only<'a>(&self, routes: impl IntoIterator<Item = &'a Route>) {
-        let kept: std::collections::HashSet<(String, String)> = routes
+        let kept: HashMap<(String, String), String> = routes
             .into_iter()
             .flat_map(Route::copies)
             .filter(|copy| copy.breaker().is_some())
-            .map(|copy| (copy.base_label().to_owned(), copy.upstream_key().to_owned()))
+            .map(|copy| {
+                let key = (copy.base_label().to_owned(), copy.upstream_key().to_owned());
+                (key, copy.upstream().to_string())
+            })
             .collect();
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let mut map = self.by_upstream.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|key, _| {
-            let keep = kept.contains(key);
+        map.retain(|key, breaker| {
+            let keep = kept.get(key) == Some(&breaker.url);
             if !keep {
                 self.metrics.forget_breaker(&key.0, &key.1);
             }
             keep
         });
+        *running = Some(kept);
     }
 }
 
 /// One upstream's breaker.
 struct Breaker {
+    /// The upstream it judges.
+    url: String,
     inner: Mutex<Inner>,
     metrics: BreakerMetrics,
 }
@@ -438,12 +468,47 @@ mod tests {
             "{text}"
         );
         open_for(&breakers, &kept, t);
+        // A request still on the configuration before brings neither back.
+        assert!(matches!(
+            breakers.admit(&gone, t),
+            Admission::Pass(Pass(None))
+        ));
+        assert!(!gauge(&metrics).contains("src/gone"));
         // Back in a later reload, it starts closed.
+        breakers.keep_only([&kept, &gone]);
         assert!(!pass(&breakers, &gone, t).is_probe());
         breakers.keep_only([
             &Route::new("src", "r", &["*".to_owned()], "http://127.0.0.1:9/").unwrap(),
         ]);
         assert!(!gauge(&metrics).contains("breaker_state"));
+    }
+
+    /// A reload that points a route's upstream elsewhere (away from the dead one, the
+    /// usual fix in an incident) starts its breaker afresh; an attempt still on the
+    /// configuration before gets no breaker (it stayed open, and a removed fan-out
+    /// upstream's state moved onto the next one by position).
+    #[test]
+    fn a_reload_that_points_an_upstream_elsewhere_starts_its_breaker_afresh() {
+        let breakers = Breakers::new(Arc::new(Metrics::new([])));
+        let dead = route(1, 60_000);
+        let t = Instant::now();
+        pass(&breakers, &dead, t).record(&UpstreamOutcome::Timeout, t);
+        open_for(&breakers, &dead, t);
+        let healthy = Route::new("src", "r", &["*".to_owned()], "http://127.0.0.1:10/")
+            .unwrap()
+            .with_breaker(dead.breaker());
+
+        breakers.keep_only([&healthy]);
+
+        assert!(!pass(&breakers, &healthy, t).is_probe(), "closed");
+        assert!(matches!(
+            breakers.admit(&dead, t),
+            Admission::Pass(Pass(None))
+        ));
+        // The same URL kept keeps its state.
+        pass(&breakers, &healthy, t).record(&UpstreamOutcome::Timeout, t);
+        breakers.keep_only([&healthy]);
+        open_for(&breakers, &healthy, t);
     }
 
     #[test]

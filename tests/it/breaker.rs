@@ -346,3 +346,31 @@ async fn a_delivery_the_breaker_keeps_waiting_past_max_age_is_dead_lettered_with
         "{record:#}"
     );
 }
+
+/// Pointing a route away from its dead upstream, the usual fix in an incident, takes
+/// effect at the reload: the breaker judged the old upstream and starts afresh (it
+/// stayed open for the rest of its cooldown, refusing every delivery).
+#[tokio::test]
+async fn a_reload_that_points_the_route_elsewhere_starts_its_breaker_afresh() {
+    let dead = closed_port().await;
+    let healthy = Upstream::start().await;
+    let to = |upstream: String| {
+        config()
+            .named_route("fragile", "*", upstream)
+            .route_option("breaker", r#"{ failures = 2, cooldown = "1m" }"#)
+    };
+    let file = ConfigFile::new(to(format!("http://{dead}/hooks")));
+    let gw = Gateway::start_file(&file.path()).await;
+    for _ in 0..2 {
+        assert_eq!(gw.post(PATH, &signed_event("a")).await.status(), 502);
+    }
+    let refused = gw.post(PATH, &signed_event("a")).await;
+    assert_eq!(refused.error(), "upstream_circuit_open");
+
+    file.write(to(healthy.url("/hooks")));
+    gw.reload().await.expect("a valid file");
+
+    let reply = gw.post(PATH, &signed_event("a")).await;
+    assert!(reply.forwarded(), "{reply:?}");
+    assert_eq!(gw.metrics().await.value(STATE), Some(0.0));
+}
