@@ -391,6 +391,14 @@ impl Workers {
                 }
             }
         }
+        // A reload while this delivery waited (for a `max_concurrency` slot, most of
+        // all): attempted now, it would go to the upstream, `resign` secret and limits
+        // of the configuration it was taken under, for as long as the backlog lasts. It
+        // is handed back, to be taken again at once under the running one.
+        if !Arc::ptr_eq(&lanes, &self.lanes.load()) {
+            self.hand_back(&lease, None).await;
+            return;
+        }
         let job = match self.queue.begin(&lease, now_millis()).await {
             Ok(Some(job)) => job,
             Ok(None) => return self.release(&lease),

@@ -545,3 +545,43 @@ async fn a_sighup_while_starting_does_not_end_the_process() {
         .unwrap();
     assert_eq!((exit.signal(), exit.code()), (None, Some(1)), "{exit}");
 }
+
+/// Deliveries taken before a reload and still waiting for a `max_concurrency` slot are
+/// attempted under the running configuration: here, at the upstream the route was moved
+/// to. They went to the old one, up to as long as the backlog took to drain.
+#[tokio::test]
+async fn deliveries_waiting_for_a_slot_at_a_reload_go_where_the_route_now_points() {
+    let old = Upstream::with(Answer::held()).await;
+    let new = Upstream::start().await;
+    let to = |upstream: &Upstream| {
+        config()
+            .queued()
+            .route("*", upstream)
+            .max_concurrency(1)
+            .queue_option("workers", "4")
+    };
+    let file = ConfigFile::new(to(&old));
+    let gw = Gateway::start_file(&file.path()).await;
+    let deliveries = Deliveries::of(&gw);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(enqueue(&gw.client(), &signed_event("response.completed")).await);
+    }
+    old.wait_for(1).await;
+    // The other two were taken too, and wait for the one slot.
+    eventually("every delivery taken", async || {
+        gw.metrics().await.value("hookgate_queue_depth") == Some(3.0)
+            && deliveries.list("status=queued").await.len() == 2
+    })
+    .await;
+
+    file.write(to(&new));
+    gw.reload().await.expect("a valid file");
+    old.release();
+
+    for id in &ids {
+        deliveries.wait_for_state(id, "processed").await;
+    }
+    assert_eq!(old.received().len(), 1, "only the attempt already running");
+    assert_eq!(new.received().len(), 2);
+}
