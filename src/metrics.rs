@@ -4,6 +4,8 @@
 //! sources and routes are named in the config, so their label values are bounded.
 //! Each gateway owns its registry, so several gateways in one process do not collide.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::{
@@ -95,6 +97,32 @@ impl Outcome {
             Outcome::QueueError => "queue_error",
             Outcome::BodyBufferFull => "body_buffer_full",
             Outcome::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+/// A gauge that state rebuilt by each reload reports: only the latest owner writes it.
+/// (A penalty box still used by requests from before a reload kept moving the gauge the
+/// new box had reset, leaving an offset for good.)
+pub struct LatestGauge {
+    gauge: IntGauge,
+    owner: Arc<AtomicU64>,
+    generation: u64,
+}
+
+impl LatestGauge {
+    /// A gauge with no other owner.
+    pub fn alone(gauge: IntGauge) -> LatestGauge {
+        LatestGauge {
+            gauge,
+            owner: Arc::new(AtomicU64::new(0)),
+            generation: 0,
+        }
+    }
+
+    pub fn set(&self, value: i64) {
+        if self.owner.load(Ordering::Relaxed) == self.generation {
+            self.gauge.set(value);
         }
     }
 }
@@ -320,6 +348,8 @@ pub struct Metrics {
     connections_closed: IntCounterVec,
     penalty_box: IntCounter,
     penalty_box_clients: IntGauge,
+    /// Which `LatestGauge` of `penalty_box_clients` may write it.
+    penalty_box_owner: Arc<AtomicU64>,
     tls_certificate_expiry: IntGaugeVec,
     admin_unauthorized: IntCounter,
     config_reloads: IntCounterVec,
@@ -700,6 +730,7 @@ impl Metrics {
             connections_closed,
             penalty_box,
             penalty_box_clients,
+            penalty_box_owner: Arc::new(AtomicU64::new(0)),
             tls_certificate_expiry,
             admin_unauthorized,
             config_reloads,
@@ -770,9 +801,15 @@ impl Metrics {
     }
 
     /// `hookgate_penalty_box_clients`, for the penalty box of the gateway being built
-    /// (a reload starts a new, empty one).
-    pub fn penalty_box_clients(&self) -> IntGauge {
-        self.penalty_box_clients.clone()
+    /// (a reload starts a new, empty one): from now on only that box writes it.
+    pub fn penalty_box_clients(&self) -> LatestGauge {
+        let generation = self.penalty_box_owner.fetch_add(1, Ordering::Relaxed) + 1;
+        self.penalty_box_clients.set(0);
+        LatestGauge {
+            gauge: self.penalty_box_clients.clone(),
+            owner: self.penalty_box_owner.clone(),
+            generation,
+        }
     }
 
     /// An admin request without the right bearer token.

@@ -25,7 +25,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hashlink::LinkedHashMap;
-use prometheus::IntGauge;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crate::metrics::LatestGauge;
 use tokio::time::Instant;
 
 use crate::client_ip::rate_key;
@@ -43,8 +45,9 @@ pub struct PenaltyBox {
     settings: PenaltyBoxSettings,
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
-    /// `hookgate_penalty_box_clients`: the records held, counting and boxed.
-    tracked: IntGauge,
+    /// The records held, counting and boxed, and `hookgate_penalty_box_clients`.
+    held: AtomicI64,
+    tracked: LatestGauge,
 }
 
 /// One table: its records and how many it may hold. Keys are hashed with SipHash under
@@ -112,19 +115,19 @@ impl Shard {
 }
 
 impl PenaltyBox {
-    pub fn new(settings: PenaltyBoxSettings, tracked: IntGauge) -> Self {
+    pub fn new(settings: PenaltyBoxSettings, tracked: LatestGauge) -> Self {
         let shards = SHARDS.min(settings.max_clients).max(1);
         // The capacities add up to exactly `max_clients`.
         let capacity = |i: usize| {
             settings.max_clients / shards + usize::from(i < settings.max_clients % shards)
         };
-        tracked.set(0);
         PenaltyBox {
             settings,
             shards: (0..shards)
                 .map(|i| Mutex::new(Shard::new(capacity(i))))
                 .collect(),
             hasher: RandomState::new(),
+            held: AtomicI64::new(0),
             tracked,
         }
     }
@@ -158,6 +161,7 @@ impl PenaltyBox {
         let window = self.settings.window;
         let mut shard = self.shard(&key).lock().expect("not poisoned");
         let mut dropped = shard.drop_expired(now, window, EXPIRED_DROPPED_PER_FAILURE);
+        let mut added = 0i64;
         let recorded = 'record: {
             match shard.boxed.get(&key) {
                 // Refused before verification, so only a request already past the check
@@ -190,7 +194,7 @@ impl PenaltyBox {
                         failures: 1,
                     };
                     shard.counting.insert(key, fresh);
-                    self.tracked.inc();
+                    added = 1;
                     fresh.failures
                 }
             };
@@ -201,7 +205,11 @@ impl PenaltyBox {
             }
             Recorded::Counted
         };
-        self.tracked.sub(dropped as i64);
+        let change = added - dropped as i64;
+        if change != 0 {
+            let held = self.held.fetch_add(change, Ordering::Relaxed) + change;
+            self.tracked.set(held);
+        }
         recorded
     }
 
@@ -227,12 +235,12 @@ mod tests {
         }
     }
 
-    fn gauge() -> IntGauge {
-        IntGauge::new("tracked", "test").unwrap()
+    fn gauge() -> prometheus::IntGauge {
+        prometheus::IntGauge::new("tracked", "test").unwrap()
     }
 
     fn pbox(max_failures: u32) -> PenaltyBox {
-        PenaltyBox::new(settings(max_failures, 100_000), gauge())
+        PenaltyBox::new(settings(max_failures, 100_000), LatestGauge::alone(gauge()))
     }
 
     fn ip(text: &str) -> IpAddr {
@@ -313,7 +321,7 @@ mod tests {
     #[test]
     fn no_more_than_max_clients_are_tracked_and_the_gauge_says_how_many() {
         let tracked = gauge();
-        let b = PenaltyBox::new(settings(5, 1000), tracked.clone());
+        let b = PenaltyBox::new(settings(5, 1000), LatestGauge::alone(tracked.clone()));
         let t0 = Instant::now();
         let mut untracked = 0;
         for n in 0..5000 {
@@ -328,7 +336,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_new_clients_neither_evicts_nor_shortens_a_box() {
-        let b = PenaltyBox::new(settings(1, 1000), gauge());
+        let b = PenaltyBox::new(settings(1, 1000), LatestGauge::alone(gauge()));
         let t0 = Instant::now();
         let boxed = ip("203.0.113.7");
         b.failed(boxed, t0);
@@ -344,7 +352,7 @@ mod tests {
     #[test]
     fn a_full_table_takes_a_new_client_in_place_of_an_expired_record_without_a_sweep() {
         let tracked = gauge();
-        let b = PenaltyBox::new(settings(5, 1600), tracked.clone());
+        let b = PenaltyBox::new(settings(5, 1600), LatestGauge::alone(tracked.clone()));
         let t0 = Instant::now();
         for n in 0..100_000 {
             b.failed(nth(n), t0);
@@ -365,7 +373,7 @@ mod tests {
     #[test]
     fn expired_records_drain_as_failures_come() {
         let tracked = gauge();
-        let b = PenaltyBox::new(settings(5, 1000), tracked.clone());
+        let b = PenaltyBox::new(settings(5, 1000), LatestGauge::alone(tracked.clone()));
         let t0 = Instant::now();
         for n in 0..1000 {
             b.failed(nth(n), t0);
@@ -384,5 +392,27 @@ mod tests {
         for n in found_room {
             assert_eq!(b.failed(nth(n), later), Recorded::Counted);
         }
+    }
+
+    /// A reload starts a new, empty box: the old one, still used by requests from before
+    /// it, no longer moves the gauge (it left an offset for good).
+    #[test]
+    fn only_the_latest_box_writes_the_gauge() {
+        let metrics = crate::metrics::Metrics::new([]);
+        let old = PenaltyBox::new(settings(5, 1000), metrics.penalty_box_clients());
+        old.failed(nth(1), Instant::now());
+        let clients = |m: &crate::metrics::Metrics| {
+            let text = m.render();
+            text.lines()
+                .find_map(|l| l.strip_prefix("hookgate_penalty_box_clients "))
+                .map(str::to_owned)
+        };
+        assert_eq!(clients(&metrics).as_deref(), Some("1"));
+
+        let new = PenaltyBox::new(settings(5, 1000), metrics.penalty_box_clients());
+        old.failed(nth(2), Instant::now());
+        assert_eq!(clients(&metrics).as_deref(), Some("0"));
+        new.failed(nth(3), Instant::now());
+        assert_eq!(clients(&metrics).as_deref(), Some("1"));
     }
 }
