@@ -564,3 +564,46 @@ async fn a_settle_the_store_failed_is_an_error_span() {
     let settle = one(&spans, "hookgate.dedupe.settle");
     assert_eq!(settle.status_code, 2, "the store failed: {settle:#?}");
 }
+
+/// A full batch is exported at once, not at the next `export_interval`: waiting for the
+/// interval capped what was exported at `max_queued_spans` per interval (4,096 spans a
+/// second by default), so a gateway past about 700 traced requests a second dropped the
+/// rest. Here the interval is an hour, and 600 spans (100 requests) are exported anyway,
+/// and none is dropped though the queue holds fewer.
+#[tokio::test]
+async fn a_full_batch_of_spans_is_exported_without_waiting_for_the_interval() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        config()
+            .route("*", &upstream)
+            .set(
+                "telemetry",
+                "otlp_endpoint",
+                &format!("{:?}", collector.endpoint()),
+            )
+            .set("telemetry", "export_interval", "\"1h\"")
+            .set("telemetry", "max_queued_spans", "520"),
+    )
+    .await;
+    // The first tick of the interval, at start, exports nothing yet.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let client = gw.client();
+    for _ in 0..100 {
+        assert!(
+            client
+                .post(PATH, &signed_event("response.completed"))
+                .await
+                .forwarded()
+        );
+    }
+
+    let exported = collector.wait_for("hookgate.request", 80).await;
+    assert!(exported.len() >= 80, "{}", exported.len());
+    let dropped = gw
+        .metrics()
+        .await
+        .value("hookgate_telemetry_spans_dropped_total")
+        .unwrap_or(0.0);
+    assert_eq!(dropped, 0.0);
+}
