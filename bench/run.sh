@@ -307,6 +307,8 @@ line = {"row": row, "run": int(run), "rps": r["requests_per_second"],
     "rss_mib": int(rss) / 1024, "ok": ok, "requests": r["requests"], "errors": r["errors"]}
 if os.environ.get("INSTR"):
     line["instr"] = int(os.environ["INSTR"]) / n
+if os.environ.get("DROPPED"):
+    line["spans_dropped"] = float(os.environ["DROPPED"])
 if started and drained:
     line["drain_rps"] = n / ((int(drained) - int(started)) / 1e9)
 print(json.dumps(line))
@@ -328,11 +330,20 @@ measure() {
         counted=""
         [ "$pid" = "${CALLGRIND_PID:-}" ] && { callgrind_control -z "$pid" >/dev/null 2>&1; counted=1; }
         taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n "$N" -c "$C" --body-size "$body" --json "$@" >"$WORK/run.json"
+        # Tracing: the last spans leave at the next export (every second), after the
+        # load; they are part of the run's cost.
+        [ -n "${TRACING:-}" ] && sleep 1.5
         after=$(cpu_ns "$pid")
         redis_after=$(cpu_ns "$REDIS_PID")
         [[ $row =~ redis ]] && redis_stats "$row"
-        INSTR=${counted:+$(instructions "$pid")} record "$row" "$run" "$before" "$after" "$redis_before" "$redis_after" "$pid"
+        DROPPED=${TRACING:+$(spans_dropped)} INSTR=${counted:+$(instructions "$pid")} record "$row" "$run" "$before" "$after" "$redis_before" "$redis_after" "$pid"
     done
+}
+
+# spans_dropped: the gateway's hookgate_telemetry_spans_dropped_total (tracing rows), so
+# a row whose spans were dropped instead of exported says so.
+spans_dropped() {
+    curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^hookgate_telemetry_spans_dropped_total / {print $2}'
 }
 
 # instructions PID: what callgrind counted in PID (run by run_gateway) since it was zeroed.
@@ -358,8 +369,8 @@ run_gateway() { # run_gateway ROW STORE TLS BODY [load options...]
     stop "$pid"
 }
 
-sink_requests() {
-    curl -s "http://127.0.0.1:$SINK_PORT/stats" | python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"])'
+sink_requests() { # without python: a poll that takes 100 ms would end a drain late
+    curl -s "http://127.0.0.1:$SINK_PORT/stats" | sed -E 's/.*"requests": *([0-9]+).*/\1/'
 }
 
 wait_sink() { # wait_sink COUNT: until the sink has received COUNT requests (10 minutes at most)
@@ -389,10 +400,11 @@ run_queue_gateway() { # run_queue_gateway ROW STORE
         before=$(cpu_ns "$pid")
         redis_before=$(store_cpu_ns "$store")
         redis_reset
-        started=$(date +%s%N)
         taskset -c "$LOAD_CPU" "$HG" bench load --url "$url" -n "$N" -c "$C" --body-size "$BODY" --json >"$WORK/run.json"
         wait_sink "$N"
         drained=$(date +%s%N)
+        # From the load's clock start (after signing and connecting), as its req/s is.
+        started=$(sed -E 's/.*"started_unix_ns": *([0-9]+).*/\1/' "$WORK/run.json")
         after=$(cpu_ns "$pid")
         redis_after=$(store_cpu_ns "$store")
         [ "$store" = redis ] && redis_stats "$row"
@@ -431,10 +443,16 @@ done
 run_queue_gateway "hookgate memory queue" memory
 run_queue_gateway "hookgate redis queue" redis
 run_queue_gateway "hookgate postgres queue" postgres
-run_gateway "hookgate memory TLS" memory tls "$BODY" --insecure
-run_gateway "hookgate memory TLS h2" memory tls "$BODY" --insecure --http2
+# A fresh gateway per run, as for the rows above: one gateway for every run remembered
+# each run's deliveries, and its peak RSS grew run by run.
+for _ in $(seq 1 "$REPEAT"); do
+    REPEAT=1 run_gateway "hookgate memory TLS" memory tls "$BODY" --insecure
+    REPEAT=1 run_gateway "hookgate memory TLS h2" memory tls "$BODY" --insecure --http2
+done
 measure "direct (sink) 64KiB" "http://127.0.0.1:$DIRECT_PORT/sink" "$DIRECT_PID" "$BIG_BODY"
-run_gateway "hookgate memory 64KiB" memory plain "$BIG_BODY"
+for _ in $(seq 1 "$REPEAT"); do
+    REPEAT=1 run_gateway "hookgate memory 64KiB" memory plain "$BIG_BODY"
+done
 
 # Floods of requests that fail verification (bench/floods.py), on the in-memory gateway
 # trusting the load core as a proxy (so X-Forwarded-For names a new client per request):
@@ -522,7 +540,7 @@ print(f"{datetime.date.today()} · {model} · {os.cpu_count()} CPUs · load gene
       + f" · {n} requests × {repeat} runs per row, "
       f"{c} connections, HTTP/1.1 unless noted, {body}-byte bodies unless noted; medians")
 print()
-print("| row | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | CPU µs/req | store CPU µs/req | vs nginx | vs direct | 2xx/sent |")
+print("| row | req/s | p50 ms | p99 ms | max ms | peak RSS MiB | CPU µs/req | store CPU µs/req | vs nginx | vs direct | 2xx/answered (errors) |")
 # Queue rows: req/s and latency are ingress (202 answers); CPU covers ingress and delivery.
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 if not med:
@@ -533,7 +551,7 @@ for name, m in med.items():
     vs_nginx = f"{m['rps'] / nginx:.2f}×" if nginx and "64KiB" not in name else "–"
     vs_direct = f"{m['rps'] / direct:.2f}×" if direct else "–"
     print(f"| {name} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['max']:.2f} | {m['rss_mib']:.1f} | "
-          f"{m['cpu_us']:.1f} | {m['redis_us']:.1f} | {vs_nginx} | {vs_direct} | {m['ok']}/{m['requests']} |")
+          f"{m['cpu_us']:.1f} | {m['redis_us']:.1f} | {vs_nginx} | {vs_direct} | {m['ok']}/{m['requests']} ({m['errors']}) |")
 if "hookgate memory" in med and "hookgate redis" in med:
     mem, red = med["hookgate memory"], med["hookgate redis"]
     print()
@@ -574,9 +592,11 @@ for ratio in ("1.0", "0.01"):
         rps = sorted(b["rps"] / a["rps"] for a, b in zip(off, on))
         cpu = sorted(b["cpu_us"] / a["cpu_us"] for a, b in zip(off, on))
         print()
+        dropped = sum(x.get("spans_dropped", 0) for x in on)
         print(f"tracing at sample_ratio {ratio} against tracing off, {len(rps)} alternating pairs: throughput "
               f"median {statistics.median(rps):.2f}x (range {rps[0]:.2f}-{rps[-1]:.2f}x), CPU per request "
-              f"median {statistics.median(cpu):.2f}x (range {cpu[0]:.2f}-{cpu[-1]:.2f}x)")
+              f"median {statistics.median(cpu):.2f}x (range {cpu[0]:.2f}-{cpu[-1]:.2f}x); "
+              f"spans dropped in all: {dropped:.0f}")
 counted = {name: statistics.median(x["instr"] for x in runs) for name, runs in rows.items() if "instr" in runs[0]}
 if counted:
     print()
@@ -595,7 +615,7 @@ if idle and flood:
 drains = {name: statistics.median(x["drain_rps"] for x in runs) for name, runs in rows.items() if "drain_rps" in runs[0]}
 if drains:
     print()
-    print("| queue row | end-to-end drain to the sink, deliveries/s (first request sent → last delivery received) |")
+    print("| queue row | end-to-end drain to the sink, deliveries/s (the load's clock start → last delivery received) |")
     print("|---|---:|")
     for name, rate in drains.items():
         print(f"| {name} | {rate:.0f} |")

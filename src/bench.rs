@@ -55,6 +55,9 @@ pub struct LoadReport {
     pub body_bytes: usize,
     pub requests: u64,
     pub errors: u64,
+    /// When the clock started (Unix ns), after the deliveries were signed and the
+    /// connections opened: where a drain measured outside starts.
+    pub started_unix_ns: u64,
     pub elapsed_seconds: f64,
     pub requests_per_second: f64,
     pub latency_ms: Percentiles,
@@ -246,6 +249,7 @@ pub async fn load(options: LoadOptions) -> Result<LoadReport, BenchError> {
     }
     start_line.wait().await;
     let started = Instant::now();
+    let started_at = SystemTime::now();
     let mut total = Tally::new();
     for worker in workers {
         if let Ok(tally) = worker.await {
@@ -253,7 +257,7 @@ pub async fn load(options: LoadOptions) -> Result<LoadReport, BenchError> {
         }
     }
     let elapsed = started.elapsed();
-    Ok(total.report(&options, elapsed))
+    Ok(total.report(&options, started_at, elapsed))
 }
 
 #[derive(Clone)]
@@ -366,7 +370,12 @@ impl Tally {
         self.errors += other.errors;
     }
 
-    fn report(self, options: &LoadOptions, elapsed: Duration) -> LoadReport {
+    fn report(
+        self,
+        options: &LoadOptions,
+        started_at: SystemTime,
+        elapsed: Duration,
+    ) -> LoadReport {
         let ms = |q: f64| self.latency_us.value_at_quantile(q) as f64 / 1000.0;
         let requests = self.latency_us.len();
         LoadReport {
@@ -376,6 +385,9 @@ impl Tally {
             body_bytes: options.body_size,
             requests,
             errors: self.errors,
+            started_unix_ns: started_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             elapsed_seconds: elapsed.as_secs_f64(),
             requests_per_second: requests as f64 / elapsed.as_secs_f64().max(1e-9),
             latency_ms: Percentiles {

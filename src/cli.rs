@@ -222,7 +222,8 @@ pub struct LoadArgs {
         default_value = "response.completed,response.failed,batch.completed"
     )]
     pub types: Vec<String>,
-    /// Share of requests (0 to <1) that repeat an earlier delivery (expect 200 duplicate).
+    /// Share of requests (0 to <1) that repeat an earlier delivery: 200 duplicate, or 409
+    /// in_flight when the original is still being forwarded on another connection.
     #[arg(long, default_value_t = 0.0)]
     pub repeat: f64,
     /// Use HTTP/2 (over TLS by ALPN, or prior knowledge on http://).
