@@ -110,6 +110,10 @@ pub enum PayloadError {
     DuplicateKey,
     #[error("no non-empty string at the event type pointer")]
     NoEventType,
+    /// A NUL or another control character: no store keeps it as text (PostgreSQL
+    /// refused it, answering 503 to every retry), and it is no event type a route names.
+    #[error("the event type holds a control character")]
+    EventTypeControl,
     #[error("the event type is longer than 256 bytes")]
     EventTypeTooLong,
     #[error("no non-empty string at the dedupe key pointer")]
@@ -247,6 +251,7 @@ pub fn dedupe_key_and_event_type<'r>(
 fn checked_event_type(event_type: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, PayloadError> {
     match event_type {
         Some(text) if text.len() > MAX_EVENT_TYPE_LEN => Err(PayloadError::EventTypeTooLong),
+        Some(text) if text.chars().any(char::is_control) => Err(PayloadError::EventTypeControl),
         Some(text) if !text.is_empty() => Ok(text),
         _ => Err(PayloadError::NoEventType),
     }
@@ -550,6 +555,23 @@ mod tests {
         assert_eq!(
             dedupe_key_and_event_type(&id, &json, &headers, long.as_bytes()),
             Err(PayloadError::EventTypeTooLong)
+        );
+    }
+
+    /// A NUL (or another control character) in an event type: PostgreSQL keeps no such
+    /// text, and answered 503 to the sender's every retry.
+    #[test]
+    fn an_event_type_with_a_control_character_is_refused() {
+        for sent in [r#"{"type":"a\u0000b"}"#, r#"{"type":"a\nb"}"#] {
+            assert_eq!(
+                at(sent, "/type"),
+                Err(PayloadError::EventTypeControl),
+                "{sent}"
+            );
+        }
+        assert_eq!(
+            at(r#"{"type":"réponse.terminée"}"#, "/type").unwrap(),
+            "réponse.terminée"
         );
     }
 

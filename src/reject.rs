@@ -172,6 +172,7 @@ impl Reject {
                 PayloadError::NotJson
                 | PayloadError::DuplicateKey
                 | PayloadError::NoEventType
+                | PayloadError::EventTypeControl
                 | PayloadError::NoDedupeKey => "invalid_payload",
                 PayloadError::EventTypeTooLong => "event_type_too_long",
             },

@@ -485,15 +485,19 @@ fn postgres_settings(file: &file::Store, url: &str) -> Result<PostgresSettings, 
     }
     let plain = |c: char| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit();
     let schema = &file.schema;
+    // At most 54: the instances' wake-up channel is `hookgate_<schema>`, and PostgreSQL
+    // names are at most 63 bytes (a longer channel failed every NOTIFY and LISTEN).
+    // `pg_` names are the system's.
     if schema.is_empty()
-        || schema.len() > 63
+        || schema.len() > 54
         || !schema.chars().all(plain)
         || schema.starts_with(|c: char| c.is_ascii_digit())
+        || schema.starts_with("pg_")
     {
         return Err(Invalid::at(
             "store.schema",
             "store.schema must be a plain lowercase identifier (a-z, 0-9, _), \
-             at most 63 characters",
+             at most 54 characters, not starting with pg_",
         ));
     }
     let trust = match &file.ca_file {
@@ -1186,6 +1190,18 @@ upstream = "http://127.0.0.1:9001/hooks"
             "[store]\npostgres_url = \"postgres://secret@db/x\"\nschema = \"Bad-Name\"\n{MINIMAL}"
         );
         assert!(error(&bad).contains("store.schema"));
+        // Too long for its wake-up channel's name, or the system's prefix.
+        for schema in ["a".repeat(55), "pg_hookgate".to_owned()] {
+            let bad = format!(
+                "[store]\npostgres_url = \"postgres://h@db/x\"\nschema = \"{schema}\"\n{MINIMAL}"
+            );
+            assert!(error(&bad).contains("at most 54 characters, not starting with pg_"));
+        }
+        let fits = format!(
+            "[store]\npostgres_url = \"postgres://h@db/x\"\nschema = \"{}\"\n{MINIMAL}",
+            "a".repeat(54)
+        );
+        assert!(parse(&fits, "t").is_ok());
         let e = error(&format!(
             "[store]\npostgres_url = \"mysql:://hunter2@x\"\n{MINIMAL}"
         ));

@@ -971,6 +971,12 @@ impl Queue for PostgresQueue {
         filter: &'a ListFilter,
     ) -> BoxFuture<'a, Result<DeliveryList, QueueError>> {
         Box::pin(async move {
+            if filter.matches_nothing() {
+                return Ok(DeliveryList {
+                    deliveries: Vec::new(),
+                    next: None,
+                });
+            }
             let limit = filter.limit.max(1) as i64;
             let mut values: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
             let mut conditions: Vec<String> = Vec::new();

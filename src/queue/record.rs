@@ -374,6 +374,15 @@ pub struct ListFilter {
 }
 
 impl ListFilter {
+    /// Whether a text filter holds a NUL, which no stored source, route, event type or
+    /// id holds: nothing matches (and PostgreSQL refuses such a parameter outright).
+    pub fn matches_nothing(&self) -> bool {
+        [&self.source, &self.route, &self.event_type, &self.search]
+            .into_iter()
+            .flatten()
+            .any(|text| text.contains('\0'))
+    }
+
     /// Whether `summary` matches the fields of the filter that a summary carries (all
     /// but the time window and the cursor, which are positions in the order).
     pub fn matches(&self, summary: &Summary) -> bool {
@@ -486,7 +495,7 @@ pub struct Cursor {
 impl Cursor {
     pub fn parse(text: &str) -> Option<Cursor> {
         let (at, id) = text.split_once('-')?;
-        let queued_at = at.parse().ok()?;
+        let queued_at = at.parse().ok().filter(|&at| at <= LATEST_TIME)?;
         is_delivery_id(id).then(|| Cursor {
             queued_at,
             id: id.to_owned(),
@@ -798,6 +807,9 @@ mod tests {
             // A character of two bytes across byte 32 of the id.
             "1-dlv_000000000000000000000000000\u{e9}",
             "1-dlv_\u{e9}00000000000000000000000000",
+            // Past the year 9999 (PostgreSQL refused it, 503; u64::MAX wrapped to 1969).
+            "253402300800000-dlv_0000000000010000000000000001",
+            "18446744073709551615-dlv_0000000000010000000000000001",
         ] {
             assert_eq!(Cursor::parse(bad), None, "{bad}");
         }

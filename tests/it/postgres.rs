@@ -970,3 +970,20 @@ async fn a_replay_that_lost_the_race_to_another_reports_the_state_it_found() {
         serde_json::json!({"error": "not_replayable", "state": "queued"})
     );
 }
+
+/// A schema named with a keyword (`user`, `order`, ...) passes the config's check, and
+/// must migrate and serve: unquoted in the migrations it failed with a syntax error.
+#[tokio::test]
+async fn a_schema_named_with_a_keyword_migrates_and_serves() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&queue_config(&url, "user", &upstream).to_string()).await;
+
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+
+    Deliveries::of(&gw).wait_for_state(&id, "processed").await;
+    let stored = sql(&url, r#"SELECT count(*) FROM "user".deliveries"#).await;
+    assert_eq!(one(&stored), "1");
+}

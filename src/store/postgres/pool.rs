@@ -25,10 +25,16 @@ pub(crate) struct PgPool {
     tls: MakeRustlsConnect,
 }
 
-/// The client config with the schema as `search_path`.
+/// The client config with the schema as `search_path`, after any `options` the URL
+/// gives (they were replaced). Quoted: a plain name may still be a keyword (`user`).
 pub(crate) fn client_config(settings: &PostgresSettings) -> tokio_postgres::Config {
     let mut config = settings.config.clone();
-    config.options(format!("-c search_path={}", settings.schema));
+    let search_path = format!("-c search_path=\"{}\"", settings.schema);
+    let options = match settings.config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {search_path}"),
+        _ => search_path,
+    };
+    config.options(options);
     config
 }
 
@@ -213,5 +219,40 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
             }
             StoreError::Unavailable(said)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(url: &str, schema: &str) -> PostgresSettings {
+        PostgresSettings {
+            config: url.parse().unwrap(),
+            schema: schema.to_owned(),
+            pool_size: 1,
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            trust: crate::tls::UpstreamTrust::System,
+        }
+    }
+
+    /// The URL's own `options` are kept (they were replaced by the search path), and the
+    /// schema is quoted (a plain name may be a keyword).
+    #[test]
+    fn the_search_path_follows_the_urls_options_quoted() {
+        let given = settings(
+            "postgres://h@db/x?options=-c%20statement_timeout%3D5000",
+            "user",
+        );
+        assert_eq!(
+            client_config(&given).get_options(),
+            Some(r#"-c statement_timeout=5000 -c search_path="user""#)
+        );
+        let none = settings("postgres://h@db/x", "hookgate");
+        assert_eq!(
+            client_config(&none).get_options(),
+            Some(r#"-c search_path="hookgate""#)
+        );
     }
 }

@@ -61,7 +61,7 @@ async fn version(client: &Client, schema: &str) -> Result<i32, SchemaError> {
     let exists = client
         .query_one(
             "SELECT to_regclass($1) IS NOT NULL",
-            &[&format!("{schema}.schema_version")],
+            &[&format!("\"{schema}\".schema_version")],
         )
         .await
         .map_err(unreachable)?
@@ -71,7 +71,7 @@ async fn version(client: &Client, schema: &str) -> Result<i32, SchemaError> {
     }
     let row = client
         .query_one(
-            &format!("SELECT coalesce(max(version), 0) FROM {schema}.schema_version"),
+            &format!("SELECT coalesce(max(version), 0) FROM \"{schema}\".schema_version"),
             &[],
         )
         .await
@@ -124,8 +124,8 @@ async fn apply(client: &Client, schema: &str) -> Result<Migrated, SchemaError> {
         let script = format!(
             "BEGIN;\n\
              SET LOCAL client_min_messages = warning;\n\
-             CREATE SCHEMA IF NOT EXISTS {schema};\n\
-             SET LOCAL search_path = {schema};\n\
+             CREATE SCHEMA IF NOT EXISTS \"{schema}\";\n\
+             SET LOCAL search_path = \"{schema}\";\n\
              CREATE TABLE IF NOT EXISTS schema_version (\n\
                version integer PRIMARY KEY,\n\
                applied_at timestamptz NOT NULL DEFAULT now()\n\

@@ -215,6 +215,7 @@ macro_rules! contract_tests {
                     a_settle_repeated_after_it_went_through_changes_nothing,
                     a_failed_fetch_settled_twice_is_counted_once,
                     stored_says_whether_an_enqueue_stored_its_deliveries,
+                    a_filter_holding_a_nul_lists_nothing,
                 );
                 contract_tests!(@backend $make;
                     enqueue_all_first_stores_a_delivery_only_while_its_key_is_free,

@@ -1721,3 +1721,26 @@ pub async fn a_delivery_past_max_age_and_retention_stays_listed_while_its_record
     }
     listed_everywhere(State::FailedFinal).await;
 }
+
+/// A filter holding a NUL matches nothing, on every backend, and fails nowhere
+/// (PostgreSQL refused the parameter: 503 `queue_unavailable` for a typo'd query).
+pub async fn a_filter_holding_a_nul_lists_nothing(queue: &dyn Queue) {
+    enqueue(queue, delivery(SOURCE, 1, now_millis())).await;
+    for filter in [
+        ListFilter {
+            event_type: Some("response.\0completed".to_owned()),
+            ..all()
+        },
+        ListFilter {
+            source: Some("\0".to_owned()),
+            ..all()
+        },
+        ListFilter {
+            search: Some("msg_\0".to_owned()),
+            ..all()
+        },
+    ] {
+        let page = queue.list(&filter).await.expect("no failure");
+        assert!(page.deliveries.is_empty(), "{filter:?}");
+    }
+}
