@@ -451,21 +451,24 @@ async fn a_trace_sampled_out_exports_nothing_and_the_upstream_sees_it_unsampled(
     );
 }
 
+/// Forwarding to `upstream`, exporting to `collector` only once an hour (at start) on
+/// the interval: what is exported before is exported for another reason.
+fn exporting_hourly(collector: &Collector, upstream: &Upstream) -> Config {
+    config()
+        .route("*", upstream)
+        .set(
+            "telemetry",
+            "otlp_endpoint",
+            &format!("{:?}", collector.endpoint()),
+        )
+        .set("telemetry", "export_interval", "\"1h\"")
+}
+
 #[tokio::test]
 async fn spans_still_queued_at_shutdown_are_exported_before_it_returns() {
     let collector = Collector::start().await;
     let upstream = Upstream::start().await;
-    let mut gw = Gateway::start(
-        config()
-            .route("*", &upstream)
-            .set(
-                "telemetry",
-                "otlp_endpoint",
-                &format!("{:?}", collector.endpoint()),
-            )
-            .set("telemetry", "export_interval", "\"1h\""),
-    )
-    .await;
+    let mut gw = Gateway::start(exporting_hourly(&collector, &upstream)).await;
     assert_eq!(
         gw.post(PATH, &signed_event("response.completed"))
             .await
@@ -574,17 +577,11 @@ async fn a_settle_the_store_failed_is_an_error_span() {
 async fn a_full_batch_of_spans_is_exported_without_waiting_for_the_interval() {
     let collector = Collector::start().await;
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(
-        config()
-            .route("*", &upstream)
-            .set(
-                "telemetry",
-                "otlp_endpoint",
-                &format!("{:?}", collector.endpoint()),
-            )
-            .set("telemetry", "export_interval", "\"1h\"")
-            .set("telemetry", "max_queued_spans", "520"),
-    )
+    let gw = Gateway::start(exporting_hourly(&collector, &upstream).set(
+        "telemetry",
+        "max_queued_spans",
+        "520",
+    ))
     .await;
     // The first tick of the interval, at start, exports nothing yet.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;

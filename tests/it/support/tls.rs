@@ -110,20 +110,28 @@ impl TestCa {
         }
     }
 
-    /// A server certificate for `name` (and 127.0.0.1), issued by this CA, written as
-    /// PEM files beside the CA's: returns the certificate's path and the key's.
-    pub fn issue_server_files(&self, name: &str) -> (PathBuf, PathBuf) {
-        let mut params =
-            rcgen::CertificateParams::new(vec![name.to_owned(), "127.0.0.1".to_owned()])
-                .expect("params");
+    /// A certificate for `names`, its common name `name`, for `usage`, and its key.
+    fn issue(
+        &self,
+        name: &str,
+        names: Vec<String>,
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let mut params = rcgen::CertificateParams::new(names).expect("params");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let key = rcgen::KeyPair::generate().expect("a server key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("a server certificate");
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = params.signed_by(&key, &self.issuer).expect("a certificate");
+        (cert, key)
+    }
+
+    /// A server certificate for `name` (and 127.0.0.1), issued by this CA, written as
+    /// PEM files beside the CA's: returns the certificate's path and the key's.
+    pub fn issue_server_files(&self, name: &str) -> (PathBuf, PathBuf) {
+        let names = vec![name.to_owned(), "127.0.0.1".to_owned()];
+        let (cert, key) = self.issue(name, names, rcgen::ExtendedKeyUsagePurpose::ServerAuth);
         let dir = self.ca_file.parent().expect("the CA's directory");
         let (cert_file, key_file) = (
             dir.join(format!("{name}.pem")),
@@ -136,15 +144,8 @@ impl TestCa {
 
     /// A client certificate for `name`, issued by this CA.
     pub fn issue_client(&self, name: &str) -> ClientIdentity {
-        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let key = rcgen::KeyPair::generate().expect("a client key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("a client certificate");
+        let names = vec![name.to_owned()];
+        let (cert, key) = self.issue(name, names, rcgen::ExtendedKeyUsagePurpose::ClientAuth);
         ClientIdentity {
             chain: vec![cert.der().clone()],
             key: PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
