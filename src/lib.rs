@@ -111,8 +111,9 @@ fn warn_about_dev_settings(settings: &Settings) {
         config::UpstreamTrust::InsecureSkipVerify
     ) {
         tracing::warn!(
-            "upstream_tls.insecure_skip_verify = true: https upstreams are NOT VERIFIED; anyone \
-             on the path to them can read and change forwarded events. FOR DEVELOPMENT ONLY"
+            "upstream_tls.insecure_skip_verify = true: https upstreams, and an https OTLP \
+             collector, are NOT VERIFIED; anyone on the path to them can read and change \
+             forwarded events (and the collector's headers). FOR DEVELOPMENT ONLY"
         );
     }
 }

@@ -470,12 +470,18 @@ fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, Invalid> 
 }
 
 fn postgres_settings(file: &file::Store, url: &str) -> Result<PostgresSettings, Invalid> {
+    // libpq's verifying modes, which tokio-postgres does not know: its `require` with
+    // rustls always verifies the certificate and the host name, as `verify-full` does.
+    let url = url
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require");
     // Never echoes the URL: it may hold a password.
     let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
         Invalid::at(
             "store.postgres_url",
             "store.postgres_url is not a valid PostgreSQL URL \
-             (postgres://user:password@host:5432/database?sslmode=require)",
+             (postgres://user:password@host:5432/database?sslmode=require; sslmode is \
+             disable, prefer, require, verify-ca or verify-full)",
         )
     })?;
     let connect_timeout = positive("store.connect_timeout", file.connect_timeout)?;
@@ -1202,6 +1208,20 @@ upstream = "http://127.0.0.1:9001/hooks"
             "a".repeat(54)
         );
         assert!(parse(&fits, "t").is_ok());
+        // libpq's verifying modes are read as `require`, which verifies (they were
+        // refused as not a URL).
+        for mode in ["verify-full", "verify-ca"] {
+            let url =
+                format!("[store]\npostgres_url = \"postgres://h@db/x?sslmode={mode}\"\n{MINIMAL}");
+            let settings = parse(&url, "t").unwrap();
+            let crate::config::StoreBackend::Postgres(pg) = &settings.store.backend else {
+                panic!("postgres");
+            };
+            assert_eq!(
+                pg.config.get_ssl_mode(),
+                tokio_postgres::config::SslMode::Require
+            );
+        }
         let e = error(&format!(
             "[store]\npostgres_url = \"mysql:://hunter2@x\"\n{MINIMAL}"
         ));

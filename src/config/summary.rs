@@ -72,7 +72,8 @@ impl Settings {
             )
         };
         let _ = writeln!(s, "penalty box: {penalty}");
-        let _ = writeln!(s, "upstream TLS: {}", self.upstream_tls);
+        // The OTLP exporter trusts what the upstreams trust.
+        let _ = writeln!(s, "upstream TLS (and OTLP): {}", self.upstream_tls);
         let _ = writeln!(
             s,
             "rate limit: {} req/s per client IP, burst {}, {} trusted proxies",
