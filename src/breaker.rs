@@ -2,9 +2,10 @@
 //!
 //! One breaker per upstream of a route with `breaker = { failures, cooldown }`, keyed by
 //! the route's label and the upstream's name or index, and holding the upstream's URL:
-//! a reload that points the key at another URL starts it afresh. Closed, it counts failed attempts
-//! in a row (no connection, a timeout, a broken exchange, a 5xx; never a 4xx or any
-//! other answer: the backend is up and said no); at `failures` it opens for `cooldown`.
+//! a reload that points the key at another URL starts it afresh. Closed, it counts
+//! failed attempts in a row (no connection, a timeout, a broken exchange, a 5xx; never a
+//! 4xx or any other answer: the backend is up and said no); at `failures` it opens for
+//! `cooldown`.
 //! Open, nothing is sent (the pipeline answers 503 `upstream_circuit_open`, the workers
 //! defer the delivery without an attempt). Once the cooldown is over, the next request
 //! is let through as the one probe (half-open): its success closes the breaker, its
