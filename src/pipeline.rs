@@ -358,7 +358,7 @@ impl Gateway {
                     forward::prepare(
                         route,
                         &mut headers,
-                        dedupe_key,
+                        &claim_key,
                         source.scheme,
                         &body,
                         SystemTime::now(),

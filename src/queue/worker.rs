@@ -34,6 +34,7 @@ use super::{
 use crate::breaker::Admission;
 use crate::config::{DeliveryMode, QueueSettings, Settings};
 use crate::enrich::{self, Enricher, FetchVerdict, Plan};
+use crate::event::KeyBinding;
 use crate::forward::{self, Forwarder};
 use crate::log_gate::LogGate;
 use crate::metrics::{DeliveryMetrics, Metrics, RouteMetrics};
@@ -76,6 +77,8 @@ struct Lane {
     route: Route,
     /// The source's scheme, for `X-Hookgate-Verified` when the route re-signs.
     scheme: &'static str,
+    /// The source's key binding: a re-signed attempt's `webhook-id` is the claim key.
+    binding: KeyBinding,
     upstream: RouteMetrics,
     deliveries: DeliveryMetrics,
     /// `max_concurrency` slots, shared by this instance's workers.
@@ -428,10 +431,16 @@ impl Workers {
                 HeaderValue::from_static(provider),
             );
         }
+        // The claim key, as in proxy mode: where the sender's id is unsigned, the id with
+        // the hash of the event, so that a backend deduplicating on `webhook-id` cannot
+        // be made to drop the genuine delivery by a replayed body sent first under its id.
+        let resigned_id =
+            lane.binding
+                .claim_key(&delivery.webhook_id, &delivery.event_type, &delivery.body);
         forward::prepare(
             &lane.route,
             &mut headers,
-            &delivery.webhook_id,
+            &resigned_id,
             lane.scheme,
             &body,
             std::time::SystemTime::now(),
@@ -796,6 +805,7 @@ fn lanes(
             };
             let lane = Lane {
                 scheme: source.scheme,
+                binding: source.binding,
                 upstream: metrics.route(route.label()),
                 deliveries: metrics.delivery(route.label()),
                 limit,

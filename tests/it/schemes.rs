@@ -361,7 +361,17 @@ async fn a_resigned_route_forwards_hookgates_own_standard_webhooks_signature_the
     let received = upstream.only();
     assert_eq!(backend_verifies(&received), Ok(()));
     assert_eq!(received.header("x-hookgate-verified"), "github");
-    assert_eq!(received.header("webhook-id"), "delivery-guid-1");
+    // GitHub signs the body only, not X-GitHub-Delivery: the id is the claim key, the
+    // delivery id with the hash of the event (the bare id let a replayed body sent first
+    // under a future delivery's id make a deduplicating backend drop the genuine one).
+    let id = received.header("webhook-id");
+    let hash = id
+        .strip_prefix("delivery-guid-1:")
+        .expect("the delivery id first");
+    assert!(
+        hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
     let age = now_unix() - received.header("webhook-timestamp").parse::<i64>().unwrap();
     assert!((0..=5).contains(&age), "a fresh timestamp, not {age}s old");
     // The sender's own signature still travels, for backends that check it.
@@ -369,6 +379,38 @@ async fn a_resigned_route_forwards_hookgates_own_standard_webhooks_signature_the
         received.header("x-hub-signature-256"),
         push.header("x-hub-signature-256")
     );
+}
+
+/// Two signed GitHub requests under one delivery id (a body captured earlier, replayed
+/// under the id of a delivery yet to come) reach a re-signed backend under two
+/// `webhook-id`s, so a backend deduplicating on it keeps the genuine one; a redelivery
+/// of either stays a duplicate.
+#[tokio::test]
+async fn a_resigned_github_route_gives_each_signed_event_under_one_id_its_own_webhook_id() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        base(&upstream)
+            .scheme_source("github", GITHUB_PATH, &github_source())
+            .resigned_route("*", &upstream, BACKEND_SECRET),
+    )
+    .await;
+    let replayed = github().event("ping", Some("delivery-guid-7"), None);
+    let genuine = github().event("push", Some("delivery-guid-7"), None);
+
+    assert!(gw.post(GITHUB_PATH, &replayed).await.forwarded());
+    assert!(gw.post(GITHUB_PATH, &genuine).await.forwarded());
+    assert_eq!(
+        gw.post(GITHUB_PATH, &genuine).await.json()["duplicate"],
+        true
+    );
+
+    let ids: Vec<String> = upstream
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1], "{ids:?}");
 }
 
 #[tokio::test]
