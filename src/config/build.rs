@@ -37,6 +37,7 @@ pub(super) fn build(file: FileConfig, origin: &str) -> Result<Settings, Invalid>
         dedupe.in_flight_ttl,
         limits.upstream_timeout,
     ));
+    warnings.extend(replay_window_warnings(&sources, dedupe.ttl));
     let store = store_settings(file.store.as_ref())?;
     let queue = queue_settings(&file.queue)?;
     let queued = sources.iter().any(|s| s.delivery == DeliveryMode::Queue);
@@ -394,6 +395,26 @@ fn rate_limit(file: &file::RateLimit) -> Result<RateLimitSettings, Invalid> {
     })
 }
 
+/// A source whose signed timestamps stay acceptable longer than `dedupe.ttl` remembers
+/// a delivery: a captured request replayed after the ttl and within the tolerance is
+/// verified and forwarded again.
+fn replay_window_warnings(sources: &[super::Source], ttl: std::time::Duration) -> Vec<String> {
+    sources
+        .iter()
+        .filter_map(|source| {
+            let tolerance = source.verifier.tolerance().filter(|t| *t > ttl)?;
+            Some(format!(
+                "dedupe.ttl ({}) is shorter than source {:?}'s tolerance ({}): a captured \
+                 request replayed after the ttl and within the tolerance is verified and \
+                 forwarded again; keep dedupe.ttl at least the tolerance",
+                super::duration::written(ttl),
+                source.name,
+                super::duration::written(tolerance),
+            ))
+        })
+        .collect()
+}
+
 fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, Invalid> {
     let Some(file) = file else {
         return Ok(StoreSettings {
@@ -616,6 +637,32 @@ secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
 events = ["*"]
 upstream = "http://127.0.0.1:9001/hooks"
 "#;
+
+    /// Replays a configuration lets through without a word: a dedupe TTL shorter than a
+    /// source's tolerance (a capture replayed after it is forwarded again), and two
+    /// sources with one secret (a capture is forwarded once by each).
+    #[test]
+    fn configurations_that_let_a_replay_through_are_warned_about() {
+        let warnings = |text: &str| parse(text, "t").unwrap().warnings;
+        assert!(warnings(MINIMAL).is_empty(), "{:?}", warnings(MINIMAL));
+        let short = warnings(&format!("[dedupe]\nttl = \"5s\"\n{MINIMAL}"));
+        assert!(
+            short.iter().any(|w| w
+                .contains("dedupe.ttl (5s) is shorter than source \"openai\"'s tolerance (5m)")),
+            "{short:?}"
+        );
+        let twin = MINIMAL
+            .replace("name = \"openai\"", "name = \"eu\"")
+            .replace("/webhooks/openai", "/webhooks/eu");
+        let shared = warnings(&format!("{MINIMAL}{twin}"));
+        assert!(
+            shared
+                .iter()
+                .any(|w| w
+                    .contains("sources[0] (\"openai\") and sources[1] (\"eu\") share a secret")),
+            "{shared:?}"
+        );
+    }
 
     fn error(text: &str) -> String {
         parse(text, "test.toml").unwrap_err().to_string()

@@ -30,6 +30,31 @@ use crate::verify::{
 const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The sources, and warnings about them (key paths, without the file).
+/// Sources that verify with one secret: a signature does not cover the path, so a
+/// request captured for one is verified by the other too, which deduplicates it under
+/// its own key: it is forwarded once per source.
+fn shared_secrets(files: &[file::Source]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (i, a) in files.iter().enumerate() {
+        for (j, b) in files.iter().enumerate().skip(i + 1) {
+            let shared = a.secrets.iter().any(|x| {
+                b.secrets
+                    .iter()
+                    .any(|y| x.secret.expose() == y.secret.expose())
+            });
+            if shared {
+                warnings.push(format!(
+                    "sources[{i}] ({:?}) and sources[{j}] ({:?}) share a secret: a request \
+                     captured for one is verified by the other too and forwarded once by \
+                     each; give each source its own secret",
+                    a.name, b.name
+                ));
+            }
+        }
+    }
+    warnings
+}
+
 pub(super) fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String>), Invalid> {
     let now = SystemTime::now();
     let mut warnings = Vec::new();
@@ -114,6 +139,7 @@ pub(super) fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String
             enrich,
         });
     }
+    warnings.extend(shared_secrets(files));
     Ok((out, warnings))
 }
 

@@ -165,6 +165,11 @@ struct Spec {
     prefix: String,
     timestamp: Option<(HeaderName, Duration)>,
     id_header: Option<HeaderName>,
+    /// The texts next to `{id}` in the template, which an id may not hold: one that did
+    /// could move bytes between the id and the body under the same signature
+    /// (`{timestamp}.{id}.{body}` signs `ord_1.{"a":1` + `.` + `2}` as it signs `ord_1` +
+    /// `.` + `{"a":1.2}`), as Standard Webhooks forbids `.` in its ids.
+    id_neighbours: Vec<String>,
     template: Vec<Part>,
     template_text: String,
 }
@@ -216,6 +221,16 @@ impl Spec {
                 format!("signed_content {template_text:?} uses {{id}}: set id_header"),
             ));
         }
+        let id_neighbours = template
+            .iter()
+            .enumerate()
+            .filter(|(_, part)| **part == Part::Id)
+            .flat_map(|(k, _)| [k.checked_sub(1), Some(k + 1)])
+            .filter_map(|at| match template.get(at?) {
+                Some(Part::Text(text)) => Some(text.clone()),
+                _ => None,
+            })
+            .collect();
         Ok(Spec {
             signature_header,
             encoding: options.encoding.unwrap_or_default(),
@@ -225,6 +240,7 @@ impl Spec {
                 None => None,
             },
             id_header: options.id_header.clone(),
+            id_neighbours,
             template,
             template_text,
         })
@@ -311,7 +327,7 @@ impl GenericHmac {
         let id = match &spec.id_header {
             Some(name) if spec.template.contains(&Part::Id) => {
                 let id = header(headers, name, VerifyError::MalformedId)?;
-                if !is_valid_key(id) {
+                if !is_valid_key(id) || spec.id_neighbours.iter().any(|t| id.contains(t.as_str())) {
                     return Err(VerifyError::MalformedId);
                 }
                 id
@@ -354,6 +370,13 @@ impl Verifier for GenericHmac {
         }
         self.keys
             .first_signer(now, |key| self.matches(key, &parsed, body))
+    }
+
+    fn tolerance(&self) -> Option<Duration> {
+        self.spec
+            .timestamp
+            .as_ref()
+            .map(|(_, tolerance)| *tolerance)
     }
 
     fn describe(&self) -> String {
@@ -614,6 +637,28 @@ mod tests {
         assert_eq!(
             v.verify(&headers, &body, at(1_700_000_000)),
             Err(VerifyError::MalformedTimestamp)
+        );
+    }
+
+    /// An id holding the text next to `{id}` could move bytes between the id and the
+    /// body under one signature: with `{timestamp}:{id}:{body}`, id `req_1:{"type"` and
+    /// the rest of the body sign the same bytes as `req_1` and the whole body. Such an id
+    /// is malformed (it verified, and the request was forwarded).
+    #[test]
+    fn an_id_holding_the_text_next_to_it_in_the_template_is_malformed() {
+        let s = secrets();
+        let o = options();
+        let v = build(&o, &s).unwrap().verifier;
+        let (mut headers, body) = signed(&o, 1_700_000_000);
+        let colon = body
+            .iter()
+            .position(|&b| b == b':')
+            .expect("a ':' in the body");
+        let shifted = format!("req_1:{}", std::str::from_utf8(&body[..colon]).unwrap());
+        headers.insert("x-request-id", HeaderValue::from_str(&shifted).unwrap());
+        assert_eq!(
+            v.verify(&headers, &body[colon + 1..], at(1_700_000_000)),
+            Err(VerifyError::MalformedId)
         );
     }
 

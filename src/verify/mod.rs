@@ -177,6 +177,12 @@ pub trait Verifier: Send + Sync + fmt::Debug {
     /// A short description for `hookgate check`, never including key material.
     fn describe(&self) -> String;
 
+    /// How old a signed timestamp may be; `None` when the scheme signs none (then only
+    /// the dedupe key stops a replay, for `dedupe.ttl`).
+    fn tolerance(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// The checks of `verify` told step by step, for `hookgate verify`. `matched` says
     /// which secret's signature matches regardless of the time, so a correct but stale
     /// capture is told apart from a wrong secret.

@@ -467,6 +467,10 @@ impl Verifier for StandardWebhooks {
             .first_signer(now, |key| self.matches(key, &parsed, body, &mut content))
     }
 
+    fn tolerance(&self) -> Option<Duration> {
+        Some(self.tolerance)
+    }
+
     fn describe(&self) -> String {
         let public = self
             .keys

@@ -183,6 +183,10 @@ impl Verifier for Stripe {
             .first_signer(now, |key| matches(key, &parsed, body))
     }
 
+    fn tolerance(&self) -> Option<Duration> {
+        Some(self.tolerance)
+    }
+
     fn describe(&self) -> String {
         format!(
             "header {}, {}, tolerance {}",
