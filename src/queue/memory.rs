@@ -405,15 +405,15 @@ impl Queue for MemoryQueue {
         attempt: &'a Attempt,
         settlement: Settlement,
         now: UnixMillis,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
         let mut inner = self.lock();
         if inner.taken.remove(&job.lease.token).is_none() {
-            return ready(Ok(()));
+            return ready(Ok(false));
         }
         let id = &job.lease.delivery_id;
         let retention = self.retention.as_millis() as UnixMillis;
         let Some(record) = inner.set_state(id, settlement.state()) else {
-            return ready(Ok(()));
+            return ready(Ok(false));
         };
         if attempt.step == Step::Fetch {
             record.summary.attempts = record.summary.attempts.saturating_sub(1);
@@ -441,7 +441,7 @@ impl Queue for MemoryQueue {
                 inner.expiry.insert((now + retention, id.clone()));
             }
         }
-        ready(Ok(()))
+        ready(Ok(true))
     }
 
     fn attach<'a>(

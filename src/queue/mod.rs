@@ -155,13 +155,16 @@ pub trait Queue: Send + Sync {
     /// Records the attempt and moves the delivery on; releases the lease. When
     /// `attempt` is a fetch (`Step::Fetch`) that failed, it is not an attempt: the count
     /// `begin` made is taken back and the delivery's failed fetches counted instead.
+    /// `true` when it moved the delivery on; `false` when the lease no longer held it
+    /// (taken over, or this settle already went through), so the caller counts each
+    /// delivery's outcome once.
     fn settle<'a>(
         &'a self,
         job: &'a Job,
         attempt: &'a Attempt,
         settlement: Settlement,
         now: UnixMillis,
-    ) -> BoxFuture<'a, Result<(), QueueError>>;
+    ) -> BoxFuture<'a, Result<bool, QueueError>>;
 
     /// Keeps `object`, fetched for the job's delivery (`enrich`), with its record for as
     /// long as its body; records `fetched` (a `Step::Fetch`) at the job's history entry

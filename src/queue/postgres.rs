@@ -363,7 +363,8 @@ impl PostgresQueue {
                          lease_owner = NULL, lease_until = NULL, lease_token = NULL \
                        WHERE id = $1 AND lease_token = $8 RETURNING id) \
                      UPDATE attempts SET {ENTRY_COLUMNS} = {} \
-                     WHERE delivery_id = $1 AND idx = $9",
+                     WHERE delivery_id = $1 AND idx = $9 \
+                     RETURNING (SELECT count(*) FROM d)",
                     entry_values(10)
                 ),
                 // $1 id, $2 object, $3 now, $4 history index, $5 next attempt number,
@@ -792,7 +793,7 @@ impl Queue for PostgresQueue {
         attempt: &'a Attempt,
         settlement: Settlement,
         now: UnixMillis,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
         Box::pin(async move {
             let state = settlement.state().as_str();
             let fetch: i32 = (attempt.step == Step::Fetch).into();
@@ -816,13 +817,14 @@ impl Queue for PostgresQueue {
                 &index,
             ];
             params.extend(entry.params());
-            self.pool
+            let moved = self
+                .pool
                 .call("settle", async |client| {
                     let statement = client.prepare_cached(&self.sql.settle).await?;
-                    client.execute(&statement, &params).await
+                    client.query_opt(&statement, &params).await
                 })
                 .await?;
-            Ok(())
+            Ok(moved.is_some_and(|row| row.get::<_, i64>(0) > 0))
         })
     }
 

@@ -503,7 +503,7 @@ impl Workers {
             },
             trace_id: span.trace_id(),
         };
-        self.settle(&job, &attempt, settlement).await;
+        let moved = self.settle(&job, &attempt, settlement).await;
         span.set("hookgate.attempt.result", settlement.state().as_str());
         if let Some(status) = status {
             span.set("http.response.status_code", i64::from(status));
@@ -512,7 +512,9 @@ impl Workers {
             span.fail(settlement.state().as_str());
         }
         span.end();
-        lane.deliveries.observe(settlement.state(), job.attempt);
+        if moved {
+            lane.deliveries.observe(settlement.state(), job.attempt);
+        }
         tracing::info!(
             target: "hookgate::delivery",
             source = %delivery.source,
@@ -666,8 +668,8 @@ impl Workers {
             answer: None,
             trace_id: None,
         };
-        self.settle(job, &step, settlement).await;
-        if settlement == Settlement::Final {
+        let moved = self.settle(job, &step, settlement).await;
+        if moved && settlement == Settlement::Final {
             lane.deliveries
                 .observe(settlement.state(), job.attempt.saturating_sub(1));
         }
@@ -719,8 +721,12 @@ impl Workers {
 
     /// Records the attempt, retrying briefly while the store fails. If it never
     /// succeeds the delivery stays taken by this instance, which stops renewing it, and
-    /// another instance attempts it again after the visibility timeout.
-    async fn settle(&self, job: &Job, attempt: &Attempt, settlement: Settlement) {
+    /// another instance attempts it again after the visibility timeout. Whether the
+    /// settle moved the delivery on, so that its outcome is counted once: not when the
+    /// lease had been taken over, nor when it never went through (the attempt after the
+    /// takeover is counted). A try that failed and a retry that found the lease gone is
+    /// taken as the first try having gone through.
+    async fn settle(&self, job: &Job, attempt: &Attempt, settlement: Settlement) -> bool {
         let mut last = None;
         for wait in SETTLE_RETRIES {
             tokio::time::sleep(wait).await;
@@ -729,7 +735,7 @@ impl Workers {
                 .settle(job, attempt, settlement, now_millis())
                 .await
             {
-                Ok(()) => return,
+                Ok(moved) => return moved || last.is_some(),
                 Err(e) => last = Some(e),
             }
         }
@@ -740,6 +746,7 @@ impl Workers {
                 "queue: cannot record an attempt's result; it will be attempted again"
             );
         }
+        false
     }
 }
 

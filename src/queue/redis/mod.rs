@@ -825,7 +825,7 @@ impl Queue for RedisQueue {
         attempt: &'a Attempt,
         settlement: Settlement,
         now: UnixMillis,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
         Box::pin(async move {
             let id = &job.lease.delivery_id;
             let p = self.partitions.of(id);
@@ -855,8 +855,8 @@ impl Queue for RedisQueue {
                 .arg(self.index_bound(now))
                 .arg(fetch_flag(attempt))
                 .arg(&self.consumer);
-            let _: i64 = self.redis.script("settle", invocation).await?;
-            Ok(())
+            let moved: i64 = self.redis.script("settle", invocation).await?;
+            Ok(moved == 1)
         })
     }
 

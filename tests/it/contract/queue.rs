@@ -109,7 +109,8 @@ async fn settle_as(
         Settlement::Final => (400, "failed_final"),
     };
     let attempt = ended(job, now, Some(status), result);
-    queue.settle(job, &attempt, settlement, now).await.unwrap();
+    let moved = queue.settle(job, &attempt, settlement, now).await.unwrap();
+    assert!(moved, "the settle moved the delivery on");
     attempt
 }
 
@@ -848,10 +849,14 @@ pub async fn a_settle_repeated_after_it_went_through_changes_nothing(queue: &dyn
     let second = begin(queue, &again, t + 10).await;
     let delivered = settle_as(queue, &second, t + 11, Settlement::Processed).await;
 
-    queue
+    let moved = queue
         .settle(&first, &failed, Settlement::RetryAt(t + 20), t + 12)
         .await
         .unwrap();
+    assert!(
+        !moved,
+        "it says it moved nothing: the outcome is counted once"
+    );
     queue.hand_back(&lease, None, t + 13).await.unwrap();
     queue.defer(&lease, t + 20, t + 14, WHY).await.unwrap();
     assert!(queue.begin(&lease, t + 14).await.unwrap().is_none());
@@ -1505,9 +1510,14 @@ pub async fn a_lease_taken_over_by_another_instance_can_no_longer_move_the_deliv
     assert_eq!(current.attempt, 2);
 
     let outcome = ended(&stale, now, Some(400), "failed_final");
-    late.settle(&stale, &outcome, Settlement::Final, now + 1)
+    let moved = late
+        .settle(&stale, &outcome, Settlement::Final, now + 1)
         .await
         .unwrap();
+    assert!(
+        !moved,
+        "a settle by the instance that lost the lease moves nothing"
+    );
     late.hand_back(&lease, None, now + 2).await.unwrap();
     late.defer(&lease, now + 60_000, now + 2, WHY)
         .await
