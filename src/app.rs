@@ -150,7 +150,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let admin_listen = settings.admin_listen;
     tracing::info!(store = %store.describe(), "store");
     match &queue {
-        Some(queue) if !queue.durable() => tracing::warn!(
+        Some(queue) if queue.in_process() => tracing::warn!(
             queue = %queue.describe(),
             "queue mode WITHOUT durability: configure [store] (Redis) so queued deliveries survive a restart"
         ),

@@ -196,7 +196,17 @@ fn queue_settings(file: &file::Queue) -> Result<QueueSettings, Invalid> {
         max_age: positive("queue.max_age", file.max_age)?,
         retention: positive("queue.retention", file.retention)?,
         retry_on,
-        visibility_timeout: positive("queue.visibility_timeout", file.visibility_timeout)?,
+        // Renewed every third of it: a third under a millisecond (`2ns` passed `check`)
+        // panicked the renewal task, and nothing renewed what the instance held.
+        visibility_timeout: match positive("queue.visibility_timeout", file.visibility_timeout)? {
+            short if short < std::time::Duration::from_secs(1) => {
+                return Err(Invalid::at(
+                    "queue.visibility_timeout",
+                    "queue.visibility_timeout must be at least 1s",
+                ));
+            }
+            timeout => timeout,
+        },
         partitions: file.partitions as usize,
     })
 }
@@ -1156,6 +1166,11 @@ upstream = "http://127.0.0.1:9001/hooks"
         );
         let ok = format!("[limits]\nmax_headers = 1000\nidle_timeout = \"3650d\"\n{MINIMAL}");
         assert!(crate::config::parse(&ok, "t").is_ok());
+        let e = error(&format!("[queue]\nvisibility_timeout = \"2ns\"\n{MINIMAL}"));
+        assert!(
+            e.contains("queue.visibility_timeout must be at least 1s"),
+            "{e}"
+        );
         // The shutdown's grace is a timeout like the others (it was taken as written).
         for (value, says) in [
             ("0s", "greater than zero"),

@@ -22,7 +22,7 @@ use super::{
     QueueStats, Replayed, Settlement, State, Step, Summary, UnixMillis, now_millis,
 };
 use crate::route::RatePolicy;
-use crate::store::ready;
+use crate::store::{StoreError, ready};
 
 pub struct MemoryQueue {
     /// GCRA theoretical arrival times by `pace` key (one per upstream with a `rate`).
@@ -33,6 +33,8 @@ pub struct MemoryQueue {
     max_age: Duration,
     instance: String,
     ids: IdGenerator,
+    /// Set once the workers have stopped (`stop_accepting`).
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 struct Record {
@@ -83,7 +85,19 @@ impl MemoryQueue {
             max_age,
             instance: instance.to_owned(),
             ids: IdGenerator::default(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Once the workers have stopped, nothing here would be delivered.
+    fn refusing(&self) -> Option<QueueError> {
+        self.stopped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| {
+                QueueError::Store(StoreError::Unavailable(
+                    "shutting down: the in-memory queue's workers have stopped".to_owned(),
+                ))
+            })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -305,6 +319,9 @@ impl Inner {
 
 impl Queue for MemoryQueue {
     fn enqueue(&self, delivery: NewDelivery) -> BoxFuture<'_, Result<String, QueueError>> {
+        if let Some(refused) = self.refusing() {
+            return ready(Err(refused));
+        }
         let mut inner = self.lock();
         ready(Ok(self.insert_new(&mut inner, delivery)))
     }
@@ -313,6 +330,9 @@ impl Queue for MemoryQueue {
         &self,
         deliveries: Vec<NewDelivery>,
     ) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
+        if let Some(refused) = self.refusing() {
+            return ready(Err(refused));
+        }
         // One lock for all: no take sees some copies before the others are stored.
         let mut inner = self.lock();
         let ids = deliveries
@@ -656,6 +676,15 @@ impl Queue for MemoryQueue {
 
     fn durable(&self) -> bool {
         false
+    }
+
+    fn in_process(&self) -> bool {
+        true
+    }
+
+    fn stop_accepting(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn describe(&self) -> String {

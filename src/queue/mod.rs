@@ -249,8 +249,20 @@ pub trait Queue: Send + Sync {
     /// the other backends and any notification lost.
     fn wake_on(&self, _wake: Arc<Notify>) {}
 
-    /// False for the in-memory queue: everything in it is lost when the process ends.
+    /// Whether what was acknowledged survives a restart of where it is kept (`/readyz`):
+    /// false in memory, and on a Redis that keeps only snapshots.
     fn durable(&self) -> bool;
+
+    /// True for the in-memory queue: everything in it is lost when this process ends
+    /// (where a shared store keeps them, the other instances deliver them).
+    fn in_process(&self) -> bool {
+        false
+    }
+
+    /// The workers have stopped (shutdown): an in-process queue refuses new deliveries
+    /// from now on, as nothing would deliver them (the sender is answered 503 and
+    /// retries elsewhere); a shared queue keeps them for the other instances.
+    fn stop_accepting(&self) {}
 
     fn describe(&self) -> String;
 }

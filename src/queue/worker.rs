@@ -202,6 +202,8 @@ impl Workers {
             }
         }
 
+        // Answered 202 from now on, a delivery in an in-process queue would be lost.
+        self.queue.stop_accepting();
         let in_flight = tasks.len();
         if in_flight > 0 {
             tracing::info!(
@@ -221,7 +223,7 @@ impl Workers {
         }
         keeper.abort();
         stats.abort();
-        if !self.queue.durable()
+        if self.queue.in_process()
             && let Ok(stats) = self.queue.stats().await
             && stats.depth > 0
         {

@@ -169,3 +169,39 @@ async fn a_gateway_given_one_cpu_runs_on_one_thread_and_still_drains_on_shutdown
 
     draining.answer_then_drain(&mut gw, 200, 10).await;
 }
+
+/// In-memory queue: a delivery whose body arrives once the workers have stopped is
+/// answered 503 (the sender retries elsewhere or later), not 202: nothing would deliver
+/// it, and it was lost without a word.
+#[tokio::test]
+async fn the_in_memory_queue_refuses_deliveries_once_its_workers_have_stopped() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = Upstream::start().await;
+    let mut gw = Gateway::start(config().queued().route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+    let mut stream = connect_from("127.0.0.1", gw.addr()).await.expect("connect");
+    send_head(&mut stream, &delivery_head(&event)).await;
+    stream
+        .write_all(&event.body.as_bytes()[..10])
+        .await
+        .unwrap();
+
+    let stopping = gw.begin_shutdown();
+    eventually("the listener closes", || refuses_connections(&gw)).await;
+    // The workers stop on the same signal, at once.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stream
+        .write_all(&event.body.as_bytes()[10..])
+        .await
+        .unwrap();
+
+    let (answer, _) = read_until_closed(&mut stream).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("queue_unavailable"), "{answer}");
+    tokio::time::timeout(PATIENCE, stopping)
+        .await
+        .expect("shuts down")
+        .unwrap();
+    assert!(upstream.received().is_empty());
+}
