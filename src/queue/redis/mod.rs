@@ -994,8 +994,11 @@ impl Queue for RedisQueue {
 
     fn keep_alive<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            // Each partition's leases in its own stream; one partition failing does not
-            // keep the others' from being renewed.
+            // Each partition's leases in its own stream, all partitions at once: one
+            // partition failing does not keep the others' from being renewed, nor delay
+            // them (one after the other, the partitions of a hung node cost a timeout
+            // each, and past the visibility timeout the healthy partitions' leases were
+            // taken over while their attempts still ran: sent twice).
             let mut by_partition: BTreeMap<usize, Vec<&Lease>> = BTreeMap::new();
             for lease in leases {
                 by_partition
@@ -1003,24 +1006,27 @@ impl Queue for RedisQueue {
                     .or_default()
                     .push(lease);
             }
-            let mut failure = None;
-            for (partition, leases) in by_partition {
-                let p = self.partitions.of(&leases[0].delivery_id);
-                for chunk in leases.chunks(256) {
-                    let mut invocation = self.scripts.keep.prepare_invoke();
-                    invocation.key(&p.ready).arg(GROUP).arg(&self.consumer);
-                    for lease in chunk {
-                        invocation.arg(&lease.token);
+            let renewals = by_partition
+                .into_iter()
+                .map(|(partition, leases)| async move {
+                    let p = self.partitions.of(&leases[0].delivery_id);
+                    for chunk in leases.chunks(256) {
+                        let mut invocation = self.scripts.keep.prepare_invoke();
+                        invocation.key(&p.ready).arg(GROUP).arg(&self.consumer);
+                        for lease in chunk {
+                            invocation.arg(&lease.token);
+                        }
+                        let kept: Result<i64, _> =
+                            self.redis.script("keep_alive", invocation).await;
+                        if let Err(e) = kept {
+                            self.partitions.record(partition, false);
+                            return Err(QueueError::from(e));
+                        }
                     }
-                    let kept: Result<i64, _> = self.redis.script("keep_alive", invocation).await;
-                    if let Err(e) = kept {
-                        self.partitions.record(partition, false);
-                        failure = Some(e.into());
-                        break;
-                    }
-                }
-            }
-            failure.map_or(Ok(()), Err)
+                    Ok(())
+                });
+            let outcomes = futures_util::future::join_all(renewals).await;
+            outcomes.into_iter().find(Result::is_err).unwrap_or(Ok(()))
         })
     }
 
