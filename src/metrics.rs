@@ -213,16 +213,21 @@ pub enum Closed {
     HeadersTooLarge,
     /// HTTP/2 GOAWAY `ENHANCE_YOUR_CALM`: too many streams reset (rapid reset).
     Http2ResetFlood,
+    /// An HTTP/1 head the parser could not read (no colon in a header, a bad
+    /// `Content-Length`, an unknown version): answered 400 by the parser, before there is
+    /// a request to count.
+    MalformedRequest,
 }
 
 impl Closed {
-    const ALL: [Closed; 6] = [
+    const ALL: [Closed; 7] = [
         Closed::HeaderTimeout,
         Closed::IdleTimeout,
         Closed::TlsHandshakeTimeout,
         Closed::TlsHandshakeFailed,
         Closed::HeadersTooLarge,
         Closed::Http2ResetFlood,
+        Closed::MalformedRequest,
     ];
 
     pub fn label(self) -> &'static str {
@@ -233,6 +238,7 @@ impl Closed {
             Closed::TlsHandshakeFailed => "tls_handshake_failed",
             Closed::HeadersTooLarge => "headers_too_large",
             Closed::Http2ResetFlood => "http2_reset_flood",
+            Closed::MalformedRequest => "malformed_request",
         }
     }
 }

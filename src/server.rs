@@ -532,6 +532,9 @@ fn closed_by_parser(
             if e.is_parse_too_large() {
                 return Some(Closed::HeadersTooLarge);
             }
+            if e.is_parse() {
+                return Some(Closed::MalformedRequest);
+            }
         }
         if let Some(e) = e.downcast_ref::<h2::Error>()
             && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)

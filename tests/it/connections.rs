@@ -236,6 +236,31 @@ async fn a_head_beyond_twice_the_limits_is_refused_431_by_the_parser_and_the_con
     .await;
 }
 
+/// Heads the parser cannot read are answered 400 by it, before there is a request to
+/// count: they were counted nowhere, so a scanner or fuzzer sending them was invisible.
+#[tokio::test]
+async fn a_head_the_parser_cannot_read_is_answered_400_and_counted() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let heads = [
+        "POST /webhooks/openai HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n",
+        "POST /webhooks/openai HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n",
+        "P@ST /webhooks/openai HTTP/1.1\r\nhost: x\r\n\r\n",
+    ];
+    for head in heads {
+        let mut stream = TcpStream::connect(gw.addr()).await.unwrap();
+        send_head(&mut stream, head).await;
+        let (received, _) = read_until_closed(&mut stream).await;
+        let text = String::from_utf8_lossy(&received);
+        assert!(text.starts_with("HTTP/1.1 400"), "{head:?}: {text}");
+    }
+    eventually("every malformed head counted", || async {
+        closed(&gw.metrics().await, "malformed_request") == heads.len() as u64
+    })
+    .await;
+    assert!(upstream.received().is_empty());
+}
+
 #[tokio::test]
 async fn connections_over_max_connections_per_ip_are_reset_while_other_ips_are_served() {
     let upstream = Upstream::start().await;
