@@ -344,16 +344,21 @@ fn backend_verifies(received: &Received) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// A gateway with a GitHub source whose every event is re-signed for `upstream`.
+async fn resigned_github(upstream: &Upstream) -> Gateway {
+    Gateway::start(
+        base(upstream)
+            .scheme_source("github", GITHUB_PATH, &github_source())
+            .resigned_route("*", upstream, BACKEND_SECRET),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_resigned_route_forwards_hookgates_own_standard_webhooks_signature_the_backend_can_verify()
  {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(
-        base(&upstream)
-            .scheme_source("github", GITHUB_PATH, &github_source())
-            .resigned_route("*", &upstream, BACKEND_SECRET),
-    )
-    .await;
+    let gw = resigned_github(&upstream).await;
     let push = github().event("push", Some("delivery-guid-1"), None);
 
     assert!(gw.post(GITHUB_PATH, &push).await.forwarded());
@@ -388,12 +393,7 @@ async fn a_resigned_route_forwards_hookgates_own_standard_webhooks_signature_the
 #[tokio::test]
 async fn a_resigned_github_route_gives_each_signed_event_under_one_id_its_own_webhook_id() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(
-        base(&upstream)
-            .scheme_source("github", GITHUB_PATH, &github_source())
-            .resigned_route("*", &upstream, BACKEND_SECRET),
-    )
-    .await;
+    let gw = resigned_github(&upstream).await;
     let replayed = github().event("ping", Some("delivery-guid-7"), None);
     let genuine = github().event("push", Some("delivery-guid-7"), None);
 
