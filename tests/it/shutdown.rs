@@ -185,6 +185,15 @@ async fn the_in_memory_queue_refuses_deliveries_once_its_workers_have_stopped() 
         .write_all(&event.body.as_bytes()[..10])
         .await
         .unwrap();
+    // The gateway is reading the body: a request in progress, which the shutdown lets
+    // finish (a head not read yet is an idle connection, closed at once).
+    eventually("the body being read", || async {
+        gw.metrics()
+            .await
+            .value("hookgate_body_buffer_bytes")
+            .is_some_and(|held| held > 0.0)
+    })
+    .await;
 
     let stopping = gw.begin_shutdown();
     eventually("the listener closes", || refuses_connections(&gw)).await;
