@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use http::Uri;
 use tokio::time::Instant;
 
 use crate::metrics::{BreakerMetrics, Metrics};
@@ -34,14 +35,21 @@ const PROBE_WAIT: Duration = Duration::from_secs(1);
 /// The breakers of this instance, kept across reloads (a reload that keeps a route's
 /// breaker keeps its state; a changed policy applies from the next decision).
 pub struct Breakers {
-    by_upstream: Mutex<HashMap<(String, String), Arc<Breaker>>>,
-    /// Once a reload set it (`keep_only`): the upstream URL each key stands for in the
+    table: Mutex<Table>,
+    metrics: Arc<Metrics>,
+}
+
+/// The breakers, and what the running configuration's keys stand for: one lock for
+/// both, taken once per admission.
+#[derive(Default)]
+struct Table {
+    by_upstream: HashMap<(String, String), Arc<Breaker>>,
+    /// Once a reload set it (`keep_only`): the upstream each key stands for in the
     /// running configuration. A request or attempt still running on the configuration
     /// before gets no breaker for a key that now means another upstream, or none: it
     /// would record the old upstream's outcome in the new one's breaker, or bring a
     /// removed route's breaker and its series back.
-    running: Mutex<Option<HashMap<(String, String), String>>>,
-    metrics: Arc<Metrics>,
+    running: Option<HashMap<(String, String), Uri>>,
 }
 
 /// What `Breakers::admit` decided.
@@ -55,8 +63,7 @@ pub enum Admission {
 impl Breakers {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Breakers {
-            by_upstream: Mutex::new(HashMap::new()),
-            running: Mutex::new(None),
+            table: Mutex::default(),
             metrics,
         }
     }
@@ -80,13 +87,16 @@ impl Breakers {
             route.base_label().to_owned(),
             route.upstream_key().to_owned(),
         );
-        let url = route.upstream().to_string();
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running.as_ref().is_some_and(|r| r.get(&key) != Some(&url)) {
+        let url = route.upstream();
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if table
+            .running
+            .as_ref()
+            .is_some_and(|r| r.get(&key) != Some(url))
+        {
             return None;
         }
-        let mut map = self.by_upstream.lock().unwrap_or_else(|p| p.into_inner());
-        let breaker = map.entry(key).or_insert_with(|| {
+        let breaker = table.by_upstream.entry(key).or_insert_with(|| {
             let metrics = self
                 .metrics
                 .breaker(route.base_label(), route.upstream_key());
@@ -100,7 +110,7 @@ impl Breakers {
                 metrics,
             })
         });
-        if breaker.url != url {
+        if breaker.url != *url {
             return None;
         }
         breaker.lock().policy = policy;
@@ -114,32 +124,31 @@ impl Breakers {
     /// pointed away from a dead upstream stayed open (an unnamed upstream's key is its
     /// position, so removing one fan-out upstream moved its state onto the next).
     pub fn keep_only<'a>(&self, routes: impl IntoIterator<Item = &'a Route>) {
-        let kept: HashMap<(String, String), String> = routes
+        let kept: HashMap<(String, String), Uri> = routes
             .into_iter()
             .flat_map(Route::copies)
             .filter(|copy| copy.breaker().is_some())
             .map(|copy| {
                 let key = (copy.base_label().to_owned(), copy.upstream_key().to_owned());
-                (key, copy.upstream().to_string())
+                (key, copy.upstream().clone())
             })
             .collect();
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let mut map = self.by_upstream.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|key, breaker| {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        table.by_upstream.retain(|key, breaker| {
             let keep = kept.get(key) == Some(&breaker.url);
             if !keep {
                 self.metrics.forget_breaker(&key.0, &key.1);
             }
             keep
         });
-        *running = Some(kept);
+        table.running = Some(kept);
     }
 }
 
 /// One upstream's breaker.
 struct Breaker {
     /// The upstream it judges.
-    url: String,
+    url: Uri,
     inner: Mutex<Inner>,
     metrics: BreakerMetrics,
 }

@@ -9,6 +9,7 @@
 //! list, so a selective filter over many records reads only what it shows.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ pub struct MemoryQueue {
     instance: String,
     ids: IdGenerator,
     /// Set once the workers have stopped (`stop_accepting`).
-    stopped: std::sync::atomic::AtomicBool,
+    stopped: AtomicBool,
 }
 
 struct Record {
@@ -85,19 +86,17 @@ impl MemoryQueue {
             max_age,
             instance: instance.to_owned(),
             ids: IdGenerator::default(),
-            stopped: std::sync::atomic::AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         }
     }
 
     /// Once the workers have stopped, nothing here would be delivered.
     fn refusing(&self) -> Option<QueueError> {
-        self.stopped
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .then(|| {
-                QueueError::Store(StoreError::Unavailable(
-                    "shutting down: the in-memory queue's workers have stopped".to_owned(),
-                ))
-            })
+        self.stopped.load(Ordering::Relaxed).then(|| {
+            QueueError::Store(StoreError::Unavailable(
+                "shutting down: the in-memory queue's workers have stopped".to_owned(),
+            ))
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -683,8 +682,7 @@ impl Queue for MemoryQueue {
     }
 
     fn stop_accepting(&self) {
-        self.stopped
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stopped.store(true, Ordering::Relaxed);
     }
 
     fn describe(&self) -> String {

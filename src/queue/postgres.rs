@@ -974,10 +974,7 @@ impl Queue for PostgresQueue {
     ) -> BoxFuture<'a, Result<DeliveryList, QueueError>> {
         Box::pin(async move {
             if filter.matches_nothing() {
-                return Ok(DeliveryList {
-                    deliveries: Vec::new(),
-                    next: None,
-                });
+                return Ok(DeliveryList::default());
             }
             let limit = filter.limit.max(1) as i64;
             let mut values: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();

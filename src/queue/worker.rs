@@ -433,12 +433,17 @@ impl Workers {
                 HeaderValue::from_static(provider),
             );
         }
-        // The claim key, as in proxy mode: where the sender's id is unsigned, the id with
-        // the hash of the event, so that a backend deduplicating on `webhook-id` cannot
-        // be made to drop the genuine delivery by a replayed body sent first under its id.
-        let resigned_id =
-            lane.binding
-                .claim_key(&delivery.webhook_id, &delivery.event_type, &delivery.body);
+        // A re-signed attempt's `webhook-id` is the claim key, as in proxy mode: where the
+        // sender's id is unsigned, the id with the hash of the event, so that a backend
+        // deduplicating on `webhook-id` cannot be made to drop the genuine delivery by a
+        // replayed body sent first under its id. Hashed only for a route that re-signs.
+        let resigned_id = match lane.route.resign() {
+            Some(_) => {
+                lane.binding
+                    .claim_key(&delivery.webhook_id, &delivery.event_type, &delivery.body)
+            }
+            None => std::borrow::Cow::Borrowed(delivery.webhook_id.as_str()),
+        };
         forward::prepare(
             &lane.route,
             &mut headers,

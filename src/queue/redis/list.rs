@@ -17,7 +17,7 @@ const LIST_SCAN_BUDGET: usize = 2_000;
 
 /// The list's indexes, for the scripts that move a record (prepended to them).
 /// `trim(base, key, bound)` removes from the index set `key` the entries older than
-/// `bound` whose record is gone (up to `TRIM_BATCH` of the oldest at a time): an entry
+/// `bound` whose record is gone (up to 200 of the oldest at a time): an entry
 /// is only ever older than the horizon because its record was forgotten, unless the
 /// delivery waited past `max_age` for its first attempt or ended late, and that one's
 /// record still lives and must stay listed. `filed(base, id, at, source, route, event,
