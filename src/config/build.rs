@@ -386,13 +386,8 @@ fn upstream_trust(file: &file::UpstreamTls) -> Result<UpstreamTrust, Invalid> {
 }
 
 fn rate_limit(file: &file::RateLimit) -> Result<RateLimitSettings, Invalid> {
-    let rps = file.requests_per_second;
-    if !(rps.is_finite() && rps > 0.0 && rps <= 1e9) {
-        return Err(Invalid::at(
-            "rate_limit.requests_per_second",
-            format!("rate_limit.requests_per_second = {rps} must be a number above 0"),
-        ));
-    }
+    let key = "rate_limit.requests_per_second";
+    let rps = super::error::rate(key, file.requests_per_second, file.burst, 1e9)?;
     if file.burst == 0 {
         return Err(Invalid::at(
             "rate_limit.burst",
@@ -1026,8 +1021,10 @@ upstream = "http://127.0.0.1:9001/hooks"
 
     #[test]
     fn zero_rate_is_rejected() {
-        let e = error(&format!("[rate_limit]\nrequests_per_second = 0\n{MINIMAL}"));
-        assert!(e.contains("rate_limit.requests_per_second"), "{e}");
+        for rps in ["0", "1e-20", "nan", "2e9"] {
+            let e = error(&format!("[rate_limit]\nrequests_per_second = {rps}\n{MINIMAL}"));
+            assert!(e.contains("rate_limit.requests_per_second"), "{e}");
+        }
     }
 
     #[test]

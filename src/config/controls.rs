@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use http::Uri;
 use serde_json::Value;
 
-use super::error::{Invalid, positive};
+use super::error::{self, Invalid, positive};
 use super::file::{self, DeliveryMode};
 use crate::event::JsonPointer;
 use crate::route::{BreakerPolicy, Condition, RatePolicy, Test, parse_upstream};
@@ -52,13 +52,8 @@ pub(super) fn rate(
             ),
         ));
     }
-    if !file.per_second.is_finite() || file.per_second <= 0.0 || file.per_second > 1e6 {
-        return Err(Invalid::at(
-            format!("{key}.rate.per_second"),
-            format!("{key}.rate.per_second must be more than 0 (and at most 1000000)"),
-        ));
-    }
     let burst = file.burst.unwrap_or(file.per_second.ceil() as u32);
+    let per_second = error::rate(&format!("{key}.rate.per_second"), file.per_second, burst, 1e6)?;
     let burst = std::num::NonZeroU32::new(burst).ok_or_else(|| {
         Invalid::at(
             format!("{key}.rate.burst"),
@@ -66,7 +61,7 @@ pub(super) fn rate(
         )
     })?;
     Ok(Some(RatePolicy {
-        per_second: file.per_second,
+        per_second,
         burst,
     }))
 }

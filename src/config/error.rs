@@ -56,6 +56,25 @@ pub(super) fn positive(key: &str, value: Duration) -> Result<Duration, Invalid> 
     Ok(value)
 }
 
+/// `per_second` if it is a finite rate above 0 and at most `most`, slow enough only that
+/// its `burst` takes at most 100 years to earn (the longest any duration key takes: GCRA
+/// adds `burst` intervals to the time now, and 1e-20 per second overflowed it).
+pub(super) fn rate(key: &str, per_second: f64, burst: u32, most: f64) -> Result<f64, Invalid> {
+    let earned = f64::from(burst.max(1)) / per_second;
+    if !(per_second.is_finite() && per_second > 0.0 && per_second <= most)
+        || earned > LONGEST.as_secs_f64()
+    {
+        return Err(Invalid::at(
+            key,
+            format!(
+                "{key} = {per_second} must be a number above 0, at most {most}, and high \
+                 enough that the burst ({burst}) takes at most 100 years"
+            ),
+        ));
+    }
+    Ok(per_second)
+}
+
 impl Invalid {
     pub fn at(key: impl Into<String>, message: impl Into<String>) -> Invalid {
         Invalid {

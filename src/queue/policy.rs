@@ -194,7 +194,9 @@ pub fn decide(
         _ => None,
     };
     let delay = policy.backoff.delay_at_least(attempt, sample, asked);
-    if age + delay > policy.max_age {
+    // Saturating: an upstream may ask for `Retry-After: 18446744073709549568`, and the
+    // sum overflowed (the worker's task panicked, its delivery held for good).
+    if age.saturating_add(delay) > policy.max_age {
         return Verdict::Final(FinalReason::MaxAge);
     }
     Verdict::Retry { delay }
@@ -392,6 +394,11 @@ mod tests {
         // Past max_age (1 h): final now.
         assert_eq!(
             decide(&p, 1, &asking(503, 7200), young, 0.0),
+            Verdict::Final(FinalReason::MaxAge)
+        );
+        // Any pause at all, on a delivery of any age: final, not an overflow.
+        assert_eq!(
+            decide(&p, 1, &asking(503, u64::MAX - 2048), young * 300, 0.0),
             Verdict::Final(FinalReason::MaxAge)
         );
         // A pause asked with a final answer changes nothing.

@@ -38,7 +38,7 @@ use crate::event::KeyBinding;
 use crate::forward::{self, Forwarder};
 use crate::log_gate::LogGate;
 use crate::metrics::{DeliveryMetrics, Metrics, RouteMetrics};
-use crate::route::Route;
+use crate::route::{RatePolicy, Route};
 use crate::telemetry::{Span, Telemetry};
 use crate::upstream::UpstreamOutcome;
 
@@ -85,6 +85,41 @@ struct Lane {
     limit: Option<Arc<Semaphore>>,
     /// `enrich`: the object behind the event, fetched before the first attempt.
     enrich: Option<Enricher>,
+    /// `rate`: the next start this instance has not yet promised to a delivery it put
+    /// back (`Lane::turn`).
+    next_turn: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Lane {
+    /// How long a delivery the route's `rate` refused (`wait`: until the bucket's next
+    /// free start) waits: for a turn of its own, one interval after the last one this
+    /// instance gave out. Each told the same `wait`, a backlog of N came back all at
+    /// once, one started and the rest were paced and put back again, N store round
+    /// trips every interval; with turns they come back one an interval.
+    fn turn(&self, wait: Duration, rate: RatePolicy) -> Duration {
+        let (interval, _) = crate::store::gcra(rate.per_second, 1);
+        let now = tokio::time::Instant::now();
+        let mut next = self.next_turn.lock().unwrap_or_else(|p| p.into_inner());
+        let at = next.map_or(now + wait, |next| next.max(now + wait));
+        *next = Some(at + interval);
+        at - now
+    }
+}
+
+/// Releases a delivery's lease when its attempt panics, so that it is no longer renewed
+/// and another instance (or this one) takes it over after the visibility timeout; held
+/// and renewed for good, it was never attempted again nor dead-lettered.
+struct ReleaseOnPanic<'a> {
+    workers: &'a Workers,
+    lease: &'a Lease,
+}
+
+impl Drop for ReleaseOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.workers.release(self.lease);
+        }
+    }
 }
 
 pub struct Workers {
@@ -332,6 +367,10 @@ impl Workers {
         mut stopping: watch::Receiver<bool>,
         mut cut_short: watch::Receiver<bool>,
     ) {
+        let _unwind = ReleaseOnPanic {
+            workers: &self,
+            lease: &lease,
+        };
         let lanes = self.lanes.load_full();
         // A route this instance does not have (added on the instances already updated
         // in a rolling deploy, or removed here by a reload): nothing can be sent, so no
@@ -384,6 +423,7 @@ impl Workers {
             match self.queue.pace(&lease.route, rate).await {
                 Ok(None) => {}
                 Ok(Some(wait)) => {
+                    let wait = lane.turn(wait, rate);
                     let why = "the route's rate kept it waiting";
                     return self.defer(Some(lane), &lease, wait, why).await;
                 }
@@ -831,6 +871,7 @@ fn lanes(
                     )
                 }),
                 route: route.clone(),
+                next_turn: Mutex::new(None),
             };
             (route.label().to_owned(), Arc::new(lane))
         })
