@@ -1022,7 +1022,9 @@ upstream = "http://127.0.0.1:9001/hooks"
     #[test]
     fn zero_rate_is_rejected() {
         for rps in ["0", "1e-20", "nan", "2e9"] {
-            let e = error(&format!("[rate_limit]\nrequests_per_second = {rps}\n{MINIMAL}"));
+            let e = error(&format!(
+                "[rate_limit]\nrequests_per_second = {rps}\n{MINIMAL}"
+            ));
             assert!(e.contains("rate_limit.requests_per_second"), "{e}");
         }
     }

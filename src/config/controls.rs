@@ -53,17 +53,19 @@ pub(super) fn rate(
         ));
     }
     let burst = file.burst.unwrap_or(file.per_second.ceil() as u32);
-    let per_second = error::rate(&format!("{key}.rate.per_second"), file.per_second, burst, 1e6)?;
+    let per_second = error::rate(
+        &format!("{key}.rate.per_second"),
+        file.per_second,
+        burst,
+        1e6,
+    )?;
     let burst = std::num::NonZeroU32::new(burst).ok_or_else(|| {
         Invalid::at(
             format!("{key}.rate.burst"),
             format!("{key}.rate.burst must be at least 1"),
         )
     })?;
-    Ok(Some(RatePolicy {
-        per_second,
-        burst,
-    }))
+    Ok(Some(RatePolicy { per_second, burst }))
 }
 
 /// Each upstream's `name` (if any) and URL, in order.

@@ -300,9 +300,13 @@ const NOTIFY: &str = "SELECT pg_notify($1, '')";
 /// replayed while the sweep waited for its row lock is checked again as it now is
 /// (READ COMMITTED re-reads an updated row against the `WHERE`, not the subquery),
 /// so a delivery just queued again is never deleted. Public for the test that races it.
+/// A row someone holds locked (an operator's `SELECT ... FOR UPDATE`) is skipped, not
+/// waited for: waiting, the batch hit the operation's deadline, rolled back, and tried
+/// the same rows again a second later.
 pub const RETENTION: &str = "DELETE FROM deliveries \
      WHERE final_at < now() - make_interval(secs => $1) AND id IN (SELECT id FROM deliveries \
-       WHERE final_at < now() - make_interval(secs => $1) ORDER BY final_at LIMIT $2)";
+       WHERE final_at < now() - make_interval(secs => $1) ORDER BY final_at LIMIT $2 \
+       FOR UPDATE SKIP LOCKED)";
 
 /// Statements that depend on nothing but are too long to write inline.
 struct Sql {
@@ -463,6 +467,22 @@ impl PostgresQueue {
             rows.into_iter().map(|row| row.id).collect(),
             claim.is_some(),
         ))
+    }
+
+    /// Records that this instance is alive (`instances.last_seen`, which `prune` reads by
+    /// the hour). Best effort: failing here after a take had committed its leases made
+    /// the take fail, and the worker never saw (nor renewed) the deliveries it held.
+    async fn seen(&self) {
+        let seen = self
+            .pool
+            .call("seen", async |client| {
+                let statement = client.prepare_cached(SEEN).await?;
+                client.execute(&statement, &[&self.instance]).await
+            })
+            .await;
+        if let Err(e) = seen {
+            tracing::warn!(error = %e, "queue: cannot record this instance as alive");
+        }
     }
 
     /// Deletes final records past the retention, a small batch at a time, at most
@@ -688,7 +708,11 @@ impl Queue for PostgresQueue {
 
     fn take(&self, max: usize, now: UnixMillis) -> BoxFuture<'_, Result<Vec<Lease>, QueueError>> {
         Box::pin(async move {
-            self.sweep().await?;
+            // Housekeeping never holds up delivery: a sweep that fails (counted as
+            // `retention`) is tried again a second later, and the take goes on.
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "queue: the retention sweep failed");
+            }
             if max == 0 {
                 return Ok(Vec::new());
             }
@@ -715,12 +739,7 @@ impl Queue for PostgresQueue {
                     .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             {
-                self.pool
-                    .call("take", async |client| {
-                        let statement = client.prepare_cached(SEEN).await?;
-                        client.execute(&statement, &[&self.instance]).await
-                    })
-                    .await?;
+                self.seen().await;
             }
             let mut taken: Vec<(i64, Lease)> = rows
                 .iter()
@@ -926,24 +945,23 @@ impl Queue for PostgresQueue {
             let ids: Vec<&str> = leases.iter().map(|l| l.delivery_id.as_str()).collect();
             let tokens: Vec<&str> = leases.iter().map(|l| l.token.as_str()).collect();
             let visibility = self.visibility.as_secs_f64();
-            self.pool
-                .call("keep_alive", async |client| {
-                    let seen = client.prepare_cached(SEEN).await?;
-                    client.execute(&seen, &[&self.instance]).await?;
-                    if tokens.is_empty() {
-                        return Ok(0);
-                    }
-                    let statement = client
-                        .prepare_cached(
-                            "UPDATE deliveries SET lease_until = now() + make_interval(secs => $2) \
-                             WHERE id = ANY($4) AND lease_token = ANY($1) AND lease_owner = $3",
-                        )
-                        .await?;
-                    client
-                        .execute(&statement, &[&tokens, &visibility, &self.instance, &ids])
-                        .await
-                })
-                .await?;
+            // The leases first: a `seen` that is slow or fails must not cost them.
+            if !tokens.is_empty() {
+                self.pool
+                    .call("keep_alive", async |client| {
+                        let statement = client
+                            .prepare_cached(
+                                "UPDATE deliveries SET lease_until = now() + make_interval(secs => $2) \
+                                 WHERE id = ANY($4) AND lease_token = ANY($1) AND lease_owner = $3",
+                            )
+                            .await?;
+                        client
+                            .execute(&statement, &[&tokens, &visibility, &self.instance, &ids])
+                            .await
+                    })
+                    .await?;
+            }
+            self.seen().await;
             Ok(())
         })
     }

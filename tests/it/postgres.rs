@@ -987,3 +987,126 @@ async fn a_schema_named_with_a_keyword_migrates_and_serves() {
     let stored = sql(&url, r#"SELECT count(*) FROM "user".deliveries"#).await;
     assert_eq!(one(&stored), "1");
 }
+
+/// A retention batch meeting a row someone holds locked skips it: waiting for it, the
+/// batch hit its deadline and rolled back, and every `take` (which swept first) failed
+/// with it, so nothing was delivered on any instance while the lock was held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_record_someone_holds_locked_holds_up_neither_retention_nor_delivery() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let upstream = Upstream::start().await;
+    let gw =
+        Gateway::start(queue_config(&url, &schema, &upstream).queue_option("retention", r#""1s""#))
+            .await;
+    let deliveries = Deliveries::of(&gw);
+    let locked = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    let other = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    deliveries.wait_for_state(&locked, "processed").await;
+    deliveries.wait_for_state(&other, "processed").await;
+    let operator = session(&url, &schema).await;
+    operator
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM deliveries WHERE id = '{locked}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    // Past the retention: the sweep tries both, deletes the one not locked.
+    let count = |id: String| {
+        let url = url.clone();
+        let schema = schema.clone();
+        async move {
+            one(&sql(
+                &url,
+                &format!("SELECT count(*) FROM {schema}.deliveries WHERE id = '{id}'"),
+            )
+            .await)
+        }
+    };
+    eventually("the unlocked final record swept", async || {
+        match count(other.clone()).await.as_str() {
+            "0" => Ok(()),
+            n => Err(n.to_owned()),
+        }
+    })
+    .await;
+    let third = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    deliveries.wait_for_state(&third, "processed").await;
+    assert_eq!(count(locked.clone()).await, "1");
+    operator.batch_execute("ROLLBACK").await.unwrap();
+    eventually("the locked one swept once let go", async || {
+        match count(locked.clone()).await.as_str() {
+            "0" => Ok(()),
+            n => Err(n.to_owned()),
+        }
+    })
+    .await;
+}
+
+/// Recording the instance alive (`instances.last_seen`) is best effort: when it failed
+/// after a take had committed its leases, the take failed, and the worker never saw the
+/// deliveries it held (each waited out the visibility timeout, again and again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_whose_instance_row_cannot_be_written_still_delivers() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(queue_config(&url, &schema, &upstream)).await;
+    let first = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    Deliveries::of(&gw)
+        .wait_for_state(&first, "processed")
+        .await;
+    let operator = session(&url, &schema).await;
+    operator
+        .batch_execute("BEGIN; SELECT 1 FROM instances FOR UPDATE")
+        .await
+        .unwrap();
+    // `last_seen` is written at most once a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    enqueue(&gw.client(), &signed_event("response.completed")).await;
+    upstream.wait_for(2).await;
+    let errors = gw
+        .metrics()
+        .await
+        .value(r#"hookgate_store_errors_total{op="take"}"#)
+        .unwrap_or(0.0);
+    operator.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(errors, 0.0, "the take itself never failed");
+}
+
+/// A session that holds the migration lock and never lets go (a stuck `hookgate
+/// migrate`, a vanished client's session) stops the start with a reason, after a
+/// bounded wait; start waited on it for good, without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_lock_held_for_good_stops_the_start_with_a_reason() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let config = queue_config(&url, &schema, "http://127.0.0.1:9/hooks");
+    let holder = session(&url, "public").await;
+    holder
+        .execute(
+            "SELECT pg_advisory_lock(hashtext($1))",
+            &[&format!("hookgate migrations {schema}")],
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let refused = tokio::time::timeout(Duration::from_secs(60), hookgate::start(settings(&config)))
+        .await
+        .expect("gave up within its patience")
+        .err()
+        .expect("refused");
+    let said = refused.to_string();
+    assert!(said.contains("migration lock"), "{said}");
+    assert!(started.elapsed() >= Duration::from_secs(29), "{said}");
+    // Let go, it starts (and migrates) at once.
+    drop(holder);
+    let gw = hookgate::start(settings(&config)).await;
+    assert!(gw.is_ok(), "{:?}", gw.err().map(|e| e.to_string()));
+}

@@ -2,6 +2,8 @@
 //! advisory lock (instances starting together apply each once), recorded in
 //! `schema_version`. A database whose version is newer than this binary's is refused.
 
+use std::time::{Duration, Instant};
+
 use tokio_postgres::Client;
 
 use super::pool::{client_config, tls};
@@ -27,7 +29,16 @@ pub enum SchemaError {
     Newer { found: i32, known: i32 },
     #[error("migration to schema version {version} failed: {detail}")]
     Failed { version: i32, detail: String },
+    #[error(
+        "another session has held the migration lock of schema \"{schema}\" for {waited:?} \
+         (a hookgate instance or `hookgate migrate` still migrating, or stuck: see \
+         pg_locks where locktype = 'advisory')"
+    )]
+    Locked { schema: String, waited: Duration },
 }
+
+/// How long `migrate` waits for another session's migration before it gives up.
+const LOCK_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Where the schema stood and stands after `migrate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +68,19 @@ fn unreachable(e: tokio_postgres::Error) -> SchemaError {
 }
 
 /// The schema version in the database (0 before the first migration).
+/// `query` bounded like every store operation (`connect_timeout + timeout`): a server
+/// that accepted the connection and then stalled held `serve`, `migrate` and `check`
+/// with no word.
+async fn bounded<T>(
+    settings: &PostgresSettings,
+    query: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, SchemaError> {
+    tokio::time::timeout(settings.connect_timeout + settings.timeout, query)
+        .await
+        .map_err(|_| SchemaError::Unreachable("timed out".to_owned()))?
+        .map_err(unreachable)
+}
+
 async fn version(client: &Client, schema: &str) -> Result<i32, SchemaError> {
     let exists = client
         .query_one(
@@ -82,7 +106,12 @@ async fn version(client: &Client, schema: &str) -> Result<i32, SchemaError> {
 /// The database's schema version, for `hookgate check`.
 pub async fn status(settings: &PostgresSettings) -> Result<i32, SchemaError> {
     let client = connect(settings).await?;
-    version(&client, &settings.schema).await
+    tokio::time::timeout(
+        settings.connect_timeout + settings.timeout,
+        version(&client, &settings.schema),
+    )
+    .await
+    .map_err(|_| SchemaError::Unreachable("timed out".to_owned()))?
 }
 
 /// Brings the schema to `SCHEMA_VERSION`, each missing migration in its own
@@ -92,10 +121,34 @@ pub async fn migrate(settings: &PostgresSettings) -> Result<Migrated, SchemaErro
     let client = connect(settings).await?;
     let schema = &settings.schema;
     let lock_key = format!("hookgate migrations {schema}");
-    client
-        .execute("SELECT pg_advisory_lock(hashtext($1))", &[&lock_key])
-        .await
-        .map_err(unreachable)?;
+    // Tried, not waited for: a session that never lets go (a stuck `hookgate migrate`,
+    // a client gone whose session the server still holds) is named, not waited on.
+    let started = Instant::now();
+    for tries in 0u32.. {
+        let locked = bounded(
+            settings,
+            client.query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&lock_key]),
+        )
+        .await?;
+        if locked.get::<_, bool>(0) {
+            break;
+        }
+        let waited = started.elapsed();
+        if waited >= LOCK_PATIENCE {
+            return Err(SchemaError::Locked {
+                schema: schema.clone(),
+                waited,
+            });
+        }
+        // At once, then every 5 s.
+        if tries % 20 == 0 {
+            tracing::info!(
+                schema,
+                "postgres: waiting for another session's migration of the schema"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let result = apply(&client, schema).await;
     // Closing the session would release it too; say so explicitly while it is open.
     let _ = client
