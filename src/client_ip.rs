@@ -28,40 +28,60 @@ impl ClientIpResolver {
 
     /// The client IP used for rate limiting and logs.
     pub fn resolve(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-        let peer = peer.ip().to_canonical();
-        if !self.is_trusted(peer) {
-            return peer;
-        }
-        let mut client = peer;
-        for hop in forwarded_hops(headers).rev() {
-            let Some(ip) = std::str::from_utf8(hop)
-                .ok()
-                .and_then(|h| h.parse::<IpAddr>().ok())
-            else {
-                // An unparsable hop ends what we can believe; the last good one stands.
-                break;
-            };
-            client = ip.to_canonical();
-            if !self.is_trusted(client) {
-                break;
-            }
-        }
-        client
+        self.walk(peer.ip().to_canonical(), &forwarded_hops(headers))
+            .1
     }
 
-    /// The `X-Forwarded-For` value to send upstream: the believed chain plus the peer.
+    /// The `X-Forwarded-For` value to send upstream: the believed chain (the client and
+    /// the trusted proxies after it, as they wrote them) plus the peer. What a client
+    /// wrote to the left of its own address is dropped: a backend reading the leftmost
+    /// hop got an address hookgate itself did not believe.
     pub fn forwarded_for(&self, peer: SocketAddr, headers: &HeaderMap) -> HeaderValue {
         let peer_ip = peer.ip().to_canonical();
+        let hops = forwarded_hops(headers);
+        let (believed, _) = self.walk(peer_ip, &hops);
         let mut value = Vec::with_capacity(16);
-        if self.is_trusted(peer_ip) {
-            for hop in forwarded_hops(headers) {
-                value.extend_from_slice(hop);
-                value.extend_from_slice(b", ");
-            }
+        for hop in &hops[hops.len() - believed..] {
+            value.extend_from_slice(hop);
+            value.extend_from_slice(b", ");
         }
         push_ip(&mut value, peer_ip);
         HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
     }
+
+    /// Reads `hops` from the right while the peer and each hop are trusted proxies:
+    /// how many hops are believed, and the client, the first untrusted one (or, where a
+    /// hop does not parse, the last good one).
+    fn walk(&self, peer: IpAddr, hops: &[&[u8]]) -> (usize, IpAddr) {
+        let mut client = peer;
+        let mut believed = 0;
+        if !self.is_trusted(peer) {
+            return (believed, client);
+        }
+        for hop in hops.iter().rev() {
+            let Some(ip) = parse_hop(hop) else {
+                break;
+            };
+            client = ip;
+            believed += 1;
+            if !self.is_trusted(ip) {
+                break;
+            }
+        }
+        (believed, client)
+    }
+}
+
+/// One hop: an address, or an address and port (`203.0.113.9:4711`,
+/// `[2001:db8::1]:443`), as Azure's Application Gateway writes them: read as a bare
+/// address only, such a hop ended the walk and the proxy itself became the client.
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(hop).ok()?;
+    let ip = match text.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => text.parse::<SocketAddr>().ok()?.ip(),
+    };
+    Some(ip.to_canonical())
 }
 
 /// Writes an address without the formatting machinery: this runs once per request.
@@ -91,15 +111,14 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 /// Every hop of every `X-Forwarded-For` header, in order, trimmed. Bytes, not text: a
 /// line holding a byte a client wrote outside ASCII still ends in the hops the proxies
 /// appended (dropping the whole line made the trusted proxy itself the client).
-fn forwarded_hops(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = &[u8]> {
+fn forwarded_hops(headers: &HeaderMap) -> Vec<&[u8]> {
     headers
         .get_all(X_FORWARDED_FOR)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|hop| !hop.is_empty())
-        .collect::<Vec<_>>()
-        .into_iter()
+        .collect()
 }
 
 /// The key a client is rate-limited under: its address, or its /64 for IPv6, because
@@ -145,7 +164,7 @@ mod tests {
         assert_eq!(r.resolve(peer("10.0.0.5"), &h).to_string(), "203.0.113.9");
         assert_eq!(
             r.forwarded_for(peer("10.0.0.5"), &h).as_bytes(),
-            b"\x80, 203.0.113.9, 10.0.0.5"
+            b"203.0.113.9, 10.0.0.5"
         );
         // Read from the right, the client's junk is where the walk would end anyway.
         let mut h = HeaderMap::new();
@@ -212,6 +231,37 @@ mod tests {
             "198.51.100.9, 10.0.0.2"
         );
         assert_eq!(r.forwarded_for(peer("203.0.113.7"), &h), "203.0.113.7");
+    }
+
+    /// The hops a client wrote left of its own address were passed on: a backend
+    /// reading the leftmost saw an address hookgate did not believe.
+    #[test]
+    fn forwarded_for_passes_on_only_the_believed_hops() {
+        let r = resolver(&["10.0.0.0/8"]);
+        let h = headers(&["6.6.6.6, 203.0.113.9", "10.0.0.1"]);
+        assert_eq!(r.resolve(peer("10.0.0.2"), &h).to_string(), "203.0.113.9");
+        assert_eq!(
+            r.forwarded_for(peer("10.0.0.2"), &h),
+            "203.0.113.9, 10.0.0.1, 10.0.0.2"
+        );
+        // A chain of trusted proxies only, the last good one standing as the client.
+        let h = headers(&["garbage, 10.0.0.1"]);
+        assert_eq!(r.forwarded_for(peer("10.0.0.2"), &h), "10.0.0.1, 10.0.0.2");
+    }
+
+    /// Azure's Application Gateway writes `address:port`: read as a bare address only,
+    /// the hop ended the walk and the proxy itself was every client.
+    #[test]
+    fn hops_with_a_port_name_their_address() {
+        let r = resolver(&["10.0.0.0/8"]);
+        for (hop, client) in [
+            ("203.0.113.9:4711", "203.0.113.9"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("[::ffff:192.0.2.1]:80", "192.0.2.1"),
+        ] {
+            let h = headers(&[hop]);
+            assert_eq!(r.resolve(peer("10.0.0.2"), &h).to_string(), client, "{hop}");
+        }
     }
 
     #[test]

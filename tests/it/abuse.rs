@@ -122,3 +122,36 @@ async fn failures_up_to_max_failures_do_not_box_a_client() {
         Some(0.0)
     );
 }
+
+/// A sender's addresses (`allow_ips`) are shared by all its customers: anyone with an
+/// account there can have it send requests signed with their own secret here. Those
+/// failures put the sender in the penalty box, and its genuine deliveries were refused.
+#[tokio::test]
+async fn failures_from_a_sources_allowed_addresses_never_box_the_sender() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        config()
+            .set("penalty_box", "max_failures", "3")
+            .allow_ips(&["127.0.0.0/8"])
+            .route("*", &upstream),
+    )
+    .await;
+    for _ in 0..10 {
+        let (status, _) = post_from(
+            "127.0.0.2",
+            gw.addr(),
+            &signed_event_with(OTHER_SECRET, "response.completed"),
+        )
+        .await;
+        assert_eq!(status, 400);
+    }
+
+    let (status, _) = post_from("127.0.0.2", gw.addr(), &signed_event("response.completed")).await;
+
+    assert_eq!(status, 200);
+    assert_eq!(upstream.received().len(), 1);
+    assert_eq!(
+        gw.metrics().await.value("hookgate_penalty_box_total"),
+        Some(0.0)
+    );
+}
