@@ -264,7 +264,7 @@ pub struct VerifyArgs {
 pub struct SignArgs {
     /// Signing secret: whsec_<base64> or raw text (standard-webhooks; whsk_<base64> signs
     /// v1a), the secret text itself (stripe, github, hmac).
-    #[arg(long, env = "HOOKGATE_SIGN_SECRET")]
+    #[arg(long, env = "HOOKGATE_SIGN_SECRET", hide_env_values = true)]
     pub secret: String,
     /// Signature scheme: standard-webhooks, stripe, github or hmac.
     #[arg(long, default_value = "standard-webhooks")]

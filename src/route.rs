@@ -136,8 +136,8 @@ impl Route {
             .enumerate()
             .map(|(i, e)| EventPattern::parse(e).map_err(|msg| format!("events[{i}] {msg}")))
             .collect::<Result<Vec<_>, _>>()?;
-        let upstream =
-            parse_upstream(upstream).map_err(|msg| format!("upstream {upstream:?} {msg}"))?;
+        let upstream = parse_upstream(upstream)
+            .map_err(|msg| format!("upstream {:?} {msg}", shown_upstream(upstream)))?;
         let label = format!("{source}/{name}");
         Ok(Route {
             name: name.to_owned(),
@@ -305,7 +305,35 @@ pub fn parse_upstream(text: &str) -> Result<Uri, String> {
     if uri.host().is_none_or(str::is_empty) {
         return Err("has no host".to_owned());
     }
+    // hyper sends no `Authorization` for them: the backend got none, and `check` printed
+    // the password.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(
+            "carries credentials (user:password@), which are never sent: put the backend's \
+             credentials in its URL's path or query, or have it trust hookgate's signature \
+             (resign)"
+                .to_owned(),
+        );
+    }
+    // `http::Uri` takes any digits as a port: 99999 was accepted, then never connected.
+    let written_port = uri
+        .authority()
+        .and_then(|a| a.as_str().rsplit_once(':'))
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+    if written_port && uri.port_u16().is_none() {
+        return Err("has a port out of range (1-65535)".to_owned());
+    }
     Ok(uri)
+}
+
+/// An upstream URL as an error may show it: without the credentials it may carry.
+pub fn shown_upstream(text: &str) -> String {
+    match (text.find("://"), text.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme && !text[scheme + 3..at].contains('/') => {
+            format!("{}…{}", &text[..scheme + 3], &text[at..])
+        }
+        _ => text.to_owned(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -467,6 +495,12 @@ mod tests {
         );
         assert!(Route::new("s", "r", &events, "/relative").is_err());
         assert!(Route::new("s", "r", &events, "not a url").is_err());
+        // Credentials hyper would never send, shown without them; a port out of range.
+        let e = Route::new("s", "r", &events, "http://u:pw@127.0.0.1:9/auth").unwrap_err();
+        assert!(e.contains("credentials") && !e.contains("pw"), "{e}");
+        let e = Route::new("s", "r", &events, "http://127.0.0.1:99999/x").unwrap_err();
+        assert!(e.contains("port"), "{e}");
+        assert!(Route::new("s", "r", &events, "http://127.0.0.1:65535/x").is_ok());
         assert!(
             Route::new("s", "r", &[], "http://x/")
                 .unwrap_err()

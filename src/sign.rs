@@ -122,6 +122,9 @@ pub enum SendError {
     Request(String),
 }
 
+/// How long `send` waits for the whole answer, as `hookgate deliveries` does.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// POSTs the signed request; returns the status and the body of the answer.
 pub async fn send(
     request: &SignedRequest,
@@ -139,23 +142,54 @@ pub async fn send(
     let req = builder
         .body(Full::new(Bytes::from(request.body.clone())))
         .map_err(|e| SendError::Request(e.to_string()))?;
-    let response = client
-        .request(req)
+    let exchange = async {
+        let response = client
+            .request(req)
+            .await
+            .map_err(|e| SendError::Request(cli_client::explain(&e, url, trust)))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| SendError::Request(cli_client::explain(&e, url, trust)))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    // A listener that accepts and never answers held a script calling `sign --send`
+    // for good (only connecting was bounded).
+    tokio::time::timeout(SEND_TIMEOUT, exchange)
         .await
-        .map_err(|e| SendError::Request(cli_client::explain(&e, url, trust)))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| SendError::Request(cli_client::explain(&e, url, trust)))?
-        .to_bytes();
-    Ok((status, body))
+        .map_err(|_| {
+            SendError::Request(format!(
+                "{url} did not answer within {}s",
+                SEND_TIMEOUT.as_secs()
+            ))
+        })?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A listener that accepts and never answers held `sign --send` for good.
+    #[tokio::test(start_paused = true)]
+    async fn send_gives_up_on_a_listener_that_never_answers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let (_socket, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let request = crate::verify::SignedRequest {
+            id: "msg_1".to_owned(),
+            headers: Vec::new(),
+            body: "{}".to_owned(),
+        };
+        let e = send(&request, &url, &Trust::PublicRoots).await.unwrap_err();
+        assert!(e.to_string().contains("did not answer within 30s"), "{e}");
+        held.abort();
+    }
     use crate::verify::standard_webhooks::{ID, SIGNATURE, TIMESTAMP, key_from_secret};
     use crate::verify::{self, SecretText};
     use http::{HeaderMap, HeaderValue};

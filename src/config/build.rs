@@ -69,6 +69,21 @@ pub(super) fn build(file: FileConfig, origin: &str) -> Result<Settings, Invalid>
 }
 
 fn log_level(level: &str) -> Result<String, Invalid> {
+    // A bare word is a target to EnvFilter: `"warning"` or a typo passed, and logged
+    // nothing but that target (nothing at all); `""` logged errors only.
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let bare = level.split(',').map(str::trim).find(|directive| {
+        !directive.contains(['=', '[']) && !LEVELS.iter().any(|l| directive.eq_ignore_ascii_case(l))
+    });
+    if let Some(word) = bare {
+        return Err(Invalid::at(
+            "log.level",
+            format!(
+                "log.level {level:?}: {word:?} is not a level (trace, debug, info, warn, \
+                 error, off); a target takes one, as in \"info,hookgate::access=warn\""
+            ),
+        ));
+    }
     tracing_subscriber::EnvFilter::try_new(level)
         .map(|_| level.to_owned())
         .map_err(|e| {
@@ -90,6 +105,30 @@ fn telemetry(file: &file::Telemetry) -> Result<TelemetrySettings, Invalid> {
             ),
         )
     })?;
+    // The base URL, as OTEL_EXPORTER_OTLP_ENDPOINT is: a query or the traces path
+    // itself made `.../v1/traces/v1/traces` or `...?x=1/v1/traces`; credentials in it are
+    // never sent (`headers` is the way).
+    let shown = crate::route::shown_upstream(endpoint);
+    let wrong = if endpoint.ends_with("/v1/traces") {
+        Some("is the collector's base URL: hookgate adds /v1/traces itself")
+    } else if endpoint.contains(['?', '#']) {
+        Some("must have no query or fragment (hookgate adds /v1/traces to it)")
+    } else if traces_url
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        Some("carries credentials, which are never sent: use telemetry.headers")
+    } else {
+        None
+    };
+    if let Some(wrong) = wrong {
+        return Err(Invalid::at(
+            "telemetry.otlp_endpoint",
+            format!(
+                "telemetry.otlp_endpoint {shown:?} {wrong}, such as \"http://otel-collector:4318\""
+            ),
+        ));
+    }
     if !matches!(traces_url.scheme_str(), Some("http" | "https")) || traces_url.host().is_none() {
         return Err(Invalid::at(
             "telemetry.otlp_endpoint",
@@ -435,10 +474,30 @@ fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, Invalid> 
                  (PostgreSQL holds dedupe and the queue; rate limits stay in memory)",
             ));
         }
+        // Two deployments told apart by a `key_prefix` PostgreSQL ignored shared one
+        // set of tables.
+        if file.key_prefix.is_some() {
+            return Err(Invalid::at(
+                "store.key_prefix",
+                "store.key_prefix is Redis' (with postgres_url, store.schema keeps \
+                 deployments apart)",
+            ));
+        }
         return Ok(StoreSettings {
             backend: StoreBackend::Postgres(Box::new(postgres_settings(file, url.expose())?)),
             on_error: file.on_error,
         });
+    }
+    for (set, key) in [
+        (file.pool_size.is_some(), "pool_size"),
+        (file.schema.is_some(), "schema"),
+    ] {
+        if set && (file.redis_url.is_some() || !file.cluster.is_empty()) {
+            return Err(Invalid::at(
+                format!("store.{key}"),
+                format!("store.{key} is PostgreSQL's (postgres_url); Redis does not use it"),
+            ));
+        }
     }
     let target = match (&file.redis_url, file.cluster.as_slice()) {
         (Some(url), []) => {
@@ -486,7 +545,10 @@ fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, Invalid> 
     Ok(StoreSettings {
         backend: StoreBackend::Redis(Box::new(RedisSettings {
             target,
-            key_prefix: file.key_prefix.clone(),
+            key_prefix: file
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| "hookgate:".to_owned()),
             timeout: positive("store.timeout", file.timeout)?,
             connect_timeout: positive("store.connect_timeout", file.connect_timeout)?,
             ca,
@@ -516,7 +578,7 @@ fn postgres_settings(file: &file::Store, url: &str) -> Result<PostgresSettings, 
         config.application_name("hookgate");
     }
     let plain = |c: char| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit();
-    let schema = &file.schema;
+    let schema = file.schema.as_deref().unwrap_or("hookgate");
     // At most 54: the instances' wake-up channel is `hookgate_<schema>`, and PostgreSQL
     // names are at most 63 bytes (a longer channel failed every NOTIFY and LISTEN).
     // `pg_` names are the system's.
@@ -542,8 +604,8 @@ fn postgres_settings(file: &file::Store, url: &str) -> Result<PostgresSettings, 
     };
     Ok(PostgresSettings {
         config,
-        schema: schema.clone(),
-        pool_size: at_least("store.pool_size", file.pool_size, 1)? as usize,
+        schema: schema.to_owned(),
+        pool_size: at_least("store.pool_size", file.pool_size.unwrap_or(16), 1)? as usize,
         timeout: positive("store.timeout", file.timeout)?,
         connect_timeout,
         trust,
@@ -823,6 +885,21 @@ upstream = "http://127.0.0.1:9001/hooks"
         assert!(!e.contains("hunter2"), "{e}");
         let e = error(&format!("[store]\nkey_prefix = \"x\"\n{MINIMAL}"));
         assert!(e.contains("needs redis_url"), "{e}");
+        // The other backend's keys are refused, not ignored.
+        for (keys, named) in [
+            (
+                "redis_url = \"redis://a\"\npool_size = 4",
+                "store.pool_size",
+            ),
+            ("cluster = [\"redis://a\"]\nschema = \"x\"", "store.schema"),
+            (
+                "postgres_url = \"postgres://u@h/db\"\nkey_prefix = \"foo:\"",
+                "store.key_prefix",
+            ),
+        ] {
+            let e = error(&format!("[store]\n{keys}\n{MINIMAL}"));
+            assert!(e.contains(named), "{keys}: {e}");
+        }
         let e = error(&format!(
             "[store]\nredis_url = \"redis://a\"\ncluster = [\"redis://b\"]\n{MINIMAL}"
         ));
@@ -950,7 +1027,7 @@ upstream = "http://127.0.0.1:9001/hooks"
         // Printed whole (`check`, a `serve` that cannot start), the excerpt stays but
         // without the values on it.
         assert!(!e.to_string().contains("whsec_literal"), "{e}");
-        assert!(e.to_string().contains("secrets = [\"…\" oops]"), "{e}");
+        assert!(e.to_string().contains("3 | secrets = …"), "{e}");
         let summary = e.summary();
         assert!(
             summary.starts_with("test.toml: TOML parse error at line 3"),
@@ -1015,8 +1092,19 @@ upstream = "http://127.0.0.1:9001/hooks"
         .unwrap();
         assert_eq!(settings.log_level, "warn,hookgate::access=info");
         assert_eq!(parse(MINIMAL, "t").unwrap().log_level, "info");
-        let e = error(&format!("[log]\nlevel = \"loud=[\"\n{MINIMAL}"));
-        assert!(e.contains("log.level"), "{e}");
+        for level in ["loud=[", "warning", "", "info,verbose", "info,,warn"] {
+            let e = error(&format!("[log]\nlevel = \"{level}\"\n{MINIMAL}"));
+            assert!(e.contains("log.level"), "{level}: {e}");
+        }
+        for level in [
+            "WARN",
+            "debug,hyper=info",
+            "off",
+            "info,hookgate::access=warn",
+        ] {
+            let text = format!("[log]\nlevel = \"{level}\"\n{MINIMAL}");
+            assert_eq!(parse(&text, "t").unwrap().log_level, level);
+        }
     }
 
     #[test]
@@ -1336,6 +1424,21 @@ upstream = "http://127.0.0.1:9001/hooks"
                 "http://",
             ),
             (
+                "otlp_endpoint = \"http://c:4318/v1/traces\"",
+                "telemetry.otlp_endpoint",
+                "adds /v1/traces itself",
+            ),
+            (
+                "otlp_endpoint = \"http://c:4318?x=1\"",
+                "telemetry.otlp_endpoint",
+                "no query",
+            ),
+            (
+                "otlp_endpoint = \"http://u:p@c:4318\"",
+                "telemetry.otlp_endpoint",
+                "credentials",
+            ),
+            (
                 "otlp_endpoint = \"http://c:4318\"\nsample_ratio = 1.5",
                 "telemetry.sample_ratio",
                 "between 0.0 and 1.0",
@@ -1380,7 +1483,7 @@ upstream = "http://127.0.0.1:9001/hooks"
             shown.starts_with("test.toml: TOML parse error at line 2, column 20\n"),
             "{shown}"
         );
-        assert!(shown.contains("2 | upstream_timeout = \"…\""), "{shown}");
+        assert!(shown.contains("2 | upstream_timeout = …"), "{shown}");
         assert!(!shown.contains("(line 2"), "{shown}");
         assert!(!e.message.contains(" | "), "{}", e.message);
     }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::error::{self, Invalid, positive};
 use super::file::{self, DeliveryMode};
 use crate::event::JsonPointer;
-use crate::route::{BreakerPolicy, Condition, RatePolicy, Test, parse_upstream};
+use crate::route::{BreakerPolicy, Condition, RatePolicy, Test, parse_upstream, shown_upstream};
 
 /// A route's `breaker`.
 pub(super) fn breaker(
@@ -112,8 +112,10 @@ pub(super) fn upstreams(
     let mut out = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         let at = format!("{key}.upstreams[{i}]");
-        let uri = parse_upstream(&entry.url)
-            .map_err(|e| Invalid::at(at.clone(), format!("{at} {:?} {e}", entry.url)))?;
+        let uri = parse_upstream(&entry.url).map_err(|e| {
+            let url = shown_upstream(&entry.url);
+            Invalid::at(at.clone(), format!("{at} {url:?} {e}"))
+        })?;
         if let Some(name) = &entry.name {
             super::name::check_name(&format!("{at}.name"), name)?;
         }

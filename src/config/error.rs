@@ -182,7 +182,53 @@ impl ConfigError {
 /// is a secret when someone wrote one into the file with the wrong shape. Key names are
 /// quoted with backticks and stay.
 fn without_quoted_values(message: &str) -> String {
-    without_quoted(message, '"')
+    without_rejected_value(&without_quoted(message, '"'))
+}
+
+/// `message` with the value serde names after `invalid type: ` or `invalid value: `
+/// left out when it is not a string: a token or secret written as a number
+/// (`invalid type: integer `987654321987`, expected a string`) is in backticks.
+fn without_rejected_value(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = ["invalid type: ", "invalid value: "]
+        .iter()
+        .filter_map(|lead| rest.find(lead).map(|i| i + lead.len()))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let value = rest.find(", expected").unwrap_or(rest.len());
+        match (rest[..value].find('`'), rest[..value].rfind('`')) {
+            (Some(open), Some(close)) if close > open => {
+                out.push_str(&rest[..=open]);
+                out.push('…');
+                out.push_str(&rest[close..value]);
+            }
+            _ => out.push_str(&rest[..value]),
+        }
+        rest = &rest[value..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One line of the file as toml's excerpt shows it, its value left out: only the key
+/// and its `=`. Quotes alone did not do: a value written without them
+/// (`secrets = [whsec_abc]`, `token = s3cret`), or a line inside a multi-line string or
+/// array, may be a secret too. A table header stays as written.
+fn without_value(line: &str) -> String {
+    let trimmed = line.trim();
+    let header = trimmed.starts_with('[')
+        && trimmed.ends_with(']')
+        && !trimmed.contains(['"', '\'', '=', ',']);
+    if header || trimmed.is_empty() {
+        return line.to_owned();
+    }
+    match line.split_once('=') {
+        Some((key, _)) => format!("{key}= …"),
+        None => format!("{}…", &line[..line.len() - line.trim_start().len()]),
+    }
 }
 
 /// toml's report (an excerpt of the file around the error, then its message) with the
@@ -198,12 +244,7 @@ fn without_quoted_report(report: &str) -> String {
                 .split_once(" |")
                 .is_some_and(|(number, _)| number.bytes().all(|b| b.is_ascii_digit()));
             match line.split_once('|') {
-                Some((gutter, text)) if excerpt => {
-                    format!(
-                        "{gutter}|{}",
-                        without_quoted(&without_quoted(text, '"'), '\'')
-                    )
-                }
+                Some((gutter, text)) if excerpt => format!("{gutter}|{}", without_value(text)),
                 _ => without_quoted_values(line),
             }
         })
@@ -418,6 +459,14 @@ mod tests {
             without_quoted_values(r#"invalid basic string, expected `"`"#),
             r#"invalid basic string, expected `"`"#
         );
+        assert_eq!(
+            without_quoted_values("invalid type: integer `987654321987`, expected a string"),
+            "invalid type: integer `…`, expected a string"
+        );
+        assert_eq!(
+            without_quoted_values("invalid value: float `1.5`, expected u32 in `limits`"),
+            "invalid value: float `…`, expected u32 in `limits`"
+        );
     }
 
     /// `check` and a `serve` that cannot start print the whole report: its excerpt of
@@ -427,6 +476,11 @@ mod tests {
         for text in [
             "[admin]\ntoken = \"x\"\n[[sources]]\nsecrets = \"whsec_abc\"\n",
             "[admin]\ntoken = \"x\"\n[[sources]]\nsecrets = 'whsec_abc'\n",
+            // Without quotes (not a TOML value), and inside a multi-line array.
+            "[admin]\ntoken = \"x\"\n[[sources]]\nsecrets = [whsec_abc]\n",
+            "[admin]\ntoken = \"x\"\n[[sources]]\nsecrets = [\n  \"a\",\n  whsec_abc\n]\n",
+            // A number where a string belongs: serde names it in backticks.
+            "[admin]\ntoken = \"x\"\n[[sources]]\nsecrets = [123456789]\n",
         ] {
             #[derive(Debug, serde::Deserialize)]
             #[allow(dead_code)]
@@ -441,9 +495,17 @@ mod tests {
             }
             let e = toml::from_str::<File>(text).unwrap_err();
             let printed = ConfigError::parse("t.toml", text, &e, "").to_string();
-            assert!(!printed.contains("whsec_abc"), "{printed}");
-            assert!(printed.contains("secrets = "), "{printed}");
-            assert!(printed.contains("line 4"), "{printed}");
+            let summary = ConfigError::parse("t.toml", text, &e, "").summary();
+            for shown in [&printed, &summary] {
+                assert!(!shown.contains("whsec_abc"), "{shown}");
+                assert!(!shown.contains("123456789"), "{shown}");
+            }
+            if text.contains("[\n") {
+                assert!(printed.contains("line 6"), "{printed}");
+            } else {
+                assert!(printed.contains("secrets = "), "{printed}");
+                assert!(printed.contains("line 4"), "{printed}");
+            }
         }
     }
 

@@ -324,17 +324,17 @@ pub struct Store {
     /// `postgres://user:pass@host:5432/db?sslmode=require`; excludes `redis_url` and
     /// `cluster`.
     pub postgres_url: Option<Secret>,
-    /// PostgreSQL: connections this instance keeps at most.
-    #[serde(default = "default_pool_size")]
-    pub pool_size: u32,
-    /// PostgreSQL: the schema hookgate's tables live in (created by the migrations).
-    #[serde(default = "default_schema")]
-    pub schema: String,
+    /// PostgreSQL: connections this instance keeps at most (16). Options, as
+    /// `key_prefix` is: a key of the other backend is refused, not silently ignored.
+    pub pool_size: Option<u32>,
+    /// PostgreSQL: the schema hookgate's tables live in (`hookgate`; created by the
+    /// migrations).
+    pub schema: Option<String>,
     /// PostgreSQL over TLS: trust exactly the CAs in this PEM file instead of the
     /// system's roots.
     pub ca_file: Option<PathBuf>,
-    #[serde(default = "default_key_prefix")]
-    pub key_prefix: String,
+    /// Redis: the prefix of every key (`hookgate:`).
+    pub key_prefix: Option<String>,
     #[serde(default)]
     pub on_error: OnError,
     #[serde(default = "default_store_timeout", with = "humantime_serde")]
@@ -692,17 +692,6 @@ fn default_requests_per_second() -> f64 {
 }
 fn default_burst() -> u32 {
     100
-}
-fn default_pool_size() -> u32 {
-    16
-}
-
-fn default_schema() -> String {
-    "hookgate".to_owned()
-}
-
-fn default_key_prefix() -> String {
-    "hookgate:".to_owned()
 }
 fn default_store_timeout() -> Duration {
     Duration::from_secs(1)

@@ -76,6 +76,16 @@ pub(super) fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String
                 format!("{key}.path {:?} must start with '/'", file.path),
             ));
         }
+        // Requests are matched on the path alone: a source at "/q?x=1" was unreachable.
+        if file.path.contains(['?', '#']) || file.path.contains(char::is_whitespace) {
+            return Err(Invalid::at(
+                format!("{key}.path"),
+                format!(
+                    "{key}.path {:?} must be a path alone, without a query, fragment or spaces",
+                    file.path
+                ),
+            ));
+        }
         if let Some((_, j)) = paths.iter().find(|(p, _)| *p == file.path) {
             return Err(Invalid::at(
                 format!("{key}.path"),
@@ -116,7 +126,7 @@ pub(super) fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String
                 format!("{key}.content_encoding"),
                 format!(
                     "{key}.content_encoding = \"pass\" needs the event type and the dedupe key in \
-                     headers: hookgate does not decompress bodies, so it cannot read {pointer:?} \
+                     headers: hookgate does not decompress bodies, so it cannot read {pointer} \
                      from an encoded one"
                 ),
             ));
@@ -273,6 +283,18 @@ enum TextIs {
 
 fn field(key: &str, spec: &FieldSpec, text_is: TextIs) -> Result<Field, Invalid> {
     let invalid = |message: String| Invalid::at(key, message);
+    // The empty pointer names the whole document, never a string: every request was
+    // refused 400 invalid_payload by a config `check` had passed.
+    let empty = match (spec, text_is) {
+        (FieldSpec::Json(pointer), _) => pointer.to_string().is_empty(),
+        (FieldSpec::Text(text), TextIs::Pointer) => text.is_empty(),
+        _ => false,
+    };
+    if empty {
+        return Err(invalid(format!(
+            "{key} is empty: write the JSON pointer of a string in the body, such as \"/type\""
+        )));
+    }
     match (spec, text_is) {
         (FieldSpec::Json(pointer), _) => Ok(Field::Json(pointer.clone())),
         (FieldSpec::Header(name), _) => Ok(Field::Header(name.clone())),
@@ -606,6 +628,22 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}\n{source}"))
     }
 
+    /// Requests are matched on the path alone: a source with a query was unreachable.
+    #[test]
+    fn a_source_path_is_a_path_alone() {
+        for path in ["/q?x=1", "/q#top", "/a b"] {
+            let text = config("scheme = \"stripe\"\nsecrets = [\"x\"]")
+                .replace("path = \"/s\"", &format!("path = {path:?}"));
+            let e = crate::config::parse(&text, "test.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("sources[0].path") && e.contains("(line 3"),
+                "{path}: {e}"
+            );
+        }
+    }
+
     #[test]
     fn each_source_knows_the_headers_it_reads_and_binds_unsigned_ids_to_the_body() {
         let cases = [
@@ -679,7 +717,7 @@ mod tests {
             e.starts_with(
                 "test.toml: sources[0].content_encoding = \"pass\" needs the event type and the \
                  dedupe key in headers"
-            ) && e.contains("\"/type\""),
+            ) && e.contains("cannot read /type from"),
             "{e}"
         );
         let e = config_error("scheme = \"github\"\nsecrets = [\"x\"]\ncontent_encoding = \"gzip\"");
@@ -710,6 +748,8 @@ mod tests {
             }
             let ok = config(&format!("{scheme}\ntolerance = \"1s\""));
             assert!(crate::config::parse(&ok, "test.toml").is_ok(), "{ok}");
+            let e = config_error(&format!("{scheme}\ntolerance = \"200y\""));
+            assert!(e.contains("must be at most 100 years"), "{e}");
         }
     }
 
@@ -820,6 +860,14 @@ mod tests {
         let e =
             config_error("scheme = \"stripe\"\nsecrets = [\"x\"]\nevent_type = { jsn = \"/a\" }");
         assert!(e.contains("unknown field `jsn`"), "{e}");
+        // The empty pointer is the whole body, never a string: every request failed.
+        for field in ["event_type = \"\"", "dedupe_key = { json = \"\" }"] {
+            let e = config_error(&format!("scheme = \"stripe\"\nsecrets = [\"x\"]\n{field}"));
+            assert!(
+                e.contains("is empty") && e.contains("line 6"),
+                "{field}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -59,6 +59,14 @@ pub fn tolerance(configured: Option<Duration>) -> Result<Duration, KeyError> {
                 humantime::format_duration(t).to_string()
             ),
         )),
+        // As every other window: 100 years at most.
+        Some(t) if t > Duration::from_secs(100 * 365 * 24 * 3600) => Err(KeyError::at(
+            "tolerance",
+            format!(
+                "tolerance = {:?} must be at most 100 years",
+                humantime::format_duration(t).to_string()
+            ),
+        )),
         Some(t) => Ok(t),
     }
 }
@@ -527,10 +535,17 @@ pub fn preview(parts: &[&[u8]]) -> String {
 
 /// How a timestamp relates to `now`, for `explain`.
 pub fn describe_age(timestamp: i64, now: SystemTime, tolerance: Duration) -> String {
-    let at = SystemTime::UNIX_EPOCH
-        .checked_add(Duration::from_secs(timestamp.max(0).unsigned_abs()))
-        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-        .unwrap_or_else(|| "far future".to_owned());
+    // RFC 3339 stops at 9999-12-31T23:59:59Z: humantime's formatter fails past it, and
+    // `to_string` panicked on a capture with such a timestamp.
+    const LAST_RFC3339: i64 = 253_402_300_799;
+    let at = if timestamp < 0 {
+        "before 1970".to_owned()
+    } else if timestamp > LAST_RFC3339 {
+        "past the year 9999".to_owned()
+    } else {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(timestamp.unsigned_abs());
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
     let age = unix_seconds(now).saturating_sub(timestamp);
     let span = humantime::format_duration(Duration::from_secs(age.unsigned_abs()));
     let relation = if age >= 0 {
@@ -561,6 +576,22 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// `hookgate verify` on a capture from past the year 9999 panicked here.
+    #[test]
+    fn any_timestamp_is_described_without_panicking() {
+        let tolerance = Duration::from_secs(300);
+        for (timestamp, says) in [
+            (253_402_300_799, "9999-12-31T23:59:59Z"),
+            (253_402_300_800, "past the year 9999"),
+            (999_999_999_999_999_999, "past the year 9999"),
+            (-5, "before 1970"),
+        ] {
+            let described = describe_age(timestamp, at(1_700_000_000), tolerance);
+            assert!(described.contains(says), "{described}");
+            assert!(described.contains("OUTSIDE"), "{described}");
+        }
     }
 
     #[test]
