@@ -64,6 +64,15 @@ fn error(status: StatusCode, reason: &str) -> Reply {
     )
 }
 
+/// 405 with the `Allow` header RFC 9110 requires of it.
+fn not_allowed(allow: &'static str) -> Reply {
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 /// 200 with `body`: the types `hookgate deliveries` reads back.
 fn answer(body: &impl Serialize) -> Reply {
     json_response(StatusCode::OK, to_json(body))
@@ -186,11 +195,11 @@ impl Admin {
         if path == "/reload" {
             return match *req.method() {
                 Method::POST => self.reload().await,
-                _ => error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+                _ => not_allowed("POST"),
             };
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+            return not_allowed("GET, HEAD");
         }
         match path {
             "/metrics" => {
@@ -254,14 +263,19 @@ impl Admin {
         let query = Query::parse(req.uri().query().unwrap_or(""));
         let rest = req.uri().path().trim_start_matches("/deliveries");
         let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-        let result = match (req.method(), segments.as_slice()) {
-            (&Method::GET, []) => list(queue.as_ref(), &query).await,
-            (&Method::POST, ["replay"]) => replay_failed(queue.as_ref(), &query).await,
-            (&Method::GET, [id]) => show(queue.as_ref(), id, query.flag("body")).await,
-            (&Method::POST, [id, "replay"]) => replay(queue.as_ref(), id).await,
-            (_, [] | ["replay"] | [_] | [_, "replay"]) => {
-                Err(error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"))
-            }
+        // HEAD as GET (hyper sends no body with it); `/deliveries/replay` is the bulk
+        // replay, never a delivery id, whatever the method.
+        let (read, post) = (
+            matches!(*req.method(), Method::GET | Method::HEAD),
+            req.method() == Method::POST,
+        );
+        let result = match segments.as_slice() {
+            [] if read => list(queue.as_ref(), &query).await,
+            ["replay"] if post => replay_failed(queue.clone(), &query).await,
+            ["replay"] | [_, "replay"] if !post => Err(not_allowed("POST")),
+            [id] if read => show(queue.as_ref(), id, query.flag("body")).await,
+            [id, "replay"] => replay(queue.as_ref(), id).await,
+            [] | [_] => Err(not_allowed("GET, HEAD")),
             _ => Err(error(StatusCode::NOT_FOUND, "not_found")),
         };
         result.unwrap_or_else(|response| response)
@@ -320,7 +334,7 @@ async fn replay(queue: &dyn Queue, id: &str) -> Result<Reply, Reply> {
     }
 }
 
-async fn replay_failed(queue: &dyn Queue, query: &Query) -> Result<Reply, Reply> {
+async fn replay_failed(queue: Arc<dyn Queue>, query: &Query) -> Result<Reply, Reply> {
     if query.get("status") != Some(State::FailedFinal.as_str()) {
         // Bulk replay is for dead letters only; say so rather than guess.
         return Err(error(
@@ -334,19 +348,43 @@ async fn replay_failed(queue: &dyn Queue, query: &Query) -> Result<Reply, Reply>
         }
         None => 0,
     };
-    let ids = queue.failed_since(since).await.map_err(unavailable)?;
-    let now = now_millis();
-    let mut replayed = Vec::with_capacity(ids.len());
-    for id in ids {
-        if let Replayed::Queued { .. } = queue.replay(&id, now).await.map_err(unavailable)? {
-            replayed.push(id);
+    // In a task of its own, logged whatever becomes of the client: run in the request's
+    // future, a client that gave up (the CLI after 30 s) cut it short part-way, and the
+    // dead letters already replayed were neither answered nor logged.
+    let replaying = tokio::spawn(async move {
+        let ids = queue.failed_since(since).await?;
+        let now = now_millis();
+        let mut replayed = Vec::with_capacity(ids.len());
+        let mut failed = None;
+        for id in ids {
+            match queue.replay(&id, now).await {
+                Ok(Replayed::Queued { .. }) => replayed.push(id),
+                Ok(_) => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
-    }
-    tracing::info!(
-        replayed = replayed.len(),
-        since,
-        "admin: dead letters replayed"
-    );
+        match failed {
+            None => tracing::info!(
+                replayed = replayed.len(),
+                since,
+                "admin: dead letters replayed"
+            ),
+            Some(ref e) => tracing::warn!(
+                replayed = replayed.len(),
+                since,
+                error = %e,
+                "admin: bulk replay stopped part-way: the store failed; replay again for the rest"
+            ),
+        }
+        failed.map_or(Ok(replayed), Err)
+    });
+    let replayed = replaying
+        .await
+        .map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "internal"))?
+        .map_err(unavailable)?;
     Ok(answer(&BulkReplayAnswer {
         replayed: replayed.len(),
         delivery_ids: replayed,

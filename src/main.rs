@@ -187,8 +187,14 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<Exi
             Ok(ExitCode::SUCCESS)
         }
         Command::Deliveries(args) => {
-            println!("{}", hookgate::deliveries::run(args).await?);
-            Ok(ExitCode::SUCCESS)
+            let out = hookgate::deliveries::run(args).await?;
+            // `| head` closes the pipe early: that is no error (println! panicked).
+            use std::io::Write as _;
+            let mut stdout = std::io::stdout().lock();
+            match writeln!(stdout, "{out}").and_then(|()| stdout.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Bench(BenchCommand::Sink { listen, status }) => {
             let status = StatusCode::from_u16(status).context("--status")?;

@@ -287,8 +287,13 @@ impl AdminAuth {
         if self.public_paths.iter().any(|p| p == path) {
             return true;
         }
+        // The scheme is case-insensitive (RFC 9110 11.1), and spaces may follow it.
         authorization
-            .and_then(|value| value.strip_prefix(b"Bearer "))
+            .and_then(|value| {
+                let (scheme, rest) = value.split_at_checked(6)?;
+                (scheme.eq_ignore_ascii_case(b"Bearer") && rest.first() == Some(&b' '))
+                    .then(|| rest.trim_ascii_start())
+            })
             .is_some_and(|presented| token.matches(presented))
     }
 }

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use http::Method;
+use tokio::io::AsyncWriteExt;
 
 use crate::support::*;
 
@@ -786,4 +787,102 @@ async fn a_retry_waits_for_the_backends_retry_after() {
         "the retry came {} ms later",
         started[1] - started[0]
     );
+}
+
+/// A bulk replay runs to its end however soon its client gives up: run in the request's
+/// own future, a client that hung up (the CLI after 30 s) cut it short part-way, and the
+/// dead letters already replayed were neither answered nor logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_replay_runs_to_its_end_when_its_client_hangs_up() {
+    const DEAD: usize = 600;
+    let Some(store) = TestStore::redis().await else {
+        return;
+    };
+    let upstream = Upstream::with(Behaviour::always(Answer::status(400))).await;
+    let gw = Gateway::start(queue_config(&store, &upstream).queue_option("workers", "32")).await;
+    enqueue_through_both(&gw, &gw, DEAD).await;
+    Deliveries::of(&gw)
+        .wait_for_count("failed_final", DEAD)
+        .await;
+
+    let mut admin = tokio::net::TcpStream::connect(gw.admin_addr())
+        .await
+        .unwrap();
+    admin
+        .write_all(
+            b"POST /deliveries/replay?status=failed_final HTTP/1.1\r\n\
+              Host: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(admin);
+
+    // Each one replayed is attempted again (and refused again): all of them, once.
+    upstream.wait_for(2 * DEAD).await;
+    let counts = upstream.count_by_webhook_id();
+    assert_eq!(counts.len(), DEAD);
+    assert!(counts.values().all(|&n| n == 2), "{counts:?}");
+}
+
+/// The admin API's methods as HTTP has them: HEAD as GET, a 405 naming what is allowed,
+/// `Bearer` in any case, and `/deliveries/replay` never read as a delivery id.
+#[tokio::test]
+async fn the_deliveries_api_answers_methods_and_schemes_as_http_has_them() {
+    const TOKEN: &str = "test-token-0123456789";
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(queue_config(&TestStore::memory(), &upstream).admin_token(TOKEN)).await;
+    let api = Deliveries::of(&gw).with_token(TOKEN);
+
+    assert_eq!(api.request(Method::HEAD, "/deliveries").await.status(), 200);
+    for (method, path, allow) in [
+        (Method::DELETE, "/deliveries", "GET, HEAD"),
+        (Method::GET, "/deliveries/replay", "POST"),
+        (Method::GET, "/deliveries/d_1/replay", "POST"),
+        (Method::PUT, "/reload", "POST"),
+        (Method::POST, "/metrics", "GET, HEAD"),
+    ] {
+        let reply = api.request(method.clone(), path).await;
+        assert_eq!(reply.status(), 405, "{method} {path}");
+        assert_eq!(reply.header("allow"), Some(allow), "{method} {path}");
+    }
+
+    let send = |authorization: &'static str| {
+        let client = gw.client();
+        let url = format!("http://{}/deliveries", gw.admin_addr());
+        async move {
+            let request = http::Request::get(url)
+                .header("authorization", authorization)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            client.send(request).await.status()
+        }
+    };
+    assert_eq!(send("bearer test-token-0123456789").await, 200);
+    assert_eq!(send("BEARER  test-token-0123456789").await, 200);
+    assert_eq!(send("Bearertest-token-0123456789").await, 401);
+    assert_eq!(send("Basic test-token-0123456789").await, 401);
+}
+
+/// `hookgate deliveries ... | head` closes the pipe before the output is written: that
+/// is no error (it panicked with a backtrace).
+#[tokio::test]
+async fn the_deliveries_command_ends_quietly_when_its_reader_is_gone() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(queue_config(&TestStore::memory(), &upstream)).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["deliveries", "--admin", Deliveries::of(&gw).base(), "list"])
+        .env_remove("HOOKGATE_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
