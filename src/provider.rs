@@ -5,7 +5,8 @@
 //! The list is OpenAI's webhook event catalogue as published in December 2026: the API
 //! reference, <https://developers.openai.com/api/reference/resources/webhooks> (every
 //! event type with its `data` fields), which the SDKs generate their event unions from
-//! (openai-java `UnwrapWebhookEvent`, openai-python `src/openai/types/webhooks/`). The
+//! (openai-java `UnwrapWebhookEvent`, openai-python `src/openai/types/webhooks/`, whose
+//! 3.63 union added `health.alert.*` and `live.transport.connected`). The
 //! agents' session and environment events are also described in
 //! <https://developers.openai.com/api/docs/guides/agents-api/sessions/webhooks>, the
 //! organization-level `safety.*` notices in
@@ -42,7 +43,10 @@ pub const OPENAI_EVENT_TYPES: &[&str] = &[
     "fine_tuning.job.cancelled",
     "fine_tuning.job.failed",
     "fine_tuning.job.succeeded",
+    "health.alert.resolved",
+    "health.alert.triggered",
     "live.call.incoming",
+    "live.transport.connected",
     "live.transport.incoming",
     "realtime.call.incoming",
     "response.cancelled",

@@ -132,6 +132,21 @@ pub(super) fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String
             ));
         }
         let (routes, enrich) = routes(&key, file)?;
+        // OpenAI's SDK takes such a secret as raw bytes, as hookgate signs with it; the
+        // Standard Webhooks libraries base64-decode every secret, and refuse each delivery.
+        for (r, route) in file.routes.iter().enumerate() {
+            if let Some(resign) = &route.resign
+                && !resign.secret.expose().starts_with("whsec_")
+                && !resign.secret.expose().starts_with("whsk_")
+            {
+                warnings.push(format!(
+                    "{key}.routes[{r}].resign.secret is not whsec_<base64>: hookgate signs \
+                     with its raw bytes, as OpenAI's SDK reads such a secret, but the Standard \
+                     Webhooks libraries base64-decode every secret and refuse what it signs; \
+                     give the backend and hookgate a whsec_ secret"
+                ));
+            }
+        }
         out.push(Source {
             name: file.name.clone(),
             path: file.path.clone(),
@@ -958,6 +973,14 @@ mod tests {
             settings
                 .summary()
                 .contains("(re-signed: standard-webhooks)")
+        );
+        assert!(
+            settings
+                .warnings
+                .iter()
+                .any(|w| w.contains("routes[0].resign.secret is not whsec_")),
+            "{:?}",
+            settings.warnings
         );
     }
 

@@ -476,6 +476,12 @@ fn sign_message(options: &Options, msg: &SignMessage<'_>) -> Result<SignedReques
         .id
         .map(str::to_owned)
         .unwrap_or_else(|| format!("evt_{}", random_hex()));
+    // As `verify` refuses it (400 malformed_id): signed, it could not be delivered.
+    if let Some(text) = spec.id_neighbours.iter().find(|t| id.contains(t.as_str())) {
+        return Err(SignError::Scheme(format!(
+            "--id must not contain {text:?}, the text next to {{id}} in signed_content"
+        )));
+    }
     let timestamp = msg.timestamp.unwrap_or(msg.now).to_string();
     let body = format!(
         r#"{{"id":{},"type":{},"created_at":{timestamp},"data":{}}}"#,
@@ -660,6 +666,17 @@ mod tests {
             v.verify(&headers, &body[colon + 1..], at(1_700_000_000)),
             Err(VerifyError::MalformedId)
         );
+        // Nor does `hookgate sign` make one: signed, it could not be delivered.
+        let msg = SignMessage {
+            secret: SECRET,
+            event_type: "order.paid",
+            data: "{}",
+            id: Some("ord:1"),
+            timestamp: Some(1_700_000_000),
+            now: 1_700_000_000,
+        };
+        let e = sign_message(&o, &msg).unwrap_err().to_string();
+        assert!(e.contains("next to {id}"), "{e}");
     }
 
     #[test]

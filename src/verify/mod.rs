@@ -714,8 +714,9 @@ mod tests {
                 let now = 1_700_000_000 + rng.below(1_000_000) as i64;
                 let (n, text_len, id_len) = (rng.next(), rng.below(64), 1 + rng.below(30));
                 let data = format!(r#"{{"n":{n},"s":{:?}}}"#, rng.printable(text_len));
-                // An hmac id may not hold the template's text next to `{id}` (`:`).
-                let id = rng.printable(id_len).replace(':', "_");
+                // An hmac id may not hold the template's text next to `{id}` (`:`), a
+                // Standard Webhooks id no `.`.
+                let id = rng.printable(id_len).replace([':', '.'], "_");
                 let message = SignMessage {
                     secret: &signing,
                     event_type: "thing.happened",

@@ -388,7 +388,10 @@ struct Parsed<'h> {
 
 fn parse(headers: &HeaderMap) -> Result<Parsed<'_>, VerifyError> {
     let id = header(headers, &ID, VerifyError::MalformedId)?;
-    if !is_valid_key(id) {
+    // The signed content is `id.timestamp.body`: the specification forbids a `.` in the
+    // id, so that no byte can move between the id, the timestamp and the body under one
+    // signature.
+    if !is_valid_key(id) || id.contains('.') {
         return Err(VerifyError::MalformedId);
     }
     let timestamp_text = header(headers, &TIMESTAMP, VerifyError::MalformedTimestamp)?;
@@ -588,6 +591,12 @@ fn sign_message(msg: &SignMessage<'_>) -> Result<SignedRequest, SignError> {
         .id
         .map(str::to_owned)
         .unwrap_or_else(|| format!("msg_{}", random_hex()));
+    if id.contains('.') {
+        return Err(SignError::Scheme(
+            "--id must not contain '.': it separates the id from the timestamp in what is signed"
+                .to_owned(),
+        ));
+    }
     let timestamp = msg.timestamp.unwrap_or(msg.now);
     let body = format!(
         r#"{{"id":"evt_{}","object":"event","created_at":{timestamp},"type":{},"data":{}}}"#,
@@ -759,7 +768,7 @@ mod tests {
             );
         }
         let long = "m".repeat(crate::event::MAX_DEDUPE_KEY_LEN + 1);
-        for id in ["", "has space", long.as_str()] {
+        for id in ["", "has space", long.as_str(), "msg.1"] {
             let h = headers(id, &TS.to_string(), SIG);
             assert_eq!(
                 v.verify(&h, BODY, at(TS)),
