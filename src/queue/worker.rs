@@ -346,8 +346,14 @@ impl Workers {
             Ok(Deferred::Waiting) => {}
             Ok(Deferred::DeadLettered { attempts }) => {
                 tracing::warn!(delivery_id = %lease.delivery_id, route = %lease.route, error = %why, "queue: dead-lettered without an attempt");
-                if let Some(lane) = lane {
-                    lane.deliveries.observe(State::FailedFinal, attempts);
+                // A route this instance lacks has no lane, but its dead letter counts as
+                // any other (HookgateDeadLetters): it needs a replay once the route is back.
+                match lane {
+                    Some(lane) => lane.deliveries.observe(State::FailedFinal, attempts),
+                    None => self
+                        .metrics
+                        .delivery(&lease.route)
+                        .observe(State::FailedFinal, attempts),
                 }
             }
             // Still pending under this instance: it is taken over after the

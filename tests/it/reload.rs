@@ -585,3 +585,42 @@ async fn deliveries_waiting_for_a_slot_at_a_reload_go_where_the_route_now_points
     assert_eq!(old.received().len(), 1, "only the attempt already running");
     assert_eq!(new.received().len(), 2);
 }
+
+/// A delivery whose route this instance lacks, dead-lettered at `max_age`, is counted
+/// as every dead letter is: it was counted nowhere, so `HookgateDeadLetters` never
+/// said a replay was needed once the route is back.
+#[tokio::test]
+async fn a_delivery_dead_lettered_for_want_of_its_route_is_counted() {
+    let upstream = Upstream::with(Answer::status(503)).await;
+    let queued = |name: &str| {
+        config()
+            .queued()
+            .named_route(name, "*", &upstream)
+            .queue_option(
+                "backoff",
+                r#"{ initial = "50ms", max = "50ms", jitter = false }"#,
+            )
+            .queue_option("max_attempts", "1000")
+            .queue_option("max_age", r#""10s""#)
+    };
+    let file = ConfigFile::new(queued("first"));
+    let gw = Gateway::start_file(&file.path()).await;
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    upstream.wait_for(1).await;
+
+    file.write(queued("second"));
+    gw.reload().await.expect("a valid file");
+    // Its wait for the route (30 s at a time) ends past max_age: dead at once.
+    Deliveries::of(&gw)
+        .wait_for_state(&id, "failed_final")
+        .await;
+    let dead =
+        format!(r#"hookgate_deliveries_total{{result="failed_final",route="{SOURCE}/first"}}"#);
+    eventually("the dead letter counted", async || {
+        match gw.metrics().await.value(&dead) {
+            Some(n) if n == 1.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
