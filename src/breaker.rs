@@ -214,7 +214,7 @@ impl Breaker {
         }
     }
 
-    fn record(&self, failed: bool, probe: bool, now: Instant) {
+    fn record(self: &Arc<Self>, failed: bool, probe: bool, now: Instant) {
         let mut inner = self.lock();
         let cooldown = inner.policy.cooldown;
         match (inner.state, failed) {
@@ -257,10 +257,33 @@ impl Breaker {
         }
     }
 
-    fn enter(&self, inner: &mut Inner, state: State) {
+    fn enter(self: &Arc<Self>, inner: &mut Inner, state: State) {
         inner.state = state;
         self.metrics.state.set(state.gauge());
         self.metrics.transitions[state.gauge() as usize].inc();
+        // The gauge says half-open once the cooldown is over, traffic or not: decided
+        // only by the next request, it said open for as long as none came, and the
+        // breaker's alert fired for a route that merely had no traffic.
+        if let State::Open { until } = state
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let breaker = Arc::downgrade(self);
+            runtime.spawn(async move {
+                tokio::time::sleep_until(until).await;
+                if let Some(breaker) = breaker.upgrade() {
+                    breaker.cooled(until);
+                }
+            });
+        }
+    }
+
+    /// The cooldown that ended at `until` is over: half-open, the next request probes
+    /// (unless the breaker moved on meanwhile).
+    fn cooled(self: &Arc<Self>, until: Instant) {
+        let mut inner = self.lock();
+        if inner.state == (State::Open { until }) {
+            self.enter(&mut inner, State::HalfOpen { probing: false });
+        }
     }
 }
 

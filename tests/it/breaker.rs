@@ -377,3 +377,41 @@ async fn a_reload_that_points_the_route_elsewhere_starts_its_breaker_afresh() {
     assert!(reply.forwarded(), "{reply:?}");
     assert_eq!(gw.metrics().await.value(STATE), Some(0.0));
 }
+
+/// Once the cooldown is over the breaker is half-open, traffic or not: decided only by
+/// the next request, the gauge said open for as long as none came.
+#[tokio::test]
+async fn the_gauge_says_half_open_once_the_cooldown_is_over_without_traffic() {
+    let upstream = Upstream::with(Answer::status(500)).await;
+    let gw = Gateway::start(
+        config()
+            .named_route("fragile", "*", &upstream)
+            .route_option("breaker", r#"{ failures = 2, cooldown = "1s" }"#),
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(gw.post(PATH, &signed_event("a")).await.status(), 500);
+    }
+    assert_eq!(gw.metrics().await.value(STATE), Some(1.0));
+    eventually("half-open after the cooldown", async || {
+        match gw.metrics().await.value(STATE) {
+            Some(2.0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let scrape = gw.metrics().await;
+    assert_eq!(
+        transitions(&scrape, "openai/fragile", "0", "half_open"),
+        1.0
+    );
+    // The next request is the probe; its failure opens the breaker again.
+    assert_eq!(gw.post(PATH, &signed_event("b")).await.status(), 500);
+    let scrape = gw.metrics().await;
+    assert_eq!(scrape.value(STATE), Some(1.0));
+    assert_eq!(
+        transitions(&scrape, "openai/fragile", "0", "half_open"),
+        1.0
+    );
+    assert_eq!(transitions(&scrape, "openai/fragile", "0", "open"), 2.0);
+}
