@@ -22,6 +22,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -326,11 +327,12 @@ where
     });
     let activity = Arc::new(activity);
     let service = service_fn(move |req: Request<Incoming>| {
-        let mut busy = Busy::start(activity.clone());
-        let req = req.map(|inner| RequestBody {
-            inner,
+        let stream = Arc::new(Stream {
             activity: activity.clone(),
+            reset_counted: AtomicBool::new(false),
         });
+        let mut busy = Busy::start(stream.clone());
+        let req = req.map(|inner| RequestBody { inner, stream });
         let response = handler(req, peer);
         async move {
             let response = response.await;
@@ -387,16 +389,33 @@ struct Activity {
 
 /// One request in progress on a connection; dropping it ends it, and dropping it before
 /// it was answered means hyper cancelled it because the client reset the stream.
-struct Busy {
+/// One request (an HTTP/2 stream), shared by its `Busy` and its `RequestBody`.
+struct Stream {
     activity: Arc<watch::Sender<Activity>>,
+    /// A client's reset of this stream is counted once: both hyper dropping the
+    /// unanswered request and the body failing under the running pipeline see it (each
+    /// counting it, a client was cut off at half of `http2_max_resets`).
+    reset_counted: AtomicBool,
+}
+
+impl Stream {
+    fn count_reset(&self) {
+        if !self.reset_counted.swap(true, Ordering::Relaxed) {
+            self.activity.send_modify(|a| a.count_reset(Instant::now()));
+        }
+    }
+}
+
+struct Busy {
+    stream: Arc<Stream>,
     answered: bool,
 }
 
 impl Busy {
-    fn start(activity: Arc<watch::Sender<Activity>>) -> Busy {
-        activity.send_modify(|a| a.in_progress += 1);
+    fn start(stream: Arc<Stream>) -> Busy {
+        stream.activity.send_modify(|a| a.in_progress += 1);
         Busy {
-            activity,
+            stream,
             answered: false,
         }
     }
@@ -408,16 +427,15 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let answered = self.answered;
-        self.activity.send_modify(|a| {
+        self.stream.activity.send_modify(|a| {
             let now = Instant::now();
             a.in_progress -= 1;
             a.since = now;
             a.served = true;
-            if !answered {
-                a.count_reset(now);
-            }
         });
+        if !self.answered {
+            self.stream.count_reset();
+        }
     }
 }
 
@@ -436,7 +454,7 @@ impl Activity {
 /// guard like one hyper cancelled.
 pub struct RequestBody {
     inner: Incoming,
-    activity: Arc<watch::Sender<Activity>>,
+    stream: Arc<Stream>,
 }
 
 impl Body for RequestBody {
@@ -452,7 +470,7 @@ impl Body for RequestBody {
         if let Poll::Ready(Some(Err(e))) = &frame
             && is_stream_reset(e)
         {
-            this.activity.send_modify(|a| a.count_reset(Instant::now()));
+            this.stream.count_reset();
         }
         frame
     }

@@ -430,3 +430,53 @@ async fn an_http2_rapid_reset_burst_is_cut_off_and_does_not_stall_another_client
     })
     .await;
 }
+
+/// A client's reset of a stream whose body the gateway was reading counts once toward
+/// `http2_max_resets`: hyper dropping the unanswered request and the body failing
+/// under the pipeline each counted it, and a client was cut off at half the limit.
+#[tokio::test]
+async fn a_stream_reset_while_its_body_is_read_counts_once_toward_the_limit() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        config()
+            .set("limits", "http2_max_resets", "10")
+            .route("*", &upstream),
+    )
+    .await;
+    let stream = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let url = format!("http://{}{PATH}", gw.addr());
+    let request = |event: &hookgate::verify::SignedRequest| {
+        let mut request = Request::post(&url);
+        for (name, value) in &event.headers {
+            request = request.header(name, value);
+        }
+        request.body(()).unwrap()
+    };
+    for _ in 0..9 {
+        client = client.ready().await.unwrap();
+        let event = signed_event("response.completed");
+        let (_response, mut stream) = client.send_request(request(&event), false).unwrap();
+        stream
+            .send_data(
+                bytes::Bytes::copy_from_slice(&event.body.as_bytes()[..10]),
+                false,
+            )
+            .unwrap();
+        // The gateway reads the body's first bytes, then the client gives up.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    client = client.ready().await.expect("the connection still open");
+    let event = signed_event("response.completed");
+    let (response, mut stream) = client.send_request(request(&event), false).unwrap();
+    stream
+        .send_data(bytes::Bytes::from(event.body.clone()), true)
+        .unwrap();
+    assert_eq!(response.await.expect("answered").status(), 200);
+    assert_eq!(upstream.received().len(), 1);
+    connection.abort();
+}
