@@ -119,6 +119,15 @@ pub fn absent_field(provider: &str, events: &[String], pointer: &JsonPointer) ->
             OPENAI_EVENT_FIELDS.join(", ")
         ));
     }
+    // The other top-level fields are scalars (`object` is always "event"): nothing is
+    // below them. Most likely meant: the object an `enrich` route adds, which `match`
+    // never sees (it reads the event as OpenAI signed it).
+    if first != "data" && tokens.len() > 1 {
+        return Some(format!(
+            "can never exist: /{first} of an OpenAI event is a plain value, with nothing \
+             below it (match reads the event as signed, never an enriched object)"
+        ));
+    }
     let (Some(field), "data") = (tokens.get(1), first.as_str()) else {
         return None;
     };
@@ -182,6 +191,15 @@ mod tests {
         );
         assert_eq!(absent_field("openai", &responses, &p("/data/id")), None);
         assert_eq!(absent_field("openai", &responses, &p("/type")), None);
+        // Nothing is below a top-level scalar (an enriched object is never matched).
+        for pointer in ["/object/status", "/type/x", "/created_at/0"] {
+            assert!(
+                absent_field("openai", &route(&["*"]), &p(pointer))
+                    .unwrap()
+                    .contains("plain value"),
+                "{pointer}"
+            );
+        }
         // realtime.call.incoming carries more than the id: no warning where it may exist.
         assert_eq!(
             absent_field("openai", &route(&["*"]), &p("/data/call_id")),
