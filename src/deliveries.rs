@@ -172,12 +172,13 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
 
 /// `--since`: RFC 3339, or a duration before `now`; as Unix milliseconds.
 pub fn since_millis(text: &str, now: SystemTime) -> Result<u64, DeliveriesError> {
+    // A time as the API reads one (RFC 3339 with any offset, or Unix milliseconds):
+    // the CLI refused `2026-12-07T09:00:00+01:00`, which the API it calls takes.
     let at = match humantime::parse_duration(text) {
-        Ok(ago) => now.checked_sub(ago),
-        Err(_) => humantime::parse_rfc3339_weak(text).ok(),
+        Ok(ago) => now.checked_sub(ago).and_then(unix_millis),
+        Err(_) => crate::queue::record::parse_time(text),
     };
-    at.and_then(unix_millis)
-        .ok_or_else(|| DeliveriesError::Since(text.to_owned()))
+    at.ok_or_else(|| DeliveriesError::Since(text.to_owned()))
 }
 
 /// Percent-encodes a path segment or query value.
@@ -384,6 +385,11 @@ mod tests {
             1_700_000_000_000
         );
         assert!(since_millis("last tuesday", now).is_err());
+        // With an offset, as the API takes it.
+        assert_eq!(
+            since_millis("2023-11-14T23:13:20+01:00", now).unwrap(),
+            1_700_000_000_000
+        );
     }
 
     #[test]

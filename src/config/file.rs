@@ -759,7 +759,7 @@ impl<'de> Deserialize<'de> for SecretEntry {
         #[serde(deny_unknown_fields)]
         struct Table {
             secret: Secret,
-            #[serde(default, with = "humantime_serde")]
+            #[serde(default, deserialize_with = "rfc3339")]
             not_after: Option<SystemTime>,
         }
         struct Entry;
@@ -783,6 +783,31 @@ impl<'de> Deserialize<'de> for SecretEntry {
         }
         d.deserialize_any(Entry)
     }
+}
+
+/// A time in RFC 3339 with any offset (`"2027-06-30T00:00:00+02:00"`), as a string or a
+/// TOML datetime (`2027-06-30T00:00:00Z`): humantime's parser took only `Z`, and a TOML
+/// datetime failed as "invalid type: map".
+fn rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum When {
+        Text(String),
+        Toml(toml::value::Datetime),
+    }
+    let text = match Option::<When>::deserialize(d)? {
+        None => return Ok(None),
+        Some(When::Text(text)) => text,
+        Some(When::Toml(datetime)) => datetime.to_string(),
+    };
+    time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+        .map(|at| Some(SystemTime::from(at)))
+        .map_err(|_| {
+            D::Error::custom(format!(
+                "{text:?} is not an RFC 3339 time with its offset, such as \
+                 \"2027-06-30T00:00:00Z\" or \"2027-06-30T00:00:00+02:00\""
+            ))
+        })
 }
 
 /// `event_type` or `dedupe_key`: a string (a JSON pointer for `event_type`, a header name

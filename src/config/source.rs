@@ -915,7 +915,18 @@ mod tests {
         let e = config_error(
             "scheme = \"github\"\nsecrets = [{ secret = \"x\", not_after = \"soon\" }]",
         );
-        assert!(e.contains("line 5"), "{e}");
+        assert!(e.contains("line 5") && e.contains("RFC 3339"), "{e}");
+        // Any offset, and a TOML datetime, name the same instant.
+        for when in ["\"2999-12-31T02:00:00+02:00\"", "2999-12-31T00:00:00Z"] {
+            let settings = parsed(&format!(
+                "scheme = \"github\"\nsecrets = [\"y\", {{ secret = \"x\", not_after = {when} }}]"
+            ));
+            let described = settings.sources[0].verifier.describe();
+            assert!(
+                described.contains("secrets[1] until 2999-12-31T00:00:00Z"),
+                "{when}: {described}"
+            );
+        }
         let e = config_error(
             "scheme = \"github\"\nsecrets = [{ secret = \"x\", until = \"2030-01-01T00:00:00Z\" }]",
         );
