@@ -321,3 +321,31 @@ async fn the_access_log_names_the_unreachable_upstreams_host_and_rounds_its_dura
     let decimals = duration.split('.').nth(1).map_or(0, str::len);
     assert!(decimals <= 3, "duration_ms {duration} in {line}");
 }
+
+/// `dev-cert` writes what it is asked or says why not: `--out DIR --key FILE` ignored
+/// the key, and one file for both wrote the key over the certificate.
+#[tokio::test]
+async fn dev_cert_refuses_half_a_pair_and_one_file_for_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let (ok, _, stderr) =
+        hookgate_cli(&["dev-cert", "--out", &at("o"), "--key", &at("k.pem")]).await;
+    assert!(
+        !ok && stderr.contains("--cert and --key go together"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = hookgate_cli(&[
+        "dev-cert",
+        "--cert",
+        &at("same.pem"),
+        "--key",
+        &at("same.pem"),
+    ])
+    .await;
+    assert!(!ok && stderr.contains("same file"), "{stderr}");
+    assert!(!dir.path().join("o").exists() && !dir.path().join("same.pem").exists());
+    let (ok, out, stderr) =
+        hookgate_cli(&["dev-cert", "--cert", &at("c.pem"), "--key", &at("k.pem")]).await;
+    assert!(ok, "{stderr}");
+    assert!(out.starts_with("wrote "), "{out}");
+}
