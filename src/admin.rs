@@ -303,7 +303,7 @@ async fn show(queue: &dyn Queue, id: &str, with_body: bool) -> Result<Reply, Rep
         .await
         .map_err(unavailable)?
         .ok_or_else(|| error(StatusCode::NOT_FOUND, "not_found"))?;
-    Ok(answer(&detail))
+    Ok(answer(&detail.as_shown()))
 }
 
 async fn replay(queue: &dyn Queue, id: &str) -> Result<Reply, Reply> {

@@ -344,6 +344,9 @@ fn render_detail(json: &Value) -> Result<String, DeliveriesError> {
         Some(RecordBody::Base64(body)) => {
             out.push_str(&format!("body (base64, not UTF-8):\n{body}\n"))
         }
+        None if d.body_dropped => {
+            out.push_str("body: (dropped once delivered, with the header values)\n")
+        }
         None => {}
     }
     if let Some(object) = &d.object {

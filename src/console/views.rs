@@ -561,6 +561,7 @@ mod tests {
             )]),
             body,
             object: None,
+            body_dropped: false,
         }
     }
 

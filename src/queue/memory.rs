@@ -616,6 +616,7 @@ impl Queue for MemoryQueue {
                     .as_ref()
                     .filter(|_| with_body)
                     .map(|o| String::from_utf8_lossy(o).into_owned()),
+                body_dropped: false,
             }
         });
         ready(Ok(detail))

@@ -1118,6 +1118,7 @@ impl Queue for PostgresQueue {
                 headers,
                 body: with_body.then(|| RecordBody::new(body.as_deref().unwrap_or_default())),
                 object: object.map(|o| String::from_utf8_lossy(&o).into_owned()),
+                body_dropped: false,
             }))
         })
     }

@@ -284,6 +284,22 @@ pub struct Detail {
     /// the record keeps it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
+    /// Asked for the body of a processed record, which no longer has it (nor its
+    /// headers): said, rather than shown as an empty body the sender never sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body_dropped: bool,
+}
+
+impl Detail {
+    /// The record as the API shows it: a processed one's body and headers are gone.
+    pub fn as_shown(mut self) -> Detail {
+        if self.summary.state == State::Processed && self.body.is_some() {
+            self.body = None;
+            self.headers = None;
+            self.body_dropped = true;
+        }
+        self
+    }
 }
 
 /// A stored body as the admin API shows it: `"body"` when it is UTF-8 text (webhook
@@ -927,6 +943,7 @@ mod tests {
                     .map(|_| vec![("webhook-id".into(), "msg_1".into())]),
                 object: body.as_ref().map(|_| r#"{"id":"resp_1"}"#.into()),
                 body,
+                body_dropped: false,
             };
             let json = serde_json::to_value(&detail).unwrap();
             assert_eq!(json["state"], "failed_final");
@@ -943,6 +960,7 @@ mod tests {
                 headers: None,
                 body: Some(RecordBody::new(b"\xff")),
                 object: None,
+                body_dropped: false,
             })
             .unwrap()["body_base64"],
             "/w=="

@@ -224,7 +224,8 @@ async fn events_carrying_html_and_script_show_as_text_and_nothing_runs() {
         return;
     };
     let event_type = "<script>window.__pwned='type'</script>";
-    let webhook_id = "<img/src=x/onerror=window.__pwned='id'>";
+    // No '.': a Standard Webhooks id holding one is refused (`self` is `window`).
+    let webhook_id = "<img/src=x/onerror=self['__pwned']='id'>";
     let body = format!(
         r#"{{"type":"{}","data":{{"note":"</pre><script>window.__pwned='body'</script><b onmouseover=alert(1)>hi</b>"}}}}"#,
         event_type.replace('"', "\\\"")

@@ -182,9 +182,10 @@ async fn a_backlog_held_back_by_rate_is_put_back_about_once_per_delivery(store: 
         .await
         .value(r#"hookgate_store_duration_seconds_count{op="defer"}"#)
         .unwrap_or(0.0);
-    // Each of the 29 after the first put back once, with room for a turn missed by the
-    // machine's scheduling; without turns, 8 workers made about 7 defers per start.
-    assert!(defers <= 60.0, "{defers} defers for 30 deliveries");
+    // Each of the 29 after the first put back about once: a turn missed by a worker's
+    // poll puts one back at the end, so up to 3 each; without turns, 8 workers made
+    // about 7 defers per start (some 400 in all).
+    assert!(defers <= 90.0, "{defers} defers for 30 deliveries");
 }
 
 #[tokio::test]

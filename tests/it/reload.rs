@@ -618,7 +618,7 @@ async fn a_delivery_dead_lettered_for_want_of_its_route_is_counted() {
         format!(r#"hookgate_deliveries_total{{result="failed_final",route="{SOURCE}/first"}}"#);
     eventually("the dead letter counted", async || {
         match gw.metrics().await.value(&dead) {
-            Some(n) if n == 1.0 => Ok(()),
+            Some(1.0) => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })

@@ -1101,6 +1101,7 @@ impl Queue for RedisQueue {
                 object: present(fields.get(15))
                     .filter(|_| with_body)
                     .map(|o| String::from_utf8_lossy(&o).into_owned()),
+                body_dropped: false,
             }))
         })
     }
