@@ -41,6 +41,13 @@ pub struct Claim {
     held: bool,
 }
 
+impl Claim {
+    /// False when the store failed and `on_error = "allow"` let the request through.
+    pub fn held(&self) -> bool {
+        self.held
+    }
+}
+
 #[derive(Debug)]
 pub enum Claimed {
     Won(Claim),

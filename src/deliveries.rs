@@ -379,6 +379,26 @@ fn render_bulk_replay(json: &Value) -> Result<String, DeliveriesError> {
 mod tests {
     use super::*;
 
+    /// The STATE column was never padded (`State`'s Display ignored the width), so
+    /// every column after it slid left of its header.
+    #[test]
+    fn the_list_s_columns_line_up_with_their_headers() {
+        let list = serde_json::json!({"deliveries": [{
+            "id": "dlv_01a20259e7340b6b4ee5db9edfd7", "state": "processed",
+            "source": "openai", "route": "responses", "webhook_id": "msg_1",
+            "event_type": "response.completed", "attempts": 1,
+            "received_at": 1_700_000_000_000u64, "updated_at": 1_700_000_000_000u64
+        }]});
+        let shown = render_list(&list).unwrap();
+        let lines: Vec<&str> = shown.lines().collect();
+        let column = |line: &str, text: &str| line.find(text).unwrap();
+        assert_eq!(
+            column(lines[0], "ATTEMPTS") + "ATTEMPTS".len(),
+            column(lines[1], "1  openai") + 1,
+            "{shown}"
+        );
+    }
+
     #[test]
     fn since_is_a_timestamp_or_a_duration_ago() {
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);

@@ -48,7 +48,7 @@ use crate::ratelimit::RateLimit;
 use crate::reject::{self, Answer, Reject, json_response};
 use crate::route::Route;
 use crate::store::Store;
-use crate::telemetry::{Span, Telemetry};
+use crate::telemetry::{Failed, Span, Telemetry};
 
 pub struct Gateway {
     /// By path.
@@ -345,12 +345,11 @@ impl Gateway {
                 return Ok(Answer::Queued { delivery_ids });
             }
         }
+        let claiming = async { ClaimStage(self.dedupe.claim(&source.name, &claim_key).await) };
         let claim = match (trace.span)
-            .stage(
-                "hookgate.dedupe.claim",
-                self.dedupe.claim(&source.name, &claim_key),
-            )
-            .await?
+            .stage("hookgate.dedupe.claim", claiming)
+            .await
+            .0?
         {
             Claimed::Won(claim) => claim,
             Claimed::AlreadyDone => return Ok(Answer::Duplicate),
@@ -491,6 +490,20 @@ impl Gateway {
         if self.penalty_box.failed(ip, tokio::time::Instant::now()) == Recorded::Boxed {
             self.metrics.penalty_boxed();
             tracing::warn!(client_ip = %ip, "client put in the penalty box: too many failed verifications");
+        }
+    }
+}
+
+/// The claim stage's result, failed for its span also when the store failed and
+/// `on_error = "allow"` let the request through unguarded (its span said OK).
+struct ClaimStage(Result<Claimed, Reject>);
+
+impl Failed for ClaimStage {
+    fn failed(&self) -> bool {
+        match &self.0 {
+            Ok(Claimed::Won(claim)) => !claim.held(),
+            Ok(Claimed::AlreadyDone) => false,
+            Err(_) => true,
         }
     }
 }

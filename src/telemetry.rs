@@ -34,7 +34,6 @@ use opentelemetry::trace::{
     Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue, Value};
-use opentelemetry_http::HeaderExtractor;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -179,10 +178,9 @@ impl Telemetry {
             return Span::none();
         };
         // Most senders send none: then there is nothing to parse.
-        let incoming = if headers.contains_key(TRACEPARENT) {
-            on.propagator.extract(&HeaderExtractor(headers))
-        } else {
-            Context::new()
+        let incoming = match sender_context(headers) {
+            Some(carrier) => on.propagator.extract(&carrier),
+            None => Context::new(),
         };
         let sender = incoming.span().span_context().clone();
         let (parent, links) = match (sender.is_valid(), on.trust_incoming_traceparent) {
@@ -214,7 +212,7 @@ impl Telemetry {
         let Some(on) = &self.on else {
             return Span::none();
         };
-        let parent = match stored {
+        let parent = match stored.filter(|t| well_formed_traceparent(t.as_bytes())) {
             Some(traceparent) => {
                 let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
                 on.propagator.extract(&carrier)
@@ -422,6 +420,55 @@ impl Span {
     }
 }
 
+/// A sender's `traceparent` and `tracestate` for the propagator to read, when there is
+/// exactly one well-formed `traceparent` (W3C Trace Context 3.2; two are invalid, 3.3.1's
+/// rule for `tracestate` aside); its `tracestate` lines joined into one (3.3.1: only
+/// the first was read).
+fn sender_context(headers: &HeaderMap) -> Option<HashMap<String, String>> {
+    let mut parents = headers.get_all(TRACEPARENT).iter();
+    let parent = parents.next()?;
+    if parents.next().is_some() || !well_formed_traceparent(parent.as_bytes()) {
+        return None;
+    }
+    let mut carrier = HashMap::from([("traceparent".to_owned(), parent.to_str().ok()?.to_owned())]);
+    let state: Vec<&str> = headers
+        .get_all(TRACESTATE)
+        .iter()
+        .filter_map(|line| line.to_str().ok())
+        .collect();
+    if !state.is_empty() {
+        carrier.insert("tracestate".to_owned(), state.join(","));
+    }
+    Some(carrier)
+}
+
+/// Whether `value` is a `traceparent` as W3C Trace Context 3.2 writes one: two lowercase
+/// hex digits of version (not `ff`), 32 of trace id, 16 of parent id, 2 of flags, `-`
+/// between; exactly that for version `00`, and a later version's extra fields after a
+/// `-`. The SDK's propagator is laxer (it took `00-1-1-1`, a `+` sign, a trailing `-`),
+/// and with `trust_incoming_traceparent` a sender could choose short, colliding ids.
+fn well_formed_traceparent(value: &[u8]) -> bool {
+    let hex = |from: usize, to: usize| {
+        value
+            .get(from..to)
+            .is_some_and(|part| part.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    };
+    let dash = |at: usize| value.get(at) == Some(&b'-');
+    let version = value.get(..2);
+    hex(0, 2)
+        && version != Some(b"ff")
+        && dash(2)
+        && hex(3, 35)
+        && dash(35)
+        && hex(36, 52)
+        && dash(52)
+        && hex(53, 55)
+        && match version {
+            Some(b"00") => value.len() == 55,
+            _ => value.len() == 55 || dash(55),
+        }
+}
+
 /// The W3C `traceparent` of `context`, as the SDK's `TraceContextPropagator` writes it
 /// (version `00`, only the sampled flag), written straight into one string: on every
 /// forwarded request, sampled or not, the propagator's `format!` and its header parsing
@@ -619,6 +666,37 @@ mod tests {
             assert_eq!(traceparent_of(&context), value(&expected, &TRACEPARENT));
         }
         assert_eq!(traceparent_of(&SpanContext::NONE), None);
+    }
+
+    #[test]
+    fn only_a_well_formed_traceparent_is_read() {
+        let good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        assert!(well_formed_traceparent(good.as_bytes()));
+        // A later version may carry more fields, after a `-`.
+        assert!(well_formed_traceparent(
+            b"cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what-comes"
+        ));
+        for bad in [
+            "00-1-1-1",
+            "0-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-",
+            "00-+af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "cc-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01.x",
+            "",
+        ] {
+            assert!(!well_formed_traceparent(bad.as_bytes()), "{bad}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.append(TRACEPARENT, HeaderValue::from_static(good));
+        headers.append(TRACESTATE, HeaderValue::from_static("a=1,b=2"));
+        headers.append(TRACESTATE, HeaderValue::from_static("c=3"));
+        let carrier = sender_context(&headers).unwrap();
+        assert_eq!(carrier["tracestate"], "a=1,b=2,c=3");
+        // Two traceparents: neither is believed.
+        headers.append(TRACEPARENT, HeaderValue::from_static(good));
+        assert!(sender_context(&headers).is_none());
     }
 
     #[test]

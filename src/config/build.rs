@@ -94,6 +94,9 @@ fn log_level(level: &str) -> Result<String, Invalid> {
         })
 }
 
+/// The most spans `telemetry.max_queued_spans` may hold (about 1 GiB of spans).
+const MAX_QUEUED_SPANS: usize = 1_000_000;
+
 fn telemetry(file: &file::Telemetry) -> Result<TelemetrySettings, Invalid> {
     let endpoint = file.otlp_endpoint.trim_end_matches('/');
     let traces_url: http::Uri = format!("{endpoint}/v1/traces").parse().map_err(|e| {
@@ -153,10 +156,11 @@ fn telemetry(file: &file::Telemetry) -> Result<TelemetrySettings, Invalid> {
             "telemetry.service_name must not be empty",
         ));
     }
-    if file.max_queued_spans == 0 {
+    // Bounded above too: tokio's channel panicked at start with 2^62.
+    if !(1..=MAX_QUEUED_SPANS).contains(&file.max_queued_spans) {
         return Err(Invalid::at(
             "telemetry.max_queued_spans",
-            "telemetry.max_queued_spans must be at least 1",
+            format!("telemetry.max_queued_spans must be from 1 to {MAX_QUEUED_SPANS}"),
         ));
     }
     let headers = file
@@ -1406,6 +1410,11 @@ upstream = "http://127.0.0.1:9001/hooks"
             ),
             "{summary}"
         );
+        let text = format!(
+            "[telemetry]\notlp_endpoint = \"http://c:4318\"\nsample_ratio = 0.07\n{MINIMAL}"
+        );
+        let summary = parse(&text, "t").unwrap().summary();
+        assert!(summary.contains("sampling 7% of new traces"), "{summary}");
         assert!(!summary.contains(&home), "{summary}");
         assert!(
             parse(MINIMAL, "t")
@@ -1422,6 +1431,11 @@ upstream = "http://127.0.0.1:9001/hooks"
                 "otlp_endpoint = \"collector:4318\"",
                 "telemetry.otlp_endpoint",
                 "http://",
+            ),
+            (
+                "otlp_endpoint = \"http://c:4318\"\nmax_queued_spans = 4611686018427387904",
+                "telemetry.max_queued_spans",
+                "from 1 to 1000000",
             ),
             (
                 "otlp_endpoint = \"http://c:4318/v1/traces\"",

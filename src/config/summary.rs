@@ -111,7 +111,8 @@ impl Settings {
                  export every {}, timeout {}, at most {} spans queued",
                 t.traces_url,
                 t.service_name,
-                t.sample_ratio * 100.0,
+                // Rounded: 0.07 printed 7.000000000000001.
+                (t.sample_ratio * 1e6).round() / 1e4,
                 if t.trust_incoming_traceparent {
                     "continued"
                 } else {

@@ -77,8 +77,9 @@ impl State {
 }
 
 impl fmt::Display for State {
+    /// Padded as asked (`{:<16}`): `deliveries list`'s columns slid left without it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

@@ -511,7 +511,7 @@ impl Workers {
                 (outcome, error)
             }
             _ = until(&mut cut_short) => {
-                let attempt = self.interrupted(&job, Step::Deliver, started_at, started);
+                let attempt = self.interrupted(&job, Step::Deliver, started_at, started, &span);
                 self.hand_back(&lease, Some((&job, &attempt))).await;
                 span.set("hookgate.attempt.result", "handed_back");
                 return;
@@ -624,7 +624,7 @@ impl Workers {
         let fetched = tokio::select! {
             fetched = enricher.fetch(&object) => fetched,
             _ = until(cut_short) => {
-                let step = self.interrupted(&job, Step::Fetch, started_at, started);
+                let step = self.interrupted(&job, Step::Fetch, started_at, started, span);
                 self.hand_back(&job.lease, Some((&job, &step))).await;
                 span.set("hookgate.attempt.result", "handed_back");
                 return None;
@@ -648,7 +648,7 @@ impl Workers {
             result: Some("fetched".to_owned()),
             instance: self.instance.clone(),
             answer: None,
-            trace_id: None,
+            trace_id: span.trace_id(),
         };
         log_fetch(&job, &step, None);
         match self.queue.attach(&job, &step, fetched, now_millis()).await {
@@ -667,7 +667,14 @@ impl Workers {
     }
 
     /// A step of `job` that shutdown cut short, as its history entry records it.
-    fn interrupted(&self, job: &Job, step: Step, started_at: u64, started: Instant) -> Attempt {
+    fn interrupted(
+        &self,
+        job: &Job,
+        step: Step,
+        started_at: u64,
+        started: Instant,
+        span: &Span,
+    ) -> Attempt {
         Attempt {
             attempt: job.attempt,
             step,
@@ -678,7 +685,7 @@ impl Workers {
             result: Some("handed_back".to_owned()),
             instance: self.instance.clone(),
             answer: None,
-            trace_id: None,
+            trace_id: span.trace_id(),
         }
     }
 
@@ -719,7 +726,7 @@ impl Workers {
             result: Some(settlement.state().as_str().to_owned()),
             instance: self.instance.clone(),
             answer: None,
-            trace_id: None,
+            trace_id: span.trace_id(),
         };
         let moved = self.settle(job, &step, settlement).await;
         if moved && settlement == Settlement::Final {

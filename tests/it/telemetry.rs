@@ -138,7 +138,16 @@ async fn a_senders_traceparent_is_continued_when_trust_incoming_traceparent_is_s
 
 #[tokio::test]
 async fn a_malformed_traceparent_is_ignored_whether_trusted_or_not() {
-    for trust in ["false", "true"] {
+    // A bad digit; ids too short (the SDK's propagator took them); a trailing `-`.
+    let malformed = [
+        "00-0af7651916cd43dd8448eb211c80319c-zzzz6b7169203331-01",
+        "00-1-1-1",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-",
+    ];
+    for (trust, traceparent) in ["false", "true"]
+        .into_iter()
+        .flat_map(|trust| malformed.map(|t| (trust, t)))
+    {
         let collector = Collector::start().await;
         let upstream = Upstream::start().await;
         let gw = Gateway::start(
@@ -149,18 +158,16 @@ async fn a_malformed_traceparent_is_ignored_whether_trusted_or_not() {
             ),
         )
         .await;
-        let event = with_traceparent(
-            signed_event("response.completed"),
-            "00-0af7651916cd43dd8448eb211c80319c-zzzz6b7169203331-01",
-        );
+        let event = with_traceparent(signed_event("response.completed"), traceparent);
 
         assert_eq!(gw.post(PATH, &event).await.status(), 200);
         let spans = collector.wait_for("hookgate.request", 1).await;
 
         let request = one(&spans, "hookgate.request");
-        assert_eq!(request.parent_span_id, "", "trust = {trust}");
-        assert!(request.links.is_empty(), "trust = {trust}");
+        assert_eq!(request.parent_span_id, "", "trust = {trust}, {traceparent}");
+        assert!(request.links.is_empty(), "trust = {trust}, {traceparent}");
         assert_ne!(request.trace_id, SENDER_TRACE_ID);
+        assert!(!request.trace_id.starts_with("0000000000"), "{traceparent}");
         let call = one(&spans, "hookgate.upstream");
         assert_eq!(upstream.only().header("traceparent"), call.traceparent());
     }
@@ -524,7 +531,7 @@ async fn an_attempt_ended_by_its_fetch_says_so_in_its_span() {
     ));
 
     let id = enqueue(&gw.client(), &event).await;
-    Deliveries::of(&gw)
+    let record = Deliveries::of(&gw)
         .wait_for_state(&id, "failed_final")
         .await;
     let spans = collector.wait_for("hookgate.attempt", 1).await;
@@ -537,6 +544,12 @@ async fn an_attempt_ended_by_its_fetch_says_so_in_its_span() {
     );
     assert_eq!(attempt.status_code, 2, "an error: {attempt:#?}");
     assert!(backend.received().is_empty());
+    // The fetch's record carries its trace, as an attempt's does (it had none).
+    let history = record["history"].as_array().unwrap();
+    assert!(!history.is_empty(), "{record:#}");
+    for step in history {
+        assert_eq!(step["trace_id"], attempt.trace_id, "{record:#}");
+    }
 }
 
 /// A commit the store failed once left `hookgate.dedupe.settle` OK: only the log said.
@@ -603,4 +616,35 @@ async fn a_full_batch_of_spans_is_exported_without_waiting_for_the_interval() {
         .value("hookgate_telemetry_spans_dropped_total")
         .unwrap_or(0.0);
     assert_eq!(dropped, 0.0);
+}
+
+/// A claim the store failed, let through unguarded by `on_error = "allow"`, is an error
+/// span: it said OK, though the README's table says the store failed.
+#[tokio::test]
+async fn a_claim_the_store_failed_and_let_through_is_an_error_span() {
+    let Some(mut redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let collector = Collector::start().await;
+    let upstream = Upstream::start().await;
+    let config = config()
+        .redis(&redis)
+        .store_option("timeout", "300ms")
+        .store_option("connect_timeout", "300ms")
+        .store_option("on_error", "allow")
+        .route("*", &upstream);
+    let gw = Gateway::start(telemetry(config, collector.endpoint())).await;
+    redis.stop();
+
+    assert_eq!(
+        gw.post(PATH, &signed_event("response.completed"))
+            .await
+            .status(),
+        200
+    );
+    let spans = collector.wait_for("hookgate.request", 1).await;
+
+    let claim = one(&spans, "hookgate.dedupe.claim");
+    assert_eq!(claim.status_code, 2, "the store failed: {claim:#?}");
+    assert_eq!(upstream.received().len(), 1);
 }
