@@ -558,8 +558,11 @@ impl SpanProcessor for Batcher {
         // tick capped what was exported at `max_queued_spans` per `export_interval` (4,096
         // spans a second by default: a gateway past about 700 requests a second, each
         // traced, dropped the rest).
+        // At least a batch, not exactly one: two spans ending at once on two threads
+        // can both count past a multiple of it, and the wake-up was missed. A `Notify`
+        // keeps one permit, so repeated calls while an export runs cost nothing more.
         let queued = self.spans.max_capacity() - self.spans.capacity();
-        if queued % MAX_BATCH == 0 {
+        if queued >= MAX_BATCH {
             self.batch_full.notify_one();
         }
     }

@@ -373,30 +373,39 @@ async fn a_collector_that_is_down_or_hangs_changes_no_answer_and_the_dropped_spa
 async fn no_span_attribute_holds_a_body_a_signature_or_a_secret() {
     let collector = Collector::start().await;
     let upstream = Upstream::start().await;
+    // The client's address comes through a trusted proxy, so that it differs from the
+    // upstream's (127.0.0.1, which `server.address` names) and its absence means
+    // something: the check for "127.0.0.1:" could not fail (nothing writes a port).
+    const CLIENT_IP: &str = "203.0.113.7";
     let gw = Gateway::start(
-        telemetry(config().route("*", &upstream), collector.endpoint()).set(
-            "telemetry",
-            "headers",
-            &format!("{{ authorization = \"Bearer {COLLECTOR_TOKEN}\" }}"),
-        ),
+        telemetry(config().route("*", &upstream), collector.endpoint())
+            .set(
+                "telemetry",
+                "headers",
+                &format!("{{ authorization = \"Bearer {COLLECTOR_TOKEN}\" }}"),
+            )
+            .set("rate_limit", "trusted_proxies", r#"["127.0.0.0/8"]"#),
     )
     .await;
-    let event = signed_body(r#"{"type":"response.completed","data":{"marker":"body-only-7f3a"}}"#);
+    let event = signed_body(r#"{"type":"response.completed","data":{"marker":"body-only-7f3a"}}"#)
+        .with_header("x-forwarded-for", CLIENT_IP);
     let signature = event.header("webhook-signature").to_owned();
     assert_eq!(gw.post(PATH, &event).await.status(), 200);
-    let unsigned = signed_raw(OTHER_SECRET, &fresh_id(), now_unix(), r#"{"type":"x"}"#);
+    let unsigned = signed_raw(OTHER_SECRET, &fresh_id(), now_unix(), r#"{"type":"x"}"#)
+        .with_header("x-forwarded-for", CLIENT_IP);
     assert_eq!(gw.post(PATH, &unsigned).await.status(), 400);
     let spans = collector.wait_for("hookgate.request", 2).await;
 
     let signature_value = signature.trim_start_matches("v1,");
     for span in &spans {
-        for (key, value) in &span.attributes {
+        let status = ("status".to_owned(), span.status_message.clone());
+        for (key, value) in span.attributes.iter().chain([(&status.0, &status.1)]) {
             for secret in [
                 "body-only-7f3a",
                 signature_value,
                 SECRET,
                 COLLECTOR_TOKEN,
-                "127.0.0.1:",
+                CLIENT_IP,
             ] {
                 assert!(
                     !value.contains(secret),

@@ -34,6 +34,7 @@ pub struct CollectedSpan {
     pub links: Vec<(String, String)>,
     /// 2 = error.
     pub status_code: i32,
+    pub status_message: String,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
     /// `service.name` of the resource it came with.
@@ -184,7 +185,8 @@ fn decode(body: &[u8]) -> Option<Vec<CollectedSpan>> {
                         .iter()
                         .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
                         .collect(),
-                    status_code: span.status.map(|s| s.code).unwrap_or_default(),
+                    status_code: span.status.as_ref().map(|s| s.code).unwrap_or_default(),
+                    status_message: span.status.map(|s| s.message).unwrap_or_default(),
                     start_unix_nano: span.start_time_unix_nano,
                     end_unix_nano: span.end_time_unix_nano,
                     service: service.clone(),
