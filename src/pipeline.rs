@@ -261,7 +261,12 @@ impl Gateway {
         let entry = self.sources.get(req.uri().path());
         trace.source = entry;
         check_header_limits(req.headers(), &self.limits)?;
-        if let Some(wait) = self.penalty_box.remaining(ip, tokio::time::Instant::now()) {
+        // The box never stands between a sender and a source that lists its address:
+        // boxed through another source (failures there count), a shared sender address
+        // would still have its genuine deliveries here refused.
+        if let Some(wait) = self.penalty_box.remaining(ip, tokio::time::Instant::now())
+            && !entry.is_some_and(|e| is_senders(ip, &e.source))
+        {
             return Err(Reject::PenaltyBox { retry_after: wait });
         }
         if let Some(entry) = entry {
@@ -291,7 +296,7 @@ impl Gateway {
             // there could point a webhook signed with their own secret at this URL and
             // get the sender boxed, its genuine deliveries refused. Not counted there.
             .inspect_err(|_| {
-                if source.allow_ips.is_empty() {
+                if !is_senders(ip, source) {
                     self.verification_failed(ip)
                 }
             })?;
@@ -551,6 +556,11 @@ fn check_header_limits(headers: &HeaderMap, limits: &Limits) -> Result<(), Rejec
         return Err(Reject::HeadersTooLarge);
     }
     Ok(())
+}
+
+/// Whether `ip` is one of the sender's own addresses: in the source's `allow_ips`.
+fn is_senders(ip: IpAddr, source: &Source) -> bool {
+    source.allow_ips.iter().any(|net| net.contains(&ip))
 }
 
 /// The source's `allow_ips`, when it has any.

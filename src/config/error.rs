@@ -225,9 +225,21 @@ fn without_value(line: &str) -> String {
     if header || trimmed.is_empty() {
         return line.to_owned();
     }
-    match line.split_once('=') {
-        Some((key, _)) => format!("{key}= …"),
-        None => format!("{}…", &line[..line.len() - line.trim_start().len()]),
+    // A key as hookgate's are written, `name = `: lowercase, digits, `_` and dots,
+    // spaced from its `=`. A line of a multi-line array or string looks like that only
+    // by chance (a base64 secret has capitals, its padding `==` no space after it).
+    let indent = &line[..line.len() - line.trim_start().len()];
+    match line.trim_start().split_once(" = ") {
+        Some((key, _))
+            if !key.is_empty()
+                && key
+                    .trim_end()
+                    .bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.')) =>
+        {
+            format!("{indent}{key} = …")
+        }
+        _ => format!("{indent}…"),
     }
 }
 
@@ -479,6 +491,8 @@ mod tests {
             // Without quotes (not a TOML value), and inside a multi-line array.
             "[admin]\ntoken = \"x\"\n[[sources]]\nsecrets = [whsec_abc]\n",
             "[admin]\ntoken = \"x\"\n[[sources]]\nsecrets = [\n  \"a\",\n  whsec_abc\n]\n",
+            // Its padding looked like a key's `=`.
+            "[admin]\ntoken = \"x\"\n[[sources]]\nsecrets = [\n  \"a\",\n  whsec_abc==\n]\n",
             // A number where a string belongs: serde names it in backticks.
             "[admin]\ntoken = \"x\"\n[[sources]]\nsecrets = [123456789]\n",
         ] {

@@ -155,3 +155,37 @@ async fn failures_from_a_sources_allowed_addresses_never_box_the_sender() {
         Some(0.0)
     );
 }
+
+/// Boxed through another source (one without `allow_ips`, where failures count), a
+/// sender's shared address still reaches the source that lists it.
+#[tokio::test]
+async fn a_sender_boxed_through_another_source_still_reaches_the_source_that_lists_it() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        config()
+            .set("penalty_box", "max_failures", "3")
+            .allow_ips(&["127.0.0.0/8"])
+            .route("*", &upstream)
+            .source("other", "/webhooks/other")
+            .route("*", &upstream),
+    )
+    .await;
+    for _ in 0..5 {
+        let (status, _) = post_from_to(
+            "127.0.0.2",
+            gw.addr(),
+            "/webhooks/other",
+            &signed_event_with(OTHER_SECRET, "response.completed"),
+        )
+        .await;
+        assert!(status == 400 || status == 429, "{status}");
+    }
+    assert_eq!(
+        gw.metrics().await.value("hookgate_penalty_box_total"),
+        Some(1.0)
+    );
+
+    let (status, _) = post_from("127.0.0.2", gw.addr(), &signed_event("response.completed")).await;
+
+    assert_eq!(status, 200);
+}

@@ -76,12 +76,22 @@ pub async fn post_from(
     gateway: SocketAddr,
     delivery: &hookgate::sign::SignedRequest,
 ) -> (http::StatusCode, String) {
+    post_from_to(from, gateway, PATH, delivery).await
+}
+
+/// `post_from` to the source at `path`.
+pub async fn post_from_to(
+    from: &str,
+    gateway: SocketAddr,
+    path: &str,
+    delivery: &hookgate::sign::SignedRequest,
+) -> (http::StatusCode, String) {
     let stream = connect_from(from, gateway).await.expect("connect");
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("HTTP/1.1 handshake");
     tokio::spawn(connection);
-    let request = delivery_request(PATH, delivery);
+    let request = delivery_request(path, delivery);
     let (parts, body) = tokio::time::timeout(PATIENCE, sender.send_request(request))
         .await
         .expect("the gateway answers in time")
