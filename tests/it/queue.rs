@@ -671,6 +671,22 @@ async fn the_redis_queue_reads_redis_persistence_and_says_when_a_202_is_not_dura
     })
     .await;
     assert_eq!(gw.metrics().await.value(persistence), Some(1.0));
+    drop(gw);
+
+    // An append-only file does not help a Redis that evicts keys at its memory limit:
+    // the queue's stream and records go with the rest, no restart needed.
+    for (key, value) in [("maxmemory", "100mb"), ("maxmemory-policy", "allkeys-lru")] {
+        let _: () = redis
+            .query(::redis::cmd("CONFIG").arg("SET").arg(key).arg(value))
+            .await;
+    }
+    let (ok, out, err) = hookgate_cli(&["check", "--config", &path]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("queue persistence: NOT durable: Redis evicts keys")
+            && out.contains("maxmemory-policy allkeys-lru"),
+        "{out}"
+    );
 }
 
 #[tokio::test]

@@ -1182,7 +1182,10 @@ impl Queue for RedisQueue {
     }
 
     fn durable(&self) -> bool {
-        !matches!(self.persistence(), Persistence::Snapshots)
+        !matches!(
+            self.persistence(),
+            Persistence::Snapshots | Persistence::Evicting { .. }
+        )
     }
 
     fn describe(&self) -> String {

@@ -2,8 +2,10 @@
 //! sender once Redis has the delivery, and a sender never retries a delivery it got a
 //! `202` for; with Redis' defaults (RDB snapshots, no append-only file) a restart of
 //! Redis loses every delivery acknowledged since the last snapshot. Redis' own settings
-//! decide this, so they are read (`CONFIG GET append*`, on every primary of a cluster)
-//! and said out loud: a log line, `hookgate check`, `/readyz` and a gauge.
+//! decide this, so they are read (`CONFIG GET append* maxmemory maxmemory-policy`, on
+//! every primary of a cluster) and said out loud: a log line, `hookgate check`,
+//! `/readyz` and a gauge. A Redis that evicts keys under memory pressure loses
+//! deliveries without any restart: that is not durable either.
 
 use std::collections::HashMap;
 
@@ -15,6 +17,10 @@ use crate::store::redis::{Conn, RedisConnection};
 /// What Redis' persistence settings promise for an acknowledged write, worst first.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Persistence {
+    /// A `maxmemory` with a `maxmemory-policy` other than `noeviction`: under memory
+    /// pressure Redis deletes keys, the queue's stream, schedule and records among them,
+    /// with no restart at all.
+    Evicting { policy: String },
     /// `appendonly no`: a Redis restart loses what was written since the last snapshot.
     Snapshots,
     /// The settings could not be read (many managed services refuse `CONFIG`), or not yet.
@@ -30,6 +36,15 @@ pub enum Persistence {
 impl Persistence {
     /// From one server's `CONFIG GET append*` answer.
     fn from_config(config: &HashMap<String, String>) -> Persistence {
+        let limited = config.get("maxmemory").is_some_and(|m| m != "0");
+        if let Some(policy) = config.get("maxmemory-policy")
+            && limited
+            && policy != "noeviction"
+        {
+            return Persistence::Evicting {
+                policy: policy.clone(),
+            };
+        }
         match (
             config.get("appendonly").map(String::as_str),
             config.get("appendfsync").map(String::as_str),
@@ -52,7 +67,7 @@ impl Persistence {
     /// 2 survives a host crash too, -1 unknown.
     pub fn gauge(&self) -> i64 {
         match self {
-            Persistence::Snapshots => 0,
+            Persistence::Evicting { .. } | Persistence::Snapshots => 0,
             Persistence::Unknown(_) => -1,
             Persistence::AppendOnly { .. } => 1,
             Persistence::Fsynced => 2,
@@ -63,6 +78,10 @@ impl Persistence {
 impl std::fmt::Display for Persistence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Persistence::Evicting { policy } => write!(
+                f,
+                "NOT durable: Redis evicts keys when it reaches maxmemory (maxmemory-policy {policy}), deliveries already answered 202 among them; set maxmemory-policy noeviction"
+            ),
             Persistence::Snapshots => f.write_str(
                 "NOT durable: Redis runs without an append-only file (appendonly no), so a Redis restart loses every delivery acknowledged since its last snapshot; set appendonly yes",
             ),
@@ -87,8 +106,12 @@ impl std::fmt::Display for Persistence {
 pub async fn read(redis: &RedisConnection) -> Persistence {
     let answers = redis
         .call("config_get", async |conn| {
+            // Several patterns in one CONFIG GET: Redis 7.
             let mut cmd = redis::cmd("CONFIG");
-            cmd.arg("GET").arg("append*");
+            cmd.arg("GET")
+                .arg("append*")
+                .arg("maxmemory")
+                .arg("maxmemory-policy");
             match conn {
                 Conn::Single(_) => Ok(vec![cmd.query_async::<Value>(conn).await?]),
                 Conn::Cluster(cluster) => {
@@ -143,6 +166,27 @@ mod tests {
             Persistence::from_config(&config(&[("appendonly", "yes"), ("appendfsync", "always")])),
             Persistence::Fsynced
         );
+    }
+
+    #[test]
+    fn a_redis_that_evicts_keys_is_not_durable_whatever_its_file() {
+        let evicting = config(&[
+            ("appendonly", "yes"),
+            ("appendfsync", "always"),
+            ("maxmemory", "3145728"),
+            ("maxmemory-policy", "allkeys-lru"),
+        ]);
+        let found = Persistence::from_config(&evicting);
+        assert!(matches!(found, Persistence::Evicting { .. }), "{found}");
+        assert!(!found.survives_restart());
+        assert_eq!(found.gauge(), 0);
+        // No limit, or no eviction: the file decides.
+        for (maxmemory, policy) in [("0", "allkeys-lru"), ("3145728", "noeviction")] {
+            let mut settings = evicting.clone();
+            settings.insert("maxmemory".into(), maxmemory.into());
+            settings.insert("maxmemory-policy".into(), policy.into());
+            assert_eq!(Persistence::from_config(&settings), Persistence::Fsynced);
+        }
     }
 
     #[test]
