@@ -203,6 +203,13 @@ impl Workers {
                         failures = 0;
                         took = leases.len();
                         for lease in leases {
+                            // Taken back by this instance itself (Redis' XAUTOCLAIM
+                            // does not skip its own consumer) after its renewals failed
+                            // for the visibility timeout: the attempt holding it goes
+                            // on, and a second one would race it to the settle.
+                            if self.holds(&lease) {
+                                continue;
+                            }
                             let slot = self
                                 .slots
                                 .clone()
@@ -274,6 +281,13 @@ impl Workers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(lease.clone());
+    }
+
+    fn holds(&self, lease: &Lease) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(lease)
     }
 
     fn release(&self, lease: &Lease) {
@@ -458,6 +472,14 @@ impl Workers {
                 return self.release(&lease);
             }
         };
+        // Past `max_attempts` already as it begins: the attempts before it never reached
+        // their settle (their instance was killed or crashed in them, which a poison
+        // delivery can do every time), and only a settle checks the limit. Final now,
+        // unsent, as that settle would have made it. (`max_age` is left to the settles:
+        // a delivery a backlog kept waiting past it is still attempted once due.)
+        if job.attempt > self.policy.max_attempts {
+            return self.unfinished_past_limits(lane, &job).await;
+        }
         let span = self.attempt_span(&job).await;
         let Some((job, body, enriched_by)) =
             self.before_attempt(lane, job, &span, &mut cut_short).await
@@ -583,6 +605,32 @@ impl Workers {
             error = attempt.error.as_deref(),
         );
         self.release(&lease);
+    }
+
+    /// Dead-letters `job`, begun past `max_attempts`, without sending it.
+    async fn unfinished_past_limits(&self, lane: &Lane, job: &Job) {
+        let error = format!(
+            "not attempted: attempt {} of at most {}; the attempts before it never finished \
+             (their instance stopped or crashed in them)",
+            job.attempt, self.policy.max_attempts,
+        );
+        let attempt = Attempt {
+            attempt: job.attempt,
+            step: Step::Deliver,
+            started_at: now_millis(),
+            duration_ms: Some(0),
+            status: None,
+            error: Some(error),
+            result: Some(State::FailedFinal.as_str().to_owned()),
+            instance: self.instance.clone(),
+            answer: None,
+            trace_id: None,
+        };
+        tracing::warn!(delivery_id = %job.lease.delivery_id, route = %job.lease.route, attempt = job.attempt, "queue: dead-lettered unsent: the attempts before this one never finished");
+        if self.settle(job, &attempt, Settlement::Final).await {
+            lane.deliveries.observe(State::FailedFinal, job.attempt);
+        }
+        self.release(&job.lease);
     }
 
     /// The body of the attempt: the event as received, or on an `enrich` route `{"event",

@@ -905,3 +905,37 @@ async fn the_deliveries_command_ends_quietly_when_its_reader_is_gone() {
     assert!(out.status.success(), "{:?} {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A delivery whose attempts never finish (each kills its instance, as a poison body
+/// might) is dead-lettered once `max_attempts` have begun: only a settle checked the
+/// limit, so it was taken over and sent again after every crash, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_that_never_finish_end_at_max_attempts() {
+    let Some(store) = TestStore::redis().await else {
+        return;
+    };
+    let upstream = Upstream::with(Answer::held()).await;
+    let config = || queue_config(&store, &upstream).queue_option("max_attempts", "2");
+    let mut first = GatewayProcess::spawn(config()).await;
+    let id = enqueue(&first.client(), &signed_event("response.completed")).await;
+    upstream.wait_for(1).await;
+    let mut second = GatewayProcess::spawn(config()).await;
+    first.kill();
+    upstream.wait_for(2).await;
+    let third = GatewayProcess::spawn(config()).await;
+    second.kill();
+
+    let record = Deliveries::at(third.admin_addr)
+        .wait_for_state(&id, "failed_final")
+        .await;
+    assert_eq!(upstream.received().len(), 2, "not sent a third time");
+    let history = record["history"].as_array().unwrap();
+    assert!(
+        history
+            .last()
+            .and_then(|a| a["error"].as_str())
+            .is_some_and(|e| e.contains("never finished")),
+        "{record:#}"
+    );
+    upstream.release();
+}
