@@ -308,12 +308,7 @@ pub fn parse_upstream(text: &str) -> Result<Uri, String> {
     // hyper sends no `Authorization` for them: the backend got none, and `check` printed
     // the password.
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(
-            "carries credentials (user:password@), which are never sent: put the backend's \
-             credentials in its URL's path or query, or have it trust hookgate's signature \
-             (resign)"
-                .to_owned(),
-        );
+        return Err("carries credentials (user:password@), which are never sent".to_owned());
     }
     // `http::Uri` takes any digits as a port: 99999 was accepted, then never connected.
     let written_port = uri
@@ -326,13 +321,19 @@ pub fn parse_upstream(text: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
-/// An upstream URL as an error may show it: without the credentials it may carry.
+/// A URL as an error may show it: without the credentials it may carry. Up to the
+/// last `@` of what could be its authority (a password may hold `@` or `/`; the URL
+/// parsers take the last `@` before the path's query or fragment).
 pub fn shown_upstream(text: &str) -> String {
-    match (text.find("://"), text.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme && !text[scheme + 3..at].contains('/') => {
-            format!("{}…{}", &text[..scheme + 3], &text[at..])
-        }
-        _ => text.to_owned(),
+    let Some(scheme) = text.find("://").map(|i| i + 3) else {
+        return text.to_owned();
+    };
+    let end = text[scheme..]
+        .find(['?', '#'])
+        .map_or(text.len(), |i| scheme + i);
+    match text[scheme..end].rfind('@') {
+        Some(at) => format!("{}…{}", &text[..scheme], &text[scheme + at..]),
+        None => text.to_owned(),
     }
 }
 
@@ -498,6 +499,16 @@ mod tests {
         // Credentials hyper would never send, shown without them; a port out of range.
         let e = Route::new("s", "r", &events, "http://u:pw@127.0.0.1:9/auth").unwrap_err();
         assert!(e.contains("credentials") && !e.contains("pw"), "{e}");
+        for url in [
+            "http://u:p@ss@h/x",
+            "http://u:p/ss@h/x",
+            "http://u:pss@h/x?a=@b",
+        ] {
+            let shown = shown_upstream(url);
+            assert!(!shown.contains("ss"), "{url}: {shown}");
+            assert!(shown.starts_with("http://…@"), "{url}: {shown}");
+        }
+        assert_eq!(shown_upstream("http://h/x?a=@b"), "http://h/x?a=@b");
         let e = Route::new("s", "r", &events, "http://127.0.0.1:99999/x").unwrap_err();
         assert!(e.contains("port"), "{e}");
         assert!(Route::new("s", "r", &events, "http://127.0.0.1:65535/x").is_ok());

@@ -98,49 +98,30 @@ fn log_level(level: &str) -> Result<String, Invalid> {
 const MAX_QUEUED_SPANS: usize = 1_000_000;
 
 fn telemetry(file: &file::Telemetry) -> Result<TelemetrySettings, Invalid> {
+    // The base URL, as OTEL_EXPORTER_OTLP_ENDPOINT is: the traces path itself or a
+    // query made `.../v1/traces/v1/traces` or `...?x=1/v1/traces`. Checked as an upstream
+    // is (http or https, a host, a port in range, no credentials: `headers` carries them).
     let endpoint = file.otlp_endpoint.trim_end_matches('/');
-    let traces_url: http::Uri = format!("{endpoint}/v1/traces").parse().map_err(|e| {
+    let invalid = |why: &str| {
         Invalid::at(
             "telemetry.otlp_endpoint",
             format!(
-                "telemetry.otlp_endpoint {endpoint:?} is not a URL ({e}); write an http:// or \
-                 https:// URL, such as \"http://otel-collector:4318\""
+                "telemetry.otlp_endpoint {:?} {why}; write the collector's base URL, such as \
+                 \"http://otel-collector:4318\"",
+                crate::route::shown_upstream(endpoint)
             ),
         )
-    })?;
-    // The base URL, as OTEL_EXPORTER_OTLP_ENDPOINT is: a query or the traces path
-    // itself made `.../v1/traces/v1/traces` or `...?x=1/v1/traces`; credentials in it are
-    // never sent (`headers` is the way).
-    let shown = crate::route::shown_upstream(endpoint);
-    let wrong = if endpoint.ends_with("/v1/traces") {
-        Some("is the collector's base URL: hookgate adds /v1/traces itself")
-    } else if endpoint.contains(['?', '#']) {
-        Some("must have no query or fragment (hookgate adds /v1/traces to it)")
-    } else if traces_url
-        .authority()
-        .is_some_and(|a| a.as_str().contains('@'))
-    {
-        Some("carries credentials, which are never sent: use telemetry.headers")
-    } else {
-        None
     };
-    if let Some(wrong) = wrong {
-        return Err(Invalid::at(
-            "telemetry.otlp_endpoint",
-            format!(
-                "telemetry.otlp_endpoint {shown:?} {wrong}, such as \"http://otel-collector:4318\""
-            ),
-        ));
+    if endpoint.ends_with("/v1/traces") {
+        return Err(invalid("ends in /v1/traces, which hookgate adds itself"));
     }
-    if !matches!(traces_url.scheme_str(), Some("http" | "https")) || traces_url.host().is_none() {
-        return Err(Invalid::at(
-            "telemetry.otlp_endpoint",
-            format!(
-                "telemetry.otlp_endpoint {endpoint:?} must be an http:// or https:// URL, \
-                 such as \"http://otel-collector:4318\""
-            ),
-        ));
+    if endpoint.contains(['?', '#']) {
+        return Err(invalid("must have no query or fragment"));
     }
+    crate::route::parse_upstream(endpoint).map_err(|why| invalid(&why))?;
+    let traces_url: http::Uri = format!("{endpoint}/v1/traces")
+        .parse()
+        .map_err(|e| invalid(&format!("is not a URL ({e})")))?;
     if !(0.0..=1.0).contains(&file.sample_ratio) {
         return Err(Invalid::at(
             "telemetry.sample_ratio",
@@ -1440,7 +1421,12 @@ upstream = "http://127.0.0.1:9001/hooks"
             (
                 "otlp_endpoint = \"http://c:4318/v1/traces\"",
                 "telemetry.otlp_endpoint",
-                "adds /v1/traces itself",
+                "which hookgate adds itself",
+            ),
+            (
+                "otlp_endpoint = \"http://c:99999\"",
+                "telemetry.otlp_endpoint",
+                "port out of range",
             ),
             (
                 "otlp_endpoint = \"http://c:4318?x=1\"",

@@ -1110,3 +1110,37 @@ async fn a_migration_lock_held_for_good_stops_the_start_with_a_reason() {
     let gw = hookgate::start(settings(&config)).await;
     assert!(gw.is_ok(), "{:?}", gw.err().map(|e| e.to_string()));
 }
+
+/// Another instance migrating, however long it takes, is waited for: a start gives up
+/// only on a lock whose holder runs no statement (a fixed 30 s failed every other
+/// instance of a rollout whose migration took longer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_running_longer_than_the_patience_is_waited_for() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let config = queue_config(&url, &schema, "http://127.0.0.1:9/hooks");
+    let holder = session(&url, "public").await;
+    let key = format!("hookgate migrations {schema}");
+    holder
+        .execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])
+        .await
+        .unwrap();
+    // A statement running past the 30 s patience while the lock is held, then let go.
+    let migrating = tokio::spawn(async move {
+        holder.batch_execute("SELECT pg_sleep(34)").await.unwrap();
+        holder
+            .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&key])
+            .await
+            .unwrap();
+        holder
+    });
+    let started = std::time::Instant::now();
+    let gw = tokio::time::timeout(Duration::from_secs(90), hookgate::start(settings(&config)))
+        .await
+        .expect("started once the lock was let go");
+    assert!(gw.is_ok(), "{:?}", gw.err().map(|e| e.to_string()));
+    assert!(started.elapsed() >= Duration::from_secs(33));
+    drop(migrating.await.unwrap());
+}

@@ -30,15 +30,24 @@ pub enum SchemaError {
     #[error("migration to schema version {version} failed: {detail}")]
     Failed { version: i32, detail: String },
     #[error(
-        "another session has held the migration lock of schema \"{schema}\" for {waited:?} \
-         (a hookgate instance or `hookgate migrate` still migrating, or stuck: see \
-         pg_locks where locktype = 'advisory')"
+        "another session holds the migration lock of schema \"{schema}\" and has run no \
+         statement for 30 s (waited {waited:?}): a stuck `hookgate migrate`, or a session \
+         the server keeps for a client gone; see pg_locks where locktype = 'advisory'"
     )]
     Locked { schema: String, waited: Duration },
 }
 
-/// How long `migrate` waits for another session's migration before it gives up.
+/// How long `migrate` waits for a migration lock whose holder runs no statement.
 const LOCK_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Whether the session holding the advisory lock on `hashtext($1)` is running a
+/// statement (a bigint lock key is split into `classid`, its high 32 bits, and `objid`).
+const HOLDER_BUSY: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks l \
+     JOIN pg_stat_activity a ON a.pid = l.pid \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+       AND l.classid::bigint = (hashtext($1)::bigint >> 32) & 4294967295 \
+       AND l.objid::bigint = hashtext($1)::bigint & 4294967295 \
+       AND a.state = 'active')";
 
 /// Where the schema stood and stands after `migrate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +76,6 @@ fn unreachable(e: tokio_postgres::Error) -> SchemaError {
     SchemaError::Unreachable(super::pool::pg_error(e).to_string())
 }
 
-/// The schema version in the database (0 before the first migration).
 /// `query` bounded like every store operation (`connect_timeout + timeout`): a server
 /// that accepted the connection and then stalled held `serve`, `migrate` and `check`
 /// with no word.
@@ -81,6 +89,7 @@ async fn bounded<T>(
         .map_err(unreachable)
 }
 
+/// The schema version in the database (0 before the first migration).
 async fn version(client: &Client, schema: &str) -> Result<i32, SchemaError> {
     let exists = client
         .query_one(
@@ -106,12 +115,17 @@ async fn version(client: &Client, schema: &str) -> Result<i32, SchemaError> {
 /// The database's schema version, for `hookgate check`.
 pub async fn status(settings: &PostgresSettings) -> Result<i32, SchemaError> {
     let client = connect(settings).await?;
-    tokio::time::timeout(
-        settings.connect_timeout + settings.timeout,
-        version(&client, &settings.schema),
-    )
-    .await
-    .map_err(|_| SchemaError::Unreachable("timed out".to_owned()))?
+    bounded_schema(settings, version(&client, &settings.schema)).await
+}
+
+/// `bounded` for a step that already speaks `SchemaError`.
+async fn bounded_schema<T>(
+    settings: &PostgresSettings,
+    step: impl Future<Output = Result<T, SchemaError>>,
+) -> Result<T, SchemaError> {
+    tokio::time::timeout(settings.connect_timeout + settings.timeout, step)
+        .await
+        .map_err(|_| SchemaError::Unreachable("timed out".to_owned()))?
 }
 
 /// Brings the schema to `SCHEMA_VERSION`, each missing migration in its own
@@ -121,9 +135,12 @@ pub async fn migrate(settings: &PostgresSettings) -> Result<Migrated, SchemaErro
     let client = connect(settings).await?;
     let schema = &settings.schema;
     let lock_key = format!("hookgate migrations {schema}");
-    // Tried, not waited for: a session that never lets go (a stuck `hookgate migrate`,
-    // a client gone whose session the server still holds) is named, not waited on.
+    // Tried, not waited for: waited on for as long as its holder is running a
+    // statement (another instance migrating, however long that takes); a holder idle
+    // for `LOCK_PATIENCE` (a stuck `hookgate migrate`, a client gone whose session the
+    // server still holds) is named instead of waited on for good.
     let started = Instant::now();
+    let mut idle_since = started;
     for tries in 0u32.. {
         let locked = bounded(
             settings,
@@ -133,11 +150,14 @@ pub async fn migrate(settings: &PostgresSettings) -> Result<Migrated, SchemaErro
         if locked.get::<_, bool>(0) {
             break;
         }
-        let waited = started.elapsed();
-        if waited >= LOCK_PATIENCE {
+        let busy = bounded(settings, client.query_one(HOLDER_BUSY, &[&lock_key])).await?;
+        if busy.get::<_, bool>(0) {
+            idle_since = Instant::now();
+        }
+        if idle_since.elapsed() >= LOCK_PATIENCE {
             return Err(SchemaError::Locked {
                 schema: schema.clone(),
-                waited,
+                waited: started.elapsed(),
             });
         }
         // At once, then every 5 s.
