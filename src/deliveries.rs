@@ -170,10 +170,11 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
     }
 }
 
-/// `--since`: RFC 3339, or a duration before `now`; as Unix milliseconds.
+/// `--since` and `--until`: a duration before `now`, or a time as the API reads one
+/// (RFC 3339 with any offset, or Unix milliseconds); as Unix milliseconds.
 pub fn since_millis(text: &str, now: SystemTime) -> Result<u64, DeliveriesError> {
-    // A time as the API reads one (RFC 3339 with any offset, or Unix milliseconds):
-    // the CLI refused `2026-12-07T09:00:00+01:00`, which the API it calls takes.
+    // The API's own reading: the CLI refused `2026-12-07T09:00:00+01:00`, which the API
+    // it calls takes.
     let at = match humantime::parse_duration(text) {
         Ok(ago) => now.checked_sub(ago).and_then(unix_millis),
         Err(_) => crate::queue::record::parse_time(text),

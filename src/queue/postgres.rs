@@ -296,13 +296,11 @@ impl Announcer {
 const NOTIFY: &str = "SELECT pg_notify($1, '')";
 
 /// One batch of the retention sweep: final records `$1` seconds past final, `$2` at
-/// most, oldest first. The condition is repeated outside the subquery: a dead letter
-/// replayed while the sweep waited for its row lock is checked again as it now is
-/// (READ COMMITTED re-reads an updated row against the `WHERE`, not the subquery),
-/// so a delivery just queued again is never deleted. Public for the test that races it.
-/// A row someone holds locked (an operator's `SELECT ... FOR UPDATE`) is skipped, not
-/// waited for: waiting, the batch hit the operation's deadline, rolled back, and tried
-/// the same rows again a second later.
+/// most, oldest first. A row someone holds locked (a replay in progress, an operator's
+/// `SELECT ... FOR UPDATE`) is skipped, not waited for: waiting, the batch hit the
+/// operation's deadline, rolled back, and tried the same rows again a second later. The
+/// condition is repeated outside the subquery all the same, so a row that changed once
+/// selected is checked as it now is. Public for the test that races it.
 pub const RETENTION: &str = "DELETE FROM deliveries \
      WHERE final_at < now() - make_interval(secs => $1) AND id IN (SELECT id FROM deliveries \
        WHERE final_at < now() - make_interval(secs => $1) ORDER BY final_at LIMIT $2 \

@@ -386,7 +386,9 @@ async fn the_gauge_says_half_open_once_the_cooldown_is_over_without_traffic() {
     let gw = Gateway::start(
         config()
             .named_route("fragile", "*", &upstream)
-            .route_option("breaker", r#"{ failures = 2, cooldown = "1s" }"#),
+            // Long enough that the checks right after an opening see it open on a
+            // slow machine.
+            .route_option("breaker", r#"{ failures = 2, cooldown = "3s" }"#),
     )
     .await;
     for _ in 0..2 {
