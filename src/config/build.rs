@@ -530,10 +530,19 @@ fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, Invalid> 
     Ok(StoreSettings {
         backend: StoreBackend::Redis(Box::new(RedisSettings {
             target,
-            key_prefix: file
-                .key_prefix
-                .clone()
-                .unwrap_or_else(|| "hookgate:".to_owned()),
+            key_prefix: match &file.key_prefix {
+                // The queue's keys put their own hash tag after the prefix: braces in it
+                // made every multi-key script fail with CROSSSLOT on a cluster (`{}`), or
+                // every partition one slot (`{app}:`).
+                Some(prefix) if prefix.contains(['{', '}']) => {
+                    return Err(Invalid::at(
+                        "store.key_prefix",
+                        "store.key_prefix must not hold { or }: hookgate sets the hash tags",
+                    ));
+                }
+                Some(prefix) => prefix.clone(),
+                None => "hookgate:".to_owned(),
+            },
             timeout: positive("store.timeout", file.timeout)?,
             connect_timeout: positive("store.connect_timeout", file.connect_timeout)?,
             ca,
@@ -879,6 +888,10 @@ upstream = "http://127.0.0.1:9001/hooks"
             ("cluster = [\"redis://a\"]\nschema = \"x\"", "store.schema"),
             (
                 "postgres_url = \"postgres://u@h/db\"\nkey_prefix = \"foo:\"",
+                "store.key_prefix",
+            ),
+            (
+                "redis_url = \"redis://a\"\nkey_prefix = \"app{}:\"",
                 "store.key_prefix",
             ),
         ] {
