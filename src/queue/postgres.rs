@@ -17,7 +17,7 @@
 //! second); processed rows drop their headers, body and object at once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -241,6 +241,9 @@ pub struct PostgresQueue {
     announcer: Announcer,
     /// When `take` last recorded this instance's `last_seen` (ms).
     seen_at: AtomicU64,
+    /// A `seen` is in flight: one at a time (a locked row held each for the operation's
+    /// deadline, and a pile of them would hold the pool's connections).
+    seeing: Arc<AtomicBool>,
     description: String,
     sql: Sql,
 }
@@ -332,6 +335,7 @@ impl PostgresQueue {
             swept_at: AtomicU64::new(0),
             announcer: Announcer::default(),
             seen_at: AtomicU64::new(0),
+            seeing: Arc::new(AtomicBool::new(false)),
             description,
             sql: Sql {
                 // The store's `CLAIM` of the dedupe key ($1, a NULL token $2 so it is
@@ -468,19 +472,31 @@ impl PostgresQueue {
     }
 
     /// Records that this instance is alive (`instances.last_seen`, which `prune` reads by
-    /// the hour). Best effort: failing here after a take had committed its leases made
-    /// the take fail, and the worker never saw (nor renewed) the deliveries it held.
-    async fn seen(&self) {
-        let seen = self
-            .pool
-            .call("seen", async |client| {
-                let statement = client.prepare_cached(SEEN).await?;
-                client.execute(&statement, &[&self.instance]).await
-            })
-            .await;
-        if let Err(e) = seen {
-            tracing::warn!(error = %e, "queue: cannot record this instance as alive");
+    /// the hour), in a task of its own. Best effort, never waited for: failing after a
+    /// take had committed its leases made the take fail (the worker never saw, nor
+    /// renewed, the deliveries it held), and waited for while its row was locked it held
+    /// the leases back past the visibility timeout, for the next take to take again.
+    fn seen(&self) {
+        if self.seeing.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let (pool, instance, seeing) = (
+            self.pool.clone(),
+            self.instance.clone(),
+            self.seeing.clone(),
+        );
+        tokio::spawn(async move {
+            let seen = pool
+                .call("seen", async |client| {
+                    let statement = client.prepare_cached(SEEN).await?;
+                    client.execute(&statement, &[&instance]).await
+                })
+                .await;
+            seeing.store(false, Ordering::Release);
+            if let Err(e) = seen {
+                tracing::warn!(error = %e, "queue: cannot record this instance as alive");
+            }
+        });
     }
 
     /// Deletes final records past the retention, a small batch at a time, at most
@@ -737,7 +753,7 @@ impl Queue for PostgresQueue {
                     .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             {
-                self.seen().await;
+                self.seen();
             }
             let mut taken: Vec<(i64, Lease)> = rows
                 .iter()
@@ -959,7 +975,7 @@ impl Queue for PostgresQueue {
                     })
                     .await?;
             }
-            self.seen().await;
+            self.seen();
             Ok(())
         })
     }

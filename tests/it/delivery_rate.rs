@@ -78,19 +78,20 @@ async fn rate_is_honoured_at_the_upstream_across_two_instances_sharing_redis() {
 
 on_each_store!(rate_spaces_deliveries_to_one_upstream_and_spends_no_attempt_waiting);
 
-async fn rate_spaces_deliveries_to_one_upstream_and_spends_no_attempt_waiting(store: TestStore) {
+/// `n` deliveries queued at once to a route started 20 times a second, all delivered.
+async fn delivered_at_20_a_second(store: &TestStore, n: usize) -> (Upstream, Gateway) {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(rated(
-        &store,
-        &upstream,
-        r#"{ per_second = 20, burst = 1 }"#,
-    ))
-    .await;
-    let deliveries = Deliveries::of(&gw);
-    for _ in 0..10 {
+    let gw = Gateway::start(rated(store, &upstream, r#"{ per_second = 20, burst = 1 }"#)).await;
+    for _ in 0..n {
         enqueue(&gw.client(), &signed_event("batch.completed")).await;
     }
-    deliveries.wait_for_count("processed", 10).await;
+    Deliveries::of(&gw).wait_for_count("processed", n).await;
+    (upstream, gw)
+}
+
+async fn rate_spaces_deliveries_to_one_upstream_and_spends_no_attempt_waiting(store: TestStore) {
+    let (upstream, gw) = delivered_at_20_a_second(&store, 10).await;
+    let deliveries = Deliveries::of(&gw);
 
     let (count, span) = spans(&upstream);
     assert_eq!(count, 10);
@@ -164,18 +165,7 @@ fn rate_in_proxy_mode_and_bad_rates_are_config_errors_naming_the_key_and_line() 
 /// a backlog came back all at once every interval, one started and the rest were paced
 /// and put back again, a store round trip each (about `workers - 1` defers per start).
 async fn a_backlog_held_back_by_rate_is_put_back_about_once_per_delivery(store: TestStore) {
-    let upstream = Upstream::start().await;
-    let gw = Gateway::start(rated(
-        &store,
-        &upstream,
-        r#"{ per_second = 20, burst = 1 }"#,
-    ))
-    .await;
-    let deliveries = Deliveries::of(&gw);
-    for _ in 0..30 {
-        enqueue(&gw.client(), &signed_event("batch.completed")).await;
-    }
-    deliveries.wait_for_count("processed", 30).await;
+    let (upstream, gw) = delivered_at_20_a_second(&store, 30).await;
     assert_eq!(spans(&upstream).0, 30);
     let defers = gw
         .metrics()

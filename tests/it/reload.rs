@@ -421,22 +421,25 @@ async fn forwarded_proto_follows_the_running_listener_when_a_reload_turns_tls_on
     assert_eq!(upstream.only().header("x-forwarded-proto"), "https");
 }
 
+/// Queue mode with one route, `name`, to `upstream`, retried every 50 ms for long.
+fn retried_every_50ms(name: &str, upstream: &Upstream) -> Config {
+    config()
+        .queued()
+        .named_route(name, "*", upstream)
+        .queue_option(
+            "backoff",
+            r#"{ initial = "50ms", max = "50ms", jitter = false }"#,
+        )
+        .queue_option("max_attempts", "1000")
+}
+
 /// A queued delivery whose route this instance lacks (a reload removed it, or the
 /// instances already updated in a rolling deploy added it) cannot be sent here: it
 /// waits for an instance that has the route, without spending attempts as it once did.
 #[tokio::test]
 async fn a_queued_delivery_whose_route_this_instance_lacks_waits_without_an_attempt() {
     let upstream = Upstream::with(Answer::status(503)).await;
-    let queued = |name: &str| {
-        config()
-            .queued()
-            .named_route(name, "*", &upstream)
-            .queue_option(
-                "backoff",
-                r#"{ initial = "50ms", max = "50ms", jitter = false }"#,
-            )
-            .queue_option("max_attempts", "1000")
-    };
+    let queued = |name: &str| retried_every_50ms(name, &upstream);
     let file = ConfigFile::new(queued("first"));
     let gw = Gateway::start_file(&file.path()).await;
     let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
@@ -592,17 +595,8 @@ async fn deliveries_waiting_for_a_slot_at_a_reload_go_where_the_route_now_points
 #[tokio::test]
 async fn a_delivery_dead_lettered_for_want_of_its_route_is_counted() {
     let upstream = Upstream::with(Answer::status(503)).await;
-    let queued = |name: &str| {
-        config()
-            .queued()
-            .named_route(name, "*", &upstream)
-            .queue_option(
-                "backoff",
-                r#"{ initial = "50ms", max = "50ms", jitter = false }"#,
-            )
-            .queue_option("max_attempts", "1000")
-            .queue_option("max_age", r#""10s""#)
-    };
+    let queued =
+        |name: &str| retried_every_50ms(name, &upstream).queue_option("max_age", r#""10s""#);
     let file = ConfigFile::new(queued("first"));
     let gw = Gateway::start_file(&file.path()).await;
     let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
