@@ -15,6 +15,10 @@ use rustls::ClientConfig;
 use crate::forward::{HttpClient, http_client};
 use crate::tls;
 
+/// How long a command waits for a whole answer (`sign --send`, `deliveries`): a listener
+/// that accepts and never answers must not hold a script for good.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Whom a command-line client trusts.
 pub enum Trust {
     /// The Mozilla roots (the default).

@@ -23,8 +23,6 @@ use crate::queue::record::{
     unix_millis,
 };
 
-const TIMEOUT: Duration = Duration::from_secs(30);
-
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveriesError {
     #[error(transparent)]
@@ -208,9 +206,14 @@ impl Client {
             url: self.base.clone(),
             detail,
         };
-        let response = tokio::time::timeout(TIMEOUT, self.http.request(request))
+        let response = tokio::time::timeout(cli_client::TIMEOUT, self.http.request(request))
             .await
-            .map_err(|_| unreachable("no answer within 30s".to_owned()))?
+            .map_err(|_| {
+                unreachable(format!(
+                    "no answer within {}s",
+                    cli_client::TIMEOUT.as_secs()
+                ))
+            })?
             .map_err(|e| {
                 let detail =
                     std::error::Error::source(&e).map_or(e.to_string(), ToString::to_string);

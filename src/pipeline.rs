@@ -565,7 +565,7 @@ fn is_senders(ip: IpAddr, source: &Source) -> bool {
 
 /// The source's `allow_ips`, when it has any.
 fn check_allowed(ip: IpAddr, source: &Source) -> Result<(), Reject> {
-    if source.allow_ips.is_empty() || source.allow_ips.iter().any(|net| net.contains(&ip)) {
+    if source.allow_ips.is_empty() || is_senders(ip, source) {
         Ok(())
     } else {
         Err(Reject::IpNotAllowed)

@@ -122,9 +122,6 @@ pub enum SendError {
     Request(String),
 }
 
-/// How long `send` waits for the whole answer, as `hookgate deliveries` does.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// POSTs the signed request; returns the status and the body of the answer.
 pub async fn send(
     request: &SignedRequest,
@@ -156,14 +153,13 @@ pub async fn send(
             .to_bytes();
         Ok((status, body))
     };
-    // A listener that accepts and never answers held a script calling `sign --send`
-    // for good (only connecting was bounded).
-    tokio::time::timeout(SEND_TIMEOUT, exchange)
+    // Only connecting was bounded: a listener that never answered held it for good.
+    tokio::time::timeout(cli_client::TIMEOUT, exchange)
         .await
         .map_err(|_| {
             SendError::Request(format!(
                 "{url} did not answer within {}s",
-                SEND_TIMEOUT.as_secs()
+                cli_client::TIMEOUT.as_secs()
             ))
         })?
 }

@@ -246,6 +246,14 @@ impl Spec {
         })
     }
 
+    /// The text next to `{id}` that `id` holds, if any: such an id is malformed.
+    fn id_clash(&self, id: &str) -> Option<&str> {
+        self.id_neighbours
+            .iter()
+            .map(String::as_str)
+            .find(|text| id.contains(text))
+    }
+
     /// The MAC of the signed content, streamed part by part (no copy of the body).
     fn mac(&self, key: &HmacSha256, id: &str, timestamp: &str, body: &[u8]) -> HmacSha256 {
         let mut mac = key.clone();
@@ -327,7 +335,7 @@ impl GenericHmac {
         let id = match &spec.id_header {
             Some(name) if spec.template.contains(&Part::Id) => {
                 let id = header(headers, name, VerifyError::MalformedId)?;
-                if !is_valid_key(id) || spec.id_neighbours.iter().any(|t| id.contains(t.as_str())) {
+                if !is_valid_key(id) || spec.id_clash(id).is_some() {
                     return Err(VerifyError::MalformedId);
                 }
                 id
@@ -477,7 +485,7 @@ fn sign_message(options: &Options, msg: &SignMessage<'_>) -> Result<SignedReques
         .map(str::to_owned)
         .unwrap_or_else(|| format!("evt_{}", random_hex()));
     // As `verify` refuses it (400 malformed_id): signed, it could not be delivered.
-    if let Some(text) = spec.id_neighbours.iter().find(|t| id.contains(t.as_str())) {
+    if let Some(text) = spec.id_clash(&id) {
         return Err(SignError::Scheme(format!(
             "--id must not contain {text:?}, the text next to {{id}} in signed_content"
         )));

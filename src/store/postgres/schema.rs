@@ -83,10 +83,7 @@ async fn bounded<T>(
     settings: &PostgresSettings,
     query: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, SchemaError> {
-    tokio::time::timeout(settings.connect_timeout + settings.timeout, query)
-        .await
-        .map_err(|_| SchemaError::Unreachable("timed out".to_owned()))?
-        .map_err(unreachable)
+    bounded_schema(settings, async { query.await.map_err(unreachable) }).await
 }
 
 /// The schema version in the database (0 before the first migration).
