@@ -544,6 +544,11 @@ impl Queue for MemoryQueue {
         }
         if until <= record.enqueued_at + self.max_age.as_millis() as UnixMillis {
             record.summary.next_attempt_at = Some(until);
+            // Taken over from an instance that died in its attempt: waiting now.
+            if record.summary.state == State::Processing {
+                let record = inner.set_state(id, State::Queued).expect("checked above");
+                record.summary.updated_at = now;
+            }
             inner.scheduled.insert((until, id.clone()));
             return ready(Ok(Deferred::Waiting));
         }

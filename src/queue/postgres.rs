@@ -118,18 +118,21 @@ const TAKE: &str = "WITH due AS ( \
      RETURNING d.id, d.source || '/' || d.route, d.lease_token, ts_ms(d.due_at)";
 
 /// Puts the leased delivery `$1` (token `$2`) back to wait until `$3` without an
-/// attempt, or, when `$3` is past `$4` seconds after it was queued, dead-letters it at
+/// attempt (one taken over from an instance that died in its attempt `queued`, no longer
+/// `processing`), or, when `$3` is past `$4` seconds after it was queued, dead-letters it at
 /// `$5` with the last error `$6`; returns whether it was dead-lettered.
 const DEFER: &str = "WITH d AS ( \
        SELECT id, ms_ts($3) > queued_at + make_interval(secs => $4) AS gone FROM deliveries \
        WHERE id = $1 AND lease_token = $2 AND state NOT IN ('processed', 'failed_final') \
        FOR UPDATE) \
      UPDATE deliveries t SET \
-       state = CASE WHEN d.gone THEN 'failed_final' ELSE t.state END, \
+       state = CASE WHEN d.gone THEN 'failed_final' \
+         WHEN t.state = 'processing' THEN 'queued' ELSE t.state END, \
        next_attempt_at = CASE WHEN d.gone THEN NULL ELSE ms_ts($3) END, \
        due_at = CASE WHEN d.gone THEN NULL ELSE ms_ts($3) END, \
        final_at = CASE WHEN d.gone THEN ms_ts($5) END, \
-       updated_at = CASE WHEN d.gone THEN ms_ts($5) ELSE t.updated_at END, \
+       updated_at = CASE WHEN d.gone OR t.state = 'processing' THEN ms_ts($5) \
+         ELSE t.updated_at END, \
        last_error = CASE WHEN d.gone THEN $6 ELSE t.last_error END, \
        lease_token = NULL, lease_owner = NULL, lease_until = NULL \
      FROM d WHERE t.id = d.id RETURNING d.gone, t.attempts";

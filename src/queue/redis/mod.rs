@@ -308,7 +308,9 @@ return 1
 ";
 
 /// Gives a taken entry back to wait in `scheduled` until ARGV[3], without an attempt: the
-/// record keeps its state, `next_attempt_at` is set; `TAKE` promotes it once due. When
+/// record keeps its state, `next_attempt_at` is set; `TAKE` promotes it once due (one
+/// taken over from an instance that died in its attempt is `processing` no longer, but
+/// `queued`, as a hand back makes it). When
 /// ARGV[3] is past `max_age` (ARGV[7] ms) after it was queued, dead-letters it instead
 /// (as `SETTLE` does a final failure, without a history entry) and returns {2, its
 /// attempts so far}. Nothing ({0}) when the entry is no longer this consumer's.
@@ -322,6 +324,10 @@ local cur = redis.call('HMGET', KEYS[1], 'state', 'enqueued_at', 'attempts')
 local state = cur[1]
 if not state or state == 'processed' or state == 'failed_final' then return {0} end
 if tonumber(ARGV[3]) <= (tonumber(cur[2]) or 0) + tonumber(ARGV[7]) then
+  if state == 'processing' then
+    restate(ARGV[10], KEYS[1], ARGV[4], state, 'queued', cur[2])
+    redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_at', ARGV[6])
+  end
   redis.call('HSET', KEYS[1], 'next_attempt_at', ARGV[3])
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
   return {1}

@@ -232,6 +232,7 @@ macro_rules! contract_tests {
                         a_delivery_whose_lease_is_renewed_is_taken_over_once_renewals_stop,
                         a_delivery_handed_back_is_taken_by_another_instance_at_once,
                         a_lease_taken_over_by_another_instance_can_no_longer_move_the_delivery,
+                        a_delivery_taken_over_and_deferred_waits_as_queued,
                         instances_taking_at_once_never_get_the_same_delivery,
                         stopped_instances_holding_nothing_are_pruned_but_not_one_holding_a_delivery,
                     );

@@ -1565,6 +1565,54 @@ pub async fn a_lease_taken_over_by_another_instance_can_no_longer_move_the_deliv
     );
 }
 
+/// A delivery taken over from an instance that died in its attempt, then put back to
+/// wait (its upstream's breaker open, its rate spent) without an attempt, is shown
+/// waiting (`queued`), not still `processing` under the dead instance for as long as it
+/// waits; the attempt that never ended stays in its history, open.
+pub async fn a_delivery_taken_over_and_deferred_waits_as_queued(backend: &Backend) {
+    const VISIBILITY: Duration = Duration::from_secs(1);
+    let options = QueueOptions {
+        visibility_timeout: VISIBILITY,
+        ..QueueOptions::default()
+    };
+    let dead = backend.queue(INSTANCE, options);
+    let other = backend.queue("instance-b", options);
+    let t = now_millis();
+    let id = enqueue(&*dead, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(&*dead, t).await;
+    begin(&*dead, &lease, t).await;
+    let taken = eventually("another instance taking the delivery over", async || {
+        other.take(10, now_millis()).await.unwrap().pop()
+    })
+    .await;
+    let now = now_millis();
+
+    let deferred = other.defer(&taken, now + 60_000, now, WHY).await.unwrap();
+
+    assert_eq!(deferred, Deferred::Waiting);
+    let shown = show(&*other, &id).await;
+    assert_eq!(shown.summary.state, State::Queued);
+    assert_eq!(shown.summary.next_attempt_at, Some(now + 60_000));
+    assert_eq!(
+        shown.summary.attempts, 1,
+        "the attempt that never ended still counts"
+    );
+    assert_eq!(shown.history.len(), 1);
+    assert_eq!(shown.history[0].result, None);
+    let listed = listed(
+        &*other,
+        ListFilter {
+            state: Some(State::Processing),
+            ..all()
+        },
+    )
+    .await;
+    assert!(listed.is_empty(), "listed as processing: {listed:?}");
+    let again = take_one(&*other, now + 60_000).await;
+    let job = begin(&*other, &again, now + 60_001).await;
+    assert_eq!(job.attempt, 2);
+}
+
 pub async fn a_delivery_handed_back_is_taken_by_another_instance_at_once(backend: &Backend) {
     let leaving = backend.queue(INSTANCE, QueueOptions::default());
     let staying = backend.queue("instance-b", QueueOptions::default());
