@@ -500,9 +500,15 @@ impl<T, E> Failed for Result<T, E> {
 }
 
 /// The address of an upstream, for a client span: host and port only (a URL may carry
-/// credentials or a token in its query).
+/// credentials or a token in its query). An IPv6 host without its URL brackets, as the
+/// semantic conventions write `server.address` (`::1`, not `[::1]`).
 pub fn server_address(uri: &http::Uri) -> (String, i64) {
-    let host = uri.host().unwrap_or_default().to_owned();
+    let host = uri.host().unwrap_or_default();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .to_owned();
     let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
         Some("https") => 443,
         _ => 80,
@@ -710,5 +716,7 @@ mod tests {
         assert_eq!(server_address(&uri), ("backend.example".to_owned(), 443));
         let uri: http::Uri = "http://127.0.0.1:9001/x".parse().unwrap();
         assert_eq!(server_address(&uri), ("127.0.0.1".to_owned(), 9001));
+        let uri: http::Uri = "http://[::1]:9001/x".parse().unwrap();
+        assert_eq!(server_address(&uri), ("::1".to_owned(), 9001));
     }
 }
