@@ -1082,6 +1082,28 @@ upstream = "http://127.0.0.1:9001/hooks"
     }
 
     #[test]
+    fn an_unnamed_route_of_a_queue_mode_source_is_warned_about() {
+        let queued = MINIMAL.replace(
+            "[[sources.routes]]",
+            "delivery = \"queue\"\n[[sources.routes]]",
+        );
+        let unnamed = parse(&queued, "t").unwrap();
+        assert!(
+            unnamed.warnings.iter().any(|w| w.starts_with(
+                "t: sources[0].routes[0] has no name: a queued delivery is addressed to its route by name"
+            )),
+            "{:?}",
+            unnamed.warnings
+        );
+        let named = queued.replace("events = [\"*\"]", "name = \"legacy\"\nevents = [\"*\"]");
+        assert!(parse(&named, "t").unwrap().warnings.is_empty());
+        assert!(
+            parse(MINIMAL, "t").unwrap().warnings.is_empty(),
+            "proxy mode"
+        );
+    }
+
+    #[test]
     fn the_log_level_is_a_tracing_filter() {
         let settings = parse(
             &format!("[log]\nlevel = \"warn,hookgate::access=info\"\n{MINIMAL}"),

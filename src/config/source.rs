@@ -147,6 +147,22 @@ pub(super) fn sources(files: &[file::Source]) -> Result<(Vec<Source>, Vec<String
                 ));
             }
         }
+        // A stored delivery names its route; an unnamed route is named by its position,
+        // which the next edit to the list may give to another route: a retry waiting in
+        // the queue would then go to that route's backend.
+        if file.delivery == DeliveryMode::Queue {
+            for (r, route) in file.routes.iter().enumerate() {
+                if route.name.is_none() {
+                    warnings.push(format!(
+                        "{key}.routes[{r}] has no name: a queued delivery is addressed to its \
+                         route by name, and an unnamed route's is its position (\"{r}\"), so \
+                         adding, removing or reordering routes before it (by a reload, a \
+                         restart or a rolling deploy) sends the deliveries queued for it to \
+                         the route that takes its place; give it a name"
+                    ));
+                }
+            }
+        }
         out.push(Source {
             name: file.name.clone(),
             path: file.path.clone(),
