@@ -134,7 +134,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         &limits,
         Admission::new(
             server::ADMIN_MAX_CONNECTIONS,
-            0,
+            server::ADMIN_MAX_CONNECTIONS_PER_IP,
             Vec::new(),
             metrics.connections("admin"),
         ),

@@ -168,6 +168,12 @@ impl Gateway {
         self
     }
 
+    /// `limits.body_read_timeout`, which bounds the console's forms too: a body that
+    /// never comes must not hold one of the admin listener's few connections.
+    pub fn body_read_timeout(&self) -> std::time::Duration {
+        self.limits.body_read_timeout
+    }
+
     /// Answers one request. The pipeline runs in its own task, so a sender that hangs
     /// up mid-forward cannot cancel it between the forward and the dedupe settle: the
     /// outcome is always recorded, and nothing is forwarded twice because of a hang-up.

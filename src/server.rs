@@ -51,6 +51,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Connections the admin listener holds at once: scrapers and probes, not traffic.
 pub const ADMIN_MAX_CONNECTIONS: u32 = 64;
 
+/// Of those, from one IP (an IPv6 /64): one client holding every connection would shut
+/// out the health checks that decide whether this instance gets traffic.
+pub const ADMIN_MAX_CONNECTIONS_PER_IP: u32 = 16;
+
 /// Connections of the command line's helper servers (`echo`, `bench sink`).
 const HELPER_MAX_CONNECTIONS: u32 = 65_536;
 

@@ -165,31 +165,21 @@ impl Console {
                  reached as localhost. Set admin.token to serve it elsewhere.",
             );
         }
-        let form = if method == Method::POST {
-            if !same_origin(&parts.headers) {
-                return message(
-                    StatusCode::FORBIDDEN,
-                    "Refused",
-                    "This form was not sent from the console's own pages.",
-                );
-            }
-            match read_form(body).await {
-                Some(form) => form,
-                None => {
-                    return message(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "Refused",
-                        "The form could not be read.",
-                    );
-                }
-            }
-        } else {
-            Query::parse("")
-        };
+        if method == Method::POST && !same_origin(&parts.headers) {
+            return message(
+                StatusCode::FORBIDDEN,
+                "Refused",
+                "This form was not sent from the console's own pages.",
+            );
+        }
         let query = Query::parse(parts.uri.query().unwrap_or(""));
+        let read_timeout = self.live.gateway().body_read_timeout();
         if path == "/ui/login" {
             return match *method {
-                Method::POST => self.log_in(&parts.headers, &auth, &form, secure).await,
+                Method::POST => match read_form(body, read_timeout).await {
+                    Ok(form) => self.log_in(&parts.headers, &auth, &form, secure).await,
+                    Err(refused) => refused,
+                },
                 _ => self.login_form(&parts.headers, &auth, &query, None, secure),
             };
         }
@@ -224,6 +214,16 @@ impl Console {
                 );
                 return redirect(&login);
             }
+        };
+        // Read only once the session is known: a visitor who has none is sent to the
+        // login form without the body being waited for.
+        let form = if method == Method::POST {
+            match read_form(body, read_timeout).await {
+                Ok(form) => form,
+                Err(refused) => return refused,
+            }
+        } else {
+            Query::parse("")
         };
         if method == Method::POST
             && !session::same_token(&session.csrf, form.get("csrf").unwrap_or(""))
@@ -402,17 +402,27 @@ fn over_tls(parts: &http::request::Parts) -> bool {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
-async fn read_form<B>(body: B) -> Option<Query>
+/// The form a POST carries, within `MAX_FORM_BYTES` and `timeout`: a body that never
+/// comes would otherwise hold one of the admin listener's connections for good, and
+/// `ADMIN_MAX_CONNECTIONS` of them its health checks and metrics with it.
+async fn read_form<B>(body: B, timeout: std::time::Duration) -> Result<Query, Reply>
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let bytes = Limited::new(body, MAX_FORM_BYTES)
-        .collect()
-        .await
-        .ok()?
-        .to_bytes();
-    Some(Query::from_bytes(&bytes))
+    match tokio::time::timeout(timeout, Limited::new(body, MAX_FORM_BYTES).collect()).await {
+        Ok(Ok(collected)) => Ok(Query::from_bytes(&collected.to_bytes())),
+        Ok(Err(_)) => Err(message(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Refused",
+            "The form could not be read.",
+        )),
+        Err(_) => Err(message(
+            StatusCode::REQUEST_TIMEOUT,
+            "Refused",
+            "The form did not arrive within limits.body_read_timeout.",
+        )),
+    }
 }
 
 /// The headers every console answer carries.

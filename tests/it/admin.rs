@@ -137,3 +137,59 @@ async fn without_a_token_the_api_refuses_other_hosts_and_posts_from_other_sites(
     let replay = send("POST", "/deliveries/replay?status=failed_final", &[]).await;
     assert_eq!(replay.status(), 200, "{replay:?}");
 }
+
+/// Sends a console form's head, and of its body only the first bytes.
+async fn form_head_alone(gw: &Gateway, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let url = gw.admin_url("");
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nSec-Fetch-Site: same-origin\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 16000\r\n\r\ncsrf="
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+async fn answer_of(mut stream: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "no answer, connection still open");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Console forms whose bodies never come: they once held the admin listener's
+/// connections for as long as their senders liked, with no login needed, shutting out
+/// `/healthz`, `/readyz` and `/metrics` (a Kubernetes probe failing, the pod restarted).
+/// A login form is refused after `limits.body_read_timeout`; any other form without a
+/// session is sent to the login page without its body being waited for.
+#[tokio::test]
+async fn console_forms_that_never_arrive_do_not_hold_the_admin_listener() {
+    let upstream = Upstream::start().await;
+    let gw =
+        Gateway::start(off_loopback(&upstream).set("limits", "body_read_timeout", "\"1s\"")).await;
+
+    // One IP's share of the listener's connections (16).
+    let mut logins = Vec::new();
+    for _ in 0..15 {
+        logins.push(form_head_alone(&gw, "/ui/login").await);
+    }
+    let replay = form_head_alone(&gw, "/ui/replay").await;
+    let beyond = answer_of(form_head_alone(&gw, "/ui/login").await).await;
+    assert_eq!(beyond, "", "a 17th connection from one IP is closed at once");
+
+    let answer = answer_of(replay).await;
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    assert!(answer.contains("location: /ui/login"), "{answer}");
+    for login in logins {
+        let answer = answer_of(login).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    assert_eq!(admin_get(&gw, "/healthz", Some(TOKEN)).await.status(), 200);
+}
