@@ -182,7 +182,10 @@ async fn console_forms_that_never_arrive_do_not_hold_the_admin_listener() {
     }
     let replay = form_head_alone(&gw, "/ui/replay").await;
     let beyond = answer_of(form_head_alone(&gw, "/ui/login").await).await;
-    assert_eq!(beyond, "", "a 17th connection from one IP is closed at once");
+    assert_eq!(
+        beyond, "",
+        "a 17th connection from one IP is closed at once"
+    );
 
     let answer = answer_of(replay).await;
     assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");

@@ -247,6 +247,100 @@ async fn an_enqueue_whose_partition_node_is_down_is_stored_once_in_another_parti
     assert_eq!(listed, ids, "every delivery stored once");
 }
 
+/// A node that hangs (it accepts connections and never answers) rather than refusing:
+/// each of its partitions costs one take the store's timeout, once; after that the
+/// workers take from the healthy partitions without waiting on it, and only a probe of
+/// its own asks it again. Tried in line after each rest, its partitions cost every take
+/// a timeout apiece, and the healthy ones were polled only between those waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_hangs_costs_the_takes_one_timeout_per_partition_and_no_more() {
+    let Some(cluster) = RedisCluster::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let text = partitioned(&cluster, &upstream)
+        .store_option("timeout", "500ms")
+        .store_option("connect_timeout", "500ms")
+        .to_string();
+    let settings = hookgate::config::parse(&text, "partitions.toml").expect("a valid config");
+    let metrics = std::sync::Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
+    let (_, backend) =
+        hookgate::store::build(&settings, metrics.clone()).expect("the store builds");
+    let queue = hookgate::queue::build(&settings, &backend, metrics.clone(), "instance-a")
+        .expect("the queue builds")
+        .expect("a queue source makes a queue");
+    // The workers' connection and the take script on every node before the node hangs
+    // (the first take loads the script on every primary, which fails with one hung:
+    // the take then fails for that one partition, which a probe brings back).
+    let now = hookgate::queue::now_millis();
+    assert!(
+        queue
+            .take(16, now)
+            .await
+            .expect("every node answers")
+            .is_empty()
+    );
+    let mut ids = Vec::new();
+    for n in 0..16 {
+        let delivery = crate::contract::queue::delivery(SOURCE, n, now);
+        ids.push(queue.enqueue(delivery).await.expect("stored"));
+    }
+    let hung = node_holding(&cluster, "hookgate:{queue:1}:*").await;
+    let mut on_hung = Vec::new();
+    for partition in 0..8 {
+        let tag = match partition {
+            0 => "{queue}".to_owned(),
+            i => format!("{{queue:{i}}}"),
+        };
+        if node_holding(&cluster, &format!("hookgate:{tag}:*")).await == hung {
+            on_hung.push(partition);
+        }
+    }
+    let _paused = cluster.nodes()[hung].pause();
+
+    // Takes for 6 s, three rests' worth: each partition of the hung node fails one take.
+    let started = std::time::Instant::now();
+    let mut taken = Vec::new();
+    while started.elapsed() < Duration::from_secs(6) {
+        if let Ok(leases) = queue.take(16, hookgate::queue::now_millis()).await {
+            taken.extend(leases.into_iter().map(|l| l.delivery_id));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let failed_takes = failures(&metrics, "take");
+    assert!(
+        failed_takes <= on_hung.len() as u64,
+        "{failed_takes} takes failed; the hung node holds partitions {on_hung:?}"
+    );
+    assert!(failures(&metrics, "probe") >= 1, "the hung node was probed");
+    let healthy: Vec<&String> = ids
+        .iter()
+        .filter(|id| !on_hung.contains(&hookgate::queue::record::partition_of(id)))
+        .collect();
+    taken.sort();
+    for id in healthy {
+        assert!(taken.contains(id), "{id} was not taken: {taken:?}");
+    }
+}
+
+/// `hookgate_store_errors_total{op}` as `metrics` counted it.
+fn failures(metrics: &hookgate::metrics::Metrics, op: &str) -> u64 {
+    metrics
+        .registry()
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "hookgate_store_errors_total")
+        .flat_map(|family| family.get_metric())
+        .filter(|m| {
+            m.get_label()
+                .iter()
+                .any(|l| l.name() == "op" && l.value() == op)
+        })
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
 #[tokio::test]
 async fn hookgate_check_names_the_queues_partitions() {
     let Some(store) = TestStore::shared_cluster().await else {

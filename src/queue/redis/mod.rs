@@ -432,7 +432,7 @@ pub struct RedisQueue {
     redis: Arc<RedisConnection>,
     /// Each partition's keys (named once rather than at each call), and which one is
     /// tried first.
-    partitions: Partitions,
+    partitions: Arc<Partitions>,
     consumer: String,
     visibility: Duration,
     retention: Duration,
@@ -476,7 +476,7 @@ impl RedisQueue {
         Ok(RedisQueue {
             ingress: store,
             redis: connection,
-            partitions: Partitions::new(&redis.key_prefix, settings.partitions),
+            partitions: Arc::new(Partitions::new(&redis.key_prefix, settings.partitions)),
             consumer: instance.to_owned(),
             visibility: settings.visibility_timeout,
             retention: settings.retention,
@@ -577,6 +577,29 @@ impl RedisQueue {
                 Err((e, unsent, ids))
             }
         }
+    }
+
+    /// Asks `partition`'s node, in a task of its own, whether it answers again (an
+    /// `EXISTS` on its stream), when a probe is due (`Partitions::probe`): a take never
+    /// waits for it.
+    fn probe(&self, partition: usize) {
+        if !self.partitions.probe(partition) {
+            return;
+        }
+        let (redis, partitions) = (self.redis.clone(), self.partitions.clone());
+        let ready = partitions.all()[partition].ready.clone();
+        tokio::spawn(async move {
+            let answered = redis
+                .call("probe", async |conn| {
+                    redis::cmd("EXISTS")
+                        .arg(&ready)
+                        .query_async::<i64>(conn)
+                        .await
+                })
+                .await
+                .is_ok();
+            partitions.probed(partition, answered);
+        });
     }
 
     /// Takes up to `max` deliveries from one partition (`TAKE`).
@@ -744,16 +767,20 @@ impl Queue for RedisQueue {
 
     fn take(&self, max: usize, now: UnixMillis) -> BoxFuture<'_, Result<Vec<Lease>, QueueError>> {
         Box::pin(async move {
-            // From each partition in turn until `max` are taken; a partition that just
-            // failed is skipped while it rests, unless all do.
+            // From each partition in turn until `max` are taken. One whose last call
+            // failed is left out (unless all failed) until a probe of its own, every
+            // `REST`, finds it answering: tried in line, a node that hangs rather than
+            // refusing cost each take a timeout per partition it holds, and the healthy
+            // partitions were polled only between those.
             let order = self.partitions.order(Turn::Take);
-            let all_resting = order.iter().all(|&p| self.partitions.resting(p));
+            let all_failed = order.iter().all(|&p| self.partitions.failed(p));
             let (mut leases, mut answered, mut failure) = (Vec::new(), false, None);
             for partition in order {
                 if leases.len() >= max {
                     break;
                 }
-                if self.partitions.resting(partition) && !all_resting {
+                if self.partitions.failed(partition) && !all_failed {
+                    self.probe(partition);
                     continue;
                 }
                 match self.take_from(partition, max - leases.len(), now).await {

@@ -15,14 +15,15 @@
 
 use std::borrow::Cow;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::queue::record::partition_of;
 
-/// How long a partition whose node failed is tried last (ingress) or not at all (the
-/// workers, unless every partition rests): one failed call costs up to the store's
-/// `connect_timeout + timeout`, which the healthy partitions must not pay on every poll.
+/// How long a partition whose node failed is tried last (ingress), and how often the
+/// workers ask it, in a probe of its own, whether it answers again: one failed call
+/// costs up to the store's `connect_timeout + timeout`, which the healthy partitions must
+/// not pay on every poll.
 const REST: Duration = Duration::from_secs(2);
 
 /// One partition's keys: `<prefix>{queue}:` (partition 0) or `<prefix>{queue:i}:`,
@@ -81,6 +82,8 @@ pub(super) struct Partitions {
     /// Per partition: until when (ms after `started`) it rests after a failure; 0: never
     /// failed, or answered since.
     resting_until: Vec<AtomicU64>,
+    /// Per partition: whether a probe (`Partitions::probe`) is under way.
+    probing: Vec<AtomicBool>,
     started: Instant,
 }
 
@@ -103,6 +106,7 @@ impl Partitions {
             next_enqueue: AtomicUsize::new(0),
             next_take: AtomicUsize::new(0),
             resting_until: (0..count).map(|_| AtomicU64::new(0)).collect(),
+            probing: (0..count).map(|_| AtomicBool::new(false)).collect(),
             started: Instant::now(),
         }
     }
@@ -148,6 +152,33 @@ impl Partitions {
         self.resting_until
             .get(partition)
             .is_some_and(|r| r.load(Ordering::Relaxed) > self.elapsed_ms())
+    }
+
+    /// Whether the last call to `partition` failed (resting or not): until a call
+    /// succeeds, the workers take from it only by way of a probe.
+    pub fn failed(&self, partition: usize) -> bool {
+        self.resting_until
+            .get(partition)
+            .is_some_and(|r| r.load(Ordering::Relaxed) != 0)
+    }
+
+    /// Whether a probe of `partition` is due (it failed, its rest is over, and no probe
+    /// is under way); if so, the caller runs one and reports it with `probed`.
+    pub fn probe(&self, partition: usize) -> bool {
+        self.failed(partition)
+            && !self.resting(partition)
+            && self.probing.get(partition).is_some_and(|p| {
+                p.compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            })
+    }
+
+    /// The end of a probe `probe` allowed: recorded as any call.
+    pub fn probed(&self, partition: usize, ok: bool) {
+        self.record(partition, ok);
+        if let Some(p) = self.probing.get(partition) {
+            p.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Records how a call to `partition` went: a failure makes it rest for `REST`.
@@ -244,6 +275,28 @@ mod tests {
         partitions.record(1, true);
         assert!(!partitions.resting(1));
         assert_eq!(partitions.order(Turn::Take), [2, 0, 1]);
+    }
+
+    #[test]
+    fn a_failed_partition_is_probed_once_its_rest_is_over_one_probe_at_a_time() {
+        let partitions = Partitions::new("p:", 2);
+        assert!(
+            !partitions.failed(0) && !partitions.probe(0),
+            "healthy: no probe"
+        );
+        partitions.record(0, false);
+        assert!(partitions.failed(0));
+        assert!(!partitions.probe(0), "not while it rests");
+        partitions.resting_until[0].store(1, Ordering::Relaxed);
+        assert!(partitions.probe(0), "its rest is over");
+        assert!(!partitions.probe(0), "one probe at a time");
+        partitions.probed(0, false);
+        assert!(partitions.failed(0) && partitions.resting(0));
+        partitions.resting_until[0].store(1, Ordering::Relaxed);
+        assert!(partitions.probe(0));
+        partitions.probed(0, true);
+        assert!(!partitions.failed(0) && !partitions.resting(0));
+        assert!(!partitions.failed(1));
     }
 
     #[test]

@@ -266,6 +266,14 @@ impl RedisServer {
         self.kill();
     }
 
+    /// Stops the server's process (SIGSTOP) without closing anything: it accepts
+    /// connections and never answers, as a hung node does, until the guard is dropped.
+    pub fn pause(&self) -> Paused {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        signal(pid, "-STOP");
+        Paused(pid)
+    }
+
     /// Starts the server again on the same port (empty: nothing is saved), so clients
     /// that know the address reconnect by themselves.
     pub async fn restart(&mut self) {
@@ -456,4 +464,21 @@ fn stop_the_shared_cluster_at_exit() {
     if let Some(shared) = SHARED_CLUSTER.get() {
         drop(shared.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
+}
+
+/// A paused `redis-server` (`RedisServer::pause`), resumed when dropped.
+pub struct Paused(u32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, which: &str) {
+    let status = Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {which} {pid}");
 }
