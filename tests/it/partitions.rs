@@ -324,6 +324,47 @@ async fn a_node_that_hangs_costs_the_takes_one_timeout_per_partition_and_no_more
     }
 }
 
+/// The `rate` buckets live in partition 0: while its node hangs, a check fails once
+/// by timing out and then at once, until a probe finds the node answering, instead of
+/// holding a worker for the store's timeout each (16 rate-limited deliveries held every
+/// worker, and the other partitions' deliveries waited behind them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_checks_do_not_wait_on_a_hung_partition_zero_twice() {
+    let Some(cluster) = RedisCluster::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let text = partitioned(&cluster, &upstream)
+        .store_option("timeout", "500ms")
+        .store_option("connect_timeout", "500ms")
+        .to_string();
+    let settings = hookgate::config::parse(&text, "partitions.toml").expect("a valid config");
+    let metrics = std::sync::Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
+    let (_, backend) =
+        hookgate::store::build(&settings, metrics.clone()).expect("the store builds");
+    let queue = hookgate::queue::build(&settings, &backend, metrics.clone(), "instance-a")
+        .expect("the queue builds")
+        .expect("a queue source makes a queue");
+    let rate = hookgate::route::RatePolicy {
+        per_second: 100.0,
+        burst: std::num::NonZeroU32::new(100).unwrap(),
+    };
+    let now = hookgate::queue::now_millis();
+    queue
+        .enqueue(crate::contract::queue::delivery(SOURCE, 0, now))
+        .await
+        .expect("stored");
+    assert_eq!(queue.pace("openai/0", rate).await.expect("answered"), None);
+    let hung = node_holding(&cluster, "hookgate:{queue}:*").await;
+    let _paused = cluster.nodes()[hung].pause();
+
+    for _ in 0..10 {
+        assert!(queue.pace("openai/0", rate).await.is_err());
+    }
+
+    assert_eq!(failures(&metrics, "pace"), 1, "only the first check waited");
+}
+
 /// `hookgate_store_errors_total{op}` as `metrics` counted it.
 fn failures(metrics: &hookgate::metrics::Metrics, op: &str) -> u64 {
     metrics

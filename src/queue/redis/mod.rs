@@ -1012,6 +1012,16 @@ impl Queue for RedisQueue {
                 requests_per_second: rate.per_second,
                 burst: rate.burst.get(),
             });
+            // While partition 0's node is known to fail, no check waits on it: each
+            // would hold a worker for the store's timeout (a node that hangs), and the
+            // deliveries of every partition on routes without a `rate` behind them. A
+            // probe brings it back (`probe`); until then the worker defers.
+            if self.partitions.failed(0) {
+                self.probe(0);
+                return Err(QueueError::Store(StoreError::Unavailable(
+                    "partition 0, which holds the rate buckets, failed a moment ago".into(),
+                )));
+            }
             let mut invocation = self.scripts.pace.prepare_invoke();
             invocation
                 // One bucket per upstream for every partition (else the rate would be
@@ -1020,7 +1030,9 @@ impl Queue for RedisQueue {
                 .arg(interval_us)
                 .arg(tolerance_us)
                 .arg(1);
-            let wait_us: i64 = self.redis.script("pace", invocation).await?;
+            let checked: Result<i64, _> = self.redis.script("pace", invocation).await;
+            self.partitions.record(0, checked.is_ok());
+            let wait_us = checked?;
             Ok((wait_us > 0).then(|| Duration::from_micros(wait_us as u64)))
         })
     }
