@@ -126,8 +126,46 @@ impl Dedupe {
                     held: false,
                 }))
             }
-            Err(e) => Err(Reject::Store(e)),
+            Err(e) => {
+                self.release_later(key, token);
+                Err(Reject::Store(e))
+            }
         }
+    }
+
+    /// Takes back, in a task of its own, a claim whose answer never came (the sender is
+    /// told 503): the store may have written it all the same, and its retry then got
+    /// 409 `in_flight` until the claim expired, for a delivery nobody was forwarding.
+    /// The release is the token's own (it never touches another's claim). A claim that
+    /// is not there yet may still arrive (held in a buffer, or on a connection being
+    /// replaced after the timeout), so the release is asked again after 1 s and 5 s
+    /// unless it applied; a store that fails is asked again after pauses doubling from
+    /// 500 ms to 5 s, while the claim may live.
+    fn release_later(&self, key: String, token: String) {
+        const AGAIN: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(4)];
+        let store = self.store.clone();
+        let until = tokio::time::Instant::now() + self.settings.in_flight_ttl;
+        tokio::spawn(async move {
+            let (mut pause, mut again) = (Duration::from_millis(500), AGAIN.iter());
+            loop {
+                let wait = match store.release(&key, &token).await {
+                    Ok(Settled::Applied) => return,
+                    Ok(Settled::Superseded) => match again.next() {
+                        Some(wait) => *wait,
+                        None => return,
+                    },
+                    Err(_) => {
+                        let wait = pause;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                        wait
+                    }
+                };
+                if tokio::time::Instant::now() + wait >= until {
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+            }
+        });
     }
 
     /// The claim for a queue that marks it done as it stores the delivery

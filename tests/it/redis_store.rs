@@ -328,6 +328,110 @@ async fn after_redis_comes_back_on_the_same_port_the_gateway_is_ready_and_forwar
     assert_eq!(upstream.received().len(), 1);
 }
 
+/// A connection that goes silent (Redis failed over behind a virtual IP, a middlebox
+/// dropping its packets) while new connections are answered: the call that times out
+/// on it has it replaced, and the next deliveries are stored and forwarded. redis-rs
+/// reconnects only once a connection broke, and this one never did: every delivery
+/// was answered 503 until TCP gave up on the socket, about 15 minutes later.
+#[tokio::test]
+async fn a_redis_connection_gone_silent_is_replaced_after_a_timeout() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let target = format!("127.0.0.1:{}", redis.port()).parse().unwrap();
+    let proxy = SilencingProxy::start(target).await;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        config()
+            .store_option("redis_url", &proxy.redis_url())
+            .store_option("timeout", "300ms")
+            .store_option("connect_timeout", "300ms")
+            .route("*", &upstream),
+    )
+    .await;
+    assert!(gw.post(PATH, &signed_event("a.b")).await.forwarded());
+
+    proxy.silence();
+    assert_eq!(gw.post(PATH, &signed_event("a.b")).await.status(), 503);
+
+    let gw = &gw;
+    eventually(
+        "a delivery forwarded over a new connection",
+        || async move { gw.post(PATH, &signed_event("a.b")).await.forwarded() },
+    )
+    .await;
+    assert_eq!(gw.admin("/readyz").await.status(), 200);
+}
+
+/// After Redis was down for longer than the client's reconnection attempts last, it
+/// kept the last attempt's refusal and answered the first call after Redis was back
+/// with it: a refused call never ran, so it is asked once more, on the new connection.
+#[tokio::test]
+async fn the_first_delivery_after_a_long_redis_outage_is_forwarded() {
+    let Some(mut redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(impatient(&redis, "reject", &upstream)).await;
+    assert!(gw.post(PATH, &signed_event("a.b")).await.forwarded());
+    redis.stop();
+    assert_eq!(gw.post(PATH, &signed_event("a.b")).await.status(), 503);
+    // Longer than the six reconnection attempts (backing off from 0.1 s up to 2 s).
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+
+    redis.restart().await;
+
+    let reply = gw.post(PATH, &signed_event("response.completed")).await;
+    assert!(reply.forwarded(), "{reply:?}");
+}
+
+/// A claim whose answer did not come in time (503) but that Redis wrote after all: it
+/// is taken back, so the sender's retry is forwarded once Redis answers again, instead
+/// of 409 `in_flight` until the claim expired, for a delivery nobody was forwarding.
+#[tokio::test]
+async fn a_claim_that_timed_out_but_landed_is_taken_back() {
+    const HELD: Duration = Duration::from_millis(900);
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let target = format!("127.0.0.1:{}", redis.port()).parse().unwrap();
+    // The claim is the one command that names the delivery's id.
+    let proxy = DelayingProxy::start(target, b"msg_claim_lands_late", HELD).await;
+    let upstream = Upstream::start().await;
+    // A claim left in place would hold the key for longer than the test waits.
+    let gw = Gateway::start(
+        config()
+            .store_option("redis_url", &proxy.redis_url())
+            .store_option("timeout", "300ms")
+            .set("dedupe", "in_flight_ttl", "\"60s\"")
+            .route("*", &upstream),
+    )
+    .await;
+    assert!(gw.post(PATH, &signed_event("a.b")).await.forwarded());
+    let event = signed_raw(
+        SECRET,
+        "msg_claim_lands_late",
+        now_unix(),
+        r#"{"type":"response.completed"}"#,
+    );
+
+    let refused = gw.post(PATH, &event).await;
+    assert_eq!(refused.status(), 503, "{refused:?}");
+    // The claim lands after its 503, on the connection the timeout had replaced.
+    tokio::time::sleep(HELD).await;
+    let key = redis
+        .query::<Vec<String>>(redis::cmd("KEYS").arg("*msg_claim_lands_late*"))
+        .await;
+    assert_eq!(key.len(), 1, "the late claim is there: {key:?}");
+
+    let (gw, event) = (&gw, &event);
+    eventually("the retry forwarded", || async move {
+        gw.post(PATH, event).await.forwarded()
+    })
+    .await;
+    assert_eq!(upstream.received().len(), 2);
+}
+
 #[tokio::test]
 async fn with_on_error_allow_a_delivery_while_redis_is_down_is_forwarded_and_counted() {
     let Some(mut redis) = RedisServer::start_or_skip().await else {

@@ -64,7 +64,7 @@ impl RedisConnection {
                     .set_connection_timeout(Some(settings.connect_timeout))
                     .set_max_delay(Duration::from_secs(2));
                 Connection::Single(Batcher::start(
-                    ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?,
+                    Link::new(client, config).map_err(unavailable)?,
                     settings.connect_timeout + settings.timeout,
                 ))
             }
@@ -250,12 +250,13 @@ impl ConnectionLike for Conn<'_> {
     ) -> RedisFuture<'a, Vec<redis::Value>> {
         match self {
             Conn::Single(c) => {
-                let (mut connection, deadline) = (c.connection.clone(), c.deadline);
+                let (link, deadline) = (c.link.clone(), c.deadline);
                 Box::pin(async move {
-                    within(
-                        deadline,
-                        connection.req_packed_commands(pipeline, offset, count),
-                    )
+                    link.send(deadline, |mut connection| async move {
+                        connection
+                            .req_packed_commands(pipeline, offset, count)
+                            .await
+                    })
                     .await
                 })
             }
@@ -265,7 +266,7 @@ impl ConnectionLike for Conn<'_> {
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.connection.get_db(),
+            Conn::Single(c) => c.link.current().1.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -282,8 +283,83 @@ const MAX_BATCH: usize = 64;
 /// included, is bounded by `deadline`.
 pub struct Batcher {
     queue: tokio::sync::mpsc::UnboundedSender<Queued>,
-    connection: ConnectionManager,
+    link: Arc<Link>,
     deadline: Duration,
+}
+
+/// The one connection to a single Redis, replaced by a fresh one when a call on it
+/// times out. redis-rs reconnects by itself once a connection broke, but not when it
+/// only went silent (a failover behind a virtual IP or a DNS name, a middlebox that
+/// drops the packets): every call then timed out, 503 after 503, until TCP gave up on
+/// the socket, about 15 minutes later, while a new connection would have been answered
+/// at once. A connection Redis refused is asked once more, on the connection the client
+/// is reopening: the call never ran (redis-rs keeps the refusal of its last reconnect
+/// attempt while Redis is down, and handed it to the first call after Redis was back).
+struct Link {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// The connection, and how many times it was replaced: of the calls that timed out
+    /// on one connection, only the first replaces it.
+    current: std::sync::Mutex<(u64, ConnectionManager)>,
+}
+
+impl Link {
+    fn new(client: redis::Client, config: ConnectionManagerConfig) -> redis::RedisResult<Link> {
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(Link {
+            client,
+            config,
+            current: std::sync::Mutex::new((0, connection)),
+        })
+    }
+
+    fn current(&self) -> (u64, ConnectionManager) {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn replace(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != generation {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(fresh) => {
+                tracing::warn!("redis: a call timed out; the connection is replaced by a new one");
+                *current = (generation + 1, fresh);
+            }
+            Err(e) => tracing::warn!(error = %e, "redis: cannot open a new connection"),
+        }
+    }
+
+    /// `request` on the current connection within `deadline`, asked once more after a
+    /// refusal, the connection replaced after a timeout (see above).
+    async fn send<T, F>(
+        &self,
+        deadline: Duration,
+        request: impl Fn(ConnectionManager) -> F,
+    ) -> redis::RedisResult<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let started = tokio::time::Instant::now();
+        let (generation, connection) = self.current();
+        let mut result = within(deadline, request(connection)).await;
+        if result
+            .as_ref()
+            .is_err_and(RedisError::is_connection_refusal)
+        {
+            let (_, connection) = self.current();
+            let left = deadline.saturating_sub(started.elapsed());
+            result = within(left, request(connection)).await;
+        }
+        if result.as_ref().is_err_and(RedisError::is_timeout) {
+            self.replace(generation);
+        }
+        result
+    }
 }
 
 type Queued = (
@@ -299,12 +375,13 @@ enum Command {
 
 impl Batcher {
     /// Starts the batching task; it ends when the last handle is dropped.
-    fn start(connection: ConnectionManager, deadline: Duration) -> Batcher {
+    fn start(link: Link, deadline: Duration) -> Batcher {
         let (queue, commands) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(batch_forever(commands, connection.clone(), deadline));
+        let link = Arc::new(link);
+        tokio::spawn(batch_forever(commands, link.clone(), deadline));
         Batcher {
             queue,
-            connection,
+            link,
             deadline,
         }
     }
@@ -351,7 +428,7 @@ async fn within<T>(
 
 async fn batch_forever(
     mut commands: tokio::sync::mpsc::UnboundedReceiver<Queued>,
-    connection: ConnectionManager,
+    link: Arc<Link>,
     deadline: Duration,
 ) {
     while let Some(first) = commands.recv().await {
@@ -370,11 +447,17 @@ async fn batch_forever(
             }
         }
         // Sent concurrently: the next batch need not wait for this one's replies.
-        let mut connection = connection.clone();
+        let link = link.clone();
         tokio::spawn(async move {
             if batch.len() == 1 {
                 let (cmd, reply) = batch.pop().expect("one command");
-                let _ = reply.send(within(deadline, connection.req_packed_command(&cmd)).await);
+                let cmd = &cmd;
+                let sent = link
+                    .send(deadline, |mut connection| async move {
+                        connection.req_packed_command(cmd).await
+                    })
+                    .await;
+                let _ = reply.send(sent);
                 return;
             }
             let (cmds, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
@@ -383,11 +466,13 @@ async fn batch_forever(
             for cmd in cmds {
                 pipe.add_command(cmd);
             }
-            let results = within(
-                deadline,
-                pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut connection),
-            )
-            .await;
+            let pipe = &pipe;
+            let results = link
+                .send(deadline, |mut connection| async move {
+                    pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut connection)
+                        .await
+                })
+                .await;
             match results {
                 Ok(results) if results.len() == replies.len() => {
                     for (reply, result) in replies.into_iter().zip(results) {

@@ -69,3 +69,76 @@ impl Drop for DelayingProxy {
         self.task.abort();
     }
 }
+
+/// A TCP proxy whose open connections can be made to go silent on cue, sockets left
+/// open (`silence`), while new ones are relayed: a server behind a virtual IP that
+/// failed over, or a middlebox that drops the packets of established connections.
+pub struct SilencingProxy {
+    addr: SocketAddr,
+    /// Bumped by `silence`: a relay started under an older generation stops relaying.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl SilencingProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("an address");
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let current = generation.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let born = current.load(Ordering::SeqCst);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)]
+                {
+                    let current = current.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            // Silenced: what is read is dropped, the socket held open.
+                            if current.load(Ordering::SeqCst) != born {
+                                continue;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        // Keep the other half open for as long as the test runs.
+                        std::future::pending::<()>().await;
+                        drop(to);
+                    });
+                }
+            }
+        });
+        SilencingProxy {
+            addr,
+            generation,
+            task,
+        }
+    }
+
+    /// Every connection open now goes silent for good; later ones are relayed.
+    pub fn silence(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// `redis://` at the proxy.
+    pub fn redis_url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+impl Drop for SilencingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
