@@ -283,24 +283,35 @@ impl Console {
                 "The confirmation was incomplete: open the replay from the list again.",
             );
         };
-        let ids = match matching(queue.as_ref(), filter, as_of, count.min(MAX_BULK)).await {
-            Ok(ids) => ids,
-            Err(e) => return unavailable(e),
-        };
-        let now = now_millis();
-        let mut replayed = 0;
-        for id in &ids {
-            match queue.replay(id, now).await {
-                Ok(Replayed::Queued { .. }) => replayed += 1,
-                Ok(_) => {}
-                Err(e) => return unavailable(e),
+        // In a task of its own, as the API's bulk replay: run in the request's future, a
+        // tab closed or a proxy timing out cut it short part-way, unanswered and unlogged.
+        let queue = queue.clone();
+        let replaying = tokio::spawn(async move {
+            let ids = matching(queue.as_ref(), filter, as_of, count.min(MAX_BULK)).await?;
+            let now = now_millis();
+            let mut replayed = 0;
+            for id in &ids {
+                match queue.replay(id, now).await {
+                    Ok(Replayed::Queued { .. }) => replayed += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(replayed, confirmed = count, error = %e, "console: bulk replay stopped part-way: the store failed; replay again for the rest");
+                        return Err(e);
+                    }
+                }
             }
-        }
-        tracing::info!(
-            replayed,
-            confirmed = count,
-            "console: dead letters replayed"
-        );
+            tracing::info!(
+                replayed,
+                confirmed = count,
+                "console: dead letters replayed"
+            );
+            Ok(replayed)
+        });
+        let replayed = match replaying.await {
+            Ok(Ok(replayed)) => replayed,
+            Ok(Err(e)) => return unavailable(e),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         let mut back = carried(form, &FILTER_KEYS[1..]);
         back.retain(|(k, _)| k != "status");
         let text = match (replayed, count) {

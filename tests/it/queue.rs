@@ -844,6 +844,76 @@ async fn a_bulk_replay_runs_to_its_end_when_its_client_hangs_up() {
     assert!(counts.values().all(|&n| n == 2), "{counts:?}");
 }
 
+/// The console's bulk replay too runs to its end when the browser goes away (a tab
+/// closed, a proxy in front timing out): it was cut short part-way, unanswered and
+/// unlogged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_bulk_replay_runs_to_its_end_when_the_browser_goes_away() {
+    const DEAD: usize = 600;
+    let Some(store) = TestStore::redis().await else {
+        return;
+    };
+    let upstream = Upstream::with(Behaviour::always(Answer::status(400))).await;
+    let gw = Gateway::start(queue_config(&store, &upstream).queue_option("workers", "32")).await;
+    enqueue_through_both(&gw, &gw, DEAD).await;
+    Deliveries::of(&gw)
+        .wait_for_count("failed_final", DEAD)
+        .await;
+    // The confirmation page: the session (a loopback console without a token opens one
+    // for anyone) and the form the browser would post.
+    let page = gw
+        .send(
+            http::Request::get(gw.admin_url("/ui/replay?status=failed_final"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(page.status(), 200, "{}", page.text());
+    let cookie = page
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let form: Vec<String> = page
+        .text()
+        .split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .map(|field| {
+            let (name, rest) = field.split_once("\" value=\"").expect("a value");
+            format!("{name}={}", rest.split('"').next().unwrap())
+        })
+        .collect();
+    let form = form.join("&");
+    assert!(form.contains(&format!("count={DEAD}")), "{form}");
+    let url = gw.admin_url("");
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+
+    let mut browser = tokio::net::TcpStream::connect(host).await.unwrap();
+    browser
+        .write_all(
+            format!(
+                "POST /ui/replay HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\
+                 Sec-Fetch-Site: same-origin\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\n\
+                 Content-Length: {}\r\n\r\n{form}",
+                form.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(browser);
+
+    // Each one replayed is attempted again (and refused again): all of them, once.
+    upstream.wait_for(2 * DEAD).await;
+    let counts = upstream.count_by_webhook_id();
+    assert_eq!(counts.len(), DEAD);
+    assert!(counts.values().all(|&n| n == 2), "{counts:?}");
+}
+
 /// The admin API's methods as HTTP has them: HEAD as GET, a 405 naming what is allowed,
 /// `Bearer` in any case, and `/deliveries/replay` never read as a delivery id.
 #[tokio::test]
