@@ -196,11 +196,8 @@ impl Telemetry {
             .start_with_context(&on.tracer, &parent);
         // Set after the sampler decided, so a trace sampled out copies nothing.
         if span.is_recording() {
-            span.set_attribute(KeyValue::new(
-                "http.request.method",
-                method.as_str().to_owned(),
-            ));
-            span.set_attribute(KeyValue::new("url.path", path.to_owned()));
+            span.set_attribute(KeyValue::new("http.request.method", method_name(method)));
+            span.set_attribute(KeyValue::new("url.path", path_shown(path).into_owned()));
         }
         Span::started(on, parent.with_span(span))
     }
@@ -499,6 +496,38 @@ impl<T, E> Failed for Result<T, E> {
     }
 }
 
+/// The longest `url.path` a span holds. A path is the sender's to choose (tens of
+/// kilobytes fit in a request head), and the span queue is bounded by count: with whole
+/// paths a flood of 404s behind a slow collector queued 4,096 spans of 40 KB each.
+const MAX_SPAN_PATH: usize = 256;
+
+/// `url.path` as a span holds it: at most `MAX_SPAN_PATH` bytes (a path is ASCII, its
+/// other bytes percent-encoded; a cut is marked with `...`).
+fn path_shown(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.get(..MAX_SPAN_PATH) {
+        Some(head) if head.len() < path.len() => format!("{head}...").into(),
+        _ => path.into(),
+    }
+}
+
+/// `http.request.method` as the semantic conventions name it: a method HTTP defines,
+/// else `_OTHER` (an extension method is the sender's to spell, at any length).
+fn method_name(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => "_OTHER",
+    }
+}
+
 /// The address of an upstream, for a client span: host and port only (a URL may carry
 /// credentials or a token in its query). An IPv6 host without its URL brackets, as the
 /// semantic conventions write `server.address` (`::1`, not `[::1]`).
@@ -706,6 +735,19 @@ mod tests {
         // Two traceparents: neither is believed.
         headers.append(TRACEPARENT, HeaderValue::from_static(good));
         assert!(sender_context(&headers).is_none());
+    }
+
+    #[test]
+    fn a_span_holds_a_bounded_path_and_a_known_method_or_other() {
+        assert_eq!(path_shown("/webhooks/openai"), "/webhooks/openai");
+        let long = format!("/{}", "a".repeat(40_000));
+        let shown = path_shown(&long);
+        assert_eq!(shown.len(), MAX_SPAN_PATH + 3);
+        assert!(shown.ends_with("..."));
+        assert_eq!(path_shown(&long[..MAX_SPAN_PATH]).len(), MAX_SPAN_PATH);
+        assert_eq!(method_name(&http::Method::POST), "POST");
+        let odd = http::Method::from_bytes("X".repeat(1000).as_bytes()).unwrap();
+        assert_eq!(method_name(&odd), "_OTHER");
     }
 
     #[test]
