@@ -69,6 +69,11 @@ pub enum StoreError {
     Timeout,
 }
 
+/// What a claim answers as the time left to another's claim when it knows the key is
+/// held but not for how long (the store failed while asking): a sender retries after
+/// it (`Retry-After`).
+pub const HOLDER_UNKNOWN: Duration = Duration::from_secs(1);
+
 pub trait Store: Send + Sync {
     /// Claims `key` for `token` for `ttl`, unless it is done or claimed by someone else.
     fn claim<'a>(

@@ -432,6 +432,42 @@ async fn a_claim_that_timed_out_but_landed_is_taken_back() {
     assert_eq!(upstream.received().len(), 2);
 }
 
+/// A copy arriving while the first is forwarded: Redis answers that the key is in
+/// flight, then fails the script that asks for how long. `on_error = "allow"` let the
+/// copy through beside the one in flight; the first answer stands instead: 409.
+#[tokio::test]
+async fn with_on_error_allow_a_copy_found_in_flight_is_not_forwarded_when_redis_fails_next() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::with(Behaviour::always(
+        Answer::ok().after(Duration::from_secs(2)),
+    ))
+    .await;
+    let gw = Gateway::start(impatient(&redis, "allow", &upstream)).await;
+    let event = signed_event("response.completed");
+
+    let (first, copy) = tokio::join!(gw.post(PATH, &event), async {
+        upstream.wait_for(1).await;
+        // Scripts refused from now on: the claim's second step fails.
+        let _: String = redis
+            .query(
+                redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg("default")
+                    .arg("-evalsha")
+                    .arg("-eval"),
+            )
+            .await;
+        gw.post(PATH, &event).await
+    });
+
+    assert!(first.forwarded(), "{first:?}");
+    assert_eq!(copy.status(), 409, "{copy:?}");
+    assert_eq!(copy.error(), "in_flight");
+    assert_eq!(upstream.received().len(), 1);
+}
+
 #[tokio::test]
 async fn with_on_error_allow_a_delivery_while_redis_is_down_is_forwarded_and_counted() {
     let Some(mut redis) = RedisServer::start_or_skip().await else {

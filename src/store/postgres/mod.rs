@@ -132,35 +132,45 @@ impl Store for PostgresStore {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<ClaimState, StoreError>> {
         Box::pin(async move {
-            let won = self
-                .pool
-                .call("claim", async |client| {
-                    let statement = client.prepare_cached(CLAIM).await?;
-                    client
-                        .query_opt(&statement, &[&key, &token, &seconds(ttl)])
-                        .await
-                })
-                .await?;
-            if won.is_some() {
-                return Ok(ClaimState::Won);
+            // A second round when the claim that held the key ended between the two
+            // statements: the key is free, so it is claimed, as Redis' script does.
+            for _ in 0..2 {
+                let won = self
+                    .pool
+                    .call("claim", async |client| {
+                        let statement = client.prepare_cached(CLAIM).await?;
+                        client
+                            .query_opt(&statement, &[&key, &token, &seconds(ttl)])
+                            .await
+                    })
+                    .await?;
+                if won.is_some() {
+                    return Ok(ClaimState::Won);
+                }
+                // Held by someone (rare): by whom, asked only now. Held it is, whatever
+                // this asking meets: failing, it must not let a copy through (`on_error
+                // = "allow"` forwarded one beside the claim in flight, or a replay of a
+                // delivery done), so the sender is asked to come back soon.
+                let holder = self
+                    .pool
+                    .call("claim", async |client| {
+                        let statement = client.prepare_cached(HOLDER).await?;
+                        client.query_opt(&statement, &[&key]).await
+                    })
+                    .await;
+                match holder {
+                    Ok(Some(row)) if row.get::<_, bool>(0) => return Ok(ClaimState::Done),
+                    Ok(Some(row)) => {
+                        return Ok(ClaimState::InFlight {
+                            remaining: Duration::from_secs_f64(row.get::<_, f64>(1)),
+                        });
+                    }
+                    Ok(None) => continue,
+                    Err(_) => break,
+                }
             }
-            // Held by someone (rare): by whom, asked only now.
-            let holder = self
-                .pool
-                .call("claim", async |client| {
-                    let statement = client.prepare_cached(HOLDER).await?;
-                    client.query_opt(&statement, &[&key]).await
-                })
-                .await?;
-            Ok(match holder {
-                Some(row) if row.get::<_, bool>(0) => ClaimState::Done,
-                Some(row) => ClaimState::InFlight {
-                    remaining: Duration::from_secs_f64(row.get::<_, f64>(1)),
-                },
-                // It ended in between: the sender may retry at once.
-                None => ClaimState::InFlight {
-                    remaining: Duration::ZERO,
-                },
+            Ok(ClaimState::InFlight {
+                remaining: crate::store::HOLDER_UNKNOWN,
             })
         })
     }

@@ -29,7 +29,7 @@ use redis::{ErrorKind, Script, ScriptInvocation, ServerErrorKind};
 
 pub(crate) use self::connection::{Conn, RedisConnection, Unsent, millis};
 use super::coalesce::{Groups, Seal};
-use super::{BoxFuture, ClaimState, RateDecision, Settled, Store, StoreError};
+use super::{BoxFuture, ClaimState, HOLDER_UNKNOWN, RateDecision, Settled, Store, StoreError};
 use crate::config::{RateLimitSettings, RedisSettings};
 use crate::metrics::Metrics;
 
@@ -276,7 +276,19 @@ impl Store for RedisStore {
             }
             let mut invocation = self.scripts.claim.prepare_invoke();
             invocation.key(&key).arg(&value).arg(millis(ttl));
-            let reply: Vec<i64> = self.script("claim", invocation).await?;
+            let reply: Vec<i64> = match self.script("claim", invocation).await {
+                Ok(reply) => reply,
+                // The first answer already said another claim holds the key: this one
+                // failing leaves that true, so a copy is not let through (`on_error =
+                // "allow"` forwarded it beside the one in flight). How long the other
+                // claim lasts is not known: ask the sender to come back soon.
+                Err(_) if !self.legacy_claim.load(Ordering::Relaxed) => {
+                    return Ok(ClaimState::InFlight {
+                        remaining: HOLDER_UNKNOWN,
+                    });
+                }
+                Err(e) => return Err(e),
+            };
             Ok(match reply.as_slice() {
                 [1, ..] => ClaimState::Won,
                 [2, ..] => ClaimState::Done,
