@@ -331,6 +331,9 @@ async fn replay(queue: &dyn Queue, id: &str) -> Result<Reply, Reply> {
                 state: Some(state),
             }),
         )),
+        Replayed::PartitionNotTaken { .. } => {
+            Err(error(StatusCode::CONFLICT, "partition_not_taken"))
+        }
     }
 }
 

@@ -224,6 +224,15 @@ impl Console {
                     "Only dead letters (failed_final) can be replayed; this delivery is {state}."
                 ),
             ),
+            Ok(Replayed::PartitionNotTaken { partition }) => message(
+                StatusCode::CONFLICT,
+                "Not replayed",
+                &format!(
+                    "This delivery lives in partition {partition}, past queue.partitions: \
+                     queued there again, it would never be taken. Raise queue.partitions \
+                     above {partition} to replay it."
+                ),
+            ),
             Err(e) => unavailable(e),
         }
     }

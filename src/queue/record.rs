@@ -548,6 +548,11 @@ pub enum Replayed {
     NotFound,
     /// Only final deliveries can be replayed; this one is still on its way.
     NotReplayable(State),
+    /// It lives in a partition past `queue.partitions` (lowered since): queued there
+    /// again, it would never be taken.
+    PartitionNotTaken {
+        partition: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -365,6 +365,55 @@ async fn rate_checks_do_not_wait_on_a_hung_partition_zero_twice() {
     assert_eq!(failures(&metrics, "pace"), 1, "only the first check waited");
 }
 
+/// After `partitions` was lowered, a dead letter in a partition dropped is still shown,
+/// but its replay is refused (409 `partition_not_taken`): queued again there, no worker
+/// would ever take it, and the replay said `replayed`.
+#[tokio::test]
+async fn a_dead_letter_in_a_partition_no_longer_taken_is_not_replayed_into_it() {
+    let Some(store) = TestStore::redis().await else {
+        return;
+    };
+    let upstream = Upstream::with(Behaviour::always(Answer::status(400))).await;
+    let queued = |partitions: &str| {
+        config()
+            .store(&store)
+            .queued()
+            .route("*", &upstream)
+            .queue_option("partitions", partitions)
+    };
+    let gw = Gateway::start(queued("4")).await;
+    let client = gw.client();
+    for n in 0..4 {
+        let event = signed_raw(
+            SECRET,
+            &format!("msg_lowered_{n}"),
+            now_unix(),
+            r#"{"type":"response.completed"}"#,
+        );
+        enqueue(&client, &event).await;
+    }
+    let deliveries = Deliveries::of(&gw);
+    deliveries.wait_for_count("failed_final", 4).await;
+    let listed = deliveries.list("status=failed_final").await;
+    let last = listed
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .find(|id| id.ends_with("_p3"))
+        .expect("one in partition 3");
+    drop(gw);
+
+    let gw = Gateway::start(queued("2")).await;
+    let deliveries = Deliveries::of(&gw);
+    assert_eq!(deliveries.record(&last).await["state"], "failed_final");
+    let reply = deliveries
+        .request(http::Method::POST, &format!("/deliveries/{last}/replay"))
+        .await;
+
+    assert_eq!(reply.status(), 409, "{reply:?}");
+    assert_eq!(reply.error(), "partition_not_taken");
+    assert_eq!(deliveries.record(&last).await["state"], "failed_final");
+}
+
 /// `hookgate_store_errors_total{op}` as `metrics` counted it.
 fn failures(metrics: &hookgate::metrics::Metrics, op: &str) -> u64 {
     metrics

@@ -1158,6 +1158,9 @@ impl Queue for RedisQueue {
     ) -> BoxFuture<'a, Result<Replayed, QueueError>> {
         Box::pin(async move {
             let p = self.partitions.of(id);
+            if p.index >= self.partitions.len() {
+                return Ok(Replayed::PartitionNotTaken { partition: p.index });
+            }
             let mut invocation = self.scripts.replay.prepare_invoke();
             invocation
                 .key(p.record_key(id))
