@@ -4,6 +4,9 @@
 //! Every check names the key path it blames (`Invalid::at`), and its message names it
 //! too, so an error reads on its own and `ConfigError` can point at the key's line.
 
+use std::time::Duration;
+
+use super::duration;
 use super::error::{Invalid, positive};
 use super::file::{self, DeliveryMode, FileConfig, OnError};
 use super::settings::{
@@ -41,6 +44,19 @@ pub(super) fn build(file: FileConfig, origin: &str) -> Result<Settings, Invalid>
     let store = store_settings(file.store.as_ref())?;
     let queue = queue_settings(&file.queue)?;
     let queued = sources.iter().any(|s| s.delivery == DeliveryMode::Queue);
+    if queued {
+        warnings.extend(renewal_warning(&store, queue.visibility_timeout));
+    }
+    if let Some(token) = &file.admin.token
+        && token.expose().chars().count() < MIN_ADMIN_TOKEN_CHARS
+    {
+        warnings.push(format!(
+            "admin.token is {} characters long: a token that can be guessed opens the admin API \
+             and the console (deliveries, replays, reloads) to whoever reaches admin.listen; \
+             use at least 32 random characters (openssl rand -hex 16)",
+            token.expose().chars().count()
+        ));
+    }
     Ok(Settings {
         origin: origin.to_owned(),
         server: ServerSettings {
@@ -344,6 +360,32 @@ fn body_budget(file: &file::Limits, max_body_bytes: usize) -> Result<(usize, usi
             )
         })?;
     Ok((all, per_ip as usize))
+}
+
+/// Shorter admin tokens are warned about.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+/// A queue whose leases a store operation can outlast: an instance renews what it
+/// holds every third of `visibility_timeout`, and a renewal may take the store's whole
+/// `connect_timeout + timeout`; past two thirds of the timeout, a renewal that waits
+/// that long lets another instance take over a delivery still being attempted (sent
+/// twice).
+fn renewal_warning(store: &StoreSettings, visibility: Duration) -> Option<String> {
+    let deadline = match &store.backend {
+        StoreBackend::Redis(redis) => redis.connect_timeout + redis.timeout,
+        StoreBackend::Postgres(pg) => pg.connect_timeout + pg.timeout,
+        StoreBackend::Memory => return None,
+    };
+    (deadline * 3 > visibility * 2).then(|| {
+        format!(
+            "queue.visibility_timeout ({}) is less than 1.5 times store.connect_timeout + \
+             store.timeout ({}): a lease renewal that waits for the store that long lets \
+             another instance take over a delivery still being attempted, which is then sent \
+             twice; raise queue.visibility_timeout",
+            duration::written(visibility),
+            duration::written(deadline)
+        )
+    })
 }
 
 fn admin_auth(file: &file::Admin) -> Result<AdminAuth, Invalid> {
@@ -1079,6 +1121,38 @@ upstream = "http://127.0.0.1:9001/hooks"
         assert!(derived.warnings.is_empty(), "{:?}", derived.warnings);
         assert!(derived.dedupe.in_flight_ttl_derived);
         assert_eq!(derived.dedupe.in_flight_ttl, Duration::from_secs(35));
+    }
+
+    #[test]
+    fn a_short_admin_token_and_leases_a_store_call_can_outlast_are_warned_about() {
+        let short = parse(&format!("[admin]\ntoken = \"change-me\"\n{MINIMAL}"), "t").unwrap();
+        assert!(
+            short
+                .warnings
+                .iter()
+                .any(|w| w.contains("admin.token is 9 characters long")),
+            "{:?}",
+            short.warnings
+        );
+        let long = format!("[admin]\ntoken = \"{}\"\n{MINIMAL}", "x".repeat(32));
+        assert!(parse(&long, "t").unwrap().warnings.is_empty());
+
+        let queued = MINIMAL.replace(
+            "[[sources.routes]]\n",
+            "delivery = \"queue\"\n[[sources.routes]]\nname = \"a\"\n",
+        );
+        let store = "[store]\nredis_url = \"redis://127.0.0.1:6379\"\ntimeout = \"1s\"\nconnect_timeout = \"2s\"\n";
+        let tight = format!("[queue]\nvisibility_timeout = \"4s\"\n{store}{queued}");
+        let tight = parse(&tight, "t").unwrap();
+        assert!(
+            tight.warnings.iter().any(|w| w.contains(
+                "queue.visibility_timeout (4s) is less than 1.5 times store.connect_timeout + store.timeout (3s)"
+            )),
+            "{:?}",
+            tight.warnings
+        );
+        let roomy = format!("[queue]\nvisibility_timeout = \"5s\"\n{store}{queued}");
+        assert!(parse(&roomy, "t").unwrap().warnings.is_empty());
     }
 
     #[test]

@@ -38,9 +38,13 @@ impl Secret {
         &self.0
     }
 
-    /// Whether `candidate` equals this secret, compared in constant time (for tokens).
+    /// Whether `candidate` equals this secret, compared in constant time (for tokens):
+    /// their SHA-256 digests are, as values of different lengths ended the comparison at
+    /// once, which told a guesser the token's length.
     pub fn matches(&self, candidate: &[u8]) -> bool {
-        self.0.as_bytes().ct_eq(candidate).into()
+        use sha2::{Digest, Sha256};
+        let (expected, given) = (Sha256::digest(self.0.as_bytes()), Sha256::digest(candidate));
+        expected.as_slice().ct_eq(given.as_slice()).into()
     }
 }
 
