@@ -180,7 +180,10 @@ impl Console {
                     Ok(form) => self.log_in(&parts.headers, &auth, &form, secure).await,
                     Err(refused) => refused,
                 },
-                _ => self.login_form(&parts.headers, &auth, &query, None, secure),
+                Method::GET | Method::HEAD => {
+                    self.login_form(&parts.headers, &auth, &query, None, secure)
+                }
+                _ => not_allowed("GET, HEAD, POST"),
             };
         }
         let now = Instant::now();
@@ -270,11 +273,14 @@ impl Console {
             (&Method::GET | &Method::HEAD, ["replay"]) => self.confirm_replay(visit).await,
             (&Method::POST, ["replay"]) => self.replay_matching(visit, form).await,
             (&Method::POST, ["logout"]) => redirect("/ui/login"),
-            _ => message(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                "There is no console page here.",
-            ),
+            (_, page) => match allowed(page) {
+                Some(allow) => not_allowed(allow),
+                None => message(
+                    StatusCode::NOT_FOUND,
+                    "Not found",
+                    "There is no console page here.",
+                ),
+            },
         }
     }
 
@@ -381,8 +387,13 @@ impl Console {
 /// Where to go after login: a console path, never another site (`//host`).
 fn safe_next(next: Option<&str>) -> &str {
     match next {
+        // Printable ASCII only, as a `Location` header carries it: one with a control
+        // character was dropped from the redirect, which left a login on a blank page.
         Some(next)
-            if next.starts_with("/ui/") && !next.starts_with("//") && !next.contains('\\') =>
+            if next.starts_with("/ui/")
+                && !next.starts_with("//")
+                && !next.contains('\\')
+                && next.bytes().all(|b| b.is_ascii_graphic()) =>
         {
             next
         }
@@ -400,6 +411,29 @@ fn over_tls(parts: &http::request::Parts) -> bool {
             .headers
             .get("x-forwarded-proto")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+/// The methods a console page answers (for a 405's `Allow`), `None` for no page.
+fn allowed(page: &[&str]) -> Option<&'static str> {
+    match page {
+        [] | ["deliveries"] | ["deliveries", _] => Some("GET, HEAD"),
+        ["deliveries", _, "replay"] | ["logout"] => Some("POST"),
+        ["replay"] => Some("GET, HEAD, POST"),
+        _ => None,
+    }
+}
+
+/// A page asked with a method it does not answer, as the admin API answers it.
+fn not_allowed(allow: &'static str) -> Reply {
+    let mut reply = message(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Not allowed",
+        &format!("This page answers {allow} only."),
+    );
+    reply
+        .headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    reply
 }
 
 /// The form a POST carries, within `MAX_FORM_BYTES` and `timeout`: a body that never
@@ -514,10 +548,24 @@ mod tests {
             "/ui",
             "/\\evil",
             "/metrics",
+            "/ui/\r\nX: y",
+            "/ui/caf\u{e9}",
+            "/ui/a b",
         ] {
             assert_eq!(safe_next(Some(bad)), "/ui/", "{bad}");
         }
         assert_eq!(safe_next(None), "/ui/");
+    }
+
+    #[test]
+    fn a_page_asked_with_another_method_names_the_methods_it_answers() {
+        assert_eq!(allowed(&["deliveries"]), Some("GET, HEAD"));
+        assert_eq!(allowed(&["deliveries", "dlv_1", "replay"]), Some("POST"));
+        assert_eq!(allowed(&["replay"]), Some("GET, HEAD, POST"));
+        assert_eq!(allowed(&["nothing"]), None);
+        let reply = not_allowed("POST");
+        assert_eq!(reply.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(reply.headers()[http::header::ALLOW], "POST");
     }
 
     #[test]
