@@ -573,7 +573,14 @@ impl Queue for MemoryQueue {
         let mut paces = self.paces.lock().unwrap_or_else(|p| p.into_inner());
         let now = tokio::time::Instant::now();
         let (interval, tolerance) = crate::store::gcra(rate.per_second, rate.burst.get());
-        let tat = paces.get(key).copied().unwrap_or(now).max(now);
+        // A bucket a slower rate emptied (a reload raised it) is no emptier than this
+        // rate can make one: the new rate applies from the next start.
+        let tat = paces
+            .get(key)
+            .copied()
+            .unwrap_or(now)
+            .max(now)
+            .min(now + tolerance + interval);
         let ahead = tat - now;
         if ahead > tolerance {
             return ready(Ok(Some(ahead - tolerance)));

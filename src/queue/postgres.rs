@@ -80,13 +80,17 @@ impl<'a> NewRow<'a> {
 /// the database's clock); a row comes back when allowed.
 const PACE: &str = "INSERT INTO paces AS p (key, tat) \
      VALUES ($1, now() + make_interval(secs => $2)) \
-     ON CONFLICT (key) DO UPDATE SET tat = greatest(p.tat, now()) + make_interval(secs => $2) \
-     WHERE greatest(p.tat, now()) - now() <= make_interval(secs => $3) \
+     ON CONFLICT (key) DO UPDATE SET tat = least(greatest(p.tat, now()), \
+       now() + make_interval(secs => $2::float8 + $3::float8)) + make_interval(secs => $2) \
+     WHERE least(greatest(p.tat, now()), now() + make_interval(secs => $2::float8 + $3::float8)) - now() \
+       <= make_interval(secs => $3) \
      RETURNING 1";
 
-/// How long a denied start waits: past the tolerance, in seconds.
-const PACE_WAIT: &str = "SELECT greatest(extract(epoch FROM tat - now())::float8 - $2, 0) \
-     FROM paces WHERE key = $1";
+/// How long a denied start waits: past the tolerance, in seconds, at most one interval
+/// (`$3`): a bucket a slower rate emptied (a reload raised it) is no emptier than this
+/// rate can make one, as `PACE` reads it.
+const PACE_WAIT: &str = "SELECT greatest(least(extract(epoch FROM tat - now())::float8, $2::float8 + $3::float8) \
+     - $2, 0) FROM paces WHERE key = $1";
 
 /// Marks the dedupe claim `$1` of token `$2` done for `$3` seconds, if still held.
 const CLAIM_DONE: &str = "UPDATE dedupe SET token = NULL, \
@@ -945,7 +949,9 @@ impl Queue for PostgresQueue {
                         return Ok(None);
                     }
                     let statement = client.prepare_cached(PACE_WAIT).await?;
-                    let row = client.query_opt(&statement, &[&key, &tolerance]).await?;
+                    let row = client
+                        .query_opt(&statement, &[&key, &tolerance, &interval])
+                        .await?;
                     Ok(Some(row.map_or(0.0, |row| row.get::<_, f64>(0))))
                 })
                 .await?;

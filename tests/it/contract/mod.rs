@@ -192,6 +192,7 @@ macro_rules! contract_tests {
                     the_trace_context_comes_back_with_every_attempt_and_the_history_keeps_trace_ids,
                     enqueue_all_stores_every_copy_with_its_own_record_and_lease,
                     pace_allows_the_burst_then_one_start_per_interval_per_key,
+                    a_raised_rate_applies_from_the_next_start,
                     a_deferred_delivery_waits_until_its_time_without_an_attempt,
                     a_deferral_past_max_age_dead_letters_the_delivery_without_an_attempt,
                     a_deferral_past_max_age_tells_the_attempts_the_delivery_had,

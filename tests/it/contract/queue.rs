@@ -549,6 +549,36 @@ pub async fn pace_allows_the_burst_then_one_start_per_interval_per_key(queue: &d
     );
 }
 
+/// A route's `rate` raised by a reload applies from the next start: the bucket the
+/// slower rate emptied is no emptier than the new rate can make one. (It was read as
+/// it stood: a burst spent at one start a minute kept starts waiting for up to an hour
+/// at a rate of a hundred a second.)
+pub async fn a_raised_rate_applies_from_the_next_start(queue: &dyn Queue) {
+    let slow = hookgate::route::RatePolicy {
+        per_second: 1.0 / 3600.0,
+        burst: std::num::NonZeroU32::new(3).unwrap(),
+    };
+    for _ in 0..3 {
+        assert_eq!(queue.pace("openai/r/0", slow).await.unwrap(), None);
+    }
+    let wait = queue
+        .pace("openai/r/0", slow)
+        .await
+        .unwrap()
+        .expect("spent");
+    assert!(wait > Duration::from_secs(3000), "{wait:?}");
+
+    let fast = hookgate::route::RatePolicy {
+        per_second: 100.0,
+        burst: std::num::NonZeroU32::new(1).unwrap(),
+    };
+    let wait = queue.pace("openai/r/0", fast).await.unwrap();
+    assert!(
+        wait.is_none_or(|w| w <= Duration::from_millis(10)),
+        "at most one interval of the new rate: {wait:?}"
+    );
+}
+
 pub async fn deliveries_are_taken_oldest_first_and_at_most_as_many_as_asked(queue: &dyn Queue) {
     let t = now_millis();
     let mut ids = Vec::new();
