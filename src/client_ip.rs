@@ -122,10 +122,16 @@ fn forwarded_hops(headers: &HeaderMap) -> Vec<&[u8]> {
 }
 
 /// The key a client is rate-limited under: its address, or its /64 for IPv6, because
-/// one IPv6 host usually controls a whole /64.
+/// one IPv6 host usually controls a whole /64. An IPv4 client translated into the
+/// NAT64 well-known prefix (`64:ff9b::/96`, RFC 6052) is keyed by its IPv4 address:
+/// by the /64, every IPv4 sender behind the translator shared one rate bucket, one
+/// connection cap and one penalty box record.
 pub fn rate_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+            IpAddr::V4((u128::from(v6) as u32).into())
+        }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
             IpAddr::V6(bits.into())
@@ -289,5 +295,10 @@ mod tests {
             rate_key("192.0.2.1".parse().unwrap()).to_string(),
             "192.0.2.1"
         );
+        // NAT64: each translated IPv4 client keeps its own key.
+        let a = rate_key("64:ff9b::c000:201".parse().unwrap());
+        let b = rate_key("64:ff9b::c000:202".parse().unwrap());
+        assert_eq!(a.to_string(), "192.0.2.1");
+        assert_ne!(a, b);
     }
 }
