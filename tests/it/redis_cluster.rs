@@ -125,3 +125,105 @@ async fn hookgate_check_reads_the_persistence_of_every_cluster_primary() {
         "{out}"
     );
 }
+
+/// The node of `cluster` that serves `slot` (by each node's own `CLUSTER NODES` line).
+async fn owner_of(cluster: &RedisCluster, slot: i64) -> usize {
+    for (index, node) in cluster.nodes().iter().enumerate() {
+        let nodes: String = node.query(redis::cmd("CLUSTER").arg("NODES")).await;
+        let mine = nodes
+            .lines()
+            .find(|line| line.contains("myself"))
+            .expect("its own line");
+        let serves = mine.split_whitespace().skip(8).any(|range| {
+            let (from, to) = range.split_once('-').unwrap_or((range, range));
+            match (from.parse::<i64>(), to.parse::<i64>()) {
+                (Ok(from), Ok(to)) => (from..=to).contains(&slot),
+                _ => false,
+            }
+        });
+        if serves {
+            return index;
+        }
+    }
+    panic!("no node serves slot {slot}");
+}
+
+/// Redis Cluster's slot of a key without a hash tag: CRC16 (XMODEM) mod 16384.
+fn key_slot(key: &str) -> u16 {
+    let mut crc: u16 = 0;
+    for byte in key.bytes() {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+async fn node_id(node: &RedisServer) -> String {
+    node.query(redis::cmd("CLUSTER").arg("MYID")).await
+}
+
+/// A resharding under way: the claims of new keys in a migrating slot are answered
+/// `ASK` by the slot's old node, and once the slot has moved `MOVED`. Both prove the
+/// command never ran and are followed: the deliveries are forwarded once and their
+/// copies answered as duplicates. (The client is told not to retry, so it did not
+/// follow them, and every new delivery in a migrating slot was answered 503.)
+#[tokio::test]
+async fn deliveries_in_a_slot_being_resharded_are_forwarded_once() {
+    let Some(cluster) = RedisCluster::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().redis_cluster(&cluster).route("*", &upstream)).await;
+    let key = format!("hookgate:dedupe:{SOURCE}:msg_resharded_1");
+    let slot: i64 = cluster.nodes()[0]
+        .query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key))
+        .await;
+    let from = owner_of(&cluster, slot).await;
+    let to = (from + 1) % cluster.nodes().len();
+    let (from_id, to_id) = (
+        node_id(&cluster.nodes()[from]).await,
+        node_id(&cluster.nodes()[to]).await,
+    );
+    let setslot = |state: &str, id: &str| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
+        cmd
+    };
+    let _: String = cluster.nodes()[to]
+        .query(&setslot("IMPORTING", &from_id))
+        .await;
+    let _: String = cluster.nodes()[from]
+        .query(&setslot("MIGRATING", &to_id))
+        .await;
+    // A second delivery whose key falls in the same slot.
+    let second = (2..)
+        .map(|n| format!("msg_resharded_{n}"))
+        .find(|id| i64::from(key_slot(&format!("hookgate:dedupe:{SOURCE}:{id}"))) == slot)
+        .expect("some id in the slot");
+    let ids = ["msg_resharded_1", second.as_str()];
+
+    let event = |id: &str| signed_raw(SECRET, id, now_unix(), r#"{"type":"response.completed"}"#);
+    let first = event(ids[0]);
+    let reply = gw.post(PATH, &first).await;
+    assert!(reply.forwarded(), "ASK: {reply:?}");
+    let again = gw.post(PATH, &first).await;
+    assert_eq!(
+        again.json(),
+        serde_json::json!({"duplicate": true}),
+        "{again:?}"
+    );
+
+    // The slot moves for good: its old node answers MOVED.
+    for node in cluster.nodes() {
+        let _: String = node.query(&setslot("NODE", &to_id)).await;
+    }
+    let reply = gw.post(PATH, &event(ids[1])).await;
+    assert!(reply.forwarded(), "MOVED: {reply:?}");
+    assert_eq!(upstream.received().len(), 2);
+}

@@ -213,6 +213,77 @@ pub enum Conn<'a> {
     Cluster(ClusterConnection),
 }
 
+/// Where a cluster's redirect sends a command again: it proves the command did not run,
+/// so it is followed once, as the client (told not to retry, see `RedisConnection::new`)
+/// does not. `MOVED`: the slot moved for good, the client refreshed its map, the same
+/// command goes to the new owner. `ASK`: the slot is migrating and the key is already on
+/// the node named, sent there after `ASKING`. Not followed, a resharding answered 503 to
+/// every new key of a migrating slot.
+enum Redirect {
+    Moved,
+    Ask(String, u16),
+}
+
+fn redirect<T>(result: &redis::RedisResult<T>) -> Option<Redirect> {
+    use redis::{ErrorKind, ServerErrorKind};
+    let e = result.as_ref().err()?;
+    match e.kind() {
+        ErrorKind::Server(ServerErrorKind::Moved) => Some(Redirect::Moved),
+        ErrorKind::Server(ServerErrorKind::Ask) => {
+            let (node, _) = e.redirect_node()?;
+            let (host, port) = node.rsplit_once(':')?;
+            Some(Redirect::Ask(host.to_owned(), port.parse().ok()?))
+        }
+        _ => None,
+    }
+}
+
+/// One command on a cluster, a redirect followed (`Redirect`).
+async fn cluster_command(
+    cluster: &mut ClusterConnection,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<redis::Value> {
+    let result = cluster.req_packed_command(cmd).await;
+    match redirect(&result) {
+        None => result,
+        Some(Redirect::Moved) => cluster.req_packed_command(cmd).await,
+        Some(Redirect::Ask(host, port)) => {
+            let mut replies = asking(cluster, &host, port, std::iter::once(cmd), 0, 1).await?;
+            replies.pop().ok_or_else(|| {
+                RedisError::from((redis::ErrorKind::Client, "no reply after ASKING"))
+            })
+        }
+    }
+}
+
+/// `pipeline`'s commands from `offset` on, after an `ASKING`, sent to `host:port`: the
+/// replies of those commands.
+async fn asking(
+    cluster: &mut ClusterConnection,
+    host: &str,
+    port: u16,
+    commands: impl Iterator<Item = &redis::Cmd>,
+    offset: usize,
+    count: usize,
+) -> redis::RedisResult<Vec<redis::Value>> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("ASKING");
+    for cmd in commands {
+        pipe.add_command(cmd.clone());
+    }
+    let route = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+        host: host.to_owned(),
+        port,
+    };
+    let replies = cluster
+        .route_pipeline(pipe, offset + 1, count, route)
+        .await?;
+    replies
+        .into_iter()
+        .map(redis::Value::extract_error)
+        .collect()
+}
+
 impl Conn<'_> {
     /// Sends the command `build` makes, made as late as possible: when the batch that
     /// carries it is written, so that a group it carries (see `coalesce`) stays open to
@@ -226,7 +297,7 @@ impl Conn<'_> {
             Conn::Single(batcher) => batcher.send_lazy(Box::new(build)).await,
             Conn::Cluster(connection) => {
                 tokio::task::yield_now().await;
-                connection.req_packed_command(&build()).await
+                cluster_command(connection, &build()).await
             }
         }
         // A server's error reply, as `query_async` would have turned it.
@@ -238,7 +309,7 @@ impl ConnectionLike for Conn<'_> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
         match self {
             Conn::Single(c) => c.send(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => Box::pin(cluster_command(c, cmd)),
         }
     }
 
@@ -260,7 +331,16 @@ impl ConnectionLike for Conn<'_> {
                     .await
                 })
             }
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => Box::pin(async move {
+                let result = c.req_packed_commands(pipeline, offset, count).await;
+                match redirect(&result) {
+                    None => result,
+                    Some(Redirect::Moved) => c.req_packed_commands(pipeline, offset, count).await,
+                    Some(Redirect::Ask(host, port)) => {
+                        asking(c, &host, port, pipeline.cmd_iter(), offset, count).await
+                    }
+                }
+            }),
         }
     }
 
