@@ -135,6 +135,35 @@ if smallest == 0 then return out end
 for i = 2, #KEYS do
   if KEYS[i] ~= key then table.insert(others, KEYS[i]) end
 end
+-- A cursor still in the set resumes right after it, by rank: by score, the page re-read
+-- every entry of the cursor's queue time already shown (a bulk replay gives thousands
+-- one time), uncounted by the budget, so a deep page walked all of them.
+local start = nil
+if cid ~= '' then
+  local s = redis.call('ZSCORE', key, cid)
+  if s and tonumber(s) == tonumber(cscore) then start = redis.call('ZREVRANK', key, cid) + 1 end
+end
+if start then
+  local floor = since ~= '' and tonumber(since) or nil
+  while true do
+    local batch = redis.call('ZREVRANGE', key, start, start + 255, 'WITHSCORES')
+    if #batch == 0 then break end
+    local stop = false
+    for i = 1, #batch, 2 do
+      if floor and tonumber(batch[i + 1]) < floor then
+        stop = true
+        break
+      end
+      if admits(batch[i + 1], batch[i]) and consider(batch[i], batch[i + 1]) then
+        stop = true
+        break
+      end
+    end
+    if stop then break end
+    start = start + #batch / 2
+  end
+  return out
+end
 local offset = 0
 while true do
   local batch = redis.call('ZREVRANGEBYSCORE', key, max, min, 'WITHSCORES', 'LIMIT', offset, 256)

@@ -208,6 +208,7 @@ macro_rules! contract_tests {
                     listing_filters_by_route_event_type_and_time_window,
                     a_search_finds_a_delivery_by_its_id_or_by_the_senders_webhook_id,
                     pages_follow_their_cursor_through_every_match_once_newest_first,
+                    pages_through_many_deliveries_of_one_time_show_each_once,
                     a_replayed_dead_letter_moves_to_the_top_of_every_list_it_is_in,
                     stats_count_the_deliveries_not_yet_final_and_the_oldest_waiting,
                     an_instance_renews_its_own_leases_and_never_prunes_itself,

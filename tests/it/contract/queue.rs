@@ -1291,6 +1291,48 @@ pub async fn pages_follow_their_cursor_through_every_match_once_newest_first(que
     );
 }
 
+/// Deliveries queued at one time (a bulk replay gives all it replays one time): pages
+/// go on from their cursor through every one of them once, with or without a filter.
+pub async fn pages_through_many_deliveries_of_one_time_show_each_once(queue: &dyn Queue) {
+    let t = now_millis();
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let route = if n % 2 == 0 { "billing" } else { "0" };
+        ids.push(enqueue(queue, routed(n, route, "response.completed", t)).await);
+    }
+    ids.sort();
+    ids.reverse();
+
+    let pages = every_page(queue, ListFilter { limit: 3, ..all() }).await;
+    assert_eq!(pages.concat(), ids);
+    let billing = every_page(
+        queue,
+        ListFilter {
+            route: Some("billing".into()),
+            limit: 4,
+            ..all()
+        },
+    )
+    .await
+    .concat();
+    assert_eq!(billing.len(), 20);
+    let mut unique = billing.clone();
+    unique.dedup();
+    assert_eq!(unique, billing, "each once, newest first");
+    let queued = every_page(
+        queue,
+        ListFilter {
+            state: Some(State::Queued),
+            since: Some(t),
+            limit: 7,
+            ..all()
+        },
+    )
+    .await
+    .concat();
+    assert_eq!(queued, ids);
+}
+
 pub async fn a_replayed_dead_letter_moves_to_the_top_of_every_list_it_is_in(queue: &dyn Queue) {
     let t = now_millis();
     let dead = enqueue(queue, routed(1, "billing", "invoice.failed", t)).await;
