@@ -4,7 +4,9 @@
 //! instances only with the Redis store. Time is `tokio::time::Instant`, so tests pause
 //! and advance it instead of sleeping.
 //!
-//! Memory stays bounded: each TTL has its own FIFO queue (one TTL per queue means expiry
+//! Memory is bounded by what the TTLs hold: the deliveries of the last `dedupe.ttl` (a
+//! rate times a TTL, not a fixed cap, as a delivery must be remembered as long as it is
+//! promised to be). Each TTL has its own FIFO queue (one TTL per queue means expiry
 //! order is insertion order), swept on every claim and by a background task, and idle
 //! rate-limit buckets are dropped by the same task. Keys are held as 128-bit keyed
 //! fingerprints, not copies, so an entry costs the same whatever the id's length.
