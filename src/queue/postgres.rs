@@ -243,6 +243,8 @@ pub struct PostgresQueue {
     max_age: Duration,
     /// When `take` last swept final records past the retention (ms).
     swept_at: AtomicU64,
+    /// A sweep is under way (`sweep`): one at a time, in a task of its own.
+    sweeping: Arc<AtomicBool>,
     /// `NOTIFY`'s channel for new deliveries (`wake_on`).
     channel: String,
     announcer: Announcer,
@@ -308,13 +310,24 @@ const NOTIFY: &str = "SELECT pg_notify($1, '')";
 /// One batch of the retention sweep: final records `$1` seconds past final, `$2` at
 /// most, oldest first. A row someone holds locked (a replay in progress, an operator's
 /// `SELECT ... FOR UPDATE`) is skipped, not waited for: waiting, the batch hit the
-/// operation's deadline, rolled back, and tried the same rows again a second later. The
-/// condition is repeated outside the subquery all the same, so a row that changed once
-/// selected is checked as it now is. Public for the test that races it.
-pub const RETENTION: &str = "DELETE FROM deliveries \
-     WHERE final_at < now() - make_interval(secs => $1) AND id IN (SELECT id FROM deliveries \
-       WHERE final_at < now() - make_interval(secs => $1) ORDER BY final_at LIMIT $2 \
-       FOR UPDATE SKIP LOCKED)";
+/// operation's deadline, rolled back, and tried the same rows again a second later. So
+/// is a record one of whose `attempts` rows someone holds locked (the delete cascades
+/// into them): its attempts are locked here first, skipping the locked ones, and a
+/// record is deleted only if all of its were got. The condition is repeated outside the
+/// subquery all the same, so a row that changed once selected is checked as it now is.
+/// Public for the test that races it.
+pub const RETENTION: &str = "WITH cand AS ( \
+       SELECT id FROM deliveries WHERE final_at < now() - make_interval(secs => $1) \
+       ORDER BY final_at LIMIT $2 FOR UPDATE SKIP LOCKED), \
+     every AS (SELECT delivery_id, count(*) AS n FROM attempts \
+       WHERE delivery_id IN (SELECT id FROM cand) GROUP BY delivery_id), \
+     got AS (SELECT delivery_id, count(*) AS n FROM (SELECT delivery_id FROM attempts \
+       WHERE delivery_id IN (SELECT id FROM cand) FOR UPDATE SKIP LOCKED) l \
+       GROUP BY delivery_id) \
+     DELETE FROM deliveries d USING cand WHERE d.id = cand.id \
+       AND d.final_at < now() - make_interval(secs => $1) \
+       AND NOT EXISTS (SELECT 1 FROM every e LEFT JOIN got g USING (delivery_id) \
+         WHERE e.delivery_id = d.id AND e.n <> coalesce(g.n, 0))";
 
 /// Statements that depend on nothing but are too long to write inline.
 struct Sql {
@@ -340,6 +353,7 @@ impl PostgresQueue {
             retention: settings.retention,
             max_age: settings.max_age,
             swept_at: AtomicU64::new(0),
+            sweeping: Arc::new(AtomicBool::new(false)),
             announcer: Announcer::default(),
             seen_at: AtomicU64::new(0),
             seeing: Arc::new(AtomicBool::new(false)),
@@ -507,8 +521,12 @@ impl PostgresQueue {
     }
 
     /// Deletes final records past the retention, a small batch at a time, at most
-    /// once a second per instance, oldest first, through `deliveries_final` (`on_indexes`).
-    async fn sweep(&self) -> Result<(), QueueError> {
+    /// once a second per instance, oldest first, through `deliveries_final` (`on_indexes`),
+    /// in a task of its own, one at a time: a sweep never holds up the take that started
+    /// it (awaited there, a batch waiting out its deadline on a row someone held locked
+    /// kept the workers from taking anything for seconds at a time). A sweep that fails
+    /// (counted as `retention`) is tried again a second later.
+    fn sweep(&self) {
         const BATCH: i64 = 500;
         const MAX_BATCHES: usize = 20;
         let now = now_millis();
@@ -518,26 +536,34 @@ impl PostgresQueue {
                 .swept_at
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
+            || self.sweeping.swap(true, Ordering::Acquire)
         {
-            return Ok(());
+            return;
         }
+        let (pool, sweeping) = (self.pool.clone(), self.sweeping.clone());
         let retention = self.retention.as_secs_f64();
-        for _ in 0..MAX_BATCHES {
-            let deleted = self
-                .pool
-                .call("retention", async |client| {
-                    let tx = on_indexes(client).await?;
-                    let statement = tx.prepare_cached(RETENTION).await?;
-                    let deleted = tx.execute(&statement, &[&retention, &BATCH]).await?;
-                    tx.commit().await?;
-                    Ok(deleted)
-                })
-                .await?;
-            if deleted < BATCH as u64 {
-                break;
+        tokio::spawn(async move {
+            for _ in 0..MAX_BATCHES {
+                let deleted = pool
+                    .call("retention", async |client| {
+                        let tx = on_indexes(client).await?;
+                        let statement = tx.prepare_cached(RETENTION).await?;
+                        let deleted = tx.execute(&statement, &[&retention, &BATCH]).await?;
+                        tx.commit().await?;
+                        Ok(deleted)
+                    })
+                    .await;
+                match deleted {
+                    Ok(deleted) if deleted < BATCH as u64 => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "queue: the retention sweep failed");
+                        break;
+                    }
+                }
             }
-        }
-        Ok(())
+            sweeping.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -729,11 +755,7 @@ impl Queue for PostgresQueue {
 
     fn take(&self, max: usize, now: UnixMillis) -> BoxFuture<'_, Result<Vec<Lease>, QueueError>> {
         Box::pin(async move {
-            // Housekeeping never holds up delivery: a sweep that fails (counted as
-            // `retention`) is tried again a second later, and the take goes on.
-            if let Err(e) = self.sweep().await {
-                tracing::warn!(error = %e, "queue: the retention sweep failed");
-            }
+            self.sweep();
             if max == 0 {
                 return Ok(Vec::new());
             }

@@ -988,11 +988,69 @@ async fn a_schema_named_with_a_keyword_migrates_and_serves() {
     assert_eq!(one(&stored), "1");
 }
 
+/// A role that owns the schema but may no longer create schemas in the database (as
+/// the README advises once the first migration ran) still applies later migrations:
+/// each one ran `CREATE SCHEMA IF NOT EXISTS`, which PostgreSQL checks against the
+/// database's `CREATE` privilege even when the schema is there, so every instance of
+/// the next release refused to start.
+#[tokio::test]
+async fn a_later_migration_needs_no_create_privilege_on_the_database() {
+    let Some(url) = PostgresServer::shared_or_skip() else {
+        return;
+    };
+    let schema = fresh_schema();
+    let role = format!("owner_{schema}");
+    sql(
+        &url,
+        &format!("CREATE ROLE {role} LOGIN; GRANT CREATE ON DATABASE postgres TO {role}"),
+    )
+    .await;
+    let owners = url.replacen("postgres@", &format!("{role}@"), 1);
+    let file = ConfigFile::new(&queue_config(&owners, &schema, "http://127.0.0.1:9/hooks"));
+    let path = file.path();
+    let path = path.to_str().expect("a UTF-8 temp path");
+    let (ok, out, err) = hookgate_cli(&["migrate", "--config", path]).await;
+    assert!(ok, "{out}{err}");
+    // Back to version 1, and the database's CREATE taken away.
+    sql(
+        &url,
+        &format!(
+            "DELETE FROM {schema}.schema_version WHERE version >= 2; \
+             ALTER FUNCTION {schema}.ts_ms(timestamptz) IMMUTABLE; \
+             REVOKE CREATE ON DATABASE postgres FROM {role}"
+        ),
+    )
+    .await;
+
+    let (ok, out, err) = hookgate_cli(&["migrate", "--config", path]).await;
+
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("(was 1)"), "{out}");
+    sql(
+        &url,
+        &format!("DROP SCHEMA {schema} CASCADE; DROP ROLE {role}"),
+    )
+    .await;
+}
+
 /// A retention batch meeting a row someone holds locked skips it: waiting for it, the
 /// batch hit its deadline and rolled back, and every `take` (which swept first) failed
 /// with it, so nothing was delivered on any instance while the lock was held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_final_record_someone_holds_locked_holds_up_neither_retention_nor_delivery() {
+    retention_and_delivery_go_on_past_a_lock_on("deliveries WHERE id").await;
+}
+
+/// The same with one of the record's `attempts` rows locked, which the delete cascades
+/// into: every batch waited for it until its deadline, so retention made no progress,
+/// and the takes that ran the sweep first were held up for seconds at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_attempt_of_a_final_record_holds_up_neither_retention_nor_delivery() {
+    retention_and_delivery_go_on_past_a_lock_on("attempts WHERE delivery_id").await;
+}
+
+/// `rows` names the table and the column a row of the locked record is found by.
+async fn retention_and_delivery_go_on_past_a_lock_on(rows: &str) {
     let Some(url) = PostgresServer::shared_or_skip() else {
         return;
     };
@@ -1009,7 +1067,7 @@ async fn a_final_record_someone_holds_locked_holds_up_neither_retention_nor_deli
     let operator = session(&url, &schema).await;
     operator
         .batch_execute(&format!(
-            "BEGIN; SELECT 1 FROM deliveries WHERE id = '{locked}' FOR UPDATE"
+            "BEGIN; SELECT 1 FROM {rows} = '{locked}' FOR UPDATE"
         ))
         .await
         .unwrap();

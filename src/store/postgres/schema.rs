@@ -182,6 +182,22 @@ async fn apply(client: &Client, schema: &str) -> Result<Migrated, SchemaError> {
             known: SCHEMA_VERSION,
         });
     }
+    // Created only when missing: `CREATE SCHEMA IF NOT EXISTS` needs `CREATE` on the
+    // database even when the schema is there, which a role granted only the schema's
+    // tables after the first migration does not have (every later one failed).
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+        .await
+        .map_err(|e| SchemaError::Failed {
+            version: from + 1,
+            detail: super::pool::pg_error(e).to_string(),
+        })?
+        .is_some();
+    let create = if exists {
+        String::new()
+    } else {
+        format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\";\n")
+    };
     for version in from + 1..=SCHEMA_VERSION {
         let failed = |e: tokio_postgres::Error| SchemaError::Failed {
             version,
@@ -194,7 +210,7 @@ async fn apply(client: &Client, schema: &str) -> Result<Migrated, SchemaError> {
         let script = format!(
             "BEGIN;\n\
              SET LOCAL client_min_messages = warning;\n\
-             CREATE SCHEMA IF NOT EXISTS \"{schema}\";\n\
+             {create}\
              SET LOCAL search_path = \"{schema}\";\n\
              CREATE TABLE IF NOT EXISTS schema_version (\n\
                version integer PRIMARY KEY,\n\
