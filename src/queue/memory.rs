@@ -573,14 +573,13 @@ impl Queue for MemoryQueue {
         let mut paces = self.paces.lock().unwrap_or_else(|p| p.into_inner());
         let now = tokio::time::Instant::now();
         let (interval, tolerance) = crate::store::gcra(rate.per_second, rate.burst.get());
-        // A bucket a slower rate emptied (a reload raised it) is no emptier than this
-        // rate can make one: the new rate applies from the next start.
-        let tat = paces
-            .get(key)
-            .copied()
-            .unwrap_or(now)
-            .max(now)
-            .min(now + tolerance + interval);
+        // A bucket a slower rate emptied past what this rate could (a reload raised
+        // it) is read as this rate's emptiest that still allows a start: the new rate
+        // applies from the next start.
+        let mut tat = paces.get(key).copied().unwrap_or(now).max(now);
+        if tat > now + tolerance + interval {
+            tat = now + tolerance;
+        }
         let ahead = tat - now;
         if ahead > tolerance {
             return ready(Ok(Some(ahead - tolerance)));

@@ -77,20 +77,23 @@ impl<'a> NewRow<'a> {
 }
 
 /// Takes one start from the GCRA bucket `$1` (interval `$2`, tolerance `$3` seconds, on
-/// the database's clock); a row comes back when allowed.
+/// the database's clock); a row comes back when allowed. A bucket a slower rate emptied
+/// past what this rate could (a reload raised it) is read as this rate's emptiest that
+/// still allows a start: the new rate applies from the next start.
 const PACE: &str = "INSERT INTO paces AS p (key, tat) \
      VALUES ($1, now() + make_interval(secs => $2)) \
-     ON CONFLICT (key) DO UPDATE SET tat = least(greatest(p.tat, now()), \
-       now() + make_interval(secs => $2::float8 + $3::float8)) + make_interval(secs => $2) \
-     WHERE least(greatest(p.tat, now()), now() + make_interval(secs => $2::float8 + $3::float8)) - now() \
-       <= make_interval(secs => $3) \
+     ON CONFLICT (key) DO UPDATE SET tat = CASE \
+       WHEN p.tat > now() + make_interval(secs => $2::float8 + $3::float8) \
+       THEN now() + make_interval(secs => $3) ELSE greatest(p.tat, now()) END \
+       + make_interval(secs => $2) \
+     WHERE p.tat > now() + make_interval(secs => $2::float8 + $3::float8) \
+       OR greatest(p.tat, now()) - now() <= make_interval(secs => $3) \
      RETURNING 1";
 
-/// How long a denied start waits: past the tolerance, in seconds, at most one interval
-/// (`$3`): a bucket a slower rate emptied (a reload raised it) is no emptier than this
-/// rate can make one, as `PACE` reads it.
-const PACE_WAIT: &str = "SELECT greatest(least(extract(epoch FROM tat - now())::float8, $2::float8 + $3::float8) \
-     - $2, 0) FROM paces WHERE key = $1";
+/// How long a denied start waits: past the tolerance (`$2`), in seconds. (At most one
+/// interval, `$3`, since `PACE` allows a start past that.)
+const PACE_WAIT: &str = "SELECT greatest(least(extract(epoch FROM tat - now())::float8, \
+     $2::float8 + $3::float8) - $2, 0) FROM paces WHERE key = $1";
 
 /// Marks the dedupe claim `$1` of token `$2` done for `$3` seconds, if still held.
 const CLAIM_DONE: &str = "UPDATE dedupe SET token = NULL, \

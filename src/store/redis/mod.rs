@@ -84,9 +84,8 @@ if tat < now then
   tat = now
 end
 local interval, requests = tonumber(ARGV[1]), tonumber(ARGV[3])
-local emptiest = now + tonumber(ARGV[2]) + interval
-if tat > emptiest then
-  tat = emptiest
+if tat > now + tonumber(ARGV[2]) + interval then
+  tat = now + tonumber(ARGV[2])
 end
 local allowed = math.min(requests, math.floor((ARGV[2] - (tat - now)) / interval) + 1)
 if allowed <= 0 then
