@@ -501,13 +501,17 @@ impl<T, E> Failed for Result<T, E> {
 /// paths a flood of 404s behind a slow collector queued 4,096 spans of 40 KB each.
 const MAX_SPAN_PATH: usize = 256;
 
-/// `url.path` as a span holds it: at most `MAX_SPAN_PATH` bytes (a path is ASCII, its
-/// other bytes percent-encoded; a cut is marked with `...`).
+/// `url.path` as a span holds it: at most `MAX_SPAN_PATH` bytes, cut at a character's
+/// start (the parser lets bytes outside ASCII through; a cut is marked with `...`).
 fn path_shown(path: &str) -> std::borrow::Cow<'_, str> {
-    match path.get(..MAX_SPAN_PATH) {
-        Some(head) if head.len() < path.len() => format!("{head}...").into(),
-        _ => path.into(),
+    if path.len() <= MAX_SPAN_PATH {
+        return path.into();
     }
+    let mut end = MAX_SPAN_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &path[..end]).into()
 }
 
 /// `http.request.method` as the semantic conventions name it: a method HTTP defines,
@@ -745,6 +749,15 @@ mod tests {
         assert_eq!(shown.len(), MAX_SPAN_PATH + 3);
         assert!(shown.ends_with("..."));
         assert_eq!(path_shown(&long[..MAX_SPAN_PATH]).len(), MAX_SPAN_PATH);
+        // A character across the cut is left out whole.
+        let accented = format!(
+            "/{}\u{e9}{}",
+            "a".repeat(MAX_SPAN_PATH - 2),
+            "b".repeat(40_000)
+        );
+        let shown = path_shown(&accented);
+        assert_eq!(shown.len(), MAX_SPAN_PATH - 1 + 3);
+        assert!(shown.ends_with("a..."));
         assert_eq!(method_name(&http::Method::POST), "POST");
         let odd = http::Method::from_bytes("X".repeat(1000).as_bytes()).unwrap();
         assert_eq!(method_name(&odd), "_OTHER");
