@@ -8,7 +8,7 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{DedupeSettings, OnError};
@@ -26,7 +26,12 @@ pub struct Dedupe {
     /// Random per process, so tokens from different instances never collide in a shared store.
     instance: u64,
     counter: AtomicU64,
+    /// `release_later` tasks running.
+    late_releases: Arc<AtomicUsize>,
 }
+
+/// `release_later` tasks at once, at most.
+const MAX_LATE_RELEASES: usize = 1024;
 
 /// Proof that this request holds a delivery's key; settle it exactly once.
 #[derive(Debug)]
@@ -69,6 +74,7 @@ impl Dedupe {
             metrics,
             instance: RandomState::new().hash_one(std::process::id()),
             counter: AtomicU64::new(0),
+            late_releases: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -127,44 +133,44 @@ impl Dedupe {
                 }))
             }
             Err(e) => {
-                self.release_later(key, token);
+                if matches!(e, StoreError::Timeout) {
+                    self.release_later(key, token);
+                }
                 Err(Reject::Store(e))
             }
         }
     }
 
-    /// Takes back, in a task of its own, a claim whose answer never came (the sender is
-    /// told 503): the store may have written it all the same, and its retry then got
-    /// 409 `in_flight` until the claim expired, for a delivery nobody was forwarding.
-    /// The release is the token's own (it never touches another's claim). A claim that
-    /// is not there yet may still arrive (held in a buffer, or on a connection being
-    /// replaced after the timeout), so the release is asked again after 1 s and 5 s
-    /// unless it applied; a store that fails is asked again after pauses doubling from
-    /// 500 ms to 5 s, while the claim may live.
+    /// Takes back, in a task of its own, a claim whose answer did not come in time (the
+    /// sender is told 503): the store may have written it all the same, and its retry
+    /// then got 409 `in_flight` until the claim expired, for a delivery nobody was
+    /// forwarding. The release is the token's own (it never touches another's claim),
+    /// asked at once and, unless it applied, after 1 s and 5 s (a claim held in a buffer,
+    /// or on a connection being replaced after the timeout, may still arrive), while the
+    /// claim may live. At most `MAX_LATE_RELEASES` at once: past that (a long outage),
+    /// such claims are left to expire.
     fn release_later(&self, key: String, token: String) {
         const AGAIN: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(4)];
-        let store = self.store.clone();
+        if self.late_releases.fetch_add(1, Ordering::Relaxed) >= MAX_LATE_RELEASES {
+            self.late_releases.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let (store, pending) = (self.store.clone(), self.late_releases.clone());
         let until = tokio::time::Instant::now() + self.settings.in_flight_ttl;
         tokio::spawn(async move {
-            let (mut pause, mut again) = (Duration::from_millis(500), AGAIN.iter());
+            let mut again = AGAIN.iter();
             loop {
-                let wait = match store.release(&key, &token).await {
-                    Ok(Settled::Applied) => return,
-                    Ok(Settled::Superseded) => match again.next() {
-                        Some(wait) => *wait,
-                        None => return,
-                    },
-                    Err(_) => {
-                        let wait = pause;
-                        pause = (pause * 2).min(Duration::from_secs(5));
-                        wait
-                    }
-                };
-                if tokio::time::Instant::now() + wait >= until {
-                    return;
+                if let Ok(Settled::Applied) = store.release(&key, &token).await {
+                    break;
                 }
-                tokio::time::sleep(wait).await;
+                match again.next() {
+                    Some(wait) if tokio::time::Instant::now() + *wait < until => {
+                        tokio::time::sleep(*wait).await;
+                    }
+                    _ => break,
+                }
             }
+            pending.fetch_sub(1, Ordering::Relaxed);
         });
     }
 
