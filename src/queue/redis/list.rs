@@ -135,13 +135,23 @@ if smallest == 0 then return out end
 for i = 2, #KEYS do
   if KEYS[i] ~= key then table.insert(others, KEYS[i]) end
 end
--- A cursor still in the set resumes right after it, by rank: by score, the page re-read
--- every entry of the cursor's queue time already shown (a bulk replay gives thousands
--- one time), uncounted by the budget, so a deep page walked all of them.
+-- A page resumes right after its cursor by rank: by score, it re-read every entry of
+-- the cursor's queue time already shown (a bulk replay gives thousands one time, in
+-- every partition), uncounted by the budget, so a deep page walked all of them. The
+-- cursor's place is its rank when it is in the set with its queue time; when it is not
+-- (another partition's delivery, or one left out of this index), it is put in for the
+-- moment of asking, as nothing else runs meanwhile. Not past `until`: the ranks after
+-- the cursor are then outside the window, which the score path skips by its bounds.
 local start = nil
-if cid ~= '' then
+if cid ~= '' and (till == '' or tonumber(cscore) < tonumber(till)) then
   local s = redis.call('ZSCORE', key, cid)
-  if s and tonumber(s) == tonumber(cscore) then start = redis.call('ZREVRANK', key, cid) + 1 end
+  if s and tonumber(s) == tonumber(cscore) then
+    start = redis.call('ZREVRANK', key, cid) + 1
+  elseif not s then
+    redis.call('ZADD', key, cscore, cid)
+    start = redis.call('ZREVRANK', key, cid)
+    redis.call('ZREM', key, cid)
+  end
 end
 if start then
   local floor = since ~= '' and tonumber(since) or nil
