@@ -130,15 +130,14 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let requests = tokio_util::task::TaskTracker::new();
     let server_policy =
         ConnectionPolicy::new(&limits, admission.clone()).waiting_for(requests.clone());
-    let admin_policy = ConnectionPolicy::new(
-        &limits,
-        Admission::new(
-            server::ADMIN_MAX_CONNECTIONS,
-            server::ADMIN_MAX_CONNECTIONS_PER_IP,
-            Vec::new(),
-            metrics.connections("admin"),
-        ),
+    // A proxy or sidecar in front of the admin listener carries everyone's requests.
+    let admin_admission = Admission::new(
+        server::ADMIN_MAX_CONNECTIONS,
+        server::ADMIN_MAX_CONNECTIONS_PER_IP,
+        settings.trusted_proxies.clone(),
+        metrics.connections("admin"),
     );
+    let admin_policy = ConnectionPolicy::new(&limits, admin_admission.clone());
     let tls = settings.server.tls.as_ref().map(|tls| {
         metrics.tls_certificate_expires(tls.expires_at);
         Arc::new(ArcSwap::from_pointee(Handshake::new(
@@ -187,6 +186,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             workers: workers.clone(),
             telemetry: telemetry.clone(),
             admission,
+            admin_admission,
             requests,
         },
     );

@@ -40,8 +40,10 @@ pub(crate) struct Shared {
     pub ingress: Option<Ingress>,
     pub workers: Option<Arc<Workers>>,
     pub telemetry: Telemetry,
-    /// The gateway listener's connection admission (its trusted proxies follow a reload).
+    /// The gateway and admin listeners' connection admissions (their trusted proxies,
+    /// exempt from the per-IP limit, follow a reload).
     pub admission: Arc<Admission>,
+    pub admin_admission: Arc<Admission>,
     /// Every request's pipeline, whichever gateway it started on (`Gateway::with_requests`).
     pub requests: tokio_util::task::TaskTracker,
 }
@@ -212,9 +214,9 @@ impl Live {
         }
         self.admin_auth.store(Arc::new(settings.admin_auth.clone()));
         self.shared.store.set_rate(settings.rate_limit);
-        self.shared
-            .admission
-            .set_exempt(settings.trusted_proxies.clone());
+        for admission in [&self.shared.admission, &self.shared.admin_admission] {
+            admission.set_exempt(settings.trusted_proxies.clone());
+        }
         if let Some(workers) = &self.shared.workers {
             workers.set_routes(&settings);
         }

@@ -319,7 +319,15 @@ impl Console {
         let replayed = match replaying.await {
             Ok(Ok(replayed)) => replayed,
             Ok(Err(e)) => return unavailable(e),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                tracing::error!(error = %e, "console: the bulk replay task failed");
+                return message(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Not replayed",
+                    "The replay stopped on an internal error; see the log, and replay again \
+                     for the rest.",
+                );
+            }
         };
         let mut back = carried(form, &FILTER_KEYS[1..]);
         back.retain(|(k, _)| k != "status");

@@ -256,8 +256,8 @@ async fn cluster_command(
     }
 }
 
-/// `pipeline`'s commands from `offset` on, after an `ASKING`, sent to `host:port`: the
-/// replies of those commands.
+/// `commands`, each after an `ASKING` (it holds for the next command only), sent to
+/// `host:port`: the replies of the commands from `offset` on, `count` of them.
 async fn asking(
     cluster: &mut ClusterConnection,
     host: &str,
@@ -267,19 +267,23 @@ async fn asking(
     count: usize,
 ) -> redis::RedisResult<Vec<redis::Value>> {
     let mut pipe = redis::pipe();
-    pipe.cmd("ASKING");
+    let mut sent = 0;
     for cmd in commands {
+        pipe.cmd("ASKING");
         pipe.add_command(cmd.clone());
+        sent += 1;
     }
     let route = redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
         host: host.to_owned(),
         port,
     };
-    let replies = cluster
-        .route_pipeline(pipe, offset + 1, count, route)
-        .await?;
+    let replies = cluster.route_pipeline(pipe, 0, 2 * sent, route).await?;
     replies
         .into_iter()
+        .skip(1)
+        .step_by(2)
+        .skip(offset)
+        .take(count)
         .map(redis::Value::extract_error)
         .collect()
 }
