@@ -257,18 +257,7 @@ async fn a_node_that_hangs_costs_the_takes_one_timeout_per_partition_and_no_more
     let Some(cluster) = RedisCluster::start_or_skip().await else {
         return;
     };
-    let upstream = Upstream::start().await;
-    let text = partitioned(&cluster, &upstream)
-        .store_option("timeout", "500ms")
-        .store_option("connect_timeout", "500ms")
-        .to_string();
-    let settings = hookgate::config::parse(&text, "partitions.toml").expect("a valid config");
-    let metrics = std::sync::Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
-    let (_, backend) =
-        hookgate::store::build(&settings, metrics.clone()).expect("the store builds");
-    let queue = hookgate::queue::build(&settings, &backend, metrics.clone(), "instance-a")
-        .expect("the queue builds")
-        .expect("a queue source makes a queue");
+    let (queue, metrics) = impatient_queue(&cluster).await;
     // The workers' connection and the take script on every node before the node hangs
     // (the first take loads the script on every primary, which fails with one hung:
     // the take then fails for that one partition, which a probe brings back).
@@ -333,18 +322,7 @@ async fn rate_checks_do_not_wait_on_a_hung_partition_zero_twice() {
     let Some(cluster) = RedisCluster::start_or_skip().await else {
         return;
     };
-    let upstream = Upstream::start().await;
-    let text = partitioned(&cluster, &upstream)
-        .store_option("timeout", "500ms")
-        .store_option("connect_timeout", "500ms")
-        .to_string();
-    let settings = hookgate::config::parse(&text, "partitions.toml").expect("a valid config");
-    let metrics = std::sync::Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
-    let (_, backend) =
-        hookgate::store::build(&settings, metrics.clone()).expect("the store builds");
-    let queue = hookgate::queue::build(&settings, &backend, metrics.clone(), "instance-a")
-        .expect("the queue builds")
-        .expect("a queue source makes a queue");
+    let (queue, metrics) = impatient_queue(&cluster).await;
     let rate = hookgate::route::RatePolicy {
         per_second: 100.0,
         burst: std::num::NonZeroU32::new(100).unwrap(),
@@ -412,6 +390,29 @@ async fn a_dead_letter_in_a_partition_no_longer_taken_is_not_replayed_into_it() 
     assert_eq!(reply.status(), 409, "{reply:?}");
     assert_eq!(reply.error(), "partition_not_taken");
     assert_eq!(deliveries.record(&last).await["state"], "failed_final");
+}
+
+/// The queue alone (no gateway, no workers) on `cluster` in partitions, every store
+/// call bounded by 1 s, and the metrics it counts in.
+async fn impatient_queue(
+    cluster: &RedisCluster,
+) -> (
+    std::sync::Arc<dyn hookgate::queue::Queue>,
+    std::sync::Arc<hookgate::metrics::Metrics>,
+) {
+    let upstream = Upstream::start().await;
+    let text = partitioned(cluster, &upstream)
+        .store_option("timeout", "500ms")
+        .store_option("connect_timeout", "500ms")
+        .to_string();
+    let settings = hookgate::config::parse(&text, "partitions.toml").expect("a valid config");
+    let metrics = std::sync::Arc::new(hookgate::metrics::Metrics::new([SOURCE]));
+    let (_, backend) =
+        hookgate::store::build(&settings, metrics.clone()).expect("the store builds");
+    let queue = hookgate::queue::build(&settings, &backend, metrics.clone(), "instance-a")
+        .expect("the queue builds")
+        .expect("a queue source makes a queue");
+    (queue, metrics)
 }
 
 /// `hookgate_store_errors_total{op}` as `metrics` counted it.

@@ -153,40 +153,27 @@ if cid ~= '' and (till == '' or tonumber(cscore) < tonumber(till)) then
     redis.call('ZREM', key, cid)
   end
 end
-if start then
-  local floor = since ~= '' and tonumber(since) or nil
+-- Walks batches from `fetch(position)` (ids and scores, newest first) until the page
+-- is done; `floor` ends the walk at the first entry older than the window.
+local function walk(fetch, floor)
+  local position = 0
   while true do
-    local batch = redis.call('ZREVRANGE', key, start, start + 255, 'WITHSCORES')
-    if #batch == 0 then break end
-    local stop = false
+    local batch = fetch(position)
+    if #batch == 0 then return end
     for i = 1, #batch, 2 do
-      if floor and tonumber(batch[i + 1]) < floor then
-        stop = true
-        break
-      end
-      if admits(batch[i + 1], batch[i]) and consider(batch[i], batch[i + 1]) then
-        stop = true
-        break
-      end
+      if floor and tonumber(batch[i + 1]) < floor then return end
+      if admits(batch[i + 1], batch[i]) and consider(batch[i], batch[i + 1]) then return end
     end
-    if stop then break end
-    start = start + #batch / 2
+    position = position + #batch / 2
   end
-  return out
 end
-local offset = 0
-while true do
-  local batch = redis.call('ZREVRANGEBYSCORE', key, max, min, 'WITHSCORES', 'LIMIT', offset, 256)
-  if #batch == 0 then break end
-  local stop = false
-  for i = 1, #batch, 2 do
-    if admits(batch[i + 1], batch[i]) and consider(batch[i], batch[i + 1]) then
-      stop = true
-      break
-    end
-  end
-  if stop then break end
-  offset = offset + #batch / 2
+if start then
+  walk(function(p) return redis.call('ZREVRANGE', key, start + p, start + p + 255, 'WITHSCORES') end,
+    since ~= '' and tonumber(since) or nil)
+else
+  walk(function(p)
+    return redis.call('ZREVRANGEBYSCORE', key, max, min, 'WITHSCORES', 'LIMIT', p, 256)
+  end, nil)
 end
 return out
 ";
