@@ -26,6 +26,12 @@ impl ClientIpResolver {
         self.trusted.iter().any(|net| net.contains(&ip))
     }
 
+    /// Whether `peer` is a trusted proxy, whose `X-Forwarded-Proto` and `-Host` say
+    /// what the client used (`forward::upstream_headers`).
+    pub fn trusts(&self, peer: SocketAddr) -> bool {
+        self.is_trusted(peer.ip().to_canonical())
+    }
+
     /// The client IP used for rate limiting and logs.
     pub fn resolve(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         self.walk(peer.ip().to_canonical(), &forwarded_hops(headers))

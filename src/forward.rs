@@ -75,7 +75,14 @@ fn is_dropped(name: &str) -> bool {
             | "x-http-method-override"
             | "x-http-method"
             | "x-method-override"
+            | "x-scheme"
+            | "x-url-scheme"
+            | "front-end-https"
+            | "x-forwarded-ssl"
+            | "x-original-uri"
+            | "x-original-proto"
     ) || name.starts_with("x-forwarded-")
+        || name.starts_with("x-envoy-")
         || name.starts_with("x-hookgate-")
 }
 
@@ -137,6 +144,11 @@ fn is_host_and_port(text: &str) -> bool {
 pub struct ForwardContext<'a> {
     pub forwarded_for: HeaderValue,
     pub tls: bool,
+    /// The peer is a trusted proxy (`rate_limit.trusted_proxies`): the scheme and host
+    /// it says the client used (`X-Forwarded-Proto`, `-Host`) are passed on, rather than
+    /// this listener's (behind a TLS-terminating load balancer every backend was told
+    /// `http`, and one enforcing https answered each delivery with a redirect).
+    pub proxied: bool,
     /// The request's authority when its target had one (HTTP/2 `:authority`); else the
     /// `Host` header is the host the client asked for.
     pub authority: Option<&'a http::uri::Authority>,
@@ -156,6 +168,11 @@ pub fn upstream_headers(mut headers: HeaderMap, ctx: &ForwardContext<'_>) -> Hea
         None => headers.get(header::HOST).cloned(),
     }
     .filter(|host| host.to_str().is_ok_and(is_host_and_port));
+    let (proxied_proto, proxied_host) = if ctx.proxied {
+        (proxy_said_proto(&headers), proxy_said_host(&headers))
+    } else {
+        (None, None)
+    };
     let connection = headers.get_all(header::CONNECTION);
     let dropped: Vec<HeaderName> = headers
         .keys()
@@ -173,12 +190,14 @@ pub fn upstream_headers(mut headers: HeaderMap, ctx: &ForwardContext<'_>) -> Hea
     for name in dropped {
         headers.remove(name);
     }
+    join_cookies(&mut headers);
     headers.insert(crate::client_ip::X_FORWARDED_FOR, ctx.forwarded_for.clone());
+    let tls = proxied_proto.unwrap_or(ctx.tls);
     headers.insert(
         X_FORWARDED_PROTO,
-        HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    if let Some(host) = host {
+    if let Some(host) = proxied_host.or(host) {
         headers.insert(X_FORWARDED_HOST, host);
     }
     headers.insert(X_HOOKGATE_SOURCE, ctx.source.clone());
@@ -186,6 +205,46 @@ pub fn upstream_headers(mut headers: HeaderMap, ctx: &ForwardContext<'_>) -> Hea
         headers.insert(X_HOOKGATE_EVENT_TYPE, event_type);
     }
     headers
+}
+
+/// An HTTP/2 sender's `cookie` fields, one per pair, joined into one with `; ` as they
+/// must be for an HTTP/1.1 upstream (RFC 9113 §8.2.3): as separate lines, a backend
+/// joining repeated fields with `,` read `a=1,b=2` as one cookie.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (fields.next(), fields.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for field in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(field.as_bytes());
+    }
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, joined);
+    }
+}
+
+/// The scheme a trusted proxy says the client used: its `X-Forwarded-Proto` (the last
+/// value, the proxy's own), when it is `https` or `http`.
+fn proxy_said_proto(headers: &HeaderMap) -> Option<bool> {
+    let last = headers.get_all(X_FORWARDED_PROTO).iter().next_back()?;
+    let value = last.to_str().ok()?.rsplit(',').next()?.trim();
+    match value.to_ascii_lowercase().as_str() {
+        "https" => Some(true),
+        "http" => Some(false),
+        _ => None,
+    }
+}
+
+/// The host a trusted proxy says the client asked for: its `X-Forwarded-Host` (the
+/// last value), when it is a host and port.
+fn proxy_said_host(headers: &HeaderMap) -> Option<HeaderValue> {
+    let last = headers.get_all(X_FORWARDED_HOST).iter().next_back()?;
+    let value = last.to_str().ok()?.rsplit(',').next()?.trim();
+    is_host_and_port(value)
+        .then(|| HeaderValue::from_str(value).ok())
+        .flatten()
 }
 
 /// The last step before a delivery goes out, for proxy mode and the queue's workers
@@ -370,6 +429,7 @@ mod tests {
         ForwardContext {
             forwarded_for: HeaderValue::from_static("203.0.113.7"),
             tls: true,
+            proxied: false,
             authority: None,
             reads: &READS,
             source: &SOURCE,
@@ -556,6 +616,75 @@ mod tests {
             },
         );
         assert_eq!(out[X_FORWARDED_HOST], "h2.example.com:443");
+    }
+
+    #[test]
+    fn split_cookies_are_joined_and_scheme_headers_dropped() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        for name in [
+            "x-scheme",
+            "front-end-https",
+            "x-original-uri",
+            "x-envoy-original-path",
+        ] {
+            h.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static("https"),
+            );
+        }
+        let out = upstream_headers(h, &ctx());
+        let cookies: Vec<_> = out.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
+        for name in [
+            "x-scheme",
+            "front-end-https",
+            "x-original-uri",
+            "x-envoy-original-path",
+        ] {
+            assert!(!out.contains_key(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_trusted_proxy_says_which_scheme_and_host_the_client_used() {
+        let from_proxy = || {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("10.0.0.5:8080"));
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+            h.insert(
+                X_FORWARDED_HOST,
+                HeaderValue::from_static("hooks.example.com"),
+            );
+            h
+        };
+        let plain = ForwardContext {
+            tls: false,
+            ..ctx()
+        };
+        let out = upstream_headers(from_proxy(), &plain);
+        assert_eq!(
+            out[X_FORWARDED_PROTO], "http",
+            "an untrusted peer's are not believed"
+        );
+        assert_eq!(out[X_FORWARDED_HOST], "10.0.0.5:8080");
+        let proxied = ForwardContext {
+            proxied: true,
+            ..plain
+        };
+        let out = upstream_headers(from_proxy(), &proxied);
+        assert_eq!(out[X_FORWARDED_PROTO], "https");
+        assert_eq!(out[X_FORWARDED_HOST], "hooks.example.com");
+        let mut odd = from_proxy();
+        odd.insert(X_FORWARDED_PROTO, HeaderValue::from_static("gopher"));
+        odd.insert(X_FORWARDED_HOST, HeaderValue::from_static("a b"));
+        let out = upstream_headers(odd, &proxied);
+        assert_eq!(
+            out[X_FORWARDED_PROTO], "http",
+            "only http or https is believed"
+        );
+        assert_eq!(out[X_FORWARDED_HOST], "10.0.0.5:8080");
     }
 
     #[test]

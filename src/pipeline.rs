@@ -462,6 +462,7 @@ impl Gateway {
             &ForwardContext {
                 forwarded_for,
                 tls: self.tls,
+                proxied: self.client_ip.trusts(peer),
                 authority: parts.uri.authority(),
                 reads: &entry.source.reads,
                 source: &entry.header,
@@ -620,9 +621,28 @@ pub fn check_read_headers(headers: &HeaderMap, reads: &[HeaderName]) -> Result<(
 }
 
 /// A body under a `Content-Encoding` other than `identity` (in any of its fields) is
-/// refused unless the source passes it through.
+/// refused unless the source passes it through. So is one under a transfer coding other
+/// than `chunked` (`Transfer-Encoding: gzip, chunked`): the HTTP server takes off the
+/// chunking alone, and the gzip bytes were verified and forwarded without a word of
+/// their coding (transfer codings are hop-by-hop). A source that passes encoded bodies
+/// through needs its `Content-Encoding` at the backend: a `Connection` field naming it
+/// (which strips it) is refused.
 fn check_content_encoding(headers: &HeaderMap, policy: ContentEncoding) -> Result<(), Reject> {
+    let transfer_coded = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"));
+    if transfer_coded {
+        return Err(Reject::UnsupportedContentEncoding);
+    }
     if policy == ContentEncoding::Pass {
+        if forward::connection_tokens(headers)
+            .any(|token| forward::same_to_cgi(token, CONTENT_ENCODING.as_str()))
+        {
+            return Err(Reject::ConnectionStripsHeader(CONTENT_ENCODING));
+        }
         return Ok(());
     }
     let encoded = headers
@@ -851,5 +871,24 @@ mod tests {
             );
             assert!(check_content_encoding(&map(fields), ContentEncoding::Pass).is_ok());
         }
+        // A transfer coding beyond chunked, under either policy.
+        let gzipped = [("transfer-encoding", "gzip, chunked")];
+        for policy in [ContentEncoding::Refuse, ContentEncoding::Pass] {
+            assert!(matches!(
+                check_content_encoding(&map(&gzipped), policy),
+                Err(Reject::UnsupportedContentEncoding)
+            ));
+        }
+        let chunked = [("transfer-encoding", "chunked")];
+        assert!(check_content_encoding(&map(&chunked), ContentEncoding::Refuse).is_ok());
+        // Passed through, the coding must reach the backend.
+        let stripped = [
+            ("content-encoding", "gzip"),
+            ("connection", "Content-Encoding"),
+        ];
+        assert!(matches!(
+            check_content_encoding(&map(&stripped), ContentEncoding::Pass),
+            Err(Reject::ConnectionStripsHeader(_))
+        ));
     }
 }

@@ -97,10 +97,12 @@ pub enum Reject {
 
 /// What the sender gets for the upstream's answer (proxy mode): an answer it may see is
 /// relayed; everything else is the gateway's own 502 or 504. A status from 600 to 999
-/// (the HTTP crate takes them) is no HTTP status a sender knows what to do with: 502.
+/// (the HTTP crate takes them) is no HTTP status a sender knows what to do with, and a
+/// final 1xx (`101 Switching Protocols`: the client hands over the interim ones) would
+/// switch the sender's connection to a protocol nobody speaks on it: 502.
 pub fn answer(route: &str, outcome: UpstreamOutcome) -> Result<Answer, Reject> {
     match outcome {
-        UpstreamOutcome::Answered(reply) if reply.status.as_u16() < 600 => {
+        UpstreamOutcome::Answered(reply) if (200..600).contains(&reply.status.as_u16()) => {
             Ok(Answer::Relayed(reply))
         }
         outcome => Err(Reject::Upstream {
@@ -574,6 +576,26 @@ mod tests {
             assert_eq!(reject.status().as_u16(), status, "{label}");
             assert_eq!(reject.reason(), reason, "{label}");
             assert_eq!(reject.outcome().label(), outcome, "{label}");
+        }
+    }
+
+    #[test]
+    fn only_final_statuses_a_sender_knows_are_relayed() {
+        for (status, relayed) in [
+            (101, false),
+            (200, true),
+            (404, true),
+            (599, true),
+            (600, false),
+        ] {
+            let answered = answer("s/0", UpstreamOutcome::Answered(reply(status)));
+            assert_eq!(answered.is_ok(), relayed, "{status}");
+            if let Err(reject) = answered {
+                assert_eq!(
+                    (reject.status().as_u16(), reject.reason()),
+                    (502, "upstream_failed")
+                );
+            }
         }
     }
 
