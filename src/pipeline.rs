@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::CONTENT_ENCODING;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
@@ -584,7 +584,21 @@ fn check_allowed(ip: IpAddr, source: &Source) -> Result<(), Reject> {
 /// too, so it cannot call VERIFIED what the gateway refuses first.
 pub fn check_headers(headers: &HeaderMap, source: &Source) -> Result<(), Reject> {
     check_read_headers(headers, &source.reads)?;
+    check_single(headers)?;
     check_content_encoding(headers, source.content_encoding)
+}
+
+/// `Host` and `Content-Type` come once: with two, backends disagree on which one is
+/// meant (Node reads the first `Content-Type`, gunicorn the last), and might parse the
+/// verified body as something else than hookgate did; two `Host` lines are an error in
+/// HTTP/1.1 (RFC 9112 §3.2).
+fn check_single(headers: &HeaderMap) -> Result<(), Reject> {
+    for name in [http::header::HOST, CONTENT_TYPE] {
+        if headers.get_all(&name).iter().nth(1).is_some() {
+            return Err(Reject::DuplicateHeader(name));
+        }
+    }
+    Ok(())
 }
 
 /// Each header the source reads comes at most once, counting spellings with `_` (which
@@ -838,6 +852,23 @@ mod tests {
                 other => format!("{other:?}"),
             };
             assert_eq!(got, expected, "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn host_and_content_type_come_once() {
+        assert!(check_single(&map(&[("content-type", "application/json")])).is_ok());
+        for fields in [
+            &[("host", "a"), ("host", "b")][..],
+            &[
+                ("content-type", "application/json"),
+                ("content-type", "text/plain"),
+            ][..],
+        ] {
+            assert!(
+                matches!(check_single(&map(fields)), Err(Reject::DuplicateHeader(_))),
+                "{fields:?}"
+            );
         }
     }
 
