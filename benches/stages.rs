@@ -103,6 +103,7 @@ fn forwarded_headers(bencher: divan::Bencher) {
                 &ForwardContext {
                     forwarded_for: HeaderValue::from_static("203.0.113.7"),
                     tls: true,
+                    proxied: false,
                     authority: None,
                     reads: &source.reads,
                     source: &name,

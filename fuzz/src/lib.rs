@@ -86,6 +86,7 @@ fn forwarded_as_verified(scheme: &Scheme, headers: &HeaderMap) {
         &hookgate::forward::ForwardContext {
             forwarded_for: HeaderValue::from_static("192.0.2.1"),
             tls: true,
+            proxied: false,
             authority: None,
             reads: &scheme.reads,
             source: &SOURCE,

@@ -1006,7 +1006,7 @@ async fn a_later_migration_needs_no_create_privilege_on_the_database() {
     )
     .await;
     let owners = url.replacen("postgres@", &format!("{role}@"), 1);
-    let file = ConfigFile::new(&queue_config(&owners, &schema, "http://127.0.0.1:9/hooks"));
+    let file = ConfigFile::new(queue_config(&owners, &schema, "http://127.0.0.1:9/hooks"));
     let path = file.path();
     let path = path.to_str().expect("a UTF-8 temp path");
     let (ok, out, err) = hookgate_cli(&["migrate", "--config", path]).await;
