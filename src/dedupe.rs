@@ -133,16 +133,15 @@ impl Dedupe {
                 }))
             }
             Err(e) => {
-                if matches!(e, StoreError::Timeout) {
-                    self.release_later(key, token);
-                }
+                self.release_later(key, token);
                 Err(Reject::Store(e))
             }
         }
     }
 
-    /// Takes back, in a task of its own, a claim whose answer did not come in time (the
-    /// sender is told 503): the store may have written it all the same, and its retry
+    /// Takes back, in a task of its own, a claim whose answer did not come (a timeout, a
+    /// connection that broke after the claim was sent; the sender is told 503): the store
+    /// may have written it all the same, and its retry
     /// then got 409 `in_flight` until the claim expired, for a delivery nobody was
     /// forwarding. The release is the token's own (it never touches another's claim),
     /// asked at once and, unless it applied, after 1 s and 5 s (a claim held in a buffer,

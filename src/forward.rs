@@ -144,10 +144,11 @@ fn is_host_and_port(text: &str) -> bool {
 pub struct ForwardContext<'a> {
     pub forwarded_for: HeaderValue,
     pub tls: bool,
-    /// The peer is a trusted proxy (`rate_limit.trusted_proxies`): the scheme and host
-    /// it says the client used (`X-Forwarded-Proto`, `-Host`) are passed on, rather than
-    /// this listener's (behind a TLS-terminating load balancer every backend was told
-    /// `http`, and one enforcing https answered each delivery with a redirect).
+    /// The peer is a trusted proxy (`rate_limit.trusted_proxies`): the scheme it says
+    /// the client used (`X-Forwarded-Proto`) is passed on, rather than this listener's
+    /// (behind a TLS-terminating load balancer every backend was told `http`, and one
+    /// enforcing https answered each delivery with a redirect). Not its `X-Forwarded-Host`:
+    /// many proxies keep `Host` and set no such header, which the client then would.
     pub proxied: bool,
     /// The request's authority when its target had one (HTTP/2 `:authority`); else the
     /// `Host` header is the host the client asked for.
@@ -168,11 +169,7 @@ pub fn upstream_headers(mut headers: HeaderMap, ctx: &ForwardContext<'_>) -> Hea
         None => headers.get(header::HOST).cloned(),
     }
     .filter(|host| host.to_str().is_ok_and(is_host_and_port));
-    let (proxied_proto, proxied_host) = if ctx.proxied {
-        (proxy_said_proto(&headers), proxy_said_host(&headers))
-    } else {
-        (None, None)
-    };
+    let proxied_proto = ctx.proxied.then(|| proxy_said_proto(&headers)).flatten();
     let connection = headers.get_all(header::CONNECTION);
     let dropped: Vec<HeaderName> = headers
         .keys()
@@ -197,7 +194,7 @@ pub fn upstream_headers(mut headers: HeaderMap, ctx: &ForwardContext<'_>) -> Hea
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    if let Some(host) = proxied_host.or(host) {
+    if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host);
     }
     headers.insert(X_HOOKGATE_SOURCE, ctx.source.clone());
@@ -235,16 +232,6 @@ fn proxy_said_proto(headers: &HeaderMap) -> Option<bool> {
         "http" => Some(false),
         _ => None,
     }
-}
-
-/// The host a trusted proxy says the client asked for: its `X-Forwarded-Host` (the
-/// last value), when it is a host and port.
-fn proxy_said_host(headers: &HeaderMap) -> Option<HeaderValue> {
-    let last = headers.get_all(X_FORWARDED_HOST).iter().next_back()?;
-    let value = last.to_str().ok()?.rsplit(',').next()?.trim();
-    is_host_and_port(value)
-        .then(|| HeaderValue::from_str(value).ok())
-        .flatten()
 }
 
 /// The last step before a delivery goes out, for proxy mode and the queue's workers
@@ -648,7 +635,7 @@ mod tests {
     }
 
     #[test]
-    fn a_trusted_proxy_says_which_scheme_and_host_the_client_used() {
+    fn a_trusted_proxy_says_which_scheme_the_client_used() {
         let from_proxy = || {
             let mut h = HeaderMap::new();
             h.insert(header::HOST, HeaderValue::from_static("10.0.0.5:8080"));
@@ -675,7 +662,10 @@ mod tests {
         };
         let out = upstream_headers(from_proxy(), &proxied);
         assert_eq!(out[X_FORWARDED_PROTO], "https");
-        assert_eq!(out[X_FORWARDED_HOST], "hooks.example.com");
+        assert_eq!(
+            out[X_FORWARDED_HOST], "10.0.0.5:8080",
+            "Host, as the proxy kept it"
+        );
         let mut odd = from_proxy();
         odd.insert(X_FORWARDED_PROTO, HeaderValue::from_static("gopher"));
         odd.insert(X_FORWARDED_HOST, HeaderValue::from_static("a b"));

@@ -87,7 +87,8 @@ pub enum Reject {
     Queue(#[from] QueueError),
     /// The upstream did not answer in a way the sender may see: a redirect or 410 (a
     /// sender could disable the endpoint), a timeout, no connection, a broken exchange.
-    /// `UpstreamOutcome::Answered` only with a status past 599: `answer` relays the others.
+    /// `UpstreamOutcome::Answered` only with a final 1xx or a status past 599: `answer`
+    /// relays the others.
     #[error("upstream of route {route}: {outcome}")]
     Upstream {
         route: String,

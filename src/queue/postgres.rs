@@ -78,22 +78,23 @@ impl<'a> NewRow<'a> {
 
 /// Takes one start from the GCRA bucket `$1` (interval `$2`, tolerance `$3` seconds, on
 /// the database's clock); a row comes back when allowed. A bucket a slower rate emptied
-/// past what this rate could (a reload raised it) is read as this rate's emptiest that
-/// still allows a start: the new rate applies from the next start.
+/// by more than a minute past what this rate could (a reload raised it) is read as this
+/// rate's emptiest that still allows a start: the new rate applies from the next start.
+/// The minute is for `now()`, fixed when each statement starts: a statement that waited
+/// for the row's lock finds a bucket a later one wrote, a little past its own reach.
 const PACE: &str = "INSERT INTO paces AS p (key, tat) \
      VALUES ($1, now() + make_interval(secs => $2)) \
      ON CONFLICT (key) DO UPDATE SET tat = CASE \
-       WHEN p.tat > now() + make_interval(secs => $2::float8 + $3::float8) \
+       WHEN p.tat > now() + make_interval(secs => $2::float8 + $3::float8 + 60) \
        THEN now() + make_interval(secs => $3) ELSE greatest(p.tat, now()) END \
        + make_interval(secs => $2) \
-     WHERE p.tat > now() + make_interval(secs => $2::float8 + $3::float8) \
+     WHERE p.tat > now() + make_interval(secs => $2::float8 + $3::float8 + 60) \
        OR greatest(p.tat, now()) - now() <= make_interval(secs => $3) \
      RETURNING 1";
 
-/// How long a denied start waits: past the tolerance (`$2`), in seconds. (At most one
-/// interval, `$3`, since `PACE` allows a start past that.)
-const PACE_WAIT: &str = "SELECT greatest(least(extract(epoch FROM tat - now())::float8, \
-     $2::float8 + $3::float8) - $2, 0) FROM paces WHERE key = $1";
+/// How long a denied start waits: past the tolerance, in seconds.
+const PACE_WAIT: &str = "SELECT greatest(extract(epoch FROM tat - now())::float8 - $2, 0) \
+     FROM paces WHERE key = $1";
 
 /// Marks the dedupe claim `$1` of token `$2` done for `$3` seconds, if still held.
 const CLAIM_DONE: &str = "UPDATE dedupe SET token = NULL, \
@@ -974,9 +975,7 @@ impl Queue for PostgresQueue {
                         return Ok(None);
                     }
                     let statement = client.prepare_cached(PACE_WAIT).await?;
-                    let row = client
-                        .query_opt(&statement, &[&key, &tolerance, &interval])
-                        .await?;
+                    let row = client.query_opt(&statement, &[&key, &tolerance]).await?;
                     Ok(Some(row.map_or(0.0, |row| row.get::<_, f64>(0))))
                 })
                 .await?;

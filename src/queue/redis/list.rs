@@ -138,20 +138,20 @@ end
 -- A page resumes right after its cursor by rank: by score, it re-read every entry of
 -- the cursor's queue time already shown (a bulk replay gives thousands one time, in
 -- every partition), uncounted by the budget, so a deep page walked all of them. The
--- cursor's place is its rank when it is in the set with its queue time; when it is not
--- (another partition's delivery, or one left out of this index), it is put in for the
--- moment of asking, as nothing else runs meanwhile. Not past `until`: the ranks after
+-- cursor's place is found without writing (the script must work on a Redis at its
+-- memory limit): past the entries of later times, a binary search among those of its
+-- time, which come by id descending, for the first one older than it (the cursor need
+-- not be in the set: another partition's delivery). Not past `until`: the ranks after
 -- the cursor are then outside the window, which the score path skips by its bounds.
 local start = nil
 if cid ~= '' and (till == '' or tonumber(cscore) < tonumber(till)) then
-  local s = redis.call('ZSCORE', key, cid)
-  if s and tonumber(s) == tonumber(cscore) then
-    start = redis.call('ZREVRANK', key, cid) + 1
-  elseif not s then
-    redis.call('ZADD', key, cscore, cid)
-    start = redis.call('ZREVRANK', key, cid)
-    redis.call('ZREM', key, cid)
+  local lo = redis.call('ZCOUNT', key, '(' .. cscore, '+inf')
+  local hi = lo + redis.call('ZCOUNT', key, cscore, cscore)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if redis.call('ZREVRANGE', key, mid, mid)[1] >= cid then lo = mid + 1 else hi = mid end
   end
+  start = lo
 end
 -- Walks batches from `fetch(position)` (ids and scores, newest first) until the page
 -- is done; `floor` ends the walk at the first entry older than the window.
