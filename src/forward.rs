@@ -208,15 +208,15 @@ pub fn upstream_headers(mut headers: HeaderMap, ctx: &ForwardContext<'_>) -> Hea
 /// must be for an HTTP/1.1 upstream (RFC 9113 §8.2.3): as separate lines, a backend
 /// joining repeated fields with `,` read `a=1,b=2` as one cookie.
 fn join_cookies(headers: &mut HeaderMap) {
-    let mut fields = headers.get_all(header::COOKIE).iter();
-    let (Some(first), Some(_)) = (fields.next(), fields.next()) else {
+    let fields = headers.get_all(header::COOKIE);
+    if fields.iter().nth(1).is_none() {
         return;
-    };
-    let mut joined = first.as_bytes().to_vec();
-    for field in headers.get_all(header::COOKIE).iter().skip(1) {
-        joined.extend_from_slice(b"; ");
-        joined.extend_from_slice(field.as_bytes());
     }
+    let joined = fields
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
     if let Ok(joined) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, joined);
     }

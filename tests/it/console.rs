@@ -809,13 +809,7 @@ async fn deliveries_list_filters_searches_and_prints_the_cursor_of_the_next_page
 /// Logs in over plain HTTP as a browser would; returns the session cookie.
 async fn http_login(gw: &Gateway) -> String {
     let form = get(gw, "/ui/login", &[]).await;
-    let login_cookie = form
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let login_cookie = form.cookie();
     let page = form.text();
     let csrf = page
         .split("name=\"csrf\" value=\"")
@@ -836,13 +830,7 @@ async fn http_login(gw: &Gateway) -> String {
         .await;
     assert_eq!(reply.status(), 303, "{}", reply.text());
     assert_eq!(reply.header("location"), Some("/ui/"));
-    reply
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
+    reply.cookie()
 }
 
 #[tokio::test]

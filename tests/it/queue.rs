@@ -808,21 +808,38 @@ async fn a_retry_waits_for_the_backends_retry_after() {
     );
 }
 
-/// A bulk replay runs to its end however soon its client gives up: run in the request's
-/// own future, a client that hung up (the CLI after 30 s) cut it short part-way, and the
-/// dead letters already replayed were neither answered nor logged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bulk_replay_runs_to_its_end_when_its_client_hangs_up() {
-    const DEAD: usize = 600;
-    let Some(store) = TestStore::redis().await else {
-        return;
-    };
+/// Dead letters of the bulk replay tests, on each run's Redis.
+const DEAD: usize = 600;
+
+/// A gateway on Redis holding `DEAD` dead letters (its upstream refuses everything),
+/// and the Redis server, which lives as long as the caller keeps it.
+async fn dead_letters_on_redis() -> Option<(Gateway, Upstream, TestStore)> {
+    let store = TestStore::redis().await?;
     let upstream = Upstream::with(Behaviour::always(Answer::status(400))).await;
     let gw = Gateway::start(queue_config(&store, &upstream).queue_option("workers", "32")).await;
     enqueue_through_both(&gw, &gw, DEAD).await;
     Deliveries::of(&gw)
         .wait_for_count("failed_final", DEAD)
         .await;
+    Some((gw, upstream, store))
+}
+
+/// Each dead letter replayed is attempted again (and refused again): all of them, once.
+async fn each_attempted_once_more(upstream: &Upstream) {
+    upstream.wait_for(2 * DEAD).await;
+    let counts = upstream.count_by_webhook_id();
+    assert_eq!(counts.len(), DEAD);
+    assert!(counts.values().all(|&n| n == 2), "{counts:?}");
+}
+
+/// A bulk replay runs to its end however soon its client gives up: run in the request's
+/// own future, a client that hung up (the CLI after 30 s) cut it short part-way, and the
+/// dead letters already replayed were neither answered nor logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_replay_runs_to_its_end_when_its_client_hangs_up() {
+    let Some((gw, upstream, _redis)) = dead_letters_on_redis().await else {
+        return;
+    };
 
     let mut admin = tokio::net::TcpStream::connect(gw.admin_addr())
         .await
@@ -837,11 +854,7 @@ async fn a_bulk_replay_runs_to_its_end_when_its_client_hangs_up() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     drop(admin);
 
-    // Each one replayed is attempted again (and refused again): all of them, once.
-    upstream.wait_for(2 * DEAD).await;
-    let counts = upstream.count_by_webhook_id();
-    assert_eq!(counts.len(), DEAD);
-    assert!(counts.values().all(|&n| n == 2), "{counts:?}");
+    each_attempted_once_more(&upstream).await;
 }
 
 /// The console's bulk replay too runs to its end when the browser goes away (a tab
@@ -849,16 +862,9 @@ async fn a_bulk_replay_runs_to_its_end_when_its_client_hangs_up() {
 /// unlogged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_console_bulk_replay_runs_to_its_end_when_the_browser_goes_away() {
-    const DEAD: usize = 600;
-    let Some(store) = TestStore::redis().await else {
+    let Some((gw, upstream, _redis)) = dead_letters_on_redis().await else {
         return;
     };
-    let upstream = Upstream::with(Behaviour::always(Answer::status(400))).await;
-    let gw = Gateway::start(queue_config(&store, &upstream).queue_option("workers", "32")).await;
-    enqueue_through_both(&gw, &gw, DEAD).await;
-    Deliveries::of(&gw)
-        .wait_for_count("failed_final", DEAD)
-        .await;
     // The confirmation page: the session (a loopback console without a token opens one
     // for anyone) and the form the browser would post.
     let page = gw
@@ -869,13 +875,7 @@ async fn a_console_bulk_replay_runs_to_its_end_when_the_browser_goes_away() {
         )
         .await;
     assert_eq!(page.status(), 200, "{}", page.text());
-    let cookie = page
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = page.cookie();
     let form: Vec<String> = page
         .text()
         .split("<input type=\"hidden\" name=\"")
@@ -907,11 +907,7 @@ async fn a_console_bulk_replay_runs_to_its_end_when_the_browser_goes_away() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     drop(browser);
 
-    // Each one replayed is attempted again (and refused again): all of them, once.
-    upstream.wait_for(2 * DEAD).await;
-    let counts = upstream.count_by_webhook_id();
-    assert_eq!(counts.len(), DEAD);
-    assert!(counts.values().all(|&n| n == 2), "{counts:?}");
+    each_attempted_once_more(&upstream).await;
 }
 
 /// The admin API's methods as HTTP has them: HEAD as GET, a 405 naming what is allowed,

@@ -63,6 +63,15 @@ impl Reply {
             .map(|v| v.to_str().expect("header is text"))
     }
 
+    /// The `name=value` of the cookie the reply sets, as a browser sends it back;
+    /// panics when it sets none.
+    pub fn cookie(&self) -> String {
+        let set = self
+            .header("set-cookie")
+            .unwrap_or_else(|| panic!("no Set-Cookie in {self:?}"));
+        set.split(';').next().expect("a name=value").to_owned()
+    }
+
     /// `Retry-After` as whole seconds; panics when it is absent or not a number.
     pub fn retry_after(&self) -> u64 {
         self.header("retry-after")
