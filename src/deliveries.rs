@@ -19,8 +19,8 @@ use crate::cli::{DeliveriesArgs, DeliveriesCommand};
 use crate::cli_client::{self, Trust};
 use crate::forward::HttpClient;
 use crate::queue::record::{
-    ApiError, BulkReplayAnswer, DeliveryList, Detail, RecordBody, ReplayAnswer, Step, UnixMillis,
-    unix_millis,
+    ApiError, BulkReplayAnswer, DeliveryList, Detail, RecordBody, ReplayAnswer, State, Step,
+    UnixMillis, unix_millis,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -315,7 +315,8 @@ fn render_detail(json: &Value) -> Result<String, DeliveriesError> {
     }
     line("headers", d.header_names.join(", "));
     out.push_str("history:\n");
-    for a in &d.history {
+    for (i, a) in d.history.iter().enumerate() {
+        let running = s.state == State::Processing && i + 1 == d.history.len();
         out.push_str(&format!(
             "  #{:<3} {}{}  {:>7}  {:<6} {:<16} {}  {}{}\n",
             a.attempt,
@@ -327,9 +328,7 @@ fn render_detail(json: &Value) -> Result<String, DeliveriesError> {
             a.duration_ms
                 .map_or("-".to_owned(), |ms| format!("{ms} ms")),
             a.status.map_or("-".to_owned(), |s| s.to_string()),
-            a.result
-                .as_deref()
-                .unwrap_or("(no result: the instance stopped)"),
+            a.result_shown(running),
             a.instance,
             a.error.as_deref().unwrap_or(""),
             a.trace_id
@@ -470,5 +469,32 @@ mod tests {
             shown.ends_with("object (fetched, enrich):\n{\"id\":\"resp_1\"}"),
             "{shown}"
         );
+    }
+
+    /// The attempt running now is not one whose instance stopped (the CLI said so of
+    /// every attempt without a result, while the console said "in progress, or ...").
+    #[test]
+    fn an_attempt_without_a_result_is_running_only_if_it_is_the_last_of_one_in_progress() {
+        let record = |state: &str| {
+            serde_json::json!({
+                "id": "dlv_1", "state": state, "source": "s", "route": "r",
+                "webhook_id": "msg_1", "event_type": "t", "attempts": 2,
+                "received_at": 0, "updated_at": 0, "enqueued_at": 0, "replays": 0,
+                "header_names": [], "headers": [], "body": "{}",
+                "history": [
+                    {"attempt": 1, "started_at": 0, "instance": "a"},
+                    {"attempt": 2, "started_at": 0, "instance": "b"}
+                ]
+            })
+        };
+        let running = render_detail(&record("processing")).unwrap();
+        let lines: Vec<&str> = running.lines().filter(|l| l.starts_with("  #")).collect();
+        assert!(
+            lines[0].contains("(did not end: its instance stopped)"),
+            "{running}"
+        );
+        assert!(lines[1].contains("(in progress)"), "{running}");
+        let waiting = render_detail(&record("failed_retryable")).unwrap();
+        assert!(!waiting.contains("(in progress)"), "{waiting}");
     }
 }

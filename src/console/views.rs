@@ -245,7 +245,7 @@ pub struct AttemptRow {
 }
 
 impl AttemptRow {
-    fn of(a: &Attempt) -> AttemptRow {
+    fn of(a: &Attempt, running: bool) -> AttemptRow {
         AttemptRow {
             number: match a.step {
                 crate::queue::Step::Deliver => a.attempt.to_string(),
@@ -256,10 +256,7 @@ impl AttemptRow {
                 .duration_ms
                 .map_or("-".to_owned(), |ms| format!("{ms} ms")),
             status: a.status.map_or("-".to_owned(), |s| s.to_string()),
-            result: a.result.clone().unwrap_or_else(|| match a.duration_ms {
-                Some(_) => "-".to_owned(),
-                None => "(did not end: in progress, or its instance stopped)".to_owned(),
-            }),
+            result: a.result_shown(running).to_owned(),
             error: a.error.clone().unwrap_or_default(),
             answer: a.answer.clone().unwrap_or_default(),
             instance: a.instance.clone(),
@@ -388,7 +385,16 @@ impl DeliveryPage {
         let href = format!("/ui/deliveries/{}", s.id);
         DeliveryPage {
             timeline: timeline(&detail),
-            attempt_rows: detail.history.iter().map(AttemptRow::of).collect(),
+            attempt_rows: detail
+                .history
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    let running =
+                        detail.summary.state == State::Processing && i + 1 == detail.history.len();
+                    AttemptRow::of(a, running)
+                })
+                .collect(),
             chrome,
             notice,
             id: s.id.clone(),
@@ -448,12 +454,17 @@ pub fn timeline(detail: &Detail) -> Vec<Step> {
             String::new(),
         )
     };
-    for (i, a) in detail.history.iter().enumerate() {
-        // A replay restarts the count: attempt 1 after an earlier one is the replay.
-        if a.attempt == 1 && i > 0 {
+    // A replay restarts the count: attempt 1 after an earlier attempt is the replay. A
+    // fetch is not one: a failed or handed back `enrich` fetch gives its number back,
+    // and the attempt after a fetch that brought the object has the fetch's number.
+    let mut counted = false;
+    for a in &detail.history {
+        if a.attempt == 1 && counted && replays_shown < detail.replays {
             replays_shown += 1;
             steps.push(replayed(replays_shown));
+            counted = false;
         }
+        counted |= a.step == crate::queue::Step::Deliver;
         let note = match (&a.status, &a.error) {
             (_, Some(error)) => error.clone(),
             (Some(status), None) => format!("answered {status}"),
@@ -693,5 +704,44 @@ mod tests {
                 "now: waiting for a worker"
             ]
         );
+    }
+
+    /// An `enrich` route's fetches share the attempt's number, and a failed fetch gives
+    /// it back: none of them is a replay (each showed one, with none made).
+    #[test]
+    fn an_enrich_routes_fetches_are_no_replays() {
+        let mut d = detail(State::Processed, None);
+        let step = |step, status, result: &str| Attempt {
+            attempt: 1,
+            step,
+            status: Some(status),
+            result: Some(result.into()),
+            ..Attempt::default()
+        };
+        d.history = vec![
+            step(crate::queue::Step::Fetch, 500, "failed_retryable"),
+            step(crate::queue::Step::Fetch, 200, "fetched"),
+            step(crate::queue::Step::Deliver, 500, "failed_final"),
+        ];
+        let labels =
+            |d: &Detail| -> Vec<String> { timeline(d).into_iter().map(|s| s.label).collect() };
+        assert!(
+            !labels(&d).iter().any(|l| l.starts_with("replayed")),
+            "{:?}",
+            labels(&d)
+        );
+        // Replayed once: its fetch and attempt follow the one replay.
+        d.replays = 1;
+        d.history
+            .push(step(crate::queue::Step::Fetch, 200, "fetched"));
+        d.history
+            .push(step(crate::queue::Step::Deliver, 200, "processed"));
+        let shown = labels(&d);
+        assert_eq!(
+            shown.iter().filter(|l| l.starts_with("replayed")).count(),
+            1,
+            "{shown:?}"
+        );
+        assert_eq!(shown[5], "replayed: queued again", "{shown:?}");
     }
 }

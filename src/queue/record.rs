@@ -200,6 +200,19 @@ pub struct Attempt {
     pub trace_id: Option<String>,
 }
 
+impl Attempt {
+    /// The result as shown: the state it left, or for an entry without one whether it is
+    /// still running (`running`: the last entry of a delivery being attempted) or its
+    /// instance stopped in it (when the record was not written on the instance's way out).
+    pub fn result_shown(&self, running: bool) -> &str {
+        match (&self.result, running) {
+            (Some(result), _) => result,
+            (None, true) => "(in progress)",
+            (None, false) => "(did not end: its instance stopped)",
+        }
+    }
+}
+
 /// How much of an upstream's answer an attempt keeps: enough to see why ("invalid
 /// customer id"), bounded so a record stays small.
 pub const ANSWER_START_CHARS: usize = 200;

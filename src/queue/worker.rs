@@ -360,6 +360,20 @@ impl Workers {
             Ok(Deferred::Waiting) => {}
             Ok(Deferred::DeadLettered { attempts }) => {
                 tracing::warn!(delivery_id = %lease.delivery_id, route = %lease.route, error = %why, "queue: dead-lettered without an attempt");
+                // The delivery's own line too: one followed through `hookgate::delivery`
+                // ended at its last retry's `failed_retryable` otherwise. Its record is
+                // not loaded before an attempt, so the line has no webhook id or type.
+                let (source, route) = lease.route.split_once('/').unwrap_or(("", &lease.route));
+                tracing::info!(
+                    target: "hookgate::delivery",
+                    source,
+                    route,
+                    delivery_id = %lease.delivery_id,
+                    step = "none",
+                    attempt = attempts,
+                    result = State::FailedFinal.as_str(),
+                    error = %why,
+                );
                 // A route this instance lacks has no lane, but its dead letter counts as
                 // any other (HookgateDeadLetters): it needs a replay once the route is back.
                 match lane {
@@ -590,20 +604,7 @@ impl Workers {
         if moved {
             lane.deliveries.observe(settlement.state(), job.attempt);
         }
-        tracing::info!(
-            target: "hookgate::delivery",
-            source = %delivery.source,
-            route = %delivery.route,
-            delivery_id = %lease.delivery_id,
-            webhook_id = %delivery.webhook_id,
-            event_type = %delivery.event_type,
-            attempt = job.attempt,
-            status = attempt.status,
-            result = settlement.state().as_str(),
-            next_attempt_at = match settlement { Settlement::RetryAt(at) => Some(at), _ => None },
-            duration_ms = attempt.duration_ms,
-            error = attempt.error.as_deref(),
-        );
+        log_attempt(&job, &attempt, settlement);
         self.release(&lease);
     }
 
@@ -629,6 +630,7 @@ impl Workers {
         tracing::warn!(delivery_id = %job.lease.delivery_id, route = %job.lease.route, attempt = job.attempt, "queue: dead-lettered unsent: the attempts before this one never finished");
         if self.settle(job, &attempt, Settlement::Final).await {
             lane.deliveries.observe(State::FailedFinal, job.attempt);
+            log_attempt(job, &attempt, Settlement::Final);
         }
         self.release(&job.lease);
     }
@@ -856,6 +858,25 @@ impl Workers {
         }
         false
     }
+}
+
+/// The log line of an attempt, never with the body.
+fn log_attempt(job: &Job, attempt: &Attempt, settlement: Settlement) {
+    let delivery = &job.delivery;
+    tracing::info!(
+        target: "hookgate::delivery",
+        source = %delivery.source,
+        route = %delivery.route,
+        delivery_id = %job.lease.delivery_id,
+        webhook_id = %delivery.webhook_id,
+        event_type = %delivery.event_type,
+        attempt = job.attempt,
+        status = attempt.status,
+        result = settlement.state().as_str(),
+        next_attempt_at = match settlement { Settlement::RetryAt(at) => Some(at), _ => None },
+        duration_ms = attempt.duration_ms,
+        error = attempt.error.as_deref(),
+    );
 }
 
 /// The log line of a fetch step, like an attempt's with `step = "fetch"`.

@@ -350,6 +350,47 @@ async fn a_delivery_the_breaker_keeps_waiting_past_max_age_is_dead_lettered_with
     );
 }
 
+/// Such a dead letter is in the delivery log too, where one follows an event: it ended
+/// at its last `failed_retryable` line there (only a warning of another target said
+/// more).
+#[tokio::test]
+async fn a_dead_letter_made_without_an_attempt_has_its_delivery_log_line() {
+    let down = closed_port().await;
+    let gw = GatewayProcess::spawn(
+        config()
+            .queued()
+            .named_route("fragile", "*", format!("http://{down}/hooks"))
+            .route_option("breaker", r#"{ failures = 1, cooldown = "30s" }"#)
+            .queue_option(
+                "backoff",
+                r#"{ initial = "50ms", max = "100ms", jitter = false }"#,
+            )
+            .queue_option("max_age", r#""2s""#),
+    )
+    .await;
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    Deliveries::at(gw.admin_addr)
+        .wait_for_state(&id, "failed_final")
+        .await;
+    let log = gw.log_containing(r#""result":"failed_final""#).await;
+    let line = log
+        .lines()
+        .find(|l| {
+            l.contains(r#""target":"hookgate::delivery""#)
+                && l.contains(r#""result":"failed_final""#)
+        })
+        .unwrap_or_else(|| panic!("no delivery line for the dead letter:\n{log}"));
+    for field in [
+        format!(r#""delivery_id":"{id}""#),
+        r#""source":"openai""#.to_owned(),
+        r#""route":"fragile""#.to_owned(),
+        r#""attempt":1"#.to_owned(),
+    ] {
+        assert!(line.contains(&field), "{field} in {line}");
+    }
+    assert!(line.contains("circuit breaker stayed open"), "{line}");
+}
+
 /// Pointing a route away from its dead upstream, the usual fix in an incident, takes
 /// effect at the reload: the breaker judged the old upstream and starts afresh (it
 /// stayed open for the rest of its cooldown, refusing every delivery).
