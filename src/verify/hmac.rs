@@ -221,6 +221,24 @@ impl Spec {
                 format!("signed_content {template_text:?} uses {{id}}: set id_header"),
             ));
         }
+        // With no text between them, bytes move between the id header and the body
+        // under one signature (`evt_1` and `{"a":1}`, `evt_1{"a"` and `:1}`): a replay
+        // under a new dedupe key, with a body the sender never sent. Nothing in the
+        // request can tell the two apart; with a separator, `id_clash` can.
+        if template
+            .windows(2)
+            .any(|pair| matches!(pair, [Part::Id, Part::Body] | [Part::Body, Part::Id]))
+        {
+            return Err(KeyError::at(
+                "signed_content",
+                format!(
+                    "signed_content {template_text:?} puts {{id}} right next to {{body}}: bytes \
+                     could move between the id header and the body under the same signature, \
+                     so such a request cannot be verified safely; the signed content needs a \
+                     separator between them (such as \"{{id}}.{{body}}\")"
+                ),
+            ));
+        }
         let id_neighbours = template
             .iter()
             .enumerate()
@@ -601,6 +619,19 @@ mod tests {
         let mut o = options();
         o.id_header = None;
         assert!(Spec::new(&o).unwrap_err().message.contains("set id_header"));
+        // Bytes could move between the id and the body (an audit forwarded `evt_` with
+        // body `1001{...}` under the signature of `evt_1001` and `{...}`).
+        for glued in ["{timestamp}.{id}{body}", "{timestamp}{body}{id}"] {
+            let mut o = options();
+            o.signed_content = Some(glued.into());
+            let e = Spec::new(&o).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("signed_content"), "{glued}");
+            assert!(
+                e.message.contains("right next to {body}"),
+                "{glued}: {}",
+                e.message
+            );
+        }
         let o = Options {
             signature_header: Some(HeaderName::from_static("x-signature")),
             tolerance: Some(Duration::from_secs(60)),
