@@ -468,16 +468,20 @@ fn rate_limit(file: &file::RateLimit) -> Result<RateLimitSettings, Invalid> {
 
 /// A source whose signed timestamps stay acceptable longer than `dedupe.ttl` remembers
 /// a delivery: a captured request replayed after the ttl and within the tolerance is
-/// verified and forwarded again.
+/// verified and forwarded again. A timestamp is accepted up to the tolerance ahead as
+/// well as behind, and the ttl runs from when the delivery was forwarded: one signed
+/// by a clock running ahead verifies for up to twice the tolerance after that.
 fn replay_window_warnings(sources: &[super::Source], ttl: std::time::Duration) -> Vec<String> {
     sources
         .iter()
         .filter_map(|source| {
-            let tolerance = source.verifier.tolerance().filter(|t| *t > ttl)?;
+            let tolerance = source.verifier.tolerance().filter(|t| *t * 2 > ttl)?;
             Some(format!(
-                "dedupe.ttl ({}) is shorter than source {:?}'s tolerance ({}): a captured \
-                 request replayed after the ttl and within the tolerance is verified and \
-                 forwarded again; keep dedupe.ttl at least the tolerance",
+                "dedupe.ttl ({}) is shorter than twice source {:?}'s tolerance ({}): a \
+                 captured request replayed after the ttl and while its timestamp is still \
+                 accepted (up to the tolerance behind, or ahead when the sender's clock runs \
+                 fast) is verified and forwarded again; keep dedupe.ttl at least twice the \
+                 tolerance",
                 super::duration::written(ttl),
                 source.name,
                 super::duration::written(tolerance),
@@ -750,10 +754,18 @@ upstream = "http://127.0.0.1:9001/hooks"
         assert!(warnings(MINIMAL).is_empty(), "{:?}", warnings(MINIMAL));
         let short = warnings(&format!("[dedupe]\nttl = \"5s\"\n{MINIMAL}"));
         assert!(
-            short.iter().any(|w| w
-                .contains("dedupe.ttl (5s) is shorter than source \"openai\"'s tolerance (5m)")),
+            short.iter().any(|w| w.contains(
+                "dedupe.ttl (5s) is shorter than twice source \"openai\"'s tolerance (5m)"
+            )),
             "{short:?}"
         );
+        // A timestamp ahead by almost the tolerance verifies for twice the tolerance
+        // after the delivery was forwarded (an audit replayed one after a ttl equal to
+        // the tolerance, and it was forwarded again).
+        let equal = warnings(&format!("[dedupe]\nttl = \"5m\"\n{MINIMAL}"));
+        assert!(equal.iter().any(|w| w.contains("twice")), "{equal:?}");
+        let twice = warnings(&format!("[dedupe]\nttl = \"10m\"\n{MINIMAL}"));
+        assert!(twice.is_empty(), "{twice:?}");
         let twin = MINIMAL
             .replace("name = \"openai\"", "name = \"eu\"")
             .replace("/webhooks/openai", "/webhooks/eu");
