@@ -668,27 +668,60 @@ fn partition_suffix(suffix: &str) -> Option<usize> {
 // Headers as stored: JSON pairs of text, which is what webhook headers are.
 // ---------------------------------------------------------------------------------
 
-/// Header pairs as JSON. Values that are not visible ASCII cannot be stored as text and
-/// are left out (webhook headers are ASCII; the signature covers only the body).
+/// Header pairs as JSON: `[name, value]`, or `[name, base64 of the value, "base64"]` for
+/// a value that is not UTF-8. Every value is kept, as proxy mode forwards every value: a
+/// header with a non-ASCII value (`X-Note: Zürich`) reached the backend in proxy mode and
+/// was silently left out in queue mode.
 pub fn encode_headers(headers: &HeaderMap) -> String {
-    let pairs: Vec<(&str, &str)> = headers
+    use base64::Engine;
+    let pairs: Vec<StoredPair> = headers
         .iter()
-        .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+        .map(
+            |(name, value)| match std::str::from_utf8(value.as_bytes()) {
+                Ok(text) => StoredPair::Text(name.as_str().to_owned(), text.to_owned()),
+                Err(_) => StoredPair::Bytes(
+                    name.as_str().to_owned(),
+                    base64::engine::general_purpose::STANDARD.encode(value.as_bytes()),
+                    BASE64.to_owned(),
+                ),
+            },
+        )
         .collect();
     serde_json::to_string(&pairs).expect("pairs of strings serialize")
 }
 
+const BASE64: &str = "base64";
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredPair {
+    Text(String, String),
+    Bytes(String, String, String),
+}
+
 /// The stored pairs back as headers; nothing stored (a processed record) is none.
 pub fn decode_headers(json: &str) -> Result<HeaderMap, String> {
+    use base64::Engine;
     if json.is_empty() {
         return Ok(HeaderMap::new());
     }
-    let pairs: Vec<(String, String)> =
-        serde_json::from_str(json).map_err(|e| format!("headers: {e}"))?;
+    let pairs: Vec<StoredPair> = serde_json::from_str(json).map_err(|e| format!("headers: {e}"))?;
     let mut headers = HeaderMap::with_capacity(pairs.len());
-    for (name, value) in pairs {
+    for pair in pairs {
+        let (name, value) = match pair {
+            StoredPair::Text(name, value) => (name, value.into_bytes()),
+            StoredPair::Bytes(name, value, encoding) if encoding == BASE64 => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(value)
+                    .map_err(|e| format!("{name}: {e}"))?;
+                (name, bytes)
+            }
+            StoredPair::Bytes(name, _, encoding) => {
+                return Err(format!("{name}: unknown encoding {encoding:?}"));
+            }
+        };
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
-        let value = HeaderValue::from_str(&value).map_err(|e| format!("{name}: {e}"))?;
+        let value = HeaderValue::from_bytes(&value).map_err(|e| format!("{name}: {e}"))?;
         headers.append(name, value);
     }
     Ok(headers)
@@ -703,7 +736,10 @@ pub fn header_listing(
     let pairs = values.then(|| {
         headers
             .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .map(|(n, v)| {
+                let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (n.as_str().to_owned(), value)
+            })
             .collect()
     });
     (names, pairs)
@@ -896,11 +932,16 @@ mod tests {
         h.insert("webhook-id", HeaderValue::from_static("msg_1"));
         h.append("x-multi", HeaderValue::from_static("a"));
         h.append("x-multi", HeaderValue::from_static("b"));
-        h.insert("x-binary", HeaderValue::from_bytes(b"\xff").unwrap());
-        let back = decode_headers(&encode_headers(&h)).unwrap();
-        assert_eq!(back["webhook-id"], "msg_1");
-        assert_eq!(back.get_all("x-multi").iter().count(), 2);
-        assert!(back.get("x-binary").is_none());
+        h.insert("x-binary", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        h.insert("x-note", HeaderValue::from_str("Zürich").unwrap());
+        let stored = encode_headers(&h);
+        assert!(stored.contains(r#"["x-note","Zürich"]"#), "{stored}");
+        let back = decode_headers(&stored).unwrap();
+        assert_eq!(back, h, "every value as it came, in order");
+        // Records stored before values that are not UTF-8 were kept read as before.
+        let old = decode_headers(r#"[["webhook-id","msg_1"],["x-multi","a"]]"#).unwrap();
+        assert_eq!(old["webhook-id"], "msg_1");
+        assert!(decode_headers(r#"[["x","AA==","rot13"]]"#).is_err());
     }
 
     #[test]

@@ -43,7 +43,9 @@ async fn a_queued_delivery_is_answered_202_then_delivered_with_the_senders_webho
     let upstream = Upstream::start().await;
     let gw = Gateway::start(queue_config(&store, &upstream)).await;
     let deliveries = Deliveries::of(&gw);
-    let event = signed_event("response.completed");
+    // A value that is not ASCII is delivered too, as proxy mode forwards it (it was
+    // left out of the stored headers).
+    let event = signed_event("response.completed").with_header("x-note", "Zürich");
 
     let id = enqueue(&gw.client(), &event).await;
     upstream.wait_for(1).await;
@@ -59,6 +61,10 @@ async fn a_queued_delivery_is_answered_202_then_delivered_with_the_senders_webho
     assert_eq!(got.header("x-hookgate-attempt"), "1");
     assert_eq!(got.header("x-hookgate-source"), SOURCE);
     assert_eq!(got.body, event.body.as_bytes(), "the exact bytes");
+    assert_eq!(
+        got.headers.get("x-note").map(|v| v.as_bytes()),
+        Some("Zürich".as_bytes())
+    );
     assert_eq!(record["attempts"], 1);
     assert_eq!(record["last_status"], 200);
     assert_eq!(record["webhook_id"], event.header("webhook-id"));
