@@ -454,7 +454,7 @@ impl Workers {
         // `rate`: a start now would exceed the upstream's rate (counted across every
         // instance on a shared queue): the delivery waits in the queue, no attempt spent.
         if let Some(rate) = lane.route.rate() {
-            match self.queue.pace(&lease.route, rate).await {
+            match self.queue.pace(lane.route.label(), rate).await {
                 Ok(None) => {}
                 Ok(Some(wait)) => {
                     let wait = lane.turn(wait, rate);
@@ -916,7 +916,7 @@ fn lanes(
     metrics: &Metrics,
     current: &HashMap<String, Arc<Lane>>,
 ) -> HashMap<String, Arc<Lane>> {
-    settings
+    let mut lanes: HashMap<String, Arc<Lane>> = settings
         .sources
         .iter()
         .filter(|s| s.delivery == DeliveryMode::Queue)
@@ -957,7 +957,28 @@ fn lanes(
             };
             (route.label().to_owned(), Arc::new(lane))
         })
-        .collect()
+        .collect();
+    // A delivery is addressed to `<route>` while its route has one upstream and to
+    // `<route>/<key>` once it has several: deliveries queued before a reload or deploy
+    // that changed the count are delivered by the lane they now stand for (they waited
+    // for a route no instance had, until `max_age` dead-lettered them).
+    let routes = settings
+        .sources
+        .iter()
+        .filter(|s| s.delivery == DeliveryMode::Queue)
+        .flat_map(|s| s.routes.iter());
+    for route in routes {
+        let base = route.base_label();
+        let (alias, lane) = match route.upstreams() {
+            [one] => (format!("{base}/{}", one.key), base.to_owned()),
+            [first, ..] => (base.to_owned(), format!("{base}/{}", first.key)),
+            [] => continue,
+        };
+        if let (false, Some(lane)) = (lanes.contains_key(&alias), lanes.get(&lane).cloned()) {
+            lanes.insert(alias, lane);
+        }
+    }
+    lanes
 }
 
 /// The stored headers plus which delivery and attempt this is. `webhook-id` is the

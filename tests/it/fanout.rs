@@ -286,3 +286,52 @@ fn check_lists_each_upstream_of_a_fanout_route_with_the_route_its_deliveries_are
         "{summary}"
     );
 }
+
+/// A delivery is stored under `batches` while its route has one upstream and under
+/// `batches/<upstream>` once it has several. A reload that changes the count in either
+/// direction still delivers what was queued before, to the upstream it was for (they
+/// waited for a route no instance had until `max_age` dead-lettered them).
+#[tokio::test]
+async fn deliveries_queued_before_a_reload_that_changes_the_count_of_upstreams_are_delivered() {
+    let down = closed_port().await;
+    let billing = Upstream::start().await;
+    let audit = Upstream::start().await;
+    let upstreams = |list: &str| fanout_config(&TestStore::Memory, list);
+    let billing_down = format!(r#"{{ url = "http://{down}/hooks", name = "billing" }}"#);
+    let billing_up = format!(
+        r#"{{ url = "{}", name = "billing" }}"#,
+        billing.url("/hooks")
+    );
+    let audit_up = format!(r#"{{ url = "{}", name = "audit" }}"#, audit.url("/hooks"));
+
+    // One upstream, then two.
+    let file = ConfigFile::new(upstreams(&format!("[{billing_down}]")));
+    let gw = Gateway::start_file(&file.path()).await;
+    let deliveries = Deliveries::of(&gw);
+    let single = enqueue(&gw.client(), &signed_event("batch.completed")).await;
+    eventually("the delivery retried", async || {
+        deliveries.record(&single).await["attempts"].as_u64() >= Some(1)
+    })
+    .await;
+    file.write(upstreams(&format!("[{billing_up}, {audit_up}]")));
+    gw.reload().await.expect("a valid file");
+    let record = deliveries.wait_for_state(&single, "processed").await;
+    assert_eq!(record["route"], "batches", "{record:#}");
+    assert_eq!(billing.received().len(), 1);
+    assert!(audit.received().is_empty(), "it was for billing alone");
+
+    // Two upstreams, then the one whose copy still waits.
+    file.write(upstreams(&format!("[{billing_down}, {audit_up}]")));
+    gw.reload().await.expect("a valid file");
+    let ids = enqueue_copies(&gw, &signed_event("batch.completed")).await;
+    deliveries.wait_for_state(&ids[1], "processed").await;
+    eventually("billing's copy retried", async || {
+        deliveries.record(&ids[0]).await["attempts"].as_u64() >= Some(1)
+    })
+    .await;
+    file.write(upstreams(&format!("[{billing_up}]")));
+    gw.reload().await.expect("a valid file");
+    let record = deliveries.wait_for_state(&ids[0], "processed").await;
+    assert_eq!(record["route"], "batches/billing", "{record:#}");
+    assert_eq!(billing.received().len(), 2);
+}
