@@ -104,6 +104,20 @@ impl Lane {
         *next = Some(at + interval);
         at - now
     }
+
+    /// Gives back a turn `turn` gave out that no delivery will take: its deferral
+    /// dead-lettered the delivery (the turn was past `max_age`) or failed. Kept, each
+    /// such turn pushed every later one out by an interval: after a burst that outran
+    /// `max_age`, a lone delivery the bucket refused even briefly got a turn past its
+    /// `max_age` and was dead-lettered unsent, with the route idle.
+    fn give_back(&self, rate: RatePolicy) {
+        let (interval, _) = crate::store::gcra(rate.per_second, 1);
+        let now = tokio::time::Instant::now();
+        let mut next = self.next_turn.lock().unwrap_or_else(|p| p.into_inner());
+        *next = next
+            .and_then(|at| at.checked_sub(interval))
+            .filter(|at| *at > now);
+    }
 }
 
 /// Releases a delivery's lease when its attempt panics, so that it is no longer renewed
@@ -351,13 +365,21 @@ impl Workers {
     }
 
     /// Puts a taken delivery back to wait `wait` without an attempt (`Queue::defer`),
-    /// `why` (for the record's last error should the wait reach past `max_age`).
-    async fn defer(&self, lane: Option<&Arc<Lane>>, lease: &Lease, wait: Duration, why: &str) {
+    /// `why` (for the record's last error should the wait reach past `max_age`). `true`
+    /// when it waits (or another instance holds it now); `false` when it was
+    /// dead-lettered or could not be put back.
+    async fn defer(
+        &self,
+        lane: Option<&Arc<Lane>>,
+        lease: &Lease,
+        wait: Duration,
+        why: &str,
+    ) -> bool {
         let now = now_millis();
         let until = now + wait.as_millis().max(1) as u64;
         let why = format!("{why} until past queue.max_age; not attempted");
-        match self.queue.defer(lease, until, now, &why).await {
-            Ok(Deferred::Waiting) => {}
+        let waits = match self.queue.defer(lease, until, now, &why).await {
+            Ok(Deferred::Waiting) => true,
             Ok(Deferred::DeadLettered { attempts }) => {
                 tracing::warn!(delivery_id = %lease.delivery_id, route = %lease.route, error = %why, "queue: dead-lettered without an attempt");
                 // The delivery's own line too: one followed through `hookgate::delivery`
@@ -383,14 +405,17 @@ impl Workers {
                         .delivery(&lease.route)
                         .observe(State::FailedFinal, attempts),
                 }
+                false
             }
             // Still pending under this instance: it is taken over after the
             // visibility timeout, like a hand back that failed.
             Err(e) => {
                 tracing::warn!(delivery_id = %lease.delivery_id, error = %e, "queue: cannot defer a delivery");
+                false
             }
-        }
+        };
         self.release(lease);
+        waits
     }
 
     /// One delivery, from its lease to its settlement.
@@ -415,14 +440,16 @@ impl Workers {
                 tracing::warn!(delivery_id = %lease.delivery_id, route = %lease.route, held_back, "queue: the delivery's route is not configured on this instance; it waits for one that has it, without an attempt");
             }
             let why = format!("route {} is not configured on this instance", lease.route);
-            return self.defer(None, &lease, ROUTE_MISSING_WAIT, &why).await;
+            self.defer(None, &lease, ROUTE_MISSING_WAIT, &why).await;
+            return;
         };
         // An open breaker: the delivery waits in the queue, no attempt spent, and this
         // worker moves on to other upstreams' deliveries.
         let why = "the upstream's circuit breaker stayed open";
         let mut pass = match self.forward.admit(&lane.route, tokio::time::Instant::now()) {
             Admission::Open { retry_after } => {
-                return self.defer(Some(lane), &lease, retry_after, why).await;
+                self.defer(Some(lane), &lease, retry_after, why).await;
+                return;
             }
             Admission::Pass(pass) => pass,
         };
@@ -442,7 +469,8 @@ impl Workers {
         if lane.limit.is_some() && !pass.is_probe() {
             match self.forward.admit(&lane.route, tokio::time::Instant::now()) {
                 Admission::Open { retry_after } => {
-                    return self.defer(Some(lane), &lease, retry_after, why).await;
+                    self.defer(Some(lane), &lease, retry_after, why).await;
+                    return;
                 }
                 Admission::Pass(fresh) => pass = fresh,
             }
@@ -459,14 +487,17 @@ impl Workers {
                 Ok(Some(wait)) => {
                     let wait = lane.turn(wait, rate);
                     let why = "the route's rate kept it waiting";
-                    return self.defer(Some(lane), &lease, wait, why).await;
+                    if !self.defer(Some(lane), &lease, wait, why).await {
+                        lane.give_back(rate);
+                    }
+                    return;
                 }
                 Err(e) => {
                     tracing::warn!(delivery_id = %lease.delivery_id, error = %e, "queue: cannot check the route's rate");
                     let why = "the route's rate could not be checked";
-                    return self
-                        .defer(Some(lane), &lease, Duration::from_secs(1), why)
+                    self.defer(Some(lane), &lease, Duration::from_secs(1), why)
                         .await;
+                    return;
                 }
             }
         }

@@ -191,3 +191,43 @@ async fn a_backlog_held_back_by_rate_is_put_back_about_once_per_delivery_on_post
         a_backlog_held_back_by_rate_is_put_back_about_once_per_delivery(store).await;
     }
 }
+
+/// A burst larger than `rate × max_age` dead-letters what could not start in time; the
+/// turns handed to those are given back. Kept, each pushed every later turn out an
+/// interval, and once the burst was over a lone delivery the bucket refused for a
+/// moment got a turn past its `max_age` and was dead-lettered unsent, the route idle.
+#[tokio::test]
+async fn turns_of_deliveries_dead_lettered_in_a_burst_are_not_kept_from_later_ones() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        rated(
+            &TestStore::Memory,
+            &upstream,
+            r#"{ per_second = 2, burst = 1 }"#,
+        )
+        .queue_option("max_age", r#""3s""#),
+    )
+    .await;
+    let deliveries = Deliveries::of(&gw);
+    for _ in 0..30 {
+        enqueue(&gw.client(), &signed_event("batch.completed")).await;
+    }
+    eventually("the burst settled", async || {
+        let list = deliveries.list("").await;
+        list.iter()
+            .all(|d| d["state"] == "processed" || d["state"] == "failed_final")
+    })
+    .await;
+    let sent = upstream.received().len();
+    assert!(
+        (4..30).contains(&sent),
+        "{sent} of 30 within max_age at 2/s"
+    );
+
+    // The route is idle: two at once, the second a turn (half a second) behind.
+    let a = enqueue(&gw.client(), &signed_event("batch.completed")).await;
+    let b = enqueue(&gw.client(), &signed_event("batch.completed")).await;
+    deliveries.wait_for_state(&a, "processed").await;
+    let record = deliveries.wait_for_state(&b, "processed").await;
+    assert_eq!(record["attempts"], 1, "{record:#}");
+}
