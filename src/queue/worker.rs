@@ -639,11 +639,14 @@ impl Workers {
         self.release(&lease);
     }
 
-    /// Dead-letters `job`, begun past `max_attempts`, without sending it.
+    /// Dead-letters `job`, begun past `max_attempts`, without sending it. Its history
+    /// tells the two causes apart (attempts without a result, or with one); the job
+    /// does not carry it.
     async fn unfinished_past_limits(&self, lane: &Lane, job: &Job) {
         let error = format!(
             "not attempted: attempt {} of at most {}; the attempts before it never finished \
-             (their instance stopped or crashed in them)",
+             (their instance stopped or crashed in them), or queue.max_attempts was lowered \
+             since the last one",
             job.attempt, self.policy.max_attempts,
         );
         let attempt = Attempt {
