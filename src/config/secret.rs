@@ -118,6 +118,23 @@ pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<
                 lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
             out.push_str(&value);
             rest = &body[end + 1..];
+        } else if after.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            // Shell and systemd spelling: kept as text, `$HOOKGATE_ADMIN_TOKEN` became
+            // the token (or a secret) itself, one anyone reading the file knows.
+            let name_len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..name_len];
+            return Err(match lookup(name) {
+                Some(_) => format!(
+                    "${name} is not expanded: write ${{{name}}} for the environment variable, \
+                     or $$ for a literal $"
+                ),
+                // Not a variable here: perhaps a secret's own text; not echoed.
+                None => "a $ followed by a name is not expanded: write ${NAME} for an \
+                         environment variable, or $$ for a literal $"
+                    .to_owned(),
+            });
         } else {
             out.push('$');
             rest = after;
@@ -160,6 +177,18 @@ mod tests {
     fn double_dollar_is_a_literal_dollar_and_a_lone_dollar_stays() {
         assert_eq!(expand_env("a$${SET}", env).unwrap(), "a${SET}");
         assert_eq!(expand_env("cost $5", env).unwrap(), "cost $5");
+        assert_eq!(expand_env("a$", env).unwrap(), "a$");
+    }
+
+    /// `$NAME`, as a shell or systemd writes it, was kept as text: the admin token or a
+    /// signing secret became the variable's name, which anyone reading the file knows.
+    #[test]
+    fn a_dollar_before_a_name_is_an_error_not_text() {
+        let e = expand_env("$SET", env).unwrap_err();
+        assert!(e.contains("write ${SET}"), "{e}");
+        let e = expand_env("pre$ecret", env).unwrap_err();
+        assert!(e.contains("write ${NAME}") && !e.contains("ecret"), "{e}");
+        assert_eq!(expand_env("pre$$ecret", env).unwrap(), "pre$ecret");
     }
 
     #[test]
