@@ -4,6 +4,7 @@
 //! Every check names the key path it blames (`Invalid::at`), and its message names it
 //! too, so an error reads on its own and `ConfigError` can point at the key's line.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::duration;
@@ -57,6 +58,16 @@ pub(super) fn build(file: FileConfig, origin: &str) -> Result<Settings, Invalid>
             token.expose().chars().count()
         ));
     }
+    if let Some(token) = &file.admin.token
+        && token.expose().trim() != token.expose()
+    {
+        warnings.push(
+            "admin.token has leading or trailing whitespace (a newline from an env file?): \
+             a header value cannot carry it, so no client can send this token"
+                .to_owned(),
+        );
+    }
+    listeners_apart(file.server.listen, file.admin.listen)?;
     Ok(Settings {
         origin: origin.to_owned(),
         server: ServerSettings {
@@ -386,6 +397,24 @@ fn renewal_warning(store: &StoreSettings, visibility: Duration) -> Option<String
             duration::written(deadline)
         )
     })
+}
+
+/// The webhook and admin listeners cannot share an address: `serve` failed to bind the
+/// second and blamed another process, after `check` said ok.
+fn listeners_apart(server: SocketAddr, admin: SocketAddr) -> Result<(), Invalid> {
+    let overlap =
+        server.ip() == admin.ip() || server.ip().is_unspecified() || admin.ip().is_unspecified();
+    if server.port() != 0 && server.port() == admin.port() && overlap {
+        return Err(Invalid::at(
+            "admin.listen",
+            format!(
+                "admin.listen {admin} and server.listen {server} share port {}: give the admin \
+                 listener a port of its own",
+                admin.port()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn admin_auth(file: &file::Admin) -> Result<AdminAuth, Invalid> {
@@ -1243,6 +1272,37 @@ upstream = "http://127.0.0.1:9001/hooks"
         assert!(matches!(settings.upstream_tls, UpstreamTrust::System));
         assert!(settings.admin_auth.token.is_none());
         assert!(settings.sources[0].allow_ips.is_empty());
+    }
+
+    /// `serve` could not bind the second and blamed another process; `check` said ok.
+    #[test]
+    fn the_admin_listener_needs_an_address_of_its_own() {
+        for (server, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:8080", "[::]:8080"),
+        ] {
+            let e = error(&format!(
+                "[server]\nlisten = \"{server}\"\n[admin]\nlisten = \"{admin}\"\ntoken = \"0123456789abcdef0123\"\n{MINIMAL}"
+            ));
+            assert!(e.contains("share port 8080"), "{server} {admin}: {e}");
+        }
+        let apart = format!(
+            "[server]\nlisten = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.2:8080\"\n{MINIMAL}"
+        );
+        assert!(parse(&apart, "t").is_ok());
+    }
+
+    #[test]
+    fn an_admin_token_with_whitespace_around_it_is_warned_about() {
+        let text = format!("[admin]\ntoken = \"0123456789abcdef0123\\n\"\n{MINIMAL}");
+        let warnings = parse(&text, "t").unwrap().warnings;
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("admin.token has leading or trailing whitespace")),
+            "{warnings:?}"
+        );
     }
 
     #[test]
