@@ -126,9 +126,9 @@ pub async fn run(args: DeliveriesArgs) -> Result<String, DeliveriesError> {
 
 /// The admin base URL and token: from the flags, else from the config file.
 fn target(args: &DeliveriesArgs) -> Result<(String, Option<String>), DeliveriesError> {
-    let settings = match (&args.admin, &args.token) {
+    let admin = match (&args.admin, &args.token) {
         (Some(_), Some(_)) => None,
-        _ => Some(crate::config::load_or_default(args.config.as_deref())?),
+        _ => Some(crate::config::admin_access(args.config.as_deref())?),
     };
     let base = match &args.admin {
         Some(url) => {
@@ -139,17 +139,15 @@ fn target(args: &DeliveriesArgs) -> Result<(String, Option<String>), DeliveriesE
             url
         }
         None => {
-            let listen = settings
-                .as_ref()
-                .expect("loaded without --admin")
-                .admin_listen;
+            let (listen, _) = admin.as_ref().expect("loaded without --admin");
+            let listen = *listen;
             format!("http://{}", reachable(listen))
         }
     };
     let token = args.token.clone().or_else(|| {
-        settings
+        admin
             .as_ref()
-            .and_then(|s| s.admin_auth.token.as_ref())
+            .and_then(|(_, token)| token.as_ref())
             .map(|t| t.expose().to_owned())
     });
     Ok((base, token))

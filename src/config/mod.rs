@@ -20,6 +20,7 @@ mod settings;
 mod source;
 mod summary;
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 pub use crate::tls::UpstreamTrust;
@@ -58,20 +59,43 @@ pub fn reload(origin: &str) -> Result<Settings, ConfigError> {
 
 /// Reads and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(&origin, format!("cannot read the file: {e}")))?;
-    parse(&text, &origin)
+    load_or_default(Some(path))
 }
 
 /// Loads `path` when given; otherwise `config/hookgate.toml` if it exists, else the
 /// embedded default. An explicit path that does not exist is an error, never a fallback.
 pub fn load_or_default(path: Option<&Path>) -> Result<Settings, ConfigError> {
-    match path {
-        Some(path) => load(path),
-        None if Path::new(DEFAULT_PATH).exists() => load(Path::new(DEFAULT_PATH)),
-        None => parse(EMBEDDED_DEFAULT, EMBEDDED_ORIGIN),
+    let (text, origin) = read_or_default(path)?;
+    parse(&text, &origin)
+}
+
+/// The text and origin `load_or_default` parses.
+fn read_or_default(path: Option<&Path>) -> Result<(String, String), ConfigError> {
+    let path = match path {
+        Some(path) => path,
+        None if Path::new(DEFAULT_PATH).exists() => Path::new(DEFAULT_PATH),
+        None => return Ok((EMBEDDED_DEFAULT.to_owned(), EMBEDDED_ORIGIN.to_owned())),
+    };
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(&origin, format!("cannot read the file: {e}")))?;
+    Ok((text, origin))
+}
+
+/// Where the admin API listens, and its token: `[admin]` of the file `load_or_default`
+/// would read, and nothing else of it. A client of the admin API (`hookgate
+/// deliveries`) needs none of the webhook secrets, TLS files or store URLs the rest
+/// names, which on a server are in an environment the operator's shell does not have.
+pub fn admin_access(path: Option<&Path>) -> Result<(SocketAddr, Option<Secret>), ConfigError> {
+    #[derive(serde::Deserialize)]
+    struct AdminOnly {
+        #[serde(default)]
+        admin: file::Admin,
     }
+    let (text, origin) = read_or_default(path)?;
+    let only: AdminOnly =
+        toml::from_str(&text).map_err(|e| ConfigError::parse(&origin, &text, &e, ""))?;
+    Ok((only.admin.listen, only.admin.token))
 }
 
 /// Parses and validates config text; `origin` names it in errors.

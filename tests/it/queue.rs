@@ -232,6 +232,17 @@ async fn a_non_retryable_400_is_final_listed_and_replay_delivers_it_once_the_ups
         listed.contains(&id) && listed.contains("failed_final"),
         "{listed}"
     );
+    // With --config, only [admin] is read: the webhook secrets the rest names are in
+    // the server's environment, not the operator's shell (it failed on the first).
+    let file = ConfigFile::new(format!(
+        "[admin]\nlisten = \"{}\"\n\n[[sources]]\nname = \"s\"\npath = \"/s\"\n\
+         scheme = \"github\"\nsecrets = [\"${{HOOKGATE_TEST_NEVER_SET}}\"]\n\
+         [[sources.routes]]\nevents = [\"*\"]\nupstream = \"http://127.0.0.1:9/\"\n",
+        admin.trim_start_matches("http://")
+    ));
+    let path = file.path().display().to_string();
+    let (ok, listed, stderr) = hookgate_cli(&["deliveries", "--config", &path, "list"]).await;
+    assert!(ok && listed.contains(&id), "{stderr}{listed}");
     let (ok, shown, stderr) = hookgate_cli(&["deliveries", "--admin", &admin, "show", &id]).await;
     assert!(ok, "{stderr}");
     assert!(
