@@ -566,8 +566,8 @@ fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, Invalid> 
         (None, []) => {
             return Err(Invalid::at(
                 "store",
-                "[store] needs redis_url (one server) or cluster (a list of node URLs); \
-                 remove [store] for the in-memory store",
+                "[store] needs postgres_url, redis_url (one server) or cluster (a list of \
+                 node URLs); remove [store] for the in-memory store",
             ));
         }
         (None, nodes) => RedisTarget::Cluster(

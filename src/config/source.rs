@@ -380,7 +380,10 @@ fn secret_warnings(secrets: &[SecretEntry], now: SystemTime) -> Vec<String> {
         }
     }
     if !secrets.is_empty() && secrets.iter().all(|e| e.not_after.is_some_and(|t| t < now)) {
-        warnings.push("every secret is past its not_after: every request will be refused".into());
+        // Prefixed with the source's key like the others: "sources[0].secrets: ...".
+        warnings.push(
+            "secrets: every one is past its not_after: every request will be refused".into(),
+        );
     }
     warnings
 }
@@ -630,7 +633,12 @@ mod tests {
         assert!(warnings[1].starts_with("secrets[1] is past its not_after"));
 
         let all_gone = secret_warnings(&[entry("a", Some(1))], now);
-        assert!(all_gone.iter().any(|w| w.contains("every secret")));
+        assert!(
+            all_gone
+                .iter()
+                .any(|w| w.starts_with("secrets: every one is past its not_after")),
+            "{all_gone:?}"
+        );
     }
 
     #[test]
