@@ -961,7 +961,7 @@ upstream = "http://127.0.0.1:9001/hooks"
         );
         assert!(!e.contains("hunter2"), "{e}");
         let e = error(&format!("[store]\nkey_prefix = \"x\"\n{MINIMAL}"));
-        assert!(e.contains("needs redis_url"), "{e}");
+        assert!(e.contains("needs postgres_url, redis_url"), "{e}");
         // The other backend's keys are refused, not ignored.
         for (keys, named) in [
             (
