@@ -43,7 +43,7 @@ impl JsonPointer {
             });
         }
         let Some(rest) = text.strip_prefix('/') else {
-            return Err("a JSON pointer must start with '/' (for example \"/type\")".to_owned());
+            return Err("a JSON pointer must start with '/' (for example `/type`)".to_owned());
         };
         let tokens = rest
             .split('/')

@@ -805,7 +805,7 @@ fn rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Err
         .map_err(|_| {
             D::Error::custom(format!(
                 "{text:?} is not an RFC 3339 time with its offset, such as \
-                 \"2027-06-30T00:00:00Z\" or \"2027-06-30T00:00:00+02:00\""
+                 `2027-06-30T00:00:00Z` or `2027-06-30T00:00:00+02:00`"
             ))
         })
 }

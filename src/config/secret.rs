@@ -112,7 +112,15 @@ pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<
                 .ok_or_else(|| format!("unterminated `${{` in {:?}", redact_hint(raw)))?;
             let name = &body[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("invalid environment variable name {name:?}"));
+                // Not quoted: a config error's quoted values are hidden (they may be
+                // secrets), and this one is a name the user must see to fix it.
+                let hint = match name.contains([':', '-', '=', '?']) {
+                    true => " (${NAME:-default} and other shell forms are not supported)",
+                    false => "",
+                };
+                return Err(format!(
+                    "invalid environment variable name `{name}`: letters, digits and _ only{hint}"
+                ));
             }
             let value =
                 lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
@@ -178,6 +186,16 @@ mod tests {
         assert_eq!(expand_env("a$${SET}", env).unwrap(), "a${SET}");
         assert_eq!(expand_env("cost $5", env).unwrap(), "cost $5");
         assert_eq!(expand_env("a$", env).unwrap(), "a$");
+    }
+
+    /// The message survives a config error's hiding of quoted values: it names what
+    /// to fix.
+    #[test]
+    fn an_invalid_name_is_named_unquoted_and_shell_defaults_are_explained() {
+        let e = expand_env("${X:-d}", env).unwrap_err();
+        assert!(e.contains("`X:-d`") && e.contains("not supported"), "{e}");
+        let e = expand_env("${A B}", env).unwrap_err();
+        assert!(e.contains("`A B`") && !e.contains("not supported"), "{e}");
     }
 
     /// `$NAME`, as a shell or systemd writes it, was kept as text: the admin token or a

@@ -381,9 +381,8 @@ fn secret_warnings(secrets: &[SecretEntry], now: SystemTime) -> Vec<String> {
     }
     if !secrets.is_empty() && secrets.iter().all(|e| e.not_after.is_some_and(|t| t < now)) {
         // Prefixed with the source's key like the others: "sources[0].secrets: ...".
-        warnings.push(
-            "secrets: every one is past its not_after: every request will be refused".into(),
-        );
+        warnings
+            .push("secrets: every one is past its not_after: every request will be refused".into());
     }
     warnings
 }
