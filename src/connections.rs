@@ -27,6 +27,9 @@ pub struct Admission {
     max: u32,
     per_ip_max: u32,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
+    /// Per client IP, answers handed to a connection that it has not sent yet
+    /// (`Answers::unsent`); at most `per_ip_max` of them.
+    unsent: Mutex<HashMap<IpAddr, u32>>,
     /// `rate_limit.trusted_proxies`, swapped by a reload like the client-IP resolver's.
     exempt: ArcSwap<Vec<IpNet>>,
     metrics: ConnectionMetrics,
@@ -53,6 +56,7 @@ impl Admission {
             max,
             per_ip_max,
             per_ip: Mutex::new(HashMap::new()),
+            unsent: Mutex::new(HashMap::new()),
             exempt: ArcSwap::from_pointee(exempt),
             metrics,
         })
@@ -108,6 +112,70 @@ impl Admission {
             .acquire_many(self.max)
             .await
             .expect("the semaphore is never closed");
+    }
+}
+
+impl Admitted {
+    /// Where the connection counts the answers it has not sent yet.
+    pub fn answers(&self) -> Answers {
+        Answers {
+            admission: self.admission.clone(),
+            key: self.key,
+        }
+    }
+}
+
+/// A client IP's answers that its connections have not sent yet. An HTTP/2 client that
+/// grants no flow-control window (`SETTINGS_INITIAL_WINDOW_SIZE = 0`) can be sent no
+/// answer: each of its streams, answered at once (404, 429) without a secret, stayed
+/// open with its answer until the connection was idle for `idle_timeout`, 100 streams
+/// on each of its 256 connections, about 80 MiB per client IP. A client may have as
+/// many unsent answers as it may have connections (`max_connections_per_ip`, what it
+/// could be slow to read over HTTP/1.1, one answer per connection); a connection that
+/// would make it more is cut off. A client that reads its answers holds none for long.
+/// Exempt peers (`trusted_proxies`) and listeners without a per-IP limit count none.
+#[derive(Clone)]
+pub struct Answers {
+    admission: Arc<Admission>,
+    key: Option<IpAddr>,
+}
+
+impl Answers {
+    /// One more answer not yet sent, held until the connection has sent it (or dropped
+    /// it); `None` when the client IP has its limit already.
+    pub fn unsent(&self) -> Option<Unsent> {
+        let Some(key) = self.key else {
+            return Some(Unsent(None));
+        };
+        let mut unsent = self.admission.unsent.lock().expect("not poisoned");
+        let count = unsent.entry(key).or_insert(0);
+        if *count >= self.admission.per_ip_max {
+            return None;
+        }
+        *count += 1;
+        Some(Unsent(Some(self.clone())))
+    }
+}
+
+/// An answer its connection has not sent yet; dropped once it has.
+pub struct Unsent(Option<Answers>);
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        let Some(Answers {
+            admission,
+            key: Some(key),
+        }) = &self.0
+        else {
+            return;
+        };
+        let mut unsent = admission.unsent.lock().expect("not poisoned");
+        if let Some(count) = unsent.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                unsent.remove(key);
+            }
+        }
     }
 }
 

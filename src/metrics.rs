@@ -213,6 +213,9 @@ pub enum Closed {
     HeadersTooLarge,
     /// HTTP/2 GOAWAY `ENHANCE_YOUR_CALM`: too many streams reset (rapid reset).
     Http2ResetFlood,
+    /// Its client IP had as many answers unsent as it may have connections: a client
+    /// that does not read them (an HTTP/2 window of 0) holds them open otherwise.
+    AnswersUnread,
     /// An HTTP/1 head the parser could not read (no colon in a header, a bad
     /// `Content-Length`, an unknown version): answered 400 by the parser, before there is
     /// a request to count.
@@ -220,13 +223,14 @@ pub enum Closed {
 }
 
 impl Closed {
-    const ALL: [Closed; 7] = [
+    const ALL: [Closed; 8] = [
         Closed::HeaderTimeout,
         Closed::IdleTimeout,
         Closed::TlsHandshakeTimeout,
         Closed::TlsHandshakeFailed,
         Closed::HeadersTooLarge,
         Closed::Http2ResetFlood,
+        Closed::AnswersUnread,
         Closed::MalformedRequest,
     ];
 
@@ -238,6 +242,7 @@ impl Closed {
             Closed::TlsHandshakeFailed => "tls_handshake_failed",
             Closed::HeadersTooLarge => "headers_too_large",
             Closed::Http2ResetFlood => "http2_reset_flood",
+            Closed::AnswersUnread => "answers_unread",
             Closed::MalformedRequest => "malformed_request",
         }
     }

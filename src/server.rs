@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{HTTP2_RESET_WINDOW, Limits};
-use crate::connections::{self, Admission};
+use crate::connections::{self, Admission, Answers, Unsent};
 use crate::metrics::{Closed, Metrics};
 use crate::tls::Handshake;
 
@@ -269,18 +269,24 @@ pub async fn serve_listener<H, F>(
         let policy = policy.clone();
         let stopped = stopped.clone();
         tokio::spawn(async move {
-            let _admitted = admitted; // the slot is held until the connection ends
+            let admitted = admitted; // the slot is held until the connection ends
             let closed = match tls {
                 Some(tls) => match tls.accept(stream, peer).await {
                     Ok(stream) => {
-                        serve_connection(stream, peer, &builder, &policy, stopped, handler).await
+                        let answers = admitted.answers();
+                        serve_connection(stream, peer, &builder, &policy, answers, stopped, handler)
+                            .await
                     }
                     Err(reason) => {
                         policy.admission.metrics().closed(reason);
                         return; // logged by `handshake`, rate-limited
                     }
                 },
-                None => serve_connection(stream, peer, &builder, &policy, stopped, handler).await,
+                None => {
+                    let answers = admitted.answers();
+                    serve_connection(stream, peer, &builder, &policy, answers, stopped, handler)
+                        .await
+                }
             };
             if let Some(reason) = closed {
                 policy.admission.metrics().closed(reason);
@@ -314,6 +320,7 @@ async fn serve_connection<I, H, F>(
     peer: SocketAddr,
     builder: &auto::Builder<TokioExecutor>,
     policy: &ConnectionPolicy,
+    answers: Answers,
     mut stopped: watch::Receiver<bool>,
     handler: H,
 ) -> Option<Closed>
@@ -328,6 +335,7 @@ where
         served: false,
         resets: 0,
         resets_since: Instant::now(),
+        unread: false,
     });
     let activity = Arc::new(activity);
     let service = service_fn(move |req: Request<Incoming>| {
@@ -338,10 +346,18 @@ where
         let mut busy = Busy::start(stream.clone());
         let req = req.map(|inner| RequestBody { inner, stream });
         let response = handler(req, peer);
+        let answers = answers.clone();
         async move {
             let response = response.await;
             busy.answered();
-            Ok::<_, Infallible>(response)
+            let unsent = answers.unsent();
+            if unsent.is_none() {
+                busy.stream.activity.send_modify(|a| a.unread = true);
+            }
+            Ok::<_, Infallible>(response.map(|inner| AnswerBody {
+                inner,
+                _unsent: unsent,
+            }))
         }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
@@ -361,7 +377,7 @@ where
         _ = stopped.wait_for(|stop| *stop) => None,
         reason = expiry => Some(reason),
     };
-    if cut == Some(Closed::Http2ResetFlood) {
+    if matches!(cut, Some(Closed::Http2ResetFlood | Closed::AnswersUnread)) {
         return cut; // no grace for a flood: dropping the connection closes the socket
     }
     conn.as_mut().graceful_shutdown();
@@ -389,6 +405,36 @@ struct Activity {
     /// Requests the client cancelled (HTTP/2 RST_STREAM) since `resets_since`.
     resets: usize,
     resets_since: Instant,
+    /// An answer found its client IP with as many unsent answers as it may have
+    /// (`connections::Answers`): the client does not read them.
+    unread: bool,
+}
+
+/// An answer's body, holding its place among its client's unsent answers until the
+/// connection has sent it (hyper drops the body then) or dropped it.
+pub struct AnswerBody {
+    inner: Full<Bytes>,
+    _unsent: Option<Unsent>,
+}
+
+impl Body for AnswerBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// One request in progress on a connection; dropping it ends it, and dropping it before
@@ -514,6 +560,9 @@ async fn expiry(
         let now = *activity.borrow_and_update();
         if max_resets.is_some_and(|max| now.resets > max) {
             return Closed::Http2ResetFlood;
+        }
+        if now.unread {
+            return Closed::AnswersUnread;
         }
         let limit = match (now.in_progress, now.served) {
             (0, false) => first.map(|t| (t, Closed::HeaderTimeout)),

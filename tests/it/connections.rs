@@ -431,6 +431,71 @@ async fn an_http2_rapid_reset_burst_is_cut_off_and_does_not_stall_another_client
     .await;
 }
 
+/// An HTTP/2 client that grants no flow-control window can be sent no answer: each of
+/// its streams, answered at once without a secret, stayed open with its answer until
+/// the connection was idle (100 streams on each of 256 connections, about 80 MiB per
+/// client IP). Its connection is cut once the client IP has as many answers unsent as
+/// it may have connections; a client that reads its answers is never cut.
+#[tokio::test]
+async fn an_http2_client_that_reads_no_answers_is_cut_off_at_its_share() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        config()
+            .set("limits", "max_connections_per_ip", "4")
+            .route("*", &upstream),
+    )
+    .await;
+    let url = format!("http://{}{PATH}", gw.addr());
+
+    // A client that reads: 20 streams at once, every answer taken.
+    let stream = TcpStream::connect(gw.addr()).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    let reader = tokio::spawn(connection);
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        let mut client = client.clone().ready().await.unwrap();
+        let request = Request::post(&url).body(()).unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        answers.push(response);
+    }
+    for answer in answers {
+        assert_eq!(answer.await.unwrap().status(), 400, "unsigned");
+    }
+
+    // A client that grants no window: its answers cannot be sent.
+    let stream = TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut stalled, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(stream)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut pending = Vec::new();
+    for _ in 0..10 {
+        let Ok(ready) = stalled.ready().await else {
+            break;
+        };
+        stalled = ready;
+        let request = Request::post(&url).body(()).unwrap();
+        let Ok((response, _)) = stalled.send_request(request, true) else {
+            break;
+        };
+        pending.push(response);
+    }
+    tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the gateway cuts the connection long before it is idle")
+        .unwrap()
+        .ok();
+    let scrape = gw.metrics().await;
+    assert_eq!(closed(&scrape, "answers_unread"), 1);
+    assert!(
+        !reader.is_finished(),
+        "the reading client's connection is kept"
+    );
+    drop(pending);
+}
+
 /// A client's reset of a stream whose body the gateway was reading counts once toward
 /// `http2_max_resets`: hyper dropping the unanswered request and the body failing
 /// under the pipeline each counted it, and a client was cut off at half the limit.
