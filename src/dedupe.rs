@@ -33,6 +33,9 @@ pub struct Dedupe {
 /// `release_later` tasks at once, at most.
 const MAX_LATE_RELEASES: usize = 1024;
 
+/// The pause before a settle that failed is asked once more (`Dedupe::settle`).
+const SETTLE_AGAIN_AFTER: Duration = Duration::from_millis(100);
+
 /// Proof that this request holds a delivery's key; settle it exactly once.
 #[derive(Debug)]
 pub struct Claim {
@@ -125,6 +128,10 @@ impl Dedupe {
             }),
             Err(_) if self.on_error == OnError::Allow => {
                 self.metrics.store_fail_open("claim");
+                // Forwarded unguarded, as `allow` says; a claim that landed late would
+                // answer the sender's retry 409 until it expired, whatever the upstream
+                // said.
+                self.release_later(key.clone(), token.clone());
                 Ok(Claimed::Won(Claim {
                     key,
                     token,
@@ -192,17 +199,22 @@ impl Dedupe {
         if !claim.held {
             return Ok(());
         }
-        let result = if success && Instant::now() < claim.unexpired_until {
-            self.store
-                .commit_unexpired(&claim.key, &claim.token, self.settings.ttl)
-                .await
-        } else if success {
-            self.store
-                .commit(&claim.key, &claim.token, self.settings.ttl)
-                .await
-        } else {
-            self.store.release(&claim.key, &claim.token).await
-        };
+        let mut result = self.settle_once(&claim, success).await;
+        // Not after a timeout: a store that slow is not asked twice while the sender
+        // waits for its answer.
+        if let Err(StoreError::Unavailable(_)) = result {
+            // Asked once more: a connection that broke while idle (the store restarted)
+            // fails the first command sent on it, and the next one finds the store back.
+            // A commit lost so left the delivery in flight, then forgotten: the sender's
+            // retry was forwarded again. Both are the claim's own token's, so a second
+            // ask changes nothing when the first went through, and then finds the key
+            // no longer held by this token: not a superseded claim to warn about.
+            tokio::time::sleep(SETTLE_AGAIN_AFTER).await;
+            result = match self.settle_once(&claim, success).await {
+                Ok(Settled::Superseded) => Ok(Settled::Applied),
+                again => again,
+            };
+        }
         let phase = if success { "commit" } else { "release" };
         match result {
             Ok(Settled::Applied) => Ok(()),
@@ -218,6 +230,20 @@ impl Dedupe {
                 tracing::error!(key = %claim.key, phase, error = %e, "dedupe store failed");
                 Err(e)
             }
+        }
+    }
+
+    async fn settle_once(&self, claim: &Claim, success: bool) -> Result<Settled, StoreError> {
+        if success && Instant::now() < claim.unexpired_until {
+            self.store
+                .commit_unexpired(&claim.key, &claim.token, self.settings.ttl)
+                .await
+        } else if success {
+            self.store
+                .commit(&claim.key, &claim.token, self.settings.ttl)
+                .await
+        } else {
+            self.store.release(&claim.key, &claim.token).await
         }
     }
 

@@ -328,6 +328,31 @@ async fn after_redis_comes_back_on_the_same_port_the_gateway_is_ready_and_forwar
     assert_eq!(upstream.received().len(), 1);
 }
 
+/// A Redis restarted (with its data kept) while a delivery was forwarded: the commit is
+/// the first command on a connection that broke while idle, which fails; asked again,
+/// it finds Redis back. Lost, the key stayed in flight and was then forgotten, and the
+/// sender's retry was forwarded a second time.
+#[tokio::test]
+async fn a_commit_after_redis_restarted_with_its_data_marks_the_delivery_done() {
+    let Some(mut redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::with(Answer::held()).await;
+    let gw = Gateway::start(config().redis(&redis).route("*", &upstream)).await;
+    let event = signed_event("response.completed");
+    let first = gw.client().post_in_background(PATH, &event);
+    upstream.wait_for(1).await;
+    redis.save().await;
+    redis.restart().await;
+    upstream.release();
+    assert_eq!(first.await.unwrap().status(), 200);
+
+    let retry = gw.post(PATH, &event).await;
+    assert_eq!(retry.status(), 200, "{retry:?}");
+    assert_eq!(retry.json()["duplicate"], true, "{retry:?}");
+    assert_eq!(upstream.received().len(), 1);
+}
+
 /// A connection that goes silent (Redis failed over behind a virtual IP, a middlebox
 /// dropping its packets) while new connections are answered: the call that times out
 /// on it has it replaced, and the next deliveries are stored and forwarded. redis-rs
@@ -390,19 +415,31 @@ async fn the_first_delivery_after_a_long_redis_outage_is_forwarded() {
 /// of 409 `in_flight` until the claim expired, for a delivery nobody was forwarding.
 #[tokio::test]
 async fn a_claim_that_timed_out_but_landed_is_taken_back() {
+    late_claim_taken_back("reject", b"msg_claim_lands_late").await;
+}
+
+/// The same with `on_error = "allow"`: the delivery is forwarded unguarded, and the
+/// claim that landed after was left in place, answering the retry 409 for a minute.
+#[tokio::test]
+async fn with_on_error_allow_a_claim_that_timed_out_but_landed_is_taken_back() {
+    late_claim_taken_back("allow", b"msg_allowed_claim_lands_late").await;
+}
+
+async fn late_claim_taken_back(on_error: &str, id: &'static [u8]) {
     const HELD: Duration = Duration::from_millis(900);
     let Some(redis) = RedisServer::start_or_skip().await else {
         return;
     };
     let target = format!("127.0.0.1:{}", redis.port()).parse().unwrap();
     // The claim is the one command that names the delivery's id.
-    let proxy = DelayingProxy::start(target, b"msg_claim_lands_late", HELD).await;
+    let proxy = DelayingProxy::start(target, id, HELD).await;
     let upstream = Upstream::start().await;
     // A claim left in place would hold the key for longer than the test waits.
     let gw = Gateway::start(
         config()
             .store_option("redis_url", &proxy.redis_url())
             .store_option("timeout", "300ms")
+            .store_option("on_error", on_error)
             .set("dedupe", "in_flight_ttl", "\"60s\"")
             .route("*", &upstream),
     )
@@ -410,15 +447,18 @@ async fn a_claim_that_timed_out_but_landed_is_taken_back() {
     assert!(gw.post(PATH, &signed_event("a.b")).await.forwarded());
     let event = signed_raw(
         SECRET,
-        "msg_claim_lands_late",
+        std::str::from_utf8(id).unwrap(),
         now_unix(),
         r#"{"type":"response.completed"}"#,
     );
 
-    let refused = gw.post(PATH, &event).await;
-    assert_eq!(refused.status(), 503, "{refused:?}");
-    // The claim lands after its 503 (held back 900 ms; the connection it was sent on
-    // replaced after the timeout), and is taken back by the release asked 1 s later:
+    let first = gw.post(PATH, &event).await;
+    match on_error {
+        "allow" => assert!(first.forwarded(), "{first:?}"),
+        _ => assert_eq!(first.status(), 503, "{first:?}"),
+    }
+    // The claim lands after that answer (held back 900 ms; the connection it was sent
+    // on replaced after the timeout), and is taken back by the release asked 1 s later:
     // the retry comes once it has landed.
     tokio::time::sleep(HELD).await;
 
@@ -427,7 +467,8 @@ async fn a_claim_that_timed_out_but_landed_is_taken_back() {
         gw.post(PATH, event).await.forwarded()
     })
     .await;
-    assert_eq!(upstream.received().len(), 2);
+    let forwarded = if on_error == "allow" { 3 } else { 2 };
+    assert_eq!(upstream.received().len(), forwarded);
 }
 
 /// A copy arriving while the first is forwarded: Redis answers that the key is in
