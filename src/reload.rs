@@ -14,6 +14,7 @@
 //! that would drop the admin token while the running admin listener is public is
 //! refused. A file that does not validate changes nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -22,6 +23,7 @@ use arc_swap::ArcSwap;
 use crate::body_budget::BodyBudget;
 use crate::config::{self, AdminAuth, ConfigError, DeliveryMode, Settings};
 use crate::connections::Admission;
+use crate::event::{Field, KeyBinding};
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
@@ -83,6 +85,9 @@ pub struct Loaded {
     pub at: SystemTime,
     /// Whether `at` is a reload rather than the start.
     pub reloaded: bool,
+    /// How each source (by name) makes its claim keys: where its dedupe key comes
+    /// from and what it is bound to.
+    claim_keys: HashMap<String, (Field, KeyBinding)>,
 }
 
 impl Loaded {
@@ -105,7 +110,38 @@ impl Loaded {
                 .collect(),
             at: SystemTime::now(),
             reloaded,
+            claim_keys: settings
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), (s.dedupe_key.clone(), s.binding)))
+                .collect(),
         }
+    }
+
+    /// Warnings for the sources of `settings` whose claim keys are made differently
+    /// from now: what was delivered, or is being forwarded, under the old keys is not
+    /// recognised under the new ones.
+    fn claim_key_warnings(&self, settings: &Settings) -> Vec<String> {
+        settings
+            .sources
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                self.claim_keys
+                    .get(&s.name)
+                    .is_some_and(|running| *running != (s.dedupe_key.clone(), s.binding))
+            })
+            .map(|(i, s)| {
+                format!(
+                    "sources[{i}] ({:?}) now makes its dedupe keys differently (its dedupe_key, \
+                     or whether its event type or id header is signed, changed): deliveries \
+                     seen before are not recognised under the new keys, so a sender's retry \
+                     of one in flight or already forwarded is forwarded again, for up to \
+                     dedupe.ttl; change it when the sender is quiet",
+                    s.name
+                )
+            })
+            .collect()
     }
 }
 
@@ -223,6 +259,8 @@ impl Live {
         self.shared
             .forward
             .keep_breakers_of(settings.sources.iter().flat_map(|s| s.routes.iter()));
+        let rekeyed = self.loaded.load().claim_key_warnings(&settings);
+        settings.warnings.extend(rekeyed);
         let warnings = settings.warnings.clone();
         self.loaded.store(Arc::new(Loaded::of(&settings, true)));
         self.gateway

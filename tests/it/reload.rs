@@ -618,3 +618,39 @@ async fn a_delivery_dead_lettered_for_want_of_its_route_is_counted() {
     })
     .await;
 }
+
+/// A reload that changes how a source makes its dedupe keys says so: what was already
+/// forwarded, or is being forwarded, is not recognised under the new keys, and the
+/// sender's retry of it is forwarded again (an audit saw it happen with "warnings":[]).
+#[tokio::test]
+async fn a_reload_that_changes_a_sources_dedupe_key_warns_that_retries_repeat() {
+    let upstream = Upstream::start().await;
+    let file = ConfigFile::new(config().route("*", &upstream));
+    let gw = Gateway::start_file(&file.path()).await;
+    file.write(
+        config()
+            .route("*", &upstream)
+            .set("limits", "body_read_timeout", "\"7s\""),
+    );
+    let unchanged = gw.reload().await.expect("a valid file");
+    assert!(
+        !unchanged.warnings.iter().any(|w| w.contains("dedupe keys")),
+        "{:?}",
+        unchanged.warnings
+    );
+
+    file.write(
+        config()
+            .route("*", &upstream)
+            .source_option("dedupe_key", r#"{ json = "/id" }"#),
+    );
+    let rekeyed = gw.reload().await.expect("a valid file");
+    assert!(
+        rekeyed
+            .warnings
+            .iter()
+            .any(|w| w.contains("sources[0] (\"openai\") now makes its dedupe keys differently")),
+        "{:?}",
+        rekeyed.warnings
+    );
+}
