@@ -187,6 +187,48 @@ async fn the_gateway_tells_the_upstream_the_client_the_scheme_the_source_and_the
     );
 }
 
+/// Behind a load balancer that ends TLS, the backend must learn the client used https
+/// (one answering a redirect to https otherwise made every delivery a 502): a trusted
+/// proxy's `X-Forwarded-Proto` is passed on, in proxy and queue mode; anyone else's is
+/// replaced by what the listener speaks.
+#[tokio::test]
+async fn a_trusted_proxys_forwarded_proto_reaches_the_upstream_and_no_one_elses() {
+    for (trusted, expected) in [("127.0.0.1/32", "https"), ("10.0.0.0/8", "http")] {
+        let trust = format!(r#"["{trusted}"]"#);
+        let upstream = Upstream::start().await;
+        let proxy = Gateway::start(
+            config()
+                .set("rate_limit", "trusted_proxies", &trust)
+                .route("*", &upstream),
+        )
+        .await;
+        let event = signed_event("response.completed").with_header("x-forwarded-proto", "https");
+        assert!(proxy.post(PATH, &event).await.forwarded());
+        assert_eq!(
+            upstream.only().header("x-forwarded-proto"),
+            expected,
+            "{trusted}"
+        );
+
+        let upstream = Upstream::start().await;
+        let queue = Gateway::start(
+            config()
+                .queued()
+                .set("rate_limit", "trusted_proxies", &trust)
+                .route("*", &upstream),
+        )
+        .await;
+        let event = signed_event("response.completed").with_header("x-forwarded-proto", "https");
+        enqueue(&queue.client(), &event).await;
+        upstream.wait_for(1).await;
+        assert_eq!(
+            upstream.only().header("x-forwarded-proto"),
+            expected,
+            "queued, {trusted}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_client_sent_x_hookgate_source_is_replaced() {
     let upstream = Upstream::start().await;

@@ -391,6 +391,46 @@ async fn a_second_copy_of_a_header_a_scheme_reads_is_refused_400_duplicate_heade
     assert!(gw.post(HMAC_PATH, &inhouse).await.forwarded());
 }
 
+/// `Host` and `Content-Type` come once: two `Content-Type` fields let a backend read
+/// the verified body as something else (`text/plain` first), two `Host` fields leave it
+/// to each reader which one named the request's authority. Written byte by byte, as a
+/// client library would merge or refuse them.
+#[tokio::test]
+async fn a_second_host_or_content_type_is_refused_400_duplicate_header() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().route("*", &upstream)).await;
+    let delivery = signed_event("response.completed");
+    for (name, extra) in [
+        ("content-type", "content-type: text/plain\r\n"),
+        ("host", "host: elsewhere.example\r\n"),
+    ] {
+        let mut stream = connect_from("127.0.0.1", gw.addr()).await.expect("connect");
+        let head = delivery_head(&delivery).replacen("\r\n", &format!("\r\n{extra}"), 1);
+        send_head(&mut stream, &head).await;
+        stream
+            .write_all(delivery.body.as_bytes())
+            .await
+            .expect("write the body");
+        stream.shutdown().await.expect("half-close");
+        let (answer, _) = read_until_closed(&mut stream).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{name}: {answer}");
+        assert!(
+            answer.contains(r#""error":"duplicate_header""#),
+            "{name}: {answer}"
+        );
+        assert!(
+            answer.contains(&format!(r#""header":"{name}""#)),
+            "{name}: {answer}"
+        );
+    }
+    assert!(upstream.received().is_empty());
+    assert!(
+        gw.post(PATH, &delivery).await.forwarded(),
+        "once each, it goes through"
+    );
+}
+
 #[tokio::test]
 async fn a_body_with_a_key_twice_on_the_routing_path_is_refused_400_invalid_payload() {
     let upstream = Upstream::start().await;
