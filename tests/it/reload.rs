@@ -517,11 +517,13 @@ async fn a_sighup_while_starting_does_not_end_the_process() {
             .set("store", "timeout", r#""20s""#)
             .route("*", NOWHERE),
     );
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+    // Killed if the test fails before it has exited; waited for within PATIENCE.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
         .args(["serve", "--config"])
         .arg(file.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .expect("start hookgate");
     // Started: it has connected to the store and waits for its answer.
@@ -531,7 +533,7 @@ async fn a_sighup_while_starting_does_not_end_the_process() {
         .unwrap();
 
     let hup = std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+        .args(["-HUP", &child.id().expect("running").to_string()])
         .status()
         .unwrap();
     assert!(hup.success());
@@ -542,9 +544,9 @@ async fn a_sighup_while_starting_does_not_end_the_process() {
     );
     // The store goes away: the start fails, and the process says so and exits 1.
     drop((held, silent));
-    let exit = tokio::task::spawn_blocking(move || child.wait())
+    let exit = tokio::time::timeout(PATIENCE, child.wait())
         .await
-        .unwrap()
+        .expect("hookgate exits once its store is gone")
         .unwrap();
     assert_eq!((exit.signal(), exit.code()), (None, Some(1)), "{exit}");
 }
