@@ -193,6 +193,7 @@ macro_rules! contract_tests {
                     enqueue_all_stores_every_copy_with_its_own_record_and_lease,
                     pace_allows_the_burst_then_one_start_per_interval_per_key,
                     a_raised_rate_applies_from_the_next_start,
+                    pace_asked_at_once_allows_no_more_than_the_rate,
                     a_deferred_delivery_waits_until_its_time_without_an_attempt,
                     a_deferral_past_max_age_dead_letters_the_delivery_without_an_attempt,
                     a_deferral_past_max_age_tells_the_attempts_the_delivery_had,
