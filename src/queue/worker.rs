@@ -635,7 +635,7 @@ impl Workers {
         if moved {
             lane.deliveries.observe(settlement.state(), job.attempt);
         }
-        log_attempt(&job, &attempt, settlement);
+        log_step(&job, &attempt, Some(settlement));
         self.release(&lease);
     }
 
@@ -664,7 +664,7 @@ impl Workers {
         tracing::warn!(delivery_id = %job.lease.delivery_id, route = %job.lease.route, attempt = job.attempt, "queue: dead-lettered unsent: the attempts before this one never finished");
         if self.settle(job, &attempt, Settlement::Final).await {
             lane.deliveries.observe(State::FailedFinal, job.attempt);
-            log_attempt(job, &attempt, Settlement::Final);
+            log_step(job, &attempt, Some(Settlement::Final));
         }
         self.release(&job.lease);
     }
@@ -734,7 +734,7 @@ impl Workers {
             answer: None,
             trace_id: span.trace_id(),
         };
-        log_fetch(&job, &step, None);
+        log_step(&job, &step, None);
         match self.queue.attach(&job, &step, fetched, now_millis()).await {
             Ok(job) => {
                 let object = job.object.clone().unwrap_or_default();
@@ -817,7 +817,7 @@ impl Workers {
             lane.deliveries
                 .observe(settlement.state(), job.attempt.saturating_sub(1));
         }
-        log_fetch(job, &step, Some(settlement));
+        log_step(job, &step, Some(settlement));
         span.set("hookgate.attempt.result", settlement.state().as_str());
         span.fail(&format!(
             "fetching the object failed: {}",
@@ -894,8 +894,9 @@ impl Workers {
     }
 }
 
-/// The log line of an attempt, never with the body.
-fn log_attempt(job: &Job, attempt: &Attempt, settlement: Settlement) {
+/// The log line of an attempt or of a fetch (`step = "fetch"`), never with the body.
+/// `settlement` is how it moved the delivery on, when it did.
+fn log_step(job: &Job, step: &Attempt, settlement: Option<Settlement>) {
     let delivery = &job.delivery;
     tracing::info!(
         target: "hookgate::delivery",
@@ -904,26 +905,7 @@ fn log_attempt(job: &Job, attempt: &Attempt, settlement: Settlement) {
         delivery_id = %job.lease.delivery_id,
         webhook_id = %delivery.webhook_id,
         event_type = %delivery.event_type,
-        attempt = job.attempt,
-        status = attempt.status,
-        result = settlement.state().as_str(),
-        next_attempt_at = match settlement { Settlement::RetryAt(at) => Some(at), _ => None },
-        duration_ms = attempt.duration_ms,
-        error = attempt.error.as_deref(),
-    );
-}
-
-/// The log line of a fetch step, like an attempt's with `step = "fetch"`.
-fn log_fetch(job: &Job, step: &Attempt, settlement: Option<Settlement>) {
-    let delivery = &job.delivery;
-    tracing::info!(
-        target: "hookgate::delivery",
-        source = %delivery.source,
-        route = %delivery.route,
-        delivery_id = %job.lease.delivery_id,
-        webhook_id = %delivery.webhook_id,
-        event_type = %delivery.event_type,
-        step = "fetch",
+        step = (step.step == Step::Fetch).then_some("fetch"),
         attempt = job.attempt,
         status = step.status,
         result = step.result.as_deref(),
