@@ -49,15 +49,17 @@ use super::record::{
     partition_of,
 };
 use super::{
-    Attempt, BoxFuture, Deferred, Detail, Job, Lease, ListFilter, NewDelivery, Queue, QueueError,
-    QueueStats, Replayed, Settlement, State, Step, UnixMillis,
+    Attempt, BoxFuture, ClaimDone, Deferred, Detail, Job, Lease, ListFilter, NewDelivery, Queue,
+    QueueError, QueueStats, Replayed, Settlement, State, Step, UnixMillis,
 };
 use crate::config::RateLimitSettings;
 use crate::config::{QueueSettings, RedisSettings};
 use crate::metrics::Metrics;
 use crate::route::RatePolicy;
 use crate::store::StoreError;
-use crate::store::redis::{RATE, RedisConnection, Unsent, gcra_parameters, millis};
+use crate::store::redis::{
+    RATE, RedisConnection, Unsent, dedupe_key, gcra_parameters, in_flight, millis,
+};
 
 /// The consumer group every instance's workers join.
 pub const GROUP: &str = "workers";
@@ -81,18 +83,24 @@ use partition::{Partition, Partitions, Turn};
 pub use persistence::Persistence;
 
 /// Creates the records of one or more deliveries (a fan-out route's copies) and appends
-/// them to `ready`, all in one step: either every copy is stored or none is.
-/// KEYS: ready, index, then one record key per delivery. ARGV: now, index trim bound
-/// ('': no trimming this time, see `TRIM_EVERY`), key base, index sets' expiry ms, then per delivery (in KEYS order) 10 values: id,
-/// source, route label, route, webhook id, event type, headers, body, trace context
-/// (empty: none), which of its index sets to renew the expiry of (`filed`'s `renew`).
-/// Stores nothing when `STORED` has fenced the first id: it arrived after ingress was
-/// told it had not run.
+/// them to `ready`, all in one step: either every copy is stored or none is; on a single
+/// Redis with the dedupe claim they were received under marked done in the same step.
+/// KEYS: ready, index, the dedupe claim's key (`ready` again when there is none to
+/// mark), then one record key per delivery. ARGV: now, index trim bound ('': no
+/// trimming this time, see `TRIM_EVERY`), key base, index sets' expiry ms, what the
+/// claim holds while in flight ('': no claim), how long it is kept done (ms), then per
+/// delivery (in KEYS order) 10 values: id, source, route label, route, webhook id,
+/// event type, headers, body, trace context (empty: none), which of its index sets to
+/// renew the expiry of (`filed`'s `renew`). Stores nothing when `STORED` has fenced the
+/// first id (it arrived after ingress was told it had not run), and nothing, returning
+/// -1, when the claim is no longer held (expired, or released after a timeout): who
+/// holds the key now would store the delivery a second time.
 const ENQUEUE: &str = r"
-if redis.call('EXISTS', ARGV[3] .. 'fence:' .. ARGV[5]) == 1 then return 0 end
+if redis.call('EXISTS', ARGV[3] .. 'fence:' .. ARGV[7]) == 1 then return 0 end
+if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then return -1 end
 local queued = ARGV[3] .. 'x:state:queued'
-for i = 3, #KEYS do
-  local a = 4 + (i - 3) * 10
+for i = 4, #KEYS do
+  local a = 6 + (i - 4) * 10
   local id = ARGV[a + 1]
   redis.call('HSET', KEYS[i], 'state', 'queued', 'source', ARGV[a + 2], 'route', ARGV[a + 4],
     'webhook_id', ARGV[a + 5], 'event_type', ARGV[a + 6], 'headers', ARGV[a + 7], 'body', ARGV[a + 8],
@@ -106,7 +114,8 @@ for i = 3, #KEYS do
 end
 -- `queued` needs no trim: it holds exactly the records in that state.
 trim(ARGV[3], KEYS[2], ARGV[2])
-return #KEYS - 2
+if ARGV[5] ~= '' then redis.call('SET', KEYS[3], 'done', 'PX', ARGV[6]) end
+return #KEYS - 3
 ";
 
 /// Whether an enqueue that timed out stored its deliveries (1) or not (0); when not,
@@ -449,6 +458,8 @@ pub struct RedisQueue {
     scripts: Scripts,
     /// Redis' persistence settings, as last read by `watch_persistence`.
     persistence: Arc<Mutex<Persistence>>,
+    /// `[store]`'s key prefix, under which the dedupe claims are (`enqueue_all_claimed`).
+    key_prefix: String,
 }
 
 impl RedisQueue {
@@ -488,6 +499,7 @@ impl RedisQueue {
                 .collect(),
             renewals: Renewals::default(),
             persistence,
+            key_prefix: redis.key_prefix.clone(),
             scripts: Scripts {
                 enqueue: Script::new(&[FACETS, ENQUEUE].concat()),
                 stored: Script::new(STORED),
@@ -511,12 +523,16 @@ impl RedisQueue {
         self.persistence.lock().expect("not poisoned").clone()
     }
 
-    /// Stores `deliveries` (one sender delivery's copies) in partition `p` (`ENQUEUE`).
+    /// Stores `deliveries` (one sender delivery's copies) in partition `p` (`ENQUEUE`),
+    /// with `claim` (its Redis key and what it holds in flight) marked done for `ttl` in
+    /// the same step when given: `None` when that claim was no longer held, and nothing
+    /// was stored.
     async fn enqueue_in(
         &self,
         p: &Partition,
         deliveries: &[NewDelivery],
-    ) -> Result<Vec<String>, (StoreError, Unsent, Vec<String>)> {
+        claim: Option<&(String, String, Duration)>,
+    ) -> Result<Option<Vec<String>>, (StoreError, Unsent, Vec<String>)> {
         // One received_at for all: the copies of one sender delivery.
         let now = deliveries.first().map_or(0, |d| d.received_at);
         let ids: Vec<String> = deliveries
@@ -533,6 +549,10 @@ impl RedisQueue {
         };
         let mut invocation = self.scripts.enqueue.prepare_invoke();
         invocation.key(&p.ready).key(&p.list_index);
+        match claim {
+            Some((key, _, _)) => invocation.key(key),
+            None => invocation.key(&p.ready),
+        };
         for id in &ids {
             invocation.key(p.record_key(id));
         }
@@ -541,6 +561,10 @@ impl RedisQueue {
             .arg(horizon)
             .arg(&p.base)
             .arg(millis(self.index_ttl()));
+        match claim {
+            Some((_, held, ttl)) => invocation.arg(held).arg(millis(*ttl)),
+            None => invocation.arg("").arg(0),
+        };
         for (id, delivery) in ids.iter().zip(deliveries) {
             let renew: String = [&delivery.source, &delivery.route, &delivery.event_type]
                 .iter()
@@ -571,12 +595,51 @@ impl RedisQueue {
         }
         let stored: Result<i64, _> = self.ingress.script_or_unsent("enqueue", invocation).await;
         match stored {
-            Ok(_) => Ok(ids),
+            Ok(-1) => Ok(None),
+            Ok(_) => Ok(Some(ids)),
             Err((e, unsent)) => {
                 self.renewals.forget();
                 Err((e, unsent, ids))
             }
         }
+    }
+
+    /// Stores `deliveries`, with `claim` marked done when given (`enqueue_in`). All
+    /// copies in one partition, so one script stores all or none. A partition whose node
+    /// refused (so nothing was stored) hands over to the next; after a failure that may
+    /// have stored them (a timeout), the sender gets its 503 and the ingress learns later
+    /// whether they were (`stored`).
+    async fn store_all(
+        &self,
+        deliveries: Vec<NewDelivery>,
+        claim: Option<&(String, String, Duration)>,
+    ) -> Result<Vec<String>, QueueError> {
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut failure = None;
+        for partition in self.partitions.order(Turn::Enqueue) {
+            let p = &self.partitions.all()[partition];
+            match self.enqueue_in(p, &deliveries, claim).await {
+                Ok(Some(ids)) => {
+                    self.partitions.record(partition, true);
+                    return Ok(ids);
+                }
+                Ok(None) => {
+                    self.partitions.record(partition, true);
+                    return Err(QueueError::ClaimLost);
+                }
+                Err((e, Unsent(true), _)) => {
+                    self.partitions.record(partition, false);
+                    failure = Some(e);
+                }
+                Err((error, Unsent(false), ids)) => {
+                    self.partitions.record(partition, false);
+                    return Err(QueueError::MaybeStored { ids, error });
+                }
+            }
+        }
+        Err(failure.expect("at least one partition").into())
     }
 
     /// Asks `partition`'s node, in a task of its own, whether it answers again (an
@@ -718,33 +781,30 @@ impl Queue for RedisQueue {
         &self,
         deliveries: Vec<NewDelivery>,
     ) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
+        Box::pin(self.store_all(deliveries, None))
+    }
+
+    /// On a single Redis, the claim is marked done by the script that stores the
+    /// deliveries: stored as two steps, an instance killed between them left the key in
+    /// flight, then forgotten, and the sender's retry stored the delivery a second time
+    /// (an audit's SIGKILLs did so for most kills under load). A cluster keeps the claim
+    /// in another slot than the queue, which one script cannot touch: the caller
+    /// commits it after, as before.
+    fn enqueue_all_claimed<'a>(
+        &'a self,
+        deliveries: Vec<NewDelivery>,
+        claim: ClaimDone<'a>,
+    ) -> BoxFuture<'a, Result<(Vec<String>, bool), QueueError>> {
         Box::pin(async move {
-            if deliveries.is_empty() {
-                return Ok(Vec::new());
+            if !self.ingress.single() || deliveries.is_empty() {
+                return Ok((self.store_all(deliveries, None).await?, false));
             }
-            // All copies in one partition, so one script stores all or none. A partition
-            // whose node refused (so nothing was stored) hands over to the next; after a
-            // failure that may have stored them (a timeout), the sender gets its 503 and
-            // the ingress learns later whether they were (`stored`).
-            let mut failure = None;
-            for partition in self.partitions.order(Turn::Enqueue) {
-                let p = &self.partitions.all()[partition];
-                match self.enqueue_in(p, &deliveries).await {
-                    Ok(ids) => {
-                        self.partitions.record(partition, true);
-                        return Ok(ids);
-                    }
-                    Err((e, Unsent(true), _)) => {
-                        self.partitions.record(partition, false);
-                        failure = Some(e);
-                    }
-                    Err((error, Unsent(false), ids)) => {
-                        self.partitions.record(partition, false);
-                        return Err(QueueError::MaybeStored { ids, error });
-                    }
-                }
-            }
-            Err(failure.expect("at least one partition").into())
+            let claim = (
+                dedupe_key(&self.key_prefix, claim.key),
+                in_flight(claim.token),
+                claim.ttl,
+            );
+            Ok((self.store_all(deliveries, Some(&claim)).await?, true))
         })
     }
 

@@ -50,6 +50,12 @@ fn trusting(ca: &[u8]) -> redis::TlsCertificates {
 }
 
 impl RedisConnection {
+    /// Whether this is one Redis server (not a cluster): a script may then touch keys
+    /// of any name, a cluster's only keys of one slot.
+    pub fn single(&self) -> bool {
+        matches!(self.connection, Connection::Single(_))
+    }
+
     /// Sets up the connection without connecting: Redis may come up after hookgate.
     pub fn new(settings: &RedisSettings, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
         let connection = match &settings.target {

@@ -212,7 +212,7 @@ impl RedisStore {
     }
 
     fn dedupe_key(&self, key: &str) -> String {
-        [self.prefix.as_str(), "dedupe:", key].concat()
+        dedupe_key(&self.prefix, key)
     }
 
     async fn call<T>(
@@ -236,7 +236,13 @@ impl RedisStore {
 const IN_FLIGHT: &str = "inflight:";
 
 /// The value of a dedupe key while `token`'s claim holds it.
-fn in_flight(token: &str) -> String {
+/// The Redis key of the dedupe claim `key` (`<source>:<id>`) under `prefix`.
+pub(crate) fn dedupe_key(prefix: &str, key: &str) -> String {
+    [prefix, "dedupe:", key].concat()
+}
+
+/// What a claim of `token` holds while in flight.
+pub(crate) fn in_flight(token: &str) -> String {
     [IN_FLIGHT, token].concat()
 }
 

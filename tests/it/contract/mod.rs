@@ -93,6 +93,13 @@ impl Backend {
         matches!(self.place, TestStore::Postgres { .. })
     }
 
+    /// Whether an enqueue under a dedupe claim marks the claim done in the same step
+    /// (`Queue::enqueue_all_claimed`): PostgreSQL, and a single Redis, whose script can
+    /// touch the claim's key (a cluster keeps it in another slot).
+    pub fn marks_claims_in_enqueue(&self) -> bool {
+        matches!(self.place, TestStore::Postgres { .. } | TestStore::Redis(_))
+    }
+
     /// The store, as the gateway builds it. Once per test: on the in-memory store this
     /// pauses tokio's clock, which the store keeps time by.
     pub fn store(&self) -> Arc<dyn Store> {

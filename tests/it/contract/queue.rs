@@ -375,12 +375,19 @@ pub async fn enqueue_all_first_stores_a_delivery_only_while_its_key_is_free(back
     assert_eq!(show(queue, &expected[0]).await.summary.state, State::Queued);
 }
 
-/// Where the queue holds the dedupe keys, deliveries stored under a claim are stored
-/// only while that claim is held: an enqueue that ran late, after its claim was
-/// released on a timeout (or expired) and the key perhaps won by the sender's retry,
-/// once stored a second copy. Elsewhere the claim is the store's, not the queue's: the
-/// deliveries are stored and the claim is left for the caller to commit.
+/// Where the queue can reach the dedupe keys (PostgreSQL, a single Redis), deliveries
+/// stored under a claim are stored only while that claim is held, and with it marked
+/// done in the same step: an enqueue that ran late, after its claim was released on a
+/// timeout (or expired) and the key perhaps won by the sender's retry, once stored a
+/// second copy; and an instance killed between storing and marking left the key to
+/// expire, and the sender's retry stored a second copy. Elsewhere the claim is the
+/// store's, not the queue's: the deliveries are stored and the claim is left for the
+/// caller to commit.
 pub async fn enqueue_all_claimed_stores_nothing_under_a_claim_no_longer_held(backend: &Backend) {
+    let store = match backend.marks_claims_in_enqueue() {
+        true => Some(backend.store()),
+        false => None,
+    };
     let queue = backend.queue(INSTANCE, QueueOptions::default());
     let queue = &*queue;
     assert_eq!(queue.dedupe_in_enqueue(), backend.holds_dedupe_keys());
@@ -398,7 +405,7 @@ pub async fn enqueue_all_claimed_stores_nothing_under_a_claim_no_longer_held(bac
             ..delivery(SOURCE, 31, t)
         })
         .collect();
-    if !queue.dedupe_in_enqueue() {
+    let Some(store) = store else {
         let (ids, settled) = queue.enqueue_all_claimed(copies, released).await.unwrap();
         assert!(!settled, "the claim is the store's: the caller commits it");
         let mut listed: Vec<String> = queue
@@ -414,7 +421,7 @@ pub async fn enqueue_all_claimed_stores_nothing_under_a_claim_no_longer_held(bac
         ids.sort();
         assert_eq!((listed, ids.len()), (ids, 2), "every copy stored");
         return;
-    }
+    };
     for deliveries in [one, copies] {
         let e = queue
             .enqueue_all_claimed(deliveries, released)
@@ -424,6 +431,27 @@ pub async fn enqueue_all_claimed_stores_nothing_under_a_claim_no_longer_held(bac
     }
     let listed = queue.list(&all()).await.unwrap().deliveries;
     assert!(listed.is_empty(), "nothing stored: {listed:?}");
+
+    // Under a claim still held: stored, and the key done, with nothing left to commit.
+    let ttl = Duration::from_secs(60);
+    let won = store
+        .claim("openai:msg_32", "a-held-claim", ttl)
+        .await
+        .unwrap();
+    assert_eq!(won, hookgate::store::ClaimState::Won);
+    let held = hookgate::queue::ClaimDone {
+        key: "openai:msg_32",
+        token: "a-held-claim",
+        ttl,
+    };
+    let (ids, settled) = queue
+        .enqueue_all_claimed(vec![delivery(SOURCE, 32, t)], held)
+        .await
+        .unwrap();
+    assert!(settled, "marked done with the delivery stored");
+    assert_eq!(show(queue, &ids[0]).await.summary.state, State::Queued);
+    let after = store.claim("openai:msg_32", "a-retry", ttl).await.unwrap();
+    assert_eq!(after, hookgate::store::ClaimState::Done);
 }
 
 /// A breaker or a rate puts a taken delivery back to wait, without an attempt.
