@@ -85,9 +85,8 @@ pub struct Loaded {
     pub at: SystemTime,
     /// Whether `at` is a reload rather than the start.
     pub reloaded: bool,
-    /// How each source (by name) makes its claim keys: where its dedupe key comes
-    /// from and what it is bound to.
-    claim_keys: HashMap<String, (Field, KeyBinding)>,
+    /// How each source (by name) makes its claim keys (`claim_key_inputs`).
+    claim_keys: HashMap<String, ClaimKeyInputs>,
 }
 
 impl Loaded {
@@ -113,7 +112,7 @@ impl Loaded {
             claim_keys: settings
                 .sources
                 .iter()
-                .map(|s| (s.name.clone(), (s.dedupe_key.clone(), s.binding)))
+                .map(|s| (s.name.clone(), claim_key_inputs(s)))
                 .collect(),
         }
     }
@@ -129,12 +128,13 @@ impl Loaded {
             .filter(|(_, s)| {
                 self.claim_keys
                     .get(&s.name)
-                    .is_some_and(|running| *running != (s.dedupe_key.clone(), s.binding))
+                    .is_some_and(|running| *running != claim_key_inputs(s))
             })
             .map(|(i, s)| {
                 format!(
                     "sources[{i}] ({:?}) now makes its dedupe keys differently (its dedupe_key, \
-                     or whether its event type or id header is signed, changed): deliveries \
+                     whether its event type or id header is signed, or for a key bound to \
+                     the body its event_type, changed): deliveries \
                      seen before are not recognised under the new keys, so a sender's retry \
                      of one in flight or already forwarded is forwarded again, for up to \
                      dedupe.ttl; change it when the sender is quiet",
@@ -143,6 +143,16 @@ impl Loaded {
             })
             .collect()
     }
+}
+
+/// What a source's claim keys are made of: where its dedupe key comes from, what it
+/// is bound to, and for a key bound to the body (`KeyBinding::IdAndBody`: GitHub, `hmac`
+/// without `{id}`) where the event type its hash covers comes from.
+type ClaimKeyInputs = (Field, KeyBinding, Option<Field>);
+
+fn claim_key_inputs(source: &config::Source) -> ClaimKeyInputs {
+    let hashed = (source.binding == KeyBinding::IdAndBody).then(|| source.event_type.clone());
+    (source.dedupe_key.clone(), source.binding, hashed)
 }
 
 /// What a successful reload reports.

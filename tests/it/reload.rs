@@ -655,4 +655,29 @@ async fn a_reload_that_changes_a_sources_dedupe_key_warns_that_retries_repeat() 
         "{:?}",
         rekeyed.warnings
     );
+
+    // GitHub's keys hash the event type with the body: routing on the body's `action`
+    // instead of the header makes every key anew.
+    let github = |event_type: &str| {
+        config()
+            .route("*", &upstream)
+            .scheme_source(
+                "gh",
+                "/webhooks/gh",
+                &format!("scheme = \"github\"\nsecrets = [\"s3cret\"]\n{event_type}"),
+            )
+            .route("*", &upstream)
+    };
+    file.write(github(""));
+    gw.reload().await.expect("a valid file");
+    file.write(github("event_type = \"/action\""));
+    let rehashed = gw.reload().await.expect("a valid file");
+    assert!(
+        rehashed
+            .warnings
+            .iter()
+            .any(|w| w.contains("(\"gh\") now makes its dedupe keys differently")),
+        "{:?}",
+        rehashed.warnings
+    );
 }
