@@ -111,16 +111,24 @@ pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<
                 .find('}')
                 .ok_or_else(|| format!("unterminated `${{` in {:?}", redact_hint(raw)))?;
             let name = &body[..end];
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                // Not quoted: a config error's quoted values are hidden (they may be
-                // secrets), and this one is a name the user must see to fix it.
-                let hint = match name.contains([':', '-', '=', '?']) {
-                    true => " (${NAME:-default} and other shell forms are not supported)",
-                    false => "",
-                };
-                return Err(format!(
-                    "invalid environment variable name `{name}`: letters, digits and _ only{hint}"
-                ));
+            if name.is_empty() || !name.chars().all(is_name_char) {
+                // What is between the braces may be a secret's own text: only a shell
+                // form's variable name is shown (unquoted: a config error hides quoted
+                // values), which the user needs to fix it.
+                let head = &name[..name.find(|c| !is_name_char(c)).unwrap_or(name.len())];
+                let form = &name[head.len()..];
+                let shell = ["-", "=", "?", "+"]
+                    .iter()
+                    .any(|op| form.strip_prefix(':').unwrap_or(form).starts_with(op));
+                return Err(match (head.is_empty(), shell) {
+                    (false, true) => format!(
+                        "${{{head}...}}: ${{NAME:-default}} and other shell forms are not \
+                         supported; write ${{{head}}}"
+                    ),
+                    _ => "an invalid environment variable name in ${...}: letters, digits \
+                          and _ only (or $$ for a literal $)"
+                        .to_owned(),
+                });
             }
             let value =
                 lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
@@ -129,11 +137,11 @@ pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<
         } else if after.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
             // Shell and systemd spelling: kept as text, `$HOOKGATE_ADMIN_TOKEN` became
             // the token (or a secret) itself, one anyone reading the file knows.
-            let name_len = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
+            let name_len = after.find(|c| !is_name_char(c)).unwrap_or(after.len());
             let name = &after[..name_len];
-            return Err(match lookup(name) {
+            // Asked of the environment, not `lookup`: while every unset variable of a
+            // file is collected, `lookup` notes this name as one, echoing the text.
+            return Err(match std::env::var_os(name) {
                 Some(_) => format!(
                     "${name} is not expanded: write ${{{name}}} for the environment variable, \
                      or $$ for a literal $"
@@ -150,6 +158,10 @@ pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<
     }
     out.push_str(rest);
     Ok(out)
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
 }
 
 /// Enough of a malformed value to find it in the file without echoing a secret.
@@ -193,19 +205,36 @@ mod tests {
     #[test]
     fn an_invalid_name_is_named_unquoted_and_shell_defaults_are_explained() {
         let e = expand_env("${X:-d}", env).unwrap_err();
-        assert!(e.contains("`X:-d`") && e.contains("not supported"), "{e}");
-        let e = expand_env("${A B}", env).unwrap_err();
-        assert!(e.contains("`A B`") && !e.contains("not supported"), "{e}");
+        assert!(
+            e.contains("write ${X}") && e.contains("not supported"),
+            "{e}"
+        );
+        assert!(!e.contains("d}"), "the default may be a secret: {e}");
+        // Anything else between the braces may be a secret's own text: not shown.
+        let e = expand_env("Xy${9b!Q-z}Tail", env).unwrap_err();
+        assert!(
+            e.contains("letters, digits and _ only") && !e.contains("9b"),
+            "{e}"
+        );
     }
 
     /// `$NAME`, as a shell or systemd writes it, was kept as text: the admin token or a
     /// signing secret became the variable's name, which anyone reading the file knows.
     #[test]
     fn a_dollar_before_a_name_is_an_error_not_text() {
-        let e = expand_env("$SET", env).unwrap_err();
-        assert!(e.contains("write ${SET}"), "{e}");
+        // Named when such a variable is set (the environment, not `lookup`, which
+        // notes unset names while a file's are collected).
+        let e = expand_env("$PATH", env).unwrap_err();
+        assert!(e.contains("write ${PATH}"), "{e}");
         let e = expand_env("pre$ecret", env).unwrap_err();
         assert!(e.contains("write ${NAME}") && !e.contains("ecret"), "{e}");
+        let collected = std::cell::RefCell::new(Vec::new());
+        let noting = |name: &str| {
+            collected.borrow_mut().push(name.to_owned());
+            Some(String::new())
+        };
+        assert!(expand_env("pa$sw0rdTail", noting).is_err());
+        assert!(collected.borrow().is_empty(), "{:?}", collected.borrow());
         assert_eq!(expand_env("pre$$ecret", env).unwrap(), "pre$ecret");
     }
 
@@ -216,7 +245,8 @@ mod tests {
                 .unwrap_err()
                 .contains("unterminated")
         );
-        assert!(expand_env("${A-B}", env).unwrap_err().contains("invalid"));
+        assert!(expand_env("${A-B}", env).unwrap_err().contains("not supported"));
+        assert!(expand_env("${A B}", env).unwrap_err().contains("invalid"));
     }
 
     #[test]
