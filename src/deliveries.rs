@@ -128,7 +128,10 @@ pub async fn run(args: DeliveriesArgs) -> Result<String, DeliveriesError> {
 fn target(args: &DeliveriesArgs) -> Result<(String, Option<String>), DeliveriesError> {
     let admin = match (&args.admin, &args.token) {
         (Some(_), Some(_)) => None,
-        _ => Some(crate::config::admin_access(args.config.as_deref())?),
+        (_, token) => Some(crate::config::admin_access(
+            args.config.as_deref(),
+            token.is_none(),
+        )?),
     };
     let base = match &args.admin {
         Some(url) => {

@@ -86,15 +86,33 @@ fn read_or_default(path: Option<&Path>) -> Result<(String, String), ConfigError>
 /// would read, and nothing else of it. A client of the admin API (`hookgate
 /// deliveries`) needs none of the webhook secrets, TLS files or store URLs the rest
 /// names, which on a server are in an environment the operator's shell does not have.
-pub fn admin_access(path: Option<&Path>) -> Result<(SocketAddr, Option<Secret>), ConfigError> {
+/// With `token` false (the caller has one of its own), not even `admin.token` is read:
+/// its variable may be in that environment only.
+pub fn admin_access(
+    path: Option<&Path>,
+    token: bool,
+) -> Result<(SocketAddr, Option<Secret>), ConfigError> {
     #[derive(serde::Deserialize)]
     struct AdminOnly {
         #[serde(default)]
         admin: file::Admin,
     }
+    #[derive(serde::Deserialize)]
+    struct ListenOnly {
+        admin: Option<Listen>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Listen {
+        listen: Option<SocketAddr>,
+    }
     let (text, origin) = read_or_default(path)?;
-    let only: AdminOnly =
-        toml::from_str(&text).map_err(|e| ConfigError::parse(&origin, &text, &e, ""))?;
+    let error = |e: toml::de::Error| ConfigError::parse(&origin, &text, &e, "");
+    if !token {
+        let only: ListenOnly = toml::from_str(&text).map_err(error)?;
+        let listen = only.admin.and_then(|admin| admin.listen);
+        return Ok((listen.unwrap_or(file::Admin::default().listen), None));
+    }
+    let only: AdminOnly = toml::from_str(&text).map_err(error)?;
     Ok((only.admin.listen, only.admin.token))
 }
 

@@ -245,7 +245,11 @@ mod tests {
                 .unwrap_err()
                 .contains("unterminated")
         );
-        assert!(expand_env("${A-B}", env).unwrap_err().contains("not supported"));
+        assert!(
+            expand_env("${A-B}", env)
+                .unwrap_err()
+                .contains("not supported")
+        );
         assert!(expand_env("${A B}", env).unwrap_err().contains("invalid"));
     }
 

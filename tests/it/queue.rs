@@ -243,6 +243,22 @@ async fn a_non_retryable_400_is_final_listed_and_replay_delivers_it_once_the_ups
     let path = file.path().display().to_string();
     let (ok, listed, stderr) = hookgate_cli(&["deliveries", "--config", &path, "list"]).await;
     assert!(ok && listed.contains(&id), "{stderr}{listed}");
+    // Nor is admin.token's variable needed when the token is given: the file's listen
+    // address is all that is read.
+    let with_token = std::fs::read_to_string(file.path()).unwrap().replacen(
+        "[admin]\n",
+        "[admin]\ntoken = \"${HOOKGATE_TEST_NEVER_SET_TOKEN}\"\n",
+        1,
+    );
+    std::fs::write(file.path(), with_token).unwrap();
+    let (ok, listed, stderr) =
+        hookgate_cli(&["deliveries", "--config", &path, "--token", "t0ken", "list"]).await;
+    assert!(ok && listed.contains(&id), "{stderr}{listed}");
+    let (ok, _, stderr) = hookgate_cli(&["deliveries", "--config", &path, "list"]).await;
+    assert!(
+        !ok && stderr.contains("HOOKGATE_TEST_NEVER_SET_TOKEN"),
+        "without --token, the file's is needed: {stderr}"
+    );
     let (ok, shown, stderr) = hookgate_cli(&["deliveries", "--admin", &admin, "show", &id]).await;
     assert!(ok, "{stderr}");
     assert!(
