@@ -402,8 +402,12 @@ fn renewal_warning(store: &StoreSettings, visibility: Duration) -> Option<String
 /// The webhook and admin listeners cannot share an address: `serve` failed to bind the
 /// second and blamed another process, after `check` said ok.
 fn listeners_apart(server: SocketAddr, admin: SocketAddr) -> Result<(), Invalid> {
-    let overlap =
-        server.ip() == admin.ip() || server.ip().is_unspecified() || admin.ip().is_unspecified();
+    // A wildcard covers its own family; `[::]` covers IPv4 too (dual-stack, Linux's
+    // default). `0.0.0.0` and `[::1]` on one port both bind.
+    let covers = |wild: SocketAddr, other: SocketAddr| {
+        wild.ip().is_unspecified() && (wild.is_ipv6() || other.is_ipv4())
+    };
+    let overlap = server.ip() == admin.ip() || covers(server, admin) || covers(admin, server);
     if server.port() != 0 && server.port() == admin.port() && overlap {
         return Err(Invalid::at(
             "admin.listen",
@@ -1287,10 +1291,15 @@ upstream = "http://127.0.0.1:9001/hooks"
             ));
             assert!(e.contains("share port 8080"), "{server} {admin}: {e}");
         }
-        let apart = format!(
-            "[server]\nlisten = \"127.0.0.1:8080\"\n[admin]\nlisten = \"127.0.0.2:8080\"\n{MINIMAL}"
-        );
-        assert!(parse(&apart, "t").is_ok());
+        for (server, admin) in [
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("0.0.0.0:8080", "[::1]:8080"),
+        ] {
+            let apart = format!(
+                "[server]\nlisten = \"{server}\"\n[admin]\nlisten = \"{admin}\"\ntoken = \"0123456789abcdef0123\"\n{MINIMAL}"
+            );
+            assert!(parse(&apart, "t").is_ok(), "{server} {admin}");
+        }
     }
 
     #[test]
