@@ -344,6 +344,7 @@ where
             reset_counted: AtomicBool::new(false),
         });
         let mut busy = Busy::start(stream.clone());
+        let http2 = req.version() == http::Version::HTTP_2;
         let req = req.map(|inner| RequestBody { inner, stream });
         let response = handler(req, peer);
         let answers = answers.clone();
@@ -356,6 +357,8 @@ where
             }
             Ok::<_, Infallible>(response.map(|inner| AnswerBody {
                 inner,
+                last: None,
+                hold_last: http2,
                 _unsent: unsent,
             }))
         }
@@ -414,6 +417,13 @@ struct Activity {
 /// connection has sent it (hyper drops the body then) or dropped it.
 pub struct AnswerBody {
     inner: Full<Bytes>,
+    /// The answer's last byte, once the rest is out (`hold_last`).
+    last: Option<Bytes>,
+    /// HTTP/2: the last byte is a frame of its own. hyper hands a frame to h2 once the
+    /// stream's window has room for one byte, and h2 keeps what does not fit: a client
+    /// granting a window of 1 took every answer off the count at once, and h2 held
+    /// them all the same. The last byte waits until the rest is sent.
+    hold_last: bool,
     _unsent: Option<Unsent>,
 }
 
@@ -425,15 +435,34 @@ impl Body for AnswerBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        if let Some(last) = this.last.take() {
+            return Poll::Ready(Some(Ok(Frame::data(last))));
+        }
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        Poll::Ready(match frame {
+            Some(Ok(frame)) if this.hold_last => match frame.into_data() {
+                Ok(mut data) if data.len() > 1 => {
+                    this.last = Some(data.split_off(data.len() - 1));
+                    Some(Ok(Frame::data(data)))
+                }
+                Ok(data) => Some(Ok(Frame::data(data))),
+                Err(frame) => Some(Ok(frame)),
+            },
+            other => other,
+        })
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.last.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let held = self.last.as_ref().map_or(0, |last| last.len() as u64);
+        match self.inner.size_hint().exact() {
+            Some(exact) => SizeHint::with_exact(exact + held),
+            None => self.inner.size_hint(),
+        }
     }
 }
 
