@@ -33,6 +33,13 @@ pub struct Dedupe {
 /// `release_later` tasks at once, at most.
 const MAX_LATE_RELEASES: usize = 1024;
 
+/// Whether a settle that found the claim no longer its token's says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Superseded {
+    Warn,
+    Quiet,
+}
+
 /// The pause before a settle that failed is asked once more (`Dedupe::settle`).
 const SETTLE_AGAIN_AFTER: Duration = Duration::from_millis(100);
 
@@ -196,6 +203,16 @@ impl Dedupe {
     /// only delays the retry until the claim expires. The error is returned for the
     /// stage's span, which says the store failed.
     pub async fn settle(&self, claim: Claim, success: bool) -> Result<(), StoreError> {
+        self.settle_as(claim, success, Superseded::Warn).await
+    }
+
+    /// `settle`, saying so or not when the claim was no longer this token's.
+    async fn settle_as(
+        &self,
+        claim: Claim,
+        success: bool,
+        superseded: Superseded,
+    ) -> Result<(), StoreError> {
         if !claim.held {
             return Ok(());
         }
@@ -218,7 +235,7 @@ impl Dedupe {
         let phase = if success { "commit" } else { "release" };
         match result {
             Ok(Settled::Applied) => Ok(()),
-            Ok(Settled::Superseded) => {
+            Ok(Settled::Superseded) if superseded == Superseded::Warn => {
                 tracing::warn!(
                     key = %claim.key,
                     phase,
@@ -226,6 +243,7 @@ impl Dedupe {
                 );
                 Ok(())
             }
+            Ok(Settled::Superseded) => Ok(()),
             Err(e) => {
                 tracing::error!(key = %claim.key, phase, error = %e, "dedupe store failed");
                 Err(e)
@@ -266,8 +284,10 @@ impl Dedupe {
             match stored().await {
                 Ok(stored) => {
                     tracing::info!(key = %claim.key, stored, "dedupe: an uncertain enqueue is settled");
-                    // Logged by `settle`; the claim expires if the store failed.
-                    let _ = self.settle(claim, stored).await;
+                    // Logged by `settle`; the claim expires if the store failed. A queue
+                    // that marks the claim as it stores (a single Redis) has marked it
+                    // done already when it stored: no claim lost to warn about.
+                    let _ = self.settle_as(claim, stored, Superseded::Quiet).await;
                     return;
                 }
                 Err(e) if tokio::time::Instant::now() + pause >= until => {
