@@ -899,6 +899,33 @@ const DEAD: usize = 600;
 
 /// A gateway on Redis holding `DEAD` dead letters (its upstream refuses everything),
 /// and the Redis server, which lives as long as the caller keeps it.
+/// The sets listing dead letters expire with the last record they list: trimmed only
+/// when another delivery was dead-lettered, they kept the ids of records long gone
+/// (an audit found 7,605 with no expiry and no record left).
+#[tokio::test]
+async fn the_dead_letter_sets_expire_with_their_records() {
+    let Some(store) = TestStore::redis().await else {
+        return;
+    };
+    let upstream = Upstream::with(Behaviour::always(Answer::status(400))).await;
+    let gw =
+        Gateway::start(queue_config(&store, &upstream).queue_option("retention", "\"2s\"")).await;
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    Deliveries::of(&gw)
+        .wait_for_state(&id, "failed_final")
+        .await;
+    let TestStore::Redis(redis) = &store else {
+        unreachable!("a Redis store")
+    };
+    for key in [
+        "hookgate:{queue}:x:state:failed_final",
+        "hookgate:{queue}:dead",
+    ] {
+        let pttl = redis.pttl(key).await;
+        assert!((1..=2000).contains(&pttl), "{key}: {pttl}");
+    }
+}
+
 async fn dead_letters_on_redis() -> Option<(Gateway, Upstream, TestStore)> {
     let store = TestStore::redis().await?;
     let upstream = Upstream::with(Behaviour::always(Answer::status(400))).await;

@@ -199,7 +199,8 @@ end
 
 /// A record that became final (`SETTLE`, or `DEFER` past `max_age`): kept with its
 /// history for `retention` ms; a dead letter is also listed in `dead` (entries older
-/// than the retention trimmed) and its state set trimmed (`trim`) to the index bound.
+/// than the retention trimmed) and its state set trimmed (`trim`) to the index bound,
+/// both kept for `retention` ms after the newest dead letter.
 const FINISHED: &str = r"
 local function finished(base, record, history, dead, id, state, now, retention, bound)
   redis.call('PEXPIRE', record, retention)
@@ -208,6 +209,10 @@ local function finished(base, record, history, dead, id, state, now, retention, 
     trim(base, base .. 'x:state:failed_final', bound)
     redis.call('ZADD', dead, now, id)
     redis.call('ZREMRANGEBYSCORE', dead, '-inf', '(' .. (tonumber(now) - tonumber(retention)))
+    -- Both outlive every record they list by nothing: trimmed only at the next dead
+    -- letter, they kept the ids of forgotten records for good once none came.
+    redis.call('PEXPIRE', base .. 'x:state:failed_final', retention)
+    redis.call('PEXPIRE', dead, retention)
   end
 end
 ";
