@@ -4,8 +4,9 @@
 //! sources and routes are named in the config, so their label values are bounded.
 //! Each gateway owns its registry, so several gateways in one process do not collide.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
@@ -375,6 +376,9 @@ pub struct Metrics {
     telemetry_spans_dropped: IntCounter,
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
+    /// The route labels series were made for (`route`, `delivery`, `enrich`), for
+    /// `keep_routes`.
+    route_labels: Mutex<HashSet<String>>,
 }
 
 /// The series of one upstream's circuit breaker (`breaker::Breaker`).
@@ -756,7 +760,48 @@ impl Metrics {
             telemetry_spans_dropped,
             breaker_state,
             breaker_transitions,
+            route_labels: Mutex::default(),
         }
+    }
+
+    fn route_made(&self, label: &str) {
+        let mut labels = self.route_labels.lock().unwrap_or_else(|p| p.into_inner());
+        if !labels.contains(label) {
+            labels.insert(label.to_owned());
+        }
+    }
+
+    /// Ends the series of every route label but `kept` (a reload's routes, their
+    /// fan-out copies included). Kept, a renamed or removed route's series stayed for
+    /// good, frozen: with route names that change (versions, dates in them), the
+    /// series grew with every name the process had ever had. Requests and attempts
+    /// still running on the configuration before count into series no longer exported.
+    pub fn keep_routes(&self, kept: &HashSet<String>) {
+        let mut labels = self.route_labels.lock().unwrap_or_else(|p| p.into_inner());
+        labels.retain(|label| {
+            if kept.contains(label) {
+                return true;
+            }
+            for class in UpstreamClass::ALL {
+                let _ = self
+                    .upstream_responses
+                    .remove_label_values(&[label, class.label()]);
+            }
+            for result in DELIVERY_RESULTS {
+                let _ = self
+                    .deliveries
+                    .remove_label_values(&[label, result.as_str()]);
+            }
+            for result in EnrichResult::ALL {
+                let _ = self
+                    .enrich_requests
+                    .remove_label_values(&[label, result.label()]);
+            }
+            let _ = self.upstream_duration.remove_label_values(&[label]);
+            let _ = self.delivery_attempts.remove_label_values(&[label]);
+            let _ = self.enrich_duration.remove_label_values(&[label]);
+            false
+        });
     }
 
     /// The breaker series of one upstream of a route: `upstream` is its name or index,
@@ -849,6 +894,7 @@ impl Metrics {
 
     /// The queue-mode series of one route (`<source>/<route name>`), created at zero.
     pub fn delivery(&self, label: &str) -> DeliveryMetrics {
+        self.route_made(label);
         DeliveryMetrics {
             results: DELIVERY_RESULTS
                 .map(|r| self.deliveries.with_label_values(&[label, r.as_str()])),
@@ -858,6 +904,7 @@ impl Metrics {
 
     /// The `enrich` series of one route (`<source>/<route name>`), created at zero.
     pub fn enrich(&self, label: &str) -> EnrichMetrics {
+        self.route_made(label);
         EnrichMetrics {
             results: EnrichResult::ALL
                 .map(|r| self.enrich_requests.with_label_values(&[label, r.label()])),
@@ -887,6 +934,7 @@ impl Metrics {
 
     /// The series of one route (`<source>/<route name>`), resolved once.
     pub fn route(&self, label: &str) -> RouteMetrics {
+        self.route_made(label);
         RouteMetrics {
             responses: UpstreamClass::ALL.map(|c| {
                 self.upstream_responses

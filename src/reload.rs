@@ -14,7 +14,7 @@
 //! that would drop the admin token while the running admin listener is public is
 //! refused. A file that does not validate changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -269,6 +269,16 @@ impl Live {
         self.shared
             .forward
             .keep_breakers_of(settings.sources.iter().flat_map(|s| s.routes.iter()));
+        let route_labels: HashSet<String> = settings
+            .sources
+            .iter()
+            .flat_map(|s| s.routes.iter())
+            .flat_map(|route| {
+                let copies = route.copies().into_iter().map(|c| c.label().to_owned());
+                std::iter::once(route.label().to_owned()).chain(copies)
+            })
+            .collect();
+        self.shared.metrics.keep_routes(&route_labels);
         let rekeyed = self.loaded.load().claim_key_warnings(&settings);
         settings.warnings.extend(rekeyed);
         let warnings = settings.warnings.clone();
