@@ -800,14 +800,21 @@ fn rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Err
         Some(When::Text(text)) => text,
         Some(When::Toml(datetime)) => datetime.to_string(),
     };
-    time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
-        .map(|at| Some(SystemTime::from(at)))
+    let at = time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+        .map(SystemTime::from)
         .map_err(|_| {
             D::Error::custom(format!(
                 "{text:?} is not an RFC 3339 time with its offset, such as \
                  `2027-06-30T00:00:00Z` or `2027-06-30T00:00:00+02:00`"
             ))
-        })
+        })?;
+    // Before 1970 there is nothing to rotate, and such a time cannot be written back
+    // (humantime's formatter, which `check` and the warnings use, panicked on it: the
+    // fuzzer found `not_after = "1015-01-01T00:00:00Z"`).
+    if at < SystemTime::UNIX_EPOCH {
+        return Err(D::Error::custom(format!("{text:?} is before 1970")));
+    }
+    Ok(Some(at))
 }
 
 /// `event_type` or `dedupe_key`: a string (a JSON pointer for `event_type`, a header name

@@ -939,6 +939,12 @@ mod tests {
             "scheme = \"github\"\nsecrets = [{ secret = \"x\", not_after = \"soon\" }]",
         );
         assert!(e.contains("line 5") && e.contains("RFC 3339"), "{e}");
+        // Before 1970: an error, where writing it in a warning panicked (found by the
+        // config fuzz target).
+        let e = config_error(
+            "scheme = \"github\"\nsecrets = [\"y\", { secret = \"x\", not_after = \"1015-01-01T00:00:00Z\" }]",
+        );
+        assert!(e.contains("line 5") && e.contains("before 1970"), "{e}");
         // Any offset, and a TOML datetime, name the same instant.
         for when in ["\"2999-12-31T02:00:00+02:00\"", "2999-12-31T00:00:00Z"] {
             let settings = parsed(&format!(
