@@ -26,10 +26,10 @@ pub struct Admission {
     slots: Arc<Semaphore>,
     max: u32,
     per_ip_max: u32,
-    per_ip: Mutex<HashMap<IpAddr, u32>>,
-    /// Per client IP, answers handed to a connection that it has not sent yet
-    /// (`Answers::unsent`); at most `per_ip_max` of them.
-    unsent: Mutex<HashMap<IpAddr, u32>>,
+    /// Per client IP: its connections, and the answers handed to them not sent yet
+    /// (`Answers::unsent`), at most `per_ip_max` of each. An entry lives while either
+    /// is above zero (an answer may outlive its connection by a moment).
+    per_ip: Mutex<HashMap<IpAddr, PerIp>>,
     /// `rate_limit.trusted_proxies`, swapped by a reload like the client-IP resolver's.
     exempt: ArcSwap<Vec<IpNet>>,
     metrics: ConnectionMetrics,
@@ -56,7 +56,6 @@ impl Admission {
             max,
             per_ip_max,
             per_ip: Mutex::new(HashMap::new()),
-            unsent: Mutex::new(HashMap::new()),
             exempt: ArcSwap::from_pointee(exempt),
             metrics,
         })
@@ -89,7 +88,7 @@ impl Admission {
             } else {
                 let key = rate_key(peer);
                 let mut per_ip = self.per_ip.lock().expect("not poisoned");
-                let count = per_ip.entry(key).or_insert(0);
+                let count = &mut per_ip.entry(key).or_default().connections;
                 if *count >= self.per_ip_max {
                     drop(per_ip);
                     return refuse(Refused::PerIpLimit);
@@ -147,8 +146,8 @@ impl Answers {
         let Some(key) = self.key else {
             return Some(Unsent(None));
         };
-        let mut unsent = self.admission.unsent.lock().expect("not poisoned");
-        let count = unsent.entry(key).or_insert(0);
+        let mut per_ip = self.admission.per_ip.lock().expect("not poisoned");
+        let count = &mut per_ip.entry(key).or_default().unsent;
         if *count >= self.admission.per_ip_max {
             return None;
         }
@@ -169,13 +168,7 @@ impl Drop for Unsent {
         else {
             return;
         };
-        let mut unsent = admission.unsent.lock().expect("not poisoned");
-        if let Some(count) = unsent.get_mut(key) {
-            *count -= 1;
-            if *count == 0 {
-                unsent.remove(key);
-            }
-        }
+        admission.forget(*key, |entry| entry.unsent -= 1);
     }
 }
 
@@ -183,12 +176,26 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         self.admission.metrics.open.dec();
         if let Some(key) = self.key {
-            let mut per_ip = self.admission.per_ip.lock().expect("not poisoned");
-            if let Some(count) = per_ip.get_mut(&key) {
-                *count -= 1;
-                if *count == 0 {
-                    per_ip.remove(&key);
-                }
+            self.admission.forget(key, |entry| entry.connections -= 1);
+        }
+    }
+}
+
+/// One client IP's counts (`Admission::per_ip`).
+#[derive(Default)]
+struct PerIp {
+    connections: u32,
+    unsent: u32,
+}
+
+impl Admission {
+    /// Takes one off `key`'s counts (`less`), and drops its entry once both are zero.
+    fn forget(&self, key: IpAddr, less: impl FnOnce(&mut PerIp)) {
+        let mut per_ip = self.per_ip.lock().expect("not poisoned");
+        if let Some(entry) = per_ip.get_mut(&key) {
+            less(entry);
+            if entry.connections == 0 && entry.unsent == 0 {
+                per_ip.remove(&key);
             }
         }
     }
