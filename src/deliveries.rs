@@ -19,8 +19,8 @@ use crate::cli::{DeliveriesArgs, DeliveriesCommand};
 use crate::cli_client::{self, Trust};
 use crate::forward::HttpClient;
 use crate::queue::record::{
-    ApiError, BulkReplayAnswer, DeliveryList, Detail, RecordBody, ReplayAnswer, State, Step,
-    UnixMillis, unix_millis,
+    ApiError, BulkReplayAnswer, DeliveryList, Detail, RecordBody, ReplayAnswer, Step, UnixMillis,
+    unix_millis,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -316,8 +316,7 @@ fn render_detail(json: &Value) -> Result<String, DeliveriesError> {
     }
     line("headers", d.header_names.join(", "));
     out.push_str("history:\n");
-    for (i, a) in d.history.iter().enumerate() {
-        let running = s.state == State::Processing && i + 1 == d.history.len();
+    for (a, result) in d.history_shown() {
         out.push_str(&format!(
             "  #{:<3} {}{}  {:>7}  {:<6} {:<16} {}  {}{}\n",
             a.attempt,
@@ -329,7 +328,7 @@ fn render_detail(json: &Value) -> Result<String, DeliveriesError> {
             a.duration_ms
                 .map_or("-".to_owned(), |ms| format!("{ms} ms")),
             a.status.map_or("-".to_owned(), |s| s.to_string()),
-            a.result_shown(running),
+            result,
             a.instance,
             a.error.as_deref().unwrap_or(""),
             a.trace_id

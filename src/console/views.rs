@@ -245,7 +245,7 @@ pub struct AttemptRow {
 }
 
 impl AttemptRow {
-    fn of(a: &Attempt, running: bool) -> AttemptRow {
+    fn of(a: &Attempt, result: &str) -> AttemptRow {
         AttemptRow {
             number: match a.step {
                 crate::queue::Step::Deliver => a.attempt.to_string(),
@@ -256,7 +256,7 @@ impl AttemptRow {
                 .duration_ms
                 .map_or("-".to_owned(), |ms| format!("{ms} ms")),
             status: a.status.map_or("-".to_owned(), |s| s.to_string()),
-            result: a.result_shown(running).to_owned(),
+            result: result.to_owned(),
             error: a.error.clone().unwrap_or_default(),
             answer: a.answer.clone().unwrap_or_default(),
             instance: a.instance.clone(),
@@ -386,14 +386,8 @@ impl DeliveryPage {
         DeliveryPage {
             timeline: timeline(&detail),
             attempt_rows: detail
-                .history
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    let running =
-                        detail.summary.state == State::Processing && i + 1 == detail.history.len();
-                    AttemptRow::of(a, running)
-                })
+                .history_shown()
+                .map(|(a, result)| AttemptRow::of(a, result))
                 .collect(),
             chrome,
             notice,

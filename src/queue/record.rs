@@ -200,19 +200,6 @@ pub struct Attempt {
     pub trace_id: Option<String>,
 }
 
-impl Attempt {
-    /// The result as shown: the state it left, or for an entry without one whether it is
-    /// still running (`running`: the last entry of a delivery being attempted) or its
-    /// instance stopped in it (when the record was not written on the instance's way out).
-    pub fn result_shown(&self, running: bool) -> &str {
-        match (&self.result, running) {
-            (Some(result), _) => result,
-            (None, true) => "(in progress)",
-            (None, false) => "(did not end: its instance stopped)",
-        }
-    }
-}
-
 /// How much of an upstream's answer an attempt keeps: enough to see why ("invalid
 /// customer id"), bounded so a record stays small.
 pub const ANSWER_START_CHARS: usize = 200;
@@ -313,6 +300,23 @@ impl Detail {
             self.body_dropped = true;
         }
         self
+    }
+
+    /// The history, each entry with its result as shown: the state it left, or for an
+    /// entry without one whether it is still running (the last entry of a delivery being
+    /// attempted) or its instance stopped in it (the record was not written on the
+    /// instance's way out).
+    pub fn history_shown(&self) -> impl Iterator<Item = (&Attempt, &str)> {
+        let last = self.history.len().saturating_sub(1);
+        let processing = self.summary.state == State::Processing;
+        self.history.iter().enumerate().map(move |(i, a)| {
+            let result = match (&a.result, processing && i == last) {
+                (Some(result), _) => result.as_str(),
+                (None, true) => "(in progress)",
+                (None, false) => "(did not end: its instance stopped)",
+            };
+            (a, result)
+        })
     }
 }
 
