@@ -68,7 +68,10 @@ impl RedisConnection {
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(settings.timeout))
                     .set_connection_timeout(Some(settings.connect_timeout))
-                    .set_max_delay(Duration::from_secs(2));
+                    // One connection attempt per ask: `Link::send` asks again while Redis
+                    // refuses. The client's own backoff outlasted the deadline, so a call
+                    // to a Redis that was down ended as a timeout, its refusal unsaid.
+                    .set_number_of_retries(0);
                 Connection::Single(Batcher::start(
                     Link::new(client, config).map_err(unavailable)?,
                     settings.connect_timeout + settings.timeout,
@@ -382,9 +385,10 @@ pub struct Batcher {
 /// only went silent (a failover behind a virtual IP or a DNS name, a middlebox that
 /// drops the packets): every call then timed out, 503 after 503, until TCP gave up on
 /// the socket, about 15 minutes later, while a new connection would have been answered
-/// at once. A connection Redis refused is asked once more, on the connection the client
-/// is reopening: the call never ran (redis-rs keeps the refusal of its last reconnect
-/// attempt while Redis is down, and handed it to the first call after Redis was back).
+/// at once. A call Redis refused never ran, so it is asked again, on the connection the
+/// client is reopening, until the deadline (redis-rs keeps the refusal of its last
+/// reconnect attempt while Redis is down, and handed it to the first call after Redis
+/// was back).
 struct Link {
     client: redis::Client,
     config: ConnectionManagerConfig,
@@ -424,8 +428,10 @@ impl Link {
         }
     }
 
-    /// `request` on the current connection within `deadline`, asked once more after a
-    /// refusal, the connection replaced after a timeout (see above).
+    /// `request` on the current connection within `deadline`, asked again while Redis
+    /// refuses connections (a refused call never ran; a Redis restarting within the
+    /// deadline still answers it, and one that stays down fails as refused, not as a
+    /// timeout), the connection replaced after a timeout (see above).
     async fn send<T, F>(
         &self,
         deadline: Duration,
@@ -435,20 +441,27 @@ impl Link {
         F: Future<Output = redis::RedisResult<T>>,
     {
         let started = tokio::time::Instant::now();
-        let (generation, connection) = self.current();
-        let mut result = within(deadline, request(connection)).await;
-        if result
-            .as_ref()
-            .is_err_and(RedisError::is_connection_refusal)
-        {
-            let (_, connection) = self.current();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let (generation, connection) = self.current();
             let left = deadline.saturating_sub(started.elapsed());
-            result = within(left, request(connection)).await;
+            let result = within(left, request(connection)).await;
+            match &result {
+                Err(e) if e.is_connection_refusal() => {
+                    let left = deadline.saturating_sub(started.elapsed());
+                    if left <= pause {
+                        return result;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(e) if e.is_timeout() => {
+                    self.replace(generation);
+                    return result;
+                }
+                _ => return result,
+            }
         }
-        if result.as_ref().is_err_and(RedisError::is_timeout) {
-            self.replace(generation);
-        }
-        result
     }
 }
 
