@@ -118,10 +118,43 @@ pub async fn run(args: DeliveriesArgs) -> Result<String, DeliveriesError> {
         }
     };
     if args.json {
-        Ok(serde_json::to_string_pretty(&json).expect("JSON values serialize"))
+        Ok(json_for_terminal(
+            &serde_json::to_string_pretty(&json).expect("JSON values serialize"),
+        ))
     } else {
-        text(&json)
+        text(&json).map(|shown| text_for_terminal(&shown))
     }
+}
+
+/// Text to print with every control character but newline and tab written out
+/// (`\u{1b}`): the records hold what senders sent (a body, header values, a fetched
+/// object), and a sender's escape sequences printed raw retitle, recolour or clear the
+/// operator's terminal, rewrite the line shown (a carriage return), or set the
+/// clipboard.
+fn text_for_terminal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// JSON with DEL and the C1 controls escaped too (`\u009b`), which serde_json writes
+/// raw (it escapes only those below 0x20): the same JSON to a program, nothing a
+/// terminal acts on. They can only stand inside strings, where the escape is exact.
+fn json_for_terminal(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '\u{7f}'..='\u{9f}' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The admin base URL and token: from the flags, else from the config file.
@@ -400,6 +433,39 @@ mod tests {
             column(lines[1], "1  openai") + 1,
             "{shown}"
         );
+    }
+
+    #[test]
+    fn what_senders_sent_reaches_the_terminal_with_its_control_characters_written_out() {
+        let record = serde_json::json!({
+            "id": "dlv_01a20259e7340b6b4ee5db9edfd7", "state": "failed_final",
+            "source": "github", "route": "all", "webhook_id": "gh-1",
+            "event_type": "push", "attempts": 1, "replays": 0,
+            "received_at": 1_700_000_000_000u64, "enqueued_at": 1_700_000_000_000u64,
+            "updated_at": 1_700_000_000_000u64, "header_names": ["x-note"],
+            "headers": [["x-note", "a\u{9b}31mred"]],
+            "body": "hello \u{1b}]0;PWNED\u{7}\r{\"a\":1}\n\tend", "history": []
+        });
+        let shown = text_for_terminal(&render_detail(&record).unwrap());
+        assert!(
+            !shown
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{shown:?}"
+        );
+        assert!(
+            shown.contains("hello \\u{1b}]0;PWNED\\u{7}\\u{d}{\"a\":1}\n\tend"),
+            "{shown}"
+        );
+        assert!(shown.contains("x-note: a\\u{9b}31mred"), "{shown}");
+
+        let json = json_for_terminal(&serde_json::to_string_pretty(&record).unwrap());
+        assert!(
+            !json.chars().any(|c| c.is_control() && c != '\n'),
+            "{json:?}"
+        );
+        let back: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, record, "the same JSON to a program");
     }
 
     #[test]
