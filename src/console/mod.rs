@@ -176,7 +176,7 @@ impl Console {
         let read_timeout = self.live.gateway().body_read_timeout();
         if path == "/ui/login" {
             return match *method {
-                Method::POST => match read_form(body, read_timeout).await {
+                Method::POST => match read_form(body, read_timeout.min(LOGIN_FORM_READ)).await {
                     Ok(form) => self.log_in(&parts.headers, &auth, &form, secure).await,
                     Err(refused) => refused,
                 },
@@ -187,20 +187,24 @@ impl Console {
             };
         }
         let now = Instant::now();
-        let found = session::cookie(&parts.headers, SESSION_COOKIE).and_then(|id| {
-            self.sessions
-                .find(id, auth.token.as_ref(), auth.session_timeout, now)
-        });
+        let cookie = session::cookie(&parts.headers, SESSION_COOKIE);
         let mut opened_cookie = None;
-        let session = match (found, &auth.token) {
-            (Some(session), _) => session,
+        let found = match &auth.token {
+            Some(token) => cookie.and_then(|id| {
+                self.sessions
+                    .find(id, Some(token), auth.session_timeout, now)
+            }),
             // Nobody to log in without a token: a session only carries the CSRF token.
-            (None, None) => {
-                let (id, session) = self.sessions.open(None, now);
-                opened_cookie = Some(session::set_cookie(SESSION_COOKIE, &id, secure, None));
-                session
+            None => {
+                let (fresh, session) = self.sessions.tokenless(cookie, now);
+                opened_cookie =
+                    fresh.map(|id| session::set_cookie(SESSION_COOKIE, &id, secure, None));
+                Some(session)
             }
-            (None, Some(_)) => {
+        };
+        let session = match found {
+            Some(session) => session,
+            None => {
                 let back = match *method {
                     Method::GET | Method::HEAD => parts
                         .uri
@@ -439,6 +443,11 @@ fn not_allowed(allow: &'static str) -> Reply {
 /// The form a POST carries, within `MAX_FORM_BYTES` and `timeout`: a body that never
 /// comes would otherwise hold one of the admin listener's connections for good, and
 /// `ADMIN_MAX_CONNECTIONS` of them its health checks and metrics with it.
+/// The login form is read before anyone has logged in, and is a hundred bytes a browser
+/// sends with its head: waiting `body_read_timeout` (30 s) for it let anyone hold the
+/// admin listener's few connections three times longer than a slow head could.
+const LOGIN_FORM_READ: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn read_form<B>(body: B, timeout: std::time::Duration) -> Result<Query, Reply>
 where
     B: Body,
@@ -454,7 +463,7 @@ where
         Err(_) => Err(message(
             StatusCode::REQUEST_TIMEOUT,
             "Refused",
-            "The form did not arrive within limits.body_read_timeout.",
+            "The form did not arrive in time.",
         )),
     }
 }

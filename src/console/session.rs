@@ -52,12 +52,49 @@ pub struct Session {
     token: Option<Digest32>,
 }
 
-#[derive(Default)]
 pub struct Sessions {
     table: Mutex<HashMap<Digest32, Session>>,
+    /// This process's key for the CSRF tokens of sessions without an admin token.
+    key: [u8; 32],
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            table: Mutex::default(),
+            key: digest(random::hex(32).as_bytes()),
+        }
+    }
 }
 
 impl Sessions {
+    /// The session of a visitor when no admin token is configured, and the id for a
+    /// new cookie when `cookie` is not one of ours. There is no one to log in and
+    /// nothing to keep: the session is its cookie, its CSRF token an HMAC of the cookie
+    /// under this process's key. Kept in the table, every request without the cookie
+    /// opened a session, and 1,024 of them pushed out the operator's open page, whose
+    /// next form was then refused.
+    pub fn tokenless(&self, cookie: Option<&str>, now: Instant) -> (Option<String>, Session) {
+        let (fresh, id) = match cookie {
+            Some(id) if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                (None, id.to_owned())
+            }
+            _ => {
+                let id = random::hex(32);
+                (Some(id.clone()), id)
+            }
+        };
+        let mut mac = crate::verify::hmac_key(&self.key);
+        hmac::Mac::update(&mut mac, id.as_bytes());
+        let session = Session {
+            csrf: crate::verify::hex_encode(&hmac::Mac::finalize(mac).into_bytes()),
+            opened: now,
+            last_seen: now,
+            token: None,
+        };
+        (fresh, session)
+    }
+
     /// Opens a session for whoever proved `token` (or for anyone on a loopback listener
     /// without a token); returns the id for the cookie and the session.
     pub fn open(&self, token: Option<&Secret>, now: Instant) -> (String, Session) {
@@ -240,6 +277,33 @@ mod tests {
             sessions.open(None, t0 + Duration::from_millis(i + 1));
         }
         assert_eq!(sessions.lock().len(), MAX_SESSIONS);
+    }
+
+    #[test]
+    fn without_a_token_a_session_is_its_cookie_and_takes_no_room() {
+        let sessions = Sessions::default();
+        let t0 = Instant::now();
+        let (Some(id), first) = sessions.tokenless(None, t0) else {
+            panic!("a visitor without the cookie is given one");
+        };
+        // However many visitors come without the cookie, the first one's forms still
+        // carry the token its cookie gives.
+        for _ in 0..2 * MAX_SESSIONS {
+            assert!(sessions.tokenless(None, t0).0.is_some());
+        }
+        assert_eq!(sessions.lock().len(), 0);
+        let (fresh, again) = sessions.tokenless(Some(&id), t0);
+        assert_eq!(fresh, None);
+        assert_eq!(again.csrf, first.csrf);
+        // Another cookie, another token; one not of our making is replaced.
+        let (_, other) = sessions.tokenless(Some(&"0".repeat(64)), t0);
+        assert_ne!(other.csrf, first.csrf);
+        assert!(sessions.tokenless(Some("forged"), t0).0.is_some());
+        // Another process's key, another token.
+        assert_ne!(
+            Sessions::default().tokenless(Some(&id), t0).1.csrf,
+            first.csrf
+        );
     }
 
     #[test]

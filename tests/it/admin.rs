@@ -164,6 +164,19 @@ async fn answer_of(mut stream: tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// A login form is read before anyone has logged in: it gets 5 s to arrive, not the
+/// 30 s of `body_read_timeout` that a logged-in operator's forms get.
+#[tokio::test]
+async fn a_login_form_that_never_arrives_is_refused_within_5_seconds() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(off_loopback(&upstream)).await;
+    let started = std::time::Instant::now();
+    let answer = answer_of(form_head_alone(&gw, "/ui/login").await).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+}
+
 /// Console forms whose bodies never come: they once held the admin listener's
 /// connections for as long as their senders liked, with no login needed, shutting out
 /// `/healthz`, `/readyz` and `/metrics` (a Kubernetes probe failing, the pod restarted).
