@@ -116,11 +116,16 @@ const ENQUEUE_CLAIMED: &str = "WITH done AS ( \
      RETURNING 1";
 
 /// Leases up to `$2` due deliveries to `$3` for `$4` seconds. Rows come back unordered.
+/// A lapsed lease `$3` itself holds keeps its token: taken back after its renewals
+/// failed, it is the lease its attempt in progress holds, which the worker leaves to it
+/// (with a new token it looked like another delivery, and was attempted a second time).
 const TAKE: &str = "WITH due AS ( \
        SELECT id FROM deliveries \
        WHERE due_at <= ms_ts($1) AND (lease_until IS NULL OR lease_until < now()) \
        ORDER BY due_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-     UPDATE deliveries d SET lease_token = gen_random_uuid()::text, lease_owner = $3, \
+     UPDATE deliveries d SET lease_token = CASE WHEN d.lease_owner = $3 \
+         AND d.lease_token IS NOT NULL THEN d.lease_token ELSE gen_random_uuid()::text END, \
+       lease_owner = $3, \
        lease_until = now() + make_interval(secs => $4) \
      FROM due WHERE d.id = due.id \
      RETURNING d.id, d.source || '/' || d.route, d.lease_token, ts_ms(d.due_at)";

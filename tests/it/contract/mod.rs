@@ -240,6 +240,7 @@ macro_rules! contract_tests {
                     use super::*;
                     contract_tests!(@backend $make;
                         a_delivery_whose_lease_is_renewed_is_taken_over_once_renewals_stop,
+                        a_lapsed_lease_taken_back_by_its_own_instance_is_the_lease_it_holds,
                         a_delivery_handed_back_is_taken_by_another_instance_at_once,
                         a_lease_taken_over_by_another_instance_can_no_longer_move_the_delivery,
                         a_delivery_taken_over_and_deferred_waits_as_queued,

@@ -1639,6 +1639,39 @@ pub async fn a_delivery_whose_lease_is_renewed_is_taken_over_once_renewals_stop(
     assert_eq!(history[1].instance, "instance-b");
 }
 
+/// An instance whose renewals failed for the visibility timeout (the store stalled) while
+/// its attempt went on takes the delivery back itself: the lease comes back as the one it
+/// holds, so its worker leaves it to the attempt in progress. On PostgreSQL each take
+/// made a new lease token, the worker took the lease for another delivery, and started a
+/// second attempt beside the first: one instance delivered the event twice.
+pub async fn a_lapsed_lease_taken_back_by_its_own_instance_is_the_lease_it_holds(
+    backend: &Backend,
+) {
+    const VISIBILITY: Duration = Duration::from_secs(1);
+    let options = QueueOptions {
+        visibility_timeout: VISIBILITY,
+        ..QueueOptions::default()
+    };
+    let holder = backend.queue(INSTANCE, options);
+    let t = now_millis();
+    let id = enqueue(&*holder, delivery(SOURCE, 1, t)).await;
+    let lease = take_one(&*holder, t).await;
+    begin(&*holder, &lease, t).await;
+
+    let again = eventually("the lapsed lease taken back", async || {
+        holder.take(10, now_millis()).await.unwrap().pop()
+    })
+    .await;
+
+    assert_eq!(again.delivery_id, id);
+    assert_eq!(again, lease, "the lease it holds");
+    // Its attempt then settles as usual.
+    holder
+        .keep_alive(std::slice::from_ref(&lease))
+        .await
+        .unwrap();
+}
+
 /// An instance whose lease lapsed (it stopped renewing, say its connection to the
 /// backend was cut for longer than the visibility timeout) and was taken over finishes
 /// its attempt late: its settle, hand back, deferral and fetched object change nothing
