@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::breaker::{Admission, Breakers, Pass};
 use crate::config::UpstreamTrust;
+use crate::dropped_headers::is_dropped;
 use crate::metrics::{RouteMetrics, UpstreamClass};
 use crate::route::Route;
 use crate::tls;
@@ -39,52 +40,6 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const X_HOOKGATE_SOURCE: HeaderName = HeaderName::from_static("x-hookgate-source");
 pub const X_HOOKGATE_EVENT_TYPE: HeaderName = HeaderName::from_static("x-hookgate-event-type");
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), the ones
-/// this gateway sets itself, and the ones frameworks believe about the client or the
-/// URL when a proxy is configured as trusted (client IP, original URL, method
-/// override): a client must not be able to pre-set any of them. Names are lower case
-/// without `_` (those are dropped before this is asked).
-fn is_dropped(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "expect"
-            | "host"
-            | "content-length"
-            | "forwarded"
-            | "x-forwarded"
-            | "x-real-ip"
-            | "true-client-ip"
-            | "client-ip"
-            | "x-client-ip"
-            | "x-cluster-client-ip"
-            | "cf-connecting-ip"
-            | "fastly-client-ip"
-            | "x-original-url"
-            | "x-rewrite-url"
-            | "x-original-host"
-            | "x-http-method-override"
-            | "x-http-method"
-            | "x-method-override"
-            | "x-scheme"
-            | "x-url-scheme"
-            | "front-end-https"
-            | "x-forwarded-ssl"
-            | "x-original-uri"
-            | "x-original-proto"
-    ) || name.starts_with("x-forwarded-")
-        || name.starts_with("x-envoy-")
-        || name.starts_with("x-hookgate-")
-}
 
 /// Whether two header names are one variable to a CGI-style backend, which ignores case
 /// and reads `-` and `_` alike (`X_Forwarded_For` is `HTTP_X_FORWARDED_FOR`).

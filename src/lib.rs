@@ -19,7 +19,7 @@
 //! | stages and mappings | `dedupe`, `ratelimit`, `reject` |
 //! | parts with state or I/O | `store` and `queue` backends (behind factories), `forward`, `breaker`, `enrich`, `body_budget`, `penalty_box`, `connections`, `server`, `telemetry` |
 //! | settings | `config` (file mirror, validation, the `check` summary) |
-//! | vocabulary | `upstream`, `event`, `route`, `client_ip`, `verify` (one file per scheme), `tls`, `provider`, `metrics`, `queue::record`, `queue::policy`, `random`, `log_gate`, `log_writer` |
+//! | vocabulary | `upstream`, `event`, `route`, `client_ip`, `dropped_headers`, `verify` (one file per scheme), `tls`, `provider`, `metrics`, `queue::record`, `queue::policy`, `random`, `log_gate`, `log_writer` |
 //!
 //! A new scheme is one file in `verify/` and a line in `verify::SCHEMES`; a new backend
 //! one file in `store/` (and in `queue/`) and an arm in each factory; a new stage one
@@ -42,6 +42,7 @@ pub mod console;
 pub mod dedupe;
 pub mod deliveries;
 pub mod diagnose;
+pub mod dropped_headers;
 pub mod echo;
 pub mod enrich;
 pub mod event;

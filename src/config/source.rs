@@ -344,6 +344,18 @@ fn field(key: &str, spec: &FieldSpec, text_is: TextIs) -> Result<Field, Invalid>
             .map(Field::Header)
             .map_err(|e| invalid(format!("{key}: {e}"))),
     }
+    .and_then(|field| match &field {
+        Field::Header(name)
+            if crate::dropped_headers::is_dropped(&name.as_str().replace('_', "-")) =>
+        {
+            Err(invalid(format!(
+                "{key} names the header {name}, which hookgate drops or sets itself before \
+                 forwarding: the backend would never see the value the delivery was routed \
+                 or deduplicated on; name a header of the sender's own"
+            )))
+        }
+        _ => Ok(field),
+    })
 }
 
 /// Mistakes visible in the secrets themselves, and secrets about to expire.
@@ -809,6 +821,27 @@ mod tests {
         );
         let e = config_error("scheme = \"stripe\"\nsecrets = [\"x\"]\nprovider = \"openai\"");
         assert!(e.contains("sources[0].provider does not apply"), "{e}");
+    }
+
+    /// The backend gets these headers as hookgate sets them (or not at all): a source
+    /// that routed or deduplicated on the sender's value forwarded another one.
+    #[test]
+    fn an_event_type_or_dedupe_key_in_a_header_hookgate_replaces_is_refused() {
+        for source in [
+            "scheme = \"github\"\nsecrets = [\"x\"]\nevent_type = { header = \"X-Forwarded-Host\" }",
+            "scheme = \"github\"\nsecrets = [\"x\"]\nevent_type = { header = \"x_hookgate_kind\" }",
+            "scheme = \"github\"\nsecrets = [\"x\"]\ndedupe_key = \"X-Real-IP\"",
+            "scheme = \"github\"\nsecrets = [\"x\"]\ndedupe_key = { header = \"Connection\" }",
+        ] {
+            let e = config_error(source);
+            assert!(e.contains("which hookgate drops or sets itself"), "{e}");
+            assert!(e.contains("line 6"), "{e}");
+        }
+        crate::config::parse(
+            &config("scheme = \"github\"\nsecrets = [\"x\"]\nevent_type = { header = \"X-Kind\" }"),
+            "test.toml",
+        )
+        .expect("a header of the sender's own");
     }
 
     #[test]
