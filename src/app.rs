@@ -33,18 +33,39 @@ use crate::store::{self, StoreError};
 use crate::telemetry::{Telemetry, TelemetryError};
 use crate::tls::Handshake;
 
+/// Why `serve` could not start. The prefixed variants carry their cause in their own
+/// message and not as a `source` too, or `error: {e:#}` printed the cause twice
+/// (`store schema: X: X`).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("queue: {0}")]
-    Queue(#[from] QueueError),
+    Queue(QueueError),
     #[error("store schema: {0}")]
-    Schema(#[from] store::postgres::SchemaError),
+    Schema(store::postgres::SchemaError),
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
+}
+
+impl From<StoreError> for StartError {
+    fn from(e: StoreError) -> Self {
+        StartError::Store(e)
+    }
+}
+
+impl From<QueueError> for StartError {
+    fn from(e: QueueError) -> Self {
+        StartError::Queue(e)
+    }
+}
+
+impl From<store::postgres::SchemaError> for StartError {
+    fn from(e: store::postgres::SchemaError) -> Self {
+        StartError::Schema(e)
+    }
 }
 
 /// A started gateway: its bound addresses and the handle to stop it.
@@ -253,4 +274,19 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         live,
         telemetry,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_error_names_its_cause_once() {
+        let e = anyhow::Error::from(StartError::from(
+            store::postgres::SchemaError::Unreachable("connection refused".to_owned()),
+        ));
+        let shown = format!("{e:#}");
+        assert_eq!(shown.matches("connection refused").count(), 1, "{shown}");
+        assert!(shown.starts_with("store schema: "), "{shown}");
+    }
 }
