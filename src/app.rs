@@ -179,6 +179,17 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     }
 
     let (stop, stopped) = watch::channel(false);
+    tokio::spawn({
+        let forward = forward.clone();
+        let mut stopped = stopped.clone();
+        async move {
+            if stopped.wait_for(|stop| *stop).await.is_ok() {
+                // A quarter of the drain, at most 2 s, is left for the settles.
+                let settle = (grace / 4).min(std::time::Duration::from_secs(2));
+                forward.drain_ends_at(tokio::time::Instant::now() + grace - settle);
+            }
+        }
+    });
     let wake = Arc::new(Notify::new());
     if let Some(queue) = &queue {
         queue.wake_on(wake.clone());
@@ -282,9 +293,9 @@ mod tests {
 
     #[test]
     fn a_start_error_names_its_cause_once() {
-        let e = anyhow::Error::from(StartError::from(
-            store::postgres::SchemaError::Unreachable("connection refused".to_owned()),
-        ));
+        let e = anyhow::Error::from(StartError::from(store::postgres::SchemaError::Unreachable(
+            "connection refused".to_owned(),
+        )));
         let shown = format!("{e:#}");
         assert_eq!(shown.matches("connection refused").count(), 1, "{shown}");
         assert!(shown.starts_with("store schema: "), "{shown}");

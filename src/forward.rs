@@ -233,6 +233,8 @@ pub struct Forwarder {
     /// The upstreams' circuit breakers: consulted by the pipeline and the workers
     /// before a send (`breaker`), kept here because both share this forwarder.
     breakers: Option<Arc<Breakers>>,
+    /// When a shutdown's drain ends, once one began (`drain_ends_at`).
+    drain_end: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
 }
 
 impl Forwarder {
@@ -242,6 +244,33 @@ impl Forwarder {
             client: http_client(tls::upstream_client_config_for(trust), timeout),
             timeout,
             breakers: None,
+            drain_end: tokio::sync::watch::Sender::new(None),
+        }
+    }
+
+    /// Marks when the shutdown's drain ends (less the time a settle needs): a forward
+    /// `send` is asked to end within the drain ends by then, as a timeout.
+    pub fn drain_ends_at(&self, at: tokio::time::Instant) {
+        self.drain_end.send_replace(Some(at));
+    }
+
+    /// Resolves once `deadline` passes or, `within_drain`, once a shutdown's drain ends
+    /// (also one that begins while the forward runs). A proxied forward that ran past
+    /// the drain (started late, its body slow to come; or `shutdown_timeout` below
+    /// `upstream_timeout`) was cut with the process: answered nothing, its claim left
+    /// in flight although the backend had it, and the sender's retry forwarded again
+    /// once the claim expired.
+    async fn expired(&self, deadline: tokio::time::Instant, within_drain: bool) {
+        let drain = async {
+            let mut ends = self.drain_end.subscribe();
+            match ends.wait_for(Option::is_some).await.map(|at| *at) {
+                Ok(Some(at)) if within_drain => tokio::time::sleep_until(at).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {}
+            () = drain => {}
         }
     }
 
@@ -266,17 +295,19 @@ impl Forwarder {
         }
     }
 
-    /// POSTs `body` to the route's upstream and tells what happened. Only a 2xx
-    /// answer delivered it (`UpstreamOutcome::is_delivered`).
+    /// POSTs `body` to the route's upstream and tells what happened, within
+    /// `upstream_timeout` and, `within_drain`, a shutdown's drain (`expired`). Only a
+    /// 2xx answer delivered it (`UpstreamOutcome::is_delivered`).
     pub async fn send(
         &self,
         route: &Route,
         metrics: &RouteMetrics,
         headers: HeaderMap,
         body: Bytes,
+        within_drain: bool,
     ) -> UpstreamOutcome {
         let started = Instant::now();
-        let outcome = match self.exchange(route, headers, body).await {
+        let outcome = match self.exchange(route, headers, body, within_drain).await {
             Ok(reply) if reply.status.is_redirection() => UpstreamOutcome::Redirect(reply.status),
             Ok(reply) if reply.status == StatusCode::GONE => UpstreamOutcome::Gone,
             Ok(reply) => UpstreamOutcome::Answered(reply),
@@ -296,17 +327,21 @@ impl Forwarder {
         route: &Route,
         headers: HeaderMap,
         body: Bytes,
+        within_drain: bool,
     ) -> Result<UpstreamReply, UpstreamOutcome> {
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = route.upstream().clone();
         *request.headers_mut() = headers;
 
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let response = tokio::time::timeout_at(deadline, self.client.request(request))
-            .await
-            .map_err(|_| UpstreamOutcome::Timeout)?
-            .map_err(|e| classify(&e, route.upstream()))?;
+        let expired = self.expired(tokio::time::Instant::now() + self.timeout, within_drain);
+        tokio::pin!(expired);
+        let response = tokio::select! {
+            response = self.client.request(request) => {
+                response.map_err(|e| classify(&e, route.upstream()))?
+            }
+            () = &mut expired => return Err(UpstreamOutcome::Timeout),
+        };
         let (parts, body) = response.into_parts();
         // The status decides the outcome; a body that then stalls, breaks or overflows
         // is relayed as no body (and no Content-Type), whatever the status.
@@ -315,11 +350,12 @@ impl Forwarder {
         } else {
             MAX_ERROR_REPLY_BYTES
         };
-        let body = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|collected| collected.to_bytes());
+        let body = tokio::select! {
+            collected = Limited::new(body, limit).collect() => {
+                collected.ok().map(|collected| collected.to_bytes())
+            }
+            () = &mut expired => None,
+        };
         let content_type = match body {
             Some(_) => parts.headers.get(header::CONTENT_TYPE).cloned(),
             None => None,

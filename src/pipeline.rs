@@ -385,7 +385,7 @@ impl Gateway {
                     call.inject(&mut headers);
                     let outcome = self
                         .forward
-                        .send(route, &entry.routes[route_index], headers, body)
+                        .send(route, &entry.routes[route_index], headers, body, true)
                         .await;
                     call.upstream(&outcome);
                     call.end();

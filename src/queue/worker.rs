@@ -569,7 +569,7 @@ impl Workers {
         call.inject(&mut headers);
         let send = self
             .forward
-            .send(&lane.route, &lane.upstream, headers, body.clone());
+            .send(&lane.route, &lane.upstream, headers, body.clone(), false);
         let (outcome, error) = tokio::select! {
             outcome = send => {
                 call.upstream(&outcome);

@@ -44,6 +44,38 @@ async fn a_delivery_in_flight_at_shutdown_completes_and_new_connections_are_refu
     assert_eq!(upstream.received().len(), 1);
 }
 
+/// A forward that would outlast the drain (an upstream slower than the time left) is
+/// given only the time left, less a share for its settle: the sender is answered 504,
+/// the access line written and the claim released, rather than the connection closed
+/// with nothing sent when the drain ran out, the claim left in flight although the
+/// backend had the delivery, and the sender's retry forwarded again once it expired.
+#[tokio::test]
+async fn a_forward_that_would_outlast_the_drain_is_answered_within_it() {
+    let upstream = Upstream::with(Answer::held()).await;
+    let mut gw = Gateway::start(
+        config()
+            .set("server", "shutdown_timeout", "\"2s\"")
+            .route("*", &upstream),
+    )
+    .await;
+    let in_flight = gw
+        .client()
+        .post_in_background(PATH, &signed_event("response.completed"));
+    upstream.wait_for(1).await;
+
+    let started = std::time::Instant::now();
+    let stopping = gw.begin_shutdown();
+    let reply = in_flight.await.unwrap();
+
+    assert_eq!(reply.status(), 504, "{reply:?}");
+    assert_eq!(reply.json()["error"], "upstream_timeout", "{reply:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    tokio::time::timeout(PATIENCE, stopping)
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
+}
+
 /// A sender that hung up left its pipeline running (so its forward is still settled),
 /// but no connection holds it: the shutdown must still wait for it, or the process exits
 /// mid-forward with the claim never settled and the access line never written.
