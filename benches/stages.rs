@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the request path's stages, each on plain values: the source's
-//! header checks, signature verification, event-type extraction, route matching, a
-//! claim key bound to the body, a dedupe claim and the upstream's headers. Run with
-//! `cargo bench --bench stages`; the load-level figures come from `bench/run.sh`.
+//! header checks, signature verification, event-type extraction, route matching (and a
+//! route's conditions), a claim key bound to the body, a dedupe claim and the
+//! upstream's headers. Run with `cargo bench --bench stages`; the load-level figures
+//! come from `bench/run.sh`.
 
 use std::hint::black_box;
 use std::time::{Duration, SystemTime};
@@ -162,6 +163,43 @@ fn route_match(bencher: divan::Bencher, event_type: &str) {
             .first_match(black_box(event_type), black_box(b"{}"))
             .map(|(i, _)| i)
     });
+}
+
+/// A route with two conditions, reached by the event type: the body is checked to be
+/// JSON once and each condition walks to its value.
+#[divan::bench(args = [1024, 1048576])]
+fn route_conditions(bencher: divan::Bencher, size: usize) {
+    let source = hookgate::config::parse(
+        &format!(
+            r#"
+[[sources]]
+name = "openai"
+path = "/webhooks/openai"
+scheme = "standard-webhooks"
+secrets = ["{SECRET}"]
+[[sources.routes]]
+events = ["response.completed"]
+match = [{{ pointer = "/data/id", equals = "resp_1" }}, {{ pointer = "/data/pad", prefix = "x" }}]
+upstream = "http://127.0.0.1:9001/acme"
+[[sources.routes]]
+events = ["*"]
+upstream = "http://127.0.0.1:9003/other"
+"#
+        ),
+        "bench",
+    )
+    .expect("a valid config")
+    .sources
+    .remove(0);
+    let (_, body) = delivery(size);
+    bencher
+        .counter(divan::counter::BytesCount::new(body.len()))
+        .bench(|| {
+            source
+                .routes
+                .first_match(black_box("response.completed"), black_box(&body))
+                .map(|(i, _)| i)
+        });
 }
 
 #[divan::bench]

@@ -59,23 +59,6 @@ impl JsonPointer {
     pub fn tokens(&self) -> &[String] {
         &self.tokens
     }
-
-    /// The value this pointer names in `document`, as RFC 6901 reads it (array indexes
-    /// are decimal without leading zeros).
-    pub fn resolve<'v>(&self, document: &'v serde_json::Value) -> Option<&'v serde_json::Value> {
-        self.tokens
-            .iter()
-            .try_fold(document, |value, token| match value {
-                serde_json::Value::Object(map) => map.get(token),
-                serde_json::Value::Array(items) => {
-                    let canonical = token.bytes().all(|b| b.is_ascii_digit())
-                        && (token == "0" || !token.starts_with('0'));
-                    let index = token.parse::<usize>().ok().filter(|_| canonical)?;
-                    items.get(index)
-                }
-                _ => None,
-            })
-    }
 }
 
 impl fmt::Display for JsonPointer {
@@ -426,7 +409,7 @@ impl<'de, const N: usize> Visitor<'de> for Walk<'_, N> {
 }
 
 /// RFC 6901 array indices: digits without leading zeros.
-fn array_index(token: &str) -> Option<usize> {
+pub(crate) fn array_index(token: &str) -> Option<usize> {
     let plain = !token.is_empty()
         && token.bytes().all(|b| b.is_ascii_digit())
         && (token == "0" || !token.starts_with('0'));

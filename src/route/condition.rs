@@ -1,18 +1,27 @@
 //! A route's `match` conditions: tests on JSON pointers into the verified body.
 //!
 //! Conditions read only the body the signature covers, never headers (an unsigned
-//! header would let anyone steer a delivery). The body is parsed at most once per
-//! request, and only when a route with conditions has matched the event type; a body
-//! that is not JSON (or not UTF-8) makes every condition false, `exists = false`
+//! header would let anyone steer a delivery). The body is checked to be JSON at most
+//! once per request, and only when a route with conditions has matched the event type;
+//! a body that is not JSON (or not UTF-8) makes every condition false, `exists = false`
 //! included, so a route with conditions never takes a payload it cannot read.
-//! Where a key repeats, the last one counts, as in `serde_json::Value` (and `event`).
+//!
+//! JSON here is what the event type stage reads (`event`): each condition walks to its
+//! value skipping everything else unread, so a body that stage took is never "not JSON"
+//! here because of what lies elsewhere in it (a string cut inside a surrogate pair, a
+//! number beyond `f64`, nesting past serde_json's 128 levels). Read as one
+//! `serde_json::Value`, such a body failed every condition: a tenant's event fell
+//! through to the catch-all route. A value of that kind at the pointer itself exists and
+//! equals nothing. Where a key repeats, the last one counts, as in `serde_json::Value`.
 
 use std::cell::OnceCell;
 use std::fmt;
 
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use crate::event::JsonPointer;
+use crate::event::{JsonPointer, array_index};
 
 /// One condition: the value at `pointer` passes `test`.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,31 +59,125 @@ impl Condition {
         let Some(document) = payload.document() else {
             return false;
         };
-        let found = self.pointer.resolve(document);
-        match (&self.test, found) {
-            (Test::Exists(wanted), found) => found.is_some() == *wanted,
-            (_, None) => false,
-            (Test::Equals(expected), Some(value)) => same_scalar(expected, value),
-            (Test::In(options), Some(value)) => options.iter().any(|o| same_scalar(o, value)),
-            (Test::Prefix(prefix), Some(value)) => value
+        let found = value_at(document, &self.pointer);
+        let value = match (&self.test, found) {
+            (Test::Exists(wanted), found) => return found.is_some() == *wanted,
+            (_, None) => return false,
+            // Present, and equal to nothing a config can name.
+            (_, Some(Err(Unreadable))) => return false,
+            (_, Some(Ok(value))) => value,
+        };
+        match &self.test {
+            Test::Equals(expected) => same_scalar(expected, &value),
+            Test::In(options) => options.iter().any(|o| same_scalar(o, &value)),
+            Test::Prefix(prefix) => value
                 .as_str()
                 .is_some_and(|s| s.starts_with(prefix.as_str())),
+            Test::Exists(_) => unreachable!("answered above"),
         }
     }
 }
 
-/// Equality of two JSON scalars; numbers by value.
+/// A value at a pointer that serde_json does not read as a `Value`.
+struct Unreadable;
+
+/// The value `pointer` names in `document` (valid JSON), as RFC 6901 reads it (array
+/// indexes decimal without leading zeros), walking only the containers on its path.
+fn value_at(document: &RawValue, pointer: &JsonPointer) -> Option<Result<Value, Unreadable>> {
+    let mut here = document;
+    for token in pointer.tokens() {
+        here = member(here.get(), token)?;
+    }
+    Some(serde_json::from_str(here.get()).map_err(|_| Unreadable))
+}
+
+/// The member or element `token` names in the JSON container `text`, unread; `None`
+/// when there is none, or `text` is not a container.
+fn member<'t>(text: &'t str, token: &str) -> Option<&'t RawValue> {
+    if !text.starts_with(['{', '[']) {
+        return None;
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_any(Member(token)).ok().flatten()
+}
+
+struct Member<'k>(&'k str);
+
+impl<'de> Visitor<'de> for Member<'_> {
+    type Value = Option<&'de RawValue>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object or array")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == self.0 {
+                found = Some(map.next_value()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let Some(wanted) = array_index(self.0) else {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(None);
+        };
+        let mut index = 0;
+        let mut found = None;
+        loop {
+            if index == wanted {
+                match seq.next_element()? {
+                    Some(value) => found = Some(value),
+                    None => break,
+                }
+            } else if seq.next_element::<IgnoredAny>()?.is_none() {
+                break;
+            }
+            index += 1;
+        }
+        Ok(found)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// Equality of two JSON scalars; numbers by value, exactly.
 fn same_scalar(expected: &Value, value: &Value) -> bool {
     match (expected, value) {
-        (Value::Number(a), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
-            (Some(a), Some(b)) => a == b,
-            _ => match (a.as_u64(), b.as_u64()) {
-                (Some(a), Some(b)) => a == b,
-                _ => a.as_f64().is_some_and(|a| b.as_f64() == Some(a)),
-            },
-        },
+        (Value::Number(a), Value::Number(b)) => exact(a) == exact(b),
         (Value::Number(_), _) | (_, Value::Number(_)) => false,
         (a, b) => a == b,
+    }
+}
+
+/// A JSON number as it can be compared exactly: an integral float as the integer it is
+/// (compared as `f64`, `9007199254740993` equalled `9007199254740992.0`).
+#[derive(PartialEq)]
+enum Exact {
+    Integer(i128),
+    Float(f64),
+}
+
+fn exact(n: &serde_json::Number) -> Exact {
+    if let Some(i) = n.as_i64() {
+        return Exact::Integer(i.into());
+    }
+    if let Some(u) = n.as_u64() {
+        return Exact::Integer(u.into());
+    }
+    let f = n.as_f64().unwrap_or(f64::NAN);
+    // Beyond 2^64 no JSON integer serde_json reads can equal it anyway.
+    if f.fract() == 0.0 && f.abs() < 2f64.powi(64) {
+        Exact::Integer(f as i128)
+    } else {
+        Exact::Float(f)
     }
 }
 
@@ -95,10 +198,11 @@ impl fmt::Display for Condition {
     }
 }
 
-/// The verified body, parsed on first use: routes without conditions never pay for it.
+/// The verified body, checked to be JSON on first use: routes without conditions never
+/// pay for it.
 pub struct Payload<'b> {
     body: &'b [u8],
-    document: OnceCell<Option<Value>>,
+    document: OnceCell<Option<&'b RawValue>>,
 }
 
 impl<'b> Payload<'b> {
@@ -109,10 +213,11 @@ impl<'b> Payload<'b> {
         }
     }
 
-    fn document(&self) -> Option<&Value> {
-        self.document
-            .get_or_init(|| serde_json::from_slice(self.body).ok())
-            .as_ref()
+    fn document(&self) -> Option<&'b RawValue> {
+        *self.document.get_or_init(|| {
+            let text = std::str::from_utf8(self.body).ok()?;
+            serde_json::from_str(text).ok()
+        })
     }
 }
 
@@ -138,6 +243,24 @@ mod tests {
         assert!(holds("/data/n", Test::Equals(json!(3.0)), BODY));
         assert!(!holds("/data/n", Test::Equals(json!("3")), BODY));
         assert!(holds("/data/f", Test::Equals(json!(1.5)), BODY));
+        // Exactly, also past 2^53, where two integers share one f64.
+        let big = r#"{"n":9007199254740992.0,"m":9007199254740993,"z":-0.0}"#;
+        assert!(!holds(
+            "/n",
+            Test::Equals(json!(9_007_199_254_740_993u64)),
+            big
+        ));
+        assert!(holds(
+            "/n",
+            Test::Equals(json!(9_007_199_254_740_992u64)),
+            big
+        ));
+        assert!(!holds(
+            "/m",
+            Test::Equals(json!(9_007_199_254_740_992.0)),
+            big
+        ));
+        assert!(holds("/z", Test::Equals(json!(0)), big));
         assert!(holds("/data/ok", Test::Equals(json!(true)), BODY));
         assert!(!holds("/data/ok", Test::Equals(json!("true")), BODY));
         assert!(!holds("/data/missing", Test::Equals(json!("acme")), BODY));
@@ -174,6 +297,50 @@ mod tests {
             assert!(!holds("/data/missing", Test::Exists(false), body));
             assert!(!holds("/data", Test::Exists(true), body));
         }
+    }
+
+    /// Bodies the event type stage reads (it skips what it does not walk to) but a
+    /// `serde_json::Value` does not: read whole, they failed every condition, and a
+    /// tenant's event fell through to the catch-all route.
+    #[test]
+    fn what_lies_beside_the_pointer_never_makes_the_body_unreadable() {
+        let deep = format!("{}{}", "[".repeat(130), "]".repeat(130));
+        for beside in [r#""Thanks \ud83d""#, "1e400", deep.as_str()] {
+            let body = format!(r#"{{"data":{{"tenant":"acme","note":{beside}}}}}"#);
+            assert!(
+                crate::event::type_at(
+                    format!(r#"{{"type":"a","x":{beside}}}"#).as_bytes(),
+                    &JsonPointer::parse("/type").unwrap()
+                )
+                .is_ok(),
+                "the event type stage reads {beside}"
+            );
+            assert!(
+                holds("/data/tenant", Test::Equals(json!("acme")), &body),
+                "{beside}"
+            );
+            assert!(holds("/data/tenant", Test::Exists(true), &body), "{beside}");
+            assert!(
+                !holds("/data/tenant", Test::Exists(false), &body),
+                "{beside}"
+            );
+            // Such a value at the pointer itself exists and equals nothing.
+            assert!(holds("/data/note", Test::Exists(true), &body), "{beside}");
+            assert!(!holds("/data/note", Test::Exists(false), &body), "{beside}");
+            assert!(
+                !holds("/data/note", Test::Prefix(String::new()), &body),
+                "{beside}"
+            );
+            assert!(
+                !holds("/data/note", Test::Equals(json!(1e300)), &body),
+                "{beside}"
+            );
+        }
+        // Arrays on the path, and indexes past their end.
+        let body = r#"{"a":[1e400,{"t":"x"}]}"#;
+        assert!(holds("/a/1/t", Test::Equals(json!("x")), body));
+        assert!(!holds("/a/2", Test::Exists(true), body));
+        assert!(!holds("/a/01", Test::Exists(true), body));
     }
 
     #[test]
