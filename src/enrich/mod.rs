@@ -57,10 +57,12 @@ pub enum Plan {
     Unfetchable(FetchFailure),
 }
 
-/// An object of the provider's API: its path under `api_base`.
+/// An object of the provider's API: its path under `api_base`, and the id the answer
+/// must carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectRef {
     pub path: String,
+    pub id: String,
 }
 
 /// A fetch that did not bring the object back.
@@ -308,6 +310,7 @@ impl Enricher {
                 parts.status,
                 &parts.headers,
                 body,
+                &object.id,
                 SystemTime::now(),
                 MAX_OBJECT_BYTES,
             ),

@@ -71,6 +71,7 @@ pub fn plan(event_type: &str, body: &[u8]) -> Plan {
     match data_id(body) {
         Ok(id) => Plan::Fetch(ObjectRef {
             path: format!("/{collection}/{id}"),
+            id,
         }),
         Err(why) => Plan::Unfetchable(FetchFailure {
             result: EnrichResult::Refused,
@@ -121,12 +122,13 @@ pub enum Body {
     Broken,
 }
 
-/// What an answer of the API means: the object, or why not (`now` dates a
+/// What an answer of the API means: the object `id`, or why not (`now` dates a
 /// `Retry-After` given as an HTTP date). `max_object_bytes` is only for the message.
 pub fn classify(
     status: StatusCode,
     headers: &HeaderMap,
     body: Body,
+    id: &str,
     now: SystemTime,
     max_object_bytes: usize,
 ) -> Result<Bytes, FetchFailure> {
@@ -145,7 +147,22 @@ pub fn classify(
     let code = status.as_u16();
     if status.is_success() {
         return match body {
-            Body::Whole(object) if is_json_object(&object) => Ok(object),
+            // The backend is told this is the object the event names: another one (a
+            // caching proxy's mix-up, a stand-in API) is no answer to the fetch.
+            Body::Whole(object) if is_json_object(&object) => match object_id(&object) {
+                Some(answered) if answered == id => Ok(object),
+                answered => Err(failure(
+                    EnrichResult::InvalidAnswer,
+                    format!(
+                        "the OpenAI API answered {code} with {}, not the object {id}",
+                        match answered {
+                            Some(other) if token(&other) => format!("the object {other}"),
+                            Some(_) => "an object of another id".to_owned(),
+                            None => "an object without an id".to_owned(),
+                        }
+                    ),
+                )),
+            },
             Body::Whole(_) => Err(failure(
                 EnrichResult::InvalidAnswer,
                 format!("the OpenAI API answered {code} without a JSON object"),
@@ -185,6 +202,18 @@ pub fn classify(
         408 | 409 | 500..=599 => failure(EnrichResult::ServerError, answered),
         _ => failure(EnrichResult::Refused, answered),
     })
+}
+
+/// The top-level `id` of a JSON object, when it is a string.
+fn object_id(object: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Head {
+        id: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Head>(object).ok()?.id? {
+        serde_json::Value::String(id) => Some(id),
+        _ => None,
+    }
 }
 
 fn is_json_object(body: &[u8]) -> bool {
@@ -247,6 +276,7 @@ mod tests {
     fn fetch(path: &str) -> Plan {
         Plan::Fetch(ObjectRef {
             path: path.to_owned(),
+            id: path.rsplit('/').next().unwrap_or_default().to_owned(),
         })
     }
 
@@ -361,6 +391,7 @@ mod tests {
             StatusCode::from_u16(status).unwrap(),
             &headers(pairs),
             Body::Whole(Bytes::from_static(body.as_bytes())),
+            "resp_1",
             SystemTime::UNIX_EPOCH,
             MAX,
         )
@@ -376,6 +407,16 @@ mod tests {
             ("[1]", EnrichResult::InvalidAnswer),
             ("<html>", EnrichResult::InvalidAnswer),
             (r#"{"id":"resp_1""#, EnrichResult::InvalidAnswer),
+            // Not the object fetched.
+            (
+                r#"{"id":"resp_2","object":"response"}"#,
+                EnrichResult::InvalidAnswer,
+            ),
+            (r#"{"object":"response"}"#, EnrichResult::InvalidAnswer),
+            (
+                r#"{"id":1,"object":"response"}"#,
+                EnrichResult::InvalidAnswer,
+            ),
         ] {
             assert_eq!(answer(200, &[], body).unwrap_err().result, result, "{body}");
         }
@@ -383,6 +424,7 @@ mod tests {
             StatusCode::OK,
             &HeaderMap::new(),
             Body::Broken,
+            "resp_1",
             SystemTime::UNIX_EPOCH,
             MAX,
         );
@@ -391,6 +433,7 @@ mod tests {
             StatusCode::OK,
             &HeaderMap::new(),
             Body::TooLarge,
+            "resp_1",
             SystemTime::UNIX_EPOCH,
             MAX,
         )
