@@ -385,9 +385,20 @@ where
     }
     conn.as_mut().graceful_shutdown();
     match cut {
-        // Shutdown: open requests may finish; the listener bounds the wait.
+        // Shutdown: open requests may finish; the listener bounds the wait. Once none
+        // is in progress, what is left gets the short grace: an HTTP/2 client must
+        // acknowledge the shutdown's PING before hyper closes, and one that vanished
+        // never does, which held the exit for the whole `shutdown_timeout`.
         None => {
-            let _ = conn.await;
+            let mut activity = state;
+            let idle = async {
+                let _ = activity.wait_for(|a| a.in_progress == 0).await;
+                tokio::time::sleep(CLOSE_GRACE).await;
+            };
+            tokio::select! {
+                _ = conn => {}
+                () = idle => {}
+            }
             None
         }
         // Nothing is in progress: whatever is left gets a short grace, then the drop.

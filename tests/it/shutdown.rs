@@ -76,6 +76,48 @@ async fn a_forward_that_would_outlast_the_drain_is_answered_within_it() {
         .unwrap();
 }
 
+/// An HTTP/2 client that went silent after its request was answered (it reads neither
+/// the rest of the answer nor the shutdown's GOAWAY and PING) is closed a short grace
+/// after the shutdown, not held open until `shutdown_timeout`, which kept the process
+/// from exiting.
+#[tokio::test]
+async fn a_silent_http2_client_with_nothing_in_progress_does_not_hold_the_shutdown() {
+    let upstream = Upstream::start().await;
+    let mut gw = Gateway::start(
+        config()
+            .set("server", "shutdown_timeout", "\"30s\"")
+            .route("*", &upstream),
+    )
+    .await;
+    let stream = TcpStream::connect(gw.addr()).await.unwrap();
+    // A window of one byte: the answer's body waits on the client's window updates.
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(1)
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::pin!(connection);
+    let request = delivery_request(
+        &format!("http://{}{PATH}", gw.addr()),
+        &signed_event("response.completed"),
+    );
+    // The connection is driven only until the answer is in, then never read again.
+    let reply = tokio::select! {
+        reply = sender.send_request(request) => reply.unwrap(),
+        _ = &mut connection => panic!("the connection ended before the answer"),
+    };
+    assert_eq!(reply.status(), 200);
+
+    let started = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(15), gw.begin_shutdown())
+        .await
+        .expect("the shutdown does not wait for the silent client")
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    drop(connection);
+}
+
 /// A sender that hung up left its pipeline running (so its forward is still settled),
 /// but no connection holds it: the shutdown must still wait for it, or the process exits
 /// mid-forward with the claim never settled and the access line never written.
