@@ -34,7 +34,12 @@ const MAX_REPLY_BYTES: usize = 64 * 1024;
 /// An error answer's body is relayed up to this size, and replaced by an empty body when
 /// longer: enough for a backend's reason, not for its stack trace or error page.
 pub const MAX_ERROR_REPLY_BYTES: usize = 4 * 1024;
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an upstream connection may sit idle in the pool and still be used: below
+/// the keep-alive timeout of Node (5 s), uvicorn (5 s) and Apache (5 s), which close an
+/// idle connection on their side. Reused at the moment the backend closed it, a
+/// connection fails the request (502 `upstream_failed`, counted by a breaker) although
+/// the backend never read it; kept 60 s, that race came with every backend's timeout.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

@@ -323,3 +323,43 @@ async fn each_source_forwards_to_its_own_routes() {
     assert_eq!(received.path, "/from-billing");
     assert_eq!(received.header("x-hookgate-source"), "billing");
 }
+
+/// An upstream connection idle for longer than backends keep theirs open (Node,
+/// uvicorn and Apache close theirs after 5 s) is not used again: reused as the backend
+/// closed it, it failed the delivery with a 502 although the backend never read it.
+#[tokio::test]
+async fn an_upstream_connection_idle_past_4_seconds_is_not_used_again() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counting = accepted.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            counting.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                        Bytes::from_static(br#"{"ok":true}"#),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let gw = Gateway::start(config().route("*", format!("http://{addr}/hooks"))).await;
+
+    assert!(gw.post(PATH, &signed_event("a.b")).await.forwarded());
+    assert!(gw.post(PATH, &signed_event("a.b")).await.forwarded());
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "kept alive meanwhile");
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    assert!(gw.post(PATH, &signed_event("a.b")).await.forwarded());
+
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a fresh connection");
+    server.abort();
+}
