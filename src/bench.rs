@@ -47,6 +47,9 @@ pub struct LoadOptions {
     pub insecure: bool,
 }
 
+/// How long one request may wait for its answer before it counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Serialize)]
 pub struct LoadReport {
     pub url: String,
@@ -55,6 +58,8 @@ pub struct LoadReport {
     pub body_bytes: usize,
     pub requests: u64,
     pub errors: u64,
+    /// Requests never sent: every connection failed and could not be opened again.
+    pub unsent: u64,
     /// When the clock started (Unix ns), after the deliveries were signed and the
     /// connections opened: where a drain measured outside starts.
     pub started_unix_ns: u64,
@@ -233,9 +238,11 @@ pub async fn load(options: LoadOptions) -> Result<LoadReport, BenchError> {
                 };
                 *request.headers_mut() = prepared.headers.clone();
                 let started = Instant::now();
-                match sender.send(request).await {
-                    Ok(status) => tally.record(status, started.elapsed()),
-                    Err(_) => {
+                match tokio::time::timeout(REQUEST_TIMEOUT, sender.send(request)).await {
+                    Ok(Ok(status)) => tally.record(status, started.elapsed()),
+                    // A failure, or a target that accepted and never answered (which held
+                    // the run for ever): counted, and the connection replaced.
+                    Ok(Err(_)) | Err(_) => {
                         tally.errors += 1;
                         match connector.connect().await {
                             Ok(fresh) => sender = fresh,
@@ -385,6 +392,7 @@ impl Tally {
             body_bytes: options.body_size,
             requests,
             errors: self.errors,
+            unsent: (options.requests as u64).saturating_sub(requests + self.errors),
             started_unix_ns: started_at
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
@@ -413,7 +421,7 @@ impl LoadReport {
         let l = &self.latency_ms;
         format!(
             "{} {} x{} connections, {}-byte bodies\n\
-             requests {}  errors {}  in {:.2}s  =>  {:.0} req/s\n\
+             requests {}  errors {}{}  in {:.2}s  =>  {:.0} req/s\n\
              latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  mean {:.3}\n\
              statuses    {}",
             self.url,
@@ -422,6 +430,10 @@ impl LoadReport {
             self.body_bytes,
             self.requests,
             self.errors,
+            match self.unsent {
+                0 => String::new(),
+                n => format!("  UNSENT {n} (the target stopped accepting connections)"),
+            },
             self.elapsed_seconds,
             self.requests_per_second,
             l.p50,
@@ -548,6 +560,35 @@ upstream = "http://127.0.0.1:9/"
             assert_eq!(p.body.len(), 1024);
             source.verifier.verify(&p.headers, &p.body, now).unwrap();
         }
+    }
+
+    /// A target that goes away mid-run: the requests never sent are reported (the run
+    /// once looked complete, at a plausible rate, with most of `-n` never sent).
+    #[tokio::test]
+    async fn requests_never_sent_are_reported() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = tokio::spawn(async move {
+            // One connection, one answer, then nothing listens any more.
+            let (mut stream, _) = listener.accept().await.unwrap();
+            drop(listener);
+            let mut head = vec![0u8; 4096];
+            let _ = stream.read(&mut head).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        });
+        let mut options = options(5, 0.0);
+        options.url = format!("http://{addr}/webhooks/openai").parse().unwrap();
+
+        let report = load(options).await.unwrap();
+
+        assert_eq!(report.requests, 1, "{report:?}");
+        assert_eq!(report.requests + report.errors + report.unsent, 5, "{report:?}");
+        assert!(report.unsent >= 3, "{report:?}");
+        assert!(report.to_text().contains("UNSENT"), "{}", report.to_text());
+        target.await.unwrap();
     }
 
     #[test]

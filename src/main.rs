@@ -191,7 +191,12 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<Exi
             } else {
                 println!("{}", report.to_text());
             }
-            Ok(ExitCode::SUCCESS)
+            // A run cut short is no measurement of `-n` requests.
+            Ok(if report.unsent > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Deliveries(args) => {
             let out = hookgate::deliveries::run(args).await?;
