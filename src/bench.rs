@@ -585,7 +585,11 @@ upstream = "http://127.0.0.1:9/"
         let report = load(options).await.unwrap();
 
         assert_eq!(report.requests, 1, "{report:?}");
-        assert_eq!(report.requests + report.errors + report.unsent, 5, "{report:?}");
+        assert_eq!(
+            report.requests + report.errors + report.unsent,
+            5,
+            "{report:?}"
+        );
         assert!(report.unsent >= 3, "{report:?}");
         assert!(report.to_text().contains("UNSENT"), "{}", report.to_text());
         target.await.unwrap();

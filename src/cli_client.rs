@@ -78,7 +78,23 @@ pub fn explain(error: &(dyn Error + 'static), url: &str, trust: &Trust) -> Strin
 pub fn hint(error: &(dyn Error + 'static), url: &str, trust: &Trust) -> Option<&'static str> {
     let https = url.starts_with("https://");
     if let Some(tls) = rustls_error(error) {
+        use rustls::CertificateError as Cert;
         return match tls {
+            rustls::Error::InvalidCertificate(
+                Cert::NotValidForName | Cert::NotValidForNameContext { .. },
+            ) => Some(
+                "the server's certificate does not name the host in the URL: use a name it \
+                 lists (a `hookgate dev-cert` certificate names localhost, 127.0.0.1 and ::1)",
+            ),
+            rustls::Error::InvalidCertificate(
+                Cert::Expired
+                | Cert::ExpiredContext { .. }
+                | Cert::NotValidYet
+                | Cert::NotValidYetContext { .. },
+            ) => Some(
+                "the server's certificate has expired or is not valid yet: renew it (or check \
+                 this machine's clock)",
+            ),
             rustls::Error::InvalidCertificate(_) => Some(match trust {
                 Trust::CaFile(_) => {
                     "the server's certificate is not the one in --cacert (nor issued by it). \
@@ -165,6 +181,26 @@ mod tests {
         let hint = hint(&error, "https://localhost:8443/x", &trust).unwrap();
         assert!(hint.contains("not the one in --cacert"), "{hint}");
         assert!(hint.contains("self_signed = true"), "{hint}");
+    }
+
+    /// Every certificate error was said to be a certificate not in --cacert, a wrong
+    /// host name and an expired certificate included.
+    #[test]
+    fn a_wrong_host_name_and_an_expired_certificate_each_say_so() {
+        let trust = Trust::CaFile("certs/cert.pem".into());
+        let name = wrapped(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidForName,
+        ));
+        let hint_for_name = hint(&name, "https://other:8443/x", &trust).unwrap();
+        assert!(
+            hint_for_name.contains("does not name the host"),
+            "{hint_for_name}"
+        );
+        let expired = wrapped(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Expired,
+        ));
+        let hint_for_expired = hint(&expired, "https://localhost:8443/x", &trust).unwrap();
+        assert!(hint_for_expired.contains("expired"), "{hint_for_expired}");
     }
 
     #[test]

@@ -318,6 +318,12 @@ pub fn client_config_trusting(pem: &[u8]) -> Result<ClientConfig, String> {
             .add(cert.map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
     }
+    // Trusting nothing, every server was then refused as "not the one in --cacert".
+    if roots.is_empty() {
+        return Err(
+            "no certificate in it (a PEM `BEGIN CERTIFICATE` block; is it the key?)".to_owned(),
+        );
+    }
     Ok(client_config(roots))
 }
 
@@ -457,6 +463,10 @@ mod tests {
         );
         assert!(expires_at > SystemTime::now());
         assert!(client_config_trusting(&std::fs::read(&cert).unwrap()).is_ok());
+        // The key given for the certificate trusts nothing: refused, saying so.
+        let refused = client_config_trusting(&std::fs::read(&key).unwrap()).unwrap_err();
+        assert!(refused.contains("no certificate in it"), "{refused}");
+        assert!(client_config_trusting(b"").is_err());
     }
 
     /// A certificate outside its validity is refused, naming the file and the date: a
