@@ -78,6 +78,9 @@ pub async fn run(
 ) -> Result<(), StartError> {
     warn_about_dev_settings(&settings);
     let running = start(settings).await?;
+    if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
+        notify_ready(&socket);
+    }
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -119,7 +122,29 @@ fn warn_about_dev_settings(settings: &Settings) {
     }
 }
 
-/// SIGHUP: read the configuration again.
+/// Tells systemd (`Type=notify`, its `NOTIFY_SOCKET`) that hookgate serves, its
+/// listeners bound and its SIGHUP handler in place. With `Type=exec` systemd took the
+/// process for started at its `exec`, so a `systemctl reload` right after a (re)start
+/// could send SIGHUP before the handler was installed, and its default action ended
+/// the process.
+pub fn notify_ready(socket: &std::ffi::OsStr) {
+    use std::os::unix::ffi::OsStrExt;
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|datagram| {
+        match socket.as_bytes().strip_prefix(b"@") {
+            #[cfg(target_os = "linux")]
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                datagram.send_to_addr(b"READY=1", &addr)
+            }
+            _ => datagram.send_to(b"READY=1", socket),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot tell systemd hookgate is ready (NOTIFY_SOCKET)");
+    }
+}
+
 /// SIGHUP, caught from now on (its default action ends the process).
 pub fn reload_signals() -> tokio::signal::unix::Signal {
     use tokio::signal::unix::{SignalKind, signal};

@@ -522,3 +522,28 @@ fn the_systemd_units_install_steps_let_its_user_read_the_config_and_key() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(env_file.permissions().mode() & 0o777, 0o600);
 }
+
+/// Under systemd (`Type=notify`) hookgate says READY once it listens, its SIGHUP
+/// handler in place: with `Type=exec`, a `systemctl reload` right after a (re)start
+/// could come before the handler and end the process.
+#[tokio::test]
+async fn under_systemd_hookgate_says_ready_once_it_listens() {
+    let unit = repo_file("config/hookgate.service");
+    assert!(unit.lines().any(|l| l == "Type=notify"), "{unit}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let upstream = crate::support::Upstream::start().await;
+    let gw = crate::support::GatewayProcess::spawn_notifying(
+        crate::support::config().route("*", &upstream),
+        &path,
+    )
+    .await;
+    let mut message = [0u8; 64];
+    let n = socket.recv(&mut message).expect("READY=1 within 10 s");
+    assert_eq!(&message[..n], b"READY=1");
+    drop(gw);
+}

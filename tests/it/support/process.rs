@@ -51,6 +51,16 @@ impl GatewayProcess {
         GatewayProcess::spawn_command(command, config, filter).await
     }
 
+    /// `spawn` with `NOTIFY_SOCKET` set, as systemd starts a `Type=notify` service.
+    pub async fn spawn_notifying(
+        config: impl fmt::Display,
+        socket: &std::path::Path,
+    ) -> GatewayProcess {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"));
+        command.env("NOTIFY_SOCKET", socket);
+        GatewayProcess::spawn_command(command, config, "info").await
+    }
+
     /// `spawn` allowed to run on CPU 0 only (`taskset`), as in a container given one CPU.
     pub async fn spawn_on_one_cpu(config: impl fmt::Display) -> GatewayProcess {
         let mut command = std::process::Command::new("taskset");
