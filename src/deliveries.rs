@@ -248,14 +248,8 @@ impl Client {
                     cli_client::TIMEOUT.as_secs()
                 ))
             })?
-            .map_err(|e| {
-                let detail =
-                    std::error::Error::source(&e).map_or(e.to_string(), ToString::to_string);
-                match cli_client::hint(&e, &self.base, &self.trust) {
-                    Some(hint) => unreachable(format!("{detail}\nhint: {hint}")),
-                    None => unreachable(detail),
-                }
-            })?;
+            // The whole chain: its first cause alone said "tcp connect error", not why.
+            .map_err(|e| unreachable(cli_client::explain(&e, &self.base, &self.trust)))?;
         let status = response.status();
         let body = response
             .into_body()

@@ -248,6 +248,19 @@ async fn check_names_every_unset_environment_variable_at_once() {
     );
 }
 
+/// An admin listener that is not there: the error says why (its first cause alone read
+/// "tcp connect error").
+#[tokio::test]
+async fn deliveries_against_a_closed_port_says_the_connection_was_refused() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (ok, _, stderr) =
+        hookgate_cli(&["deliveries", "--admin", &admin, "--token", "t", "list"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+}
+
 /// The admin listener behind a TLS-terminating proxy: here the TLS webhook listener
 /// stands in for the proxy (it answers /deliveries 404, which is enough to show trust).
 #[tokio::test]
