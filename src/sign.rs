@@ -38,17 +38,28 @@ pub fn build_with(
     input: &SignInput<'_>,
     now: SystemTime,
 ) -> Result<SignedRequest, SignError> {
+    // Embedded as given, once checked: re-serialised, a number past 2^53 lost digits and
+    // keys were reordered, so the body was not the one asked for.
     let data = match input.data {
-        Some(text) => {
-            let value: serde_json::Value = serde_json::from_str(text).map_err(SignError::Data)?;
-            value.to_string()
-        }
+        Some(text) => serde_json::from_str::<&serde_json::value::RawValue>(text)
+            .map_err(SignError::Data)?
+            .get()
+            .to_owned(),
         None => "{}".to_owned(),
     };
     if let Some(id) = input.id
         && (id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()))
     {
         return Err(SignError::Id);
+    }
+    if input.event_type.is_empty()
+        || input.event_type.len() > crate::event::MAX_EVENT_TYPE_LEN
+        || input.event_type.chars().any(char::is_control)
+    {
+        return Err(SignError::Type);
+    }
+    if input.timestamp.is_some_and(|t| t < 0) {
+        return Err(SignError::Timestamp);
     }
     let message = SignMessage {
         secret: input.secret,
@@ -238,6 +249,30 @@ mod tests {
             build(&spaced, SystemTime::now()),
             Err(SignError::Id)
         ));
+        // What the gateway refuses is refused here too, naming the flag.
+        for event_type in ["", "push\nX-Evil: 1", &"a".repeat(257)] {
+            let mut bad = input(None);
+            bad.event_type = event_type;
+            assert!(matches!(
+                build(&bad, SystemTime::now()),
+                Err(SignError::Type)
+            ));
+        }
+        let mut negative = input(None);
+        negative.timestamp = Some(-5);
+        assert!(matches!(
+            build(&negative, SystemTime::now()),
+            Err(SignError::Timestamp)
+        ));
+    }
+
+    /// The data is embedded as given: parsed and written again, a number past 2^53 lost
+    /// its digits and the keys were reordered.
+    #[test]
+    fn the_data_is_the_json_given() {
+        let data = r#"{"amount":123456789012345678901234567890,"z":1,"a":2}"#;
+        let req = build(&input(Some(data)), SystemTime::now()).unwrap();
+        assert!(req.body.contains(data), "{}", req.body);
     }
 
     #[test]

@@ -30,6 +30,15 @@ pub enum SignError {
     Data(serde_json::Error),
     #[error("--id must be printable ASCII without spaces")]
     Id,
+    /// The gateway refuses such an event type (`event::checked_event_type`); one with a
+    /// line break also broke the printed request's header lines.
+    #[error(
+        "--type must be 1 to {} bytes, without control characters",
+        crate::event::MAX_EVENT_TYPE_LEN
+    )]
+    Type,
+    #[error("--timestamp must be Unix seconds, 0 or more")]
+    Timestamp,
     /// The scheme cannot sign this message (a timestamp it has no header for, ...).
     #[error("{0}")]
     Scheme(String),
@@ -39,7 +48,7 @@ pub enum SignError {
 pub struct SignMessage<'a> {
     pub secret: &'a str,
     pub event_type: &'a str,
-    /// The payload's data as compact JSON (`{}` when none was given).
+    /// The payload's data, JSON as given (`{}` when none was given).
     pub data: &'a str,
     /// The delivery (or event) id; the scheme makes one up when `None`.
     pub id: Option<&'a str>,
