@@ -141,11 +141,6 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<Exi
         Command::Verify(args) => verify_command(args),
         Command::DevCert { out, cert, key } => {
             let (cert, key) = match (cert, key) {
-                (Some(cert), Some(key)) if cert == key => {
-                    anyhow::bail!(
-                        "--cert and --key name the same file: the key would overwrite the certificate"
-                    )
-                }
                 (Some(cert), Some(key)) => hookgate::tls::write_dev_cert_files(&cert, &key)
                     .with_context(|| format!("writing {} and {}", cert.display(), key.display()))?,
                 (None, None) => hookgate::tls::write_dev_cert(&out)

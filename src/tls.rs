@@ -231,12 +231,30 @@ pub fn write_dev_cert(dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
 
 /// Writes a dev certificate to `cert` and its key (mode 0600) to `key`, creating their
 /// directories.
+/// Refuses, before writing anything, two names of one file (`x.pem` and `./x.pem`: the
+/// key overwrote the certificate) and a directory (the certificate was written, then the
+/// key failed, leaving the old key beside a new certificate).
 pub fn write_dev_cert_files(cert: &Path, key: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
     let dev = generate_dev_cert().map_err(std::io::Error::other)?;
+    let mut resolved = Vec::new();
     for file in [cert, key] {
-        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir {
             std::fs::create_dir_all(dir)?;
         }
+        if file.is_dir() {
+            return Err(std::io::Error::other(format!(
+                "{} is a directory",
+                file.display()
+            )));
+        }
+        let dir = std::fs::canonicalize(dir.unwrap_or(Path::new(".")))?;
+        resolved.push(dir.join(file.file_name().unwrap_or_default()));
+    }
+    if resolved[0] == resolved[1] {
+        return Err(std::io::Error::other(
+            "--cert and --key name the same file: the key would overwrite the certificate",
+        ));
     }
     std::fs::write(cert, dev.cert_pem)?;
     write_private(key, dev.key_pem.as_bytes())?;
@@ -463,6 +481,13 @@ mod tests {
         );
         assert!(expires_at > SystemTime::now());
         assert!(client_config_trusting(&std::fs::read(&cert).unwrap()).is_ok());
+        // One file under two names, or a directory: refused, nothing written.
+        let same = dir.path().join("x.pem");
+        let also = dir.path().join(".").join("x.pem");
+        assert!(write_dev_cert_files(&same, &also).is_err());
+        assert!(!same.exists());
+        assert!(write_dev_cert_files(&dir.path().join("y.pem"), dir.path()).is_err());
+        assert!(!dir.path().join("y.pem").exists());
         // The key given for the certificate trusts nothing: refused, saying so.
         let refused = client_config_trusting(&std::fs::read(&key).unwrap()).unwrap_err();
         assert!(refused.contains("no certificate in it"), "{refused}");
