@@ -200,7 +200,13 @@ pub fn diagnose(
     }
     let verdict = source.verifier.verify(&capture.headers, &capture.body, now);
     let mut hints = explanation.hints.clone();
-    let refused_first = crate::pipeline::check_headers(&capture.headers, source).err();
+    // A body over `limits.max_body_bytes` is refused before it is read, as the gateway
+    // does (413): `verify` said VERIFIED for it.
+    let refused_first = if capture.body.len() > settings.limits.max_body_bytes {
+        Some(Reject::TooLarge)
+    } else {
+        crate::pipeline::check_headers(&capture.headers, source).err()
+    };
     // The gateway refuses these before it reads the body, whatever the signature.
     let verified = if let Some(reject) = &refused_first {
         line(format!(
@@ -626,6 +632,24 @@ upstream = "http://127.0.0.1:9/"
             );
         }
         assert!(report(&stripe_capture(body, body)).verified);
+
+        // A body over limits.max_body_bytes: 413 at the gateway, whatever its signature.
+        let big = format!(r#"{{"id":"evt_1","type":"a.b","pad":"{}"}}"#, "x".repeat(200));
+        let settings = crate::config::parse(
+            &format!("[limits]\nmax_body_bytes = 100\n{CONFIG}"),
+            "t.toml",
+        )
+        .unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let report = diagnose(&settings, None, &stripe_capture(&big, &big), at).unwrap();
+        assert!(!report.verified, "{}", report.text);
+        assert!(
+            report.text.contains(
+                "verdict: REFUSED before the signature is checked: 413 {\"error\":\"body_too_large\"}"
+            ),
+            "{}",
+            report.text
+        );
     }
 
     #[test]
