@@ -634,7 +634,10 @@ upstream = "http://127.0.0.1:9/"
         assert!(report(&stripe_capture(body, body)).verified);
 
         // A body over limits.max_body_bytes: 413 at the gateway, whatever its signature.
-        let big = format!(r#"{{"id":"evt_1","type":"a.b","pad":"{}"}}"#, "x".repeat(200));
+        let big = format!(
+            r#"{{"id":"evt_1","type":"a.b","pad":"{}"}}"#,
+            "x".repeat(200)
+        );
         let settings = crate::config::parse(
             &format!("[limits]\nmax_body_bytes = 100\n{CONFIG}"),
             "t.toml",

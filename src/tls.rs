@@ -105,8 +105,39 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
         roots
             .add(cert.clone())
             .map_err(|e| format!("{shown:?}: not a usable CA certificate: {e}"))?;
+        can_issue(cert).map_err(|e| format!("{shown:?}: {e}"))?;
     }
     Ok(certs)
+}
+
+/// Whether a certificate can stand at the top of a chain: a CA, or one it issued itself
+/// (a pinned self-signed certificate). A leaf a CA issued verifies nothing: given by
+/// mistake for its CA, it was accepted and every handshake then failed.
+fn can_issue(cert: &CertificateDer<'_>) -> Result<(), String> {
+    use x509_cert::der::Decode;
+    use x509_cert::ext::pkix::BasicConstraints;
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref())
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let tbs = &parsed.tbs_certificate;
+    if tbs.subject == tbs.issuer {
+        return Ok(());
+    }
+    let is_ca = tbs
+        .extensions
+        .iter()
+        .flatten()
+        .filter(|ext| ext.extn_id == <BasicConstraints as x509_cert::der::oid::AssociatedOid>::OID)
+        .filter_map(|ext| BasicConstraints::from_der(ext.extn_value.as_bytes()).ok())
+        .any(|constraints| constraints.ca);
+    if is_ca {
+        Ok(())
+    } else {
+        Err(format!(
+            "certificate {} is not a CA (it was issued by {}): put the certificate of the CA \
+             that issued it here",
+            tbs.subject, tbs.issuer
+        ))
+    }
 }
 
 /// When a certificate (DER) is valid: from, until.

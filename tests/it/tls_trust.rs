@@ -229,3 +229,30 @@ fn store_ca_file_with_a_plain_redis_url_is_refused() {
         "{e}"
     );
 }
+
+/// A certificate the CA issued, given as `client_ca` by mistake for the CA itself: it
+/// verifies no client, and was accepted, after which every handshake failed. Refused,
+/// naming the CA to put there instead; a pinned self-signed certificate stays allowed.
+#[test]
+fn a_client_ca_holding_a_certificate_the_ca_issued_is_refused() {
+    let (cert, ca) = (DevCert::generate(), TestCa::generate("senders"));
+    let (leaf, _key) = ca.issue_server_files("leaf.example");
+    let text = |client_ca: &std::path::Path| {
+        config()
+            .tls(&cert)
+            .set(
+                "server.tls",
+                "client_ca",
+                &format!("{:?}", client_ca.display().to_string()),
+            )
+            .route("*", NOWHERE)
+            .to_string()
+    };
+
+    let refused = hookgate::config::parse(&text(&leaf), "test.toml").unwrap_err();
+    let refused = refused.to_string();
+    assert!(refused.contains("is not a CA"), "{refused}");
+    assert!(refused.contains("CN=senders"), "{refused}");
+    hookgate::config::parse(&text(&ca.ca_file), "test.toml").expect("the CA itself");
+    hookgate::config::parse(&text(&cert.cert), "test.toml").expect("a self-signed pin");
+}
