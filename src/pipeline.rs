@@ -534,6 +534,8 @@ fn copies_of(
 ) -> Vec<NewDelivery> {
     let received_at = now_millis();
     let trace_context = span.traceparent();
+    let mut headers = headers.clone();
+    span.forget_sender_context(&mut headers);
     route
         .upstreams()
         .iter()

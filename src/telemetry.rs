@@ -185,7 +185,18 @@ impl Telemetry {
         let sender = incoming.span().span_context().clone();
         let (parent, links) = match (sender.is_valid(), on.trust_incoming_traceparent) {
             (true, true) => (incoming, Vec::new()),
-            (true, false) => (Context::new(), vec![Link::with_context(sender)]),
+            // The link names the sender's span and keeps its sampled flag, not its
+            // `tracestate`: up to 32 members of sender-chosen text in every span.
+            (true, false) => {
+                let linked = SpanContext::new(
+                    sender.trace_id(),
+                    sender.span_id(),
+                    sender.trace_flags(),
+                    true,
+                    TraceState::NONE,
+                );
+                (Context::new(), vec![Link::with_context(linked)])
+            }
             (false, _) => (Context::new(), Vec::new()),
         };
         let mut span = on
@@ -227,10 +238,15 @@ impl Telemetry {
     /// Exports what is queued (at shutdown), waiting at most the export timeout.
     pub async fn flush(&self) {
         let Some(on) = &self.on else { return };
-        let (done, exported) = oneshot::channel();
-        if on.flush.send(done).await.is_ok() {
-            let _ = tokio::time::timeout(on.export_timeout * 2, exported).await;
-        }
+        // Bounded as a whole: the export task may still be sending a batch to a slow
+        // collector, and waiting for that and then the final export took twice as long.
+        let flushed = async {
+            let (done, exported) = oneshot::channel();
+            if on.flush.send(done).await.is_ok() {
+                let _ = exported.await;
+            }
+        };
+        let _ = tokio::time::timeout(on.export_timeout, flushed).await;
     }
 }
 
@@ -353,6 +369,17 @@ impl Span {
     pub fn end(&self) {
         if let Some(cx) = self.recorded() {
             cx.span().end();
+        }
+    }
+
+    /// With tracing on, removes the sender's `traceparent` and `tracestate` from headers
+    /// a queued delivery keeps: its trace is the record's `trace_context`, and each
+    /// attempt sets its own. Kept, an instance delivering it with tracing off forwarded
+    /// the sender's untrusted context, and the record held the sender's `tracestate`.
+    pub fn forget_sender_context(&self, headers: &mut HeaderMap) {
+        if self.on.is_some() {
+            headers.remove(TRACEPARENT);
+            headers.remove(TRACESTATE);
         }
     }
 

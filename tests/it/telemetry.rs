@@ -94,7 +94,8 @@ async fn a_senders_traceparent_is_linked_from_a_new_trace_by_default() {
         collector.endpoint(),
     ))
     .await;
-    let event = with_traceparent(signed_event("response.completed"), SENDER_TRACEPARENT);
+    let event = with_traceparent(signed_event("response.completed"), SENDER_TRACEPARENT)
+        .with_header("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
 
     assert_eq!(gw.post(PATH, &event).await.status(), 200);
     let spans = collector.wait_for("hookgate.request", 1).await;
@@ -106,6 +107,8 @@ async fn a_senders_traceparent_is_linked_from_a_new_trace_by_default() {
         request.links,
         [(SENDER_TRACE_ID.to_owned(), SENDER_SPAN_ID.to_owned())]
     );
+    // The link names the sender's span, not its tracestate (sender-chosen text).
+    assert_eq!(request.link_states, [""]);
     let call = one(&spans, "hookgate.upstream");
     assert_eq!(upstream.only().header("traceparent"), call.traceparent());
 }
@@ -656,4 +659,36 @@ async fn a_claim_the_store_failed_and_let_through_is_an_error_span() {
     let claim = one(&spans, "hookgate.dedupe.claim");
     assert_eq!(claim.status_code, 2, "the store failed: {claim:#?}");
     assert_eq!(upstream.received().len(), 1);
+}
+
+/// With tracing on, a queued delivery keeps neither the sender's `traceparent` nor its
+/// `tracestate` among its headers: its trace is the record's `trace_context`. Kept, the
+/// record held the sender's tracestate, and an instance delivering with tracing off
+/// forwarded the sender's untrusted context.
+#[tokio::test]
+async fn a_queued_delivery_keeps_no_trace_context_of_the_senders() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::with(Answer::status(400)).await;
+    let config = config().queued().route("*", &upstream);
+    let gw = Gateway::start(telemetry(config, collector.endpoint())).await;
+    let deliveries = Deliveries::of(&gw);
+    let event = with_traceparent(signed_event("response.completed"), SENDER_TRACEPARENT)
+        .with_header("tracestate", "vendor=SENDERSTATE");
+
+    let id = enqueue(&gw.client(), &event).await;
+    deliveries.wait_for_state(&id, "failed_final").await;
+    let record = deliveries
+        .request(http::Method::GET, &format!("/deliveries/{id}?body=true"))
+        .await
+        .json();
+
+    let names: Vec<&str> = record["headers"]
+        .as_array()
+        .expect("the header values of a dead letter")
+        .iter()
+        .map(|pair| pair[0].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"webhook-id"), "{record:#}");
+    assert!(!names.contains(&"traceparent"), "{record:#}");
+    assert!(!names.contains(&"tracestate"), "{record:#}");
 }

@@ -32,6 +32,8 @@ pub struct CollectedSpan {
     pub attributes: HashMap<String, String>,
     /// `(trace id, span id)` of each link.
     pub links: Vec<(String, String)>,
+    /// The `trace_state` of each link.
+    pub link_states: Vec<String>,
     /// 2 = error.
     pub status_code: i32,
     pub status_message: String,
@@ -185,6 +187,7 @@ fn decode(body: &[u8]) -> Option<Vec<CollectedSpan>> {
                         .iter()
                         .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
                         .collect(),
+                    link_states: span.links.iter().map(|l| l.trace_state.clone()).collect(),
                     status_code: span.status.as_ref().map(|s| s.code).unwrap_or_default(),
                     status_message: span.status.map(|s| s.message).unwrap_or_default(),
                     start_unix_nano: span.start_time_unix_nano,
