@@ -91,12 +91,28 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// What is wrong with a PEM file, in words (the library's errors read "no items
+/// found", or list a marker's bytes as numbers), without quoting what it holds.
+fn pem_error(e: rustls::pki_types::pem::Error, wanted: &str) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::NoItemsFound => format!("no {wanted} in it (PEM, `-----BEGIN ...-----`)"),
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a PEM block is not closed: no `-----END {}-----` line (a truncated file?)",
+            String::from_utf8_lossy(&end_marker)
+        ),
+        Error::IllegalSectionStart { .. } => "a PEM block's BEGIN line is malformed".to_owned(),
+        Error::Base64Decode(_) => "a PEM block is not valid base64".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 /// Reads PEM CA certificates (one or more); errors start with the quoted path.
 pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let shown = path.display().to_string();
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{shown:?}: {e}"))?;
+        .map_err(|e| format!("{shown:?}: {}", pem_error(e, "certificate")))?;
     if certs.is_empty() {
         return Err(format!("{shown:?}: no PEM certificate in the file"));
     }
@@ -164,7 +180,7 @@ pub fn config_from_files(
     let shown = cert.display().to_string();
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("server.tls.cert {shown:?}: {e}"))?;
+        .map_err(|e| format!("server.tls.cert {shown:?}: {}", pem_error(e, "certificate")))?;
     let Some(leaf) = chain.first() else {
         return Err(format!(
             "server.tls.cert {shown:?}: no PEM certificate in the file"
@@ -184,12 +200,35 @@ pub fn config_from_files(
             humantime::format_rfc3339_seconds(from)
         ));
     }
-    let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("server.tls.key {:?}: {e}", key.display().to_string()))?;
+    let key_shown = key.display().to_string();
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        let encrypted = std::fs::read(key)
+            .is_ok_and(|text| text.windows(25).any(|w| w == b"BEGIN ENCRYPTED PRIVATE K"));
+        if encrypted {
+            format!(
+                "server.tls.key {key_shown:?}: the key is encrypted (a passphrase), which \
+                 hookgate cannot use: write it unencrypted, readable by hookgate's user \
+                 only (openssl pkey -in KEY -out PLAIN)"
+            )
+        } else {
+            format!(
+                "server.tls.key {key_shown:?}: {}",
+                pem_error(e, "private key")
+            )
+        }
+    })?;
+    let several = chain.len() > 1;
     let config = server_config(chain, private, client_ca).map_err(|e| {
+        let order = match e {
+            rustls::Error::InconsistentKeys(_) if several => {
+                " (the file must start with the server's own certificate, then the CAs \
+                 that issued it)"
+            }
+            _ => "",
+        };
         format!(
-            "server.tls: certificate {shown:?} and key {:?} do not form a usable pair: {e}",
-            key.display().to_string()
+            "server.tls: certificate {shown:?} and key {key_shown:?} do not form a usable \
+             pair: {e}{order}"
         )
     })?;
     Ok((config, until))
@@ -523,6 +562,59 @@ mod tests {
         let refused = client_config_trusting(&std::fs::read(&key).unwrap()).unwrap_err();
         assert!(refused.contains("no certificate in it"), "{refused}");
         assert!(client_config_trusting(b"").is_err());
+    }
+
+    /// The usual mistakes with key and certificate files say what they are: an
+    /// encrypted key, a file with no key, a truncated PEM block, and a chain whose
+    /// server certificate is not first (the errors read "no items found", a marker's
+    /// bytes as numbers, or "KeyMismatch").
+    #[test]
+    fn key_and_certificate_file_mistakes_say_what_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = write_dev_cert(dir.path()).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let encrypted = write(
+            "enc.pem",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        );
+        let e = config_from_files(&cert, &encrypted, None).unwrap_err();
+        assert!(e.contains("the key is encrypted"), "{e}");
+        let e = config_from_files(&cert, &write("empty.pem", ""), None).unwrap_err();
+        assert!(e.contains("no private key in it"), "{e}");
+        let key_text = std::fs::read_to_string(&key).unwrap();
+        let cut = &key_text[..key_text.find("-----END").unwrap()];
+        let e = config_from_files(&cert, &write("cut.pem", cut), None).unwrap_err();
+        assert!(
+            e.contains("is not closed: no `-----END PRIVATE KEY-----`"),
+            "{e}"
+        );
+
+        let ca = TestPair::new();
+        let cert_text = std::fs::read_to_string(&cert).unwrap();
+        let reversed = write("reversed.pem", &format!("{}{cert_text}", ca.cert_pem));
+        let e = config_from_files(&reversed, &key, None).unwrap_err();
+        assert!(
+            e.contains("must start with the server's own certificate"),
+            "{e}"
+        );
+    }
+
+    struct TestPair {
+        cert_pem: String,
+    }
+
+    impl TestPair {
+        fn new() -> TestPair {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(vec!["ca.example".to_owned()]).unwrap();
+            TestPair {
+                cert_pem: params.self_signed(&key).unwrap().pem(),
+            }
+        }
     }
 
     /// A certificate outside its validity is refused, naming the file and the date: a

@@ -725,9 +725,15 @@ fn tls_settings(file: &file::Tls) -> Result<TlsSettings, Invalid> {
             ));
         }
         (false, Some(cert), Some(key)) => (
-            // Its errors name server.tls.cert, server.tls.key or both.
-            tls::config_from_files(cert, key, client_ca)
-                .map_err(|e| Invalid::at("server.tls", e))?,
+            // Its errors name server.tls.cert, server.tls.key or both: the line shown is
+            // that key's when one is named.
+            tls::config_from_files(cert, key, client_ca).map_err(|e| {
+                let key = ["server.tls.cert", "server.tls.key"]
+                    .into_iter()
+                    .find(|k| e.starts_with(&format!("{k} ")))
+                    .unwrap_or("server.tls");
+                Invalid::at(key, e)
+            })?,
             format!("{} (key {})", cert.display(), key.display()),
         ),
         (false, None, _) => {
