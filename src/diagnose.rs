@@ -71,7 +71,19 @@ pub fn parse_request(raw: &[u8]) -> Result<Capture, String> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
     {
+        let lf = without_cr_before_lf(&capture.body);
         match capture.body.len() {
+            // The whole file turned to CRLF (saved on Windows, git's autocrlf): the body
+            // is Content-Length long with its LF line endings back. Cut at Content-Length
+            // instead, it was checked truncated and the hint blamed pretty-printing.
+            n if n > length && lf.len() == length && lf.len() < n => {
+                capture.notes.push(format!(
+                    "the file's line endings are CRLF, but Content-Length counts the body \
+                     with LF ones ({length} bytes): read with LF (a capture saved on Windows, \
+                     or by git with autocrlf?)"
+                ));
+                capture.body = lf;
+            }
             n if n > length => {
                 capture.notes.push(format!(
                     "the file holds {} byte(s) after the {length} of Content-Length; ignored",
@@ -86,6 +98,17 @@ pub fn parse_request(raw: &[u8]) -> Result<Capture, String> {
         }
     }
     Ok(capture)
+}
+
+/// `body` with each CRLF turned into LF, byte for byte.
+fn without_cr_before_lf(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    for (i, &b) in body.iter().enumerate() {
+        if !(b == b'\r' && body.get(i + 1) == Some(&b'\n')) {
+            out.push(b);
+        }
+    }
+    out
 }
 
 /// Headers from their own file (`Name: value` per line; a request line first is read
@@ -653,6 +676,35 @@ upstream = "http://127.0.0.1:9/"
             "{}",
             report.text
         );
+    }
+
+    /// A capture whose whole file was turned to CRLF (Content-Length counting the body
+    /// with LF): read with LF, it verifies. Cut at Content-Length it was called
+    /// truncated, and the hint blamed pretty-printing.
+    #[test]
+    fn a_capture_turned_to_crlf_is_read_with_lf_when_content_length_says_so() {
+        let body = "{\n  \"id\": \"evt_1\",\n  \"type\": \"a.b\"\n}";
+        let signature =
+            crate::verify::stripe::sign("whsec_diagnose", 1_700_000_000, body.as_bytes());
+        let raw = format!(
+            "POST /stripe HTTP/1.1\nstripe-signature: {signature}\ncontent-length: {}\n\n{body}",
+            body.len()
+        )
+        .replace('\n', "\r\n");
+
+        let capture = parse_request(raw.as_bytes()).unwrap();
+
+        assert_eq!(capture.body, body.as_bytes());
+        assert!(
+            capture
+                .notes
+                .iter()
+                .any(|n| n.contains("line endings are CRLF")),
+            "{:?}",
+            capture.notes
+        );
+        let report = report(&capture);
+        assert!(report.verified, "{}", report.text);
     }
 
     #[test]
