@@ -429,9 +429,11 @@ impl Link {
     }
 
     /// `request` on the current connection within `deadline`, asked again while Redis
-    /// refuses connections (a refused call never ran; a Redis restarting within the
-    /// deadline still answers it, and one that stays down fails as refused, not as a
-    /// timeout), the connection replaced after a timeout (see above).
+    /// refuses connections, for half the deadline (a refused call never ran; a Redis
+    /// restarting meanwhile still answers it, and one that stays down fails as refused,
+    /// not as a timeout, early enough that a caller asking once more, as a settle does,
+    /// still ends within about the deadline), the connection replaced after a timeout
+    /// (see above).
     async fn send<T, F>(
         &self,
         deadline: Duration,
@@ -441,19 +443,21 @@ impl Link {
         F: Future<Output = redis::RedisResult<T>>,
     {
         let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(50);
+        // The first refusal may be the one redis-rs kept from before Redis came back: the
+        // call is asked again at once, then at pauses doubling from 50 to 500 ms.
+        let mut pause = Duration::ZERO;
         loop {
             let (generation, connection) = self.current();
             let left = deadline.saturating_sub(started.elapsed());
             let result = within(left, request(connection)).await;
             match &result {
                 Err(e) if e.is_connection_refusal() => {
-                    let left = deadline.saturating_sub(started.elapsed());
-                    if left <= pause {
+                    if started.elapsed() + pause >= deadline / 2 {
                         return result;
                     }
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
+                    pause =
+                        (pause * 2).clamp(Duration::from_millis(50), Duration::from_millis(500));
                 }
                 Err(e) if e.is_timeout() => {
                     self.replace(generation);
