@@ -254,5 +254,11 @@ fn a_client_ca_holding_a_certificate_the_ca_issued_is_refused() {
     assert!(refused.contains("is not a CA"), "{refused}");
     assert!(refused.contains("CN=senders"), "{refused}");
     hookgate::config::parse(&text(&ca.ca_file), "test.toml").expect("the CA itself");
+    // A full chain, the leaf then its CA, works: the CA verifies.
+    let chain = leaf.with_file_name("chain.pem");
+    let mut text_of_chain = std::fs::read(&leaf).unwrap();
+    text_of_chain.extend(std::fs::read(&ca.ca_file).unwrap());
+    std::fs::write(&chain, text_of_chain).unwrap();
+    hookgate::config::parse(&text(&chain), "test.toml").expect("a full chain");
     hookgate::config::parse(&text(&cert.cert), "test.toml").expect("a self-signed pin");
 }
