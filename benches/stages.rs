@@ -165,10 +165,19 @@ fn route_match(bencher: divan::Bencher, event_type: &str) {
     });
 }
 
-/// A route with two conditions, reached by the event type: the body is checked to be
-/// JSON once and each condition walks to its value.
-#[divan::bench(args = [1024, 1048576])]
-fn route_conditions(bencher: divan::Bencher, size: usize) {
+/// Routes with conditions, reached by the event type: the body is checked to be JSON
+/// once and each pointer walked to its value once. `tenants` routes with one condition on
+/// the same pointer, none matching (the last route takes the event), then one with two.
+#[divan::bench(args = [(1, 1024), (1, 1048576), (20, 1024), (20, 1048576)])]
+fn route_conditions(bencher: divan::Bencher, (tenants, size): (usize, usize)) {
+    let mut routes = String::new();
+    for t in 0..tenants {
+        routes.push_str(&format!(
+            "[[sources.routes]]\nevents = [\"response.completed\"]\n\
+             match = [{{ pointer = \"/data/id\", equals = \"tenant_{t}\" }}]\n\
+             upstream = \"http://127.0.0.1:9001/t{t}\"\n"
+        ));
+    }
     let source = hookgate::config::parse(
         &format!(
             r#"
@@ -177,6 +186,7 @@ name = "openai"
 path = "/webhooks/openai"
 scheme = "standard-webhooks"
 secrets = ["{SECRET}"]
+{routes}
 [[sources.routes]]
 events = ["response.completed"]
 match = [{{ pointer = "/data/id", equals = "resp_1" }}, {{ pointer = "/data/pad", prefix = "x" }}]

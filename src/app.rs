@@ -179,13 +179,14 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     }
 
     let (stop, stopped) = watch::channel(false);
+    // Left of the drain for the settles: the store's deadline and a second (a settle
+    // asked once more after a quick failure), at most a quarter of the drain.
+    let settle = (settings.store.deadline() + std::time::Duration::from_secs(1)).min(grace / 4);
     tokio::spawn({
         let forward = forward.clone();
         let mut stopped = stopped.clone();
         async move {
             if stopped.wait_for(|stop| *stop).await.is_ok() {
-                // A quarter of the drain, at most 2 s, is left for the settles.
-                let settle = (grace / 4).min(std::time::Duration::from_secs(2));
                 forward.drain_ends_at(tokio::time::Instant::now() + grace - settle);
             }
         }

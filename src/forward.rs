@@ -259,6 +259,14 @@ impl Forwarder {
         self.drain_end.send_replace(Some(at));
     }
 
+    /// Whether a shutdown's drain has ended: a forward it cut short says nothing of its
+    /// upstream (no failure for the breaker).
+    pub fn drained(&self) -> bool {
+        self.drain_end
+            .borrow()
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+    }
+
     /// Resolves once `deadline` passes or, `within_drain`, once a shutdown's drain ends
     /// (also one that begins while the forward runs). A proxied forward that ran past
     /// the drain (started late, its body slow to come; or `shutdown_timeout` below

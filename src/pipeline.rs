@@ -389,7 +389,13 @@ impl Gateway {
                         .await;
                     call.upstream(&outcome);
                     call.end();
-                    pass.record(&outcome, tokio::time::Instant::now());
+                    // A forward the shutdown's drain cut short says nothing of its
+                    // upstream.
+                    if !(matches!(outcome, crate::upstream::UpstreamOutcome::Timeout)
+                        && self.forward.drained())
+                    {
+                        pass.record(&outcome, tokio::time::Instant::now());
+                    }
                     let delivered = outcome.is_delivered();
                     (reject::answer(route.label(), outcome), delivered)
                 }

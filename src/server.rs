@@ -392,8 +392,21 @@ where
         None => {
             let mut activity = state;
             let idle = async {
-                let _ = activity.wait_for(|a| a.in_progress == 0).await;
-                tokio::time::sleep(CLOSE_GRACE).await;
+                loop {
+                    if activity.wait_for(|a| a.in_progress == 0).await.is_err() {
+                        return;
+                    }
+                    // A request begun meanwhile (an HTTP/2 stream opened before its
+                    // client read the GOAWAY) starts the wait again once it ends.
+                    tokio::select! {
+                        () = tokio::time::sleep(CLOSE_GRACE) => return,
+                        begun = activity.wait_for(|a| a.in_progress > 0) => {
+                            if begun.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
             };
             tokio::select! {
                 _ = conn => {}

@@ -382,11 +382,7 @@ const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 /// that long lets another instance take over a delivery still being attempted (sent
 /// twice).
 fn renewal_warning(store: &StoreSettings, visibility: Duration) -> Option<String> {
-    let deadline = match &store.backend {
-        StoreBackend::Redis(redis) => redis.connect_timeout + redis.timeout,
-        StoreBackend::Postgres(pg) => pg.connect_timeout + pg.timeout,
-        StoreBackend::Memory => return None,
-    };
+    let deadline = store.deadline();
     (deadline * 3 > visibility * 2).then(|| {
         format!(
             "queue.visibility_timeout ({}) is less than 1.5 times store.connect_timeout + \

@@ -101,6 +101,18 @@ pub struct StoreSettings {
     pub on_error: OnError,
 }
 
+impl StoreSettings {
+    /// The longest one store operation may take: `connect_timeout + timeout` (nothing
+    /// in memory).
+    pub fn deadline(&self) -> Duration {
+        match &self.backend {
+            StoreBackend::Redis(redis) => redis.connect_timeout + redis.timeout,
+            StoreBackend::Postgres(pg) => pg.connect_timeout + pg.timeout,
+            StoreBackend::Memory => Duration::ZERO,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum StoreBackend {
     Memory,

@@ -6,15 +6,15 @@
 //! a body that is not JSON (or not UTF-8) makes every condition false, `exists = false`
 //! included, so a route with conditions never takes a payload it cannot read.
 //!
-//! JSON here is what the event type stage reads (`event`): each condition walks to its
-//! value skipping everything else unread, so a body that stage took is never "not JSON"
+//! JSON here is what the event type stage reads (`event`): each pointer is walked to its
+//! value once per request, skipping everything else unread, so a body that stage took is never "not JSON"
 //! here because of what lies elsewhere in it (a string cut inside a surrogate pair, a
 //! number beyond `f64`, nesting past serde_json's 128 levels). Read as one
 //! `serde_json::Value`, such a body failed every condition: a tenant's event fell
 //! through to the catch-all route. A value of that kind at the pointer itself exists and
 //! equals nothing. Where a key repeats, the last one counts, as in `serde_json::Value`.
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -56,16 +56,15 @@ impl Condition {
 
     /// Whether the condition holds for `payload`; false whenever the body is not JSON.
     pub fn holds(&self, payload: &Payload<'_>) -> bool {
-        let Some(document) = payload.document() else {
+        let Some(found) = payload.at(&self.pointer) else {
             return false;
         };
-        let found = value_at(document, &self.pointer);
         let value = match (&self.test, found) {
             (Test::Exists(wanted), found) => return found.is_some() == *wanted,
             (_, None) => return false,
             // Present, and equal to nothing a config can name.
-            (_, Some(Err(Unreadable))) => return false,
-            (_, Some(Ok(value))) => value,
+            (_, Some(Found::Other)) => return false,
+            (_, Some(Found::Scalar(value))) => value,
         };
         match &self.test {
             Test::Equals(expected) => same_scalar(expected, &value),
@@ -78,17 +77,26 @@ impl Condition {
     }
 }
 
-/// A value at a pointer that serde_json does not read as a `Value`.
-struct Unreadable;
+/// What a pointer names: a scalar, or something no scalar equals (an object, an array,
+/// or a value serde_json does not read as a `Value`).
+#[derive(Debug, Clone)]
+enum Found {
+    Scalar(Value),
+    Other,
+}
 
 /// The value `pointer` names in `document` (valid JSON), as RFC 6901 reads it (array
 /// indexes decimal without leading zeros), walking only the containers on its path.
-fn value_at(document: &RawValue, pointer: &JsonPointer) -> Option<Result<Value, Unreadable>> {
+fn value_at(document: &RawValue, pointer: &JsonPointer) -> Option<Found> {
     let mut here = document;
     for token in pointer.tokens() {
         here = member(here.get(), token)?;
     }
-    Some(serde_json::from_str(here.get()).map_err(|_| Unreadable))
+    let text = here.get();
+    Some(match serde_json::from_str(text) {
+        Ok(value) if !text.starts_with(['{', '[']) => Found::Scalar(value),
+        _ => Found::Other,
+    })
 }
 
 /// The member or element `token` names in the JSON container `text`, unread; `None`
@@ -112,8 +120,8 @@ impl<'de> Visitor<'de> for Member<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == self.0 {
+        while let Some(is_wanted) = map.next_key_seed(IsKey(self.0))? {
+            if is_wanted {
                 found = Some(map.next_value()?);
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -198,11 +206,37 @@ impl fmt::Display for Condition {
     }
 }
 
-/// The verified body, checked to be JSON on first use: routes without conditions never
-/// pay for it.
+/// Whether an object's key is the wanted one, compared where it lies in the body (no
+/// `String` made for each key).
+struct IsKey<'k>(&'k str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for IsKey<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IsKey<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
+    }
+}
+
+/// The verified body, checked to be JSON on first use (routes without conditions never
+/// pay for it), and what each pointer found in it: the conditions of every route tried
+/// share one walk per pointer (a tenant pointer on fifty routes was fifty walks).
 pub struct Payload<'b> {
     body: &'b [u8],
     document: OnceCell<Option<&'b RawValue>>,
+    found: RefCell<Vec<(JsonPointer, Option<Found>)>>,
 }
 
 impl<'b> Payload<'b> {
@@ -210,14 +244,24 @@ impl<'b> Payload<'b> {
         Payload {
             body,
             document: OnceCell::new(),
+            found: RefCell::default(),
         }
     }
 
-    fn document(&self) -> Option<&'b RawValue> {
-        *self.document.get_or_init(|| {
+    /// What `pointer` names; `None` when the body is not JSON.
+    fn at(&self, pointer: &JsonPointer) -> Option<Option<Found>> {
+        let document = (*self.document.get_or_init(|| {
             let text = std::str::from_utf8(self.body).ok()?;
             serde_json::from_str(text).ok()
-        })
+        }))?;
+        if let Some((_, found)) = self.found.borrow().iter().find(|(p, _)| p == pointer) {
+            return Some(found.clone());
+        }
+        let found = value_at(document, pointer);
+        self.found
+            .borrow_mut()
+            .push((pointer.clone(), found.clone()));
+        Some(found)
     }
 }
 
