@@ -540,8 +540,12 @@ fn copies_of(
 ) -> Vec<NewDelivery> {
     let received_at = now_millis();
     let trace_context = span.traceparent();
-    let mut headers = headers.clone();
-    span.forget_sender_context(&mut headers);
+    // Copied only when tracing is on, to drop the sender's trace context.
+    let mut kept = std::borrow::Cow::Borrowed(headers);
+    if span.is_on() {
+        span.forget_sender_context(kept.to_mut());
+    }
+    let headers = kept.as_ref();
     route
         .upstreams()
         .iter()

@@ -52,10 +52,7 @@ pub fn build_with(
     {
         return Err(SignError::Id);
     }
-    if input.event_type.is_empty()
-        || input.event_type.len() > crate::event::MAX_EVENT_TYPE_LEN
-        || input.event_type.chars().any(char::is_control)
-    {
+    if !crate::event::is_valid_event_type(input.event_type) {
         return Err(SignError::Type);
     }
     if input.timestamp.is_some_and(|t| t < 0) {

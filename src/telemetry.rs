@@ -377,10 +377,15 @@ impl Span {
     /// attempt sets its own. Kept, an instance delivering it with tracing off forwarded
     /// the sender's untrusted context, and the record held the sender's `tracestate`.
     pub fn forget_sender_context(&self, headers: &mut HeaderMap) {
-        if self.on.is_some() {
+        if self.is_on() {
             headers.remove(TRACEPARENT);
             headers.remove(TRACESTATE);
         }
+    }
+
+    /// Whether tracing is on (the span may still be sampled out).
+    pub fn is_on(&self) -> bool {
+        self.on.is_some()
     }
 
     /// Sets `traceparent` (and `tracestate`, when there is one) to this span's, in

@@ -307,8 +307,8 @@ pub fn write_dev_cert(dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
 
 /// Writes a dev certificate to `cert` and its key (mode 0600) to `key`, creating their
 /// directories.
-/// Refuses, before writing anything, two names of one file (`x.pem` and `./x.pem`: the
-/// key overwrote the certificate) and a directory (the certificate was written, then the
+/// Refuses, before writing either file, two names of one file (`x.pem` and `./x.pem`, or
+/// a symlink to the other: the key overwrote the certificate) and a directory (the certificate was written, then the
 /// key failed, leaving the old key beside a new certificate).
 pub fn write_dev_cert_files(cert: &Path, key: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
     let dev = generate_dev_cert().map_err(std::io::Error::other)?;
@@ -324,8 +324,12 @@ pub fn write_dev_cert_files(cert: &Path, key: &Path) -> std::io::Result<(PathBuf
                 file.display()
             )));
         }
+        // An existing file as itself (a symlink to the other one included).
         let dir = std::fs::canonicalize(dir.unwrap_or(Path::new(".")))?;
-        resolved.push(dir.join(file.file_name().unwrap_or_default()));
+        resolved.push(
+            std::fs::canonicalize(file)
+                .unwrap_or_else(|_| dir.join(file.file_name().unwrap_or_default())),
+        );
     }
     if resolved[0] == resolved[1] {
         return Err(std::io::Error::other(

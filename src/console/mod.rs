@@ -372,7 +372,7 @@ impl Console {
                 secure,
             );
         }
-        let (id, _) = self.sessions.open(Some(token), Instant::now());
+        let (id, _) = self.sessions.open(token, Instant::now());
         tracing::info!("console: logged in");
         let mut reply = redirect(safe_next(form.get("next")));
         let cookies = reply.headers_mut();

@@ -95,15 +95,15 @@ impl Sessions {
         (fresh, session)
     }
 
-    /// Opens a session for whoever proved `token` (or for anyone on a loopback listener
-    /// without a token); returns the id for the cookie and the session.
-    pub fn open(&self, token: Option<&Secret>, now: Instant) -> (String, Session) {
+    /// Opens a session for whoever proved `token`; returns the id for the cookie and the
+    /// session. (Without a token a session is its cookie alone: `tokenless`.)
+    pub fn open(&self, token: &Secret, now: Instant) -> (String, Session) {
         let id = random::hex(32);
         let session = Session {
             csrf: random::hex(32),
             opened: now,
             last_seen: now,
-            token: token.map(|t| digest(t.expose().as_bytes())),
+            token: Some(digest(token.expose().as_bytes())),
         };
         let mut table = self.lock();
         if table.len() >= MAX_SESSIONS
@@ -200,7 +200,7 @@ mod tests {
         let sessions = Sessions::default();
         let t0 = Instant::now();
         let admin = token("t0ken");
-        let (id, opened) = sessions.open(Some(&admin), t0);
+        let (id, opened) = sessions.open(&admin, t0);
         assert_eq!(id.len(), 64);
         let idle = Duration::from_secs(60);
 
@@ -232,7 +232,7 @@ mod tests {
         let t0 = Instant::now();
         let admin = token("t0ken");
         let day = Duration::from_secs(86_400);
-        let (id, _) = sessions.open(Some(&admin), t0);
+        let (id, _) = sessions.open(&admin, t0);
         assert!(
             sessions
                 .find(
@@ -244,7 +244,7 @@ mod tests {
                 .is_none()
         );
 
-        let (id, _) = sessions.open(Some(&admin), t0);
+        let (id, _) = sessions.open(&admin, t0);
         assert!(
             sessions
                 .find(&id, Some(&token("rotated")), day, t0)
@@ -255,12 +255,7 @@ mod tests {
             "forgotten"
         );
 
-        let (id, _) = sessions.open(Some(&admin), t0);
-        assert!(sessions.find(&id, None, day, t0).is_none());
-        let (id, _) = sessions.open(None, t0);
-        assert!(sessions.find(&id, Some(&admin), day, t0).is_none());
-
-        let (id, _) = sessions.open(Some(&admin), t0);
+        let (id, _) = sessions.open(&admin, t0);
         sessions.close(&id);
         assert!(sessions.find(&id, Some(&admin), day, t0).is_none());
     }
@@ -269,12 +264,13 @@ mod tests {
     fn ids_and_csrf_tokens_differ_and_the_table_is_bounded() {
         let sessions = Sessions::default();
         let t0 = Instant::now();
-        let (a, sa) = sessions.open(None, t0);
-        let (b, sb) = sessions.open(None, t0);
+        let admin = token("admin");
+        let (a, sa) = sessions.open(&admin, t0);
+        let (b, sb) = sessions.open(&admin, t0);
         assert_ne!(a, b);
         assert_ne!(sa.csrf, sb.csrf);
         for i in 0..MAX_SESSIONS as u64 {
-            sessions.open(None, t0 + Duration::from_millis(i + 1));
+            sessions.open(&admin, t0 + Duration::from_millis(i + 1));
         }
         assert_eq!(sessions.lock().len(), MAX_SESSIONS);
     }
