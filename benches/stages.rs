@@ -22,14 +22,8 @@ fn main() {
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn settings() -> Settings {
-    hookgate::config::parse(
-        &format!(
-            r#"
-[[sources]]
-name = "openai"
-path = "/webhooks/openai"
-scheme = "standard-webhooks"
-secrets = ["{SECRET}"]
+    with_routes(
+        r#"
 [[sources.routes]]
 events = ["response.completed", "response.failed", "response.incomplete", "response.cancelled"]
 upstream = "http://127.0.0.1:9001/responses"
@@ -39,7 +33,21 @@ upstream = "http://127.0.0.1:9002/batch"
 [[sources.routes]]
 events = ["*"]
 upstream = "http://127.0.0.1:9003/other"
-"#
+"#,
+    )
+}
+
+/// One Standard Webhooks source with these `[[sources.routes]]`.
+fn with_routes(routes: &str) -> Settings {
+    hookgate::config::parse(
+        &format!(
+            r#"
+[[sources]]
+name = "openai"
+path = "/webhooks/openai"
+scheme = "standard-webhooks"
+secrets = ["{SECRET}"]
+{routes}"#
         ),
         "bench",
     )
@@ -178,29 +186,17 @@ fn route_conditions(bencher: divan::Bencher, (tenants, size): (usize, usize)) {
              upstream = \"http://127.0.0.1:9001/t{t}\"\n"
         ));
     }
-    let source = hookgate::config::parse(
-        &format!(
-            r#"
-[[sources]]
-name = "openai"
-path = "/webhooks/openai"
-scheme = "standard-webhooks"
-secrets = ["{SECRET}"]
-{routes}
-[[sources.routes]]
+    routes.push_str(
+        r#"[[sources.routes]]
 events = ["response.completed"]
-match = [{{ pointer = "/data/id", equals = "resp_1" }}, {{ pointer = "/data/pad", prefix = "x" }}]
+match = [{ pointer = "/data/id", equals = "resp_1" }, { pointer = "/data/pad", prefix = "x" }]
 upstream = "http://127.0.0.1:9001/acme"
 [[sources.routes]]
 events = ["*"]
 upstream = "http://127.0.0.1:9003/other"
-"#
-        ),
-        "bench",
-    )
-    .expect("a valid config")
-    .sources
-    .remove(0);
+"#,
+    );
+    let source = with_routes(&routes).sources.remove(0);
     let (_, body) = delivery(size);
     bencher
         .counter(divan::counter::BytesCount::new(body.len()))

@@ -23,6 +23,16 @@ fn redis_store(redis: &RedisServer) -> RedisStore {
     redis_store_from(config().redis(redis))
 }
 
+/// A store on `redis` that gives up on it after 600 ms (`connect_timeout + timeout`).
+fn impatient_store(redis: &RedisServer) -> RedisStore {
+    redis_store_from(
+        config()
+            .redis(redis)
+            .store_option("timeout", "300ms")
+            .store_option("connect_timeout", "300ms"),
+    )
+}
+
 fn redis_store_from(config: Config) -> RedisStore {
     let text = config.route("*", NOWHERE).to_string();
     let settings = hookgate::config::parse(&text, "test.toml").expect("a valid config");
@@ -231,12 +241,7 @@ async fn operations_on_a_redis_that_stops_answering_time_out_within_the_deadline
     let Some(redis) = RedisServer::start_or_skip().await else {
         return;
     };
-    let store = redis_store_from(
-        config()
-            .redis(&redis)
-            .store_option("timeout", "300ms")
-            .store_option("connect_timeout", "300ms"),
-    );
+    let store = impatient_store(&redis);
     assert_eq!(store.claim("k", "a", LONG).await.unwrap(), ClaimState::Won);
     // Every client but this one waits for 5 s; the store's deadline is 600 ms.
     let _: () = redis
@@ -275,12 +280,7 @@ async fn operations_on_a_redis_that_refuses_connections_fail_as_refused_within_t
     let Some(mut redis) = RedisServer::start_or_skip().await else {
         return;
     };
-    let store = redis_store_from(
-        config()
-            .redis(&redis)
-            .store_option("timeout", "300ms")
-            .store_option("connect_timeout", "300ms"),
-    );
+    let store = impatient_store(&redis);
     redis.stop();
 
     let started = std::time::Instant::now();
@@ -299,8 +299,8 @@ async fn operations_on_a_redis_that_refuses_connections_fail_as_refused_within_t
     }
 }
 
-/// A call made while Redis restarts is asked again until the deadline, so a Redis back
-/// within it answers the call itself rather than the sender's retry.
+/// A call made while Redis restarts is asked again for half the deadline, so a Redis back
+/// within that answers the call itself rather than the sender's retry.
 #[tokio::test]
 async fn a_call_made_while_redis_restarts_is_answered_once_it_is_back_within_the_deadline() {
     let Some(mut redis) = RedisServer::start_or_skip().await else {
