@@ -230,12 +230,12 @@ pub fn dedupe_key_and_event_type<'r>(
     ))
 }
 
-/// An event type as read (`None`: no string there), or why it cannot be one.
 /// Whether hookgate takes `text` as an event type (`hookgate sign` asks before signing).
 pub fn is_valid_event_type(text: &str) -> bool {
     checked_event_type(Some(Cow::Borrowed(text))).is_ok()
 }
 
+/// An event type as read (`None`: no string there), or why it cannot be one.
 fn checked_event_type(event_type: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, PayloadError> {
     match event_type {
         Some(text) if text.len() > MAX_EVENT_TYPE_LEN => Err(PayloadError::EventTypeTooLong),

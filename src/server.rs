@@ -391,17 +391,23 @@ where
         // never does, which held the exit for the whole `shutdown_timeout`.
         None => {
             let mut activity = state;
+            let began = Instant::now();
             let idle = async {
                 loop {
-                    if activity.wait_for(|a| a.in_progress == 0).await.is_err() {
+                    let Ok(since) = activity
+                        .wait_for(|a| a.in_progress == 0)
+                        .await
+                        .map(|a| a.since)
+                    else {
                         return;
-                    }
+                    };
                     // A request begun meanwhile (an HTTP/2 stream opened before its
-                    // client read the GOAWAY) starts the wait again once it ends.
+                    // client read the GOAWAY) starts the wait again once it ends: seen
+                    // by its end time, as a quick one may begin and end unobserved.
                     tokio::select! {
-                        () = tokio::time::sleep(CLOSE_GRACE) => return,
-                        begun = activity.wait_for(|a| a.in_progress > 0) => {
-                            if begun.is_err() {
+                        () = tokio::time::sleep_until(since.max(began) + CLOSE_GRACE) => return,
+                        changed = activity.wait_for(|a| a.in_progress > 0 || a.since != since) => {
+                            if changed.is_err() {
                                 return;
                             }
                         }

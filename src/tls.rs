@@ -122,14 +122,19 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
             .add(cert.clone())
             .map_err(|e| format!("{shown:?}: not a usable CA certificate: {e}"))?;
     }
-    // A full chain (a leaf, then its CAs) works: the CAs verify. A file of leaves alone
+    // From a full chain (a leaf, then its CAs) only the CAs are trusted: a leaf trusted
+    // as an anchor would vouch for anything signed with its key. A file of leaves alone
     // verifies nothing.
-    match can_issue(&certs[0]) {
-        Err(why) if !certs[1..].iter().any(|c| can_issue(c).is_ok()) => {
-            Err(format!("{shown:?}: {why}"))
-        }
-        _ => Ok(certs),
+    let issuers: Vec<_> = certs
+        .iter()
+        .filter(|cert| can_issue(cert).is_ok())
+        .cloned()
+        .collect();
+    if issuers.is_empty() {
+        let why = can_issue(&certs[0]).err().unwrap_or_default();
+        return Err(format!("{shown:?}: {why}"));
     }
+    Ok(issuers)
 }
 
 /// Whether a certificate can stand at the top of a chain: a CA, or one it issued itself
@@ -324,12 +329,21 @@ pub fn write_dev_cert_files(cert: &Path, key: &Path) -> std::io::Result<(PathBuf
                 file.display()
             )));
         }
-        // An existing file as itself (a symlink to the other one included).
+        // An existing file as itself, and a symlink as what it points at, even when that
+        // is missing (writing through it would create the other file).
         let dir = std::fs::canonicalize(dir.unwrap_or(Path::new(".")))?;
-        resolved.push(
-            std::fs::canonicalize(file)
-                .unwrap_or_else(|_| dir.join(file.file_name().unwrap_or_default())),
-        );
+        let target = match std::fs::read_link(file) {
+            Ok(link) => dir.join(link),
+            Err(_) => dir.join(file.file_name().unwrap_or_default()),
+        };
+        let target = match (std::fs::canonicalize(&target), target.parent()) {
+            (Ok(resolved), _) => resolved,
+            (Err(_), Some(parent)) => std::fs::canonicalize(parent)
+                .unwrap_or_else(|_| parent.to_owned())
+                .join(target.file_name().unwrap_or_default()),
+            (Err(_), None) => target,
+        };
+        resolved.push(target);
     }
     if resolved[0] == resolved[1] {
         return Err(std::io::Error::other(
@@ -568,6 +582,12 @@ mod tests {
         assert!(!same.exists());
         assert!(write_dev_cert_files(&dir.path().join("y.pem"), dir.path()).is_err());
         assert!(!dir.path().join("y.pem").exists());
+        // A symlink to the other file, even one not written yet.
+        std::os::unix::fs::symlink("b.pem", dir.path().join("a.pem")).unwrap();
+        assert!(
+            write_dev_cert_files(&dir.path().join("a.pem"), &dir.path().join("b.pem")).is_err()
+        );
+        assert!(!dir.path().join("b.pem").exists());
         // The key given for the certificate trusts nothing: refused, saying so.
         let refused = client_config_trusting(&std::fs::read(&key).unwrap()).unwrap_err();
         assert!(refused.contains("no certificate in it"), "{refused}");

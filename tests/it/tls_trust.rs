@@ -260,5 +260,8 @@ fn a_client_ca_holding_a_certificate_the_ca_issued_is_refused() {
     text_of_chain.extend(std::fs::read(&ca.ca_file).unwrap());
     std::fs::write(&chain, text_of_chain).unwrap();
     hookgate::config::parse(&text(&chain), "test.toml").expect("a full chain");
+    // Of which only the CA is trusted: a leaf as an anchor would vouch for anything its
+    // key signs.
+    assert_eq!(hookgate::tls::load_ca_file(&chain).unwrap().len(), 1);
     hookgate::config::parse(&text(&cert.cert), "test.toml").expect("a self-signed pin");
 }

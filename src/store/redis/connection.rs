@@ -386,7 +386,7 @@ pub struct Batcher {
 /// drops the packets): every call then timed out, 503 after 503, until TCP gave up on
 /// the socket, about 15 minutes later, while a new connection would have been answered
 /// at once. A call Redis refused never ran, so it is asked again, on the connection the
-/// client is reopening, until the deadline (redis-rs keeps the refusal of its last
+/// client is reopening, for half the deadline (redis-rs keeps the refusal of its last
 /// reconnect attempt while Redis is down, and handed it to the first call after Redis
 /// was back).
 struct Link {
