@@ -469,9 +469,7 @@ fn body_variant_that_verifies(
     if find(body, b"\r\n").is_some() {
         variants.push((
             "turning CRLF line endings back into LF",
-            String::from_utf8_lossy(body)
-                .replace("\r\n", "\n")
-                .into_bytes(),
+            without_cr_before_lf(body),
         ));
     } else if body.contains(&b'\n') {
         variants.push((
@@ -689,13 +687,7 @@ upstream = "http://127.0.0.1:9/"
     #[test]
     fn a_capture_turned_to_crlf_is_read_with_lf_when_content_length_says_so() {
         let body = "{\n  \"id\": \"evt_1\",\n  \"type\": \"a.b\"\n}";
-        let signature =
-            crate::verify::stripe::sign("whsec_diagnose", 1_700_000_000, body.as_bytes());
-        let raw = format!(
-            "POST /stripe HTTP/1.1\nstripe-signature: {signature}\ncontent-length: {}\n\n{body}",
-            body.len()
-        )
-        .replace('\n', "\r\n");
+        let raw = raw_stripe_request(body, "\n", "").replace('\n', "\r\n");
 
         let capture = parse_request(raw.as_bytes()).unwrap();
 
@@ -714,15 +706,23 @@ upstream = "http://127.0.0.1:9/"
         // A body with CRLFs of its own and a newline after it in the file: cut at
         // Content-Length as sent (its LF form happens to be that long too).
         let body = "{\"id\": \"evt_1\",\r\n\"type\": \"a.b\"}";
-        let signature =
-            crate::verify::stripe::sign("whsec_diagnose", 1_700_000_000, body.as_bytes());
-        let raw = format!(
-            "POST /stripe HTTP/1.1\r\nstripe-signature: {signature}\r\ncontent-length: {}\r\n\r\n{body}\r\n",
-            body.len()
-        );
+        let raw = raw_stripe_request(body, "\r\n", "\r\n");
         let capture = parse_request(raw.as_bytes()).unwrap();
         assert_eq!(capture.body, body.as_bytes());
         assert!(report(&capture).verified);
+    }
+
+    /// A Stripe-signed request to /stripe as a capture file holds it: its head lines
+    /// ending in `line_end`, `after` following the body.
+    fn raw_stripe_request(body: &str, line_end: &str, after: &str) -> String {
+        let signature =
+            crate::verify::stripe::sign("whsec_diagnose", 1_700_000_000, body.as_bytes());
+        let head = [
+            "POST /stripe HTTP/1.1".to_owned(),
+            format!("stripe-signature: {signature}"),
+            format!("content-length: {}", body.len()),
+        ];
+        format!("{}{line_end}{line_end}{body}{after}", head.join(line_end))
     }
 
     #[test]

@@ -274,10 +274,13 @@ impl Forwarder {
     /// in flight although the backend had it, and the sender's retry forwarded again
     /// once the claim expired.
     async fn expired(&self, deadline: tokio::time::Instant, within_drain: bool) {
+        if !within_drain {
+            return tokio::time::sleep_until(deadline).await;
+        }
+        let mut ends = self.drain_end.subscribe();
         let drain = async {
-            let mut ends = self.drain_end.subscribe();
             match ends.wait_for(Option::is_some).await.map(|at| *at) {
-                Ok(Some(at)) if within_drain => tokio::time::sleep_until(at).await,
+                Ok(Some(at)) => tokio::time::sleep_until(at).await,
                 _ => std::future::pending().await,
             }
         };

@@ -93,10 +93,10 @@ fn value_at(document: &RawValue, pointer: &JsonPointer) -> Option<Found> {
         here = member(here.get(), token)?;
     }
     let text = here.get();
-    Some(match serde_json::from_str(text) {
-        Ok(value) if !text.starts_with(['{', '[']) => Found::Scalar(value),
-        _ => Found::Other,
-    })
+    if text.starts_with(['{', '[']) {
+        return Some(Found::Other);
+    }
+    Some(serde_json::from_str(text).map_or(Found::Other, Found::Scalar))
 }
 
 /// The member or element `token` names in the JSON container `text`, unread; `None`
