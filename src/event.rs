@@ -428,8 +428,10 @@ struct KeyIs<'p, const N: usize>([Option<&'p String>; N]);
 impl<'de, const N: usize> DeserializeSeed<'de> for KeyIs<'_, N> {
     type Value = [bool; N];
 
+    /// As bytes, so that a key holding a lone surrogate is a key like any other (WTF-8,
+    /// equal to no token) rather than an error that refused a genuine delivery.
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<[bool; N], D::Error> {
-        d.deserialize_str(self)
+        d.deserialize_bytes(self)
     }
 }
 
@@ -440,8 +442,10 @@ impl<'de, const N: usize> Visitor<'de> for KeyIs<'_, N> {
         f.write_str("an object key")
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<[bool; N], E> {
-        Ok(self.0.map(|token| token.is_some_and(|token| token == v)))
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<[bool; N], E> {
+        Ok(self
+            .0
+            .map(|token| token.is_some_and(|token| token.as_bytes() == v)))
     }
 }
 
@@ -489,6 +493,23 @@ mod tests {
         assert_eq!(
             at(r#"{"a":[{"t":"x","t":"y"}]}"#, "/a/0/t"),
             Err(PayloadError::DuplicateKey)
+        );
+    }
+
+    /// `JSON.stringify` writes a lone surrogate in a key as it does in a value; Python and
+    /// Node read such a body. A key of it on the path refused a genuine delivery with 400.
+    #[test]
+    fn a_key_holding_a_lone_surrogate_is_a_key_like_any_other() {
+        for (body, pointer) in [
+            (r#"{"\ud83d":1,"type":"a"}"#, "/type"),
+            (r#"{"type":"a","\ude00":{"x":1}}"#, "/type"),
+            (r#"{"data":{"\ud83d":1,"type":"a"}}"#, "/data/type"),
+        ] {
+            assert_eq!(at(body, pointer).unwrap(), "a", "{body}");
+        }
+        assert_eq!(
+            at(r#"{"\ud83d":"a"}"#, "/type"),
+            Err(PayloadError::NoEventType)
         );
     }
 

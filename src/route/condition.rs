@@ -207,14 +207,16 @@ impl fmt::Display for Condition {
 }
 
 /// Whether an object's key is the wanted one, compared where it lies in the body (no
-/// `String` made for each key).
+/// `String` made for each key). Read as bytes: serde_json then takes a key holding a lone
+/// surrogate (`JSON.stringify` writes one) as WTF-8, which equals no token, where reading
+/// it as a `str` failed the whole object and a tenant's key beside it read as absent.
 struct IsKey<'k>(&'k str);
 
 impl<'de> serde::de::DeserializeSeed<'de> for IsKey<'_> {
     type Value = bool;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
+        d.deserialize_bytes(self)
     }
 }
 
@@ -225,8 +227,8 @@ impl<'de> Visitor<'de> for IsKey<'_> {
         f.write_str("an object key")
     }
 
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
-        Ok(key == self.0)
+    fn visit_bytes<E: de::Error>(self, key: &[u8]) -> Result<bool, E> {
+        Ok(key == self.0.as_bytes())
     }
 }
 
@@ -341,6 +343,28 @@ mod tests {
             assert!(!holds("/data/missing", Test::Exists(false), body));
             assert!(!holds("/data", Test::Exists(true), body));
         }
+    }
+
+    /// A lone surrogate in a key beside the pointer's (a user's metadata key written by
+    /// `JSON.stringify`) made the whole object unreadable, so `/data/tenant` read as absent
+    /// and a tenant's event went to an `exists = false` or catch-all route.
+    #[test]
+    fn a_key_holding_a_lone_surrogate_hides_no_key_beside_it() {
+        for body in [
+            r#"{"data":{"\ud83d":1,"tenant":"acme"}}"#,
+            r#"{"data":{"tenant":"acme","\ude00":[1]}}"#,
+        ] {
+            assert!(
+                holds("/data/tenant", Test::Equals(json!("acme")), body),
+                "{body}"
+            );
+            assert!(!holds("/data/tenant", Test::Exists(false), body), "{body}");
+        }
+        assert!(holds(
+            "/data/tenant",
+            Test::Exists(false),
+            r#"{"data":{"\ud83d":"acme"}}"#
+        ));
     }
 
     /// Bodies the event type stage reads (it skips what it does not walk to) but a
