@@ -368,6 +368,7 @@ pub struct Metrics {
     verified: IntCounterVec,
     queue_depth: IntGauge,
     queue_oldest_age: Gauge,
+    queue_counted_at: Gauge,
     queue_persistence: IntGaugeVec,
     deliveries: IntCounterVec,
     delivery_attempts: HistogramVec,
@@ -536,6 +537,11 @@ impl Metrics {
             "Queue mode: how long the oldest delivery ready for an attempt has been waiting.",
         )
         .expect("valid metric");
+        let queue_counted_at = Gauge::new(
+            "hookgate_queue_stats_timestamp_seconds",
+            "Queue mode: when the queue gauges were last counted (Unix time); they keep that count while the queue cannot be counted.",
+        )
+        .expect("valid metric");
         let deliveries = IntCounterVec::new(
             Opts::new(
                 "hookgate_deliveries_total",
@@ -687,6 +693,7 @@ impl Metrics {
             Box::new(store_fail_open.clone()),
             Box::new(queue_depth.clone()),
             Box::new(queue_oldest_age.clone()),
+            Box::new(queue_counted_at.clone()),
             Box::new(queue_persistence.clone()),
             Box::new(deliveries.clone()),
             Box::new(delivery_attempts.clone()),
@@ -752,6 +759,7 @@ impl Metrics {
             verified,
             queue_depth,
             queue_oldest_age,
+            queue_counted_at,
             queue_persistence,
             deliveries,
             delivery_attempts,
@@ -918,9 +926,16 @@ impl Metrics {
             .set(level);
     }
 
+    /// A new count of the queue. When the queue cannot be counted (its store failing) the
+    /// gauges keep the last count, which looks healthy; the count's time tells them apart
+    /// (the `HookgateQueueUncounted` alert).
     pub fn queue_stats(&self, depth: u64, oldest_age: Duration) {
         self.queue_depth.set(depth.min(i64::MAX as u64) as i64);
         self.queue_oldest_age.set(oldest_age.as_secs_f64());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.queue_counted_at.set(now.as_secs_f64());
     }
 
     /// The series of one source, resolved once: the request path then touches no
@@ -1002,6 +1017,22 @@ mod tests {
         );
         assert!(text.contains("hookgate_request_duration_seconds_bucket"));
         assert!(text.contains("hookgate_upstream_duration_seconds_count{route=\"openai/0\"} 1"));
+    }
+
+    #[test]
+    fn a_queue_count_is_dated_and_none_is_dated_never() {
+        let m = Metrics::new(["openai"]);
+        assert!(
+            m.render()
+                .contains("\nhookgate_queue_stats_timestamp_seconds 0\n")
+        );
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        m.queue_stats(3, Duration::from_secs(2));
+        let counted = m.queue_counted_at.get();
+        assert!(counted >= before.floor() && counted < before + 60.0, "{counted}");
     }
 
     #[test]
