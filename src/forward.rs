@@ -64,9 +64,12 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     tokens(headers.get_all(header::CONNECTION).iter())
 }
 
+/// Split by bytes: one byte that is not UTF-8 (or not visible ASCII) in a field made the
+/// whole field list nothing, and the headers it named went to the backend.
 fn tokens<'h>(fields: header::ValueIter<'h, HeaderValue>) -> impl Iterator<Item = &'h str> {
     fields
-        .flat_map(|value| value.to_str().unwrap_or("").split(','))
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .filter_map(|token| std::str::from_utf8(token).ok())
         .map(str::trim)
         .filter(|token| !token.is_empty())
 }
@@ -563,6 +566,15 @@ mod tests {
         h.append(header::CONNECTION, HeaderValue::from_static("a,, b"));
         h.append(header::CONNECTION, HeaderValue::from_static("c"));
         assert_eq!(connection_tokens(&h).collect::<Vec<_>>(), ["a", "b", "c"]);
+        // A byte that is not UTF-8 elsewhere in the field hides none of its names.
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-secret-hop, \xff").unwrap(),
+        );
+        h.append("x-secret-hop", HeaderValue::from_static("1"));
+        assert_eq!(connection_tokens(&h).collect::<Vec<_>>(), ["x-secret-hop"]);
+        assert!(upstream_headers(h, &ctx()).get("x-secret-hop").is_none());
     }
 
     #[test]
