@@ -67,6 +67,8 @@ pub struct Live {
     fixed: Fixed,
     /// The limits the listeners and the body budget were built with.
     fixed_limits: config::Limits,
+    /// The rest of what needs a restart, as it runs.
+    running: Running,
     /// One reload at a time; a second waits for the first.
     reloading: tokio::sync::Mutex<()>,
     /// What the running configuration is, for the console.
@@ -173,6 +175,7 @@ impl Live {
         let origin = settings.origin.clone();
         let fixed = Fixed::of(&settings);
         let fixed_limits = settings.limits;
+        let running = Running::of(&settings);
         let admin_auth = ArcSwap::from_pointee(settings.admin_auth.clone());
         let admin_listen = settings.admin_listen;
         let started_tls = settings.server.tls.clone();
@@ -188,6 +191,7 @@ impl Live {
             shared,
             fixed,
             fixed_limits,
+            running,
             reloading: tokio::sync::Mutex::new(()),
             loaded,
         })
@@ -230,6 +234,7 @@ impl Live {
             }
         };
         let restart_needed = self.fixed.differences(&Fixed::of(&settings));
+        self.running.put_back(&mut settings);
         let filed_upstream_timeout = settings.limits.upstream_timeout;
         settings.limits = running_limits(settings.limits, &self.fixed_limits);
         let running_upstream_timeout = settings.limits.upstream_timeout;
@@ -375,6 +380,46 @@ fn build_gateway(settings: Settings, shared: &Shared) -> Gateway {
         shared.telemetry.clone(),
     )
     .with_requests(shared.requests.clone())
+}
+
+/// What needs a restart, as it runs (`limits` and TLS on or off are kept apart), put back
+/// into a reloaded configuration: the console's "Running configuration" showed the file's
+/// `[queue]` and `server.listen` while the old ones ran.
+struct Running {
+    listen: std::net::SocketAddr,
+    admin_listen: std::net::SocketAddr,
+    shutdown_timeout: std::time::Duration,
+    store: config::StoreBackend,
+    queue: Option<config::QueueSettings>,
+    upstream_tls: crate::tls::UpstreamTrust,
+    log_level: String,
+    telemetry: Option<config::TelemetrySettings>,
+}
+
+impl Running {
+    fn of(s: &Settings) -> Running {
+        Running {
+            listen: s.server.listen,
+            admin_listen: s.admin_listen,
+            shutdown_timeout: s.server.shutdown_timeout,
+            store: s.store.backend.clone(),
+            queue: s.queue.clone(),
+            upstream_tls: s.upstream_tls.clone(),
+            log_level: s.log_level.clone(),
+            telemetry: s.telemetry.clone(),
+        }
+    }
+
+    fn put_back(&self, s: &mut Settings) {
+        s.server.listen = self.listen;
+        s.admin_listen = self.admin_listen;
+        s.server.shutdown_timeout = self.shutdown_timeout;
+        s.store.backend = self.store.clone();
+        s.queue = self.queue.clone();
+        s.upstream_tls = self.upstream_tls.clone();
+        s.log_level = self.log_level.clone();
+        s.telemetry = self.telemetry.clone();
+    }
 }
 
 /// The values a reload cannot change, each under the key an operator would look for.

@@ -95,7 +95,7 @@ impl QueueSettings {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StoreSettings {
     pub backend: StoreBackend,
     pub on_error: OnError,
@@ -113,7 +113,7 @@ impl StoreSettings {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum StoreBackend {
     Memory,
     Redis(Box<RedisSettings>),
@@ -122,7 +122,7 @@ pub enum StoreBackend {
 
 /// `[store] postgres_url` and what goes with it. `Debug` never shows the password
 /// (`tokio_postgres::Config` redacts it).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PostgresSettings {
     pub config: tokio_postgres::Config,
     /// Checked to be a plain identifier, so it can be written into SQL.
@@ -157,7 +157,7 @@ impl PostgresSettings {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub target: RedisTarget,
     pub key_prefix: String,
@@ -169,6 +169,7 @@ pub struct RedisSettings {
 }
 
 /// Where Redis is. `Debug` and `Display` show addresses only, never a password.
+#[derive(Clone)]
 pub enum RedisTarget {
     Single(Box<redis::ConnectionInfo>),
     Cluster(Vec<redis::ConnectionInfo>),

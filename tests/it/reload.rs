@@ -684,3 +684,28 @@ async fn a_route_renamed_by_a_reload_leaves_no_series_behind() {
     assert!(!after.contains(r#"route="openai/v1""#), "{after}");
     assert!(after.contains(r#"route="openai/v2""#), "{after}");
 }
+
+/// The console's "Running configuration" shows what runs: a `[queue]` change waits for
+/// a restart, and the page showed the file's values meanwhile.
+#[tokio::test]
+async fn the_console_shows_the_running_values_of_what_waits_for_a_restart() {
+    let upstream = Upstream::start().await;
+    let with_workers = |workers: &str| {
+        config()
+            .queued()
+            .route("*", &upstream)
+            .queue_option("workers", workers)
+    };
+    let file = ConfigFile::new(with_workers("16"));
+    let gw = Gateway::start_file(&file.path()).await;
+    let page = gw.admin("/ui/").await.text();
+    assert!(page.contains("16 workers"), "{page}");
+
+    file.write(with_workers("4").set("log", "level", r#""debug""#));
+    let reloaded = gw.reload().await.expect("a valid file");
+
+    assert_eq!(reloaded.restart_needed, vec!["[queue]", "log.level"]);
+    let page = gw.admin("/ui/").await.text();
+    assert!(page.contains("16 workers"), "{page}");
+    assert!(!page.contains("4 workers"), "{page}");
+}
