@@ -388,6 +388,28 @@ async fn after_redis_comes_back_on_the_same_port_the_gateway_is_ready_and_forwar
     assert_eq!(upstream.received().len(), 1);
 }
 
+/// Redis restarted while the gateway had nothing to do: the connection broke idle, and
+/// the next call on it failed as broken (one that may have run, so not asked again).
+/// The first delivery after every restart was answered 503 and `/readyz` said not
+/// ready, however long Redis had been back; an idle connection is pinged now.
+#[tokio::test]
+async fn a_redis_restarted_while_the_gateway_was_idle_is_used_at_once_once_back() {
+    let Some(mut redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().redis(&redis).route("*", &upstream)).await;
+    assert!(gw.post(PATH, &signed_event("a.b")).await.forwarded());
+
+    redis.restart().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let ready = gw.admin("/readyz").await;
+    assert_eq!(ready.status(), 200, "{ready:?}");
+    let reply = gw.post(PATH, &signed_event("response.completed")).await;
+    assert!(reply.forwarded(), "{reply:?}");
+}
+
 /// A Redis restarted (with its data kept) while a delivery was forwarded: the commit is
 /// the first command on a connection that broke while idle, which fails; asked again,
 /// it finds Redis back. Lost, the key stayed in flight and was then forgotten, and the

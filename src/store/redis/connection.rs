@@ -395,6 +395,37 @@ struct Link {
     /// The connection, and how many times it was replaced: of the calls that timed out
     /// on one connection, only the first replaces it.
     current: std::sync::Mutex<(u64, ConnectionManager)>,
+    /// Whether a call was sent since the idle watch last looked (`watch_while_idle`).
+    used: AtomicBool,
+}
+
+/// How often an idle connection is asked a `PING` (see `watch_while_idle`).
+const IDLE_PING: Duration = Duration::from_millis(250);
+
+/// Pings the connection while nothing else uses it, until the link is gone. A connection
+/// that broke while idle (Redis restarted) is only found broken by the next call sent on
+/// it, which fails as broken and cannot be asked again (it may have run): the first
+/// delivery after every Redis restart was answered 503, and `/readyz` said not ready,
+/// however long Redis had been back. The ping finds it broken instead, and redis-rs
+/// reconnects before a delivery needs the connection.
+async fn watch_while_idle(link: std::sync::Weak<Link>, deadline: Duration) {
+    let mut tick = tokio::time::interval(IDLE_PING);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(link) = link.upgrade() else {
+            return;
+        };
+        if link.used.swap(false, Ordering::Relaxed) {
+            continue;
+        }
+        let _ = link
+            .send(deadline, |mut connection| async move {
+                redis::cmd("PING").query_async::<()>(&mut connection).await
+            })
+            .await;
+        link.used.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Link {
@@ -404,6 +435,7 @@ impl Link {
             client,
             config,
             current: std::sync::Mutex::new((0, connection)),
+            used: AtomicBool::new(false),
         })
     }
 
@@ -443,6 +475,7 @@ impl Link {
         F: Future<Output = redis::RedisResult<T>>,
     {
         let started = tokio::time::Instant::now();
+        self.used.store(true, Ordering::Relaxed);
         // The first refusal may be the one redis-rs kept from before Redis came back: the
         // call is asked again at once, then at pauses doubling from 50 to 500 ms.
         let mut pause = Duration::ZERO;
@@ -486,6 +519,7 @@ impl Batcher {
         let (queue, commands) = tokio::sync::mpsc::unbounded_channel();
         let link = Arc::new(link);
         tokio::spawn(batch_forever(commands, link.clone(), deadline));
+        tokio::spawn(watch_while_idle(Arc::downgrade(&link), deadline));
         Batcher {
             queue,
             link,
