@@ -1032,7 +1032,10 @@ mod tests {
             .as_secs_f64();
         m.queue_stats(3, Duration::from_secs(2));
         let counted = m.queue_counted_at.get();
-        assert!(counted >= before.floor() && counted < before + 60.0, "{counted}");
+        assert!(
+            counted >= before.floor() && counted < before + 60.0,
+            "{counted}"
+        );
     }
 
     #[test]

@@ -115,6 +115,10 @@ impl Shard {
 }
 
 impl PenaltyBox {
+    pub fn settings(&self) -> &PenaltyBoxSettings {
+        &self.settings
+    }
+
     pub fn new(settings: PenaltyBoxSettings, tracked: LatestGauge) -> Self {
         let shards = SHARDS.min(settings.max_clients).max(1);
         // The capacities add up to exactly `max_clients`.
@@ -394,7 +398,7 @@ mod tests {
         }
     }
 
-    /// A reload starts a new, empty box: the old one, still used by requests from before
+    /// A reload that changes `[penalty_box]` starts a new, empty box: the old one, still used by requests from before
     /// it, no longer moves the gauge (it left an offset for good).
     #[test]
     fn only_the_latest_box_writes_the_gauge() {

@@ -56,7 +56,8 @@ pub struct Gateway {
     /// For requests that match no source.
     unmatched: SourceMetrics,
     client_ip: ClientIpResolver,
-    penalty_box: PenaltyBox,
+    /// Kept by a reload that leaves `[penalty_box]` as it was (`reload::build_gateway`).
+    penalty_box: Arc<PenaltyBox>,
     metrics: Arc<Metrics>,
     ratelimit: RateLimit,
     /// Shared with the tasks that settle a claim after the request (`settle_when_known`).
@@ -115,6 +116,7 @@ impl Gateway {
         queue: Option<Ingress>,
         body_budget: Arc<BodyBudget>,
         telemetry: Telemetry,
+        penalty_box: Arc<PenaltyBox>,
     ) -> Self {
         let entry = |source: Source| Entry {
             handoff: match source.delivery {
@@ -138,7 +140,7 @@ impl Gateway {
         Gateway {
             unmatched: metrics.source(NO_SOURCE),
             client_ip: ClientIpResolver::new(settings.trusted_proxies),
-            penalty_box: PenaltyBox::new(settings.penalty_box, metrics.penalty_box_clients()),
+            penalty_box,
             metrics: metrics.clone(),
             ratelimit: RateLimit::new(store.clone(), settings.store.on_error, metrics.clone()),
             dedupe: Arc::new(Dedupe::new(
@@ -503,6 +505,11 @@ impl Trace<'_> {
 }
 
 impl Gateway {
+    /// The penalty box, for the next configuration to keep (`reload::build_gateway`).
+    pub fn penalty_box(&self) -> &Arc<PenaltyBox> {
+        &self.penalty_box
+    }
+
     /// Counts a failed verification toward the client's penalty box.
     fn verification_failed(&self, ip: IpAddr) {
         if self.penalty_box.failed(ip, tokio::time::Instant::now()) == Recorded::Boxed {

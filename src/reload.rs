@@ -26,6 +26,7 @@ use crate::connections::Admission;
 use crate::event::{Field, KeyBinding};
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
+use crate::penalty_box::PenaltyBox;
 use crate::pipeline::Gateway;
 use crate::queue::Ingress;
 use crate::queue::worker::Workers;
@@ -180,7 +181,7 @@ impl Live {
         let admin_listen = settings.admin_listen;
         let started_tls = settings.server.tls.clone();
         let loaded = ArcSwap::from_pointee(Loaded::of(&settings, false));
-        let gateway = ArcSwap::from_pointee(build_gateway(settings, &shared));
+        let gateway = ArcSwap::from_pointee(build_gateway(settings, &shared, None));
         Arc::new(Live {
             origin,
             gateway,
@@ -288,8 +289,11 @@ impl Live {
         settings.warnings.extend(rekeyed);
         let warnings = settings.warnings.clone();
         self.loaded.store(Arc::new(Loaded::of(&settings, true)));
-        self.gateway
-            .store(Arc::new(build_gateway(settings, &self.shared)));
+        self.gateway.store(Arc::new(build_gateway(
+            settings,
+            &self.shared,
+            Some(&self.gateway.load()),
+        )));
         self.shared.metrics.config_reload(true);
         for warning in &warnings {
             tracing::warn!("{warning}");
@@ -369,7 +373,19 @@ fn running_limits(new: config::Limits, running: &config::Limits) -> config::Limi
     }
 }
 
-fn build_gateway(settings: Settings, shared: &Shared) -> Gateway {
+/// The gateway for `settings`. A reload keeps the running gateway's penalty box when
+/// `[penalty_box]` is unchanged: a new, empty one on every reload (a secret rotated, a
+/// certificate renewed, a ConfigMap synced) let every boxed client straight back in.
+fn build_gateway(settings: Settings, shared: &Shared, running: Option<&Gateway>) -> Gateway {
+    let penalty_box = match running {
+        Some(running) if *running.penalty_box().settings() == settings.penalty_box => {
+            running.penalty_box().clone()
+        }
+        _ => Arc::new(PenaltyBox::new(
+            settings.penalty_box,
+            shared.metrics.penalty_box_clients(),
+        )),
+    };
     Gateway::new(
         settings,
         shared.store.clone(),
@@ -378,6 +394,7 @@ fn build_gateway(settings: Settings, shared: &Shared) -> Gateway {
         shared.ingress.clone(),
         shared.body_budget.clone(),
         shared.telemetry.clone(),
+        penalty_box,
     )
     .with_requests(shared.requests.clone())
 }

@@ -311,7 +311,7 @@ impl AdminAuth {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PenaltyBoxSettings {
     /// More verification failures than this within `window` box the client; 0 = off.
     pub max_failures: u32,

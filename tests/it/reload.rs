@@ -709,3 +709,38 @@ async fn the_console_shows_the_running_values_of_what_waits_for_a_restart() {
     assert!(page.contains("16 workers"), "{page}");
     assert!(!page.contains("4 workers"), "{page}");
 }
+
+/// A reload that leaves `[penalty_box]` as it was keeps it: a new, empty box on every
+/// reload (a secret rotated, a certificate renewed) let every boxed client back in. A
+/// changed `[penalty_box]` starts empty, as documented.
+#[tokio::test]
+async fn a_reload_keeps_the_penalty_box_unless_it_changed() {
+    let upstream = Upstream::start().await;
+    let boxing = |cooldown: &str| {
+        config()
+            .set("penalty_box", "max_failures", "2")
+            .set("penalty_box", "cooldown", cooldown)
+            .route("*", &upstream)
+    };
+    let file = ConfigFile::new(boxing(r#""10m""#));
+    let gw = Gateway::start_file(&file.path()).await;
+    for _ in 0..3 {
+        let forged = signed_event_with(OTHER_SECRET, "response.completed");
+        assert_eq!(gw.post(PATH, &forged).await.error(), "invalid_signature");
+    }
+    assert_eq!(
+        gw.post(PATH, &signed_event("response.completed"))
+            .await
+            .error(),
+        "penalty_box"
+    );
+
+    gw.reload().await.expect("the same file");
+    let after_same = gw.post(PATH, &signed_event("response.completed")).await;
+    file.write(boxing(r#""9m""#));
+    gw.reload().await.expect("a valid file");
+    let after_change = gw.post(PATH, &signed_event("response.completed")).await;
+
+    assert_eq!(after_same.error(), "penalty_box", "{after_same:?}");
+    assert!(after_change.forwarded(), "{after_change:?}");
+}
