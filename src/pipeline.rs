@@ -106,6 +106,13 @@ struct Trace<'g> {
     span: Span,
 }
 
+/// The per-client guards that outlive one configuration: what each client IP's bodies
+/// hold in memory, and the clients boxed for failing verification.
+pub struct ClientGuards {
+    pub body_budget: Arc<BodyBudget>,
+    pub penalty_box: Arc<PenaltyBox>,
+}
+
 impl Gateway {
     /// `queue` must be present when a source uses queue mode (`queue::build` makes sure).
     pub fn new(
@@ -114,9 +121,8 @@ impl Gateway {
         metrics: Arc<Metrics>,
         forward: Arc<Forwarder>,
         queue: Option<Ingress>,
-        body_budget: Arc<BodyBudget>,
+        guards: ClientGuards,
         telemetry: Telemetry,
-        penalty_box: Arc<PenaltyBox>,
     ) -> Self {
         let entry = |source: Source| Entry {
             handoff: match source.delivery {
@@ -140,7 +146,7 @@ impl Gateway {
         Gateway {
             unmatched: metrics.source(NO_SOURCE),
             client_ip: ClientIpResolver::new(settings.trusted_proxies),
-            penalty_box,
+            penalty_box: guards.penalty_box,
             metrics: metrics.clone(),
             ratelimit: RateLimit::new(store.clone(), settings.store.on_error, metrics.clone()),
             dedupe: Arc::new(Dedupe::new(
@@ -151,7 +157,7 @@ impl Gateway {
             )),
             forward,
             limits: settings.limits,
-            body_budget,
+            body_budget: guards.body_budget,
             tls: settings.server.tls.is_some(),
             telemetry,
             requests: TaskTracker::new(),

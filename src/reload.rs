@@ -27,7 +27,7 @@ use crate::event::{Field, KeyBinding};
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::penalty_box::PenaltyBox;
-use crate::pipeline::Gateway;
+use crate::pipeline::{ClientGuards, Gateway};
 use crate::queue::Ingress;
 use crate::queue::worker::Workers;
 use crate::store::Store;
@@ -392,9 +392,11 @@ fn build_gateway(settings: Settings, shared: &Shared, running: Option<&Gateway>)
         shared.metrics.clone(),
         shared.forward.clone(),
         shared.ingress.clone(),
-        shared.body_budget.clone(),
+        ClientGuards {
+            body_budget: shared.body_budget.clone(),
+            penalty_box,
+        },
         shared.telemetry.clone(),
-        penalty_box,
     )
     .with_requests(shared.requests.clone())
 }
