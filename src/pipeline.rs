@@ -313,6 +313,14 @@ impl Gateway {
                 if !is_senders(ip, source) {
                     self.verification_failed(ip)
                 }
+                // The id the sender claims, so that its complaint ("msg_x got 400 after
+                // we rotated the secret") finds the line. Unverified: never read from
+                // the body, and only a well-formed key.
+                if let event::Field::Header(_) = source.dedupe_key {
+                    trace.webhook_id = (source.dedupe_key.dedupe_key(&parts.headers, &body))
+                        .ok()
+                        .map(std::borrow::Cow::into_owned);
+                }
             })?;
         drop(reservation);
         if let Some(verified) = entry.verified.get(delivery.secret_index) {
@@ -323,7 +331,13 @@ impl Gateway {
             &source.event_type,
             &parts.headers,
             &body,
-        )?;
+        )
+        // A genuine delivery refused for its payload is found by its id all the same.
+        .inspect_err(|_| {
+            trace.webhook_id = (source.dedupe_key.dedupe_key(&parts.headers, &body))
+                .ok()
+                .map(std::borrow::Cow::into_owned);
+        })?;
         let dedupe_key: &str = trace.webhook_id.insert(dedupe_key.into_owned());
         let event_type: &str = trace.event_type.insert(event_type.into_owned());
         let Some((route_index, route)) = source.routes.first_match(event_type, &body) else {
@@ -432,6 +446,8 @@ impl Gateway {
                         (Ok(Answer::Queued { delivery_ids }), settled)
                     }
                     Err(QueueError::MaybeStored { ids, error }) => {
+                        // It may yet be attempted: its line names it.
+                        trace.delivery_id = Some(ids.join(","));
                         let (dedupe, queue) = (self.dedupe.clone(), queue.queue.clone());
                         let ids = Arc::new(ids);
                         tokio::spawn(async move {

@@ -201,7 +201,7 @@ impl Settings {
                     if fanout {
                         format!("fan-out to {} upstreams", route.upstreams().len())
                     } else {
-                        route.upstream().to_string()
+                        uri_shown(route.upstream())
                     },
                     if route.resign().is_some() {
                         " (re-signed: standard-webhooks)"
@@ -214,7 +214,9 @@ impl Settings {
                         let _ = writeln!(
                             s,
                             "      upstream {} -> {} (deliveries listed as route {})",
-                            upstream.key, upstream.uri, upstream.delivery_route
+                            upstream.key,
+                            uri_shown(&upstream.uri),
+                            upstream.delivery_route
                         );
                     }
                 }
@@ -265,4 +267,36 @@ fn enrich_line(enrich: &EnrichSettings) -> String {
     }
     line.push_str("; API key not shown)");
     line
+}
+
+/// An upstream's URL without its query: a backend that authenticates by a token in the
+/// query (`?token=...`) had it printed by `hookgate check` and the console, whose summary
+/// holds no secrets. Its parameters' names stay, to tell the URLs apart.
+fn uri_shown(uri: &http::Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.to_string();
+    };
+    let names: Vec<&str> = query
+        .split('&')
+        .map(|pair| pair.split('=').next().unwrap_or(""))
+        .collect();
+    let whole = uri.to_string();
+    let before = whole.split_once('?').map_or(whole.as_str(), |(before, _)| before);
+    format!("{before}?{}", names.join("=…&") + "=…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_query_shows_its_names_only() {
+        let shown = |text: &str| uri_shown(&text.parse().unwrap());
+        assert_eq!(
+            shown("http://10.0.0.5:8080/hooks?token=QUERYSECRET&v=2"),
+            "http://10.0.0.5:8080/hooks?token=…&v=…"
+        );
+        assert_eq!(shown("https://b.example/in"), "https://b.example/in");
+        assert_eq!(shown("http://b.example/in?flag"), "http://b.example/in?flag=…");
+    }
 }

@@ -129,3 +129,34 @@ async fn a_signed_json_body_without_a_string_event_type_is_answered_400_invalid_
     }
     assert!(upstream.received().is_empty());
 }
+
+/// The id a sender quotes ("msg_x got 400 at 10:32") finds the refusal's access line:
+/// a forged or stale request's claimed id (read from its header, never the body) and a
+/// genuine delivery refused for its payload were logged without one.
+#[tokio::test]
+async fn refusals_after_the_headers_are_read_name_the_webhook_id_in_their_access_line() {
+    let upstream = Upstream::start().await;
+    let gw = GatewayProcess::spawn(config().route("*", &upstream)).await;
+    let client = gw.client();
+    let forged = signed_raw(OTHER_SECRET, "msg_forged_1", now_unix(), "{\"type\":\"a\"}");
+    let stale = signed_raw(SECRET, "msg_stale_1", now_unix() - 3600, "{\"type\":\"a\"}");
+    let not_json = signed_raw(SECRET, "msg_not_json_1", now_unix(), "not json");
+
+    assert_eq!(client.post(PATH, &forged).await.error(), "invalid_signature");
+    assert_eq!(client.post(PATH, &stale).await.error(), "timestamp_too_old");
+    assert_eq!(client.post(PATH, &not_json).await.error(), "invalid_payload");
+
+    let log = gw.log_containing("msg_not_json_1").await;
+    for (id, outcome) in [
+        ("msg_forged_1", "invalid_signature"),
+        ("msg_stale_1", "stale"),
+        ("msg_not_json_1", "invalid_payload"),
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("hookgate::access") && l.contains(outcome))
+            .unwrap_or_else(|| panic!("an access line for {outcome}:\n{log}"));
+        assert!(line.contains(id), "{line}");
+    }
+    assert!(upstream.received().is_empty());
+}
