@@ -1118,3 +1118,38 @@ async fn attempts_that_never_finish_end_at_max_attempts() {
     );
     upstream.release();
 }
+
+/// A Redis that refuses `CONFIG GET` (managed services disable it, or an ACL forbids
+/// it) answered: its refusal is no failing store. Counted as a store error every 5 s,
+/// it kept the critical `HookgateStoreErrors` alert firing for a store that worked.
+#[tokio::test]
+async fn a_redis_refusing_config_get_is_unknown_persistence_not_a_store_error() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let _: () = redis
+        .query(::redis::cmd("ACL").arg("SETUSER").arg("default").arg("-config"))
+        .await;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().redis(&redis).queued().route("*", &upstream)).await;
+
+    eventually("readyz says CONFIG GET is refused", async || {
+        let ready = gw.admin("/readyz").await;
+        ready.json()["queue"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("refuses CONFIG GET") && d.contains("NOPERM"))
+    })
+    .await;
+    let id = enqueue(&gw.client(), &signed_event("response.completed")).await;
+    Deliveries::of(&gw).wait_for_state(&id, "processed").await;
+
+    let scrape = gw.metrics().await;
+    assert_eq!(
+        scrape.value("hookgate_queue_persistence{backend=\"redis\"}"),
+        Some(-1.0)
+    );
+    assert_eq!(
+        scrape.value("hookgate_store_errors_total{op=\"config_get\"}"),
+        None
+    );
+}

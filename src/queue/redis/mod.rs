@@ -1315,7 +1315,8 @@ impl Queue for RedisQueue {
     }
 }
 
-/// Reads Redis' persistence settings at start (again every 5 s until Redis answers) and
+/// Reads Redis' persistence settings at start (again every 5 s until Redis answers, or
+/// refuses `CONFIG GET`) and
 /// then every minute, since `CONFIG SET` can change them at run time; says so loudly
 /// whenever a 202 could be lost on a Redis restart. Ends with the queue.
 async fn watch_persistence(

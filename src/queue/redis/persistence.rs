@@ -23,8 +23,12 @@ pub enum Persistence {
     Evicting { policy: String },
     /// `appendonly no`: a Redis restart loses what was written since the last snapshot.
     Snapshots,
-    /// The settings could not be read (many managed services refuse `CONFIG`), or not yet.
+    /// The settings could not be read (Redis did not answer), or not yet.
     Unknown(String),
+    /// Redis refused `CONFIG GET` (many managed services disable it, or an ACL forbids
+    /// it): an answer, not a failing store, so neither counted as a store error nor asked
+    /// again every few seconds (the critical `HookgateStoreErrors` fired for good).
+    Refused(String),
     /// `appendonly yes` with `appendfsync everysec` or `no`: a restart of Redis, even a
     /// `kill -9`, loses nothing (Redis writes the file before it answers), a crash of the
     /// host up to one second (`everysec`) or ~30 seconds (`no`) of writes.
@@ -68,7 +72,7 @@ impl Persistence {
     pub fn gauge(&self) -> i64 {
         match self {
             Persistence::Evicting { .. } | Persistence::Snapshots => 0,
-            Persistence::Unknown(_) => -1,
+            Persistence::Unknown(_) | Persistence::Refused(_) => -1,
             Persistence::AppendOnly { .. } => 1,
             Persistence::Fsynced => 2,
         }
@@ -88,6 +92,10 @@ impl std::fmt::Display for Persistence {
             Persistence::Unknown(why) => write!(
                 f,
                 "unknown: Redis' persistence settings could not be read ({why}); a 202 is only as durable as its appendonly setting"
+            ),
+            Persistence::Refused(why) => write!(
+                f,
+                "unknown: Redis refuses CONFIG GET ({why}), as many managed services do; a 202 is only as durable as its appendonly setting (ask the provider whether it keeps an append-only file)"
             ),
             Persistence::AppendOnly { fsync } => write!(
                 f,
@@ -113,13 +121,26 @@ pub async fn read(redis: &RedisConnection) -> Persistence {
                 .arg("maxmemory")
                 .arg("maxmemory-policy");
             match conn {
-                Conn::Single(_) => Ok(vec![cmd.query_async::<Value>(conn).await?]),
+                Conn::Single(_) => match cmd.query_async::<Value>(conn).await {
+                    Err(e) if refusal(&e) => Ok(vec![Err(refused(e.code(), e.detail()))]),
+                    answer => Ok(vec![Ok(answer?)]),
+                },
                 Conn::Cluster(cluster) => {
                     let routing =
                         RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-                    match cluster.route_command(cmd, routing).await? {
-                        Value::Map(nodes) => Ok(nodes.into_iter().map(|(_, v)| v).collect()),
-                        other => Ok(vec![other]),
+                    let answers = match cluster.route_command(cmd, routing).await {
+                        Err(e) if refusal(&e) => {
+                            return Ok(vec![Err(refused(e.code(), e.detail()))]);
+                        }
+                        answers => answers?,
+                    };
+                    let each = |answer| match answer {
+                        Value::ServerError(e) => Err(refused(Some(e.code()), e.details())),
+                        answer => Ok(answer),
+                    };
+                    match answers {
+                        Value::Map(nodes) => Ok(nodes.into_iter().map(|(_, v)| each(v)).collect()),
+                        other => Ok(vec![each(other)]),
                     }
                 }
             }
@@ -130,14 +151,32 @@ pub async fn read(redis: &RedisConnection) -> Persistence {
         Ok(answers) => answers
             .into_iter()
             .map(|answer| match answer {
-                Value::ServerError(e) => Persistence::Unknown(format!("CONFIG GET refused: {e:?}")),
-                answer => match redis::from_redis_value::<HashMap<String, String>>(answer) {
+                Err(why) => Persistence::Refused(why),
+                Ok(answer) => match redis::from_redis_value::<HashMap<String, String>>(answer) {
                     Ok(config) => Persistence::from_config(&config),
                     Err(e) => Persistence::Unknown(format!("CONFIG GET answered {e}")),
                 },
             })
             .min()
             .unwrap_or_else(|| Persistence::Unknown("no primary answered".into())),
+    }
+}
+
+/// An error Redis answered (an unknown or renamed command, `NOPERM`), not a failure to
+/// reach it nor one that passes (`LOADING` while it starts).
+fn refusal(e: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind::{NoPerm, ResponseError};
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(ResponseError | NoPerm) | redis::ErrorKind::Extension
+    )
+}
+
+fn refused(code: Option<&str>, detail: Option<&str>) -> String {
+    match (code, detail) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(text), None) | (None, Some(text)) => text.to_owned(),
+        (None, None) => "refused".to_owned(),
     }
 }
 
