@@ -107,6 +107,22 @@ fn pem_error(e: rustls::pki_types::pem::Error, wanted: &str) -> String {
     }
 }
 
+/// `certs` as PEM, for redis-rs, which takes its roots as PEM text.
+pub fn pem_of(certs: &[CertificateDer<'_>]) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut pem = String::new();
+    for cert in certs {
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        let text = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        for line in text.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    pem.into_bytes()
+}
+
 /// Reads PEM CA certificates (one or more); errors start with the quoted path.
 pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let shown = path.display().to_string();
@@ -376,9 +392,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 
-/// Upstream and `hookgate sign --send` trust: the Mozilla roots shipped in webpki-roots.
+/// The CLI's trust (`sign --send`, `deliveries`, `bench`) without `--cacert`: the
+/// system's roots, as the gateway's upstreams. The bundled Mozilla roots alone refused a
+/// server a CA this machine trusts had issued, with a hint saying the machine did not.
 pub fn upstream_client_config() -> ClientConfig {
-    client_config(mozilla_roots())
+    upstream_client_config_for(&UpstreamTrust::System)
 }
 
 /// The Mozilla roots bundled in webpki-roots.

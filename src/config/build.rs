@@ -594,11 +594,12 @@ fn store_settings(file: Option<&file::Store>) -> Result<StoreSettings, Invalid> 
                     "store.ca_file verifies TLS connections: use rediss:// URLs with it",
                 ));
             }
-            tls::load_ca_file(path)
+            // The CAs alone, as `load_ca_file` picks them: the file as written made the
+            // leaf of a full chain an anchor too, and Redis' password went to any server
+            // whose certificate that leaf's key signed.
+            let issuers = tls::load_ca_file(path)
                 .map_err(|e| Invalid::at("store.ca_file", format!("store.ca_file {e}")))?;
-            Some(std::fs::read(path).map_err(|e| {
-                Invalid::at("store.ca_file", format!("store.ca_file {path:?}: {e}"))
-            })?)
+            Some(tls::pem_of(&issuers))
         }
         None => None,
     };
@@ -663,6 +664,25 @@ fn postgres_settings(file: &file::Store, url: &str) -> Result<PostgresSettings, 
              at most 54 characters, not starting with pg_",
         ));
     }
+    // A CA file asks for TLS verified against it, as with Redis, where a plain URL with
+    // one is refused: with `disable` it was ignored, and with the default `prefer` a
+    // server (or anyone on the path) declining TLS got the password in the clear.
+    if file.ca_file.is_some() {
+        use tokio_postgres::config::SslMode;
+        match config.get_ssl_mode() {
+            SslMode::Disable => {
+                return Err(Invalid::at(
+                    "store.ca_file",
+                    "store.ca_file verifies TLS connections: not with sslmode=disable in \
+                     store.postgres_url",
+                ));
+            }
+            SslMode::Prefer => {
+                config.ssl_mode(SslMode::Require);
+            }
+            _ => {}
+        }
+    }
     let trust = match &file.ca_file {
         None => UpstreamTrust::System,
         Some(path) => UpstreamTrust::CaFile {
@@ -690,6 +710,17 @@ fn redis_url(key: &str, url: &str) -> Result<redis::ConnectionInfo, Invalid> {
             format!("{key} is not a valid Redis URL (redis://, rediss:// or redis+unix://)"),
         )
     })?;
+    // `rediss://...#insecure` needs a redis-rs feature this build leaves out: accepted,
+    // every store operation then failed at run time.
+    if let redis::ConnectionAddr::TcpTls { insecure: true, .. } = info.addr() {
+        return Err(Invalid::at(
+            key,
+            format!(
+                "{key}: the #insecure fragment (no certificate check) is not supported; \
+                 trust the server's CA with store.ca_file"
+            ),
+        ));
+    }
     redis::Client::open(info.clone()).map_err(|e| Invalid::at(key, format!("{key}: {e}")))?;
     Ok(info)
 }
@@ -1548,6 +1579,47 @@ upstream = "http://127.0.0.1:9001/hooks"
                 tokio_postgres::config::SslMode::Require
             );
         }
+        let e = error(&format!(
+            "[store]\nredis_url = \"rediss://:pw@cache:6380/0#insecure\"\n{MINIMAL}"
+        ));
+        assert!(
+            e.contains("#insecure") && e.contains("store.ca_file"),
+            "{e}"
+        );
+        assert!(!e.contains("pw@"), "{e}");
+        // With a CA file, TLS is required: `prefer` (the default) would let a server
+        // declining TLS have the password in the clear; `disable` contradicts it.
+        let ca = std::env::temp_dir().join(format!("hookgate-ca-{}.pem", std::process::id()));
+        let pinned = crate::tls::generate_dev_cert().unwrap();
+        std::fs::write(&ca, pinned.cert_pem).unwrap();
+        for (mode, required) in [
+            ("", true),
+            ("?sslmode=prefer", true),
+            ("?sslmode=disable", false),
+        ] {
+            let text = format!(
+                "[store]\npostgres_url = \"postgres://h@db/x{mode}\"\nca_file = {:?}\n{MINIMAL}",
+                ca.display().to_string()
+            );
+            match parse(&text, "t") {
+                Ok(settings) => {
+                    let crate::config::StoreBackend::Postgres(pg) = &settings.store.backend else {
+                        panic!("postgres");
+                    };
+                    assert!(required, "{mode}");
+                    assert_eq!(
+                        pg.config.get_ssl_mode(),
+                        tokio_postgres::config::SslMode::Require,
+                        "{mode}"
+                    );
+                }
+                Err(e) => {
+                    assert!(!required, "{mode}: {e}");
+                    assert!(e.to_string().contains("sslmode=disable"), "{e}");
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&ca);
         let e = error(&format!(
             "[store]\npostgres_url = \"mysql:://hunter2@x\"\n{MINIMAL}"
         ));

@@ -281,7 +281,9 @@ fn uri_shown(uri: &http::Uri) -> String {
         .map(|pair| pair.split('=').next().unwrap_or(""))
         .collect();
     let whole = uri.to_string();
-    let before = whole.split_once('?').map_or(whole.as_str(), |(before, _)| before);
+    let before = whole
+        .split_once('?')
+        .map_or(whole.as_str(), |(before, _)| before);
     format!("{before}?{}", names.join("=…&") + "=…")
 }
 
@@ -297,6 +299,9 @@ mod tests {
             "http://10.0.0.5:8080/hooks?token=…&v=…"
         );
         assert_eq!(shown("https://b.example/in"), "https://b.example/in");
-        assert_eq!(shown("http://b.example/in?flag"), "http://b.example/in?flag=…");
+        assert_eq!(
+            shown("http://b.example/in?flag"),
+            "http://b.example/in?flag=…"
+        );
     }
 }

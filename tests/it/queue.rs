@@ -1128,7 +1128,12 @@ async fn a_redis_refusing_config_get_is_unknown_persistence_not_a_store_error() 
         return;
     };
     let _: () = redis
-        .query(::redis::cmd("ACL").arg("SETUSER").arg("default").arg("-config"))
+        .query(
+            ::redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("default")
+                .arg("-config"),
+        )
         .await;
     let upstream = Upstream::start().await;
     let gw = Gateway::start(config().redis(&redis).queued().route("*", &upstream)).await;

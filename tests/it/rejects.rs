@@ -142,9 +142,15 @@ async fn refusals_after_the_headers_are_read_name_the_webhook_id_in_their_access
     let stale = signed_raw(SECRET, "msg_stale_1", now_unix() - 3600, "{\"type\":\"a\"}");
     let not_json = signed_raw(SECRET, "msg_not_json_1", now_unix(), "not json");
 
-    assert_eq!(client.post(PATH, &forged).await.error(), "invalid_signature");
+    assert_eq!(
+        client.post(PATH, &forged).await.error(),
+        "invalid_signature"
+    );
     assert_eq!(client.post(PATH, &stale).await.error(), "timestamp_too_old");
-    assert_eq!(client.post(PATH, &not_json).await.error(), "invalid_payload");
+    assert_eq!(
+        client.post(PATH, &not_json).await.error(),
+        "invalid_payload"
+    );
 
     let log = gw.log_containing("msg_not_json_1").await;
     for (id, outcome) in [

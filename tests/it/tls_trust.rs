@@ -230,6 +230,40 @@ fn store_ca_file_with_a_plain_redis_url_is_refused() {
     );
 }
 
+/// A full chain as `store.ca_file` for Redis trusts its CAs only, as for upstreams and
+/// PostgreSQL: the file went to redis-rs as written, and the leaf was an anchor too.
+#[test]
+fn a_full_chain_as_store_ca_file_trusts_only_its_ca_for_redis() {
+    let ca = TestCa::generate("hookgate test Redis CA");
+    let (leaf, _key) = ca.issue_server_files("localhost");
+    let chain = leaf.with_file_name("chain.pem");
+    let mut text_of_chain = std::fs::read(&leaf).unwrap();
+    text_of_chain.extend(std::fs::read(&ca.ca_file).unwrap());
+    std::fs::write(&chain, text_of_chain).unwrap();
+    let text = config()
+        .set("store", "redis_url", r#""rediss://localhost:6390""#)
+        .set(
+            "store",
+            "ca_file",
+            &format!("{:?}", chain.display().to_string()),
+        )
+        .route("*", NOWHERE)
+        .to_string();
+
+    let settings = hookgate::config::parse(&text, "t.toml").expect("a full chain");
+
+    let hookgate::config::StoreBackend::Redis(redis) = &settings.store.backend else {
+        panic!("a Redis store");
+    };
+    use rustls_pki_types::pem::PemObject as _;
+    let trusted: Vec<_> =
+        rustls_pki_types::CertificateDer::pem_slice_iter(redis.ca.as_deref().unwrap())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let ca_only = hookgate::tls::load_ca_file(&ca.ca_file).unwrap();
+    assert_eq!(trusted, ca_only);
+}
+
 /// A certificate the CA issued, given as `client_ca` by mistake for the CA itself: it
 /// verifies no client, and was accepted, after which every handshake failed. Refused,
 /// naming the CA to put there instead; a pinned self-signed certificate stays allowed.
