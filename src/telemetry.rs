@@ -102,8 +102,15 @@ impl Telemetry {
             .enable_http1()
             .enable_http2()
             .wrap_connector(connector);
-        let client =
-            opentelemetry_http::hyper::HyperClient::new(connector, settings.export_timeout, None);
+        let cause = Arc::new(std::sync::Mutex::new(None));
+        let client = Explained {
+            client: opentelemetry_http::hyper::HyperClient::new(
+                connector,
+                settings.export_timeout,
+                None,
+            ),
+            cause: cause.clone(),
+        };
         let headers = settings
             .headers
             .iter()
@@ -142,6 +149,7 @@ impl Telemetry {
             settings.export_interval,
             settings.export_timeout,
             dropped.clone(),
+            cause,
         ));
         let provider = SdkTracerProvider::builder()
             .with_span_processor(Batcher {
@@ -647,6 +655,54 @@ impl SpanProcessor for Batcher {
     }
 }
 
+/// The OTLP exporter's HTTP client, keeping why a request could not be sent: the
+/// exporter reports every such failure as "network error", and a collector whose
+/// certificate was refused, or that refused the connection, looked the same in the log.
+struct Explained {
+    client: opentelemetry_http::hyper::HyperClient<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    >,
+    cause: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl fmt::Debug for Explained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Explained")
+    }
+}
+
+impl opentelemetry_http::HttpClient for Explained {
+    fn send_bytes<'a, 'f>(
+        &'a self,
+        request: http::Request<bytes::Bytes>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn Future<Output = Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError>>
+                + Send
+                + 'f,
+        >,
+    >
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        Box::pin(async move {
+            let sent = self.client.send_bytes(request).await;
+            if let Err(e) = &sent {
+                let mut text = e.to_string();
+                let mut source = e.source();
+                while let Some(cause) = source {
+                    text.push_str(": ");
+                    text.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+            }
+            sent
+        })
+    }
+}
+
 /// Every `interval`, when a batch is full, or when asked to flush, exports what is
 /// queued in batches of `MAX_BATCH`, each bounded by `timeout`, one at a time.
 async fn export_forever(
@@ -657,6 +713,7 @@ async fn export_forever(
     interval: Duration,
     timeout: Duration,
     dropped: Dropped,
+    cause: Arc<std::sync::Mutex<Option<String>>>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -680,7 +737,14 @@ async fn export_forever(
             let spans = batch.len();
             match tokio::time::timeout(timeout, exporter.export(batch)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => dropped.count(spans, &format!("export failed: {e}")),
+                Ok(Err(e)) => {
+                    let cause = cause.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let why = match cause {
+                        Some(cause) => format!("export failed: {e}: {cause}"),
+                        None => format!("export failed: {e}"),
+                    };
+                    dropped.count(spans, &why)
+                }
                 Err(_) => dropped.count(spans, "the collector did not answer in time"),
             }
         }

@@ -692,3 +692,29 @@ async fn a_queued_delivery_keeps_no_trace_context_of_the_senders() {
     assert!(!names.contains(&"traceparent"), "{record:#}");
     assert!(!names.contains(&"tracestate"), "{record:#}");
 }
+
+/// The exporter says "network error" for any request it could not send; the warning
+/// names the cause, here the refused connection (a refused certificate, likewise).
+#[tokio::test]
+async fn the_dropped_spans_warning_says_why_the_collector_could_not_be_reached() {
+    let down = format!("http://{}", closed_port().await);
+    let upstream = Upstream::start().await;
+    let gw = GatewayProcess::spawn(telemetry(config().route("*", &upstream), &down)).await;
+    assert!(
+        gw.client()
+            .post(PATH, &signed_event("response.completed"))
+            .await
+            .forwarded()
+    );
+
+    let log = gw.log_containing("trace spans dropped").await;
+
+    let warning = log
+        .lines()
+        .find(|l| l.contains("trace spans dropped"))
+        .unwrap();
+    assert!(
+        warning.to_lowercase().contains("connection refused"),
+        "{warning}"
+    );
+}
