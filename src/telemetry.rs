@@ -140,6 +140,7 @@ impl Telemetry {
         let dropped = Dropped {
             counter: metrics.telemetry_spans_dropped(),
             gate: Arc::new(LogGate::new(DROP_WARNING_INTERVAL)),
+            cause,
         };
         tokio::spawn(export_forever(
             queued,
@@ -149,7 +150,6 @@ impl Telemetry {
             settings.export_interval,
             settings.export_timeout,
             dropped.clone(),
-            cause,
         ));
         let provider = SdkTracerProvider::builder()
             .with_span_processor(Batcher {
@@ -594,6 +594,8 @@ pub fn server_address(uri: &http::Uri) -> (String, i64) {
 struct Dropped {
     counter: IntCounter,
     gate: Arc<LogGate>,
+    /// Why the last export request could not be sent (`Explained`).
+    cause: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Dropped {
@@ -713,7 +715,6 @@ async fn export_forever(
     interval: Duration,
     timeout: Duration,
     dropped: Dropped,
-    cause: Arc<std::sync::Mutex<Option<String>>>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -738,7 +739,11 @@ async fn export_forever(
             match tokio::time::timeout(timeout, exporter.export(batch)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    let cause = cause.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    let cause = dropped
+                        .cause
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take();
                     let why = match cause {
                         Some(cause) => format!("export failed: {e}: {cause}"),
                         None => format!("export failed: {e}"),
