@@ -62,6 +62,9 @@ const FAILED_LOGIN_DELAY: Duration = Duration::from_millis(500);
 
 const CSS: &str = include_str!("static/console.css");
 const JS: &str = include_str!("static/console.js");
+/// Asked for by every page; without it each page load logged a 401 or 404 for
+/// `/favicon.ico` in the browser's console.
+const ICON: &str = include_str!("static/icon.svg");
 
 /// Whether `path` is the console's (the admin listener hands these to `Console::serve`).
 pub fn owns(path: &str) -> bool {
@@ -150,6 +153,9 @@ impl Console {
             }
             (&Method::GET | &Method::HEAD, "/ui/static/console.js") => {
                 return asset(JS, "text/javascript; charset=utf-8");
+            }
+            (&Method::GET | &Method::HEAD, "/ui/static/icon.svg") => {
+                return asset(ICON, "image/svg+xml");
             }
             _ => {}
         }

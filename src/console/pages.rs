@@ -122,7 +122,14 @@ impl Console {
             },
             states: Choice::list(State::ALL.map(State::as_str), given("status")),
             sources: Choice::list(sources, given("source")),
-            routes: Choice::list(routes, given("route")),
+            // `route=fan&upstream=a` is the copy `fan/a`, which the select can hold.
+            routes: Choice::list(
+                routes,
+                &match (given("route"), given("upstream")) {
+                    (route, "") => route.to_owned(),
+                    (route, upstream) => format!("{route}/{upstream}"),
+                },
+            ),
             windows: WINDOWS
                 .iter()
                 .map(|(value, label)| Choice {

@@ -67,7 +67,9 @@ pub struct Choice {
 }
 
 impl Choice {
-    /// "any" first, then `values`, with `current` selected.
+    /// "any" first, then `values`, with `current` selected; a `current` none of them is
+    /// (a route a reload removed, one fan-out copy) is offered too. Shown as "any", the
+    /// next Filter widened the list the page showed to every record.
     pub fn list<'a>(values: impl IntoIterator<Item = &'a str>, current: &str) -> Vec<Choice> {
         let mut choices = vec![Choice {
             value: String::new(),
@@ -79,6 +81,13 @@ impl Choice {
                 value: value.to_owned(),
                 label: value.to_owned(),
                 selected: value == current,
+            });
+        }
+        if !choices.iter().any(|c| c.selected) {
+            choices.push(Choice {
+                value: current.to_owned(),
+                label: current.to_owned(),
+                selected: true,
             });
         }
         choices
@@ -601,6 +610,18 @@ mod tests {
         // Only first-party script files: no inline script at all.
         assert_eq!(html.matches("<script").count(), 1);
         assert!(html.contains(r#"<script src="/ui/static/console.js"#));
+    }
+
+    /// A filter value the form has no option for (a route a reload removed, one fan-out
+    /// copy) is offered and kept: shown as "any", the next Filter listed everything.
+    #[test]
+    fn a_filter_value_without_its_option_is_offered_and_kept() {
+        let choices = Choice::list(["billing", "fan"], "fan/a");
+        let selected: Vec<_> = choices.iter().filter(|c| c.selected).collect();
+        assert_eq!(selected.len(), 1);
+        assert_eq!(selected[0].value, "fan/a");
+        assert_eq!(Choice::list(["billing"], "billing").len(), 2);
+        assert!(Choice::list(["billing"], "")[0].selected);
     }
 
     #[test]

@@ -339,10 +339,16 @@ impl Workers {
         let mut pruned = tokio::time::Instant::now();
         loop {
             let asked = tokio::time::Instant::now();
-            if let Ok(stats) = self.queue.stats().await {
-                self.metrics.queue_stats(stats.depth, stats.oldest_age);
-            }
-            let pause = stats_pause(asked.elapsed());
+            // A count that failed (timed out in a store stall) says nothing of what a
+            // count costs: paced by its time, the gauges stayed stale for a minute after
+            // the store was back.
+            let pause = match self.queue.stats().await {
+                Ok(stats) => {
+                    self.metrics.queue_stats(stats.depth, stats.oldest_age);
+                    stats_pause(asked.elapsed())
+                }
+                Err(_) => STATS_INTERVAL,
+            };
             if pruned.elapsed() >= PRUNE_EVERY {
                 pruned = tokio::time::Instant::now();
                 match self.queue.prune(PRUNE_IDLE).await {

@@ -902,3 +902,101 @@ fn urlencode(text: &str) -> String {
         .collect::<String>()
         .replace('+', "%20")
 }
+
+/// With the queue unreadable the overview's dead letters are unknown, not 0 (an operator
+/// read "Dead letters: 0" as "none"); the page's icon is served, not a 401 or 404 in the
+/// browser's console on every page.
+#[tokio::test]
+async fn with_the_queue_unreadable_the_overview_says_its_dead_letters_are_unknown() {
+    let Some(mut redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        config()
+            .redis(&redis)
+            .queued()
+            .route("*", &upstream)
+            .store_option("timeout", "300ms")
+            .store_option("connect_timeout", "300ms"),
+    )
+    .await;
+    redis.stop();
+
+    let page = get(&gw, "/ui/", &[]).await.text();
+
+    assert!(
+        page.contains("Dead letters</h2>\n    <p class=\"big bad-text\">unknown</p>"),
+        "{page}"
+    );
+    assert!(!page.contains("Show dead letters"), "{page}");
+    let icon = get(&gw, "/ui/static/icon.svg", &[]).await;
+    assert_eq!(icon.status(), 200);
+    assert_eq!(icon.header("content-type"), Some("image/svg+xml"));
+}
+
+/// The overview's refresh reloads only once the gateway answers, and says meanwhile that
+/// it does not: a reload while it was down left the browser's error page, where no script
+/// runs, and the screen never came back.
+#[tokio::test]
+async fn the_overview_says_when_the_gateway_stops_answering_and_keeps_its_page() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let mut gw = GatewayProcess::spawn(config().queued().route("*", &upstream)).await;
+    browser.goto(&format!("http://{}/ui/", gw.admin_addr)).await;
+    browser.wait_for_text("h1", "Overview").await;
+
+    gw.kill();
+
+    eventually("the page to say the gateway does not answer", async || {
+        browser
+            .run("return document.getElementById('unreachable')?.textContent || ''")
+            .await
+            .as_str()
+            .is_some_and(|text| text.contains("has not answered"))
+    })
+    .await;
+    assert_eq!(browser.text("h1").await, "Overview");
+}
+
+/// The filter's times are sent as UTC, read in the viewer's zone, and a time changed
+/// after Back is the one sent: the form was rewritten on submit, and restored by the
+/// back/forward cache it sent its old time whatever was typed next.
+#[tokio::test]
+async fn the_filter_sends_the_time_typed_even_after_going_back() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(config().queued().route("*", &upstream)).await;
+    let set_since = |value: &'static str| {
+        format!("document.getElementById('f-since').value = '{value}'; return true")
+    };
+    let utc =
+        |value: &str| format!("return new Date('{value}').toISOString().replace(/:/g, '%3A')");
+    browser.goto(&gw.admin_url("/ui/deliveries")).await;
+    browser.wait_for_text("h1", "Deliveries").await;
+
+    browser.run(&set_since("2026-12-07T21:50:31")).await;
+    browser.click(".filters button[type=submit]").await;
+    let first = browser.run(&utc("2026-12-07T21:50:31")).await;
+    eventually("the first filter", async || {
+        browser.path().await.contains(first.as_str().unwrap())
+    })
+    .await;
+    browser.run("history.back(); return true").await;
+    eventually("back on the unfiltered list", async || {
+        !browser.path().await.contains("since=")
+    })
+    .await;
+    browser.run(&set_since("2026-12-07T21:55:00")).await;
+    browser.click(".filters button[type=submit]").await;
+
+    let second = browser.run(&utc("2026-12-07T21:55:00")).await;
+    eventually("the second filter", async || {
+        browser.path().await.contains(second.as_str().unwrap())
+    })
+    .await;
+}

@@ -40,26 +40,43 @@ function localDateInputs() {
   }
   const form = document.querySelector("form.filters");
   if (!form) return;
-  form.addEventListener("submit", () => {
+  // The submitted value is rewritten, not the form: a form changed on submit and then
+  // restored by Back (the back/forward cache) sent its old time whatever was typed next.
+  form.addEventListener("formdata", (event) => {
     for (const input of inputs) {
       if (!input.value) continue;
       const at = new Date(input.value); // read in the viewer's zone
       if (isNaN(at)) continue;
-      const utc = document.createElement("input");
-      utc.type = "hidden";
-      utc.name = input.name;
-      utc.value = at.toISOString();
-      input.removeAttribute("name");
-      form.appendChild(utc);
+      event.formData.set(input.name, at.toISOString());
     }
   });
 }
 
+// Reloads only once the gateway answers: a reload while it was down left the browser's
+// own error page, where no script runs, and the screen never came back. Meanwhile the
+// page says since when the gateway has not answered.
 function refresh() {
   const seconds = Number(document.body.dataset.refresh || 0);
   if (!seconds) return;
-  setInterval(() => {
-    if (!document.hidden) location.reload();
+  let down = null;
+  setInterval(async () => {
+    if (document.hidden) return;
+    try {
+      // The smallest thing the console answers: its own script, headers only.
+      await fetch("/ui/static/console.js", { method: "HEAD", cache: "no-store" });
+    } catch (_) {
+      if (!down) {
+        down = document.createElement("p");
+        down.className = "error";
+        down.id = "unreachable";
+        down.setAttribute("role", "alert");
+        down.textContent = "The gateway has not answered since " +
+          new Date().toLocaleTimeString() + "; trying again every " + seconds + " s.";
+        document.querySelector("main").prepend(down);
+      }
+      return;
+    }
+    location.reload();
   }, seconds * 1000);
 }
 
