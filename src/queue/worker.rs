@@ -337,17 +337,25 @@ impl Workers {
     /// and then forgets stopped instances.
     async fn stats_forever(self: Arc<Self>) {
         let mut pruned = tokio::time::Instant::now();
+        let mut recovering = false;
         loop {
             let asked = tokio::time::Instant::now();
-            // A count that failed (timed out in a store stall) says nothing of what a
-            // count costs: paced by its time, the gauges stayed stale for a minute after
-            // the store was back.
+            // A count that failed (timed out in a store stall), and the first one after
+            // it (slowed by the reconnection), say nothing of what a count costs: paced
+            // by their time, the gauges stayed stale for a minute after the store was back.
             let pause = match self.queue.stats().await {
                 Ok(stats) => {
                     self.metrics.queue_stats(stats.depth, stats.oldest_age);
-                    stats_pause(asked.elapsed())
+                    if std::mem::take(&mut recovering) {
+                        STATS_INTERVAL
+                    } else {
+                        stats_pause(asked.elapsed())
+                    }
                 }
-                Err(_) => STATS_INTERVAL,
+                Err(_) => {
+                    recovering = true;
+                    STATS_INTERVAL
+                }
             };
             if pruned.elapsed() >= PRUNE_EVERY {
                 pruned = tokio::time::Instant::now();

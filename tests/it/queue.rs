@@ -1158,3 +1158,42 @@ async fn a_redis_refusing_config_get_is_unknown_persistence_not_a_store_error() 
         None
     );
 }
+
+/// A queue count that failed (timed out while Redis stalled) is asked again a second
+/// later: paced by what it took, as a slow count is, the gauges stayed stale for up to a
+/// minute after Redis was back.
+#[tokio::test]
+async fn the_queue_gauges_are_counted_again_soon_after_a_stalled_store_is_back() {
+    let Some(redis) = RedisServer::start_or_skip().await else {
+        return;
+    };
+    let upstream = Upstream::with(Answer::held()).await;
+    let gw = Gateway::start(
+        config()
+            .redis(&redis)
+            .queued()
+            .route("*", &upstream)
+            .store_option("timeout", "300ms")
+            .store_option("connect_timeout", "300ms"),
+    )
+    .await;
+    {
+        let _paused = redis.pause();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    for _ in 0..3 {
+        enqueue(&gw.client(), &signed_event("response.completed")).await;
+    }
+
+    let counted = tokio::time::timeout(Duration::from_secs(10), async {
+        while gw.metrics().await.value("hookgate_queue_depth") != Some(3.0) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        counted.is_ok(),
+        "the queue depth was not counted within 10 s"
+    );
+    upstream.release();
+}
