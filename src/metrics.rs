@@ -4,7 +4,7 @@
 //! sources and routes are named in the config, so their label values are bounded.
 //! Each gateway owns its registry, so several gateways in one process do not collide.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -380,6 +380,9 @@ pub struct Metrics {
     /// The route labels series were made for (`route`, `delivery`, `enrich`), for
     /// `keep_routes`.
     route_labels: Mutex<HashSet<String>>,
+    /// The sources series were made for, each with the most secrets it had
+    /// (`hookgate_verified_total{secret}`), for `keep_sources`.
+    source_labels: Mutex<HashMap<String, usize>>,
 }
 
 /// The series of one upstream's circuit breaker (`breaker::Breaker`).
@@ -769,6 +772,7 @@ impl Metrics {
             breaker_state,
             breaker_transitions,
             route_labels: Mutex::default(),
+            source_labels: Mutex::default(),
         }
     }
 
@@ -808,6 +812,35 @@ impl Metrics {
             let _ = self.upstream_duration.remove_label_values(&[label]);
             let _ = self.delivery_attempts.remove_label_values(&[label]);
             let _ = self.enrich_duration.remove_label_values(&[label]);
+            false
+        });
+    }
+
+    /// Ends the series of every source but `kept` (name and number of secrets: a
+    /// secret removed from a source ends its `hookgate_verified_total` series too), as
+    /// `keep_routes` does for routes: a renamed source's series stayed for good, 42
+    /// frozen lines a name.
+    pub fn keep_sources(&self, kept: &HashMap<String, usize>) {
+        let mut labels = self.source_labels.lock().unwrap_or_else(|p| p.into_inner());
+        labels.retain(|source, secrets| {
+            let keep = match kept.get(source) {
+                Some(&now) => now,
+                None if source == NO_SOURCE => return true,
+                None => 0,
+            };
+            for i in keep..*secrets {
+                let _ = self.verified.remove_label_values(&[source, &i.to_string()]);
+            }
+            *secrets = keep.min(*secrets);
+            if kept.contains_key(source) {
+                return true;
+            }
+            for outcome in Outcome::ALL {
+                let _ = self
+                    .requests
+                    .remove_label_values(&[source, outcome.label()]);
+            }
+            let _ = self.request_duration.remove_label_values(&[source]);
             false
         });
     }
@@ -881,6 +914,10 @@ impl Metrics {
     /// indexed like its `secrets`, labelled by position (`0`, `1`, ...), never by value.
     /// When a rotated-out secret's series stops growing, the sender no longer uses it.
     pub fn verified(&self, source: &str, secrets: usize) -> Vec<IntCounter> {
+        let mut labels = self.source_labels.lock().unwrap_or_else(|p| p.into_inner());
+        let most = labels.entry(source.to_owned()).or_default();
+        *most = (*most).max(secrets);
+        drop(labels);
         (0..secrets)
             .map(|i| self.verified.with_label_values(&[source, &i.to_string()]))
             .collect()
@@ -941,6 +978,9 @@ impl Metrics {
     /// The series of one source, resolved once: the request path then touches no
     /// label map (prometheus hashes label values on every `with_label_values`).
     pub fn source(&self, source: &str) -> SourceMetrics {
+        (self.source_labels.lock().unwrap_or_else(|p| p.into_inner()))
+            .entry(source.to_owned())
+            .or_default();
         SourceMetrics {
             requests: Outcome::ALL.map(|o| self.requests.with_label_values(&[source, o.label()])),
             duration: self.request_duration.with_label_values(&[source]),

@@ -285,6 +285,10 @@ impl Live {
             })
             .collect();
         self.shared.metrics.keep_routes(&route_labels);
+        let sources: HashMap<String, usize> = (settings.sources.iter())
+            .map(|source| (source.name.clone(), source.secrets))
+            .collect();
+        self.shared.metrics.keep_sources(&sources);
         let rekeyed = self.loaded.load().claim_key_warnings(&settings);
         settings.warnings.extend(rekeyed);
         let warnings = settings.warnings.clone();

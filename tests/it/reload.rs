@@ -744,3 +744,40 @@ async fn a_reload_keeps_the_penalty_box_unless_it_changed() {
     assert_eq!(after_same.error(), "penalty_box", "{after_same:?}");
     assert!(after_change.forwarded(), "{after_change:?}");
 }
+
+/// A reload ends the series of a source it removed or renamed, and those of a secret it
+/// removed from a source, as it does a route's: kept, each old name left 42 frozen lines
+/// in `/metrics` for good, and names with versions or dates in them grew it at every
+/// reload.
+#[tokio::test]
+async fn a_reload_ends_the_series_of_removed_sources_and_secrets() {
+    let upstream = Upstream::start().await;
+    let two = |name: &str, secrets: &[&str]| {
+        config()
+            .secrets(secrets)
+            .route("*", &upstream)
+            .source(name, "/other")
+            .route("*", &upstream)
+    };
+    let file = ConfigFile::new(two("acme_v1", &[SECRET, OTHER_SECRET]));
+    let gw = Gateway::start_file(&file.path()).await;
+    assert!(
+        gw.post(PATH, &signed_event("response.completed"))
+            .await
+            .forwarded()
+    );
+    let verified = format!("hookgate_verified_total{{secret=\"1\",source=\"{SOURCE}\"}}");
+    let scrape = gw.metrics().await;
+    assert!(scrape.0.contains("acme_v1"));
+    assert_eq!(scrape.value(&verified), Some(0.0));
+
+    file.write(two("acme_v2", &[SECRET]));
+    gw.reload().await.expect("a valid file");
+
+    let scrape = gw.metrics().await;
+    assert!(!scrape.0.contains("acme_v1"), "{}", scrape.0);
+    assert!(scrape.0.contains("acme_v2"));
+    assert_eq!(scrape.value(&verified), None);
+    let kept = format!("hookgate_requests_total{{outcome=\"forwarded\",source=\"{SOURCE}\"}}");
+    assert_eq!(scrape.value(&kept), Some(1.0));
+}
