@@ -60,13 +60,7 @@ impl Trust {
 /// A failed request's error chain on one line, then, when the cause is a common one, a
 /// second line starting `hint: ` that says what to do.
 pub fn explain(error: &(dyn Error + 'static), url: &str, trust: &Trust) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
+    let mut text = crate::error_chain::one_line(error);
     if let Some(hint) = hint(error, url, trust) {
         text.push_str("\nhint: ");
         text.push_str(hint);

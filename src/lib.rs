@@ -19,7 +19,7 @@
 //! | stages and mappings | `dedupe`, `ratelimit`, `reject` |
 //! | parts with state or I/O | `store` and `queue` backends (behind factories), `forward`, `breaker`, `enrich`, `body_budget`, `penalty_box`, `connections`, `server`, `telemetry` |
 //! | settings | `config` (file mirror, validation, the `check` summary) |
-//! | vocabulary | `upstream`, `event`, `route`, `client_ip`, `dropped_headers`, `verify` (one file per scheme), `tls`, `provider`, `metrics`, `queue::record`, `queue::policy`, `random`, `log_gate`, `log_writer` |
+//! | vocabulary | `upstream`, `event`, `route`, `client_ip`, `dropped_headers`, `verify` (one file per scheme), `tls`, `provider`, `metrics`, `queue::record`, `queue::policy`, `random`, `log_gate`, `log_writer`, `error_chain` |
 //!
 //! A new scheme is one file in `verify/` and a line in `verify::SCHEMES`; a new backend
 //! one file in `store/` (and in `queue/`) and an arm in each factory; a new stage one
@@ -45,6 +45,7 @@ pub mod diagnose;
 pub mod dropped_headers;
 pub mod echo;
 pub mod enrich;
+pub mod error_chain;
 pub mod event;
 pub mod forward;
 pub mod log_gate;

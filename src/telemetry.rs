@@ -691,13 +691,7 @@ impl opentelemetry_http::HttpClient for Explained {
         Box::pin(async move {
             let sent = self.client.send_bytes(request).await;
             if let Err(e) = &sent {
-                let mut text = e.to_string();
-                let mut source = e.source();
-                while let Some(cause) = source {
-                    text.push_str(": ");
-                    text.push_str(&cause.to_string());
-                    source = cause.source();
-                }
+                let text = crate::error_chain::one_line(e.as_ref());
                 *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
             }
             sent

@@ -917,8 +917,7 @@ async fn with_the_queue_unreadable_the_overview_says_its_dead_letters_are_unknow
             .redis(&redis)
             .queued()
             .route("*", &upstream)
-            .store_option("timeout", "300ms")
-            .store_option("connect_timeout", "300ms"),
+            .impatient_store(),
     )
     .await;
     redis.stop();

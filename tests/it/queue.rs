@@ -1173,8 +1173,7 @@ async fn the_queue_gauges_are_counted_again_soon_after_a_stalled_store_is_back()
             .redis(&redis)
             .queued()
             .route("*", &upstream)
-            .store_option("timeout", "300ms")
-            .store_option("connect_timeout", "300ms"),
+            .impatient_store(),
     )
     .await;
     {

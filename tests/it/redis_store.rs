@@ -25,12 +25,7 @@ fn redis_store(redis: &RedisServer) -> RedisStore {
 
 /// A store on `redis` that gives up on it after 600 ms (`connect_timeout + timeout`).
 fn impatient_store(redis: &RedisServer) -> RedisStore {
-    redis_store_from(
-        config()
-            .redis(redis)
-            .store_option("timeout", "300ms")
-            .store_option("connect_timeout", "300ms"),
-    )
+    redis_store_from(config().redis(redis).impatient_store())
 }
 
 fn redis_store_from(config: Config) -> RedisStore {
@@ -335,8 +330,7 @@ fn impatient(redis: &RedisServer, on_error: &str, upstream: &Upstream) -> Config
     config()
         .redis(redis)
         .store_option("on_error", on_error)
-        .store_option("timeout", "300ms")
-        .store_option("connect_timeout", "300ms")
+        .impatient_store()
         .route("*", upstream)
 }
 

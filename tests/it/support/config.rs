@@ -341,6 +341,13 @@ impl Config {
         self.store.push((key, format!("{value:?}")));
         self
     }
+
+    /// A store that gives up quickly: each call (its connection included) within
+    /// 300 ms + 300 ms, for tests where Redis stops or stalls.
+    pub fn impatient_store(self) -> Self {
+        self.store_option("timeout", "300ms")
+            .store_option("connect_timeout", "300ms")
+    }
 }
 
 impl fmt::Display for Config {
