@@ -99,6 +99,10 @@ struct Trace<'g> {
     source: Option<&'g Entry>,
     route: Option<&'g str>,
     webhook_id: Option<String>,
+    /// The id a request refused at the signature or payload stage claims: for its access
+    /// line only (a sender's complaint about one id finds it), never its span, which
+    /// holds no unverified header value.
+    claimed_id: Option<String>,
     event_type: Option<String>,
     /// Queue mode: the id of the stored delivery.
     delivery_id: Option<String>,
@@ -249,7 +253,7 @@ impl Gateway {
             status,
             // Whole microseconds: `elapsed * 1000.0` logs as 0.21756999999999999.
             duration_ms = elapsed.as_micros() as f64 / 1000.0,
-            webhook_id = trace.webhook_id.as_deref(),
+            webhook_id = trace.webhook_id.as_deref().or(trace.claimed_id.as_deref()),
             event_type = trace.event_type.as_deref(),
             delivery_id = trace.delivery_id.as_deref(),
             client_ip = trace.client.map(tracing::field::display),
@@ -317,7 +321,7 @@ impl Gateway {
                 // we rotated the secret") finds the line. Unverified: never read from
                 // the body, and only a well-formed key.
                 if let event::Field::Header(_) = source.dedupe_key {
-                    trace.webhook_id = (source.dedupe_key.dedupe_key(&parts.headers, &body))
+                    trace.claimed_id = (source.dedupe_key.dedupe_key(&parts.headers, &body))
                         .ok()
                         .map(std::borrow::Cow::into_owned);
                 }
@@ -334,7 +338,7 @@ impl Gateway {
         )
         // A genuine delivery refused for its payload is found by its id all the same.
         .inspect_err(|_| {
-            trace.webhook_id = (source.dedupe_key.dedupe_key(&parts.headers, &body))
+            trace.claimed_id = (source.dedupe_key.dedupe_key(&parts.headers, &body))
                 .ok()
                 .map(std::borrow::Cow::into_owned);
         })?;
