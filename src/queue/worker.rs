@@ -337,24 +337,25 @@ impl Workers {
     /// and then forgets stopped instances.
     async fn stats_forever(self: Arc<Self>) {
         let mut pruned = tokio::time::Instant::now();
-        let mut recovering = false;
+        let mut failed = 0u32;
         loop {
             let asked = tokio::time::Instant::now();
             // A count that failed (timed out in a store stall), and the first one after
             // it (slowed by the reconnection), say nothing of what a count costs: paced
             // by their time, the gauges stayed stale for a minute after the store was back.
+            // Failed counts are asked again after 1, 2, 4 ... 60 s.
             let pause = match self.queue.stats().await {
                 Ok(stats) => {
                     self.metrics.queue_stats(stats.depth, stats.oldest_age);
-                    if std::mem::take(&mut recovering) {
+                    if std::mem::take(&mut failed) > 0 {
                         STATS_INTERVAL
                     } else {
                         stats_pause(asked.elapsed())
                     }
                 }
                 Err(_) => {
-                    recovering = true;
-                    STATS_INTERVAL
+                    failed = (failed + 1).min(7);
+                    (STATS_INTERVAL * (1 << (failed - 1))).min(STATS_MAX_INTERVAL)
                 }
             };
             if pruned.elapsed() >= PRUNE_EVERY {
