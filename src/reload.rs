@@ -4,7 +4,8 @@
 //!
 //! Applied at once: sources, routes, schemes, secrets, `allow_ips`, `resign`, the rate
 //! limit (its `trusted_proxies` also for the per-IP connection limit), the penalty box
-//! (which starts empty), dedupe TTLs, the body limits, `store.on_error`, the admin token,
+//! (kept when `[penalty_box]` is unchanged, else empty), dedupe TTLs, the body limits,
+//! `store.on_error`, the admin token,
 //! and `[server.tls]` certificates (files are read again; new connections use them).
 //! Needing a restart, logged and otherwise left as they are: the listen addresses,
 //! turning TLS on or off, connection and upstream limits, the body budget, `[store]`,

@@ -399,32 +399,37 @@ struct Link {
     used: AtomicBool,
 }
 
-/// How often an idle connection is asked a `PING` (see `watch_while_idle`).
-const IDLE_PING: Duration = Duration::from_millis(250);
+/// How often an idle connection is asked a `PING` (see `watch_while_idle`), and the
+/// longest pause between pings while they fail.
+const IDLE_PING: Duration = Duration::from_secs(1);
+const IDLE_PING_MAX: Duration = Duration::from_secs(8);
 
 /// Pings the connection while nothing else uses it, until the link is gone. A connection
 /// that broke while idle (Redis restarted) is only found broken by the next call sent on
 /// it, which fails as broken and cannot be asked again (it may have run): the first
 /// delivery after every Redis restart was answered 503, and `/readyz` said not ready,
-/// however long Redis had been back. The ping finds it broken instead, and redis-rs
-/// reconnects before a delivery needs the connection.
+/// however long Redis had been back. The failed ping makes redis-rs reconnect before a
+/// delivery needs the connection. A ping is one try, never a replacement nor a warning
+/// (Redis paused or down is for the calls that need it to say), and pings back off while
+/// they fail.
 async fn watch_while_idle(link: std::sync::Weak<Link>, deadline: Duration) {
-    let mut tick = tokio::time::interval(IDLE_PING);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pause = IDLE_PING;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(pause).await;
         let Some(link) = link.upgrade() else {
             return;
         };
         if link.used.swap(false, Ordering::Relaxed) {
+            pause = IDLE_PING;
             continue;
         }
-        let _ = link
-            .send(deadline, |mut connection| async move {
-                redis::cmd("PING").query_async::<()>(&mut connection).await
-            })
-            .await;
-        link.used.store(false, Ordering::Relaxed);
+        let (_, mut connection) = link.current();
+        let ping = redis::cmd("PING");
+        let answered = within(deadline, connection.req_packed_command(&ping)).await;
+        pause = match answered {
+            Ok(_) => IDLE_PING,
+            Err(_) => (pause * 2).min(IDLE_PING_MAX),
+        };
     }
 }
 
