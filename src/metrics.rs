@@ -969,10 +969,16 @@ impl Metrics {
     pub fn queue_stats(&self, depth: u64, oldest_age: Duration) {
         self.queue_depth.set(depth.min(i64::MAX as u64) as i64);
         self.queue_oldest_age.set(oldest_age.as_secs_f64());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        self.queue_counted_at.set(now.as_secs_f64());
+        self.queue_counted_at.set(unix_now());
+    }
+
+    /// The queue's workers start: until their first count, the gauges are dated from
+    /// now, so that an instance whose store fails from its start (or that restarted
+    /// during the outage) is not taken for one without a queue (0) by the alert.
+    pub fn queue_counting(&self) {
+        if self.queue_counted_at.get() == 0.0 {
+            self.queue_counted_at.set(unix_now());
+        }
     }
 
     /// The series of one source, resolved once: the request path then touches no
@@ -1036,6 +1042,13 @@ impl Metrics {
     }
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1070,6 +1083,9 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs_f64();
+        m.queue_counting();
+        let started = m.queue_counted_at.get();
+        assert!(started >= before.floor(), "{started}");
         m.queue_stats(3, Duration::from_secs(2));
         let counted = m.queue_counted_at.get();
         assert!(

@@ -689,6 +689,8 @@ impl opentelemetry_http::HttpClient for Explained {
         Self: 'f,
     {
         Box::pin(async move {
+            // A cause is for the export that failed with it, not a later one.
+            *self.cause.lock().unwrap_or_else(|p| p.into_inner()) = None;
             let sent = self.client.send_bytes(request).await;
             if let Err(e) = &sent {
                 let text = crate::error_chain::one_line(e.as_ref());

@@ -668,7 +668,20 @@ fn postgres_settings(file: &file::Store, url: &str) -> Result<PostgresSettings, 
     // one is refused: with `disable` it was ignored, and with the default `prefer` a
     // server (or anyone on the path) declining TLS got the password in the clear.
     if file.ca_file.is_some() {
-        use tokio_postgres::config::SslMode;
+        use tokio_postgres::config::{Host, SslMode};
+        // PostgreSQL never offers TLS on a Unix socket: required there, every connection
+        // failed at run time.
+        if config
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, Host::Unix(_)))
+        {
+            return Err(Invalid::at(
+                "store.ca_file",
+                "store.ca_file verifies TLS connections, which PostgreSQL does not offer on \
+                 a Unix socket: connect over TCP (host=name or IP) or leave ca_file out",
+            ));
+        }
         match config.get_ssl_mode() {
             SslMode::Disable => {
                 return Err(Invalid::at(
@@ -1619,6 +1632,13 @@ upstream = "http://127.0.0.1:9001/hooks"
                 }
             }
         }
+        // Nor over a Unix socket, where PostgreSQL offers no TLS at all.
+        let text = format!(
+            "[store]\npostgres_url = \"postgres://h@%2Frun%2Fpostgresql/x\"\nca_file = {:?}\n{MINIMAL}",
+            ca.display().to_string()
+        );
+        let e = parse(&text, "t").unwrap_err().to_string();
+        assert!(e.contains("Unix socket"), "{e}");
         let _ = std::fs::remove_file(&ca);
         let e = error(&format!(
             "[store]\npostgres_url = \"mysql:://hunter2@x\"\n{MINIMAL}"

@@ -126,7 +126,7 @@ impl Console {
             routes: Choice::list(
                 routes,
                 &match (given("route"), given("upstream")) {
-                    (route, "") => route.to_owned(),
+                    ("", _) | (_, "") => given("route").to_owned(),
                     (route, upstream) => format!("{route}/{upstream}"),
                 },
             ),

@@ -336,6 +336,7 @@ impl Workers {
     /// Refreshes the queue gauges (every second while that is cheap: `stats_pause`); now
     /// and then forgets stopped instances.
     async fn stats_forever(self: Arc<Self>) {
+        self.metrics.queue_counting();
         let mut pruned = tokio::time::Instant::now();
         let mut failed = 0u32;
         loop {

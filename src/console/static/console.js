@@ -63,7 +63,9 @@ function refresh() {
     if (document.hidden) return;
     try {
       // The smallest thing the console answers: its own script, headers only.
-      await fetch("/ui/static/console.js", { method: "HEAD", cache: "no-store" });
+      // A proxy in front answering 502 for it is no gateway answering either.
+      const answer = await fetch("/ui/static/console.js", { method: "HEAD", cache: "no-store" });
+      if (!answer.ok) throw new Error(String(answer.status));
     } catch (_) {
       if (!down) {
         down = document.createElement("p");

@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 
-use redis::Value;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::{ServerErrorKind, Value};
 
 use crate::store::redis::{Conn, RedisConnection};
 
@@ -135,7 +135,14 @@ pub async fn read(redis: &RedisConnection) -> Persistence {
                         answers => answers?,
                     };
                     let each = |answer| match answer {
-                        Value::ServerError(e) => Err(refused(Some(e.code()), e.details())),
+                        Value::ServerError(e)
+                            if matches!(
+                                e.kind(),
+                                Some(ServerErrorKind::ResponseError | ServerErrorKind::NoPerm)
+                            ) =>
+                        {
+                            Err(refused(Some(e.code()), e.details()))
+                        }
                         answer => Ok(answer),
                     };
                     match answers {
@@ -166,10 +173,7 @@ pub async fn read(redis: &RedisConnection) -> Persistence {
 /// reach it nor one that passes (`LOADING` while it starts).
 fn refusal(e: &redis::RedisError) -> bool {
     use redis::ServerErrorKind::{NoPerm, ResponseError};
-    matches!(
-        e.kind(),
-        redis::ErrorKind::Server(ResponseError | NoPerm) | redis::ErrorKind::Extension
-    )
+    matches!(e.kind(), redis::ErrorKind::Server(ResponseError | NoPerm))
 }
 
 fn refused(code: Option<&str>, detail: Option<&str>) -> String {
