@@ -4,10 +4,13 @@
 //! A channel per line (tracing-appender's writer) wakes the writing thread for nearly
 //! every line under load: a futex wake and a context switch per request, which on a
 //! gateway sharing its core cost more than formatting the line. Here a request's line
-//! costs a lock and a copy. Nothing is dropped: when `LIMIT` bytes wait (stderr slower
-//! than the requests), the logging thread itself writes them out, so logging waits
-//! rather than loses. Dropping the `FlushGuard` writes what waits, so a clean shutdown
-//! loses no line; a `SIGKILL` loses at most the last `INTERVAL` of them.
+//! costs a lock and a copy. Logging never waits for stderr: when `LIMIT` bytes wait
+//! (stderr slower than the requests, or read by nobody), new lines are dropped and
+//! counted, and a warning says how many once stderr takes lines again. (Logging used to
+//! write them out itself and wait: with a stderr nobody read, every request, `/healthz`
+//! and the shutdown waited for good.) Dropping the `FlushGuard` writes what waits, so a
+//! clean shutdown loses no line, waiting at most `FLUSH_WAIT` for a stderr that takes
+//! nothing; a `SIGKILL` loses at most the last `INTERVAL` of them.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -20,8 +23,10 @@ use tracing_subscriber::fmt::MakeWriter;
 const INTERVAL: Duration = Duration::from_millis(50);
 /// Waiting bytes that wake the writing thread before `INTERVAL` is up.
 const BATCH: usize = 64 * 1024;
-/// Waiting bytes at which a logging thread writes them out itself.
+/// Waiting bytes beyond which new lines are dropped (and counted).
 const LIMIT: usize = 4 * 1024 * 1024;
+/// How long a shutdown waits for the last lines to be written.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// The writer to give `tracing_subscriber::fmt().with_writer`.
 #[derive(Clone)]
@@ -47,6 +52,8 @@ struct Shared {
 struct Waiting {
     bytes: Vec<u8>,
     stop: bool,
+    /// Lines dropped since the last warning about them.
+    dropped: u64,
 }
 
 impl BatchedWriter {
@@ -88,6 +95,13 @@ impl Shared {
                 waiting.stop
             };
             self.write_out();
+            let dropped = std::mem::take(&mut lock(&self.waiting).dropped);
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    "log lines dropped: stderr did not take them while 4 MiB of lines waited"
+                );
+            }
             if stop {
                 return;
             }
@@ -110,12 +124,14 @@ impl Write for BatchedWriter {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
         let waiting_len = {
             let mut waiting = lock(&self.shared.waiting);
+            if waiting.bytes.len() >= LIMIT {
+                waiting.dropped += 1;
+                return Ok(line.len());
+            }
             waiting.bytes.extend_from_slice(line);
             waiting.bytes.len()
         };
-        if waiting_len >= LIMIT {
-            self.shared.write_out();
-        } else if waiting_len >= BATCH && waiting_len - line.len() < BATCH {
+        if waiting_len >= BATCH && waiting_len - line.len() < BATCH {
             self.shared.wake.notify_one();
         }
         Ok(line.len())
@@ -138,9 +154,19 @@ impl Drop for FlushGuard {
     fn drop(&mut self) {
         lock(&self.shared.waiting).stop = true;
         self.shared.wake.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // A stderr that takes nothing holds the thread in its write: the process exits
+        // without those lines rather than never.
+        let deadline = std::time::Instant::now() + FLUSH_WAIT;
+        while !thread.is_finished() {
+            if std::time::Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
+        let _ = thread.join();
         // Lines logged while the thread stopped.
         self.shared.write_out();
     }
@@ -201,6 +227,41 @@ mod tests {
             next[t] += 1;
         }
         assert_eq!(next, [20_000; 4], "no line lost");
+    }
+
+    /// An output that takes nothing, ever (a pipe nobody reads).
+    struct Stalled(std::sync::mpsc::Receiver<()>);
+
+    impl Write for Stalled {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            let _ = self.0.recv();
+            Err(io::Error::other("never"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// With a stderr nobody reads, logging kept waiting for it once 4 MiB waited: every
+    /// request, `/healthz` and the shutdown stopped for good. Lines are dropped instead.
+    #[test]
+    fn a_stderr_that_takes_nothing_never_holds_up_logging_nor_the_shutdown() {
+        let (_never, receiver) = std::sync::mpsc::channel();
+        let (mut writer, guard) = BatchedWriter::new(Stalled(receiver));
+        let line = [b'x'; 1000];
+        let started = std::time::Instant::now();
+        for _ in 0..3 * LIMIT / line.len() {
+            writer.write_all(&line).unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(lock(&writer.shared.waiting).dropped > 0);
+        let stopping = std::time::Instant::now();
+        drop(guard);
+        assert!(stopping.elapsed() < FLUSH_WAIT + Duration::from_secs(1));
     }
 
     #[test]
