@@ -110,17 +110,18 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<Exi
         }
         Command::Check { config } => {
             let settings = hookgate::config::load_or_default(config.as_deref())?;
-            print!("{}", settings.summary());
+            let mut summary = settings.summary();
             if let Some(persistence) = hookgate::queue::redis_persistence(&settings).await {
-                println!("queue persistence: {persistence}");
+                summary.push_str(&format!("queue persistence: {persistence}\n"));
             }
             for warning in &settings.warnings {
                 eprintln!("warning: {warning}");
             }
             if let StoreBackend::Postgres(pg) = &settings.store.backend {
-                println!("{}", postgres_schema_line(pg).await);
+                summary.push_str(&format!("{}\n", postgres_schema_line(pg).await));
             }
-            println!("ok");
+            summary.push_str("ok");
+            print_out(&summary)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { config } => {
@@ -195,13 +196,8 @@ async fn dispatch(command: Command, log_format: LogFormat) -> anyhow::Result<Exi
         }
         Command::Deliveries(args) => {
             let out = hookgate::deliveries::run(args).await?;
-            // `| head` closes the pipe early: that is no error (println! panicked).
-            use std::io::Write as _;
-            let mut stdout = std::io::stdout().lock();
-            match writeln!(stdout, "{out}").and_then(|()| stdout.flush()) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-                _ => Ok(ExitCode::SUCCESS),
-            }
+            print_out(&out)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Sink { listen, status }) => {
             let status = StatusCode::from_u16(status).context("--status")?;
@@ -333,4 +329,15 @@ fn verify_command(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `text` and a newline on stdout. A reader that closes the pipe early (`| head`,
+/// `| grep -q`) is no error: `println!` panicked, and `check` of a valid file exited 101.
+fn print_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written,
+    }
 }

@@ -312,3 +312,20 @@ async fn sign_send_to_a_gateway_that_rejects_the_delivery_exits_non_zero() {
     assert!(stdout.contains("HTTP 400"), "{stdout}");
     assert!(upstream.received().is_empty());
 }
+
+/// `hookgate check ... | grep -q ok` closes the pipe once it read enough: `check` of a
+/// valid file panicked writing the rest and exited 101, failing deploy scripts run with
+/// `pipefail` now and then.
+#[test]
+fn check_exits_0_when_its_reader_closes_the_pipe_early() {
+    let file = ConfigFile::new(config().route("*", NOWHERE));
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["check", "--config", &file.path().display().to_string()])
+        .stdout(writer)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
