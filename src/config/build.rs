@@ -862,6 +862,18 @@ upstream = "http://127.0.0.1:9001/hooks"
         parse(text, "test.toml").unwrap_err().to_string()
     }
 
+    /// A host name or an address without its port was "invalid socket address syntax".
+    #[test]
+    fn a_listen_address_that_is_no_ip_and_port_says_what_to_write() {
+        for listen in ["localhost:8443", "[::1]", "0.0.0.0"] {
+            for table in ["server", "admin"] {
+                let e = error(&format!("[{table}]\nlisten = {listen:?}\n{MINIMAL}"));
+                assert!(e.contains("not an IP address and port"), "{e}");
+                assert!(e.contains("line 2"), "{e}");
+            }
+        }
+    }
+
     #[test]
     fn a_minimal_config_gets_the_documented_defaults() {
         let settings = parse(MINIMAL, "test.toml").unwrap();

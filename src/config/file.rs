@@ -122,7 +122,7 @@ fn default_log_level() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
-    #[serde(default = "default_listen")]
+    #[serde(default = "default_listen", deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     pub tls: Option<Tls>,
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
@@ -155,7 +155,7 @@ pub struct Tls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
-    #[serde(default = "default_admin_listen")]
+    #[serde(default = "default_admin_listen", deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// Bearer token for every admin path; required when `listen` is not loopback.
     pub token: Option<Secret>,
@@ -619,6 +619,18 @@ pub struct Enrich {
 #[serde(rename_all = "lowercase")]
 pub enum EnrichProvider {
     Openai,
+}
+
+/// An IP address and a port. A host name (`localhost:8443`) or an address without its
+/// port (`[::1]`) was refused as "invalid socket address syntax", which said neither.
+fn listen_address<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(
+            "not an IP address and port, such as 0.0.0.0:8443, 127.0.0.1:9090 or [::]:8443 \
+             (a host name is not accepted; IPv6 in brackets, the port always)",
+        )
+    })
 }
 
 fn default_listen() -> SocketAddr {
