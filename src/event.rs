@@ -428,10 +428,13 @@ struct KeyIs<'p, const N: usize>([Option<&'p String>; N]);
 impl<'de, const N: usize> DeserializeSeed<'de> for KeyIs<'_, N> {
     type Value = [bool; N];
 
-    /// As bytes, so that a key holding a lone surrogate is a key like any other (WTF-8,
-    /// equal to no token) rather than an error that refused a genuine delivery.
+    /// As a `str`: the walk is what checks the body to be JSON, and serde_json reads a key
+    /// as bytes without checking it for raw control characters (a body with a NUL in a
+    /// key was taken for JSON). A key holding a lone surrogate is then refused, as
+    /// `serde_json::Value` refuses it; beside a condition's pointer it is read as bytes
+    /// (`route::condition`, after the body was checked whole).
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<[bool; N], D::Error> {
-        d.deserialize_bytes(self)
+        d.deserialize_str(self)
     }
 }
 
@@ -442,10 +445,8 @@ impl<'de, const N: usize> Visitor<'de> for KeyIs<'_, N> {
         f.write_str("an object key")
     }
 
-    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<[bool; N], E> {
-        Ok(self
-            .0
-            .map(|token| token.is_some_and(|token| token.as_bytes() == v)))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<[bool; N], E> {
+        Ok(self.0.map(|token| token.is_some_and(|token| token == v)))
     }
 }
 
@@ -496,21 +497,15 @@ mod tests {
         );
     }
 
-    /// `JSON.stringify` writes a lone surrogate in a key as it does in a value; Python and
-    /// Node read such a body. A key of it on the path refused a genuine delivery with 400.
+    /// A raw control character in a key is no JSON (it was taken for JSON while keys were
+    /// read as bytes: found by the `event_type` fuzzer); an escaped one is.
     #[test]
-    fn a_key_holding_a_lone_surrogate_is_a_key_like_any_other() {
-        for (body, pointer) in [
-            (r#"{"\ud83d":1,"type":"a"}"#, "/type"),
-            (r#"{"type":"a","\ude00":{"x":1}}"#, "/type"),
-            (r#"{"data":{"\ud83d":1,"type":"a"}}"#, "/data/type"),
-        ] {
-            assert_eq!(at(body, pointer).unwrap(), "a", "{body}");
-        }
+    fn a_key_with_a_raw_control_character_is_not_json() {
         assert_eq!(
-            at(r#"{"\ud83d":"a"}"#, "/type"),
-            Err(PayloadError::NoEventType)
+            at("{\"type\":\"a\",\"\u{0}b\":\"c\"}", "/type"),
+            Err(PayloadError::NotJson)
         );
+        assert_eq!(at(r#"{"type":"a","\u0000b":"c"}"#, "/type").unwrap(), "a");
     }
 
     #[test]
