@@ -365,6 +365,13 @@ mod tests {
             Test::Exists(false),
             r#"{"data":{"\ud83d":"acme"}}"#
         ));
+        // A raw control character in a key is no JSON: the body fails every condition
+        // (keys are read as bytes here only after the whole body was checked).
+        assert!(!holds(
+            "/data/tenant",
+            Test::Exists(true),
+            "{\"data\":{\"\u{0}\":1,\"tenant\":\"acme\"}}"
+        ));
     }
 
     /// Bodies the event type stage reads (it skips what it does not walk to) but a
