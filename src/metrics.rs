@@ -969,7 +969,8 @@ impl Metrics {
     pub fn queue_stats(&self, depth: u64, oldest_age: Duration) {
         self.queue_depth.set(depth.min(i64::MAX as u64) as i64);
         self.queue_oldest_age.set(oldest_age.as_secs_f64());
-        self.queue_counted_at.set(unix_now());
+        self.queue_counted_at
+            .set(crate::queue::record::now_millis() as f64 / 1000.0);
     }
 
     /// The queue's workers start: until their first count, the gauges are dated from
@@ -977,7 +978,8 @@ impl Metrics {
     /// during the outage) is not taken for one without a queue (0) by the alert.
     pub fn queue_counting(&self) {
         if self.queue_counted_at.get() == 0.0 {
-            self.queue_counted_at.set(unix_now());
+            self.queue_counted_at
+                .set(crate::queue::record::now_millis() as f64 / 1000.0);
         }
     }
 
@@ -1040,13 +1042,6 @@ impl Metrics {
             .expect("encoding to a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
 }
 
 #[cfg(test)]

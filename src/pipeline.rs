@@ -321,9 +321,7 @@ impl Gateway {
                 // we rotated the secret") finds the line. Unverified: never read from
                 // the body, and only a well-formed key.
                 if let event::Field::Header(_) = source.dedupe_key {
-                    trace.claimed_id = (source.dedupe_key.dedupe_key(&parts.headers, &body))
-                        .ok()
-                        .map(std::borrow::Cow::into_owned);
+                    trace.claimed_id = claimed_id(source, &parts.headers, &body);
                 }
             })?;
         drop(reservation);
@@ -337,11 +335,7 @@ impl Gateway {
             &body,
         )
         // A genuine delivery refused for its payload is found by its id all the same.
-        .inspect_err(|_| {
-            trace.claimed_id = (source.dedupe_key.dedupe_key(&parts.headers, &body))
-                .ok()
-                .map(std::borrow::Cow::into_owned);
-        })?;
+        .inspect_err(|_| trace.claimed_id = claimed_id(source, &parts.headers, &body))?;
         let dedupe_key: &str = trace.webhook_id.insert(dedupe_key.into_owned());
         let event_type: &str = trace.event_type.insert(event_type.into_owned());
         let Some((route_index, route)) = source.routes.first_match(event_type, &body) else {
@@ -774,6 +768,13 @@ where
     tokio::time::timeout(limits.body_read_timeout, read)
         .await
         .unwrap_or(Err(Reject::BodyTimeout))
+}
+
+/// The dedupe key a refused request carries, for its access line (`Trace::claimed_id`).
+fn claimed_id(source: &Source, headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    (source.dedupe_key.dedupe_key(headers, body))
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 #[cfg(test)]
